@@ -1,0 +1,136 @@
+//! Builds every capsule crate under `capsules/` for `wasm32-wasip2` and
+//! generates `<NAME>_COMPONENT` path constants plus one `foreach_*!` macro
+//! per group (the wasmtime `test-programs` pattern).
+//!
+//! A capsule this script cannot classify fails the build, so every capsule
+//! is provably used by a test or the demo.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Well-behaved capsules: examples, demo parts, bench kernels.
+const EXAMPLES: &[&str] = &["echo", "calculator", "word-count", "kernels", "notebook"];
+/// Valid components that are not Soma capsules (another world).
+const FOREIGN: &[&str] = &["wrong-world"];
+/// Capsules that attack the host; each must end in its own failure class.
+const HOSTILE_PREFIX: &str = "hostile-";
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let capsules_dir = manifest_dir.parent().expect("capsules/").to_path_buf();
+    let workspace = capsules_dir.parent().expect("workspace root").to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+
+    for dir in ["sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", capsules_dir.display());
+
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&capsules_dir).expect("read capsules/") {
+        let path = entry.expect("capsules/ entry").path();
+        if path == manifest_dir || !path.join("Cargo.toml").exists() {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("capsule dir name is UTF-8")
+            .to_owned();
+        names.push(name);
+    }
+    names.sort();
+
+    build(&workspace, &out_dir, &names);
+
+    let wasm_dir = out_dir.join("target").join(TARGET).join("release");
+    let mut consts = String::new();
+    let mut hostile = Vec::new();
+    let mut examples = Vec::new();
+    for name in &names {
+        let file = name.replace('-', "_");
+        let path = wasm_dir.join(format!("{file}.wasm"));
+        assert!(
+            path.exists(),
+            "capsule {name} did not produce {}",
+            path.display()
+        );
+        let konst = format!("{}_COMPONENT", file.to_uppercase());
+        consts.push_str(&format!(
+            "/// Path of the `{name}` capsule component (built for {TARGET})."
+        ));
+        consts.push('\n');
+        consts.push_str(&format!(
+            "pub const {konst}: &str = {:?};",
+            path.display().to_string()
+        ));
+        consts.push('\n');
+        if name.starts_with(HOSTILE_PREFIX) {
+            hostile.push((file, konst));
+        } else if EXAMPLES.contains(&name.as_str()) {
+            examples.push((file, konst));
+        } else if !FOREIGN.contains(&name.as_str()) {
+            panic!(
+                "capsules/{name} is neither an example, a foreign component nor `{HOSTILE_PREFIX}*`: \
+                 classify it in capsules/artifacts/build.rs so a test uses it"
+            );
+        }
+    }
+    write_foreach(&mut consts, "foreach_hostile", &hostile);
+    write_foreach(&mut consts, "foreach_example", &examples);
+    fs::write(out_dir.join("capsules.rs"), consts).expect("write capsules.rs");
+}
+
+fn write_foreach(out: &mut String, macro_name: &str, items: &[(String, String)]) {
+    out.push_str("/// Calls `$mac!(name, CONSTANT)` for each capsule of this group.");
+    out.push('\n');
+    out.push_str(&format!(
+        "#[macro_export]\nmacro_rules! {macro_name} {{\n    ($mac:ident) => {{"
+    ));
+    out.push('\n');
+    for (name, konst) in items {
+        out.push_str(&format!("        $mac!({name}, $crate::{konst});"));
+        out.push('\n');
+    }
+    out.push_str("    };\n}");
+    out.push('\n');
+}
+
+fn build(workspace: &Path, out_dir: &Path, names: &[String]) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--target-dir")
+        .arg(out_dir.join("target"));
+    for name in names {
+        cmd.arg("-p").arg(name);
+    }
+    // The outer build's flags and target are for the host, not the guests.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    // Guests keep their name section (for trap backtraces) but no DWARF.
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+    let status = cmd.status().expect("spawn cargo to build capsules");
+    assert!(
+        status.success(),
+        "building the capsules for {TARGET} failed (compiler output above); if the target is missing: \
+         run `rustup target add {TARGET}` (`cargo xtask test` does it for you)"
+    );
+}

@@ -1,0 +1,83 @@
+//! `notebook`: a tiny kv-backed notebook that exercises every host
+//! capability a capsule has: kv (both scopes), log, events, llm, stdout.
+//!
+//! Input: `{"op": "put" | "get" | "list" | "put-then-fail" | "ask" | "spam", ...}`.
+
+use serde::Deserialize;
+use soma_sdk::{
+    Capsule, Error, Info, events, json,
+    kv::{self, Scope},
+    llm, log,
+};
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum Op {
+    /// Store `value` at `key` (capsule scope) and on the run blackboard.
+    Put { key: String, value: String },
+    /// Read `key` from the capsule scope.
+    Get { key: String },
+    /// List keys under `prefix`.
+    List { prefix: String },
+    /// Store, then fail: the write must not persist.
+    PutThenFail { key: String, value: String },
+    /// Ask an LLM model (exercises grants and `unavailable`).
+    Ask { model: String, question: String },
+    /// Log and emit `n` lines/events and print to stdout (exercises caps).
+    Spam { n: u32 },
+}
+
+struct Notebook;
+
+impl Capsule for Notebook {
+    fn info() -> Info {
+        Info::worker("notebook", env!("CARGO_PKG_VERSION"))
+            .description("A kv-backed notebook")
+            .wants_kv()
+            .wants_llm_model("small")
+    }
+
+    fn run(input: &str) -> Result<String, Error> {
+        match json::parse::<Op>(input)? {
+            Op::Put { key, value } => {
+                kv::set(Scope::Capsule, &key, value.as_bytes())?;
+                kv::set(Scope::Run, &key, value.as_bytes())?;
+                log::log(log::Level::Info, "stored", &[("key", &key)]);
+                events::emit(
+                    "stored",
+                    &serde_json::json!({ "key": key, "bytes": value.len() }),
+                );
+                json::output(&serde_json::json!({ "stored": key }))
+            }
+            Op::Get { key } => {
+                let value = kv::get(Scope::Capsule, &key)?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned());
+                json::output(&serde_json::json!({ "key": key, "value": value }))
+            }
+            Op::List { prefix } => json::output(&kv::list_keys(Scope::Capsule, &prefix, 100)?),
+            Op::PutThenFail { key, value } => {
+                kv::set(Scope::Capsule, &key, value.as_bytes())?;
+                Err(Error::new(
+                    "deliberate",
+                    format!("wrote {key} and then failed"),
+                ))
+            }
+            Op::Ask { model, question } => {
+                match llm::Chat::new(&model).user(&question).max_tokens(64).send() {
+                    Ok(c) => json::output(&serde_json::json!({ "answer": c.text })),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Op::Spam { n } => {
+                for i in 0..n {
+                    log::info(&format!("line {i}"));
+                    events::progress(u64::from(i), u64::from(n), "spamming");
+                    println!("stdout line {i}");
+                }
+                json::output(&n)
+            }
+        }
+    }
+}
+
+soma_sdk::capsule!(Notebook);

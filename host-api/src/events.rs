@@ -1,0 +1,107 @@
+//! `events`: analytics and progress events, buffered per call and returned
+//! with the outcome (the daemon streams them; the ledger aggregates them).
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::soma::capsule::events as wit;
+
+/// Operator settings (`[events]` in `soma.toml`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Events kept per call; later ones are counted and dropped.
+    pub max_events: usize,
+    /// Largest payload kept, in bytes; larger ones are dropped and counted.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_events: 256,
+            max_payload_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One event a capsule emitted.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    /// Event name, e.g. `progress`.
+    pub name: String,
+    /// The payload; a payload that is not valid JSON is kept as a JSON string.
+    pub payload: serde_json::Value,
+}
+
+/// Per-call event buffer.
+#[derive(Debug)]
+pub struct State {
+    config: Config,
+    events: Vec<Event>,
+    dropped: u32,
+}
+
+impl State {
+    /// Fresh state for one call.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            events: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The buffered events and the number dropped past the caps.
+    pub fn finish(self) -> (Vec<Event>, u32) {
+        (self.events, self.dropped)
+    }
+}
+
+/// Store data that hands out the per-call event buffer.
+pub trait EventsView {
+    /// The call's event buffer.
+    fn events_state(&mut self) -> &mut State;
+}
+
+/// Wire `soma:capsule/events` into `linker`. Once per engine.
+pub fn add_to_linker<T: EventsView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<State>>(linker, |t| t.events_state())
+}
+
+impl wit::Host for State {
+    fn emit(&mut self, mut name: String, payload: String) {
+        if self.events.len() >= self.config.max_events
+            || payload.len() > self.config.max_payload_bytes
+        {
+            self.dropped = self.dropped.saturating_add(1);
+            return;
+        }
+        crate::log::truncate(&mut name, 128);
+        let payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+        self.events.push(Event { name, payload });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wit::Host as _;
+
+    #[test]
+    fn caps_count_and_size_and_keeps_bad_json_as_string() {
+        let mut st = State::new(Config {
+            max_events: 2,
+            max_payload_bytes: 10,
+        });
+        st.emit("a".into(), r#"{"x":1}"#.into());
+        st.emit("b".into(), "not json".into());
+        st.emit("c".into(), "1".into());
+        st.emit("d".into(), "x".repeat(11));
+        let (events, dropped) = st.finish();
+        assert_eq!(events[0].payload, serde_json::json!({"x": 1}));
+        assert_eq!(events[1].payload, serde_json::json!("not json"));
+        assert_eq!(events.len(), 2);
+        assert_eq!(dropped, 2);
+    }
+}

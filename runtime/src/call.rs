@@ -1,0 +1,584 @@
+//! One capsule call: build the store (limits, grants, capability states),
+//! instantiate from the capsule's `InstancePre`, call `run`, and turn
+//! whatever happened into an [`Outcome`] with exactly one failure class.
+
+use std::{sync::Arc, time::Instant};
+
+use serde::Serialize;
+use soma_host_api::{
+    CallIdentity, Grants,
+    bindings::{Capsule as CapsuleExports, CapsulePre, soma::capsule::types::CapsuleInfo},
+    events, kv, llm, log, wasi,
+};
+use wasmtime::{Store, Trap};
+
+use crate::{Capsule, Engine, host::Host, limits::Limiter, limits::Limits, limits::Refusal};
+
+/// Everything a call can end in other than an output. One class per cause;
+/// the CLI, API and ledger show these the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "class", rename_all = "kebab-case")]
+pub enum Failure {
+    /// The deterministic budget ran out.
+    #[error(
+        "out of fuel: the call used its whole budget of {limit} fuel units (raise --fuel / limits.fuel)"
+    )]
+    OutOfFuel {
+        /// The budget.
+        limit: u64,
+    },
+    /// The wall-clock deadline passed.
+    #[error(
+        "deadline exceeded: the call ran past its {timeout_ms} ms deadline (raise --timeout-ms / limits.timeout_ms)"
+    )]
+    DeadlineExceeded {
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// Memory (or table) growth past the limit was refused and the capsule failed.
+    #[error(
+        "memory limit: the capsule asked for {requested} {unit}; the limit is {limit} (raise --memory-mb / limits.memory_mb)"
+    )]
+    MemoryLimit {
+        /// What it asked for.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+        /// `bytes` or `table elements`.
+        unit: &'static str,
+    },
+    /// The wasm call stack overflowed (usually unbounded recursion).
+    #[error(
+        "stack overflow: the capsule exceeded the {limit_kb} KiB wasm stack (unbounded recursion?)"
+    )]
+    StackOverflow {
+        /// The stack limit.
+        limit_kb: usize,
+    },
+    /// Any other trap: `unreachable` (a Rust panic), out-of-bounds access, bad ABI data…
+    #[error("trap ({kind}): {message}")]
+    Trap {
+        /// Kebab-case trap kind, e.g. `unreachable-code-reached`.
+        kind: String,
+        /// Details, with the top of the wasm backtrace.
+        message: String,
+    },
+    /// The output (or one guest→host transfer) was larger than allowed.
+    #[error(
+        "output limit: the capsule passed more than {limit} bytes to the host in one transfer (limits.max_output_bytes)"
+    )]
+    OutputLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The input was larger than allowed.
+    #[error(
+        "input limit: the input is {size} bytes; the limit is {limit} (limits.max_input_bytes)"
+    )]
+    InputLimit {
+        /// Input size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A grant was asked for that the capsule or the operator does not allow.
+    #[error("denied: {message}")]
+    Denied {
+        /// What was denied and why.
+        message: String,
+    },
+    /// The capsule returned an error of its own.
+    #[error("capsule error [{code}]: {message}")]
+    CapsuleError {
+        /// The capsule's code.
+        code: String,
+        /// The capsule's message.
+        message: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
+    /// The host failed (e.g. the database could not commit); not the capsule's fault.
+    #[error("host error: {message}")]
+    Host {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// The class name (`out-of-fuel`, `deadline-exceeded`, …).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::OutOfFuel { .. } => "out-of-fuel",
+            Self::DeadlineExceeded { .. } => "deadline-exceeded",
+            Self::MemoryLimit { .. } => "memory-limit",
+            Self::StackOverflow { .. } => "stack-overflow",
+            Self::Trap { .. } => "trap",
+            Self::OutputLimit { .. } => "output-limit",
+            Self::InputLimit { .. } => "input-limit",
+            Self::Denied { .. } => "denied",
+            Self::CapsuleError { .. } => "capsule-error",
+            Self::Host { .. } => "host-error",
+        }
+    }
+
+    /// Whether running the same call again may succeed (schedulers retry only these).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::DeadlineExceeded { .. } | Self::Host { .. } => true,
+            Self::CapsuleError { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+}
+
+/// What a call consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Fuel consumed; `None` in epoch-only mode. A deadline kill is charged
+    /// the whole budget (wasmtime cannot report fuel burned before an epoch
+    /// interrupt).
+    pub fuel_consumed: Option<u64>,
+    /// Wall time from store creation to result, in microseconds.
+    pub wall_time_us: u64,
+    /// Peak total linear memory, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// Everything one call produced.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The output, or the one failure.
+    #[serde(serialize_with = "serialize_result")]
+    pub result: Result<String, Failure>,
+    /// What the call consumed.
+    pub usage: Usage,
+    /// Log lines kept (capped).
+    pub logs: Vec<log::LogLine>,
+    /// Log lines dropped past the cap.
+    pub logs_dropped: u32,
+    /// Events emitted (capped).
+    pub events: Vec<events::Event>,
+    /// Events dropped past the caps.
+    pub events_dropped: u32,
+    /// Captured stdout (capped).
+    pub stdout: String,
+    /// Captured stderr (capped).
+    pub stderr: String,
+}
+
+fn serialize_result<S: serde::Serializer>(
+    r: &Result<String, Failure>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum R<'a> {
+        Ok(&'a str),
+        Failure(&'a Failure),
+    }
+    match r {
+        Ok(o) => R::Ok(o).serialize(s),
+        Err(f) => R::Failure(f).serialize(s),
+    }
+}
+
+/// How to run one call: its limits, grants and run id.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Effective limits.
+    pub limits: Limits,
+    /// Effective grants.
+    pub grants: Grants,
+    /// The run this call belongs to.
+    pub run_id: Arc<str>,
+}
+
+impl CallOptions {
+    /// Options for `capsule` under the operator's defaults: limits tightened
+    /// by the capsule's request, grants = what it asks for ∩ policy, with a
+    /// fresh run id. Cheap; call per run, not per call, on hot paths.
+    pub fn for_capsule(engine: &Engine, capsule: &Capsule) -> Self {
+        let config = engine.config();
+        let m = capsule.manifest();
+        let limits = config.limits.tightened_by(&m.limits);
+        let run_id: Arc<str> = new_run_id().into();
+        let kv = (m.wants_kv && config.policy.allow_kv).then(|| kv::Grant {
+            capsule_namespace: format!("capsule:{}", capsule.digest()),
+            run_namespace: Some(format!("run:{run_id}")),
+        });
+        let models = m
+            .wants_llm_models
+            .iter()
+            .filter(|w| config.policy.llm_models.contains(w))
+            .cloned()
+            .collect();
+        Self {
+            limits,
+            grants: Grants {
+                kv,
+                llm: llm::Grant { models },
+                dirs: Vec::new(),
+            },
+            run_id,
+        }
+    }
+
+    /// Grant preopened directories. Each guest path must be one the capsule
+    /// asked for in `describe()`; otherwise the grant is refused by name.
+    pub fn grant_dirs(
+        &mut self,
+        capsule: &Capsule,
+        dirs: Vec<wasi::DirGrant>,
+    ) -> Result<(), Failure> {
+        let wanted = &capsule.manifest().wants_dirs;
+        if let Some(d) = dirs.iter().find(|d| !wanted.contains(&d.guest)) {
+            return Err(Failure::Denied {
+                message: format!(
+                    "directory {} was offered, but the capsule asks only for {wanted:?}",
+                    d.guest
+                ),
+            });
+        }
+        self.grants.dirs = dirs;
+        Ok(())
+    }
+
+    /// Use `namespace` for the capsule's kv scope (e.g. to keep state across
+    /// versions of a capsule). No effect if kv is not granted.
+    pub fn kv_namespace(&mut self, namespace: &str) {
+        if let Some(g) = self.grants.kv.as_mut() {
+            g.capsule_namespace = format!("named:{namespace}");
+        }
+    }
+}
+
+/// A run id: time-ordered, unique in practice (`r` + µs since epoch + random suffix).
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(now.as_nanos());
+        h.finish() as u32
+    };
+    format!("r{:x}{:08x}", now.as_micros(), salt)
+}
+
+/// What `execute` hands back besides the result.
+struct Executed<R> {
+    result: Result<R, Failure>,
+    usage: Usage,
+    /// `None` when the call failed before its store existed.
+    host: Option<Host>,
+}
+
+impl Engine {
+    /// Run `capsule` on `input`.
+    ///
+    /// Cost: one store + instance from the pool (~5 µs with pooling), the
+    /// capsule's own work, and — only if the capsule wrote to kv and
+    /// succeeded — one redb commit. Never panics on anything the capsule
+    /// does; a failed call leaves no kv writes and does not affect the next.
+    pub fn call(&self, capsule: &Capsule, input: &str, options: &CallOptions) -> Outcome {
+        if input.len() > options.limits.max_input_bytes {
+            return Outcome::failed(Failure::InputLimit {
+                size: input.len(),
+                limit: options.limits.max_input_bytes,
+            });
+        }
+        let identity = CallIdentity {
+            capsule: capsule.name.clone(),
+            run: options.run_id.clone(),
+        };
+        let max_output = options.limits.max_output_bytes;
+        let Executed {
+            result,
+            usage,
+            mut host,
+        } = self.execute(&capsule.pre, options, identity, |store, exports| {
+            exports.call_run(store, input)
+        });
+        let result = match result {
+            Ok(Ok(output)) if output.len() > max_output => {
+                Err(Failure::OutputLimit { limit: max_output })
+            }
+            Ok(Ok(output)) => host
+                .as_mut()
+                .map_or(Ok(()), |h| h.kv.commit())
+                .map(|()| output)
+                .map_err(|e| Failure::Host {
+                    message: e.to_string(),
+                }),
+            Ok(Err(e)) => Err(Failure::CapsuleError {
+                code: e.code,
+                message: e.message,
+                retryable: e.retryable,
+            }),
+            Err(f) => Err(f),
+        };
+        Outcome::from_host(result, usage, host)
+    }
+
+    /// Call `describe()` with no grants, under the operator's memory limit
+    /// and a fixed fuel/time allowance: describing must not depend on the
+    /// per-call budget the capsule will later run under.
+    pub(crate) fn describe(
+        &self,
+        pre: &CapsulePre<Host>,
+        origin: &str,
+    ) -> Result<CapsuleInfo, Failure> {
+        let options = CallOptions {
+            limits: Limits {
+                fuel: 1_000_000_000,
+                timeout_ms: 2_000,
+                ..self.config.limits
+            },
+            grants: Grants::default(),
+            run_id: "describe".into(),
+        };
+        let identity = CallIdentity {
+            capsule: origin.into(),
+            run: options.run_id.clone(),
+        };
+        self.execute(pre, &options, identity, |store, exports| {
+            exports.call_describe(store)
+        })
+        .result
+    }
+
+    /// The shared core of every call: build the store with limits armed
+    /// *before* instantiation (start functions run guest code too), run `f`,
+    /// classify any error, and meter.
+    fn execute<R>(
+        &self,
+        pre: &CapsulePre<Host>,
+        options: &CallOptions,
+        identity: CallIdentity,
+        f: impl FnOnce(&mut Store<Host>, &CapsuleExports) -> wasmtime::Result<R>,
+    ) -> Executed<R> {
+        let start = Instant::now();
+        let limits = &options.limits;
+        let config = &self.config;
+        let setup_failed = |failure: Failure| Executed {
+            result: Err(failure),
+            usage: Usage::default(),
+            host: None,
+        };
+        let wasi = match wasi::State::new(&config.wasi, &options.grants.dirs) {
+            Ok(w) => w,
+            Err(e) => {
+                return setup_failed(Failure::Denied {
+                    message: e.to_string(),
+                });
+            }
+        };
+        let host = self.host(limits, options, identity, wasi);
+        let mut store = Store::new(&self.wasmtime, host);
+        store.limiter(|h| &mut h.limiter);
+        let fuel = self.fuel_enabled().then_some(limits.fuel);
+        if let Some(Err(e)) = fuel.map(|f| store.set_fuel(f)) {
+            return setup_failed(Failure::Host {
+                message: format!("cannot set fuel: {e:#}"),
+            });
+        }
+        store.set_epoch_deadline(self.deadline_ticks(limits.timeout()));
+        store.set_hostcall_fuel(limits.max_output_bytes);
+
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|exports| f(&mut store, &exports));
+        let result = result.map_err(|e| self.classify(&e, limits, store.data().limiter.refusal()));
+
+        let fuel_consumed = fuel.map(|budget| match &result {
+            Err(Failure::DeadlineExceeded { .. }) => budget,
+            _ => budget.saturating_sub(store.get_fuel().unwrap_or(0)),
+        });
+        let usage = Usage {
+            fuel_consumed,
+            wall_time_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            peak_memory_bytes: store.data().limiter.peak_memory() as u64,
+        };
+        Executed {
+            result,
+            usage,
+            host: Some(store.into_data()),
+        }
+    }
+
+    fn host(
+        &self,
+        limits: &Limits,
+        options: &CallOptions,
+        identity: CallIdentity,
+        wasi: wasi::State,
+    ) -> Host {
+        let config = &self.config;
+        Host {
+            limiter: Limiter::new(limits),
+            wasi,
+            log: log::State::new(config.log, identity),
+            kv: kv::State::new(self.kv.clone(), options.grants.kv.clone()),
+            events: events::State::new(config.events),
+            llm: llm::State::new(config.llm.clone(), options.grants.llm.clone()),
+        }
+    }
+
+    /// Map a wasmtime error to exactly one failure class.
+    ///
+    /// Fuel, epoch, stack overflow and `unreachable` arrive as [`Trap`];
+    /// limiter refusals, canonical-ABI lift errors and hostcall-fuel
+    /// exhaustion arrive as plain errors, so the limiter's record and the
+    /// error chain decide those.
+    fn classify(&self, e: &wasmtime::Error, limits: &Limits, refusal: Option<Refusal>) -> Failure {
+        let memory_limit = |r: Refusal| match r {
+            Refusal::Memory { requested } => Failure::MemoryLimit {
+                requested: requested as u64,
+                limit: limits.memory_bytes() as u64,
+                unit: "bytes",
+            },
+            Refusal::TableElements { requested } => Failure::MemoryLimit {
+                requested: requested as u64,
+                limit: limits.max_table_elements as u64,
+                unit: "table elements",
+            },
+        };
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match (trap, refusal) {
+                (Trap::OutOfFuel, _) => Failure::OutOfFuel { limit: limits.fuel },
+                (Trap::Interrupt, _) => Failure::DeadlineExceeded {
+                    timeout_ms: limits.timeout_ms,
+                },
+                (Trap::StackOverflow, _) => Failure::StackOverflow {
+                    limit_kb: self.config.engine.max_wasm_stack_kb,
+                },
+                // A guest whose allocation was refused usually aborts
+                // (`unreachable`); the refusal is the real cause.
+                (_, Some(r)) => memory_limit(r),
+                (other, None) => Failure::Trap {
+                    kind: kebab(&format!("{other:?}")),
+                    message: with_backtrace(&other.to_string(), e),
+                },
+            };
+        }
+        if let Some(r) = refusal {
+            return memory_limit(r);
+        }
+        let chain = format!("{e:#}");
+        if chain.contains("fuel allocated for hostcalls has been exhausted") {
+            return Failure::OutputLimit {
+                limit: limits.max_output_bytes,
+            };
+        }
+        Failure::Trap {
+            kind: "host-boundary".into(),
+            message: with_backtrace(&chain, e),
+        }
+    }
+}
+
+/// `UnreachableCodeReached` → `unreachable-code-reached`.
+fn kebab(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `message`, plus the innermost wasm frames if wasmtime captured them.
+fn with_backtrace(message: &str, e: &wasmtime::Error) -> String {
+    let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return message.to_owned();
+    };
+    let frames: Vec<String> = bt
+        .frames()
+        .iter()
+        .take(4)
+        .map(|f| f.func_name().unwrap_or("<unnamed>").to_owned())
+        .collect();
+    if frames.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message} (in {})", frames.join(" ← "))
+    }
+}
+
+impl Outcome {
+    fn failed(failure: Failure) -> Self {
+        Self {
+            result: Err(failure),
+            usage: Usage::default(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            events: Vec::new(),
+            events_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+
+    fn from_host(result: Result<String, Failure>, usage: Usage, host: Option<Host>) -> Self {
+        let Some(host) = host else {
+            return Self {
+                usage,
+                ..Self::failed(result.err().unwrap_or(Failure::Host {
+                    message: "call ended without a store".into(),
+                }))
+            };
+        };
+        let ((stdout, _), (stderr, _)) = host.wasi.finish();
+        let (logs, logs_dropped) = host.log.finish();
+        let (events, events_dropped) = host.events.finish();
+        Self {
+            result,
+            usage,
+            logs,
+            logs_dropped,
+            events,
+            events_dropped,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kebab_cases_trap_names() {
+        assert_eq!(kebab("UnreachableCodeReached"), "unreachable-code-reached");
+        assert_eq!(kebab("MemoryOutOfBounds"), "memory-out-of-bounds");
+    }
+
+    #[test]
+    fn run_ids_are_unique() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with('r'));
+    }
+
+    #[test]
+    fn retryable_classes() {
+        assert!(Failure::DeadlineExceeded { timeout_ms: 1 }.is_retryable());
+        assert!(!Failure::OutOfFuel { limit: 1 }.is_retryable());
+        let e = Failure::CapsuleError {
+            code: "x".into(),
+            message: String::new(),
+            retryable: true,
+        };
+        assert!(e.is_retryable());
+    }
+}

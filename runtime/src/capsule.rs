@@ -1,0 +1,244 @@
+//! [`Capsule`]: a component that is compiled, linked against the host and
+//! has described itself. Built once per digest by [`Engine::load`] and
+//! shared by every call.
+
+use std::{path::PathBuf, sync::Arc};
+
+use serde::Serialize;
+use soma_host_api::bindings::{
+    CapsulePre,
+    soma::capsule::types::{CapsuleInfo, CapsuleKind},
+};
+use wasmtime::component::Component;
+
+use crate::{Engine, call::Failure, digest::Digest, host::Host, validate::Invalid};
+
+/// Why a component could not be loaded. Every variant except `Read` is an
+/// *invalid component* for the CLI, API and ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not a well-formed, bounded component.
+    #[error("invalid component: {0}")]
+    Invalid(#[from] Invalid),
+    /// A valid component of another world (no `describe`/`run` exports).
+    #[error(
+        "invalid component: it does not implement the soma:capsule world — missing export(s) {missing:?}; \
+         it exports {exports:?}. Build it against wit/capsule.wit (soma-sdk)"
+    )]
+    WrongWorld {
+        /// Exports the capsule world needs and the component lacks.
+        missing: Vec<String>,
+        /// What the component does export.
+        exports: Vec<String>,
+    },
+    /// An export has the right name but the wrong type.
+    #[error("invalid component: its exports do not match the soma:capsule world: {0}")]
+    ExportMismatch(String),
+    /// Imports something the host does not provide (or with another type).
+    #[error(
+        "invalid component: unknown import `{name}` — the host provides WASI p2 and soma:capsule/{{log,kv,llm,events}} only ({cause})"
+    )]
+    UnknownImport {
+        /// The import's name.
+        name: String,
+        /// wasmtime's explanation.
+        cause: String,
+    },
+    /// `describe()` failed.
+    #[error("invalid component: describe() failed: {0}")]
+    Describe(Failure),
+    /// `describe()` returned something unusable.
+    #[error("invalid component: describe() returned {0}")]
+    BadManifest(String),
+}
+
+/// What a capsule says about itself (`describe()`), in host types.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Description.
+    pub description: String,
+    /// `worker`, `planner` or `gate`.
+    pub kind: &'static str,
+    /// JSON Schema of the input.
+    pub input_schema: serde_json::Value,
+    /// JSON Schema of the output.
+    pub output_schema: serde_json::Value,
+    /// Wants the kv store.
+    pub wants_kv: bool,
+    /// Wanted LLM models.
+    pub wants_llm_models: Vec<String>,
+    /// Wanted HTTP hosts.
+    pub wants_http_hosts: Vec<String>,
+    /// Wanted preopened directories (guest paths).
+    pub wants_dirs: Vec<String>,
+    /// Requested limits.
+    #[serde(skip)]
+    pub limits: soma_host_api::bindings::soma::capsule::types::LimitsRequest,
+    /// Requested fuel, for display.
+    pub requested_fuel: Option<u64>,
+    /// Requested memory (MiB), for display.
+    pub requested_memory_mb: Option<u32>,
+    /// Requested deadline (ms), for display.
+    pub requested_timeout_ms: Option<u32>,
+}
+
+impl Manifest {
+    fn from_info(info: CapsuleInfo) -> Result<Self, LoadError> {
+        let schema = |field: &str, text: &str| {
+            serde_json::from_str(text)
+                .map_err(|e| LoadError::BadManifest(format!("a {field} that is not JSON: {e}")))
+        };
+        if info.name.trim().is_empty() {
+            return Err(LoadError::BadManifest("an empty name".into()));
+        }
+        Ok(Self {
+            input_schema: schema("input-schema", &info.input_schema)?,
+            output_schema: schema("output-schema", &info.output_schema)?,
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            kind: match info.kind {
+                CapsuleKind::Worker => "worker",
+                CapsuleKind::Planner => "planner",
+                CapsuleKind::Gate => "gate",
+            },
+            wants_kv: info.capabilities.kv,
+            wants_llm_models: info.capabilities.llm_models,
+            wants_http_hosts: info.capabilities.http_hosts,
+            wants_dirs: info.capabilities.dirs,
+            requested_fuel: info.limits.fuel,
+            requested_memory_mb: info.limits.memory_mb,
+            requested_timeout_ms: info.limits.timeout_ms,
+            limits: info.limits,
+        })
+    }
+}
+
+/// A loaded capsule. Immutable and shared (`Arc<Capsule>`) by every call.
+pub struct Capsule {
+    digest: Digest,
+    origin: String,
+    size: usize,
+    component: Component,
+    pub(crate) pre: CapsulePre<Host>,
+    manifest: Manifest,
+    /// Interned name for logs.
+    pub(crate) name: Arc<str>,
+}
+
+impl std::fmt::Debug for Capsule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capsule")
+            .field("name", &self.manifest.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The export names the capsule world requires.
+const REQUIRED_EXPORTS: [&str; 2] = ["describe", "run"];
+
+impl Capsule {
+    /// Check the world, link against the host, and call `describe()`.
+    /// Once per digest.
+    pub(crate) fn link(
+        engine: &Engine,
+        digest: Digest,
+        origin: &str,
+        size: usize,
+        component: Component,
+    ) -> Result<Self, LoadError> {
+        let exports = export_names(engine, &component);
+        let missing: Vec<String> = REQUIRED_EXPORTS
+            .iter()
+            .filter(|r| !exports.iter().any(|e| e == *r))
+            .map(|r| (*r).to_owned())
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError::WrongWorld { missing, exports });
+        }
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(import_error)?;
+        let pre = CapsulePre::new(pre).map_err(|e| LoadError::ExportMismatch(format!("{e:#}")))?;
+        let info = engine.describe(&pre, origin).map_err(LoadError::Describe)?;
+        let manifest = Manifest::from_info(info)?;
+        Ok(Self {
+            digest,
+            origin: origin.to_owned(),
+            size,
+            component,
+            pre,
+            name: manifest.name.as_str().into(),
+            manifest,
+        })
+    }
+
+    /// The content digest of the component bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Where it was loaded from (a path or a reference).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// What `describe()` returned.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The component's import names.
+    pub fn imports(&self, engine: &Engine) -> Vec<String> {
+        self.component
+            .component_type()
+            .imports(engine.wasmtime())
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    /// The component's export names.
+    pub fn exports(&self, engine: &Engine) -> Vec<String> {
+        export_names(engine, &self.component)
+    }
+}
+
+fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine.wasmtime())
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// wasmtime reports a failed link as "component imports <kind> `<name>`, but
+/// a matching implementation was not found in the linker" with the cause
+/// below it; keep the name and the cause.
+fn import_error(e: wasmtime::Error) -> LoadError {
+    let top = e.to_string();
+    let name = top
+        .split('`')
+        .nth(1)
+        .map_or_else(|| "?".to_owned(), str::to_owned);
+    let cause = e.root_cause().to_string();
+    LoadError::UnknownImport { name, cause }
+}

@@ -1,0 +1,164 @@
+//! The `soma` command line. Each subcommand is a module under `cli/`; exit
+//! codes live in one table ([`exit`]).
+
+mod build;
+mod exit;
+mod inspect;
+mod new;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use soma_runtime::{Config, config::Allocator, store::DataDir};
+
+/// Soma: run WebAssembly task capsules under hard limits.
+#[derive(Debug, Parser)]
+#[command(name = "soma", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Operator configuration file (soma.toml). Default: built-in defaults.
+    #[arg(long, global = true, env = "SOMA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (database, AOT cache). Default: $SOMA_DATA or ~/.local/share/soma.
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Log more (-v info, -vv debug, -vvv trace); or set SOMA_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a capsule once and print its output and usage.
+    Run(run::Args),
+    /// Show what a capsule is: describe(), imports, exports, size, digest.
+    Inspect(inspect::Args),
+    /// Scaffold a new capsule crate.
+    New(new::Args),
+    /// Build a capsule crate for wasm32-wasip2.
+    Build(build::Args),
+    /// Check or print the operator configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a soma.toml without running anything.
+    Check {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Print the built-in defaults as TOML.
+    Default,
+}
+
+/// Settings every subcommand shares.
+pub(crate) struct Global {
+    config: Option<PathBuf>,
+    data: Option<PathBuf>,
+}
+
+impl Global {
+    /// The operator configuration: the file if given, else defaults.
+    fn config(&self) -> anyhow::Result<Config> {
+        match &self.config {
+            Some(path) => Ok(Config::load(path)?),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// An engine for a one-shot command. Unless the config file chose,
+    /// one-shot commands use on-demand allocation: a pool costs more to
+    /// reserve than a single call saves.
+    fn engine(&self, allocator: Option<Allocator>) -> anyhow::Result<soma_runtime::Engine> {
+        let mut config = self.config()?;
+        if self.config.is_none() || allocator.is_some() {
+            config.engine.allocator = allocator.unwrap_or(Allocator::OnDemand);
+        }
+        let data = self
+            .data
+            .clone()
+            .or_else(|| config.data_dir.clone())
+            .unwrap_or_else(DataDir::default_root);
+        soma_runtime::Engine::new(config, DataDir::new(data)).context("starting the engine")
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let global = Global {
+        config: cli.config,
+        data: cli.data,
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(&global, args),
+        Command::Inspect(args) => inspect::run(&global, args),
+        Command::New(args) => new::run(args),
+        Command::Build(args) => build::run(args),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", Config::default_toml());
+            Ok(exit::Code::Ok)
+        }
+    };
+    match result {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::Code::of_error(&e).into()
+        }
+    }
+}
+
+fn config_check(global: &Global, file: Option<PathBuf>) -> anyhow::Result<exit::Code> {
+    let path = file
+        .or_else(|| global.config.clone())
+        .context("no file given: soma config check <FILE> (or --config)")?;
+    let config = Config::load(&path)?;
+    println!(
+        "{}: ok (allocator {:?}, metering {:?}, default limits: fuel {}, {} ms, {} MiB)",
+        path.display(),
+        config.engine.allocator,
+        config.engine.metering,
+        config.limits.fuel,
+        config.limits.timeout_ms,
+        config.limits.memory_mb
+    );
+    Ok(exit::Code::Ok)
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SOMA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Human-readable byte sizes for summaries.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,58 @@
+//! Exit codes: one table, shared by every subcommand. Scripts can rely on
+//! these; they are listed in `docs/cli.md`.
+
+use std::process::ExitCode;
+
+use soma_runtime::{Failure, LoadError};
+
+/// What `soma` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    Ok = 0,
+    /// Any other error (I/O, bad config, bad flags detected after parsing).
+    Error = 1,
+    // 2 is clap's usage error.
+    CapsuleError = 10,
+    OutOfFuel = 11,
+    DeadlineExceeded = 12,
+    MemoryLimit = 13,
+    StackOverflow = 14,
+    Trap = 15,
+    OutputLimit = 16,
+    InputLimit = 17,
+    Denied = 18,
+    HostError = 19,
+    InvalidComponent = 20,
+}
+
+impl Code {
+    /// The code for a call's failure class.
+    pub(crate) fn of_failure(f: &Failure) -> Self {
+        match f {
+            Failure::CapsuleError { .. } => Self::CapsuleError,
+            Failure::OutOfFuel { .. } => Self::OutOfFuel,
+            Failure::DeadlineExceeded { .. } => Self::DeadlineExceeded,
+            Failure::MemoryLimit { .. } => Self::MemoryLimit,
+            Failure::StackOverflow { .. } => Self::StackOverflow,
+            Failure::Trap { .. } => Self::Trap,
+            Failure::OutputLimit { .. } => Self::OutputLimit,
+            Failure::InputLimit { .. } => Self::InputLimit,
+            Failure::Denied { .. } => Self::Denied,
+            Failure::Host { .. } => Self::HostError,
+        }
+    }
+
+    /// The code for an error that ended a command early.
+    pub(crate) fn of_error(e: &anyhow::Error) -> Self {
+        match e.downcast_ref::<LoadError>() {
+            Some(LoadError::Read { .. }) | None => Self::Error,
+            Some(_) => Self::InvalidComponent,
+        }
+    }
+}
+
+impl From<Code> for ExitCode {
+    fn from(c: Code) -> Self {
+        ExitCode::from(c as u8)
+    }
+}

@@ -1,0 +1,68 @@
+//! `soma inspect`: what a capsule is.
+
+use std::path::PathBuf;
+
+use super::{Global, exit::Code, human_bytes};
+
+/// Show describe(), imports, exports, size and digest of a capsule.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The capsule component (.wasm).
+    capsule: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
+    let engine = global.engine(None)?;
+    let capsule = engine.load_file(&args.capsule)?;
+    let m = capsule.manifest();
+    let imports = capsule.imports(&engine);
+    let exports = capsule.exports(&engine);
+    if args.json {
+        let doc = serde_json::json!({
+            "digest": capsule.digest(),
+            "size": capsule.size(),
+            "manifest": m,
+            "imports": imports,
+            "exports": exports,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(Code::Ok);
+    }
+    println!("{} {} ({})", m.name, m.version, m.kind);
+    if !m.description.is_empty() {
+        println!("  {}", m.description);
+    }
+    println!("digest   {}", capsule.digest());
+    println!(
+        "size     {} ({} bytes)",
+        human_bytes(capsule.size() as u64),
+        capsule.size()
+    );
+    println!("imports  {}", imports.join(", "));
+    println!("exports  {}", exports.join(", "));
+    let mut wants = Vec::new();
+    if m.wants_kv {
+        wants.push("kv".to_owned());
+    }
+    wants.extend(m.wants_llm_models.iter().map(|x| format!("llm:{x}")));
+    wants.extend(m.wants_http_hosts.iter().map(|x| format!("http:{x}")));
+    wants.extend(m.wants_dirs.iter().map(|x| format!("dir:{x}")));
+    println!(
+        "wants    {}",
+        if wants.is_empty() {
+            "nothing".to_owned()
+        } else {
+            wants.join(", ")
+        }
+    );
+    println!(
+        "limits   fuel {:?}, memory {:?} MiB, timeout {:?} ms (requested; operator defaults apply where none)",
+        m.requested_fuel, m.requested_memory_mb, m.requested_timeout_ms
+    );
+    println!("input    {}", m.input_schema);
+    println!("output   {}", m.output_schema);
+    Ok(Code::Ok)
+}

@@ -1,0 +1,143 @@
+//! `soma new`: scaffold a capsule crate.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::exit::Code;
+
+/// Scaffold a capsule crate that builds with `soma build`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Capsule name (lowercase letters, digits and '-'); also the directory name.
+    name: String,
+    /// Parent directory (default: current directory).
+    #[arg(long, default_value = ".")]
+    path: PathBuf,
+    /// Capsule kind.
+    #[arg(long, value_enum, default_value = "worker")]
+    kind: Kind,
+    /// Path to the soma-sdk crate (default: the SDK this soma was built from).
+    #[arg(long)]
+    sdk: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Worker,
+    Planner,
+    Gate,
+}
+
+/// Where the SDK of this source tree is.
+fn default_sdk() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk")
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
+    let name = args.name.as_str();
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "capsule name {name:?} must start with a lowercase letter and contain only lowercase letters, digits and '-'"
+    );
+    let dir = args.path.join(name);
+    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    let sdk = args.sdk.unwrap_or_else(default_sdk);
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("soma-sdk not found at {} (pass --sdk PATH)", sdk.display()))?;
+    anyhow::ensure!(
+        sdk.join("Cargo.toml").exists(),
+        "{} is not the soma-sdk crate",
+        sdk.display()
+    );
+
+    let (ctor, what) = match args.kind {
+        Kind::Worker => ("worker", "Does one unit of work"),
+        Kind::Planner => ("planner", "Decomposes a goal into a sub-DAG"),
+        Kind::Gate => ("gate", "Approves or returns work with feedback"),
+    };
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let manifest = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+soma-sdk = {{ path = {sdk:?} }}
+serde = {{ version = "1", features = ["derive"] }}
+
+# A capsule is its own workspace, so it builds wherever it lives.
+[workspace]
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = "debuginfo"
+"#,
+        sdk = sdk.display().to_string()
+    );
+    let type_name: String = name
+        .split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let lib = format!(
+        r#"//! `{name}`: {what}.
+
+use serde::{{Deserialize, Serialize}};
+use soma_sdk::{{Capsule, Error, Info, json}};
+
+#[derive(Deserialize)]
+struct Input {{
+    text: String,
+}}
+
+#[derive(Serialize)]
+struct Output {{
+    text: String,
+}}
+
+struct {type_name};
+
+impl Capsule for {type_name} {{
+    fn info() -> Info {{
+        Info::{ctor}("{name}", env!("CARGO_PKG_VERSION")).description("{what}")
+    }}
+
+    fn run(input: &str) -> Result<String, Error> {{
+        let input: Input = json::parse(input)?;
+        json::output(&Output {{ text: input.text.to_uppercase() }})
+    }}
+}}
+
+soma_sdk::capsule!({type_name});
+"#
+    );
+    std::fs::write(dir.join("Cargo.toml"), manifest)?;
+    std::fs::write(dir.join("src/lib.rs"), lib)?;
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    println!("created capsule {name} in {}", dir.display());
+    println!(
+        "next: soma build --path {0} && soma run {0}/target/wasm32-wasip2/release/{1}.wasm --input '{{\"text\":\"hi\"}}'",
+        dir.display(),
+        name.replace('-', "_")
+    );
+    Ok(Code::Ok)
+}

@@ -1,0 +1,155 @@
+//! `soma run`: run a capsule once.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use soma_host_api::wasi::DirGrant;
+use soma_runtime::{CallOptions, config::Allocator};
+
+use super::{Global, exit::Code, human_bytes};
+
+/// Run a capsule once and print its output (stdout) and usage (stderr, or
+/// everything as one JSON object with --json).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The capsule component (.wasm).
+    capsule: PathBuf,
+    /// Input passed to run() (usually JSON).
+    #[arg(long, short, default_value = "{}", conflicts_with = "input_file")]
+    input: String,
+    /// Read the input from a file ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// Fuel budget (overrides limits.fuel).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline in ms (overrides limits.timeout_ms).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Memory limit in MiB (overrides limits.memory_mb; at most engine.max_memory_mb).
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Preopen a host directory: HOST::GUEST (read-only) or HOST::GUEST:rw.
+    #[arg(long = "dir", value_name = "HOST::GUEST[:rw]")]
+    dirs: Vec<DirGrant>,
+    /// Use this kv namespace instead of the per-digest default.
+    #[arg(long)]
+    kv_namespace: Option<String>,
+    /// Instance allocator (default: on-demand for one-shot runs).
+    #[arg(long, value_enum)]
+    allocator: Option<AllocatorArg>,
+    /// Print one JSON object (capsule, result, usage, logs, events).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum AllocatorArg {
+    Pooling,
+    OnDemand,
+}
+
+impl From<AllocatorArg> for Allocator {
+    fn from(a: AllocatorArg) -> Self {
+        match a {
+            AllocatorArg::Pooling => Allocator::Pooling,
+            AllocatorArg::OnDemand => Allocator::OnDemand,
+        }
+    }
+}
+
+pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
+    let input = match &args.input_file {
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+        }
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => args.input.clone(),
+    };
+    let engine = global.engine(args.allocator.map(Into::into))?;
+    let capsule = engine.load_file(&args.capsule)?;
+    let mut options = CallOptions::for_capsule(&engine, &capsule);
+    let ceiling = engine.config().engine.max_memory_mb;
+    if let Some(m) = args.memory_mb {
+        anyhow::ensure!(
+            m <= ceiling,
+            "--memory-mb {m} exceeds the engine ceiling engine.max_memory_mb = {ceiling}"
+        );
+        options.limits.memory_mb = m;
+    }
+    if let Some(f) = args.fuel {
+        options.limits.fuel = f.max(1);
+    }
+    if let Some(t) = args.timeout_ms {
+        options.limits.timeout_ms = t.max(1);
+    }
+    if let Some(ns) = &args.kv_namespace {
+        options.kv_namespace(ns);
+    }
+    let denied = options.grant_dirs(&capsule, args.dirs.clone()).err();
+    let outcome = match denied {
+        Some(f) => {
+            eprintln!("error: {f}");
+            return Ok(Code::of_failure(&f));
+        }
+        None => engine.call(&capsule, &input, &options),
+    };
+    let code = match &outcome.result {
+        Ok(_) => Code::Ok,
+        Err(f) => Code::of_failure(f),
+    };
+    if args.json {
+        let m = capsule.manifest();
+        let doc = serde_json::json!({
+            "capsule": { "name": m.name, "version": m.version, "digest": capsule.digest() },
+            "run": &*options.run_id,
+            "ok": outcome.result.is_ok(),
+            "output": outcome.result.as_ref().ok().map(|o| parse_or_string(o)),
+            "failure": outcome.result.as_ref().err().map(|f| serde_json::json!({
+                "class": f.class(), "message": f.to_string(), "detail": f,
+            })),
+            "usage": outcome.usage,
+            "logs": outcome.logs,
+            "events": outcome.events,
+            "stdout": outcome.stdout,
+            "stderr": outcome.stderr,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(code);
+    }
+    for line in &outcome.logs {
+        eprintln!("[{}] {}", line.level, line.message);
+    }
+    let u = outcome.usage;
+    let fuel = u
+        .fuel_consumed
+        .map_or_else(|| "off".to_owned(), |f| f.to_string());
+    let usage = format!(
+        "{} µs · fuel {fuel} · peak memory {}",
+        u.wall_time_us,
+        human_bytes(u.peak_memory_bytes)
+    );
+    match &outcome.result {
+        Ok(output) => {
+            println!("{output}");
+            eprintln!(
+                "ok · {} {} · {usage}",
+                capsule.manifest().name,
+                capsule.digest().short()
+            );
+        }
+        Err(f) => {
+            if !outcome.stderr.is_empty() {
+                eprintln!("capsule stderr:\n{}", outcome.stderr.trim_end());
+            }
+            eprintln!("error: {} ({}) · {usage}", f, f.class());
+        }
+    }
+    Ok(code)
+}
+
+fn parse_or_string(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
+}

@@ -1,0 +1,241 @@
+//! Operator configuration: one typed tree, deserialized from `soma.toml`.
+//!
+//! Every section has documented defaults (the `Default` impls below are the
+//! single place they live) and rejects unknown fields, so a typo is an error
+//! rather than a silently ignored setting. `soma config check` validates a
+//! file without running anything; `soma config default` prints the defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use soma_host_api as host_api;
+
+use crate::limits::Limits;
+
+/// The whole `soma.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory (database, AOT cache). Default: see [`crate::store::DataDir::default_root`].
+    pub data_dir: Option<PathBuf>,
+    /// Engine settings (once per process).
+    pub engine: EngineConfig,
+    /// Default per-call limits; a capsule's request or a flag can only lower them
+    /// (flags may raise them up to [`EngineConfig::max_memory_mb`] for memory).
+    pub limits: Limits,
+    /// Structural bounds checked before compiling a component.
+    pub validate: ValidateConfig,
+    /// Grants the operator allows.
+    pub policy: PolicyConfig,
+    /// `log` capability.
+    pub log: host_api::log::Config,
+    /// `kv` capability.
+    pub kv: host_api::kv::Config,
+    /// `events` capability.
+    pub events: host_api::events::Config,
+    /// `llm` capability.
+    pub llm: host_api::llm::Config,
+    /// WASI (stdio capture).
+    pub wasi: host_api::wasi::Config,
+}
+
+/// How instances get their memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocator {
+    /// A pre-reserved pool of instance slots: ~5 µs per call, but `Engine::new`
+    /// reserves the pool (~2 ms). The right choice for the daemon and benches.
+    Pooling,
+    /// Allocate per instance: slower calls (~25 µs), fastest process start.
+    /// The right choice for one-shot CLI runs.
+    OnDemand,
+}
+
+/// How the deterministic budget is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metering {
+    /// Fuel (deterministic, reported as used) plus the epoch deadline.
+    Fuel,
+    /// Epoch deadline only: no fuel accounting, no fuel overhead.
+    EpochOnly,
+}
+
+/// Engine settings (`[engine]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Instance allocator. Default: pooling (the CLI's `soma run` picks on-demand).
+    pub allocator: Allocator,
+    /// Fuel + epoch, or epoch only. Default: fuel.
+    pub metering: Metering,
+    /// Epoch ticker period in milliseconds; deadline resolution. Default 1.
+    pub epoch_tick_ms: u64,
+    /// Wasm call-stack limit in KiB (deep recursion → stack-overflow). Default 512.
+    pub max_wasm_stack_kb: usize,
+    /// Largest memory any call may be given, in MiB (pool slot size). Default 1024.
+    pub max_memory_mb: u64,
+    /// Pooling: concurrent component instances. Default 1000.
+    pub pool_instances: u32,
+    /// Pooling: linear memory kept resident (not madvised) per slot, in KiB. Default 2048.
+    pub keep_resident_kb: usize,
+    /// Cache compiled components on disk. Default true.
+    pub aot_cache: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            allocator: Allocator::Pooling,
+            metering: Metering::Fuel,
+            epoch_tick_ms: 1,
+            max_wasm_stack_kb: 512,
+            max_memory_mb: 1024,
+            pool_instances: 1000,
+            keep_resident_kb: 2048,
+            aot_cache: true,
+        }
+    }
+}
+
+/// Bounds on a component's structure, checked before compiling (`[validate]`).
+///
+/// `Component::new` flattens nested instantiations, so a tiny component can
+/// cost seconds and gigabytes to compile; these bounds refuse it first.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Largest component accepted, in bytes. Default 64 MiB.
+    pub max_component_bytes: usize,
+    /// Deepest nesting of components/modules. Default 8.
+    pub max_nesting_depth: usize,
+    /// Largest product of instance counts along any nesting path. Default 10,000.
+    pub max_instance_product: u64,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        Self {
+            max_component_bytes: 64 * 1024 * 1024,
+            max_nesting_depth: 8,
+            max_instance_product: 10_000,
+        }
+    }
+}
+
+/// What the operator allows capsules to be granted (`[policy]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Grant kv to capsules that ask for it. Default true.
+    pub allow_kv: bool,
+    /// Models capsules may be granted (when they ask). Default none.
+    pub llm_models: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allow_kv: true,
+            llm_models: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/mistyped fields.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where (line and column).
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Check cross-field consistency.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        if e.epoch_tick_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "engine.epoch_tick_ms must be at least 1".into(),
+            ));
+        }
+        if self.limits.memory_mb > e.max_memory_mb {
+            return Err(ConfigError::Invalid(format!(
+                "limits.memory_mb ({}) exceeds engine.max_memory_mb ({})",
+                self.limits.memory_mb, e.max_memory_mb
+            )));
+        }
+        if self.limits.timeout_ms == 0 || self.limits.fuel == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.timeout_ms and limits.fuel must be positive".into(),
+            ));
+        }
+        if e.pool_instances == 0 {
+            return Err(ConfigError::Invalid(
+                "engine.pool_instances must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The defaults as TOML, for `soma config default`.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Self::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_check() {
+        let text = Config::default_toml();
+        let parsed: Config = toml::from_str(&text).expect("defaults parse");
+        parsed.check().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_location() {
+        let err = toml::from_str::<Config>("[limits]\nfuell = 3\n").expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("fuell") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn memory_above_ceiling_is_invalid() {
+        let mut c = Config::default();
+        c.limits.memory_mb = c.engine.max_memory_mb + 1;
+        assert!(matches!(c.check(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,288 @@
+//! The wasmtime engine, configured once per process: component model,
+//! fuel and/or epoch interruption, pooling or on-demand allocation, the one
+//! epoch ticker thread, the linker with every host capability, the on-disk
+//! AOT cache and the in-memory capsule cache.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use soma_host_api::{self as host_api, kv};
+use wasmtime::{
+    Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    component::{Component, Linker},
+};
+
+use crate::{
+    capsule::{Capsule, LoadError},
+    config::{Allocator, Config, Metering},
+    digest::Digest,
+    host::Host,
+    store::DataDir,
+};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime rejected the configuration (e.g. the pool cannot be reserved).
+    #[error("cannot configure the wasm engine: {0}")]
+    Configure(String),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A configured engine: compile, cache and call capsules. Cheap to share
+/// (`Arc<Engine>`); every method takes `&self` and is thread-safe.
+pub struct Engine {
+    pub(crate) wasmtime: wasmtime::Engine,
+    pub(crate) linker: Linker<Host>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) kv: Arc<kv::Shared>,
+    data: DataDir,
+    fingerprint: String,
+    capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
+    ticker: Ticker,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("allocator", &self.config.engine.allocator)
+            .field("metering", &self.config.engine.metering)
+            .field("data", &self.data.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Build an engine from `config` over the data directory `data`.
+    ///
+    /// Cost: with pooling, reserves the instance pool's address space (~2 ms);
+    /// spawns the epoch ticker thread. Once per process.
+    pub fn new(config: Config, data: DataDir) -> Result<Self, EngineError> {
+        config.check()?;
+        let wasmtime = wasmtime::Engine::new(&wasmtime_config(&config))
+            .map_err(|e| EngineError::Configure(format!("{e:#}")))?;
+        let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
+        let fingerprint = fingerprint(&wasmtime);
+        let kv = kv::Shared::new(config.kv, data.database().clone());
+        let ticker = Ticker::start(
+            &wasmtime,
+            Duration::from_millis(config.engine.epoch_tick_ms),
+        );
+        Ok(Self {
+            wasmtime,
+            linker,
+            config: Arc::new(config),
+            kv,
+            data,
+            fingerprint,
+            capsules: Mutex::new(HashMap::new()),
+            ticker,
+        })
+    }
+
+    /// The configuration this engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// Whether calls are metered with fuel (else epoch-only).
+    pub fn fuel_enabled(&self) -> bool {
+        self.config.engine.metering == Metering::Fuel
+    }
+
+    /// The underlying wasmtime engine (for benches comparing against it).
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.wasmtime
+    }
+
+    /// Epoch ticks that make up `timeout` (rounded up, at least one).
+    pub(crate) fn deadline_ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.ticker.period.as_micros().max(1);
+        u64::try_from(timeout.as_micros().div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Load the component file at `path`. See [`Engine::load`].
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Capsule>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        self.load(&bytes, &origin)
+    }
+
+    /// Load a component: digest, bound its structure, compile (or take it
+    /// from the AOT cache), link, and call `describe()`. Cached per digest,
+    /// so loading the same bytes twice costs one hash.
+    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<Arc<Capsule>, LoadError> {
+        let digest = Digest::of(bytes);
+        if let Some(c) = self.cached(&digest) {
+            return Ok(c);
+        }
+        let component = self.compile(digest, bytes)?;
+        let capsule = Arc::new(Capsule::link(self, digest, origin, bytes.len(), component)?);
+        let mut cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(cache.entry(digest).or_insert(capsule).clone())
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<Arc<Capsule>> {
+        let cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(digest).cloned()
+    }
+
+    fn aot_path(&self, digest: &Digest) -> Option<PathBuf> {
+        self.config.engine.aot_cache.then(|| {
+            self.data
+                .aot_dir()
+                .join(format!("{}-{}.cwasm", digest.hex(), self.fingerprint))
+        })
+    }
+
+    /// Compile `bytes`, or deserialize the AOT artifact for (digest, engine
+    /// fingerprint). A cache that cannot be read or written is skipped with
+    /// a warning; it never fails the load.
+    fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Component, LoadError> {
+        let aot = self.aot_path(&digest);
+        if let Some(path) = aot.as_deref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // engine configuration (its name carries the engine fingerprint,
+            // and it is renamed into place only once complete). The data
+            // directory is trusted like the binary itself; wasmtime also
+            // checks the header's version and configuration.
+            match unsafe { Component::deserialize_file(&self.wasmtime, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable AOT artifact: {e:#}")
+                }
+            }
+        }
+        crate::validate::check(bytes, &self.config.validate).map_err(LoadError::Invalid)?;
+        let component = Component::new(&self.wasmtime, bytes).map_err(|e| {
+            LoadError::Invalid(crate::validate::Invalid::Malformed {
+                offset: 0,
+                message: format!("{e:#}"),
+            })
+        })?;
+        if let Some(Err(e)) = aot.as_deref().map(|p| write_atomically(p, &component)) {
+            tracing::warn!("could not write AOT artifact: {e}");
+        }
+        Ok(component)
+    }
+}
+
+fn write_atomically(path: &Path, component: &Component) -> std::io::Result<()> {
+    let bytes = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, &bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The wasmtime configuration for `config`. Pool settings follow what was
+/// measured on this class of machine (DESIGN.md): keeping ~2 MiB of each
+/// slot resident and using `pagemap_scan` avoids the `madvise` TLB
+/// shootdowns that otherwise halve 2-thread throughput.
+fn wasmtime_config(config: &Config) -> wasmtime::Config {
+    let e = &config.engine;
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true)
+        .consume_fuel(e.metering == Metering::Fuel)
+        .epoch_interruption(true)
+        .max_wasm_stack(e.max_wasm_stack_kb * 1024)
+        .cranelift_opt_level(OptLevel::Speed)
+        .parallel_compilation(true);
+    if e.allocator == Allocator::Pooling {
+        let keep = e.keep_resident_kb * 1024;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(e.pool_instances)
+            .total_core_instances(e.pool_instances.saturating_mul(4))
+            .total_memories(e.pool_instances.saturating_mul(2))
+            .total_tables(e.pool_instances.saturating_mul(4))
+            .max_memory_size(usize::try_from(e.max_memory_mb * 1024 * 1024).unwrap_or(usize::MAX))
+            .linear_memory_keep_resident(keep)
+            .table_keep_resident(keep)
+            .pagemap_scan(Enabled::Auto);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+/// The linker every capsule is linked against: WASI p2 plus Soma's
+/// capabilities. Built once per engine.
+fn link(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    host_api::wasi::add_to_linker(&mut linker)?;
+    host_api::log::add_to_linker(&mut linker)?;
+    kv::add_to_linker(&mut linker)?;
+    host_api::llm::add_to_linker(&mut linker)?;
+    host_api::events::add_to_linker(&mut linker)?;
+    host_api::bindings::add_types_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// A short hex fingerprint of everything that makes a compiled artifact
+/// compatible with this engine (wasmtime version, target, settings).
+fn fingerprint(engine: &wasmtime::Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    "soma-aot-v1".hash(&mut h);
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The one epoch ticker of an engine. Stops when the engine is dropped.
+struct Ticker {
+    period: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: &wasmtime::Engine, period: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        let spawned = thread::Builder::new()
+            .name("soma-epoch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    thread::sleep(period);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the epoch ticker; deadlines will not fire: {e}");
+        }
+        Self { period, stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,27 @@
+//! The Soma runtime: runs task capsules (WebAssembly components implementing
+//! `soma:capsule`) under hard limits.
+//!
+//! The pipeline of one capsule call, in module order:
+//!
+//! ```text
+//! bytes ──digest──▶ Digest ──validate──▶ bounded structure
+//!       ──engine: compile / AOT cache──▶ Component ──link──▶ Capsule (InstancePre + describe())
+//!       ──call: Store + limits + grants──▶ run(input) ──▶ Outcome (output | Failure, Usage)
+//! ```
+
+pub mod call;
+pub mod capsule; // a loaded capsule: compiled, linked, described
+pub mod config; // operator configuration: one typed tree (`soma.toml`)
+pub mod digest; // content addresses: sha256 of a component's bytes
+pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, capsule cache
+pub mod host; // per-call store data composing every capability's state
+pub mod limits; // per-call limits and the ResourceLimiter that enforces them
+pub mod store; // the data directory: redb database and AOT cache paths
+pub mod validate; // structural bounds checked before anything is compiled // one call: instantiate, run, classify the failure → Outcome
+
+pub use call::{CallOptions, Failure, Outcome, Usage};
+pub use capsule::{Capsule, LoadError, Manifest};
+pub use config::Config;
+pub use digest::Digest;
+pub use engine::{Engine, EngineError};
+pub use limits::Limits;

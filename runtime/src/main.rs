@@ -1,0 +1,7 @@
+//! `soma`: run, inspect, scaffold and build task capsules.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,279 @@
+//! The `soma` binary end to end: outputs, JSON, exit codes, scaffolding.
+
+use std::process::{Command, Output};
+
+fn soma(data: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove("SOMA_CONFIG")
+        .output()
+        .expect("spawn soma")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_calculator_prints_98_and_usage_as_json() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let calc = soma_capsules::CALCULATOR_COMPONENT;
+    let out = soma(
+        data.path(),
+        &["run", calc, "--input", r#"{"expr":"2*(3+4)^2"}"#],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), r#"{"value":98}"#);
+    assert!(
+        text(&out.stderr).contains("fuel"),
+        "usage summary on stderr"
+    );
+
+    let out = soma(
+        data.path(),
+        &["run", calc, "--input", r#"{"expr":"2*(3+4)^2"}"#, "--json"],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["output"]["value"], 98);
+    assert_eq!(doc["ok"], true);
+    assert!(doc["usage"]["fuel_consumed"].as_u64().expect("fuel") > 0);
+    assert!(doc["usage"]["peak_memory_bytes"].as_u64().expect("mem") > 0);
+    assert!(
+        doc["capsule"]["digest"]
+            .as_str()
+            .expect("digest")
+            .starts_with("sha256:")
+    );
+}
+
+#[test]
+fn failure_classes_have_distinct_exit_codes() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &[
+                "run",
+                soma_capsules::CALCULATOR_COMPONENT,
+                "--input",
+                r#"{"expr":"1/0"}"#,
+            ],
+            10,
+            "capsule-error",
+        ),
+        (
+            &[
+                "run",
+                soma_capsules::HOSTILE_LOOP_COMPONENT,
+                "--fuel",
+                "1000000",
+            ],
+            11,
+            "out-of-fuel",
+        ),
+        (
+            &[
+                "run",
+                soma_capsules::HOSTILE_LOOP_COMPONENT,
+                "--timeout-ms",
+                "100",
+                "--fuel",
+                "1000000000000000",
+            ],
+            12,
+            "deadline-exceeded",
+        ),
+        (
+            &[
+                "run",
+                soma_capsules::HOSTILE_MEMORY_COMPONENT,
+                "--memory-mb",
+                "16",
+            ],
+            13,
+            "memory-limit",
+        ),
+        (
+            &["run", soma_capsules::HOSTILE_RECURSION_COMPONENT],
+            14,
+            "stack-overflow",
+        ),
+        (&["run", soma_capsules::HOSTILE_TRAP_COMPONENT], 15, "trap"),
+    ];
+    for (args, code, class) in cases {
+        let out = soma(data.path(), args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(class), "{args:?}: {stderr}");
+    }
+    let out = soma(
+        data.path(),
+        &["run", soma_capsules::HOSTILE_OUTPUT_COMPONENT, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(16));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["failure"]["class"], "output-limit");
+}
+
+#[test]
+fn invalid_components_exit_20_with_the_reason() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let junk = data.path().join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").expect("write");
+    let out = soma(data.path(), &["run", junk.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(
+        text(&out.stderr).contains("not a WebAssembly binary"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = soma(
+        data.path(),
+        &["inspect", soma_capsules::HOSTILE_IMPORT_COMPONENT],
+    );
+    assert_eq!(out.status.code(), Some(20));
+    assert!(
+        text(&out.stderr).contains("soma:evil/backdoor"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = soma(data.path(), &["run", "/nonexistent/x.wasm"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing file is not an invalid component"
+    );
+}
+
+#[test]
+fn inspect_json_describes_the_capsule() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = soma(
+        data.path(),
+        &["inspect", soma_capsules::NOTEBOOK_COMPONENT, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["manifest"]["name"], "notebook");
+    assert_eq!(doc["manifest"]["wants_kv"], true);
+    let imports = doc["imports"].as_array().expect("imports");
+    assert!(
+        imports
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| s.starts_with("soma:capsule/kv")))
+    );
+    assert_eq!(doc["exports"], serde_json::json!(["describe", "run"]));
+}
+
+#[test]
+fn config_check_names_the_bad_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let good = data.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[limits]\nfuel = 1000\n[engine]\nallocator = \"on-demand\"\n",
+    )
+    .expect("write");
+    let out = soma(
+        data.path(),
+        &["config", "check", good.to_str().expect("utf8")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let bad = data.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nfuel = 1000\ntimeout = 5\n").expect("write");
+    let out = soma(
+        data.path(),
+        &["config", "check", bad.to_str().expect("utf8")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("timeout") && err.contains("line 3"), "{err}");
+
+    // A run with the config applies its limits.
+    let out = soma(
+        data.path(),
+        &[
+            "--config",
+            good.to_str().expect("utf8"),
+            "run",
+            soma_capsules::HOSTILE_LOOP_COMPONENT,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "fuel = 1000 from the config: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let data = tempfile::tempdir().expect("tempdir");
+    for cmd in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["inspect", "--help"],
+        &["new", "--help"],
+        &["build", "--help"],
+        &["config", "--help"],
+    ] {
+        let out = soma(data.path(), cmd);
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        assert!(text(&out.stdout).contains("Usage"), "{cmd:?}");
+    }
+}
+
+/// `soma new` scaffolds a crate that `soma build` turns into a component
+/// that `soma run` runs. Builds a real wasm32-wasip2 crate (shares a target
+/// dir across runs so it is incremental).
+#[test]
+fn new_build_run_round_trip() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = soma(
+        data.path(),
+        &[
+            "new",
+            "shouty-echo",
+            "--path",
+            work.path().to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let krate = work.path().join("shouty-echo");
+    assert!(krate.join("src/lib.rs").exists());
+
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
+    let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args(["build", "--json", "--path"])
+        .arg(&krate)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("soma build");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let wasm = built["component"].as_str().expect("path").to_owned();
+
+    let out = soma(
+        data.path(),
+        &["run", &wasm, "--input", r#"{"text":"hello"}"#],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), r#"{"text":"HELLO"}"#);
+
+    let out = soma(
+        data.path(),
+        &[
+            "new",
+            "Bad Name",
+            "--path",
+            work.path().to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}

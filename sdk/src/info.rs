@@ -1,0 +1,141 @@
+//! [`Info`]: the builder behind a capsule's `describe()`.
+
+use crate::{Capabilities, CapsuleInfo, CapsuleKind, LimitsRequest};
+
+/// What a capsule says about itself. Build it with [`Info::worker`],
+/// [`Info::planner`] or [`Info::gate`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct Info {
+    name: String,
+    version: String,
+    description: String,
+    kind: CapsuleKind,
+    input_schema: String,
+    output_schema: String,
+    capabilities: Capabilities,
+    limits: LimitsRequest,
+}
+
+impl Info {
+    fn new(kind: CapsuleKind, name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            description: String::new(),
+            kind,
+            input_schema: "{}".to_owned(),
+            output_schema: "{}".to_owned(),
+            capabilities: Capabilities {
+                kv: false,
+                llm_models: Vec::new(),
+                http_hosts: Vec::new(),
+                dirs: Vec::new(),
+            },
+            limits: LimitsRequest {
+                fuel: None,
+                memory_mb: None,
+                timeout_ms: None,
+            },
+        }
+    }
+
+    /// A worker capsule: one unit of work.
+    pub fn worker(name: &str, version: &str) -> Self {
+        Self::new(CapsuleKind::Worker, name, version)
+    }
+
+    /// A planner capsule: returns a sub-DAG as JSON.
+    pub fn planner(name: &str, version: &str) -> Self {
+        Self::new(CapsuleKind::Planner, name, version)
+    }
+
+    /// A gate capsule: returns `{approved, score, feedback}` as JSON.
+    pub fn gate(name: &str, version: &str) -> Self {
+        Self::new(CapsuleKind::Gate, name, version)
+    }
+
+    /// One-line human description.
+    #[must_use]
+    pub fn description(mut self, text: &str) -> Self {
+        text.clone_into(&mut self.description);
+        self
+    }
+
+    /// JSON Schema of the input, as a JSON document.
+    #[must_use]
+    pub fn input_schema(mut self, schema: &str) -> Self {
+        schema.clone_into(&mut self.input_schema);
+        self
+    }
+
+    /// JSON Schema of the output, as a JSON document.
+    #[must_use]
+    pub fn output_schema(mut self, schema: &str) -> Self {
+        schema.clone_into(&mut self.output_schema);
+        self
+    }
+
+    /// Ask for the key-value store.
+    #[must_use]
+    pub fn wants_kv(mut self) -> Self {
+        self.capabilities.kv = true;
+        self
+    }
+
+    /// Ask for an LLM model (or operator alias).
+    #[must_use]
+    pub fn wants_llm_model(mut self, model: &str) -> Self {
+        self.capabilities.llm_models.push(model.to_owned());
+        self
+    }
+
+    /// Ask for outbound HTTP to `host`.
+    #[must_use]
+    pub fn wants_http_host(mut self, host: &str) -> Self {
+        self.capabilities.http_hosts.push(host.to_owned());
+        self
+    }
+
+    /// Ask for a preopened directory at guest path `path`.
+    #[must_use]
+    pub fn wants_dir(mut self, path: &str) -> Self {
+        self.capabilities.dirs.push(path.to_owned());
+        self
+    }
+
+    /// Ask for at most `fuel` units per call.
+    #[must_use]
+    pub fn fuel(mut self, fuel: u64) -> Self {
+        self.limits.fuel = Some(fuel);
+        self
+    }
+
+    /// Ask for at most `mb` MiB of memory.
+    #[must_use]
+    pub fn memory_mb(mut self, mb: u32) -> Self {
+        self.limits.memory_mb = Some(mb);
+        self
+    }
+
+    /// Ask for a wall-clock deadline of `ms` milliseconds.
+    #[must_use]
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.limits.timeout_ms = Some(ms);
+        self
+    }
+}
+
+impl From<Info> for CapsuleInfo {
+    fn from(i: Info) -> Self {
+        CapsuleInfo {
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            kind: i.kind,
+            input_schema: i.input_schema,
+            output_schema: i.output_schema,
+            capabilities: i.capabilities,
+            limits: i.limits,
+        }
+    }
+}

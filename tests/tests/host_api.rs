@@ -1,0 +1,223 @@
+//! Host capabilities end to end through the notebook capsule: kv (durable,
+//! transactional per call, scoped), log, events, llm grants, stdout caps.
+
+use soma_runtime::{CallOptions, Failure};
+use soma_tests::{TestEngine, config, shared};
+
+fn call(t: &TestEngine, options: &CallOptions, input: &str) -> soma_runtime::Outcome {
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    t.engine.call(&c, input, options)
+}
+
+#[test]
+fn kv_writes_persist_only_when_the_call_succeeds() {
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let opts = CallOptions::for_capsule(&t.engine, &c);
+    let o = call(t, &opts, r#"{"op":"put","key":"a","value":"1"}"#);
+    assert_eq!(o.result.as_deref(), Ok(r#"{"stored":"a"}"#));
+    assert_eq!(o.logs[0].message, "stored");
+    assert_eq!(o.events[0].name, "stored");
+    assert_eq!(o.events[0].payload["bytes"], 1);
+
+    let o = call(t, &opts, r#"{"op":"put-then-fail","key":"b","value":"2"}"#);
+    assert!(
+        matches!(o.result, Err(Failure::CapsuleError { ref code, .. }) if code == "deliberate")
+    );
+
+    let o = call(t, &opts, r#"{"op":"get","key":"a"}"#);
+    assert_eq!(o.result.as_deref(), Ok(r#"{"key":"a","value":"1"}"#));
+    let o = call(t, &opts, r#"{"op":"get","key":"b"}"#);
+    assert_eq!(
+        o.result.as_deref(),
+        Ok(r#"{"key":"b","value":null}"#),
+        "failed call left nothing"
+    );
+}
+
+#[test]
+fn kv_survives_a_new_engine_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::Fuel,
+    );
+    for (input, expect) in [
+        (
+            r#"{"op":"put","key":"k","value":"durable"}"#,
+            r#"{"stored":"k"}"#,
+        ),
+        (
+            r#"{"op":"get","key":"k"}"#,
+            r#"{"key":"k","value":"durable"}"#,
+        ),
+    ] {
+        let engine =
+            soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(dir.path()))
+                .expect("engine");
+        let c = engine
+            .load_file(soma_capsules::NOTEBOOK_COMPONENT.as_ref())
+            .expect("load");
+        let o = engine.call(&c, input, &CallOptions::for_capsule(&engine, &c));
+        assert_eq!(o.result.as_deref(), Ok(expect));
+    }
+}
+
+#[test]
+fn kv_is_denied_when_policy_forbids_it() {
+    let mut cfg = config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::Fuel,
+    );
+    cfg.policy.allow_kv = false;
+    let t = TestEngine::new(cfg);
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let o = call(
+        &t,
+        &CallOptions::for_capsule(&t.engine, &c),
+        r#"{"op":"get","key":"a"}"#,
+    );
+    match o.result {
+        Err(Failure::CapsuleError { code, message, .. }) => {
+            assert_eq!(code, "kv");
+            assert!(message.contains("not granted kv"), "{message}");
+        }
+        other => panic!("expected kv denied, got {other:?}"),
+    }
+}
+
+#[test]
+fn llm_grants_and_unavailable() {
+    // Not granted by policy: denied.
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let o = call(
+        t,
+        &CallOptions::for_capsule(&t.engine, &c),
+        r#"{"op":"ask","model":"small","question":"hi"}"#,
+    );
+    assert!(
+        matches!(o.result, Err(Failure::CapsuleError { ref code, .. }) if code == "llm-denied"),
+        "{:?}",
+        o.result
+    );
+
+    // Granted, but no provider configured: unavailable (retryable).
+    let mut cfg = config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::Fuel,
+    );
+    cfg.policy.llm_models = vec!["small".into()];
+    let t = TestEngine::new(cfg);
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let o = call(
+        &t,
+        &CallOptions::for_capsule(&t.engine, &c),
+        r#"{"op":"ask","model":"small","question":"hi"}"#,
+    );
+    match o.result {
+        Err(f @ Failure::CapsuleError { .. }) => {
+            assert!(f.is_retryable());
+            assert!(
+                f.to_string().contains("no LLM provider is configured"),
+                "{f}"
+            );
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn logs_events_and_stdout_are_capped_not_fatal() {
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let o = call(
+        t,
+        &CallOptions::for_capsule(&t.engine, &c),
+        r#"{"op":"spam","n":20000}"#,
+    );
+    assert_eq!(o.result.as_deref(), Ok("20000"));
+    assert_eq!(o.events.len(), 256);
+    assert_eq!(o.events_dropped, 20000 - 256);
+    assert!(o.logs_dropped > 0);
+    assert!(o.stdout.len() <= 64 * 1024 && o.stdout.starts_with("stdout line 0\n"));
+}
+
+#[test]
+fn dirs_must_be_asked_for() {
+    let t = shared();
+    let c = t.load(soma_capsules::ECHO_COMPONENT);
+    let mut opts = CallOptions::for_capsule(&t.engine, &c);
+    let grant = "/tmp::/data".parse().expect("grant");
+    let err = opts
+        .grant_dirs(&c, vec![grant])
+        .expect_err("echo asks for no dirs");
+    assert!(matches!(err, Failure::Denied { .. }));
+}
+
+#[test]
+fn epoch_only_mode_reports_no_fuel() {
+    let t = TestEngine::new(config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::EpochOnly,
+    ));
+    let c = t.load(soma_capsules::CALCULATOR_COMPONENT);
+    let o = t.engine.call(
+        &c,
+        r#"{"expr":"1+1"}"#,
+        &CallOptions::for_capsule(&t.engine, &c),
+    );
+    assert_eq!(o.result.as_deref(), Ok(r#"{"value":2}"#));
+    assert_eq!(o.usage.fuel_consumed, None);
+    assert!(o.usage.peak_memory_bytes > 0);
+}
+
+#[test]
+fn aot_cache_is_reused_by_a_new_engine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::Fuel,
+    );
+    let count = || {
+        std::fs::read_dir(dir.path().join("aot"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for _ in 0..2 {
+        let engine =
+            soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(dir.path()))
+                .expect("engine");
+        let c = engine
+            .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
+            .expect("load");
+        assert_eq!(
+            engine
+                .call(&c, "x", &CallOptions::for_capsule(&engine, &c))
+                .result
+                .as_deref(),
+            Ok("x")
+        );
+        assert_eq!(count(), 1, "one artifact, written once and then reused");
+    }
+    // A corrupt artifact is ignored (recompiled), never trusted blindly into a crash.
+    let entry = std::fs::read_dir(dir.path().join("aot"))
+        .expect("aot")
+        .next()
+        .expect("entry")
+        .expect("entry")
+        .path();
+    std::fs::write(&entry, b"garbage").expect("corrupt");
+    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(dir.path()))
+        .expect("engine");
+    let c = engine
+        .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
+        .expect("load despite corrupt cache");
+    assert_eq!(
+        engine
+            .call(&c, "y", &CallOptions::for_capsule(&engine, &c))
+            .result
+            .as_deref(),
+        Ok("y")
+    );
+}

@@ -1,0 +1,228 @@
+//! `cargo xtask <command>`: the README's two commands and their helpers.
+//!
+//! - `demo`  — build the runtime and capsules, run the demo through `soma`
+//! - `test`  — install what the tests need (idempotently), then run them all
+//! - `lint`  — rustfmt check + clippy with warnings denied
+//! - `bench` — the criterion benchmarks
+//!
+//! Everything runs on the release profile so tests, benches and the demo
+//! share one build of the world.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let rest: Vec<String> = std::env::args().skip(2).collect();
+    match task.as_str() {
+        "demo" => demo(),
+        "test" => test(&rest),
+        "lint" => lint(),
+        "bench" => bench(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <demo|test|lint|bench>\n\n  \
+                 demo   run the demo on the embedded runtime (no services needed)\n  \
+                 test   install prerequisites, then run the whole test suite\n  \
+                 lint   cargo fmt --check and clippy -D warnings\n  \
+                 bench  run the criterion benchmarks (args go to cargo bench)"
+            );
+            if task.is_empty() || task == "help" || task == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown task {task:?}")
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("» {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Install the wasm target if it is missing (idempotent, no network if present).
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to install the wasm32-wasip2 target")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Install a rustup component (rustfmt, clippy) if it is missing.
+fn ensure_component(component: &str, probe: &[&str]) -> anyhow::Result<()> {
+    let ok = cargo()
+        .args(probe)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", component]))
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    ensure_component("rustfmt", &["fmt", "--version"])?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+        ])
+        .args(extra))?;
+    Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    ensure_component("rustfmt", &["fmt", "--version"])?;
+    ensure_component("clippy", &["clippy", "--version"])?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn bench(extra: &[String]) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "soma-runtime",
+        "--bin",
+        "soma",
+    ]))?;
+    run(cargo()
+        .args(["bench", "--locked", "-p", "soma-benches"])
+        .args(extra))
+}
+
+fn demo() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "soma-runtime",
+        "--bin",
+        "soma",
+        "-p",
+        "soma-capsules",
+        "--bin",
+        "soma-capsules",
+    ]))?;
+    let bin = root().join("target/release");
+    let listing = Command::new(bin.join("soma-capsules"))
+        .output()
+        .context("listing the built capsules")?;
+    let listing = String::from_utf8(listing.stdout)?;
+    let path = |name: &str| -> anyhow::Result<String> {
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .map(str::to_owned)
+            .with_context(|| format!("capsule {name} was not built"))
+    };
+    let data = root().join("target/demo-data");
+    let soma = bin.join("soma");
+    let steps: [(&str, &str); 4] = [
+        ("calculator", r#"{"expr":"2*(3+4)^2"}"#),
+        ("calculator", r#"{"expr":"(1.5 + 2.25) * -4 / 3"}"#),
+        ("calculator", r#"{"expr":"1/(2-2)"}"#),
+        (
+            "word-count",
+            r#"{"text":"the quick brown fox jumps over the lazy dog\nthe end"}"#,
+        ),
+    ];
+    println!("Soma demo — capsules run in the embedded runtime, no services needed.\n");
+    for (capsule, input) in steps {
+        println!("$ soma run {capsule}.wasm --input '{input}'");
+        let status = Command::new(&soma)
+            .arg("run")
+            .arg(path(capsule)?)
+            .args(["--input", input, "--data"])
+            .arg(&data)
+            .status()
+            .context("running soma")?;
+        println!("  (exit {})\n", status.code().unwrap_or(-1));
+    }
+    println!("$ soma run hostile-loop.wasm --timeout-ms 200   # a capsule that never returns");
+    let status = Command::new(&soma)
+        .arg("run")
+        .arg(path("hostile-loop")?)
+        .args([
+            "--timeout-ms",
+            "200",
+            "--fuel",
+            "1000000000000000",
+            "--data",
+        ])
+        .arg(&data)
+        .status()?;
+    println!(
+        "  (exit {}: deadline-exceeded)\n",
+        status.code().unwrap_or(-1)
+    );
+    println!("$ soma inspect calculator.wasm");
+    run(Command::new(&soma)
+        .arg("inspect")
+        .arg(path("calculator")?)
+        .arg("--data")
+        .arg(&data))?;
+    Ok(())
+}
