@@ -148,7 +148,70 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     ]))?;
     run(cargo()
         .args(["bench", "--locked", "-p", "soma-benches"])
-        .args(extra))
+        .args(extra))?;
+    summarize_benches(&root().join("target/criterion"))
+}
+
+/// Print the median of every criterion benchmark found under `dir`, and the
+/// ratio of each `soma` entry to the `raw_wasmtime` entry beside it.
+fn summarize_benches(dir: &Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    collect_estimates(dir, dir, &mut rows)?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    println!("\n{:<44} {:>14}  ratio", "benchmark", "median");
+    for (name, median) in &rows {
+        let baseline = name
+            .strip_suffix("/soma")
+            .map(|g| format!("{g}/raw_wasmtime"))
+            .or_else(|| {
+                name.contains("/soma/")
+                    .then(|| name.replace("/soma/", "/raw_wasmtime/"))
+            })
+            .or_else(|| {
+                name.strip_suffix("/fuel_and_epoch")
+                    .map(|g| format!("{g}/epoch_only"))
+            });
+        let ratio = baseline
+            .and_then(|b| rows.iter().find(|(n, _)| *n == b))
+            .map(|(_, base)| format!("{:.3}x", median / base))
+            .unwrap_or_default();
+        println!("{name:<44} {:>14}  {ratio}", human_ns(*median));
+    }
+    Ok(())
+}
+
+fn collect_estimates(root: &Path, dir: &Path, rows: &mut Vec<(String, f64)>) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_estimates(root, &path, rows)?;
+        } else if path.ends_with("new/estimates.json") {
+            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+            if let Some(median) = doc["median"]["point_estimate"].as_f64() {
+                let name = path
+                    .parent()
+                    .and_then(Path::parent)
+                    .and_then(|p| p.strip_prefix(root).ok())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                rows.push((name, median));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.3} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
 }
 
 fn demo() -> anyhow::Result<()> {
