@@ -144,6 +144,48 @@ fn logs_events_and_stdout_are_capped_not_fatal() {
 }
 
 #[test]
+fn directories_are_deny_by_default_and_read_only_unless_granted_rw() {
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let host = tempfile::tempdir().expect("tempdir");
+    std::fs::write(host.path().join("in.txt"), "from the host").expect("write");
+    let read = r#"{"op":"read","path":"/data/in.txt"}"#;
+    let write = r#"{"op":"write","path":"/data/out.txt","text":"from the capsule"}"#;
+    let io_error = |o: &soma_runtime::Outcome| matches!(&o.result, Err(Failure::CapsuleError { code, .. }) if code == "io");
+
+    // No grant: the directory does not exist for the capsule.
+    let none = CallOptions::for_capsule(&t.engine, &c);
+    assert!(io_error(&t.engine.call(&c, read, &none)));
+
+    // Read-only grant: reads work, writes fail, nothing lands on the host.
+    let mut ro = CallOptions::for_capsule(&t.engine, &c);
+    let grant = format!("{}::/data", host.path().display())
+        .parse()
+        .expect("grant");
+    ro.grant_dirs(&c, vec![grant]).expect("asked for /data");
+    assert_eq!(
+        t.engine.call(&c, read, &ro).result.as_deref(),
+        Ok("from the host")
+    );
+    assert!(io_error(&t.engine.call(&c, write, &ro)));
+    assert!(!host.path().join("out.txt").exists());
+
+    // Writable grant.
+    let mut rw = CallOptions::for_capsule(&t.engine, &c);
+    let grant = format!("{}::/data:rw", host.path().display())
+        .parse()
+        .expect("grant");
+    rw.grant_dirs(&c, vec![grant]).expect("asked for /data");
+    assert!(t.engine.call(&c, write, &rw).result.is_ok());
+    let written = std::fs::read_to_string(host.path().join("out.txt")).expect("written");
+    assert_eq!(written, "from the capsule");
+
+    // Escaping the preopen is refused.
+    let escape = r#"{"op":"read","path":"/data/../../etc/passwd"}"#;
+    assert!(io_error(&t.engine.call(&c, escape, &rw)));
+}
+
+#[test]
 fn dirs_must_be_asked_for() {
     let t = shared();
     let c = t.load(soma_capsules::ECHO_COMPONENT);

@@ -102,10 +102,68 @@ fn ensure_component(component: &str, probe: &[&str]) -> anyhow::Result<()> {
     run(Command::new("rustup").args(["component", "add", component]))
 }
 
+/// Debian packages the tests start as real services.
+const APT_PACKAGES: &[(&str, &str)] = &[("docker-registry", "docker-registry")];
+/// Python modules the interop reference needs, with their PyPI names.
+const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];
+
+/// Install the services and Python modules the tests use, if missing.
+fn ensure_test_services() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let missing: Vec<&str> = PY_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing))?;
+    }
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(bin))
+        .find(|p| p.is_file())
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     ensure_component("rustfmt", &["fmt", "--version"])?;
+    ensure_test_services()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The independent cosign reference against a real registry (tests/interop).
+    run(Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests/interop"])
+        .current_dir(root())
+        .env("COSIGN_REF_REQUIRE_REGISTRY", "1"))?;
     run(cargo()
         .args([
             "test",

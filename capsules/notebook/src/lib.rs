@@ -1,7 +1,8 @@
 //! `notebook`: a tiny kv-backed notebook that exercises every host
-//! capability a capsule has: kv (both scopes), log, events, llm, stdout.
+//! capability a capsule has: kv (both scopes), log, events, llm, stdout,
+//! preopened directories.
 //!
-//! Input: `{"op": "put" | "get" | "list" | "put-then-fail" | "ask" | "spam", ...}`.
+//! Input: `{"op": "put" | "get" | "list" | "put-then-fail" | "ask" | "spam" | "read" | "write", ...}`.
 
 use serde::Deserialize;
 use soma_sdk::{
@@ -25,6 +26,10 @@ enum Op {
     Ask { model: String, question: String },
     /// Log and emit `n` lines/events and print to stdout (exercises caps).
     Spam { n: u32 },
+    /// Read a file (exercises preopened directories).
+    Read { path: String },
+    /// Write a file (exercises read-only vs writable grants).
+    Write { path: String, text: String },
 }
 
 struct Notebook;
@@ -35,6 +40,7 @@ impl Capsule for Notebook {
             .description("A kv-backed notebook")
             .wants_kv()
             .wants_llm_model("small")
+            .wants_dir("/data")
     }
 
     fn run(input: &str) -> Result<String, Error> {
@@ -76,6 +82,11 @@ impl Capsule for Notebook {
                 }
                 json::output(&n)
             }
+            Op::Read { path } => std::fs::read_to_string(&path)
+                .map_err(|e| Error::new("io", format!("cannot read {path}: {e}"))),
+            Op::Write { path, text } => std::fs::write(&path, text)
+                .map_err(|e| Error::new("io", format!("cannot write {path}: {e}")))
+                .and_then(|()| json::output(&serde_json::json!({ "written": path }))),
         }
     }
 }
