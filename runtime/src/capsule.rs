@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc};
 use serde::Serialize;
 use soma_host_api::bindings::{
     CapsulePre,
-    soma::capsule::types::{CapsuleInfo, CapsuleKind},
+    soma::capsule::types::{CapsuleInfo, CapsuleKind, LimitsRequest},
 };
 use wasmtime::component::Component;
 
@@ -83,15 +83,14 @@ pub struct Manifest {
     pub wants_http_hosts: Vec<String>,
     /// Wanted preopened directories (guest paths).
     pub wants_dirs: Vec<String>,
-    /// Requested limits.
-    #[serde(skip)]
-    pub limits: soma_host_api::bindings::soma::capsule::types::LimitsRequest,
-    /// Requested fuel, for display.
-    pub requested_fuel: Option<u64>,
-    /// Requested memory (MiB), for display.
-    pub requested_memory_mb: Option<u32>,
-    /// Requested deadline (ms), for display.
-    pub requested_timeout_ms: Option<u32>,
+    /// Limits the capsule asks for (they can only lower the operator's).
+    #[serde(serialize_with = "serialize_limits")]
+    pub limits: LimitsRequest,
+}
+
+fn serialize_limits<S: serde::Serializer>(l: &LimitsRequest, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({ "fuel": l.fuel, "memory_mb": l.memory_mb, "timeout_ms": l.timeout_ms })
+        .serialize(s)
 }
 
 impl Manifest {
@@ -118,9 +117,6 @@ impl Manifest {
             wants_llm_models: info.capabilities.llm_models,
             wants_http_hosts: info.capabilities.http_hosts,
             wants_dirs: info.capabilities.dirs,
-            requested_fuel: info.limits.fuel,
-            requested_memory_mb: info.limits.memory_mb,
-            requested_timeout_ms: info.limits.timeout_ms,
             limits: info.limits,
         })
     }

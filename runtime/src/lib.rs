@@ -16,6 +16,7 @@ pub mod digest; // content addresses: sha256 of a component's bytes
 pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, capsule cache
 pub mod host; // per-call store data composing every capability's state
 pub mod limits; // per-call limits and the ResourceLimiter that enforces them
+pub mod oci; // push/pull capsules as OCI Wasm artifacts; the verified blob cache
 pub mod store; // the data directory: redb database and AOT cache paths
 pub mod validate; // structural bounds checked before anything is compiled // one call: instantiate, run, classify the failure → Outcome
 

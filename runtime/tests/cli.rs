@@ -277,3 +277,49 @@ fn new_build_run_round_trip() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn dir_grants_from_the_command_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let host = tempfile::tempdir().expect("tempdir");
+    std::fs::write(host.path().join("note.txt"), "hello from the host").expect("write");
+    let grant = format!("{}::/data", host.path().display());
+    let out = soma(
+        data.path(),
+        &[
+            "run",
+            soma_capsules::NOTEBOOK_COMPONENT,
+            "--dir",
+            &grant,
+            "--input",
+            r#"{"op":"read","path":"/data/note.txt"}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "hello from the host");
+
+    // echo never asked for /data: the grant is refused by name (exit 18).
+    let out = soma(
+        data.path(),
+        &[
+            "run",
+            soma_capsules::ECHO_COMPONENT,
+            "--dir",
+            &grant,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(18), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["failure"]["class"], "denied");
+
+    let out = soma(
+        data.path(),
+        &["run", soma_capsules::ECHO_COMPONENT, "--dir", "nonsense"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed grant is a usage error"
+    );
+}

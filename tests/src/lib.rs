@@ -4,6 +4,8 @@
 //! Services (registry, Temporal, Prometheus) join this module as the issues
 //! that need them land; each starts on a free loopback port and stops on drop.
 
+pub mod registry;
+
 use std::{
     path::Path,
     sync::{Arc, OnceLock},

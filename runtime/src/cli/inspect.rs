@@ -58,9 +58,12 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
             wants.join(", ")
         }
     );
+    let show = |v: Option<String>| v.unwrap_or_else(|| "default".to_owned());
     println!(
-        "limits   fuel {:?}, memory {:?} MiB, timeout {:?} ms (requested; operator defaults apply where none)",
-        m.requested_fuel, m.requested_memory_mb, m.requested_timeout_ms
+        "limits   fuel {}, memory {}, timeout {} (requested; the operator's apply where tighter)",
+        show(m.limits.fuel.map(|f| f.to_string())),
+        show(m.limits.memory_mb.map(|x| format!("{x} MiB"))),
+        show(m.limits.timeout_ms.map(|x| format!("{x} ms"))),
     );
     println!("input    {}", m.input_schema);
     println!("output   {}", m.output_schema);

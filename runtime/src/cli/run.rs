@@ -88,14 +88,19 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     if let Some(ns) = &args.kv_namespace {
         options.kv_namespace(ns);
     }
-    let denied = options.grant_dirs(&capsule, args.dirs.clone()).err();
-    let outcome = match denied {
-        Some(f) => {
-            eprintln!("error: {f}");
-            return Ok(Code::of_failure(&f));
+    if let Err(f) = options.grant_dirs(&capsule, args.dirs.clone()) {
+        if args.json {
+            let doc = serde_json::json!({
+                "ok": false,
+                "failure": { "class": f.class(), "message": f.to_string(), "detail": f },
+            });
+            println!("{doc}");
+        } else {
+            eprintln!("error: {f} ({})", f.class());
         }
-        None => engine.call(&capsule, &input, &options),
-    };
+        return Ok(Code::of_failure(&f));
+    }
+    let outcome = engine.call(&capsule, &input, &options);
     let code = match &outcome.result {
         Ok(_) => Code::Ok,
         Err(f) => Code::of_failure(f),

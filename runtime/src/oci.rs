@@ -1,0 +1,840 @@
+//! Capsules as OCI Wasm artifacts: [`push`] to and [`pull`] from a registry,
+//! and the verified, content-addressed blob cache pulls land in.
+//!
+//! The artifact follows the CNCF TAG-Runtime Wasm OCI artifact layout: an
+//! OCI image manifest whose config is `application/vnd.wasm.config.v0+json`
+//! and whose one layer is the component (`application/wasm`).
+//!
+//! A pull resolves the reference to a manifest digest once, checks the media
+//! types and the layer size before downloading, verifies the layer's sha256
+//! before writing anything, and writes it atomically to
+//! `<data>/blobs/sha256/<hex>`, indexed in the node database (tables
+//! `blobs` and `blob_manifests`). Registry calls are retried with
+//! exponential backoff on 5xx and connection errors only.
+
+mod auth;
+mod cache;
+mod reference;
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use oci_client::{
+    Client,
+    client::{ClientConfig, ClientProtocol},
+    errors::{OciDistributionError, OciErrorCode},
+    manifest::OciDescriptor,
+    secrets::RegistryAuth,
+};
+use serde::Deserialize;
+
+pub use auth::Auth;
+pub use cache::{CachedBlob, GcReport, cache_gc, cache_ls};
+pub use reference::Reference;
+
+use crate::{Engine, LoadError, config::Config, digest::Digest, store::DataDir};
+
+/// Media type of the manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of the Wasm config blob.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// Media type of the one layer: the component.
+pub const LAYER_MEDIA_TYPE: &str = "application/wasm";
+/// OCI image index media type (refused: a capsule is one artifact).
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Annotation: the capsule's name (from `describe()`).
+pub const ANNOTATION_NAME: &str = "dev.soma.capsule.name";
+/// Annotation: the capsule's kind (`worker`, `planner`, `gate`).
+pub const ANNOTATION_KIND: &str = "dev.soma.capsule.kind";
+
+/// Attempts per registry request (the first try plus two retries).
+const ATTEMPTS: u32 = 3;
+/// Backoff before the first retry; quadrupled for each next one (100→400 ms).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a push or pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The reference is not `registry[:port]/repo/path[:tag][@sha256:<hex>]`.
+    #[error(
+        "{reference:?} is not an OCI reference: {reason}. Expected registry[:port]/repository[:tag][@sha256:<hex>], e.g. ghcr.io/acme/calculator:1.0"
+    )]
+    BadReference {
+        /// The text given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The bytes to push are not a loadable capsule; nothing was uploaded.
+    #[error("refusing to push: {0}")]
+    Invalid(#[from] LoadError),
+    /// The registry wants credentials, or refused the ones given (HTTP 401).
+    #[error(
+        "{registry} requires authentication (HTTP 401): pass a username and password or log in with `docker login {registry}`"
+    )]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+    },
+    /// The credentials are valid but lack access (HTTP 403).
+    #[error(
+        "access to {reference} is denied (HTTP 403): check the account's permissions on the repository"
+    )]
+    Forbidden {
+        /// The reference.
+        reference: String,
+    },
+    /// The repository, tag or digest does not exist (HTTP 404).
+    #[error("{reference} was not found in the registry (HTTP 404): check the repository and tag")]
+    NotFound {
+        /// The reference.
+        reference: String,
+    },
+    /// The registry kept failing (5xx after retries) or answered an
+    /// unexpected status.
+    #[error(
+        "the registry answered HTTP {status} for {reference} (after {ATTEMPTS} attempts for 5xx): {message}"
+    )]
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The reference.
+        reference: String,
+        /// What the registry said.
+        message: String,
+    },
+    /// The registry could not be reached (connection refused, DNS, TLS, timeout).
+    #[error(
+        "cannot reach the registry {registry}: {cause} (is it running, and is the address right?)"
+    )]
+    Unreachable {
+        /// The registry host.
+        registry: String,
+        /// The transport error.
+        cause: String,
+    },
+    /// The manifest, config or layer has another media type than a Soma
+    /// capsule artifact.
+    #[error("not a Wasm capsule artifact: found media type {found:?}, expected {expected:?}")]
+    WrongMediaType {
+        /// What the artifact has.
+        found: String,
+        /// What a capsule artifact has.
+        expected: String,
+    },
+    /// The layer is larger than the configured cap; nothing was downloaded.
+    #[error(
+        "the component layer is {size} bytes, over the limit of {limit} bytes (raise validate.max_component_bytes to accept it)"
+    )]
+    TooLarge {
+        /// The layer's declared (or received) size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// Content does not hash to its digest; nothing was written.
+    #[error(
+        "digest mismatch: expected {expected}, the registry sent content hashing to {found} — the artifact was tampered with or corrupted"
+    )]
+    DigestMismatch {
+        /// The digest the manifest (or reference) names.
+        expected: String,
+        /// The digest of what was received.
+        found: String,
+    },
+    /// The layer has another size than its descriptor says.
+    #[error("the layer is {found} bytes but its descriptor says {expected}: refusing it")]
+    SizeMismatch {
+        /// The descriptor's size.
+        expected: u64,
+        /// Bytes received.
+        found: u64,
+    },
+    /// The registry sent something that is not a valid OCI response.
+    #[error("the registry sent an invalid response for {reference}: {message}")]
+    Protocol {
+        /// The reference.
+        reference: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The docker `config.json` could not be used.
+    #[error("cannot read docker credentials from {path}: {message}")]
+    DockerConfig {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The blob cache could not be written or read.
+    #[error(
+        "blob cache I/O error at {path}: {source} (check the --data directory's permissions and free space)"
+    )]
+    Cache {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The node database could not be opened or updated.
+    #[error("blob index error: {0}")]
+    Database(String),
+    /// The async runtime for registry I/O could not be started.
+    #[error("cannot start the registry client runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How a pull is bounded and transported.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Largest layer accepted, in bytes (checked before downloading).
+    /// Default: `validate.max_component_bytes` (64 MiB).
+    pub max_layer_bytes: u64,
+    /// Use plain http even for a non-loopback registry.
+    pub insecure: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+impl PullOptions {
+    /// The cap from `config.validate.max_component_bytes`, https unless loopback.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_layer_bytes: u64::try_from(config.validate.max_component_bytes).unwrap_or(u64::MAX),
+            insecure: false,
+        }
+    }
+}
+
+/// How a push is annotated and transported.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// `org.opencontainers.image.source`, if known (e.g. a repository URL).
+    pub source: Option<String>,
+    /// Use plain http even for a non-loopback registry.
+    pub insecure: bool,
+}
+
+/// A pulled capsule: where its verified component is on disk.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The manifest digest the reference resolved to.
+    pub manifest_digest: Digest,
+    /// The layer (component) digest.
+    pub layer_digest: Digest,
+    /// `<data>/blobs/sha256/<hex>`: the verified component.
+    pub component: PathBuf,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the layer came from the cache (no layer download).
+    pub cached: bool,
+}
+
+/// Push a capsule to `reference` (which needs a tag, not a digest).
+///
+/// The bytes are loaded by `engine` first (digest, validate, compile,
+/// `describe()`), so an invalid component fails before anything is uploaded.
+/// Returns the manifest digest. Cost: one compile (or AOT cache hit), then
+/// three uploads (layer, config, manifest).
+pub fn push(
+    engine: &Engine,
+    bytes: &[u8],
+    reference: &Reference,
+    auth: &Auth,
+    options: &PushOptions,
+) -> Result<Digest, OciError> {
+    if reference.digest().is_some() {
+        return Err(OciError::BadReference {
+            reference: reference.to_string(),
+            reason: "a push needs a tag, not a digest (the digest is computed from the manifest)"
+                .into(),
+        });
+    }
+    let capsule = engine.load(bytes, &reference.to_string())?;
+    let manifest = capsule.manifest();
+    let layer_digest = Digest::of(bytes);
+    let created = rfc3339(SystemTime::now());
+    let config = serde_json::json!({
+        "created": created,
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [layer_digest.to_string()],
+        "component": {
+            "exports": capsule.exports(engine),
+            "imports": capsule.imports(engine),
+            "target": null,
+        },
+    });
+    let config = serde_json::to_vec(&config).map_err(|e| protocol(reference, &e))?;
+    let config_digest = Digest::of(&config);
+    let mut annotations = BTreeMap::from([
+        ("org.opencontainers.image.title", manifest.name.clone()),
+        ("org.opencontainers.image.version", manifest.version.clone()),
+        (
+            "org.opencontainers.image.description",
+            manifest.description.clone(),
+        ),
+        ("org.opencontainers.image.created", created),
+        (ANNOTATION_NAME, manifest.name.clone()),
+        (ANNOTATION_KIND, manifest.kind.to_owned()),
+    ]);
+    if let Some(source) = &options.source {
+        annotations.insert("org.opencontainers.image.source", source.clone());
+    }
+    let oci_manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": LAYER_MEDIA_TYPE,
+            "digest": layer_digest.to_string(),
+            "size": bytes.len(),
+        }],
+        "annotations": annotations,
+    });
+    let manifest_bytes = serde_json::to_vec(&oci_manifest).map_err(|e| protocol(reference, &e))?;
+    let manifest_digest = Digest::of(&manifest_bytes);
+
+    let session = Session::new(reference, auth, options.insecure)?;
+    let target = session.target.clone();
+    session.block_on(
+        session
+            .client
+            .store_auth_if_needed(target.resolve_registry(), &session.auth),
+    );
+    let layer = bytes::Bytes::copy_from_slice(bytes);
+    let layer_digest_text = layer_digest.to_string();
+    session.retry(reference, || {
+        session
+            .client
+            .push_blob(&target, layer.clone(), &layer_digest_text)
+    })?;
+    let config = bytes::Bytes::from(config);
+    let config_digest_text = config_digest.to_string();
+    session.retry(reference, || {
+        session
+            .client
+            .push_blob(&target, config.clone(), &config_digest_text)
+    })?;
+    let manifest_bytes = bytes::Bytes::from(manifest_bytes);
+    session.retry(reference, || {
+        session.client.push_manifest_raw(
+            &target,
+            manifest_bytes.clone(),
+            http_header(MANIFEST_MEDIA_TYPE),
+        )
+    })?;
+    tracing::info!(%reference, %manifest_digest, "pushed capsule");
+    Ok(manifest_digest)
+}
+
+/// Pull the capsule at `reference` into the blob cache of `data`.
+///
+/// A reference with `@sha256:…` already in the cache is served without
+/// touching the network. Otherwise the manifest is fetched once and
+/// verified; a layer already cached (file present with the right size) is
+/// not downloaded again. Cost: one manifest request, plus one download of
+/// at most `options.max_layer_bytes` held in memory while it is hashed.
+pub fn pull(
+    data: &DataDir,
+    reference: &Reference,
+    auth: &Auth,
+    options: &PullOptions,
+) -> Result<Pulled, OciError> {
+    if let Some(digest) = reference.digest()
+        && let Some(hit) = cache::lookup_manifest(data, &digest)?
+    {
+        return Ok(hit);
+    }
+    let session = Session::new(reference, auth, options.insecure)?;
+    let (body, _) = session.retry(reference, || {
+        session.client.pull_manifest_raw(
+            &session.target,
+            &session.auth,
+            &[MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE],
+        )
+    })?;
+    // Resolved once: everything below uses this digest, not the tag.
+    let manifest_digest = Digest::of(&body);
+    if let Some(expected) = reference.digest()
+        && expected != manifest_digest
+    {
+        return Err(OciError::DigestMismatch {
+            expected: expected.to_string(),
+            found: manifest_digest.to_string(),
+        });
+    }
+    let manifest: RawManifest =
+        serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
+    let layer = check_manifest(&manifest)?;
+    let layer_digest: Digest = layer.digest.parse().map_err(|e| OciError::Protocol {
+        reference: reference.to_string(),
+        message: format!("layer digest: {e}"),
+    })?;
+    let size = u64::try_from(layer.size).map_err(|_| OciError::Protocol {
+        reference: reference.to_string(),
+        message: format!("negative layer size {}", layer.size),
+    })?;
+    if size > options.max_layer_bytes {
+        return Err(OciError::TooLarge {
+            size,
+            limit: options.max_layer_bytes,
+        });
+    }
+    let annotations = manifest.annotations.clone().unwrap_or_default();
+    let entry = cache::Entry {
+        layer_digest,
+        size,
+        media_type: layer.media_type.clone(),
+        reference: reference.to_string(),
+        manifest_digest,
+        annotations,
+    };
+    if let Some(hit) = cache::reuse_layer(data, &entry)? {
+        return Ok(hit);
+    }
+
+    let pinned = session
+        .target
+        .clone_with_digest(manifest_digest.to_string());
+    let descriptor = OciDescriptor {
+        media_type: layer.media_type.clone(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        urls: None,
+        annotations: None,
+        artifact_type: None,
+    };
+    let bytes = session.download(
+        reference,
+        &pinned,
+        &descriptor,
+        size,
+        options.max_layer_bytes,
+    )?;
+    let found = Digest::of(&bytes);
+    if found != layer_digest {
+        return Err(OciError::DigestMismatch {
+            expected: layer_digest.to_string(),
+            found: found.to_string(),
+        });
+    }
+    let pulled = cache::store(data, &entry, &bytes)?;
+    tracing::info!(%reference, %manifest_digest, %layer_digest, "pulled capsule");
+    Ok(pulled)
+}
+
+/// The parts of an OCI manifest a pull looks at.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    media_type: Option<String>,
+    config: Option<RawDescriptor>,
+    #[serde(default)]
+    layers: Vec<RawDescriptor>,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: String,
+    digest: String,
+    size: i64,
+}
+
+/// Media types: an image manifest, a Wasm config, exactly one Wasm layer.
+fn check_manifest(m: &RawManifest) -> Result<&RawDescriptor, OciError> {
+    let wrong = |found: &str, expected: &str| OciError::WrongMediaType {
+        found: found.to_owned(),
+        expected: expected.to_owned(),
+    };
+    match m.media_type.as_deref() {
+        Some(MANIFEST_MEDIA_TYPE) => {}
+        Some(other) => return Err(wrong(other, MANIFEST_MEDIA_TYPE)),
+        None if m.manifests.is_some() => return Err(wrong(INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE)),
+        None => {}
+    }
+    let config = m
+        .config
+        .as_ref()
+        .ok_or_else(|| wrong("(no config)", CONFIG_MEDIA_TYPE))?;
+    if config.media_type != CONFIG_MEDIA_TYPE {
+        return Err(wrong(&config.media_type, CONFIG_MEDIA_TYPE));
+    }
+    match m.layers.as_slice() {
+        [layer] if layer.media_type == LAYER_MEDIA_TYPE => Ok(layer),
+        [layer] => Err(wrong(&layer.media_type, LAYER_MEDIA_TYPE)),
+        layers => Err(wrong(
+            &format!(
+                "{} layers ({})",
+                layers.len(),
+                layers
+                    .iter()
+                    .map(|l| l.media_type.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &format!("exactly one {LAYER_MEDIA_TYPE} layer"),
+        )),
+    }
+}
+
+/// One registry conversation: the client, its transport and credentials,
+/// and a current-thread tokio runtime to drive it from sync code.
+struct Session {
+    client: Client,
+    target: oci_client::Reference,
+    auth: RegistryAuth,
+    registry: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Session {
+    fn new(reference: &Reference, auth: &Auth, insecure: bool) -> Result<Self, OciError> {
+        let protocol = if insecure || reference.is_loopback() {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::new(ClientConfig {
+            protocol,
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(OciError::Runtime)?;
+        Ok(Self {
+            client,
+            target: reference.to_oci(),
+            auth: auth.to_registry_auth(),
+            registry: reference.registry().to_owned(),
+            rt,
+        })
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Run `op` up to [`ATTEMPTS`] times, backing off 100 ms then 400 ms,
+    /// retrying only 5xx and transport failures.
+    fn retry<T, F, Fut>(&self, reference: &Reference, mut op: F) -> Result<T, OciError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.retry_mapped(|| {
+            let attempt = op();
+            async move {
+                attempt
+                    .await
+                    .map_err(|e| map_error(e, &self.registry, reference))
+            }
+        })
+    }
+
+    fn retry_mapped<T, F, Fut>(&self, mut op: F) -> Result<T, OciError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciError>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.block_on(op()) {
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(attempt, error = %e, "registry request failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff *= 4;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Download one blob into memory, refusing more than `size` (the
+    /// descriptor's) or `limit` bytes. oci-client verifies the digest at the
+    /// end of the stream; nothing touches the disk here.
+    fn download(
+        &self,
+        reference: &Reference,
+        pinned: &oci_client::Reference,
+        descriptor: &OciDescriptor,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, OciError> {
+        self.retry_mapped(|| async {
+            let mut out = Capped::new(size.min(limit));
+            let result = self
+                .client
+                .pull_blob(pinned, descriptor, &mut out)
+                .await
+                .map_err(|e| map_error(e, &self.registry, reference));
+            let received = out.received;
+            if received > limit {
+                return Err(OciError::TooLarge {
+                    size: received,
+                    limit,
+                });
+            }
+            if received > size {
+                return Err(OciError::SizeMismatch {
+                    expected: size,
+                    found: received,
+                });
+            }
+            result?;
+            if received != size {
+                return Err(OciError::SizeMismatch {
+                    expected: size,
+                    found: received,
+                });
+            }
+            Ok(out.buf)
+        })
+    }
+}
+
+/// An in-memory sink that fails once more than `cap` bytes arrive (and
+/// records how many did), so a registry cannot stream past the limit.
+struct Capped {
+    buf: Vec<u8>,
+    cap: u64,
+    received: u64,
+}
+
+impl Capped {
+    fn new(cap: u64) -> Self {
+        Self {
+            buf: Vec::with_capacity(usize::try_from(cap).unwrap_or(0)),
+            cap,
+            received: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.received = self.received.saturating_add(data.len() as u64);
+        if self.received > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "blob larger than its descriptor or the size limit",
+            )));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn retryable(e: &OciError) -> bool {
+    match e {
+        OciError::Server { status, .. } => *status >= 500,
+        OciError::Unreachable { .. } => true,
+        _ => false,
+    }
+}
+
+/// Map oci-client's errors to ours by HTTP status / OCI error code.
+fn map_error(e: OciDistributionError, registry: &str, reference: &Reference) -> OciError {
+    let by_status = |status: u16, message: String| match status {
+        401 => OciError::Unauthorized {
+            registry: registry.to_owned(),
+        },
+        403 => OciError::Forbidden {
+            reference: reference.to_string(),
+        },
+        404 => OciError::NotFound {
+            reference: reference.to_string(),
+        },
+        status => OciError::Server {
+            status,
+            reference: reference.to_string(),
+            message,
+        },
+    };
+    match e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => by_status(401, String::new()),
+        OciDistributionError::ServerError { code, message, .. } => by_status(code, message),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let message = envelope.to_string();
+            match envelope.errors.first().map(|e| &e.code) {
+                Some(OciErrorCode::Unauthorized) => by_status(401, message),
+                Some(OciErrorCode::Denied) => by_status(403, message),
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown,
+                ) => by_status(404, message),
+                Some(OciErrorCode::Toomanyrequests) => by_status(429, message),
+                _ => OciError::Protocol {
+                    reference: reference.to_string(),
+                    message,
+                },
+            }
+        }
+        OciDistributionError::RequestError(r) => match r.status() {
+            Some(status) => by_status(status.as_u16(), r.to_string()),
+            None => OciError::Unreachable {
+                registry: registry.to_owned(),
+                cause: error_chain(&r),
+            },
+        },
+        OciDistributionError::IoError(io) => OciError::Unreachable {
+            registry: registry.to_owned(),
+            cause: io.to_string(),
+        },
+        OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+            expected,
+            actual,
+        }) => OciError::DigestMismatch {
+            expected,
+            found: actual,
+        },
+        other => OciError::Protocol {
+            reference: reference.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn protocol(reference: &Reference, e: &dyn std::fmt::Display) -> OciError {
+    OciError::Protocol {
+        reference: reference.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn http_header(value: &'static str) -> http::HeaderValue {
+    http::HeaderValue::from_static(value)
+}
+
+/// `t` as RFC 3339 UTC with seconds (`2025-01-02T03:04:05Z`).
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59Z");
+    }
+
+    fn manifest(config: &str, layers: &[&str]) -> RawManifest {
+        RawManifest {
+            media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+            config: Some(RawDescriptor {
+                media_type: config.into(),
+                digest: String::new(),
+                size: 1,
+            }),
+            layers: layers
+                .iter()
+                .map(|m| RawDescriptor {
+                    media_type: (*m).into(),
+                    digest: String::new(),
+                    size: 1,
+                })
+                .collect(),
+            manifests: None,
+            annotations: None,
+        }
+    }
+
+    #[test]
+    fn media_types_are_checked() {
+        assert!(check_manifest(&manifest(CONFIG_MEDIA_TYPE, &[LAYER_MEDIA_TYPE])).is_ok());
+        for m in [
+            manifest(
+                "application/vnd.oci.image.config.v1+json",
+                &[LAYER_MEDIA_TYPE],
+            ),
+            manifest(CONFIG_MEDIA_TYPE, &[]),
+            manifest(CONFIG_MEDIA_TYPE, &[LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPE]),
+            manifest(CONFIG_MEDIA_TYPE, &["application/octet-stream"]),
+        ] {
+            assert!(matches!(
+                check_manifest(&m),
+                Err(OciError::WrongMediaType { .. })
+            ));
+        }
+    }
+}

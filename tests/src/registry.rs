@@ -1,0 +1,281 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (distribution
+//! 2.8) on a free loopback port over a temporary storage directory, stopped
+//! on drop. `cargo xtask test` installs it.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Where Debian installs the registry binary.
+pub const BINARY: &str = "/usr/bin/docker-registry";
+
+/// How long a registry may take to answer `GET /v2/` after starting.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running registry. Killed (and its storage removed) on drop.
+#[derive(Debug)]
+pub struct Registry {
+    child: Child,
+    host: String,
+    dir: tempfile::TempDir,
+}
+
+/// A raw HTTP response from [`Registry::get`].
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lowercased names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Registry {
+    /// Start an anonymous registry. Panics (with the log) if it does not come up.
+    pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// Start a registry requiring HTTP basic auth for `user`/`pass`.
+    pub fn start_with_auth(user: &str, pass: &str) -> Self {
+        Self::spawn(Some((user, pass)))
+    }
+
+    fn spawn(auth: Option<(&str, &str)>) -> Self {
+        assert!(
+            Path::new(BINARY).exists(),
+            "{BINARY} is missing: run `cargo xtask test` (it installs docker-registry) or `apt-get install docker-registry`"
+        );
+        let dir = tempfile::tempdir().expect("registry tempdir");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("storage dir");
+        let auth_section = match auth {
+            Some((user, pass)) => {
+                let hash = bcrypt::hash(pass, 4).expect("bcrypt");
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: soma-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth_section}",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let mut registry = Self { child, host, dir };
+        registry.wait_ready();
+        registry
+    }
+
+    /// Poll `GET /v2/` until any HTTP answer, the process exits, or the deadline.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if self.get("/v2/", &[]).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer within {START_DEADLINE:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The registry's filesystem storage root (contains `docker/registry/v2`).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// The data file of blob `digest` (`sha256:<hex>`) in the storage.
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// A plain HTTP/1.0 `GET` of `path` with extra `headers`.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        http_request(&self.host, "GET", path, headers, &[])
+    }
+
+    /// Upload `data` as a blob of `repository` (POST a session, then one
+    /// monolithic PUT); returns its digest.
+    pub fn put_blob(&self, repository: &str, data: &[u8]) -> String {
+        let digest = soma_runtime::Digest::of(data).to_string();
+        let r = http_request(
+            &self.host,
+            "POST",
+            &format!("/v2/{repository}/blobs/uploads/"),
+            &[("Content-Length", "0")],
+            &[],
+        )
+        .expect("blob upload session");
+        assert_eq!(
+            r.status,
+            202,
+            "upload session: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let location = r.header("Location").expect("Location header");
+        let path = location.find("/v2/").map_or(location, |at| &location[at..]);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let length = data.len().to_string();
+        let r = http_request(
+            &self.host,
+            "PUT",
+            &format!("{path}{sep}digest={digest}"),
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Length", &length),
+            ],
+            data,
+        )
+        .expect("blob upload");
+        assert_eq!(
+            r.status,
+            201,
+            "blob upload: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        digest
+    }
+
+    /// Put `manifest` (of `media_type`) at `repository:tag`; returns its digest.
+    pub fn put_manifest(
+        &self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> String {
+        let length = manifest.len().to_string();
+        let r = http_request(
+            &self.host,
+            "PUT",
+            &format!("/v2/{repository}/manifests/{tag}"),
+            &[("Content-Type", media_type), ("Content-Length", &length)],
+            manifest,
+        )
+        .expect("manifest upload");
+        assert_eq!(
+            r.status,
+            201,
+            "manifest upload: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        soma_runtime::Digest::of(manifest).to_string()
+    }
+
+    /// Stop the registry now (a later pull then finds it unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A minimal HTTP/1.0 request (no chunked encoding, connection closes).
+pub fn http_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,486 @@
+//! Capsules pushed to and pulled from a real registry (docker-registry on
+//! loopback): the artifact format, the verified cache, and every refusal.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use soma_runtime::{
+    CallOptions, Digest,
+    oci::{
+        self, ANNOTATION_KIND, ANNOTATION_NAME, Auth, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE,
+        MANIFEST_MEDIA_TYPE, OciError, PullOptions, PushOptions, Reference,
+    },
+    store::DataDir,
+};
+use soma_tests::{registry::Registry, shared};
+
+fn calculator() -> Vec<u8> {
+    std::fs::read(soma_capsules::CALCULATOR_COMPONENT).expect("read calculator")
+}
+
+fn reference(text: &str) -> Reference {
+    Reference::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn push_calculator(registry: &Registry, tag: &str, auth: &Auth) -> Digest {
+    let r = reference(&format!("{}/soma/calculator:{tag}", registry.host()));
+    oci::push(
+        &shared().engine,
+        &calculator(),
+        &r,
+        auth,
+        &PushOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("push {r}: {e}"))
+}
+
+/// A fresh node data directory.
+fn data_dir() -> (tempfile::TempDir, DataDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path());
+    (dir, data)
+}
+
+/// Files in the blob cache (including temp files).
+fn cached_files(data: &DataDir) -> Vec<PathBuf> {
+    match std::fs::read_dir(data.root().join("blobs/sha256")) {
+        Ok(entries) => entries.map(|e| e.expect("dir entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn pull(data: &DataDir, text: &str) -> Result<oci::Pulled, OciError> {
+    oci::pull(
+        data,
+        &reference(text),
+        &Auth::Anonymous,
+        &PullOptions::default(),
+    )
+}
+
+fn run(path: &Path, input: &str) -> Value {
+    let t = shared();
+    let capsule = t
+        .engine
+        .load_file(path)
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+    let options = CallOptions::for_capsule(&t.engine, &capsule);
+    let out = t
+        .engine
+        .call(&capsule, input, &options)
+        .result
+        .expect("call");
+    serde_json::from_str(&out).expect("json output")
+}
+
+#[test]
+fn push_then_pull_by_tag_and_by_digest_runs_the_capsule() {
+    let registry = Registry::start();
+    let digest = push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let bytes = calculator();
+
+    let (_dir, data) = data_dir();
+    let by_tag = pull(&data, &format!("{}/soma/calculator:1.0", registry.host())).expect("pull");
+    assert_eq!(by_tag.manifest_digest, digest);
+    assert_eq!(by_tag.layer_digest, Digest::of(&bytes));
+    assert!(!by_tag.cached);
+    assert_eq!(by_tag.size, bytes.len() as u64);
+    assert_eq!(
+        by_tag.component,
+        data.root()
+            .join("blobs/sha256")
+            .join(Digest::of(&bytes).hex())
+    );
+    assert_eq!(std::fs::read(&by_tag.component).expect("read"), bytes);
+    assert_eq!(by_tag.annotations[ANNOTATION_NAME], "calculator");
+    assert_eq!(
+        run(&by_tag.component, r#"{"expr":"2*(3+4)^2"}"#),
+        json!({"value": 98})
+    );
+
+    let (_dir2, data2) = data_dir();
+    let by_digest = pull(
+        &data2,
+        &format!("{}/soma/calculator@{digest}", registry.host()),
+    )
+    .expect("pull by digest");
+    assert_eq!(by_digest.manifest_digest, digest);
+    assert_eq!(std::fs::read(&by_digest.component).expect("read"), bytes);
+
+    // A digest that is not the tag's manifest is refused.
+    let other = Digest::of(b"not the manifest");
+    let (_dir3, data3) = data_dir();
+    match pull(
+        &data3,
+        &format!("{}/soma/calculator:1.0@{other}", registry.host()),
+    ) {
+        Err(OciError::DigestMismatch { .. } | OciError::NotFound { .. }) => {}
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert!(cached_files(&data3).is_empty());
+}
+
+#[test]
+fn the_artifact_has_the_wasm_media_types_and_annotations() {
+    let registry = Registry::start();
+    let digest = push_calculator(&registry, "v1", &Auth::Anonymous);
+    let bytes = calculator();
+
+    let r = registry
+        .get(
+            "/v2/soma/calculator/manifests/v1",
+            &[("Accept", MANIFEST_MEDIA_TYPE)],
+        )
+        .expect("GET manifest");
+    assert_eq!(r.status, 200);
+    assert_eq!(Digest::of(&r.body), digest);
+    assert_eq!(
+        r.header("Docker-Content-Digest"),
+        Some(digest.to_string().as_str())
+    );
+    let manifest: Value = serde_json::from_slice(&r.body).expect("manifest json");
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(manifest["mediaType"], MANIFEST_MEDIA_TYPE);
+    assert_eq!(manifest["config"]["mediaType"], CONFIG_MEDIA_TYPE);
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0]["mediaType"], LAYER_MEDIA_TYPE);
+    assert_eq!(layers[0]["digest"], Digest::of(&bytes).to_string());
+    assert_eq!(layers[0]["size"], bytes.len());
+    let annotations = &manifest["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.title"], "calculator");
+    assert_eq!(annotations[ANNOTATION_NAME], "calculator");
+    assert_eq!(annotations[ANNOTATION_KIND], "worker");
+    for key in [
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.description",
+        "org.opencontainers.image.created",
+    ] {
+        assert!(annotations[key].is_string(), "{key} missing: {annotations}");
+    }
+
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
+    let r = registry
+        .get(&format!("/v2/soma/calculator/blobs/{config_digest}"), &[])
+        .expect("GET config");
+    assert_eq!(r.status, 200);
+    let config: Value = serde_json::from_slice(&r.body).expect("config json");
+    assert_eq!(config["architecture"], "wasm");
+    assert_eq!(config["os"], "wasip2");
+    assert_eq!(
+        config["layerDigests"],
+        json!([Digest::of(&bytes).to_string()])
+    );
+    let created = config["created"].as_str().expect("created");
+    assert!(created.ends_with('Z') && created.len() == 20, "{created}");
+    assert_eq!(created, annotations["org.opencontainers.image.created"]);
+    let exports = config["component"]["exports"].as_array().expect("exports");
+    assert!(exports.iter().any(|e| e == "run"), "{exports:?}");
+    assert!(config["component"]["imports"].is_array());
+    assert!(config["component"]["target"].is_null());
+}
+
+#[test]
+fn a_second_pull_is_served_from_the_cache() {
+    let mut registry = Registry::start();
+    let digest = push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let (_dir, data) = data_dir();
+    let tag = format!("{}/soma/calculator:1.0", registry.host());
+    let first = pull(&data, &tag).expect("first pull");
+    assert!(!first.cached);
+    let mtime = std::fs::metadata(&first.component)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+
+    let second = pull(&data, &tag).expect("second pull");
+    assert!(second.cached, "the layer was downloaded again");
+    assert_eq!(second.component, first.component);
+
+    // With the registry gone, a pull by digest still works from the cache...
+    registry.stop();
+    let third = pull(
+        &data,
+        &format!("{}/soma/calculator@{digest}", registry.host()),
+    )
+    .expect("pull by digest from cache");
+    assert!(third.cached);
+    assert_eq!(third.annotations, first.annotations);
+    assert_eq!(
+        std::fs::metadata(&third.component)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        mtime
+    );
+    // ...while a tag still needs the registry.
+    assert!(matches!(
+        pull(&data, &tag),
+        Err(OciError::Unreachable { .. })
+    ));
+
+    let listed = oci::cache_ls(&data).expect("ls");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, first.layer_digest);
+    assert_eq!(listed[0].manifest_digest, digest.to_string());
+    assert!(listed[0].present);
+    assert_eq!(cached_files(&data), vec![first.component.clone()]);
+}
+
+#[test]
+fn gc_reconciles_files_and_index() {
+    let registry = Registry::start();
+    push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let (_dir, data) = data_dir();
+    let tag = format!("{}/soma/calculator:1.0", registry.host());
+    let pulled = pull(&data, &tag).expect("pull");
+
+    let stray = data
+        .root()
+        .join("blobs/sha256")
+        .join(Digest::of(b"stray").hex());
+    std::fs::write(&stray, b"stray").expect("stray");
+    let report = oci::cache_gc(&data).expect("gc");
+    assert_eq!(report.removed_files, vec![stray.clone()]);
+    assert_eq!(report.removed_entries, 0);
+    assert!(pulled.component.exists());
+
+    std::fs::remove_file(&pulled.component).expect("rm");
+    let report = oci::cache_gc(&data).expect("gc");
+    assert_eq!(report.removed_entries, 2, "layer and manifest entries");
+    assert!(oci::cache_ls(&data).expect("ls").is_empty());
+    // And the next pull downloads again.
+    assert!(!pull(&data, &tag).expect("pull").cached);
+}
+
+#[test]
+fn a_tampered_layer_is_refused_and_nothing_is_cached() {
+    let registry = Registry::start();
+    push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let mut bytes = calculator();
+    let blob = registry.blob_data_path(&Digest::of(&bytes).to_string());
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes).expect("tamper");
+
+    let (_dir, data) = data_dir();
+    match pull(&data, &format!("{}/soma/calculator:1.0", registry.host())) {
+        Err(OciError::DigestMismatch { expected, found }) => {
+            assert_eq!(expected, Digest::of(&calculator()).to_string());
+            assert_eq!(found, Digest::of(&bytes).to_string());
+        }
+        other => panic!("expected DigestMismatch, got {other:?}"),
+    }
+    assert!(cached_files(&data).is_empty());
+    assert!(oci::cache_ls(&data).expect("ls").is_empty());
+}
+
+#[test]
+fn other_media_types_are_refused() {
+    let registry = Registry::start();
+    let bytes = calculator();
+    let layer = registry.put_blob("soma/image", &bytes);
+    let config = b"{}";
+    let config_digest = registry.put_blob("soma/image", config);
+    let put = |tag: &str, config_type: &str, layer_type: &str| {
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": layer_type, "digest": layer, "size": bytes.len()}],
+        });
+        registry.put_manifest(
+            "soma/image",
+            tag,
+            MANIFEST_MEDIA_TYPE,
+            &serde_json::to_vec(&manifest).expect("json"),
+        );
+    };
+    put(
+        "image-config",
+        "application/vnd.oci.image.config.v1+json",
+        LAYER_MEDIA_TYPE,
+    );
+    put(
+        "tar-layer",
+        CONFIG_MEDIA_TYPE,
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+
+    let (_dir, data) = data_dir();
+    match pull(
+        &data,
+        &format!("{}/soma/image:image-config", registry.host()),
+    ) {
+        Err(OciError::WrongMediaType { found, expected }) => {
+            assert_eq!(found, "application/vnd.oci.image.config.v1+json");
+            assert_eq!(expected, CONFIG_MEDIA_TYPE);
+        }
+        other => panic!("expected WrongMediaType, got {other:?}"),
+    }
+    match pull(&data, &format!("{}/soma/image:tar-layer", registry.host())) {
+        Err(OciError::WrongMediaType { found, expected }) => {
+            assert_eq!(found, "application/vnd.oci.image.layer.v1.tar");
+            assert_eq!(expected, LAYER_MEDIA_TYPE);
+        }
+        other => panic!("expected WrongMediaType, got {other:?}"),
+    }
+    assert!(cached_files(&data).is_empty());
+}
+
+#[test]
+fn an_oversized_layer_is_refused_before_download() {
+    let registry = Registry::start();
+    push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let (_dir, data) = data_dir();
+    let options = PullOptions {
+        max_layer_bytes: 1024,
+        ..PullOptions::default()
+    };
+    let r = reference(&format!("{}/soma/calculator:1.0", registry.host()));
+    match oci::pull(&data, &r, &Auth::Anonymous, &options) {
+        Err(OciError::TooLarge { size, limit }) => {
+            assert_eq!(size, calculator().len() as u64);
+            assert_eq!(limit, 1024);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(cached_files(&data).is_empty());
+    // The default cap comes from the validate config (64 MiB).
+    assert_eq!(PullOptions::default().max_layer_bytes, 64 * 1024 * 1024);
+}
+
+#[test]
+fn an_unknown_tag_is_not_found() {
+    let registry = Registry::start();
+    push_calculator(&registry, "1.0", &Auth::Anonymous);
+    let (_dir, data) = data_dir();
+    for text in [
+        format!("{}/soma/calculator:nope", registry.host()),
+        format!("{}/soma/absent:1.0", registry.host()),
+    ] {
+        match pull(&data, &text) {
+            Err(e @ OciError::NotFound { .. }) => {
+                assert!(e.to_string().contains(&text), "{e}");
+            }
+            other => panic!("expected NotFound for {text}, got {other:?}"),
+        }
+    }
+    assert!(cached_files(&data).is_empty());
+}
+
+#[test]
+fn a_registry_that_is_down_is_unreachable() {
+    let host = format!("127.0.0.1:{}", soma_tests::registry::free_port());
+    let (_dir, data) = data_dir();
+    let started = std::time::Instant::now();
+    match pull(&data, &format!("{host}/soma/calculator:1.0")) {
+        Err(OciError::Unreachable { registry, .. }) => assert_eq!(registry, host),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // Three attempts with 100 ms and 400 ms pauses between them.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    assert!(cached_files(&data).is_empty());
+    let r = reference(&format!("{host}/soma/calculator:1.0"));
+    assert!(matches!(
+        oci::push(
+            &shared().engine,
+            &calculator(),
+            &r,
+            &Auth::Anonymous,
+            &PushOptions::default()
+        ),
+        Err(OciError::Unreachable { .. })
+    ));
+}
+
+#[test]
+fn an_auth_registry_needs_credentials() {
+    let registry = Registry::start_with_auth("alice", "s3cret");
+    let good = Auth::basic("alice", "s3cret");
+    let r = reference(&format!("{}/soma/calculator:1.0", registry.host()));
+    let engine = &shared().engine;
+    let options = PushOptions::default();
+    for bad in [Auth::Anonymous, Auth::basic("alice", "wrong")] {
+        match oci::push(engine, &calculator(), &r, &bad, &options) {
+            Err(OciError::Unauthorized { registry: host }) => assert_eq!(host, registry.host()),
+            other => panic!("expected Unauthorized pushing with {bad:?}, got {other:?}"),
+        }
+    }
+    let digest =
+        oci::push(engine, &calculator(), &r, &good, &options).expect("push with credentials");
+
+    let (_dir, data) = data_dir();
+    for bad in [Auth::Anonymous, Auth::basic("alice", "wrong")] {
+        match oci::pull(&data, &r, &bad, &PullOptions::default()) {
+            Err(OciError::Unauthorized { .. }) => {}
+            other => panic!("expected Unauthorized pulling with {bad:?}, got {other:?}"),
+        }
+    }
+    assert!(cached_files(&data).is_empty());
+    let pulled =
+        oci::pull(&data, &r, &good, &PullOptions::default()).expect("pull with credentials");
+    assert_eq!(pulled.manifest_digest, digest);
+    assert_eq!(
+        run(&pulled.component, r#"{"expr":"2*(3+4)^2"}"#),
+        json!({"value": 98})
+    );
+}
+
+#[test]
+fn pushing_an_invalid_component_uploads_nothing() {
+    let registry = Registry::start();
+    let r = reference(&format!("{}/soma/garbage:1.0", registry.host()));
+    let random: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    match oci::push(
+        &shared().engine,
+        &random,
+        &r,
+        &Auth::Anonymous,
+        &PushOptions::default(),
+    ) {
+        Err(e @ OciError::Invalid(_)) => {
+            assert!(e.to_string().contains("invalid component"), "{e}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(
+        !registry
+            .storage_dir()
+            .join("docker/registry/v2/repositories")
+            .exists(),
+        "something was uploaded"
+    );
+    // A digest reference cannot be pushed to.
+    let pinned = reference(&format!(
+        "{}/soma/calculator@{}",
+        registry.host(),
+        Digest::of(b"x")
+    ));
+    assert!(matches!(
+        oci::push(
+            &shared().engine,
+            &calculator(),
+            &pinned,
+            &Auth::Anonymous,
+            &PushOptions::default()
+        ),
+        Err(OciError::BadReference { .. })
+    ));
+}
+
+#[test]
+fn bad_references_are_typed_errors() {
+    for bad in [
+        "calculator",
+        "127.0.0.1:5000/Calc",
+        "127.0.0.1:5000/calc@sha256:12",
+    ] {
+        match Reference::parse(bad) {
+            Err(e @ OciError::BadReference { .. }) => assert!(e.to_string().contains(bad)),
+            other => panic!("expected BadReference for {bad}, got {other:?}"),
+        }
+    }
+}
