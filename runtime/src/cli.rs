@@ -5,6 +5,7 @@ mod build;
 mod exit;
 mod inspect;
 mod new;
+mod registry;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -40,6 +41,19 @@ enum Command {
     New(new::Args),
     /// Build a capsule crate for wasm32-wasip2.
     Build(build::Args),
+    /// Push a capsule to an OCI registry.
+    Push(registry::PushArgs),
+    /// Pull a capsule (verified by the trust policy) into the local cache.
+    Pull(registry::PullArgs),
+    /// Generate a signing key pair (cosign format).
+    Keygen(registry::KeygenArgs),
+    /// Sign a capsule in a registry (cosign format).
+    Sign(registry::SignArgs),
+    /// Verify a capsule's signatures in a registry.
+    Verify(registry::VerifyArgs),
+    /// Inspect or clean the local blob cache.
+    #[command(subcommand)]
+    Cache(registry::CacheCommand),
     /// Check or print the operator configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -71,6 +85,17 @@ impl Global {
         }
     }
 
+    /// The data directory: --data, else the config's data_dir, else the default.
+    fn data_dir(&self) -> anyhow::Result<DataDir> {
+        let config = self.config()?;
+        Ok(DataDir::new(
+            self.data
+                .clone()
+                .or(config.data_dir)
+                .unwrap_or_else(DataDir::default_root),
+        ))
+    }
+
     /// An engine for a one-shot command. Unless the config file chose,
     /// one-shot commands use on-demand allocation: a pool costs more to
     /// reserve than a single call saves.
@@ -79,12 +104,7 @@ impl Global {
         if self.config.is_none() || allocator.is_some() {
             config.engine.allocator = allocator.unwrap_or(Allocator::OnDemand);
         }
-        let data = self
-            .data
-            .clone()
-            .or_else(|| config.data_dir.clone())
-            .unwrap_or_else(DataDir::default_root);
-        soma_runtime::Engine::new(config, DataDir::new(data)).context("starting the engine")
+        soma_runtime::Engine::new(config, self.data_dir()?).context("starting the engine")
     }
 }
 
@@ -100,6 +120,12 @@ pub(crate) fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&global, args),
         Command::New(args) => new::run(args),
         Command::Build(args) => build::run(args),
+        Command::Push(args) => registry::push(&global, args),
+        Command::Pull(args) => registry::pull(&global, args),
+        Command::Keygen(args) => registry::keygen(args),
+        Command::Sign(args) => registry::sign(args),
+        Command::Verify(args) => registry::verify(args),
+        Command::Cache(cmd) => registry::cache(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());

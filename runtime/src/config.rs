@@ -37,6 +37,8 @@ pub struct Config {
     pub llm: host_api::llm::Config,
     /// WASI (stdio capture).
     pub wasi: host_api::wasi::Config,
+    /// Which repositories need which signing keys (`[[trust.rules]]`).
+    pub trust: crate::verify::TrustConfig,
 }
 
 /// How instances get their memory.

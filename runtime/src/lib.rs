@@ -4,21 +4,24 @@
 //! The pipeline of one capsule call, in module order:
 //!
 //! ```text
+//! reference ──oci: resolve──▶ manifest digest ──verify: trust policy──▶ trusted
+//!           ──oci: pull──▶ verified blob cache ──▶ bytes
 //! bytes ──digest──▶ Digest ──validate──▶ bounded structure
 //!       ──engine: compile / AOT cache──▶ Component ──link──▶ Capsule (InstancePre + describe())
 //!       ──call: Store + limits + grants──▶ run(input) ──▶ Outcome (output | Failure, Usage)
 //! ```
 
-pub mod call;
-pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
+pub mod store; // the data directory: redb database, blob cache and AOT cache paths
 pub mod digest; // content addresses: sha256 of a component's bytes
-pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, capsule cache
-pub mod host; // per-call store data composing every capability's state
-pub mod limits; // per-call limits and the ResourceLimiter that enforces them
 pub mod oci; // push/pull capsules as OCI Wasm artifacts; the verified blob cache
-pub mod store; // the data directory: redb database and AOT cache paths
-pub mod validate; // structural bounds checked before anything is compiled // one call: instantiate, run, classify the failure → Outcome
+pub mod verify; // cosign-compatible keys and signatures; the trust policy
+pub mod validate; // structural bounds checked before anything is compiled
+pub mod limits; // per-call limits and the ResourceLimiter that enforces them
+pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, capsule cache
+pub mod capsule; // a loaded capsule: compiled, linked, described
+pub mod host; // per-call store data composing every capability's state
+pub mod call; // one call: instantiate, run, classify the failure → Outcome
 
 pub use call::{CallOptions, Failure, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};

@@ -36,7 +36,13 @@ pub use auth::Auth;
 pub use cache::{CachedBlob, GcReport, cache_gc, cache_ls};
 pub use reference::Reference;
 
-use crate::{Engine, LoadError, config::Config, digest::Digest, store::DataDir};
+use crate::{
+    Engine, LoadError,
+    config::Config,
+    digest::Digest,
+    store::DataDir,
+    verify::{self, Admission, KeyPair, Payload, Requirement, Signature, TrustPolicy, VerifyError},
+};
 
 /// Media type of the manifest.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -73,6 +79,10 @@ pub enum OciError {
     /// The bytes to push are not a loadable capsule; nothing was uploaded.
     #[error("refusing to push: {0}")]
     Invalid(#[from] LoadError),
+    /// The trust policy refused the artifact (unsigned, wrong key, signature
+    /// for another digest); nothing was downloaded or cached.
+    #[error("refused by the trust policy: {0}")]
+    Untrusted(#[from] VerifyError),
     /// The registry wants credentials, or refused the ones given (HTTP 401).
     #[error(
         "{registry} requires authentication (HTTP 401): pass a username and password or log in with `docker login {registry}`"
@@ -189,14 +199,41 @@ pub enum OciError {
     Runtime(std::io::Error),
 }
 
+/// How to reach a registry: plain http only for loopback registries or when
+/// `insecure` is set; https otherwise, trusting the system roots plus
+/// `extra_ca_pem` (e.g. a private registry's CA).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// Use plain http even for a non-loopback registry (`--insecure`).
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) to trust for https.
+    pub extra_ca_pem: Vec<Vec<u8>>,
+}
+
+impl Transport {
+    /// Read a PEM CA bundle to trust in addition to the system roots.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self, OciError> {
+        let pem = std::fs::read(path).map_err(|source| OciError::Cache {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.extra_ca_pem.push(pem);
+        Ok(self)
+    }
+}
+
 /// How a pull is bounded and transported.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     /// Largest layer accepted, in bytes (checked before downloading).
     /// Default: `validate.max_component_bytes` (64 MiB).
     pub max_layer_bytes: u64,
-    /// Use plain http even for a non-loopback registry.
-    pub insecure: bool,
+    /// How to reach the registry.
+    pub transport: Transport,
+    /// Which signatures the artifact needs. Default: a signature by a
+    /// trusted key, with no key trusted — so nothing remote is admitted until
+    /// the operator configures `[[trust.rules]]`.
+    pub trust: TrustPolicy,
 }
 
 impl Default for PullOptions {
@@ -210,7 +247,8 @@ impl PullOptions {
     pub fn from_config(config: &Config) -> Self {
         Self {
             max_layer_bytes: u64::try_from(config.validate.max_component_bytes).unwrap_or(u64::MAX),
-            insecure: false,
+            transport: Transport::default(),
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -220,8 +258,8 @@ impl PullOptions {
 pub struct PushOptions {
     /// `org.opencontainers.image.source`, if known (e.g. a repository URL).
     pub source: Option<String>,
-    /// Use plain http even for a non-loopback registry.
-    pub insecure: bool,
+    /// How to reach the registry.
+    pub transport: Transport,
 }
 
 /// A pulled capsule: where its verified component is on disk.
@@ -239,6 +277,8 @@ pub struct Pulled {
     pub annotations: BTreeMap<String, String>,
     /// Whether the layer came from the cache (no layer download).
     pub cached: bool,
+    /// Why the trust policy admitted it.
+    pub admission: Admission,
 }
 
 /// Push a capsule to `reference` (which needs a tag, not a digest).
@@ -310,7 +350,7 @@ pub fn push(
     let manifest_bytes = serde_json::to_vec(&oci_manifest).map_err(|e| protocol(reference, &e))?;
     let manifest_digest = Digest::of(&manifest_bytes);
 
-    let session = Session::new(reference, auth, options.insecure)?;
+    let session = Session::new(reference, auth, &options.transport)?;
     let target = session.target.clone();
     session.block_on(
         session
@@ -356,12 +396,14 @@ pub fn pull(
     auth: &Auth,
     options: &PullOptions,
 ) -> Result<Pulled, OciError> {
+    let requirement = options.trust.requirement(&reference.repository_path());
     if let Some(digest) = reference.digest()
         && let Some(hit) = cache::lookup_manifest(data, &digest)?
+        && satisfies(&requirement, &hit.admission)
     {
         return Ok(hit);
     }
-    let session = Session::new(reference, auth, options.insecure)?;
+    let session = Session::new(reference, auth, &options.transport)?;
     let (body, _) = session.retry(reference, || {
         session.client.pull_manifest_raw(
             &session.target,
@@ -379,6 +421,8 @@ pub fn pull(
             found: manifest_digest.to_string(),
         });
     }
+    // Trust before anything is downloaded or cached.
+    let admission = session.admit(reference, &manifest_digest, &requirement)?;
     let manifest: RawManifest =
         serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
     let layer = check_manifest(&manifest)?;
@@ -404,6 +448,7 @@ pub fn pull(
         reference: reference.to_string(),
         manifest_digest,
         annotations,
+        admission,
     };
     if let Some(hit) = cache::reuse_layer(data, &entry)? {
         return Ok(hit);
@@ -437,6 +482,117 @@ pub fn pull(
     let pulled = cache::store(data, &entry, &bytes)?;
     tracing::info!(%reference, %manifest_digest, %layer_digest, "pulled capsule");
     Ok(pulled)
+}
+
+/// Whether a recorded admission still satisfies `requirement` (so a cached
+/// artifact needs no network to be re-admitted).
+fn satisfies(requirement: &Requirement, admission: &Admission) -> bool {
+    match (requirement, admission) {
+        (Requirement::AcceptUnsigned, _) => true,
+        (Requirement::Signed { keys, all_of, .. }, Admission::Keys { keys: verified }) => {
+            let ok = |k: &verify::PublicKey| verified.contains(&k.id());
+            !keys.is_empty()
+                && if *all_of {
+                    keys.iter().all(ok)
+                } else {
+                    keys.iter().any(ok)
+                }
+        }
+        (Requirement::Signed { .. }, Admission::Unsigned) => false,
+    }
+}
+
+/// The tag cosign stores the signatures of `digest` under: `sha256-<hex>.sig`.
+pub fn signature_tag(digest: &Digest) -> String {
+    format!("sha256-{}.sig", digest.hex())
+}
+
+/// Media type of a cosign simple-signing layer.
+pub const SIGNATURE_LAYER_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Layer annotation holding the base64 signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Sign the manifest `reference` resolves to with `key`, cosign-style: a
+/// simple-signing payload naming the manifest digest, signed with
+/// ECDSA-P256-SHA256, appended as a layer to the `sha256-<hex>.sig` manifest
+/// in the same repository (created if absent). Returns the signed digest.
+pub fn sign(
+    reference: &Reference,
+    auth: &Auth,
+    key: &KeyPair,
+    transport: &Transport,
+) -> Result<Digest, OciError> {
+    let session = Session::new(reference, auth, transport)?;
+    let digest = session.resolve(reference)?;
+    let payload = Payload::new(&reference.repository_path(), &digest).to_bytes();
+    let signature = key.sign(&payload);
+    let sig_ref = session.tag_ref(signature_tag(&digest));
+    let mut layers: Vec<serde_json::Value> = match session.fetch_manifest(reference, &sig_ref)? {
+        Some((body, _)) => {
+            let m: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
+            m["layers"].as_array().cloned().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let payload_digest = Digest::of(&payload);
+    let layer = serde_json::json!({
+        "mediaType": SIGNATURE_LAYER_MEDIA_TYPE,
+        "size": payload.len(),
+        "digest": payload_digest.to_string(),
+        "annotations": { SIGNATURE_ANNOTATION: signature },
+    });
+    layers.push(layer);
+    let diff_ids: Vec<serde_json::Value> = layers.iter().map(|l| l["digest"].clone()).collect();
+    let zero = "0001-01-01T00:00:00Z";
+    let config = serde_json::json!({
+        "architecture": "",
+        "created": zero,
+        "history": diff_ids.iter().map(|_| serde_json::json!({"created": zero})).collect::<Vec<_>>(),
+        "os": "",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "config": {},
+    });
+    let config = serde_json::to_vec(&config).map_err(|e| protocol(reference, &e))?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": OCI_CONFIG_MEDIA_TYPE,
+            "size": config.len(),
+            "digest": Digest::of(&config).to_string(),
+        },
+        "layers": layers,
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| protocol(reference, &e))?;
+    session.push_blob(reference, &sig_ref, &payload)?;
+    session.push_blob(reference, &sig_ref, &config)?;
+    let manifest = bytes::Bytes::from(manifest);
+    session.retry(reference, || {
+        session.client.push_manifest_raw(
+            &sig_ref,
+            manifest.clone(),
+            http_header(MANIFEST_MEDIA_TYPE),
+        )
+    })?;
+    tracing::info!(%reference, %digest, key = %key.public().id(), "signed");
+    Ok(digest)
+}
+
+/// Resolve `reference` and check its signatures against `policy` without
+/// pulling the artifact (`soma verify`). Returns the digest and admission.
+pub fn verify_remote(
+    reference: &Reference,
+    auth: &Auth,
+    policy: &TrustPolicy,
+    transport: &Transport,
+) -> Result<(Digest, Admission), OciError> {
+    let session = Session::new(reference, auth, transport)?;
+    let digest = session.resolve(reference)?;
+    let requirement = policy.requirement(&reference.repository_path());
+    let admission = session.admit(reference, &digest, &requirement)?;
+    Ok((digest, admission))
 }
 
 /// The parts of an OCI manifest a pull looks at.
@@ -508,8 +664,8 @@ struct Session {
 }
 
 impl Session {
-    fn new(reference: &Reference, auth: &Auth, insecure: bool) -> Result<Self, OciError> {
-        let protocol = if insecure || reference.is_loopback() {
+    fn new(reference: &Reference, auth: &Auth, transport: &Transport) -> Result<Self, OciError> {
+        let protocol = if transport.insecure || reference.is_loopback() {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
@@ -519,6 +675,14 @@ impl Session {
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
+            extra_root_certificates: transport
+                .extra_ca_pem
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         });
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -532,6 +696,176 @@ impl Session {
             registry: reference.registry().to_owned(),
             rt,
         })
+    }
+
+    /// The same repository at another tag.
+    fn tag_ref(&self, tag: String) -> oci_client::Reference {
+        oci_client::Reference::with_tag(
+            self.target.registry().to_owned(),
+            self.target.repository().to_owned(),
+            tag,
+        )
+    }
+
+    /// The manifest digest `reference` points at (the digest of the bytes the
+    /// registry serves, checked against `@digest` if the reference has one).
+    fn resolve(&self, reference: &Reference) -> Result<Digest, OciError> {
+        let (body, _) = self
+            .fetch_manifest(reference, &self.target)?
+            .ok_or_else(|| OciError::NotFound {
+                reference: reference.to_string(),
+            })?;
+        let digest = Digest::of(&body);
+        match reference.digest() {
+            Some(expected) if expected != digest => Err(OciError::DigestMismatch {
+                expected: expected.to_string(),
+                found: digest.to_string(),
+            }),
+            _ => Ok(digest),
+        }
+    }
+
+    /// A raw manifest, or `None` if the registry has no such tag (404).
+    fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        target: &oci_client::Reference,
+    ) -> Result<Option<(Vec<u8>, String)>, OciError> {
+        let accept = [
+            MANIFEST_MEDIA_TYPE,
+            INDEX_MEDIA_TYPE,
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ];
+        match self.retry(reference, || {
+            self.client.pull_manifest_raw(target, &self.auth, &accept)
+        }) {
+            Ok((body, digest)) => Ok(Some((body.to_vec(), digest))),
+            Err(OciError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn push_blob(
+        &self,
+        reference: &Reference,
+        target: &oci_client::Reference,
+        data: &[u8],
+    ) -> Result<(), OciError> {
+        let digest = Digest::of(data).to_string();
+        let data = bytes::Bytes::copy_from_slice(data);
+        self.block_on(
+            self.client
+                .store_auth_if_needed(target.resolve_registry(), &self.auth),
+        );
+        self.retry(reference, || {
+            self.client.push_blob(target, data.clone(), &digest)
+        })
+        .map(drop)
+    }
+
+    /// The cosign signatures stored for `digest`; `None` if there are none.
+    /// Each payload blob is digest-checked as it is downloaded.
+    fn signatures(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Signature>>, OciError> {
+        let sig_ref = self.tag_ref(signature_tag(digest));
+        let Some((body, _)) = self.fetch_manifest(reference, &sig_ref)? else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct SigManifest {
+            #[serde(default)]
+            layers: Vec<SigLayer>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SigLayer {
+            media_type: String,
+            digest: String,
+            size: i64,
+            #[serde(default)]
+            annotations: BTreeMap<String, String>,
+        }
+        let m: SigManifest = serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
+        let mut out = Vec::new();
+        for layer in m
+            .layers
+            .into_iter()
+            .filter(|l| l.media_type == SIGNATURE_LAYER_MEDIA_TYPE)
+        {
+            let Some(signature) = layer.annotations.get(SIGNATURE_ANNOTATION).cloned() else {
+                continue;
+            };
+            // A signature payload is a few hundred bytes; refuse anything big.
+            let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
+            if size > 64 * 1024 {
+                return Err(OciError::TooLarge {
+                    size,
+                    limit: 64 * 1024,
+                });
+            }
+            let descriptor = OciDescriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                urls: None,
+                annotations: None,
+                artifact_type: None,
+            };
+            let payload = self.download(reference, &sig_ref, &descriptor, size, 64 * 1024)?;
+            if Digest::of(&payload).to_string() != layer.digest {
+                return Err(OciError::DigestMismatch {
+                    expected: layer.digest,
+                    found: Digest::of(&payload).to_string(),
+                });
+            }
+            out.push(Signature { payload, signature });
+        }
+        Ok(Some(out))
+    }
+
+    /// Apply `requirement` to `digest`: fetch and check signatures if needed.
+    fn admit(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        requirement: &Requirement,
+    ) -> Result<Admission, OciError> {
+        match requirement {
+            Requirement::AcceptUnsigned => Ok(Admission::Unsigned),
+            Requirement::Signed { keys, all_of, rule } => {
+                let repo = reference.repository_path();
+                if keys.is_empty() {
+                    return Err(VerifyError::NotTrusted {
+                        reference: reference.to_string(),
+                        digest: *digest,
+                        detail: format!(
+                            "no trust rule matches {repo} and remote artifacts must be signed; \
+                             add a [[trust.rules]] entry with its keys (or pass --key)"
+                        ),
+                    }
+                    .into());
+                }
+                let Some(signatures) = self.signatures(reference, digest)? else {
+                    return Err(VerifyError::Unsigned {
+                        reference: reference.to_string(),
+                        digest: *digest,
+                        tag: signature_tag(digest),
+                    }
+                    .into());
+                };
+                tracing::debug!(rule = ?rule, count = signatures.len(), "checking signatures");
+                Ok(verify::check(
+                    &reference.to_string(),
+                    digest,
+                    &signatures,
+                    keys,
+                    *all_of,
+                )?)
+            }
+        }
     }
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {

@@ -323,3 +323,117 @@ fn dir_grants_from_the_command_line() {
         "a malformed grant is a usage error"
     );
 }
+
+/// The README walkthrough: push → keygen → sign → verify → pull → run a
+/// remote reference, with refusals and exit codes, against a real registry.
+#[test]
+fn registry_walkthrough() {
+    let registry = soma_tests::registry::Registry::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let r = format!("{}/soma/calculator:1.0", registry.host());
+    let sh = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(args)
+            .arg("--data")
+            .arg(data.path())
+            .env("SOMA_PASSWORD", "walkthrough")
+            .env_remove("SOMA_CONFIG")
+            .output()
+            .expect("spawn soma");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (code, out, err) = sh(&["push", soma_capsules::CALCULATOR_COMPONENT, &r]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("@sha256:"), "{out}");
+
+    let prefix = keys.path().join("cosign");
+    let (code, _, err) = sh(&[
+        "keygen",
+        "--output-key-prefix",
+        prefix.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (key, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    let (key, public) = (key.to_str().expect("utf8"), public.to_str().expect("utf8"));
+
+    // Unsigned: refused (21) before anything is cached or run.
+    let (code, _, err) = sh(&["run", &r, "--key", public]);
+    assert_eq!(code, Some(21), "{err}");
+    assert!(err.contains("not signed"), "{err}");
+
+    let (code, _, err) = sh(&["sign", &r, "--key", key]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = sh(&["verify", &r, "--key", public, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let verified: serde_json::Value = serde_json::from_str(&out).expect("json");
+
+    let other = keys.path().join("other");
+    sh(&[
+        "keygen",
+        "--output-key-prefix",
+        other.to_str().expect("utf8"),
+    ]);
+    let (code, _, err) = sh(&[
+        "verify",
+        &r,
+        "--key",
+        other.with_extension("pub").to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(21), "another key: {err}");
+
+    let (code, out, err) = sh(&["pull", &r, "--key", public, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let pulled: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        pulled["digest"], verified["digest"],
+        "the tag resolves to one digest"
+    );
+
+    let (code, out, err) = sh(&[
+        "run",
+        &r,
+        "--key",
+        public,
+        "--input",
+        r#"{"expr":"2*(3+4)^2"}"#,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["output"]["value"], 98);
+    assert_eq!(doc["capsule"]["manifest_digest"], verified["digest"]);
+
+    // The same through the config's trust policy.
+    let config = keys.path().join("soma.toml");
+    std::fs::write(
+        &config,
+        format!("[[trust.rules]]\nrepository = \"127.0.0.1:*/soma/*\"\nkeys = [{public:?}]\n"),
+    )
+    .expect("write config");
+    let (code, out, err) = sh(&[
+        "--config",
+        config.to_str().expect("utf8"),
+        "run",
+        &r,
+        "--input",
+        r#"{"expr":"1+1"}"#,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), r#"{"value":2}"#);
+
+    let (code, out, _) = sh(&["cache", "ls", "--json"]);
+    assert_eq!(code, Some(0));
+    let blobs: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(blobs.as_array().map(Vec::len), Some(1));
+
+    let (code, _, err) = sh(&[
+        "pull",
+        &format!("{}/soma/nothing:1", registry.host()),
+        "--key",
+        public,
+    ]);
+    assert_eq!(code, Some(22), "404: {err}");
+    assert!(err.contains("not found") || err.contains("404"), "{err}");
+}

@@ -50,12 +50,16 @@ fn cached_files(data: &DataDir) -> Vec<PathBuf> {
 }
 
 fn pull(data: &DataDir, text: &str) -> Result<oci::Pulled, OciError> {
-    oci::pull(
-        data,
-        &reference(text),
-        &Auth::Anonymous,
-        &PullOptions::default(),
-    )
+    oci::pull(data, &reference(text), &Auth::Anonymous, &unsigned())
+}
+
+/// Pull options whose trust policy accepts unsigned artifacts: these tests
+/// are about transport and the cache; signatures are tested in `signing.rs`.
+fn unsigned() -> PullOptions {
+    PullOptions {
+        trust: soma_runtime::verify::TrustPolicy::accept_unsigned(),
+        ..PullOptions::default()
+    }
 }
 
 fn run(path: &Path, input: &str) -> Value {
@@ -335,7 +339,7 @@ fn an_oversized_layer_is_refused_before_download() {
     let (_dir, data) = data_dir();
     let options = PullOptions {
         max_layer_bytes: 1024,
-        ..PullOptions::default()
+        ..unsigned()
     };
     let r = reference(&format!("{}/soma/calculator:1.0", registry.host()));
     match oci::pull(&data, &r, &Auth::Anonymous, &options) {
@@ -412,14 +416,13 @@ fn an_auth_registry_needs_credentials() {
 
     let (_dir, data) = data_dir();
     for bad in [Auth::Anonymous, Auth::basic("alice", "wrong")] {
-        match oci::pull(&data, &r, &bad, &PullOptions::default()) {
+        match oci::pull(&data, &r, &bad, &unsigned()) {
             Err(OciError::Unauthorized { .. }) => {}
             other => panic!("expected Unauthorized pulling with {bad:?}, got {other:?}"),
         }
     }
     assert!(cached_files(&data).is_empty());
-    let pulled =
-        oci::pull(&data, &r, &good, &PullOptions::default()).expect("pull with credentials");
+    let pulled = oci::pull(&data, &r, &good, &unsigned()).expect("pull with credentials");
     assert_eq!(pulled.manifest_digest, digest);
     assert_eq!(
         run(&pulled.component, r#"{"expr":"2*(3+4)^2"}"#),

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use soma_runtime::{Failure, LoadError};
+use soma_runtime::{Failure, LoadError, oci::OciError};
 
 /// What `soma` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,10 @@ pub(crate) enum Code {
     Denied = 18,
     HostError = 19,
     InvalidComponent = 20,
+    /// The trust policy refused an artifact (unsigned, wrong key, …).
+    Untrusted = 21,
+    /// The registry refused or could not be reached (401/403/404/5xx/down).
+    Registry = 22,
 }
 
 impl Code {
@@ -44,6 +48,22 @@ impl Code {
 
     /// The code for an error that ended a command early.
     pub(crate) fn of_error(e: &anyhow::Error) -> Self {
+        if let Some(oci) = e.downcast_ref::<OciError>() {
+            return match oci {
+                OciError::Invalid(LoadError::Read { .. }) => Self::Error,
+                OciError::Invalid(_) => Self::InvalidComponent,
+                OciError::Untrusted(_) => Self::Untrusted,
+                OciError::BadReference { .. }
+                | OciError::Cache { .. }
+                | OciError::DockerConfig { .. } => Self::Error,
+                _ => Self::Registry,
+            };
+        }
+        if e.downcast_ref::<soma_runtime::verify::VerifyError>()
+            .is_some()
+        {
+            return Self::Untrusted;
+        }
         match e.downcast_ref::<LoadError>() {
             Some(LoadError::Read { .. }) | None => Self::Error,
             Some(_) => Self::InvalidComponent,

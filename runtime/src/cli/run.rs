@@ -12,8 +12,15 @@ use super::{Global, exit::Code, human_bytes};
 /// everything as one JSON object with --json).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The capsule component (.wasm).
-    capsule: PathBuf,
+    /// The capsule: a component file (.wasm), or a registry reference
+    /// (registry/repo:tag or @sha256:…) that is pulled and verified first.
+    capsule: String,
+    /// For a registry reference: trust signatures by this public key
+    /// (repeatable); default: the config's [[trust.rules]].
+    #[arg(long = "key", value_name = "PUB")]
+    keys: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: super::registry::RegistryArgs,
     /// Input passed to run() (usually JSON).
     #[arg(long, short, default_value = "{}", conflicts_with = "input_file")]
     input: String,
@@ -69,7 +76,15 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         None => args.input.clone(),
     };
     let engine = global.engine(args.allocator.map(Into::into))?;
-    let capsule = engine.load_file(&args.capsule)?;
+    let (capsule, pulled) = if super::registry::is_local(&args.capsule) {
+        (engine.load_file(args.capsule.as_ref())?, None)
+    } else {
+        let pulled = super::registry::fetch(global, &args.capsule, &args.keys, &args.registry)?;
+        let bytes = std::fs::read(&pulled.component)
+            .with_context(|| format!("reading cached {}", pulled.component.display()))?;
+        let origin = format!("{}@{}", args.capsule, pulled.manifest_digest);
+        (engine.load(&bytes, &origin)?, Some(pulled))
+    };
     let mut options = CallOptions::for_capsule(&engine, &capsule);
     let ceiling = engine.config().engine.max_memory_mb;
     if let Some(m) = args.memory_mb {
@@ -108,7 +123,13 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     if args.json {
         let m = capsule.manifest();
         let doc = serde_json::json!({
-            "capsule": { "name": m.name, "version": m.version, "digest": capsule.digest() },
+            "capsule": {
+                "name": m.name,
+                "version": m.version,
+                "digest": capsule.digest(),
+                "reference": pulled.as_ref().map(|_| &args.capsule),
+                "manifest_digest": pulled.as_ref().map(|p| p.manifest_digest),
+            },
             "run": &*options.run_id,
             "ok": outcome.result.is_ok(),
             "output": outcome.result.as_ref().ok().map(|o| parse_or_string(o)),

@@ -16,7 +16,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{OciError, Pulled};
-use crate::{digest::Digest, store::DataDir};
+use crate::{digest::Digest, store::DataDir, verify::Admission};
 
 /// Layer digest (`sha256:<hex>`) → [`BlobRecord`] as JSON.
 const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs");
@@ -41,6 +41,9 @@ struct ManifestRecord {
     reference: String,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    /// Why the trust policy admitted it (re-checked against the current
+    /// policy on every cache hit).
+    admission: Option<Admission>,
 }
 
 /// What a pull is about to cache (or found cached).
@@ -52,6 +55,7 @@ pub(crate) struct Entry {
     pub reference: String,
     pub manifest_digest: Digest,
     pub annotations: BTreeMap<String, String>,
+    pub admission: Admission,
 }
 
 /// One cached layer, as listed by [`cache_ls`].
@@ -143,6 +147,9 @@ pub(crate) fn lookup_manifest(
     let Some(m) = get::<ManifestRecord>(&db, MANIFESTS, &manifest.to_string())? else {
         return Ok(None);
     };
+    let Some(admission) = m.admission else {
+        return Ok(None);
+    };
     let Ok(layer) = m.layer_digest.parse::<Digest>() else {
         return Ok(None);
     };
@@ -160,6 +167,7 @@ pub(crate) fn lookup_manifest(
         size: blob.size,
         annotations: m.annotations,
         cached: true,
+        admission,
     }))
 }
 
@@ -204,6 +212,7 @@ fn pulled(entry: &Entry, path: PathBuf, cached: bool) -> Pulled {
         size: entry.size,
         annotations: entry.annotations.clone(),
         cached,
+        admission: entry.admission.clone(),
     }
 }
 
@@ -219,6 +228,7 @@ fn index(db: &redb::Database, entry: &Entry) -> Result<(), OciError> {
         layer_digest: entry.layer_digest.to_string(),
         reference: entry.reference.clone(),
         annotations: entry.annotations.clone(),
+        admission: Some(entry.admission.clone()),
     };
     let blob = serde_json::to_vec(&blob).map_err(db_err)?;
     let manifest = serde_json::to_vec(&manifest).map_err(db_err)?;

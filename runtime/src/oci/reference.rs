@@ -67,6 +67,12 @@ impl Reference {
         &self.repository
     }
 
+    /// `registry/repository`: what trust rules match and what a signature
+    /// payload names as its `docker-reference`.
+    pub fn repository_path(&self) -> String {
+        format!("{}/{}", self.registry(), self.repository())
+    }
+
     /// The tag, if any.
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
