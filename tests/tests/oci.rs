@@ -487,3 +487,25 @@ fn bad_references_are_typed_errors() {
         }
     }
 }
+
+#[test]
+fn registry_500_is_retried_then_reported() {
+    let registry = Registry::start();
+    push_calculator(&registry, "1.0", &Auth::Anonymous);
+    // A corrupt tag link makes docker-registry answer 500 for that manifest.
+    let link = registry
+        .storage_dir()
+        .join("docker/registry/v2/repositories/soma/calculator/_manifests/tags/1.0/current/link");
+    std::fs::write(&link, "garbage").expect("corrupt the tag link");
+    let (_dir, data) = data_dir();
+    let started = std::time::Instant::now();
+    match pull(&data, &format!("{}/soma/calculator:1.0", registry.host())) {
+        Err(OciError::Server { status, .. }) => assert_eq!(status, 500),
+        other => panic!("expected a 500, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "retried with backoff"
+    );
+    assert!(cached_files(&data).is_empty());
+}
