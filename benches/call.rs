@@ -30,12 +30,19 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 const FUEL: u64 = 10_000_000_000;
 
-/// Soma with the daemon's configuration (pooling, fuel + epoch).
+/// Soma with the daemon's configuration (pooling, fuel + epoch). The
+/// per-call ledger charge is off here so the comparison with raw wasmtime is
+/// the sandbox alone; `call/echo/soma_metered` shows it on.
 fn soma(metering: Metering) -> (Engine, tempfile::TempDir) {
+    soma_with(metering, false)
+}
+
+fn soma_with(metering: Metering, meter_calls: bool) -> (Engine, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = Config::default();
     config.engine.allocator = Allocator::Pooling;
     config.engine.metering = metering;
+    config.ledger.meter_calls = meter_calls;
     let engine = Engine::new(config, DataDir::new(data.path())).expect("engine");
     (engine, data)
 }
@@ -132,9 +139,20 @@ fn warm_call(c: &mut Criterion) {
     assert_eq!(raw.call("x"), "x");
     assert_eq!(engine.call(&echo, "x", &options).result.as_deref(), Ok("x"));
 
+    let (metered, _data2) = soma_with(Metering::Fuel, true);
+    let (echo_m, _) = load(&metered, soma_capsules::ECHO_COMPONENT);
+
     let mut g = c.benchmark_group("call/echo");
     g.bench_function("raw_wasmtime", |b| b.iter(|| raw.call("hello")));
     g.bench_function("soma", |b| b.iter(|| engine.call(&echo, "hello", &options)));
+    // Every call durably charged to the ledger (fuel + wall time, group
+    // commit): each call is its own run, so nothing is a replay.
+    g.bench_function("soma_metered", |b| {
+        b.iter(|| {
+            let options = CallOptions::for_capsule(&metered, &echo_m);
+            metered.call(&echo_m, "hello", &options)
+        })
+    });
     g.finish();
 }
 

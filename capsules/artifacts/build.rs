@@ -12,7 +12,14 @@ use std::{
 };
 
 /// Well-behaved capsules: examples, demo parts, bench kernels.
-const EXAMPLES: &[&str] = &["echo", "calculator", "word-count", "kernels", "notebook"];
+const EXAMPLES: &[&str] = &[
+    "echo",
+    "calculator",
+    "word-count",
+    "kernels",
+    "notebook",
+    "summarize",
+];
 /// Valid components that are not Soma capsules (another world).
 const FOREIGN: &[&str] = &["wrong-world"];
 /// Capsules that attack the host; each must end in its own failure class.

@@ -183,7 +183,10 @@ fn serialize_result<S: serde::Serializer>(
     }
 }
 
-/// How to run one call: its limits, grants and run id.
+/// How to run one call: its limits, grants and identity.
+///
+/// A call is identified by (run, node, attempt) for the ledger: calling
+/// again with the same identity is a *replay* and is not charged twice.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     /// Effective limits.
@@ -192,6 +195,12 @@ pub struct CallOptions {
     pub grants: Grants,
     /// The run this call belongs to.
     pub run_id: Arc<str>,
+    /// Who pays. Default `local`.
+    pub tenant: Arc<str>,
+    /// The DAG node (no `/`). Default `-` (a single call).
+    pub node: Arc<str>,
+    /// Retry attempt of the node. Default 0.
+    pub attempt: u32,
 }
 
 impl CallOptions {
@@ -221,6 +230,9 @@ impl CallOptions {
                 dirs: Vec::new(),
             },
             run_id,
+            tenant: "local".into(),
+            node: "-".into(),
+            attempt: 0,
         }
     }
 
@@ -242,6 +254,14 @@ impl CallOptions {
         }
         self.grants.dirs = dirs;
         Ok(())
+    }
+
+    /// Make this call part of run `run` (its ledger key and kv blackboard).
+    pub fn set_run(&mut self, run: &str) {
+        self.run_id = run.into();
+        if let Some(g) = self.grants.kv.as_mut() {
+            g.run_namespace = Some(format!("run:{run}"));
+        }
     }
 
     /// Use `namespace` for the capsule's kv scope (e.g. to keep state across
@@ -293,14 +313,25 @@ impl Engine {
             capsule: capsule.name.clone(),
             run: options.run_id.clone(),
         };
+        let spender = llm::Spender {
+            tenant: options.tenant.clone(),
+            run: options.run_id.clone(),
+            node: options.node.clone(),
+            attempt: options.attempt,
+            capsule: capsule.digest_text.clone(),
+        };
         let max_output = options.limits.max_output_bytes;
         let Executed {
             result,
             usage,
             mut host,
-        } = self.execute(&capsule.pre, options, identity, |store, exports| {
-            exports.call_run(store, input)
-        });
+        } = self.execute(
+            &capsule.pre,
+            options,
+            identity,
+            spender.clone(),
+            |store, exports| exports.call_run(store, input),
+        );
         let result = match result {
             Ok(Ok(output)) if output.len() > max_output => {
                 Err(Failure::OutputLimit { limit: max_output })
@@ -318,6 +349,21 @@ impl Engine {
                 retryable: e.retryable,
             }),
             Err(f) => Err(f),
+        };
+        // Charged whether the call succeeded or not, durably, before the
+        // outcome is handed back.
+        let charged = self
+            .metering
+            .charge_call(&spender, usage.fuel_consumed, usage.wall_time_us);
+        let result = match (result, charged) {
+            (r, Ok(())) => r,
+            (Ok(_), Err(e)) => Err(Failure::Host {
+                message: format!("could not record the call in the ledger: {e}"),
+            }),
+            (Err(f), Err(e)) => {
+                tracing::error!("could not record a failed call in the ledger: {e}");
+                Err(f)
+            }
         };
         Outcome::from_host(result, usage, host)
     }
@@ -338,12 +384,16 @@ impl Engine {
             },
             grants: Grants::default(),
             run_id: "describe".into(),
+            tenant: "local".into(),
+            node: "-".into(),
+            attempt: 0,
         };
         let identity = CallIdentity {
             capsule: origin.into(),
             run: options.run_id.clone(),
         };
-        self.execute(pre, &options, identity, |store, exports| {
+        let spender = llm::Spender::local(options.run_id.clone(), identity.capsule.clone());
+        self.execute(pre, &options, identity, spender, |store, exports| {
             exports.call_describe(store)
         })
         .result
@@ -357,6 +407,7 @@ impl Engine {
         pre: &CapsulePre<Host>,
         options: &CallOptions,
         identity: CallIdentity,
+        spender: llm::Spender,
         f: impl FnOnce(&mut Store<Host>, &CapsuleExports) -> wasmtime::Result<R>,
     ) -> Executed<R> {
         let start = Instant::now();
@@ -375,7 +426,7 @@ impl Engine {
                 });
             }
         };
-        let host = self.host(limits, options, identity, wasi);
+        let host = self.host(limits, options, identity, spender, wasi);
         let mut store = Store::new(&self.wasmtime, host);
         store.limiter(|h| &mut h.limiter);
         let fuel = self.fuel_enabled().then_some(limits.fuel);
@@ -413,6 +464,7 @@ impl Engine {
         limits: &Limits,
         options: &CallOptions,
         identity: CallIdentity,
+        spender: llm::Spender,
         wasi: wasi::State,
     ) -> Host {
         let config = &self.config;
@@ -422,7 +474,13 @@ impl Engine {
             log: log::State::new(config.log, identity),
             kv: kv::State::new(self.kv.clone(), options.grants.kv.clone()),
             events: events::State::new(config.events),
-            llm: llm::State::new(config.llm.clone(), options.grants.llm.clone()),
+            llm: llm::State::new(
+                &config.llm,
+                self.llm.clone(),
+                options.grants.llm.clone(),
+                self.metering.clone(),
+                spender,
+            ),
         }
     }
 

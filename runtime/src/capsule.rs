@@ -132,6 +132,8 @@ pub struct Capsule {
     manifest: Manifest,
     /// Interned name for logs.
     pub(crate) name: Arc<str>,
+    /// Interned `sha256:<hex>` for the ledger.
+    pub(crate) digest_text: Arc<str>,
 }
 
 impl std::fmt::Debug for Capsule {
@@ -179,6 +181,7 @@ impl Capsule {
             component,
             pre,
             name: manifest.name.as_str().into(),
+            digest_text: digest.to_string().into(),
             manifest,
         })
     }

@@ -4,6 +4,7 @@
 mod build;
 mod exit;
 mod inspect;
+mod ledger;
 mod new;
 mod registry;
 mod run;
@@ -54,6 +55,16 @@ enum Command {
     /// Inspect or clean the local blob cache.
     #[command(subcommand)]
     Cache(registry::CacheCommand),
+    /// The ledger of every charge: list, summarize, check.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// A tenant's invoice for one month.
+    Bill(ledger::BillArgs),
+    /// Project a tenant's spending.
+    Forecast(ledger::ForecastArgs),
+    /// Budgets per tenant, capsule, run or node.
+    #[command(subcommand)]
+    Budget(ledger::BudgetCommand),
     /// Check or print the operator configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -126,6 +137,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Sign(args) => registry::sign(args),
         Command::Verify(args) => registry::verify(args),
         Command::Cache(cmd) => registry::cache(&global, cmd),
+        Command::Ledger(cmd) => ledger::ledger(&global, cmd),
+        Command::Bill(args) => ledger::bill(&global, args),
+        Command::Forecast(args) => ledger::forecast(&global, args),
+        Command::Budget(cmd) => ledger::budget(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());

@@ -39,6 +39,8 @@ pub struct Config {
     pub wasi: host_api::wasi::Config,
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
+    /// What every call is charged (`[ledger]`).
+    pub ledger: crate::meter::LedgerConfig,
 }
 
 /// How instances get their memory.
@@ -202,6 +204,9 @@ impl Config {
                 "limits.timeout_ms and limits.fuel must be positive".into(),
             ));
         }
+        self.llm
+            .check()
+            .map_err(|e| ConfigError::Invalid(format!("llm: {e}")))?;
         if e.pool_instances == 0 {
             return Err(ConfigError::Invalid(
                 "engine.pool_instances must be positive".into(),

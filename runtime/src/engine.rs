@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use soma_host_api::{self as host_api, kv};
+use soma_host_api::{self as host_api, kv, llm};
 use wasmtime::{
     Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     component::{Component, Linker},
@@ -47,6 +47,8 @@ pub struct Engine {
     pub(crate) linker: Linker<Host>,
     pub(crate) config: Arc<Config>,
     pub(crate) kv: Arc<kv::Shared>,
+    pub(crate) llm: Arc<llm::Shared>,
+    pub(crate) metering: Arc<crate::meter::Metering>,
     data: DataDir,
     fingerprint: String,
     capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
@@ -75,6 +77,11 @@ impl Engine {
         let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let fingerprint = fingerprint(&wasmtime);
         let kv = kv::Shared::new(config.kv, data.database().clone());
+        let llm = llm::Shared::new(config.llm.clone());
+        let metering = Arc::new(crate::meter::Metering::new(
+            config.ledger,
+            data.database().clone(),
+        ));
         let ticker = Ticker::start(
             &wasmtime,
             Duration::from_millis(config.engine.epoch_tick_ms),
@@ -84,6 +91,8 @@ impl Engine {
             linker,
             config: Arc::new(config),
             kv,
+            llm,
+            metering,
             data,
             fingerprint,
             capsules: Mutex::new(HashMap::new()),
@@ -94,6 +103,11 @@ impl Engine {
     /// The configuration this engine runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The node's budgets and ledger.
+    pub fn metering(&self) -> &Arc<crate::meter::Metering> {
+        &self.metering
     }
 
     /// The data directory.
@@ -236,7 +250,7 @@ fn link(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     host_api::wasi::add_to_linker(&mut linker)?;
     host_api::log::add_to_linker(&mut linker)?;
     kv::add_to_linker(&mut linker)?;
-    host_api::llm::add_to_linker(&mut linker)?;
+    llm::add_to_linker(&mut linker)?;
     host_api::events::add_to_linker(&mut linker)?;
     host_api::bindings::add_types_to_linker(&mut linker)?;
     Ok(linker)

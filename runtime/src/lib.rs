@@ -9,6 +9,7 @@
 //! bytes ──digest──▶ Digest ──validate──▶ bounded structure
 //!       ──engine: compile / AOT cache──▶ Component ──link──▶ Capsule (InstancePre + describe())
 //!       ──call: Store + limits + grants──▶ run(input) ──▶ Outcome (output | Failure, Usage)
+//!       ──meter: budgets (reserve → settle) + ledger──▶ durable charges
 //! ```
 
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
@@ -22,6 +23,9 @@ pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, caps
 pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod host; // per-call store data composing every capability's state
 pub mod call; // one call: instantiate, run, classify the failure → Outcome
+pub mod ledger; // durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
+pub mod budget; // budgets per tenant/capsule/run/node: reserve → settle
+pub mod meter; // the llm Meter over budgets + ledger; fuel and wall-time charges
 
 pub use call::{CallOptions, Failure, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};

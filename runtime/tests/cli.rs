@@ -437,3 +437,165 @@ fn registry_walkthrough() {
     assert_eq!(code, Some(22), "404: {err}");
     assert!(err.contains("not found") || err.contains("404"), "{err}");
 }
+
+/// A capsule calling the fixture provider is charged usage × price, and the
+/// charge is visible in `soma ledger summary`, `soma bill` and budgets.
+#[test]
+fn llm_charges_show_in_ledger_summary_and_bill() {
+    let fixture = soma_tests::llm_fixture::LlmFixture::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("soma.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nllm_models = [\"default\"]\n\n[[llm.providers]]\nname = \"fixture\"\nbase_url = \"{}\"\nmodels = [\"fixture-ok\"]\naliases = {{ default = \"fixture-ok\" }}\nprice_input_per_1k_micros = 1000000\nprice_output_per_1k_micros = 2000000\n",
+            fixture.base_url()
+        ),
+    )
+    .expect("config");
+    let cfg = config.to_str().expect("utf8");
+    let input = r#"{"text":"Alpha beta gamma delta. Epsilon zeta.","max_words":10}"#;
+    let out = soma(
+        data.path(),
+        &[
+            "--config",
+            cfg,
+            "run",
+            soma_capsules::SUMMARIZE_COMPONENT,
+            "--tenant",
+            "acme",
+            "--input",
+            input,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let usage = &doc["output"]["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().expect("p"),
+        usage["completion_tokens"].as_u64().expect("c"),
+    );
+    // 1.0 per 1k input tokens, 2.0 per 1k output tokens, each rounded up to a micro-unit.
+    let expected = (p * 1_000_000).div_ceil(1000) + (c * 2_000_000).div_ceil(1000);
+
+    let out = soma(
+        data.path(),
+        &["ledger", "summary", "--by", "tenant", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let acme = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["key"] == "acme"))
+        .expect("acme row");
+    assert_eq!(acme["cost_micros"].as_u64(), Some(expected));
+    assert_eq!(
+        (acme["tokens_in"].as_u64(), acme["tokens_out"].as_u64()),
+        (Some(p), Some(c))
+    );
+
+    let out = soma(
+        data.path(),
+        &["ledger", "summary", "--by", "model", "--csv"],
+    );
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("fixture-ok,")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let month = {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            / 86_400;
+        let (y, m, _) = soma_runtime::ledger::civil_from_days(days as i64);
+        format!("{y:04}-{m:02}")
+    };
+    let out = soma(data.path(), &["bill", "acme", "--month", &month, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bill: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(bill["total_micros"].as_u64(), Some(expected));
+
+    let out = soma(data.path(), &["forecast", "acme", "--days", "7", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A tenant budget below one reservation: the capsule degrades instead of spending.
+    let out = soma(
+        data.path(),
+        &[
+            "budget",
+            "set",
+            "tenant:acme",
+            "--tokens",
+            &(p + c + 1).to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = soma(
+        data.path(),
+        &[
+            "--config",
+            cfg,
+            "run",
+            soma_capsules::SUMMARIZE_COMPONENT,
+            "--tenant",
+            "acme",
+            "--input",
+            input,
+            "--json",
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["output"]["source"], "extractive", "{doc}");
+    let out = soma(data.path(), &["budget", "ls", "--json"]);
+    let budgets: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        budgets[0]["account"]["spent_tokens"].as_u64(),
+        Some(p + c),
+        "{budgets}"
+    );
+}
+
+/// SIGKILL a process in the middle of group-committed ledger writes, twenty
+/// times: the ledger always passes its integrity check, and replaying the
+/// same appends to completion leaves exactly one entry per key.
+#[test]
+fn sigkill_during_ledger_writes_leaves_a_consistent_ledger() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let count = "3000";
+    let stress = || {
+        Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args([
+                "ledger", "stress", "--count", count, "--run", "crash", "--batch", "20", "--data",
+            ])
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn")
+    };
+    for round in 0..20u64 {
+        let mut child = stress();
+        std::thread::sleep(std::time::Duration::from_millis(20 + (round * 37) % 200));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let out = soma(data.path(), &["ledger", "check", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(report["ok"], true, "round {round}: {report}");
+    }
+    let status = stress().wait().expect("wait");
+    assert!(status.success());
+    let out = soma(data.path(), &["ledger", "check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        report["entries"].as_u64(),
+        Some(3000),
+        "each key exactly once: {report}"
+    );
+}

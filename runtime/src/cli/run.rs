@@ -39,6 +39,12 @@ pub(crate) struct Args {
     /// Preopen a host directory: HOST::GUEST (read-only) or HOST::GUEST:rw.
     #[arg(long = "dir", value_name = "HOST::GUEST[:rw]")]
     dirs: Vec<DirGrant>,
+    /// The tenant charged for this run (ledger and budgets).
+    #[arg(long, default_value = "local")]
+    tenant: String,
+    /// Run id (default: a fresh one); the same id again is a replay, not charged twice.
+    #[arg(long)]
+    run_id: Option<String>,
     /// Use this kv namespace instead of the per-digest default.
     #[arg(long)]
     kv_namespace: Option<String>,
@@ -99,6 +105,14 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     }
     if let Some(t) = args.timeout_ms {
         options.limits.timeout_ms = t.max(1);
+    }
+    options.tenant = args.tenant.as_str().into();
+    if let Some(r) = &args.run_id {
+        anyhow::ensure!(
+            !r.is_empty() && !r.contains('/'),
+            "--run-id must be non-empty and contain no '/'"
+        );
+        options.set_run(r);
     }
     if let Some(ns) = &args.kv_namespace {
         options.kv_namespace(ns);

@@ -1,0 +1,922 @@
+//! The durable ledger of token economics: every charge (LLM tokens, fuel,
+//! wall time, marketplace fees) as an immutable, idempotent [`Entry`] in the
+//! node database, with daily rollups that make summaries, invoices and
+//! forecasts independent of the number of entries.
+//!
+//! Money is always integer micro-units (`u64`); prices are per 1000 units.
+//!
+//! Three redb tables, all written in the same transaction as an append:
+//!
+//! ```text
+//! ledger         id u64 → entry (compact binary, see `codec`)
+//! ledger_keys    "run/node/attempt/seq/kind" → id      (idempotency: a replay never charges twice)
+//! ledger_daily   (day, tenant, capsule, model|"-", kind, unit price) → (quantity, cost, count, estimated)
+//! ```
+//!
+//! The rollup key carries the unit price so an invoice line is exact per
+//! price; summaries merge prices. Writers: [`Ledger::append`] commits one
+//! batch per call; [`Ledger::writer`] starts a group-commit thread that
+//! shares one fsync among many concurrent appenders.
+
+mod civil;
+mod codec;
+mod forecast;
+mod writer;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use redb::{
+    Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use soma_host_api::storage::LazyDatabase;
+
+pub use civil::{civil_from_days, day_of, days_from_civil};
+pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES};
+
+use crate::store::DataDir;
+
+/// id → encoded [`Entry`].
+const LEDGER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ledger");
+/// Idempotency key `run/node/attempt/seq/kind` → id.
+const LEDGER_KEYS: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger_keys");
+/// (day, tenant, capsule, model or "-", kind, unit price) → (quantity, cost, count, estimated count).
+type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
+const LEDGER_DAILY: TableDefinition<'_, DailyKey<'_>, (u64, u64, u64, u64)> =
+    TableDefinition::new("ledger_daily");
+
+/// Model column of a rollup row for entries without a model.
+const NO_MODEL: &str = "-";
+/// 10000-01-01T00:00:00Z: later timestamps cannot be `YYYY-MM-DD` days.
+const MAX_TIME_MS: u64 = 253_402_300_800_000;
+/// Most days [`Ledger::forecast`] projects.
+pub const MAX_FORECAST_DAYS: u32 = 3660;
+
+/// What was charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Prompt tokens sent to an LLM.
+    LlmTokensInput,
+    /// Completion tokens received from an LLM.
+    LlmTokensOutput,
+    /// Wasm fuel burned.
+    Fuel,
+    /// Wall-clock microseconds.
+    WallTime,
+    /// The marketplace's fee for a capsule call.
+    MarketplaceFee,
+}
+
+impl Kind {
+    /// Every kind, in code order.
+    pub const ALL: [Kind; 5] = [
+        Kind::LlmTokensInput,
+        Kind::LlmTokensOutput,
+        Kind::Fuel,
+        Kind::WallTime,
+        Kind::MarketplaceFee,
+    ];
+
+    /// The serde (kebab-case) name, e.g. `llm-tokens-input`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::LlmTokensInput => "llm-tokens-input",
+            Kind::LlmTokensOutput => "llm-tokens-output",
+            Kind::Fuel => "fuel",
+            Kind::WallTime => "wall-time",
+            Kind::MarketplaceFee => "marketplace-fee",
+        }
+    }
+
+    /// The kind named `name` (as [`Kind::name`] prints it).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> Option<Kind> {
+        Kind::ALL.get(usize::from(code)).copied()
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One charge. Immutable once appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Assigned by the ledger on append (monotonically increasing); ignored on input.
+    #[serde(default)]
+    pub id: u64,
+    /// When it was incurred, unix milliseconds (UTC); decides the rollup day.
+    pub time_ms: u64,
+    /// Who pays.
+    pub tenant: String,
+    /// The run it belongs to (no `/`: it is part of the idempotency key).
+    pub run: String,
+    /// The node of the run's graph (no `/`).
+    pub node: String,
+    /// Retry attempt of the node.
+    pub attempt: u32,
+    /// Sequence number of the charge within the attempt.
+    pub seq: u32,
+    /// The capsule's digest, `sha256:<hex>`.
+    pub capsule: String,
+    /// What was charged.
+    pub kind: Kind,
+    /// How many units (tokens, fuel, ms, fee units).
+    pub quantity: u64,
+    /// Price per 1000 units, in micro-units.
+    pub unit_price_micros: u64,
+    /// What was charged, in micro-units (normally [`Entry::cost_for`]).
+    pub cost_micros: u64,
+    /// The LLM provider, if any.
+    pub provider: Option<String>,
+    /// The LLM model, if any.
+    pub model: Option<String>,
+    /// Whether `quantity` is an estimate (e.g. tokens counted locally).
+    pub estimated: bool,
+}
+
+impl Entry {
+    /// Cost of `quantity` units at `unit_price_per_1k` micro-units per 1000
+    /// units: `ceil(quantity * price / 1000)`, saturating at `u64::MAX`.
+    pub fn cost_for(quantity: u64, unit_price_per_1k: u64) -> u64 {
+        let micros = (u128::from(quantity) * u128::from(unit_price_per_1k)).div_ceil(1000);
+        u64::try_from(micros).unwrap_or(u64::MAX)
+    }
+
+    /// The idempotency key: `run/node/attempt/seq/kind`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.run, self.node, self.attempt, self.seq, self.kind
+        )
+    }
+
+    /// The UTC day (`YYYY-MM-DD`) the entry is rolled up under.
+    pub fn day(&self) -> String {
+        day_of(self.time_ms)
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Appended {
+    /// Ids of the entries written, in input order.
+    pub inserted: Vec<u64>,
+    /// Entries skipped because their idempotency key was already recorded.
+    pub duplicates: usize,
+}
+
+/// Which entries [`Ledger::ls`] lists. `Default` lists everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this run.
+    pub run: Option<String>,
+    /// Only this capsule digest.
+    pub capsule: Option<String>,
+    /// Only entries with `time_ms >= since_ms`.
+    pub since_ms: Option<u64>,
+    /// Only entries with `time_ms < until_ms`.
+    pub until_ms: Option<u64>,
+    /// At most this many (the newest).
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, e: &Entry) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == e.tenant)
+            && self.run.as_ref().is_none_or(|r| *r == e.run)
+            && self.capsule.as_ref().is_none_or(|c| *c == e.capsule)
+            && self.since_ms.is_none_or(|s| e.time_ms >= s)
+            && self.until_ms.is_none_or(|u| e.time_ms < u)
+    }
+}
+
+/// What [`Ledger::summary`] groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupBy {
+    /// Capsule digest.
+    Capsule,
+    /// Tenant.
+    Tenant,
+    /// LLM model (`-` for charges without one).
+    Model,
+    /// UTC day.
+    Day,
+    /// [`Kind`] name.
+    Kind,
+}
+
+/// One group of a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SummaryRow {
+    /// The group: a capsule digest, tenant, model, day or kind name.
+    pub key: String,
+    /// LLM input tokens.
+    pub tokens_in: u64,
+    /// LLM output tokens.
+    pub tokens_out: u64,
+    /// Fuel.
+    pub fuel: u64,
+    /// Wall time, µs.
+    pub wall_us: u64,
+    /// Marketplace-fee units.
+    pub fee_units: u64,
+    /// Total cost, micro-units.
+    pub cost_micros: u64,
+    /// Entries.
+    pub count: u64,
+    /// Entries whose quantity was estimated.
+    pub estimated: u64,
+}
+
+/// One line of an [`Invoice`]: one capsule × model × kind × unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvoiceLine {
+    /// Capsule digest.
+    pub capsule: String,
+    /// LLM model, if any.
+    pub model: Option<String>,
+    /// What was charged.
+    pub kind: Kind,
+    /// Units.
+    pub quantity: u64,
+    /// Price per 1000 units, micro-units.
+    pub unit_price_micros: u64,
+    /// Sum of the entries' costs (each rounded up on its own), micro-units.
+    pub cost_micros: u64,
+    /// Entries.
+    pub count: u64,
+    /// Entries whose quantity was estimated.
+    pub estimated: u64,
+}
+
+/// A tenant's bill for one calendar month (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invoice {
+    /// Who pays.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Sorted by capsule, model, kind, unit price.
+    pub lines: Vec<InvoiceLine>,
+    /// Sum of the lines' costs, micro-units.
+    pub total_micros: u64,
+}
+
+/// A cost projection from daily history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    /// How it was computed.
+    pub method: String,
+    /// `(day, cost micros)` from the tenant's first charged day through the
+    /// last complete day; days without charges are 0.
+    pub daily_history: Vec<(String, u64)>,
+    /// Sum of `projected_daily`.
+    pub projected_total_micros: u64,
+    /// One projected cost per day after the history.
+    pub projected_daily: Vec<u64>,
+    /// Mean absolute percentage error of the method on the last 7 days of
+    /// history when fit on the days before; `None` with < 14 days.
+    pub backtest_mape_percent: Option<f64>,
+}
+
+/// What [`Ledger::check_integrity`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IntegrityReport {
+    /// Rows in `ledger`.
+    pub entries: u64,
+    /// Rows in `ledger_keys`.
+    pub keys: u64,
+    /// Rows in `ledger_daily`.
+    pub rollup_rows: u64,
+    /// Whether everything is consistent.
+    pub ok: bool,
+    /// What is wrong (the first [`MAX_PROBLEMS`]).
+    pub problems: Vec<String>,
+}
+
+/// Most problems an [`IntegrityReport`] lists.
+pub const MAX_PROBLEMS: usize = 50;
+
+impl IntegrityReport {
+    fn problem(&mut self, p: String) {
+        self.ok = false;
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+}
+
+/// Why a ledger operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The database could not be opened.
+    #[error("{0}")]
+    Open(String),
+    /// redb failed.
+    #[error(
+        "the ledger database failed: {0} (check free disk space and permissions of the --data directory)"
+    )]
+    Database(String),
+    /// A stored entry cannot be decoded.
+    #[error(
+        "ledger entry {id} is unreadable: {reason} (run the integrity check and restore the database from a backup)"
+    )]
+    Corrupt {
+        /// The entry's id.
+        id: u64,
+        /// What is wrong with its bytes.
+        reason: &'static str,
+    },
+    /// An entry of a batch was refused; nothing of the batch was written.
+    #[error("entry {index} of the batch was refused: {reason}; fix it and append the batch again")]
+    InvalidEntry {
+        /// Position in the batch.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A day argument is not `YYYY-MM-DD`.
+    #[error("`{0}` is not a day; write it as YYYY-MM-DD (UTC), e.g. 2024-03-15")]
+    InvalidDay(String),
+    /// A month argument is not `YYYY-MM`.
+    #[error("`{0}` is not a month; write it as YYYY-MM, e.g. 2024-03")]
+    InvalidMonth(String),
+    /// A forecast asked for too many days.
+    #[error("cannot forecast {0} days; ask for at most {MAX_FORECAST_DAYS}")]
+    ForecastTooLong(u32),
+    /// The group-commit thread could not be started.
+    #[error(
+        "cannot start the ledger writer thread: {0} (the process may be out of threads or memory)"
+    )]
+    WriterSpawn(String),
+    /// The group-commit thread is gone (it panicked).
+    #[error("the ledger writer thread has stopped; start a new one with Ledger::writer()")]
+    WriterStopped,
+}
+
+fn db_err(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Database(e.to_string())
+}
+
+/// The ledger over a node database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    db: Arc<LazyDatabase>,
+}
+
+impl Ledger {
+    /// The ledger in `db`; nothing is opened until used.
+    pub fn new(db: Arc<LazyDatabase>) -> Self {
+        Self { db }
+    }
+
+    /// The ledger of a data directory.
+    pub fn open(data: &DataDir) -> Self {
+        Self::new(data.database().clone())
+    }
+
+    /// Start a group-commit thread over this ledger's database (see
+    /// [`LedgerWriter`]); use one per process and clone it.
+    pub fn writer(&self) -> Result<LedgerWriter, LedgerError> {
+        LedgerWriter::spawn(self.db.clone())
+    }
+
+    /// Append `entries` in one durable transaction (ids are assigned; the
+    /// given ones are ignored). Entries whose idempotency key is already
+    /// recorded — earlier or in the same batch — are skipped.
+    ///
+    /// Cost: one fsync'd commit (~ms on disk) plus ~µs per entry. Prefer
+    /// [`Ledger::writer`] when many threads append small batches.
+    pub fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError> {
+        if entries.is_empty() {
+            return Ok(Appended::default());
+        }
+        validate(entries)?;
+        let mut results = write_batch(&self.db, &[entries])?;
+        Ok(results.pop().unwrap_or_default())
+    }
+
+    fn read(&self) -> Result<ReadTransaction, LedgerError> {
+        let db = self
+            .db
+            .get()
+            .map_err(|e| LedgerError::Open(e.to_string()))?;
+        db.begin_read().map_err(db_err)
+    }
+
+    /// Entries matching `filter`, newest (highest id) first.
+    ///
+    /// Cost: a reverse scan decoding entries until `limit` matches — fast
+    /// for recent entries, O(entries) for a filter that matches little.
+    pub fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(LEDGER) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for row in table.iter().map_err(db_err)?.rev() {
+            let (id, bytes) = row.map_err(db_err)?;
+            let id = id.value();
+            let entry = codec::decode(id, bytes.value())
+                .map_err(|reason| LedgerError::Corrupt { id, reason })?;
+            if filter.matches(&entry) {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals grouped by `by` over the days `since_day..=until_day`
+    /// (`YYYY-MM-DD`, UTC; `None` = unbounded), optionally for one tenant.
+    /// Rows are sorted by key for [`GroupBy::Day`], else by cost, highest first.
+    ///
+    /// Cost: a scan of the daily rollup rows in the range — independent of
+    /// the number of entries.
+    pub fn summary(
+        &self,
+        by: GroupBy,
+        since_day: Option<&str>,
+        until_day: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<SummaryRow>, LedgerError> {
+        let since = since_day.map(checked_day).transpose()?.unwrap_or_default();
+        let until = until_day.map(checked_day).transpose()?;
+        let mut groups: HashMap<String, SummaryRow> = HashMap::new();
+        self.scan_daily(since, until, tenant, |k, v| {
+            let key = match by {
+                GroupBy::Capsule => k.2,
+                GroupBy::Tenant => k.1,
+                GroupBy::Model => k.3,
+                GroupBy::Day => k.0,
+                GroupBy::Kind => k.4,
+            };
+            let row = match groups.get_mut(key) {
+                Some(row) => row,
+                None => groups.entry(key.to_owned()).or_insert_with(|| SummaryRow {
+                    key: key.to_owned(),
+                    ..SummaryRow::default()
+                }),
+            };
+            let (quantity, cost, count, estimated) = v;
+            let slot = match Kind::from_name(k.4) {
+                Some(Kind::LlmTokensInput) => &mut row.tokens_in,
+                Some(Kind::LlmTokensOutput) => &mut row.tokens_out,
+                Some(Kind::Fuel) => &mut row.fuel,
+                Some(Kind::WallTime) => &mut row.wall_us,
+                Some(Kind::MarketplaceFee) | None => &mut row.fee_units,
+            };
+            *slot = slot.saturating_add(quantity);
+            row.cost_micros = row.cost_micros.saturating_add(cost);
+            row.count = row.count.saturating_add(count);
+            row.estimated = row.estimated.saturating_add(estimated);
+        })?;
+        let mut rows: Vec<SummaryRow> = groups.into_values().collect();
+        if by == GroupBy::Day {
+            rows.sort_by(|a, b| a.key.cmp(&b.key));
+        } else {
+            rows.sort_by(|a, b| b.cost_micros.cmp(&a.cost_micros).then(a.key.cmp(&b.key)));
+        }
+        Ok(rows)
+    }
+
+    /// The invoice of `tenant` for `month` (`YYYY-MM`, UTC days).
+    ///
+    /// Cost: a scan of that month's rollup rows.
+    pub fn bill(&self, tenant: &str, month: &str) -> Result<Invoice, LedgerError> {
+        let (first, last) =
+            civil::parse_month(month).ok_or_else(|| LedgerError::InvalidMonth(month.into()))?;
+        let (first, last) = (civil::format_day(first), civil::format_day(last));
+        type LineKey = (String, String, &'static str, u64);
+        let mut lines: BTreeMap<LineKey, InvoiceLine> = BTreeMap::new();
+        self.scan_daily(&first, Some(&last), Some(tenant), |k, v| {
+            let Some(kind) = Kind::from_name(k.4) else {
+                return;
+            };
+            let line = lines
+                .entry((k.2.to_owned(), k.3.to_owned(), kind.name(), k.5))
+                .or_insert_with(|| InvoiceLine {
+                    capsule: k.2.to_owned(),
+                    model: (k.3 != NO_MODEL).then(|| k.3.to_owned()),
+                    kind,
+                    quantity: 0,
+                    unit_price_micros: k.5,
+                    cost_micros: 0,
+                    count: 0,
+                    estimated: 0,
+                });
+            line.quantity = line.quantity.saturating_add(v.0);
+            line.cost_micros = line.cost_micros.saturating_add(v.1);
+            line.count = line.count.saturating_add(v.2);
+            line.estimated = line.estimated.saturating_add(v.3);
+        })?;
+        let lines: Vec<InvoiceLine> = lines.into_values().collect();
+        let total_micros = lines
+            .iter()
+            .fold(0u64, |t, l| t.saturating_add(l.cost_micros));
+        Ok(Invoice {
+            tenant: tenant.into(),
+            month: month.into(),
+            lines,
+            total_micros,
+        })
+    }
+
+    /// Project `tenant`'s daily cost for the next `days` days from its
+    /// history through yesterday (UTC; today is incomplete).
+    ///
+    /// Cost: a scan of the tenant's rollup rows plus O(history days).
+    pub fn forecast(&self, tenant: &str, days: u32) -> Result<Forecast, LedgerError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let yesterday = civil::format_day(civil::day_number(now_ms) - 1);
+        self.forecast_through(tenant, days, &yesterday)
+    }
+
+    /// [`Ledger::forecast`] with the history ending at `last_day`
+    /// (`YYYY-MM-DD`, inclusive); the projection starts the day after.
+    pub fn forecast_through(
+        &self,
+        tenant: &str,
+        days: u32,
+        last_day: &str,
+    ) -> Result<Forecast, LedgerError> {
+        if days > MAX_FORECAST_DAYS {
+            return Err(LedgerError::ForecastTooLong(days));
+        }
+        let last =
+            civil::parse_day(last_day).ok_or_else(|| LedgerError::InvalidDay(last_day.into()))?;
+        let mut by_day: BTreeMap<i64, u64> = BTreeMap::new();
+        self.scan_daily("", Some(last_day), Some(tenant), |k, v| {
+            if let Some(d) = civil::parse_day(k.0) {
+                let c = by_day.entry(d).or_default();
+                *c = c.saturating_add(v.1);
+            }
+        })?;
+        let daily_history: Vec<(String, u64)> = match by_day.first_key_value() {
+            Some((&first, _)) => (first..=last)
+                .map(|d| (civil::format_day(d), by_day.get(&d).copied().unwrap_or(0)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let costs: Vec<u64> = daily_history.iter().map(|(_, c)| *c).collect();
+        let projected_daily = forecast::project(&costs, days as usize);
+        Ok(Forecast {
+            method: forecast::METHOD.into(),
+            projected_total_micros: projected_daily
+                .iter()
+                .fold(0u64, |t, c| t.saturating_add(*c)),
+            projected_daily,
+            backtest_mape_percent: forecast::backtest_mape(&costs),
+            daily_history,
+        })
+    }
+
+    /// Verify, in one read snapshot: every entry decodes and has exactly one
+    /// idempotency key pointing at it (and no key points elsewhere), ids are
+    /// strictly increasing, and every rollup row equals the sums recomputed
+    /// from the entries. Problems are reported, not returned as errors.
+    ///
+    /// Cost: a full scan of all three tables — seconds per million entries.
+    pub fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
+        let txn = self.read()?;
+        let mut report = IntegrityReport {
+            ok: true,
+            ..IntegrityReport::default()
+        };
+        let open_err = |e: redb::TableError| match e {
+            redb::TableError::TableDoesNotExist(_) => None,
+            e => Some(db_err(e)),
+        };
+        let entries = match txn.open_table(LEDGER) {
+            Ok(t) => Some(t),
+            Err(e) => open_err(e).map_or(Ok(None), Err)?,
+        };
+        let keys = match txn.open_table(LEDGER_KEYS) {
+            Ok(t) => Some(t),
+            Err(e) => open_err(e).map_or(Ok(None), Err)?,
+        };
+        let daily = match txn.open_table(LEDGER_DAILY) {
+            Ok(t) => Some(t),
+            Err(e) => open_err(e).map_or(Ok(None), Err)?,
+        };
+        let mut recomputed: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+        if let Some(entries) = &entries {
+            let mut prev: Option<u64> = None;
+            for row in entries.iter().map_err(db_err)? {
+                let (id, bytes) = row.map_err(db_err)?;
+                let id = id.value();
+                report.entries += 1;
+                if prev.is_some_and(|p| p >= id) {
+                    report.problem(format!("entry ids not strictly increasing at {id}"));
+                }
+                prev = Some(id);
+                let entry = match codec::decode(id, bytes.value()) {
+                    Ok(e) => e,
+                    Err(reason) => {
+                        report.problem(format!("entry {id} does not decode: {reason}"));
+                        continue;
+                    }
+                };
+                let key = entry.key();
+                let mapped = match &keys {
+                    Some(k) => k.get(key.as_str()).map_err(db_err)?.map(|g| g.value()),
+                    None => None,
+                };
+                if mapped != Some(id) {
+                    report.problem(format!(
+                        "entry {id} has key {key} but that key maps to {mapped:?}"
+                    ));
+                }
+                recomputed
+                    .entry(OwnedDailyKey::of(&entry))
+                    .or_default()
+                    .add(&entry);
+            }
+        }
+        if let Some(keys) = &keys {
+            report.keys = keys.len().map_err(db_err)?;
+        }
+        if report.keys != report.entries {
+            report.problem(format!(
+                "{} idempotency keys for {} entries",
+                report.keys, report.entries
+            ));
+        }
+        let mut stored: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+        if let Some(daily) = &daily {
+            for row in daily.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                report.rollup_rows += 1;
+                let k = k.value();
+                let v = v.value();
+                stored.insert(
+                    OwnedDailyKey::from_row(k),
+                    Sums {
+                        quantity: v.0,
+                        cost: v.1,
+                        count: v.2,
+                        estimated: v.3,
+                    },
+                );
+            }
+        }
+        for (k, want) in &recomputed {
+            match stored.get(k) {
+                Some(got) if got == want => {}
+                got => report.problem(format!("rollup {k:?} is {got:?}, entries sum to {want:?}")),
+            }
+        }
+        for (k, got) in &stored {
+            if !recomputed.contains_key(k) {
+                report.problem(format!("rollup {k:?} is {got:?} but no entry has that key"));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Call `f` for each rollup row with `since <= day` (and `day <= until`),
+    /// optionally only for `tenant`.
+    fn scan_daily(
+        &self,
+        since: &str,
+        until: Option<&str>,
+        tenant: Option<&str>,
+        mut f: impl FnMut(DailyKey<'_>, (u64, u64, u64, u64)),
+    ) -> Result<(), LedgerError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(LEDGER_DAILY) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let start: DailyKey<'_> = (since, "", "", "", "", 0);
+        for row in table.range(start..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let k = k.value();
+            if until.is_some_and(|u| k.0 > u) {
+                break;
+            }
+            if tenant.is_some_and(|t| t != k.1) {
+                continue;
+            }
+            f(k, v.value());
+        }
+        Ok(())
+    }
+}
+
+fn checked_day(day: &str) -> Result<&str, LedgerError> {
+    civil::parse_day(day)
+        .map(|_| day)
+        .ok_or_else(|| LedgerError::InvalidDay(day.into()))
+}
+
+/// Refuse entries that would corrupt keys or days; called before any write so
+/// one bad batch never fails a group commit it shares.
+fn validate(entries: &[Entry]) -> Result<(), LedgerError> {
+    for (index, e) in entries.iter().enumerate() {
+        let reason = if e.run.contains('/') {
+            "run must not contain `/` (it is part of the idempotency key)"
+        } else if e.node.contains('/') {
+            "node must not contain `/` (it is part of the idempotency key)"
+        } else if e.time_ms >= MAX_TIME_MS {
+            "time_ms is after year 9999; it must be unix milliseconds"
+        } else if e.model.as_deref() == Some(NO_MODEL) {
+            "model `-` is reserved for charges without a model; use None"
+        } else {
+            continue;
+        };
+        return Err(LedgerError::InvalidEntry {
+            index,
+            reason: reason.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Rollup sums of one row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sums {
+    quantity: u64,
+    cost: u64,
+    count: u64,
+    estimated: u64,
+}
+
+impl Sums {
+    fn add(&mut self, e: &Entry) {
+        self.quantity = self.quantity.saturating_add(e.quantity);
+        self.cost = self.cost.saturating_add(e.cost_micros);
+        self.count = self.count.saturating_add(1);
+        self.estimated = self.estimated.saturating_add(u64::from(e.estimated));
+    }
+
+    fn merge(&mut self, o: &Sums) {
+        self.quantity = self.quantity.saturating_add(o.quantity);
+        self.cost = self.cost.saturating_add(o.cost);
+        self.count = self.count.saturating_add(o.count);
+        self.estimated = self.estimated.saturating_add(o.estimated);
+    }
+}
+
+/// An owned rollup key; the day is kept as a day number until written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct OwnedDailyKey {
+    day: String,
+    tenant: String,
+    capsule: String,
+    model: String,
+    kind: String,
+    unit_price: u64,
+}
+
+impl OwnedDailyKey {
+    fn of(e: &Entry) -> Self {
+        Self {
+            day: e.day(),
+            tenant: e.tenant.clone(),
+            capsule: e.capsule.clone(),
+            model: e.model.clone().unwrap_or_else(|| NO_MODEL.into()),
+            kind: e.kind.name().into(),
+            unit_price: e.unit_price_micros,
+        }
+    }
+
+    fn from_row(k: DailyKey<'_>) -> Self {
+        Self {
+            day: k.0.into(),
+            tenant: k.1.into(),
+            capsule: k.2.into(),
+            model: k.3.into(),
+            kind: k.4.into(),
+            unit_price: k.5,
+        }
+    }
+
+    fn as_row(&self) -> DailyKey<'_> {
+        (
+            &self.day,
+            &self.tenant,
+            &self.capsule,
+            &self.model,
+            &self.kind,
+            self.unit_price,
+        )
+    }
+}
+
+/// Apply each batch of `requests` in one write transaction with immediate
+/// durability; one [`Appended`] per request. Entries must be validated.
+fn write_batch(db: &LazyDatabase, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
+    let db = db.get().map_err(|e| LedgerError::Open(e.to_string()))?;
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    let results = write_in(&txn, requests)?;
+    txn.commit().map_err(db_err)?;
+    Ok(results)
+}
+
+fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
+    let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
+    let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;
+    let mut daily = txn.open_table(LEDGER_DAILY).map_err(db_err)?;
+    let mut next_id = ledger
+        .last()
+        .map_err(db_err)?
+        .map_or(1, |(id, _)| id.value().saturating_add(1));
+    let mut deltas: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+    // Consecutive entries usually share a day; format it once per change.
+    let mut day_cache: (i64, String) = (i64::MIN, String::new());
+    let mut buf = Vec::with_capacity(256);
+    let mut results = Vec::with_capacity(requests.len());
+    for entries in requests {
+        let mut appended = Appended::default();
+        for e in *entries {
+            let key = e.key();
+            // Insert first (duplicates are rare); put the old id back on a hit.
+            let prev = keys
+                .insert(key.as_str(), next_id)
+                .map_err(db_err)?
+                .map(|g| g.value());
+            if let Some(old) = prev {
+                keys.insert(key.as_str(), old).map_err(db_err)?;
+                appended.duplicates += 1;
+                continue;
+            }
+            buf.clear();
+            codec::encode(e, &mut buf);
+            ledger.insert(next_id, buf.as_slice()).map_err(db_err)?;
+            appended.inserted.push(next_id);
+            next_id = next_id.saturating_add(1);
+            let day = civil::day_number(e.time_ms);
+            if day_cache.0 != day {
+                day_cache = (day, civil::format_day(day));
+            }
+            let mut k = OwnedDailyKey {
+                day: String::new(),
+                tenant: e.tenant.clone(),
+                capsule: e.capsule.clone(),
+                model: e.model.clone().unwrap_or_else(|| NO_MODEL.into()),
+                kind: e.kind.name().into(),
+                unit_price: e.unit_price_micros,
+            };
+            k.day.clone_from(&day_cache.1);
+            deltas.entry(k).or_default().add(e);
+        }
+        results.push(appended);
+    }
+    for (k, delta) in &deltas {
+        let row = k.as_row();
+        let mut sums = daily
+            .get(row)
+            .map_err(db_err)?
+            .map(|g| {
+                let v = g.value();
+                Sums {
+                    quantity: v.0,
+                    cost: v.1,
+                    count: v.2,
+                    estimated: v.3,
+                }
+            })
+            .unwrap_or_default();
+        sums.merge(delta);
+        daily
+            .insert(row, (sums.quantity, sums.cost, sums.count, sums.estimated))
+            .map_err(db_err)?;
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests;

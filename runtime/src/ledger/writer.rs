@@ -1,0 +1,131 @@
+//! Group commit: one background thread turns appends from many threads into
+//! one redb transaction per batch.
+//!
+//! Each [`LedgerWriter::append`] sends its entries over a channel and blocks
+//! on a private reply channel. The thread takes whatever is queued (up to
+//! [`MAX_BATCH_ENTRIES`] entries), applies every request in one write
+//! transaction with [`Durability::Immediate`](redb::Durability::Immediate),
+//! commits, and only then answers each caller. Under contention the fsync
+//! cost is shared by the whole batch; an idle writer adds one channel
+//! round-trip (~microseconds) to a single commit. A batch smaller than recent
+//! ones lingers up to 200 µs for the appenders just acknowledged, so batches
+//! stay as large as the number of concurrent appenders.
+
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use soma_host_api::storage::LazyDatabase;
+
+use super::{Appended, Entry, LedgerError, validate, write_batch};
+
+/// Most entries one group-commit transaction takes from the queue (a single
+/// larger request is still committed whole, alone).
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// How long a batch smaller than the previous one waits for the rest of the
+/// appenders (who were just acknowledged) before committing. Small next to
+/// an fsync; a lone appender never waits (its previous batch was 1).
+const LINGER: Duration = Duration::from_micros(200);
+
+struct Request {
+    entries: Vec<Entry>,
+    reply: mpsc::SyncSender<Result<Appended, LedgerError>>,
+}
+
+/// A handle to a group-commit thread; cheap to clone and share across threads.
+/// The thread exits when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct LedgerWriter {
+    tx: mpsc::Sender<Request>,
+    thread: Arc<Mutex<Option<thread::JoinHandle<()>>>>,
+}
+
+impl LedgerWriter {
+    pub(super) fn spawn(db: Arc<LazyDatabase>) -> Result<Self, LedgerError> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let handle = thread::Builder::new()
+            .name("soma-ledger-writer".into())
+            .spawn(move || run(&db, &rx))
+            .map_err(|e| LedgerError::WriterSpawn(e.to_string()))?;
+        Ok(Self {
+            tx,
+            thread: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Stop accepting appends and, if this is the last handle, wait for the
+    /// thread to finish its queue and release the database (so another
+    /// engine can open the same data directory right after).
+    pub fn close(self) {
+        let Self { tx, thread } = self;
+        drop(tx);
+        if let Ok(cell) = Arc::try_unwrap(thread) {
+            let handle = cell.into_inner().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Append `entries` (ids are assigned; the given ones are ignored) and
+    /// block until the transaction holding them is durable. Entries whose
+    /// idempotency key exists are skipped and counted as duplicates.
+    ///
+    /// Cost: one channel round-trip plus a share of one fsync'd commit.
+    pub fn append(&self, entries: Vec<Entry>) -> Result<Appended, LedgerError> {
+        if entries.is_empty() {
+            return Ok(Appended::default());
+        }
+        validate(&entries)?;
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request { entries, reply })
+            .map_err(|_| LedgerError::WriterStopped)?;
+        rx.recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+}
+
+fn run(db: &LazyDatabase, rx: &mpsc::Receiver<Request>) {
+    // About how many appenders are active: the ones likely to come back.
+    let mut previous = 0;
+    while let Ok(first) = rx.recv() {
+        let mut queued = first.entries.len();
+        let mut batch = vec![first];
+        let linger_until = Instant::now() + LINGER;
+        while queued < MAX_BATCH_ENTRIES {
+            let next = match rx.try_recv() {
+                Ok(r) => Some(r),
+                // Fewer requests than last time: their callers were just
+                // acknowledged and are likely about to append again.
+                Err(mpsc::TryRecvError::Empty) if batch.len() < previous => {
+                    let wait = linger_until.saturating_duration_since(Instant::now());
+                    rx.recv_timeout(wait).ok()
+                }
+                Err(_) => None,
+            };
+            let Some(r) = next else { break };
+            queued += r.entries.len();
+            batch.push(r);
+        }
+        // Remember the most appenders seen lately, forgetting one per batch
+        // so a departed appender costs at most a few short lingers.
+        previous = batch.len().max(previous.saturating_sub(1));
+        let requests: Vec<&[Entry]> = batch.iter().map(|r| r.entries.as_slice()).collect();
+        match write_batch(db, &requests) {
+            Ok(results) => {
+                for (r, result) in batch.iter().zip(results) {
+                    // A caller that gave up waiting is not an error.
+                    let _ = r.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for r in &batch {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
