@@ -1,8 +1,8 @@
 //! Ledger benchmarks on a real redb file (Durability::Immediate).
 //!
 //! - `ledger/append_single_commit`          one entry per transaction (one fsync each).
-//! - `ledger/append_group_commit_16_threads` 16 threads appending one entry
-//!   per call through one `LedgerWriter`; throughput in entries/s.
+//! - `ledger/append_group_commit_{16,64}_threads` 16 or 64 threads appending
+//!   one entry per call through one `LedgerWriter`; throughput in entries/s.
 //! - `ledger/summary_1m`                    `summary(GroupBy::Capsule)` over
 //!   1,000,000 entries (built once, in 50,000-entry transactions).
 
@@ -90,26 +90,31 @@ fn append(c: &mut Criterion) {
 
     let (shared, _shared_dir) = ledger();
     let writer = shared.writer().expect("writer");
-    group.bench_function("append_group_commit_16_threads", |b| {
-        b.iter_custom(|iters| {
-            let per_thread = iters.div_ceil(THREADS);
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for _ in 0..THREADS {
-                    let writer = writer.clone();
-                    s.spawn(move || {
-                        for _ in 0..per_thread {
-                            writer.append(vec![fresh()]).expect("append");
-                        }
-                    });
-                }
+    // 16 appenders (a busy node) and 64 (the daemon's many sessions): one
+    // entry per append, so every entry is its own durable acknowledgement.
+    for threads in [THREADS, 64] {
+        let name = format!("append_group_commit_{threads}_threads");
+        group.bench_function(name.as_str(), |b| {
+            b.iter_custom(|iters| {
+                let per_thread = iters.div_ceil(threads);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let writer = writer.clone();
+                        s.spawn(move || {
+                            for _ in 0..per_thread {
+                                writer.append(vec![fresh()]).expect("append");
+                            }
+                        });
+                    }
+                });
+                // Report per requested iteration (a few extra appends may have run).
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_thread * threads) as f64)
             });
-            // Report per requested iteration (a few extra appends may have run).
-            start
-                .elapsed()
-                .mul_f64(iters as f64 / (per_thread * THREADS) as f64)
         });
-    });
+    }
     group.finish();
 }
 
