@@ -352,25 +352,8 @@ pub fn push(
 
     let session = Session::new(reference, auth, &options.transport)?;
     let target = session.target.clone();
-    session.block_on(
-        session
-            .client
-            .store_auth_if_needed(target.resolve_registry(), &session.auth),
-    );
-    let layer = bytes::Bytes::copy_from_slice(bytes);
-    let layer_digest_text = layer_digest.to_string();
-    session.retry(reference, || {
-        session
-            .client
-            .push_blob(&target, layer.clone(), &layer_digest_text)
-    })?;
-    let config = bytes::Bytes::from(config);
-    let config_digest_text = config_digest.to_string();
-    session.retry(reference, || {
-        session
-            .client
-            .push_blob(&target, config.clone(), &config_digest_text)
-    })?;
+    session.push_blob(reference, &target, bytes)?;
+    session.push_blob(reference, &target, &config)?;
     let manifest_bytes = bytes::Bytes::from(manifest_bytes);
     session.retry(reference, || {
         session.client.push_manifest_raw(
