@@ -41,3 +41,16 @@ pub struct CallIdentity {
     /// Run id; one `soma run` is one run.
     pub run: std::sync::Arc<str>,
 }
+
+/// `e` and its sources, `: `-separated (many errors, e.g. reqwest's, show
+/// only the top of the chain in `Display`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

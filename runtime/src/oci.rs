@@ -354,14 +354,7 @@ pub fn push(
     let target = session.target.clone();
     session.push_blob(reference, &target, bytes)?;
     session.push_blob(reference, &target, &config)?;
-    let manifest_bytes = bytes::Bytes::from(manifest_bytes);
-    session.retry(reference, || {
-        session.client.push_manifest_raw(
-            &target,
-            manifest_bytes.clone(),
-            http_header(MANIFEST_MEDIA_TYPE),
-        )
-    })?;
+    session.push_manifest(reference, &target, manifest_bytes)?;
     tracing::info!(%reference, %manifest_digest, "pushed capsule");
     Ok(manifest_digest)
 }
@@ -551,14 +544,7 @@ pub fn sign(
     let manifest = serde_json::to_vec(&manifest).map_err(|e| protocol(reference, &e))?;
     session.push_blob(reference, &sig_ref, &payload)?;
     session.push_blob(reference, &sig_ref, &config)?;
-    let manifest = bytes::Bytes::from(manifest);
-    session.retry(reference, || {
-        session.client.push_manifest_raw(
-            &sig_ref,
-            manifest.clone(),
-            http_header(MANIFEST_MEDIA_TYPE),
-        )
-    })?;
+    session.push_manifest(reference, &sig_ref, manifest)?;
     tracing::info!(%reference, %digest, key = %key.public().id(), "signed");
     Ok(digest)
 }
@@ -742,6 +728,24 @@ impl Session {
         );
         self.retry(reference, || {
             self.client.push_blob(target, data.clone(), &digest)
+        })
+        .map(drop)
+    }
+
+    /// Put an OCI image manifest at `target` (a tag).
+    fn push_manifest(
+        &self,
+        reference: &Reference,
+        target: &oci_client::Reference,
+        manifest: Vec<u8>,
+    ) -> Result<(), OciError> {
+        let manifest = bytes::Bytes::from(manifest);
+        self.retry(reference, || {
+            self.client.push_manifest_raw(
+                target,
+                manifest.clone(),
+                http_header(MANIFEST_MEDIA_TYPE),
+            )
         })
         .map(drop)
     }
@@ -1036,7 +1040,7 @@ fn map_error(e: OciDistributionError, registry: &str, reference: &Reference) -> 
             Some(status) => by_status(status.as_u16(), r.to_string()),
             None => OciError::Unreachable {
                 registry: registry.to_owned(),
-                cause: error_chain(&r),
+                cause: soma_host_api::error_chain(&r),
             },
         },
         OciDistributionError::IoError(io) => OciError::Unreachable {
@@ -1055,17 +1059,6 @@ fn map_error(e: OciDistributionError, registry: &str, reference: &Reference) -> 
             message: other.to_string(),
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn protocol(reference: &Reference, e: &dyn std::fmt::Display) -> OciError {

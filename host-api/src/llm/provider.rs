@@ -302,7 +302,7 @@ impl Provider {
                     ProviderError::Unreachable {
                         provider: name(),
                         attempts,
-                        detail: self.detail(&error_chain(&e)),
+                        detail: self.detail(&crate::error_chain(&e)),
                     },
                     backoff(attempts),
                 ),
@@ -463,16 +463,4 @@ fn error_message(body: &[u8]) -> String {
             text.to_owned()
         }
     })
-}
-
-/// `e` and its sources, `: `-separated (reqwest's Display is only the top).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
