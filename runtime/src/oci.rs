@@ -433,18 +433,10 @@ pub fn pull(
     let pinned = session
         .target
         .clone_with_digest(manifest_digest.to_string());
-    let descriptor = OciDescriptor {
-        media_type: layer.media_type.clone(),
-        digest: layer.digest.clone(),
-        size: layer.size,
-        urls: None,
-        annotations: None,
-        artifact_type: None,
-    };
     let bytes = session.download(
         reference,
         &pinned,
-        &descriptor,
+        &layer.to_oci(),
         size,
         options.max_layer_bytes,
     )?;
@@ -488,6 +480,8 @@ pub const SIGNATURE_LAYER_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simples
 /// Layer annotation holding the base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// A simple-signing payload is a few hundred bytes; larger layers are refused.
+const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 
 /// Sign the manifest `reference` resolves to with `key`, cosign-style: a
 /// simple-signing payload naming the manifest digest, signed with
@@ -583,6 +577,22 @@ struct RawDescriptor {
     media_type: String,
     digest: String,
     size: i64,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+impl RawDescriptor {
+    /// The descriptor oci-client downloads by (annotations are not needed).
+    fn to_oci(&self) -> OciDescriptor {
+        OciDescriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        }
+    }
 }
 
 /// Media types: an image manifest, a Wasm config, exactly one Wasm layer.
@@ -764,16 +774,7 @@ impl Session {
         #[derive(Deserialize)]
         struct SigManifest {
             #[serde(default)]
-            layers: Vec<SigLayer>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct SigLayer {
-            media_type: String,
-            digest: String,
-            size: i64,
-            #[serde(default)]
-            annotations: BTreeMap<String, String>,
+            layers: Vec<RawDescriptor>,
         }
         let m: SigManifest = serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
         let mut out = Vec::new();
@@ -787,21 +788,19 @@ impl Session {
             };
             // A signature payload is a few hundred bytes; refuse anything big.
             let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
-            if size > 64 * 1024 {
+            if size > MAX_SIGNATURE_BYTES {
                 return Err(OciError::TooLarge {
                     size,
-                    limit: 64 * 1024,
+                    limit: MAX_SIGNATURE_BYTES,
                 });
             }
-            let descriptor = OciDescriptor {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest.clone(),
-                size: layer.size,
-                urls: None,
-                annotations: None,
-                artifact_type: None,
-            };
-            let payload = self.download(reference, &sig_ref, &descriptor, size, 64 * 1024)?;
+            let payload = self.download(
+                reference,
+                &sig_ref,
+                &layer.to_oci(),
+                size,
+                MAX_SIGNATURE_BYTES,
+            )?;
             if Digest::of(&payload).to_string() != layer.digest {
                 return Err(OciError::DigestMismatch {
                     expected: layer.digest,
@@ -1115,6 +1114,7 @@ mod tests {
                 media_type: config.into(),
                 digest: String::new(),
                 size: 1,
+                annotations: BTreeMap::new(),
             }),
             layers: layers
                 .iter()
@@ -1122,6 +1122,7 @@ mod tests {
                     media_type: (*m).into(),
                     digest: String::new(),
                     size: 1,
+                    annotations: BTreeMap::new(),
                 })
                 .collect(),
             manifests: None,
