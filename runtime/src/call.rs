@@ -165,6 +165,10 @@ pub struct Outcome {
     pub stdout: String,
     /// Captured stderr (capped).
     pub stderr: String,
+    /// The call's charge, when the caller asked to commit it itself
+    /// ([`CallOptions::defer_charge`]).
+    #[serde(skip)]
+    pub charge: Option<crate::meter::CallCharge>,
 }
 
 fn serialize_result<S: serde::Serializer>(
@@ -201,6 +205,11 @@ pub struct CallOptions {
     pub node: Arc<str>,
     /// Retry attempt of the node. Default 0.
     pub attempt: u32,
+    /// Leave the call's fuel/wall-time charge in [`Outcome::charge`] for the
+    /// caller to commit with its own state (the DAG scheduler does, so a
+    /// node's result and its charge are one transaction) instead of
+    /// writing it before returning. Default false.
+    pub defer_charge: bool,
 }
 
 impl CallOptions {
@@ -233,6 +242,7 @@ impl CallOptions {
             tenant: "local".into(),
             node: "-".into(),
             attempt: 0,
+            defer_charge: false,
         }
     }
 
@@ -351,7 +361,14 @@ impl Engine {
             Err(f) => Err(f),
         };
         // Charged whether the call succeeded or not, durably, before the
-        // outcome is handed back.
+        // outcome is handed back — or handed to the caller to commit.
+        if options.defer_charge {
+            let mut outcome = Outcome::from_host(result, usage, host);
+            outcome.charge =
+                self.metering
+                    .call_charge(&spender, usage.fuel_consumed, usage.wall_time_us);
+            return outcome;
+        }
         let charged = self
             .metering
             .charge_call(&spender, usage.fuel_consumed, usage.wall_time_us);
@@ -387,6 +404,7 @@ impl Engine {
             tenant: "local".into(),
             node: "-".into(),
             attempt: 0,
+            defer_charge: false,
         };
         let identity = CallIdentity {
             capsule: origin.into(),
@@ -582,6 +600,7 @@ impl Outcome {
             events_dropped: 0,
             stdout: String::new(),
             stderr: String::new(),
+            charge: None,
         }
     }
 
@@ -606,6 +625,7 @@ impl Outcome {
             events_dropped,
             stdout,
             stderr,
+            charge: None,
         }
     }
 }

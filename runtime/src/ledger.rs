@@ -846,6 +846,19 @@ fn write_batch(db: &LazyDatabase, requests: &[&[Entry]]) -> Result<Vec<Appended>
     Ok(results)
 }
 
+/// Append `requests` inside the caller's write transaction (validated,
+/// idempotent, rollups updated) — for state that must commit atomically with
+/// its charges, such as a DAG node's completion.
+pub(crate) fn append_in(
+    txn: &WriteTransaction,
+    requests: &[&[Entry]],
+) -> Result<Vec<Appended>, LedgerError> {
+    for entries in requests {
+        validate(entries)?;
+    }
+    write_in(txn, requests)
+}
+
 fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
     let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
     let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;

@@ -206,8 +206,25 @@ impl Metering {
         fuel: Option<u64>,
         wall_time_us: u64,
     ) -> Result<(), LedgerError> {
-        if !self.config.meter_calls {
+        let Some(charge) = self.call_charge(spender, fuel, wall_time_us) else {
             return Ok(());
+        };
+        let appended = self.append(charge.entries.clone())?;
+        self.settle_charge(&charge, &appended);
+        Ok(())
+    }
+
+    /// The ledger entries for one call's fuel and wall time, to be written
+    /// by the caller in its own transaction ([`Metering::write_charges`]);
+    /// `None` when calls are not metered. Cost: two small allocations.
+    pub fn call_charge(
+        &self,
+        spender: &Spender,
+        fuel: Option<u64>,
+        wall_time_us: u64,
+    ) -> Option<CallCharge> {
+        if !self.config.meter_calls {
+            return None;
         }
         let base = |kind, quantity, price| Entry {
             id: 0,
@@ -234,13 +251,39 @@ impl Metering {
         if let Some(f) = fuel {
             entries.push(base(Kind::Fuel, f, self.config.fuel_price_per_1k_micros));
         }
-        let cost: u64 = entries.iter().map(|e| e.cost_micros).sum();
-        let appended = self.append(entries)?;
-        if appended.duplicates == 0 && cost > 0 {
-            self.budgets.add_spent_to(&scopes(spender), 0, cost);
-        }
-        Ok(())
+        Some(CallCharge {
+            entries,
+            scopes: scopes(spender),
+        })
     }
+
+    /// Write call charges inside `txn` (the caller's own transaction, so the
+    /// charge commits atomically with the caller's state). After the commit,
+    /// pass each charge and its result to [`Metering::settle_charge`].
+    pub fn write_charges(
+        &self,
+        txn: &redb::WriteTransaction,
+        charges: &[&[Entry]],
+    ) -> Result<Vec<crate::ledger::Appended>, LedgerError> {
+        crate::ledger::append_in(txn, charges)
+    }
+
+    /// Count a committed charge against the budgets (unless it was a replay).
+    pub fn settle_charge(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
+        let cost: u64 = charge.entries.iter().map(|e| e.cost_micros).sum();
+        if appended.duplicates == 0 && cost > 0 {
+            self.budgets.add_spent_to(&charge.scopes, 0, cost);
+        }
+    }
+}
+
+/// One call's fuel and wall-time charge, not yet written.
+#[derive(Debug, Clone)]
+pub struct CallCharge {
+    /// The ledger entries (idempotency keys set).
+    pub entries: Vec<Entry>,
+    /// The budgets it counts against.
+    scopes: [Scope; 4],
 }
 
 impl Drop for Metering {
