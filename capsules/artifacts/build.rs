@@ -19,6 +19,10 @@ const EXAMPLES: &[&str] = &[
     "kernels",
     "notebook",
     "summarize",
+    "kamachiq-planner",
+    "kamachiq-coder",
+    "kamachiq-reviewer",
+    "flaky",
 ];
 /// Valid components that are not Soma capsules (another world).
 const FOREIGN: &[&str] = &["wrong-world"];
