@@ -10,6 +10,7 @@
 //!       ──engine: compile / AOT cache──▶ Component ──link──▶ Capsule (InstancePre + describe())
 //!       ──call: Store + limits + grants──▶ run(input) ──▶ Outcome (output | Failure, Usage)
 //!       ──meter: budgets (reserve → settle) + ledger──▶ durable charges
+//! DAG spec ──dag: validate, schedule, journal──▶ many calls, durable and resumable
 //! ```
 
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
@@ -26,6 +27,7 @@ pub mod call; // one call: instantiate, run, classify the failure → Outcome
 pub mod ledger; // durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
 pub mod budget; // budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // the llm Meter over budgets + ledger; fuel and wall-time charges
+pub mod dag; // DAG runs: spec, templates, the durable scheduler
 
 pub use call::{CallOptions, Failure, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};
