@@ -2,6 +2,7 @@
 //! codes live in one table ([`exit`]).
 
 mod build;
+mod dag;
 mod exit;
 mod inspect;
 mod ledger;
@@ -65,6 +66,9 @@ enum Command {
     /// Budgets per tenant, capsule, run or node.
     #[command(subcommand)]
     Budget(ledger::BudgetCommand),
+    /// DAG runs: run, resume, status, ls, logs, cancel, validate, schema.
+    #[command(subcommand)]
+    Dag(dag::DagCommand),
     /// Check or print the operator configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -141,6 +145,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Bill(args) => ledger::bill(&global, args),
         Command::Forecast(args) => ledger::forecast(&global, args),
         Command::Budget(cmd) => ledger::budget(&global, cmd),
+        Command::Dag(cmd) => dag::dag(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());

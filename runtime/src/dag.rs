@@ -5,3 +5,7 @@
 pub mod spec;
 pub mod source;
 pub mod template;
+pub mod history;
+pub mod journal;
+pub mod state;
+pub mod scheduler;

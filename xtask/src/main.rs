@@ -272,6 +272,18 @@ fn human_ns(ns: f64) -> String {
     }
 }
 
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 fn demo() -> anyhow::Result<()> {
     ensure_wasm_target()?;
     run(cargo().args([
@@ -300,29 +312,64 @@ fn demo() -> anyhow::Result<()> {
             .with_context(|| format!("capsule {name} was not built"))
     };
     let data = root().join("target/demo-data");
+    let out = root().join("target/kamachiq");
+    let _ = std::fs::remove_dir_all(&out);
     let soma = bin.join("soma");
-    let steps: [(&str, &str); 4] = [
-        ("calculator", r#"{"expr":"2*(3+4)^2"}"#),
-        ("calculator", r#"{"expr":"(1.5 + 2.25) * -4 / 3"}"#),
-        ("calculator", r#"{"expr":"1/(2-2)"}"#),
-        (
-            "word-count",
-            r#"{"text":"the quick brown fox jumps over the lazy dog\nthe end"}"#,
-        ),
-    ];
-    println!("Soma demo — capsules run in the embedded runtime, no services needed.\n");
-    for (capsule, input) in steps {
-        println!("$ soma run {capsule}.wasm --input '{input}'");
-        let status = Command::new(&soma)
-            .arg("run")
-            .arg(path(capsule)?)
-            .args(["--input", input, "--data"])
-            .arg(&data)
-            .status()
-            .context("running soma")?;
-        println!("  (exit {})\n", status.code().unwrap_or(-1));
+    let capsule_dir = Path::new(&path("calculator")?)
+        .parent()
+        .context("capsule directory")?
+        .to_path_buf();
+    let spec = root().join("examples/kamachiq/kamachiq.yaml");
+    println!("Soma demo — KAMACHIQ: a goal goes in, a planner capsule decomposes it,");
+    println!("worker capsules build the parts in parallel, a gate capsule checks the");
+    println!("test cases against the real calculator capsule, and the run is durable.\n");
+    println!(
+        "$ soma dag run examples/kamachiq/kamachiq.yaml --set goal='build a command-line calculator' --out target/kamachiq\n"
+    );
+    let status = Command::new(&soma)
+        .args(["dag", "run"])
+        .arg(&spec)
+        .args([
+            "--set",
+            "goal=build a command-line calculator",
+            "--capsule-path",
+        ])
+        .arg(&capsule_dir)
+        .arg("--out")
+        .arg(&out)
+        .arg("--data")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running soma dag run")?;
+    anyhow::ensure!(status.success(), "the KAMACHIQ run failed (exit {status})");
+    let output: serde_json::Value = std::fs::read_to_string(out.join("output.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if output["strategy"] == "deterministic" {
+        println!(
+            "\nNo LLM provider is configured, so the coder capsules used their built-in\n\
+             deterministic strategies (each says so in its output and log). Configure\n\
+             [[llm.providers]] in soma.toml and allow the model `kamachiq-coder` to use one."
+        );
     }
-    println!("$ soma run hostile-loop.wasm --timeout-ms 200   # a capsule that never returns");
+    println!("\nArtifact and reports in {}:", out.display());
+    let mut files = Vec::new();
+    collect_files(&out, &mut files)?;
+    files.sort();
+    for f in &files {
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "  {:<40} {size:>7} bytes",
+            f.strip_prefix(&out).unwrap_or(f).display()
+        );
+    }
+    let cost = std::fs::read_to_string(out.join("cost.md")).unwrap_or_default();
+    println!("\n{cost}");
+    println!(
+        "$ soma run hostile-loop.wasm --timeout-ms 200   # the sandbox: a capsule that never returns"
+    );
     let status = Command::new(&soma)
         .arg("run")
         .arg(path("hostile-loop")?)
@@ -336,14 +383,9 @@ fn demo() -> anyhow::Result<()> {
         .arg(&data)
         .status()?;
     println!(
-        "  (exit {}: deadline-exceeded)\n",
+        "  (exit {}: deadline-exceeded; the host goes on)\n",
         status.code().unwrap_or(-1)
     );
-    println!("$ soma inspect calculator.wasm");
-    run(Command::new(&soma)
-        .arg("inspect")
-        .arg(path("calculator")?)
-        .arg("--data")
-        .arg(&data))?;
+    println!("Try: soma --data target/demo-data dag ls · dag status <run> · dag logs <run>");
     Ok(())
 }

@@ -27,6 +27,14 @@ pub(crate) enum Code {
     Untrusted = 21,
     /// The registry refused or could not be reached (401/403/404/5xx/down).
     Registry = 22,
+    /// A DAG run ended failed (a node failed for good, or a gate rejected).
+    DagFailed = 23,
+    /// A DAG run was cancelled.
+    DagCancelled = 24,
+    /// A DAG run was interrupted (Ctrl-C / SIGTERM); `soma dag resume` continues it.
+    DagInterrupted = 25,
+    /// A DAG spec (or a run's input) is invalid; nothing ran.
+    InvalidSpec = 26,
 }
 
 impl Code {

@@ -15,7 +15,7 @@ use soma_runtime::{
 use super::{Global, exit::Code, human_bytes};
 
 /// How to reach and authenticate to a registry (shared by every registry command).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct RegistryArgs {
     /// Registry username (else $SOMA_REGISTRY_USERNAME, else docker config.json, else anonymous).
     #[arg(long, env = "SOMA_REGISTRY_USERNAME")]

@@ -1,0 +1,1019 @@
+//! `soma dag …`: run, resume, watch and manage DAG runs.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use soma_runtime::{
+    Engine,
+    config::Allocator,
+    dag::{
+        history::{Event, RunStatus},
+        journal::Journal,
+        scheduler::{self, Ended, Loaded, Observer, Settings},
+        spec::{self, Spec},
+        state::{Role, RunState, Status},
+    },
+    ledger::Filter,
+};
+
+use super::{Global, exit::Code, registry};
+
+/// Run, resume and inspect DAG runs.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DagCommand {
+    /// Validate a spec and run it, with live progress; prints the output.
+    Run(RunArgs),
+    /// Continue an interrupted run (after Ctrl-C, SIGTERM or kill -9).
+    Resume(ResumeArgs),
+    /// Check a spec (and its capsules) without running anything.
+    Validate(ValidateArgs),
+    /// Show a run: status, every node, the gate verdicts.
+    Status(RunRef),
+    /// List runs, newest first.
+    Ls(LsArgs),
+    /// A run's history: every transition and the capsules' log lines.
+    Logs(LogsArgs),
+    /// Cancel a run: nothing new starts; it ends as cancelled.
+    Cancel(RunRef),
+    /// Print the spec format's JSON Schema.
+    Schema,
+}
+
+/// Where a run's capsules come from and how it is driven.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DriveArgs {
+    /// Directory to look for capsule files in (repeatable; after the spec's own directory).
+    #[arg(long = "capsule-path", value_name = "DIR")]
+    capsule_path: Vec<PathBuf>,
+    /// For registry references: trust signatures by this public key (repeatable).
+    #[arg(long = "key", value_name = "PUB")]
+    keys: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
+    /// Calls at once (default: the spec's policy.concurrency, else the number of cores).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Write output.json, run.json (timeline), cost.json/cost.md and any
+    /// `files` the output holds into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print one JSON document at the end (no progress display).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The spec (YAML or JSON).
+    spec: PathBuf,
+    /// The run's input: a JSON object.
+    #[arg(long, short, default_value = "{}")]
+    input: String,
+    /// Set one input (repeatable): NAME=VALUE (VALUE is JSON if it parses, else a string).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Run id (default: a fresh one).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// The tenant charged.
+    #[arg(long, default_value = "local")]
+    tenant: String,
+    #[command(flatten)]
+    drive: DriveArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ResumeArgs {
+    /// The run id.
+    run: String,
+    #[command(flatten)]
+    drive: DriveArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ValidateArgs {
+    /// The spec (YAML or JSON).
+    spec: PathBuf,
+    /// Directory to look for capsule files in (repeatable).
+    #[arg(long = "capsule-path", value_name = "DIR")]
+    capsule_path: Vec<PathBuf>,
+    /// Only check the spec itself, not its capsules.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunRef {
+    /// The run id.
+    run: String,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LsArgs {
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogsArgs {
+    /// The run id.
+    run: String,
+    /// Only this node (and its instances / plan nodes).
+    #[arg(long)]
+    node: Option<String>,
+    /// One JSON event per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn dag(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
+    match cmd {
+        DagCommand::Run(args) => run(global, args),
+        DagCommand::Resume(args) => resume(global, args),
+        DagCommand::Validate(args) => validate(global, args),
+        DagCommand::Status(args) => status(global, args),
+        DagCommand::Ls(args) => ls(global, args),
+        DagCommand::Logs(args) => logs(global, args),
+        DagCommand::Cancel(args) => cancel(global, args),
+        DagCommand::Schema => {
+            print!("{}", Spec::json_schema());
+            Ok(Code::Ok)
+        }
+    }
+}
+
+/// DAG runs make many calls: a pool pays for itself unless the config chose.
+fn engine(global: &Global) -> anyhow::Result<Engine> {
+    global.engine(global.config.is_none().then_some(Allocator::Pooling))
+}
+
+fn read_spec(path: &Path) -> anyhow::Result<(Spec, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display().to_string();
+    let spec = spec::parse(&text, &origin)?;
+    Ok((spec, origin))
+}
+
+/// Find and load every capsule the spec names.
+fn load_capsules(
+    global: &Global,
+    engine: &Engine,
+    spec: &Spec,
+    spec_dir: &Path,
+    drive_path: &[PathBuf],
+    keys: &[PathBuf],
+    registry_args: &registry::RegistryArgs,
+) -> anyhow::Result<BTreeMap<String, Loaded>> {
+    let mut out = BTreeMap::new();
+    for (alias, reference) in &spec.capsules {
+        let loaded = load_one(
+            global,
+            engine,
+            reference,
+            spec_dir,
+            drive_path,
+            keys,
+            registry_args,
+        )
+        .with_context(|| format!("capsule `{alias}` ({reference})"))?;
+        out.insert(alias.clone(), loaded);
+    }
+    Ok(out)
+}
+
+fn load_one(
+    global: &Global,
+    engine: &Engine,
+    reference: &str,
+    spec_dir: &Path,
+    search: &[PathBuf],
+    keys: &[PathBuf],
+    registry_args: &registry::RegistryArgs,
+) -> anyhow::Result<Loaded> {
+    let as_path = Path::new(reference);
+    let local = as_path.is_absolute() || reference.ends_with(".wasm") || !reference.contains('/');
+    if local || registry::is_local(reference) {
+        let candidates: Vec<PathBuf> = if as_path.is_absolute() {
+            vec![as_path.to_path_buf()]
+        } else {
+            std::iter::once(spec_dir)
+                .chain(search.iter().map(PathBuf::as_path))
+                .map(|d| d.join(reference))
+                .collect()
+        };
+        let found = candidates.iter().find(|p| p.is_file()).with_context(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "no such file (looked in: {}; add --capsule-path DIR)",
+                looked.join(", ")
+            )
+        })?;
+        let path = found.canonicalize().unwrap_or_else(|_| found.clone());
+        let capsule = engine.load_file(&path)?;
+        return Ok(Loaded {
+            capsule,
+            reference: path.display().to_string(),
+        });
+    }
+    let pulled = registry::fetch(global, reference, keys, registry_args)?;
+    let bytes = std::fs::read(&pulled.component)
+        .with_context(|| format!("reading cached {}", pulled.component.display()))?;
+    let pinned = pin(reference, &pulled.manifest_digest.to_string());
+    let capsule = engine.load(&bytes, &pinned)?;
+    Ok(Loaded {
+        capsule,
+        reference: pinned,
+    })
+}
+
+/// `host/repo:tag` → `host/repo@sha256:…` (what a resume pulls).
+fn pin(reference: &str, digest: &str) -> String {
+    let base = reference.split('@').next().unwrap_or(reference);
+    let slash = base.rfind('/').unwrap_or(0);
+    let repo = match base[slash..].rfind(':') {
+        Some(colon) => &base[..slash + colon],
+        None => base,
+    };
+    format!("{repo}@{digest}")
+}
+
+fn parse_input(args: &RunArgs) -> anyhow::Result<Value> {
+    let mut input: Value =
+        serde_json::from_str(&args.input).context("--input must be a JSON object")?;
+    let obj = input
+        .as_object_mut()
+        .context("--input must be a JSON object")?;
+    for s in &args.set {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected NAME=VALUE"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+        obj.insert(k.to_owned(), v);
+    }
+    Ok(input)
+}
+
+fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
+    if let Some(r) = &args.run_id {
+        anyhow::ensure!(
+            !r.is_empty()
+                && r.len() <= 64
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "--run-id: 1–64 letters, digits, '-' or '_'"
+        );
+    }
+    let input = parse_input(&args)?;
+    let (spec, origin) = match read_spec(&args.spec) {
+        Ok(s) => s,
+        Err(e) => return invalid(&e, args.drive.json),
+    };
+    let engine = engine(global)?;
+    let spec_dir = args.spec.parent().unwrap_or(Path::new("."));
+    let loaded = load_capsules(
+        global,
+        &engine,
+        &spec,
+        spec_dir,
+        &args.drive.capsule_path,
+        &args.drive.keys,
+        &args.drive.registry,
+    )?;
+    let run = match scheduler::create(
+        &engine,
+        &spec,
+        &origin,
+        &input,
+        &loaded,
+        &args.tenant,
+        args.run_id.as_deref(),
+    ) {
+        Ok(run) => run,
+        Err(e @ (scheduler::DagError::Spec(_) | scheduler::DagError::Kind { .. })) => {
+            return invalid(&e.into(), args.drive.json);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let capsules = loaded
+        .into_iter()
+        .map(|(alias, l)| (alias, l.capsule))
+        .collect();
+    drive(global, &engine, &run, &capsules, &args.drive)
+}
+
+fn invalid(e: &anyhow::Error, json: bool) -> anyhow::Result<Code> {
+    if json {
+        println!(
+            "{}",
+            json!({ "ok": false, "error": { "class": "invalid-spec", "message": format!("{e:#}") } })
+        );
+    } else {
+        eprintln!("error: invalid DAG:\n{e:#}");
+    }
+    Ok(Code::InvalidSpec)
+}
+
+fn resume(global: &Global, args: ResumeArgs) -> anyhow::Result<Code> {
+    let engine = engine(global)?;
+    let journal = Journal::new(engine.data().database().clone());
+    let history = journal.history(&args.run)?;
+    let state = RunState::replay(&args.run, &history)?;
+    let mut capsules = BTreeMap::new();
+    for (alias, record) in &state.capsules {
+        let loaded = load_one(
+            global,
+            &engine,
+            &record.reference,
+            Path::new("."),
+            &args.drive.capsule_path,
+            &args.drive.keys,
+            &args.drive.registry,
+        )
+        .with_context(|| format!("capsule `{alias}` ({})", record.reference))?;
+        capsules.insert(alias.clone(), loaded.capsule);
+    }
+    drive(global, &engine, &args.run, &capsules, &args.drive)
+}
+
+/// Drive a created run to its end (or an interruption) with progress,
+/// signals and the final report.
+fn drive(
+    global: &Global,
+    engine: &Engine,
+    run: &str,
+    capsules: &BTreeMap<String, Arc<soma_runtime::Capsule>>,
+    args: &DriveArgs,
+) -> anyhow::Result<Code> {
+    let settings = Settings {
+        concurrency: args.concurrency,
+        ..Settings::default()
+    };
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, settings.interrupt.clone())
+            .context("installing the signal handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, settings.cancel.clone())
+        .context("installing the signal handler")?;
+    let live = LiveFile::create(global, run)?;
+    let progress = Progress::new(args.json);
+    if !args.json {
+        eprintln!("run {run}");
+    }
+    let result = scheduler::drive(engine, run, capsules, &settings, &progress);
+    drop(live);
+    progress.bar.finish_and_clear();
+    let (state, ended) = result?;
+    report(engine, &state, ended, args)
+}
+
+/// `<data>/dag/live/<run>.pid` while a process drives the run, so that
+/// `soma dag cancel` can reach it (the database is locked meanwhile).
+struct LiveFile(PathBuf);
+
+impl LiveFile {
+    fn create(global: &Global, run: &str) -> anyhow::Result<Self> {
+        let dir = global.data_dir()?.root().join("dag").join("live");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{run}.pid"));
+        std::fs::write(&path, std::process::id().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn pid(global: &Global, run: &str) -> Option<i32> {
+        let path = global
+            .data_dir()
+            .ok()?
+            .root()
+            .join("dag")
+            .join("live")
+            .join(format!("{run}.pid"));
+        let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+        // After a kill -9 the file stays behind and the pid may be reused:
+        // where /proc tells, the process must be a soma.
+        let soma = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_or(true, |comm| comm.trim() == "soma");
+        (alive && soma).then_some(pid)
+    }
+}
+
+impl Drop for LiveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Live progress: a bar over the nodes, a line per notable transition
+/// (plain lines on stderr when it is not a terminal; nothing with --json).
+struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            bar
+        };
+        Self { bar, quiet }
+    }
+
+    fn line(&self, line: &str) {
+        if self.quiet {
+        } else if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn committed(&self, state: &RunState, events: &[Event]) {
+        let (all, done) = state.progress();
+        self.bar.set_length(all as u64);
+        self.bar.set_position(done as u64);
+        let chatty = all <= 200;
+        for e in events {
+            let line = match e {
+                Event::Succeeded { node, call, .. }
+                    if chatty && !is_instance(state, node) && !is_gate(state, node) =>
+                {
+                    format!(
+                        "✓ {node} ({:.1} ms){}",
+                        call.wall_us as f64 / 1000.0,
+                        first_log(call)
+                    )
+                }
+                Event::Failed {
+                    node,
+                    failure,
+                    retry_at_ms: Some(at),
+                    ..
+                } => format!(
+                    "↻ {node}: {} — retry in {} ms",
+                    failure.message,
+                    at.saturating_sub(e.time_ms())
+                ),
+                Event::Failed { node, failure, .. } => format!("✗ {node}: {}", failure.message),
+                Event::Expanded {
+                    node, plan, call, ..
+                } => {
+                    let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
+                    format!(
+                        "⤷ {node} planned {} nodes: {}{}",
+                        ids.len(),
+                        ids.join(", "),
+                        first_log(call)
+                    )
+                }
+                Event::FannedOut { node, items, .. } => {
+                    format!("⇉ {node} fans out to {} calls", items.len())
+                }
+                Event::Verdict {
+                    node,
+                    round,
+                    verdict,
+                    ..
+                } => format!(
+                    "{} {node} round {round}: {} (score {:.2})",
+                    if verdict.approved { "✔" } else { "✋" },
+                    if verdict.approved {
+                        "approved"
+                    } else {
+                        "sent back"
+                    },
+                    verdict.score
+                ),
+                Event::Reworked { node, round, .. } => {
+                    format!("↺ {node} runs again with the gate's feedback (round {round})")
+                }
+                Event::Restarted { node, attempt, .. } => {
+                    format!("⟳ {node} attempt {attempt} was in flight; calling it again")
+                }
+                Event::CancelRequested { .. } => "cancelling: nothing new starts".to_owned(),
+                _ => continue,
+            };
+            self.line(&line);
+        }
+        let running: Vec<&str> = state
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.status, Status::Running { .. }))
+            .take(4)
+            .map(|n| n.id.as_str())
+            .collect();
+        self.bar.set_message(running.join(" "));
+    }
+}
+
+/// ` · <the call's first log line>` without its level, or nothing.
+fn first_log(call: &soma_runtime::dag::history::CallRecord) -> String {
+    call.logs.first().map_or_else(String::new, |l| {
+        let text = l.split_once("] ").map_or(l.as_str(), |(_, t)| t);
+        format!(" · {text}")
+    })
+}
+
+/// Gates show their verdict line instead.
+fn is_gate(state: &RunState, id: &str) -> bool {
+    state.node(id).is_some_and(|n| n.spec.gate.is_some())
+}
+
+fn is_instance(state: &RunState, id: &str) -> bool {
+    state.node(id).is_some_and(|n| n.role == Role::Instance)
+}
+
+/// The end of a run: output, timeline, cost; files under --out.
+fn report(
+    engine: &Engine,
+    state: &RunState,
+    ended: Ended,
+    args: &DriveArgs,
+) -> anyhow::Result<Code> {
+    let timeline = timeline(state);
+    let cost = cost(engine, &state.run)?;
+    let (status, output, error) = match (&state.finished, ended) {
+        (Some((s, o, e, _)), _) => (s.name(), o.clone(), e.clone()),
+        (None, _) => ("interrupted", None, None),
+    };
+    let doc = json!({
+        "run": state.run,
+        "name": state.spec.name,
+        "status": status,
+        "error": error,
+        "output": output,
+        "auto_approval_rate": state.auto_approval_rate(),
+        "verdicts": state.verdicts.iter().map(|v| json!({
+            "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
+        })).collect::<Vec<_>>(),
+        "timeline": timeline,
+        "cost": cost,
+    });
+    if let Some(dir) = &args.out {
+        write_out(dir, &doc)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        eprint!("{}", render_timeline(state));
+        if let Some(rate) = state.auto_approval_rate() {
+            eprintln!(
+                "gates: {} verdicts, first-round approval rate {:.0}%",
+                state.verdicts.len(),
+                rate * 100.0
+            );
+        }
+        eprintln!(
+            "cost: {} calls, fuel {}, wall {} ms, {} tokens, ${:.6}",
+            cost["calls"],
+            cost["fuel"],
+            cost["wall_ms"],
+            cost["tokens"],
+            cost["usd"].as_f64().unwrap_or(0.0)
+        );
+        match (status, &output) {
+            ("succeeded", Some(o)) => {
+                println!("{}", serde_json::to_string_pretty(o)?);
+                eprintln!("run {} succeeded", state.run);
+            }
+            ("interrupted", _) => eprintln!(
+                "run {} interrupted; continue it with: soma dag resume {}",
+                state.run, state.run
+            ),
+            _ => eprintln!(
+                "run {} {status}: {}",
+                state.run,
+                error.as_deref().unwrap_or("")
+            ),
+        }
+        if let Some(dir) = &args.out {
+            eprintln!("wrote {}", dir.display());
+        }
+    }
+    Ok(match (ended, state.finished.as_ref().map(|f| f.0)) {
+        (_, Some(RunStatus::Succeeded)) => Code::Ok,
+        (_, Some(RunStatus::Failed)) => Code::DagFailed,
+        (_, Some(RunStatus::Cancelled)) => Code::DagCancelled,
+        (_, None) => Code::DagInterrupted,
+    })
+}
+
+/// Per node: status, attempts, rounds, start/end offsets, fuel.
+fn timeline(state: &RunState) -> Vec<Value> {
+    let t0 = state.created_ms;
+    state
+        .nodes()
+        .iter()
+        .filter(|n| !n.retired)
+        .map(|n| {
+            json!({
+                "node": n.id,
+                "capsule": n.spec.capsule,
+                "status": n.status.name(),
+                "attempts": n.attempts,
+                "round": n.round,
+                "start_ms": n.started_ms.map(|s| s.saturating_sub(t0)),
+                "end_ms": n.ended_ms.map(|s| s.saturating_sub(t0)),
+                "fuel": n.fuel,
+                "wall_us": n.wall_us,
+                "failure": match &n.status { Status::Failed(f) => Some(f), _ => None },
+            })
+        })
+        .collect()
+}
+
+fn render_timeline(state: &RunState) -> String {
+    let t0 = state.created_ms;
+    let mut out = String::from(
+        "\nnode                         status      att rnd   start     end      fuel\n",
+    );
+    let mut instances: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for n in state.nodes().iter().filter(|n| !n.retired) {
+        if n.role == Role::Instance {
+            let parent = n.id.rsplit_once('[').map_or(n.id.as_str(), |(p, _)| p);
+            let e = instances.entry(parent.to_owned()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(n.status == Status::Succeeded);
+            continue;
+        }
+        let ms = |t: Option<u64>| {
+            t.map_or_else(|| "-".to_owned(), |t| format!("{}", t.saturating_sub(t0)))
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<11} {:>3} {:>3} {:>7} {:>7} {:>9}",
+            n.id,
+            n.status.name(),
+            n.attempts,
+            n.round,
+            ms(n.started_ms),
+            ms(n.ended_ms),
+            n.fuel
+        );
+    }
+    for (parent, (all, ok)) in instances {
+        let _ = writeln!(out, "  {parent}[…]: {all} calls, {ok} succeeded");
+    }
+    out
+}
+
+/// What the run cost, from the ledger.
+fn cost(engine: &Engine, run: &str) -> anyhow::Result<Value> {
+    use soma_runtime::ledger::Kind;
+    let entries = engine.metering().ledger().ls(&Filter {
+        run: Some(run.to_owned()),
+        limit: None,
+        ..Filter::default()
+    })?;
+    let mut by_node: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
+    let (mut fuel, mut wall, mut tokens, mut micros, mut calls) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for e in &entries {
+        let row = by_node.entry(e.node.clone()).or_default();
+        match e.kind {
+            Kind::Fuel => {
+                fuel += e.quantity;
+                row.0 += e.quantity;
+            }
+            Kind::WallTime => {
+                wall += e.quantity;
+                calls += 1;
+                row.1 += e.quantity;
+            }
+            Kind::LlmTokensInput | Kind::LlmTokensOutput => {
+                tokens += e.quantity;
+                row.2 += e.quantity;
+            }
+            _ => {}
+        }
+        micros += e.cost_micros;
+        row.3 += e.cost_micros;
+    }
+    Ok(json!({
+        "calls": calls,
+        "fuel": fuel,
+        "wall_ms": wall / 1000,
+        "tokens": tokens,
+        "usd": micros as f64 / 1e6,
+        "entries": entries.len(),
+        "by_node": by_node.into_iter().map(|(node, (f, w, t, m))| json!({
+            "node": node, "fuel": f, "wall_us": w, "tokens": t, "usd": m as f64 / 1e6,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn write_out(dir: &Path, doc: &Value) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &Path, text: &str| {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    write(Path::new("output.json"), &pretty(&doc["output"]))?;
+    write(Path::new("cost.json"), &pretty(&doc["cost"]))?;
+    write(Path::new("cost.md"), &cost_markdown(&doc["cost"]))?;
+    let mut run = doc.clone();
+    if let Some(o) = run.as_object_mut() {
+        o.remove("output");
+    }
+    write(Path::new("run.json"), &pretty(&run))?;
+    if let Some(files) = doc["output"].get("files").and_then(Value::as_object) {
+        for (name, content) in files {
+            let rel = Path::new(name);
+            let safe =
+                !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+            anyhow::ensure!(
+                safe,
+                "the output names a file `{name}` outside the output directory; refused"
+            );
+            let text = match content {
+                Value::String(s) => s.clone(),
+                other => pretty(other),
+            };
+            write(&Path::new("artifact").join(rel), &text)?;
+        }
+    }
+    Ok(())
+}
+
+fn cost_markdown(cost: &Value) -> String {
+    let mut md = String::from(
+        "# Cost report\n\n| node | fuel | wall µs | tokens | USD |\n|---|---:|---:|---:|---:|\n",
+    );
+    for row in cost["by_node"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.6} |",
+            row["node"].as_str().unwrap_or("?"),
+            row["fuel"],
+            row["wall_us"],
+            row["tokens"],
+            row["usd"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**Total**: {} calls, fuel {}, wall {} ms, {} tokens, ${:.6}",
+        cost["calls"],
+        cost["fuel"],
+        cost["wall_ms"],
+        cost["tokens"],
+        cost["usd"].as_f64().unwrap_or(0.0)
+    );
+    md
+}
+
+fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
+    let (spec, origin) = match read_spec(&args.spec) {
+        Ok(s) => s,
+        Err(e) => return invalid(&e, false),
+    };
+    if !args.offline {
+        let engine = global.engine(None)?;
+        let spec_dir = args.spec.parent().unwrap_or(Path::new("."));
+        let loaded = load_capsules(
+            global,
+            &engine,
+            &spec,
+            spec_dir,
+            &args.capsule_path,
+            &[],
+            &registry::RegistryArgs::default(),
+        )?;
+        if let Err(e) = scheduler::check_kinds(&spec.nodes, |alias| {
+            loaded
+                .get(alias)
+                .map(|l| l.capsule.manifest().kind.to_owned())
+        }) {
+            return invalid(&e.into(), false);
+        }
+    }
+    println!(
+        "{origin}: ok ({} nodes, {} capsules)",
+        spec.nodes.len(),
+        spec.capsules.len()
+    );
+    Ok(Code::Ok)
+}
+
+fn replay(global: &Global, run: &str) -> anyhow::Result<(RunState, Vec<Event>)> {
+    let journal = Journal::new(global.data_dir()?.database().clone());
+    let history = journal.history(run)?;
+    Ok((RunState::replay(run, &history)?, history))
+}
+
+fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
+    if let Some(pid) = LiveFile::pid(global, &args.run) {
+        anyhow::bail!(
+            "run {} is being driven by soma pid {pid}, which holds the database; its progress is on that terminal (or use the daemon)",
+            args.run
+        );
+    }
+    let (state, _) = replay(global, &args.run)?;
+    let status = state
+        .finished
+        .as_ref()
+        .map_or("interrupted", |f| f.0.name());
+    if args.json {
+        let doc = json!({
+            "run": state.run,
+            "name": state.spec.name,
+            "status": status,
+            "output": state.finished.as_ref().and_then(|f| f.1.clone()),
+            "error": state.finished.as_ref().and_then(|f| f.2.clone()),
+            "auto_approval_rate": state.auto_approval_rate(),
+            "timeline": timeline(&state),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let (all, done) = state.progress();
+        println!(
+            "run {} ({}) {status}: {done}/{all} nodes done",
+            state.run, state.spec.name
+        );
+        print!("{}", render_timeline(&state));
+    }
+    Ok(Code::Ok)
+}
+
+fn ls(global: &Global, args: LsArgs) -> anyhow::Result<Code> {
+    let journal = Journal::new(global.data_dir()?.database().clone());
+    let mut runs = journal.runs()?;
+    for r in &mut runs {
+        if r.status == "running" && LiveFile::pid(global, &r.run).is_none() {
+            r.status = "interrupted".into();
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(Code::Ok);
+    }
+    println!(
+        "{:<28} {:<16} {:<12} {:>11}  tenant",
+        "run", "name", "status", "nodes"
+    );
+    for r in runs {
+        println!(
+            "{:<28} {:<16} {:<12} {:>5}/{:<5}  {}",
+            r.run, r.name, r.status, r.done, r.nodes, r.tenant
+        );
+    }
+    Ok(Code::Ok)
+}
+
+fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
+    let (state, history) = replay(global, &args.run)?;
+    let t0 = state.created_ms;
+    let matches = |e: &Event| match (&args.node, e.node()) {
+        (None, _) => true,
+        (Some(want), Some(n)) => {
+            n == want || n.starts_with(&format!("{want}.")) || n.starts_with(&format!("{want}["))
+        }
+        (Some(_), None) => false,
+    };
+    for e in history.iter().filter(|e| matches(e)) {
+        if args.json {
+            println!("{}", serde_json::to_string(e)?);
+            continue;
+        }
+        let at = e.time_ms().saturating_sub(t0);
+        let line = match e {
+            Event::Created { origin, .. } => format!("created from {origin}"),
+            Event::Started { node, attempt, .. } => format!("{node}: started attempt {attempt}"),
+            Event::Restarted { node, attempt, .. } => {
+                format!("{node}: attempt {attempt} called again after a restart")
+            }
+            Event::Withdrawn { node, attempt, .. } => {
+                format!("{node}: attempt {attempt} withdrawn before it ran (the run was stopping)")
+            }
+            Event::Succeeded { node, call, .. } => {
+                format!(
+                    "{node}: succeeded ({} µs, fuel {})",
+                    call.wall_us,
+                    call.fuel.unwrap_or(0)
+                )
+            }
+            Event::Failed {
+                node,
+                failure,
+                retry_at_ms,
+                ..
+            } => format!(
+                "{node}: failed [{}] {}{}",
+                failure.class,
+                failure.message,
+                if retry_at_ms.is_some() {
+                    " (will retry)"
+                } else {
+                    ""
+                }
+            ),
+            Event::Expanded { node, plan, .. } => {
+                format!("{node}: planned {} nodes", plan.nodes.len())
+            }
+            Event::FannedOut { node, items, .. } => {
+                format!("{node}: fanned out to {}", items.len())
+            }
+            Event::Verdict {
+                node,
+                round,
+                verdict,
+                ..
+            } => format!(
+                "{node}: round {round} {} (score {}) feedback: {}",
+                if verdict.approved {
+                    "approved"
+                } else {
+                    "rejected"
+                },
+                verdict.score,
+                verdict.feedback
+            ),
+            Event::Reworked { node, round, .. } => format!("{node}: reworked, round {round}"),
+            Event::CancelRequested { .. } => "cancel requested".to_owned(),
+            Event::Finished { status, error, .. } => {
+                format!(
+                    "finished: {}{}",
+                    status.name(),
+                    error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )
+            }
+        };
+        println!("{at:>7} ms  {line}");
+        let call = match e {
+            Event::Succeeded { call, .. }
+            | Event::Failed { call, .. }
+            | Event::Expanded { call, .. }
+            | Event::Verdict { call, .. } => Some(call),
+            _ => None,
+        };
+        for l in call.into_iter().flat_map(|c| &c.logs) {
+            println!("            {l}");
+        }
+    }
+    Ok(Code::Ok)
+}
+
+fn cancel(global: &Global, args: RunRef) -> anyhow::Result<Code> {
+    if let Some(pid) = LiveFile::pid(global, &args.run) {
+        // The driving process records the cancellation itself.
+        // SAFETY: kill(2) sends a signal; SIGUSR1 is handled by `soma dag run`.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            anyhow::bail!(
+                "could not signal soma pid {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if args.json {
+            println!(
+                "{}",
+                json!({ "run": args.run, "cancel": "requested", "pid": pid })
+            );
+        } else {
+            println!(
+                "cancel requested from soma pid {pid}, which drives run {}",
+                args.run
+            );
+        }
+        return Ok(Code::Ok);
+    }
+    let engine = global.engine(None)?;
+    scheduler::cancel_idle(&engine, &args.run)?;
+    if args.json {
+        println!("{}", json!({ "run": args.run, "cancel": "done" }));
+    } else {
+        println!("run {} cancelled", args.run);
+    }
+    Ok(Code::Ok)
+}

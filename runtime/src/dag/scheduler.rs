@@ -1,0 +1,633 @@
+//! The embedded scheduler: one coordinator thread owns a run's state and
+//! its journal; `concurrency` worker threads make the capsule calls.
+//!
+//! The loop, per turn: propose events (calls that finished → results,
+//! retries, verdicts, plans; ready nodes → starts), **commit** them with the
+//! finished calls' ledger charges in one durable transaction, then act
+//! (dispatch the started calls). Everything that finished while a commit
+//! was in flight goes into the next one, so commits are shared by as many
+//! transitions as the workers produce — group commit without a timer.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use super::{
+    history::{CallRecord, CapsuleRecord, Event, RunStatus, now_ms},
+    journal::{Journal, JournalError, RunSummary},
+    spec::{BudgetSpec, NodeSpec, Spec, SpecErrors},
+    state::{Dispatch, RunState, StateError},
+};
+use crate::{CallOptions, Capsule, Engine, Outcome, budget, meter::CallCharge};
+
+/// Why a run could not be created or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum DagError {
+    /// The spec or the input is invalid.
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    /// A node uses a capsule of the wrong kind.
+    #[error("node `{node}`: {message}")]
+    Kind {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The stored history does not replay.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A capsule's component is not the one the run was started with.
+    #[error(
+        "capsule `{alias}` changed since run {run} started (was {recorded}, now {found}); resume needs the same component"
+    )]
+    CapsuleChanged {
+        /// The run.
+        run: String,
+        /// The alias.
+        alias: String,
+        /// Digest at creation.
+        recorded: String,
+        /// Digest now.
+        found: String,
+    },
+    /// A capsule alias has no loaded component.
+    #[error("capsule `{0}` is not loaded")]
+    MissingCapsule(String),
+    /// The run has ended already.
+    #[error("run {run} already {status}")]
+    Finished {
+        /// The run.
+        run: String,
+        /// How it ended.
+        status: &'static str,
+    },
+    /// A budget could not be set.
+    #[error("could not set the run's budget: {0}")]
+    Budget(String),
+    /// A worker thread could not be started.
+    #[error("could not start worker threads: {0}")]
+    Threads(String),
+}
+
+/// A capsule as a run pins it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The loaded component.
+    pub capsule: Arc<Capsule>,
+    /// The resolved reference (file path, or registry reference with digest).
+    pub reference: String,
+}
+
+/// Hears about every commit (for progress displays and live event streams).
+pub trait Observer: Sync {
+    /// `events` were just committed; `state` includes them.
+    fn committed(&self, state: &RunState, events: &[Event]);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn committed(&self, _: &RunState, _: &[Event]) {}
+}
+
+/// Knobs for driving a run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Calls at once; `None` = the spec's policy, else the number of cores.
+    pub concurrency: Option<usize>,
+    /// Set → stop starting nodes, let calls in flight finish and record
+    /// them, and return (the run stays resumable). Ctrl-C / SIGTERM.
+    pub interrupt: Arc<AtomicBool>,
+    /// Set → record a cancellation and finish the run as cancelled.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            concurrency: None,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// How driving a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The run finished.
+    Finished(RunStatus),
+    /// Interrupted; `soma dag resume` continues it.
+    Interrupted,
+}
+
+/// Check the spec's nodes against their capsules' kinds: a node with
+/// `gate:` needs a gate capsule and a gate capsule needs `gate:`; a
+/// planner cannot fan out.
+pub fn check_kinds(
+    nodes: &[NodeSpec],
+    kind_of: impl Fn(&str) -> Option<String>,
+) -> Result<(), DagError> {
+    for n in nodes {
+        let kind =
+            kind_of(&n.capsule).ok_or_else(|| DagError::MissingCapsule(n.capsule.clone()))?;
+        let message = match (kind.as_str(), &n.gate, &n.for_each) {
+            ("gate", None, _) => format!(
+                "capsule `{}` is a gate; give the node `gate: {{node: …}}`",
+                n.capsule
+            ),
+            ("gate", Some(_), _) | ("worker", None, _) | ("planner", None, None) => continue,
+            (_, Some(_), _) => format!(
+                "has `gate:` but capsule `{}` is a {kind}, not a gate",
+                n.capsule
+            ),
+            ("planner", None, Some(_)) => {
+                "a planner node cannot use for_each (plans are spliced once)".to_owned()
+            }
+            (other, ..) => format!("capsule `{}` has unknown kind `{other}`", n.capsule),
+        };
+        return Err(DagError::Kind {
+            node: n.id.clone(),
+            message,
+        });
+    }
+    Ok(())
+}
+
+/// Create a run: bind the input, check capsule kinds, set budgets, record
+/// `created`. Nothing runs yet. Returns the run id.
+pub fn create(
+    engine: &Engine,
+    spec: &Spec,
+    origin: &str,
+    input: &Value,
+    capsules: &BTreeMap<String, Loaded>,
+    tenant: &str,
+    run_id: Option<&str>,
+) -> Result<String, DagError> {
+    let input = spec.bind_input(input)?;
+    check_kinds(&spec.nodes, |alias| {
+        capsules
+            .get(alias)
+            .map(|l| l.capsule.manifest().kind.to_owned())
+    })?;
+    let records: BTreeMap<String, CapsuleRecord> = capsules
+        .iter()
+        .map(|(alias, l)| {
+            let m = l.capsule.manifest();
+            let record = CapsuleRecord {
+                reference: l.reference.clone(),
+                digest: l.capsule.digest().to_string(),
+                kind: m.kind.to_owned(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+            };
+            (alias.clone(), record)
+        })
+        .collect();
+    if let Some(missing) = spec.capsules.keys().find(|a| !records.contains_key(*a)) {
+        return Err(DagError::MissingCapsule(missing.clone()));
+    }
+    let run = run_id.map_or_else(crate::call::new_run_id, str::to_owned);
+    let metering = engine.metering();
+    let limit = |b: &BudgetSpec| budget::Limit {
+        tokens: b.tokens,
+        micros: b.usd.map(|d| (d * 1e6).round() as u64),
+    };
+    if let Some(b) = &spec.budget {
+        metering
+            .set_limit(budget::Scope::Run(run.clone()), Some(limit(b)))
+            .map_err(DagError::Budget)?;
+    }
+    for n in &spec.nodes {
+        if let Some(b) = &n.budget {
+            let scope = budget::Scope::Node(format!("{run}/{}", n.id));
+            metering
+                .set_limit(scope, Some(limit(b)))
+                .map_err(DagError::Budget)?;
+        }
+    }
+    let created = Event::Created {
+        spec: Box::new(spec.clone()),
+        input,
+        capsules: records,
+        tenant: tenant.to_owned(),
+        origin: origin.to_owned(),
+        time_ms: now_ms(),
+    };
+    let state = RunState::new(&run, &created)?;
+    Journal::new(engine.data().database().clone()).create(&run, &created, &summary(&state))?;
+    Ok(run)
+}
+
+/// The listing row for a state.
+pub fn summary(state: &RunState) -> RunSummary {
+    let (nodes, done) = state.progress();
+    let failed = state
+        .nodes()
+        .iter()
+        .filter(|n| !n.retired && n.status.name() == "failed")
+        .count();
+    RunSummary {
+        run: state.run.clone(),
+        name: state.spec.name.clone(),
+        tenant: state.tenant.clone(),
+        status: state
+            .finished
+            .as_ref()
+            .map_or("running", |f| f.0.name())
+            .to_owned(),
+        created_ms: state.created_ms,
+        updated_ms: now_ms(),
+        nodes,
+        done,
+        failed,
+        events: state.events,
+    }
+}
+
+/// Cancel a run no process is driving: record the request and the end.
+pub fn cancel_idle(engine: &Engine, run: &str) -> Result<(), DagError> {
+    let journal = Journal::new(engine.data().database().clone());
+    let history = journal.history(run)?;
+    let mut state = RunState::replay(run, &history)?;
+    if let Some((status, ..)) = &state.finished {
+        return Err(DagError::Finished {
+            run: run.to_owned(),
+            status: status.name(),
+        });
+    }
+    let now = now_ms();
+    let events = [
+        Event::CancelRequested { time_ms: now },
+        Event::Finished {
+            status: RunStatus::Cancelled,
+            output: None,
+            error: Some("cancelled while no process was driving it".into()),
+            time_ms: now,
+        },
+    ];
+    for e in &events {
+        state.apply(e)?;
+    }
+    journal.commit(
+        run,
+        history.len() as u64,
+        &events,
+        &summary(&state),
+        &[],
+        engine.metering(),
+    )?;
+    Ok(())
+}
+
+struct Job {
+    dispatch: Dispatch,
+    capsule: Arc<Capsule>,
+    options: CallOptions,
+}
+
+struct Done {
+    node: usize,
+    attempt: u32,
+    /// `None`: the run was stopping, so the job was not called.
+    outcome: Option<Outcome>,
+}
+
+/// Jobs handed to the workers per worker thread: the coordinator starts
+/// up to this many nodes per commit so one fsync covers many transitions.
+const QUEUED_PER_WORKER: usize = 64;
+
+/// Drive run `run` until it finishes or is interrupted: replay its
+/// history, call again whatever was in flight, and go on. `capsules` must
+/// hold every alias the run pinned, with the same digests.
+pub fn drive(
+    engine: &Engine,
+    run: &str,
+    capsules: &BTreeMap<String, Arc<Capsule>>,
+    settings: &Settings,
+    observer: &dyn Observer,
+) -> Result<(RunState, Ended), DagError> {
+    let journal = Journal::new(engine.data().database().clone());
+    let history = journal.history(run)?;
+    let mut state = RunState::replay(run, &history)?;
+    if let Some((status, ..)) = &state.finished {
+        return Err(DagError::Finished {
+            run: run.to_owned(),
+            status: status.name(),
+        });
+    }
+    for (alias, record) in &state.capsules {
+        let c = capsules
+            .get(alias)
+            .ok_or_else(|| DagError::MissingCapsule(alias.clone()))?;
+        if c.digest().to_string() != record.digest {
+            return Err(DagError::CapsuleChanged {
+                run: run.to_owned(),
+                alias: alias.clone(),
+                recorded: record.digest.clone(),
+                found: c.digest().to_string(),
+            });
+        }
+    }
+    let concurrency = settings
+        .concurrency
+        .or(state.spec.policy.concurrency)
+        .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    // Per alias: the call options every node of that capsule starts from.
+    let base: BTreeMap<&str, CallOptions> = capsules
+        .iter()
+        .map(|(alias, c)| {
+            let mut o = CallOptions::for_capsule(engine, c);
+            o.set_run(run);
+            o.tenant = state.tenant.as_str().into();
+            o.defer_charge = true;
+            (alias.as_str(), o)
+        })
+        .collect();
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        for k in 0..concurrency {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            let stop = &stop;
+            thread::Builder::new()
+                .name(format!("soma-dag-{k}"))
+                .spawn_scoped(scope, move || work(engine, &jobs, &done, stop))
+                .map_err(|e| DagError::Threads(e.to_string()))?;
+        }
+        drop(done_tx);
+        let mut coordinator = Coordinator {
+            engine,
+            journal: &journal,
+            state: &mut state,
+            capsules,
+            base: &base,
+            jobs: job_tx,
+            in_flight: 0,
+            seq: history.len() as u64,
+            observer,
+            rng: fastrand::Rng::new(),
+        };
+        let ended = coordinator.run(&done_rx, settings, concurrency, &stop);
+        stop.store(true, Ordering::Relaxed);
+        // Dropping the job sender ends the workers once their call returns.
+        drop(coordinator);
+        ended
+    })
+    .map(|ended| (state, ended))
+}
+
+/// One worker: take a job, call, hand the outcome back.
+fn work(
+    engine: &Engine,
+    jobs: &Mutex<mpsc::Receiver<Job>>,
+    done: &mpsc::Sender<Done>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        let outcome = (!stop.load(Ordering::Relaxed))
+            .then(|| engine.call(&job.capsule, &job.dispatch.input, &job.options));
+        let sent = done.send(Done {
+            node: job.dispatch.node,
+            attempt: job.dispatch.attempt,
+            outcome,
+        });
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+struct Coordinator<'a> {
+    engine: &'a Engine,
+    journal: &'a Journal,
+    state: &'a mut RunState,
+    capsules: &'a BTreeMap<String, Arc<Capsule>>,
+    base: &'a BTreeMap<&'a str, CallOptions>,
+    jobs: mpsc::Sender<Job>,
+    in_flight: usize,
+    seq: u64,
+    observer: &'a dyn Observer,
+    rng: fastrand::Rng,
+}
+
+/// How long the coordinator waits for a result before looking at its
+/// flags and timers again.
+const POLL: Duration = Duration::from_millis(50);
+
+impl Coordinator<'_> {
+    fn run(
+        &mut self,
+        done: &mpsc::Receiver<Done>,
+        settings: &Settings,
+        concurrency: usize,
+        stop: &AtomicBool,
+    ) -> Result<Ended, DagError> {
+        let queue = concurrency.saturating_mul(QUEUED_PER_WORKER);
+        let mut batch: Vec<Event> = Vec::new();
+        let mut charges: Vec<CallCharge> = Vec::new();
+        let mut dispatch: Vec<Dispatch> = Vec::new();
+        // Calls that were in flight when the last process stopped run
+        // again under the same attempt number (the ledger counts them once).
+        for d in self.state.in_flight() {
+            batch.push(Event::Restarted {
+                node: d.id.clone(),
+                attempt: d.attempt,
+                time_ms: now_ms(),
+            });
+            dispatch.push(d);
+        }
+        loop {
+            let interrupted = settings.interrupt.load(Ordering::Relaxed);
+            if !interrupted {
+                if settings.cancel.load(Ordering::Relaxed) && !self.state.cancel_requested {
+                    self.propose(Event::CancelRequested { time_ms: now_ms() }, &mut batch)?;
+                }
+                loop {
+                    let busy = self.in_flight + dispatch.len();
+                    let (events, ready) = self.state.schedule(now_ms(), queue.saturating_sub(busy));
+                    if events.is_empty() {
+                        break;
+                    }
+                    for e in events {
+                        self.propose(e, &mut batch)?;
+                    }
+                    dispatch.extend(ready);
+                }
+            }
+            // Queued jobs are not called once the run is stopping.
+            if interrupted || self.state.is_stopping() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if !batch.is_empty() {
+                self.commit(&batch, &charges)?;
+                batch.clear();
+                charges.clear();
+            }
+            for d in dispatch.drain(..) {
+                self.send(d)?;
+            }
+            if let Some((status, ..)) = &self.state.finished {
+                return Ok(Ended::Finished(*status));
+            }
+            if interrupted && self.in_flight == 0 {
+                return Ok(Ended::Interrupted);
+            }
+            let wait = self.state.next_wakeup().map_or(POLL, |t| {
+                Duration::from_millis(t.saturating_sub(now_ms())).min(POLL)
+            });
+            let first = if self.in_flight > 0 {
+                match done.recv_timeout(wait) {
+                    Ok(d) => Some(d),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(DagError::Threads("every worker thread stopped".into()));
+                    }
+                }
+            } else {
+                thread::sleep(wait);
+                None
+            };
+            for d in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| done.try_recv().ok()))
+            {
+                self.in_flight -= 1;
+                let Done {
+                    node,
+                    attempt,
+                    outcome,
+                } = d;
+                let Some(mut outcome) = outcome else {
+                    let id = self.state.nodes()[node].id.clone();
+                    let withdrawn = Event::Withdrawn {
+                        node: id,
+                        attempt,
+                        time_ms: now_ms(),
+                    };
+                    self.propose(withdrawn, &mut batch)?;
+                    continue;
+                };
+                charges.extend(outcome.charge.take());
+                let call = CallRecord {
+                    attempt,
+                    fuel: outcome.usage.fuel_consumed,
+                    wall_us: outcome.usage.wall_time_us,
+                    logs: outcome
+                        .logs
+                        .iter()
+                        .map(|l| format!("[{}] {}", l.level, l.message))
+                        .collect(),
+                };
+                let events = self.state.complete(
+                    node,
+                    attempt,
+                    outcome.result,
+                    call,
+                    now_ms(),
+                    &mut self.rng,
+                );
+                for e in events {
+                    self.propose(e, &mut batch)?;
+                }
+            }
+        }
+    }
+
+    fn propose(&mut self, event: Event, batch: &mut Vec<Event>) -> Result<(), DagError> {
+        self.state.apply(&event)?;
+        batch.push(event);
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: &[Event], charges: &[CallCharge]) -> Result<(), DagError> {
+        let entries: Vec<&[crate::ledger::Entry]> =
+            charges.iter().map(|c| c.entries.as_slice()).collect();
+        let metering = self.engine.metering();
+        let appended = self.journal.commit(
+            &self.state.run,
+            self.seq,
+            batch,
+            &summary(self.state),
+            &entries,
+            metering,
+        )?;
+        self.seq += batch.len() as u64;
+        for (c, a) in charges.iter().zip(&appended) {
+            metering.settle_charge(c, a);
+        }
+        self.observer.committed(self.state, batch);
+        Ok(())
+    }
+
+    fn send(&mut self, d: Dispatch) -> Result<(), DagError> {
+        let capsule = self
+            .capsules
+            .get(&d.capsule)
+            .ok_or_else(|| DagError::MissingCapsule(d.capsule.clone()))?
+            .clone();
+        let mut options = self
+            .base
+            .get(d.capsule.as_str())
+            .ok_or_else(|| DagError::MissingCapsule(d.capsule.clone()))?
+            .clone();
+        options.node = d.id.as_str().into();
+        options.attempt = d.attempt;
+        if let Some(n) = self.state.nodes().get(d.node) {
+            let defaults = self.state.spec.defaults.limits;
+            let l = &n.spec.limits;
+            let tighten = |v: &mut u64, a: Option<u64>, b: Option<u64>| {
+                if let Some(x) = a.or(b) {
+                    *v = (*v).min(x.max(1));
+                }
+            };
+            tighten(&mut options.limits.fuel, l.fuel, defaults.fuel);
+            tighten(
+                &mut options.limits.timeout_ms,
+                n.spec.timeout_ms.or(l.timeout_ms),
+                defaults.timeout_ms,
+            );
+            tighten(
+                &mut options.limits.memory_mb,
+                l.memory_mb,
+                defaults.memory_mb,
+            );
+        }
+        self.jobs
+            .send(Job {
+                dispatch: d,
+                capsule,
+                options,
+            })
+            .map_err(|_| DagError::Threads("every worker thread stopped".into()))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,1281 @@
+//! A run's state as a pure fold of its history, and the scheduling
+//! decisions made from it.
+//!
+//! [`RunState::apply`] is the only thing that changes the recorded state;
+//! [`RunState::complete`] (a call's result → events) and
+//! [`RunState::schedule`] (ready nodes → events) only *propose* events,
+//! which the executor commits and then applies. Replaying a history through
+//! `apply` therefore rebuilds exactly the state the recording process had,
+//! and a resumed run continues from there (in-flight attempts included).
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use serde_json::Value;
+
+use super::{
+    history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
+    spec::{self, NodeSpec, OnFailure, Spec},
+    template,
+};
+
+/// Why a history cannot be replayed (it does not belong to this code, or
+/// was written by a different version).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The history does not start with `created`.
+    #[error("the run's history does not start with a `created` event")]
+    NoCreated,
+    /// An event names a node the state does not have.
+    #[error("the run's history names node `{0}`, which the run does not have")]
+    UnknownNode(String),
+}
+
+/// Where a node is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Waiting for its dependencies (or for a slot).
+    Waiting,
+    /// An attempt is in flight.
+    Running {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Failed; retried at `until_ms`.
+    Backoff {
+        /// Unix ms.
+        until_ms: u64,
+    },
+    /// A planner whose plan is running.
+    Expanded,
+    /// A `for_each` node whose instances are running.
+    FannedOut,
+    /// Done, with an output.
+    Succeeded,
+    /// Failed for good.
+    Failed(NodeFailure),
+    /// Not run: something it depends on failed (policy `continue`).
+    Skipped,
+}
+
+impl Status {
+    /// Short name for tables and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Running { .. } => "running",
+            Self::Backoff { .. } => "retrying",
+            Self::Expanded => "expanded",
+            Self::FannedOut => "fanned-out",
+            Self::Succeeded => "succeeded",
+            Self::Failed(_) => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed(_) | Self::Skipped)
+    }
+}
+
+/// What kind of node it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A capsule call (worker, planner or gate).
+    Call,
+    /// A `for_each` node: fans out into instances.
+    ForEach,
+    /// One instance of a `for_each` node.
+    Instance,
+}
+
+/// One node of a run.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Full id (`plan.tests`, `plan.check[3]`).
+    pub id: String,
+    /// Its spec (shared by a `for_each` node's instances).
+    pub spec: Arc<NodeSpec>,
+    /// What it is.
+    pub role: Role,
+    /// Where it is.
+    pub status: Status,
+    /// Its output, once succeeded.
+    pub output: Option<Value>,
+    /// Gate rounds: 1 for the first.
+    pub round: u32,
+    /// Attempts started over the whole run.
+    pub attempts: u32,
+    /// First start (unix ms).
+    pub started_ms: Option<u64>,
+    /// Last end (unix ms).
+    pub ended_ms: Option<u64>,
+    /// Fuel consumed by all its attempts.
+    pub fuel: u64,
+    /// Wall time of all its attempts, µs.
+    pub wall_us: u64,
+    /// Removed by a rework (kept so attempt numbers stay unique).
+    pub retired: bool,
+    /// Prefix for sibling references (`""` or `"plan."`).
+    scope: String,
+    item: Option<Value>,
+    index: Option<usize>,
+    deps: Vec<usize>,
+    dependents: Vec<usize>,
+    next_attempt: u32,
+    /// Attempts in this round (for the retry limit).
+    tries: u32,
+    feedback: Option<Value>,
+    depth: u32,
+    parent: Option<usize>,
+    children: Vec<usize>,
+    children_done: usize,
+    plan_output: Option<usize>,
+    gated: Option<usize>,
+    /// The input of the attempt in flight (to call it again on resume).
+    running_input: Option<String>,
+    queued: bool,
+}
+
+/// A gate's verdict, kept for the run's approval statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictStat {
+    /// The gate node.
+    pub gate: String,
+    /// The round judged.
+    pub round: u32,
+    /// Approved?
+    pub approved: bool,
+    /// The score.
+    pub score: f64,
+}
+
+/// A call the executor should make now.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// Node index.
+    pub node: usize,
+    /// Node id (the ledger's node key).
+    pub id: String,
+    /// The capsule alias.
+    pub capsule: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The rendered input.
+    pub input: String,
+}
+
+/// The state of one run.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// The run id.
+    pub run: String,
+    /// The spec.
+    pub spec: Arc<Spec>,
+    /// The bound input.
+    pub input: Value,
+    /// Who pays.
+    pub tenant: String,
+    /// Where the spec came from.
+    pub origin: String,
+    /// Pinned capsules by alias.
+    pub capsules: BTreeMap<String, CapsuleRecord>,
+    /// Creation time (unix ms).
+    pub created_ms: u64,
+    /// Cancellation was asked for.
+    pub cancel_requested: bool,
+    /// How it ended, once it has.
+    pub finished: Option<(RunStatus, Option<Value>, Option<String>, u64)>,
+    /// Every gate verdict.
+    pub verdicts: Vec<VerdictStat>,
+    /// Events applied.
+    pub events: u64,
+    nodes: Vec<Node>,
+    index: HashMap<String, usize>,
+    queue: VecDeque<usize>,
+    running: usize,
+    backoff: usize,
+    failed: usize,
+    halted: bool,
+}
+
+impl RunState {
+    /// Rebuild a run's state from its history.
+    pub fn replay(run: &str, history: &[Event]) -> Result<Self, StateError> {
+        let mut events = history.iter();
+        let Some(first) = events.next() else {
+            return Err(StateError::NoCreated);
+        };
+        let mut state = Self::new(run, first)?;
+        for e in events {
+            state.apply(e)?;
+        }
+        Ok(state)
+    }
+
+    /// The state right after `created`.
+    pub fn new(run: &str, created: &Event) -> Result<Self, StateError> {
+        let Event::Created {
+            spec,
+            input,
+            capsules,
+            tenant,
+            origin,
+            time_ms,
+        } = created
+        else {
+            return Err(StateError::NoCreated);
+        };
+        let mut state = Self {
+            run: run.to_owned(),
+            spec: Arc::new((**spec).clone()),
+            input: input.clone(),
+            tenant: tenant.clone(),
+            origin: origin.clone(),
+            capsules: capsules.clone(),
+            created_ms: *time_ms,
+            cancel_requested: false,
+            finished: None,
+            verdicts: Vec::new(),
+            events: 1,
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            queue: VecDeque::new(),
+            running: 0,
+            backoff: 0,
+            failed: 0,
+            halted: false,
+        };
+        let top = state.spec.nodes.clone();
+        state.add_nodes(&top, "", 0, None, Role::Call, &[]);
+        Ok(state)
+    }
+
+    /// Every node, in creation order (retired ones included; skip them with
+    /// [`Node::retired`]).
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.index.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// Attempts in flight.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Whether nothing new may start (a node failed under fail-fast, or
+    /// cancellation was asked for).
+    pub fn is_stopping(&self) -> bool {
+        self.halted || self.cancel_requested
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some()
+    }
+
+    /// (live nodes, final ones) for progress displays.
+    pub fn progress(&self) -> (usize, usize) {
+        let live = self.nodes.iter().filter(|n| !n.retired);
+        live.fold((0, 0), |(all, done), n| {
+            (all + 1, done + usize::from(n.status.is_final()))
+        })
+    }
+
+    /// Share of gate verdicts that approved the first round (rework-free
+    /// approvals), or `None` if no gate has judged.
+    pub fn auto_approval_rate(&self) -> Option<f64> {
+        let firsts: Vec<_> = self.verdicts.iter().filter(|v| v.round == 1).collect();
+        (!firsts.is_empty())
+            .then(|| firsts.iter().filter(|v| v.approved).count() as f64 / firsts.len() as f64)
+    }
+
+    /// Attempts in flight with their recorded inputs — what a resumed run
+    /// calls again.
+    pub fn in_flight(&self) -> Vec<Dispatch> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n.status {
+                Status::Running { attempt } => Some(Dispatch {
+                    node: i,
+                    id: n.id.clone(),
+                    capsule: n.spec.capsule.clone(),
+                    attempt,
+                    input: n.running_input.clone().unwrap_or_default(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The earliest retry time, if any node is backing off.
+    pub fn next_wakeup(&self) -> Option<u64> {
+        if self.backoff == 0 {
+            return None;
+        }
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.status {
+                Status::Backoff { until_ms } if !n.retired => Some(until_ms),
+                _ => None,
+            })
+            .min()
+    }
+
+    // ----- applying events (the only mutations of recorded state) -----
+
+    /// Apply one committed event.
+    pub fn apply(&mut self, event: &Event) -> Result<(), StateError> {
+        self.events += 1;
+        match event {
+            Event::Created { .. } => {}
+            Event::Started {
+                node,
+                attempt,
+                input,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.set_status(i, Status::Running { attempt: *attempt });
+                let n = &mut self.nodes[i];
+                n.next_attempt = attempt + 1;
+                n.tries += 1;
+                n.attempts += 1;
+                n.started_ms.get_or_insert(*time_ms);
+                n.running_input = Some(input.clone());
+            }
+            Event::Restarted { node, .. } => {
+                self.find(node)?;
+            }
+            Event::Withdrawn { node, attempt, .. } => {
+                let i = self.find(node)?;
+                if self.nodes[i].status == (Status::Running { attempt: *attempt }) {
+                    self.set_status(i, Status::Waiting);
+                    let n = &mut self.nodes[i];
+                    n.tries = n.tries.saturating_sub(1);
+                    n.attempts = n.attempts.saturating_sub(1);
+                    self.enqueue(i);
+                }
+            }
+            Event::Succeeded {
+                node,
+                call,
+                output,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.account(i, call, *time_ms);
+                self.succeed(i, output.clone(), *time_ms);
+            }
+            Event::Failed {
+                node,
+                call,
+                failure,
+                retry_at_ms,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.account(i, call, *time_ms);
+                match retry_at_ms {
+                    Some(until_ms) => {
+                        self.set_status(
+                            i,
+                            Status::Backoff {
+                                until_ms: *until_ms,
+                            },
+                        );
+                        self.enqueue(i);
+                    }
+                    None => self.fail(i, failure.clone(), *time_ms),
+                }
+            }
+            Event::Expanded {
+                node,
+                call,
+                plan,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.account(i, call, *time_ms);
+                self.set_status(i, Status::Expanded);
+                let scope = format!("{}.", self.nodes[i].id);
+                let depth = self.nodes[i].depth + 1;
+                let added = self.add_nodes(&plan.nodes, &scope, depth, Some(i), Role::Call, &[]);
+                self.nodes[i].plan_output = plan
+                    .output
+                    .as_ref()
+                    .and_then(|o| self.index.get(&format!("{scope}{o}")).copied());
+                self.nodes[i].children = added;
+                self.nodes[i].children_done = 0;
+                if self.nodes[i].children.is_empty() {
+                    self.succeed(i, Value::Object(serde_json::Map::new()), *time_ms);
+                }
+            }
+            Event::FannedOut {
+                node,
+                items,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.set_status(i, Status::FannedOut);
+                self.nodes[i].started_ms.get_or_insert(*time_ms);
+                let spec = self.nodes[i].spec.clone();
+                let scope = self.nodes[i].scope.clone();
+                let depth = self.nodes[i].depth;
+                let specs: Vec<NodeSpec> = (0..items.len())
+                    .map(|k| NodeSpec {
+                        id: format!("{}[{k}]", spec.id),
+                        for_each: None,
+                        needs: Vec::new(),
+                        ..(*spec).clone()
+                    })
+                    .collect();
+                let added = self.add_nodes(&specs, &scope, depth, Some(i), Role::Instance, items);
+                self.nodes[i].children = added;
+                self.nodes[i].children_done = 0;
+                if items.is_empty() {
+                    self.succeed(i, Value::Array(Vec::new()), *time_ms);
+                }
+            }
+            Event::Verdict {
+                node,
+                call,
+                round,
+                verdict,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.account(i, call, *time_ms);
+                self.verdicts.push(VerdictStat {
+                    gate: node.clone(),
+                    round: *round,
+                    approved: verdict.approved,
+                    score: verdict.score,
+                });
+            }
+            Event::Reworked {
+                node,
+                round,
+                reset,
+                feedback,
+                ..
+            } => {
+                for id in reset {
+                    let i = self.find(id)?;
+                    self.reset(i);
+                    self.nodes[i].round = *round;
+                }
+                let g = self.find(node)?;
+                self.nodes[g].feedback = Some(feedback.clone());
+            }
+            Event::CancelRequested { .. } => self.cancel_requested = true,
+            Event::Finished {
+                status,
+                output,
+                error,
+                time_ms,
+            } => self.finished = Some((*status, output.clone(), error.clone(), *time_ms)),
+        }
+        Ok(())
+    }
+
+    fn find(&self, id: &str) -> Result<usize, StateError> {
+        self.index
+            .get(id)
+            .copied()
+            .ok_or_else(|| StateError::UnknownNode(id.to_owned()))
+    }
+
+    fn set_status(&mut self, i: usize, status: Status) {
+        let old = std::mem::replace(&mut self.nodes[i].status, status);
+        let new = &self.nodes[i].status;
+        let running = |s: &Status| usize::from(matches!(s, Status::Running { .. }));
+        let backoff = |s: &Status| usize::from(matches!(s, Status::Backoff { .. }));
+        self.running = self.running + running(new) - running(&old);
+        self.backoff = self.backoff + backoff(new) - backoff(&old);
+        if matches!(old, Status::Running { .. }) {
+            self.nodes[i].running_input = None;
+        }
+    }
+
+    fn account(&mut self, i: usize, call: &CallRecord, time_ms: u64) {
+        let n = &mut self.nodes[i];
+        n.fuel += call.fuel.unwrap_or(0);
+        n.wall_us += call.wall_us;
+        n.ended_ms = Some(time_ms);
+    }
+
+    fn enqueue(&mut self, i: usize) {
+        if !self.nodes[i].queued {
+            self.nodes[i].queued = true;
+            self.queue.push_back(i);
+        }
+    }
+
+    fn succeed(&mut self, i: usize, output: Value, time_ms: u64) {
+        self.set_status(i, Status::Succeeded);
+        let n = &mut self.nodes[i];
+        n.output = Some(output);
+        n.ended_ms = Some(time_ms);
+        for d in n.dependents.clone() {
+            self.enqueue(d);
+        }
+        let Some(p) = self.nodes[i].parent else {
+            return;
+        };
+        self.nodes[p].children_done += 1;
+        if self.nodes[p].children_done < self.nodes[p].children.len() {
+            return;
+        }
+        let output = match self.nodes[p].role {
+            Role::ForEach => Value::Array(
+                self.nodes[p]
+                    .children
+                    .iter()
+                    .map(|&c| self.nodes[c].output.clone().unwrap_or(Value::Null))
+                    .collect(),
+            ),
+            _ => match self.nodes[p].plan_output {
+                Some(o) => self.nodes[o].output.clone().unwrap_or(Value::Null),
+                None => self.sink_outputs(&self.nodes[p].children, self.nodes[i].scope.len()),
+            },
+        };
+        self.succeed(p, output, time_ms);
+    }
+
+    /// `{local id: output}` of the nodes among `among` nothing else depends on.
+    fn sink_outputs(&self, among: &[usize], prefix: usize) -> Value {
+        let mut out = serde_json::Map::new();
+        for &c in among {
+            let n = &self.nodes[c];
+            if n.retired || n.dependents.iter().any(|d| !self.nodes[*d].retired) {
+                continue;
+            }
+            let id = n.id.get(prefix..).unwrap_or(&n.id).to_owned();
+            out.insert(id, n.output.clone().unwrap_or(Value::Null));
+        }
+        Value::Object(out)
+    }
+
+    fn fail(&mut self, i: usize, failure: NodeFailure, time_ms: u64) {
+        self.set_status(i, Status::Failed(failure.clone()));
+        self.nodes[i].ended_ms = Some(time_ms);
+        self.failed += 1;
+        match self.spec.policy.on_failure {
+            OnFailure::FailFast => self.halted = true,
+            OnFailure::Continue => self.skip_dependents(i),
+        }
+        if let Some(p) = self.nodes[i].parent
+            && !self.nodes[p].status.is_final()
+        {
+            let why = NodeFailure {
+                message: format!("{} failed: {}", self.nodes[i].id, failure.message),
+                retryable: false,
+                ..failure
+            };
+            self.fail(p, why, time_ms);
+        }
+    }
+
+    fn skip_dependents(&mut self, i: usize) {
+        let mut stack = self.nodes[i].dependents.clone();
+        while let Some(d) = stack.pop() {
+            let n = &self.nodes[d];
+            if n.retired || n.status != Status::Waiting {
+                continue;
+            }
+            stack.extend(n.dependents.iter().copied());
+            self.set_status(d, Status::Skipped);
+        }
+    }
+
+    /// Back to waiting for another round; children are retired.
+    fn reset(&mut self, i: usize) {
+        if matches!(self.nodes[i].status, Status::Failed(_)) {
+            self.failed -= 1;
+        }
+        self.set_status(i, Status::Waiting);
+        let n = &mut self.nodes[i];
+        n.output = None;
+        n.tries = 0;
+        n.children_done = 0;
+        let children = std::mem::take(&mut n.children);
+        for c in children {
+            self.retire(c);
+        }
+        self.enqueue(i);
+    }
+
+    fn retire(&mut self, i: usize) {
+        self.reset(i);
+        self.nodes[i].retired = true;
+    }
+
+    /// Add (or revive, after a rework) nodes under `scope`; returns their
+    /// indices. Dependencies are resolved within the scope; a node that
+    /// consumes a gated node's output (and does not lie between it and its
+    /// gate) also waits for the gate's approval.
+    fn add_nodes(
+        &mut self,
+        specs: &[NodeSpec],
+        scope: &str,
+        depth: u32,
+        parent: Option<usize>,
+        role: Role,
+        items: &[Value],
+    ) -> Vec<usize> {
+        let mut added = Vec::with_capacity(specs.len());
+        for (k, s) in specs.iter().enumerate() {
+            let id = format!("{scope}{}", s.id);
+            let role = match role {
+                Role::Call if s.for_each.is_some() => Role::ForEach,
+                r => r,
+            };
+            let fresh = Node {
+                id: id.clone(),
+                spec: Arc::new(s.clone()),
+                role,
+                status: Status::Waiting,
+                output: None,
+                round: 1,
+                attempts: 0,
+                started_ms: None,
+                ended_ms: None,
+                fuel: 0,
+                wall_us: 0,
+                retired: false,
+                scope: scope.to_owned(),
+                item: items.get(k).cloned(),
+                index: (role == Role::Instance).then_some(k),
+                deps: Vec::new(),
+                dependents: Vec::new(),
+                next_attempt: 0,
+                tries: 0,
+                feedback: None,
+                depth,
+                parent,
+                children: Vec::new(),
+                children_done: 0,
+                plan_output: None,
+                gated: None,
+                running_input: None,
+                queued: false,
+            };
+            let i = match self.index.get(&id) {
+                Some(&i) => {
+                    // Revived: keep its attempt numbering and history totals.
+                    let old = &self.nodes[i];
+                    let keep = Node {
+                        next_attempt: old.next_attempt,
+                        attempts: old.attempts,
+                        started_ms: old.started_ms,
+                        fuel: old.fuel,
+                        wall_us: old.wall_us,
+                        round: old.round,
+                        ..fresh
+                    };
+                    for d in std::mem::take(&mut self.nodes[i].deps) {
+                        self.nodes[d].dependents.retain(|&x| x != i);
+                    }
+                    self.nodes[i] = keep;
+                    i
+                }
+                None => {
+                    self.nodes.push(fresh);
+                    self.index.insert(id, self.nodes.len() - 1);
+                    self.nodes.len() - 1
+                }
+            };
+            added.push(i);
+        }
+        // Dependencies, within the scope.
+        let local = |state: &Self, dep: &str| state.index.get(&format!("{scope}{dep}")).copied();
+        for &i in &added {
+            let spec = self.nodes[i].spec.clone();
+            let mut deps: Vec<usize> = if role == Role::Instance {
+                Vec::new()
+            } else {
+                spec.dependencies()
+                    .iter()
+                    .filter_map(|d| local(self, d))
+                    .collect()
+            };
+            if let Some(g) = &spec.gate {
+                self.nodes[i].gated = local(self, &g.node);
+                deps.extend(self.nodes[i].gated);
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            self.nodes[i].deps = deps;
+        }
+        // Consumers of a gated node wait for its gate.
+        for &gate in &added {
+            let Some(gated) = self.nodes[gate].gated else {
+                continue;
+            };
+            let between = self.between(&added, gated, gate);
+            for &c in &added {
+                if c != gate
+                    && !between.contains(&c)
+                    && self.nodes[c].deps.contains(&gated)
+                    && !self.nodes[c].deps.contains(&gate)
+                {
+                    self.nodes[c].deps.push(gate);
+                }
+            }
+        }
+        for &i in &added {
+            for d in self.nodes[i].deps.clone() {
+                self.nodes[d].dependents.push(i);
+            }
+            self.enqueue(i);
+        }
+        added
+    }
+
+    /// Nodes of `among` on some path from `from` to `to` (both excluded),
+    /// following declared dependencies.
+    fn between(&self, among: &[usize], from: usize, to: usize) -> Vec<usize> {
+        let reaches = |start: usize, forward: bool| {
+            let mut seen = vec![start];
+            let mut stack = vec![start];
+            while let Some(n) = stack.pop() {
+                let next: Vec<usize> = if forward {
+                    among
+                        .iter()
+                        .copied()
+                        .filter(|&c| self.nodes[c].deps.contains(&n))
+                        .collect()
+                } else {
+                    self.nodes[n].deps.clone()
+                };
+                for m in next {
+                    if !seen.contains(&m) {
+                        seen.push(m);
+                        stack.push(m);
+                    }
+                }
+            }
+            seen
+        };
+        let down = reaches(from, true);
+        let up = reaches(to, false);
+        down.into_iter()
+            .filter(|n| *n != from && *n != to && up.contains(n))
+            .collect()
+    }
+
+    /// Live nodes on a path from the gated node to the gate, both included,
+    /// following the current graph (plan children are reset with their planner).
+    fn rework_set(&self, gated: usize, gate: usize) -> Vec<usize> {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].retired && self.nodes[i].scope == self.nodes[gate].scope)
+            .collect();
+        let mut set = vec![gated];
+        set.extend(self.between(&live, gated, gate));
+        set.push(gate);
+        set
+    }
+
+    // ----- proposing events (read-only on recorded state) -----
+
+    /// The events one finished call leads to. `now` is unix ms; `rng`
+    /// draws the retry jitter (recorded in the event, so a replay does not
+    /// draw again).
+    pub fn complete(
+        &self,
+        node: usize,
+        attempt: u32,
+        result: Result<String, crate::Failure>,
+        call: CallRecord,
+        now: u64,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<Event> {
+        let n = &self.nodes[node];
+        if n.status != (Status::Running { attempt }) {
+            return Vec::new();
+        }
+        let id = n.id.clone();
+        let fail = |failure: NodeFailure, retry_at_ms: Option<u64>, call: CallRecord| {
+            if retry_at_ms.is_none() && n.spec.catch {
+                return Event::Succeeded {
+                    node: id.clone(),
+                    call,
+                    output: failure.caught(),
+                    time_ms: now,
+                };
+            }
+            Event::Failed {
+                node: id.clone(),
+                call,
+                failure,
+                retry_at_ms,
+                time_ms: now,
+            }
+        };
+        let text = match result {
+            Ok(text) => text,
+            Err(f) => {
+                let failure = NodeFailure::of_call(&f);
+                let retries = self.retries(n);
+                let retry = (failure.retryable && n.tries <= retries.max)
+                    .then(|| now + backoff_ms(&retries, n.tries, rng));
+                return vec![fail(failure, retry, call)];
+            }
+        };
+        let output = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let kind = self
+            .capsules
+            .get(&n.spec.capsule)
+            .map_or("worker", |c| c.kind.as_str());
+        if let (Some(gate), Some(gated)) = (&n.spec.gate, n.gated) {
+            let verdict = match spec::parse_verdict(&output) {
+                Ok(v) => v,
+                Err(e) => {
+                    let f = NodeFailure::scheduler(
+                        "invalid-verdict",
+                        format!("gate {id} returned an invalid verdict: {e}"),
+                    );
+                    return vec![fail(f, None, call)];
+                }
+            };
+            let judged = Event::Verdict {
+                node: id.clone(),
+                call: call.clone(),
+                round: n.round,
+                verdict: verdict.clone(),
+                time_ms: now,
+            };
+            let call = CallRecord {
+                attempt: call.attempt,
+                ..CallRecord::default()
+            };
+            let next = if verdict.approved {
+                Event::Succeeded {
+                    node: id.clone(),
+                    call,
+                    output,
+                    time_ms: now,
+                }
+            } else if n.round < gate.max_rounds {
+                Event::Reworked {
+                    gate: id.clone(),
+                    node: self.nodes[gated].id.clone(),
+                    round: n.round + 1,
+                    reset: self
+                        .rework_set(gated, node)
+                        .into_iter()
+                        .map(|i| self.nodes[i].id.clone())
+                        .collect(),
+                    feedback: verdict.feedback,
+                    time_ms: now,
+                }
+            } else {
+                let f = NodeFailure::scheduler(
+                    "gate-rejected",
+                    format!(
+                        "gate {id} rejected {} in all {} rounds (last score {})",
+                        self.nodes[gated].id, gate.max_rounds, verdict.score
+                    ),
+                );
+                fail(f, None, call)
+            };
+            return vec![judged, next];
+        }
+        if kind == "planner" && n.role == Role::Call {
+            return vec![self.expand(node, output, call, now)];
+        }
+        vec![Event::Succeeded {
+            node: id,
+            call,
+            output,
+            time_ms: now,
+        }]
+    }
+
+    fn expand(&self, node: usize, output: Value, call: CallRecord, now: u64) -> Event {
+        let n = &self.nodes[node];
+        let policy = &self.spec.policy;
+        let fail = |class: &str, message: String, call: CallRecord| Event::Failed {
+            node: n.id.clone(),
+            call,
+            failure: NodeFailure::scheduler(class, message),
+            retry_at_ms: None,
+            time_ms: now,
+        };
+        if n.depth + 1 > policy.max_expansion_depth {
+            return fail(
+                "expansion-limit",
+                format!(
+                    "planner {} would nest plans {} deep; policy.max_expansion_depth is {}",
+                    n.id,
+                    n.depth + 1,
+                    policy.max_expansion_depth
+                ),
+                call,
+            );
+        }
+        let room = policy.max_nodes.saturating_sub(self.live_nodes());
+        let cap = policy.max_expansion_nodes.min(room);
+        let plan = spec::parse_plan(
+            &output,
+            &self.spec,
+            cap,
+            &format!("plan from node {}", n.id),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|plan| {
+            super::scheduler::check_kinds(&plan.nodes, |alias| {
+                self.capsules.get(alias).map(|c| c.kind.clone())
+            })
+            .map(|()| plan)
+            .map_err(|e| format!("plan from node {}: {e}", n.id))
+        });
+        match plan {
+            Ok(plan) => Event::Expanded {
+                node: n.id.clone(),
+                call,
+                plan,
+                time_ms: now,
+            },
+            Err(e) => fail("invalid-plan", e, call),
+        }
+    }
+
+    fn live_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.retired).count()
+    }
+
+    fn retries(&self, n: &Node) -> spec::Retries {
+        n.spec.retries.unwrap_or(self.spec.defaults.retries)
+    }
+
+    /// Propose what to do next: start ready nodes (up to `slots` calls),
+    /// fan out ready `for_each` nodes, or finish the run. Call repeatedly,
+    /// applying the events each time, until it proposes nothing.
+    pub fn schedule(&mut self, now: u64, slots: usize) -> (Vec<Event>, Vec<Dispatch>) {
+        let mut events = Vec::new();
+        let mut dispatch = Vec::new();
+        if self.finished.is_some() {
+            return (events, dispatch);
+        }
+        if self.cancel_requested || self.halted {
+            if self.running == 0 {
+                events.push(self.finish(now));
+            }
+            return (events, dispatch);
+        }
+        let mut later = Vec::new();
+        while dispatch.len() < slots {
+            let Some(i) = self.queue.pop_front() else {
+                break;
+            };
+            self.nodes[i].queued = false;
+            let n = &self.nodes[i];
+            let waiting = match n.status {
+                Status::Waiting => true,
+                Status::Backoff { until_ms } if until_ms <= now => true,
+                Status::Backoff { .. } => {
+                    later.push(i);
+                    continue;
+                }
+                _ => false,
+            };
+            if !waiting
+                || n.retired
+                || n.deps
+                    .iter()
+                    .any(|&d| self.nodes[d].status != Status::Succeeded)
+            {
+                continue;
+            }
+            match self.start(i, now) {
+                Ok(Some(d)) => {
+                    events.push(Event::Started {
+                        node: d.id.clone(),
+                        attempt: d.attempt,
+                        input: d.input.clone(),
+                        time_ms: now,
+                    });
+                    dispatch.push(d);
+                }
+                Ok(None) => {
+                    let items = self.fan_out_items(i);
+                    events.push(match items {
+                        Ok(items) => Event::FannedOut {
+                            node: self.nodes[i].id.clone(),
+                            items,
+                            time_ms: now,
+                        },
+                        Err(f) => self.refuse(i, f, now),
+                    });
+                }
+                Err(f) => events.push(self.refuse(i, f, now)),
+            }
+        }
+        for i in later {
+            self.enqueue(i);
+        }
+        if events.is_empty() && self.running == 0 && self.backoff == 0 && self.queue.is_empty() {
+            events.push(self.finish(now));
+        }
+        (events, dispatch)
+    }
+
+    fn refuse(&self, i: usize, failure: NodeFailure, now: u64) -> Event {
+        let n = &self.nodes[i];
+        if n.spec.catch {
+            return Event::Succeeded {
+                node: n.id.clone(),
+                call: CallRecord::default(),
+                output: failure.caught(),
+                time_ms: now,
+            };
+        }
+        Event::Failed {
+            node: n.id.clone(),
+            call: CallRecord::default(),
+            failure,
+            retry_at_ms: None,
+            time_ms: now,
+        }
+    }
+
+    /// A ready call node's dispatch (`None` for a `for_each` node).
+    fn start(&self, i: usize, _now: u64) -> Result<Option<Dispatch>, NodeFailure> {
+        let n = &self.nodes[i];
+        if n.role == Role::ForEach {
+            return Ok(None);
+        }
+        let ctx = Scope::of(self, n);
+        let mut input = match (&n.spec.gate, n.gated) {
+            (Some(_), Some(g)) if is_empty_object(&n.spec.input) => serde_json::json!({
+                "output": self.nodes[g].output,
+                "round": n.round,
+            }),
+            _ => template::render(&n.spec.input, &ctx)
+                .map_err(|e| NodeFailure::scheduler("template", format!("{}: {e}", n.id)))?,
+        };
+        if let Some(feedback) = &n.feedback {
+            input = match input {
+                Value::Object(mut m) => {
+                    m.insert("feedback".into(), feedback.clone());
+                    Value::Object(m)
+                }
+                other => serde_json::json!({ "input": other, "feedback": feedback }),
+            };
+        }
+        Ok(Some(Dispatch {
+            node: i,
+            id: n.id.clone(),
+            capsule: n.spec.capsule.clone(),
+            attempt: n.next_attempt,
+            input: match input {
+                Value::String(s) => s,
+                v => v.to_string(),
+            },
+        }))
+    }
+
+    fn fan_out_items(&self, i: usize) -> Result<Vec<Value>, NodeFailure> {
+        let n = &self.nodes[i];
+        let expr = n.spec.for_each.as_deref().unwrap_or_default();
+        let ctx = Scope::of(self, n);
+        let items = match template::render_whole(expr, &ctx) {
+            Ok(Value::Array(items)) => items,
+            Ok(other) => {
+                return Err(NodeFailure::scheduler(
+                    "template",
+                    format!(
+                        "{}: for_each {expr} gave {}, not an array",
+                        n.id,
+                        json_type(&other)
+                    ),
+                ));
+            }
+            Err(e) => return Err(NodeFailure::scheduler("template", format!("{}: {e}", n.id))),
+        };
+        let policy = &self.spec.policy;
+        let room = policy.max_nodes.saturating_sub(self.live_nodes());
+        if items.len() > policy.max_fan_out || items.len() > room {
+            return Err(NodeFailure::scheduler(
+                "expansion-limit",
+                format!(
+                    "{}: for_each gave {} items; policy allows {} (max_fan_out {}, max_nodes {})",
+                    n.id,
+                    items.len(),
+                    policy.max_fan_out.min(room),
+                    policy.max_fan_out,
+                    policy.max_nodes
+                ),
+            ));
+        }
+        Ok(items)
+    }
+
+    fn finish(&self, now: u64) -> Event {
+        let (status, output, error) = if self.cancel_requested {
+            (
+                RunStatus::Cancelled,
+                None,
+                Some("cancelled on request".to_owned()),
+            )
+        } else if self.failed > 0 {
+            let failed: Vec<&str> = self
+                .nodes
+                .iter()
+                .filter(|n| !n.retired && matches!(n.status, Status::Failed(_)))
+                .map(|n| n.id.as_str())
+                .collect();
+            (
+                RunStatus::Failed,
+                None,
+                Some(format!("failed nodes: {}", failed.join(", "))),
+            )
+        } else if let Some(stuck) = self
+            .nodes
+            .iter()
+            .find(|n| !n.retired && !n.status.is_final())
+        {
+            (
+                RunStatus::Failed,
+                None,
+                Some(format!(
+                    "node {} can never run ({})",
+                    stuck.id,
+                    stuck.status.name()
+                )),
+            )
+        } else {
+            match self.output() {
+                Ok(v) => (RunStatus::Succeeded, Some(v), None),
+                Err(e) => (RunStatus::Failed, None, Some(format!("output: {e}"))),
+            }
+        };
+        Event::Finished {
+            status,
+            output,
+            error,
+            time_ms: now,
+        }
+    }
+
+    /// The run's output from the top-level nodes' outputs.
+    fn output(&self) -> Result<Value, String> {
+        match &self.spec.output {
+            Some(v) => {
+                let ctx = Scope {
+                    state: self,
+                    scope: "",
+                    item: None,
+                    index: None,
+                };
+                template::render(v, &ctx).map_err(|e| e.to_string())
+            }
+            None => {
+                let top: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].parent.is_none())
+                    .collect();
+                Ok(self.sink_outputs(&top, 0))
+            }
+        }
+    }
+}
+
+fn is_empty_object(v: &Value) -> bool {
+    v.as_object().is_some_and(serde_json::Map::is_empty)
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Exponential backoff before retry number `tries` (1-based), capped, with
+/// jitter uniform in [delay/2, delay].
+fn backoff_ms(r: &spec::Retries, tries: u32, rng: &mut fastrand::Rng) -> u64 {
+    let exp = tries.saturating_sub(1).min(32);
+    let delay = r.backoff_ms.saturating_mul(1 << exp).min(r.max_backoff_ms);
+    if r.jitter && delay > 1 {
+        rng.u64(delay / 2..=delay)
+    } else {
+        delay
+    }
+}
+
+/// Template scope of one node: the run input, sibling outputs, its item.
+struct Scope<'a> {
+    state: &'a RunState,
+    scope: &'a str,
+    item: Option<&'a Value>,
+    index: Option<usize>,
+}
+
+impl<'a> Scope<'a> {
+    fn of(state: &'a RunState, node: &'a Node) -> Self {
+        Self {
+            state,
+            scope: &node.scope,
+            item: node.item.as_ref(),
+            index: node.index,
+        }
+    }
+}
+
+impl template::Context for Scope<'_> {
+    fn input(&self) -> &Value {
+        &self.state.input
+    }
+
+    fn node_output(&self, id: &str) -> Option<&Value> {
+        let full = format!("{}{id}", self.scope);
+        let n = self.state.node(&full)?;
+        (n.status == Status::Succeeded && !n.retired)
+            .then_some(n.output.as_ref())
+            .flatten()
+    }
+
+    fn item(&self) -> Option<&Value> {
+        self.item
+    }
+
+    fn index(&self) -> Option<usize> {
+        self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_half() {
+        let r = spec::Retries {
+            max: 5,
+            backoff_ms: 100,
+            max_backoff_ms: 1000,
+            jitter: false,
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let plain: Vec<u64> = (1..=6).map(|t| backoff_ms(&r, t, &mut rng)).collect();
+        assert_eq!(plain, [100, 200, 400, 800, 1000, 1000]);
+        let j = spec::Retries { jitter: true, ..r };
+        for t in 1..=6 {
+            let d = backoff_ms(&j, t, &mut rng);
+            assert!((plain[t as usize - 1] / 2..=plain[t as usize - 1]).contains(&d));
+        }
+    }
+}
