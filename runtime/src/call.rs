@@ -319,6 +319,17 @@ impl Engine {
                 limit: options.limits.max_input_bytes,
             });
         }
+        let span = tracing::info_span!(
+            "soma.call",
+            capsule = %capsule.name,
+            digest = %capsule.digest_text,
+            run = %options.run_id,
+            node = %options.node,
+            attempt = options.attempt,
+            fuel = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let identity = CallIdentity {
             capsule: capsule.name.clone(),
             run: options.run_id.clone(),
@@ -360,6 +371,13 @@ impl Engine {
             }),
             Err(f) => Err(f),
         };
+        if let Some(fuel) = usage.fuel_consumed {
+            span.record("fuel", fuel);
+        }
+        span.record(
+            "outcome",
+            result.as_ref().err().map_or("ok", Failure::class),
+        );
         // Charged whether the call succeeded or not, durably, before the
         // outcome is handed back — or handed to the caller to commit.
         if options.defer_charge {

@@ -2,12 +2,14 @@
 //! codes live in one table ([`exit`]).
 
 mod build;
+mod daemon;
 mod dag;
 mod exit;
 mod inspect;
 mod ledger;
 mod new;
 mod registry;
+mod remote;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -26,6 +28,13 @@ struct Cli {
     /// Data directory (database, AOT cache). Default: $SOMA_DATA or ~/.local/share/soma.
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Send the command to this `soma daemon` instead of running it here
+    /// (run, dag run/status/cancel, token create).
+    #[arg(long, global = true, env = "SOMA_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// API token for --server.
+    #[arg(long, global = true, env = "SOMA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Log more (-v info, -vv debug, -vvv trace); or set SOMA_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -66,6 +75,11 @@ enum Command {
     /// Budgets per tenant, capsule, run or node.
     #[command(subcommand)]
     Budget(ledger::BudgetCommand),
+    /// Serve the API: REST + SSE, tokens, metrics (config: [daemon]).
+    Daemon(daemon::DaemonArgs),
+    /// API tokens for the daemon: create, ls, revoke.
+    #[command(subcommand)]
+    Token(daemon::TokenCommand),
     /// DAG runs: run, resume, status, ls, logs, cancel, validate, schema.
     #[command(subcommand)]
     Dag(dag::DagCommand),
@@ -89,9 +103,28 @@ enum ConfigCommand {
 pub(crate) struct Global {
     config: Option<PathBuf>,
     data: Option<PathBuf>,
+    server: Option<String>,
+    token: Option<String>,
 }
 
 impl Global {
+    /// The daemon to talk to, if `--server` was given.
+    fn remote(&self) -> anyhow::Result<Option<remote::Remote>> {
+        self.server
+            .as_deref()
+            .map(|url| remote::Remote::new(url, self.token.as_deref()))
+            .transpose()
+    }
+
+    /// Refuse `--server` for a command that only runs locally.
+    fn local_only(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.server.is_none(),
+            "`{what}` runs locally only; drop --server (or unset SOMA_SERVER)"
+        );
+        Ok(())
+    }
+
     /// The operator configuration: the file if given, else defaults.
     fn config(&self) -> anyhow::Result<Config> {
         match &self.config {
@@ -125,10 +158,15 @@ impl Global {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // The daemon installs its own subscriber (with OpenTelemetry export).
+    if !matches!(cli.command, Command::Daemon(_)) {
+        init_tracing(cli.verbose);
+    }
     let global = Global {
         config: cli.config,
         data: cli.data,
+        server: cli.server,
+        token: cli.token,
     };
     let result = match cli.command {
         Command::Run(args) => run::run(&global, args),
@@ -146,6 +184,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Forecast(args) => ledger::forecast(&global, args),
         Command::Budget(cmd) => ledger::budget(&global, cmd),
         Command::Dag(cmd) => dag::dag(&global, cmd),
+        Command::Daemon(args) => daemon::daemon(&global, args),
+        Command::Token(cmd) => daemon::token(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());

@@ -41,6 +41,8 @@ pub struct Config {
     pub trust: crate::verify::TrustConfig,
     /// What every call is charged (`[ledger]`).
     pub ledger: crate::meter::LedgerConfig,
+    /// `soma daemon` (`[daemon]`).
+    pub daemon: crate::daemon::DaemonConfig,
 }
 
 /// How instances get their memory.

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::Duration,
@@ -52,6 +52,10 @@ pub struct Engine {
     data: DataDir,
     fingerprint: String,
     capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
+    /// Loads served from the in-memory capsule cache / compiled or read
+    /// from the AOT cache.
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     ticker: Ticker,
 }
 
@@ -96,8 +100,18 @@ impl Engine {
             data,
             fingerprint,
             capsules: Mutex::new(HashMap::new()),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
             ticker,
         })
+    }
+
+    /// (hits, misses) of the in-memory capsule cache since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     /// The configuration this engine runs with.
@@ -149,8 +163,10 @@ impl Engine {
     pub fn load(&self, bytes: &[u8], origin: &str) -> Result<Arc<Capsule>, LoadError> {
         let digest = Digest::of(bytes);
         if let Some(c) = self.cached(&digest) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
         let component = self.compile(digest, bytes)?;
         let capsule = Arc::new(Capsule::link(self, digest, origin, bytes.len(), component)?);
         let mut cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());

@@ -28,6 +28,8 @@ pub mod ledger; // durable, idempotent ledger of every charge: entries, daily ro
 pub mod budget; // budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // the llm Meter over budgets + ledger; fuel and wall-time charges
 pub mod dag; // DAG runs: spec, templates, the durable scheduler
+pub mod telemetry; // tracing + OpenTelemetry export
+pub mod daemon; // the multi-tenant service: REST + SSE, tokens, TLS, admission, metrics
 
 pub use call::{CallOptions, Failure, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};

@@ -60,6 +60,18 @@ pub struct Metering {
     next_hold: AtomicU64,
     loaded: OnceLock<Result<(), String>>,
     db: Arc<LazyDatabase>,
+    observer: OnceLock<ChargeObserver>,
+}
+
+/// Told about every durably charged batch of entries (e.g. for metrics).
+pub type Observer = Box<dyn Fn(&[Entry]) + Send + Sync>;
+
+struct ChargeObserver(Observer);
+
+impl std::fmt::Debug for ChargeObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChargeObserver")
+    }
 }
 
 /// The scopes a spender's charges count against.
@@ -90,6 +102,22 @@ impl Metering {
             budgets: Budgets::default(),
             holds: Mutex::new(HashMap::new()),
             next_hold: AtomicU64::new(1),
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Install the observer of charges (once; later calls are ignored).
+    /// It runs on the charging thread after the commit: keep it cheap.
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(ChargeObserver(observer));
+    }
+
+    /// Report entries that were newly charged (not replays).
+    fn charged(&self, entries: &[Entry], appended: &crate::ledger::Appended) {
+        if appended.duplicates == 0
+            && let Some(o) = self.observer.get()
+        {
+            (o.0)(entries);
         }
     }
 
@@ -192,10 +220,34 @@ impl Metering {
         let writer = self
             .writer
             .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()));
-        match writer {
+        let copy = self.observer.get().map(|_| entries.clone());
+        let appended = match writer {
             Ok(w) => w.append(entries),
             Err(e) => Err(LedgerError::WriterSpawn(e.clone())),
+        }?;
+        if let Some(entries) = copy {
+            self.charged(&entries, &appended);
         }
+        Ok(appended)
+    }
+
+    /// [`Metering::append`] for async callers (the daemon).
+    pub async fn append_async(
+        &self,
+        entries: Vec<Entry>,
+    ) -> Result<crate::ledger::Appended, LedgerError> {
+        let writer = self
+            .writer
+            .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()));
+        let copy = self.observer.get().map(|_| entries.clone());
+        let appended = match writer {
+            Ok(w) => w.append_async(entries).await,
+            Err(e) => Err(LedgerError::WriterSpawn(e.clone())),
+        }?;
+        if let Some(entries) = copy {
+            self.charged(&entries, &appended);
+        }
+        Ok(appended)
     }
 
     /// Charge one capsule call's fuel and wall time. Idempotent per
@@ -210,7 +262,7 @@ impl Metering {
             return Ok(());
         };
         let appended = self.append(charge.entries.clone())?;
-        self.settle_charge(&charge, &appended);
+        self.settle_budgets(&charge, &appended);
         Ok(())
     }
 
@@ -268,8 +320,18 @@ impl Metering {
         crate::ledger::append_in(txn, charges)
     }
 
-    /// Count a committed charge against the budgets (unless it was a replay).
+    /// After a caller committed a charge itself ([`Metering::write_charges`]):
+    /// count it against the budgets and tell the observer (unless it was a
+    /// replay).
     pub fn settle_charge(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
+        self.settle_budgets(charge, appended);
+        self.charged(&charge.entries, appended);
+    }
+
+    /// Count a charge written through [`Metering::append`] /
+    /// [`Metering::append_async`] (which already told the observer)
+    /// against the budgets, unless it was a replay.
+    pub fn settle_budgets(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
         let cost: u64 = charge.entries.iter().map(|e| e.cost_micros).sum();
         if appended.duplicates == 0 && cost > 0 {
             self.budgets.add_spent_to(&charge.scopes, 0, cost);

@@ -5,6 +5,7 @@
 //! that need them land; each starts on a free loopback port and stops on drop.
 
 pub mod llm_fixture;
+pub mod prometheus;
 pub mod registry;
 
 use std::{

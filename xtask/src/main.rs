@@ -4,6 +4,7 @@
 //! - `test`  — install what the tests need (idempotently), then run them all
 //! - `lint`  — rustfmt check + clippy with warnings denied
 //! - `bench` — the criterion benchmarks
+//! - `load`  — closed-loop sessions against `soma daemon`: throughput, p99, RSS
 //!
 //! Everything runs on the release profile so tests, benches and the demo
 //! share one build of the world.
@@ -15,6 +16,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+mod load;
+
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> anyhow::Result<()> {
@@ -25,13 +28,15 @@ fn main() -> anyhow::Result<()> {
         "test" => test(&rest),
         "lint" => lint(),
         "bench" => bench(&rest),
+        "load" => load::load(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|lint|bench>\n\n  \
+                "usage: cargo xtask <demo|test|lint|bench|load>\n\n  \
                  demo   run the demo on the embedded runtime (no services needed)\n  \
                  test   install prerequisites, then run the whole test suite\n  \
                  lint   cargo fmt --check and clippy -D warnings\n  \
-                 bench  run the criterion benchmarks (args go to cargo bench)"
+                 bench  run the criterion benchmarks (args go to cargo bench)\n  \
+                 load   load-test `soma daemon` (cargo xtask load --help)"
             );
             if task.is_empty() || task == "help" || task == "--help" {
                 Ok(())
@@ -103,7 +108,10 @@ fn ensure_component(component: &str, probe: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Debian packages the tests start as real services.
-const APT_PACKAGES: &[(&str, &str)] = &[("docker-registry", "docker-registry")];
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("prometheus", "prometheus"),
+];
 /// Python modules the interop reference needs, with their PyPI names.
 const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];
 
@@ -284,6 +292,19 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the built capsule `name` is, as `soma-capsules` (in `bin`) lists it.
+fn capsule_path(bin: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let listing = Command::new(bin.join("soma-capsules"))
+        .output()
+        .context("listing the built capsules")?;
+    let listing = String::from_utf8(listing.stdout)?;
+    listing
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map(PathBuf::from)
+        .with_context(|| format!("capsule {name} was not built"))
+}
+
 fn demo() -> anyhow::Result<()> {
     ensure_wasm_target()?;
     run(cargo().args([
@@ -300,22 +321,12 @@ fn demo() -> anyhow::Result<()> {
         "soma-capsules",
     ]))?;
     let bin = root().join("target/release");
-    let listing = Command::new(bin.join("soma-capsules"))
-        .output()
-        .context("listing the built capsules")?;
-    let listing = String::from_utf8(listing.stdout)?;
-    let path = |name: &str| -> anyhow::Result<String> {
-        listing
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .map(str::to_owned)
-            .with_context(|| format!("capsule {name} was not built"))
-    };
+    let path = |name: &str| capsule_path(&bin, name);
     let data = root().join("target/demo-data");
     let out = root().join("target/kamachiq");
     let _ = std::fs::remove_dir_all(&out);
     let soma = bin.join("soma");
-    let capsule_dir = Path::new(&path("calculator")?)
+    let capsule_dir = path("calculator")?
         .parent()
         .context("capsule directory")?
         .to_path_buf();

@@ -138,6 +138,22 @@ pub(crate) struct LogsArgs {
 }
 
 pub(crate) fn dag(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
+    if let Some(remote) = global.remote()? {
+        return match cmd {
+            DagCommand::Run(args) => {
+                let input = parse_input(&args)?;
+                let (spec, _) = read_spec(&args.spec)?;
+                let spec = serde_json::to_value(&spec)?;
+                super::remote::dag_run(&remote, &spec, &input, args.drive.json)
+            }
+            DagCommand::Status(r) => super::remote::dag_status(&remote, &r.run, r.json),
+            DagCommand::Cancel(r) => super::remote::dag_cancel(&remote, &r.run),
+            _ => {
+                global.local_only("this dag command")?;
+                Ok(Code::Ok)
+            }
+        };
+    }
     match cmd {
         DagCommand::Run(args) => run(global, args),
         DagCommand::Resume(args) => resume(global, args),
@@ -459,66 +475,10 @@ impl Observer for Progress {
         self.bar.set_position(done as u64);
         let chatty = all <= 200;
         for e in events {
-            let line = match e {
-                Event::Succeeded { node, call, .. }
-                    if chatty && !is_instance(state, node) && !is_gate(state, node) =>
-                {
-                    format!(
-                        "✓ {node} ({:.1} ms){}",
-                        call.wall_us as f64 / 1000.0,
-                        first_log(call)
-                    )
-                }
-                Event::Failed {
-                    node,
-                    failure,
-                    retry_at_ms: Some(at),
-                    ..
-                } => format!(
-                    "↻ {node}: {} — retry in {} ms",
-                    failure.message,
-                    at.saturating_sub(e.time_ms())
-                ),
-                Event::Failed { node, failure, .. } => format!("✗ {node}: {}", failure.message),
-                Event::Expanded {
-                    node, plan, call, ..
-                } => {
-                    let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
-                    format!(
-                        "⤷ {node} planned {} nodes: {}{}",
-                        ids.len(),
-                        ids.join(", "),
-                        first_log(call)
-                    )
-                }
-                Event::FannedOut { node, items, .. } => {
-                    format!("⇉ {node} fans out to {} calls", items.len())
-                }
-                Event::Verdict {
-                    node,
-                    round,
-                    verdict,
-                    ..
-                } => format!(
-                    "{} {node} round {round}: {} (score {:.2})",
-                    if verdict.approved { "✔" } else { "✋" },
-                    if verdict.approved {
-                        "approved"
-                    } else {
-                        "sent back"
-                    },
-                    verdict.score
-                ),
-                Event::Reworked { node, round, .. } => {
-                    format!("↺ {node} runs again with the gate's feedback (round {round})")
-                }
-                Event::Restarted { node, attempt, .. } => {
-                    format!("⟳ {node} attempt {attempt} was in flight; calling it again")
-                }
-                Event::CancelRequested { .. } => "cancelling: nothing new starts".to_owned(),
-                _ => continue,
-            };
-            self.line(&line);
+            let quiet = |node: &str| !chatty || is_instance(state, node) || is_gate(state, node);
+            if let Some(line) = progress_line(e, &quiet) {
+                self.line(&line);
+            }
         }
         let running: Vec<&str> = state
             .nodes()
@@ -529,6 +489,69 @@ impl Observer for Progress {
             .collect();
         self.bar.set_message(running.join(" "));
     }
+}
+
+/// The progress line for one event (`None`: not worth a line).
+/// `quiet_success(node)`: do not announce that node's success.
+pub(crate) fn progress_line(e: &Event, quiet_success: &dyn Fn(&str) -> bool) -> Option<String> {
+    let line = match e {
+        Event::Succeeded { node, call, .. } if !quiet_success(node) => {
+            format!(
+                "✓ {node} ({:.1} ms){}",
+                call.wall_us as f64 / 1000.0,
+                first_log(call)
+            )
+        }
+        Event::Failed {
+            node,
+            failure,
+            retry_at_ms: Some(at),
+            ..
+        } => format!(
+            "↻ {node}: {} — retry in {} ms",
+            failure.message,
+            at.saturating_sub(e.time_ms())
+        ),
+        Event::Failed { node, failure, .. } => format!("✗ {node}: {}", failure.message),
+        Event::Expanded {
+            node, plan, call, ..
+        } => {
+            let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
+            format!(
+                "⤷ {node} planned {} nodes: {}{}",
+                ids.len(),
+                ids.join(", "),
+                first_log(call)
+            )
+        }
+        Event::FannedOut { node, items, .. } => {
+            format!("⇉ {node} fans out to {} calls", items.len())
+        }
+        Event::Verdict {
+            node,
+            round,
+            verdict,
+            ..
+        } => format!(
+            "{} {node} round {round}: {} (score {:.2})",
+            if verdict.approved { "✔" } else { "✋" },
+            if verdict.approved {
+                "approved"
+            } else {
+                "sent back"
+            },
+            verdict.score
+        ),
+        Event::Reworked { node, round, .. } => {
+            format!("↺ {node} runs again with the gate's feedback (round {round})")
+        }
+        Event::Restarted { node, attempt, .. } => {
+            format!("⟳ {node} attempt {attempt} was in flight; calling it again")
+        }
+        Event::CancelRequested { .. } => "cancelling: nothing new starts".to_owned(),
+        _ => return None,
+    };
+    Some(line)
 }
 
 /// ` · <the call's first log line>` without its level, or nothing.
@@ -555,7 +578,7 @@ fn report(
     ended: Ended,
     args: &DriveArgs,
 ) -> anyhow::Result<Code> {
-    let timeline = timeline(state);
+    let timeline = state.timeline();
     let cost = cost(engine, &state.run)?;
     let (status, output, error) = match (&state.finished, ended) {
         (Some((s, o, e, _)), _) => (s.name(), o.clone(), e.clone()),
@@ -621,30 +644,6 @@ fn report(
         (_, Some(RunStatus::Cancelled)) => Code::DagCancelled,
         (_, None) => Code::DagInterrupted,
     })
-}
-
-/// Per node: status, attempts, rounds, start/end offsets, fuel.
-fn timeline(state: &RunState) -> Vec<Value> {
-    let t0 = state.created_ms;
-    state
-        .nodes()
-        .iter()
-        .filter(|n| !n.retired)
-        .map(|n| {
-            json!({
-                "node": n.id,
-                "capsule": n.spec.capsule,
-                "status": n.status.name(),
-                "attempts": n.attempts,
-                "round": n.round,
-                "start_ms": n.started_ms.map(|s| s.saturating_sub(t0)),
-                "end_ms": n.ended_ms.map(|s| s.saturating_sub(t0)),
-                "fuel": n.fuel,
-                "wall_us": n.wall_us,
-                "failure": match &n.status { Status::Failed(f) => Some(f), _ => None },
-            })
-        })
-        .collect()
 }
 
 fn render_timeline(state: &RunState) -> String {
@@ -850,7 +849,7 @@ fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
             "output": state.finished.as_ref().and_then(|f| f.1.clone()),
             "error": state.finished.as_ref().and_then(|f| f.2.clone()),
             "auto_approval_rate": state.auto_approval_rate(),
-            "timeline": timeline(&state),
+            "timeline": state.timeline(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

@@ -54,6 +54,23 @@ impl Code {
         }
     }
 
+    /// The code for a failure class name (as the daemon reports it).
+    pub(crate) fn of_class(class: &str) -> Self {
+        match class {
+            "capsule-error" => Self::CapsuleError,
+            "out-of-fuel" => Self::OutOfFuel,
+            "deadline-exceeded" => Self::DeadlineExceeded,
+            "memory-limit" => Self::MemoryLimit,
+            "stack-overflow" => Self::StackOverflow,
+            "trap" => Self::Trap,
+            "output-limit" => Self::OutputLimit,
+            "input-limit" => Self::InputLimit,
+            "denied" => Self::Denied,
+            "host-error" => Self::HostError,
+            _ => Self::Error,
+        }
+    }
+
     /// The code for an error that ended a command early.
     pub(crate) fn of_error(e: &anyhow::Error) -> Self {
         if let Some(oci) = e.downcast_ref::<OciError>() {

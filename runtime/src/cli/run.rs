@@ -81,6 +81,9 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         }
         None => args.input.clone(),
     };
+    if let Some(remote) = global.remote()? {
+        return super::remote::run(&remote, &args.capsule, &input, args.json);
+    }
     let engine = global.engine(args.allocator.map(Into::into))?;
     let (capsule, pulled) = if super::registry::is_local(&args.capsule) {
         (engine.load_file(args.capsule.as_ref())?, None)

@@ -300,6 +300,8 @@ struct Job {
     dispatch: Dispatch,
     capsule: Arc<Capsule>,
     options: CallOptions,
+    /// `soma.node`, a child of the run's span.
+    span: tracing::Span,
 }
 
 struct Done {
@@ -376,6 +378,12 @@ pub fn drive(
                 .map_err(|e| DagError::Threads(e.to_string()))?;
         }
         drop(done_tx);
+        let run_span = tracing::info_span!(
+            "soma.run",
+            run = %run,
+            name = %state.spec.name,
+            tenant = %state.tenant,
+        );
         let mut coordinator = Coordinator {
             engine,
             journal: &journal,
@@ -387,6 +395,7 @@ pub fn drive(
             seq: history.len() as u64,
             observer,
             rng: fastrand::Rng::new(),
+            span: run_span,
         };
         let ended = coordinator.run(&done_rx, settings, concurrency, &stop);
         stop.store(true, Ordering::Relaxed);
@@ -412,8 +421,10 @@ fn work(
                 Err(_) => return,
             }
         };
-        let outcome = (!stop.load(Ordering::Relaxed))
-            .then(|| engine.call(&job.capsule, &job.dispatch.input, &job.options));
+        let outcome = (!stop.load(Ordering::Relaxed)).then(|| {
+            let _node = job.span.enter();
+            engine.call(&job.capsule, &job.dispatch.input, &job.options)
+        });
         let sent = done.send(Done {
             node: job.dispatch.node,
             attempt: job.dispatch.attempt,
@@ -436,6 +447,8 @@ struct Coordinator<'a> {
     seq: u64,
     observer: &'a dyn Observer,
     rng: fastrand::Rng,
+    /// `soma.run`: the parent of every node span.
+    span: tracing::Span,
 }
 
 /// How long the coordinator waits for a result before looking at its
@@ -620,11 +633,19 @@ impl Coordinator<'_> {
                 defaults.memory_mb,
             );
         }
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "soma.node",
+            node = %d.id,
+            attempt = d.attempt,
+            capsule = %d.capsule,
+        );
         self.jobs
             .send(Job {
                 dispatch: d,
                 capsule,
                 options,
+                span,
             })
             .map_err(|_| DagError::Threads("every worker thread stopped".into()))?;
         self.in_flight += 1;

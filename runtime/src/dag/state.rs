@@ -296,6 +296,30 @@ impl RunState {
             .then(|| firsts.iter().filter(|v| v.approved).count() as f64 / firsts.len() as f64)
     }
 
+    /// Per live node: capsule, status, attempts, round, start/end (ms since
+    /// the run was created), fuel, wall time and the failure if any.
+    pub fn timeline(&self) -> Vec<Value> {
+        let t0 = self.created_ms;
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .map(|n| {
+                serde_json::json!({
+                    "node": n.id,
+                    "capsule": n.spec.capsule,
+                    "status": n.status.name(),
+                    "attempts": n.attempts,
+                    "round": n.round,
+                    "start_ms": n.started_ms.map(|s| s.saturating_sub(t0)),
+                    "end_ms": n.ended_ms.map(|s| s.saturating_sub(t0)),
+                    "fuel": n.fuel,
+                    "wall_us": n.wall_us,
+                    "failure": match &n.status { Status::Failed(f) => Some(f), _ => None },
+                })
+            })
+            .collect()
+    }
+
     /// Attempts in flight with their recorded inputs — what a resumed run
     /// calls again.
     pub fn in_flight(&self) -> Vec<Dispatch> {

@@ -32,7 +32,27 @@ const LINGER: Duration = Duration::from_micros(200);
 
 struct Request {
     entries: Vec<Entry>,
-    reply: mpsc::SyncSender<Result<Appended, LedgerError>>,
+    reply: Reply,
+}
+
+/// Where a request's result goes: a blocked thread or an awaiting task.
+enum Reply {
+    Blocking(mpsc::SyncSender<Result<Appended, LedgerError>>),
+    Async(tokio::sync::oneshot::Sender<Result<Appended, LedgerError>>),
+}
+
+impl Reply {
+    /// A caller that gave up waiting is not an error.
+    fn send(self, result: Result<Appended, LedgerError>) {
+        match self {
+            Self::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Async(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
 }
 
 /// A handle to a group-commit thread; cheap to clone and share across threads.
@@ -82,9 +102,29 @@ impl LedgerWriter {
         validate(&entries)?;
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Request { entries, reply })
+            .send(Request {
+                entries,
+                reply: Reply::Blocking(reply),
+            })
             .map_err(|_| LedgerError::WriterStopped)?;
         rx.recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    /// [`LedgerWriter::append`] for async callers: the task awaits the
+    /// commit instead of blocking a thread.
+    pub async fn append_async(&self, entries: Vec<Entry>) -> Result<Appended, LedgerError> {
+        if entries.is_empty() {
+            return Ok(Appended::default());
+        }
+        validate(&entries)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request {
+                entries,
+                reply: Reply::Async(reply),
+            })
+            .map_err(|_| LedgerError::WriterStopped)?;
+        rx.await.map_err(|_| LedgerError::WriterStopped)?
     }
 }
 
@@ -116,14 +156,13 @@ fn run(db: &LazyDatabase, rx: &mpsc::Receiver<Request>) {
         let requests: Vec<&[Entry]> = batch.iter().map(|r| r.entries.as_slice()).collect();
         match write_batch(db, &requests) {
             Ok(results) => {
-                for (r, result) in batch.iter().zip(results) {
-                    // A caller that gave up waiting is not an error.
-                    let _ = r.reply.send(Ok(result));
+                for (r, result) in batch.into_iter().zip(results) {
+                    r.reply.send(Ok(result));
                 }
             }
             Err(e) => {
-                for r in &batch {
-                    let _ = r.reply.send(Err(e.clone()));
+                for r in batch {
+                    r.reply.send(Err(e.clone()));
                 }
             }
         }

@@ -1,0 +1,901 @@
+//! The HTTP API: routes, authentication and admission, handlers, and one
+//! JSON error shape (`{"error": {"code", "message", "field"?}}`).
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Extension, Json, Router,
+    body::Bytes,
+    extract::{MatchedPath, Path, Query, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use futures_util::stream::{self, Stream, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Daemon,
+    auth::{Principal, Scope},
+    limits::Refused,
+    runs::CallRun,
+};
+use crate::{
+    CallOptions, budget,
+    dag::{
+        history::Event,
+        journal::{Journal, JournalError},
+        scheduler::{self, DagError, Loaded},
+        spec,
+        state::RunState,
+    },
+    ledger::Filter,
+};
+
+/// Every route, for the OpenAPI document's completeness test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("post", "/v1/capsules/pull"),
+    ("get", "/v1/capsules"),
+    ("post", "/v1/runs"),
+    ("get", "/v1/runs/{id}"),
+    ("get", "/v1/runs/{id}/events"),
+    ("post", "/v1/runs/{id}/cancel"),
+    ("get", "/v1/ledger"),
+    ("get", "/v1/budgets"),
+    ("put", "/v1/budgets"),
+    ("post", "/v1/tokens"),
+];
+
+/// The router with every layer.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi));
+    let api = Router::new()
+        .route("/v1/capsules/pull", post(pull_capsule))
+        .route("/v1/capsules", get(list_capsules))
+        .route("/v1/runs", post(create_run))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/ledger", get(ledger))
+        .route("/v1/budgets", get(get_budgets).put(put_budget))
+        .route("/v1/tokens", post(create_token))
+        .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
+    let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
+    open.merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
+        .layer(middleware::from_fn_with_state(daemon.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            daemon.config.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(daemon)
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<u64>,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+            details: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self {
+            field: field.map(str::to_owned),
+            ..Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+        }
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", format!("no {what}"))
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(f) = &self.field {
+            error["field"] = json!(f);
+        }
+        if let Some(d) = self.details {
+            error["details"] = d;
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Parse a JSON body, naming the field that is wrong.
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "the request body is larger than daemon.max_body_bytes",
+            )
+        } else {
+            ApiError::bad(format!("cannot read the body: {r}"), None)
+        }
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        let message = match &field {
+            Some(f) => format!("field `{f}`: {}", e.inner()),
+            None => format!("invalid JSON body: {}", e.inner()),
+        };
+        ApiError::bad(message, field.as_deref())
+    })
+}
+
+fn require(p: &Principal, scope: Scope) -> Result<(), ApiError> {
+    if p.may(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token lacks the `{scope}` scope"),
+        ))
+    }
+}
+
+/// Bearer token → [`Principal`]; then per-tenant admission.
+async fn authenticate(
+    State(daemon): State<Arc<Daemon>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        daemon.metrics.rejected("unauthorized");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token: send `Authorization: Bearer <token>` (create one with `soma token create`)",
+        )
+        .into_response();
+    };
+    let Some(principal) = daemon.tokens.check(token) else {
+        daemon.metrics.rejected("unauthorized");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is unknown or revoked",
+        )
+        .into_response();
+    };
+    let permit = match daemon.admission.admit(&principal.tenant) {
+        Ok(p) => p,
+        Err(Refused::Rate { retry_after_s }) => {
+            daemon.metrics.rejected("rate-limited");
+            return ApiError {
+                retry_after: Some(retry_after_s),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    format!("tenant {} is over its request rate", principal.tenant),
+                )
+            }
+            .into_response();
+        }
+        Err(Refused::Concurrency { limit }) => {
+            daemon.metrics.rejected("too-many-in-flight");
+            return ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-in-flight",
+                    format!(
+                        "tenant {} already has {limit} requests in flight",
+                        principal.tenant
+                    ),
+                )
+            }
+            .into_response();
+        }
+    };
+    request.extensions_mut().insert(principal);
+    let response = next.run(request).await;
+    drop(permit);
+    response
+}
+
+/// Count and time every request by its route template.
+async fn observe(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_ascii_lowercase();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        daemon.metrics.rejected("body-too-large");
+    }
+    daemon.metrics.http(
+        &route,
+        &method,
+        status.as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
+    if daemon.runs.is_stopping() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    let m = &daemon.metrics;
+    m.set_active_runs(i64::try_from(daemon.runs.active()).unwrap_or(i64::MAX));
+    m.set_queue_depth(i64::try_from(daemon.runs.queued()).unwrap_or(i64::MAX));
+    let (hits, misses) = daemon.engine.cache_stats();
+    m.set_engine_cache(hits, misses);
+    (
+        [(header::CONTENT_TYPE, super::metrics::Metrics::CONTENT_TYPE)],
+        m.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    /// The name to serve it under.
+    name: String,
+    /// The registry reference.
+    reference: String,
+}
+
+async fn pull_capsule(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require(&p, Scope::Admin)?;
+    let req: PullRequest = parse(body)?;
+    let engine = daemon.engine.clone();
+    let reference = req.reference.clone();
+    let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e))?;
+    let (capsule, origin) = pulled;
+    let digest = capsule.digest().to_string();
+    daemon
+        .catalog
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            req.name.clone(),
+            super::CatalogItem {
+                capsule,
+                origin: origin.clone(),
+            },
+        );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": req.name, "digest": digest, "origin": origin })),
+    )
+        .into_response())
+}
+
+async fn list_capsules(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Read)?;
+    let catalog = daemon.catalog.read().unwrap_or_else(|p| p.into_inner());
+    let list: Vec<Value> = catalog
+        .iter()
+        .map(|(name, item)| {
+            let m = item.capsule.manifest();
+            json!({
+                "name": name,
+                "digest": item.capsule.digest().to_string(),
+                "kind": m.kind,
+                "capsule": m.name,
+                "version": m.version,
+                "description": m.description,
+                "origin": item.origin,
+            })
+        })
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+/// Per-run limits a request may ask for (only lower than the operator's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsRequest {
+    fuel: Option<u64>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    /// A catalog capsule to call once…
+    capsule: Option<String>,
+    /// …or a DAG spec (an object, or YAML/JSON text) to run.
+    dag: Option<Value>,
+    /// The input (any JSON; a string is passed as is).
+    input: Option<Value>,
+    /// Lower limits for a capsule call.
+    #[serde(default)]
+    limits: LimitsRequest,
+}
+
+async fn create_run(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require(&p, Scope::Run)?;
+    let req: RunRequest = parse(body)?;
+    match (req.capsule, req.dag) {
+        (Some(name), None) => call_run(&daemon, &p, &name, req.input, &req.limits).await,
+        (None, Some(spec)) => dag_run(&daemon, &p, spec, req.input).await,
+        _ => Err(ApiError::bad(
+            "give exactly one of `capsule` (a call) or `dag` (a DAG spec)",
+            Some("capsule"),
+        )),
+    }
+}
+
+async fn call_run(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    name: &str,
+    input: Option<Value>,
+    limits: &LimitsRequest,
+) -> Result<Response, ApiError> {
+    let item = daemon.capsule(name).ok_or_else(|| ApiError {
+        field: Some("capsule".into()),
+        ..ApiError::not_found(&format!("capsule `{name}` (GET /v1/capsules lists them)"))
+    })?;
+    let input = match input {
+        None => "{}".to_owned(),
+        Some(Value::String(s)) => s,
+        Some(v) => v.to_string(),
+    };
+    let engine = daemon.engine.clone();
+    let mut options = CallOptions::for_capsule(&engine, &item.capsule);
+    let run = crate::call::new_run_id();
+    options.set_run(&run);
+    options.tenant = p.tenant.as_str().into();
+    options.defer_charge = true;
+    let tighten = |v: &mut u64, x: Option<u64>| {
+        if let Some(x) = x {
+            *v = (*v).min(x.max(1));
+        }
+    };
+    tighten(&mut options.limits.fuel, limits.fuel);
+    tighten(&mut options.limits.timeout_ms, limits.timeout_ms);
+    tighten(&mut options.limits.memory_mb, limits.memory_mb);
+    daemon.metrics.run_started("call");
+    let capsule = item.capsule.clone();
+    let mut outcome = daemon
+        .calls
+        .run(move || engine.call(&capsule, &input, &options))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()))?;
+    // The charge is durable before the answer goes out.
+    if let Some(charge) = outcome.charge.take() {
+        let metering = daemon.engine.metering();
+        match metering.append_async(charge.entries.clone()).await {
+            Ok(appended) => metering.settle_budgets(&charge, &appended),
+            Err(e) => {
+                outcome.result = Err(crate::Failure::Host {
+                    message: format!("could not record the call in the ledger: {e}"),
+                });
+            }
+        }
+    }
+    let class = outcome.result.as_ref().err().map_or("ok", |f| f.class());
+    daemon.metrics.call(
+        name,
+        class,
+        Duration::from_micros(outcome.usage.wall_time_us).as_secs_f64(),
+    );
+    daemon.metrics.run_finished("call", class);
+    let body = json!({
+        "run": run,
+        "kind": "call",
+        "capsule": { "name": name, "digest": item.capsule.digest().to_string() },
+        "ok": outcome.result.is_ok(),
+        "output": outcome.result.as_ref().ok().map(|o| {
+            serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))
+        }),
+        "failure": outcome.result.as_ref().err().map(|f| json!({
+            "class": f.class(), "message": f.to_string(), "detail": f,
+        })),
+        "usage": outcome.usage,
+        "logs": outcome.logs,
+    });
+    daemon.runs.record_call(
+        run,
+        CallRun {
+            tenant: p.tenant.clone(),
+            body: body.clone(),
+        },
+    );
+    Ok(Json(body).into_response())
+}
+
+async fn dag_run(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    spec_value: Value,
+    input: Option<Value>,
+) -> Result<Response, ApiError> {
+    let text = match spec_value {
+        Value::String(s) => s,
+        v => v.to_string(),
+    };
+    let spec = spec::parse(&text, "dag").map_err(|e| ApiError {
+        field: Some("dag".into()),
+        details: Some(json!(
+            e.0.iter().map(ToString::to_string).collect::<Vec<_>>()
+        )),
+        ..ApiError::bad(format!("invalid DAG spec:\n{e}"), Some("dag"))
+    })?;
+    let mut loaded = std::collections::BTreeMap::new();
+    for (alias, name) in &spec.capsules {
+        let item = daemon.capsule(name).ok_or_else(|| {
+            ApiError::bad(
+                format!("capsule `{alias}` names `{name}`, which is not in the daemon's catalog (GET /v1/capsules)"),
+                Some("dag.capsules"),
+            )
+        })?;
+        loaded.insert(
+            alias.clone(),
+            Loaded {
+                capsule: item.capsule,
+                reference: name.clone(),
+            },
+        );
+    }
+    let input = input.unwrap_or_else(|| json!({}));
+    let engine = daemon.engine.clone();
+    let tenant = p.tenant.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        scheduler::create(&engine, &spec, "api", &input, &loaded, &tenant, None)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let run = created.map_err(|e| match e {
+        DagError::Spec(errors) => ApiError {
+            details: Some(json!(
+                errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()
+            )),
+            ..ApiError::bad(format!("invalid run: {errors}"), Some("input"))
+        },
+        DagError::Kind { .. } | DagError::MissingCapsule(_) => {
+            ApiError::bad(e.to_string(), Some("dag"))
+        }
+        other => ApiError::internal(other.to_string()),
+    })?;
+    daemon.runs.enqueue(&run, &p.tenant);
+    daemon.metrics.run_started("dag");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "run": run,
+            "kind": "dag",
+            "status": "queued",
+            "events": format!("/v1/runs/{run}/events"),
+        })),
+    )
+        .into_response())
+}
+
+/// A DAG run's state from the journal (blocking: run off the async threads).
+fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError> {
+    let journal = Journal::new(daemon.engine.data().database().clone());
+    let history = journal.history(run).map_err(|e| match e {
+        JournalError::NotFound(_) => ApiError::not_found(&format!("run `{run}`")),
+        other => ApiError::internal(other.to_string()),
+    })?;
+    let state = RunState::replay(run, &history).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((state, history))
+}
+
+fn visible(p: &Principal, tenant: &str) -> bool {
+    p.tenant == tenant || p.may(Scope::Admin)
+}
+
+async fn get_run(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Read)?;
+    let missing = || ApiError::not_found(&format!("run `{id}`"));
+    if let Some(call) = daemon.runs.call(&id) {
+        return if visible(&p, &call.tenant) {
+            Ok(Json(call.body))
+        } else {
+            Err(missing())
+        };
+    }
+    if let Some(live) = daemon.runs.live(&id) {
+        if !visible(&p, &live.tenant) {
+            return Err(missing());
+        }
+        let summary = live
+            .summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        return Ok(Json(json!({
+            "run": id,
+            "kind": "dag",
+            "status": if summary.is_some() { "running" } else { "queued" },
+            "summary": summary,
+        })));
+    }
+    let d = daemon.clone();
+    let run = id.clone();
+    let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !visible(&p, &state.tenant) {
+        return Err(missing());
+    }
+    Ok(Json(dag_report(&state)))
+}
+
+/// A DAG run as JSON: status, output, verdicts, timeline.
+pub fn dag_report(state: &RunState) -> Value {
+    let (status, output, error) = match &state.finished {
+        Some((s, o, e, _)) => (s.name(), o.clone(), e.clone()),
+        None => ("interrupted", None, None),
+    };
+    json!({
+        "run": state.run,
+        "kind": "dag",
+        "name": state.spec.name,
+        "tenant": state.tenant,
+        "status": status,
+        "output": output,
+        "error": error,
+        "auto_approval_rate": state.auto_approval_rate(),
+        "verdicts": state.verdicts.iter().map(|v| json!({
+            "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
+        })).collect::<Vec<_>>(),
+        "timeline": state.timeline(),
+    })
+}
+
+/// `GET /v1/runs/{id}/events`: Server-Sent Events. The history so far,
+/// then live events until the run finishes. Each event's `id` is its
+/// sequence number; `Last-Event-ID` resumes after it.
+async fn run_events(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    require(&p, Scope::Read)?;
+    let after: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let live = daemon.runs.live(&id);
+    if let Some(l) = &live
+        && !visible(&p, &l.tenant)
+    {
+        return Err(ApiError::not_found(&format!("run `{id}`")));
+    }
+    // Subscribe before reading the history so nothing falls in between.
+    let mut rx = live.as_ref().map(|l| l.events.subscribe());
+    let d = daemon.clone();
+    let run = id.clone();
+    let (state, history) = tokio::task::spawn_blocking(move || replay(&d, &run))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !visible(&p, &state.tenant) {
+        return Err(ApiError::not_found(&format!("run `{id}`")));
+    }
+    let first_live = history.len() as u64;
+    let past: Vec<Result<SseEvent, Infallible>> = history
+        .iter()
+        .enumerate()
+        .filter(|(seq, _)| after.is_none_or(|a| *seq as u64 > a))
+        .map(|(seq, e)| Ok(sse_event(seq as u64, e)))
+        .collect();
+    let finished = state.finished.is_some();
+    let daemon_live = daemon.clone();
+    let live_stream = stream::unfold(
+        (rx.take(), finished, daemon_live, live),
+        move |(rx, done, daemon, live)| async move {
+            let mut rx = rx?;
+            if done {
+                return None;
+            }
+            loop {
+                let tick = tokio::time::sleep(Duration::from_millis(500));
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Ok((seq, _)) if seq < first_live => continue,
+                        Ok((seq, json)) => {
+                            let finished = json.contains(r#""event":"finished""#);
+                            let kind = event_kind(&json);
+                            let e = SseEvent::default().id(seq.to_string()).event(kind).data(&*json);
+                            return Some((Ok(e), (Some(rx), finished, daemon, live)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let e = SseEvent::default().event("lagged").data(format!("{n} events skipped; GET the run for its state"));
+                            return Some((Ok(e), (Some(rx), false, daemon, live)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                    () = tick => {
+                        let gone = live.as_ref().is_none_or(|l| l.done.load(Ordering::SeqCst));
+                        if gone || daemon.runs.is_stopping() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream::iter(past).chain(live_stream)).keep_alive(KeepAlive::default()))
+}
+
+fn sse_event(seq: u64, e: &Event) -> SseEvent {
+    let json = serde_json::to_string(e).unwrap_or_default();
+    SseEvent::default()
+        .id(seq.to_string())
+        .event(event_kind(&json))
+        .data(json)
+}
+
+/// The `event` tag of an event's JSON.
+fn event_kind(json: &str) -> String {
+    serde_json::from_str::<Value>(json)
+        .ok()
+        .and_then(|v| v["event"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "event".into())
+}
+
+async fn cancel_run(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&p, Scope::Run)?;
+    if let Some(live) = daemon.runs.live(&id) {
+        if !visible(&p, &live.tenant) {
+            return Err(ApiError::not_found(&format!("run `{id}`")));
+        }
+        live.cancel.store(true, Ordering::SeqCst);
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run": id, "cancel": "requested" })),
+        )
+            .into_response());
+    }
+    let d = daemon.clone();
+    let run = id.clone();
+    let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !visible(&p, &state.tenant) {
+        return Err(ApiError::not_found(&format!("run `{id}`")));
+    }
+    if let Some((status, ..)) = &state.finished {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run `{id}` already {}", status.name()),
+        ));
+    }
+    let engine = daemon.engine.clone();
+    tokio::task::spawn_blocking(move || scheduler::cancel_idle(&engine, &id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({ "cancel": "done" })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerQuery {
+    run: Option<String>,
+    tenant: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn ledger(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Read)?;
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
+    let tenant = match q.tenant {
+        Some(t) if p.may(Scope::Admin) => Some(t),
+        Some(t) if t != p.tenant => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only admin tokens may read another tenant's ledger",
+            ));
+        }
+        _ if p.may(Scope::Admin) => None,
+        _ => Some(p.tenant.clone()),
+    };
+    let filter = Filter {
+        tenant,
+        run: q.run,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        ..Filter::default()
+    };
+    let engine = daemon.engine.clone();
+    let entries = tokio::task::spawn_blocking(move || engine.metering().ledger().ls(&filter))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!(entries)))
+}
+
+async fn get_budgets(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Read)?;
+    let engine = daemon.engine.clone();
+    let all = tokio::task::spawn_blocking(move || engine.metering().list_budgets())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
+    let own = budget::Scope::Tenant(p.tenant.clone());
+    let list: Vec<Value> = all
+        .into_iter()
+        .filter(|(scope, _)| p.may(Scope::Admin) || *scope == own)
+        .map(|(scope, account)| json!({ "scope": scope.key(), "account": account }))
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetRequest {
+    /// `tenant:T`, `capsule:sha256:…`, `run:R` or `node:R/N`.
+    scope: String,
+    tokens: Option<u64>,
+    micros: Option<u64>,
+    /// Remove the budget instead.
+    #[serde(default)]
+    remove: bool,
+}
+
+async fn put_budget(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Admin)?;
+    let req: BudgetRequest = parse(body)?;
+    let scope = budget::Scope::parse(&req.scope).ok_or_else(|| {
+        ApiError::bad(
+            "scope must be tenant:T, capsule:sha256:…, run:R or node:R/N",
+            Some("scope"),
+        )
+    })?;
+    let limit = (!req.remove).then_some(budget::Limit {
+        tokens: req.tokens,
+        micros: req.micros,
+    });
+    let engine = daemon.engine.clone();
+    let key = scope.key();
+    tokio::task::spawn_blocking(move || engine.metering().set_limit(scope, limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "scope": key, "limit": limit })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    tenant: String,
+    scopes: Vec<Scope>,
+}
+
+async fn create_token(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require(&p, Scope::Admin)?;
+    let req: TokenRequest = parse(body)?;
+    let tokens = daemon.tokens.clone();
+    let (token, record) =
+        tokio::task::spawn_blocking(move || tokens.create(&req.tenant, &req.scopes))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad(e.to_string(), Some("tenant")))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes,
+        })),
+    )
+        .into_response())
+}

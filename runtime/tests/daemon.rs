@@ -1,0 +1,646 @@
+//! `soma daemon` end to end over real HTTP: authentication and tenant
+//! isolation, bad requests, hostile capsules, admission limits, SSE, and
+//! the chaos test — 50 DAG runs, the daemon SIGKILLed mid-way and
+//! restarted, every run finishing with the right output and no double
+//! charge.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+/// A daemon process over a data directory; killed on drop.
+struct Daemon {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+fn soma(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_soma"));
+    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
+    c
+}
+
+/// Create a token (the daemon must not be running on `data`).
+fn token(data: &Path, tenant: &str, scopes: &str) -> String {
+    let out = soma(data)
+        .args([
+            "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
+        ])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+fn config_text(extra: &str) -> String {
+    let mut text = String::from("[daemon]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n");
+    text.push_str(extra);
+    for (name, path) in [
+        ("echo", soma_capsules::ECHO_COMPONENT),
+        ("calculator", soma_capsules::CALCULATOR_COMPONENT),
+        ("hostile-loop", soma_capsules::HOSTILE_LOOP_COMPONENT),
+        (
+            "kamachiq-planner",
+            soma_capsules::KAMACHIQ_PLANNER_COMPONENT,
+        ),
+        ("kamachiq-coder", soma_capsules::KAMACHIQ_CODER_COMPONENT),
+        (
+            "kamachiq-reviewer",
+            soma_capsules::KAMACHIQ_REVIEWER_COMPONENT,
+        ),
+    ] {
+        text.push_str(&format!(
+            "[[daemon.capsules]]\nname = \"{name}\"\npath = \"{path}\"\n"
+        ));
+    }
+    text
+}
+
+impl Daemon {
+    fn start(data: &Path, config_extra: &str) -> Self {
+        let config = data.join("soma.toml");
+        std::fs::write(&config, config_text(config_extra)).expect("config");
+        Self::spawn(data, &config)
+    }
+
+    fn spawn(data: &Path, config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_soma"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .arg("daemon")
+            .env("SOMA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
+                    let _ = tx.send(url.to_owned());
+                    sent = true;
+                } else if !sent {
+                    eprintln!("daemon: {line}");
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the daemon did not start listening");
+        Self {
+            child,
+            url,
+            data: data.to_owned(),
+            config: config.to_owned(),
+        }
+    }
+
+    fn kill9(mut self) -> (PathBuf, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.data.clone(), self.config.clone())
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn call(
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = client().request(method, format!("{}{path}", d.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value, headers)
+}
+
+fn post(d: &Daemon, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let (s, v, _) = call(
+        d,
+        reqwest::Method::POST,
+        path,
+        Some(token),
+        Some(body.to_string()),
+    );
+    (s, v)
+}
+
+fn get(d: &Daemon, path: &str, token: &str) -> (u16, Value) {
+    let (s, v, _) = call(d, reqwest::Method::GET, path, Some(token), None);
+    (s, v)
+}
+
+/// The KAMACHIQ spec with the daemon's catalog names as its capsules.
+fn kamachiq_spec() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
+    let text = std::fs::read_to_string(&path).expect("spec");
+    let spec = soma_runtime::dag::spec::parse(&text, "kamachiq.yaml").expect("valid");
+    let mut v = serde_json::to_value(&spec).expect("json");
+    v["capsules"] = json!({
+        "planner": "kamachiq-planner",
+        "coder": "kamachiq-coder",
+        "calculator": "calculator",
+        "reviewer": "kamachiq-reviewer",
+    });
+    v
+}
+
+fn wait_finished(d: &Daemon, token: &str, run: &str, deadline: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (s, v) = get(d, &format!("/v1/runs/{run}"), token);
+        assert_eq!(s, 200, "{v}");
+        if ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "run {run} did not finish: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let globex = token(dir.path(), "globex", "run,read");
+    let reader = token(dir.path(), "acme", "read");
+    let d = Daemon::start(dir.path(), "");
+    // Open endpoints.
+    let (s, _, _) = call(&d, reqwest::Method::GET, "/healthz", None, None);
+    assert_eq!(s, 200);
+    let (s, doc, _) = call(&d, reqwest::Method::GET, "/v1/openapi.json", None, None);
+    assert_eq!(s, 200);
+    assert!(doc["paths"]["/v1/runs"].is_object(), "{doc}");
+    // No token, a bad token: 401 with a clear body.
+    let (s, v, h) = call(&d, reqwest::Method::GET, "/v1/capsules", None, None);
+    assert_eq!(s, 401);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("Bearer")
+    );
+    assert_eq!(h["www-authenticate"], "Bearer");
+    let (s, _) = get(&d, "/v1/capsules", "soma_000000000000_nope");
+    assert_eq!(s, 401);
+    // Missing scope: 403.
+    let (s, v) = post(&d, "/v1/runs", &reader, &json!({"capsule": "echo"}));
+    assert_eq!(s, 403, "{v}");
+    // A call, visible to its tenant only.
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "echo", "input": {"x": 1}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["output"], json!({"x": 1}));
+    let run = v["run"].as_str().expect("run").to_owned();
+    assert_eq!(get(&d, &format!("/v1/runs/{run}"), &acme).0, 200);
+    assert_eq!(get(&d, &format!("/v1/runs/{run}"), &reader).0, 200);
+    assert_eq!(get(&d, &format!("/v1/runs/{run}"), &globex).0, 404);
+    // A DAG run: another tenant sees 404 everywhere.
+    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": kamachiq_spec()}));
+    assert_eq!(s, 202, "{v}");
+    let dag = v["run"].as_str().expect("run").to_owned();
+    assert_eq!(get(&d, &format!("/v1/runs/{dag}"), &globex).0, 404);
+    assert_eq!(get(&d, &format!("/v1/runs/{dag}/events"), &globex).0, 404);
+    assert_eq!(
+        post(&d, &format!("/v1/runs/{dag}/cancel"), &globex, &json!({})).0,
+        404
+    );
+    let done = wait_finished(&d, &acme, &dag, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The SSE stream of a finished run replays its history and ends.
+    let sse = client()
+        .get(format!("{}/v1/runs/{dag}/events", d.url))
+        .bearer_auth(&acme)
+        .send()
+        .expect("sse")
+        .text()
+        .expect("sse body");
+    assert!(
+        sse.contains("event: created") && sse.contains("event: finished"),
+        "{sse}"
+    );
+    // Ledger: only the tenant's own entries.
+    let (s, entries) = get(&d, "/v1/ledger?limit=1000", &globex);
+    assert_eq!(s, 200);
+    assert_eq!(entries, json!([]));
+    let (_, entries) = get(&d, &format!("/v1/ledger?run={dag}&limit=1000"), &acme);
+    assert!(!entries.as_array().expect("entries").is_empty());
+    // Bad requests: 400 naming the field, 413, unknown capsule 404.
+    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"capsule": 5}));
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["field"], "capsule", "{v}");
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "echo", "limitz": {}}),
+    );
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("limitz"),
+        "{v}"
+    );
+    let (s, v, _) = call(
+        &d,
+        reqwest::Method::POST,
+        "/v1/runs",
+        Some(&acme),
+        Some("{".into()),
+    );
+    assert_eq!(s, 400, "{v}");
+    let big = json!({"capsule": "echo", "input": "x".repeat(100_000)});
+    let (s, v) = post(&d, "/v1/runs", &acme, &big);
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["code"], "body-too-large");
+    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"capsule": "nope"}));
+    assert_eq!((s, v["error"]["field"].clone()), (404, json!("capsule")));
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"dag": {"name": "x", "capsules": {}, "nodes": [{"id": "a", "capsule": "b"}]}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("capsule"),
+        "{v}"
+    );
+    // A hostile capsule gets its typed failure; the next call is fine.
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "hostile-loop", "limits": {"timeout_ms": 100}}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["failure"]["class"], "deadline-exceeded", "{v}");
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "calculator", "input": {"expr": "6*7"}}),
+    );
+    assert_eq!((s, v["output"]["value"].clone()), (200, json!(42)));
+    // Metrics are served without a token.
+    let (s, text, _) = call(&d, reqwest::Method::GET, "/metrics", None, None);
+    assert_eq!(s, 200);
+    assert!(text.as_str().expect("text").contains("soma_"), "{text}");
+    // Graceful stop.
+    assert!(d.stop().success());
+}
+
+#[test]
+fn tenants_over_their_rate_get_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let globex = token(dir.path(), "globex", "run,read");
+    let d = Daemon::start(dir.path(), "rate_per_sec = 1.0\nburst = 3.0\n");
+    let statuses: Vec<u16> = (0..5).map(|_| get(&d, "/v1/capsules", &acme).0).collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert_eq!(statuses[4], 429);
+    let (s, v, h) = call(&d, reqwest::Method::GET, "/v1/capsules", Some(&acme), None);
+    assert_eq!(s, 429);
+    assert_eq!(v["error"]["code"], "rate-limited");
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(
+        get(&d, "/v1/capsules", &globex).0,
+        200,
+        "other tenants are unaffected"
+    );
+}
+
+/// Every recorded call of a run (from its SSE history) has exactly one
+/// wall-time charge, and nothing else is charged.
+fn check_charges(d: &Daemon, admin: &str, run: &str) {
+    let sse = client()
+        .get(format!("{}/v1/runs/{run}/events", d.url))
+        .bearer_auth(admin)
+        .send()
+        .expect("sse")
+        .text()
+        .expect("body");
+    let mut calls = BTreeSet::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let e: Value = serde_json::from_str(data).expect("event");
+        let node = e["node"].as_str().unwrap_or_default().to_owned();
+        match e["event"].as_str().unwrap_or_default() {
+            "started" | "restarted" => assert!(
+                !done.contains(&node),
+                "{run}: {node} ran again after it completed"
+            ),
+            "succeeded" | "expanded" => {
+                done.insert(node.clone());
+            }
+            "reworked" => {
+                for r in e["reset"].as_array().into_iter().flatten() {
+                    let r = r.as_str().unwrap_or_default();
+                    done.retain(|x| {
+                        x != r
+                            && !x.starts_with(&format!("{r}."))
+                            && !x.starts_with(&format!("{r}["))
+                    });
+                }
+            }
+            _ => {}
+        }
+        if let Some(call) = e.get("call")
+            && call["wall_us"].as_u64().unwrap_or(0) > 0
+        {
+            calls.insert((node, call["attempt"].as_u64().unwrap_or(0)));
+        }
+    }
+    let (_, entries) = get(d, &format!("/v1/ledger?run={run}&limit=10000"), admin);
+    let mut charged: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for e in entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["kind"] == "wall-time")
+    {
+        *charged
+            .entry((
+                e["node"].as_str().unwrap_or_default().to_owned(),
+                e["attempt"].as_u64().unwrap_or(0),
+            ))
+            .or_default() += 1;
+    }
+    assert!(
+        charged.values().all(|&n| n == 1),
+        "{run}: double charge {charged:?}"
+    );
+    assert_eq!(
+        charged.into_keys().collect::<BTreeSet<_>>(),
+        calls,
+        "{run}: ledger and history disagree"
+    );
+}
+
+#[test]
+fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let admin = token(dir.path(), "ops", "admin");
+    let d = Daemon::start(dir.path(), "dag_drivers = 2\n");
+    let spec = kamachiq_spec();
+    // The reference output, from an uninterrupted run.
+    let (_, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
+    let reference_run = v["run"].as_str().expect("run").to_owned();
+    let reference = wait_finished(&d, &acme, &reference_run, Duration::from_secs(60));
+    assert_eq!(reference["status"], "succeeded");
+    let reference = reference["output"].clone();
+    // 50 runs, then kill -9 once some have finished and others have not.
+    let runs: Vec<String> = std::thread::scope(|scope| {
+        let submitters: Vec<_> = (0..10)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..5)
+                        .map(|_| {
+                            let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
+                            assert_eq!(s, 202, "{v}");
+                            v["run"].as_str().expect("run").to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        submitters
+            .into_iter()
+            .flat_map(|h| h.join().expect("submitter"))
+            .collect()
+    });
+    assert_eq!(runs.len(), 50);
+    let start = Instant::now();
+    let unfinished_at_kill = loop {
+        let finished = runs
+            .iter()
+            .filter(|r| {
+                let (_, v) = get(&d, &format!("/v1/runs/{r}"), &acme);
+                ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or(""))
+            })
+            .count();
+        if finished >= 10 || start.elapsed() > Duration::from_secs(60) {
+            break 50 - finished;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (data, config) = d.kill9();
+    eprintln!("killed with {unfinished_at_kill} of 50 runs unfinished");
+    assert!(unfinished_at_kill > 0, "the kill should land mid-way");
+    // Restart: unfinished runs resume by themselves.
+    let d = Daemon::spawn(&data, &config);
+    for run in &runs {
+        let v = wait_finished(&d, &acme, run, Duration::from_secs(120));
+        assert_eq!(v["status"], "succeeded", "{run}: {v}");
+        assert_eq!(v["output"], reference, "{run}: output differs");
+        check_charges(&d, &admin, run);
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// generated here; plus a client certificate from a CA the daemon does not know.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, issuer: &rcgen::Issuer<'_, KeyPair>| {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, issuer)
+            .expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer);
+    let client = leaf(vec!["client.acme".into()], &issuer);
+    let other_key = KeyPair::generate().expect("key");
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = rcgen::Issuer::new(other_params, other_key);
+    let stranger = leaf(vec!["mallory".into()], &other);
+    Pki {
+        ca: ca.pem(),
+        server,
+        client,
+        stranger,
+    }
+}
+
+#[test]
+fn tls_with_client_certificates_admits_only_clients_of_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let pki = pki();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let ca = write("ca.pem", &pki.ca);
+    let cert = write("server.pem", &pki.server.0);
+    let key = write("server.key", &pki.server.1);
+    let d = Daemon::start(
+        dir.path(),
+        &format!("[daemon.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n"),
+    );
+    assert!(d.url.starts_with("https://"), "{}", d.url);
+    let root = reqwest::Certificate::from_pem(pki.ca.as_bytes()).expect("root");
+    let with = |identity: Option<&(String, String)>| {
+        let mut b = reqwest::blocking::Client::builder()
+            .tls_certs_only([root.clone()])
+            .timeout(Duration::from_secs(10));
+        if let Some((cert, key)) = identity {
+            let pem = format!("{cert}{key}");
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+        }
+        b.build().expect("client")
+    };
+    let ok = with(Some(&pki.client))
+        .get(format!("{}/v1/capsules", d.url))
+        .bearer_auth(&acme)
+        .send()
+        .expect("mTLS request");
+    assert_eq!(ok.status().as_u16(), 200);
+    // Still a token: TLS alone does not authenticate.
+    let no_token = with(Some(&pki.client))
+        .get(format!("{}/v1/capsules", d.url))
+        .send()
+        .expect("request");
+    assert_eq!(no_token.status().as_u16(), 401);
+    assert!(
+        with(None).get(format!("{}/healthz", d.url)).send().is_err(),
+        "no client certificate: refused in the handshake"
+    );
+    assert!(
+        with(Some(&pki.stranger))
+            .get(format!("{}/healthz", d.url))
+            .send()
+            .is_err(),
+        "a certificate from another CA: refused"
+    );
+    // The daemon keeps serving good clients after refusing bad ones.
+    let again = with(Some(&pki.client))
+        .get(format!("{}/healthz", d.url))
+        .send()
+        .expect("request");
+    assert_eq!(again.status().as_u16(), 200);
+}
+
+#[test]
+fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let d = Daemon::start(dir.path(), "");
+    let remote = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["--server", &d.url, "--token", &acme])
+            .args(args)
+            .env_remove("SOMA_CONFIG")
+            .output()
+            .expect("spawn")
+    };
+    let out = remote(&["run", "calculator", "--input", r#"{"expr":"1/0"}"#]);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "capsule-error exit code over the wire"
+    );
+    let out = remote(&["run", "calculator", "--input", r#"{"expr":"2*(3+4)^2"}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"value":98}"#
+    );
+    let spec = dir.path().join("kamachiq.json");
+    std::fs::write(&spec, kamachiq_spec().to_string()).expect("spec");
+    let out = remote(&["dag", "run", spec.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Live progress came over SSE: the plan, the rejected round, the approval.
+    assert!(stderr.contains("planned 8 nodes"), "{stderr}");
+    assert!(
+        stderr.contains("sent back") && stderr.contains("approved"),
+        "{stderr}"
+    );
+    let output: Value = serde_json::from_slice(&out.stdout).expect("output json");
+    assert!(output["files"].is_object(), "{output}");
+    // Without a token: a clear refusal.
+    let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args(["--server", &d.url, "dag", "status", "x"])
+        .env_remove("SOMA_TOKEN")
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SOMA_TOKEN"));
+}
