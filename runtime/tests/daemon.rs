@@ -5,7 +5,6 @@
 //! charge.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -380,61 +379,15 @@ fn check_charges(d: &Daemon, admin: &str, run: &str) {
         .expect("sse")
         .text()
         .expect("body");
-    let mut calls = BTreeSet::new();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        let e: Value = serde_json::from_str(data).expect("event");
-        let node = e["node"].as_str().unwrap_or_default().to_owned();
-        match e["event"].as_str().unwrap_or_default() {
-            "started" | "restarted" => assert!(
-                !done.contains(&node),
-                "{run}: {node} ran again after it completed"
-            ),
-            "succeeded" | "expanded" => {
-                done.insert(node.clone());
-            }
-            "reworked" => {
-                for r in e["reset"].as_array().into_iter().flatten() {
-                    let r = r.as_str().unwrap_or_default();
-                    done.retain(|x| {
-                        x != r
-                            && !x.starts_with(&format!("{r}."))
-                            && !x.starts_with(&format!("{r}["))
-                    });
-                }
-            }
-            _ => {}
-        }
-        if let Some(call) = e.get("call")
-            && call["wall_us"].as_u64().unwrap_or(0) > 0
-        {
-            calls.insert((node, call["attempt"].as_u64().unwrap_or(0)));
-        }
-    }
+    let events: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).expect("event"))
+        .collect();
+    let calls = soma_tests::dag_checks::recorded_calls(&events);
     let (_, entries) = get(d, &format!("/v1/ledger?run={run}&limit=10000"), admin);
-    let mut charged: BTreeMap<(String, u64), usize> = BTreeMap::new();
-    for e in entries
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e["kind"] == "wall-time")
-    {
-        *charged
-            .entry((
-                e["node"].as_str().unwrap_or_default().to_owned(),
-                e["attempt"].as_u64().unwrap_or(0),
-            ))
-            .or_default() += 1;
-    }
-    assert!(
-        charged.values().all(|&n| n == 1),
-        "{run}: double charge {charged:?}"
-    );
-    assert_eq!(
-        charged.into_keys().collect::<BTreeSet<_>>(),
-        calls,
-        "{run}: ledger and history disagree"
-    );
+    let charged = soma_tests::dag_checks::charged_calls(entries.as_array().expect("entries"));
+    assert_eq!(charged, calls, "{run}: ledger and history disagree");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! run's output, no completed node executed twice and no double charge.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -196,44 +195,6 @@ fn invalid_specs_are_refused_with_file_line_and_nothing_runs() {
     assert!(schema["properties"]["nodes"].is_object(), "{schema}");
 }
 
-/// (node, attempt) of every recorded call, and a check that no node
-/// started again after it succeeded unless a gate reset it in between.
-fn check_history(events: &[Value]) -> BTreeSet<(String, u64)> {
-    let mut calls = BTreeSet::new();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    for e in events {
-        let node = e["node"].as_str().unwrap_or_default().to_owned();
-        match e["event"].as_str().unwrap_or_default() {
-            "started" | "restarted" => {
-                assert!(
-                    !done.contains(&node),
-                    "{node} executed again after it completed: {e}"
-                );
-            }
-            "succeeded" | "expanded" => {
-                done.insert(node.clone());
-            }
-            "reworked" => {
-                for r in e["reset"].as_array().into_iter().flatten() {
-                    let r = r.as_str().unwrap_or_default();
-                    done.retain(|d| {
-                        d != r
-                            && !d.starts_with(&format!("{r}."))
-                            && !d.starts_with(&format!("{r}["))
-                    });
-                }
-            }
-            _ => {}
-        }
-        if let Some(call) = e.get("call")
-            && call["wall_us"].as_u64().unwrap_or(0) > 0
-        {
-            calls.insert((node, call["attempt"].as_u64().unwrap_or(0)));
-        }
-    }
-    calls
-}
-
 fn status_of(data: &Path, run: &str) -> Option<Value> {
     let out = soma(data)
         .args(["dag", "status", run, "--json"])
@@ -372,7 +333,7 @@ fn sigkill_at_random_points_then_resume_gives_the_same_outputs() {
             .lines()
             .map(|l| serde_json::from_str(l).expect("event json"))
             .collect();
-        let calls = check_history(&events);
+        let calls = soma_tests::dag_checks::recorded_calls(&events);
         // Exactly one wall-time charge per recorded call, no charge without
         // a recorded call.
         let ledger = soma(data.path())
@@ -380,19 +341,7 @@ fn sigkill_at_random_points_then_resume_gives_the_same_outputs() {
             .output()
             .expect("ledger");
         let entries: Vec<Value> = serde_json::from_slice(&ledger.stdout).expect("ledger json");
-        let mut charged: BTreeMap<(String, u64), usize> = BTreeMap::new();
-        for e in entries.iter().filter(|e| e["kind"] == "wall-time") {
-            let key = (
-                e["node"].as_str().unwrap_or_default().to_owned(),
-                e["attempt"].as_u64().unwrap_or(0),
-            );
-            *charged.entry(key).or_default() += 1;
-        }
-        assert!(
-            charged.values().all(|&n| n == 1),
-            "{run}: double charge {charged:?}"
-        );
-        let charged: BTreeSet<_> = charged.into_keys().collect();
+        let charged = soma_tests::dag_checks::charged_calls(&entries);
         assert_eq!(charged, calls, "{run}: ledger and history disagree");
     }
     eprintln!(

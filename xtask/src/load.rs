@@ -42,8 +42,6 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use crate::{cargo, root, run};
-
 /// What `cargo xtask load --help` prints.
 pub const USAGE: &str = "\
 usage: cargo xtask load [options]
@@ -266,21 +264,7 @@ impl Daemon {
     /// Build `soma` and the capsules, create a data directory, a token and a
     /// config serving `capsule`, start the daemon and wait for its address.
     fn start(data: &Path, capsule: &str) -> anyhow::Result<Self> {
-        crate::ensure_wasm_target()?;
-        run(cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "soma-runtime",
-            "--bin",
-            "soma",
-            "-p",
-            "soma-capsules",
-            "--bin",
-            "soma-capsules",
-        ]))?;
-        let bin = root().join("target/release");
+        let bin = crate::build_soma_and_capsules()?;
         let soma = bin.join("soma");
         let capsule_path = crate::capsule_path(&bin, capsule)?;
 

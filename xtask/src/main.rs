@@ -305,7 +305,8 @@ fn capsule_path(bin: &Path, name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("capsule {name} was not built"))
 }
 
-fn demo() -> anyhow::Result<()> {
+/// Build `soma` and the capsules (release); returns the binaries' directory.
+fn build_soma_and_capsules() -> anyhow::Result<PathBuf> {
     ensure_wasm_target()?;
     run(cargo().args([
         "build",
@@ -320,7 +321,11 @@ fn demo() -> anyhow::Result<()> {
         "--bin",
         "soma-capsules",
     ]))?;
-    let bin = root().join("target/release");
+    Ok(root().join("target/release"))
+}
+
+fn demo() -> anyhow::Result<()> {
+    let bin = build_soma_and_capsules()?;
     let path = |name: &str| capsule_path(&bin, name);
     let data = root().join("target/demo-data");
     let out = root().join("target/kamachiq");

@@ -601,12 +601,16 @@ async fn get_run(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        return Ok(Json(json!({
-            "run": id,
-            "kind": "dag",
-            "status": if summary.is_some() { "running" } else { "queued" },
-            "summary": summary,
-        })));
+        // A run that has just finished is answered from the journal below.
+        let status = summary.as_ref().map_or("queued", |s| s.status.as_str());
+        if matches!(status, "queued" | "running") {
+            return Ok(Json(json!({
+                "run": id,
+                "kind": "dag",
+                "status": status,
+                "summary": summary,
+            })));
+        }
     }
     let d = daemon.clone();
     let run = id.clone();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::source::{self, Position, Positions, SourceError};
-use super::template::{self, Reference, Root, Segment, TemplateError};
+use super::template::{self, Reference, Root, Segment, TemplateError, kind_of};
 
 /// A DAG spec. Parsed and validated by [`parse`] before anything runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -893,17 +893,6 @@ fn pointer_to_field(name: &str) -> String {
     let mut pointer = String::new();
     source::push_field(&mut pointer, name);
     pointer
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// `[A-Za-z0-9_-]+`: the characters templates accept in names.

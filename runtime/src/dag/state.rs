@@ -1120,7 +1120,7 @@ impl RunState {
                     format!(
                         "{}: for_each {expr} gave {}, not an array",
                         n.id,
-                        json_type(&other)
+                        template::kind_of(&other)
                     ),
                 ));
             }
@@ -1215,17 +1215,6 @@ impl RunState {
 
 fn is_empty_object(v: &Value) -> bool {
     v.as_object().is_some_and(serde_json::Map::is_empty)
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Exponential backoff before retry number `tries` (1-based), capped, with

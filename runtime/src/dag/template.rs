@@ -438,14 +438,14 @@ impl Reference {
                     return Err(format!(
                         "{self}: {} is {}, not an object",
                         container(),
-                        kind(other)
+                        kind_of(other)
                     ));
                 }
                 (Segment::Index(_), other) => {
                     return Err(format!(
                         "{self}: {} is {}, not an array",
                         container(),
-                        kind(other)
+                        kind_of(other)
                     ));
                 }
             };
@@ -466,7 +466,8 @@ fn describe_fields(members: &Map<String, Value>) -> String {
     format!("has fields: {}", names.join(", "))
 }
 
-fn kind(value: &Value) -> &'static str {
+/// "a string", "an array", … — for messages about a JSON value's type.
+pub fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
