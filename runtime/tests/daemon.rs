@@ -597,3 +597,48 @@ fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SOMA_TOKEN"));
 }
+
+#[test]
+fn admins_pull_capsules_from_a_registry_into_the_catalog() {
+    let registry = soma_tests::registry::Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = format!("{}/acme/echo:1", registry.host());
+    let push = soma(dir.path())
+        .args(["push", soma_capsules::ECHO_COMPONENT, &reference])
+        .output()
+        .expect("push");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let admin = token(dir.path(), "ops", "admin");
+    let acme = token(dir.path(), "acme", "run,read");
+    let d = Daemon::start(
+        dir.path(),
+        "[[trust.rules]]\nrepository = \"*/acme/*\"\naccept_unsigned = true\n",
+    );
+    let body = json!({"name": "echo-1", "reference": reference});
+    assert_eq!(post(&d, "/v1/capsules/pull", &acme, &body).0, 403);
+    let (s, v) = post(&d, "/v1/capsules/pull", &admin, &body);
+    assert_eq!(s, 201, "{v}");
+    assert!(v["digest"].as_str().expect("digest").starts_with("sha256:"));
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "echo-1", "input": "hi"}),
+    );
+    assert_eq!((s, v["output"].clone()), (200, json!("hi")), "{v}");
+    // An artifact the trust policy does not cover is refused; nothing is added.
+    let other = json!({"name": "x", "reference": format!("{}/globex/echo:1", registry.host())});
+    let (s, v) = post(&d, "/v1/capsules/pull", &admin, &other);
+    assert_eq!(s, 502, "{v}");
+    let (_, list) = get(&d, "/v1/capsules", &acme);
+    assert!(
+        list.as_array()
+            .expect("list")
+            .iter()
+            .all(|c| c["name"] != "x")
+    );
+}

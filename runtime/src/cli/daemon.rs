@@ -57,9 +57,11 @@ pub(crate) fn daemon(global: &Global, args: DaemonArgs) -> anyhow::Result<Code> 
     if let Some(listen) = args.listen {
         daemon_config.listen = listen;
     }
-    let filter = std::env::var("SOMA_LOG").unwrap_or_else(|_| "info".into());
+    // The daemon's own notices at info, everything else at warn: per-call
+    // spans stay out of the printed log (and cost nothing) unless SOMA_LOG
+    // asks for them; the OTLP exporter has its own filter.
     let _telemetry = soma_runtime::telemetry::init(
-        &filter,
+        "warn,soma_runtime::daemon=info",
         daemon_config.otlp_endpoint.as_deref(),
         "soma-daemon",
     )
