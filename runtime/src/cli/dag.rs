@@ -16,7 +16,7 @@ use soma_runtime::{
     dag::{
         history::{Event, RunStatus},
         journal::Journal,
-        scheduler::{self, Ended, Loaded, Observer, Settings},
+        scheduler::{self, Loaded, Observer, Settings},
         spec::{self, Spec},
         state::{Role, RunState, Status},
     },
@@ -344,10 +344,8 @@ fn invalid(e: &anyhow::Error, json: bool) -> anyhow::Result<Code> {
 fn resume(global: &Global, args: ResumeArgs) -> anyhow::Result<Code> {
     let engine = engine(global)?;
     let journal = Journal::new(engine.data().database().clone());
-    let history = journal.history(&args.run)?;
-    let state = RunState::replay(&args.run, &history)?;
     let mut capsules = BTreeMap::new();
-    for (alias, record) in &state.capsules {
+    for (alias, record) in &journal.pinned_capsules(&args.run)? {
         let loaded = load_one(
             global,
             &engine,
@@ -390,8 +388,8 @@ fn drive(
     let result = scheduler::drive(engine, run, capsules, &settings, &progress);
     drop(live);
     progress.bar.finish_and_clear();
-    let (state, ended) = result?;
-    report(engine, &state, ended, args)
+    let (state, _) = result?;
+    report(engine, &state, args)
 }
 
 /// `<data>/dag/live/<run>.pid` while a process drives the run, so that
@@ -572,34 +570,14 @@ fn is_instance(state: &RunState, id: &str) -> bool {
 }
 
 /// The end of a run: output, timeline, cost; files under --out.
-fn report(
-    engine: &Engine,
-    state: &RunState,
-    ended: Ended,
-    args: &DriveArgs,
-) -> anyhow::Result<Code> {
-    let timeline = state.timeline();
+fn report(engine: &Engine, state: &RunState, args: &DriveArgs) -> anyhow::Result<Code> {
     let cost = cost(engine, &state.run)?;
-    let (status, output, error) = match (&state.finished, ended) {
-        (Some((s, o, e, _)), _) => (s.name(), o.clone(), e.clone()),
-        (None, _) => ("interrupted", None, None),
-    };
-    let doc = json!({
-        "run": state.run,
-        "name": state.spec.name,
-        "status": status,
-        "error": error,
-        "output": output,
-        "auto_approval_rate": state.auto_approval_rate(),
-        "verdicts": state.verdicts.iter().map(|v| json!({
-            "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
-        })).collect::<Vec<_>>(),
-        "timeline": timeline,
-        "cost": cost,
-    });
+    let mut doc = state.report();
+    doc["cost"] = cost.clone();
     if let Some(dir) = &args.out {
         write_out(dir, &doc)?;
     }
+    let finished = state.finished.as_ref();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -619,30 +597,31 @@ fn report(
             cost["tokens"],
             cost["usd"].as_f64().unwrap_or(0.0)
         );
-        match (status, &output) {
-            ("succeeded", Some(o)) => {
+        match finished {
+            Some((RunStatus::Succeeded, Some(o), ..)) => {
                 println!("{}", serde_json::to_string_pretty(o)?);
                 eprintln!("run {} succeeded", state.run);
             }
-            ("interrupted", _) => eprintln!(
+            Some((status, _, error, _)) => eprintln!(
+                "run {} {}: {}",
+                state.run,
+                status.name(),
+                error.as_deref().unwrap_or("")
+            ),
+            None => eprintln!(
                 "run {} interrupted; continue it with: soma dag resume {}",
                 state.run, state.run
-            ),
-            _ => eprintln!(
-                "run {} {status}: {}",
-                state.run,
-                error.as_deref().unwrap_or("")
             ),
         }
         if let Some(dir) = &args.out {
             eprintln!("wrote {}", dir.display());
         }
     }
-    Ok(match (ended, state.finished.as_ref().map(|f| f.0)) {
-        (_, Some(RunStatus::Succeeded)) => Code::Ok,
-        (_, Some(RunStatus::Failed)) => Code::DagFailed,
-        (_, Some(RunStatus::Cancelled)) => Code::DagCancelled,
-        (_, None) => Code::DagInterrupted,
+    Ok(match finished.map(|f| f.0) {
+        Some(RunStatus::Succeeded) => Code::Ok,
+        Some(RunStatus::Failed) => Code::DagFailed,
+        Some(RunStatus::Cancelled) => Code::DagCancelled,
+        None => Code::DagInterrupted,
     })
 }
 
@@ -842,16 +821,7 @@ fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
         .as_ref()
         .map_or("interrupted", |f| f.0.name());
     if args.json {
-        let doc = json!({
-            "run": state.run,
-            "name": state.spec.name,
-            "status": status,
-            "output": state.finished.as_ref().and_then(|f| f.1.clone()),
-            "error": state.finished.as_ref().and_then(|f| f.2.clone()),
-            "auto_approval_rate": state.auto_approval_rate(),
-            "timeline": state.timeline(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&state.report())?);
     } else {
         let (all, done) = state.progress();
         println!(

@@ -620,29 +620,7 @@ async fn get_run(
     if !visible(&p, &state.tenant) {
         return Err(missing());
     }
-    Ok(Json(dag_report(&state)))
-}
-
-/// A DAG run as JSON: status, output, verdicts, timeline.
-pub fn dag_report(state: &RunState) -> Value {
-    let (status, output, error) = match &state.finished {
-        Some((s, o, e, _)) => (s.name(), o.clone(), e.clone()),
-        None => ("interrupted", None, None),
-    };
-    json!({
-        "run": state.run,
-        "kind": "dag",
-        "name": state.spec.name,
-        "tenant": state.tenant,
-        "status": status,
-        "output": output,
-        "error": error,
-        "auto_approval_rate": state.auto_approval_rate(),
-        "verdicts": state.verdicts.iter().map(|v| json!({
-            "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
-        })).collect::<Vec<_>>(),
-        "timeline": state.timeline(),
-    })
+    Ok(Json(state.report()))
 }
 
 /// `GET /v1/runs/{id}/events`: Server-Sent Events. The history so far,

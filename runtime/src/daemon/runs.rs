@@ -276,10 +276,7 @@ fn capsules_of(
     run: &str,
 ) -> Result<BTreeMap<String, Arc<crate::Capsule>>, String> {
     let journal = Journal::new(daemon.engine.data().database().clone());
-    let history = journal.history(run).map_err(|e| e.to_string())?;
-    let Some(Event::Created { capsules, .. }) = history.first() else {
-        return Err("the run has no `created` event".into());
-    };
+    let capsules = journal.pinned_capsules(run).map_err(|e| e.to_string())?;
     capsules
         .iter()
         .map(|(alias, record)| {

@@ -195,6 +195,37 @@ impl Journal {
         Ok(out)
     }
 
+    /// The capsules a run pinned when it was created (its first event
+    /// only: no replay).
+    pub fn pinned_capsules(
+        &self,
+        run: &str,
+    ) -> Result<std::collections::BTreeMap<String, super::history::CapsuleRecord>, JournalError>
+    {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(JournalError::NotFound(run.to_owned()));
+            }
+            Err(e) => return Err(storage(e)),
+        };
+        let first = table
+            .get((run, 0))
+            .map_err(storage)?
+            .ok_or_else(|| JournalError::NotFound(run.to_owned()))?;
+        let corrupt = |message: String| JournalError::Corrupt {
+            run: run.to_owned(),
+            seq: 0,
+            message,
+        };
+        match serde_json::from_slice(first.value()).map_err(|e| corrupt(e.to_string()))? {
+            Event::Created { capsules, .. } => Ok(capsules),
+            _ => Err(corrupt("the first event is not `created`".into())),
+        }
+    }
+
     /// Every run's summary, newest first.
     pub fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
         let db = self.open()?;

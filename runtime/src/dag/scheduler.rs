@@ -261,17 +261,23 @@ pub fn summary(state: &RunState) -> RunSummary {
     }
 }
 
+/// A run's state and history, refusing a run that has already ended.
+fn unfinished(journal: &Journal, run: &str) -> Result<(RunState, Vec<Event>), DagError> {
+    let history = journal.history(run)?;
+    let state = RunState::replay(run, &history)?;
+    match &state.finished {
+        Some((status, ..)) => Err(DagError::Finished {
+            run: run.to_owned(),
+            status: status.name(),
+        }),
+        None => Ok((state, history)),
+    }
+}
+
 /// Cancel a run no process is driving: record the request and the end.
 pub fn cancel_idle(engine: &Engine, run: &str) -> Result<(), DagError> {
     let journal = Journal::new(engine.data().database().clone());
-    let history = journal.history(run)?;
-    let mut state = RunState::replay(run, &history)?;
-    if let Some((status, ..)) = &state.finished {
-        return Err(DagError::Finished {
-            run: run.to_owned(),
-            status: status.name(),
-        });
-    }
+    let (mut state, history) = unfinished(&journal, run)?;
     let now = now_ms();
     let events = [
         Event::CancelRequested { time_ms: now },
@@ -326,14 +332,7 @@ pub fn drive(
     observer: &dyn Observer,
 ) -> Result<(RunState, Ended), DagError> {
     let journal = Journal::new(engine.data().database().clone());
-    let history = journal.history(run)?;
-    let mut state = RunState::replay(run, &history)?;
-    if let Some((status, ..)) = &state.finished {
-        return Err(DagError::Finished {
-            run: run.to_owned(),
-            status: status.name(),
-        });
-    }
+    let (mut state, history) = unfinished(&journal, run)?;
     for (alias, record) in &state.capsules {
         let c = capsules
             .get(alias)

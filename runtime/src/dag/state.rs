@@ -264,20 +264,10 @@ impl RunState {
         self.index.get(id).map(|&i| &self.nodes[i])
     }
 
-    /// Attempts in flight.
-    pub fn running(&self) -> usize {
-        self.running
-    }
-
     /// Whether nothing new may start (a node failed under fail-fast, or
     /// cancellation was asked for).
     pub fn is_stopping(&self) -> bool {
         self.halted || self.cancel_requested
-    }
-
-    /// Whether the run has ended.
-    pub fn is_finished(&self) -> bool {
-        self.finished.is_some()
     }
 
     /// (live nodes, final ones) for progress displays.
@@ -294,6 +284,30 @@ impl RunState {
         let firsts: Vec<_> = self.verdicts.iter().filter(|v| v.round == 1).collect();
         (!firsts.is_empty())
             .then(|| firsts.iter().filter(|v| v.approved).count() as f64 / firsts.len() as f64)
+    }
+
+    /// The run as JSON: status (`interrupted` while unfinished), output,
+    /// error, gate verdicts and their first-round approval rate, timeline.
+    /// What `soma dag status --json`, `--out`/run.json and the daemon show.
+    pub fn report(&self) -> Value {
+        let (status, output, error) = match &self.finished {
+            Some((s, o, e, _)) => (s.name(), o.clone(), e.clone()),
+            None => ("interrupted", None, None),
+        };
+        serde_json::json!({
+            "run": self.run,
+            "kind": "dag",
+            "name": self.spec.name,
+            "tenant": self.tenant,
+            "status": status,
+            "output": output,
+            "error": error,
+            "auto_approval_rate": self.auto_approval_rate(),
+            "verdicts": self.verdicts.iter().map(|v| serde_json::json!({
+                "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
+            })).collect::<Vec<_>>(),
+            "timeline": self.timeline(),
+        })
     }
 
     /// Per live node: capsule, status, attempts, round, start/end (ms since
