@@ -4,6 +4,7 @@
 //! Services (registry, Temporal, Prometheus) join this module as the issues
 //! that need them land; each starts on a free loopback port and stops on drop.
 
+pub mod daemon;
 pub mod dag_checks;
 pub mod llm_fixture;
 pub mod prometheus;

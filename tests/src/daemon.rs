@@ -1,0 +1,436 @@
+//! A real `soma daemon` process for tests that talk to it over HTTP the way
+//! a client (or an attacker) would: start it on a free loopback port over a
+//! data directory, create tokens, send requests, measure what the process
+//! holds (RSS, threads, file descriptors), and measure another tenant's
+//! latency while something hostile is going on.
+//!
+//! The `soma` binary's path is passed in (`env!("CARGO_BIN_EXE_soma")` in
+//! the runtime crate's integration tests), since only that crate's tests
+//! know it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Catalog entries every test daemon serves: name → built component.
+pub const CATALOG: &[(&str, &str)] = &[
+    ("echo", soma_capsules::ECHO_COMPONENT),
+    ("calculator", soma_capsules::CALCULATOR_COMPONENT),
+    ("notebook", soma_capsules::NOTEBOOK_COMPONENT),
+    ("hostile-loop", soma_capsules::HOSTILE_LOOP_COMPONENT),
+    ("hostile-memory", soma_capsules::HOSTILE_MEMORY_COMPONENT),
+    ("hostile-output", soma_capsules::HOSTILE_OUTPUT_COMPONENT),
+    ("flaky", soma_capsules::FLAKY_COMPONENT),
+    (
+        "kamachiq-planner",
+        soma_capsules::KAMACHIQ_PLANNER_COMPONENT,
+    ),
+    ("kamachiq-coder", soma_capsules::KAMACHIQ_CODER_COMPONENT),
+    (
+        "kamachiq-reviewer",
+        soma_capsules::KAMACHIQ_REVIEWER_COMPONENT,
+    ),
+];
+
+/// `soma --data DATA` with no ambient configuration.
+pub fn soma(bin: &Path, data: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
+    c
+}
+
+/// Create a token with `soma token create` (the daemon must not be
+/// running on `data`: it owns the database).
+pub fn token(bin: &Path, data: &Path, tenant: &str, scopes: &str) -> String {
+    let out = soma(bin, data)
+        .args([
+            "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
+        ])
+        .output()
+        .expect("spawn soma token create");
+    assert!(
+        out.status.success(),
+        "soma token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("token json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+/// A `soma.toml` listening on a free port, with `extra` (TOML, e.g. a
+/// `[limits]` table or more `[daemon]` keys placed before the catalog) and
+/// the test catalog.
+pub fn config_text(daemon_keys: &str, extra: &str) -> String {
+    let mut text = String::from("[daemon]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n");
+    text.push_str(daemon_keys);
+    text.push('\n');
+    for (name, path) in CATALOG {
+        text.push_str(&format!(
+            "[[daemon.capsules]]\nname = \"{name}\"\npath = \"{path}\"\n"
+        ));
+    }
+    text.push_str(extra);
+    text.push('\n');
+    text
+}
+
+/// A daemon process over a data directory; killed on drop.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT` (or https).
+    pub url: String,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    bin: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Write `config_text(daemon_keys, extra)` into `data/soma.toml` and
+    /// start a daemon on it.
+    pub fn start(bin: &Path, data: &Path, daemon_keys: &str, extra: &str) -> Self {
+        let config = data.join("soma.toml");
+        std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
+        Self::spawn(bin, data, &config)
+    }
+
+    /// Start a daemon with an existing config file; waits until it listens.
+    pub fn spawn(bin: &Path, data: &Path, config: &Path) -> Self {
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .arg("daemon")
+            .env("SOMA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
+                    let _ = tx.send(url.to_owned());
+                    sent = true;
+                } else {
+                    eprintln!("daemon: {line}");
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the daemon did not start listening");
+        Self {
+            child,
+            url,
+            data: data.to_owned(),
+            config: config.to_owned(),
+            bin: bin.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `host:port` of the listener.
+    pub fn addr(&self) -> String {
+        self.url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, a)| a)
+            .to_owned()
+    }
+
+    /// The `soma` binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// What the process holds right now, from `/proc`.
+    pub fn usage(&self) -> ProcessUsage {
+        ProcessUsage::of(self.pid())
+    }
+
+    /// SIGKILL; returns (data, config) for a restart.
+    pub fn kill9(mut self) -> (PathBuf, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.data.clone(), self.config.clone())
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A request; `(status, JSON body or the text as a string, headers)`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        request(&client(), &self.url, method, path, token, body)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let (s, v, _) = self.request(
+            reqwest::Method::POST,
+            path,
+            Some(token),
+            Some(body.to_string()),
+        );
+        (s, v)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let (s, v, _) = self.request(reqwest::Method::GET, path, Some(token), None);
+        (s, v)
+    }
+
+    /// Poll `GET /v1/runs/{run}` until it has finished (or panic after
+    /// `deadline`).
+    pub fn wait_finished(&self, token: &str, run: &str, deadline: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (s, v) = self.get(&format!("/v1/runs/{run}"), token);
+            assert_eq!(s, 200, "{v}");
+            if ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or(""))
+            {
+                return v;
+            }
+            assert!(start.elapsed() < deadline, "run {run} did not finish: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking client with a 30 s timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// One request with `client`.
+pub fn request(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value, headers)
+}
+
+/// What a process holds, read from `/proc/PID/status` and `/proc/PID/fd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// Resident set, KiB.
+    pub rss_kib: u64,
+    /// Peak resident set, KiB.
+    pub hwm_kib: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+}
+
+impl ProcessUsage {
+    /// Read `pid`'s usage (zeros if the process is gone).
+    pub fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+        Self {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+            fds,
+        }
+    }
+}
+
+/// Another tenant's ordinary traffic, timed: echo calls in a loop on their
+/// own connection until stopped.
+#[derive(Debug)]
+pub struct Bystander {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Latencies>>,
+}
+
+/// Latencies of a bystander's calls and how many failed.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    /// Successful calls, each one's round trip.
+    pub ok: Vec<Duration>,
+    /// Failed calls: (status, body).
+    pub failed: Vec<(u16, String)>,
+}
+
+impl Latencies {
+    /// The `q` quantile (0..=1) of the successful calls.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.ok.clone();
+        v.sort();
+        if v.is_empty() {
+            return Duration::MAX;
+        }
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        v[i.min(v.len() - 1)]
+    }
+
+    /// The median.
+    pub fn median(&self) -> Duration {
+        self.quantile(0.5)
+    }
+}
+
+/// `n` echo calls by `token`, timed, one after another.
+pub fn time_calls(url: &str, token: &str, n: usize) -> Latencies {
+    let client = client();
+    let mut out = Latencies::default();
+    for k in 0..n {
+        one_call(&client, url, token, k, &mut out);
+    }
+    out
+}
+
+fn one_call(client: &reqwest::blocking::Client, url: &str, token: &str, k: usize, out: &mut Latencies) {
+    let body = serde_json::json!({"capsule": "echo", "input": {"k": k}}).to_string();
+    let start = Instant::now();
+    let result = client
+        .post(format!("{url}/v1/runs"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    match result {
+        Ok(r) if r.status().is_success() => {
+            let _ = r.bytes();
+            out.ok.push(start.elapsed());
+        }
+        Ok(r) => {
+            let status = r.status().as_u16();
+            out.failed.push((status, r.text().unwrap_or_default()));
+        }
+        Err(e) => out.failed.push((0, e.to_string())),
+    }
+}
+
+impl Bystander {
+    /// Start calling echo as `token` every `pause` until [`Bystander::finish`].
+    pub fn start(url: &str, token: &str, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (url, token, flag) = (url.to_owned(), token.to_owned(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let client = client();
+            let mut out = Latencies::default();
+            let mut k = 0;
+            while !flag.load(Ordering::SeqCst) {
+                one_call(&client, &url, &token, k, &mut out);
+                k += 1;
+                std::thread::sleep(pause);
+            }
+            out
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop and return what was measured.
+    pub fn finish(mut self) -> Latencies {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Assert that a bystander measured during an attack kept working: no
+/// failures, and its median within `factor` × the idle median (with a
+/// 2 ms floor on the idle figure: sub-millisecond medians make ratios
+/// meaningless on a loaded 2-core machine).
+pub fn assert_unharmed(idle: &Latencies, during: &Latencies, factor: f64) {
+    assert!(
+        during.failed.is_empty(),
+        "the other tenant's calls failed during the attack: {:?}",
+        &during.failed[..during.failed.len().min(5)]
+    );
+    assert!(
+        !during.ok.is_empty(),
+        "the other tenant made no call during the attack"
+    );
+    let base = idle.median().max(Duration::from_millis(2));
+    let seen = during.median();
+    assert!(
+        seen.as_secs_f64() <= base.as_secs_f64() * factor,
+        "the other tenant's median latency went from {:?} (idle) to {:?} during the attack (> {factor}×)",
+        idle.median(),
+        seen
+    );
+}
