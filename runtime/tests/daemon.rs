@@ -5,139 +5,30 @@
 //! charge.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
+use soma_tests::daemon::{self as harness, DaemonProcess as Daemon, client};
 
-/// A daemon process over a data directory; killed on drop.
-struct Daemon {
-    child: Child,
-    url: String,
-    data: PathBuf,
-    config: PathBuf,
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_soma"))
 }
 
 fn soma(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_soma"));
-    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
-    c
+    harness::soma(bin(), data)
 }
 
 /// Create a token (the daemon must not be running on `data`).
 fn token(data: &Path, tenant: &str, scopes: &str) -> String {
-    let out = soma(data)
-        .args([
-            "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
-        ])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["token"].as_str().expect("token").to_owned()
+    harness::token(bin(), data, tenant, scopes)
 }
 
-fn config_text(extra: &str) -> String {
-    let mut text = String::from("[daemon]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n");
-    text.push_str(extra);
-    for (name, path) in [
-        ("echo", soma_capsules::ECHO_COMPONENT),
-        ("calculator", soma_capsules::CALCULATOR_COMPONENT),
-        ("hostile-loop", soma_capsules::HOSTILE_LOOP_COMPONENT),
-        (
-            "kamachiq-planner",
-            soma_capsules::KAMACHIQ_PLANNER_COMPONENT,
-        ),
-        ("kamachiq-coder", soma_capsules::KAMACHIQ_CODER_COMPONENT),
-        (
-            "kamachiq-reviewer",
-            soma_capsules::KAMACHIQ_REVIEWER_COMPONENT,
-        ),
-    ] {
-        text.push_str(&format!(
-            "[[daemon.capsules]]\nname = \"{name}\"\npath = \"{path}\"\n"
-        ));
-    }
-    text
-}
-
-impl Daemon {
-    fn start(data: &Path, config_extra: &str) -> Self {
-        let config = data.join("soma.toml");
-        std::fs::write(&config, config_text(config_extra)).expect("config");
-        Self::spawn(data, &config)
-    }
-
-    fn spawn(data: &Path, config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_soma"))
-            .arg("--config")
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .arg("daemon")
-            .env("SOMA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
-                    let _ = tx.send(url.to_owned());
-                    sent = true;
-                } else if !sent {
-                    eprintln!("daemon: {line}");
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the daemon did not start listening");
-        Self {
-            child,
-            url,
-            data: data.to_owned(),
-            config: config.to_owned(),
-        }
-    }
-
-    fn kill9(mut self) -> (PathBuf, PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.data.clone(), self.config.clone())
-    }
-
-    /// SIGTERM and wait: a graceful stop.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: sending SIGTERM to our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
+/// A daemon over `data` with `extra` keys in its `[daemon]` table.
+fn start(data: &Path, extra: &str) -> Daemon {
+    Daemon::start(bin(), data, extra, "")
 }
 
 fn call(
@@ -147,35 +38,19 @@ fn call(
     token: Option<&str>,
     body: Option<String>,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut req = client().request(method, format!("{}{path}", d.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b);
-    }
-    let resp = req.send().expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value, headers)
+    d.request(method, path, token, body)
 }
 
 fn post(d: &Daemon, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let (s, v, _) = call(
-        d,
-        reqwest::Method::POST,
-        path,
-        Some(token),
-        Some(body.to_string()),
-    );
-    (s, v)
+    d.post(path, token, body)
 }
 
 fn get(d: &Daemon, path: &str, token: &str) -> (u16, Value) {
-    let (s, v, _) = call(d, reqwest::Method::GET, path, Some(token), None);
-    (s, v)
+    d.get(path, token)
+}
+
+fn wait_finished(d: &Daemon, token: &str, run: &str, deadline: Duration) -> Value {
+    d.wait_finished(token, run, deadline)
 }
 
 /// The KAMACHIQ spec with the daemon's catalog names as its capsules.
@@ -193,26 +68,13 @@ fn kamachiq_spec() -> Value {
     v
 }
 
-fn wait_finished(d: &Daemon, token: &str, run: &str, deadline: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let (s, v) = get(d, &format!("/v1/runs/{run}"), token);
-        assert_eq!(s, 200, "{v}");
-        if ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")) {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "run {run} did not finish: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
     let globex = token(dir.path(), "globex", "run,read");
     let reader = token(dir.path(), "acme", "read");
-    let d = Daemon::start(dir.path(), "");
+    let d = start(dir.path(), "");
     // Open endpoints.
     let (s, _, _) = call(&d, reqwest::Method::GET, "/healthz", None, None);
     assert_eq!(s, 200);
@@ -354,7 +216,7 @@ fn tenants_over_their_rate_get_429_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
     let globex = token(dir.path(), "globex", "run,read");
-    let d = Daemon::start(dir.path(), "rate_per_sec = 1.0\nburst = 3.0\n");
+    let d = start(dir.path(), "rate_per_sec = 1.0\nburst = 3.0\n");
     let statuses: Vec<u16> = (0..5).map(|_| get(&d, "/v1/capsules", &acme).0).collect();
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     assert_eq!(statuses[4], 429);
@@ -395,7 +257,7 @@ fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() 
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
     let admin = token(dir.path(), "ops", "admin");
-    let d = Daemon::start(dir.path(), "dag_drivers = 2\n");
+    let d = start(dir.path(), "dag_drivers = 2\n");
     let spec = kamachiq_spec();
     // The reference output, from an uninterrupted run.
     let (_, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
@@ -442,7 +304,7 @@ fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() 
     eprintln!("killed with {unfinished_at_kill} of 50 runs unfinished");
     assert!(unfinished_at_kill > 0, "the kill should land mid-way");
     // Restart: unfinished runs resume by themselves.
-    let d = Daemon::spawn(&data, &config);
+    let d = Daemon::spawn(bin(), &data, &config);
     for run in &runs {
         let v = wait_finished(&d, &acme, run, Duration::from_secs(120));
         assert_eq!(v["status"], "succeeded", "{run}: {v}");
@@ -503,7 +365,7 @@ fn tls_with_client_certificates_admits_only_clients_of_the_ca() {
     let ca = write("ca.pem", &pki.ca);
     let cert = write("server.pem", &pki.server.0);
     let key = write("server.key", &pki.server.1);
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         &format!("[daemon.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n"),
     );
@@ -554,7 +416,7 @@ fn tls_with_client_certificates_admits_only_clients_of_the_ca() {
 fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
-    let d = Daemon::start(dir.path(), "");
+    let d = start(dir.path(), "");
     let remote = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_soma"))
             .args(["--server", &d.url, "--token", &acme])
@@ -614,7 +476,7 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
     );
     let admin = token(dir.path(), "ops", "admin");
     let acme = token(dir.path(), "acme", "run,read");
-    let d = Daemon::start(
+    let d = start(
         dir.path(),
         "[[trust.rules]]\nrepository = \"*/acme/*\"\naccept_unsigned = true\n",
     );
