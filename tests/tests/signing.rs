@@ -418,8 +418,6 @@ struct SigLayer {
     payload: Vec<u8>,
     /// The annotation (None: left out).
     signature: Option<String>,
-    /// Upload the payload blob (false: the descriptor points at nothing).
-    upload: bool,
     /// Declared size (None: the payload's).
     size: Option<u64>,
 }
@@ -429,7 +427,6 @@ impl SigLayer {
         Self {
             signature: Some(key.sign(&payload)),
             payload,
-            upload: true,
             size: None,
         }
     }
@@ -445,11 +442,7 @@ fn put_signature_manifest(registry: &Registry, repo: &str, digest: &Digest, laye
     let layers: Vec<serde_json::Value> = layers
         .iter()
         .map(|l| {
-            let digest = if l.upload {
-                registry.put_blob(repo, &l.payload)
-            } else {
-                Digest::of(&l.payload).to_string()
-            };
+            let digest = registry.put_blob(repo, &l.payload);
             let mut layer = serde_json::json!({
                 "mediaType": oci::SIGNATURE_LAYER_MEDIA_TYPE,
                 "size": l.size.unwrap_or(l.payload.len() as u64),
@@ -493,25 +486,23 @@ fn bad_layers(
         SigLayer::signed(stranger, good.clone()),
         // The trusted key's signature over another digest.
         SigLayer::signed(key, Payload::new(&name, &other).to_bytes()),
-        // A 1 MiB "payload" (never downloaded: over the layer cap).
+        // A layer whose descriptor claims 1 MiB (never downloaded: over the
+        // layer cap).
         SigLayer {
             payload: vec![b'x'; 16],
             signature: Some(key.sign(&good)),
-            upload: false,
             size: Some(1024 * 1024),
         },
         // No signature annotation.
         SigLayer {
             payload: good.clone(),
             signature: None,
-            upload: true,
             size: None,
         },
         // A signature that is not base64.
         SigLayer {
             payload: good,
             signature: Some("%%%".into()),
-            upload: true,
             size: None,
         },
     ]
