@@ -124,10 +124,10 @@ fn a_400_mib_manifest_is_refused_and_the_daemon_stays_small() {
         "",
         "[[trust.rules]]\nrepository = \"**\"\naccept_unsigned = true\n",
     );
-    let idle = time_calls(&d.url, &other, 30);
+    let idle = time_calls(&d.url, &other, 60);
     let before = d.usage();
     let bystander = Bystander::start(&d.url, &other, Duration::from_millis(5));
-    for server in [&announced, &streamed].iter().cycle().take(6) {
+    for server in [&announced, &streamed].iter().cycle().take(12) {
         let body = json!({"name": "huge", "reference": format!("{}/acme/huge:1", server.host())});
         let start = Instant::now();
         let (s, v) = d.post("/v1/capsules/pull", &admin, &body);
