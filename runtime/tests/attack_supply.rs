@@ -22,6 +22,15 @@ use soma_tests::{
     registry::{HugeManifestServer, Registry},
 };
 
+/// The tests of this file run one at a time: the latency one measures a
+/// bystander, and the other's registry and daemon would compete for the
+/// same (small) CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_soma"))
 }
@@ -30,6 +39,7 @@ fn bin() -> &'static std::path::Path {
 /// shape of policy the attack of issue 12 walked around.
 #[test]
 fn respelled_registries_do_not_reach_a_weaker_rule() {
+    let _serial = serial();
     let registry = Registry::start();
     let port = registry.host().rsplit_once(':').expect("port").1.to_owned();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -111,6 +121,7 @@ fn respelled_registries_do_not_reach_a_weaker_rule() {
 /// tenant's echo calls keep their latency.
 #[test]
 fn a_400_mib_manifest_is_refused_and_the_daemon_stays_small() {
+    let _serial = serial();
     const CLAIMED: u64 = 400 * 1024 * 1024;
     let announced = HugeManifestServer::start(CLAIMED, true);
     let streamed = HugeManifestServer::start(CLAIMED, false);
