@@ -268,6 +268,11 @@ pub struct PullConfig {
     /// Most signature layers examined per artifact (the first ones in the
     /// signature manifest; the rest are not downloaded). Default 16.
     pub max_signature_layers: usize,
+    /// Longest one registry read (a manifest, signature or layer download,
+    /// headers to last byte) may take, in milliseconds, so a registry that
+    /// dribbles bytes cannot hold a pull for hours; a read that runs out is
+    /// retried like a connection error. Default 300,000 (5 minutes).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for PullConfig {
@@ -277,6 +282,7 @@ impl Default for PullConfig {
             max_signature_manifest_bytes: 512 * 1024,
             max_signature_layer_bytes: 64 * 1024,
             max_signature_layers: 16,
+            request_timeout_ms: 300_000,
         }
     }
 }
@@ -424,7 +430,7 @@ pub fn push(
     let manifest_bytes = serde_json::to_vec(&oci_manifest).map_err(|e| protocol(reference, &e))?;
     let manifest_digest = Digest::of(&manifest_bytes);
 
-    let session = Session::new(reference, auth, &options.transport)?;
+    let session = Session::new(reference, auth, &options.transport, &PullConfig::default())?;
     let target = session.target.clone();
     session.push_blob(reference, &target, bytes)?;
     session.push_blob(reference, &target, &config)?;
@@ -467,7 +473,7 @@ pub fn pull(
     {
         return Ok(hit);
     }
-    let session = Session::new(reference, auth, &options.transport)?;
+    let session = Session::new(reference, auth, &options.transport, &options.limits)?;
     let body = session
         .fetch_manifest(
             reference,
@@ -586,8 +592,8 @@ pub fn sign(
     key: &KeyPair,
     transport: &Transport,
 ) -> Result<Digest, OciError> {
-    let session = Session::new(reference, auth, transport)?;
     let limits = PullConfig::default();
+    let session = Session::new(reference, auth, transport, &limits)?;
     let digest = session.resolve(reference, &limits)?;
     let payload = Payload::new(&reference.repository_path(), &digest).to_bytes();
     let signature = key.sign(&payload);
@@ -652,7 +658,7 @@ pub fn verify_remote(
     transport: &Transport,
 ) -> Result<(Digest, Admission), OciError> {
     let limits = PullConfig::default();
-    let session = Session::new(reference, auth, transport)?;
+    let session = Session::new(reference, auth, transport, &limits)?;
     let digest = session.resolve(reference, &limits)?;
     let requirement = policy.requirement(&reference.repository_path());
     let admission = session.admit(reference, &digest, &requirement, &limits)?;
@@ -742,11 +748,18 @@ struct Session {
     registry: String,
     /// The `Authorization` header for reads, once negotiated.
     authorization: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// `pull.request_timeout_ms`, for the message when a read runs out.
+    request_timeout_ms: u64,
     rt: tokio::runtime::Runtime,
 }
 
 impl Session {
-    fn new(reference: &Reference, auth: &Auth, transport: &Transport) -> Result<Self, OciError> {
+    fn new(
+        reference: &Reference,
+        auth: &Auth,
+        transport: &Transport,
+        limits: &PullConfig,
+    ) -> Result<Self, OciError> {
         let plain = transport.insecure || reference.is_loopback();
         let protocol = if plain {
             ClientProtocol::Http
@@ -780,6 +793,7 @@ impl Session {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
             .tls_certs_merge(roots)
             .build()
             .map_err(|e| OciError::Unreachable {
@@ -802,6 +816,7 @@ impl Session {
             scheme: if plain { "http" } else { "https" },
             registry: reference.registry().to_owned(),
             authorization: std::sync::OnceLock::new(),
+            request_timeout_ms: limits.request_timeout_ms,
             rt,
         })
     }
@@ -942,6 +957,15 @@ impl Session {
             request = request.header(http::header::AUTHORIZATION, header);
         }
         let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                return OciError::Unreachable {
+                    registry: self.registry.clone(),
+                    cause: format!(
+                        "no complete answer to {url} within {} ms (pull.request_timeout_ms)",
+                        self.request_timeout_ms
+                    ),
+                };
+            }
             map_error(
                 OciDistributionError::RequestError(e),
                 &self.registry,

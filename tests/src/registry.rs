@@ -299,6 +299,16 @@ pub struct HugeManifestServer {
 impl HugeManifestServer {
     /// Start serving `total`-byte manifests.
     pub fn start(total: u64, declare_length: bool) -> Self {
+        Self::spawn(total, declare_length, false)
+    }
+
+    /// A server that announces a 1 KiB manifest, sends its first bytes and
+    /// then holds the connection open without sending more (until dropped).
+    pub fn stalling() -> Self {
+        Self::spawn(1024, true, true)
+    }
+
+    fn spawn(total: u64, declare_length: bool, stall: bool) -> Self {
         use std::sync::{
             Arc,
             atomic::{AtomicBool, AtomicU64, Ordering},
@@ -314,9 +324,10 @@ impl HugeManifestServer {
             while !flag.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (s, r) = (s.clone(), r.clone());
+                        let (s, r, f) = (s.clone(), r.clone(), flag.clone());
                         std::thread::spawn(move || {
-                            serve_huge(stream, total, declare_length, &s, &r);
+                            let stop = if stall { Some(&*f) } else { None };
+                            serve_huge(stream, total, declare_length, stop, &s, &r);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -357,6 +368,7 @@ fn serve_huge(
     mut stream: TcpStream,
     total: u64,
     declare_length: bool,
+    stall_until: Option<&std::sync::atomic::AtomicBool>,
     sent: &std::sync::atomic::AtomicU64,
     requests: &std::sync::atomic::AtomicU64,
 ) {
@@ -404,6 +416,14 @@ fn serve_huge(
     }
     written += opening.len() as u64;
     sent.fetch_add(opening.len() as u64, Ordering::SeqCst);
+    if let Some(stop) = stall_until {
+        // The stalling server: the opening is all it sends; the connection
+        // stays open (and silent) until the server is dropped.
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return;
+    }
     while written < total {
         let n = usize::try_from((total - written).min(chunk.len() as u64)).unwrap_or(chunk.len());
         if stream.write_all(&chunk[..n]).is_err() {

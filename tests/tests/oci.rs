@@ -614,3 +614,26 @@ fn a_400_mib_manifest_is_refused_fast_and_memory_stays_bounded() {
         assert!(cached_files(&data).is_empty());
     }
 }
+
+/// A registry that answers the manifest request and then goes silent
+/// (a slowloris registry): the read is cut off at `pull.request_timeout_ms`,
+/// and the error names that key, instead of holding the pull for the
+/// 60 s between-bytes timeout per attempt.
+#[test]
+fn a_registry_that_stalls_is_cut_off_at_the_request_timeout() {
+    let server = soma_tests::registry::HugeManifestServer::stalling();
+    let (_d, data) = data_dir();
+    let r = reference(&format!("{}/acme/slow:1", server.host()));
+    let mut options = unsigned();
+    assert_eq!(options.limits.request_timeout_ms, 300_000);
+    options.limits.request_timeout_ms = 300;
+    let start = std::time::Instant::now();
+    let err = oci::pull(&data, &r, &Auth::Anonymous, &options).expect_err("stalled");
+    let took = start.elapsed();
+    assert!(matches!(err, OciError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("pull.request_timeout_ms"), "{err}");
+    // Three attempts of 300 ms plus 100 + 400 ms of backoff.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(server.manifest_requests() >= 1);
+    assert!(cached_files(&data).is_empty());
+}
