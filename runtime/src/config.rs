@@ -216,6 +216,8 @@ impl Config {
                 "engine.pool_instances must be positive".into(),
             ));
         }
+        self.trust.check().map_err(ConfigError::Invalid)?;
+        self.pull.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -287,6 +287,34 @@ impl Default for PullConfig {
     }
 }
 
+impl PullConfig {
+    /// Check the caps can admit anything: every cap and the timeout must be
+    /// positive (`soma config check`). The message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("pull.max_manifest_bytes", self.max_manifest_bytes),
+            (
+                "pull.max_signature_manifest_bytes",
+                self.max_signature_manifest_bytes,
+            ),
+            (
+                "pull.max_signature_layer_bytes",
+                self.max_signature_layer_bytes,
+            ),
+            (
+                "pull.max_signature_layers",
+                self.max_signature_layers as u64,
+            ),
+            ("pull.request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The cap applied to one registry response: how many bytes, and which
 /// config key sets it (for the error).
 #[derive(Debug, Clone, Copy)]

@@ -127,6 +127,25 @@ struct Rule {
     signed_identity: SignedIdentity,
 }
 
+impl TrustConfig {
+    /// Check every rule's glob has a canonical form and its keys/unsigned
+    /// choice is coherent, without reading key files (`soma config check`).
+    /// The message names the rule.
+    pub fn check(&self) -> Result<(), String> {
+        for rule in &self.rules {
+            canonical_globs(&rule.repository)
+                .map_err(|why| format!("trust.rules repository {:?}: {why}", rule.repository))?;
+            if rule.accept_unsigned == !rule.keys.is_empty() {
+                return Err(format!(
+                    "trust.rules repository {:?}: give either keys or accept_unsigned = true",
+                    rule.repository
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TrustPolicy {
     /// Load the keys of every rule and check the rules make sense.
     pub fn from_config(config: &TrustConfig) -> Result<Self, VerifyError> {
@@ -399,6 +418,40 @@ mod tests {
             .requirement("localhost:5000/a"),
             Requirement::Signed { identity: None, .. }
         ));
+    }
+
+    #[test]
+    fn config_check_names_the_bad_rule() {
+        let rule = |repository: &str, keys: Vec<PathBuf>, accept_unsigned| TrustConfig {
+            rules: vec![TrustRule {
+                repository: repository.into(),
+                keys,
+                require: Require::AnyOf,
+                accept_unsigned,
+                signed_identity: None,
+            }],
+            ..TrustConfig::default()
+        };
+        assert!(rule("LOCALHOST:*/**", vec![], true).check().is_ok());
+        assert!(rule("reg/**", vec!["k.pub".into()], false).check().is_ok());
+        for (bad, why) in [
+            (rule("reg:abc/**", vec![], true), "not a port number"),
+            (rule("reg", vec![], true), "names no repository"),
+            (
+                rule("reg/**", vec![], false),
+                "either keys or accept_unsigned",
+            ),
+            (
+                rule("reg/**", vec!["k.pub".into()], true),
+                "either keys or accept_unsigned",
+            ),
+        ] {
+            let err = bad.check().expect_err(why);
+            assert!(
+                err.contains(why) && err.contains("trust.rules repository"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
