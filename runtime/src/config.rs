@@ -39,6 +39,8 @@ pub struct Config {
     pub wasi: host_api::wasi::Config,
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
+    /// How much a registry may make a pull read (`[pull]`).
+    pub pull: crate::oci::PullConfig,
     /// What every call is charged (`[ledger]`).
     pub ledger: crate::meter::LedgerConfig,
     /// `soma daemon` (`[daemon]`).
@@ -214,6 +216,8 @@ impl Config {
                 "engine.pool_instances must be positive".into(),
             ));
         }
+        self.trust.check().map_err(ConfigError::Invalid)?;
+        self.pull.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -11,6 +11,14 @@
 //! `<data>/blobs/sha256/<hex>`, indexed in the node database (tables
 //! `blobs` and `blob_manifests`). Registry calls are retried with
 //! exponential backoff on 5xx and connection errors only.
+//!
+//! Everything a registry sends is read through a cap ([`PullConfig`],
+//! `[pull]` in `soma.toml`): the manifest (before it is parsed and before the
+//! trust decision), each signature manifest and signature layer, the number
+//! of signature layers examined, the component layer
+//! (`validate.max_component_bytes`) and error bodies. A declared
+//! `Content-Length` over the cap is refused without reading the body; a body
+//! that runs past the cap is cut off there.
 
 mod auth;
 mod cache;
@@ -24,10 +32,9 @@ use std::{
 };
 
 use oci_client::{
-    Client,
+    Client, RegistryOperation,
     client::{ClientConfig, ClientProtocol},
     errors::{OciDistributionError, OciErrorCode},
-    manifest::OciDescriptor,
     secrets::RegistryAuth,
 };
 use serde::Deserialize;
@@ -137,6 +144,24 @@ pub enum OciError {
         /// What a capsule artifact has.
         expected: String,
     },
+    /// A manifest, signature manifest or signature layer is larger than its
+    /// `[pull]` cap: refused before it was parsed (the body was not read past
+    /// the cap) and before any trust decision.
+    #[error(
+        "the {what} of {reference} is larger than the limit of {limit} bytes ({found}); refused before parsing it or deciding trust (raise {key} to accept it)"
+    )]
+    OverLimit {
+        /// What was being read (`manifest`, `signature manifest`, …).
+        what: &'static str,
+        /// The reference.
+        reference: String,
+        /// What the registry declared or sent.
+        found: String,
+        /// The cap, in bytes.
+        limit: u64,
+        /// The config key that sets the cap.
+        key: &'static str,
+    },
     /// The layer is larger than the configured cap; nothing was downloaded.
     #[error(
         "the component layer is {size} bytes, over the limit of {limit} bytes (raise validate.max_component_bytes to accept it)"
@@ -222,12 +247,94 @@ impl Transport {
     }
 }
 
+/// How much a registry may make a pull read (`[pull]` in `soma.toml`).
+///
+/// Each cap bounds memory held for one registry response; a response over
+/// its cap is refused with [`OciError::OverLimit`] naming the key. A spec or
+/// request cannot raise them; `PullOptions` can only be built from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullConfig {
+    /// Largest image manifest read, in bytes, before it is parsed and before
+    /// the trust decision. A capsule manifest is under 2 KiB. Default 4 MiB.
+    pub max_manifest_bytes: u64,
+    /// Largest signature manifest (`sha256-<hex>.sig`) read, in bytes.
+    /// Default 512 KiB (16 cosign layers with certificates and bundles fit).
+    pub max_signature_manifest_bytes: u64,
+    /// Largest signature layer (simple-signing payload) downloaded, in bytes;
+    /// a larger layer is passed over (listed in the refusal if nothing
+    /// verifies). A payload is a few hundred bytes. Default 64 KiB.
+    pub max_signature_layer_bytes: u64,
+    /// Most signature layers examined per artifact (the first ones in the
+    /// signature manifest; the rest are not downloaded). Default 16.
+    pub max_signature_layers: usize,
+    /// Longest one registry read (a manifest, signature or layer download,
+    /// headers to last byte) may take, in milliseconds, so a registry that
+    /// dribbles bytes cannot hold a pull for hours; a read that runs out is
+    /// retried like a connection error. Default 300,000 (5 minutes).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        Self {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_signature_manifest_bytes: 512 * 1024,
+            max_signature_layer_bytes: 64 * 1024,
+            max_signature_layers: 16,
+            request_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl PullConfig {
+    /// Check the caps can admit anything: every cap and the timeout must be
+    /// positive (`soma config check`). The message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("pull.max_manifest_bytes", self.max_manifest_bytes),
+            (
+                "pull.max_signature_manifest_bytes",
+                self.max_signature_manifest_bytes,
+            ),
+            (
+                "pull.max_signature_layer_bytes",
+                self.max_signature_layer_bytes,
+            ),
+            (
+                "pull.max_signature_layers",
+                self.max_signature_layers as u64,
+            ),
+            ("pull.request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cap applied to one registry response: how many bytes, and which
+/// config key sets it (for the error).
+#[derive(Debug, Clone, Copy)]
+struct Cap {
+    limit: u64,
+    key: &'static str,
+    what: &'static str,
+}
+
+/// Error bodies (4xx/5xx) are read up to this many bytes for the message.
+const MAX_ERROR_BODY_BYTES: u64 = 16 * 1024;
+
 /// How a pull is bounded and transported.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     /// Largest layer accepted, in bytes (checked before downloading).
     /// Default: `validate.max_component_bytes` (64 MiB).
     pub max_layer_bytes: u64,
+    /// Caps on manifests and signatures (`[pull]`).
+    pub limits: PullConfig,
     /// How to reach the registry.
     pub transport: Transport,
     /// Which signatures the artifact needs. Default: a signature by a
@@ -247,6 +354,7 @@ impl PullOptions {
     pub fn from_config(config: &Config) -> Self {
         Self {
             max_layer_bytes: u64::try_from(config.validate.max_component_bytes).unwrap_or(u64::MAX),
+            limits: config.pull,
             transport: Transport::default(),
             trust: TrustPolicy::default(),
         }
@@ -350,7 +458,7 @@ pub fn push(
     let manifest_bytes = serde_json::to_vec(&oci_manifest).map_err(|e| protocol(reference, &e))?;
     let manifest_digest = Digest::of(&manifest_bytes);
 
-    let session = Session::new(reference, auth, &options.transport)?;
+    let session = Session::new(reference, auth, &options.transport, &PullConfig::default())?;
     let target = session.target.clone();
     session.push_blob(reference, &target, bytes)?;
     session.push_blob(reference, &target, &config)?;
@@ -364,8 +472,12 @@ pub fn push(
 /// A reference with `@sha256:…` already in the cache is served without
 /// touching the network. Otherwise the manifest is fetched once and
 /// verified; a layer already cached (file present with the right size) is
-/// not downloaded again. Cost: one manifest request, plus one download of
-/// at most `options.max_layer_bytes` held in memory while it is hashed.
+/// not downloaded again. The trust rule is chosen by the reference's
+/// canonical name ([`Reference::canonical_repository`]). Cost: one manifest
+/// request (at most `options.limits.max_manifest_bytes` read), the signature
+/// manifest and up to `max_signature_layers` small payloads when a signature
+/// is required, plus one download of at most `options.max_layer_bytes` held
+/// in memory while it is hashed.
 pub fn pull(
     data: &DataDir,
     reference: &Reference,
@@ -373,20 +485,33 @@ pub fn pull(
     options: &PullOptions,
 ) -> Result<Pulled, OciError> {
     let requirement = options.trust.requirement(&reference.repository_path());
+    // The cache records which keys admitted a digest, not for which
+    // repository: a `match-repository` rule re-checks the signatures.
+    let identity_checked = matches!(
+        requirement,
+        Requirement::Signed {
+            identity: Some(_),
+            ..
+        }
+    );
     if let Some(digest) = reference.digest()
+        && !identity_checked
         && let Some(hit) = cache::lookup_manifest(data, &digest)?
         && satisfies(&requirement, &hit.admission)
     {
         return Ok(hit);
     }
-    let session = Session::new(reference, auth, &options.transport)?;
-    let (body, _) = session.retry(reference, || {
-        session.client.pull_manifest_raw(
+    let session = Session::new(reference, auth, &options.transport, &options.limits)?;
+    let body = session
+        .fetch_manifest(
+            reference,
             &session.target,
-            &session.auth,
             &[MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE],
-        )
-    })?;
+            session.manifest_cap(&options.limits),
+        )?
+        .ok_or_else(|| OciError::NotFound {
+            reference: reference.to_string(),
+        })?;
     // Resolved once: everything below uses this digest, not the tag.
     let manifest_digest = Digest::of(&body);
     if let Some(expected) = reference.digest()
@@ -398,7 +523,7 @@ pub fn pull(
         });
     }
     // Trust before anything is downloaded or cached.
-    let admission = session.admit(reference, &manifest_digest, &requirement)?;
+    let admission = session.admit(reference, &manifest_digest, &requirement, &options.limits)?;
     let manifest: RawManifest =
         serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
     let layer = check_manifest(&manifest)?;
@@ -436,9 +561,13 @@ pub fn pull(
     let bytes = session.download(
         reference,
         &pinned,
-        &layer.to_oci(),
+        &layer.digest,
         size,
-        options.max_layer_bytes,
+        Cap {
+            limit: options.max_layer_bytes,
+            key: "validate.max_component_bytes",
+            what: "component layer",
+        },
     )?;
     let found = Digest::of(&bytes);
     if found != layer_digest {
@@ -480,8 +609,6 @@ pub const SIGNATURE_LAYER_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simples
 /// Layer annotation holding the base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-/// A simple-signing payload is a few hundred bytes; larger layers are refused.
-const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
 
 /// Sign the manifest `reference` resolves to with `key`, cosign-style: a
 /// simple-signing payload naming the manifest digest, signed with
@@ -493,13 +620,19 @@ pub fn sign(
     key: &KeyPair,
     transport: &Transport,
 ) -> Result<Digest, OciError> {
-    let session = Session::new(reference, auth, transport)?;
-    let digest = session.resolve(reference)?;
+    let limits = PullConfig::default();
+    let session = Session::new(reference, auth, transport, &limits)?;
+    let digest = session.resolve(reference, &limits)?;
     let payload = Payload::new(&reference.repository_path(), &digest).to_bytes();
     let signature = key.sign(&payload);
     let sig_ref = session.tag_ref(signature_tag(&digest));
-    let mut layers: Vec<serde_json::Value> = match session.fetch_manifest(reference, &sig_ref)? {
-        Some((body, _)) => {
+    let mut layers: Vec<serde_json::Value> = match session.fetch_manifest(
+        reference,
+        &sig_ref,
+        &SIGNATURE_MANIFEST_TYPES,
+        session.signature_manifest_cap(&limits),
+    )? {
+        Some(body) => {
             let m: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
             m["layers"].as_array().cloned().unwrap_or_default()
@@ -544,19 +677,28 @@ pub fn sign(
 }
 
 /// Resolve `reference` and check its signatures against `policy` without
-/// pulling the artifact (`soma verify`). Returns the digest and admission.
+/// pulling the artifact (`soma verify`), under the default [`PullConfig`]
+/// caps. Returns the digest and admission.
 pub fn verify_remote(
     reference: &Reference,
     auth: &Auth,
     policy: &TrustPolicy,
     transport: &Transport,
 ) -> Result<(Digest, Admission), OciError> {
-    let session = Session::new(reference, auth, transport)?;
-    let digest = session.resolve(reference)?;
+    let limits = PullConfig::default();
+    let session = Session::new(reference, auth, transport, &limits)?;
+    let digest = session.resolve(reference, &limits)?;
     let requirement = policy.requirement(&reference.repository_path());
-    let admission = session.admit(reference, &digest, &requirement)?;
+    let admission = session.admit(reference, &digest, &requirement, &limits)?;
     Ok((digest, admission))
 }
+
+/// What a signature manifest may be served as.
+const SIGNATURE_MANIFEST_TYPES: [&str; 3] = [
+    MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
 
 /// The parts of an OCI manifest a pull looks at.
 #[derive(Debug, Clone, Deserialize)]
@@ -579,20 +721,6 @@ struct RawDescriptor {
     size: i64,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
-}
-
-impl RawDescriptor {
-    /// The descriptor oci-client downloads by (annotations are not needed).
-    fn to_oci(&self) -> OciDescriptor {
-        OciDescriptor {
-            media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            size: self.size,
-            urls: None,
-            annotations: None,
-            artifact_type: None,
-        }
-    }
 }
 
 /// Media types: an image manifest, a Wasm config, exactly one Wasm layer.
@@ -634,17 +762,34 @@ fn check_manifest(m: &RawManifest) -> Result<&RawDescriptor, OciError> {
 
 /// One registry conversation: the client, its transport and credentials,
 /// and a current-thread tokio runtime to drive it from sync code.
+///
+/// Pushes go through oci-client; every read (manifests, blobs) goes through
+/// [`Session::get_capped`], which streams the body with a cap.
 struct Session {
     client: Client,
+    /// The plain HTTP client for capped reads (same TLS roots and timeouts).
+    http: reqwest::Client,
     target: oci_client::Reference,
     auth: RegistryAuth,
+    basic: Option<(String, String)>,
+    scheme: &'static str,
     registry: String,
+    /// The `Authorization` header for reads, once negotiated.
+    authorization: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// `pull.request_timeout_ms`, for the message when a read runs out.
+    request_timeout_ms: u64,
     rt: tokio::runtime::Runtime,
 }
 
 impl Session {
-    fn new(reference: &Reference, auth: &Auth, transport: &Transport) -> Result<Self, OciError> {
-        let protocol = if transport.insecure || reference.is_loopback() {
+    fn new(
+        reference: &Reference,
+        auth: &Auth,
+        transport: &Transport,
+        limits: &PullConfig,
+    ) -> Result<Self, OciError> {
+        let plain = transport.insecure || reference.is_loopback();
+        let protocol = if plain {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
@@ -652,8 +797,8 @@ impl Session {
         let client = Client::new(ClientConfig {
             protocol,
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             extra_root_certificates: transport
                 .extra_ca_pem
                 .iter()
@@ -664,17 +809,60 @@ impl Session {
                 .collect(),
             ..ClientConfig::default()
         });
+        let mut roots = Vec::new();
+        for pem in &transport.extra_ca_pem {
+            roots.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                OciError::Unreachable {
+                    registry: reference.registry().to_owned(),
+                    cause: format!("the extra CA bundle is not PEM certificates: {e}"),
+                }
+            })?);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .timeout(Duration::from_millis(limits.request_timeout_ms.max(1)))
+            .tls_certs_merge(roots)
+            .build()
+            .map_err(|e| OciError::Unreachable {
+                registry: reference.registry().to_owned(),
+                cause: soma_host_api::error_chain(&e),
+            })?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(OciError::Runtime)?;
         Ok(Self {
             client,
+            http,
             target: reference.to_oci(),
             auth: auth.to_registry_auth(),
+            basic: match auth {
+                Auth::Basic { username, password } => Some((username.clone(), password.clone())),
+                Auth::Anonymous => None,
+            },
+            scheme: if plain { "http" } else { "https" },
             registry: reference.registry().to_owned(),
+            authorization: std::sync::OnceLock::new(),
+            request_timeout_ms: limits.request_timeout_ms,
             rt,
         })
+    }
+
+    fn manifest_cap(&self, limits: &PullConfig) -> Cap {
+        Cap {
+            limit: limits.max_manifest_bytes,
+            key: "pull.max_manifest_bytes",
+            what: "manifest",
+        }
+    }
+
+    fn signature_manifest_cap(&self, limits: &PullConfig) -> Cap {
+        Cap {
+            limit: limits.max_signature_manifest_bytes,
+            key: "pull.max_signature_manifest_bytes",
+            what: "signature manifest",
+        }
     }
 
     /// The same repository at another tag.
@@ -688,9 +876,14 @@ impl Session {
 
     /// The manifest digest `reference` points at (the digest of the bytes the
     /// registry serves, checked against `@digest` if the reference has one).
-    fn resolve(&self, reference: &Reference) -> Result<Digest, OciError> {
-        let (body, _) = self
-            .fetch_manifest(reference, &self.target)?
+    fn resolve(&self, reference: &Reference, limits: &PullConfig) -> Result<Digest, OciError> {
+        let body = self
+            .fetch_manifest(
+                reference,
+                &self.target,
+                &SIGNATURE_MANIFEST_TYPES,
+                self.manifest_cap(limits),
+            )?
             .ok_or_else(|| OciError::NotFound {
                 reference: reference.to_string(),
             })?;
@@ -704,24 +897,135 @@ impl Session {
         }
     }
 
-    /// A raw manifest, or `None` if the registry has no such tag (404).
+    /// A raw manifest read through `cap`, or `None` if the registry has no
+    /// such tag (404).
     fn fetch_manifest(
         &self,
         reference: &Reference,
         target: &oci_client::Reference,
-    ) -> Result<Option<(Vec<u8>, String)>, OciError> {
-        let accept = [
-            MANIFEST_MEDIA_TYPE,
-            INDEX_MEDIA_TYPE,
-            "application/vnd.docker.distribution.manifest.v2+json",
-        ];
-        match self.retry(reference, || {
-            self.client.pull_manifest_raw(target, &self.auth, &accept)
-        }) {
-            Ok((body, digest)) => Ok(Some((body.to_vec(), digest))),
+        accept: &[&str],
+        cap: Cap,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let id = match (target.digest(), target.tag()) {
+            (Some(d), _) => d.to_owned(),
+            (None, Some(t)) => t.to_owned(),
+            (None, None) => "latest".to_owned(),
+        };
+        let url = self.url(target, "manifests", &id);
+        match self.retry_mapped(|| self.get_capped(reference, &url, accept, cap)) {
+            Ok(body) => Ok(Some(body)),
             Err(OciError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `<scheme>://<registry>/v2/<repository>/<kind>/<id>`.
+    fn url(&self, target: &oci_client::Reference, kind: &str, id: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{id}",
+            self.scheme,
+            target.resolve_registry(),
+            target.repository()
+        )
+    }
+
+    /// The `Authorization` header for reads: a bearer token negotiated once
+    /// through oci-client (anonymous or from basic credentials), else the
+    /// basic credentials themselves, else none.
+    async fn authorization(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<http::HeaderValue>, OciError> {
+        if let Some(header) = self.authorization.get() {
+            return Ok(header.clone());
+        }
+        let token = self
+            .client
+            .auth(&self.target, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| map_error(e, &self.registry, reference))?;
+        let header = match (token, &self.basic) {
+            (Some(token), _) => http::HeaderValue::from_str(&format!("Bearer {token}")).ok(),
+            (None, Some((user, pass))) => {
+                use base64::Engine as _;
+                let raw =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                http::HeaderValue::from_str(&format!("Basic {raw}")).ok()
+            }
+            (None, None) => None,
+        };
+        let _ = self.authorization.set(header.clone());
+        Ok(header)
+    }
+
+    /// GET `url`, reading at most `cap.limit` bytes of body: a declared
+    /// `Content-Length` over the cap is refused before the body is read, and
+    /// a body running past it is cut off at the cap. Error statuses read at
+    /// most [`MAX_ERROR_BODY_BYTES`] for the message. Cost: one request; at
+    /// most `cap.limit` bytes held.
+    async fn get_capped(
+        &self,
+        reference: &Reference,
+        url: &str,
+        accept: &[&str],
+        cap: Cap,
+    ) -> Result<Vec<u8>, OciError> {
+        let over = |found: String| OciError::OverLimit {
+            what: cap.what,
+            reference: reference.to_string(),
+            found,
+            limit: cap.limit,
+            key: cap.key,
+        };
+        let mut request = self.http.get(url);
+        if !accept.is_empty() {
+            request = request.header(http::header::ACCEPT, accept.join(", "));
+        }
+        if let Some(header) = self.authorization(reference).await? {
+            request = request.header(http::header::AUTHORIZATION, header);
+        }
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                return OciError::Unreachable {
+                    registry: self.registry.clone(),
+                    cause: format!(
+                        "no complete answer to {url} within {} ms (pull.request_timeout_ms)",
+                        self.request_timeout_ms
+                    ),
+                };
+            }
+            map_error(
+                OciDistributionError::RequestError(e),
+                &self.registry,
+                reference,
+            )
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let (body, _) = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            let message = String::from_utf8_lossy(&body).into_owned();
+            return Err(status_error(
+                status.as_u16(),
+                message,
+                &self.registry,
+                reference,
+            ));
+        }
+        if let Some(declared) = response.content_length()
+            && declared > cap.limit
+        {
+            return Err(over(format!("it declares {declared} bytes")));
+        }
+        let (body, truncated) = read_capped(&mut response, cap.limit)
+            .await
+            .map_err(transport)?;
+        if truncated {
+            return Err(over(format!("it sent more than {} bytes", cap.limit)));
+        }
+        Ok(body)
     }
 
     fn push_blob(
@@ -760,56 +1064,124 @@ impl Session {
         .map(drop)
     }
 
-    /// The cosign signatures stored for `digest`; `None` if there are none.
-    /// Each payload blob is digest-checked as it is downloaded.
+    /// The cosign signatures stored for `digest`, with why the layers that
+    /// could not be read were passed over; `None` if there is no signature
+    /// manifest. The signature manifest is read through
+    /// `pull.max_signature_manifest_bytes`; at most
+    /// `pull.max_signature_layers` simple-signing layers are examined, each
+    /// downloaded through `pull.max_signature_layer_bytes` and digest-checked.
+    /// One unreadable layer never fails the others.
     fn signatures(
         &self,
         reference: &Reference,
         digest: &Digest,
-    ) -> Result<Option<Vec<Signature>>, OciError> {
+        limits: &PullConfig,
+    ) -> Result<Option<(Vec<Signature>, Vec<String>)>, OciError> {
         let sig_ref = self.tag_ref(signature_tag(digest));
-        let Some((body, _)) = self.fetch_manifest(reference, &sig_ref)? else {
+        let Some(body) = self.fetch_manifest(
+            reference,
+            &sig_ref,
+            &SIGNATURE_MANIFEST_TYPES,
+            self.signature_manifest_cap(limits),
+        )?
+        else {
             return Ok(None);
         };
         #[derive(Deserialize)]
         struct SigManifest {
             #[serde(default)]
-            layers: Vec<RawDescriptor>,
+            layers: Vec<serde_json::Value>,
         }
         let m: SigManifest = serde_json::from_slice(&body).map_err(|e| protocol(reference, &e))?;
         let mut out = Vec::new();
-        for layer in m
-            .layers
-            .into_iter()
-            .filter(|l| l.media_type == SIGNATURE_LAYER_MEDIA_TYPE)
-        {
+        let mut unreadable = Vec::new();
+        let mut examined = 0usize;
+        let mut skipped = 0usize;
+        for (index, layer) in m.layers.into_iter().enumerate() {
+            let position = index + 1;
+            let layer = match serde_json::from_value::<RawDescriptor>(layer) {
+                Ok(l) if l.media_type == SIGNATURE_LAYER_MEDIA_TYPE => l,
+                // Other layer types (e.g. attestations) are not signatures.
+                Ok(_) => continue,
+                Err(e) => {
+                    if examined < limits.max_signature_layers {
+                        examined += 1;
+                        unreadable.push(format!(
+                            "layer {position}: not a layer descriptor ({})",
+                            clip(&e.to_string())
+                        ));
+                    } else {
+                        skipped += 1;
+                    }
+                    continue;
+                }
+            };
+            if examined >= limits.max_signature_layers {
+                skipped += 1;
+                continue;
+            }
+            examined += 1;
             let Some(signature) = layer.annotations.get(SIGNATURE_ANNOTATION).cloned() else {
+                unreadable.push(format!(
+                    "layer {position}: no {SIGNATURE_ANNOTATION} annotation"
+                ));
                 continue;
             };
-            // A signature payload is a few hundred bytes; refuse anything big.
-            let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
-            if size > MAX_SIGNATURE_BYTES {
-                return Err(OciError::TooLarge {
-                    size,
-                    limit: MAX_SIGNATURE_BYTES,
-                });
+            match self.signature_layer(reference, &sig_ref, &layer, limits) {
+                Ok(payload) => out.push(Signature {
+                    payload,
+                    signature,
+                    layer: position,
+                }),
+                Err(e) => unreadable.push(format!("layer {position}: {e}")),
             }
-            let payload = self.download(
-                reference,
-                &sig_ref,
-                &layer.to_oci(),
-                size,
-                MAX_SIGNATURE_BYTES,
-            )?;
-            if Digest::of(&payload).to_string() != layer.digest {
-                return Err(OciError::DigestMismatch {
-                    expected: layer.digest,
-                    found: Digest::of(&payload).to_string(),
-                });
-            }
-            out.push(Signature { payload, signature });
         }
-        Ok(Some(out))
+        if skipped > 0 {
+            unreadable.push(format!(
+                "{skipped} more signature layer(s) not examined (pull.max_signature_layers = {})",
+                limits.max_signature_layers
+            ));
+        }
+        Ok(Some((out, unreadable)))
+    }
+
+    /// Download one signature payload (checked against its descriptor's
+    /// size, the cap and its digest).
+    fn signature_layer(
+        &self,
+        reference: &Reference,
+        sig_ref: &oci_client::Reference,
+        layer: &RawDescriptor,
+        limits: &PullConfig,
+    ) -> Result<Vec<u8>, OciError> {
+        let expected: Digest = layer
+            .digest
+            .parse()
+            .map_err(|e| protocol(reference, &format!("layer digest: {e}")))?;
+        let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
+        let cap = Cap {
+            limit: limits.max_signature_layer_bytes,
+            key: "pull.max_signature_layer_bytes",
+            what: "signature layer",
+        };
+        if size > cap.limit {
+            return Err(OciError::OverLimit {
+                what: cap.what,
+                reference: reference.to_string(),
+                found: format!("its descriptor says {size} bytes"),
+                limit: cap.limit,
+                key: cap.key,
+            });
+        }
+        let payload = self.download(reference, sig_ref, &layer.digest, size, cap)?;
+        let found = Digest::of(&payload);
+        if found != expected {
+            return Err(OciError::DigestMismatch {
+                expected: expected.to_string(),
+                found: found.to_string(),
+            });
+        }
+        Ok(payload)
     }
 
     /// Apply `requirement` to `digest`: fetch and check signatures if needed.
@@ -818,11 +1190,17 @@ impl Session {
         reference: &Reference,
         digest: &Digest,
         requirement: &Requirement,
+        limits: &PullConfig,
     ) -> Result<Admission, OciError> {
         match requirement {
             Requirement::AcceptUnsigned => Ok(Admission::Unsigned),
-            Requirement::Signed { keys, all_of, rule } => {
-                let repo = reference.repository_path();
+            Requirement::Signed {
+                keys,
+                all_of,
+                rule,
+                identity,
+            } => {
+                let repo = reference.canonical_repository();
                 if keys.is_empty() {
                     return Err(VerifyError::NotTrusted {
                         reference: reference.to_string(),
@@ -834,7 +1212,8 @@ impl Session {
                     }
                     .into());
                 }
-                let Some(signatures) = self.signatures(reference, digest)? else {
+                let Some((signatures, unreadable)) = self.signatures(reference, digest, limits)?
+                else {
                     return Err(VerifyError::Unsigned {
                         reference: reference.to_string(),
                         digest: *digest,
@@ -842,13 +1221,15 @@ impl Session {
                     }
                     .into());
                 };
-                tracing::debug!(rule = ?rule, count = signatures.len(), "checking signatures");
+                tracing::debug!(rule = ?rule, count = signatures.len(), unreadable = unreadable.len(), "checking signatures");
                 Ok(verify::check(
                     &reference.to_string(),
                     digest,
                     &signatures,
                     keys,
                     *all_of,
+                    identity.as_deref(),
+                    &unreadable,
                 )?)
             }
         }
@@ -896,94 +1277,79 @@ impl Session {
     }
 
     /// Download one blob into memory, refusing more than `size` (the
-    /// descriptor's) or `limit` bytes. oci-client verifies the digest at the
-    /// end of the stream; nothing touches the disk here.
+    /// descriptor's) or `cap.limit` bytes. The caller checks the digest;
+    /// nothing touches the disk here.
     fn download(
         &self,
         reference: &Reference,
         pinned: &oci_client::Reference,
-        descriptor: &OciDescriptor,
+        digest: &str,
         size: u64,
-        limit: u64,
+        cap: Cap,
     ) -> Result<Vec<u8>, OciError> {
-        self.retry_mapped(|| async {
-            let mut out = Capped::new(size.min(limit));
-            let result = self
-                .client
-                .pull_blob(pinned, descriptor, &mut out)
-                .await
-                .map_err(|e| map_error(e, &self.registry, reference));
-            let received = out.received;
-            if received > limit {
-                return Err(OciError::TooLarge {
-                    size: received,
-                    limit,
-                });
-            }
-            if received > size {
-                return Err(OciError::SizeMismatch {
-                    expected: size,
-                    found: received,
-                });
-            }
-            result?;
-            if received != size {
-                return Err(OciError::SizeMismatch {
-                    expected: size,
-                    found: received,
-                });
-            }
-            Ok(out.buf)
-        })
-    }
-}
-
-/// An in-memory sink that fails once more than `cap` bytes arrive (and
-/// records how many did), so a registry cannot stream past the limit.
-struct Capped {
-    buf: Vec<u8>,
-    cap: u64,
-    received: u64,
-}
-
-impl Capped {
-    fn new(cap: u64) -> Self {
-        Self {
-            buf: Vec::with_capacity(usize::try_from(cap).unwrap_or(0)),
-            cap,
-            received: 0,
+        if size > cap.limit {
+            return Err(OciError::TooLarge {
+                size,
+                limit: cap.limit,
+            });
         }
+        let url = self.url(pinned, "blobs", digest);
+        // Read one byte past the descriptor's size to notice a longer body.
+        let read = Cap {
+            limit: size.saturating_add(1),
+            ..cap
+        };
+        let body = self.retry_mapped(|| async {
+            match self.get_capped(reference, &url, &[], read).await {
+                Err(OciError::OverLimit { .. }) => Err(OciError::SizeMismatch {
+                    expected: size,
+                    found: size.saturating_add(1),
+                }),
+                other => other,
+            }
+        })?;
+        let received = body.len() as u64;
+        if received != size {
+            return Err(OciError::SizeMismatch {
+                expected: size,
+                found: received,
+            });
+        }
+        Ok(body)
     }
 }
 
-impl tokio::io::AsyncWrite for Capped {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.received = self.received.saturating_add(data.len() as u64);
-        if self.received > self.cap {
-            return std::task::Poll::Ready(Err(std::io::Error::other(
-                "blob larger than its descriptor or the size limit",
-            )));
+/// Connect timeout for registry requests.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout (between bytes) for registry requests.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read `response`'s body, keeping at most `limit` bytes; `true` when the
+/// body went on past the limit (reading stops there).
+async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: u64,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let hint = response.content_length().unwrap_or(0).min(limit);
+    let mut body = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await? {
+        let room = usize::try_from(limit.saturating_sub(body.len() as u64)).unwrap_or(usize::MAX);
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
         }
-        self.buf.extend_from_slice(data);
-        std::task::Poll::Ready(Ok(data.len()))
+        body.extend_from_slice(&chunk);
     }
+    Ok((body, false))
+}
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+/// Registry-supplied text put into a message is cut to this many characters.
+const CLIP_CHARS: usize = 200;
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -997,22 +1363,8 @@ fn retryable(e: &OciError) -> bool {
 
 /// Map oci-client's errors to ours by HTTP status / OCI error code.
 fn map_error(e: OciDistributionError, registry: &str, reference: &Reference) -> OciError {
-    let by_status = |status: u16, message: String| match status {
-        401 => OciError::Unauthorized {
-            registry: registry.to_owned(),
-        },
-        403 => OciError::Forbidden {
-            reference: reference.to_string(),
-        },
-        404 => OciError::NotFound {
-            reference: reference.to_string(),
-        },
-        status => OciError::Server {
-            status,
-            reference: reference.to_string(),
-            message,
-        },
-    };
+    let by_status =
+        |status: u16, message: String| status_error(status, message, registry, reference);
     match e {
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => by_status(401, String::new()),
@@ -1056,6 +1408,26 @@ fn map_error(e: OciDistributionError, registry: &str, reference: &Reference) -> 
         other => OciError::Protocol {
             reference: reference.to_string(),
             message: other.to_string(),
+        },
+    }
+}
+
+/// The error for an HTTP error `status` from the registry.
+fn status_error(status: u16, message: String, registry: &str, reference: &Reference) -> OciError {
+    match status {
+        401 => OciError::Unauthorized {
+            registry: registry.to_owned(),
+        },
+        403 => OciError::Forbidden {
+            reference: reference.to_string(),
+        },
+        404 => OciError::NotFound {
+            reference: reference.to_string(),
+        },
+        status => OciError::Server {
+            status,
+            reference: reference.to_string(),
+            message: clip(&message),
         },
     }
 }

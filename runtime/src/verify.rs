@@ -20,10 +20,12 @@
 //! itself uses.
 
 mod keys;
+mod name;
 mod policy;
 
 pub use keys::{KeyPair, PublicKey};
-pub use policy::{Require, Requirement, TrustConfig, TrustPolicy, TrustRule};
+pub use name::{canonical_globs, canonical_repository, is_loopback_registry};
+pub use policy::{Require, Requirement, SignedIdentity, TrustConfig, TrustPolicy, TrustRule};
 
 use serde::{Deserialize, Serialize};
 
@@ -151,21 +153,63 @@ impl Payload {
 
     /// Whether `bytes` is a cosign payload vouching for exactly `digest`.
     pub fn vouches_for(bytes: &[u8], digest: &Digest) -> Result<(), String> {
-        let p: Self = serde_json::from_slice(bytes)
-            .map_err(|e| format!("payload is not a simple-signing document: {e}"))?;
+        Self::admits(bytes, digest, None)
+    }
+
+    /// Whether `bytes` is a cosign payload vouching for exactly `digest` and,
+    /// when `identity` is given (a canonical `registry/repository`), signed
+    /// for that repository (its `docker-reference`, canonicalized, equal to
+    /// it). The reason names what differs; attacker-controlled text in it is
+    /// quoted and clipped.
+    pub fn admits(bytes: &[u8], digest: &Digest, identity: Option<&str>) -> Result<(), String> {
+        let p: Self = serde_json::from_slice(bytes).map_err(|e| {
+            format!(
+                "payload is not a simple-signing document: {}",
+                clip(&e.to_string())
+            )
+        })?;
         if p.critical.kind != SIGNATURE_TYPE {
             return Err(format!(
                 "payload type is {:?}, not {SIGNATURE_TYPE:?}",
-                p.critical.kind
+                clip(&p.critical.kind)
             ));
         }
         if p.critical.image.docker_manifest_digest != digest.to_string() {
             return Err(format!(
-                "payload vouches for {}, not {digest}",
-                p.critical.image.docker_manifest_digest
+                "payload vouches for {:?}, not {digest}",
+                clip(&p.critical.image.docker_manifest_digest)
             ));
         }
+        if let Some(expected) = identity {
+            let named = &p.critical.identity.docker_reference;
+            match canonical_repository(named) {
+                Ok(signed) if signed == expected => {}
+                Ok(signed) => {
+                    return Err(format!(
+                        "payload was signed for repository {:?}, not {expected:?} (signed_identity = \"match-repository\")",
+                        clip(&signed)
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "payload's docker-reference {:?} is not a repository name (signed_identity = \"match-repository\")",
+                        clip(named)
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// At most this many characters of registry-supplied text go into a message.
+const CLIP_CHARS: usize = 160;
+
+/// `text` cut to [`CLIP_CHARS`] characters (with `…` when cut).
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -177,6 +221,8 @@ pub struct Signature {
     pub payload: Vec<u8>,
     /// Base64 DER ECDSA signature (`dev.cosignproject.cosign/signature`).
     pub signature: String,
+    /// Its position among the signature manifest's layers (1-based), for messages.
+    pub layer: usize,
 }
 
 /// Which signature(s) admitted an artifact.
@@ -194,53 +240,90 @@ pub enum Admission {
 
 /// Check `signatures` for `digest` against `keys` (all of them, or any).
 ///
-/// A signature counts for a key when the ECDSA signature verifies over the
-/// payload bytes *and* the payload vouches for exactly `digest`.
+/// A signature layer counts for a key when the ECDSA signature verifies over
+/// the payload bytes *and* the payload vouches for exactly `digest` (and,
+/// with `identity`, names that canonical repository). Layers are judged one
+/// by one: a layer that is garbage, signed by another key or vouching for
+/// something else is passed over, never fatal, so one good layer admits the
+/// artifact under `any-of`. When nothing admits it, the error lists why each
+/// layer failed, after `unreadable` (the layers the fetcher could not read);
+/// the list is as long as the layers examined, each reason clipped.
+/// Cost: one ECDSA verification per (layer, key) pair; no I/O.
 pub fn check(
     reference: &str,
     digest: &Digest,
     signatures: &[Signature],
     keys: &[PublicKey],
     all_of: bool,
+    identity: Option<&str>,
+    unreadable: &[String],
 ) -> Result<Admission, VerifyError> {
-    let mut ok = Vec::new();
-    let mut failures = Vec::new();
-    for key in keys {
-        let verdict = signatures.iter().find_map(|s| {
-            key.verify(&s.payload, &s.signature).ok()?;
-            Some(Payload::vouches_for(&s.payload, digest))
-        });
-        match verdict {
-            Some(Ok(())) => ok.push(key.id()),
-            Some(Err(why)) => failures.push(format!("key {}: {why}", key.id())),
-            None => failures.push(format!("key {}: no signature verifies with it", key.id())),
+    let mut verified = vec![false; keys.len()];
+    let mut reasons: Vec<String> = unreadable.to_vec();
+    for s in signatures {
+        let mut signed_by = None;
+        let mut admitted_here = false;
+        for (i, key) in keys.iter().enumerate() {
+            if key.verify(&s.payload, &s.signature).is_err() {
+                continue;
+            }
+            match Payload::admits(&s.payload, digest, identity) {
+                Ok(()) => {
+                    verified[i] = true;
+                    admitted_here = true;
+                }
+                Err(why) => signed_by = Some((key.id(), why)),
+            }
+        }
+        if !admitted_here {
+            reasons.push(match signed_by {
+                Some((key, why)) => format!("layer {} (key {key}): {why}", s.layer),
+                None => format!(
+                    "layer {}: its signature verifies with none of the {} trusted key(s)",
+                    s.layer,
+                    keys.len()
+                ),
+            });
         }
     }
+    let ok: Vec<String> = keys
+        .iter()
+        .zip(&verified)
+        .filter(|(_, v)| **v)
+        .map(|(k, _)| k.id())
+        .collect();
     let admitted = if all_of {
-        failures.is_empty() && !ok.is_empty()
+        !ok.is_empty() && verified.iter().all(|v| *v)
     } else {
         !ok.is_empty()
     };
     if admitted {
-        Ok(Admission::Keys { keys: ok })
-    } else {
-        Err(VerifyError::NotTrusted {
-            reference: reference.to_owned(),
-            digest: *digest,
-            detail: format!(
-                "{} {} signature(s) checked against {} key(s) ({}): {}",
-                if all_of { "all-of" } else { "any-of" },
-                signatures.len(),
-                keys.len(),
-                if all_of {
-                    "every key must verify"
-                } else {
-                    "one key must verify"
-                },
-                failures.join("; ")
-            ),
-        })
+        return Ok(Admission::Keys { keys: ok });
     }
+    if all_of {
+        for (key, _) in keys.iter().zip(&verified).filter(|(_, v)| !**v) {
+            reasons.push(format!("key {}: no layer verifies with it", key.id()));
+        }
+    }
+    if signatures.is_empty() && unreadable.is_empty() {
+        reasons.push("the signature manifest has no simple-signing layers".into());
+    }
+    Err(VerifyError::NotTrusted {
+        reference: reference.to_owned(),
+        digest: *digest,
+        detail: format!(
+            "{} {} signature layer(s) checked against {} key(s) ({}): {}",
+            if all_of { "all-of" } else { "any-of" },
+            signatures.len() + unreadable.len(),
+            keys.len(),
+            if all_of {
+                "every key must verify"
+            } else {
+                "one key must verify"
+            },
+            reasons.join("; ")
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -267,6 +350,7 @@ mod tests {
         let good = Signature {
             signature: key.sign(&payload),
             payload: payload.clone(),
+            layer: 1,
         };
         assert!(
             check(
@@ -274,7 +358,9 @@ mod tests {
                 &d,
                 std::slice::from_ref(&good),
                 &[key.public()],
-                false
+                false,
+                None,
+                &[],
             )
             .is_ok()
         );
@@ -285,7 +371,9 @@ mod tests {
                 &d,
                 std::slice::from_ref(&good),
                 &[other.public()],
-                false
+                false,
+                None,
+                &[],
             )
             .is_err()
         );
@@ -296,7 +384,9 @@ mod tests {
                 &d,
                 std::slice::from_ref(&good),
                 &[key.public(), other.public()],
-                true
+                true,
+                None,
+                &[],
             )
             .is_err()
         );
@@ -306,14 +396,156 @@ mod tests {
                 &d,
                 std::slice::from_ref(&good),
                 &[key.public(), other.public()],
-                false
+                false,
+                None,
+                &[],
             )
             .is_ok()
         );
         // A valid signature over another digest's payload.
         let wrong = Digest::of(b"other");
-        let err =
-            check("r/x", &wrong, &[good], &[key.public()], false).expect_err("digest mismatch");
+        let err = check(
+            "r/x",
+            &wrong,
+            &[good.clone()],
+            &[key.public()],
+            false,
+            None,
+            &[],
+        )
+        .expect_err("digest mismatch");
         assert!(err.to_string().contains("vouches for"), "{err}");
+    }
+
+    fn signed(key: &KeyPair, payload: &[u8], layer: usize) -> Signature {
+        Signature {
+            signature: key.sign(payload),
+            payload: payload.to_vec(),
+            layer,
+        }
+    }
+
+    /// Any-of over layers: garbage, a stranger's signature and a trusted
+    /// signature over another digest before the good layer do not hide it.
+    #[test]
+    fn one_good_layer_admits_whatever_comes_before_it() {
+        let key = KeyPair::generate();
+        let stranger = KeyPair::generate();
+        let d = Digest::of(b"manifest");
+        let good = Payload::new("localhost:5000/a", &d).to_bytes();
+        let layers = vec![
+            Signature {
+                payload: b"not json".to_vec(),
+                signature: key.sign(b"not json"),
+                layer: 1,
+            },
+            signed(&stranger, &good, 2),
+            signed(
+                &key,
+                &Payload::new("localhost:5000/a", &Digest::of(b"x")).to_bytes(),
+                3,
+            ),
+            Signature {
+                payload: good.clone(),
+                signature: "!!not base64".into(),
+                layer: 4,
+            },
+            signed(&key, &good, 5),
+        ];
+        let admission =
+            check("r", &d, &layers, &[key.public()], false, None, &[]).expect("admitted");
+        assert_eq!(
+            admission,
+            Admission::Keys {
+                keys: vec![key.public().id()]
+            }
+        );
+        // Without the good layer, each failure is listed.
+        let err = check(
+            "r",
+            &d,
+            &layers[..4],
+            &[key.public()],
+            false,
+            None,
+            &["layer 9: too big".into()],
+        )
+        .expect_err("refused");
+        let text = err.to_string();
+        for want in [
+            "layer 1 (key",
+            "not a simple-signing",
+            "layer 2: its signature verifies with none",
+            "layer 3 (key",
+            "vouches for",
+            "layer 4:",
+            "layer 9: too big",
+            "5 signature layer(s)",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn match_repository_compares_canonical_names() {
+        let key = KeyPair::generate();
+        let d = Digest::of(b"manifest");
+        let for_a = signed(
+            &key,
+            &Payload::new("127.0.0.1:5000/acme/a", &d).to_bytes(),
+            1,
+        );
+        let keys = [key.public()];
+        assert!(
+            check(
+                "r",
+                &d,
+                std::slice::from_ref(&for_a),
+                &keys,
+                false,
+                None,
+                &[]
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                "r",
+                &d,
+                std::slice::from_ref(&for_a),
+                &keys,
+                false,
+                Some("localhost:5000/acme/a"),
+                &[]
+            )
+            .is_ok()
+        );
+        let err = check(
+            "r",
+            &d,
+            std::slice::from_ref(&for_a),
+            &keys,
+            false,
+            Some("localhost:5000/acme/b"),
+            &[],
+        )
+        .expect_err("signed for another repository");
+        assert!(
+            err.to_string()
+                .contains("signed for repository \"localhost:5000/acme/a\""),
+            "{err}"
+        );
+        let junk = signed(&key, &Payload::new("", &d).to_bytes(), 1);
+        let err = check(
+            "r",
+            &d,
+            &[junk],
+            &keys,
+            false,
+            Some("localhost:5000/acme/a"),
+            &[],
+        )
+        .expect_err("no repository");
+        assert!(err.to_string().contains("not a repository name"), "{err}");
     }
 }

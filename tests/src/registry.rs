@@ -279,3 +279,157 @@ pub fn http_request(
         body,
     })
 }
+
+/// A hostile "registry" for size-cap tests: a loopback HTTP server that
+/// answers `GET /v2/` with 200 and every manifest request with a body of
+/// `total` bytes (a JSON object padded with spaces), either announced in
+/// `Content-Length` or, with `declare_length = false`, sent without a length
+/// until the connection closes. It counts the body bytes it managed to
+/// write, so a test can see that the client stopped reading at its cap.
+/// Distribution itself refuses manifests over 4 MiB, so anything larger has
+/// to come from a server like this one. Stopped on drop.
+#[derive(Debug)]
+pub struct HugeManifestServer {
+    host: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HugeManifestServer {
+    /// Start serving `total`-byte manifests.
+    pub fn start(total: u64, declare_length: bool) -> Self {
+        Self::spawn(total, declare_length, false)
+    }
+
+    /// A server that announces a 1 KiB manifest, sends its first bytes and
+    /// then holds the connection open without sending more (until dropped).
+    pub fn stalling() -> Self {
+        Self::spawn(1024, true, true)
+    }
+
+    fn spawn(total: u64, declare_length: bool, stall: bool) -> Self {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let sent = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, r, flag) = (sent.clone(), requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (s, r, f) = (s.clone(), r.clone(), flag.clone());
+                        std::thread::spawn(move || {
+                            let stop = if stall { Some(&*f) } else { None };
+                            serve_huge(stream, total, declare_length, stop, &s, &r);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            host,
+            sent,
+            requests,
+            stop,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Manifest body bytes written to clients so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Manifest requests answered so far.
+    pub fn manifest_requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HugeManifestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn serve_huge(
+    mut stream: TcpStream,
+    total: u64,
+    declare_length: bool,
+    stall_until: Option<&std::sync::atomic::AtomicBool>,
+    sent: &std::sync::atomic::AtomicU64,
+    requests: &std::sync::atomic::AtomicU64,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    if path == "/v2/" {
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        return;
+    }
+    if !path.contains("/manifests/") {
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let mut response = String::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n",
+    );
+    if declare_length {
+        response.push_str(&format!("Content-Length: {total}\r\n"));
+    }
+    response.push_str("\r\n");
+    if stream.write_all(response.as_bytes()).is_err() {
+        return;
+    }
+    let opening = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"pad":""#;
+    let mut written = 0u64;
+    let chunk = vec![b' '; 64 * 1024];
+    if stream.write_all(opening).is_err() {
+        return;
+    }
+    written += opening.len() as u64;
+    sent.fetch_add(opening.len() as u64, Ordering::SeqCst);
+    if let Some(stop) = stall_until {
+        // The stalling server: the opening is all it sends; the connection
+        // stays open (and silent) until the server is dropped.
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return;
+    }
+    while written < total {
+        let n = usize::try_from((total - written).min(chunk.len() as u64)).unwrap_or(chunk.len());
+        if stream.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        written += n as u64;
+        sent.fetch_add(n as u64, Ordering::SeqCst);
+    }
+}

@@ -509,3 +509,131 @@ fn registry_500_is_retried_then_reported() {
     );
     assert!(cached_files(&data).is_empty());
 }
+
+// ---- size caps (issue 12, class 7) ----
+
+/// This process's resident set, KiB.
+fn own_rss_kib() -> u64 {
+    soma_tests::daemon::ProcessUsage::of(std::process::id()).rss_kib
+}
+
+/// A manifest the real registry accepts (Distribution takes up to 4 MiB)
+/// but that is over a lowered `pull.max_manifest_bytes` is refused with the
+/// cap and its key named, before it is parsed; nothing is cached. Under the
+/// default cap the same manifest is read and parsed (and refused for what it
+/// is: not a capsule).
+#[test]
+fn a_manifest_over_the_cap_is_refused_before_parsing() {
+    let registry = Registry::start();
+    let config = br#"{"architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
+    let config_digest = registry.put_blob("soma/padded", config);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len()},
+        "layers": [],
+        "annotations": {"pad": " ".repeat(3 * 1024 * 1024)},
+    });
+    let body = serde_json::to_vec(&manifest).expect("json");
+    registry.put_manifest("soma/padded", "1", MANIFEST_MEDIA_TYPE, &body);
+    let (_d, data) = data_dir();
+    let r = reference(&format!("{}/soma/padded:1", registry.host()));
+    let mut options = unsigned();
+    options.limits.max_manifest_bytes = 1024 * 1024;
+    match oci::pull(&data, &r, &Auth::Anonymous, &options) {
+        Err(e @ OciError::OverLimit { key, limit, .. }) => {
+            assert_eq!((key, limit), ("pull.max_manifest_bytes", 1024 * 1024));
+            let text = e.to_string();
+            assert!(
+                text.contains("pull.max_manifest_bytes") && text.contains("1048576"),
+                "{text}"
+            );
+        }
+        other => panic!("expected the manifest cap, got {other:?}"),
+    }
+    assert!(cached_files(&data).is_empty());
+    // The default cap (4 MiB) reads it; it is then refused as not a capsule.
+    assert_eq!(
+        PullOptions::default().limits.max_manifest_bytes,
+        4 * 1024 * 1024
+    );
+    match oci::pull(&data, &r, &Auth::Anonymous, &unsigned()) {
+        Err(OciError::WrongMediaType { .. }) => {}
+        other => panic!("expected a parsed, refused manifest, got {other:?}"),
+    }
+}
+
+/// The attack: a registry answering with a 400 MiB manifest, announced in
+/// `Content-Length` or streamed without one. The pull is refused at the cap
+/// within seconds, having read at most the cap, and this process's memory
+/// grows by far less than 100 MiB.
+#[test]
+fn a_400_mib_manifest_is_refused_fast_and_memory_stays_bounded() {
+    const CLAIMED: u64 = 400 * 1024 * 1024;
+    for declare_length in [true, false] {
+        let server = soma_tests::registry::HugeManifestServer::start(CLAIMED, declare_length);
+        let (_d, data) = data_dir();
+        let r = reference(&format!("{}/acme/huge:1", server.host()));
+        let before = own_rss_kib();
+        let start = std::time::Instant::now();
+        let result = oci::pull(&data, &r, &Auth::Anonymous, &unsigned());
+        let took = start.elapsed();
+        let grew_kib = own_rss_kib().saturating_sub(before);
+        match result {
+            Err(
+                e @ OciError::OverLimit {
+                    key: "pull.max_manifest_bytes",
+                    ..
+                },
+            ) => {
+                let text = e.to_string();
+                assert!(text.contains("4194304"), "{text}");
+                if declare_length {
+                    assert!(text.contains("declares 419430400 bytes"), "{text}");
+                }
+            }
+            other => panic!("expected the manifest cap, got {other:?}"),
+        }
+        eprintln!(
+            "declared length {declare_length}: refused in {took:?}, server wrote {} bytes, RSS grew {grew_kib} KiB",
+            server.sent()
+        );
+        assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+        assert!(grew_kib < 100 * 1024, "RSS grew {grew_kib} KiB");
+        // The client stopped reading at the cap (plus socket buffers).
+        assert!(
+            server.sent() < 64 * 1024 * 1024,
+            "server wrote {} bytes",
+            server.sent()
+        );
+        assert_eq!(
+            server.manifest_requests(),
+            1,
+            "a cap refusal is not retried"
+        );
+        assert!(cached_files(&data).is_empty());
+    }
+}
+
+/// A registry that answers the manifest request and then goes silent
+/// (a slowloris registry): the read is cut off at `pull.request_timeout_ms`,
+/// and the error names that key, instead of holding the pull for the
+/// 60 s between-bytes timeout per attempt.
+#[test]
+fn a_registry_that_stalls_is_cut_off_at_the_request_timeout() {
+    let server = soma_tests::registry::HugeManifestServer::stalling();
+    let (_d, data) = data_dir();
+    let r = reference(&format!("{}/acme/slow:1", server.host()));
+    let mut options = unsigned();
+    assert_eq!(options.limits.request_timeout_ms, 300_000);
+    options.limits.request_timeout_ms = 300;
+    let start = std::time::Instant::now();
+    let err = oci::pull(&data, &r, &Auth::Anonymous, &options).expect_err("stalled");
+    let took = start.elapsed();
+    assert!(matches!(err, OciError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("pull.request_timeout_ms"), "{err}");
+    // Three attempts of 300 ms plus 100 + 400 ms of backoff.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(server.manifest_requests() >= 1);
+    assert!(cached_files(&data).is_empty());
+}

@@ -1,6 +1,6 @@
 //! [`Reference`]: `registry[:port]/repo/path[:tag][@sha256:<hex>]`.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, str::FromStr};
 
 use super::OciError;
 use crate::digest::Digest;
@@ -92,17 +92,20 @@ impl Reference {
         }
     }
 
-    /// Whether the registry is on this host (127.0.0.0/8, `localhost`,
-    /// `[::1]`): the only registries spoken to over plain http by default.
+    /// The canonical `registry/repository` trust rules are matched against
+    /// and signed identities compared with (see [`crate::verify`]'s `name`
+    /// rules: lowercase host, every loopback spelling `localhost`, default
+    /// ports dropped, Docker Hub aliases folded). Cost: a scan; no I/O.
+    pub fn canonical_repository(&self) -> String {
+        crate::verify::canonical_repository(&self.repository_path())
+            .unwrap_or_else(|_| self.repository_path())
+    }
+
+    /// Whether the registry is on this host (any spelling of `localhost`,
+    /// 127.0.0.0/8, `0.0.0.0`, `[::1]`, as the HTTP client parses hosts): the
+    /// only registries spoken to over plain http by default.
     pub fn is_loopback(&self) -> bool {
-        let host = host_of(&self.registry);
-        if host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        crate::verify::is_loopback_registry(&self.registry)
     }
 
     pub(crate) fn to_oci(&self) -> oci_client::Reference {
@@ -145,16 +148,6 @@ impl FromStr for Reference {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
-}
-
-/// The host part of `host[:port]` / `[v6]:port`.
-fn host_of(registry: &str) -> &str {
-    if registry.starts_with('[') {
-        return registry
-            .split_once(']')
-            .map_or(registry, |(h, _)| &registry[..=h.len()]);
-    }
-    registry.split_once(':').map_or(registry, |(h, _)| h)
 }
 
 fn check_registry(registry: &str) -> Result<(), String> {
@@ -274,6 +267,15 @@ mod tests {
         );
         let r = Reference::parse(&format!("reg.example:443/a/b:v1@{d}")).expect("parse");
         assert_eq!(r.to_string(), format!("reg.example:443/a/b:v1@{d}"));
+        assert_eq!(r.canonical_repository(), "reg.example/a/b");
+        let r = Reference::parse("LOCALHOST:5000/a/b:1").expect("parse");
+        assert!(r.is_loopback());
+        assert_eq!(r.canonical_repository(), "localhost:5000/a/b");
+        assert!(
+            Reference::parse("2130706433:5000/a")
+                .expect("parse")
+                .is_loopback()
+        );
     }
 
     #[test]
