@@ -289,10 +289,11 @@ fn randomized_isolation_of_every_store_for_two_tenants() {
     let admin = daemon::token(bin(), dir.path(), "ops", "admin");
     let d = DaemonProcess::start(bin(), dir.path(), "", "");
     for t in names {
-        let (s, v) = d.post(
+        let (s, v, _) = d.request(
+            reqwest::Method::PUT,
             "/v1/budgets",
-            &admin,
-            &json!({"scope": format!("tenant:{t}"), "tokens": 1_000_000}),
+            Some(&admin),
+            Some(json!({"scope": format!("tenant:{t}"), "tokens": 1_000_000}).to_string()),
         );
         assert_eq!(s, 200, "{v}");
     }
