@@ -933,15 +933,30 @@ mod tests {
         assert!(st.pending_bytes() <= 4 * 1024);
         st.commit().expect("commit");
         assert_eq!(st.pending_bytes(), 0);
-        let mut tombstones = 0;
-        let mut next = state(&shared, "t");
-        while next
-            .delete(Scope::Capsule, format!("k{tombstones}"))
-            .is_ok()
-        {
-            tombstones += 1;
-            assert!(tombstones < 1000, "tombstones are bounded");
+        // Tombstones of existing keys count too.
+        for call in 0..10 {
+            let mut st = state(&shared, "t");
+            for i in 0..20 {
+                st.set(Scope::Capsule, format!("d{call:02}{i:02}"), Vec::new())
+                    .expect("tiny");
+            }
+            st.commit().expect("commit");
         }
+        let mut st = state(&shared, "t");
+        let mut tombstones = 0;
+        let refusal = loop {
+            let key = format!("d{:02}{:02}", tombstones / 20, tombstones % 20);
+            match st.delete(Scope::Capsule, key) {
+                Ok(existed) => {
+                    assert!(existed);
+                    tombstones += 1;
+                }
+                Err(e) => break e,
+            }
+            assert!(tombstones < 200, "tombstones are bounded");
+        };
+        assert!(matches!(refusal, KvError::QuotaExceeded(_)), "{refusal:?}");
+        assert!((30..=41).contains(&tombstones), "{tombstones}");
         // The call's memory limit lowers the budget.
         let mut small = State::new(shared, grant(), "t".into(), 1500);
         small
