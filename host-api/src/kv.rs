@@ -662,10 +662,7 @@ pub fn adopt_legacy(db: &LazyDatabase, tenant: &str) -> Result<Adopted, CommitEr
     let txn = db.begin_write().map_err(|e| err(&e))?;
     let mut adopted = Adopted::default();
     {
-        let legacy = match txn.open_table(LEGACY) {
-            Ok(t) => t,
-            Err(e) => return Err(err(&e)),
-        };
+        let legacy = txn.open_table(LEGACY).map_err(|e| err(&e))?;
         let mut table = txn.open_table(ENTRIES).map_err(|e| err(&e))?;
         let mut usage = txn.open_table(SPACE_USAGE).map_err(|e| err(&e))?;
         let mut totals = txn.open_table(TENANT_USAGE).map_err(|e| err(&e))?;

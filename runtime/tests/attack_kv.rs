@@ -209,6 +209,21 @@ fn pending_kv_writes_of_one_call_are_bounded_in_host_memory() {
     }
     let idle = time_calls(&d.url, &bob, 20);
     let before = d.usage();
+    // The daemon's peak RSS was set at start-up (compiling the catalog), so
+    // sample its resident set during the attack instead.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pid = d.pid();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                max = max.max(daemon::ProcessUsage::of(pid).rss_kib);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            max
+        })
+    };
     let bystander = Bystander::start(&d.url, &bob, Duration::from_millis(5));
     // Each call tries to pin 200 MiB of pending writes, then fails so that
     // nothing is committed: only the pending overlay holds memory.
@@ -226,14 +241,22 @@ fn pending_kv_writes_of_one_call_are_bounded_in_host_memory() {
         );
     }
     let during = bystander.finish();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sampled = sampler.join().expect("sampler");
     let after = d.usage();
     let grown_mib = after.hwm_kib.saturating_sub(before.hwm_kib) as f64 / 1024.0;
+    let rss_grown_mib = sampled.saturating_sub(before.rss_kib) as f64 / 1024.0;
     eprintln!(
-        "pending-writes attack: peak RSS {} → {} KiB (+{grown_mib:.1} MiB); bystander median idle {:?}, during {:?}",
+        "pending-writes attack: RSS {} KiB before, at most {sampled} KiB during (+{rss_grown_mib:.1} MiB); peak {} → {} KiB (+{grown_mib:.1} MiB); bystander median idle {:?}, during {:?}",
+        before.rss_kib,
         before.hwm_kib,
         after.hwm_kib,
         idle.median(),
         during.median()
+    );
+    assert!(
+        rss_grown_mib < 8.0 + 16.0,
+        "daemon RSS grew {rss_grown_mib:.1} MiB during the attack"
     );
     // The cap (8 MiB) plus slack for the guest's own buffers and the
     // allocator; before the cap one such call pinned ~75 MiB.
