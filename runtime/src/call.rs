@@ -221,9 +221,11 @@ impl CallOptions {
         let m = capsule.manifest();
         let limits = config.limits.tightened_by(&m.limits);
         let run_id: Arc<str> = new_run_id().into();
+        // The tenant is not part of the grant: kv keys every entry by the
+        // call's `tenant` (see `host`), which the capsule cannot choose.
         let kv = (m.wants_kv && config.policy.allow_kv).then(|| kv::Grant {
-            capsule_namespace: format!("capsule:{}", capsule.digest()),
-            run_namespace: Some(format!("run:{run_id}")),
+            capsule: kv::Space::Capsule(capsule.digest().to_string()),
+            run: Some(kv::Space::Run(run_id.to_string())),
         });
         let models = m
             .wants_llm_models
@@ -270,15 +272,16 @@ impl CallOptions {
     pub fn set_run(&mut self, run: &str) {
         self.run_id = run.into();
         if let Some(g) = self.grants.kv.as_mut() {
-            g.run_namespace = Some(format!("run:{run}"));
+            g.run = Some(kv::Space::Run(run.to_owned()));
         }
     }
 
     /// Use `namespace` for the capsule's kv scope (e.g. to keep state across
-    /// versions of a capsule). No effect if kv is not granted.
+    /// versions of a capsule); it is still inside the call's tenant. No
+    /// effect if kv is not granted.
     pub fn kv_namespace(&mut self, namespace: &str) {
         if let Some(g) = self.grants.kv.as_mut() {
-            g.capsule_namespace = format!("named:{namespace}");
+            g.capsule = kv::Space::Named(namespace.to_owned());
         }
     }
 }
@@ -508,7 +511,12 @@ impl Engine {
             limiter: Limiter::new(limits),
             wasi,
             log: log::State::new(config.log, identity),
-            kv: kv::State::new(self.kv.clone(), options.grants.kv.clone()),
+            kv: kv::State::new(
+                self.kv.clone(),
+                options.grants.kv.clone(),
+                options.tenant.clone(),
+                limits.memory_bytes(),
+            ),
             events: events::State::new(config.events),
             llm: llm::State::new(
                 &config.llm,

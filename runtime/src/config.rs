@@ -211,6 +211,9 @@ impl Config {
         self.llm
             .check()
             .map_err(|e| ConfigError::Invalid(format!("llm: {e}")))?;
+        self.kv
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if e.pool_instances == 0 {
             return Err(ConfigError::Invalid(
                 "engine.pool_instances must be positive".into(),

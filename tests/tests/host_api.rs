@@ -263,3 +263,56 @@ fn aot_cache_is_reused_by_a_new_engine() {
         Ok("y")
     );
 }
+
+#[test]
+fn kv_is_per_tenant_for_the_same_capsule_and_named_namespace() {
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let as_tenant = |tenant: &str, named: Option<&str>| {
+        let mut o = CallOptions::for_capsule(&t.engine, &c);
+        o.tenant = tenant.into();
+        if let Some(n) = named {
+            o.kv_namespace(n);
+        }
+        o
+    };
+    for named in [None, Some("shared-across-versions")] {
+        let a = as_tenant("tenant-a", named);
+        let b = as_tenant("tenant-b", named);
+        let o = call(t, &a, r#"{"op":"put","key":"per-tenant","value":"a's"}"#);
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        let o = call(t, &b, r#"{"op":"get","key":"per-tenant"}"#);
+        assert_eq!(
+            o.result.as_deref(),
+            Ok(r#"{"key":"per-tenant","value":null}"#),
+            "{named:?}"
+        );
+        let o = call(t, &b, r#"{"op":"list","prefix":""}"#);
+        assert_eq!(o.result.as_deref(), Ok("[]"), "{named:?}");
+        let o = call(t, &a, r#"{"op":"get","key":"per-tenant"}"#);
+        assert_eq!(
+            o.result.as_deref(),
+            Ok(r#"{"key":"per-tenant","value":"a's"}"#),
+            "{named:?}"
+        );
+    }
+}
+
+#[test]
+fn pending_kv_writes_past_the_call_budget_are_refused_by_name() {
+    let t = shared();
+    let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
+    let mut o = CallOptions::for_capsule(&t.engine, &c);
+    // A call's memory limit lowers the pending-writes budget.
+    o.limits.memory_mb = 4;
+    let out = call(
+        t,
+        &o,
+        r#"{"op":"fill","scope":"run","prefix":"p/","count":50,"bytes":1000000}"#,
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.result.as_deref().expect("fill answers")).expect("json");
+    assert_eq!(report["written"], 4, "{report}");
+    let refused = report["refused"].as_str().expect("refused");
+    assert!(refused.contains("limits.memory_mb"), "{refused}");
+}
