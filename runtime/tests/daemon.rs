@@ -394,7 +394,7 @@ fn check_charges(d: &Daemon, admin: &str, run: &str) {
 fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
-    let admin = token(dir.path(), "ops", "admin");
+    let admin = token(dir.path(), "ops", "operator");
     let d = Daemon::start(dir.path(), "dag_drivers = 2\n");
     let spec = kamachiq_spec();
     // The reference output, from an uninterrupted run.
@@ -612,7 +612,7 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
         "{}",
         String::from_utf8_lossy(&push.stderr)
     );
-    let admin = token(dir.path(), "ops", "admin");
+    let admin = token(dir.path(), "ops", "operator");
     let acme = token(dir.path(), "acme", "run,read");
     let d = Daemon::start(
         dir.path(),
