@@ -341,10 +341,11 @@ fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
         &json!({"capsule": "calculator", "input": {"expr": "6*7"}}),
     );
     assert_eq!((s, v["output"]["value"].clone()), (200, json!(42)));
-    // Metrics are served without a token.
-    let (s, text, _) = call(&d, reqwest::Method::GET, "/metrics", None, None);
-    assert_eq!(s, 200);
-    assert!(text.as_str().expect("text").contains("soma_"), "{text}");
+    // Metrics need a `metrics` or `operator` token (attack_edge.rs has the rest).
+    let (s, _, _) = call(&d, reqwest::Method::GET, "/metrics", None, None);
+    assert_eq!(s, 401);
+    let (s, _, _) = call(&d, reqwest::Method::GET, "/metrics", Some(&acme), None);
+    assert_eq!(s, 403);
     // Graceful stop.
     assert!(d.stop().success());
 }
