@@ -439,7 +439,7 @@ pub async fn serve(
         }
     };
     let limits = Arc::new(connections::Limits::from_config(config));
-    let tcp = tokio::net::TcpListener::bind(&config.listen)
+    let tcp = connections::bind(&config.listen)
         .await
         .map_err(listen_err(&config.listen))?;
     let addr = tcp.local_addr().map_err(listen_err(&config.listen))?;
@@ -456,7 +456,7 @@ pub async fn serve(
         limits.clone(),
     )];
     if let Some(metrics_listen) = &config.metrics_listen {
-        let tcp = tokio::net::TcpListener::bind(metrics_listen)
+        let tcp = connections::bind(metrics_listen)
             .await
             .map_err(listen_err(metrics_listen))?;
         let local = tcp.local_addr().map_err(listen_err(metrics_listen))?;

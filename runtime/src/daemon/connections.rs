@@ -9,8 +9,10 @@
 //! - **Time**: a TLS handshake has `tls_handshake_timeout_ms`; a request
 //!   head has `header_read_timeout_ms` from the moment the connection opens
 //!   or the first byte of a next request arrives (slowloris; this also
-//!   covers HTTP/2's preface and first HEADERS); a connection with nothing
-//!   in flight and nothing received is closed after `idle_timeout_ms`. One
+//!   covers HTTP/2's preface and first HEADERS) — an overdue head is
+//!   dropped at once, as nothing is in flight; a connection with nothing
+//!   in flight and nothing received is closed (gracefully) after
+//!   `idle_timeout_ms`. One
 //!   watchdog per connection checks these (one timer entry each); the byte
 //!   counting costs an atomic load per read.
 //! - **Size and streams**: the HTTP/1 read buffer and the HTTP/2 header
@@ -26,7 +28,7 @@
 use std::{
     convert::Infallible,
     future::Future,
-    io,
+    io::{self, ErrorKind},
     pin::Pin,
     sync::{
         Arc,
@@ -140,6 +142,33 @@ impl Limits {
         }
         builder
     }
+}
+
+/// Most connections the kernel queues for the accept loop (capped by
+/// `net.core.somaxconn`): a burst of connects while the daemon is briefly
+/// descheduled is queued, not dropped into SYN retransmits.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listen on `addr` (`host:port`; the first address it resolves to that
+/// binds) with [`ACCEPT_BACKLOG`].
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(
+        ErrorKind::InvalidInput,
+        format!("`{addr}` resolves to no address"),
+    );
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(ACCEPT_BACKLOG),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; the resulting soft
@@ -352,8 +381,15 @@ impl Connection {
                     }
                     match activity.check(&self.limits) {
                         Check::Until(at) => watchdog.as_mut().reset(at.into()),
-                        Check::Expired(why) => {
-                            tracing::debug!("closing a connection: {why}");
+                        Check::HeadTooSlow => {
+                            // Nothing is in flight: nothing to finish.
+                            tracing::debug!(
+                                "closing a connection: no complete request head within daemon.header_read_timeout_ms"
+                            );
+                            return;
+                        }
+                        Check::Idle => {
+                            tracing::debug!("closing a connection idle for daemon.idle_timeout_ms");
                             closing = true;
                             conn.as_mut().graceful_shutdown();
                             watchdog.as_mut().reset((Instant::now() + CLOSE_GRACE).into());
@@ -383,8 +419,10 @@ struct Activity {
 enum Check {
     /// Look again at this instant.
     Until(Instant),
-    /// Close the connection.
-    Expired(&'static str),
+    /// A request head is overdue (nothing in flight): drop the connection.
+    HeadTooSlow,
+    /// Idle too long: close it gracefully.
+    Idle,
 }
 
 impl Activity {
@@ -431,19 +469,16 @@ impl Activity {
             return Check::Until(now + limits.idle.min(limits.header_read));
         }
         let head = self.head_since.load(Ordering::Relaxed);
-        let (deadline, why) = if head != 0 {
-            (
-                self.at(head) + limits.header_read,
-                "no complete request head within daemon.header_read_timeout_ms",
-            )
+        let (deadline, expired) = if head != 0 {
+            (self.at(head) + limits.header_read, Check::HeadTooSlow)
         } else {
             (
                 self.at(self.idle_since.load(Ordering::Relaxed)) + limits.idle,
-                "idle for daemon.idle_timeout_ms",
+                Check::Idle,
             )
         };
         if now >= deadline {
-            Check::Expired(why)
+            expired
         } else {
             Check::Until(deadline)
         }
@@ -599,7 +634,7 @@ mod tests {
         // A fresh connection owes its first head from the accept on.
         assert!(matches!(a.check(&limits), Check::Until(_)));
         std::thread::sleep(Duration::from_millis(60));
-        assert!(matches!(a.check(&limits), Check::Expired(_)));
+        assert!(matches!(a.check(&limits), Check::HeadTooSlow));
         // A request in flight is never timed out by the watchdog.
         let guard = a.begin();
         assert!(matches!(a.check(&limits), Check::Until(_)));
@@ -613,6 +648,6 @@ mod tests {
         // …until a byte of a next head arrives.
         a.received();
         std::thread::sleep(Duration::from_millis(60));
-        assert!(matches!(a.check(&limits), Check::Expired(_)));
+        assert!(matches!(a.check(&limits), Check::HeadTooSlow));
     }
 }
