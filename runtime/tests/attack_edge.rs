@@ -207,6 +207,32 @@ fn keep_alive_connections_are_closed_after_the_idle_timeout_not_the_header_timeo
 }
 
 #[test]
+fn an_oversized_request_head_is_refused_with_431() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = DaemonProcess::start(bin(), dir.path(), "max_header_bytes = 16384\n", "");
+    let base = d.usage();
+    let mut s = TcpStream::connect(d.addr()).expect("connect");
+    let huge = "a".repeat(256 * 1024);
+    let asked = Instant::now();
+    // The daemon may answer and close before it has read it all.
+    let _ = s.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n").as_bytes(),
+    );
+    let answer = read_until_closed(&mut s, asked + Duration::from_secs(5))
+        .expect("the oversized head was never answered");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    let after = d.usage();
+    assert!(
+        after.rss_kib <= base.rss_kib + 16 * 1024,
+        "{after:?} (idle {base:?})"
+    );
+}
+
+#[test]
 fn a_connection_flood_past_max_connections_is_refused_at_once_and_the_service_recovers() {
     const CAP: usize = 64;
     const FLOOD: usize = 200;
@@ -392,7 +418,61 @@ fn tokens_revoked_through_the_api_stop_at_the_next_request_and_expired_ones_are_
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "acme", "admin");
     let victim = token(bin(), dir.path(), "acme", "run,read");
+    // `--expires-in` on the CLI (offline): the expiry is recorded.
+    let out = soma_tests::daemon::soma(bin(), dir.path())
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "read",
+            "--expires-in",
+            "30d",
+            "--json",
+        ])
+        .output()
+        .expect("soma token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let expires = created["expires_ms"].as_u64().expect("expires_ms");
+    let month = 30 * 86_400_000;
+    assert!(
+        expires > now_ms + month - 60_000 && expires <= now_ms + month,
+        "{created}"
+    );
+    let cli_token = created["token"].as_str().expect("token").to_owned();
     let d = DaemonProcess::start(bin(), dir.path(), "", "");
+
+    // Revocation through the CLI's --server: at once.
+    assert_eq!(d.get("/v1/capsules", &cli_token).0, 200);
+    let out = std::process::Command::new(bin())
+        .args([
+            "--server",
+            &d.url,
+            "--token",
+            &admin,
+            "token",
+            "revoke",
+            &id_of(&cli_token),
+        ])
+        .env_remove("SOMA_CONFIG")
+        .output()
+        .expect("soma token revoke --server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.get("/v1/capsules", &cli_token).0, 401);
 
     // Revocation: works until the DELETE answers, refused from the very
     // next request on (and the revoked token cannot revoke or read either).
