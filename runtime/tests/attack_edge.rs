@@ -870,4 +870,37 @@ fn a_catalog_re_pull_under_a_queued_run_leaves_it_the_capsule_it_pinned() {
         &json!({"capsule": "tool", "input": {"expr": "6*7"}}),
     );
     assert_eq!((s, v["output"]["value"].clone()), (200, json!(42)), "{v}");
+
+    // After a restart `tool` (pulled through the API) is not in the
+    // configured catalog at all: a run pinned to it still resumes, with
+    // the verified component from the blob cache.
+    let (s, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"dag": one_node("hostile-loop", json!({}), 3000)}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"dag": one_node("tool", json!({"expr": "1+1"}), 10_000)}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let resumed = v["run"].as_str().expect("run").to_owned();
+    let (_, state) = d.get(&format!("/v1/runs/{resumed}"), &acme);
+    assert_eq!(state["status"], "queued", "killed too late: {state}");
+    let (data, config) = d.kill9();
+    let d = DaemonProcess::spawn(bin(), &data, &config);
+    let (_, catalog) = d.get("/v1/capsules", &acme);
+    assert!(
+        catalog
+            .as_array()
+            .expect("catalog")
+            .iter()
+            .all(|c| c["name"] != "tool"),
+        "{catalog}"
+    );
+    let done = d.wait_finished(&acme, &resumed, Duration::from_secs(30));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done.to_string().contains(r#""value":2"#), "{done}");
 }
