@@ -22,6 +22,15 @@ use soma_tests::daemon::{
     Bystander, DaemonProcess, ProcessUsage, assert_unharmed, client, time_calls, token,
 };
 
+/// The tests of this file run one at a time: two of them time another
+/// tenant's calls, and a hostile capsule burning a core in a test next to
+/// them would be measured instead of the attack (the machine may have 2).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
 }
@@ -74,6 +83,7 @@ fn read_until_closed(stream: &mut TcpStream, until: Instant) -> Option<Vec<u8>> 
 
 #[test]
 fn slowloris_half_sent_requests_are_closed_after_the_header_timeout_and_others_keep_working() {
+    let _serial = serial();
     const HALF_OPEN: usize = 1200;
     const HEADER_TIMEOUT: Duration = Duration::from_millis(3000);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -174,6 +184,7 @@ fn slowloris_half_sent_requests_are_closed_after_the_header_timeout_and_others_k
 
 #[test]
 fn keep_alive_connections_are_closed_after_the_idle_timeout_not_the_header_timeout() {
+    let _serial = serial();
     const IDLE: Duration = Duration::from_millis(2500);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = DaemonProcess::start(
@@ -208,6 +219,7 @@ fn keep_alive_connections_are_closed_after_the_idle_timeout_not_the_header_timeo
 
 #[test]
 fn an_oversized_request_head_is_refused_with_431() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = DaemonProcess::start(bin(), dir.path(), "max_header_bytes = 16384\n", "");
     let base = d.usage();
@@ -234,6 +246,7 @@ fn an_oversized_request_head_is_refused_with_431() {
 
 #[test]
 fn a_connection_flood_past_max_connections_is_refused_at_once_and_the_service_recovers() {
+    let _serial = serial();
     const CAP: usize = 64;
     const FLOOD: usize = 200;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -367,6 +380,7 @@ fn a_connection_flood_past_max_connections_is_refused_at_once_and_the_service_re
 
 #[test]
 fn a_stalled_tls_handshake_is_cut_at_its_timeout() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
@@ -431,6 +445,7 @@ fn a_stalled_tls_handshake_is_cut_at_its_timeout() {
 
 #[test]
 fn tokens_revoked_through_the_api_stop_at_the_next_request_and_expired_ones_are_refused() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "acme", "admin");
     let victim = token(bin(), dir.path(), "acme", "run,read");
@@ -584,6 +599,7 @@ fn tokens_revoked_through_the_api_stop_at_the_next_request_and_expired_ones_are_
 
 #[test]
 fn a_tenant_admin_cannot_touch_another_tenants_tokens_budgets_ledger_runs_or_the_catalog() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme_admin = token(bin(), dir.path(), "acme", "admin");
     let acme_run = token(bin(), dir.path(), "acme", "run,read");
@@ -733,6 +749,7 @@ fn a_tenant_admin_cannot_touch_another_tenants_tokens_budgets_ledger_runs_or_the
 
 #[test]
 fn metrics_need_a_token_or_the_separate_listener_and_name_no_tenant_by_default() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let acme_admin = token(bin(), dir.path(), "acme", "admin");
@@ -805,6 +822,7 @@ fn one_node(capsule: &str, input: Value, timeout_ms: u64) -> Value {
 
 #[test]
 fn a_catalog_re_pull_under_a_queued_run_leaves_it_the_capsule_it_pinned() {
+    let _serial = serial();
     let registry = soma_tests::registry::Registry::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let push = |component: &str, reference: &str| {
