@@ -146,7 +146,7 @@ impl DaemonConfig {
         if self.http2_max_concurrent_streams == 0 {
             return bad("daemon.http2_max_concurrent_streams must be at least 1");
         }
-        if self.metrics_listen.is_some() && self.metrics_listen.as_deref() == Some(&self.listen) {
+        if self.metrics_listen.as_deref() == Some(self.listen.as_str()) {
             return bad("daemon.metrics_listen must differ from daemon.listen");
         }
         Ok(())
