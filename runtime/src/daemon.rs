@@ -6,6 +6,7 @@
 //! of the journal, the ledger and the tokens while it runs.
 
 pub mod auth;
+pub mod connections;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
@@ -54,6 +55,39 @@ pub struct DaemonConfig {
     pub otlp_endpoint: Option<String>,
     /// Capsules the daemon serves by name.
     pub capsules: Vec<CatalogEntry>,
+    /// Connections open at once on `listen` (and, separately, on
+    /// `metrics_listen`); past it a new connection is answered 503 (plain
+    /// HTTP) or closed (TLS) at once, with one warning every 10 s. Lowered
+    /// to what the process's file-descriptor limit allows (after raising
+    /// its soft limit to the hard one), less 256 for the daemon's own files.
+    pub max_connections: usize,
+    /// A client has this long, ms, to send a request's whole head (request
+    /// line and headers; for HTTP/2 its first request) from the moment the
+    /// connection opens or the first byte of a next request arrives;
+    /// slower connections are closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and nothing received for this
+    /// long, ms, is closed (keep-alive idle timeout).
+    pub idle_timeout_ms: u64,
+    /// A TLS handshake must finish within this, ms.
+    pub tls_handshake_timeout_ms: u64,
+    /// Largest request head, bytes: HTTP/1 read buffer (at least 8192) and
+    /// HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams (requests) one connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive: ping an HTTP/2 client every this many ms (0 = off)…
+    pub http2_keep_alive_interval_ms: u64,
+    /// …and close the connection if a ping is not answered within this, ms.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// Also serve `GET /metrics` without a token on this address (plain
+    /// HTTP, nothing else on it), e.g. `127.0.0.1:9464`; keep it off networks
+    /// tenants reach. On `listen`, `/metrics` needs an `operator` or
+    /// `metrics` token either way.
+    pub metrics_listen: Option<String>,
+    /// Label `soma_cost_micros_total` by tenant name; off, every tenant's
+    /// cost is summed under `tenant="all"`, so a scrape shows no tenant.
+    pub metrics_tenant_labels: bool,
 }
 
 impl Default for DaemonConfig {
@@ -72,9 +106,55 @@ impl Default for DaemonConfig {
             shutdown_grace_ms: 10_000,
             otlp_endpoint: None,
             capsules: Vec::new(),
+            max_connections: 4096,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_header_bytes: 64 * 1024,
+            http2_max_concurrent_streams: 128,
+            http2_keep_alive_interval_ms: 30_000,
+            http2_keep_alive_timeout_ms: 20_000,
+            metrics_listen: None,
+            metrics_tenant_labels: false,
         }
     }
 }
+
+impl DaemonConfig {
+    /// Refuse settings the daemon cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), DaemonError> {
+        let bad = |m: &str| Err(DaemonError::Config(m.to_owned()));
+        if self.dag_drivers == 0 || self.max_in_flight == 0 || self.rate_per_sec <= 0.0 {
+            return bad("dag_drivers, max_in_flight and rate_per_sec must be positive");
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(DaemonError::Config(format!(
+                "daemon.max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
+        }
+        if self.header_read_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.tls_handshake_timeout_ms == 0
+        {
+            return bad(
+                "daemon.header_read_timeout_ms, idle_timeout_ms and tls_handshake_timeout_ms must be positive",
+            );
+        }
+        if !(8192..=16 << 20).contains(&self.max_header_bytes) {
+            return bad("daemon.max_header_bytes must be between 8192 and 16 MiB");
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return bad("daemon.http2_max_concurrent_streams must be at least 1");
+        }
+        if self.metrics_listen.as_deref() == Some(self.listen.as_str()) {
+            return bad("daemon.metrics_listen must differ from daemon.listen");
+        }
+        Ok(())
+    }
+}
+
+/// The largest `daemon.max_connections` accepted.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// TLS files.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -153,6 +233,9 @@ pub struct Daemon {
     pub admission: limits::Admission,
     /// Capsules by name.
     pub catalog: RwLock<BTreeMap<String, CatalogItem>>,
+    /// Capsules a re-pull replaced in the catalog, by digest: runs that
+    /// pinned them still find them (see [`Daemon::pinned_capsule`]).
+    pub replaced: RwLock<BTreeMap<String, CatalogItem>>,
     /// Live and recent runs.
     pub runs: runs::Runs,
     /// Prometheus metrics.
@@ -165,11 +248,7 @@ impl Daemon {
     /// Load the catalog and the tokens; start the DAG drivers and resume
     /// every run a previous daemon left unfinished.
     pub fn start(engine: Engine, config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
-        if config.dag_drivers == 0 || config.max_in_flight == 0 || config.rate_per_sec <= 0.0 {
-            return Err(DaemonError::Config(
-                "dag_drivers, max_in_flight and rate_per_sec must be positive".into(),
-            ));
-        }
+        config.check()?;
         let engine = Arc::new(engine);
         let mut catalog = BTreeMap::new();
         for entry in &config.capsules {
@@ -177,7 +256,9 @@ impl Daemon {
             catalog.insert(entry.name.clone(), item);
         }
         let tokens = auth::Tokens::load(engine.data().database().clone())?;
-        let metrics = Arc::new(metrics::Metrics::new());
+        note_admin_migration(&tokens);
+        let metrics =
+            Arc::new(metrics::Metrics::new().with_tenant_labels(config.metrics_tenant_labels));
         {
             let m = metrics.clone();
             engine
@@ -201,6 +282,7 @@ impl Daemon {
             tokens,
             admission,
             catalog: RwLock::new(catalog),
+            replaced: RwLock::new(BTreeMap::new()),
             metrics,
         });
         runs::start_drivers(&daemon);
@@ -215,6 +297,81 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The capsule a run pinned: catalog name `name` if it still has
+    /// `digest`; else the capsule a re-pull replaced under that digest; else
+    /// (after a restart) the verified component in the blob cache with
+    /// that digest. `None` if none of them has it. Cost: map lookups; from
+    /// the blob cache, a file read and a load (AOT-cached).
+    pub fn pinned_capsule(&self, name: &str, digest: &str) -> Option<Arc<Capsule>> {
+        if let Some(item) = self.capsule(name)
+            && item.capsule.digest().to_string() == digest
+        {
+            return Some(item.capsule);
+        }
+        if let Some(item) = self
+            .replaced
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Some(item.capsule.clone());
+        }
+        let hex = digest.strip_prefix("sha256:")?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self
+            .engine
+            .data()
+            .root()
+            .join("blobs")
+            .join("sha256")
+            .join(hex);
+        let bytes = std::fs::read(path).ok()?;
+        let capsule = self.engine.load(&bytes, name).ok()?;
+        (capsule.digest().to_string() == digest).then_some(capsule)
+    }
+
+    /// Put `item` in the catalog as `name`; a capsule it replaces stays
+    /// reachable by digest for the runs that pinned it. Returns the
+    /// replaced item's digest, if another capsule had that name.
+    pub fn install(&self, name: &str, item: CatalogItem) -> Option<String> {
+        let mut catalog = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let old = catalog.insert(name.to_owned(), item)?;
+        let digest = old.capsule.digest().to_string();
+        let same = catalog
+            .get(name)
+            .is_some_and(|new| new.capsule.digest().to_string() == digest);
+        drop(catalog);
+        if same {
+            return None;
+        }
+        self.replaced
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), old);
+        Some(digest)
+    }
+}
+
+/// Tell the operator, once, that `admin` no longer means every tenant when
+/// the store has `admin` tokens but no `operator` token.
+fn note_admin_migration(tokens: &auth::Tokens) {
+    let live: Vec<_> = tokens.loaded().into_iter().filter(|t| !t.revoked).collect();
+    let admins = live
+        .iter()
+        .filter(|t| t.scopes.contains(&auth::Scope::Admin))
+        .count();
+    let operators = live
+        .iter()
+        .filter(|t| t.scopes.contains(&auth::Scope::Operator))
+        .count();
+    if admins > 0 && operators == 0 {
+        tracing::warn!(
+            "{admins} `admin` token(s) and no `operator` token: `admin` now acts only on its own tenant; catalog pulls, capsule budgets, other tenants' runs, ledgers, budgets and tokens, and /metrics need an `operator` token (stop the daemon, then `soma token create --tenant ops --scopes operator`)"
+        );
     }
 }
 
@@ -263,71 +420,82 @@ pub fn pull(engine: &Engine, reference: &str) -> Result<(Arc<Capsule>, String), 
 /// let in-flight requests finish (up to `shutdown_grace_ms`), interrupt the
 /// DAG runs (they finish their calls in flight and stay resumable) and wait
 /// for the drivers. `on_listen` receives the bound address (for `:0`).
+///
+/// Connections are accepted by [`connections::Listener`]s (the API on
+/// `daemon.listen`, and `/metrics` alone on `daemon.metrics_listen` if
+/// set), each with `daemon.max_connections` slots and the header, idle and
+/// handshake timeouts of `[daemon]`.
 pub async fn serve(
     daemon: Arc<Daemon>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listen: impl FnOnce(&str),
 ) -> Result<(), DaemonError> {
     let config = &daemon.config;
-    let listen_err = |e: std::io::Error| DaemonError::Listen {
-        addr: config.listen.clone(),
-        message: e.to_string(),
+    let listen_err = |addr: &str| {
+        let addr = addr.to_owned();
+        move |e: std::io::Error| DaemonError::Listen {
+            addr: addr.clone(),
+            message: e.to_string(),
+        }
     };
-    let tcp = tokio::net::TcpListener::bind(&config.listen)
+    let limits = Arc::new(connections::Limits::from_config(config));
+    let tcp = connections::bind(&config.listen)
         .await
-        .map_err(listen_err)?;
-    let addr = tcp.local_addr().map_err(listen_err)?;
-    let app = api::router(daemon.clone());
+        .map_err(listen_err(&config.listen))?;
+    let addr = tcp.local_addr().map_err(listen_err(&config.listen))?;
+    let tls = match &config.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut listeners = vec![connections::Listener::new(
+        "api",
+        tcp,
+        tls,
+        api::router(daemon.clone()),
+        limits.clone(),
+    )];
+    if let Some(metrics_listen) = &config.metrics_listen {
+        let tcp = connections::bind(metrics_listen)
+            .await
+            .map_err(listen_err(metrics_listen))?;
+        let local = tcp.local_addr().map_err(listen_err(metrics_listen))?;
+        tracing::info!("metrics (no token) on http://{local}/metrics");
+        listeners.push(connections::Listener::new(
+            "metrics",
+            tcp,
+            None,
+            api::metrics_router(daemon.clone()),
+            limits.clone(),
+        ));
+    }
+    on_listen(&format!("{scheme}://{addr}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(l.run(stop_rx.clone())))
+        .collect();
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    daemon.runs.begin_shutdown();
+    let _ = stop_tx.send(true);
     let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
-    let stopping = {
-        let daemon = daemon.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining requests");
-            daemon.runs.begin_shutdown();
-            let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        for handle in accepting {
+            if let Ok(drained) = handle.await {
+                drained.wait().await;
+            }
         }
-    };
-    let served = match &config.tls {
-        Some(tls) => {
-            let listener =
-                tls::TlsListener::new(tcp, tls::server_config(tls)?).map_err(listen_err)?;
-            on_listen(&format!("https://{addr}"));
-            let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
-            drain(server.into_future(), stop_rx, grace).await
-        }
-        None => {
-            on_listen(&format!("http://{addr}"));
-            let server = axum::serve(tcp, app).with_graceful_shutdown(stopping);
-            drain(server.into_future(), stop_rx, grace).await
-        }
-    };
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still in flight after the grace period; closing them");
+    }
     let runs_daemon = daemon.clone();
     let _ = tokio::task::spawn_blocking(move || {
         runs_daemon.runs.shutdown();
         runs_daemon.calls.shutdown();
     })
     .await;
-    served.map_err(listen_err)
-}
-
-/// Run the server; once shutdown has begun, give it `grace` to drain.
-async fn drain(
-    server: impl Future<Output = std::io::Result<()>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    grace: std::time::Duration,
-) -> std::io::Result<()> {
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => return r,
-        _ = stop.wait_for(|s| *s) => {}
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("requests still in flight after the grace period; closing them");
-            Ok(())
-        }
-    }
+    Ok(())
 }

@@ -203,10 +203,11 @@ fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
         &json!({"capsule": "calculator", "input": {"expr": "6*7"}}),
     );
     assert_eq!((s, v["output"]["value"].clone()), (200, json!(42)));
-    // Metrics are served without a token.
-    let (s, text, _) = call(&d, reqwest::Method::GET, "/metrics", None, None);
-    assert_eq!(s, 200);
-    assert!(text.as_str().expect("text").contains("soma_"), "{text}");
+    // Metrics need a `metrics` or `operator` token (attack_edge.rs has the rest).
+    let (s, _, _) = call(&d, reqwest::Method::GET, "/metrics", None, None);
+    assert_eq!(s, 401);
+    let (s, _, _) = call(&d, reqwest::Method::GET, "/metrics", Some(&acme), None);
+    assert_eq!(s, 403);
     // Graceful stop.
     assert!(d.stop().success());
 }
@@ -256,7 +257,7 @@ fn check_charges(d: &Daemon, admin: &str, run: &str) {
 fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(dir.path(), "acme", "run,read");
-    let admin = token(dir.path(), "ops", "admin");
+    let admin = token(dir.path(), "ops", "operator");
     let d = start(dir.path(), "dag_drivers = 2\n");
     let spec = kamachiq_spec();
     // The reference output, from an uninterrupted run.
@@ -474,7 +475,7 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
         "{}",
         String::from_utf8_lossy(&push.stderr)
     );
-    let admin = token(dir.path(), "ops", "admin");
+    let admin = token(dir.path(), "ops", "operator");
     let acme = token(dir.path(), "acme", "run,read");
     let d = start(
         dir.path(),

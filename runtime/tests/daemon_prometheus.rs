@@ -241,6 +241,20 @@ fn calls_reach_prometheus_and_the_dashboard_queries_are_valid() {
     );
     let created: Value = serde_json::from_slice(&out.stdout).expect("token JSON");
     let token = created["token"].as_str().expect("token").to_owned();
+    // The scraper's token: `/metrics` only.
+    let out = soma(&data)
+        .args([
+            "token", "create", "--tenant", "ops", "--scopes", "metrics", "--json",
+        ])
+        .output()
+        .expect("spawn soma token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("token JSON");
+    let scraper = created["token"].as_str().expect("token").to_owned();
 
     let daemon = Daemon::start(&data, &config);
 
@@ -266,8 +280,22 @@ fn calls_reach_prometheus_and_the_dashboard_queries_are_valid() {
     let (status, _) = daemon.request("POST", "/v1/runs", Some(&token), r#"{"capsule":"nope"}"#);
     assert_eq!(status, 404);
 
-    // The exposition itself.
-    let metrics = http_request(&daemon.host, "GET", "/metrics", &[], &[]).expect("GET /metrics");
+    // The exposition itself: a `metrics` (or `operator`) token only.
+    let (status, _) = daemon.request("GET", "/metrics", None, "");
+    assert_eq!(status, 401, "/metrics without a token");
+    let (status, _) = daemon.request("GET", "/metrics", Some(&token), "");
+    assert_eq!(status, 403, "/metrics with a tenant's run,read token");
+    let (status, _) = daemon.request("GET", "/v1/capsules", Some(&scraper), "");
+    assert_eq!(status, 403, "a metrics token reads nothing else");
+    let bearer = format!("Bearer {scraper}");
+    let metrics = http_request(
+        &daemon.host,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+        &[],
+    )
+    .expect("GET /metrics");
     assert_eq!(metrics.status, 200);
     assert!(
         metrics
@@ -319,8 +347,14 @@ fn calls_reach_prometheus_and_the_dashboard_queries_are_valid() {
         calls,
         "one fuel charge per call, counted once"
     );
-    assert!(get(r#"soma_cost_micros_total{tenant="acme"}"#) >= 0.0);
-    assert_eq!(get(r#"soma_rejected_total{reason="unauthorized"}"#), 1.0);
+    // Tenant labels are off by default: cost is summed, no tenant is named.
+    assert!(get(r#"soma_cost_micros_total{tenant="all"}"#) >= 0.0);
+    assert!(!text.contains("acme"), "a tenant name in /metrics:\n{text}");
+    assert_eq!(
+        get(r#"soma_rejected_total{reason="unauthorized"}"#),
+        2.0,
+        "the call and the scrape without a token"
+    );
     assert_eq!(
         get(r#"soma_http_requests_total{route="/v1/runs",method="POST",status="200"}"#),
         calls
@@ -340,7 +374,7 @@ fn calls_reach_prometheus_and_the_dashboard_queries_are_valid() {
     assert!(get("soma_capsule_cache_misses_total") + get("soma_capsule_cache_hits_total") >= 1.0);
 
     // A real Prometheus scraping it sees the same numbers.
-    let prometheus = Prometheus::start(&daemon.host);
+    let prometheus = Prometheus::start_with_bearer(&daemon.host, &scraper);
     let timeout = Duration::from_secs(30);
     prometheus.wait_for(r#"up{job="soma"}"#, timeout, |v| v == 1.0);
     let seen = prometheus.wait_for(

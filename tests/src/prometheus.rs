@@ -38,6 +38,16 @@ impl Prometheus {
 
     /// [`Prometheus::start`] with another metrics path.
     pub fn start_with_path(target: &str, metrics_path: &str) -> Self {
+        Self::start_scraping(target, metrics_path, None)
+    }
+
+    /// [`Prometheus::start`], scraping with `Authorization: Bearer <token>`
+    /// (the daemon's `/metrics` needs an `operator` or `metrics` token).
+    pub fn start_with_bearer(target: &str, token: &str) -> Self {
+        Self::start_scraping(target, "/metrics", Some(token))
+    }
+
+    fn start_scraping(target: &str, metrics_path: &str, bearer: Option<&str>) -> Self {
         assert!(
             Path::new(BINARY).exists(),
             "{BINARY} is missing: run `cargo xtask test` (it installs Debian's `prometheus`) or `apt-get install prometheus`"
@@ -45,9 +55,12 @@ impl Prometheus {
         let dir = tempfile::tempdir().expect("prometheus tempdir");
         let port = crate::registry::free_port();
         let listen = format!("127.0.0.1:{port}");
+        let authorization = bearer.map_or_else(String::new, |token| {
+            format!("    authorization:\n      type: Bearer\n      credentials: '{token}'\n")
+        });
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: {JOB}\n    metrics_path: {metrics_path}\n    \
+             scrape_configs:\n  - job_name: {JOB}\n    metrics_path: {metrics_path}\n{authorization}    \
              static_configs:\n      - targets: ['{target}']\n"
         );
         let config_path = dir.path().join("prometheus.yml");

@@ -17,7 +17,9 @@ pub(crate) struct DaemonArgs {
     listen: Option<String>,
 }
 
-/// API tokens (stored hashed in the data directory).
+/// API tokens (stored hashed in the data directory). With `--server`,
+/// through the running daemon's API (`create` and `revoke` take effect at
+/// once); without, on the data directory of a stopped daemon.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TokenCommand {
     /// Create a token for a tenant; it is printed once.
@@ -25,14 +27,20 @@ pub(crate) enum TokenCommand {
         /// The tenant it acts for.
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: run, read, admin.
+        /// Comma-separated: run, read, admin (its own tenant's tokens and
+        /// run budgets), operator (every tenant, the catalog, /metrics),
+        /// metrics (/metrics only).
         #[arg(long, default_value = "run,read")]
         scopes: String,
+        /// Refuse the token after this long: 90s, 15m, 12h, 30d, 2w (or
+        /// seconds). Never expires if absent.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
-    /// List tokens (ids, tenants, scopes; never secrets).
+    /// List tokens (ids, tenants, scopes, expiry; never secrets).
     Ls {
         /// JSON output.
         #[arg(long)]
@@ -100,13 +108,36 @@ pub(crate) fn daemon(global: &Global, args: DaemonArgs) -> anyhow::Result<Code> 
 }
 
 pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> {
+    let expires_in_s = match &cmd {
+        TokenCommand::Create {
+            expires_in: Some(text),
+            ..
+        } => Some(auth::parse_duration_s(text).map_err(|e| anyhow::anyhow!("--expires-in {e}"))?),
+        _ => None,
+    };
     if let Some(remote) = global.remote()? {
-        let TokenCommand::Create { tenant, scopes, .. } = cmd else {
-            global.local_only("token ls / token revoke")?;
-            return Ok(Code::Ok);
+        return match cmd {
+            TokenCommand::Create { tenant, scopes, .. } => {
+                let scopes: Vec<String> = scopes.split(',').map(|s| s.trim().to_owned()).collect();
+                super::remote::token_create(&remote, &tenant, &scopes, expires_in_s)
+            }
+            TokenCommand::Ls { json } => {
+                let list = super::remote::token_ls(&remote)?;
+                let rows: Vec<auth::TokenInfo> = serde_json::from_value(list)
+                    .context("the daemon's token list is not a list of tokens")?;
+                print_tokens(&rows, json)?;
+                Ok(Code::Ok)
+            }
+            TokenCommand::Revoke { id } => {
+                let r = super::remote::token_revoke(&remote, &id)?;
+                println!(
+                    "token {} of tenant {} revoked",
+                    r["id"].as_str().unwrap_or(&id),
+                    r["tenant"].as_str().unwrap_or("?")
+                );
+                Ok(Code::Ok)
+            }
         };
-        let scopes: Vec<String> = scopes.split(',').map(|s| s.trim().to_owned()).collect();
-        return super::remote::token_create(&remote, &tenant, &scopes);
     }
     let tokens = auth::Tokens::load(global.data_dir()?.database().clone())?;
     match cmd {
@@ -114,19 +145,29 @@ pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> 
             tenant,
             scopes,
             json,
+            ..
         } => {
             let scopes = auth::parse_scopes(&scopes).map_err(anyhow::Error::msg)?;
-            let (token, record) = tokens.create(&tenant, &scopes)?;
+            let expires_ms = match expires_in_s {
+                Some(s) => {
+                    Some(auth::expiry_in(s).context("--expires-in is too far in the future")?)
+                }
+                None => None,
+            };
+            let (token, record) = tokens.create(&tenant, &scopes, expires_ms)?;
             if json {
                 println!(
                     "{}",
-                    json!({ "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes })
+                    json!({ "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes, "expires_ms": record.expires_ms })
                 );
             } else {
                 println!("{token}");
                 let scopes: Vec<String> = record.scopes.iter().map(ToString::to_string).collect();
+                let expiry = record
+                    .expires_ms
+                    .map_or_else(String::new, |e| format!(", expires at unix ms {e}"));
                 eprintln!(
-                    "token {} for tenant {} ({}); shown once — store it now",
+                    "token {} for tenant {} ({}{expiry}); shown once — store it now",
                     record.id,
                     record.tenant,
                     scopes.join(",")
@@ -134,25 +175,9 @@ pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> 
             }
         }
         TokenCommand::Ls { json } => {
-            let list = tokens.list()?;
-            if json {
-                let rows: Vec<_> = list
-                    .iter()
-                    .map(|t| json!({ "id": t.id, "tenant": t.tenant, "scopes": t.scopes, "created_ms": t.created_ms, "revoked": t.revoked }))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for t in list {
-                    let scopes: Vec<String> = t.scopes.iter().map(ToString::to_string).collect();
-                    println!(
-                        "{}  {:<16} {:<16} {}",
-                        t.id,
-                        t.tenant,
-                        scopes.join(","),
-                        if t.revoked { "revoked" } else { "active" }
-                    );
-                }
-            }
+            let now = soma_runtime::dag::history::now_ms();
+            let rows: Vec<auth::TokenInfo> = tokens.list()?.iter().map(|t| t.info(now)).collect();
+            print_tokens(&rows, json)?;
         }
         TokenCommand::Revoke { id } => {
             let r = tokens.revoke(&id)?;
@@ -160,4 +185,31 @@ pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> 
         }
     }
     Ok(Code::Ok)
+}
+
+fn print_tokens(rows: &[auth::TokenInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    for t in rows {
+        let scopes: Vec<String> = t.scopes.iter().map(ToString::to_string).collect();
+        let state = if t.revoked {
+            "revoked".to_owned()
+        } else if t.expired {
+            "expired".to_owned()
+        } else if let Some(e) = t.expires_ms {
+            format!("active until unix ms {e}")
+        } else {
+            "active".to_owned()
+        };
+        println!(
+            "{}  {:<16} {:<16} {}",
+            t.id,
+            t.tenant,
+            scopes.join(","),
+            state
+        );
+    }
+    Ok(())
 }

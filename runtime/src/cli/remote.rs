@@ -177,13 +177,31 @@ pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-/// `soma token create --server URL` (admin token).
+/// `soma token create --server URL` (an admin token for its own tenant,
+/// an operator token for any).
 pub(crate) fn token_create(
     remote: &Remote,
     tenant: &str,
     scopes: &[String],
+    expires_in_s: Option<u64>,
 ) -> anyhow::Result<Code> {
-    let v = remote.post("/v1/tokens", &json!({ "tenant": tenant, "scopes": scopes }))?;
+    let v = remote.post(
+        "/v1/tokens",
+        &json!({ "tenant": tenant, "scopes": scopes, "expires_in_s": expires_in_s }),
+    )?;
     println!("{v}");
     Ok(Code::Ok)
+}
+
+/// `soma token ls --server URL`: the tokens the caller may see.
+pub(crate) fn token_ls(remote: &Remote) -> anyhow::Result<Value> {
+    remote.get("/v1/tokens")
+}
+
+/// `soma token revoke ID --server URL`: refused from the next request on.
+pub(crate) fn token_revoke(remote: &Remote, id: &str) -> anyhow::Result<Value> {
+    let req = remote
+        .client
+        .delete(format!("{}/v1/tokens/{id}", remote.url));
+    Ok(remote.send(req)?.1)
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::{
     Daemon,
-    auth::{Principal, Scope},
+    auth::{AuthError, Principal, Scope, TokenInfo},
     limits::Refused,
     runs::CallRun,
 };
@@ -57,6 +57,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/budgets"),
     ("put", "/v1/budgets"),
     ("post", "/v1/tokens"),
+    ("get", "/v1/tokens"),
+    ("delete", "/v1/tokens/{id}"),
 ];
 
 /// The router with every layer.
@@ -64,7 +66,6 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
     let open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi));
     let api = Router::new()
         .route("/v1/capsules/pull", post(pull_capsule))
@@ -75,7 +76,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/ledger", get(ledger))
         .route("/v1/budgets", get(get_budgets).put(put_budget))
-        .route("/v1/tokens", post(create_token))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
     let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
     open.merge(api)
@@ -84,6 +87,21 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             daemon.config.max_body_bytes,
         ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(daemon)
+}
+
+/// `GET /metrics` alone, without a token, for `daemon.metrics_listen`.
+pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
+    let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not-found", "only /metrics here")
+        })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -127,6 +145,10 @@ impl ApiError {
 
     fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 }
 
@@ -289,7 +311,16 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     }
 }
 
-async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+/// `GET /metrics` on the API listener: an `operator` or `metrics` token.
+async fn metrics(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    require(&p, Scope::Metrics)?;
+    Ok(render_metrics(State(daemon)).await)
+}
+
+async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     let m = &daemon.metrics;
     m.set_active_runs(i64::try_from(daemon.runs.active()).unwrap_or(i64::MAX));
     m.set_queue_depth(i64::try_from(daemon.runs.queued()).unwrap_or(i64::MAX));
@@ -324,7 +355,11 @@ async fn pull_capsule(
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Admin)?;
+    if !p.is_operator() {
+        return Err(ApiError::forbidden(
+            "pulling into the catalog (shared by every tenant) needs an `operator` token",
+        ));
+    }
     let req: PullRequest = parse(body)?;
     let engine = daemon.engine.clone();
     let reference = req.reference.clone();
@@ -334,20 +369,17 @@ async fn pull_capsule(
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e))?;
     let (capsule, origin) = pulled;
     let digest = capsule.digest().to_string();
-    daemon
-        .catalog
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            req.name.clone(),
-            super::CatalogItem {
-                capsule,
-                origin: origin.clone(),
-            },
-        );
+    // Runs that pinned a capsule this replaces keep it (by digest).
+    let replaced = daemon.install(
+        &req.name,
+        super::CatalogItem {
+            capsule,
+            origin: origin.clone(),
+        },
+    );
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": req.name, "digest": digest, "origin": origin })),
+        Json(json!({ "name": req.name, "digest": digest, "origin": origin, "replaced": replaced })),
     )
         .into_response())
 }
@@ -575,7 +607,7 @@ fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError
 }
 
 fn visible(p: &Principal, tenant: &str) -> bool {
-    p.tenant == tenant || p.may(Scope::Admin)
+    p.sees_tenant(tenant)
 }
 
 async fn get_run(
@@ -771,15 +803,13 @@ async fn ledger(
     require(&p, Scope::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
-        Some(t) if p.may(Scope::Admin) => Some(t),
+        Some(t) if p.is_operator() => Some(t),
         Some(t) if t != p.tenant => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only admin tokens may read another tenant's ledger",
+            return Err(ApiError::forbidden(
+                "only operator tokens may read another tenant's ledger",
             ));
         }
-        _ if p.may(Scope::Admin) => None,
+        _ if p.is_operator() => None,
         _ => Some(p.tenant.clone()),
     };
     let filter = Filter {
@@ -807,12 +837,30 @@ async fn get_budgets(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::internal)?;
     let own = budget::Scope::Tenant(p.tenant.clone());
-    let list: Vec<Value> = all
-        .into_iter()
-        .filter(|(scope, _)| p.may(Scope::Admin) || *scope == own)
-        .map(|(scope, account)| json!({ "scope": scope.key(), "account": account }))
-        .collect();
-    Ok(Json(json!(list)))
+    let mut mine = Vec::new();
+    let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    for (scope, account) in all {
+        let shown = match &scope {
+            _ if p.is_operator() => true,
+            budget::Scope::Tenant(_) => scope == own,
+            budget::Scope::Capsule(_) => false,
+            budget::Scope::Run(r) | budget::Scope::Node(r) => {
+                let run = r.split('/').next().unwrap_or(r).to_owned();
+                if let Some(seen) = runs.get(&run) {
+                    *seen
+                } else {
+                    let tenant = run_tenant(&daemon, &run).await?;
+                    let ours = tenant.as_deref() == Some(p.tenant.as_str());
+                    runs.insert(run, ours);
+                    ours
+                }
+            }
+        };
+        if shown {
+            mine.push(json!({ "scope": scope.key(), "account": account }));
+        }
+    }
+    Ok(Json(json!(mine)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -840,6 +888,7 @@ async fn put_budget(
             Some("scope"),
         )
     })?;
+    may_budget(&daemon, &p, &scope).await?;
     let limit = (!req.remove).then_some(budget::Limit {
         tokens: req.tokens,
         micros: req.micros,
@@ -858,6 +907,10 @@ async fn put_budget(
 struct TokenRequest {
     tenant: String,
     scopes: Vec<Scope>,
+    /// Refused this many seconds after creation…
+    expires_in_s: Option<u64>,
+    /// …or from this unix time (ms) on.
+    expires_at_ms: Option<u64>,
 }
 
 async fn create_token(
@@ -867,17 +920,163 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     require(&p, Scope::Admin)?;
     let req: TokenRequest = parse(body)?;
+    if let Some(why) = p.refuses_token(&req.tenant, &req.scopes) {
+        return Err(ApiError::forbidden(why));
+    }
+    let expires_ms =
+        match (req.expires_in_s, req.expires_at_ms) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(
+                    "give at most one of `expires_in_s` and `expires_at_ms`",
+                    Some("expires_in_s"),
+                ));
+            }
+            (Some(0), None) => {
+                return Err(ApiError::bad(
+                    "`expires_in_s` must be positive",
+                    Some("expires_in_s"),
+                ));
+            }
+            (Some(s), None) => Some(super::auth::expiry_in(s).ok_or_else(|| {
+                ApiError::bad("`expires_in_s` is too large", Some("expires_in_s"))
+            })?),
+            (None, at) => at,
+        };
     let tokens = daemon.tokens.clone();
     let (token, record) =
-        tokio::task::spawn_blocking(move || tokens.create(&req.tenant, &req.scopes))
+        tokio::task::spawn_blocking(move || tokens.create(&req.tenant, &req.scopes, expires_ms))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::bad(e.to_string(), Some("tenant")))?;
+            .map_err(|e| match e {
+                e @ AuthError::PastExpiry { .. } => {
+                    ApiError::bad(e.to_string(), Some("expires_at_ms"))
+                }
+                AuthError::Invalid(m) => ApiError::bad(m, Some("tenant")),
+                other => ApiError::internal(other.to_string()),
+            })?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes,
+            "expires_ms": record.expires_ms,
         })),
     )
         .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensQuery {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/tokens`: the tokens of the caller's tenant (an operator: every
+/// tenant's, or `?tenant=`), never their secrets.
+async fn list_tokens(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    query: Result<Query<TokensQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Admin)?;
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
+    let tenant = match q.tenant {
+        Some(t) if !p.sees_tenant(&t) => {
+            return Err(ApiError::forbidden(
+                "a tenant admin lists only its own tenant's tokens; every tenant's need an `operator` token",
+            ));
+        }
+        Some(t) => Some(t),
+        None if p.is_operator() => None,
+        None => Some(p.tenant.clone()),
+    };
+    let now = crate::dag::history::now_ms();
+    let list: Vec<TokenInfo> = daemon
+        .tokens
+        .loaded()
+        .iter()
+        .filter(|t| tenant.as_ref().is_none_or(|want| &t.tenant == want))
+        .map(|t| t.info(now))
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+/// `DELETE /v1/tokens/{id}`: revoke now — the token is refused from the
+/// next request on, and after restarts.
+async fn revoke_token(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require(&p, Scope::Admin)?;
+    let missing = || ApiError::not_found(&format!("token `{id}` (GET /v1/tokens lists them)"));
+    let record = daemon.tokens.get(&id).ok_or_else(missing)?;
+    if !p.sees_tenant(&record.tenant) {
+        return Err(missing());
+    }
+    if let Some(why) = p.refuses_token(&record.tenant, &record.scopes) {
+        return Err(ApiError::forbidden(why));
+    }
+    let tokens = daemon.tokens.clone();
+    let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| match e {
+            AuthError::NotFound(id) => ApiError::not_found(&format!("token `{id}`")),
+            other => ApiError::internal(other.to_string()),
+        })?;
+    Ok(Json(json!(revoked.info(crate::dag::history::now_ms()))))
+}
+
+/// The tenant a run belongs to: a live or recent run, else the journal.
+/// `None` if no run has this id.
+async fn run_tenant(daemon: &Arc<Daemon>, run: &str) -> Result<Option<String>, ApiError> {
+    if let Some(live) = daemon.runs.live(run) {
+        return Ok(Some(live.tenant.clone()));
+    }
+    if let Some(call) = daemon.runs.call(run) {
+        return Ok(Some(call.tenant));
+    }
+    let db = daemon.engine.data().database().clone();
+    let run = run.to_owned();
+    tokio::task::spawn_blocking(move || match Journal::new(db).history(&run) {
+        Ok(history) => Ok(history.first().and_then(|e| match e {
+            Event::Created { tenant, .. } => Some(tenant.clone()),
+            _ => None,
+        })),
+        Err(JournalError::NotFound(_)) => Ok(None),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// Whether `p` may set or remove the budget `scope`: an operator any; a
+/// tenant admin only those of its own runs and their nodes (the tenant's
+/// own ceiling and capsule budgets are the operator's).
+async fn may_budget(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    scope: &budget::Scope,
+) -> Result<(), ApiError> {
+    if p.is_operator() {
+        return Ok(());
+    }
+    match scope {
+        budget::Scope::Tenant(_) => Err(ApiError::forbidden(
+            "a tenant's budget is its ceiling, set by the operator: it needs an `operator` token (a tenant admin may budget its own runs: run:R, node:R/N)",
+        )),
+        budget::Scope::Capsule(_) => Err(ApiError::forbidden(
+            "a capsule budget applies to every tenant: it needs an `operator` token",
+        )),
+        budget::Scope::Run(r) | budget::Scope::Node(r) => {
+            let run = r.split('/').next().unwrap_or(r);
+            match run_tenant(daemon, run).await? {
+                Some(t) if t == p.tenant => Ok(()),
+                _ => Err(ApiError {
+                    field: Some("scope".into()),
+                    ..ApiError::not_found(&format!("run `{run}`"))
+                }),
+            }
+        }
+    }
 }

@@ -1,5 +1,22 @@
-//! API tokens: created per tenant with scopes, stored hashed in redb,
-//! checked in constant time.
+//! API tokens: created per tenant with scopes and an optional expiry,
+//! stored hashed in redb, checked in constant time, revocable while the
+//! daemon runs.
+//!
+//! Scopes and who may do what:
+//!
+//! | scope | may |
+//! |---|---|
+//! | `run` | start and cancel its tenant's runs |
+//! | `read` | read its tenant's runs, events, capsules, ledger, budgets |
+//! | `admin` | a *tenant* admin: `run` + `read`, and its own tenant's tokens and budgets |
+//! | `operator` | everything, for every tenant: catalog pulls, capsule budgets, other tenants' runs, ledger, budgets and tokens, `/metrics` |
+//! | `metrics` | `GET /metrics` only (for a Prometheus scrape) |
+//!
+//! Migration: before scoped admin, `admin` was a global superuser. Stored
+//! `admin` tokens keep working, as tenant admins of the tenant they were
+//! created for; whoever operates the daemon needs an `operator` token
+//! (`soma token create --tenant ops --scopes operator`). The daemon logs
+//! this once at start when it finds `admin` tokens and no `operator` one.
 //!
 //! A token is `soma_<id>_<secret>`: `id` (12 hex digits) names the record
 //! and may be shown and logged; `secret` (43 base64url characters, 256
@@ -32,8 +49,23 @@ pub enum Scope {
     Run,
     /// Read runs, events, capsules, the ledger and budgets of its tenant.
     Read,
-    /// Pull capsules, set budgets, create tokens, see every tenant.
+    /// A tenant admin: run + read, and its own tenant's tokens and budgets.
     Admin,
+    /// The daemon's operator: every scope, every tenant, the catalog.
+    Operator,
+    /// `GET /metrics` only.
+    Metrics,
+}
+
+impl Scope {
+    /// Every scope, in the order they are listed.
+    pub const ALL: [Self; 5] = [
+        Self::Run,
+        Self::Read,
+        Self::Admin,
+        Self::Operator,
+        Self::Metrics,
+    ];
 }
 
 impl FromStr for Scope {
@@ -44,7 +76,11 @@ impl FromStr for Scope {
             "run" => Ok(Self::Run),
             "read" => Ok(Self::Read),
             "admin" => Ok(Self::Admin),
-            other => Err(format!("unknown scope `{other}` (run, read, admin)")),
+            "operator" => Ok(Self::Operator),
+            "metrics" => Ok(Self::Metrics),
+            other => Err(format!(
+                "unknown scope `{other}` (run, read, admin, operator, metrics)"
+            )),
         }
     }
 }
@@ -55,6 +91,8 @@ impl fmt::Display for Scope {
             Self::Run => "run",
             Self::Read => "read",
             Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Metrics => "metrics",
         })
     }
 }
@@ -75,6 +113,49 @@ pub struct TokenRecord {
     /// Revoked tokens are kept (for audit) but refused.
     #[serde(default)]
     pub revoked: bool,
+    /// Unix ms after which the token is refused; `None`: never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    /// Whether it has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
+
+    /// What may be shown of it: everything but the hash.
+    pub fn info(&self, now_ms: u64) -> TokenInfo {
+        TokenInfo {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            scopes: self.scopes.clone(),
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            revoked: self.revoked,
+            expired: self.expired(now_ms),
+        }
+    }
+}
+
+/// A token as listed (`GET /v1/tokens`, `soma token ls --json`): never its
+/// secret nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// Unix ms.
+    pub created_ms: u64,
+    /// Unix ms after which it is refused, if it expires.
+    pub expires_ms: Option<u64>,
+    /// Revoked.
+    pub revoked: bool,
+    /// Past its expiry.
+    pub expired: bool,
 }
 
 /// Who a request acts as.
@@ -89,9 +170,50 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether it holds `scope` (admin holds every scope).
+    fn holds(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// Whether it may act with `scope`: `operator` holds every scope;
+    /// `admin` holds `run` and `read` (for its own tenant); `metrics` is
+    /// held only by `metrics` and `operator` tokens.
     pub fn may(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+        self.holds(scope)
+            || self.holds(Scope::Operator)
+            || (matches!(scope, Scope::Run | Scope::Read) && self.holds(Scope::Admin))
+    }
+
+    /// Whether it acts for every tenant (an `operator` token).
+    pub fn is_operator(&self) -> bool {
+        self.holds(Scope::Operator)
+    }
+
+    /// Whether it may see and act on what belongs to `tenant`: its own
+    /// tenant, or any for an operator.
+    pub fn sees_tenant(&self, tenant: &str) -> bool {
+        self.tenant == tenant || self.is_operator()
+    }
+
+    /// Why it may not create or revoke a token of `tenant` with `scopes`,
+    /// if it may not: an operator may do anything; a tenant admin only for
+    /// its own tenant, and only `run`, `read` and `admin`.
+    pub fn refuses_token(&self, tenant: &str, scopes: &[Scope]) -> Option<String> {
+        if self.is_operator() {
+            return None;
+        }
+        if !self.holds(Scope::Admin) {
+            return Some("this token lacks the `admin` scope".into());
+        }
+        if tenant != self.tenant {
+            return Some(format!(
+                "a tenant admin manages only its own tenant's tokens (`{}`); another tenant's need an `operator` token",
+                self.tenant
+            ));
+        }
+        scopes
+            .iter()
+            .find(|s| matches!(s, Scope::Operator | Scope::Metrics))
+            .map(|s| format!("only an `operator` token may grant or revoke the `{s}` scope"))
     }
 }
 
@@ -104,6 +226,17 @@ pub enum AuthError {
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
+    /// The expiry asked for is not in the future.
+    #[error("the expiry ({expires_ms} ms since the epoch) is not in the future (now {now_ms})")]
+    PastExpiry {
+        /// The expiry asked for, unix ms.
+        expires_ms: u64,
+        /// Now, unix ms.
+        now_ms: u64,
+    },
+    /// No token has this id.
+    #[error("no token `{0}` (`soma token ls` lists them)")]
+    NotFound(String),
 }
 
 fn storage(e: impl fmt::Display) -> AuthError {
@@ -150,12 +283,14 @@ impl Tokens {
         Ok(out)
     }
 
-    /// Create a token for `tenant` with `scopes`; returns the token (shown
-    /// once) and its record.
+    /// Create a token for `tenant` with `scopes`, refused from
+    /// `expires_ms` (unix ms) on if given; returns the token (shown once)
+    /// and its record. Cost: one durable redb write.
     pub fn create(
         &self,
         tenant: &str,
         scopes: &[Scope],
+        expires_ms: Option<u64>,
     ) -> Result<(String, TokenRecord), AuthError> {
         if tenant.is_empty()
             || tenant.len() > 64
@@ -169,6 +304,15 @@ impl Tokens {
         }
         if scopes.is_empty() {
             return Err(AuthError::Invalid("give at least one scope".into()));
+        }
+        let now = crate::dag::history::now_ms();
+        if let Some(e) = expires_ms
+            && e <= now
+        {
+            return Err(AuthError::PastExpiry {
+                expires_ms: e,
+                now_ms: now,
+            });
         }
         let mut secret = [0u8; 32];
         let mut id = [0u8; 6];
@@ -185,23 +329,58 @@ impl Tokens {
             tenant: tenant.to_owned(),
             scopes,
             hash: hex::encode(Sha256::digest(token.as_bytes())),
-            created_ms: crate::dag::history::now_ms(),
+            created_ms: now,
             revoked: false,
+            expires_ms,
         };
         self.save(&record)?;
         Ok((token, record))
     }
 
-    /// Revoke a token by id.
+    /// A token's record by id (from memory; no I/O).
+    pub fn get(&self, id: &str) -> Option<TokenRecord> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every token held in memory, by id (no I/O; what the daemon checks
+    /// against).
+    pub fn loaded(&self) -> Vec<TokenRecord> {
+        let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<TokenRecord> = map.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        all
+    }
+
+    /// Revoke a token by id: durable, and refused by [`Tokens::check`]
+    /// from the moment this returns. Revoking a revoked token is a no-op.
+    /// Cost: one read and one durable redb write.
     pub fn revoke(&self, id: &str) -> Result<TokenRecord, AuthError> {
         let mut record = self
-            .list()?
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| AuthError::Invalid(format!("no token `{id}`")))?;
-        record.revoked = true;
-        self.save(&record)?;
+            .read(id)?
+            .ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
+        if !record.revoked {
+            record.revoked = true;
+            self.save(&record)?;
+        }
         Ok(record)
+    }
+
+    fn read(&self, id: &str) -> Result<Option<TokenRecord>, AuthError> {
+        let db = self.db.get().map_err(storage)?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(TOKENS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        match table.get(id).map_err(storage)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(storage)?)),
+            None => Ok(None),
+        }
     }
 
     fn save(&self, record: &TokenRecord) -> Result<(), AuthError> {
@@ -223,15 +402,17 @@ impl Tokens {
         Ok(())
     }
 
-    /// Who `token` is, if it is a valid, unrevoked token. Cost: one sha256
-    /// and a map lookup; the comparison is constant-time.
+    /// Who `token` is, if it is a valid, unrevoked, unexpired token. Every
+    /// request; cost: one sha256, a map lookup and a clock read; the
+    /// comparison is constant-time.
     pub fn check(&self, token: &str) -> Option<Principal> {
         let id = token.strip_prefix("soma_")?.split('_').next()?;
         let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
         let record = map.get(id)?;
         let presented = hex::encode(Sha256::digest(token.as_bytes()));
         let equal: bool = presented.as_bytes().ct_eq(record.hash.as_bytes()).into();
-        (equal && !record.revoked).then(|| Principal {
+        let live = !record.revoked && !record.expired(crate::dag::history::now_ms());
+        (equal && live).then(|| Principal {
             token: record.id.clone(),
             tenant: record.tenant.clone(),
             scopes: record.scopes.clone(),
@@ -244,6 +425,41 @@ fn getrandom(buf: &mut [u8]) -> Result<(), AuthError> {
     rand_core::OsRng
         .try_fill_bytes(buf)
         .map_err(|e| AuthError::Storage(format!("no randomness: {e}")))
+}
+
+/// Parse a duration such as `30d`, `12h`, `15m`, `90s` or `3600` (seconds)
+/// into seconds (for `--expires-in`).
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number with a unit, e.g. 30d, 12h, 15m, 90s"))?;
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (s, m, h, d, w)")),
+    };
+    match n.checked_mul(per) {
+        Some(0) | None => Err(format!(
+            "`{text}`: give a positive duration of at most u64 seconds"
+        )),
+        Some(s) => Ok(s),
+    }
+}
+
+/// The expiry (unix ms) `expires_in_s` seconds from now; `None` if it
+/// overflows (which no caller can mean).
+pub fn expiry_in(expires_in_s: u64) -> Option<u64> {
+    expires_in_s
+        .checked_mul(1000)
+        .and_then(|ms| crate::dag::history::now_ms().checked_add(ms))
 }
 
 /// Parse `run,read,admin`.
@@ -264,7 +480,7 @@ mod tests {
         let db = Arc::new(LazyDatabase::new(dir.path().join("soma.redb")));
         let tokens = Tokens::load(db.clone()).expect("load");
         let (token, record) = tokens
-            .create("acme", &[Scope::Run, Scope::Read])
+            .create("acme", &[Scope::Run, Scope::Read], None)
             .expect("create");
         let p = tokens.check(&token).expect("valid");
         assert_eq!(p.tenant, "acme");
@@ -281,5 +497,77 @@ mod tests {
         drop(tokens);
         let again = Tokens::load(db).expect("reload");
         assert!(again.check(&token).is_none(), "revocation is durable");
+        assert!(matches!(again.revoke("nope"), Err(AuthError::NotFound(_))));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused_and_past_expiries_are_invalid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(LazyDatabase::new(dir.path().join("soma.redb")));
+        let tokens = Tokens::load(db).expect("load");
+        let now = crate::dag::history::now_ms();
+        assert!(matches!(
+            tokens.create("acme", &[Scope::Run], Some(now.saturating_sub(1))),
+            Err(AuthError::PastExpiry { .. })
+        ));
+        let (soon, record) = tokens
+            .create("acme", &[Scope::Run], Some(now + 150))
+            .expect("create");
+        assert!(tokens.check(&soon).is_some(), "valid until it expires");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tokens.check(&soon).is_some() {
+            assert!(std::time::Instant::now() < deadline, "never expired");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let info = tokens.get(&record.id).expect("kept").info(now + 1000);
+        assert!(info.expired && !info.revoked);
+    }
+
+    #[test]
+    fn scopes_nest_and_admin_is_bound_to_its_tenant() {
+        let p = |scopes: &[Scope]| Principal {
+            token: "t".into(),
+            tenant: "acme".into(),
+            scopes: scopes.to_vec(),
+        };
+        let admin = p(&[Scope::Admin]);
+        assert!(admin.may(Scope::Run) && admin.may(Scope::Read) && admin.may(Scope::Admin));
+        assert!(!admin.may(Scope::Operator) && !admin.may(Scope::Metrics));
+        assert!(admin.sees_tenant("acme") && !admin.sees_tenant("globex"));
+        assert!(
+            admin
+                .refuses_token("acme", &[Scope::Run, Scope::Admin])
+                .is_none()
+        );
+        assert!(admin.refuses_token("globex", &[Scope::Run]).is_some());
+        assert!(admin.refuses_token("acme", &[Scope::Operator]).is_some());
+        assert!(admin.refuses_token("acme", &[Scope::Metrics]).is_some());
+        let operator = p(&[Scope::Operator]);
+        assert!(Scope::ALL.iter().all(|s| operator.may(*s)));
+        assert!(operator.sees_tenant("globex"));
+        assert!(
+            operator
+                .refuses_token("globex", &[Scope::Operator])
+                .is_none()
+        );
+        let metrics = p(&[Scope::Metrics]);
+        assert!(metrics.may(Scope::Metrics) && !metrics.may(Scope::Read));
+        let run = p(&[Scope::Run]);
+        assert!(run.refuses_token("acme", &[Scope::Run]).is_some());
+        for s in Scope::ALL {
+            assert_eq!(s.to_string().parse::<Scope>(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_s("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration_s("12h"), Ok(12 * 3600));
+        assert_eq!(parse_duration_s("90"), Ok(90));
+        assert_eq!(parse_duration_s("2w"), Ok(2 * 604_800));
+        assert!(parse_duration_s("0s").is_err());
+        assert!(parse_duration_s("5y").is_err());
+        assert!(parse_duration_s("d").is_err());
+        assert!(parse_duration_s("99999999999999999999d").is_err());
     }
 }

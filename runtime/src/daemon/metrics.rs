@@ -15,7 +15,7 @@
 //! | `soma_fuel_consumed_total` | counter | `digest` (first 12 hex digits of the capsule's sha256) |
 //! | `soma_wall_time_seconds_total` | counter | `digest` |
 //! | `soma_llm_tokens_total` | counter | `model`, `direction` (`input` / `output`) |
-//! | `soma_cost_micros_total` | counter | `tenant` |
+//! | `soma_cost_micros_total` | counter | `tenant` (`all` unless `daemon.metrics_tenant_labels`) |
 //! | `soma_ledger_entries_total` | counter | `kind` |
 //! | `soma_http_requests_total` | counter | `route`, `method`, `status` |
 //! | `soma_http_request_duration_seconds` | histogram | `route` |
@@ -79,6 +79,9 @@ pub const MAX_LABEL_VALUES: usize = 1000;
 
 /// The label value that collects every value past the cap.
 pub const OTHER: &str = "other";
+
+/// The `tenant` label of every series when tenant labels are off.
+pub const ALL_TENANTS: &str = "all";
 
 /// Most distinct values of the small, closed label sets (outcome classes,
 /// rejection reasons, run kinds and statuses).
@@ -338,6 +341,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
+    /// Label cost by tenant name (else [`ALL_TENANTS`]).
+    tenant_labels: bool,
 }
 
 impl fmt::Debug for Metrics {
@@ -494,7 +499,17 @@ impl Metrics {
             queue_depth,
             cache_hits,
             cache_misses,
+            tenant_labels: true,
         }
+    }
+
+    /// With `on`, cost is labelled by tenant name; off, every tenant's cost
+    /// is summed under `tenant="all"`, so a scrape names no tenant
+    /// (`daemon.metrics_tenant_labels`). [`Metrics::new`] labels by name.
+    #[must_use]
+    pub fn with_tenant_labels(mut self, on: bool) -> Self {
+        self.tenant_labels = on;
+        self
     }
 
     /// One capsule call finished: `outcome` is `"ok"` or the failure class
@@ -590,8 +605,13 @@ impl Metrics {
                 }
                 Kind::MarketplaceFee => {}
             }
+            let tenant = if self.tenant_labels {
+                entry.tenant.as_str()
+            } else {
+                ALL_TENANTS
+            };
             self.tenants.with(
-                &entry.tenant,
+                tenant,
                 |tenant| {
                     self.cost.get_or_create_owned(&TenantLabel {
                         tenant: tenant.to_owned(),
@@ -933,6 +953,22 @@ mod tests {
         assert!(text.contains("# TYPE soma_call_duration_seconds histogram"));
         assert!(text.contains("# TYPE soma_calls_total counter"));
         assert!(Metrics::CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[test]
+    fn tenant_labels_off_sum_every_tenant_under_all() {
+        let m = Metrics::new().with_tenant_labels(false);
+        for tenant in ["acme", "globex"] {
+            let mut e = entry(Kind::Fuel, 10, 7, None);
+            e.tenant = tenant.into();
+            m.charged(&[e]);
+        }
+        let text = m.render();
+        assert_eq!(
+            value(&text, r#"soma_cost_micros_total{tenant="all"}"#),
+            14.0
+        );
+        assert!(!text.contains("acme") && !text.contains("globex"), "{text}");
     }
 
     #[test]

@@ -281,8 +281,8 @@ fn capsules_of(
         .iter()
         .map(|(alias, record)| {
             daemon
-                .capsule(&record.reference)
-                .map(|item| (alias.clone(), item.capsule))
+                .pinned_capsule(&record.reference, &record.digest)
+                .map(|capsule| (alias.clone(), capsule))
                 .ok_or_else(|| {
                     format!(
                         "capsule `{}` is no longer in the daemon's catalog",
