@@ -483,7 +483,11 @@ impl Ledger {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(e) => return Err(db_err(e)),
             };
-            for row in index.range((key, 0)..=(key, u64::MAX)).map_err(db_err)?.rev() {
+            for row in index
+                .range((key, 0)..=(key, u64::MAX))
+                .map_err(db_err)?
+                .rev()
+            {
                 let (k, _) = row.map_err(db_err)?;
                 let id = k.value().1;
                 let Some(bytes) = table.get(id).map_err(db_err)? else {
@@ -548,7 +552,9 @@ impl Ledger {
                     let id = id.value();
                     let entry = codec::decode(id, bytes.value())
                         .map_err(|reason| LedgerError::Corrupt { id, reason })?;
-                    by_run.insert((entry.run.as_str(), id), ()).map_err(db_err)?;
+                    by_run
+                        .insert((entry.run.as_str(), id), ())
+                        .map_err(db_err)?;
                     by_tenant
                         .insert((entry.tenant.as_str(), id), ())
                         .map_err(db_err)?;
@@ -1004,7 +1010,9 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             buf.clear();
             codec::encode(e, &mut buf);
             ledger.insert(next_id, buf.as_slice()).map_err(db_err)?;
-            by_run.insert((e.run.as_str(), next_id), ()).map_err(db_err)?;
+            by_run
+                .insert((e.run.as_str(), next_id), ())
+                .map_err(db_err)?;
             by_tenant
                 .insert((e.tenant.as_str(), next_id), ())
                 .map_err(db_err)?;

@@ -259,9 +259,7 @@ impl Metering {
         let mut spent = Spent::new(&self.ledger);
         for (scope, limit) in limits {
             let (tokens, micros) = spent.of(&scope).map_err(|e| e.to_string())?;
-            self.accounts
-                .budgets
-                .replace(scope, limit, tokens, micros);
+            self.accounts.budgets.replace(scope, limit, tokens, micros);
         }
         Ok(())
     }
@@ -361,7 +359,9 @@ impl Metering {
     /// prices: `fuel_limit` fuel (if fuel is metered) and `timeout_ms` of
     /// wall time, saturating. Pure arithmetic.
     pub fn worst_case_micros(&self, fuel_limit: Option<u64>, timeout_ms: u64) -> u64 {
-        let fuel = fuel_limit.map_or(0, |f| Entry::cost_for(f, self.config.fuel_price_per_1k_micros));
+        let fuel = fuel_limit.map_or(0, |f| {
+            Entry::cost_for(f, self.config.fuel_price_per_1k_micros)
+        });
         let wall = Entry::cost_for(
             timeout_ms.saturating_mul(1000),
             self.config.wall_time_price_per_1k_us_micros,
@@ -547,8 +547,7 @@ impl<'a> Spent<'a> {
             let rows = entries
                 .into_iter()
                 .map(|e| {
-                    let tokens = if matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput)
-                    {
+                    let tokens = if matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput) {
                         e.quantity
                     } else {
                         0
@@ -707,5 +706,145 @@ impl llm::Meter for Metering {
         if let Some(h) = self.accounts.take_hold(Some(reservation.id)) {
             self.accounts.budgets.release(h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn derived_nodes_count_against_the_nodes_they_came_from() {
+        assert_eq!(parent_node("fan[3]"), Some("fan"));
+        assert_eq!(parent_node("plan.x"), Some("plan"));
+        assert_eq!(parent_node("plan.check[2]"), Some("plan.check"));
+        assert_eq!(parent_node("fan[2].x"), Some("fan[2]"));
+        assert_eq!(parent_node("plain"), None);
+        assert_eq!(parent_node("-"), None);
+        let s = Spender {
+            tenant: "t".into(),
+            run: "r".into(),
+            node: "plan.check[2]".into(),
+            attempt: 0,
+            capsule: "c".into(),
+        };
+        let keys: Vec<String> = scopes(&s).iter().map(Scope::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "tenant:t",
+                "capsule:c",
+                "run:r",
+                "node:r/plan.check[2]",
+                "node:r/plan.check",
+                "node:r/plan"
+            ]
+        );
+        assert!(derived_from("fan[3]", "fan"));
+        assert!(derived_from("fan", "fan"));
+        assert!(derived_from("fan.x[1]", "fan"));
+        assert!(!derived_from("fan2", "fan"));
+        assert!(!derived_from("fa", "fan"));
+    }
+
+    fn metering(config: LedgerConfig) -> (Metering, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::store::DataDir::new(dir.path());
+        (Metering::new(config, data.database().clone()), dir)
+    }
+
+    fn spender(node: &str) -> Spender {
+        Spender {
+            tenant: "acme".into(),
+            run: "r1".into(),
+            node: node.into(),
+            attempt: 0,
+            capsule: "sha256:c".into(),
+        }
+    }
+
+    #[test]
+    fn call_reservations_refuse_the_worst_case_and_settle_to_the_actual() {
+        let (m, _dir) = metering(LedgerConfig {
+            fuel_price_per_1k_micros: 1000,
+            ..LedgerConfig::default()
+        });
+        m.set_limit(
+            Scope::Node("r1/fan".into()),
+            Some(Limit {
+                tokens: None,
+                micros: Some(1000),
+            }),
+        )
+        .unwrap();
+        // An instance of `fan` reserves against fan's budget.
+        let err = m
+            .reserve_call(&spender("fan[0]"), Some(1001), 0)
+            .unwrap_err();
+        assert!(err.contains("node:r1/fan") && err.contains("fuel"), "{err}");
+        let hold = m.reserve_call(&spender("fan[0]"), Some(600), 0).unwrap();
+        assert!(hold.is_some());
+        assert!(m.reserve_call(&spender("fan[1]"), Some(600), 0).is_err());
+        let charge = m.call_charge(&spender("fan[0]"), Some(250), 10, hold);
+        m.charge_call(charge).unwrap();
+        let acc = m.budgets().account(&Scope::Node("r1/fan".into())).unwrap();
+        assert_eq!((acc.spent_micros, acc.reserved_micros), (250, 0));
+        // After a restart the spending of the instances is rebuilt too.
+        let m2 = Metering::new(m.config, m.db.clone());
+        drop(m);
+        let list = m2.list_budgets().unwrap();
+        assert_eq!(list[0].1.spent_micros, 250);
+        // Free at the default prices: nothing to reserve.
+        let (free, _dir) = metering(LedgerConfig::default());
+        assert_eq!(
+            free.reserve_call(&spender("x"), Some(u64::MAX), u64::MAX),
+            Ok(None)
+        );
+        assert_eq!(
+            free.worst_case_micros(Some(u64::MAX), u64::MAX),
+            0,
+            "zero prices"
+        );
+        let (priced, _dir) = metering(LedgerConfig {
+            fuel_price_per_1k_micros: u64::MAX,
+            wall_time_price_per_1k_us_micros: u64::MAX,
+            ..LedgerConfig::default()
+        });
+        assert_eq!(priced.worst_case_micros(Some(u64::MAX), u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn usage_of_u64_max_tokens_saturates_instead_of_wrapping() {
+        use llm::Meter as _;
+        let (m, _dir) = metering(LedgerConfig::default());
+        let tenant = Scope::Tenant("acme".into());
+        m.set_limit(
+            tenant.clone(),
+            Some(Limit {
+                tokens: Some(1_000_000),
+                micros: None,
+            }),
+        )
+        .unwrap();
+        let s = spender("n");
+        let r = m.reserve(&s, 100, 0).unwrap();
+        let metered = Metered {
+            provider: "p".into(),
+            model: "m".into(),
+            prompt_tokens: u64::MAX,
+            completion_tokens: 5,
+            estimated: false,
+            input_price_per_1k_micros: 3000,
+            output_price_per_1k_micros: u64::MAX,
+            cost_micros: u64::MAX,
+            seq: 0,
+        };
+        m.settle(&s, r, &metered).unwrap();
+        let acc = m.budgets().account(&tenant).unwrap();
+        assert_eq!(acc.spent_tokens, u64::MAX);
+        assert_eq!(acc.spent_micros, u64::MAX);
+        assert!(m.reserve(&s, 1, 0).is_err(), "every later call is refused");
     }
 }

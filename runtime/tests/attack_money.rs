@@ -130,10 +130,21 @@ fn a_client_that_leaves_mid_call_is_charged_once_and_its_call_stops() {
     for (tenant, first) in [("mallory", &charged), ("trudy", &timed_out)] {
         let entries = ledger_of(&d, &admin, &format!("tenant={tenant}"));
         assert_eq!(&entries, first, "{tenant} was charged again later");
-        let wall: Vec<_> = entries.iter().filter(|e| e["kind"] == "wall-time").collect();
+        let wall: Vec<_> = entries
+            .iter()
+            .filter(|e| e["kind"] == "wall-time")
+            .collect();
         let fuel: Vec<_> = entries.iter().filter(|e| e["kind"] == "fuel").collect();
-        assert_eq!(wall.len(), 1, "{tenant}: exactly one wall-time charge: {entries:?}");
-        assert_eq!(fuel.len(), 1, "{tenant}: exactly one fuel charge: {entries:?}");
+        assert_eq!(
+            wall.len(),
+            1,
+            "{tenant}: exactly one wall-time charge: {entries:?}"
+        );
+        assert_eq!(
+            fuel.len(),
+            1,
+            "{tenant}: exactly one fuel charge: {entries:?}"
+        );
         let wall_us = wall[0]["quantity"].as_u64().expect("quantity");
         let fuel_used = fuel[0]["quantity"].as_u64().expect("quantity");
         eprintln!("{tenant}: charged {wall_us} µs of wall time and {fuel_used} fuel");
@@ -167,7 +178,11 @@ fn a_money_budget_refuses_a_call_before_it_runs() {
     let alice = token(bin(), dir.path(), "alice", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", PRICED);
     let budget = 2_000_000u64;
-    put_budget(&d, &admin, &json!({"scope": "tenant:poor", "micros": budget}));
+    put_budget(
+        &d,
+        &admin,
+        &json!({"scope": "tenant:poor", "micros": budget}),
+    );
     let idle = time_calls(&d.url, &alice, 20);
     let bystander = Bystander::start(&d.url, &alice, Duration::from_millis(10));
 
@@ -252,13 +267,16 @@ fn a_fan_out_node_budget_caps_the_sum_over_its_instances() {
     let acc = account(&d, &admin, &format!("node:{run}/fan"));
     eprintln!("{instances} of 12 instances charged, {spent} micro-units: {acc}");
     assert!(spent <= 1_000_000, "the node spent {spent} > its 1M budget");
-    assert_eq!(instances, 3, "300k each: three fit in 1M, the others are refused");
+    assert_eq!(
+        instances, 3,
+        "300k each: three fit in 1M, the others are refused"
+    );
     assert_eq!(acc["spent_micros"], spent);
     assert_eq!(acc["reserved_micros"], 0);
     assert!(
-        entries.iter().all(|e| e["node"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("fan["))),
+        entries
+            .iter()
+            .all(|e| e["node"].as_str().is_some_and(|n| n.starts_with("fan["))),
         "{entries:?}"
     );
 }
@@ -344,9 +362,15 @@ fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
         v
     };
     let first = call();
-    let note = first["output"]["note"].as_str().unwrap_or_default().to_owned();
+    let note = first["output"]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(first["output"]["source"], "extractive", "{first}");
-    assert!(note.contains("budget exceeded"), "the completion was refused: {first}");
+    assert!(
+        note.contains("budget exceeded"),
+        "the completion was refused: {first}"
+    );
     let acc = account(&d, &admin, "tenant:mallory");
     eprintln!("after the 2^64-1 report: {acc}");
     assert_eq!(
@@ -362,7 +386,11 @@ fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
             .is_some_and(|n| n.contains("budget exceeded")),
         "{second}"
     );
-    assert_eq!(fixture.requests(), requests, "the next call is refused up front");
+    assert_eq!(
+        fixture.requests(),
+        requests,
+        "the next call is refused up front"
+    );
 }
 
 #[test]
@@ -409,8 +437,14 @@ fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
     assert_eq!((s, v), (200, json!([])));
     eprintln!("create with 1,001 budgets: {create:?}; run lookup: {lookup:?}; miss: {miss:?}");
     assert!(create < Duration::from_secs(2), "creating took {create:?}");
-    assert!(miss < Duration::from_millis(200), "a run lookup took {miss:?}");
-    assert!(lookup < Duration::from_millis(500), "a 2,000-entry run took {lookup:?}");
+    assert!(
+        miss < Duration::from_millis(200),
+        "a run lookup took {miss:?}"
+    );
+    assert!(
+        lookup < Duration::from_millis(500),
+        "a 2,000-entry run took {lookup:?}"
+    );
 
     // The first budget read after a restart rebuilds 1,001 budgets.
     let (data, config) = d.kill9();
@@ -425,7 +459,10 @@ fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
         .iter()
         .map(|b| b["account"]["spent_micros"].as_u64().expect("spent"))
         .sum();
-    eprintln!("first budget read after restart: {first_read:?} ({} budgets)", list.len());
+    eprintln!(
+        "first budget read after restart: {first_read:?} ({} budgets)",
+        list.len()
+    );
     assert_eq!(spent, 0, "echo is free at the default prices");
     assert!(first_read < Duration::from_secs(1), "took {first_read:?}");
 }

@@ -464,9 +464,9 @@ async fn call_run(
     let mut outcome = committed.outcome;
     // The charge is durable before the answer goes out.
     if let Some(rx) = committed.charged {
-        let recorded = rx.await.unwrap_or(Err(
-            crate::ledger::LedgerError::WriterStopped,
-        ));
+        let recorded = rx
+            .await
+            .unwrap_or(Err(crate::ledger::LedgerError::WriterStopped));
         if let Err(e) = recorded {
             outcome.result = Err(crate::Failure::Host {
                 message: format!("could not record the call in the ledger: {e}"),
@@ -520,9 +520,7 @@ impl Drop for CancelOnDrop {
 struct Committed {
     outcome: crate::Outcome,
     charged: Option<
-        tokio::sync::oneshot::Receiver<
-            Result<crate::ledger::Appended, crate::ledger::LedgerError>,
-        >,
+        tokio::sync::oneshot::Receiver<Result<crate::ledger::Appended, crate::ledger::LedgerError>>,
     >,
 }
 

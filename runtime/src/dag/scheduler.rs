@@ -214,7 +214,10 @@ pub fn create(
         .map(|b| (budget::Scope::Run(run.clone()), Some(budget_limit(b))))
         .chain(spec.nodes.iter().filter_map(|n| {
             let b = n.budget.as_ref()?;
-            Some((budget::Scope::Node(format!("{run}/{}", n.id)), Some(budget_limit(b))))
+            Some((
+                budget::Scope::Node(format!("{run}/{}", n.id)),
+                Some(budget_limit(b)),
+            ))
         }))
         .collect();
     metering.set_limits(budgets).map_err(DagError::Budget)?;
