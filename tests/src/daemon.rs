@@ -222,7 +222,8 @@ impl DaemonProcess {
         loop {
             let (s, v) = self.get(&format!("/v1/runs/{run}"), token);
             assert_eq!(s, 200, "{v}");
-            if ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or("")) {
+            if ["succeeded", "failed", "cancelled"].contains(&v["status"].as_str().unwrap_or(""))
+            {
                 return v;
             }
             assert!(start.elapsed() < deadline, "run {run} did not finish: {v}");
@@ -350,13 +351,7 @@ pub fn time_calls(url: &str, token: &str, n: usize) -> Latencies {
     out
 }
 
-fn one_call(
-    client: &reqwest::blocking::Client,
-    url: &str,
-    token: &str,
-    k: usize,
-    out: &mut Latencies,
-) {
+fn one_call(client: &reqwest::blocking::Client, url: &str, token: &str, k: usize, out: &mut Latencies) {
     let body = serde_json::json!({"capsule": "echo", "input": {"k": k}}).to_string();
     let start = Instant::now();
     let result = client
