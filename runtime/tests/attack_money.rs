@@ -26,6 +26,15 @@ use soma_tests::{
     llm_fixture::LlmFixture,
 };
 
+/// The tests of this file run one at a time: several spin capsules on
+/// purpose, and each measures a bystander's latency, which another test's
+/// spinning would distort on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
 }
@@ -78,6 +87,7 @@ fn cost_sum(entries: &[Value]) -> u64 {
 
 #[test]
 fn a_client_that_leaves_mid_call_is_charged_once_and_its_call_stops() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
@@ -172,6 +182,7 @@ const PRICED: &str = "[ledger]\nfuel_price_per_1k_micros = 1000\n";
 
 #[test]
 fn a_money_budget_refuses_a_call_before_it_runs() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
     let poor = token(bin(), dir.path(), "poor", "run,read");
@@ -234,6 +245,7 @@ fn a_money_budget_refuses_a_call_before_it_runs() {
 
 #[test]
 fn a_fan_out_node_budget_caps_the_sum_over_its_instances() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
@@ -298,6 +310,7 @@ fn llm_daemon(dir: &Path, fixture: &LlmFixture, model: &str) -> DaemonProcess {
 
 #[test]
 fn a_tokens_budget_on_a_fanned_out_llm_node_is_not_multiplied() {
+    let _serial = serial();
     let fixture = LlmFixture::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
@@ -342,6 +355,7 @@ fn a_tokens_budget_on_a_fanned_out_llm_node_is_not_multiplied() {
 
 #[test]
 fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
+    let _serial = serial();
     let fixture = LlmFixture::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
@@ -395,6 +409,7 @@ fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
 
 #[test]
 fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = token(bin(), dir.path(), "ops", "admin");
     let acme = token(bin(), dir.path(), "acme", "run,read");
