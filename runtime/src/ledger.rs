@@ -786,6 +786,25 @@ impl Ledger {
                 report.keys, report.entries
             ));
         }
+        // Once built, the run and tenant indexes hold one row per entry.
+        let indexed = match txn.open_table(LEDGER_META) {
+            Ok(t) => t.get("indexes").map_err(db_err)?.map(|g| g.value()) == Some(INDEX_VERSION),
+            Err(e) => open_err(e).map_or(Ok(false), Err)?,
+        };
+        if indexed {
+            for (name, index) in [("run", LEDGER_BY_RUN), ("tenant", LEDGER_BY_TENANT)] {
+                let rows = match txn.open_table(index) {
+                    Ok(t) => t.len().map_err(db_err)?,
+                    Err(e) => open_err(e).map_or(Ok(0), Err)?,
+                };
+                if rows != report.entries {
+                    report.problem(format!(
+                        "the {name} index has {rows} rows for {} entries",
+                        report.entries
+                    ));
+                }
+            }
+        }
         let mut stored: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
         if let Some(daily) = &daily {
             for row in daily.iter().map_err(db_err)? {

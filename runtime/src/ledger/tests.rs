@@ -634,4 +634,6 @@ fn run_and_tenant_lookups_use_the_indexes_and_old_databases_get_them_built() {
         .unwrap()
         .is_empty()
     );
+    let report = l.check_integrity().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
 }
