@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
 pub use civil::{civil_from_days, day_of, days_from_civil};
-pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES};
+pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
 
 use crate::store::DataDir;
 

@@ -36,14 +36,14 @@ struct Request {
 }
 
 /// Run on the writer thread with the result of a committed request.
-pub type Committed = Box<dyn FnOnce(Result<Appended, LedgerError>) + Send>;
+pub type OnCommit = Box<dyn FnOnce(Result<Appended, LedgerError>) + Send>;
 
 /// Where a request's result goes: a blocked thread, an awaiting task, or a
 /// callback run on the writer thread right after the commit.
 enum Reply {
     Blocking(mpsc::SyncSender<Result<Appended, LedgerError>>),
     Async(tokio::sync::oneshot::Sender<Result<Appended, LedgerError>>),
-    Then(Committed),
+    Then(OnCommit),
 }
 
 impl Reply {
@@ -124,7 +124,7 @@ impl LedgerWriter {
     ///
     /// Cost: one channel send; `then` must be quick (it delays the replies
     /// of the rest of the batch).
-    pub fn append_then(&self, entries: Vec<Entry>, then: Committed) {
+    pub fn append_then(&self, entries: Vec<Entry>, then: OnCommit) {
         if entries.is_empty() {
             then(Ok(Appended::default()));
             return;
