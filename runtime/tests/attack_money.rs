@@ -483,3 +483,59 @@ fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
     assert_eq!(spent, 0, "echo is free at the default prices");
     assert!(first_read < Duration::from_secs(1), "took {first_read:?}");
 }
+
+#[test]
+fn nodes_a_planner_adds_spend_within_the_planners_budget() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = token(bin(), dir.path(), "ops", "admin");
+    let mallory = token(bin(), dir.path(), "mallory", "run,read");
+    // 1 micro-unit per 1000 fuel: a call's worst case is 2M at 2·10^9 fuel.
+    let d = DaemonProcess::start(
+        bin(),
+        dir.path(),
+        "",
+        "[ledger]\nfuel_price_per_1k_micros = 1\n",
+    );
+    let spec = json!({
+        "version": 1,
+        "name": "plan-budget",
+        "capsules": {
+            "planner": "kamachiq-planner",
+            "coder": "kamachiq-coder",
+            "calculator": "calculator",
+            "reviewer": "kamachiq-reviewer",
+        },
+        "inputs": {"goal": {"default": "build a command-line calculator"}},
+        "defaults": {"limits": {"fuel": 2_000_000_000u64}},
+        "policy": {"concurrency": 4, "max_expansion_depth": 1, "max_expansion_nodes": 16},
+        // The planner and one worker fit in 3M; the plan's four parallel
+        // coders would need 8M more.
+        "nodes": [{"id": "plan", "capsule": "planner",
+                   "input": {"goal": "{{ input.goal }}"}, "budget": {"usd": 3.0}}],
+    });
+    let (s, v) = d.post("/v1/runs", &mallory, &json!({"dag": spec}));
+    assert_eq!(s, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    let done = d.wait_finished(&mallory, &run, Duration::from_secs(30));
+    let entries = ledger_of(&d, &admin, &format!("run={run}"));
+    let spent = cost_sum(&entries);
+    let plan_nodes: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["node"].as_str())
+        .filter(|n| n.starts_with("plan."))
+        .collect();
+    let acc = account(&d, &admin, &format!("node:{run}/plan"));
+    eprintln!("plan nodes charged: {plan_nodes:?}; {spent} micro-units: {acc}");
+    let text = done.to_string();
+    assert!(
+        text.contains("budget-exceeded") && text.contains(&format!("node:{run}/plan")),
+        "a plan node was refused by the planner's budget: {text}"
+    );
+    assert!(
+        spent <= 3_000_000,
+        "the planner and its plan spent {spent} > 3M"
+    );
+    assert_eq!(acc["spent_micros"], spent);
+    assert_eq!(acc["reserved_micros"], 0);
+}
