@@ -450,6 +450,20 @@ impl wit::Host for State {
                     "the completion could not be recorded in the ledger, so it is withheld: {reason}"
                 ))
             })?;
+        // Usage no budget can hold (the sum overflows, or reaches the
+        // saturation point) is recorded as such above — exhausting every
+        // budget it counts against — and the completion is refused.
+        if prompt_tokens
+            .checked_add(completion_tokens)
+            .is_none_or(|t| t == u64::MAX)
+        {
+            return Err(LlmError::BudgetExceeded(format!(
+                "provider {} reported {prompt_tokens} prompt + {completion_tokens} completion \
+                 tokens, more than any budget can hold; the usage is recorded as exceeding \
+                 every budget and the completion is withheld (check the provider)",
+                metered.provider
+            )));
+        }
         tracing::debug!(
             provider = %metered.provider,
             model = %metered.model,

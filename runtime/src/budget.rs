@@ -20,17 +20,25 @@ const BUDGETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("budgets"
 
 /// Store `limit` for `scope` durably (`None` removes the budget).
 pub fn save(db: &redb::Database, scope: &Scope, limit: Option<&Limit>) -> Result<(), String> {
+    save_all(db, &[(scope.clone(), limit.copied())])
+}
+
+/// Store (or remove, `None`) many budgets in one durable transaction.
+/// Cost: one fsync'd commit however many there are.
+pub fn save_all(db: &redb::Database, limits: &[(Scope, Option<Limit>)]) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut t = txn.open_table(BUDGETS).map_err(|e| e.to_string())?;
-        match limit {
-            Some(l) => {
-                let json = serde_json::to_vec(l).map_err(|e| e.to_string())?;
-                t.insert(scope.key().as_str(), json.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-            None => {
-                t.remove(scope.key().as_str()).map_err(|e| e.to_string())?;
+        for (scope, limit) in limits {
+            match limit {
+                Some(l) => {
+                    let json = serde_json::to_vec(l).map_err(|e| e.to_string())?;
+                    t.insert(scope.key().as_str(), json.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                None => {
+                    t.remove(scope.key().as_str()).map_err(|e| e.to_string())?;
+                }
             }
         }
     }

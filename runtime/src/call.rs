@@ -2,7 +2,13 @@
 //! instantiate from the capsule's `InstancePre`, call `run`, and turn
 //! whatever happened into an [`Outcome`] with exactly one failure class.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use serde::Serialize;
 use soma_host_api::{
@@ -103,6 +109,13 @@ pub enum Failure {
         /// What failed.
         message: String,
     },
+    /// A budget cannot cover the call's worst-case cost, so it did not
+    /// start (nothing was charged).
+    #[error("budget exceeded: {message}")]
+    BudgetExceeded {
+        /// Which budget, what it holds, and what to change.
+        message: String,
+    },
 }
 
 impl Failure {
@@ -119,6 +132,7 @@ impl Failure {
             Self::Denied { .. } => "denied",
             Self::CapsuleError { .. } => "capsule-error",
             Self::Host { .. } => "host-error",
+            Self::BudgetExceeded { .. } => "budget-exceeded",
         }
     }
 
@@ -210,6 +224,14 @@ pub struct CallOptions {
     /// node's result and its charge are one transaction) instead of
     /// writing it before returning. Default false.
     pub defer_charge: bool,
+    /// Set by the caller when whoever wanted the result has gone away (an
+    /// HTTP client that disconnected): the call stops at its next epoch
+    /// tick and is charged its wall time and, like a deadline kill, its
+    /// whole fuel budget (wasmtime cannot report fuel burned before an
+    /// epoch interrupt; charging less would let a client that leaves on
+    /// purpose pay less than one that waits). `None` (the default) costs
+    /// nothing; `Some` checks the flag once per `engine.epoch_tick_ms`.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl CallOptions {
@@ -245,6 +267,7 @@ impl CallOptions {
             node: "-".into(),
             attempt: 0,
             defer_charge: false,
+            cancel: None,
         }
     }
 
@@ -345,6 +368,15 @@ impl Engine {
             capsule: capsule.digest_text.clone(),
         };
         let max_output = options.limits.max_output_bytes;
+        // Money budgets refuse before anything runs: hold the worst case.
+        let fuel_limit = self.fuel_enabled().then_some(options.limits.fuel);
+        let hold = match self
+            .metering
+            .reserve_call(&spender, fuel_limit, options.limits.timeout_ms)
+        {
+            Ok(hold) => hold,
+            Err(message) => return Outcome::failed(Failure::BudgetExceeded { message }),
+        };
         let Executed {
             result,
             usage,
@@ -374,6 +406,15 @@ impl Engine {
             }),
             Err(f) => Err(f),
         };
+        let result = match (result, &options.cancel) {
+            (Err(_), Some(flag)) if flag.load(Ordering::Relaxed) => Err(Failure::Host {
+                message: "cancelled: the caller went away (its client disconnected or its \
+                          request timed out); the call was stopped at its next epoch tick \
+                          and charged like a deadline kill (its wall time and whole fuel budget)"
+                    .into(),
+            }),
+            (r, _) => r,
+        };
         if let Some(fuel) = usage.fuel_consumed {
             span.record("fuel", fuel);
         }
@@ -387,12 +428,15 @@ impl Engine {
             let mut outcome = Outcome::from_host(result, usage, host);
             outcome.charge =
                 self.metering
-                    .call_charge(&spender, usage.fuel_consumed, usage.wall_time_us);
+                    .call_charge(&spender, usage.fuel_consumed, usage.wall_time_us, hold);
             return outcome;
         }
-        let charged = self
-            .metering
-            .charge_call(&spender, usage.fuel_consumed, usage.wall_time_us);
+        let charged = self.metering.charge_call(self.metering.call_charge(
+            &spender,
+            usage.fuel_consumed,
+            usage.wall_time_us,
+            hold,
+        ));
         let result = match (result, charged) {
             (r, Ok(())) => r,
             (Ok(_), Err(e)) => Err(Failure::Host {
@@ -426,6 +470,7 @@ impl Engine {
             node: "-".into(),
             attempt: 0,
             defer_charge: false,
+            cancel: None,
         };
         let identity = CallIdentity {
             capsule: origin.into(),
@@ -475,6 +520,21 @@ impl Engine {
             });
         }
         store.set_epoch_deadline(self.deadline_ticks(limits.timeout()));
+        if let Some(cancel) = options.cancel.clone() {
+            // Look at the flag every tick; the deadline is then kept by the
+            // clock (the same instant the tick count stands for).
+            let deadline = start + limits.timeout();
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if Instant::now() >= deadline {
+                    Err(Trap::Interrupt.into())
+                } else if cancel.load(Ordering::Relaxed) {
+                    Err(wasmtime::Error::msg("the caller went away"))
+                } else {
+                    Ok(wasmtime::UpdateDeadline::Continue(1))
+                }
+            });
+        }
         store.set_hostcall_fuel(limits.max_output_bytes);
 
         let result = pre
@@ -482,8 +542,16 @@ impl Engine {
             .and_then(|exports| f(&mut store, &exports));
         let result = result.map_err(|e| self.classify(&e, limits, store.data().limiter.refusal()));
 
+        // An epoch interrupt (the deadline, or a caller that went away)
+        // leaves the fuel counter stale: charge the whole budget.
+        let cancelled = result.is_err()
+            && options
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed));
         let fuel_consumed = fuel.map(|budget| match &result {
             Err(Failure::DeadlineExceeded { .. }) => budget,
+            Err(_) if cancelled => budget,
             _ => budget.saturating_sub(store.get_fuel().unwrap_or(0)),
         });
         let usage = Usage {
@@ -616,6 +684,16 @@ fn with_backtrace(message: &str, e: &wasmtime::Error) -> String {
 }
 
 impl Outcome {
+    /// The outcome of a call whose caller went away before it started:
+    /// nothing ran and nothing is charged.
+    pub fn cancelled_before_start() -> Self {
+        Self::failed(Failure::Host {
+            message: "cancelled before it started: the caller went away (its client \
+                      disconnected or its request timed out)"
+                .into(),
+        })
+    }
+
     fn failed(failure: Failure) -> Self {
         Self {
             result: Err(failure),

@@ -11,7 +11,13 @@
 //! ledger         id u64 → entry (compact binary, see `codec`)
 //! ledger_keys    "run/node/attempt/seq/kind" → id      (idempotency: a replay never charges twice)
 //! ledger_daily   (day, tenant, capsule, model|"-", kind, unit price) → (quantity, cost, count, estimated)
+//! ledger_by_run    (run, id) → ()                     (entries of a run, without a scan)
+//! ledger_by_tenant (tenant, id) → ()                  (entries of a tenant, without a scan)
 //! ```
+//!
+//! The two index tables are written with each entry. A database written
+//! before they existed gets them built once, on the first lookup that needs
+//! them ([`Ledger::ensure_indexes`]; `ledger_meta` records that it is done).
 //!
 //! The rollup key carries the unit price so an invoice line is exact per
 //! price; summaries merge prices. Writers: [`Ledger::append`] commits one
@@ -37,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
 pub use civil::{civil_from_days, day_of, days_from_civil};
-pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES};
+pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
 
 use crate::store::DataDir;
 
@@ -49,6 +55,18 @@ const LEDGER_KEYS: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger
 type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
 const LEDGER_DAILY: TableDefinition<'_, DailyKey<'_>, (u64, u64, u64, u64)> =
     TableDefinition::new("ledger_daily");
+
+/// (run, id): the entries of one run.
+const LEDGER_BY_RUN: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("ledger_by_run");
+/// (tenant, id): the entries of one tenant.
+const LEDGER_BY_TENANT: TableDefinition<'_, (&str, u64), ()> =
+    TableDefinition::new("ledger_by_tenant");
+/// Markers: `indexes` → the index version built over every entry.
+const LEDGER_META: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger_meta");
+/// The version of the run/tenant indexes ([`LEDGER_META`] key `indexes`).
+const INDEX_VERSION: u64 = 1;
+/// Entries between two progress lines while the indexes are built.
+const INDEX_PROGRESS_EVERY: u64 = 100_000;
 
 /// Model column of a rollup row for entries without a model.
 const NO_MODEL: &str = "-";
@@ -426,33 +444,129 @@ impl Ledger {
 
     /// Entries matching `filter`, newest (highest id) first.
     ///
-    /// Cost: a reverse scan decoding entries until `limit` matches — fast
-    /// for recent entries, O(entries) for a filter that matches little.
+    /// Cost: with a `run` or `tenant` filter, a range of that run's (or
+    /// tenant's) index rows plus one lookup per entry — independent of the
+    /// rest of the ledger; otherwise a reverse scan decoding entries until
+    /// `limit` match. The first indexed lookup on a database written before
+    /// the indexes existed builds them once ([`Ledger::ensure_indexes`]).
     pub fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let by = match (&filter.run, &filter.tenant) {
+            (Some(run), _) => Some((LEDGER_BY_RUN, run.as_str())),
+            (None, Some(tenant)) => Some((LEDGER_BY_TENANT, tenant.as_str())),
+            (None, None) => None,
+        };
+        if by.is_some() {
+            self.ensure_indexes()?;
+        }
         let txn = self.read()?;
         let table = match txn.open_table(LEDGER) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_err(e)),
         };
-        let limit = filter.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        for row in table.iter().map_err(db_err)?.rev() {
-            let (id, bytes) = row.map_err(db_err)?;
-            let id = id.value();
-            let entry = codec::decode(id, bytes.value())
-                .map_err(|reason| LedgerError::Corrupt { id, reason })?;
+        let mut take = |id: u64, bytes: &[u8]| -> Result<bool, LedgerError> {
+            let entry =
+                codec::decode(id, bytes).map_err(|reason| LedgerError::Corrupt { id, reason })?;
             if filter.matches(&entry) {
                 out.push(entry);
-                if out.len() >= limit {
+            }
+            Ok(out.len() >= limit)
+        };
+        if let Some((index, key)) = by {
+            let index = match txn.open_table(index) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_err(e)),
+            };
+            for row in index
+                .range((key, 0)..=(key, u64::MAX))
+                .map_err(db_err)?
+                .rev()
+            {
+                let (k, _) = row.map_err(db_err)?;
+                let id = k.value().1;
+                let Some(bytes) = table.get(id).map_err(db_err)? else {
+                    return Err(LedgerError::Corrupt {
+                        id,
+                        reason: "indexed but missing from the ledger table",
+                    });
+                };
+                if take(id, bytes.value())? {
+                    break;
+                }
+            }
+        } else {
+            for row in table.iter().map_err(db_err)?.rev() {
+                let (id, bytes) = row.map_err(db_err)?;
+                if take(id.value(), bytes.value())? {
                     break;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Build the run and tenant indexes over entries written before they
+    /// existed, once per database (later calls read one marker row). Logs
+    /// progress every [`INDEX_PROGRESS_EVERY`] entries on a large ledger.
+    ///
+    /// Cost: nothing after the first time; the first time, one write
+    /// transaction over every entry (~seconds per million entries).
+    pub fn ensure_indexes(&self) -> Result<(), LedgerError> {
+        {
+            let txn = self.read()?;
+            match txn.open_table(LEDGER_META) {
+                Ok(t) => {
+                    if t.get("indexes").map_err(db_err)?.map(|g| g.value()) == Some(INDEX_VERSION) {
+                        return Ok(());
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(db_err(e)),
+            }
+        }
+        let db = self
+            .db
+            .get()
+            .map_err(|e| LedgerError::Open(e.to_string()))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(LEDGER_META).map_err(db_err)?;
+            // Another thread may have built them while this one waited.
+            if meta.get("indexes").map_err(db_err)?.map(|g| g.value()) != Some(INDEX_VERSION) {
+                let ledger = txn.open_table(LEDGER).map_err(db_err)?;
+                let mut by_run = txn.open_table(LEDGER_BY_RUN).map_err(db_err)?;
+                let mut by_tenant = txn.open_table(LEDGER_BY_TENANT).map_err(db_err)?;
+                let total = ledger.len().map_err(db_err)?;
+                if total >= INDEX_PROGRESS_EVERY {
+                    tracing::info!("indexing {total} ledger entries by run and tenant (once)");
+                }
+                let mut done = 0u64;
+                for row in ledger.iter().map_err(db_err)? {
+                    let (id, bytes) = row.map_err(db_err)?;
+                    let id = id.value();
+                    let entry = codec::decode(id, bytes.value())
+                        .map_err(|reason| LedgerError::Corrupt { id, reason })?;
+                    by_run
+                        .insert((entry.run.as_str(), id), ())
+                        .map_err(db_err)?;
+                    by_tenant
+                        .insert((entry.tenant.as_str(), id), ())
+                        .map_err(db_err)?;
+                    done += 1;
+                    if done % INDEX_PROGRESS_EVERY == 0 {
+                        tracing::info!("indexed {done} of {total} ledger entries");
+                    }
+                }
+                meta.insert("indexes", INDEX_VERSION).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Totals grouped by `by` over the days `since_day..=until_day`
@@ -672,6 +786,25 @@ impl Ledger {
                 report.keys, report.entries
             ));
         }
+        // Once built, the run and tenant indexes hold one row per entry.
+        let indexed = match txn.open_table(LEDGER_META) {
+            Ok(t) => t.get("indexes").map_err(db_err)?.map(|g| g.value()) == Some(INDEX_VERSION),
+            Err(e) => open_err(e).map_or(Ok(false), Err)?,
+        };
+        if indexed {
+            for (name, index) in [("run", LEDGER_BY_RUN), ("tenant", LEDGER_BY_TENANT)] {
+                let rows = match txn.open_table(index) {
+                    Ok(t) => t.len().map_err(db_err)?,
+                    Err(e) => open_err(e).map_or(Ok(0), Err)?,
+                };
+                if rows != report.entries {
+                    report.problem(format!(
+                        "the {name} index has {rows} rows for {} entries",
+                        report.entries
+                    ));
+                }
+            }
+        }
         let mut stored: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
         if let Some(daily) = &daily {
             for row in daily.iter().map_err(db_err)? {
@@ -863,10 +996,17 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
     let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;
     let mut daily = txn.open_table(LEDGER_DAILY).map_err(db_err)?;
+    let mut by_run = txn.open_table(LEDGER_BY_RUN).map_err(db_err)?;
+    let mut by_tenant = txn.open_table(LEDGER_BY_TENANT).map_err(db_err)?;
     let mut next_id = ledger
         .last()
         .map_err(db_err)?
         .map_or(1, |(id, _)| id.value().saturating_add(1));
+    if next_id == 1 {
+        // A new ledger: its indexes are complete from the first entry.
+        let mut meta = txn.open_table(LEDGER_META).map_err(db_err)?;
+        meta.insert("indexes", INDEX_VERSION).map_err(db_err)?;
+    }
     let mut deltas: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
     // Consecutive entries usually share a day; format it once per change.
     let mut day_cache: (i64, String) = (i64::MIN, String::new());
@@ -889,6 +1029,12 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             buf.clear();
             codec::encode(e, &mut buf);
             ledger.insert(next_id, buf.as_slice()).map_err(db_err)?;
+            by_run
+                .insert((e.run.as_str(), next_id), ())
+                .map_err(db_err)?;
+            by_tenant
+                .insert((e.tenant.as_str(), next_id), ())
+                .map_err(db_err)?;
             appended.inserted.push(next_id);
             next_id = next_id.saturating_add(1);
             let day = civil::day_number(e.time_ms);

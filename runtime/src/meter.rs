@@ -23,7 +23,7 @@ use soma_host_api::{
 
 use crate::{
     budget::{Budgets, Hold, Limit, Scope},
-    ledger::{Entry, Kind, Ledger, LedgerError, LedgerWriter},
+    ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerWriter},
 };
 
 /// `[ledger]` in `soma.toml`.
@@ -55,12 +55,72 @@ pub struct Metering {
     config: LedgerConfig,
     ledger: Ledger,
     writer: OnceLock<Result<LedgerWriter, String>>,
-    budgets: Budgets,
-    holds: Mutex<HashMap<u64, Hold>>,
+    /// What settles a committed charge; shared with the ledger writer's
+    /// thread, which settles charges committed for callers that left.
+    accounts: Accounts,
     next_hold: AtomicU64,
     loaded: OnceLock<Result<(), String>>,
     db: Arc<LazyDatabase>,
-    observer: OnceLock<ChargeObserver>,
+}
+
+/// The in-memory side of charging: budgets, the holds of calls in flight,
+/// and the observer. Cheap to clone (three `Arc`s).
+#[derive(Debug, Clone, Default)]
+struct Accounts {
+    budgets: Arc<Budgets>,
+    holds: Arc<Mutex<HashMap<u64, Hold>>>,
+    observer: Arc<OnceLock<ChargeObserver>>,
+}
+
+impl Accounts {
+    fn take_hold(&self, id: Option<u64>) -> Option<Hold> {
+        let id = id?;
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
+    /// Report entries that were newly charged (not replays).
+    fn charged(&self, entries: &[Entry], appended: &crate::ledger::Appended) {
+        if appended.duplicates == 0
+            && let Some(o) = self.observer.get()
+        {
+            (o.0)(entries);
+        }
+    }
+
+    /// Count a committed call charge against the budgets (settling its
+    /// reservation), unless it was a replay.
+    fn settle(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
+        let cost = total_cost(&charge.entries);
+        let hold = self.take_hold(charge.hold);
+        match hold {
+            Some(h) if appended.duplicates == 0 => {
+                self.budgets.settle(h, &charge.scopes, 0, cost);
+            }
+            Some(h) => self.budgets.release(h),
+            None if appended.duplicates == 0 && cost > 0 => {
+                self.budgets.add_spent_to(&charge.scopes, 0, cost);
+            }
+            None => {}
+        }
+    }
+
+    /// Drop a charge's reservation without charging (it was not written).
+    fn release(&self, charge: &CallCharge) {
+        if let Some(h) = self.take_hold(charge.hold) {
+            self.budgets.release(h);
+        }
+    }
+}
+
+/// The sum of the entries' costs, saturating: an overflow reads as more
+/// than any budget holds, never as a small number.
+fn total_cost(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .fold(0u64, |t, e| t.saturating_add(e.cost_micros))
 }
 
 /// Told about every durably charged batch of entries (e.g. for metrics).
@@ -74,14 +134,42 @@ impl std::fmt::Debug for ChargeObserver {
     }
 }
 
-/// The scopes a spender's charges count against.
-fn scopes(s: &Spender) -> [Scope; 4] {
-    [
+/// The scopes a spender's charges count against: its tenant, capsule, run,
+/// node, and every node its node was derived from (a `for_each` instance
+/// `fan[3]` also counts against `fan`; a node `plan.x` added by planner
+/// `plan` also counts against `plan`), so a node's budget covers its
+/// whole fan-out and plan.
+fn scopes(s: &Spender) -> Vec<Scope> {
+    let mut v = vec![
         Scope::Tenant(s.tenant.to_string()),
         Scope::Capsule(s.capsule.to_string()),
         Scope::Run(s.run.to_string()),
         Scope::Node(format!("{}/{}", s.run, s.node)),
-    ]
+    ];
+    let mut id: &str = &s.node;
+    while let Some(parent) = parent_node(id) {
+        v.push(Scope::Node(format!("{}/{parent}", s.run)));
+        id = parent;
+    }
+    v
+}
+
+/// The DAG node `id` was derived from: `fan[3]` → `fan` (a `for_each`
+/// instance), `plan.x` → `plan` (a node added by a planner),
+/// `plan.check[2]` → `plan.check`. `None` for a node of the spec itself.
+/// Node ids are `[A-Za-z0-9_-]+`, so `.` and `[` only ever mark derivation.
+pub fn parent_node(id: &str) -> Option<&str> {
+    if let Some(inner) = id.strip_suffix(']') {
+        return inner.rfind('[').map(|i| &id[..i]).filter(|p| !p.is_empty());
+    }
+    id.rfind('.').map(|i| &id[..i]).filter(|p| !p.is_empty())
+}
+
+/// Whether ledger node `entry_node` is `node` or was derived from it.
+fn derived_from(entry_node: &str, node: &str) -> bool {
+    entry_node
+        .strip_prefix(node)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
 fn now_ms() -> u64 {
@@ -99,26 +187,20 @@ impl Metering {
             db,
             loaded: OnceLock::new(),
             writer: OnceLock::new(),
-            budgets: Budgets::default(),
-            holds: Mutex::new(HashMap::new()),
+            accounts: Accounts::default(),
             next_hold: AtomicU64::new(1),
-            observer: OnceLock::new(),
         }
     }
 
     /// Install the observer of charges (once; later calls are ignored).
     /// It runs on the charging thread after the commit: keep it cheap.
     pub fn observe(&self, observer: Observer) {
-        let _ = self.observer.set(ChargeObserver(observer));
+        let _ = self.accounts.observer.set(ChargeObserver(observer));
     }
 
     /// Report entries that were newly charged (not replays).
     fn charged(&self, entries: &[Entry], appended: &crate::ledger::Appended) {
-        if appended.duplicates == 0
-            && let Some(o) = self.observer.get()
-        {
-            (o.0)(entries);
-        }
+        self.accounts.charged(entries, appended);
     }
 
     /// The ledger (for reports).
@@ -128,7 +210,7 @@ impl Metering {
 
     /// The in-memory budgets.
     pub fn budgets(&self) -> &Budgets {
-        &self.budgets
+        &self.accounts.budgets
     }
 
     /// Whether calls are charged fuel and wall time.
@@ -138,93 +220,67 @@ impl Metering {
 
     /// Load the stored budgets and rebuild what each has spent from the
     /// ledger. Once per process, on the first budget operation.
+    ///
+    /// Cost: one scan of the daily rollups per kind of scope (tenant,
+    /// capsule) and one indexed read of each budgeted run's entries —
+    /// independent of the rest of the ledger and of the number of budgets
+    /// per run.
     fn ensure_loaded(&self) -> Result<(), String> {
         self.loaded
             .get_or_init(|| {
                 let db = self.db.get().map_err(|e| e.to_string())?;
-                for (scope, limit) in crate::budget::load(&db)? {
-                    let (tokens, micros) = self.spent(&scope).map_err(|e| e.to_string())?;
-                    self.budgets.set_limit(scope.clone(), limit);
-                    self.budgets.add_spent(scope, tokens, micros);
+                let stored = crate::budget::load(&db)?;
+                let mut spent = Spent::new(&self.ledger);
+                for (scope, limit) in stored {
+                    let (tokens, micros) = spent.of(&scope).map_err(|e| e.to_string())?;
+                    self.accounts.budgets.set_limit(scope.clone(), limit);
+                    self.accounts.budgets.add_spent(scope, tokens, micros);
                 }
                 Ok(())
             })
             .clone()
     }
 
-    /// What the ledger says `scope` has spent: (LLM tokens, micro-units).
-    fn spent(&self, scope: &Scope) -> Result<(u64, u64), LedgerError> {
-        use crate::ledger::{Filter, GroupBy};
-        let from_rows = |rows: Vec<crate::ledger::SummaryRow>, key: &str| {
-            rows.into_iter()
-                .find(|r| r.key == key)
-                .map_or((0, 0), |r| (r.tokens_in + r.tokens_out, r.cost_micros))
-        };
-        let from_entries = |entries: Vec<Entry>, node: Option<&str>| {
-            entries
-                .iter()
-                .filter(|e| node.is_none_or(|n| e.node == n))
-                .fold((0, 0), |(t, m), e| {
-                    let tokens = matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput)
-                        .then_some(e.quantity)
-                        .unwrap_or(0);
-                    (t + tokens, m + e.cost_micros)
-                })
-        };
-        Ok(match scope {
-            Scope::Tenant(t) => from_rows(
-                self.ledger.summary(GroupBy::Tenant, None, None, Some(t))?,
-                t,
-            ),
-            Scope::Capsule(c) => {
-                from_rows(self.ledger.summary(GroupBy::Capsule, None, None, None)?, c)
-            }
-            Scope::Run(r) => from_entries(
-                self.ledger.ls(&Filter {
-                    run: Some(r.clone()),
-                    ..Filter::default()
-                })?,
-                None,
-            ),
-            Scope::Node(rn) => {
-                let (run, node) = rn.split_once('/').unwrap_or((rn, ""));
-                from_entries(
-                    self.ledger.ls(&Filter {
-                        run: Some(run.to_owned()),
-                        ..Filter::default()
-                    })?,
-                    Some(node),
-                )
-            }
-        })
-    }
-
     /// Set (`Some`) or remove (`None`) the budget of `scope`, durably.
     pub fn set_limit(&self, scope: Scope, limit: Option<Limit>) -> Result<(), String> {
+        self.set_limits(vec![(scope, limit)])
+    }
+
+    /// Set or remove many budgets in one durable transaction (a DAG run's
+    /// run and node budgets). Cost: one commit, plus one indexed read of
+    /// each distinct run's ledger entries.
+    pub fn set_limits(&self, limits: Vec<(Scope, Option<Limit>)>) -> Result<(), String> {
+        if limits.is_empty() {
+            return Ok(());
+        }
         self.ensure_loaded()?;
         let db = self.db.get().map_err(|e| e.to_string())?;
-        crate::budget::save(&db, &scope, limit.as_ref())?;
-        let (tokens, micros) = self.spent(&scope).map_err(|e| e.to_string())?;
-        self.budgets.replace(scope, limit, tokens, micros);
+        crate::budget::save_all(&db, &limits)?;
+        let mut spent = Spent::new(&self.ledger);
+        for (scope, limit) in limits {
+            let (tokens, micros) = spent.of(&scope).map_err(|e| e.to_string())?;
+            self.accounts.budgets.replace(scope, limit, tokens, micros);
+        }
         Ok(())
     }
 
     /// Every budget with what it has spent and holds.
     pub fn list_budgets(&self) -> Result<Vec<(Scope, crate::budget::Account)>, String> {
         self.ensure_loaded()?;
-        Ok(self.budgets.list())
+        Ok(self.accounts.budgets.list())
+    }
+
+    fn writer(&self) -> Result<&LedgerWriter, LedgerError> {
+        self.writer
+            .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| LedgerError::WriterSpawn(e.clone()))
     }
 
     /// Append durably through the group-commit writer (spawned on first use).
     pub fn append(&self, entries: Vec<Entry>) -> Result<crate::ledger::Appended, LedgerError> {
-        let writer = self
-            .writer
-            .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()));
-        let copy = self.observer.get().map(|_| entries.clone());
-        let appended = match writer {
-            Ok(w) => w.append(entries),
-            Err(e) => Err(LedgerError::WriterSpawn(e.clone())),
-        }?;
+        let copy = self.accounts.observer.get().map(|_| entries.clone());
+        let appended = self.writer()?.append(entries)?;
         if let Some(entries) = copy {
             self.charged(&entries, &appended);
         }
@@ -236,51 +292,159 @@ impl Metering {
         &self,
         entries: Vec<Entry>,
     ) -> Result<crate::ledger::Appended, LedgerError> {
-        let writer = self
-            .writer
-            .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()));
-        let copy = self.observer.get().map(|_| entries.clone());
-        let appended = match writer {
-            Ok(w) => w.append_async(entries).await,
-            Err(e) => Err(LedgerError::WriterSpawn(e.clone())),
-        }?;
+        let copy = self.accounts.observer.get().map(|_| entries.clone());
+        let appended = self.writer()?.append_async(entries).await?;
         if let Some(entries) = copy {
             self.charged(&entries, &appended);
         }
         Ok(appended)
     }
 
-    /// Charge one capsule call's fuel and wall time. Idempotent per
-    /// (run, node, attempt): a replay is not charged again.
-    pub fn charge_call(
-        &self,
-        spender: &Spender,
-        fuel: Option<u64>,
-        wall_time_us: u64,
-    ) -> Result<(), LedgerError> {
-        let Some(charge) = self.call_charge(spender, fuel, wall_time_us) else {
+    /// Charge one capsule call's fuel and wall time, settling its
+    /// reservation ([`Metering::reserve_call`]). Idempotent per (run, node,
+    /// attempt): a replay is not charged again. Blocks for the group commit.
+    pub fn charge_call(&self, charge: Option<CallCharge>) -> Result<(), LedgerError> {
+        let Some(charge) = charge else {
             return Ok(());
         };
-        let appended = self.append(charge.entries.clone())?;
-        self.settle_budgets(&charge, &appended);
-        Ok(())
+        match self.append(charge.entries.clone()) {
+            Ok(appended) => {
+                self.accounts.settle(&charge, &appended);
+                Ok(())
+            }
+            Err(e) => {
+                self.accounts.release(&charge);
+                Err(e)
+            }
+        }
     }
 
-    /// The ledger entries for one call's fuel and wall time, to be written
-    /// by the caller in its own transaction ([`Metering::write_charges`]);
-    /// `None` when calls are not metered. Cost: two small allocations.
+    /// Commit one call's charge without waiting: the entries are queued on
+    /// the group-commit writer at once, and when they are durable the
+    /// budgets are settled and `then` runs — on the writer's thread, so the
+    /// charge is written and counted even if whoever made the call has gone
+    /// away (a client that disconnected). Many calls in flight share one
+    /// fsync. Cost: one channel send here; `then` must be quick.
+    pub fn commit_call(
+        &self,
+        charge: CallCharge,
+        then: impl FnOnce(Result<crate::ledger::Appended, LedgerError>) + Send + 'static,
+    ) {
+        let writer = match self.writer() {
+            Ok(w) => w,
+            Err(e) => {
+                self.accounts.release(&charge);
+                then(Err(e));
+                return;
+            }
+        };
+        let accounts = self.accounts.clone();
+        let entries = charge.entries.clone();
+        writer.append_then(
+            entries,
+            Box::new(move |result| {
+                match &result {
+                    Ok(appended) => {
+                        accounts.settle(&charge, appended);
+                        accounts.charged(&charge.entries, appended);
+                    }
+                    Err(_) => accounts.release(&charge),
+                }
+                then(result);
+            }),
+        );
+    }
+
+    /// The worst case a call can cost in fuel and wall time at the `[ledger]`
+    /// prices: `fuel_limit` fuel (if fuel is metered) and `timeout_ms` of
+    /// wall time, saturating. Pure arithmetic.
+    pub fn worst_case_micros(&self, fuel_limit: Option<u64>, timeout_ms: u64) -> u64 {
+        let fuel = fuel_limit.map_or(0, |f| {
+            Entry::cost_for(f, self.config.fuel_price_per_1k_micros)
+        });
+        let wall = Entry::cost_for(
+            timeout_ms.saturating_mul(1000),
+            self.config.wall_time_price_per_1k_us_micros,
+        );
+        fuel.saturating_add(wall)
+    }
+
+    /// Before a call: reserve its worst-case fuel and wall-time cost
+    /// ([`Metering::worst_case_micros`]) against every budget that applies
+    /// (tenant, capsule, run, node and the nodes it was derived from), all
+    /// or nothing. `Ok(None)`: nothing to hold (calls are not metered or
+    /// cost nothing at the configured prices). `Err(reason)`: a budget
+    /// cannot cover it; the call must not start. Pass the hold to
+    /// [`Metering::call_charge`]; it is settled to the actual cost when the
+    /// charge is committed.
+    ///
+    /// Cost: nothing when prices are 0; else one lock and a hash lookup per
+    /// scope (the first use loads the stored budgets).
+    pub fn reserve_call(
+        &self,
+        spender: &Spender,
+        fuel_limit: Option<u64>,
+        timeout_ms: u64,
+    ) -> Result<Option<u64>, String> {
+        if !self.config.meter_calls {
+            return Ok(None);
+        }
+        let micros = self.worst_case_micros(fuel_limit, timeout_ms);
+        if micros == 0 {
+            return Ok(None);
+        }
+        self.ensure_loaded()
+            .map_err(|e| format!("budgets are unavailable: {e}"))?;
+        let hold = self
+            .accounts
+            .budgets
+            .reserve(&scopes(spender), 0, micros)
+            .map_err(|reason| {
+                format!(
+                    "{reason} (the worst case of this call: its fuel limit at \
+                     ledger.fuel_price_per_1k_micros plus its timeout at \
+                     ledger.wall_time_price_per_1k_us_micros); raise the budget \
+                     (PUT /v1/budgets or `soma budget set`) or lower the call's \
+                     fuel or timeout_ms"
+                )
+            })?;
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        self.accounts
+            .holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, hold);
+        Ok(Some(id))
+    }
+
+    /// Release a reservation from [`Metering::reserve_call`] that will not
+    /// be charged (the call never produced a charge).
+    pub fn release_call(&self, hold: Option<u64>) {
+        if let Some(h) = self.accounts.take_hold(hold) {
+            self.accounts.budgets.release(h);
+        }
+    }
+
+    /// The ledger entries for one call's fuel and wall time, carrying its
+    /// reservation `hold`, to be committed by [`Metering::charge_call`],
+    /// [`Metering::commit_call`] or in the caller's own transaction
+    /// ([`Metering::write_charges`]); `None` when calls are not metered (the
+    /// hold, if any, is released). Cost: two small allocations.
     pub fn call_charge(
         &self,
         spender: &Spender,
         fuel: Option<u64>,
         wall_time_us: u64,
+        hold: Option<u64>,
     ) -> Option<CallCharge> {
         if !self.config.meter_calls {
+            self.release_call(hold);
             return None;
         }
+        let time_ms = now_ms();
         let base = |kind, quantity, price| Entry {
             id: 0,
-            time_ms: now_ms(),
+            time_ms,
             tenant: spender.tenant.to_string(),
             run: spender.run.to_string(),
             node: spender.node.to_string(),
@@ -306,12 +470,14 @@ impl Metering {
         Some(CallCharge {
             entries,
             scopes: scopes(spender),
+            hold,
         })
     }
 
     /// Write call charges inside `txn` (the caller's own transaction, so the
     /// charge commits atomically with the caller's state). After the commit,
-    /// pass each charge and its result to [`Metering::settle_charge`].
+    /// pass each charge and its result to [`Metering::settle_charge`] (or,
+    /// if the transaction failed, to [`Metering::release_charge`]).
     pub fn write_charges(
         &self,
         txn: &redb::WriteTransaction,
@@ -321,21 +487,113 @@ impl Metering {
     }
 
     /// After a caller committed a charge itself ([`Metering::write_charges`]):
-    /// count it against the budgets and tell the observer (unless it was a
+    /// settle it against the budgets and tell the observer (unless it was a
     /// replay).
     pub fn settle_charge(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
-        self.settle_budgets(charge, appended);
+        self.accounts.settle(charge, appended);
         self.charged(&charge.entries, appended);
+    }
+
+    /// Drop a charge that will not be committed, releasing its reservation.
+    pub fn release_charge(&self, charge: &CallCharge) {
+        self.accounts.release(charge);
     }
 
     /// Count a charge written through [`Metering::append`] /
     /// [`Metering::append_async`] (which already told the observer)
     /// against the budgets, unless it was a replay.
     pub fn settle_budgets(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
-        let cost: u64 = charge.entries.iter().map(|e| e.cost_micros).sum();
-        if appended.duplicates == 0 && cost > 0 {
-            self.budgets.add_spent_to(&charge.scopes, 0, cost);
+        self.accounts.settle(charge, appended);
+    }
+}
+
+/// What scopes have spent according to the ledger, for rebuilding budgets:
+/// each source is read at most once however many budgets need it.
+struct Spent<'a> {
+    ledger: &'a Ledger,
+    tenants: Option<HashMap<String, (u64, u64)>>,
+    capsules: Option<HashMap<String, (u64, u64)>>,
+    /// Per run: (node, tokens, micros) of each entry.
+    runs: HashMap<String, Vec<(String, u64, u64)>>,
+}
+
+impl<'a> Spent<'a> {
+    fn new(ledger: &'a Ledger) -> Self {
+        Self {
+            ledger,
+            tenants: None,
+            capsules: None,
+            runs: HashMap::new(),
         }
+    }
+
+    fn summary(ledger: &Ledger, by: GroupBy) -> Result<HashMap<String, (u64, u64)>, LedgerError> {
+        Ok(ledger
+            .summary(by, None, None, None)?
+            .into_iter()
+            .map(|r| {
+                let tokens = r.tokens_in.saturating_add(r.tokens_out);
+                (r.key, (tokens, r.cost_micros))
+            })
+            .collect())
+    }
+
+    fn run(&mut self, run: &str) -> Result<&[(String, u64, u64)], LedgerError> {
+        if !self.runs.contains_key(run) {
+            let entries = self.ledger.ls(&Filter {
+                run: Some(run.to_owned()),
+                ..Filter::default()
+            })?;
+            let rows = entries
+                .into_iter()
+                .map(|e| {
+                    let tokens = if matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput) {
+                        e.quantity
+                    } else {
+                        0
+                    };
+                    (e.node, tokens, e.cost_micros)
+                })
+                .collect();
+            self.runs.insert(run.to_owned(), rows);
+        }
+        Ok(self.runs.get(run).map_or(&[], Vec::as_slice))
+    }
+
+    /// (LLM tokens, micro-units) `scope` has spent, saturating.
+    fn of(&mut self, scope: &Scope) -> Result<(u64, u64), LedgerError> {
+        let sum = |rows: &[(String, u64, u64)], node: Option<&str>| {
+            rows.iter()
+                .filter(|(n, ..)| node.is_none_or(|want| derived_from(n, want)))
+                .fold((0u64, 0u64), |(t, m), (_, tokens, micros)| {
+                    (t.saturating_add(*tokens), m.saturating_add(*micros))
+                })
+        };
+        Ok(match scope {
+            Scope::Tenant(t) => {
+                if self.tenants.is_none() {
+                    self.tenants = Some(Self::summary(self.ledger, GroupBy::Tenant)?);
+                }
+                self.tenants
+                    .as_ref()
+                    .and_then(|m| m.get(t).copied())
+                    .unwrap_or_default()
+            }
+            Scope::Capsule(c) => {
+                if self.capsules.is_none() {
+                    self.capsules = Some(Self::summary(self.ledger, GroupBy::Capsule)?);
+                }
+                self.capsules
+                    .as_ref()
+                    .and_then(|m| m.get(c).copied())
+                    .unwrap_or_default()
+            }
+            Scope::Run(r) => sum(self.run(r)?, None),
+            Scope::Node(rn) => {
+                let (run, node) = rn.split_once('/').unwrap_or((rn, ""));
+                sum(self.run(run)?, Some(node))
+            }
+        })
     }
 }
 
@@ -345,7 +603,9 @@ pub struct CallCharge {
     /// The ledger entries (idempotency keys set).
     pub entries: Vec<Entry>,
     /// The budgets it counts against.
-    scopes: [Scope; 4],
+    scopes: Vec<Scope>,
+    /// The reservation it settles ([`Metering::reserve_call`]).
+    hold: Option<u64>,
 }
 
 impl Drop for Metering {
@@ -361,9 +621,13 @@ impl llm::Meter for Metering {
     fn reserve(&self, spender: &Spender, tokens: u64, micros: u64) -> Result<Reservation, String> {
         self.ensure_loaded()
             .map_err(|e| format!("budgets are unavailable: {e}"))?;
-        let hold = self.budgets.reserve(&scopes(spender), tokens, micros)?;
+        let hold = self
+            .accounts
+            .budgets
+            .reserve(&scopes(spender), tokens, micros)?;
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
-        self.holds
+        self.accounts
+            .holds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, hold);
@@ -376,11 +640,7 @@ impl llm::Meter for Metering {
         reservation: Reservation,
         m: &Metered,
     ) -> Result<(), String> {
-        let hold = self
-            .holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&reservation.id);
+        let hold = self.accounts.take_hold(Some(reservation.id));
         let time_ms = now_ms();
         let entry = |kind, quantity, price| Entry {
             id: 0,
@@ -411,23 +671,31 @@ impl llm::Meter for Metering {
                 m.output_price_per_1k_micros,
             ),
         ];
-        let cost: u64 = entries.iter().map(|e| e.cost_micros).sum();
+        // Saturating: a provider reporting 2^64−1 tokens exhausts every
+        // budget it counts against instead of wrapping to a small number.
+        let cost = total_cost(&entries);
+        let tokens = m.prompt_tokens.saturating_add(m.completion_tokens);
         let appended = self.append(entries);
         let scopes = scopes(spender);
         match (appended, hold) {
             (Ok(a), Some(hold)) => {
                 let (tokens, micros) = if a.duplicates == 0 {
-                    (m.prompt_tokens + m.completion_tokens, cost)
+                    (tokens, cost)
                 } else {
                     (0, 0) // a replay: charged the first time
                 };
-                self.budgets.settle(hold, &scopes, tokens, micros);
+                self.accounts.budgets.settle(hold, &scopes, tokens, micros);
                 Ok(())
             }
-            (Ok(_), None) => Ok(()),
+            (Ok(a), None) => {
+                if a.duplicates == 0 {
+                    self.accounts.budgets.add_spent_to(&scopes, tokens, cost);
+                }
+                Ok(())
+            }
             (Err(e), hold) => {
                 if let Some(h) = hold {
-                    self.budgets.release(h);
+                    self.accounts.budgets.release(h);
                 }
                 Err(format!("could not record the usage in the ledger: {e}"))
             }
@@ -435,13 +703,148 @@ impl llm::Meter for Metering {
     }
 
     fn release(&self, _: &Spender, reservation: Reservation) {
-        if let Some(h) = self
-            .holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&reservation.id)
-        {
-            self.budgets.release(h);
+        if let Some(h) = self.accounts.take_hold(Some(reservation.id)) {
+            self.accounts.budgets.release(h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn derived_nodes_count_against_the_nodes_they_came_from() {
+        assert_eq!(parent_node("fan[3]"), Some("fan"));
+        assert_eq!(parent_node("plan.x"), Some("plan"));
+        assert_eq!(parent_node("plan.check[2]"), Some("plan.check"));
+        assert_eq!(parent_node("fan[2].x"), Some("fan[2]"));
+        assert_eq!(parent_node("plain"), None);
+        assert_eq!(parent_node("-"), None);
+        let s = Spender {
+            tenant: "t".into(),
+            run: "r".into(),
+            node: "plan.check[2]".into(),
+            attempt: 0,
+            capsule: "c".into(),
+        };
+        let keys: Vec<String> = scopes(&s).iter().map(Scope::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "tenant:t",
+                "capsule:c",
+                "run:r",
+                "node:r/plan.check[2]",
+                "node:r/plan.check",
+                "node:r/plan"
+            ]
+        );
+        assert!(derived_from("fan[3]", "fan"));
+        assert!(derived_from("fan", "fan"));
+        assert!(derived_from("fan.x[1]", "fan"));
+        assert!(!derived_from("fan2", "fan"));
+        assert!(!derived_from("fa", "fan"));
+    }
+
+    fn metering(config: LedgerConfig) -> (Metering, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::store::DataDir::new(dir.path());
+        (Metering::new(config, data.database().clone()), dir)
+    }
+
+    fn spender(node: &str) -> Spender {
+        Spender {
+            tenant: "acme".into(),
+            run: "r1".into(),
+            node: node.into(),
+            attempt: 0,
+            capsule: "sha256:c".into(),
+        }
+    }
+
+    #[test]
+    fn call_reservations_refuse_the_worst_case_and_settle_to_the_actual() {
+        let (m, _dir) = metering(LedgerConfig {
+            fuel_price_per_1k_micros: 1000,
+            ..LedgerConfig::default()
+        });
+        m.set_limit(
+            Scope::Node("r1/fan".into()),
+            Some(Limit {
+                tokens: None,
+                micros: Some(1000),
+            }),
+        )
+        .unwrap();
+        // An instance of `fan` reserves against fan's budget.
+        let err = m
+            .reserve_call(&spender("fan[0]"), Some(1001), 0)
+            .unwrap_err();
+        assert!(err.contains("node:r1/fan") && err.contains("fuel"), "{err}");
+        let hold = m.reserve_call(&spender("fan[0]"), Some(600), 0).unwrap();
+        assert!(hold.is_some());
+        assert!(m.reserve_call(&spender("fan[1]"), Some(600), 0).is_err());
+        let charge = m.call_charge(&spender("fan[0]"), Some(250), 10, hold);
+        m.charge_call(charge).unwrap();
+        let acc = m.budgets().account(&Scope::Node("r1/fan".into())).unwrap();
+        assert_eq!((acc.spent_micros, acc.reserved_micros), (250, 0));
+        // After a restart the spending of the instances is rebuilt too.
+        let m2 = Metering::new(m.config, m.db.clone());
+        drop(m);
+        let list = m2.list_budgets().unwrap();
+        assert_eq!(list[0].1.spent_micros, 250);
+        // Free at the default prices: nothing to reserve.
+        let (free, _dir) = metering(LedgerConfig::default());
+        assert_eq!(
+            free.reserve_call(&spender("x"), Some(u64::MAX), u64::MAX),
+            Ok(None)
+        );
+        assert_eq!(
+            free.worst_case_micros(Some(u64::MAX), u64::MAX),
+            0,
+            "zero prices"
+        );
+        let (priced, _dir) = metering(LedgerConfig {
+            fuel_price_per_1k_micros: u64::MAX,
+            wall_time_price_per_1k_us_micros: u64::MAX,
+            ..LedgerConfig::default()
+        });
+        assert_eq!(priced.worst_case_micros(Some(u64::MAX), u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn usage_of_u64_max_tokens_saturates_instead_of_wrapping() {
+        use llm::Meter as _;
+        let (m, _dir) = metering(LedgerConfig::default());
+        let tenant = Scope::Tenant("acme".into());
+        m.set_limit(
+            tenant.clone(),
+            Some(Limit {
+                tokens: Some(1_000_000),
+                micros: None,
+            }),
+        )
+        .unwrap();
+        let s = spender("n");
+        let r = m.reserve(&s, 100, 0).unwrap();
+        let metered = Metered {
+            provider: "p".into(),
+            model: "m".into(),
+            prompt_tokens: u64::MAX,
+            completion_tokens: 5,
+            estimated: false,
+            input_price_per_1k_micros: 3000,
+            output_price_per_1k_micros: u64::MAX,
+            cost_micros: u64::MAX,
+            seq: 0,
+        };
+        m.settle(&s, r, &metered).unwrap();
+        let acc = m.budgets().account(&tenant).unwrap();
+        assert_eq!(acc.spent_tokens, u64::MAX);
+        assert_eq!(acc.spent_micros, u64::MAX);
+        assert!(m.reserve(&s, 1, 0).is_err(), "every later call is refused");
     }
 }

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `fixture-ok` (or any other name) | 200, completion with usage |
 //! | `fixture-no-usage` | 200, completion without `usage` |
+//! | `fixture-huge-usage` | 200, usage of 2^64−1 prompt + 5 completion tokens |
 //! | `fixture-slow` | the ok answer after [`FixtureOptions::slow`] |
 //! | `fixture-429` | 429 `Retry-After: 1` for the first [`FixtureOptions::rate_limited`] requests, then ok |
 //! | `fixture-500` | 500 with an OpenAI error body |
@@ -277,6 +278,15 @@ fn answer(
             (200, Vec::new(), completion(&request, true).to_string())
         }
         "fixture-no-usage" => (200, Vec::new(), completion(&request, false).to_string()),
+        "fixture-huge-usage" => {
+            let mut body = completion(&request, true);
+            body["usage"] = json!({
+                "prompt_tokens": u64::MAX,
+                "completion_tokens": 5,
+                "total_tokens": u64::MAX,
+            });
+            (200, Vec::new(), body.to_string())
+        }
         _ => (200, Vec::new(), completion(&request, true).to_string()),
     }
 }

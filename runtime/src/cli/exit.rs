@@ -35,6 +35,8 @@ pub(crate) enum Code {
     DagInterrupted = 25,
     /// A DAG spec (or a run's input) is invalid; nothing ran.
     InvalidSpec = 26,
+    /// A budget could not cover the call's worst-case cost; it did not run.
+    BudgetExceeded = 27,
 }
 
 impl Code {
@@ -51,6 +53,7 @@ impl Code {
             Failure::InputLimit { .. } => Self::InputLimit,
             Failure::Denied { .. } => Self::Denied,
             Failure::Host { .. } => Self::HostError,
+            Failure::BudgetExceeded { .. } => Self::BudgetExceeded,
         }
     }
 
@@ -67,6 +70,7 @@ impl Code {
             "input-limit" => Self::InputLimit,
             "denied" => Self::Denied,
             "host-error" => Self::HostError,
+            "budget-exceeded" => Self::BudgetExceeded,
             _ => Self::Error,
         }
     }

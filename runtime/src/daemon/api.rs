@@ -3,7 +3,10 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -480,23 +483,29 @@ async fn call_run(
     tighten(&mut options.limits.memory_mb, limits.memory_mb);
     daemon.metrics.run_started("call");
     let capsule = item.capsule.clone();
-    let mut outcome = daemon
+    // If this handler is dropped (the client disconnected, or its request
+    // timed out) the call stops at its next epoch tick. Either way the
+    // charge is committed by the pool thread, not here.
+    let cancel = CancelOnDrop::default();
+    options.cancel = Some(cancel.0.clone());
+    let committed = daemon
         .calls
-        .run(move || engine.call(&capsule, &input, &options))
+        .run(move || call_and_commit(&engine, &capsule, &input, &options))
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()))?;
+    let mut outcome = committed.outcome;
     // The charge is durable before the answer goes out.
-    if let Some(charge) = outcome.charge.take() {
-        let metering = daemon.engine.metering();
-        match metering.append_async(charge.entries.clone()).await {
-            Ok(appended) => metering.settle_budgets(&charge, &appended),
-            Err(e) => {
-                outcome.result = Err(crate::Failure::Host {
-                    message: format!("could not record the call in the ledger: {e}"),
-                });
-            }
+    if let Some(rx) = committed.charged {
+        let recorded = rx
+            .await
+            .unwrap_or(Err(crate::ledger::LedgerError::WriterStopped));
+        if let Err(e) = recorded {
+            outcome.result = Err(crate::Failure::Host {
+                message: format!("could not record the call in the ledger: {e}"),
+            });
         }
     }
+    drop(cancel);
     let class = outcome.result.as_ref().err().map_or("ok", |f| f.class());
     daemon.metrics.call(
         name,
@@ -526,6 +535,58 @@ async fn call_run(
         },
     );
     Ok(Json(body).into_response())
+}
+
+/// Sets its flag when dropped: a call handler's way of telling the call
+/// that nobody is waiting for it any more.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A call's outcome and, if it was charged, where the commit reports.
+struct Committed {
+    outcome: crate::Outcome,
+    charged: Option<
+        tokio::sync::oneshot::Receiver<Result<crate::ledger::Appended, crate::ledger::LedgerError>>,
+    >,
+}
+
+/// On a call-pool thread: run the call (unless its caller already left)
+/// and queue its charge on the group-commit writer before returning, so
+/// the charge is written and counted against the budgets even if the
+/// handler awaiting it is dropped. Cost: the call, plus one channel send.
+fn call_and_commit(
+    engine: &crate::Engine,
+    capsule: &crate::Capsule,
+    input: &str,
+    options: &CallOptions,
+) -> Committed {
+    if options
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
+    {
+        // Queued, and its caller left before it started: nothing ran,
+        // nothing is owed.
+        return Committed {
+            outcome: crate::Outcome::cancelled_before_start(),
+            charged: None,
+        };
+    }
+    let mut outcome = engine.call(capsule, input, options);
+    let charged = outcome.charge.take().map(|charge| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine.metering().commit_call(charge, move |result| {
+            let _ = tx.send(result);
+        });
+        rx
+    });
+    Committed { outcome, charged }
 }
 
 async fn dag_run(

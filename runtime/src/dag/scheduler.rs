@@ -205,23 +205,22 @@ pub fn create(
     }
     let run = run_id.map_or_else(crate::call::new_run_id, str::to_owned);
     let metering = engine.metering();
-    let limit = |b: &BudgetSpec| budget::Limit {
-        tokens: b.tokens,
-        micros: b.usd.map(|d| (d * 1e6).round() as u64),
-    };
-    if let Some(b) = &spec.budget {
-        metering
-            .set_limit(budget::Scope::Run(run.clone()), Some(limit(b)))
-            .map_err(DagError::Budget)?;
-    }
-    for n in &spec.nodes {
-        if let Some(b) = &n.budget {
-            let scope = budget::Scope::Node(format!("{run}/{}", n.id));
-            metering
-                .set_limit(scope, Some(limit(b)))
-                .map_err(DagError::Budget)?;
-        }
-    }
+    // One transaction for all of them (a spec may carry many node budgets).
+    // A node's budget also covers its for_each instances and the nodes its
+    // plan adds (see `meter::parent_node`).
+    let budgets: Vec<_> = spec
+        .budget
+        .iter()
+        .map(|b| (budget::Scope::Run(run.clone()), Some(budget_limit(b))))
+        .chain(spec.nodes.iter().filter_map(|n| {
+            let b = n.budget.as_ref()?;
+            Some((
+                budget::Scope::Node(format!("{run}/{}", n.id)),
+                Some(budget_limit(b)),
+            ))
+        }))
+        .collect();
+    metering.set_limits(budgets).map_err(DagError::Budget)?;
     let created = Event::Created {
         spec: Box::new(spec.clone()),
         input,
@@ -233,6 +232,15 @@ pub fn create(
     let state = RunState::new(&run, &created)?;
     Journal::new(engine.data().database().clone()).create(&run, &created, &summary(&state))?;
     Ok(run)
+}
+
+/// A spec budget as a ledger budget (dollars → micro-units; the spec
+/// checks that `usd` is finite and positive, and the float cast saturates).
+fn budget_limit(b: &BudgetSpec) -> budget::Limit {
+    budget::Limit {
+        tokens: b.tokens,
+        micros: b.usd.map(|d| (d * 1e6).round() as u64),
+    }
 }
 
 /// The listing row for a state.
@@ -574,6 +582,23 @@ impl Coordinator<'_> {
     }
 
     fn propose(&mut self, event: Event, batch: &mut Vec<Event>) -> Result<(), DagError> {
+        if let Event::Expanded { node, plan, .. } = &event {
+            // A plan's own node budgets (each is also under the planner's).
+            let run = &self.state.run;
+            let budgets: Vec<_> = plan
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let b = n.budget.as_ref()?;
+                    let scope = budget::Scope::Node(format!("{run}/{node}.{}", n.id));
+                    Some((scope, Some(budget_limit(b))))
+                })
+                .collect();
+            self.engine
+                .metering()
+                .set_limits(budgets)
+                .map_err(DagError::Budget)?;
+        }
         self.state.apply(&event)?;
         batch.push(event);
         Ok(())
@@ -583,14 +608,23 @@ impl Coordinator<'_> {
         let entries: Vec<&[crate::ledger::Entry]> =
             charges.iter().map(|c| c.entries.as_slice()).collect();
         let metering = self.engine.metering();
-        let appended = self.journal.commit(
+        let appended = match self.journal.commit(
             &self.state.run,
             self.seq,
             batch,
             &summary(self.state),
             &entries,
             metering,
-        )?;
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                // Not written: give back what the calls had reserved.
+                for c in charges {
+                    metering.release_charge(c);
+                }
+                return Err(e.into());
+            }
+        };
         self.seq += batch.len() as u64;
         for (c, a) in charges.iter().zip(&appended) {
             metering.settle_charge(c, a);

@@ -545,8 +545,8 @@ impl RunState {
 
     fn account(&mut self, i: usize, call: &CallRecord, time_ms: u64) {
         let n = &mut self.nodes[i];
-        n.fuel += call.fuel.unwrap_or(0);
-        n.wall_us += call.wall_us;
+        n.fuel = n.fuel.saturating_add(call.fuel.unwrap_or(0));
+        n.wall_us = n.wall_us.saturating_add(call.wall_us);
         n.ended_ms = Some(time_ms);
     }
 

@@ -35,10 +35,15 @@ struct Request {
     reply: Reply,
 }
 
-/// Where a request's result goes: a blocked thread or an awaiting task.
+/// Run on the writer thread with the result of a committed request.
+pub type OnCommit = Box<dyn FnOnce(Result<Appended, LedgerError>) + Send>;
+
+/// Where a request's result goes: a blocked thread, an awaiting task, or a
+/// callback run on the writer thread right after the commit.
 enum Reply {
     Blocking(mpsc::SyncSender<Result<Appended, LedgerError>>),
     Async(tokio::sync::oneshot::Sender<Result<Appended, LedgerError>>),
+    Then(OnCommit),
 }
 
 impl Reply {
@@ -51,6 +56,7 @@ impl Reply {
             Self::Async(tx) => {
                 let _ = tx.send(result);
             }
+            Self::Then(f) => f(result),
         }
     }
 }
@@ -108,6 +114,31 @@ impl LedgerWriter {
             })
             .map_err(|_| LedgerError::WriterStopped)?;
         rx.recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    /// Queue `entries` and return at once: `then` runs on the writer thread
+    /// with the result once the transaction holding them is durable (or has
+    /// failed). The entries are written whether or not the caller is still
+    /// around — what a call path uses so that nobody can drop its charge —
+    /// and they share the group commit with every other appender.
+    ///
+    /// Cost: one channel send; `then` must be quick (it delays the replies
+    /// of the rest of the batch).
+    pub fn append_then(&self, entries: Vec<Entry>, then: OnCommit) {
+        if entries.is_empty() {
+            then(Ok(Appended::default()));
+            return;
+        }
+        if let Err(e) = validate(&entries) {
+            then(Err(e));
+            return;
+        }
+        if let Err(mpsc::SendError(r)) = self.tx.send(Request {
+            entries,
+            reply: Reply::Then(then),
+        }) {
+            r.reply.send(Err(LedgerError::WriterStopped));
+        }
     }
 
     /// [`LedgerWriter::append`] for async callers: the task awaits the
