@@ -51,8 +51,8 @@ pub struct DaemonConfig {
     /// Bytes of capsule-call results remembered (newest kept). Default 64 MiB.
     pub recent_calls_bytes: usize,
     /// Capsule calls of one tenant running at once in the call pool (its
-    /// requests and DAG runs together); 0 = half of `call_threads` (at
-    /// least 1), so one tenant never holds every thread. Default 0.
+    /// requests and DAG runs together); 0 = half the cores (at least 1),
+    /// so one tenant's slow calls never hold every core. Default 0.
     pub max_running_calls_per_tenant: usize,
     /// Capsule-call requests of one tenant queued or running at once;
     /// past it → 429 with `Retry-After`. Default 256.
@@ -230,7 +230,7 @@ impl Daemon {
         let sharing = pool::Sharing {
             threads: call_threads,
             max_running_per_tenant: match config.max_running_calls_per_tenant {
-                0 => (call_threads / 2).max(1),
+                0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
                 n => n,
             },
             max_calls_per_tenant: config.max_calls_per_tenant,
