@@ -45,6 +45,8 @@ pub struct Config {
     pub ledger: crate::meter::LedgerConfig,
     /// `soma daemon` (`[daemon]`).
     pub daemon: crate::daemon::DaemonConfig,
+    /// Ceilings on DAG specs and their parsing and rendering (`[dag]`).
+    pub dag: crate::dag::spec::Ceilings,
 }
 
 /// How instances get their memory.
@@ -214,6 +216,22 @@ impl Config {
         self.kv
             .check()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let d = &self.dag;
+        if d.max_spec_nodes == 0
+            || d.max_spec_bytes == 0
+            || d.max_rendered_input_bytes == 0
+            || d.max_concurrency == 0
+            || d.max_fan_out == 0
+            || d.max_nodes == 0
+            || d.max_expansion_nodes == 0
+            || d.max_rounds == 0
+        {
+            return Err(ConfigError::Invalid(
+                "dag.max_spec_nodes, max_spec_bytes, max_rendered_input_bytes, max_concurrency, \
+                 max_fan_out, max_nodes, max_expansion_nodes and max_rounds must be positive"
+                    .into(),
+            ));
+        }
         if e.pool_instances == 0 {
             return Err(ConfigError::Invalid(
                 "engine.pool_instances must be positive".into(),

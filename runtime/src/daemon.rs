@@ -49,6 +49,26 @@ pub struct DaemonConfig {
     pub call_threads: usize,
     /// Capsule-call runs remembered for `GET /v1/runs/{id}` (newest kept).
     pub recent_calls: usize,
+    /// Bytes of capsule-call results remembered (newest kept). Default 64 MiB.
+    pub recent_calls_bytes: usize,
+    /// Capsule calls of one tenant running at once in the call pool (its
+    /// requests and DAG runs together); 0 = half the cores (at least 1),
+    /// so one tenant's slow calls never hold every core. Default 0.
+    pub max_running_calls_per_tenant: usize,
+    /// Capsule-call requests of one tenant queued or running at once;
+    /// past it → 429 with `Retry-After`. Default 256.
+    pub max_calls_per_tenant: usize,
+    /// DAG runs of one tenant queued, waiting or running at once; past it
+    /// → 429 with `Retry-After`. Default 64.
+    pub max_queued_runs_per_tenant: usize,
+    /// Open event streams (`GET /v1/runs/{id}/events`) of one tenant;
+    /// past it → 429. Default 16.
+    pub max_streams_per_tenant: usize,
+    /// Open event streams in all; past it → 429. Default 1024.
+    pub max_streams: usize,
+    /// DAG specs parsed and checked at once (on the blocking pool, never
+    /// on the async workers); more wait their turn. Default 2.
+    pub max_spec_parses: usize,
     /// On shutdown, how long in-flight requests may take to finish, ms.
     pub shutdown_grace_ms: u64,
     /// OTLP/HTTP endpoint for traces (e.g. `http://127.0.0.1:4318`); off if absent.
@@ -103,6 +123,13 @@ impl Default for DaemonConfig {
             dag_drivers: 4,
             call_threads: 0,
             recent_calls: 10_000,
+            recent_calls_bytes: 64 << 20,
+            max_running_calls_per_tenant: 0,
+            max_calls_per_tenant: 256,
+            max_queued_runs_per_tenant: 64,
+            max_streams_per_tenant: 16,
+            max_streams: 1024,
+            max_spec_parses: 2,
             shutdown_grace_ms: 10_000,
             otlp_endpoint: None,
             capsules: Vec::new(),
@@ -274,9 +301,24 @@ impl Daemon {
             0 => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        if call_threads > engine.config().engine.pool_instances as usize {
+            return Err(DaemonError::Config(format!(
+                "daemon.call_threads ({call_threads}) exceeds engine.pool_instances ({}): \
+                 every call thread needs an instance slot",
+                engine.config().engine.pool_instances
+            )));
+        }
+        let sharing = pool::Sharing {
+            threads: call_threads,
+            max_running_per_tenant: match config.max_running_calls_per_tenant {
+                0 => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
+                n => n,
+            },
+            max_calls_per_tenant: config.max_calls_per_tenant,
+        };
         let daemon = Arc::new(Self {
-            calls: pool::CallPool::new(call_threads),
-            runs: runs::Runs::new(config.recent_calls),
+            calls: pool::CallPool::new(sharing),
+            runs: runs::Runs::new(runs::RunLimits::of(&config)),
             engine,
             config,
             tokens,

@@ -2,6 +2,7 @@
 //! JSON error shape (`{"error": {"code", "message", "field"?}}`).
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     sync::{
         Arc,
@@ -22,9 +23,10 @@ use axum::{
     },
     routing::{get, post},
 };
-use futures_util::stream::{self, Stream, StreamExt as _};
+use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Daemon,
@@ -490,9 +492,17 @@ async fn call_run(
     options.cancel = Some(cancel.0.clone());
     let committed = daemon
         .calls
-        .run(move || call_and_commit(&engine, &capsule, &input, &options))
+        .run(&p.tenant, move || call_and_commit(&engine, &capsule, &input, &options))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()))?;
+        .map_err(|e| match e {
+            super::pool::Refused::Full { .. } => {
+                daemon.metrics.rejected("too-many-calls");
+                full("too-many-calls", e.to_string())
+            }
+            super::pool::Refused::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
+            }
+        })?;
     let mut outcome = committed.outcome;
     // The charge is durable before the answer goes out.
     if let Some(rx) = committed.charged {
@@ -527,6 +537,9 @@ async fn call_run(
         "usage": outcome.usage,
         "logs": outcome.logs,
     });
+    // Serialized once: the answer and the retained copy share the bytes.
+    let body =
+        Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?);
     daemon.runs.record_call(
         run,
         CallRun {
@@ -534,7 +547,24 @@ async fn call_run(
             body: body.clone(),
         },
     );
-    Ok(Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// 429 with `Retry-After: 1` for a full per-tenant or global cap.
+fn full(code: &'static str, message: String) -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+    }
+}
+
+fn spec_error(errors: &spec::SpecErrors, what: &str, field: &str) -> ApiError {
+    ApiError {
+        details: Some(json!(
+            errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()
+        )),
+        ..ApiError::bad(format!("{what}:\n{errors}"), Some(field))
+    }
 }
 
 /// Sets its flag when dropped: a call handler's way of telling the call
@@ -599,12 +629,49 @@ async fn dag_run(
         Value::String(s) => s,
         v => v.to_string(),
     };
-    let spec = spec::parse(&text, "dag").map_err(|e| ApiError {
-        field: Some("dag".into()),
-        details: Some(json!(
-            e.0.iter().map(ToString::to_string).collect::<Vec<_>>()
-        )),
-        ..ApiError::bad(format!("invalid DAG spec:\n{e}"), Some("dag"))
+    // Parsing, checking and creating block (and a spec may take its whole
+    // byte budget): off the async workers, a few at a time.
+    let _parsing =
+        daemon.runs.parsing.acquire().await.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down")
+        })?;
+    let d = daemon.clone();
+    let tenant = p.tenant.clone();
+    let run = tokio::task::spawn_blocking(move || create_dag_run(&d, &text, input, &tenant))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    daemon.runs.enqueue(&run, &p.tenant);
+    daemon.metrics.run_started("dag");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "run": run,
+            "kind": "dag",
+            "status": "queued",
+            "events": format!("/v1/runs/{run}/events"),
+        })),
+    )
+        .into_response())
+}
+
+/// Parse `text` within the daemon's budgets, hold it to the `[dag]`
+/// ceilings, take one of the tenant's run slots and create the run.
+/// Blocking: runs on the blocking pool.
+fn create_dag_run(
+    daemon: &Arc<Daemon>,
+    text: &str,
+    input: Option<Value>,
+    tenant: &str,
+) -> Result<String, ApiError> {
+    let ceilings = daemon.engine.config().dag;
+    let mut spec = spec::parse_within(text, "dag", &ceilings.budget())
+        .map_err(|e| spec_error(&e, "invalid DAG spec", "dag"))?;
+    spec.within(&ceilings, "dag").map_err(|e| {
+        spec_error(
+            &e,
+            "the DAG spec asks for more than this daemon allows",
+            "dag",
+        )
     })?;
     let mut loaded = std::collections::BTreeMap::new();
     for (alias, name) in &spec.capsules {
@@ -622,38 +689,22 @@ async fn dag_run(
             },
         );
     }
+    daemon
+        .runs
+        .reserve(tenant)
+        .map_err(|e| full("too-many-runs", e.to_string()))?;
     let input = input.unwrap_or_else(|| json!({}));
-    let engine = daemon.engine.clone();
-    let tenant = p.tenant.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        scheduler::create(&engine, &spec, "api", &input, &loaded, &tenant, None)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let run = created.map_err(|e| match e {
-        DagError::Spec(errors) => ApiError {
-            details: Some(json!(
-                errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()
-            )),
-            ..ApiError::bad(format!("invalid run: {errors}"), Some("input"))
-        },
-        DagError::Kind { .. } | DagError::MissingCapsule(_) => {
-            ApiError::bad(e.to_string(), Some("dag"))
+    let created = scheduler::create(&daemon.engine, &spec, "api", &input, &loaded, tenant, None);
+    created.map_err(|e| {
+        daemon.runs.release(tenant);
+        match e {
+            DagError::Spec(errors) => spec_error(&errors, "invalid run", "input"),
+            DagError::Kind { .. } | DagError::MissingCapsule(_) => {
+                ApiError::bad(e.to_string(), Some("dag"))
+            }
+            other => ApiError::internal(other.to_string()),
         }
-        other => ApiError::internal(other.to_string()),
-    })?;
-    daemon.runs.enqueue(&run, &p.tenant);
-    daemon.metrics.run_started("dag");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "run": run,
-            "kind": "dag",
-            "status": "queued",
-            "events": format!("/v1/runs/{run}/events"),
-        })),
-    )
-        .into_response())
+    })
 }
 
 /// A DAG run's state from the journal (blocking: run off the async threads).
@@ -675,12 +726,12 @@ async fn get_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&p, Scope::Read)?;
     let missing = || ApiError::not_found(&format!("run `{id}`"));
     if let Some(call) = daemon.runs.call(&id) {
         return if visible(&p, &call.tenant) {
-            Ok(Json(call.body))
+            Ok(([(header::CONTENT_TYPE, "application/json")], call.body).into_response())
         } else {
             Err(missing())
         };
@@ -702,7 +753,8 @@ async fn get_run(
                 "kind": "dag",
                 "status": status,
                 "summary": summary,
-            })));
+            }))
+            .into_response());
         }
     }
     let d = daemon.clone();
@@ -713,12 +765,118 @@ async fn get_run(
     if !visible(&p, &state.tenant) {
         return Err(missing());
     }
-    Ok(Json(state.report()))
+    Ok(Json(state.report()).into_response())
+}
+
+/// Events read from the journal per page of an event stream.
+const PAGE_EVENTS: usize = 256;
+/// Bytes read from the journal per page (at least one event).
+const PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a run's events from `from` on (blocking: journal read).
+async fn page(daemon: &Arc<Daemon>, run: &str, from: u64) -> Option<VecDeque<(u64, String)>> {
+    let d = daemon.clone();
+    let run = run.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Journal::new(d.engine.data().database().clone()).page(&run, from, PAGE_EVENTS, PAGE_BYTES)
+    })
+    .await
+    .ok()?
+    .map(VecDeque::from)
+    .map_err(|e| tracing::warn!("cannot read run events: {e}"))
+    .ok()
+}
+
+/// Where an event stream is.
+struct Cursor {
+    daemon: Arc<Daemon>,
+    run: String,
+    live: Option<Arc<super::runs::LiveRun>>,
+    rx: Option<tokio::sync::broadcast::Receiver<(u64, Arc<str>)>>,
+    /// The next sequence number to send.
+    next: u64,
+    /// Events read from the journal, not sent yet.
+    buffered: VecDeque<(u64, String)>,
+    /// The journal has nothing past `next` (until told otherwise).
+    caught_up: bool,
+    ended: bool,
+    _slot: super::runs::StreamSlot,
+}
+
+impl Cursor {
+    fn event(&mut self, seq: u64, json: &str) -> SseEvent {
+        self.next = seq + 1;
+        if json.contains(r#""event":"finished""#) {
+            self.ended = true;
+        }
+        SseEvent::default()
+            .id(seq.to_string())
+            .event(event_kind(json))
+            .data(json)
+    }
+
+    /// The next event to send, or `None` at the end of the stream.
+    async fn advance(&mut self) -> Option<SseEvent> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some((seq, json)) = self.buffered.pop_front() {
+                return Some(self.event(seq, &json));
+            }
+            if !self.caught_up {
+                let page = page(&self.daemon, &self.run, self.next).await?;
+                self.caught_up = page.is_empty();
+                self.buffered = page;
+                continue;
+            }
+            let rx = self.rx.as_mut()?;
+            let tick = tokio::time::sleep(Duration::from_millis(500));
+            let heard = tokio::select! {
+                msg = rx.recv() => Heard::Message(msg),
+                () = tick => Heard::Tick,
+            };
+            match heard {
+                Heard::Message(Ok((seq, _))) if seq < self.next => {}
+                Heard::Message(Ok((seq, json))) if seq == self.next => {
+                    return Some(self.event(seq, &json));
+                }
+                // A gap (or missed events): read them from the journal.
+                Heard::Message(Ok(_) | Err(RecvError::Lagged(_))) => self.caught_up = false,
+                Heard::Message(Err(RecvError::Closed)) => {
+                    self.rx = None;
+                    self.caught_up = false;
+                }
+                Heard::Tick => {
+                    if self.daemon.runs.is_stopping() {
+                        return None;
+                    }
+                    let gone = self
+                        .live
+                        .as_ref()
+                        .is_none_or(|l| l.done.load(Ordering::SeqCst));
+                    if gone {
+                        // Send whatever was committed last, then end.
+                        self.rx = None;
+                        self.caught_up = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a live event stream heard while it waited.
+enum Heard {
+    Message(Result<(u64, Arc<str>), RecvError>),
+    Tick,
 }
 
 /// `GET /v1/runs/{id}/events`: Server-Sent Events. The history so far,
-/// then live events until the run finishes. Each event's `id` is its
-/// sequence number; `Last-Event-ID` resumes after it.
+/// read from the journal in pages of bounded size, then live events until
+/// the run finishes. Each event's `id` is its sequence number;
+/// `Last-Event-ID` resumes after it. Each open stream holds one of the
+/// tenant's `daemon.max_streams_per_tenant` (429 past it).
 async fn run_events(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
@@ -730,74 +888,50 @@ async fn run_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let missing = || ApiError::not_found(&format!("run `{id}`"));
     let live = daemon.runs.live(&id);
-    if let Some(l) = &live
-        && !visible(&p, &l.tenant)
-    {
-        return Err(ApiError::not_found(&format!("run `{id}`")));
-    }
     // Subscribe before reading the history so nothing falls in between.
-    let mut rx = live.as_ref().map(|l| l.events.subscribe());
-    let d = daemon.clone();
-    let run = id.clone();
-    let (state, history) = tokio::task::spawn_blocking(move || replay(&d, &run))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    if !visible(&p, &state.tenant) {
-        return Err(ApiError::not_found(&format!("run `{id}`")));
+    let rx = live.as_ref().map(|l| l.events.subscribe());
+    let tenant = match &live {
+        Some(l) => l.tenant.clone(),
+        None => {
+            let d = daemon.clone();
+            let run = id.clone();
+            let summary = tokio::task::spawn_blocking(move || {
+                Journal::new(d.engine.data().database().clone()).summary(&run)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+            match summary {
+                Ok(s) => s.tenant,
+                Err(JournalError::NotFound(_)) => return Err(missing()),
+                Err(e) => return Err(ApiError::internal(e.to_string())),
+            }
+        }
+    };
+    if !visible(&p, &tenant) {
+        return Err(missing());
     }
-    let first_live = history.len() as u64;
-    let past: Vec<Result<SseEvent, Infallible>> = history
-        .iter()
-        .enumerate()
-        .filter(|(seq, _)| after.is_none_or(|a| *seq as u64 > a))
-        .map(|(seq, e)| Ok(sse_event(seq as u64, e)))
-        .collect();
-    let finished = state.finished.is_some();
-    let daemon_live = daemon.clone();
-    let live_stream = stream::unfold(
-        (rx.take(), finished, daemon_live, live),
-        move |(rx, done, daemon, live)| async move {
-            let mut rx = rx?;
-            if done {
-                return None;
-            }
-            loop {
-                let tick = tokio::time::sleep(Duration::from_millis(500));
-                tokio::select! {
-                    msg = rx.recv() => match msg {
-                        Ok((seq, _)) if seq < first_live => continue,
-                        Ok((seq, json)) => {
-                            let finished = json.contains(r#""event":"finished""#);
-                            let kind = event_kind(&json);
-                            let e = SseEvent::default().id(seq.to_string()).event(kind).data(&*json);
-                            return Some((Ok(e), (Some(rx), finished, daemon, live)));
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let e = SseEvent::default().event("lagged").data(format!("{n} events skipped; GET the run for its state"));
-                            return Some((Ok(e), (Some(rx), false, daemon, live)));
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    },
-                    () = tick => {
-                        let gone = live.as_ref().is_none_or(|l| l.done.load(Ordering::SeqCst));
-                        if gone || daemon.runs.is_stopping() {
-                            return None;
-                        }
-                    }
-                }
-            }
-        },
-    );
-    Ok(Sse::new(stream::iter(past).chain(live_stream)).keep_alive(KeepAlive::default()))
-}
-
-fn sse_event(seq: u64, e: &Event) -> SseEvent {
-    let json = serde_json::to_string(e).unwrap_or_default();
-    SseEvent::default()
-        .id(seq.to_string())
-        .event(event_kind(&json))
-        .data(json)
+    let slot = super::runs::Runs::open_stream(&daemon, &p.tenant).map_err(|e| {
+        daemon.metrics.rejected("too-many-streams");
+        full("too-many-streams", e.to_string())
+    })?;
+    let cursor = Cursor {
+        daemon: daemon.clone(),
+        run: id,
+        live,
+        rx,
+        next: after.map_or(0, |a| a.saturating_add(1)),
+        buffered: VecDeque::new(),
+        caught_up: false,
+        ended: false,
+        _slot: slot,
+    };
+    let events = stream::unfold(cursor, |mut cursor| async move {
+        let event = cursor.advance().await?;
+        Some((Ok(event), cursor))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// The `event` tag of an event's JSON.

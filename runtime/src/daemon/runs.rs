@@ -1,25 +1,32 @@
-//! Runs the daemon knows about: DAG runs (queued, driven by a fixed set of
-//! driver threads, streamed to SSE subscribers) and recent capsule-call
-//! runs. DAG state lives in the journal; this is only what is live.
+//! Runs the daemon knows about: DAG runs (queued per tenant, driven by a
+//! fixed set of driver threads taking tenants in turn, streamed to SSE
+//! subscribers) and recent capsule-call runs. DAG state lives in the
+//! journal; this is only what is live.
+//!
+//! Bounded per tenant: runs queued or driven (`max_queued_runs_per_tenant`),
+//! open event streams (`max_streams_per_tenant`, and `max_streams` in all);
+//! recent call results are bounded by count and by bytes. A run whose next
+//! node waits in retry backoff gives its driver back and is queued again
+//! when the backoff ends (or it is cancelled).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
-        mpsc,
     },
     thread,
+    time::Duration,
 };
 
-use serde_json::Value;
+use axum::body::Bytes;
 use tokio::sync::broadcast;
 
-use super::Daemon;
+use super::{Daemon, DaemonConfig};
 use crate::dag::{
-    history::Event,
+    history::{Event, now_ms},
     journal::{Journal, RunSummary},
-    scheduler::{self, Ended, Observer, Settings},
+    scheduler::{self, Ended, Executor, Observer, Settings},
     state::RunState,
 };
 
@@ -45,31 +52,173 @@ pub struct LiveRun {
 pub struct CallRun {
     /// Its tenant.
     pub tenant: String,
-    /// The response body that was sent.
-    pub body: Value,
+    /// The response body that was sent (JSON), shared, not copied.
+    pub body: Bytes,
+}
+
+/// The per-tenant and global bounds of the registry (`[daemon]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Recent call runs kept (`daemon.recent_calls`).
+    pub keep_calls: usize,
+    /// Bytes of recent call results kept (`daemon.recent_calls_bytes`).
+    pub keep_call_bytes: usize,
+    /// DAG runs of one tenant queued, waiting or driven at once
+    /// (`daemon.max_queued_runs_per_tenant`).
+    pub max_runs_per_tenant: usize,
+    /// Open event streams of one tenant (`daemon.max_streams_per_tenant`).
+    pub max_streams_per_tenant: usize,
+    /// Open event streams in all (`daemon.max_streams`).
+    pub max_streams: usize,
+    /// DAG specs parsed at once, on the blocking pool
+    /// (`daemon.max_spec_parses`).
+    pub max_spec_parses: usize,
+}
+
+impl RunLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &DaemonConfig) -> Self {
+        Self {
+            keep_calls: config.recent_calls.max(1),
+            keep_call_bytes: config.recent_calls_bytes,
+            max_runs_per_tenant: config.max_queued_runs_per_tenant.max(1),
+            max_streams_per_tenant: config.max_streams_per_tenant.max(1),
+            max_streams: config.max_streams.max(1),
+            max_spec_parses: config.max_spec_parses.max(1),
+        }
+    }
+}
+
+/// Why the registry refused something; the handler answers 429 with
+/// `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    /// The tenant has its cap of DAG runs queued or running.
+    #[error(
+        "this tenant already has {limit} DAG runs queued or running (daemon.max_queued_runs_per_tenant); retry when one has finished"
+    )]
+    Runs {
+        /// The cap.
+        limit: usize,
+    },
+    /// The tenant has its cap of open event streams.
+    #[error(
+        "this tenant already has {limit} event streams open (daemon.max_streams_per_tenant); close one first"
+    )]
+    TenantStreams {
+        /// The cap.
+        limit: usize,
+    },
+    /// The daemon has its cap of open event streams.
+    #[error("the daemon already has {limit} event streams open (daemon.max_streams); retry later")]
+    Streams {
+        /// The cap.
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    map: HashMap<String, CallRun>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// Runs waiting for a driver: per tenant, served round-robin; and runs in
+/// retry backoff, until their time comes.
+#[derive(Debug, Default)]
+struct RunQueue {
+    order: VecDeque<String>,
+    ready: HashMap<String, VecDeque<String>>,
+    waiting: Vec<(u64, String, String)>,
+    closed: bool,
+}
+
+impl RunQueue {
+    fn push(&mut self, tenant: &str, run: String) {
+        let queue = self.ready.entry(tenant.to_owned()).or_default();
+        if queue.is_empty() && !self.order.iter().any(|t| t == tenant) {
+            self.order.push_back(tenant.to_owned());
+        }
+        queue.push_back(run);
+    }
+
+    fn pop(&mut self) -> Option<String> {
+        while let Some(tenant) = self.order.pop_front() {
+            let Some(queue) = self.ready.get_mut(&tenant) else {
+                continue;
+            };
+            let run = queue.pop_front();
+            if queue.is_empty() {
+                self.ready.remove(&tenant);
+            } else {
+                self.order.push_back(tenant);
+            }
+            if run.is_some() {
+                return run;
+            }
+        }
+        None
+    }
 }
 
 /// The registry.
 #[derive(Debug)]
 pub struct Runs {
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
-    calls: Mutex<(HashMap<String, CallRun>, VecDeque<String>)>,
-    keep_calls: usize,
-    queue: Mutex<Option<mpsc::Sender<String>>>,
+    calls: Mutex<Recent>,
+    limits: RunLimits,
+    queue: Mutex<RunQueue>,
+    queued: Condvar,
+    /// Per tenant: DAG runs held (queued, waiting or driven).
+    held: Mutex<HashMap<String, usize>>,
+    /// Per tenant: open event streams; and the total.
+    streams: Mutex<(HashMap<String, usize>, usize)>,
     drivers: Mutex<Vec<thread::JoinHandle<()>>>,
     stopping: AtomicBool,
+    /// Permits to parse a DAG spec (off the async workers).
+    pub parsing: tokio::sync::Semaphore,
+}
+
+/// An open event stream; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    daemon: Arc<Daemon>,
+    tenant: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut guard = self.daemon.runs.lock_streams();
+        let (per_tenant, total) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_tenant.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Runs {
-    /// An empty registry keeping `keep_calls` recent call runs.
-    pub fn new(keep_calls: usize) -> Self {
+    /// An empty registry with `limits`.
+    pub fn new(limits: RunLimits) -> Self {
         Self {
             live: Mutex::new(HashMap::new()),
-            calls: Mutex::new((HashMap::new(), VecDeque::new())),
-            keep_calls: keep_calls.max(1),
-            queue: Mutex::new(None),
+            calls: Mutex::new(Recent::default()),
+            limits,
+            queue: Mutex::new(RunQueue::default()),
+            queued: Condvar::new(),
+            held: Mutex::new(HashMap::new()),
+            streams: Mutex::new((HashMap::new(), 0)),
             drivers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            parsing: tokio::sync::Semaphore::new(limits.max_spec_parses),
         }
     }
 
@@ -85,15 +234,8 @@ impl Runs {
 
     /// DAG runs waiting for a driver.
     pub fn queued(&self) -> usize {
-        self.lock_live()
-            .values()
-            .filter(|l| {
-                l.summary
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_none()
-            })
-            .count()
+        let q = lock(&self.queue);
+        q.ready.values().map(VecDeque::len).sum::<usize>() + q.waiting.len()
     }
 
     /// Whether the daemon is shutting down.
@@ -101,34 +243,99 @@ impl Runs {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveRun>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_live(&self) -> MutexGuard<'_, HashMap<String, Arc<LiveRun>>> {
+        lock(&self.live)
     }
 
-    /// Remember a call run.
+    fn lock_streams(&self) -> MutexGuard<'_, (HashMap<String, usize>, usize)> {
+        lock(&self.streams)
+    }
+
+    /// Remember a call run; the oldest are forgotten past the count or the
+    /// byte bound. Cost: a mutex section; the body is shared, not copied.
     pub fn record_call(&self, run: String, call: CallRun) {
-        let mut guard = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
-        map.insert(run.clone(), call);
-        order.push_back(run);
-        while order.len() > self.keep_calls {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        let mut recent = lock(&self.calls);
+        let size = call.body.len().saturating_add(run.len());
+        if size > self.limits.keep_call_bytes {
+            return;
+        }
+        if let Some(old) = recent.map.insert(run.clone(), call) {
+            recent.bytes = recent.bytes.saturating_sub(old.body.len() + run.len());
+        }
+        recent.bytes = recent.bytes.saturating_add(size);
+        recent.order.push_back(run);
+        while recent.order.len() > self.limits.keep_calls
+            || recent.bytes > self.limits.keep_call_bytes
+        {
+            let Some(old) = recent.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = recent.map.remove(&old) {
+                recent.bytes = recent.bytes.saturating_sub(gone.body.len() + old.len());
             }
         }
     }
 
     /// A recent call run.
     pub fn call(&self, run: &str) -> Option<CallRun> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(run)
-            .cloned()
+        lock(&self.calls).map.get(run).cloned()
     }
 
-    /// Queue a created DAG run for a driver.
+    /// Bytes of recent call results held.
+    pub fn recent_call_bytes(&self) -> usize {
+        lock(&self.calls).bytes
+    }
+
+    /// Hold one of `tenant`'s DAG-run slots for a run about to be created;
+    /// [`Runs::enqueue`] takes it over, [`Runs::release`] gives it back.
+    pub fn reserve(&self, tenant: &str) -> Result<(), Full> {
+        let mut held = lock(&self.held);
+        let n = held.entry(tenant.to_owned()).or_default();
+        if *n >= self.limits.max_runs_per_tenant {
+            return Err(Full::Runs {
+                limit: self.limits.max_runs_per_tenant,
+            });
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Give back a slot of [`Runs::reserve`].
+    pub fn release(&self, tenant: &str) {
+        let mut held = lock(&self.held);
+        if let Some(n) = held.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(tenant);
+            }
+        }
+    }
+
+    /// Open an event stream for `tenant`, or say which cap is full.
+    pub fn open_stream(daemon: &Arc<Daemon>, tenant: &str) -> Result<StreamSlot, Full> {
+        let runs = &daemon.runs;
+        let mut guard = runs.lock_streams();
+        let (per_tenant, total) = &mut *guard;
+        if *total >= runs.limits.max_streams {
+            return Err(Full::Streams {
+                limit: runs.limits.max_streams,
+            });
+        }
+        let n = per_tenant.entry(tenant.to_owned()).or_default();
+        if *n >= runs.limits.max_streams_per_tenant {
+            return Err(Full::TenantStreams {
+                limit: runs.limits.max_streams_per_tenant,
+            });
+        }
+        *n += 1;
+        *total += 1;
+        Ok(StreamSlot {
+            daemon: daemon.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// Queue a created DAG run for a driver (its slot was reserved).
     pub fn enqueue(&self, run: &str, tenant: &str) -> Arc<LiveRun> {
         let (events, _) = broadcast::channel(1024);
         let live = Arc::new(LiveRun {
@@ -140,15 +347,59 @@ impl Runs {
             done: AtomicBool::new(false),
         });
         self.lock_live().insert(run.to_owned(), live.clone());
-        if let Some(tx) = self
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            let _ = tx.send(run.to_owned());
-        }
+        lock(&self.queue).push(tenant, run.to_owned());
+        self.queued.notify_one();
         live
+    }
+
+    /// Put a run in backoff aside until `until_ms`.
+    fn wait(&self, run: &str, tenant: &str, until_ms: u64) {
+        lock(&self.queue)
+            .waiting
+            .push((until_ms, tenant.to_owned(), run.to_owned()));
+        self.queued.notify_one();
+    }
+
+    /// The next run for a driver: tenants in turn; runs in backoff come
+    /// back when due (or cancelled, or interrupted). `None` once stopped.
+    fn next_run(&self) -> Option<String> {
+        let mut q = lock(&self.queue);
+        loop {
+            if q.closed {
+                return None;
+            }
+            let now = now_ms();
+            if !q.waiting.is_empty() {
+                let live = self.lock_live();
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut q.waiting)
+                    .into_iter()
+                    .partition(|(at, _, run)| {
+                        *at <= now
+                            || live.get(run).is_none_or(|l| {
+                                l.cancel.load(Ordering::SeqCst)
+                                    || l.interrupt.load(Ordering::SeqCst)
+                            })
+                    });
+                drop(live);
+                q.waiting = later;
+                for (_, tenant, run) in due {
+                    q.push(&tenant, run);
+                }
+            }
+            if let Some(run) = q.pop() {
+                return Some(run);
+            }
+            let next_due = q.waiting.iter().map(|(at, ..)| *at).min();
+            // Poll for cancellations of waiting runs, at most every 100 ms.
+            let wait = next_due.map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at.saturating_sub(now).clamp(1, 100))
+            });
+            q = self
+                .queued
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Refuse new work from now on: `/readyz` answers 503 and event
@@ -164,8 +415,9 @@ impl Runs {
         for live in self.lock_live().values() {
             live.interrupt.store(true, Ordering::SeqCst);
         }
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let drivers = std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|p| p.into_inner()));
+        lock(&self.queue).closed = true;
+        self.queued.notify_all();
+        let drivers = std::mem::take(&mut *lock(&self.drivers));
         for d in drivers {
             let _ = d.join();
         }
@@ -174,19 +426,13 @@ impl Runs {
 
 /// Start `dag_drivers` threads that drive queued runs one at a time each.
 pub fn start_drivers(daemon: &Arc<Daemon>) {
-    let (tx, rx) = mpsc::channel::<String>();
-    let rx = Arc::new(Mutex::new(rx));
-    *daemon.runs.queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     let mut handles = Vec::new();
     for k in 0..daemon.config.dag_drivers {
         let daemon = Arc::clone(daemon);
-        let rx = rx.clone();
         let spawned = thread::Builder::new()
             .name(format!("soma-driver-{k}"))
             .spawn(move || {
-                loop {
-                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(run) = next else { return };
+                while let Some(run) = daemon.runs.next_run() {
                     drive_one(&daemon, &run);
                 }
             });
@@ -195,21 +441,19 @@ pub fn start_drivers(daemon: &Arc<Daemon>) {
             Err(e) => tracing::error!("cannot start a DAG driver thread: {e}"),
         }
     }
-    *daemon
-        .runs
-        .drivers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = handles;
+    *lock(&daemon.runs.drivers) = handles;
 }
 
 /// Queue every run the journal says is unfinished (a previous daemon was
-/// stopped or killed while driving it).
+/// stopped or killed while driving it). These count against their
+/// tenants' run caps but are never refused.
 pub fn resume_unfinished(daemon: &Arc<Daemon>) {
     let journal = Journal::new(daemon.engine.data().database().clone());
     match journal.runs() {
         Ok(runs) => {
             for r in runs.into_iter().filter(|r| r.status == "running") {
                 tracing::info!(run = %r.run, "resuming an unfinished run");
+                *lock(&daemon.runs.held).entry(r.tenant.clone()).or_default() += 1;
                 daemon.runs.enqueue(&r.run, &r.tenant);
             }
         }
@@ -234,12 +478,41 @@ impl Observer for Publish<'_> {
                 self.daemon.metrics.run_finished("dag", status.name());
             }
         }
-        *self.live.summary.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(scheduler::summary(state));
+        *lock(&self.live.summary) = Some(scheduler::summary(state));
     }
 }
 
-fn drive_one(daemon: &Daemon, run: &str) {
+/// DAG calls go to the daemon's call pool, in the run's tenant's queue.
+#[derive(Debug)]
+struct PoolExecutor(Arc<Daemon>);
+
+impl Executor for PoolExecutor {
+    fn submit(
+        &self,
+        tenant: &str,
+        lane: &str,
+        max_running: usize,
+        task: Box<dyn FnOnce(&crate::Engine) + Send>,
+    ) -> Result<(), String> {
+        let engine = self.0.engine.clone();
+        self.0
+            .calls
+            .submit(tenant, lane, max_running, Box::new(move || task(&engine)))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The rendered-input cap of DAG nodes: `dag.max_rendered_input_bytes`,
+/// never above the call input cap.
+pub fn render_limit(daemon: &Daemon) -> usize {
+    let config = daemon.engine.config();
+    config
+        .dag
+        .max_rendered_input_bytes
+        .min(config.limits.max_input_bytes)
+}
+
+fn drive_one(daemon: &Arc<Daemon>, run: &str) {
     let Some(live) = daemon.runs.live(run) else {
         return;
     };
@@ -249,6 +522,9 @@ fn drive_one(daemon: &Daemon, run: &str) {
     let result = capsules_of(daemon, run).and_then(|capsules| {
         let settings = Settings {
             concurrency: None,
+            executor: Some(Arc::new(PoolExecutor(daemon.clone()))),
+            render_limit: render_limit(daemon),
+            release_when_waiting: true,
             interrupt: live.interrupt.clone(),
             cancel: live.cancel.clone(),
         };
@@ -260,6 +536,11 @@ fn drive_one(daemon: &Daemon, run: &str) {
             .map_err(|e| e.to_string())
     });
     match result {
+        Ok((_, Ended::Waiting { until_ms })) => {
+            // Keep it live; a driver takes it again when the backoff ends.
+            daemon.runs.wait(run, &live.tenant, until_ms);
+            return;
+        }
         Ok((_, Ended::Interrupted)) => {
             tracing::info!(run, "interrupted; resumes at the next start");
         }
@@ -268,6 +549,7 @@ fn drive_one(daemon: &Daemon, run: &str) {
     }
     live.done.store(true, Ordering::SeqCst);
     daemon.runs.lock_live().remove(run);
+    daemon.runs.release(&live.tenant);
 }
 
 /// The run's pinned capsules, from the catalog (by the name recorded).
@@ -291,4 +573,55 @@ fn capsules_of(
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RunLimits {
+        RunLimits {
+            keep_calls: 100,
+            keep_call_bytes: 1000,
+            max_runs_per_tenant: 2,
+            max_streams_per_tenant: 1,
+            max_streams: 2,
+            max_spec_parses: 1,
+        }
+    }
+
+    #[test]
+    fn recent_calls_are_bounded_by_bytes() {
+        let runs = Runs::new(limits());
+        for k in 0..50 {
+            runs.record_call(
+                format!("r{k}"),
+                CallRun {
+                    tenant: "t".into(),
+                    body: Bytes::from(vec![b'x'; 100]),
+                },
+            );
+        }
+        assert!(runs.recent_call_bytes() <= 1000);
+        assert!(runs.call("r49").is_some(), "the newest is kept");
+        assert!(runs.call("r0").is_none(), "the oldest is evicted");
+    }
+
+    #[test]
+    fn runs_per_tenant_are_capped_and_tenants_take_turns() {
+        let runs = Runs::new(limits());
+        runs.reserve("a").expect("1");
+        runs.reserve("a").expect("2");
+        assert_eq!(runs.reserve("a"), Err(Full::Runs { limit: 2 }));
+        runs.reserve("b").expect("another tenant");
+        runs.release("a");
+        runs.reserve("a").expect("room again");
+        let mut q = RunQueue::default();
+        for k in 0..3 {
+            q.push("a", format!("a{k}"));
+        }
+        q.push("b", "b0".into());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, ["a0", "b0", "a1", "a2"]);
+    }
 }

@@ -195,6 +195,64 @@ impl Journal {
         Ok(out)
     }
 
+    /// Up to `max_events` events of a run from sequence number `from`, as
+    /// stored (JSON), stopping early once `max_bytes` are read (at least
+    /// one event is returned if there is one). For streaming a history in
+    /// bounded pages; an empty page means there is nothing from `from` on.
+    /// Cost: one read transaction, a range scan of the page.
+    pub fn page(
+        &self,
+        run: &str,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, String)>, JournalError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in table
+            .range((run, from)..=(run, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            if out.len() >= max_events || (!out.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            let text = String::from_utf8_lossy(v.value()).into_owned();
+            bytes = bytes.saturating_add(text.len());
+            out.push((k.value().1, text));
+        }
+        Ok(out)
+    }
+
+    /// A run's listing row (tenant, status, …) without reading its history.
+    pub fn summary(&self, run: &str) -> Result<RunSummary, JournalError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(RUNS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(JournalError::NotFound(run.to_owned()));
+            }
+            Err(e) => return Err(storage(e)),
+        };
+        let row = table
+            .get(run)
+            .map_err(storage)?
+            .ok_or_else(|| JournalError::NotFound(run.to_owned()))?;
+        serde_json::from_slice(row.value()).map_err(|e| JournalError::Corrupt {
+            run: run.to_owned(),
+            seq: 0,
+            message: e.to_string(),
+        })
+    }
+
     /// The capsules a run pinned when it was created (its first event
     /// only: no replay).
     pub fn pinned_capsules(

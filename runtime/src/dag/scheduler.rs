@@ -105,11 +105,41 @@ impl Observer for Quiet {
     fn committed(&self, _: &RunState, _: &[Event]) {}
 }
 
+/// A shared pool of threads that makes the capsule calls of many runs (the
+/// daemon's call pool), instead of threads of the run's own.
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// Queue `task` (one capsule call, given the engine to call with) in
+    /// `tenant`'s lane `lane` (the run), of which at most `max_running` run
+    /// at once. The task may be dropped unrun only if this returns an
+    /// error or the pool stops.
+    ///
+    /// # Errors
+    ///
+    /// The pool has stopped.
+    fn submit(
+        &self,
+        tenant: &str,
+        lane: &str,
+        max_running: usize,
+        task: Box<dyn FnOnce(&Engine) + Send>,
+    ) -> Result<(), String>;
+}
+
 /// Knobs for driving a run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Calls at once; `None` = the spec's policy, else the number of cores.
     pub concurrency: Option<usize>,
+    /// Where the calls run: `None` = `concurrency` threads of this run's
+    /// own (the CLI); `Some` = a shared pool (the daemon).
+    pub executor: Option<Arc<dyn Executor>>,
+    /// Most bytes a node's rendered input may hold
+    /// (`dag.max_rendered_input_bytes`).
+    pub render_limit: usize,
+    /// When nothing is in flight and the next node waits in retry backoff,
+    /// return [`Ended::Waiting`] instead of sleeping (a daemon driver
+    /// serves other runs meanwhile and drives this one again later).
+    pub release_when_waiting: bool,
     /// Set → stop starting nodes, let calls in flight finish and record
     /// them, and return (the run stays resumable). Ctrl-C / SIGTERM.
     pub interrupt: Arc<AtomicBool>,
@@ -121,6 +151,9 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             concurrency: None,
+            executor: None,
+            render_limit: super::template::DEFAULT_MAX_RENDERED_BYTES,
+            release_when_waiting: false,
             interrupt: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -134,7 +167,17 @@ pub enum Ended {
     Finished(RunStatus),
     /// Interrupted; `soma dag resume` continues it.
     Interrupted,
+    /// Nothing in flight, the next node waits in retry backoff until this
+    /// time (unix ms); drive the run again then (only with
+    /// [`Settings::release_when_waiting`]).
+    Waiting {
+        /// When the first backoff ends.
+        until_ms: u64,
+    },
 }
+
+/// Backoffs shorter than this are slept through rather than released.
+const RELEASE_AFTER_MS: u64 = 20;
 
 /// Check the spec's nodes against their capsules' kinds: a node with
 /// `gate:` needs a gate capsule and a gate capsule needs `gate:`; a
@@ -341,6 +384,7 @@ pub fn drive(
 ) -> Result<(RunState, Ended), DagError> {
     let journal = Journal::new(engine.data().database().clone());
     let (mut state, history) = unfinished(&journal, run)?;
+    state.render_limit = settings.render_limit;
     for (alias, record) in &state.capsules {
         let c = capsules
             .get(alias)
@@ -373,17 +417,29 @@ pub fn drive(
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
-    let stop = AtomicBool::new(false);
+    let stop = Arc::new(AtomicBool::new(false));
     thread::scope(|scope| {
-        for k in 0..concurrency {
+        let own_threads = if settings.executor.is_some() {
+            0
+        } else {
+            concurrency
+        };
+        for k in 0..own_threads {
             let jobs = job_rx.clone();
             let done = done_tx.clone();
-            let stop = &stop;
+            let stop = &*stop;
             thread::Builder::new()
                 .name(format!("soma-dag-{k}"))
                 .spawn_scoped(scope, move || work(engine, &jobs, &done, stop))
                 .map_err(|e| DagError::Threads(e.to_string()))?;
         }
+        // With a shared pool, each call carries a sender back.
+        let pooled = settings.executor.clone().map(|executor| Pooled {
+            executor,
+            done: done_tx.clone(),
+            stop: stop.clone(),
+            concurrency,
+        });
         drop(done_tx);
         let run_span = tracing::info_span!(
             "soma.run",
@@ -403,6 +459,7 @@ pub fn drive(
             observer,
             rng: fastrand::Rng::new(),
             span: run_span,
+            pooled,
         };
         let ended = coordinator.run(&done_rx, settings, concurrency, &stop);
         stop.store(true, Ordering::Relaxed);
@@ -411,6 +468,46 @@ pub fn drive(
         ended
     })
     .map(|ended| (state, ended))
+}
+
+/// Calls handed to a shared [`Executor`].
+struct Pooled {
+    executor: Arc<dyn Executor>,
+    done: mpsc::Sender<Done>,
+    stop: Arc<AtomicBool>,
+    concurrency: usize,
+}
+
+/// Sends a job's [`Done`] exactly once: with the outcome, or (if the task
+/// is dropped unrun, e.g. the pool stopped) as not called.
+struct DoneOnce {
+    done: mpsc::Sender<Done>,
+    node: usize,
+    attempt: u32,
+    sent: bool,
+}
+
+impl DoneOnce {
+    fn send(mut self, outcome: Option<Outcome>) {
+        self.sent = true;
+        let _ = self.done.send(Done {
+            node: self.node,
+            attempt: self.attempt,
+            outcome,
+        });
+    }
+}
+
+impl Drop for DoneOnce {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.done.send(Done {
+                node: self.node,
+                attempt: self.attempt,
+                outcome: None,
+            });
+        }
+    }
 }
 
 /// One worker: take a job, call, hand the outcome back.
@@ -456,6 +553,8 @@ struct Coordinator<'a> {
     rng: fastrand::Rng,
     /// `soma.run`: the parent of every node span.
     span: tracing::Span,
+    /// `Some`: calls go to a shared pool instead of `jobs`.
+    pooled: Option<Pooled>,
 }
 
 /// How long the coordinator waits for a result before looking at its
@@ -519,6 +618,14 @@ impl Coordinator<'_> {
             }
             if interrupted && self.in_flight == 0 {
                 return Ok(Ended::Interrupted);
+            }
+            if settings.release_when_waiting
+                && self.in_flight == 0
+                && !settings.cancel.load(Ordering::Relaxed)
+                && let Some(until_ms) = self.state.next_wakeup()
+                && until_ms > now_ms().saturating_add(RELEASE_AFTER_MS)
+            {
+                return Ok(Ended::Waiting { until_ms });
             }
             let wait = self.state.next_wakeup().map_or(POLL, |t| {
                 Duration::from_millis(t.saturating_sub(now_ms())).min(POLL)
@@ -673,6 +780,36 @@ impl Coordinator<'_> {
             attempt = d.attempt,
             capsule = %d.capsule,
         );
+        if let Some(pooled) = &self.pooled {
+            let once = DoneOnce {
+                done: pooled.done.clone(),
+                node: d.node,
+                attempt: d.attempt,
+                sent: false,
+            };
+            let stop = pooled.stop.clone();
+            let input = d.input;
+            let task = Box::new(move |engine: &Engine| {
+                let outcome = (!stop.load(Ordering::Relaxed)).then(|| {
+                    let _node = span.enter();
+                    engine.call(&capsule, &input, &options)
+                });
+                once.send(outcome);
+            });
+            // Counted before submitting: a refused task reports itself
+            // (as not called) through its `DoneOnce`.
+            self.in_flight += 1;
+            pooled
+                .executor
+                .submit(
+                    &self.state.tenant,
+                    &self.state.run,
+                    pooled.concurrency,
+                    task,
+                )
+                .map_err(DagError::Threads)?;
+            return Ok(());
+        }
         self.jobs
             .send(Job {
                 dispatch: d,

@@ -17,7 +17,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, Scalar, YamlData, YamlLoader};
+use saphyr_parser::{BufferedInput, Event, Parser, Span, SpannedEventReceiver};
 use serde_json::{Map, Number, Value};
 
 /// Largest accepted source text, in bytes (4 MiB).
@@ -31,6 +32,28 @@ pub const MAX_DEPTH: usize = 128;
 /// the depth of the parser's recursion (block nesting ≤ 2 × this + 255 flow
 /// levels), well above what [`MAX_DEPTH`] levels need.
 const MAX_INDENT_COLUMNS: usize = 256;
+
+/// How much a document may hold once loaded, aliases expanded: the bound
+/// on the memory one parse can take, whatever the text's size. Operators
+/// set it with `dag.max_spec_nodes` and `dag.max_spec_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Most values (scalars, mappings, sequences, keys) in all.
+    pub max_nodes: usize,
+    /// Most bytes of strings, keys and the JSON pointers the loader keeps
+    /// for positions, in all.
+    pub max_bytes: usize,
+}
+
+impl Default for Budget {
+    /// 200,000 values and 16 MiB: a 20,000-node spec uses about half.
+    fn default() -> Self {
+        Self {
+            max_nodes: 200_000,
+            max_bytes: 16 << 20,
+        }
+    }
+}
 
 /// A place in the source text: 1-based line and column (in characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,6 +179,29 @@ pub enum SourceError {
         /// What it is, e.g. "the YAML tag `!foo`".
         what: String,
     },
+    /// The loaded document would hold more values than the budget allows
+    /// (YAML aliases count once per use).
+    #[error(
+        "the document expands to more than {limit} values (aliases count once per use); \
+         the limit is dag.max_spec_nodes"
+    )]
+    TooManyValues {
+        /// Where the expansion crossed the limit.
+        position: Position,
+        /// The limit.
+        limit: usize,
+    },
+    /// The loaded document would hold more bytes than the budget allows.
+    #[error(
+        "the document expands to more than {limit} bytes of strings and keys (aliases count \
+         once per use); the limit is dag.max_spec_bytes"
+    )]
+    TooManyBytes {
+        /// Where the expansion crossed the limit.
+        position: Position,
+        /// The limit.
+        limit: usize,
+    },
     /// No document, or more than one.
     #[error("expected exactly one document, found {found}")]
     DocumentCount {
@@ -172,23 +218,36 @@ impl SourceError {
             Self::Syntax { position, .. }
             | Self::NonStringKey { position, .. }
             | Self::DuplicateKey { position, .. }
-            | Self::Unsupported { position, .. } => Some(*position),
+            | Self::Unsupported { position, .. }
+            | Self::TooManyValues { position, .. }
+            | Self::TooManyBytes { position, .. } => Some(*position),
             Self::TooLarge { .. } | Self::DocumentCount { .. } => None,
         }
     }
 }
 
-/// Parse YAML or JSON `text` into a JSON value and the position of each of
-/// its values. Called once per spec file: allocates the value and one
-/// pointer string per value; time and memory are linear in the text, which
-/// is at most [`MAX_BYTES`].
+/// [`load_within`] with the default [`Budget`].
 ///
 /// # Errors
 ///
-/// [`SourceError`] for oversized or too deeply nested text, syntax errors,
-/// non-string or duplicate keys, unsupported tags, non-finite numbers, and
-/// streams that do not hold exactly one document.
+/// As [`load_within`].
 pub fn load(text: &str) -> Result<(Value, Positions), SourceError> {
+    load_within(text, &Budget::default())
+}
+
+/// Parse YAML or JSON `text` into a JSON value and the position of each of
+/// its values. Called once per spec: allocates the value and one pointer
+/// string per value; time is linear in the text (at most [`MAX_BYTES`]),
+/// memory is bounded by `budget` however the text uses aliases. Blocks the
+/// thread for up to a few hundred ms: call it off the async workers.
+///
+/// # Errors
+///
+/// [`SourceError`] for oversized or too deeply nested text, a document
+/// that expands past `budget`, syntax errors, non-string or duplicate
+/// keys, unsupported tags, non-finite numbers, and streams that do not
+/// hold exactly one document.
+pub fn load_within(text: &str, budget: &Budget) -> Result<(Value, Positions), SourceError> {
     if text.len() > MAX_BYTES {
         return Err(SourceError::TooLarge {
             size: text.len(),
@@ -196,10 +255,7 @@ pub fn load(text: &str) -> Result<(Value, Positions), SourceError> {
         });
     }
     check_indentation(text)?;
-    let documents = MarkedYaml::load_from_str(text).map_err(|e| SourceError::Syntax {
-        position: Position::from_marker(e.marker()),
-        message: e.info().to_owned(),
-    })?;
+    let documents = load_documents(text, budget)?;
     let [document] = documents.as_slice() else {
         return Err(SourceError::DocumentCount {
             found: documents.len(),
@@ -213,6 +269,195 @@ pub fn load(text: &str) -> Result<(Value, Positions), SourceError> {
     let mut pointer = String::new();
     let value = convert(document, &mut pointer, 0, &mut positions)?;
     Ok((value, positions))
+}
+
+/// Load every document of `text` with saphyr's loader, counting what the
+/// loader would build before it builds it (see [`Metered`]).
+fn load_documents<'i>(text: &'i str, budget: &Budget) -> Result<Vec<MarkedYaml<'i>>, SourceError> {
+    let syntax = |e: saphyr::ScanError| SourceError::Syntax {
+        position: Position::from_marker(e.marker()),
+        message: e.info().to_owned(),
+    };
+    let mut loader = YamlLoader::default();
+    loader.alias_limit(budget.max_nodes);
+    let mut metered = Metered {
+        loader,
+        budget: *budget,
+        used: Tally::default(),
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        exceeded: None,
+    };
+    let mut parser = Parser::new(BufferedInput::new(text.chars()));
+    let parsed = parser.load(&mut metered, true);
+    if let Some(e) = metered.exceeded {
+        return Err(e);
+    }
+    parsed.map_err(syntax)?;
+    if let Some(e) = metered.loader.error() {
+        return Err(syntax(e.clone()));
+    }
+    Ok(metered.loader.into_documents())
+}
+
+/// Values and bytes counted by [`Metered`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    nodes: usize,
+    bytes: usize,
+}
+
+/// An open collection, as [`Metered`] follows it.
+#[derive(Debug)]
+struct Open {
+    /// Its anchor id (0: none).
+    anchor: usize,
+    /// The tally before it started.
+    before: Tally,
+    /// The length of its JSON pointer.
+    pointer: usize,
+    /// A mapping (else a sequence).
+    mapping: bool,
+    /// In a mapping: the next node is a key.
+    key_next: bool,
+    /// In a mapping: the length of the current key.
+    key_len: usize,
+    /// In a sequence: the next index.
+    index: usize,
+}
+
+/// Forwards parser events to saphyr's loader while counting the values,
+/// string bytes and pointer bytes the loaded document (and its positions)
+/// will hold. An alias counts its anchor's whole subtree again; once the
+/// count passes the budget, no further event reaches the loader, so an
+/// alias bomb is refused before it is expanded.
+struct Metered<'i> {
+    loader: YamlLoader<'i, MarkedYaml<'i>>,
+    budget: Budget,
+    used: Tally,
+    stack: Vec<Open>,
+    /// Anchor id → its subtree's values and bytes, pointers relative to
+    /// the anchor's own.
+    anchors: HashMap<usize, Tally>,
+    exceeded: Option<SourceError>,
+}
+
+impl Metered<'_> {
+    /// The pointer length of the next node in the innermost collection
+    /// (`scalar_len`: the node's length if it is a scalar), advancing it.
+    fn slot(&mut self, scalar_len: usize) -> usize {
+        let Some(open) = self.stack.last_mut() else {
+            return 0;
+        };
+        if open.mapping {
+            if open.key_next {
+                open.key_next = false;
+                open.key_len = scalar_len;
+                // The key's position is kept under the member's pointer.
+                open.pointer.saturating_add(1).saturating_add(scalar_len)
+            } else {
+                open.key_next = true;
+                open.pointer.saturating_add(1).saturating_add(open.key_len)
+            }
+        } else {
+            open.index += 1;
+            open.pointer
+                .saturating_add(1)
+                .saturating_add(digits(open.index))
+        }
+    }
+
+    fn add(&mut self, nodes: usize, bytes: usize, span: &Span) {
+        self.used.nodes = self.used.nodes.saturating_add(nodes);
+        self.used.bytes = self.used.bytes.saturating_add(bytes);
+        let position = Position::from_marker(&span.start);
+        if self.used.nodes > self.budget.max_nodes {
+            self.exceeded = Some(SourceError::TooManyValues {
+                position,
+                limit: self.budget.max_nodes,
+            });
+        } else if self.used.bytes > self.budget.max_bytes {
+            self.exceeded = Some(SourceError::TooManyBytes {
+                position,
+                limit: self.budget.max_bytes,
+            });
+        }
+    }
+
+    fn open(&mut self, anchor: usize, mapping: bool, span: &Span) {
+        let pointer = self.slot(0);
+        let before = self.used;
+        self.add(1, pointer, span);
+        self.stack.push(Open {
+            anchor,
+            before,
+            pointer,
+            mapping,
+            key_next: true,
+            key_len: 0,
+            index: 0,
+        });
+    }
+
+    fn close(&mut self) {
+        if let Some(open) = self.stack.pop()
+            && open.anchor > 0
+        {
+            let nodes = self.used.nodes.saturating_sub(open.before.nodes);
+            let bytes = self
+                .used
+                .bytes
+                .saturating_sub(open.before.bytes)
+                .saturating_sub(nodes.saturating_mul(open.pointer));
+            self.anchors.insert(open.anchor, Tally { nodes, bytes });
+        }
+    }
+}
+
+fn digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+impl<'i> SpannedEventReceiver<'i> for Metered<'i> {
+    fn on_event(&mut self, event: Event<'i>, span: Span) {
+        if self.exceeded.is_some() {
+            return;
+        }
+        match &event {
+            Event::Scalar(text, _, anchor, _) => {
+                let pointer = self.slot(text.len());
+                self.add(1, text.len().saturating_add(pointer), &span);
+                if *anchor > 0 {
+                    self.anchors.insert(
+                        *anchor,
+                        Tally {
+                            nodes: 1,
+                            bytes: text.len(),
+                        },
+                    );
+                }
+            }
+            Event::Alias(anchor) => {
+                let pointer = self.slot(0);
+                let anchored = self
+                    .anchors
+                    .get(anchor)
+                    .copied()
+                    .unwrap_or(Tally { nodes: 1, bytes: 0 });
+                let bytes = anchored
+                    .bytes
+                    .saturating_add(anchored.nodes.saturating_mul(pointer));
+                self.add(anchored.nodes, bytes, &span);
+            }
+            Event::SequenceStart(anchor, _) => self.open(*anchor, false, &span),
+            Event::MappingStart(anchor, _) => self.open(*anchor, true, &span),
+            Event::SequenceEnd | Event::MappingEnd => self.close(),
+            _ => {}
+        }
+        if self.exceeded.is_none() {
+            SpannedEventReceiver::on_event(&mut self.loader, event, span);
+        }
+    }
 }
 
 /// Refuse text whose block structure could make the parser recurse deeply.
@@ -483,6 +728,63 @@ empty: []
         }
         let error = load("a: 1\nb: [1, 2\n").unwrap_err();
         assert!(error.position().is_some());
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_before_they_expand() {
+        // Nine levels of ten aliases each: 10^9 copies of a 1 KiB string.
+        let mut text = format!("a0: &a0 \"{}\"\n", "x".repeat(1024));
+        for k in 1..10 {
+            let uses = vec![format!("*a{}", k - 1); 10].join(", ");
+            text.push_str(&format!("a{k}: &a{k} [{uses}]\n"));
+        }
+        assert!(text.len() < 2000);
+        let start = std::time::Instant::now();
+        let error = load(&text).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SourceError::TooManyValues { .. } | SourceError::TooManyBytes { .. }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("dag.max_spec_"), "{error}");
+        assert!(error.position().is_some());
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn aliased_strings_and_long_keys_count_their_bytes() {
+        let budget = Budget {
+            max_nodes: 1_000_000,
+            max_bytes: 1 << 20,
+        };
+        // 200 uses of a 10 KiB string: few values, 2 MiB of bytes.
+        let uses = vec!["*s"; 200].join(", ");
+        let text = format!("s: &s \"{}\"\nall: [{uses}]\n", "y".repeat(10 << 10));
+        assert!(matches!(
+            load_within(&text, &budget),
+            Err(SourceError::TooManyBytes { .. })
+        ));
+        // A 10 KiB key (explicit: implicit keys stop at 1024 characters)
+        // over 200 values: each value's pointer holds the key.
+        let items = vec!["0"; 200].join(", ");
+        let text = format!("? \"{}\"\n: [{items}]\n", "k".repeat(10 << 10));
+        assert!(matches!(
+            load_within(&text, &budget),
+            Err(SourceError::TooManyBytes { .. })
+        ));
+        // Within the budget, aliases still load.
+        let (value, _) = load_within("b: &b {x: [1, 2]}\nc: [*b, *b]\n", &budget).unwrap();
+        assert_eq!(value["c"][1], json!({"x": [1, 2]}));
+        let tight = Budget {
+            max_nodes: 8,
+            max_bytes: 1 << 20,
+        };
+        assert!(matches!(
+            load_within("b: &b {x: [1, 2]}\nc: [*b, *b]\n", &tight),
+            Err(SourceError::TooManyValues { limit: 8, .. })
+        ));
     }
 
     #[test]

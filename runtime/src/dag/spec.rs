@@ -318,6 +318,227 @@ pub struct Verdict {
     pub feedback: Value,
 }
 
+/// Operator ceilings on what a spec may ask for (`[dag]` in `soma.toml`).
+/// A spec can only lower them: a value a spec sets above its ceiling is
+/// refused when the run is submitted ([`Spec::within`]); a format default
+/// above a ceiling is lowered to it. Also the budgets of parsing and
+/// rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ceilings {
+    /// Most values a spec document may hold once loaded, YAML aliases
+    /// expanded (each use counts its anchor again). Default 200,000.
+    pub max_spec_nodes: usize,
+    /// Most bytes of strings, keys and position pointers a loaded spec may
+    /// hold, aliases expanded. Default 16 MiB.
+    pub max_spec_bytes: usize,
+    /// Largest input a template may render for one node call (and largest
+    /// rendered run output), bytes; never above `limits.max_input_bytes`.
+    /// Default 1 MiB.
+    pub max_rendered_input_bytes: usize,
+    /// Highest `policy.concurrency` (calls of one run at once). Default 64.
+    pub max_concurrency: usize,
+    /// Highest `policy.max_fan_out`. Default 10,000.
+    pub max_fan_out: usize,
+    /// Highest `policy.max_nodes` (and most nodes a spec may list).
+    /// Default 100,000.
+    pub max_nodes: usize,
+    /// Highest `policy.max_expansion_depth`. Default 4.
+    pub max_expansion_depth: u32,
+    /// Highest `policy.max_expansion_nodes`. Default 1,000.
+    pub max_expansion_nodes: usize,
+    /// Highest `retries.max` of any node. Default 10.
+    pub max_retries: u32,
+    /// Highest `retries.backoff_ms` and `retries.max_backoff_ms`, ms.
+    /// Default 60,000.
+    pub max_backoff_ms: u64,
+    /// Highest `gate.max_rounds`. Default 10.
+    pub max_rounds: u32,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        let budget = source::Budget::default();
+        Self {
+            max_spec_nodes: budget.max_nodes,
+            max_spec_bytes: budget.max_bytes,
+            max_rendered_input_bytes: 1 << 20,
+            max_concurrency: 64,
+            max_fan_out: default_max_fan_out(),
+            max_nodes: default_max_nodes(),
+            max_expansion_depth: 4,
+            max_expansion_nodes: 1_000,
+            max_retries: 10,
+            max_backoff_ms: 60_000,
+            max_rounds: MAX_GATE_ROUNDS,
+        }
+    }
+}
+
+impl Ceilings {
+    /// The parse budget these ceilings give.
+    pub fn budget(&self) -> source::Budget {
+        source::Budget {
+            max_nodes: self.max_spec_nodes,
+            max_bytes: self.max_spec_bytes,
+        }
+    }
+}
+
+/// `value` within `ceiling`: the format default is lowered to the ceiling;
+/// any other value above it is an error naming `dag.{key}`.
+fn ceiling<T: PartialOrd + Copy + fmt::Display>(
+    report: &mut Report<'_>,
+    value: &mut T,
+    default: T,
+    ceiling: T,
+    pointer: String,
+    field: &str,
+    key: &str,
+) {
+    if *value <= ceiling {
+        return;
+    }
+    if *value == default {
+        *value = ceiling;
+        return;
+    }
+    out_of_range(
+        report,
+        pointer,
+        field,
+        format!(
+            "is {value}; this daemon allows at most {ceiling} (dag.{key}): lower it in the spec"
+        ),
+    );
+}
+
+impl Spec {
+    /// Hold this spec to the operator's `ceilings`: lower the format's
+    /// defaults where they are above a ceiling, and refuse values the spec
+    /// sets above one. Call before a run is created (what it stores is what
+    /// runs). Cost: one pass over the nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecErrors`] (file `origin`): each value above its ceiling, with
+    /// its pointer and the `dag.*` setting that bounds it.
+    pub fn within(&mut self, ceilings: &Ceilings, origin: &str) -> Result<(), SpecErrors> {
+        let c = ceilings;
+        let mut report = Report::new(origin, None);
+        let p = &mut self.policy;
+        if let Some(concurrency) = p.concurrency
+            && concurrency > c.max_concurrency
+        {
+            out_of_range(
+                &mut report,
+                "/policy/concurrency".to_owned(),
+                "policy.concurrency",
+                format!(
+                    "is {concurrency}; this daemon allows at most {} (dag.max_concurrency): \
+                     lower it in the spec",
+                    c.max_concurrency
+                ),
+            );
+        }
+        let r = &mut report;
+        ceiling(
+            r,
+            &mut p.max_fan_out,
+            default_max_fan_out(),
+            c.max_fan_out,
+            "/policy/max_fan_out".into(),
+            "policy.max_fan_out",
+            "max_fan_out",
+        );
+        ceiling(
+            r,
+            &mut p.max_nodes,
+            default_max_nodes(),
+            c.max_nodes,
+            "/policy/max_nodes".into(),
+            "policy.max_nodes",
+            "max_nodes",
+        );
+        ceiling(
+            r,
+            &mut p.max_expansion_depth,
+            default_max_expansion_depth(),
+            c.max_expansion_depth,
+            "/policy/max_expansion_depth".into(),
+            "policy.max_expansion_depth",
+            "max_expansion_depth",
+        );
+        ceiling(
+            r,
+            &mut p.max_expansion_nodes,
+            default_max_expansion_nodes(),
+            c.max_expansion_nodes,
+            "/policy/max_expansion_nodes".into(),
+            "policy.max_expansion_nodes",
+            "max_expansion_nodes",
+        );
+        if self.nodes.len() > c.max_nodes {
+            r.push(
+                "/nodes",
+                SpecErrorKind::Limit {
+                    what: "nodes (dag.max_nodes)".to_owned(),
+                    count: self.nodes.len(),
+                    limit: c.max_nodes,
+                },
+            );
+        }
+        let retries = |r: &mut Report<'_>, retries: &mut Retries, at: &str| {
+            let d = Retries::default();
+            ceiling(
+                r,
+                &mut retries.max,
+                d.max,
+                c.max_retries,
+                format!("{at}/max"),
+                "retries.max",
+                "max_retries",
+            );
+            ceiling(
+                r,
+                &mut retries.backoff_ms,
+                d.backoff_ms,
+                c.max_backoff_ms,
+                format!("{at}/backoff_ms"),
+                "retries.backoff_ms",
+                "max_backoff_ms",
+            );
+            ceiling(
+                r,
+                &mut retries.max_backoff_ms,
+                d.max_backoff_ms,
+                c.max_backoff_ms,
+                format!("{at}/max_backoff_ms"),
+                "retries.max_backoff_ms",
+                "max_backoff_ms",
+            );
+        };
+        retries(r, &mut self.defaults.retries, "/defaults/retries");
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(node_retries) = &mut node.retries {
+                retries(r, node_retries, &format!("/nodes/{index}/retries"));
+            }
+            if let Some(gate) = &mut node.gate {
+                ceiling(
+                    r,
+                    &mut gate.max_rounds,
+                    default_max_rounds(),
+                    c.max_rounds,
+                    format!("/nodes/{index}/gate/max_rounds"),
+                    "gate.max_rounds",
+                    "max_rounds",
+                );
+            }
+        }
+        report.finish(())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Parsing and validation
 // ---------------------------------------------------------------------------
@@ -614,7 +835,18 @@ impl<'a> Report<'a> {
 /// types), version, ids, capsule aliases, `needs`, templates, inputs,
 /// `for_each`, gates, cycles and numeric bounds.
 pub fn parse(text: &str, file: &str) -> Result<Spec, SpecErrors> {
-    let (value, positions) = source::load(text).map_err(|error| {
+    parse_within(text, file, &source::Budget::default())
+}
+
+/// [`parse`] with the loaded document bounded by `budget` (values and
+/// bytes, aliases expanded): what the daemon uses for specs sent to it.
+///
+/// # Errors
+///
+/// As [`parse`]; a document past the budget is a [`SpecErrorKind::Syntax`]
+/// error naming the `dag.max_spec_*` setting.
+pub fn parse_within(text: &str, file: &str, budget: &source::Budget) -> Result<Spec, SpecErrors> {
+    let (value, positions) = source::load_within(text, budget).map_err(|error| {
         SpecErrors(vec![SpecError {
             file: file.to_owned(),
             position: error.position(),

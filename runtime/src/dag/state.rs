@@ -192,6 +192,10 @@ pub struct RunState {
     pub verdicts: Vec<VerdictStat>,
     /// Events applied.
     pub events: u64,
+    /// Most bytes a node's rendered input (or the run's output) may hold
+    /// (`dag.max_rendered_input_bytes`); not part of the history: set by
+    /// whoever drives the run.
+    pub render_limit: usize,
     nodes: Vec<Node>,
     index: HashMap<String, usize>,
     queue: VecDeque<usize>,
@@ -240,6 +244,7 @@ impl RunState {
             finished: None,
             verdicts: Vec::new(),
             events: 1,
+            render_limit: template::DEFAULT_MAX_RENDERED_BYTES,
             nodes: Vec::new(),
             index: HashMap::new(),
             queue: VecDeque::new(),
@@ -1098,8 +1103,14 @@ impl RunState {
                 "output": self.nodes[g].output,
                 "round": n.round,
             }),
-            _ => template::render(&n.spec.input, &ctx)
-                .map_err(|e| NodeFailure::scheduler("template", format!("{}: {e}", n.id)))?,
+            _ => template::render(&n.spec.input, &ctx).map_err(|e| {
+                let class = if e.is_limit() {
+                    "render-limit"
+                } else {
+                    "template"
+                };
+                NodeFailure::scheduler(class, format!("{}: {e}", n.id))
+            })?,
         };
         if let Some(feedback) = &n.feedback {
             input = match input {
@@ -1110,15 +1121,26 @@ impl RunState {
                 other => serde_json::json!({ "input": other, "feedback": feedback }),
             };
         }
+        let input = match input {
+            Value::String(s) => s,
+            v => v.to_string(),
+        };
+        if input.len() > self.render_limit {
+            return Err(NodeFailure::scheduler(
+                "render-limit",
+                format!(
+                    "{}: {}",
+                    n.id,
+                    template::RenderError::limit(self.render_limit)
+                ),
+            ));
+        }
         Ok(Some(Dispatch {
             node: i,
             id: n.id.clone(),
             capsule: n.spec.capsule.clone(),
             attempt: n.next_attempt,
-            input: match input {
-                Value::String(s) => s,
-                v => v.to_string(),
-            },
+            input,
         }))
     }
 
@@ -1281,6 +1303,10 @@ impl template::Context for Scope<'_> {
 
     fn index(&self) -> Option<usize> {
         self.index
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.state.render_limit
     }
 }
 

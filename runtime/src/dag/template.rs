@@ -352,6 +352,50 @@ pub trait Context {
     fn item(&self) -> Option<&Value>;
     /// The current `for_each` element's position; `None` outside a fan-out.
     fn index(&self) -> Option<usize>;
+    /// Most bytes one render may produce from references (strings
+    /// interpolated, values copied, as compact JSON); past it the render
+    /// fails with [`RenderError::limit`]. Default: [`DEFAULT_MAX_RENDERED_BYTES`].
+    fn max_bytes(&self) -> usize {
+        DEFAULT_MAX_RENDERED_BYTES
+    }
+}
+
+/// The default of `dag.max_rendered_input_bytes`: 1 MiB, the default call
+/// input cap (`limits.max_input_bytes`).
+pub const DEFAULT_MAX_RENDERED_BYTES: usize = 1 << 20;
+
+/// The compact-JSON size of `value`, or `None` once it passes `limit`.
+/// Walks at most `limit` bytes' worth of the value: an oversized value is
+/// refused without being measured (or copied) whole. Does not allocate.
+pub fn json_size_within(value: &Value, limit: usize) -> Option<usize> {
+    fn take(left: &mut usize, n: usize) -> bool {
+        match left.checked_sub(n) {
+            Some(rest) => {
+                *left = rest;
+                true
+            }
+            None => false,
+        }
+    }
+    fn walk(value: &Value, left: &mut usize) -> bool {
+        match value {
+            Value::Null => take(left, 4),
+            Value::Bool(_) => take(left, 5),
+            Value::Number(_) => take(left, 8),
+            Value::String(s) => take(left, s.len().saturating_add(2)),
+            Value::Array(items) => {
+                take(left, 2) && items.iter().all(|item| take(left, 1) && walk(item, left))
+            }
+            Value::Object(members) => {
+                take(left, 2)
+                    && members.iter().all(|(name, member)| {
+                        take(left, name.len().saturating_add(4)) && walk(member, left)
+                    })
+            }
+        }
+    }
+    let mut left = limit;
+    walk(value, &mut left).then(|| limit - left)
 }
 
 /// A template that could not be rendered: what is missing, where.
@@ -364,6 +408,24 @@ pub struct RenderError {
     /// The reference and what was missing, e.g. `nodes.tests.output.cases:
     /// no field `cases` (the output has fields: a, b)`.
     pub message: String,
+}
+
+impl RenderError {
+    /// The render would produce more than `limit` bytes.
+    pub fn limit(limit: usize) -> Self {
+        Self {
+            pointer: String::new(),
+            message: format!(
+                "the rendered value would exceed {limit} bytes (dag.max_rendered_input_bytes): \
+                 refer to smaller values, or to fewer of them"
+            ),
+        }
+    }
+
+    /// Whether this is the render byte cap ([`RenderError::limit`]).
+    pub fn is_limit(&self) -> bool {
+        self.message.contains("(dag.max_rendered_input_bytes)")
+    }
 }
 
 fn at(pointer: &str) -> String {
@@ -492,18 +554,24 @@ pub fn kind_of(value: &Value) -> &'static str {
 /// [`RenderError`] naming the first reference that could not be resolved
 /// (or template that does not parse) and the pointer of its string.
 pub fn render(value: &Value, ctx: &dyn Context) -> Result<Value, RenderError> {
-    Ok(render_changed(value, ctx)?.unwrap_or_else(|| value.clone()))
+    let mut left = ctx.max_bytes();
+    Ok(render_changed(value, ctx, &mut left)?.unwrap_or_else(|| value.clone()))
 }
 
 /// The rendered value, or `None` if nothing in `value` is templated.
 /// Pointers in errors are built while unwinding, so success costs nothing.
-fn render_changed(value: &Value, ctx: &dyn Context) -> Result<Option<Value>, RenderError> {
+/// `left`: bytes references may still produce.
+fn render_changed(
+    value: &Value,
+    ctx: &dyn Context,
+    left: &mut usize,
+) -> Result<Option<Value>, RenderError> {
     match value {
-        Value::String(text) if is_templated(text) => render_text(text, ctx).map(Some),
+        Value::String(text) if is_templated(text) => render_text(text, ctx, left).map(Some),
         Value::Array(items) => {
             let mut rendered: Option<Vec<Value>> = None;
             for (index, item) in items.iter().enumerate() {
-                let changed = render_changed(item, ctx).map_err(|mut e| {
+                let changed = render_changed(item, ctx, left).map_err(|mut e| {
                     let mut segment = String::new();
                     push_index(&mut segment, index);
                     e.pointer.insert_str(0, &segment);
@@ -526,7 +594,7 @@ fn render_changed(value: &Value, ctx: &dyn Context) -> Result<Option<Value>, Ren
         Value::Object(members) => {
             let mut rendered: Option<Map<String, Value>> = None;
             for (position, (name, member)) in members.iter().enumerate() {
-                let changed = render_changed(member, ctx).map_err(|mut e| {
+                let changed = render_changed(member, ctx, left).map_err(|mut e| {
                     let mut segment = String::new();
                     push_field(&mut segment, name);
                     e.pointer.insert_str(0, &segment);
@@ -559,10 +627,18 @@ fn render_changed(value: &Value, ctx: &dyn Context) -> Result<Option<Value>, Ren
 
 /// Render one templated string: typed if it is one whole expression,
 /// interpolated otherwise.
-fn render_text(text: &str, ctx: &dyn Context) -> Result<Value, RenderError> {
+fn render_text(text: &str, ctx: &dyn Context, left: &mut usize) -> Result<Value, RenderError> {
     let fail = |message: String| RenderError {
         pointer: String::new(),
         message,
+    };
+    let limit = ctx.max_bytes();
+    let spend = |left: &mut usize, n: usize| match left.checked_sub(n) {
+        Some(rest) => {
+            *left = rest;
+            Ok(())
+        }
+        None => Err(RenderError::limit(limit)),
     };
     let parts = parse(text).map_err(|e| fail(format!("bad template: {e}")))?;
     let only_expr = parts
@@ -575,6 +651,8 @@ fn render_text(text: &str, ctx: &dyn Context) -> Result<Value, RenderError> {
         match part {
             Part::Expr(reference) => {
                 let value = reference.resolve(ctx).map_err(fail)?;
+                let size = json_size_within(&value, *left).ok_or(RenderError::limit(limit))?;
+                spend(left, size)?;
                 if only_expr {
                     return Ok(value.into_owned());
                 }
@@ -583,7 +661,10 @@ fn render_text(text: &str, ctx: &dyn Context) -> Result<Value, RenderError> {
                     other => out.push_str(&other.to_string()),
                 }
             }
-            Part::Text(t) => out.push_str(t),
+            Part::Text(t) => {
+                spend(left, t.len())?;
+                out.push_str(t);
+            }
         }
     }
     Ok(Value::String(out))
@@ -602,7 +683,12 @@ pub fn render_whole(text: &str, ctx: &dyn Context) -> Result<Value, RenderError>
         message,
     };
     match whole(text) {
-        Ok(Some(reference)) => reference.resolve(ctx).map(Cow::into_owned).map_err(fail),
+        Ok(Some(reference)) => {
+            let value = reference.resolve(ctx).map_err(fail)?;
+            json_size_within(&value, ctx.max_bytes())
+                .ok_or_else(|| RenderError::limit(ctx.max_bytes()))?;
+            Ok(value.into_owned())
+        }
         Ok(None) => Err(fail(format!(
             "`{text}` must be one whole `{{{{ … }}}}` expression"
         ))),
@@ -655,6 +741,44 @@ mod tests {
 
     fn reference(text: &str) -> Reference {
         whole(text).unwrap().unwrap()
+    }
+
+    /// A context with a 100 KB input and a render cap of 1 MB.
+    struct Capped(Value);
+
+    impl Context for Capped {
+        fn input(&self) -> &Value {
+            &self.0
+        }
+        fn node_output(&self, _: &str) -> Option<&Value> {
+            None
+        }
+        fn item(&self) -> Option<&Value> {
+            None
+        }
+        fn index(&self) -> Option<usize> {
+            None
+        }
+        fn max_bytes(&self) -> usize {
+            1_000_000
+        }
+    }
+
+    #[test]
+    fn rendering_stops_at_the_byte_cap() {
+        let ctx = Capped(json!({"big": "z".repeat(100_000)}));
+        // Interpolated twenty times, and copied twenty times as values.
+        let text = Value::String("{{ input.big }}".repeat(20));
+        let copies = Value::Array(vec![json!("{{ input.big }}"); 20]);
+        for value in [text, copies] {
+            let error = render(&value, &ctx).unwrap_err();
+            assert!(error.is_limit(), "{error}");
+            assert!(error.to_string().contains("dag.max_rendered_input_bytes"));
+        }
+        let ok = render(&Value::String("{{ input.big }}".repeat(5)), &ctx).unwrap();
+        assert_eq!(ok.as_str().map(str::len), Some(500_000));
+        assert_eq!(json_size_within(&json!({"a": [1, "xy"]}), 100), Some(23));
+        assert_eq!(json_size_within(&json!("z".repeat(50)), 10), None);
     }
 
     #[test]

@@ -568,3 +568,33 @@ fn committed_json_schema_is_current() {
     assert_eq!(schema["title"], "Spec");
     assert!(schema["properties"]["nodes"].is_object());
 }
+
+#[test]
+fn ceilings_refuse_values_above_them_and_lower_the_defaults() {
+    let ceilings = Ceilings {
+        max_fan_out: 100,
+        max_concurrency: 8,
+        max_retries: 3,
+        ..Ceilings::default()
+    };
+    let text = "version: 1\nname: x\ncapsules: {w: w.wasm}\n\
+                policy: {max_fan_out: 20000, concurrency: 1000}\n\
+                nodes:\n  - {id: a, capsule: w, retries: {max: 50}}\n";
+    let mut spec = parse(text, "s.yaml").unwrap();
+    let errors = spec.within(&ceilings, "s.yaml").unwrap_err().to_string();
+    for key in ["dag.max_fan_out", "dag.max_concurrency", "dag.max_retries"] {
+        assert!(errors.contains(key), "{errors}");
+    }
+    let plain = "version: 1\nname: x\ncapsules: {w: w.wasm}\nnodes:\n  - {id: a, capsule: w}\n";
+    let mut spec = parse(plain, "s.yaml").unwrap();
+    spec.within(&ceilings, "s.yaml").unwrap();
+    assert_eq!(spec.policy.max_fan_out, 100, "the default is lowered");
+    let defaults = Ceilings::default();
+    let mut spec = parse(plain, "s.yaml").unwrap();
+    let before = spec.clone();
+    spec.within(&defaults, "s.yaml").unwrap();
+    assert_eq!(
+        spec, before,
+        "the default ceilings hold the format's defaults"
+    );
+}
