@@ -169,9 +169,18 @@ fn open_or_create(path: &Path) -> Result<redb::Database, OpenError> {
                 create_atomically(path)?;
             }
             Err(e) => return Err(OpenError::io(path, e)),
-            Ok(_) => {
+            Ok(meta) => {
                 if never_initialised(path).map_err(|e| OpenError::io(path, e))? {
-                    move_aside(path)?;
+                    if meta.len() == 0 {
+                        // Empty: nothing to keep.
+                        match std::fs::remove_file(path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(OpenError::io(path, e)),
+                        }
+                    } else {
+                        move_aside(path)?;
+                    }
                     continue;
                 }
                 return redb::Database::create(path).map_err(|e| OpenError::of(path, e));
