@@ -101,10 +101,13 @@ pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> an
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if v["ok"] == true {
         let out = &v["output"];
-        println!(
-            "{}",
-            out.as_str().map_or_else(|| out.to_string(), str::to_owned)
-        );
+        let text = out.as_str().map_or_else(|| out.to_string(), str::to_owned);
+        // On a terminal, capsule text is one escaped line (as `soma run`).
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!("{}", soma_host_api::log::escape(&text));
+        } else {
+            println!("{text}");
+        }
         eprintln!(
             "ok · run {} · {} µs",
             v["run"].as_str().unwrap_or(""),

@@ -186,10 +186,11 @@ fn run_once(global: &Global, args: Args) -> anyhow::Result<Code> {
     );
     match &outcome.result {
         Ok(output) => {
-            // Piped output is the capsule's bytes; on a terminal, no
-            // escape sequences (line breaks are kept).
+            // Piped output is the capsule's bytes; on a terminal it is
+            // one escaped line: no escape sequences, and no line break
+            // that could pass capsule text off as a line of soma's.
             if std::io::stdout().is_terminal() {
-                println!("{}", escape_keeping_lines(output));
+                println!("{}", escape(output));
             } else {
                 println!("{output}");
             }
