@@ -4,6 +4,15 @@
 //! Lines are capped in size ([`Config::max_line_bytes`]) and per call
 //! ([`Config::max_call_bytes`]); lines past the call cap are counted and
 //! dropped, never an error to the capsule.
+//!
+//! What a capsule logs is untrusted text: on its way into the host's log it
+//! is [`escape`]d (a newline, CR or terminal escape sequence cannot forge a
+//! host log line or drive the operator's terminal), it goes out under the
+//! target `soma::capsule` with the capsule's own level as a field, and at
+//! most at [`Config::max_level`] (a capsule's `error` is not a host error
+//! unless the operator allows it).
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasSelf, Linker};
@@ -21,6 +30,12 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Total bytes of log lines kept per call; later lines are dropped.
     pub max_call_bytes: usize,
+    /// The highest level a capsule's line reaches the host log at: lines
+    /// above it (more severe) are logged at this level, with the capsule's
+    /// own level in the `capsule_level` field. Default `info`, so a
+    /// capsule cannot raise host warnings or errors; `error` trusts
+    /// capsules' levels. The call's outcome keeps the capsule's level.
+    pub max_level: MaxLevel,
 }
 
 impl Default for Config {
@@ -28,8 +43,94 @@ impl Default for Config {
         Self {
             max_line_bytes: 4 * 1024,
             max_call_bytes: 64 * 1024,
+            max_level: MaxLevel::Info,
         }
     }
+}
+
+/// A level ceiling for capsule log lines (`[log] max_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxLevel {
+    /// Capsule lines reach the host log at `trace` at most.
+    Trace,
+    /// … at `debug` at most.
+    Debug,
+    /// … at `info` at most (the default).
+    Info,
+    /// … at `warn` at most.
+    Warn,
+    /// Capsule levels are taken as they are.
+    Error,
+}
+
+impl MaxLevel {
+    /// `level` capped at this ceiling.
+    fn cap(self, level: Level) -> Level {
+        let rank = |l: Level| match l {
+            Level::Trace => 0,
+            Level::Debug => 1,
+            Level::Info => 2,
+            Level::Warn => 3,
+            Level::Error => 4,
+        };
+        let ceiling = match self {
+            Self::Trace => Level::Trace,
+            Self::Debug => Level::Debug,
+            Self::Info => Level::Info,
+            Self::Warn => Level::Warn,
+            Self::Error => Level::Error,
+        };
+        if rank(level) > rank(ceiling) {
+            ceiling
+        } else {
+            level
+        }
+    }
+}
+
+/// `text` made safe for one line of a log or a terminal: `\n`, `\r`, `\t`
+/// become those two-character escapes, and every other control character
+/// (C0, DEL, C1 — which starts ANSI/VT escape sequences), the Unicode line
+/// and paragraph separators and the bidirectional overrides become
+/// `\u{…}`. Borrowed (no allocation) when there is nothing to escape.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    escape_with(text, false)
+}
+
+/// Like [`escape`], but keeps `\n` as a line break (for multi-line text
+/// such as captured stderr, which the caller prints with its own prefix
+/// on each line).
+pub fn escape_keeping_lines(text: &str) -> Cow<'_, str> {
+    escape_with(text, true)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| needs_escape(c) && !(keep_newlines && c == '\n');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// One kept log line.
@@ -118,13 +219,26 @@ impl wit::Host for State {
             return;
         }
         self.bytes += size;
-        let (capsule, run) = (&*self.identity.capsule, &*self.identity.run);
+        let capsule = escape(&self.identity.capsule);
+        let run = escape(&self.identity.run);
+        let capsule_level = level_name(level);
+        let text = escape(&message);
+        let escaped: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            fields.iter().map(|(k, v)| (escape(k), escape(v))).collect();
         macro_rules! emit {
             ($lvl:expr) => {
-                tracing::event!(target: "soma::capsule", $lvl, capsule, run, fields = ?fields, "{message}")
+                tracing::event!(
+                    target: "soma::capsule",
+                    $lvl,
+                    capsule = %capsule,
+                    run = %run,
+                    capsule_level,
+                    fields = ?escaped,
+                    "{text}"
+                )
             };
         }
-        match level {
+        match self.config.max_level.cap(level) {
             Level::Trace => emit!(tracing::Level::TRACE),
             Level::Debug => emit!(tracing::Level::DEBUG),
             Level::Info => emit!(tracing::Level::INFO),
@@ -149,6 +263,7 @@ mod tests {
             Config {
                 max_line_bytes: max_line,
                 max_call_bytes: max_call,
+                max_level: MaxLevel::Info,
             },
             CallIdentity {
                 capsule: "t".into(),
@@ -174,5 +289,27 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines.iter().all(|l| l.message == "01234567"));
         assert_eq!(dropped, 3);
+    }
+
+    #[test]
+    fn escape_makes_one_inert_line() {
+        let forged =
+            "ok\n2026-11-28T00:00:00Z ERROR soma: forged\r\x1b[31mred\x1b[0m\t\u{202e}x\u{85}";
+        let e = escape(forged);
+        assert!(!e.chars().any(needs_escape), "{e}");
+        assert_eq!(
+            e,
+            "ok\\n2026-11-28T00:00:00Z ERROR soma: forged\\r\\u{1b}[31mred\\u{1b}[0m\\t\\u{202e}x\\u{85}"
+        );
+        assert!(matches!(escape("plain text, é ✓"), Cow::Borrowed(_)));
+        assert_eq!(escape_keeping_lines("a\nb\x07"), "a\nb\\u{7}");
+    }
+
+    #[test]
+    fn capsule_levels_are_capped() {
+        assert_eq!(MaxLevel::Info.cap(Level::Error), Level::Info);
+        assert_eq!(MaxLevel::Info.cap(Level::Debug), Level::Debug);
+        assert_eq!(MaxLevel::Error.cap(Level::Error), Level::Error);
+        assert_eq!(MaxLevel::Trace.cap(Level::Warn), Level::Trace);
     }
 }

@@ -18,44 +18,78 @@ use soma_host_api::{
 };
 use wasmtime::{Store, Trap};
 
+use soma_host_api::bindings::soma::capsule::types::LimitsRequest;
+
 use crate::{Capsule, Engine, host::Host, limits::Limiter, limits::Limits, limits::Refusal};
 
 /// Everything a call can end in other than an output. One class per cause;
 /// the CLI, API and ledger show these the same way.
+///
+/// A failure caused by a limit names, in `advice`, the knob that would
+/// change the outcome (the operator's `soma.toml` key, the caller's flag or
+/// request field, or the capsule's own request): computed from where the
+/// effective limit came from, so no message suggests a knob that cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "class", rename_all = "kebab-case")]
 pub enum Failure {
     /// The deterministic budget ran out.
-    #[error(
-        "out of fuel: the call used its whole budget of {limit} fuel units (raise --fuel / limits.fuel)"
-    )]
+    #[error("out of fuel: the call used its whole budget of {limit} fuel units ({advice})")]
     OutOfFuel {
         /// The budget.
         limit: u64,
+        /// What would change the outcome.
+        advice: String,
     },
     /// The wall-clock deadline passed.
-    #[error(
-        "deadline exceeded: the call ran past its {timeout_ms} ms deadline (raise --timeout-ms / limits.timeout_ms)"
-    )]
+    #[error("deadline exceeded: the call ran past its {timeout_ms} ms deadline ({advice})")]
     DeadlineExceeded {
         /// The deadline.
         timeout_ms: u64,
+        /// What would change the outcome.
+        advice: String,
     },
-    /// Memory (or table) growth past the limit was refused and the capsule failed.
+    /// Linear-memory growth past the limit was refused. This is the class
+    /// of the call however the capsule carried on after the refusal (it
+    /// may abort, retry until its fuel or deadline runs out, …): the first
+    /// limit that refused is the cause.
     #[error(
-        "memory limit: the capsule asked for {requested} {unit}; the limit is {limit} (raise --memory-mb / limits.memory_mb)"
+        "memory limit: the capsule asked for {requested} bytes of linear memory; the limit is {limit} ({advice}){}",
+        then_text(then)
     )]
     MemoryLimit {
-        /// What it asked for.
+        /// What it asked for (all memories together).
         requested: u64,
         /// The limit.
         limit: u64,
-        /// `bytes` or `table elements`.
-        unit: &'static str,
+        /// What would change the outcome.
+        advice: String,
+        /// What ended the call after the refusal, if the capsule carried on
+        /// (e.g. `ran out of fuel`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        then: Option<String>,
+    },
+    /// A store resource other than linear memory hit its limit: table
+    /// elements, or the number of instances, tables or memories.
+    #[error(
+        "resource limit: the capsule needed {requested} {resource}; the limit is {limit} ({advice}){}",
+        then_text(then)
+    )]
+    ResourceLimit {
+        /// `table elements`, `instances`, `tables` or `memories`.
+        resource: &'static str,
+        /// How many it needed.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+        /// What would change the outcome.
+        advice: String,
+        /// What ended the call after the refusal, if the capsule carried on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        then: Option<String>,
     },
     /// The wasm call stack overflowed (usually unbounded recursion).
     #[error(
-        "stack overflow: the capsule exceeded the {limit_kb} KiB wasm stack (unbounded recursion?)"
+        "stack overflow: the capsule exceeded the {limit_kb} KiB wasm stack (unbounded recursion? the limit is engine.max_wasm_stack_kb)"
     )]
     StackOverflow {
         /// The stack limit.
@@ -103,6 +137,13 @@ pub enum Failure {
         /// Whether a retry may succeed.
         retryable: bool,
     },
+    /// The component could not be loaded, so it was never called (a DAG
+    /// node whose capsule failed to load, with `catch: true`).
+    #[error("invalid component: {message}")]
+    InvalidComponent {
+        /// Why it could not be loaded.
+        message: String,
+    },
     /// The host failed (e.g. the database could not commit); not the capsule's fault.
     #[error("host error: {message}")]
     Host {
@@ -118,6 +159,13 @@ pub enum Failure {
     },
 }
 
+/// `; after the refusal the capsule went on and …`, or nothing.
+fn then_text(then: &Option<String>) -> String {
+    then.as_ref().map_or_else(String::new, |t| {
+        format!("; after the refusal the capsule went on and {t}")
+    })
+}
+
 impl Failure {
     /// The class name (`out-of-fuel`, `deadline-exceeded`, …).
     pub fn class(&self) -> &'static str {
@@ -125,12 +173,14 @@ impl Failure {
             Self::OutOfFuel { .. } => "out-of-fuel",
             Self::DeadlineExceeded { .. } => "deadline-exceeded",
             Self::MemoryLimit { .. } => "memory-limit",
+            Self::ResourceLimit { .. } => "resource-limit",
             Self::StackOverflow { .. } => "stack-overflow",
             Self::Trap { .. } => "trap",
             Self::OutputLimit { .. } => "output-limit",
             Self::InputLimit { .. } => "input-limit",
             Self::Denied { .. } => "denied",
             Self::CapsuleError { .. } => "capsule-error",
+            Self::InvalidComponent { .. } => "invalid-component",
             Self::Host { .. } => "host-error",
             Self::BudgetExceeded { .. } => "budget-exceeded",
         }
@@ -145,6 +195,121 @@ impl Failure {
         }
     }
 }
+
+/// Where the advice in a limit failure can point: the call's effective
+/// limits and where they came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Knobs<'a> {
+    /// The operator's `[limits]`.
+    operator: &'a Limits,
+    /// The capsule's own `describe().limits` request (`None` for describe itself).
+    capsule: Option<&'a LimitsRequest>,
+    /// `engine.max_memory_mb`, the ceiling of any memory limit.
+    max_memory_mb: u64,
+    /// The call is `describe()`, which runs under a fixed allowance.
+    describe: bool,
+}
+
+/// Where a call's effective limit came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The capsule lowered it in `describe().limits`.
+    Capsule,
+    /// The operator's default (`[limits]`).
+    Operator,
+    /// The caller set it (a `soma run` flag, a request's `limits`, a DAG node's `limits`).
+    Caller,
+}
+
+impl Knobs<'_> {
+    fn source(&self, effective: u64, operator: u64, capsule: Option<u64>) -> Source {
+        if capsule == Some(effective) && effective < operator {
+            Source::Capsule
+        } else if effective == operator {
+            Source::Operator
+        } else {
+            Source::Caller
+        }
+    }
+
+    fn fuel(&self, limit: u64) -> String {
+        if self.describe {
+            return DESCRIBE_ADVICE.to_owned();
+        }
+        let capsule = self.capsule.and_then(|c| c.fuel);
+        match self.source(limit, self.operator.fuel, capsule) {
+            Source::Capsule => "the capsule limits itself to this in describe().limits.fuel; \
+                                rebuild it with a larger request"
+                .to_owned(),
+            Source::Operator => "raise limits.fuel in soma.toml, or the call's fuel limit \
+                                 (soma run --fuel)"
+                .to_owned(),
+            Source::Caller => "raise the call's fuel limit (soma run --fuel, the request's \
+                               limits.fuel or the DAG node's limits.fuel)"
+                .to_owned(),
+        }
+    }
+
+    fn timeout(&self, limit: u64) -> String {
+        if self.describe {
+            return DESCRIBE_ADVICE.to_owned();
+        }
+        let capsule = self.capsule.and_then(|c| c.timeout_ms).map(u64::from);
+        match self.source(limit, self.operator.timeout_ms, capsule) {
+            Source::Capsule => {
+                "the capsule limits itself to this in describe().limits.timeout_ms; \
+                                rebuild it with a larger request"
+                    .to_owned()
+            }
+            Source::Operator => "raise limits.timeout_ms in soma.toml, or the call's deadline \
+                                 (soma run --timeout-ms)"
+                .to_owned(),
+            Source::Caller => "raise the call's deadline (soma run --timeout-ms, the request's \
+                               limits.timeout_ms or the DAG node's timeout_ms)"
+                .to_owned(),
+        }
+    }
+
+    fn memory(&self, limit_mb: u64) -> String {
+        if self.describe {
+            return format!(
+                "describe() runs under the operator's limits.memory_mb in soma.toml \
+                 (at most engine.max_memory_mb = {})",
+                self.max_memory_mb
+            );
+        }
+        let capsule = self.capsule.and_then(|c| c.memory_mb).map(u64::from);
+        match self.source(limit_mb, self.operator.memory_mb, capsule) {
+            Source::Capsule => "the capsule limits itself to this in describe().limits.memory_mb; \
+                                rebuild it with a larger request"
+                .to_owned(),
+            _ if limit_mb >= self.max_memory_mb => format!(
+                "this is the engine's ceiling: raise engine.max_memory_mb (now {}) and the call's limit",
+                self.max_memory_mb
+            ),
+            Source::Operator => format!(
+                "raise limits.memory_mb in soma.toml, or the call's limit (soma run --memory-mb), \
+                 up to engine.max_memory_mb = {}",
+                self.max_memory_mb
+            ),
+            Source::Caller => format!(
+                "raise the call's memory limit (soma run --memory-mb, the request's \
+                 limits.memory_mb or the DAG node's limits.memory_mb), up to engine.max_memory_mb = {}",
+                self.max_memory_mb
+            ),
+        }
+    }
+}
+
+/// Advice for a `describe()` that ran out of its fixed allowance.
+const DESCRIBE_ADVICE: &str = "describe() runs under a fixed allowance of \
+    1,000,000,000 fuel units and 2,000 ms that no setting changes: it must return \
+    its manifest without doing work";
+
+/// The fixed fuel allowance of `describe()`.
+const DESCRIBE_FUEL: u64 = 1_000_000_000;
+/// The fixed deadline of `describe()`, ms.
+const DESCRIBE_TIMEOUT_MS: u64 = 2_000;
 
 /// What a call consumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -377,6 +542,12 @@ impl Engine {
             Ok(hold) => hold,
             Err(message) => return Outcome::failed(Failure::BudgetExceeded { message }),
         };
+        let knobs = Knobs {
+            operator: &self.config.limits,
+            capsule: Some(&capsule.manifest().limits),
+            max_memory_mb: self.config.engine.max_memory_mb,
+            describe: false,
+        };
         let Executed {
             result,
             usage,
@@ -384,6 +555,7 @@ impl Engine {
         } = self.execute(
             &capsule.pre,
             options,
+            knobs,
             identity,
             spender.clone(),
             |store, exports| exports.call_run(store, input),
@@ -460,8 +632,8 @@ impl Engine {
     ) -> Result<CapsuleInfo, Failure> {
         let options = CallOptions {
             limits: Limits {
-                fuel: 1_000_000_000,
-                timeout_ms: 2_000,
+                fuel: DESCRIBE_FUEL,
+                timeout_ms: DESCRIBE_TIMEOUT_MS,
                 ..self.config.limits
             },
             grants: Grants::default(),
@@ -477,7 +649,13 @@ impl Engine {
             run: options.run_id.clone(),
         };
         let spender = llm::Spender::local(options.run_id.clone(), identity.capsule.clone());
-        self.execute(pre, &options, identity, spender, |store, exports| {
+        let knobs = Knobs {
+            operator: &self.config.limits,
+            capsule: None,
+            max_memory_mb: self.config.engine.max_memory_mb,
+            describe: true,
+        };
+        self.execute(pre, &options, knobs, identity, spender, |store, exports| {
             exports.call_describe(store)
         })
         .result
@@ -490,6 +668,7 @@ impl Engine {
         &self,
         pre: &CapsulePre<Host>,
         options: &CallOptions,
+        knobs: Knobs<'_>,
         identity: CallIdentity,
         spender: llm::Spender,
         f: impl FnOnce(&mut Store<Host>, &CapsuleExports) -> wasmtime::Result<R>,
@@ -540,7 +719,15 @@ impl Engine {
         let result = pre
             .instantiate(&mut store)
             .and_then(|exports| f(&mut store, &exports));
-        let result = result.map_err(|e| self.classify(&e, limits, store.data().limiter.refusal()));
+        // A deadline kill is charged the whole budget, whatever the class
+        // (a refused growth before it stays the class).
+        let deadline_kill = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<Trap>())
+            .is_some_and(|t| matches!(t, Trap::Interrupt));
+        let result =
+            result.map_err(|e| self.classify(&e, limits, knobs, store.data().limiter.refusal()));
 
         // An epoch interrupt (the deadline, or a caller that went away)
         // leaves the fuel counter stale: charge the whole budget.
@@ -549,10 +736,12 @@ impl Engine {
                 .cancel
                 .as_ref()
                 .is_some_and(|c| c.load(Ordering::Relaxed));
-        let fuel_consumed = fuel.map(|budget| match &result {
-            Err(Failure::DeadlineExceeded { .. }) => budget,
-            Err(_) if cancelled => budget,
-            _ => budget.saturating_sub(store.get_fuel().unwrap_or(0)),
+        let fuel_consumed = fuel.map(|budget| {
+            if deadline_kill || cancelled {
+                budget
+            } else {
+                budget.saturating_sub(store.get_fuel().unwrap_or(0))
+            }
         });
         let usage = Usage {
             fuel_consumed,
@@ -596,45 +785,55 @@ impl Engine {
         }
     }
 
-    /// Map a wasmtime error to exactly one failure class.
+    /// Map a wasmtime error to exactly one failure class: the first limit
+    /// that refused.
     ///
     /// Fuel, epoch, stack overflow and `unreachable` arrive as [`Trap`];
-    /// limiter refusals, canonical-ABI lift errors and hostcall-fuel
-    /// exhaustion arrive as plain errors, so the limiter's record and the
-    /// error chain decide those.
-    fn classify(&self, e: &wasmtime::Error, limits: &Limits, refusal: Option<Refusal>) -> Failure {
-        let memory_limit = |r: Refusal| match r {
-            Refusal::Memory { requested } => Failure::MemoryLimit {
-                requested: requested as u64,
-                limit: limits.memory_bytes() as u64,
-                unit: "bytes",
-            },
-            Refusal::TableElements { requested } => Failure::MemoryLimit {
-                requested: requested as u64,
-                limit: limits.max_table_elements as u64,
-                unit: "table elements",
-            },
-        };
-        if let Some(trap) = e.downcast_ref::<Trap>() {
-            return match (trap, refusal) {
-                (Trap::OutOfFuel, _) => Failure::OutOfFuel { limit: limits.fuel },
-                (Trap::Interrupt, _) => Failure::DeadlineExceeded {
-                    timeout_ms: limits.timeout_ms,
+    /// limiter refusals, store-limit refusals, canonical-ABI lift errors and
+    /// hostcall-fuel exhaustion arrive as plain errors, so the limiter's
+    /// record and the error chain decide those. A refused memory or table
+    /// growth is the cause however the capsule carried on: a capsule that
+    /// retries until its fuel or deadline runs out still ends as
+    /// `memory-limit` (with what ended it in `then`).
+    fn classify(
+        &self,
+        e: &wasmtime::Error,
+        limits: &Limits,
+        knobs: Knobs<'_>,
+        refusal: Option<Refusal>,
+    ) -> Failure {
+        let trap = e.downcast_ref::<Trap>();
+        if let Some(r) = refusal {
+            // What ended the call after the refusal, if not the usual
+            // abort (`unreachable`) of an allocation failure.
+            let then = match trap {
+                Some(Trap::OutOfFuel) => Some(format!("ran out of fuel ({} units)", limits.fuel)),
+                Some(Trap::Interrupt) => {
+                    Some(format!("ran past its {} ms deadline", limits.timeout_ms))
+                }
+                Some(Trap::StackOverflow) => Some("overflowed its stack".to_owned()),
+                _ => None,
+            };
+            return refused(r, limits, knobs, then);
+        }
+        if let Some(trap) = trap {
+            return match trap {
+                Trap::OutOfFuel => Failure::OutOfFuel {
+                    limit: limits.fuel,
+                    advice: knobs.fuel(limits.fuel),
                 },
-                (Trap::StackOverflow, _) => Failure::StackOverflow {
+                Trap::Interrupt => Failure::DeadlineExceeded {
+                    timeout_ms: limits.timeout_ms,
+                    advice: knobs.timeout(limits.timeout_ms),
+                },
+                Trap::StackOverflow => Failure::StackOverflow {
                     limit_kb: self.config.engine.max_wasm_stack_kb,
                 },
-                // A guest whose allocation was refused usually aborts
-                // (`unreachable`); the refusal is the real cause.
-                (_, Some(r)) => memory_limit(r),
-                (other, None) => Failure::Trap {
+                other => Failure::Trap {
                     kind: kebab(&format!("{other:?}")),
                     message: with_backtrace(&other.to_string(), e),
                 },
             };
-        }
-        if let Some(r) = refusal {
-            return memory_limit(r);
         }
         let chain = format!("{e:#}");
         if chain.contains("fuel allocated for hostcalls has been exhausted") {
@@ -642,11 +841,77 @@ impl Engine {
                 limit: limits.max_output_bytes,
             };
         }
+        if let Some(f) = store_limit(&chain, limits) {
+            return f;
+        }
+        if let Some(f) = pool_exhausted(e, &self.config.engine) {
+            return f;
+        }
         Failure::Trap {
             kind: "host-boundary".into(),
             message: with_backtrace(&chain, e),
         }
     }
+}
+
+/// The failure for a limiter refusal.
+fn refused(r: Refusal, limits: &Limits, knobs: Knobs<'_>, then: Option<String>) -> Failure {
+    match r {
+        Refusal::Memory { requested } => Failure::MemoryLimit {
+            requested: requested as u64,
+            limit: limits.memory_bytes() as u64,
+            advice: knobs.memory(limits.memory_mb),
+            then,
+        },
+        Refusal::TableElements { requested } => Failure::ResourceLimit {
+            resource: "table elements",
+            requested: requested as u64,
+            limit: limits.max_table_elements as u64,
+            advice: "raise limits.max_table_elements in soma.toml".to_owned(),
+            then,
+        },
+    }
+}
+
+/// wasmtime refuses a store's instance/table/memory counts past the
+/// limiter's `instances()`/`tables()`/`memories()` with "resource limit
+/// exceeded: <what> count too high at <n>".
+fn store_limit(chain: &str, limits: &Limits) -> Option<Failure> {
+    let rest = chain.split("resource limit exceeded: ").nth(1)?;
+    let (what, rest) = rest.split_once(" count too high at ")?;
+    let requested = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let (resource, limit, key) = match what {
+        "instance" => ("instances", limits.max_instances, "limits.max_instances"),
+        "table" => ("tables", limits.max_tables, "limits.max_tables"),
+        "memory" => ("memories", limits.max_memories, "limits.max_memories"),
+        _ => return None,
+    };
+    Some(Failure::ResourceLimit {
+        resource,
+        requested,
+        limit: limit as u64,
+        advice: format!("raise {key} in soma.toml"),
+        then: None,
+    })
+}
+
+/// The pooling allocator is full: every slot of some kind is taken by
+/// other calls. Not the capsule's fault, and a retry may succeed.
+fn pool_exhausted(e: &wasmtime::Error, engine: &crate::config::EngineConfig) -> Option<Failure> {
+    let full = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>())?;
+    Some(Failure::Host {
+        message: format!(
+            "the engine's instance pool is full ({full}; engine.pool_instances = {}): \
+             the host is at capacity, retry later or raise engine.pool_instances",
+            engine.pool_instances
+        ),
+    })
 }
 
 /// `UnreachableCodeReached` → `unreachable-code-reached`.
@@ -694,7 +959,8 @@ impl Outcome {
         })
     }
 
-    fn failed(failure: Failure) -> Self {
+    /// An outcome that failed before any call was made.
+    pub(crate) fn failed(failure: Failure) -> Self {
         Self {
             result: Err(failure),
             usage: Usage::default(),
@@ -738,6 +1004,105 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    fn knobs<'a>(operator: &'a Limits, capsule: Option<&'a LimitsRequest>) -> Knobs<'a> {
+        Knobs {
+            operator,
+            capsule,
+            max_memory_mb: 1024,
+            describe: false,
+        }
+    }
+
+    #[test]
+    fn advice_names_the_knob_that_set_the_limit() {
+        let operator = Limits::default();
+        let none = LimitsRequest {
+            fuel: None,
+            memory_mb: None,
+            timeout_ms: None,
+        };
+        let k = knobs(&operator, Some(&none));
+        assert!(k.fuel(operator.fuel).contains("limits.fuel in soma.toml"));
+        assert!(k.fuel(1000).contains("the DAG node's limits.fuel"));
+        assert!(
+            k.memory(operator.memory_mb)
+                .contains("limits.memory_mb in soma.toml")
+        );
+        assert!(k.memory(1024).contains("engine.max_memory_mb"));
+        let own = LimitsRequest {
+            fuel: Some(5),
+            memory_mb: Some(2),
+            timeout_ms: Some(7),
+        };
+        let k = knobs(&operator, Some(&own));
+        assert!(
+            k.fuel(5).contains("describe().limits.fuel"),
+            "{}",
+            k.fuel(5)
+        );
+        assert!(k.memory(2).contains("describe().limits.memory_mb"));
+        assert!(k.timeout(7).contains("describe().limits.timeout_ms"));
+        let describe = Knobs {
+            describe: true,
+            ..knobs(&operator, None)
+        };
+        for advice in [
+            describe.fuel(DESCRIBE_FUEL),
+            describe.timeout(DESCRIBE_TIMEOUT_MS),
+        ] {
+            assert!(advice.contains("fixed allowance"), "{advice}");
+            assert!(
+                !advice.contains("--fuel") && !advice.contains("--timeout"),
+                "{advice}"
+            );
+        }
+        assert!(!describe.memory(128).contains("--memory-mb"));
+    }
+
+    #[test]
+    fn store_limits_are_not_traps() {
+        let limits = Limits::default();
+        let f = store_limit(
+            "error while instantiating: resource limit exceeded: instance count too high at 65",
+            &limits,
+        )
+        .expect("classified");
+        assert_eq!(f.class(), "resource-limit");
+        assert!(f.to_string().contains("limits.max_instances"), "{f}");
+        assert!(f.to_string().contains("65 instances"), "{f}");
+        let f = store_limit(
+            "resource limit exceeded: memory count too high at 9",
+            &limits,
+        )
+        .expect("classified");
+        assert!(f.to_string().contains("limits.max_memories"), "{f}");
+        assert!(store_limit("something else", &limits).is_none());
+    }
+
+    #[test]
+    fn a_refusal_stays_the_cause_whatever_ends_the_call() {
+        let limits = Limits::default();
+        let operator = Limits::default();
+        let k = knobs(&operator, None);
+        let f = refused(
+            Refusal::Memory { requested: 1 << 30 },
+            &limits,
+            k,
+            Some("ran out of fuel".into()),
+        );
+        assert_eq!(f.class(), "memory-limit");
+        assert!(f.to_string().contains("went on and ran out of fuel"), "{f}");
+        let f = refused(
+            Refusal::TableElements { requested: 200_000 },
+            &limits,
+            k,
+            None,
+        );
+        assert_eq!(f.class(), "resource-limit");
+        assert!(f.to_string().contains("limits.max_table_elements"), "{f}");
+        assert!(!f.to_string().contains("memory_mb"), "{f}");
+    }
+
     #[test]
     fn kebab_cases_trap_names() {
         assert_eq!(kebab("UnreachableCodeReached"), "unreachable-code-reached");
@@ -754,8 +1119,15 @@ mod tests {
 
     #[test]
     fn retryable_classes() {
-        assert!(Failure::DeadlineExceeded { timeout_ms: 1 }.is_retryable());
-        assert!(!Failure::OutOfFuel { limit: 1 }.is_retryable());
+        let advice = String::new();
+        assert!(
+            Failure::DeadlineExceeded {
+                timeout_ms: 1,
+                advice: advice.clone()
+            }
+            .is_retryable()
+        );
+        assert!(!Failure::OutOfFuel { limit: 1, advice }.is_retryable());
         let e = Failure::CapsuleError {
             code: "x".into(),
             message: String::new(),

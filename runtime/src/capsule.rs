@@ -17,17 +17,19 @@ use crate::{Engine, call::Failure, digest::Digest, host::Host, validate::Invalid
 /// *invalid component* for the CLI, API and ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be read. (The I/O error is in the message, not a
+    /// `#[source]`, so a chain printer shows it once.)
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// Not a well-formed, bounded component.
+    /// Not a well-formed, bounded component. (Not a `#[source]`: the
+    /// message already holds it, and a chain printer would print it twice.)
     #[error("invalid component: {0}")]
-    Invalid(#[from] Invalid),
+    Invalid(Invalid),
     /// A valid component of another world (no `describe`/`run` exports).
     #[error(
         "invalid component: it does not implement the soma:capsule world — missing export(s) {missing:?}; \
@@ -58,6 +60,12 @@ pub enum LoadError {
     /// `describe()` returned something unusable.
     #[error("invalid component: describe() returned {0}")]
     BadManifest(String),
+}
+
+impl From<Invalid> for LoadError {
+    fn from(e: Invalid) -> Self {
+        Self::Invalid(e)
+    }
 }
 
 /// What a capsule says about itself (`describe()`), in host types.
@@ -180,7 +188,8 @@ impl Capsule {
             size,
             component,
             pre,
-            name: manifest.name.as_str().into(),
+            // The name is the capsule's to choose: escaped for log lines.
+            name: soma_host_api::log::escape(&manifest.name).as_ref().into(),
             digest_text: digest.to_string().into(),
             manifest,
         })

@@ -195,9 +195,37 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Error chains can hold capsule-controlled text (describe()
+            // errors, export names): no raw control bytes on the terminal.
+            let text = format!("{e:#}");
+            eprintln!("error: {}", soma_host_api::log::escape_keeping_lines(&text));
             exit::Code::of_error(&e).into()
         }
+    }
+}
+
+/// With `--json`, an error that ends a command is still one JSON object on
+/// stdout — `{"ok": false, "error": {"class", "message", "exit_code"}}` —
+/// and the exit code is the one the error maps to, as without `--json`.
+pub(crate) fn or_json_error(
+    json: bool,
+    result: anyhow::Result<exit::Code>,
+) -> anyhow::Result<exit::Code> {
+    match result {
+        Err(e) if json => {
+            let code = exit::Code::of_error(&e);
+            let doc = serde_json::json!({
+                "ok": false,
+                "error": {
+                    "class": code.name(),
+                    "message": format!("{e:#}"),
+                    "exit_code": code as u8,
+                },
+            });
+            println!("{doc}");
+            Ok(code)
+        }
+        other => other,
     }
 }
 
@@ -229,6 +257,7 @@ fn init_tracing(verbose: u8) {
     let filter = EnvFilter::try_from_env("SOMA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

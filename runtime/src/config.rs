@@ -87,6 +87,16 @@ pub struct EngineConfig {
     pub max_memory_mb: u64,
     /// Pooling: concurrent component instances. Default 1000.
     pub pool_instances: u32,
+    /// Largest initial table (elements) of any core module. The pool's
+    /// table slot size; checked when a component is loaded, under either
+    /// allocator, so `soma run` refuses what the daemon refuses. Default 20,000.
+    pub pool_table_elements: usize,
+    /// Most linear memories one core module may define (checked at load,
+    /// under either allocator). Default 1.
+    pub pool_memories_per_module: u32,
+    /// Most tables one core module may define (checked at load, under
+    /// either allocator). Default 1.
+    pub pool_tables_per_module: u32,
     /// Pooling: linear memory kept resident (not madvised) per slot, in KiB. Default 2048.
     pub keep_resident_kb: usize,
     /// Cache compiled components on disk. Default true.
@@ -102,6 +112,9 @@ impl Default for EngineConfig {
             max_wasm_stack_kb: 512,
             max_memory_mb: 1024,
             pool_instances: 1000,
+            pool_table_elements: 20_000,
+            pool_memories_per_module: 1,
+            pool_tables_per_module: 1,
             keep_resident_kb: 2048,
             aot_cache: true,
         }

@@ -27,6 +27,7 @@ use crate::{
     digest::Digest,
     host::Host,
     store::DataDir,
+    validate::Invalid,
 };
 
 /// Why the engine could not start.
@@ -79,7 +80,7 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&wasmtime_config(&config))
             .map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
-        let fingerprint = fingerprint(&wasmtime);
+        let fingerprint = fingerprint(&wasmtime, &config);
         let kv = kv::Shared::new(config.kv, data.database().clone());
         let llm = llm::Shared::new(config.llm.clone());
         let metering = Arc::new(crate::meter::Metering::new(
@@ -149,9 +150,9 @@ impl Engine {
 
     /// Load the component file at `path`. See [`Engine::load`].
     pub fn load_file(&self, path: &Path) -> Result<Arc<Capsule>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let origin = path.display().to_string();
         self.load(&bytes, &origin)
@@ -189,7 +190,14 @@ impl Engine {
     /// Compile `bytes`, or deserialize the AOT artifact for (digest, engine
     /// fingerprint). A cache that cannot be read or written is skipped with
     /// a warning; it never fails the load.
+    ///
+    /// The structural bounds and the slot limits ([`crate::validate::Fit`])
+    /// are checked first, also when the artifact is cached (one pass over
+    /// the section headers): one acceptance rule for both allocators and
+    /// for cached and fresh compiles.
     fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Component, LoadError> {
+        let fit = crate::validate::Fit::of(&self.config.engine);
+        crate::validate::check(bytes, &self.config.validate, &fit).map_err(LoadError::Invalid)?;
         let aot = self.aot_path(&digest);
         if let Some(path) = aot.as_deref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `Component::serialize` of this
@@ -204,18 +212,45 @@ impl Engine {
                 }
             }
         }
-        crate::validate::check(bytes, &self.config.validate).map_err(LoadError::Invalid)?;
-        let component = Component::new(&self.wasmtime, bytes).map_err(|e| {
-            LoadError::Invalid(crate::validate::Invalid::Malformed {
-                offset: 0,
-                message: format!("{e:#}"),
-            })
-        })?;
+        let component = Component::new(&self.wasmtime, bytes)
+            .map_err(|e| LoadError::Invalid(compile_error(&e, &self.config.engine)))?;
         if let Some(Err(e)) = aot.as_deref().map(|p| write_atomically(p, &component)) {
             tracing::warn!("could not write AOT artifact: {e}");
         }
         Ok(component)
     }
+}
+
+/// What `Component::new` refused, in words that name the cause: a
+/// validation error keeps its byte offset; a pooling-allocator refusal the
+/// walk in [`crate::validate`] did not foresee names the `[engine]` keys
+/// that size a slot; anything else is wasmtime's own explanation — never
+/// "malformed at byte offset 0".
+fn compile_error(e: &wasmtime::Error, engine: &crate::config::EngineConfig) -> Invalid {
+    let chain = format!("{e:#}");
+    if let Some(b) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<wasmparser::BinaryReaderError>())
+    {
+        return Invalid::Malformed {
+            offset: b.offset(),
+            message: b.message().to_owned(),
+        };
+    }
+    if chain.contains("pooling allocator") {
+        return Invalid::Refused {
+            message: format!(
+                "it does not fit the engine's instance slots (engine.max_memory_mb = {}, \
+                 engine.pool_table_elements = {}, engine.pool_memories_per_module = {}, \
+                 engine.pool_tables_per_module = {}): {chain}",
+                engine.max_memory_mb,
+                engine.pool_table_elements,
+                engine.pool_memories_per_module,
+                engine.pool_tables_per_module
+            ),
+        };
+    }
+    Invalid::Refused { message: chain }
 }
 
 fn write_atomically(path: &Path, component: &Component) -> std::io::Result<()> {
@@ -250,6 +285,9 @@ fn wasmtime_config(config: &Config) -> wasmtime::Config {
             .total_core_instances(e.pool_instances.saturating_mul(4))
             .total_memories(e.pool_instances.saturating_mul(2))
             .total_tables(e.pool_instances.saturating_mul(4))
+            .table_elements(e.pool_table_elements)
+            .max_memories_per_module(e.pool_memories_per_module)
+            .max_tables_per_module(e.pool_tables_per_module)
             .max_memory_size(usize::try_from(e.max_memory_mb * 1024 * 1024).unwrap_or(usize::MAX))
             .linear_memory_keep_resident(keep)
             .table_keep_resident(keep)
@@ -273,11 +311,32 @@ fn link(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
 }
 
 /// A short hex fingerprint of everything that makes a compiled artifact
-/// compatible with this engine (wasmtime version, target, settings).
-fn fingerprint(engine: &wasmtime::Engine) -> String {
+/// compatible with this engine: wasmtime's own compatibility hash (version,
+/// target, compiler settings) plus the settings that decide whether and how
+/// a component may be used here — allocator, metering, stack, slot limits
+/// and structural bounds — so an artifact compiled under one configuration
+/// is never taken under an incompatible one.
+fn fingerprint(engine: &wasmtime::Engine, config: &Config) -> String {
+    let e = &config.engine;
+    let v = &config.validate;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    "soma-aot-v1".hash(&mut h);
+    "soma-aot-v2".hash(&mut h);
     engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:?}/{:?}", e.allocator, e.metering).hash(&mut h);
+    (
+        e.max_wasm_stack_kb,
+        e.max_memory_mb,
+        e.pool_table_elements,
+        e.pool_memories_per_module,
+        e.pool_tables_per_module,
+    )
+        .hash(&mut h);
+    (
+        v.max_component_bytes,
+        v.max_nesting_depth,
+        v.max_instance_product,
+    )
+        .hash(&mut h);
     format!("{:016x}", h.finish())
 }
 

@@ -6,10 +6,17 @@
 //! no allocation per byte) refuses such components first, and turns
 //! not-wasm / core-module / truncated inputs into errors that say what is
 //! wrong.
+//!
+//! The same walk applies the one acceptance rule both instance allocators
+//! share ([`Fit`]): what the pooling allocator could never instantiate (more
+//! memories or tables per core module than a pool slot holds, a memory or
+//! table whose *initial* size exceeds the slot, a shared memory) is refused
+//! here, at load, for `soma run` (on-demand) exactly as for the daemon
+//! (pooling), with a message that names the limit and its `[engine]` key.
 
 use wasmparser::{Encoding, Parser, Payload};
 
-use crate::config::ValidateConfig;
+use crate::config::{EngineConfig, ValidateConfig};
 
 /// Why bytes are not an acceptable component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +56,29 @@ pub enum Invalid {
         /// The limit.
         limit: usize,
     },
+    /// The component cannot fit the engine's instance slots (the pooling
+    /// allocator's limits, applied under either allocator).
+    #[error(
+        "core module {module} {what}; the limit is {limit} ({knob}). Every instance allocator \
+         applies this limit, so `soma run` and the daemon refuse the same components"
+    )]
+    ExceedsSlot {
+        /// Index of the core module in the component (in order of appearance).
+        module: usize,
+        /// What it needs, e.g. `defines 2 linear memories`.
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// The `soma.toml` key that sets the limit.
+        knob: &'static str,
+    },
+    /// wasmtime refused the component for a reason the walk above did not
+    /// catch (a validation error without an offset, an unsupported feature).
+    #[error("the engine refused the component: {message}")]
+    Refused {
+        /// wasmtime's explanation.
+        message: String,
+    },
     /// Nested instantiation would multiply past the bound.
     #[error(
         "nested instantiations multiply to {product} instances; the limit is {limit} \
@@ -62,15 +92,46 @@ pub enum Invalid {
     },
 }
 
+/// What one instance slot of the engine holds: the acceptance rule shared
+/// by both allocators. Built from `[engine]` once per engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fit {
+    /// Largest initial linear memory, bytes (`engine.max_memory_mb`).
+    pub max_memory_bytes: u64,
+    /// Most linear memories one core module defines (`engine.pool_memories_per_module`).
+    pub memories_per_module: u32,
+    /// Most tables one core module defines (`engine.pool_tables_per_module`).
+    pub tables_per_module: u32,
+    /// Largest initial table, elements (`engine.pool_table_elements`).
+    pub table_elements: u64,
+}
+
+impl Fit {
+    /// The slot limits of `engine`.
+    pub fn of(engine: &EngineConfig) -> Self {
+        Self {
+            max_memory_bytes: engine.max_memory_mb.saturating_mul(1024 * 1024),
+            memories_per_module: engine.pool_memories_per_module,
+            tables_per_module: engine.pool_tables_per_module,
+            table_elements: engine.pool_table_elements as u64,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Level {
     instances: u64,
     worst_child: u64,
+    /// A core module (not a component).
+    module: bool,
+    memories: u32,
+    tables: u32,
 }
 
-/// Check `bytes` against the structural bounds. Cost: one linear pass over
-/// the section headers (function bodies are skipped, not parsed).
-pub fn check(bytes: &[u8], config: &ValidateConfig) -> Result<(), Invalid> {
+/// Check `bytes` against the structural bounds and the engine's slot
+/// limits ([`Fit`]). Cost: one linear pass over the section headers
+/// (function bodies are skipped, not parsed); no allocation per byte.
+pub fn check(bytes: &[u8], config: &ValidateConfig, fit: &Fit) -> Result<(), Invalid> {
     if bytes.len() > config.max_component_bytes {
         return Err(Invalid::TooLarge {
             size: bytes.len(),
@@ -81,6 +142,7 @@ pub fn check(bytes: &[u8], config: &ValidateConfig) -> Result<(), Invalid> {
         return Err(Invalid::NotWasm);
     }
     let mut stack: Vec<Level> = Vec::new();
+    let mut modules = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| Invalid::Malformed {
             offset: e.offset(),
@@ -91,12 +153,84 @@ pub fn check(bytes: &[u8], config: &ValidateConfig) -> Result<(), Invalid> {
                 if stack.is_empty() && encoding == Encoding::Module {
                     return Err(Invalid::CoreModule);
                 }
-                stack.push(Level::default());
+                let module = encoding == Encoding::Module;
+                modules += usize::from(module);
+                stack.push(Level {
+                    module,
+                    ..Level::default()
+                });
                 if stack.len() > config.max_nesting_depth {
                     return Err(Invalid::TooDeep {
                         depth: stack.len(),
                         limit: config.max_nesting_depth,
                     });
+                }
+            }
+            Payload::MemorySection(s) => {
+                let module = modules.saturating_sub(1);
+                for memory in s {
+                    let memory = memory.map_err(|e| Invalid::Malformed {
+                        offset: e.offset(),
+                        message: e.message().to_owned(),
+                    })?;
+                    let level = stack.last_mut().filter(|l| l.module);
+                    let Some(level) = level else { continue };
+                    level.memories = level.memories.saturating_add(1);
+                    if level.memories > fit.memories_per_module {
+                        return Err(Invalid::ExceedsSlot {
+                            module,
+                            what: format!("defines {} linear memories", level.memories),
+                            limit: u64::from(fit.memories_per_module),
+                            knob: "engine.pool_memories_per_module",
+                        });
+                    }
+                    if memory.shared {
+                        return Err(Invalid::ExceedsSlot {
+                            module,
+                            what: "defines a shared memory (threads), which no slot supports"
+                                .to_owned(),
+                            limit: 0,
+                            knob: "not configurable",
+                        });
+                    }
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16).min(63);
+                    let initial = memory.initial.saturating_mul(page);
+                    if initial > fit.max_memory_bytes {
+                        return Err(Invalid::ExceedsSlot {
+                            module,
+                            what: format!("starts with a {initial}-byte linear memory"),
+                            limit: fit.max_memory_bytes,
+                            knob: "engine.max_memory_mb",
+                        });
+                    }
+                }
+            }
+            Payload::TableSection(s) => {
+                let module = modules.saturating_sub(1);
+                for table in s {
+                    let table = table.map_err(|e| Invalid::Malformed {
+                        offset: e.offset(),
+                        message: e.message().to_owned(),
+                    })?;
+                    let level = stack.last_mut().filter(|l| l.module);
+                    let Some(level) = level else { continue };
+                    level.tables = level.tables.saturating_add(1);
+                    if level.tables > fit.tables_per_module {
+                        return Err(Invalid::ExceedsSlot {
+                            module,
+                            what: format!("defines {} tables", level.tables),
+                            limit: u64::from(fit.tables_per_module),
+                            knob: "engine.pool_tables_per_module",
+                        });
+                    }
+                    if table.ty.initial > fit.table_elements {
+                        return Err(Invalid::ExceedsSlot {
+                            module,
+                            what: format!("starts with a table of {} elements", table.ty.initial),
+                            limit: fit.table_elements,
+                            knob: "engine.pool_table_elements",
+                        });
+                    }
                 }
             }
             Payload::InstanceSection(s) => bump(&mut stack, s.count()),
@@ -135,6 +269,40 @@ mod tests {
 
     fn cfg() -> ValidateConfig {
         ValidateConfig::default()
+    }
+
+    fn fit() -> Fit {
+        Fit::of(&EngineConfig::default())
+    }
+
+    fn check(bytes: &[u8], config: &ValidateConfig) -> Result<(), Invalid> {
+        super::check(bytes, config, &fit())
+    }
+
+    #[test]
+    fn what_no_slot_holds_is_refused_with_its_knob() {
+        let two_memories =
+            wat::parse_str("(component (core module (memory 1) (memory 1)))").expect("wat");
+        let err = check(&two_memories, &cfg()).expect_err("two memories");
+        assert!(
+            err.to_string().contains("engine.pool_memories_per_module"),
+            "{err}"
+        );
+        // 2 GiB initial memory, past engine.max_memory_mb = 1024.
+        let huge = wat::parse_str("(component (core module (memory 32768)))").expect("wat");
+        let err = check(&huge, &cfg()).expect_err("huge memory");
+        assert!(err.to_string().contains("engine.max_memory_mb"), "{err}");
+        let table = wat::parse_str("(component (core module (table 30000 funcref)))").expect("wat");
+        let err = check(&table, &cfg()).expect_err("big table");
+        assert!(
+            err.to_string().contains("engine.pool_table_elements"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("byte offset"), "{err}");
+        let imported =
+            wat::parse_str("(component (core module (import \"a\" \"m\" (memory 1)) (memory 1)))")
+                .expect("wat");
+        check(&imported, &cfg()).expect("an imported memory is not this module's");
     }
 
     #[test]

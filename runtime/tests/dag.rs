@@ -104,15 +104,16 @@ fn kamachiq_runs_end_to_end_and_writes_artifact_and_cost_report() {
         "{}",
         text(&logs.stdout)
     );
-    // The same run id cannot be reused; a finished run cannot be resumed.
+    // The same run id cannot be reused; resuming a finished run is
+    // idempotent: exit 0 and its result, driving nothing again.
     let again = dag_run(data.path(), "demo").output().expect("spawn");
     assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
     let resume = soma(data.path())
-        .args(["dag", "resume", "demo"])
+        .args(["dag", "resume", "demo", "--json"])
         .output()
         .expect("spawn");
-    assert_eq!(resume.status.code(), Some(1));
-    assert!(text(&resume.stderr).contains("already succeeded"));
+    assert_eq!(resume.status.code(), Some(0), "{}", text(&resume.stderr));
+    assert_eq!(json_of(&resume)["output"], doc["output"]);
 }
 
 /// The artifact is a real program: it compiles with rustc, and every test

@@ -439,3 +439,86 @@ pub fn assert_unharmed(idle: &Latencies, during: &Latencies, factor: f64) {
         seen
     );
 }
+
+// ----- sandbox: a daemon whose log the test reads (appended by the sandbox slice) -----
+
+/// The daemon's stderr (its log), line by line, as it is written.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl LogCapture {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Poll until a line satisfies `pred` (or panic after `deadline`).
+    pub fn wait_for(&self, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "no such line in the daemon's log within {deadline:?}; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl DaemonProcess {
+    /// Like [`DaemonProcess::start`], with `SOMA_LOG=filter`, no colours,
+    /// and the daemon's log kept for the test to read.
+    pub fn start_logged(
+        bin: &Path,
+        data: &Path,
+        daemon_keys: &str,
+        extra: &str,
+        filter: &str,
+    ) -> (Self, LogCapture) {
+        let config = data.join("soma.toml");
+        std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(data)
+            .arg("daemon")
+            .env("SOMA_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let capture = LogCapture::default();
+        let lines = capture.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
+                    let _ = tx.send(url.to_owned());
+                    sent = true;
+                }
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the daemon did not start listening");
+        let daemon = Self {
+            child,
+            url,
+            data: data.to_owned(),
+            config,
+            bin: bin.to_owned(),
+        };
+        (daemon, capture)
+    }
+}

@@ -48,7 +48,17 @@ fn check(name: &str, path: &str) {
             // Fuel far beyond what 500 ms can burn: only the deadline stops it.
             let budget = 1 << 50;
             let (o, _) = attack(path, |opt| opt.limits.fuel = budget);
-            assert_eq!(o.result, Err(Failure::DeadlineExceeded { timeout_ms: 500 }));
+            assert!(
+                matches!(
+                    o.result,
+                    Err(Failure::DeadlineExceeded {
+                        timeout_ms: 500,
+                        ..
+                    })
+                ),
+                "{:?}",
+                o.result
+            );
             assert_eq!(
                 o.usage.fuel_consumed,
                 Some(budget),
@@ -56,7 +66,17 @@ fn check(name: &str, path: &str) {
             );
             // The same loop under a small fuel budget ends as out-of-fuel.
             let (o, _) = attack(path, |opt| opt.limits.fuel = 5_000_000);
-            assert_eq!(o.result, Err(Failure::OutOfFuel { limit: 5_000_000 }));
+            assert!(
+                matches!(
+                    o.result,
+                    Err(Failure::OutOfFuel {
+                        limit: 5_000_000,
+                        ..
+                    })
+                ),
+                "{:?}",
+                o.result
+            );
             assert_eq!(o.usage.fuel_consumed, Some(5_000_000));
         }
         "hostile_memory" => {
@@ -108,6 +128,46 @@ fn check(name: &str, path: &str) {
                 other => panic!("expected unknown import, got {other}"),
             }
             assert!(err.to_string().contains("soma:evil/backdoor"));
+        }
+        "hostile_regrow" => {
+            // Whatever ends the retry loop — the deadline or the fuel — the
+            // cause reported is the refused growth.
+            let (o, _) = attack(path, |opt| opt.limits.fuel = 1 << 50);
+            match &o.result {
+                Err(Failure::MemoryLimit { limit, then, .. }) => {
+                    assert_eq!(*limit, 32 << 20);
+                    let then = then.as_deref().unwrap_or_default();
+                    assert!(then.contains("deadline"), "{then}");
+                }
+                other => panic!("expected memory-limit, got {other:?}"),
+            }
+            assert!(o.usage.peak_memory_bytes <= 32 << 20);
+            let (o, _) = attack(path, |opt| opt.limits.fuel = 20_000_000);
+            match &o.result {
+                Err(f @ Failure::MemoryLimit { then, .. }) => {
+                    assert!(then.as_deref().unwrap_or_default().contains("fuel"), "{f}");
+                    assert!(!f.to_string().contains("--timeout-ms"), "{f}");
+                }
+                other => panic!("expected memory-limit, got {other:?}"),
+            }
+        }
+        "hostile_log" => {
+            let (o, _) = attack(path, |_| {});
+            let output = o.result.as_deref().expect("hostile-log returns an output");
+            // The data is kept as the capsule wrote it (JSON and the API
+            // escape it); what reaches a log or a terminal is escaped.
+            assert!(output.contains("\n2026-11-28T00:00:00Z ERROR soma: forged host line\r"));
+            let line = o.logs.first().expect("a log line");
+            assert_eq!(line.level, "error");
+            let escaped = soma_host_api::log::escape(&line.message);
+            assert!(
+                !escaped.chars().any(|c| c.is_control()),
+                "escaped line still holds control characters: {escaped:?}"
+            );
+            assert!(
+                escaped.contains("\\n2026-11-28T00:00:00Z ERROR soma: forged"),
+                "{escaped}"
+            );
         }
         other => panic!("hostile capsule {other} has no expectation in tests/tests/hostile.rs"),
     }

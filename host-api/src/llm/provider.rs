@@ -425,15 +425,82 @@ impl Provider {
         })
     }
 
-    /// Provider-supplied text fit for an error message: truncated, and with
-    /// the API key removed (some providers echo the key they rejected).
+    /// Provider-supplied text fit for an error message: with the API key
+    /// removed (some providers echo the key they rejected), then truncated.
     fn detail(&self, text: &str) -> String {
-        let mut text: String = text.chars().take(MAX_DETAIL_CHARS).collect();
-        if let Ok(Some(key)) = &self.key {
-            text = text.replace(key.as_str(), "[redacted]");
+        match &self.key {
+            Ok(Some(key)) => redacted_detail(text, key, MAX_DETAIL_CHARS),
+            _ => text.chars().take(MAX_DETAIL_CHARS).collect(),
         }
-        text
     }
+}
+
+/// Shortest run of the key's characters that counts as (part of) the key.
+const MIN_KEY_FRAGMENT: usize = 8;
+
+/// `text` without `key` — whole, or any word that holds at least
+/// [`MIN_KEY_FRAGMENT`] consecutive characters of it (providers echo keys
+/// masked, e.g. `sk-abc…***…xyz`) — cut to `max_chars` characters. The
+/// key is removed *before* the cut, and a word cut short at the end that
+/// could be the start of the key is removed too, so no prefix of the key
+/// survives either way. Error path only: O(text × key).
+fn redacted_detail(text: &str, key: &str, max_chars: usize) -> String {
+    const REDACTED: &str = "[redacted]";
+    let text = if key.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(key, REDACTED)
+    };
+    let word_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '/' | '=');
+    let key_chars: Vec<char> = key.chars().collect();
+    let shares_fragment = |word: &str| {
+        let w: Vec<char> = word.chars().collect();
+        w.len() >= MIN_KEY_FRAGMENT
+            && key_chars.len() >= MIN_KEY_FRAGMENT
+            && key_chars
+                .windows(MIN_KEY_FRAGMENT)
+                .any(|frag| w.windows(MIN_KEY_FRAGMENT).any(|x| x == frag))
+    };
+    // Words (maximal runs of key-like characters) are redacted whole.
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if shares_fragment(word) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if word_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    // Cut, then drop a last word the cut left as a possible key prefix.
+    let total = out.chars().count();
+    let mut cut: String = out.chars().take(max_chars).collect();
+    if total > max_chars {
+        let tail_start = cut
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| word_char(*c))
+            .last()
+            .map(|(i, _)| i);
+        if let Some(i) = tail_start {
+            let tail = &cut[i..];
+            let prefix_of_key = key_chars.len() >= MIN_KEY_FRAGMENT && key.starts_with(tail);
+            if prefix_of_key || shares_fragment(tail) {
+                cut.truncate(i);
+                cut.push_str(REDACTED);
+            }
+        }
+    }
+    cut
 }
 
 /// Backoff before retry number `attempts` (1-based).
@@ -463,4 +530,52 @@ fn error_message(body: &[u8]) -> String {
             text.to_owned()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-proj-9fQ2xLmN4tRv8ZbW1cYe7HgJ3kPs6DaU";
+
+    /// No run of 4+ characters of the key appears in `out`.
+    fn leaks(out: &str) -> Option<String> {
+        let k: Vec<char> = KEY.chars().collect();
+        k.windows(4)
+            .map(|w| w.iter().collect::<String>())
+            .find(|frag| out.contains(frag.as_str()))
+    }
+
+    #[test]
+    fn the_key_is_redacted_before_the_cut() {
+        // The key straddles the cut: cutting first would leak its prefix.
+        let text = format!(
+            "{} invalid key {KEY} (check your settings)",
+            "x".repeat(280)
+        );
+        for max in 250..text.len() + 5 {
+            let out = redacted_detail(&text, KEY, max);
+            assert!(out.chars().count() <= max + "[redacted]".len(), "{max}");
+            assert_eq!(leaks(&out), None, "max {max}: {out}");
+        }
+        let full = redacted_detail(&text, KEY, 1000);
+        assert!(full.contains("invalid key [redacted] (check"), "{full}");
+    }
+
+    #[test]
+    fn fragments_and_glued_keys_are_redacted() {
+        let half = &KEY[..20];
+        let text = format!("bad key {half}***** and Bearer{KEY}tail, ok");
+        let out = redacted_detail(&text, KEY, 300);
+        assert_eq!(leaks(&out), None, "{out}");
+        assert!(out.starts_with("bad key [redacted]"), "{out}");
+        assert!(out.ends_with(", ok"), "{out}");
+    }
+
+    #[test]
+    fn ordinary_text_is_only_cut() {
+        let out = redacted_detail("model overloaded, try again later", KEY, 14);
+        assert_eq!(out, "model overload");
+        assert_eq!(redacted_detail("fine", "", 10), "fine");
+    }
 }

@@ -16,12 +16,14 @@ use soma_runtime::{
     dag::{
         history::{Event, RunStatus},
         journal::Journal,
-        scheduler::{self, Loaded, Observer, Settings},
+        scheduler::{self, Loaded, Observer, Settings, Unloadable},
         spec::{self, Spec},
         state::{Role, RunState, Status},
     },
     ledger::Filter,
 };
+
+use soma_host_api::log::{escape, escape_keeping_lines};
 
 use super::{Global, exit::Code, registry};
 
@@ -138,6 +140,18 @@ pub(crate) struct LogsArgs {
 }
 
 pub(crate) fn dag(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
+    let json = match &cmd {
+        DagCommand::Run(a) => a.drive.json,
+        DagCommand::Resume(a) => a.drive.json,
+        DagCommand::Status(r) | DagCommand::Cancel(r) => r.json,
+        DagCommand::Ls(a) => a.json,
+        // `logs --json` prints JSON lines, not one object.
+        DagCommand::Logs(_) | DagCommand::Validate(_) | DagCommand::Schema => false,
+    };
+    super::or_json_error(json, dispatch(global, cmd))
+}
+
+fn dispatch(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
     if let Some(remote) = global.remote()? {
         return match cmd {
             DagCommand::Run(args) => {
@@ -182,7 +196,15 @@ fn read_spec(path: &Path) -> anyhow::Result<(Spec, String)> {
     Ok((spec, origin))
 }
 
-/// Find and load every capsule the spec names.
+/// Capsules of a run: the loaded ones, and those that failed to load but
+/// are used only by `catch: true` nodes.
+type Capsules = (BTreeMap<String, Loaded>, BTreeMap<String, Unloadable>);
+
+/// Find and load every capsule the spec names. With `tolerate`, a capsule
+/// that fails to load but is used only by `catch: true` nodes does not stop
+/// the run: it is returned as [`Unloadable`] (with a warning), and those
+/// nodes end with the load error as their caught failure.
+#[allow(clippy::too_many_arguments)]
 fn load_capsules(
     global: &Global,
     engine: &Engine,
@@ -191,8 +213,10 @@ fn load_capsules(
     drive_path: &[PathBuf],
     keys: &[PathBuf],
     registry_args: &registry::RegistryArgs,
-) -> anyhow::Result<BTreeMap<String, Loaded>> {
+    tolerate: bool,
+) -> anyhow::Result<Capsules> {
     let mut out = BTreeMap::new();
+    let mut unloadable = BTreeMap::new();
     for (alias, reference) in &spec.capsules {
         let loaded = load_one(
             global,
@@ -203,10 +227,26 @@ fn load_capsules(
             keys,
             registry_args,
         )
-        .with_context(|| format!("capsule `{alias}` ({reference})"))?;
-        out.insert(alias.clone(), loaded);
+        .with_context(|| format!("capsule `{alias}` ({reference})"));
+        match loaded {
+            Ok(l) => {
+                out.insert(alias.clone(), l);
+            }
+            Err(e) if tolerate && scheduler::tolerates_unloadable(spec, alias) => {
+                let error = format!("{e:#}");
+                tracing::warn!("{error}; its nodes have catch: true, so the run goes on");
+                unloadable.insert(
+                    alias.clone(),
+                    Unloadable {
+                        reference: reference.clone(),
+                        error,
+                    },
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(out)
+    Ok((out, unloadable))
 }
 
 fn load_one(
@@ -298,7 +338,7 @@ fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
     };
     let engine = engine(global)?;
     let spec_dir = args.spec.parent().unwrap_or(Path::new("."));
-    let loaded = load_capsules(
+    let (loaded, unloadable) = load_capsules(
         global,
         &engine,
         &spec,
@@ -306,13 +346,15 @@ fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
         &args.drive.capsule_path,
         &args.drive.keys,
         &args.drive.registry,
+        true,
     )?;
-    let run = match scheduler::create(
+    let run = match scheduler::create_with(
         &engine,
         &spec,
         &origin,
         &input,
         &loaded,
+        &unloadable,
         &args.tenant,
         args.run_id.as_deref(),
     ) {
@@ -341,11 +383,26 @@ fn invalid(e: &anyhow::Error, json: bool) -> anyhow::Result<Code> {
     Ok(Code::InvalidSpec)
 }
 
+/// Continue a run. Idempotent: a run that has already finished is not
+/// driven again; its result is reported as when it finished (exit 0 for a
+/// succeeded run), so a supervisor may always resume after a crash.
 fn resume(global: &Global, args: ResumeArgs) -> anyhow::Result<Code> {
     let engine = engine(global)?;
     let journal = Journal::new(engine.data().database().clone());
+    let history = journal.history(&args.run)?;
+    let state = RunState::replay(&args.run, &history)?;
+    if state.finished.is_some() {
+        if !args.drive.json {
+            eprintln!("run {} had already finished; nothing to resume", args.run);
+        }
+        return report(&engine, &state, &args.drive);
+    }
     let mut capsules = BTreeMap::new();
     for (alias, record) in &journal.pinned_capsules(&args.run)? {
+        if record.load_error.is_some() {
+            // It did not load when the run started; its nodes fail as then.
+            continue;
+        }
         let loaded = load_one(
             global,
             &engine,
@@ -507,10 +564,10 @@ pub(crate) fn progress_line(e: &Event, quiet_success: &dyn Fn(&str) -> bool) -> 
             ..
         } => format!(
             "↻ {node}: {} — retry in {} ms",
-            failure.message,
+            escape(&failure.message),
             at.saturating_sub(e.time_ms())
         ),
-        Event::Failed { node, failure, .. } => format!("✗ {node}: {}", failure.message),
+        Event::Failed { node, failure, .. } => format!("✗ {node}: {}", escape(&failure.message)),
         Event::Expanded {
             node, plan, call, ..
         } => {
@@ -556,7 +613,7 @@ pub(crate) fn progress_line(e: &Event, quiet_success: &dyn Fn(&str) -> bool) -> 
 fn first_log(call: &soma_runtime::dag::history::CallRecord) -> String {
     call.logs.first().map_or_else(String::new, |l| {
         let text = l.split_once("] ").map_or(l.as_str(), |(_, t)| t);
-        format!(" · {text}")
+        format!(" · {}", escape(text))
     })
 }
 
@@ -606,7 +663,7 @@ fn report(engine: &Engine, state: &RunState, args: &DriveArgs) -> anyhow::Result
                 "run {} {}: {}",
                 state.run,
                 status.name(),
-                error.as_deref().unwrap_or("")
+                escape_keeping_lines(error.as_deref().unwrap_or(""))
             ),
             None => eprintln!(
                 "run {} interrupted; continue it with: soma dag resume {}",
@@ -777,7 +834,7 @@ fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
     if !args.offline {
         let engine = global.engine(None)?;
         let spec_dir = args.spec.parent().unwrap_or(Path::new("."));
-        let loaded = load_capsules(
+        let (loaded, _) = load_capsules(
             global,
             &engine,
             &spec,
@@ -785,6 +842,7 @@ fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
             &args.capsule_path,
             &[],
             &registry::RegistryArgs::default(),
+            false,
         )?;
         if let Err(e) = scheduler::check_kinds(&spec.nodes, |alias| {
             loaded
@@ -898,7 +956,7 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
             } => format!(
                 "{node}: failed [{}] {}{}",
                 failure.class,
-                failure.message,
+                escape(&failure.message),
                 if retry_at_ms.is_some() {
                     " (will retry)"
                 } else {
@@ -924,7 +982,7 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
                     "rejected"
                 },
                 verdict.score,
-                verdict.feedback
+                escape(&verdict.feedback.to_string())
             ),
             Event::Reworked { node, round, .. } => format!("{node}: reworked, round {round}"),
             Event::CancelRequested { .. } => "cancel requested".to_owned(),
@@ -934,7 +992,7 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
                     status.name(),
                     error
                         .as_deref()
-                        .map(|e| format!(" ({e})"))
+                        .map(|e| format!(" ({})", escape(e)))
                         .unwrap_or_default()
                 )
             }
@@ -948,7 +1006,7 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
             _ => None,
         };
         for l in call.into_iter().flat_map(|c| &c.logs) {
-            println!("            {l}");
+            println!("            {}", escape(l));
         }
     }
     Ok(Code::Ok)

@@ -37,9 +37,39 @@ pub(crate) enum Code {
     InvalidSpec = 26,
     /// A budget could not cover the call's worst-case cost; it did not run.
     BudgetExceeded = 27,
+    /// A store resource other than memory hit its limit (table elements,
+    /// instances, tables, memories).
+    ResourceLimit = 28,
 }
 
 impl Code {
+    /// The class name of an error that ended a command early, for `--json`
+    /// output (`invalid-component`, `untrusted`, `registry`, …).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::CapsuleError => "capsule-error",
+            Self::OutOfFuel => "out-of-fuel",
+            Self::DeadlineExceeded => "deadline-exceeded",
+            Self::MemoryLimit => "memory-limit",
+            Self::StackOverflow => "stack-overflow",
+            Self::Trap => "trap",
+            Self::OutputLimit => "output-limit",
+            Self::InputLimit => "input-limit",
+            Self::Denied => "denied",
+            Self::HostError => "host-error",
+            Self::InvalidComponent => "invalid-component",
+            Self::Untrusted => "untrusted",
+            Self::Registry => "registry",
+            Self::DagFailed => "dag-failed",
+            Self::DagCancelled => "dag-cancelled",
+            Self::DagInterrupted => "dag-interrupted",
+            Self::InvalidSpec => "invalid-spec",
+            Self::ResourceLimit => "resource-limit",
+        }
+    }
+
     /// The code for a call's failure class.
     pub(crate) fn of_failure(f: &Failure) -> Self {
         match f {
@@ -47,6 +77,8 @@ impl Code {
             Failure::OutOfFuel { .. } => Self::OutOfFuel,
             Failure::DeadlineExceeded { .. } => Self::DeadlineExceeded,
             Failure::MemoryLimit { .. } => Self::MemoryLimit,
+            Failure::ResourceLimit { .. } => Self::ResourceLimit,
+            Failure::InvalidComponent { .. } => Self::InvalidComponent,
             Failure::StackOverflow { .. } => Self::StackOverflow,
             Failure::Trap { .. } => Self::Trap,
             Failure::OutputLimit { .. } => Self::OutputLimit,
@@ -64,6 +96,8 @@ impl Code {
             "out-of-fuel" => Self::OutOfFuel,
             "deadline-exceeded" => Self::DeadlineExceeded,
             "memory-limit" => Self::MemoryLimit,
+            "resource-limit" => Self::ResourceLimit,
+            "invalid-component" => Self::InvalidComponent,
             "stack-overflow" => Self::StackOverflow,
             "trap" => Self::Trap,
             "output-limit" => Self::OutputLimit,

@@ -101,10 +101,13 @@ pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> an
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if v["ok"] == true {
         let out = &v["output"];
-        println!(
-            "{}",
-            out.as_str().map_or_else(|| out.to_string(), str::to_owned)
-        );
+        let text = out.as_str().map_or_else(|| out.to_string(), str::to_owned);
+        // On a terminal, capsule text is one escaped line (as `soma run`).
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!("{}", soma_host_api::log::escape(&text));
+        } else {
+            println!("{text}");
+        }
         eprintln!(
             "ok · run {} · {} µs",
             v["run"].as_str().unwrap_or(""),
@@ -113,8 +116,8 @@ pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> an
     } else {
         eprintln!(
             "error: {} ({})",
-            v["failure"]["message"].as_str().unwrap_or(""),
-            v["failure"]["class"].as_str().unwrap_or("")
+            soma_host_api::log::escape(v["failure"]["message"].as_str().unwrap_or("")),
+            soma_host_api::log::escape(v["failure"]["class"].as_str().unwrap_or(""))
         );
     }
     Ok(code)
@@ -156,7 +159,7 @@ pub(crate) fn dag_status(remote: &Remote, run: &str, json: bool) -> anyhow::Resu
     } else {
         eprintln!("run {run}: {}", v["status"].as_str().unwrap_or("?"));
         if let Some(e) = v["error"].as_str() {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", soma_host_api::log::escape_keeping_lines(e));
         }
         if !v["output"].is_null() {
             println!("{}", serde_json::to_string_pretty(&v["output"])?);

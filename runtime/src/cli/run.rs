@@ -1,9 +1,12 @@
 //! `soma run`: run a capsule once.
 
-use std::path::PathBuf;
+use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::Context as _;
-use soma_host_api::wasi::DirGrant;
+use soma_host_api::{
+    log::{escape, escape_keeping_lines},
+    wasi::DirGrant,
+};
 use soma_runtime::{CallOptions, config::Allocator};
 
 use super::{Global, exit::Code, human_bytes};
@@ -72,6 +75,11 @@ impl From<AllocatorArg> for Allocator {
 }
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
+    let json = args.json;
+    super::or_json_error(json, run_once(global, args))
+}
+
+fn run_once(global: &Global, args: Args) -> anyhow::Result<Code> {
     let input = match &args.input_file {
         Some(p) if p.as_os_str() == "-" => {
             std::io::read_to_string(std::io::stdin()).context("reading stdin")?
@@ -128,7 +136,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
             });
             println!("{doc}");
         } else {
-            eprintln!("error: {f} ({})", f.class());
+            eprintln!("error: {} ({})", escape(&f.to_string()), f.class());
         }
         return Ok(Code::of_failure(&f));
     }
@@ -162,8 +170,10 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(code);
     }
+    // Everything the capsule wrote is escaped on its way to the terminal:
+    // no control bytes, and no line it did not start with our prefix.
     for line in &outcome.logs {
-        eprintln!("[{}] {}", line.level, line.message);
+        eprintln!("[{}] {}", line.level, escape(&line.message));
     }
     let u = outcome.usage;
     let fuel = u
@@ -176,18 +186,32 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     );
     match &outcome.result {
         Ok(output) => {
-            println!("{output}");
+            // Piped output is the capsule's bytes; on a terminal it is
+            // one escaped line: no escape sequences, and no line break
+            // that could pass capsule text off as a line of soma's.
+            if std::io::stdout().is_terminal() {
+                println!("{}", escape(output));
+            } else {
+                println!("{output}");
+            }
             eprintln!(
                 "ok · {} {} · {usage}",
-                capsule.manifest().name,
+                escape(&capsule.manifest().name),
                 capsule.digest().short()
             );
         }
         Err(f) => {
             if !outcome.stderr.is_empty() {
-                eprintln!("capsule stderr:\n{}", outcome.stderr.trim_end());
+                eprintln!("capsule stderr:");
+                for line in escape_keeping_lines(outcome.stderr.trim_end()).lines() {
+                    eprintln!("  │ {line}");
+                }
             }
-            eprintln!("error: {} ({}) · {usage}", f, f.class());
+            eprintln!(
+                "error: {} ({}) · {usage}",
+                escape(&f.to_string()),
+                f.class()
+            );
         }
     }
     Ok(code)

@@ -24,6 +24,11 @@ pub struct CapsuleRecord {
     pub name: String,
     /// describe() version.
     pub version: String,
+    /// Set when the capsule could not be loaded and every node using it
+    /// has `catch: true`: those nodes end with this as their caught
+    /// `invalid-component` failure instead of the whole run failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
 }
 
 /// Why a node's attempt failed.

@@ -91,6 +91,17 @@ pub struct Loaded {
     pub reference: String,
 }
 
+/// A capsule that could not be loaded, used only by `catch: true` nodes:
+/// the run goes on and those nodes' failure (`invalid-component`) becomes
+/// data like any other caught failure.
+#[derive(Debug, Clone)]
+pub struct Unloadable {
+    /// The reference as written (or resolved as far as it got).
+    pub reference: String,
+    /// Why it could not be loaded.
+    pub error: String,
+}
+
 /// Hears about every commit (for progress displays and live event streams).
 pub trait Observer: Sync {
     /// `events` were just committed; `state` includes them.
@@ -223,13 +234,61 @@ pub fn create(
     tenant: &str,
     run_id: Option<&str>,
 ) -> Result<String, DagError> {
+    create_with(
+        engine,
+        spec,
+        origin,
+        input,
+        capsules,
+        &BTreeMap::new(),
+        tenant,
+        run_id,
+    )
+}
+
+/// Whether a capsule alias that failed to load may be tolerated: some node
+/// uses it and every node using it has `catch: true`.
+pub fn tolerates_unloadable(spec: &Spec, alias: &str) -> bool {
+    let mut users = spec.nodes.iter().filter(|n| n.capsule == alias).peekable();
+    users.peek().is_some() && users.all(|n| n.catch)
+}
+
+/// [`create`], with capsules that could not be loaded ([`Unloadable`]);
+/// each must be [tolerated](tolerates_unloadable). Their kind is taken
+/// from the nodes (a gate if they are gate nodes, else a worker).
+#[allow(clippy::too_many_arguments)]
+pub fn create_with(
+    engine: &Engine,
+    spec: &Spec,
+    origin: &str,
+    input: &Value,
+    capsules: &BTreeMap<String, Loaded>,
+    unloadable: &BTreeMap<String, Unloadable>,
+    tenant: &str,
+    run_id: Option<&str>,
+) -> Result<String, DagError> {
     let input = spec.bind_input(input)?;
+    if let Some(alias) = unloadable.keys().find(|a| !tolerates_unloadable(spec, a)) {
+        return Err(DagError::MissingCapsule(alias.clone()));
+    }
+    let unloaded_kind = |alias: &str| {
+        let gate = spec
+            .nodes
+            .iter()
+            .any(|n| n.capsule == alias && n.gate.is_some());
+        if gate { "gate" } else { "worker" }
+    };
     check_kinds(&spec.nodes, |alias| {
         capsules
             .get(alias)
             .map(|l| l.capsule.manifest().kind.to_owned())
+            .or_else(|| {
+                unloadable
+                    .contains_key(alias)
+                    .then(|| unloaded_kind(alias).to_owned())
+            })
     })?;
-    let records: BTreeMap<String, CapsuleRecord> = capsules
+    let mut records: BTreeMap<String, CapsuleRecord> = capsules
         .iter()
         .map(|(alias, l)| {
             let m = l.capsule.manifest();
@@ -239,10 +298,24 @@ pub fn create(
                 kind: m.kind.to_owned(),
                 name: m.name.clone(),
                 version: m.version.clone(),
+                load_error: None,
             };
             (alias.clone(), record)
         })
         .collect();
+    for (alias, u) in unloadable {
+        records.insert(
+            alias.clone(),
+            CapsuleRecord {
+                reference: u.reference.clone(),
+                digest: String::new(),
+                kind: unloaded_kind(alias).to_owned(),
+                name: alias.clone(),
+                version: String::new(),
+                load_error: Some(u.error.clone()),
+            },
+        );
+    }
     if let Some(missing) = spec.capsules.keys().find(|a| !records.contains_key(*a)) {
         return Err(DagError::MissingCapsule(missing.clone()));
     }
@@ -386,6 +459,9 @@ pub fn drive(
     let (mut state, history) = unfinished(&journal, run)?;
     state.render_limit = settings.render_limit;
     for (alias, record) in &state.capsules {
+        if record.load_error.is_some() {
+            continue;
+        }
         let c = capsules
             .get(alias)
             .ok_or_else(|| DagError::MissingCapsule(alias.clone()))?;
@@ -460,6 +536,7 @@ pub fn drive(
             rng: fastrand::Rng::new(),
             span: run_span,
             pooled,
+            unloaded: Vec::new(),
         };
         let ended = coordinator.run(&done_rx, settings, concurrency, &stop);
         stop.store(true, Ordering::Relaxed);
@@ -555,6 +632,9 @@ struct Coordinator<'a> {
     span: tracing::Span,
     /// `Some`: calls go to a shared pool instead of `jobs`.
     pooled: Option<Pooled>,
+    /// Results of nodes whose capsule could not be loaded: failed without
+    /// a call, handled with the next results.
+    unloaded: Vec<Done>,
 }
 
 /// How long the coordinator waits for a result before looking at its
@@ -630,7 +710,9 @@ impl Coordinator<'_> {
             let wait = self.state.next_wakeup().map_or(POLL, |t| {
                 Duration::from_millis(t.saturating_sub(now_ms())).min(POLL)
             });
-            let first = if self.in_flight > 0 {
+            let first = if !self.unloaded.is_empty() {
+                None
+            } else if self.in_flight > 0 {
                 match done.recv_timeout(wait) {
                     Ok(d) => Some(d),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -642,8 +724,10 @@ impl Coordinator<'_> {
                 thread::sleep(wait);
                 None
             };
-            for d in first
+            let unloaded = std::mem::take(&mut self.unloaded);
+            for d in unloaded
                 .into_iter()
+                .chain(first)
                 .chain(std::iter::from_fn(|| done.try_recv().ok()))
             {
                 self.in_flight -= 1;
@@ -741,6 +825,24 @@ impl Coordinator<'_> {
     }
 
     fn send(&mut self, d: Dispatch) -> Result<(), DagError> {
+        let load_error = self
+            .state
+            .capsules
+            .get(&d.capsule)
+            .and_then(|r| r.load_error.clone());
+        if let Some(message) = load_error {
+            // Never called: the failure is the load error (caught, since
+            // only `catch: true` nodes may use an unloadable capsule).
+            self.unloaded.push(Done {
+                node: d.node,
+                attempt: d.attempt,
+                outcome: Some(Outcome::failed(crate::Failure::InvalidComponent {
+                    message,
+                })),
+            });
+            self.in_flight += 1;
+            return Ok(());
+        }
         let capsule = self
             .capsules
             .get(&d.capsule)
