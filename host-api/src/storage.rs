@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn write_and_read(db: &LazyDatabase) {
-        const T: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("t");
+        const T: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("t");
         let db = db.get().expect("open");
         let w = db.begin_write().expect("write");
         w.open_table(T)

@@ -66,6 +66,7 @@ impl Code {
             Self::DagCancelled => "dag-cancelled",
             Self::DagInterrupted => "dag-interrupted",
             Self::InvalidSpec => "invalid-spec",
+            Self::BudgetExceeded => "budget-exceeded",
             Self::ResourceLimit => "resource-limit",
         }
     }

@@ -492,7 +492,9 @@ async fn call_run(
     options.cancel = Some(cancel.0.clone());
     let committed = daemon
         .calls
-        .run(&p.tenant, move || call_and_commit(&engine, &capsule, &input, &options))
+        .run(&p.tenant, move || {
+            call_and_commit(&engine, &capsule, &input, &options)
+        })
         .await
         .map_err(|e| match e {
             super::pool::Refused::Full { .. } => {
