@@ -309,7 +309,7 @@ fn randomized_isolation_of_every_store_for_two_tenants() {
         .iter()
         .map(|t| daemon::token(bin(), dir.path(), t, "run,read"))
         .collect();
-    let admin = daemon::token(bin(), dir.path(), "ops", "admin");
+    let admin = daemon::token(bin(), dir.path(), "ops", "operator");
     let d = DaemonProcess::start(bin(), dir.path(), "", "");
     for t in names {
         let (s, v, _) = d.request(

@@ -91,7 +91,7 @@ fn cost_sum(entries: &[Value]) -> u64 {
 fn a_client_that_leaves_mid_call_is_charged_once_and_its_call_stops() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
     let trudy = token(bin(), dir.path(), "trudy", "run,read");
     let alice = token(bin(), dir.path(), "alice", "run,read");
@@ -186,7 +186,7 @@ const PRICED: &str = "[ledger]\nfuel_price_per_1k_micros = 1000\n";
 fn a_money_budget_refuses_a_call_before_it_runs() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let poor = token(bin(), dir.path(), "poor", "run,read");
     let alice = token(bin(), dir.path(), "alice", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", PRICED);
@@ -249,7 +249,7 @@ fn a_money_budget_refuses_a_call_before_it_runs() {
 fn a_fan_out_node_budget_caps_the_sum_over_its_instances() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", PRICED);
     // 12 instances of 300k fuel each would cost 3.6M micro-units; the
@@ -315,7 +315,7 @@ fn a_tokens_budget_on_a_fanned_out_llm_node_is_not_multiplied() {
     let _serial = serial();
     let fixture = LlmFixture::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
     let d = llm_daemon(dir.path(), &fixture, "fixture-ok");
     // The reported attack: `tokens: 1` on a node that fans out over texts.
@@ -360,7 +360,7 @@ fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
     let _serial = serial();
     let fixture = LlmFixture::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
     let d = llm_daemon(dir.path(), &fixture, "fixture-huge-usage");
     put_budget(
@@ -413,7 +413,7 @@ fn a_provider_reporting_u64_max_tokens_is_refused_and_exhausts_the_budget() {
 fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", "");
     // A large ledger: 4,000 echo instances → 8,000 entries in one run.
@@ -488,7 +488,7 @@ fn a_thousand_budgets_and_run_lookups_are_fast_on_a_large_ledger() {
 fn nodes_a_planner_adds_spend_within_the_planners_budget() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let mallory = token(bin(), dir.path(), "mallory", "run,read");
     // 1 micro-unit per 1000 fuel: a call's worst case is 2M at 2·10^9 fuel.
     let d = DaemonProcess::start(

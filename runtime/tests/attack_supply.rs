@@ -59,7 +59,7 @@ fn respelled_registries_do_not_reach_a_weaker_rule() {
 
     let data = dir.path().join("node");
     std::fs::create_dir_all(&data).expect("data dir");
-    let admin = token(bin(), &data, "ops", "admin");
+    let admin = token(bin(), &data, "ops", "operator");
     let acme = token(bin(), &data, "acme", "run,read");
     let trust = format!(
         "[[trust.rules]]\nrepository = \"localhost:*/**\"\nkeys = [{:?}]\n\
@@ -126,7 +126,7 @@ fn a_400_mib_manifest_is_refused_and_the_daemon_stays_small() {
     let announced = HugeManifestServer::start(CLAIMED, true);
     let streamed = HugeManifestServer::start(CLAIMED, false);
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = token(bin(), dir.path(), "ops", "admin");
+    let admin = token(bin(), dir.path(), "ops", "operator");
     let other = token(bin(), dir.path(), "globex", "run,read");
     // The weakest policy: nothing but the cap stands in the way.
     let d = DaemonProcess::start(
