@@ -559,7 +559,7 @@ impl Ledger {
                         .insert((entry.tenant.as_str(), id), ())
                         .map_err(db_err)?;
                     done += 1;
-                    if done % INDEX_PROGRESS_EVERY == 0 {
+                    if done.is_multiple_of(INDEX_PROGRESS_EVERY) {
                         tracing::info!("indexed {done} of {total} ledger entries");
                     }
                 }

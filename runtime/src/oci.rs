@@ -760,6 +760,10 @@ fn check_manifest(m: &RawManifest) -> Result<&RawDescriptor, OciError> {
     }
 }
 
+/// The signatures read from an artifact's signature manifest, and why each
+/// layer that could not be read was passed over.
+type SignatureLayers = (Vec<Signature>, Vec<String>);
+
 /// One registry conversation: the client, its transport and credentials,
 /// and a current-thread tokio runtime to drive it from sync code.
 ///
@@ -1076,7 +1080,7 @@ impl Session {
         reference: &Reference,
         digest: &Digest,
         limits: &PullConfig,
-    ) -> Result<Option<(Vec<Signature>, Vec<String>)>, OciError> {
+    ) -> Result<Option<SignatureLayers>, OciError> {
         let sig_ref = self.tag_ref(signature_tag(digest));
         let Some(body) = self.fetch_manifest(
             reference,

@@ -407,7 +407,7 @@ mod tests {
         let err = check(
             "r/x",
             &wrong,
-            &[good.clone()],
+            std::slice::from_ref(&good),
             &[key.public()],
             false,
             None,

@@ -108,13 +108,26 @@ impl DaemonProcess {
 
     /// Start a daemon with an existing config file; waits until it listens.
     pub fn spawn(bin: &Path, data: &Path, config: &Path) -> Self {
+        Self::spawn_with(bin, data, config, "warn", None)
+    }
+
+    /// Start a daemon with `SOMA_LOG=filter` and no colours; its log goes
+    /// to `capture` if given, else to this process's stderr.
+    fn spawn_with(
+        bin: &Path,
+        data: &Path,
+        config: &Path,
+        filter: &str,
+        capture: Option<LogCapture>,
+    ) -> Self {
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(config)
             .arg("--data")
             .arg(data)
             .arg("daemon")
-            .env("SOMA_LOG", "warn")
+            .env("SOMA_LOG", filter)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -124,11 +137,19 @@ impl DaemonProcess {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
+                let listening = line.strip_prefix("soma daemon listening on ");
+                if !sent && let Some(url) = listening {
                     let _ = tx.send(url.to_owned());
                     sent = true;
-                } else {
-                    eprintln!("daemon: {line}");
+                }
+                match &capture {
+                    Some(c) => {
+                        if let Ok(mut l) = c.0.lock() {
+                            l.push(line);
+                        }
+                    }
+                    None if listening.is_none() => eprintln!("daemon: {line}"),
+                    None => {}
                 }
             }
         });
@@ -481,44 +502,8 @@ impl DaemonProcess {
     ) -> (Self, LogCapture) {
         let config = data.join("soma.toml");
         std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--data")
-            .arg(data)
-            .arg("daemon")
-            .env("SOMA_LOG", filter)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let stderr = child.stderr.take().expect("stderr");
         let capture = LogCapture::default();
-        let lines = capture.0.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(url) = line.strip_prefix("soma daemon listening on ") {
-                    let _ = tx.send(url.to_owned());
-                    sent = true;
-                }
-                if let Ok(mut l) = lines.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the daemon did not start listening");
-        let daemon = Self {
-            child,
-            url,
-            data: data.to_owned(),
-            config,
-            bin: bin.to_owned(),
-        };
+        let daemon = Self::spawn_with(bin, data, &config, filter, Some(capture.clone()));
         (daemon, capture)
     }
 }

@@ -135,7 +135,7 @@ impl TrustConfig {
         for rule in &self.rules {
             canonical_globs(&rule.repository)
                 .map_err(|why| format!("trust.rules repository {:?}: {why}", rule.repository))?;
-            if rule.accept_unsigned == !rule.keys.is_empty() {
+            if rule.accept_unsigned != rule.keys.is_empty() {
                 return Err(format!(
                     "trust.rules repository {:?}: give either keys or accept_unsigned = true",
                     rule.repository
