@@ -1028,35 +1028,51 @@ async fn get_budgets(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
     require(&p, Scope::Read)?;
-    let engine = daemon.engine.clone();
-    let all = tokio::task::spawn_blocking(move || engine.metering().list_budgets())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::internal)?;
-    let own = budget::Scope::Tenant(p.tenant.clone());
-    let mut mine = Vec::new();
-    let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-    for (scope, account) in all {
-        let shown = match &scope {
-            _ if p.is_operator() => true,
-            budget::Scope::Tenant(_) => scope == own,
-            budget::Scope::Capsule(_) => false,
-            budget::Scope::Run(r) | budget::Scope::Node(r) => {
-                let run = r.split('/').next().unwrap_or(r).to_owned();
-                if let Some(seen) = runs.get(&run) {
-                    *seen
-                } else {
-                    let tenant = run_tenant(&daemon, &run).await?;
-                    let ours = tenant.as_deref() == Some(p.tenant.as_str());
-                    runs.insert(run, ours);
-                    ours
+    let d = daemon.clone();
+    let tenant = p.tenant.clone();
+    let operator = p.is_operator();
+    // One blocking task: the budgets, then one summary-row read per
+    // distinct run (never a history replay), so the cost of another
+    // tenant's budgets is a point read each.
+    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        let all = d
+            .engine
+            .metering()
+            .list_budgets()
+            .map_err(ApiError::internal)?;
+        let journal = Journal::new(d.engine.data().database().clone());
+        let own = budget::Scope::Tenant(tenant.clone());
+        let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut mine = Vec::new();
+        for (scope, account) in all {
+            let shown = match &scope {
+                _ if operator => true,
+                budget::Scope::Tenant(_) => scope == own,
+                budget::Scope::Capsule(_) => false,
+                budget::Scope::Run(r) | budget::Scope::Node(r) => {
+                    let run = r.split('/').next().unwrap_or(r);
+                    match runs.get(run) {
+                        Some(seen) => *seen,
+                        None => {
+                            let owner = match known_run_tenant(&d, run) {
+                                Some(t) => Some(t),
+                                None => journal_run_tenant(&journal, run)?,
+                            };
+                            let ours = owner.as_deref() == Some(tenant.as_str());
+                            runs.insert(run.to_owned(), ours);
+                            ours
+                        }
+                    }
                 }
+            };
+            if shown {
+                mine.push(json!({ "scope": scope.key(), "account": account }));
             }
-        };
-        if shown {
-            mine.push(json!({ "scope": scope.key(), "account": account }));
         }
-    }
+        Ok(mine)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(json!(mine)))
 }
 
@@ -1227,24 +1243,32 @@ async fn revoke_token(
 /// The tenant a run belongs to: a live or recent run, else the journal.
 /// `None` if no run has this id.
 async fn run_tenant(daemon: &Arc<Daemon>, run: &str) -> Result<Option<String>, ApiError> {
-    if let Some(live) = daemon.runs.live(run) {
-        return Ok(Some(live.tenant.clone()));
-    }
-    if let Some(call) = daemon.runs.call(run) {
-        return Ok(Some(call.tenant));
+    if let Some(tenant) = known_run_tenant(daemon, run) {
+        return Ok(Some(tenant));
     }
     let db = daemon.engine.data().database().clone();
     let run = run.to_owned();
-    tokio::task::spawn_blocking(move || match Journal::new(db).history(&run) {
-        Ok(history) => Ok(history.first().and_then(|e| match e {
-            Event::Created { tenant, .. } => Some(tenant.clone()),
-            _ => None,
-        })),
+    tokio::task::spawn_blocking(move || journal_run_tenant(&Journal::new(db), &run))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// The tenant of a run this daemon holds in memory (live or a recent call).
+fn known_run_tenant(daemon: &Daemon, run: &str) -> Option<String> {
+    if let Some(live) = daemon.runs.live(run) {
+        return Some(live.tenant.clone());
+    }
+    daemon.runs.call(run).map(|call| call.tenant)
+}
+
+/// The tenant of a journaled run: one summary row, no history replay
+/// (blocking).
+fn journal_run_tenant(journal: &Journal, run: &str) -> Result<Option<String>, ApiError> {
+    match journal.summary(run) {
+        Ok(summary) => Ok(Some(summary.tenant)),
         Err(JournalError::NotFound(_)) => Ok(None),
         Err(e) => Err(ApiError::internal(e.to_string())),
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    }
 }
 
 /// Whether `p` may set or remove the budget `scope`: an operator any; a
