@@ -521,7 +521,10 @@ fn tokens_revoked_through_the_api_stop_at_the_next_request_and_expired_ones_are_
     assert_eq!(s, 401, "a revoked token still worked: {v}");
     assert_eq!(d.get("/v1/capsules", &victim).0, 401);
 
-    // Expiry: a token created for one second works, then is refused.
+    // Expiry: a token created for one second works, then is refused. The
+    // clock starts before the request: the daemon counts from when it
+    // handles it, and the reply (an fsync'd commit) may take a while.
+    let created = Instant::now();
     let (s, v) = d.post(
         "/v1/tokens",
         &admin,
@@ -529,7 +532,6 @@ fn tokens_revoked_through_the_api_stop_at_the_next_request_and_expired_ones_are_
     );
     assert_eq!(s, 201, "{v}");
     let short = v["token"].as_str().expect("token").to_owned();
-    let created = Instant::now();
     let expires_ms = v["expires_ms"].as_u64().expect("expires_ms");
     assert_eq!(
         d.post("/v1/runs", &short, &call).0,
