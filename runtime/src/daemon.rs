@@ -23,7 +23,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Capsule, Engine};
+use crate::{
+    Capsule, Engine,
+    digest::Digest,
+    oci::Reference,
+    resolve::{self, CapsuleRef, ResolveError, Resolved, Resolver},
+};
 
 /// `[daemon]` in `soma.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -211,13 +216,14 @@ pub struct CatalogEntry {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// A capsule of the catalog could not be loaded.
-    #[error("capsule `{name}`: {message}")]
+    /// A capsule of the catalog could not be resolved (read, pulled,
+    /// verified or loaded).
+    #[error("capsule `{name}`")]
     Capsule {
         /// Its name.
         name: String,
         /// Why.
-        message: String,
+        source: ResolveError,
     },
     /// TLS files are unusable.
     #[error("tls: {0}")]
@@ -347,33 +353,20 @@ impl Daemon {
     /// that digest. `None` if none of them has it. Cost: map lookups; from
     /// the blob cache, a file read and a load (AOT-cached).
     pub fn pinned_capsule(&self, name: &str, digest: &str) -> Option<Arc<Capsule>> {
-        if let Some(item) = self.capsule(name)
-            && item.capsule.digest().to_string() == digest
-        {
-            return Some(item.capsule);
-        }
-        if let Some(item) = self
-            .replaced
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-        {
-            return Some(item.capsule.clone());
-        }
-        let hex = digest.strip_prefix("sha256:")?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let path = self
-            .engine
-            .data()
-            .root()
-            .join("blobs")
-            .join("sha256")
-            .join(hex);
-        let bytes = std::fs::read(path).ok()?;
-        let capsule = self.engine.load(&bytes, name).ok()?;
-        (capsule.digest().to_string() == digest).then_some(capsule)
+        let pinned = CapsuleRef::Catalog {
+            name: name.to_owned(),
+            digest: Some(digest.parse().ok()?),
+        };
+        self.resolve(&pinned).ok().map(|r| r.capsule)
+    }
+
+    /// Resolve `capsule` as this daemon does: catalog names in its catalog
+    /// (then the blob cache, for a pinned digest), registry references
+    /// through the config's `[trust]` and `[pull]` with docker credentials,
+    /// files as given. Cost: see [`Resolver::resolve`]; a catalog name is
+    /// map lookups.
+    pub fn resolve(&self, capsule: &CapsuleRef) -> Result<Resolved, ResolveError> {
+        Resolver::new(&self.engine).catalog(self).resolve(capsule)
     }
 
     /// Put `item` in the catalog as `name`; a capsule it replaces stays
@@ -417,45 +410,58 @@ fn note_admin_migration(tokens: &auth::Tokens) {
     }
 }
 
-fn load_entry(engine: &Engine, entry: &CatalogEntry) -> Result<CatalogItem, DaemonError> {
-    let err = |message: String| DaemonError::Capsule {
-        name: entry.name.clone(),
-        message,
-    };
-    match (&entry.path, &entry.reference) {
-        (Some(path), None) => {
-            let capsule = engine.load_file(path).map_err(|e| err(e.to_string()))?;
-            Ok(CatalogItem {
-                capsule,
-                origin: path.display().to_string(),
-            })
+impl resolve::Catalog for Daemon {
+    fn lookup(&self, name: &str, digest: Option<&Digest>) -> Option<Arc<Capsule>> {
+        let current = self.capsule(name).map(|item| item.capsule);
+        let Some(digest) = digest else {
+            return current;
+        };
+        if let Some(capsule) = current.filter(|c| c.digest() == *digest) {
+            return Some(capsule);
         }
-        (None, Some(reference)) => {
-            let (capsule, origin) = pull(engine, reference).map_err(err)?;
-            Ok(CatalogItem { capsule, origin })
-        }
-        _ => Err(err("give exactly one of `path` or `reference`".into())),
+        self.replaced
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest.to_string())
+            .map(|item| item.capsule.clone())
     }
 }
 
-/// Pull `reference` through the trust policy and load it.
-pub fn pull(engine: &Engine, reference: &str) -> Result<(Arc<Capsule>, String), String> {
-    let parsed = crate::oci::Reference::parse(reference).map_err(|e| e.to_string())?;
-    let config = engine.config();
-    let trust =
-        crate::verify::TrustPolicy::from_config(&config.trust).map_err(|e| e.to_string())?;
-    let options = crate::oci::PullOptions {
-        trust,
-        ..crate::oci::PullOptions::from_config(config)
-    };
-    let auth =
-        crate::oci::Auth::from_docker_config(parsed.registry()).map_err(|e| e.to_string())?;
-    let pulled =
-        crate::oci::pull(engine.data(), &parsed, &auth, &options).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&pulled.component).map_err(|e| e.to_string())?;
-    let origin = format!("{reference}@{}", pulled.manifest_digest);
-    let capsule = engine.load(&bytes, &origin).map_err(|e| e.to_string())?;
-    Ok((capsule, origin))
+fn load_entry(engine: &Engine, entry: &CatalogEntry) -> Result<CatalogItem, DaemonError> {
+    let capsule =
+        match (&entry.path, &entry.reference) {
+            (Some(path), None) => CapsuleRef::File(path.clone()),
+            (None, Some(reference)) => CapsuleRef::Oci(Reference::parse(reference).map_err(
+                |e| DaemonError::Capsule {
+                    name: entry.name.clone(),
+                    source: e.into(),
+                },
+            )?),
+            _ => {
+                return Err(DaemonError::Config(format!(
+                    "capsule `{}`: give exactly one of `path` or `reference`",
+                    entry.name
+                )));
+            }
+        };
+    let resolved =
+        Resolver::new(engine)
+            .resolve(&capsule)
+            .map_err(|source| DaemonError::Capsule {
+                name: entry.name.clone(),
+                source,
+            })?;
+    Ok(CatalogItem {
+        origin: resolved.pinned.to_string(),
+        capsule: resolved.capsule,
+    })
+}
+
+/// Pull the registry `reference` through the config's trust policy and load
+/// it (`POST /v1/capsules/pull`); see [`Resolver::resolve`].
+pub fn pull(engine: &Engine, reference: &str) -> Result<Resolved, ResolveError> {
+    let reference = Reference::parse(reference)?;
+    Resolver::new(engine).resolve(&CapsuleRef::Oci(reference))
 }
 
 /// Serve `daemon` until `shutdown` resolves, then drain: stop accepting,

@@ -1,14 +1,17 @@
 //! The Soma runtime: runs task capsules (WebAssembly components implementing
 //! `soma:capsule`) under hard limits.
 //!
-//! The pipeline of one capsule call, in module order:
+//! The pipeline of one capsule call, in module order (after the three
+//! foundations: config, store, digest):
 //!
 //! ```text
-//! reference ──oci: resolve──▶ manifest digest ──verify: trust policy──▶ trusted
-//!           ──oci: pull──▶ verified blob cache ──▶ bytes
-//! bytes ──digest──▶ Digest ──validate──▶ bounded structure
-//!       ──engine: compile / AOT cache──▶ Component ──link──▶ Capsule (InstancePre + describe())
-//!       ──call: Store + limits + grants──▶ run(input) ──▶ Outcome (output | Failure, Usage)
+//! CapsuleRef ──resolve──▶ Resolved (pinned, verified, loaded): the one path, driving ↓
+//!   file ─────────────────────────────────────────────────────────────▶ bytes
+//!   registry ref ──oci: pull (tag → manifest digest)──▶ verify: trust policy ──▶ verified blob cache ──▶ bytes
+//!   catalog name ──the daemon's catalog (or the blob cache by digest)──▶ Capsule
+//! bytes ──validate──▶ bounded structure
+//!       ──engine: compile / AOT cache──▶ Component ──capsule: link──▶ Capsule (InstancePre + describe())
+//!       ──call: Store + limits + grants──▶ instantiate, run(input) ──▶ Outcome (output | Failure, Usage)
 //!       ──meter: budgets (reserve → settle) + ledger──▶ durable charges
 //! DAG spec ──dag: validate, schedule, journal──▶ many calls, durable and resumable
 //! ```
@@ -16,17 +19,18 @@
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
 pub mod store; // the data directory: redb database, blob cache and AOT cache paths
 pub mod digest; // content addresses: sha256 of a component's bytes
-pub mod oci; // push/pull capsules as OCI Wasm artifacts; the verified blob cache
-pub mod verify; // cosign-compatible keys and signatures; the trust policy
-pub mod validate; // structural bounds checked before anything is compiled
+pub mod resolve; // resolve: CapsuleRef + trust policy → a pinned, verified, loaded capsule (the one path)
+pub mod oci; // pull: capsules as OCI Wasm artifacts in registries; the verified blob cache
+pub mod verify; // verify: cosign-compatible keys and signatures; the trust policy
+pub mod validate; // validate: structural bounds checked before anything is compiled
 pub mod limits; // per-call limits and the ResourceLimiter that enforces them
-pub mod engine; // wasmtime engine: pooling, fuel/epoch, ticker, AOT cache, capsule cache
+pub mod engine; // compile: wasmtime engine, pooling, fuel/epoch, ticker, AOT cache, capsule cache
 pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod host; // per-call store data composing every capability's state
-pub mod call; // one call: instantiate, run, classify the failure → Outcome
-pub mod ledger; // durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
-pub mod budget; // budgets per tenant/capsule/run/node: reserve → settle
-pub mod meter; // the llm Meter over budgets + ledger; fuel and wall-time charges
+pub mod call; // instantiate + run: one call under limits and grants, the failure classified → Outcome
+pub mod ledger; // meter: durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
+pub mod budget; // meter: budgets per tenant/capsule/run/node: reserve → settle
+pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time charges
 pub mod dag; // DAG runs: spec, templates, the durable scheduler
 pub mod telemetry; // tracing + OpenTelemetry export
 pub mod daemon; // the multi-tenant service: REST + SSE, tokens, TLS, admission, metrics
@@ -37,3 +41,4 @@ pub use config::Config;
 pub use digest::Digest;
 pub use engine::{Engine, EngineError};
 pub use limits::Limits;
+pub use resolve::{CapsuleRef, ResolveError, Resolved, Resolver};

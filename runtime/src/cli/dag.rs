@@ -249,6 +249,8 @@ fn load_capsules(
     Ok((out, unloadable))
 }
 
+/// Resolve one capsule reference of a spec (or of a run being resumed):
+/// a relative file in `spec_dir`, then each of `search`.
 fn load_one(
     global: &Global,
     engine: &Engine,
@@ -258,51 +260,19 @@ fn load_one(
     keys: &[PathBuf],
     registry_args: &registry::RegistryArgs,
 ) -> anyhow::Result<Loaded> {
-    let as_path = Path::new(reference);
-    let local = as_path.is_absolute() || reference.ends_with(".wasm") || !reference.contains('/');
-    if local || registry::is_local(reference) {
-        let candidates: Vec<PathBuf> = if as_path.is_absolute() {
-            vec![as_path.to_path_buf()]
-        } else {
-            std::iter::once(spec_dir)
-                .chain(search.iter().map(PathBuf::as_path))
-                .map(|d| d.join(reference))
-                .collect()
-        };
-        let found = candidates.iter().find(|p| p.is_file()).with_context(|| {
-            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            format!(
-                "no such file (looked in: {}; add --capsule-path DIR)",
-                looked.join(", ")
-            )
-        })?;
-        let path = found.canonicalize().unwrap_or_else(|_| found.clone());
-        let capsule = engine.load_file(&path)?;
-        return Ok(Loaded {
-            capsule,
-            reference: path.display().to_string(),
-        });
-    }
-    let pulled = registry::fetch(global, reference, keys, registry_args)?;
-    let bytes = std::fs::read(&pulled.component)
-        .with_context(|| format!("reading cached {}", pulled.component.display()))?;
-    let pinned = pin(reference, &pulled.manifest_digest.to_string());
-    let capsule = engine.load(&bytes, &pinned)?;
-    Ok(Loaded {
-        capsule,
-        reference: pinned,
-    })
-}
-
-/// `host/repo:tag` → `host/repo@sha256:…` (what a resume pulls).
-fn pin(reference: &str, digest: &str) -> String {
-    let base = reference.split('@').next().unwrap_or(reference);
-    let slash = base.rfind('/').unwrap_or(0);
-    let repo = match base[slash..].rfind(':') {
-        Some(colon) => &base[..slash + colon],
-        None => base,
+    let source = registry::Source {
+        keys,
+        registry: registry_args,
+        search: std::iter::once(spec_dir.to_owned())
+            .chain(search.iter().cloned())
+            .collect(),
+        hint: "; add --capsule-path DIR",
     };
-    format!("{repo}@{digest}")
+    let resolved = source.resolve(global, engine, reference)?;
+    Ok(Loaded {
+        reference: resolved.pinned.to_string(),
+        capsule: resolved.capsule,
+    })
 }
 
 fn parse_input(args: &RunArgs) -> anyhow::Result<Value> {

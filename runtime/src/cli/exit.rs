@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use soma_runtime::{Failure, LoadError, oci::OciError};
+use soma_runtime::{Failure, LoadError, ResolveError, oci::OciError};
 
 /// What `soma` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,16 +112,17 @@ impl Code {
 
     /// The code for an error that ended a command early.
     pub(crate) fn of_error(e: &anyhow::Error) -> Self {
-        if let Some(oci) = e.downcast_ref::<OciError>() {
-            return match oci {
-                OciError::Invalid(LoadError::Read { .. }) => Self::Error,
-                OciError::Invalid(_) => Self::InvalidComponent,
-                OciError::Untrusted(_) => Self::Untrusted,
-                OciError::BadReference { .. }
-                | OciError::Cache { .. }
-                | OciError::DockerConfig { .. } => Self::Error,
-                _ => Self::Registry,
+        if let Some(resolve) = e.downcast_ref::<ResolveError>() {
+            return match resolve {
+                ResolveError::Oci(oci) => Self::of_oci(oci),
+                ResolveError::Trust(_) => Self::Untrusted,
+                ResolveError::Load(LoadError::Read { .. }) => Self::Error,
+                ResolveError::Load(_) => Self::InvalidComponent,
+                _ => Self::Error,
             };
+        }
+        if let Some(oci) = e.downcast_ref::<OciError>() {
+            return Self::of_oci(oci);
         }
         if e.downcast_ref::<soma_runtime::verify::VerifyError>()
             .is_some()
@@ -131,6 +132,21 @@ impl Code {
         match e.downcast_ref::<LoadError>() {
             Some(LoadError::Read { .. }) | None => Self::Error,
             Some(_) => Self::InvalidComponent,
+        }
+    }
+}
+
+impl Code {
+    /// The code for a registry operation's error.
+    fn of_oci(oci: &OciError) -> Self {
+        match oci {
+            OciError::Invalid(LoadError::Read { .. }) => Self::Error,
+            OciError::Invalid(_) => Self::InvalidComponent,
+            OciError::Untrusted(_) => Self::Untrusted,
+            OciError::BadReference { .. }
+            | OciError::Cache { .. }
+            | OciError::DockerConfig { .. } => Self::Error,
+            _ => Self::Registry,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use soma_runtime::{CapsuleRef, Resolver};
+
 use super::{Global, exit::Code, human_bytes};
 
 /// Show describe(), imports, exports, size and digest of a capsule.
@@ -16,7 +18,9 @@ pub(crate) struct Args {
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     let engine = global.engine(None)?;
-    let capsule = engine.load_file(&args.capsule)?;
+    let capsule = Resolver::new(&engine)
+        .resolve(&CapsuleRef::File(args.capsule.clone()))?
+        .capsule;
     let m = capsule.manifest();
     let imports = capsule.imports(&engine);
     let exports = capsule.exports(&engine);

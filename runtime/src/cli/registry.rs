@@ -1,14 +1,13 @@
 //! `soma push | pull | keygen | sign | verify | cache`: capsules in OCI
 //! registries, signed and verified.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use soma_runtime::{
+    CapsuleRef, Engine, Resolved, Resolver,
     oci::{self, Auth, PullOptions, PushOptions, Reference, Transport},
+    resolve::Credentials,
     verify::{KeyPair, PublicKey, TrustPolicy},
 };
 
@@ -143,8 +142,45 @@ pub(crate) struct PullArgs {
     json: bool,
 }
 
-/// Resolve, verify and cache `reference`; shared by `pull` and `run <ref>`.
-pub(crate) fn fetch(
+/// Where the CLI finds a capsule: `--key` files (else the config's
+/// `[trust]`), the registry flags, and the directories relative files are
+/// looked up in (with the flag that adds one, for the not-found message).
+pub(crate) struct Source<'a> {
+    pub(crate) keys: &'a [PathBuf],
+    pub(crate) registry: &'a RegistryArgs,
+    pub(crate) search: Vec<PathBuf>,
+    pub(crate) hint: &'static str,
+}
+
+impl Source<'_> {
+    /// Parse `text` and resolve it through [`Resolver`] (the one path the
+    /// daemon takes too). The trust policy and the registry flags are read
+    /// only for a registry reference, so a local run never needs them; a
+    /// pull shows a spinner.
+    pub(crate) fn resolve(
+        &self,
+        global: &Global,
+        engine: &Engine,
+        text: &str,
+    ) -> anyhow::Result<Resolved> {
+        let resolver = Resolver::new(engine).search(self.search.clone(), self.hint);
+        let capsule = resolver.parse(text)?;
+        let CapsuleRef::Oci(reference) = &capsule else {
+            return Ok(resolver.resolve(&capsule)?);
+        };
+        let resolver = resolver
+            .trust(policy(global, self.keys)?)
+            .transport(self.registry.transport()?)
+            .credentials(Credentials::Given(self.registry.auth(reference)?));
+        let bar = spinner(format!("pulling {reference}"));
+        let resolved = resolver.resolve(&capsule);
+        bar.finish_and_clear();
+        Ok(resolved?)
+    }
+}
+
+/// Resolve, verify and cache `reference` (`soma pull`).
+fn fetch(
     global: &Global,
     reference: &str,
     keys: &[PathBuf],
@@ -356,9 +392,4 @@ pub(crate) fn cache(global: &Global, cmd: CacheCommand) -> anyhow::Result<Code> 
         }
     }
     Ok(Code::Ok)
-}
-
-/// Whether a `soma run` argument names a local file (else a registry reference).
-pub(crate) fn is_local(arg: &str) -> bool {
-    Path::new(arg).exists() || arg.ends_with(".wasm") || !arg.contains('/')
 }

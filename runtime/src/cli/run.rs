@@ -93,15 +93,14 @@ fn run_once(global: &Global, args: Args) -> anyhow::Result<Code> {
         return super::remote::run(&remote, &args.capsule, &input, args.json);
     }
     let engine = global.engine(args.allocator.map(Into::into))?;
-    let (capsule, pulled) = if super::registry::is_local(&args.capsule) {
-        (engine.load_file(args.capsule.as_ref())?, None)
-    } else {
-        let pulled = super::registry::fetch(global, &args.capsule, &args.keys, &args.registry)?;
-        let bytes = std::fs::read(&pulled.component)
-            .with_context(|| format!("reading cached {}", pulled.component.display()))?;
-        let origin = format!("{}@{}", args.capsule, pulled.manifest_digest);
-        (engine.load(&bytes, &origin)?, Some(pulled))
+    let source = super::registry::Source {
+        keys: &args.keys,
+        registry: &args.registry,
+        search: Vec::new(),
+        hint: "",
     };
+    let resolved = source.resolve(global, &engine, &args.capsule)?;
+    let capsule = resolved.capsule.clone();
     let mut options = CallOptions::for_capsule(&engine, &capsule);
     let ceiling = engine.config().engine.max_memory_mb;
     if let Some(m) = args.memory_mb {
@@ -152,8 +151,8 @@ fn run_once(global: &Global, args: Args) -> anyhow::Result<Code> {
                 "name": m.name,
                 "version": m.version,
                 "digest": capsule.digest(),
-                "reference": pulled.as_ref().map(|_| &args.capsule),
-                "manifest_digest": pulled.as_ref().map(|p| p.manifest_digest),
+                "reference": resolved.manifest_digest.map(|_| &args.capsule),
+                "manifest_digest": resolved.manifest_digest,
             },
             "run": &*options.run_id,
             "ok": outcome.result.is_ok(),

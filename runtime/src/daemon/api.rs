@@ -44,6 +44,7 @@ use crate::{
         state::RunState,
     },
     ledger::Filter,
+    resolve::CapsuleRef,
 };
 
 /// Every route, for the OpenAPI document's completeness test.
@@ -371,8 +372,8 @@ async fn pull_capsule(
     let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e))?;
-    let (capsule, origin) = pulled;
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e.to_string()))?;
+    let (capsule, origin) = (pulled.capsule, pulled.pinned.to_string());
     let digest = capsule.digest().to_string();
     // Runs that pinned a capsule this replaces keep it (by digest).
     let replaced = daemon.install(
@@ -460,10 +461,12 @@ async fn call_run(
     input: Option<Value>,
     limits: &LimitsRequest,
 ) -> Result<Response, ApiError> {
-    let item = daemon.capsule(name).ok_or_else(|| ApiError {
-        field: Some("capsule".into()),
-        ..ApiError::not_found(&format!("capsule `{name}` (GET /v1/capsules lists them)"))
-    })?;
+    let item = daemon
+        .resolve(&CapsuleRef::catalog(name))
+        .map_err(|_| ApiError {
+            field: Some("capsule".into()),
+            ..ApiError::not_found(&format!("capsule `{name}` (GET /v1/capsules lists them)"))
+        })?;
     let input = match input {
         None => "{}".to_owned(),
         Some(Value::String(s)) => s,
@@ -677,7 +680,7 @@ fn create_dag_run(
     })?;
     let mut loaded = std::collections::BTreeMap::new();
     for (alias, name) in &spec.capsules {
-        let item = daemon.capsule(name).ok_or_else(|| {
+        let item = daemon.resolve(&CapsuleRef::catalog(name)).map_err(|_| {
             ApiError::bad(
                 format!("capsule `{alias}` names `{name}`, which is not in the daemon's catalog (GET /v1/capsules)"),
                 Some("dag.capsules"),
