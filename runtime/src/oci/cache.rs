@@ -222,7 +222,7 @@ fn index(db: &redb::Database, entry: &Entry) -> Result<(), OciError> {
         media_type: entry.media_type.clone(),
         reference: entry.reference.clone(),
         manifest_digest: entry.manifest_digest.to_string(),
-        pulled_at: super::rfc3339(SystemTime::now()),
+        pulled_at: super::artifact::rfc3339(SystemTime::now()),
     };
     let manifest = ManifestRecord {
         layer_digest: entry.layer_digest.to_string(),
