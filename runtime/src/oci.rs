@@ -48,13 +48,13 @@ pub use artifact::{
     ANNOTATION_KIND, ANNOTATION_NAME, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
 };
 pub use auth::Auth;
-pub use cache::{CachedBlob, GcReport, cache_gc, cache_ls};
-pub use client::Transport;
+pub use cache::{CachedBlob, GcReport, Pulled, cache_gc, cache_ls};
+pub use client::{PullConfig, Transport};
 pub use cosign::{
     SIGNATURE_ANNOTATION, SIGNATURE_LAYER_MEDIA_TYPE, sign, sign_with_limits, signature_tag,
     verify_remote, verify_remote_with_limits,
 };
 pub use error::OciError;
-pub use pull::{PullConfig, PullOptions, Pulled, pull};
+pub use pull::{PullOptions, pull};
 pub use push::{PushOptions, push};
 pub use reference::Reference;

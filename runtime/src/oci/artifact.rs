@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use serde::Deserialize;
 
-use super::OciError;
+use super::error::OciError;
 use crate::digest::Digest;
 
 /// Media type of the manifest.
@@ -17,6 +17,14 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const LAYER_MEDIA_TYPE: &str = "application/wasm";
 /// OCI image index media type (refused: a capsule is one artifact).
 pub(super) const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// What a manifest may be served as when any manifest will do (resolving a
+/// tag for `sign`/`verify`, a signature manifest).
+pub(super) const ANY_MANIFEST_TYPES: [&str; 3] = [
+    MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
 
 /// Annotation: the capsule's name (from `describe()`).
 pub const ANNOTATION_NAME: &str = "dev.soma.capsule.name";

@@ -26,7 +26,7 @@ use docker_credential::{CredentialRetrievalError, DockerCredential};
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
-use super::{OciError, client::clip};
+use super::error::{OciError, clip};
 
 /// Credentials for one registry.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -6,9 +6,11 @@
 use serde::Deserialize;
 
 use super::{
-    Auth, OciError, PullConfig, Reference,
-    artifact::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, RawDescriptor},
-    client::{Cap, Session, Transport, clip, protocol},
+    artifact::{ANY_MANIFEST_TYPES, MANIFEST_MEDIA_TYPE, RawDescriptor},
+    auth::Auth,
+    client::{Cap, PullConfig, Session, Transport, protocol},
+    error::{OciError, clip},
+    reference::Reference,
 };
 use crate::{
     digest::Digest,
@@ -28,13 +30,6 @@ pub const SIGNATURE_LAYER_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simples
 /// Layer annotation holding the base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-
-/// What a signature manifest may be served as.
-pub(super) const SIGNATURE_MANIFEST_TYPES: [&str; 3] = [
-    MANIFEST_MEDIA_TYPE,
-    INDEX_MEDIA_TYPE,
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
 
 /// Sign the manifest `reference` resolves to with `key`, cosign-style: a
 /// simple-signing payload naming the manifest digest, signed with
@@ -69,7 +64,7 @@ pub fn sign_with_limits(
     let mut layers: Vec<serde_json::Value> = match session.fetch_manifest(
         reference,
         &sig_ref,
-        &SIGNATURE_MANIFEST_TYPES,
+        &ANY_MANIFEST_TYPES,
         session.signature_manifest_cap(limits),
     )? {
         Some(body) => {
@@ -164,7 +159,7 @@ impl Session {
         let Some(body) = self.fetch_manifest(
             reference,
             &sig_ref,
-            &SIGNATURE_MANIFEST_TYPES,
+            &ANY_MANIFEST_TYPES,
             self.signature_manifest_cap(limits),
         )?
         else {

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::client::ATTEMPTS;
 use crate::{LoadError, verify::VerifyError};
+
+/// Attempts per registry request (the first try plus two retries).
+pub(super) const ATTEMPTS: u32 = 3;
 
 /// Why a push or pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -160,4 +162,14 @@ pub enum OciError {
     /// The async runtime for registry I/O could not be started.
     #[error("cannot start the registry client runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// Registry-supplied text put into a message is cut to this many characters.
+const CLIP_CHARS: usize = 200;
+
+pub(super) fn clip(text: &str) -> String {
+    match text.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }

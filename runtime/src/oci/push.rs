@@ -3,8 +3,11 @@
 use std::time::SystemTime;
 
 use super::{
-    Auth, OciError, PullConfig, Reference, artifact,
-    client::{Session, Transport, protocol},
+    artifact,
+    auth::Auth,
+    client::{PullConfig, Session, Transport, protocol},
+    error::OciError,
+    reference::Reference,
 };
 use crate::{Engine, digest::Digest};
 

@@ -17,7 +17,7 @@
 
 use std::{fmt, str::FromStr};
 
-use super::OciError;
+use super::error::OciError;
 use crate::digest::Digest;
 
 /// Where an artifact lives: a registry host, a repository, and a tag and/or

@@ -14,8 +14,9 @@ use oci_client::{RegistryOperation, secrets::RegistryAuth};
 use serde::Deserialize;
 
 use super::{
-    OciError, Reference,
-    client::{Session, clip, read_capped, status_error},
+    client::{Session, read_capped, status_error},
+    error::{OciError, clip},
+    reference::Reference,
 };
 
 /// Most bytes of a token-endpoint reply read (a registry token is a few
@@ -85,7 +86,21 @@ impl Session {
             .await
             .map_err(|e| self.transport_error(reference, &realm, e))?;
         let status = reply.status();
-        let declared = reply.content_length().unwrap_or(0);
+        let invalid = |what: String| OciError::Protocol {
+            reference: reference.to_string(),
+            message: format!("the token reply from {}: {what}", clip(&realm)),
+        };
+        let too_long = |size: String| {
+            invalid(format!(
+                "it {size}, past the limit of {MAX_TOKEN_BYTES} bytes (a token is a few KiB); refused without reading further"
+            ))
+        };
+        if status.is_success()
+            && let Some(declared) = reply.content_length()
+            && declared > MAX_TOKEN_BYTES
+        {
+            return Err(too_long(format!("declares {declared} bytes")));
+        }
         let (body, truncated) = read_capped(&mut reply, MAX_TOKEN_BYTES)
             .await
             .map_err(|e| self.transport_error(reference, &realm, e))?;
@@ -102,19 +117,8 @@ impl Session {
                 reference,
             ));
         }
-        let invalid = |what: String| OciError::Protocol {
-            reference: reference.to_string(),
-            message: format!("the token reply from {}: {what}", clip(&realm)),
-        };
         if truncated {
-            let size = if declared > MAX_TOKEN_BYTES {
-                format!("declares {declared} bytes")
-            } else {
-                "runs on".to_owned()
-            };
-            return Err(invalid(format!(
-                "it {size}, past the limit of {MAX_TOKEN_BYTES} bytes (a token is a few KiB); refused without reading further"
-            )));
+            return Err(too_long("runs on".to_owned()));
         }
         let reply: TokenReply = serde_json::from_slice(&body)
             .map_err(|e| invalid(format!("not a token document: {}", clip(&e.to_string()))))?;
