@@ -13,16 +13,20 @@
 //!   simple-signing payload naming the manifest digest, stored as a layer of
 //!   the `sha256-<hex>.sig` manifest in the same repository (see
 //!   [`crate::oci::sign`]).
+//! - trust decisions (`admit`): whether a cached admission still holds and
+//!   whether served signatures satisfy a rule; the OCI layer only fetches.
 //!
 //! Why not the `sigstore` crate: its cosign feature pulls the whole keyless
 //! stack (Fulcio, Rekor, OIDC, TUF) into every build for a format that is a
 //! few hundred lines; these primitives are the RustCrypto crates sigstore
 //! itself uses.
 
+mod admit;
 mod keys;
 mod name;
 mod policy;
 
+pub use admit::{SignatureLayers, TrustSubject};
 pub use keys::{KeyPair, PublicKey};
 pub use name::{canonical_globs, canonical_repository, is_loopback_registry};
 pub use policy::{Require, Requirement, SignedIdentity, TrustConfig, TrustPolicy, TrustRule};

@@ -599,3 +599,169 @@ fn sigkill_during_ledger_writes_leaves_a_consistent_ledger() {
         "each key exactly once: {report}"
     );
 }
+
+/// Registry credentials from docker's `config.json` through a real
+/// credential helper: a `docker-credential-somatest` script on PATH answers
+/// for one registry (an htpasswd-protected docker-registry) and says
+/// "credentials not found" for any other. `soma push` and `soma pull` get
+/// in through `credHelpers` and through `credsStore`; without the config,
+/// or with a helper that has nothing, the registry refuses (401).
+#[test]
+fn docker_credential_helpers_log_in_to_the_registry() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let registry = soma_tests::registry::Registry::start_with_auth("alice", "s3cret");
+    let host = registry.host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let calls = dir.path().join("helper-calls");
+    let helper = bin.join("docker-credential-somatest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = get ] || exit 2\n\
+             server=$(cat)\n\
+             echo \"$server\" >> '{calls}'\n\
+             if [ \"$server\" = '{host}' ]; then\n\
+               printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}}' \"$server\"\n\
+               exit 0\n\
+             fi\n\
+             echo 'credentials not found in native keychain'\n\
+             exit 1\n",
+            calls = calls.display()
+        ),
+    )
+    .expect("write helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let docker = |name: &str, config: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("docker config dir");
+        std::fs::write(d.join("config.json"), config).expect("config.json");
+        d
+    };
+    let helpers = docker(
+        "helpers",
+        &format!(r#"{{"credHelpers":{{"{host}":"somatest"}}}}"#),
+    );
+    let store = docker("store", r#"{"credsStore":"somatest"}"#);
+    let empty = docker("empty", "{}");
+    let soma_toml = dir.path().join("soma.toml");
+    std::fs::write(
+        &soma_toml,
+        "[[trust.rules]]\nrepository = \"127.0.0.1:*/soma/*\"\naccept_unsigned = true\n",
+    )
+    .expect("soma.toml");
+    let sh = |docker_config: &std::path::Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+            .arg("--config")
+            .arg(&soma_toml)
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .env("PATH", &path)
+            .env("DOCKER_CONFIG", docker_config)
+            .env_remove("SOMA_CONFIG")
+            .env_remove("SOMA_REGISTRY_USERNAME")
+            .env_remove("SOMA_REGISTRY_PASSWORD")
+            .output()
+            .expect("spawn soma");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let r = format!("{host}/soma/calculator:1.0");
+    let calc = soma_capsules::CALCULATOR_COMPONENT;
+
+    // No credentials: the registry refuses, and the message says how to log in.
+    let (code, _, err) = sh(&empty, &["push", calc, &r]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("requires authentication"), "{err}");
+
+    let (code, out, err) = sh(&helpers, &["push", calc, &r]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("@sha256:"), "{out}");
+    let (code, _, err) = sh(&store, &["pull", &r, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let asked = std::fs::read_to_string(&calls).expect("helper was run");
+    assert_eq!(asked.lines().collect::<Vec<_>>(), [host, host], "{asked}");
+
+    // A helper with nothing for this registry (another spelling of the
+    // same host): anonymous, refused.
+    let other = docker(
+        "other",
+        r#"{"credsStore":"somatest","credHelpers":{"elsewhere.example":"somatest"}}"#,
+    );
+    let localhost = format!(
+        "{}/soma/calculator:1.0",
+        host.replace("127.0.0.1", "localhost")
+    );
+    let (code, _, err) = sh(&other, &["pull", &localhost, "--json"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("requires authentication"), "{err}");
+}
+
+/// `soma sign` and `soma verify` read the registry's answers through the
+/// config's `[pull]` caps, not the defaults: with a 64-byte manifest cap,
+/// both refuse the (larger) capsule manifest, naming the key.
+#[test]
+fn sign_and_verify_use_the_configured_pull_caps() {
+    let registry = soma_tests::registry::Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = format!("{}/soma/calculator:1.0", registry.host());
+    let config = dir.path().join("soma.toml");
+    std::fs::write(&config, "[pull]\nmax_manifest_bytes = 64\n").expect("soma.toml");
+    let sh = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(args)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("SOMA_PASSWORD", "caps")
+            .env_remove("SOMA_CONFIG")
+            .output()
+            .expect("spawn soma");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, _, err) = sh(&["push", soma_capsules::CALCULATOR_COMPONENT, &r]);
+    assert_eq!(code, Some(0), "{err}");
+    let prefix = dir.path().join("cosign");
+    let (code, _, err) = sh(&[
+        "keygen",
+        "--output-key-prefix",
+        prefix.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let key = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    let capped = config.to_str().expect("utf8");
+    let (code, _, err) = sh(&[
+        "--config",
+        capped,
+        "sign",
+        &r,
+        "--key",
+        key.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, Some(0), "sign under a 64-byte cap: {err}");
+    assert!(err.contains("pull.max_manifest_bytes"), "{err}");
+    // Under the defaults the same commands succeed.
+    let (code, _, err) = sh(&["sign", &r, "--key", key.to_str().expect("utf8")]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = sh(&[
+        "--config",
+        capped,
+        "verify",
+        &r,
+        "--key",
+        public.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, Some(0), "verify under a 64-byte cap: {err}");
+    assert!(err.contains("pull.max_manifest_bytes"), "{err}");
+    let (code, _, err) = sh(&["verify", &r, "--key", public.to_str().expect("utf8")]);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -433,3 +433,169 @@ fn serve_huge(
         sent.fetch_add(n as u64, Ordering::SeqCst);
     }
 }
+
+/// The token the [`TokenRealm`] hands out and then accepts.
+pub const REALM_TOKEN: &str = "soma-test-token";
+
+/// A registry that asks for a bearer token, for token-negotiation tests: a
+/// loopback HTTP server whose `GET /v2/` answers 401 with
+/// `WWW-Authenticate: Bearer realm="http://HOST/token",service="soma-test"`,
+/// whose `/token` answers a JSON `{"token": REALM_TOKEN, "pad": "  …"}` of
+/// `reply_bytes` bytes (announced in `Content-Length` or not), and whose
+/// other paths answer 404 to a request carrying `Bearer REALM_TOKEN` and 401
+/// (with the challenge) to any other. It records each token request's query
+/// string, counts the bearer requests and the reply bytes it managed to
+/// write. Stopped on drop.
+#[derive(Debug)]
+pub struct TokenRealm {
+    host: String,
+    state: std::sync::Arc<RealmState>,
+}
+
+#[derive(Debug, Default)]
+struct RealmState {
+    sent: std::sync::atomic::AtomicU64,
+    bearer_requests: std::sync::atomic::AtomicU64,
+    queries: std::sync::Mutex<Vec<String>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl TokenRealm {
+    /// Start a realm whose token reply is `reply_bytes` long.
+    pub fn start(reply_bytes: u64, declare_length: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = std::sync::Arc::new(RealmState::default());
+        let (shared, realm_host) = (state.clone(), host.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            while !shared.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (s, h) = (shared.clone(), realm_host.clone());
+                        std::thread::spawn(move || {
+                            serve_realm(stream, &h, reply_bytes, declare_length, &s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self { host, state }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Token reply bytes written to clients so far.
+    pub fn sent(&self) -> u64 {
+        self.state.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests (other than `/token`) that carried the realm's token.
+    pub fn bearer_requests(&self) -> u64 {
+        self.state
+            .bearer_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The query strings of the token requests so far.
+    pub fn token_queries(&self) -> Vec<String> {
+        self.state
+            .queries
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TokenRealm {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn serve_realm(
+    mut stream: TcpStream,
+    host: &str,
+    reply_bytes: u64,
+    declare_length: bool,
+    state: &RealmState,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let bearer = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(n, v)| {
+            n.trim().eq_ignore_ascii_case("authorization")
+                && v.trim() == format!("Bearer {REALM_TOKEN}")
+        })
+    });
+    let challenge =
+        format!("WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"soma-test\"\r\n");
+    let unauthorized = format!(
+        "HTTP/1.1 401 Unauthorized\r\n{challenge}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if path == "/token" {
+        if let Ok(mut q) = state.queries.lock() {
+            q.push(query.to_owned());
+        }
+        let mut response = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n",
+        );
+        if declare_length {
+            response.push_str(&format!("Content-Length: {reply_bytes}\r\n"));
+        }
+        response.push_str("\r\n");
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+        let opening = format!("{{\"token\":\"{REALM_TOKEN}\",\"pad\":\"");
+        let closing = "\"}";
+        let fill = reply_bytes.saturating_sub((opening.len() + closing.len()) as u64);
+        if stream.write_all(opening.as_bytes()).is_err() {
+            return;
+        }
+        state.sent.fetch_add(opening.len() as u64, Ordering::SeqCst);
+        let chunk = vec![b' '; 64 * 1024];
+        let mut written = 0u64;
+        while written < fill {
+            let n =
+                usize::try_from((fill - written).min(chunk.len() as u64)).unwrap_or(chunk.len());
+            if stream.write_all(&chunk[..n]).is_err() {
+                return;
+            }
+            written += n as u64;
+            state.sent.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        if stream.write_all(closing.as_bytes()).is_ok() {
+            state.sent.fetch_add(closing.len() as u64, Ordering::SeqCst);
+        }
+        return;
+    }
+    if path == "/v2/" || !bearer {
+        let _ = stream.write_all(unauthorized.as_bytes());
+        return;
+    }
+    state.bearer_requests.fetch_add(1, Ordering::SeqCst);
+    let _ = stream.write_all(
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+}

@@ -445,7 +445,10 @@ fn pushing_an_invalid_component_uploads_nothing() {
         &PushOptions::default(),
     ) {
         Err(e @ OciError::Invalid(_)) => {
-            assert!(e.to_string().contains("invalid component"), "{e}");
+            // The chain (what `soma push` prints) names the cause once.
+            let chain = soma_host_api::error_chain(&e);
+            assert_eq!(chain.matches("invalid component").count(), 1, "{chain}");
+            assert!(chain.starts_with("refusing to push"), "{chain}");
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
@@ -636,4 +639,101 @@ fn a_registry_that_stalls_is_cut_off_at_the_request_timeout() {
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
     assert!(server.manifest_requests() >= 1);
     assert!(cached_files(&data).is_empty());
+}
+
+/// A registry that wants a bearer token (distribution's token auth): the
+/// token is fetched from the challenge's realm with the repository's scope
+/// (pull for reads, pull+push for pushes) and sent on every request.
+#[test]
+fn a_bearer_token_is_negotiated_for_pulls_and_pushes() {
+    let realm = soma_tests::registry::TokenRealm::start(200, true);
+    let (_d, data) = data_dir();
+    let r = reference(&format!("{}/acme/tokened:1", realm.host()));
+    match oci::pull(&data, &r, &Auth::Anonymous, &unsigned()) {
+        // The realm answers 404 only to requests that carry its token.
+        Err(OciError::NotFound { .. }) => {}
+        other => panic!("expected NotFound (token accepted), got {other:?}"),
+    }
+    assert!(realm.bearer_requests() >= 1);
+    let queries = realm.token_queries();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.contains("scope=repository%3Aacme%2Ftokened%3Apull")
+                && q.contains("service=soma-test")),
+        "{queries:?}"
+    );
+    let before = realm.bearer_requests();
+    // The realm has no upload endpoint: the push fails, but after asking
+    // for a push-scoped token and presenting it.
+    let _ = oci::push(
+        &shared().engine,
+        &calculator(),
+        &r,
+        &Auth::Anonymous,
+        &PushOptions::default(),
+    );
+    assert!(
+        realm
+            .token_queries()
+            .iter()
+            .any(|q| q.contains("%3Apull%2Cpush")),
+        "{:?}",
+        realm.token_queries()
+    );
+    assert!(realm.bearer_requests() > before);
+}
+
+/// The attack: a token realm answering with 400 MiB (announced or not).
+/// The token reply is read through a 64 KiB cap, so a pull or push is
+/// refused fast, having read at most the cap, and nothing is sent to the
+/// registry with a token.
+#[test]
+fn an_endless_token_reply_is_cut_off_at_its_cap() {
+    const CLAIMED: u64 = 400 * 1024 * 1024;
+    for declare_length in [true, false] {
+        let realm = soma_tests::registry::TokenRealm::start(CLAIMED, declare_length);
+        let (_d, data) = data_dir();
+        let r = reference(&format!("{}/acme/tokened:1", realm.host()));
+        let before = own_rss_kib();
+        let start = std::time::Instant::now();
+        let result = oci::pull(&data, &r, &Auth::Anonymous, &unsigned());
+        let took = start.elapsed();
+        let grew_kib = own_rss_kib().saturating_sub(before);
+        match result {
+            Err(e @ OciError::Protocol { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("token reply"), "{text}");
+                assert!(text.contains("65536"), "{text}");
+                if declare_length {
+                    assert!(text.contains("declares 419430400 bytes"), "{text}");
+                }
+            }
+            other => panic!("expected the token cap, got {other:?}"),
+        }
+        let push = oci::push(
+            &shared().engine,
+            &calculator(),
+            &r,
+            &Auth::Anonymous,
+            &PushOptions::default(),
+        );
+        assert!(
+            matches!(&push, Err(OciError::Protocol { message, .. }) if message.contains("token reply")),
+            "{push:?}"
+        );
+        eprintln!(
+            "declared length {declare_length}: refused in {took:?}, realm wrote {} bytes, RSS grew {grew_kib} KiB",
+            realm.sent()
+        );
+        assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+        assert!(grew_kib < 100 * 1024, "RSS grew {grew_kib} KiB");
+        assert!(
+            realm.sent() < 64 * 1024 * 1024,
+            "realm wrote {} bytes",
+            realm.sent()
+        );
+        assert_eq!(realm.bearer_requests(), 0);
+        assert!(cached_files(&data).is_empty());
+    }
 }

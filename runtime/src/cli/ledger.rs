@@ -118,7 +118,8 @@ fn day_start_ms(day: &str) -> anyhow::Result<u64> {
     );
     match (y, m, d) {
         (Some(y), Some(m), Some(d)) if day.len() == 10 => {
-            let days = soma_runtime::ledger::days_from_civil(y, m, d);
+            let days = soma_runtime::ledger::days_from_civil(y, m, d)
+                .ok_or_else(|| anyhow::anyhow!("{day:?} is not a date"))?;
             Ok(u64::try_from(days.max(0))? * 86_400_000)
         }
         _ => anyhow::bail!("{day:?} is not a day: expected YYYY-MM-DD"),

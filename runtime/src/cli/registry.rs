@@ -288,14 +288,16 @@ pub(crate) struct SignArgs {
     registry: RegistryArgs,
 }
 
-pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Code> {
+pub(crate) fn sign(global: &Global, args: SignArgs) -> anyhow::Result<Code> {
     let reference = Reference::parse(&args.reference)?;
+    let limits = global.config()?.pull;
     let key = KeyPair::load(&args.key, password(false)?.as_bytes())?;
-    let digest = oci::sign(
+    let digest = oci::sign_with_limits(
         &reference,
         &args.registry.auth(&reference)?,
         &key,
         &args.registry.transport()?,
+        &limits,
     )?;
     println!("{}@{digest}", reference.repository_path());
     eprintln!(
@@ -321,18 +323,20 @@ pub(crate) struct VerifyArgs {
     json: bool,
 }
 
-pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Code> {
+pub(crate) fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<Code> {
     let reference = Reference::parse(&args.reference)?;
+    let limits = global.config()?.pull;
     let keys = args
         .keys
         .iter()
         .map(|k| PublicKey::load(k))
         .collect::<Result<_, _>>()?;
-    let (digest, admission) = oci::verify_remote(
+    let (digest, admission) = oci::verify_remote_with_limits(
         &reference,
         &args.registry.auth(&reference)?,
         &TrustPolicy::keys(keys),
         &args.registry.transport()?,
+        &limits,
     )?;
     if args.json {
         println!(

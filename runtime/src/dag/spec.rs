@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::source::{self, Position, Positions, SourceError};
-use super::template::{self, Reference, Root, Segment, TemplateError, kind_of};
+use super::template::{self, Root, Segment, TemplateError, TemplateRef, kind_of};
 
 /// A DAG spec. Parsed and validated by [`parse`] before anything runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1038,7 +1038,7 @@ impl NodeSpec {
                 _ => None,
             }));
         }
-        if let Some(Ok(Some(Reference {
+        if let Some(Ok(Some(TemplateRef {
             root: Root::Node(id),
             ..
         }))) = self.for_each.as_deref().map(template::whole)
@@ -1450,7 +1450,7 @@ fn check_templates(
 }
 
 fn check_reference(
-    reference: &Reference,
+    reference: &TemplateRef,
     pointer: &str,
     owner: &Owner<'_>,
     known: &BTreeSet<&str>,

@@ -50,7 +50,7 @@ pub enum Segment {
 /// A parsed `{{ expr }}`. Displays as written without the braces, e.g.
 /// `nodes.x.output.a[0]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Reference {
+pub struct TemplateRef {
     /// Where the path starts.
     pub root: Root,
     /// The steps from the root.
@@ -77,7 +77,7 @@ impl fmt::Display for Segment {
     }
 }
 
-impl fmt::Display for Reference {
+impl fmt::Display for TemplateRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.root)?;
         self.path
@@ -92,7 +92,7 @@ pub enum Part<'a> {
     /// Literal text, verbatim.
     Text(&'a str),
     /// A `{{ expr }}`.
-    Expr(Reference),
+    Expr(TemplateRef),
 }
 
 /// A malformed template.
@@ -142,7 +142,7 @@ pub fn parse(text: &str) -> Result<Vec<Part<'_>>, TemplateError> {
 /// # Errors
 ///
 /// [`TemplateError`] if `text` is not a valid template.
-pub fn whole(text: &str) -> Result<Option<Reference>, TemplateError> {
+pub fn whole(text: &str) -> Result<Option<TemplateRef>, TemplateError> {
     let mut found = None;
     for part in parse(text)? {
         match part {
@@ -199,7 +199,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Parse `{{ expr }}`; returns the reference and the offset after `}}`.
-    fn expression(mut self) -> Result<(Reference, usize), TemplateError> {
+    fn expression(mut self) -> Result<(TemplateRef, usize), TemplateError> {
         let open = self.at;
         if !self.text[open + 2..].contains("}}") {
             return Err(self.error(open, "unclosed `{{`: expected `}}` after the expression"));
@@ -286,7 +286,7 @@ impl<'a> Cursor<'a> {
         if !self.text[self.at..].starts_with("}}") {
             return Err(self.unexpected("`.field`, `[index]` or `}}`"));
         }
-        Ok((Reference { root, path }, self.at + 2))
+        Ok((TemplateRef { root, path }, self.at + 2))
     }
 }
 
@@ -328,7 +328,7 @@ pub fn templated_strings(value: &Value) -> Vec<(String, &str)> {
 /// # Errors
 ///
 /// The pointer of the first malformed template string, and its error.
-pub fn references(value: &Value) -> Result<Vec<(String, Reference)>, (String, TemplateError)> {
+pub fn references(value: &Value) -> Result<Vec<(String, TemplateRef)>, (String, TemplateError)> {
     let mut found = Vec::new();
     for (pointer, text) in templated_strings(value) {
         match parse(text) {
@@ -436,7 +436,7 @@ fn at(pointer: &str) -> String {
     }
 }
 
-impl Reference {
+impl TemplateRef {
     /// Look the reference up in `ctx`. Borrows when it can (only `index`
     /// makes a value); does not clone the referenced value.
     ///
@@ -467,7 +467,7 @@ impl Reference {
                 if step == 0 {
                     what.to_owned()
                 } else {
-                    let prefix = Reference {
+                    let prefix = TemplateRef {
                         root: self.root.clone(),
                         path: self.path[..step].to_vec(),
                     };
@@ -739,7 +739,7 @@ mod tests {
         }
     }
 
-    fn reference(text: &str) -> Reference {
+    fn reference(text: &str) -> TemplateRef {
         whole(text).unwrap().unwrap()
     }
 

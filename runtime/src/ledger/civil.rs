@@ -1,36 +1,38 @@
-//! UTC calendar days without a date crate: Howard Hinnant's
-//! `civil_from_days` / `days_from_civil` (proleptic Gregorian).
-//!
-//! Day numbers count days since 1970-01-01 (day 0). Cost: a few integer
-//! operations; no allocation except the formatted string.
+//! UTC calendar days as day numbers (days since 1970-01-01, day 0), on
+//! `chrono`'s proleptic Gregorian [`NaiveDate`]. This module only fixes the
+//! ledger's formats: `YYYY-MM-DD` days and `YYYY-MM` months, four-digit
+//! years, nothing else accepted. Cost: a few integer operations; no
+//! allocation except the formatted string.
+
+use chrono::{Datelike as _, Months, NaiveDate};
 
 /// Milliseconds in one day.
 const MS_PER_DAY: u64 = 86_400_000;
 
-/// `(year, month 1..=12, day 1..=31)` of day number `z` (days since 1970-01-01).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// The date of day number `z`; days outside chrono's range (about ±262,000
+/// years) clamp to its ends.
+fn date(z: i64) -> NaiveDate {
+    i32::try_from(z)
+        .ok()
+        .and_then(NaiveDate::from_epoch_days)
+        .unwrap_or(if z < 0 {
+            NaiveDate::MIN
+        } else {
+            NaiveDate::MAX
+        })
 }
 
-/// Day number (days since 1970-01-01) of a proleptic Gregorian date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400); // [0, 399]
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 }; // [0, 11]
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
+/// `(year, month 1..=12, day 1..=31)` of day number `z` (days since 1970-01-01).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let d = date(z);
+    (i64::from(d.year()), d.month(), d.day())
+}
+
+/// Day number (days since 1970-01-01) of a proleptic Gregorian date; `None`
+/// unless it is a real date.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
+    let date = NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, m, d)?;
+    Some(i64::from(date.to_epoch_days()))
 }
 
 /// Day number of a unix-millisecond timestamp (UTC).
@@ -56,13 +58,11 @@ pub fn parse_day(s: &str) -> Option<i64> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let y: i64 = digits(&s[0..4])?.into();
-    let m = digits(&s[5..7])?;
-    let d = digits(&s[8..10])?;
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
-        return None;
-    }
-    Some(days_from_civil(y, m, d))
+    days_from_civil(
+        digits(&s[0..4])?.into(),
+        digits(&s[5..7])?,
+        digits(&s[8..10])?,
+    )
 }
 
 /// `(first day, last day)` numbers of a `YYYY-MM` month; `None` unless valid.
@@ -71,27 +71,16 @@ pub fn parse_month(s: &str) -> Option<(i64, i64)> {
     if b.len() != 7 || b[4] != b'-' {
         return None;
     }
-    let y: i64 = digits(&s[0..4])?.into();
-    let m = digits(&s[5..7])?;
-    if !(1..=12).contains(&m) {
-        return None;
-    }
+    let year = i32::try_from(digits(&s[0..4])?).ok()?;
+    let first = NaiveDate::from_ymd_opt(year, digits(&s[5..7])?, 1)?;
+    let last = first.checked_add_months(Months::new(1))?.pred_opt()?;
     Some((
-        days_from_civil(y, m, 1),
-        days_from_civil(y, m, days_in_month(y, m)),
+        i64::from(first.to_epoch_days()),
+        i64::from(last.to_epoch_days()),
     ))
 }
 
-/// Days in month `m` of year `y`.
-pub fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
+/// The number written with exactly the digits of `s` (no sign, no spaces).
 fn digits(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return None;
@@ -103,6 +92,14 @@ fn digits(s: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// Days in month `m` of year `y` (0 for a month that does not exist).
+    fn days_in_month(y: i64, m: u32) -> u32 {
+        i32::try_from(y)
+            .ok()
+            .and_then(|y| NaiveDate::from_ymd_opt(y, m, 1))
+            .map_or(0, |first| u32::from(first.num_days_in_month()))
+    }
+
     #[test]
     fn ledger_civil_known_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -110,6 +107,8 @@ mod tests {
         assert_eq!(format_day(-1), "1969-12-31");
         assert_eq!(format_day(11_016), "2000-02-29");
         assert_eq!(format_day(19_782), "2024-02-29");
+        assert_eq!(days_from_civil(2024, 2, 30), None);
+        assert_eq!(days_from_civil(2024, 13, 1), None);
         // 2024-03-15T12:00:00Z
         assert_eq!(day_of(1_710_504_000_000), "2024-03-15");
         // Last millisecond of 1999-12-31.
@@ -119,12 +118,12 @@ mod tests {
 
     #[test]
     fn ledger_civil_round_trips_every_day_of_four_centuries() {
-        let start = days_from_civil(1900, 1, 1);
-        let end = days_from_civil(2300, 12, 31);
+        let start = days_from_civil(1900, 1, 1).expect("date");
+        let end = days_from_civil(2300, 12, 31).expect("date");
         let mut prev = civil_from_days(start - 1);
         for z in start..=end {
             let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
+            assert_eq!(days_from_civil(y, m, d), Some(z));
             assert!(d >= 1 && d <= days_in_month(y, m));
             // Consecutive: next day of the same month, or the 1st of the next.
             if d != 1 {

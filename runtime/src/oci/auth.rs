@@ -1,11 +1,32 @@
-//! [`Auth`]: anonymous or HTTP basic credentials for a registry.
+//! [`Auth`]: anonymous or HTTP basic credentials for a registry, and where
+//! they come from.
+//!
+//! Where credentials come from, first match wins:
+//!
+//! 1. `--username` + `--password` (the CLI's registry commands); clap fills
+//!    each flag from `$SOMA_REGISTRY_USERNAME` / `$SOMA_REGISTRY_PASSWORD`
+//!    when it is not given, so a flag beats its variable. A username
+//!    without a password is refused.
+//! 2. The docker `config.json` ([`Auth::docker_config_path`]), read by the
+//!    `docker_credential` crate as docker does: `credHelpers[<registry>]`
+//!    (runs `docker-credential-<helper> get`), else the `auths` entry
+//!    (`auth` = base64 `user:password`, or `username` + `password`), else
+//!    `credsStore` (runs `docker-credential-<store> get`). A helper that
+//!    answers "credentials not found" means no credentials, as for docker.
+//! 3. Anonymous.
+//!
+//! The daemon pulls with 2–3 only. The registry is looked up by the
+//! reference's host as written (`127.0.0.1:5000`), as `docker login` keys
+//! it; `https://` and a path on an `auths` key are ignored, and the Docker
+//! Hub spellings are one registry.
 
 use std::path::{Path, PathBuf};
 
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
-use super::OciError;
+use super::error::{OciError, clip};
 
 /// Credentials for one registry.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -35,18 +56,19 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The helper names in a `config.json`, for messages (the crate's errors
+/// do not name the helper).
 #[derive(Deserialize)]
-struct DockerConfig {
+#[serde(rename_all = "camelCase")]
+struct HelperNames {
     #[serde(default)]
-    auths: std::collections::BTreeMap<String, DockerAuth>,
+    cred_helpers: std::collections::BTreeMap<String, String>,
+    creds_store: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct DockerAuth {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
+/// What a credential helper prints when it has nothing for a registry
+/// (docker-credential-helpers' `ErrCredentialsNotFound`).
+const NOT_FOUND: &str = "credentials not found in native keychain";
 
 impl Auth {
     /// Basic credentials.
@@ -66,10 +88,11 @@ impl Auth {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
     }
 
-    /// Basic credentials for `registry` from the docker `config.json`
-    /// ([`Auth::docker_config_path`]), or `Anonymous` if there is no file or
-    /// no entry. Credential helpers (`credsStore`) are not consulted.
-    /// Cost: one small file read.
+    /// Credentials for `registry` from the docker `config.json`
+    /// ([`Auth::docker_config_path`]), including its credential helpers, or
+    /// `Anonymous` if there is no file or nothing for `registry`. Cost: one
+    /// small file read, plus one helper process when a helper is configured
+    /// for `registry` (blocks until it exits).
     pub fn from_docker_config(registry: &str) -> Result<Self, OciError> {
         match Self::docker_config_path() {
             Some(path) if path.exists() => Self::from_docker_config_at(&path, registry),
@@ -84,36 +107,58 @@ impl Auth {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let config: DockerConfig =
-            serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let wanted = normalize(registry);
-        let Some(entry) = config
-            .auths
-            .iter()
-            .find(|(key, _)| normalize(key) == wanted)
-            .map(|(_, v)| v)
-        else {
-            return Ok(Self::Anonymous);
+        let helper = || {
+            let names = serde_json::from_str::<HelperNames>(&text).ok();
+            let name = names.and_then(|n| n.cred_helpers.get(registry).cloned().or(n.creds_store));
+            format!("docker-credential-{}", name.unwrap_or_default())
         };
-        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-            return Ok(Self::basic(u.clone(), p.clone()));
+        match docker_credential::get_credential_from_reader(text.as_bytes(), registry) {
+            Ok(DockerCredential::UsernamePassword(username, password)) => {
+                Ok(Self::basic(username, password))
+            }
+            Ok(DockerCredential::IdentityToken(_)) => Err(err(format!(
+                "the credential for {registry} is an identity token (OAuth refresh token), which Soma cannot use: \
+                 log in with a username and password or token (`docker login -u …`)"
+            ))),
+            Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(Self::Anonymous),
+            Err(CredentialRetrievalError::HelperFailure { stdout, stderr, .. })
+                if stdout.contains(NOT_FOUND) || stderr.contains(NOT_FOUND) =>
+            {
+                Ok(Self::Anonymous)
+            }
+            Err(CredentialRetrievalError::HelperFailure { stdout, stderr, .. }) => {
+                let said = if stderr.trim().is_empty() {
+                    stdout
+                } else {
+                    stderr
+                };
+                Err(err(format!(
+                    "`{} get` failed for {registry}: {}",
+                    helper(),
+                    clip(said.trim())
+                )))
+            }
+            Err(CredentialRetrievalError::HelperCommunicationError) => Err(err(format!(
+                "cannot run the credential helper `{}` for {registry} (is it on PATH?)",
+                helper()
+            ))),
+            Err(CredentialRetrievalError::MalformedHelperResponse) => Err(err(format!(
+                "the credential helper `{}` answered for {registry} with something other than {{\"Username\", \"Secret\"}} JSON",
+                helper()
+            ))),
+            Err(CredentialRetrievalError::CredentialDecodingError) => Err(err(format!(
+                "the `auth` entry for {registry} is not base64 of user:password"
+            ))),
+            Err(CredentialRetrievalError::CredentialMismatchError) => Err(err(format!(
+                "the `auth` entry for {registry} disagrees with its `username`/`password`"
+            ))),
+            Err(e) => Err(err(
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Err(json) => format!("not valid JSON: {json}"),
+                    Ok(_) => format!("not a docker config ({e})"),
+                },
+            )),
         }
-        let Some(encoded) = &entry.auth else {
-            return Ok(Self::Anonymous);
-        };
-        let decoded = base64_decode(encoded.trim())
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                err(format!(
-                    "the `auth` entry for {registry} is not base64 of user:password"
-                ))
-            })?;
-        let (u, p) = decoded.split_once(':').ok_or_else(|| {
-            err(format!(
-                "the `auth` entry for {registry} is not user:password"
-            ))
-        })?;
-        Ok(Self::basic(u, p))
     }
 
     pub(crate) fn to_registry_auth(&self) -> RegistryAuth {
@@ -124,45 +169,6 @@ impl Auth {
             }
         }
     }
-}
-
-/// `https://index.docker.io/v1/` → `index.docker.io`; `docker.io` too.
-fn normalize(key: &str) -> String {
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
-    match host.as_str() {
-        "docker.io" | "registry-1.docker.io" => "index.docker.io".to_owned(),
-        _ => host,
-    }
-}
-
-/// Standard (and unpadded) base64. `None` on any invalid character.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        acc = (acc << 6) | value(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -192,10 +198,36 @@ mod tests {
             Auth::from_docker_config_at(&path, "nowhere.example").expect("read"),
             Auth::Anonymous
         );
+        // A configured helper that is not on PATH is named in the error.
+        std::fs::write(
+            &path,
+            r#"{"credHelpers":{"reg.example":"soma-no-such-helper"}}"#,
+        )
+        .expect("write");
+        let err = Auth::from_docker_config_at(&path, "reg.example").expect_err("no helper");
+        assert!(
+            err.to_string()
+                .contains("docker-credential-soma-no-such-helper"),
+            "{err}"
+        );
+        // Other registries do not run the helper.
+        assert_eq!(
+            Auth::from_docker_config_at(&path, "other.example").expect("read"),
+            Auth::Anonymous
+        );
+        std::fs::write(
+            &path,
+            r#"{"auths":{"reg.example":{"identitytoken":"refresh"}}}"#,
+        )
+        .expect("write");
+        let err = Auth::from_docker_config_at(&path, "reg.example").expect_err("identity token");
+        assert!(err.to_string().contains("identity token"), "{err}");
         std::fs::write(&path, "not json").expect("write");
-        assert!(matches!(
-            Auth::from_docker_config_at(&path, "x"),
-            Err(OciError::DockerConfig { .. })
-        ));
+        match Auth::from_docker_config_at(&path, "x") {
+            Err(e @ OciError::DockerConfig { .. }) => {
+                assert!(e.to_string().contains("not valid JSON"), "{e}");
+            }
+            other => panic!("expected DockerConfig, got {other:?}"),
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::{
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{OciError, Pulled};
+use super::error::OciError;
 use crate::{digest::Digest, store::DataDir, verify::Admission};
 
 /// Layer digest (`sha256:<hex>`) → [`BlobRecord`] as JSON.
@@ -55,6 +55,25 @@ pub(crate) struct Entry {
     pub reference: String,
     pub manifest_digest: Digest,
     pub annotations: BTreeMap<String, String>,
+    pub admission: Admission,
+}
+
+/// A pulled capsule: where its verified component is on disk.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The manifest digest the reference resolved to.
+    pub manifest_digest: Digest,
+    /// The layer (component) digest.
+    pub layer_digest: Digest,
+    /// `<data>/blobs/sha256/<hex>`: the verified component.
+    pub component: PathBuf,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the layer came from the cache (no layer download).
+    pub cached: bool,
+    /// Why the trust policy admitted it.
     pub admission: Admission,
 }
 
@@ -222,7 +241,7 @@ fn index(db: &redb::Database, entry: &Entry) -> Result<(), OciError> {
         media_type: entry.media_type.clone(),
         reference: entry.reference.clone(),
         manifest_digest: entry.manifest_digest.to_string(),
-        pulled_at: super::rfc3339(SystemTime::now()),
+        pulled_at: super::artifact::rfc3339(SystemTime::now()),
     };
     let manifest = ManifestRecord {
         layer_digest: entry.layer_digest.to_string(),

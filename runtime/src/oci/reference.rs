@@ -1,23 +1,44 @@
 //! [`Reference`]: `registry[:port]/repo/path[:tag][@sha256:<hex>]`.
+//!
+//! A thin wrapper over `oci_client::Reference` (oci-spec's parser of the
+//! distribution grammar), which checks the repository path and the tag and
+//! is what the registry client is handed. The wrapper adds Soma's rules:
+//!
+//! - the registry host is required and is always the first path segment
+//!   (no implicit Docker Hub, no `library/` prefix: `reg/calc` is the
+//!   repository `calc` on the host `reg`);
+//! - IPv6 literal hosts (`[::1]:5000`), which the distribution grammar
+//!   lacks, and a port must be 1-65535;
+//! - digests are `sha256:` only, held as a typed [`Digest`];
+//! - every refusal says which part is wrong and what it must look like
+//!   ([`OciError::BadReference`]);
+//! - the canonical repository name trust rules match, and whether the
+//!   registry is loopback (plain http by default).
 
 use std::{fmt, str::FromStr};
 
-use super::OciError;
+use super::error::OciError;
 use crate::digest::Digest;
 
 /// Where an artifact lives: a registry host, a repository, and a tag and/or
 /// a manifest digest. Without either, the tag is `latest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
-    registry: String,
-    repository: String,
-    tag: Option<String>,
+    /// Registry, repository, tag and digest as oci-client takes them.
+    inner: oci_client::Reference,
+    /// The digest, typed (the same as `inner`'s).
     digest: Option<Digest>,
 }
 
+/// A stand-in host for checking a repository path and tag with oci-spec's
+/// parser: a host it recognises as one, so the path is not read as a Docker
+/// Hub namespace.
+const PLACEHOLDER_HOST: &str = "localhost";
+
 impl Reference {
     /// Parse `registry[:port]/repo/path[:tag][@sha256:<hex>]`. The registry
-    /// part is required (no implicit docker.io). Cost: a scan of the string.
+    /// part is required (no implicit docker.io). Cost: a scan of the string
+    /// and two regex matches (oci-spec's grammar).
     pub fn parse(text: &str) -> Result<Self, OciError> {
         let bad = |reason: &str| OciError::BadReference {
             reference: text.to_owned(),
@@ -41,30 +62,45 @@ impl Reference {
             Some((repo, tag)) => (repo, Some(tag)),
             None => (path, None),
         };
-        check_repository(repository).map_err(|r| bad(&r))?;
+        let checked = oci_client::Reference::try_from(format!("{PLACEHOLDER_HOST}/{repository}"))
+            .map_err(|e| bad(&repository_reason(repository, &e)))?;
         if let Some(tag) = tag {
-            check_tag(tag).map_err(|r| bad(&r))?;
+            // oci-spec's `\w` is Unicode; a tag is ASCII.
+            let ascii = if tag.is_ascii() { tag } else { "-" };
+            oci_client::Reference::try_from(format!("{PLACEHOLDER_HOST}/r:{ascii}")).map_err(|_| {
+                bad(&format!(
+                    "tag {tag:?} must be 1-128 letters, digits and . _ - (not starting with . or -)"
+                ))
+            })?;
         }
-        let tag = match (tag, digest) {
-            (None, None) => Some("latest".to_owned()),
-            (tag, _) => tag.map(str::to_owned),
+        let (registry, repository) = (registry.to_owned(), checked.repository().to_owned());
+        let inner = match (tag, digest) {
+            (Some(tag), Some(d)) => oci_client::Reference::with_tag_and_digest(
+                registry,
+                repository,
+                tag.to_owned(),
+                d.to_string(),
+            ),
+            (None, Some(d)) => {
+                oci_client::Reference::with_digest(registry, repository, d.to_string())
+            }
+            (tag, None) => oci_client::Reference::with_tag(
+                registry,
+                repository,
+                tag.unwrap_or("latest").to_owned(),
+            ),
         };
-        Ok(Self {
-            registry: registry.to_owned(),
-            repository: repository.to_owned(),
-            tag,
-            digest,
-        })
+        Ok(Self { inner, digest })
     }
 
     /// The registry host, with its port if given (`127.0.0.1:5000`).
     pub fn registry(&self) -> &str {
-        &self.registry
+        self.inner.registry()
     }
 
     /// The repository path (`acme/calculator`).
     pub fn repository(&self) -> &str {
-        &self.repository
+        self.inner.repository()
     }
 
     /// `registry/repository`: what trust rules match and what a signature
@@ -75,7 +111,7 @@ impl Reference {
 
     /// The tag, if any.
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.inner.tag()
     }
 
     /// The manifest digest, if pinned.
@@ -86,9 +122,8 @@ impl Reference {
     /// The same repository pinned to `digest` (tag dropped).
     pub fn with_digest(&self, digest: Digest) -> Self {
         Self {
-            tag: None,
+            inner: self.inner.clone_with_digest(digest.to_string()),
             digest: Some(digest),
-            ..self.clone()
         }
     }
 
@@ -105,40 +140,19 @@ impl Reference {
     /// 127.0.0.0/8, `0.0.0.0`, `[::1]`, as the HTTP client parses hosts): the
     /// only registries spoken to over plain http by default.
     pub fn is_loopback(&self) -> bool {
-        crate::verify::is_loopback_registry(&self.registry)
+        crate::verify::is_loopback_registry(self.registry())
     }
 
-    pub(crate) fn to_oci(&self) -> oci_client::Reference {
-        let (registry, repository) = (self.registry.clone(), self.repository.clone());
-        match (&self.tag, self.digest) {
-            (Some(tag), Some(d)) => oci_client::Reference::with_tag_and_digest(
-                registry,
-                repository,
-                tag.clone(),
-                d.to_string(),
-            ),
-            (None, Some(d)) => {
-                oci_client::Reference::with_digest(registry, repository, d.to_string())
-            }
-            (tag, None) => oci_client::Reference::with_tag(
-                registry,
-                repository,
-                tag.clone().unwrap_or_else(|| "latest".to_owned()),
-            ),
-        }
+    /// The oci-client reference the registry client is handed.
+    pub(crate) fn as_oci(&self) -> &oci_client::Reference {
+        &self.inner
     }
 }
 
 impl fmt::Display for Reference {
+    /// `registry/repository[:tag][@digest]`, as oci-client writes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
+        self.inner.fmt(f)
     }
 }
 
@@ -147,6 +161,25 @@ impl FromStr for Reference {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// Why oci-spec refused `repository`, in words that say what to change.
+fn repository_reason(repository: &str, e: &oci_client::ParseError) -> String {
+    use oci_client::ParseError;
+    match e {
+        _ if repository.is_empty() => "the repository is empty".into(),
+        ParseError::NameTooLong => "the repository is longer than 255 characters".into(),
+        _ => match repository
+            .split('/')
+            .find(|c| oci_client::Reference::try_from(format!("{PLACEHOLDER_HOST}/{c}")).is_err())
+        {
+            Some(component) => format!(
+                "repository component {component:?} must be lowercase letters and digits, \
+                 separated by single . _ or - (or __), starting and ending with a letter or digit"
+            ),
+            None => format!("repository {repository:?} is not a valid repository path"),
+        },
     }
 }
 
@@ -191,49 +224,6 @@ fn check_registry(registry: &str) -> Result<(), String> {
         return Err(format!("{port:?} is not a port number"));
     }
     Ok(())
-}
-
-fn check_repository(repository: &str) -> Result<(), String> {
-    if repository.is_empty() {
-        return Err("the repository is empty".into());
-    }
-    if repository.len() > 255 {
-        return Err("the repository is longer than 255 characters".into());
-    }
-    for component in repository.split('/') {
-        let ok = !component.is_empty()
-            && component
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-            && component
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !ok {
-            return Err(format!(
-                "repository component {component:?} must be lowercase letters, digits and . _ - (starting with a letter or digit)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_tag(tag: &str) -> Result<(), String> {
-    let ok = (1..=128).contains(&tag.len())
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && tag
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "tag {tag:?} must be 1-128 letters, digits and . _ - (not starting with . or -)"
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -293,6 +283,10 @@ mod tests {
             "reg/calc@md5:00",
             "[::1/calc",
             "re g/calc",
+            "reg/calc:é",
+            "reg/a..b",
+            "reg/a-",
+            "reg/calc@sha512:00",
         ] {
             assert!(
                 matches!(Reference::parse(bad), Err(OciError::BadReference { .. })),
