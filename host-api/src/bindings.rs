@@ -227,3 +227,71 @@ fn info_from_v0_1(i: v0_1::soma::capsule::types::CapsuleInfo) -> CapsuleInfo {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v0_1::soma::capsule::types as old;
+
+    #[test]
+    fn a_v0_1_manifest_converts_into_requests() {
+        let info = info_from_v0_1(old::CapsuleInfo {
+            name: "n".into(),
+            version: "1".into(),
+            description: "d".into(),
+            kind: old::CapsuleKind::Gate,
+            input_schema: "{}".into(),
+            output_schema: "{}".into(),
+            capabilities: old::Capabilities {
+                kv: true,
+                llm_models: vec!["a".into(), "b".into()],
+                http_hosts: Vec::new(),
+                dirs: vec!["/data".into()],
+            },
+            limits: old::LimitsRequest {
+                fuel: Some(7),
+                memory_mb: None,
+                timeout_ms: Some(9),
+            },
+        });
+        let requests: Vec<(&str, Vec<&str>)> = info
+            .capabilities
+            .iter()
+            .map(|r| (r.name.as_str(), r.args.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                ("kv", vec![]),
+                ("llm", vec!["a", "b"]),
+                ("dir", vec!["/data"])
+            ],
+            "empty lists make no request"
+        );
+        assert!(matches!(info.kind, soma::capsule::types::CapsuleKind::Gate));
+        assert_eq!(
+            (info.limits.fuel, info.limits.timeout_ms),
+            (Some(7), Some(9))
+        );
+        let none = info_from_v0_1(old::CapsuleInfo {
+            name: String::new(),
+            version: String::new(),
+            description: String::new(),
+            kind: old::CapsuleKind::Worker,
+            input_schema: String::new(),
+            output_schema: String::new(),
+            capabilities: old::Capabilities {
+                kv: false,
+                llm_models: Vec::new(),
+                http_hosts: Vec::new(),
+                dirs: Vec::new(),
+            },
+            limits: old::LimitsRequest {
+                fuel: None,
+                memory_mb: None,
+                timeout_ms: None,
+            },
+        });
+        assert!(none.capabilities.is_empty());
+    }
+}

@@ -272,12 +272,6 @@ impl Shared {
             dirs: wasi::Wasi::grant(&wants.dirs, &(), scope),
         }
     }
-
-    /// Build the tokenizer and anything else expensive now rather than on a
-    /// call (the daemon warms at start).
-    pub fn warm(&self) {
-        self.llm.shared.warm();
-    }
 }
 
 /// Wire every capability's interfaces — the current contract's and the
@@ -495,4 +489,162 @@ pub struct Report {
     pub stdout: String,
     /// wasi: captured stderr (capped).
     pub stderr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, args: &[&str]) -> CapabilityRequest {
+        CapabilityRequest {
+            name: name.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    fn shared(policy: Policy, dir: &std::path::Path) -> Shared {
+        Shared::new(
+            Sections {
+                log: &log::Config::default(),
+                kv: &kv::Config::default(),
+                llm: &llm::Config::default(),
+                events: &events::Config::default(),
+                wasi: &wasi::Config::default(),
+                policy: &policy,
+            },
+            &EngineContext {
+                db: Arc::new(LazyDatabase::new(dir.join("soma.redb"))),
+                meter: Arc::new(llm::NoMeter),
+            },
+        )
+    }
+
+    #[test]
+    fn requests_are_sorted_by_capability_and_unknown_ones_are_kept() {
+        let w = Wants::from_requests(vec![
+            request("llm", &["small"]),
+            request("kv", &[]),
+            request("secrets", &["api-key"]),
+            request("llm", &["large", "small"]),
+            request("dir", &["/data"]),
+            request("log", &[]),
+        ]);
+        assert!(w.kv);
+        assert_eq!(w.llm, ["small", "large"], "requests add up, once each");
+        assert_eq!(w.dirs, ["/data"]);
+        assert_eq!(
+            w.other,
+            [Request {
+                name: "secrets".into(),
+                args: vec!["api-key".into()],
+            }]
+        );
+        assert_eq!(
+            w.words(),
+            [
+                "kv",
+                "llm:small",
+                "llm:large",
+                "dir:/data",
+                "secrets:api-key"
+            ]
+        );
+        assert!(Wants::from_requests(Vec::new()).words().is_empty());
+        let json = serde_json::to_value(&w).expect("json");
+        assert_eq!(json["wants_kv"], true);
+        assert_eq!(
+            json["wants_llm_models"],
+            serde_json::json!(["small", "large"])
+        );
+        assert_eq!(json["wants_other"][0]["name"], "secrets");
+    }
+
+    #[test]
+    fn each_capability_grants_its_wants_within_its_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wants = Wants::from_requests(vec![
+            request("kv", &[]),
+            request("llm", &["small", "large"]),
+            request("dir", &["/data"]),
+            request("http", &["example.com"]),
+        ]);
+        let scope = GrantScope {
+            capsule: "sha256:abc",
+            run: "r1",
+        };
+        let open = shared(
+            Policy {
+                allow_kv: true,
+                llm_models: vec!["small".into()],
+            },
+            dir.path(),
+        );
+        let mut g = open.grant(&wants, &scope);
+        let kv = g.kv.clone().expect("kv granted");
+        assert_eq!(kv.capsule, kv::Space::Capsule("sha256:abc".into()));
+        assert_eq!(kv.run, Some(kv::Space::Run("r1".into())));
+        assert_eq!(g.llm.models, ["small"], "only what the policy allows");
+        assert!(g.dirs.is_empty(), "directories wait for the caller's offer");
+        g.rescope("r2");
+        assert_eq!(
+            g.kv.as_ref().and_then(|k| k.run.clone()),
+            Some(kv::Space::Run("r2".into()))
+        );
+
+        let closed = shared(
+            Policy {
+                allow_kv: false,
+                llm_models: Vec::new(),
+            },
+            dir.path(),
+        );
+        let g = closed.grant(&wants, &scope);
+        assert!(g.kv.is_none());
+        assert!(g.llm.models.is_empty());
+        // Nothing asked for, nothing granted, whatever the policy.
+        let g = open.grant(&Wants::default(), &scope);
+        assert!(g.kv.is_none() && g.llm.models.is_empty());
+    }
+
+    #[test]
+    fn provided_names_every_interface() {
+        let p = provided();
+        assert_eq!(
+            p,
+            "WASI p2 and soma:capsule/{log,kv,llm,events} (@0.1.0 and @0.2.0)"
+        );
+    }
+
+    #[test]
+    fn sections_check_each_capability() {
+        let policy = Policy::default();
+        let mut kv = kv::Config::default();
+        kv.max_pending_bytes_per_call = 1;
+        let sections = Sections {
+            log: &log::Config::default(),
+            kv: &kv,
+            llm: &llm::Config::default(),
+            events: &events::Config::default(),
+            wasi: &wasi::Config::default(),
+            policy: &policy,
+        };
+        let e = sections.check().expect_err("kv inconsistent");
+        assert!(
+            e.to_string().contains("kv.max_pending_bytes_per_call"),
+            "{e}"
+        );
+        let kv = kv::Config::default();
+        let llm = llm::Config {
+            providers: vec![llm::ProviderConfig::default()],
+            ..llm::Config::default()
+        };
+        let e = Sections {
+            kv: &kv,
+            llm: &llm,
+            ..sections
+        }
+        .check()
+        .expect_err("unnamed provider");
+        assert!(e.to_string().starts_with("llm: "), "{e}");
+    }
 }

@@ -357,8 +357,7 @@ pub struct Llm;
 #[derive(Debug)]
 pub struct Service {
     config: Config,
-    /// Providers and tokenizer.
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
     meter: Arc<dyn Meter>,
 }
 

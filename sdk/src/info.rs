@@ -153,3 +153,38 @@ impl From<Info> for CapsuleInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_one_name_add_up_and_any_name_can_be_asked_for() {
+        let info = Info::worker("w", "1")
+            .wants_kv()
+            .wants_llm_model("small")
+            .wants_llm_model("large")
+            .wants_dir("/data")
+            .wants("secrets", &["api-key"]);
+        let requests: Vec<(&str, Vec<&str>)> = info
+            .capabilities()
+            .iter()
+            .map(|r| (r.name.as_str(), r.args.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                ("kv", vec![]),
+                ("llm", vec!["small", "large"]),
+                ("dir", vec!["/data"]),
+                ("secrets", vec!["api-key"]),
+            ]
+        );
+        let described = CapsuleInfo::from(info);
+        assert_eq!(described.capabilities.len(), 4);
+        assert!(
+            Info::gate("g", "1").capabilities().is_empty(),
+            "nothing is asked for by default"
+        );
+    }
+}
