@@ -618,8 +618,10 @@ mod tests {
     #[test]
     fn sections_check_each_capability() {
         let policy = Policy::default();
-        let mut kv = kv::Config::default();
-        kv.max_pending_bytes_per_call = 1;
+        let kv = kv::Config {
+            max_pending_bytes_per_call: 1,
+            ..kv::Config::default()
+        };
         let sections = Sections {
             log: &log::Config::default(),
             kv: &kv,
