@@ -15,7 +15,7 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use soma_host_api::bindings::CapsulePre;
+use soma_host_api::bindings::v0_2::CapsulePre;
 use soma_runtime::{
     CallOptions, Capsule, Config, Engine,
     config::{Allocator, Metering},

@@ -64,6 +64,55 @@ pub trait EventsView {
     fn events_state(&mut self) -> &mut State;
 }
 
+/// The events capability: always granted (buffered, capped per call).
+#[derive(Debug, Clone, Copy)]
+pub struct Events;
+
+impl crate::Capability for Events {
+    const NAME: &'static str = "events";
+    const INTERFACES: &'static [&'static str] = &["events"];
+    type Config = Config;
+    type ConfigError = std::convert::Infallible;
+    type Policy = ();
+    type Shared = Config;
+    type Wants = ();
+    type Grant = ();
+    type State = State;
+    type PrepareError = std::convert::Infallible;
+    /// The events kept and the number dropped.
+    type Report = (Vec<Event>, u32);
+
+    fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+
+    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+        *config
+    }
+
+    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn want(_wants: &mut (), _args: &[String]) {}
+
+    fn describe_wants(_wants: &(), _out: &mut Vec<String>) {}
+
+    fn grant(_wants: &(), _policy: &(), _scope: &crate::GrantScope<'_>) {}
+
+    fn prepare(
+        config: &Config,
+        _grant: &(),
+        _call: &crate::CallContext<'_>,
+    ) -> Result<State, std::convert::Infallible> {
+        Ok(State::new(*config))
+    }
+
+    fn finish(state: State) -> (Vec<Event>, u32) {
+        state.finish()
+    }
+}
+
 /// Wire `soma:capsule/events` into `linker`. Once per engine.
 pub fn add_to_linker<T: EventsView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<State>>(linker, |t| t.events_state())

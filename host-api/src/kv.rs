@@ -557,6 +557,85 @@ pub trait KvView {
     fn kv_state(&mut self) -> &mut State;
 }
 
+/// The kv capability: what a capsule asks for with the request `kv`
+/// (no arguments), granted when `[policy] allow_kv` (default true).
+#[derive(Debug, Clone, Copy)]
+pub struct Kv;
+
+impl crate::Capability for Kv {
+    const NAME: &'static str = "kv";
+    const INTERFACES: &'static [&'static str] = &["kv"];
+    type Config = Config;
+    type ConfigError = ConfigError;
+    /// `[policy] allow_kv`.
+    type Policy = bool;
+    type Shared = Arc<Shared>;
+    /// Whether the capsule asked for kv.
+    type Wants = bool;
+    /// `None` denies kv.
+    type Grant = Option<Grant>;
+    type State = State;
+    type PrepareError = std::convert::Infallible;
+    type Report = ();
+
+    fn check(config: &Config) -> Result<(), ConfigError> {
+        config.check()
+    }
+
+    fn shared(config: &Config, engine: &crate::EngineContext) -> Arc<Shared> {
+        Shared::new(*config, engine.db.clone())
+    }
+
+    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn want(wants: &mut bool, _args: &[String]) {
+        *wants = true;
+    }
+
+    fn describe_wants(wants: &bool, out: &mut Vec<String>) {
+        if *wants {
+            out.push(Self::NAME.to_owned());
+        }
+    }
+
+    /// The tenant is not part of the grant: kv keys every entry by the
+    /// call's tenant ([`crate::CallContext::tenant`]), which the capsule
+    /// cannot choose.
+    fn grant(wants: &bool, allow: &bool, scope: &crate::GrantScope<'_>) -> Option<Grant> {
+        (*wants && *allow).then(|| Grant {
+            capsule: Space::Capsule(scope.capsule.to_owned()),
+            run: Some(Space::Run(scope.run.to_owned())),
+        })
+    }
+
+    fn rescope(grant: &mut Option<Grant>, run: &str) {
+        if let Some(g) = grant.as_mut() {
+            g.run = Some(Space::Run(run.to_owned()));
+        }
+    }
+
+    fn prepare(
+        shared: &Arc<Shared>,
+        grant: &Option<Grant>,
+        call: &crate::CallContext<'_>,
+    ) -> Result<State, std::convert::Infallible> {
+        Ok(State::new(
+            shared.clone(),
+            grant.clone(),
+            call.tenant.clone(),
+            call.memory_limit_bytes,
+        ))
+    }
+
+    fn commit(state: &mut State) -> Result<(), crate::CommitError> {
+        Ok(state.commit()?)
+    }
+
+    fn finish(_state: State) {}
+}
+
 /// Wire `soma:capsule/kv` into `linker`. Once per engine.
 pub fn add_to_linker<T: KvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<State>>(linker, |t| t.kv_state())

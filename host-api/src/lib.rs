@@ -9,10 +9,15 @@
 //! | `State` | once per call | cheap per-call state built from the call's [`Grants`] |
 //!
 //! and one `add_to_linker` that wires the generated WIT bindings to the
-//! per-call state through a small view trait the runtime's store data
-//! implements. No module reaches into another; the runtime composes them.
+//! per-call state through a small view trait. Each module says so by
+//! implementing [`Capability`]; [`capabilities`] composes them — the one
+//! place that lists every capability. No module reaches into another, and
+//! the runtime sees only the composed [`Shared`], [`Wants`], [`Grants`],
+//! [`State`] and [`Report`].
 
 pub mod bindings;
+pub mod capabilities;
+mod compat;
 pub mod events;
 pub mod kv;
 pub mod llm;
@@ -20,18 +25,11 @@ pub mod log;
 pub mod storage;
 pub mod wasi;
 
-/// What one capsule call may do. Built by the runtime as the intersection of
-/// the capsule's manifest request, the operator's policy and the DAG node.
-/// `Grants::default()` denies everything.
-#[derive(Debug, Clone, Default)]
-pub struct Grants {
-    /// The kv namespaces the call may use; `None` denies kv.
-    pub kv: Option<kv::Grant>,
-    /// LLM models the call may use.
-    pub llm: llm::Grant,
-    /// Preopened directories.
-    pub dirs: Vec<wasi::DirGrant>,
-}
+pub use capabilities::{
+    CallContext, Capability, CommitError, EngineContext, GrantScope, Grants, HasCapabilities,
+    Policy, PrepareError, Report, SectionError, Sections, Shared, State, Wants, add_to_linker,
+    provided,
+};
 
 /// Identifies a call in logs, events and kv: which capsule, which run.
 #[derive(Debug, Clone)]

@@ -347,6 +347,92 @@ impl State {
     }
 }
 
+/// The llm capability: a capsule asks with the request `llm` and the
+/// models (or aliases) as arguments; granted are those the operator lists
+/// in `[policy] llm_models`.
+#[derive(Debug, Clone, Copy)]
+pub struct Llm;
+
+/// llm's engine-wide share: the section, the providers and the meter.
+#[derive(Debug)]
+pub struct Service {
+    config: Config,
+    shared: Arc<Shared>,
+    meter: Arc<dyn Meter>,
+}
+
+impl crate::Capability for Llm {
+    const NAME: &'static str = "llm";
+    const INTERFACES: &'static [&'static str] = &["llm"];
+    type Config = Config;
+    type ConfigError = ConfigError;
+    /// `[policy] llm_models`.
+    type Policy = Vec<String>;
+    type Shared = Service;
+    /// The models (or aliases) asked for.
+    type Wants = Vec<String>;
+    type Grant = Grant;
+    type State = State;
+    type PrepareError = std::convert::Infallible;
+    type Report = ();
+
+    fn check(config: &Config) -> Result<(), ConfigError> {
+        config.check()
+    }
+
+    /// Reads one environment variable per provider (its API key).
+    fn shared(config: &Config, engine: &crate::EngineContext) -> Service {
+        Service {
+            config: config.clone(),
+            shared: Shared::new(config.clone()),
+            meter: engine.meter.clone(),
+        }
+    }
+
+    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn want(wants: &mut Vec<String>, args: &[String]) {
+        for model in args {
+            if !wants.contains(model) {
+                wants.push(model.clone());
+            }
+        }
+    }
+
+    fn describe_wants(wants: &Vec<String>, out: &mut Vec<String>) {
+        out.extend(wants.iter().map(|m| format!("{}:{m}", Self::NAME)));
+    }
+
+    fn grant(wants: &Vec<String>, allowed: &Vec<String>, _scope: &crate::GrantScope<'_>) -> Grant {
+        Grant {
+            models: wants
+                .iter()
+                .filter(|w| allowed.contains(w))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Clones the grant and the spender (`Arc`s) and the meter handle.
+    fn prepare(
+        service: &Service,
+        grant: &Grant,
+        call: &crate::CallContext<'_>,
+    ) -> Result<State, std::convert::Infallible> {
+        Ok(State::new(
+            &service.config,
+            service.shared.clone(),
+            grant.clone(),
+            service.meter.clone(),
+            call.spender.clone(),
+        ))
+    }
+
+    fn finish(_state: State) {}
+}
+
 /// Store data that hands out the per-call LLM state.
 pub trait LlmView {
     /// The call's LLM state.

@@ -180,6 +180,62 @@ pub trait LogView {
     fn log_state(&mut self) -> &mut State;
 }
 
+/// The log capability: always granted (capped per call).
+#[derive(Debug, Clone, Copy)]
+pub struct Log;
+
+impl crate::Capability for Log {
+    const NAME: &'static str = "log";
+    const INTERFACES: &'static [&'static str] = &["log"];
+    type Config = Config;
+    type ConfigError = std::convert::Infallible;
+    type Policy = ();
+    type Shared = Config;
+    type Wants = ();
+    type Grant = ();
+    type State = State;
+    type PrepareError = std::convert::Infallible;
+    /// The lines kept and the number dropped.
+    type Report = (Vec<LogLine>, u32);
+
+    fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+
+    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+        *config
+    }
+
+    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn want(_wants: &mut (), _args: &[String]) {}
+
+    fn describe_wants(_wants: &(), _out: &mut Vec<String>) {}
+
+    fn grant(_wants: &(), _policy: &(), _scope: &crate::GrantScope<'_>) {}
+
+    /// Two `Arc` clones (the capsule's name and the run id).
+    fn prepare(
+        config: &Config,
+        _grant: &(),
+        call: &crate::CallContext<'_>,
+    ) -> Result<State, std::convert::Infallible> {
+        Ok(State::new(
+            *config,
+            CallIdentity {
+                capsule: call.capsule.clone(),
+                run: call.run.clone(),
+            },
+        ))
+    }
+
+    fn finish(state: State) -> (Vec<LogLine>, u32) {
+        state.finish()
+    }
+}
+
 /// Wire `soma:capsule/log` into `linker`. Once per engine.
 pub fn add_to_linker<T: LogView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<State>>(linker, |t| t.log_state())

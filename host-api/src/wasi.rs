@@ -254,6 +254,88 @@ impl State {
     }
 }
 
+/// WASI as a capability: stdio capture for every call, and the directories
+/// a capsule asks for with the request `dir` (guest paths as arguments),
+/// preopened only when the caller offers them ([`Wasi::offer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Wasi;
+
+impl Wasi {
+    /// The caller's offer of `dirs`, checked against the capsule's wants:
+    /// every guest path must be one it asked for. Once per run.
+    pub fn offer(wants: &[String], dirs: Vec<DirGrant>) -> Result<Vec<DirGrant>, String> {
+        if let Some(d) = dirs.iter().find(|d| !wants.contains(&d.guest)) {
+            return Err(format!(
+                "directory {} was offered, but the capsule asks only for {wants:?}",
+                d.guest
+            ));
+        }
+        Ok(dirs)
+    }
+}
+
+impl crate::Capability for Wasi {
+    const NAME: &'static str = "dir";
+    const INTERFACES: &'static [&'static str] = &[];
+    type Config = Config;
+    type ConfigError = std::convert::Infallible;
+    /// Directories are offered per call by the caller (`soma run --dir`),
+    /// not by a policy.
+    type Policy = ();
+    type Shared = Config;
+    /// Guest paths asked for.
+    type Wants = Vec<String>;
+    /// Directories granted (see [`Wasi::offer`]).
+    type Grant = Vec<DirGrant>;
+    type State = State;
+    type PrepareError = PreopenError;
+    /// Captured stdout and stderr.
+    type Report = (String, String);
+
+    fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+
+    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+        *config
+    }
+
+    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn want(wants: &mut Vec<String>, args: &[String]) {
+        for path in args {
+            if !wants.contains(path) {
+                wants.push(path.clone());
+            }
+        }
+    }
+
+    fn describe_wants(wants: &Vec<String>, out: &mut Vec<String>) {
+        out.extend(wants.iter().map(|d| format!("{}:{d}", Self::NAME)));
+    }
+
+    /// Nothing until the caller offers directories.
+    fn grant(_wants: &Vec<String>, _policy: &(), _scope: &crate::GrantScope<'_>) -> Vec<DirGrant> {
+        Vec::new()
+    }
+
+    /// One `open` per granted directory.
+    fn prepare(
+        config: &Config,
+        grant: &Vec<DirGrant>,
+        _call: &crate::CallContext<'_>,
+    ) -> Result<State, PreopenError> {
+        State::new(config, grant)
+    }
+
+    fn finish(state: State) -> (String, String) {
+        let ((stdout, _), (stderr, _)) = state.finish();
+        (stdout, stderr)
+    }
+}
+
 /// Wire WASI p2 (sync) into `linker`. Once per engine.
 pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)

@@ -12,8 +12,8 @@ use std::{
 
 use serde::Serialize;
 use soma_host_api::{
-    CallIdentity, Grants,
-    bindings::{Capsule as CapsuleExports, CapsulePre, soma::capsule::types::CapsuleInfo},
+    self as host_api, GrantScope, Grants,
+    bindings::{CapsulePre, Exports, soma::capsule::types::CapsuleInfo},
     events, kv, llm, log, wasi,
 };
 use wasmtime::{Store, Trap};
@@ -408,25 +408,17 @@ impl CallOptions {
         let m = capsule.manifest();
         let limits = config.limits.tightened_by(&m.limits);
         let run_id: Arc<str> = new_run_id().into();
-        // The tenant is not part of the grant: kv keys every entry by the
-        // call's `tenant` (see `host`), which the capsule cannot choose.
-        let kv = (m.wants_kv && config.policy.allow_kv).then(|| kv::Grant {
-            capsule: kv::Space::Capsule(capsule.digest().to_string()),
-            run: Some(kv::Space::Run(run_id.to_string())),
-        });
-        let models = m
-            .wants_llm_models
-            .iter()
-            .filter(|w| config.policy.llm_models.contains(w))
-            .cloned()
-            .collect();
+        // Each capability grants its own wants ∩ its own policy keys.
+        let grants = engine.capabilities.grant(
+            &m.wants,
+            &GrantScope {
+                capsule: &capsule.digest_text,
+                run: &run_id,
+            },
+        );
         Self {
             limits,
-            grants: Grants {
-                kv,
-                llm: llm::Grant { models },
-                dirs: Vec::new(),
-            },
+            grants,
             run_id,
             tenant: "local".into(),
             node: "-".into(),
@@ -443,25 +435,15 @@ impl CallOptions {
         capsule: &Capsule,
         dirs: Vec<wasi::DirGrant>,
     ) -> Result<(), Failure> {
-        let wanted = &capsule.manifest().wants_dirs;
-        if let Some(d) = dirs.iter().find(|d| !wanted.contains(&d.guest)) {
-            return Err(Failure::Denied {
-                message: format!(
-                    "directory {} was offered, but the capsule asks only for {wanted:?}",
-                    d.guest
-                ),
-            });
-        }
-        self.grants.dirs = dirs;
+        self.grants.dirs = wasi::Wasi::offer(&capsule.manifest().wants.dirs, dirs)
+            .map_err(|message| Failure::Denied { message })?;
         Ok(())
     }
 
     /// Make this call part of run `run` (its ledger key and kv blackboard).
     pub fn set_run(&mut self, run: &str) {
         self.run_id = run.into();
-        if let Some(g) = self.grants.kv.as_mut() {
-            g.run = Some(kv::Space::Run(run.to_owned()));
-        }
+        self.grants.rescope(run);
     }
 
     /// Use `namespace` for the capsule's kv scope (e.g. to keep state across
@@ -521,10 +503,6 @@ impl Engine {
             outcome = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let identity = CallIdentity {
-            capsule: capsule.name.clone(),
-            run: options.run_id.clone(),
-        };
         let spender = llm::Spender {
             tenant: options.tenant.clone(),
             run: options.run_id.clone(),
@@ -556,8 +534,8 @@ impl Engine {
             &capsule.pre,
             options,
             knobs,
-            identity,
-            spender.clone(),
+            &capsule.name,
+            &spender,
             |store, exports| exports.call_run(store, input),
         );
         let result = match result {
@@ -566,7 +544,7 @@ impl Engine {
             }
             Ok(Ok(output)) => host
                 .as_mut()
-                .map_or(Ok(()), |h| h.kv.commit())
+                .map_or(Ok(()), |h| h.capabilities.commit())
                 .map(|()| output)
                 .map_err(|e| Failure::Host {
                     message: e.to_string(),
@@ -644,18 +622,15 @@ impl Engine {
             defer_charge: false,
             cancel: None,
         };
-        let identity = CallIdentity {
-            capsule: origin.into(),
-            run: options.run_id.clone(),
-        };
-        let spender = llm::Spender::local(options.run_id.clone(), identity.capsule.clone());
+        let name: Arc<str> = origin.into();
+        let spender = llm::Spender::local(options.run_id.clone(), name.clone());
         let knobs = Knobs {
             operator: &self.config.limits,
             capsule: None,
             max_memory_mb: self.config.engine.max_memory_mb,
             describe: true,
         };
-        self.execute(pre, &options, knobs, identity, spender, |store, exports| {
+        self.execute(pre, &options, knobs, &name, &spender, |store, exports| {
             exports.call_describe(store)
         })
         .result
@@ -669,27 +644,36 @@ impl Engine {
         pre: &CapsulePre<Host>,
         options: &CallOptions,
         knobs: Knobs<'_>,
-        identity: CallIdentity,
-        spender: llm::Spender,
-        f: impl FnOnce(&mut Store<Host>, &CapsuleExports) -> wasmtime::Result<R>,
+        name: &Arc<str>,
+        spender: &llm::Spender,
+        f: impl FnOnce(&mut Store<Host>, &Exports) -> wasmtime::Result<R>,
     ) -> Executed<R> {
         let start = Instant::now();
         let limits = &options.limits;
-        let config = &self.config;
         let setup_failed = |failure: Failure| Executed {
             result: Err(failure),
             usage: Usage::default(),
             host: None,
         };
-        let wasi = match wasi::State::new(&config.wasi, &options.grants.dirs) {
-            Ok(w) => w,
+        let call = host_api::CallContext {
+            capsule: name,
+            run: &options.run_id,
+            spender,
+            tenant: &options.tenant,
+            memory_limit_bytes: limits.memory_bytes(),
+        };
+        let capabilities = match host_api::State::new(&self.capabilities, &options.grants, &call) {
+            Ok(c) => c,
             Err(e) => {
                 return setup_failed(Failure::Denied {
                     message: e.to_string(),
                 });
             }
         };
-        let host = self.host(limits, options, identity, spender, wasi);
+        let host = Host {
+            limiter: Limiter::new(limits),
+            capabilities,
+        };
         let mut store = Store::new(&self.wasmtime, host);
         store.limiter(|h| &mut h.limiter);
         let fuel = self.fuel_enabled().then_some(limits.fuel);
@@ -752,36 +736,6 @@ impl Engine {
             result,
             usage,
             host: Some(store.into_data()),
-        }
-    }
-
-    fn host(
-        &self,
-        limits: &Limits,
-        options: &CallOptions,
-        identity: CallIdentity,
-        spender: llm::Spender,
-        wasi: wasi::State,
-    ) -> Host {
-        let config = &self.config;
-        Host {
-            limiter: Limiter::new(limits),
-            wasi,
-            log: log::State::new(config.log, identity),
-            kv: kv::State::new(
-                self.kv.clone(),
-                options.grants.kv.clone(),
-                options.tenant.clone(),
-                limits.memory_bytes(),
-            ),
-            events: events::State::new(config.events),
-            llm: llm::State::new(
-                &config.llm,
-                self.llm.clone(),
-                options.grants.llm.clone(),
-                self.metering.clone(),
-                spender,
-            ),
         }
     }
 
@@ -983,9 +937,14 @@ impl Outcome {
                 }))
             };
         };
-        let ((stdout, _), (stderr, _)) = host.wasi.finish();
-        let (logs, logs_dropped) = host.log.finish();
-        let (events, events_dropped) = host.events.finish();
+        let host_api::Report {
+            logs,
+            logs_dropped,
+            events,
+            events_dropped,
+            stdout,
+            stderr,
+        } = host.capabilities.finish();
         Self {
             result,
             usage,

@@ -5,9 +5,12 @@
 use std::{path::PathBuf, sync::Arc};
 
 use serde::Serialize;
-use soma_host_api::bindings::{
-    CapsulePre,
-    soma::capsule::types::{CapsuleInfo, CapsuleKind, LimitsRequest},
+use soma_host_api::{
+    Wants,
+    bindings::{
+        CapsulePre, Contract,
+        soma::capsule::types::{CapsuleInfo, CapsuleKind, LimitsRequest},
+    },
 };
 use wasmtime::component::Component;
 
@@ -46,7 +49,8 @@ pub enum LoadError {
     ExportMismatch(String),
     /// Imports something the host does not provide (or with another type).
     #[error(
-        "invalid component: unknown import `{name}` — the host provides WASI p2 and soma:capsule/{{log,kv,llm,events}} only ({cause})"
+        "invalid component: unknown import `{name}` — the host provides {} only ({cause})",
+        soma_host_api::provided()
     )]
     UnknownImport {
         /// The import's name.
@@ -83,14 +87,12 @@ pub struct Manifest {
     pub input_schema: serde_json::Value,
     /// JSON Schema of the output.
     pub output_schema: serde_json::Value,
-    /// Wants the kv store.
-    pub wants_kv: bool,
-    /// Wanted LLM models.
-    pub wants_llm_models: Vec<String>,
-    /// Wanted HTTP hosts.
-    pub wants_http_hosts: Vec<String>,
-    /// Wanted preopened directories (guest paths).
-    pub wants_dirs: Vec<String>,
+    /// The contract version it was built against (`soma:capsule@0.2.0`, …).
+    pub contract: Contract,
+    /// What it asks for, per capability (serialized as `wants_kv`,
+    /// `wants_llm_models`, `wants_dirs`, `wants_other`).
+    #[serde(flatten)]
+    pub wants: Wants,
     /// Limits the capsule asks for (they can only lower the operator's).
     #[serde(serialize_with = "serialize_limits")]
     pub limits: LimitsRequest,
@@ -102,7 +104,7 @@ fn serialize_limits<S: serde::Serializer>(l: &LimitsRequest, s: S) -> Result<S::
 }
 
 impl Manifest {
-    fn from_info(info: CapsuleInfo) -> Result<Self, LoadError> {
+    fn from_info(info: CapsuleInfo, contract: Contract) -> Result<Self, LoadError> {
         let schema = |field: &str, text: &str| {
             serde_json::from_str(text)
                 .map_err(|e| LoadError::BadManifest(format!("a {field} that is not JSON: {e}")))
@@ -121,10 +123,8 @@ impl Manifest {
                 CapsuleKind::Planner => "planner",
                 CapsuleKind::Gate => "gate",
             },
-            wants_kv: info.capabilities.kv,
-            wants_llm_models: info.capabilities.llm_models,
-            wants_http_hosts: info.capabilities.http_hosts,
-            wants_dirs: info.capabilities.dirs,
+            contract,
+            wants: Wants::from_requests(info.capabilities),
             limits: info.limits,
         })
     }
@@ -181,7 +181,7 @@ impl Capsule {
             .map_err(import_error)?;
         let pre = CapsulePre::new(pre).map_err(|e| LoadError::ExportMismatch(format!("{e:#}")))?;
         let info = engine.describe(&pre, origin).map_err(LoadError::Describe)?;
-        let manifest = Manifest::from_info(info)?;
+        let manifest = Manifest::from_info(info, pre.contract())?;
         Ok(Self {
             digest,
             origin: origin.to_owned(),

@@ -25,7 +25,7 @@ pub struct Config {
     pub limits: Limits,
     /// Structural bounds checked before compiling a component.
     pub validate: ValidateConfig,
-    /// Grants the operator allows.
+    /// Grants the operator allows (each capability reads its own keys).
     pub policy: PolicyConfig,
     /// `log` capability.
     pub log: host_api::log::Config,
@@ -146,24 +146,9 @@ impl Default for ValidateConfig {
     }
 }
 
-/// What the operator allows capsules to be granted (`[policy]`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Grant kv to capsules that ask for it. Default true.
-    pub allow_kv: bool,
-    /// Models capsules may be granted (when they ask). Default none.
-    pub llm_models: Vec<String>,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            allow_kv: true,
-            llm_models: Vec::new(),
-        }
-    }
-}
+/// What the operator allows capsules to be granted (`[policy]`): composed
+/// in host-api, one key per capability that needs the operator's consent.
+pub type PolicyConfig = host_api::Policy;
 
 /// Why a configuration file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -223,10 +208,7 @@ impl Config {
                 "limits.timeout_ms and limits.fuel must be positive".into(),
             ));
         }
-        self.llm
-            .check()
-            .map_err(|e| ConfigError::Invalid(format!("llm: {e}")))?;
-        self.kv
+        self.capabilities()
             .check()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let d = &self.dag;
@@ -253,6 +235,20 @@ impl Config {
         self.trust.check().map_err(ConfigError::Invalid)?;
         self.pull.check().map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// The capability sections, for `soma_host_api` (which composes the
+    /// capabilities). A new capability's section is one field above and
+    /// one line here.
+    pub fn capabilities(&self) -> host_api::Sections<'_> {
+        host_api::Sections {
+            log: &self.log,
+            kv: &self.kv,
+            llm: &self.llm,
+            events: &self.events,
+            wasi: &self.wasi,
+            policy: &self.policy,
+        }
     }
 
     /// The defaults as TOML, for `soma config default`.

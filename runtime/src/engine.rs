@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use soma_host_api::{self as host_api, kv, llm};
+use soma_host_api as host_api;
 use wasmtime::{
     Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     component::{Component, Linker},
@@ -47,8 +47,8 @@ pub struct Engine {
     pub(crate) wasmtime: wasmtime::Engine,
     pub(crate) linker: Linker<Host>,
     pub(crate) config: Arc<Config>,
-    pub(crate) kv: Arc<kv::Shared>,
-    pub(crate) llm: Arc<llm::Shared>,
+    /// Every capability's shared state (`soma_host_api::Shared`).
+    pub(crate) capabilities: host_api::Shared,
     pub(crate) metering: Arc<crate::meter::Metering>,
     data: DataDir,
     fingerprint: String,
@@ -81,12 +81,17 @@ impl Engine {
             .map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let fingerprint = fingerprint(&wasmtime, &config);
-        let kv = kv::Shared::new(config.kv, data.database().clone());
-        let llm = llm::Shared::new(config.llm.clone());
         let metering = Arc::new(crate::meter::Metering::new(
             config.ledger,
             data.database().clone(),
         ));
+        let capabilities = host_api::Shared::new(
+            config.capabilities(),
+            &host_api::EngineContext {
+                db: data.database().clone(),
+                meter: metering.clone(),
+            },
+        );
         let ticker = Ticker::start(
             &wasmtime,
             Duration::from_millis(config.engine.epoch_tick_ms),
@@ -95,8 +100,7 @@ impl Engine {
             wasmtime,
             linker,
             config: Arc::new(config),
-            kv,
-            llm,
+            capabilities,
             metering,
             data,
             fingerprint,
@@ -298,15 +302,10 @@ fn wasmtime_config(config: &Config) -> wasmtime::Config {
 }
 
 /// The linker every capsule is linked against: WASI p2 plus Soma's
-/// capabilities. Built once per engine.
+/// capabilities, every contract version. Built once per engine.
 fn link(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
-    host_api::wasi::add_to_linker(&mut linker)?;
-    host_api::log::add_to_linker(&mut linker)?;
-    kv::add_to_linker(&mut linker)?;
-    llm::add_to_linker(&mut linker)?;
-    host_api::events::add_to_linker(&mut linker)?;
-    host_api::bindings::add_types_to_linker(&mut linker)?;
+    host_api::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

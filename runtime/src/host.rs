@@ -1,8 +1,8 @@
-//! [`Host`]: the store data of one call, composing every capability's
-//! per-call state. Each capability sees only its own state through its view
-//! trait; none reaches into another.
+//! [`Host`]: the store data of one call — the limiter plus every
+//! capability's per-call state, composed by `soma_host_api`. Adding a
+//! capability changes nothing here.
 
-use soma_host_api::{events, kv, llm, log, wasi};
+use soma_host_api as host_api;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use crate::limits::Limiter;
@@ -11,39 +11,17 @@ use crate::limits::Limiter;
 #[derive(Debug)]
 pub struct Host {
     pub(crate) limiter: Limiter,
-    pub(crate) wasi: wasi::State,
-    pub(crate) log: log::State,
-    pub(crate) kv: kv::State,
-    pub(crate) events: events::State,
-    pub(crate) llm: llm::State,
+    pub(crate) capabilities: host_api::State,
+}
+
+impl host_api::HasCapabilities for Host {
+    fn capabilities(&mut self) -> &mut host_api::State {
+        &mut self.capabilities
+    }
 }
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        self.wasi.view()
-    }
-}
-
-impl log::LogView for Host {
-    fn log_state(&mut self) -> &mut log::State {
-        &mut self.log
-    }
-}
-
-impl kv::KvView for Host {
-    fn kv_state(&mut self) -> &mut kv::State {
-        &mut self.kv
-    }
-}
-
-impl events::EventsView for Host {
-    fn events_state(&mut self) -> &mut events::State {
-        &mut self.events
-    }
-}
-
-impl llm::LlmView for Host {
-    fn llm_state(&mut self) -> &mut llm::State {
-        &mut self.llm
+        self.capabilities.wasi.view()
     }
 }

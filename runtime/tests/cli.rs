@@ -159,6 +159,11 @@ fn inspect_json_describes_the_capsule() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["manifest"]["name"], "notebook");
     assert_eq!(doc["manifest"]["wants_kv"], true);
+    assert_eq!(doc["manifest"]["contract"], "soma:capsule@0.2.0");
+    assert_eq!(
+        doc["manifest"]["wants_llm_models"],
+        serde_json::json!(["small"])
+    );
     let imports = doc["imports"].as_array().expect("imports");
     assert!(
         imports
@@ -166,6 +171,34 @@ fn inspect_json_describes_the_capsule() {
             .any(|i| i.as_str().is_some_and(|s| s.starts_with("soma:capsule/kv")))
     );
     assert_eq!(doc["exports"], serde_json::json!(["describe", "run"]));
+
+    // A capsule built against the frozen 0.1.0 contract: its closed record
+    // shows as requests; `http`, which this host does not serve, is kept.
+    let out = soma(
+        data.path(),
+        &["inspect", soma_capsules::COMPAT_V0_1_COMPONENT, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let m = &doc["manifest"];
+    assert_eq!(m["contract"], "soma:capsule@0.1.0");
+    assert_eq!(m["wants_kv"], true);
+    assert_eq!(m["wants_dirs"], serde_json::json!(["/data"]));
+    assert_eq!(
+        m["wants_other"],
+        serde_json::json!([{"name": "http", "args": ["example.com"]}])
+    );
+    let out = soma(
+        data.path(),
+        &["inspect", soma_capsules::COMPAT_V0_1_COMPONENT],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("contract soma:capsule@0.1.0"), "{shown}");
+    assert!(
+        shown.contains("wants    kv, llm:small, dir:/data, http:example.com"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! [`Info`]: the builder behind a capsule's `describe()`.
 
-use crate::{Capabilities, CapsuleInfo, CapsuleKind, LimitsRequest};
+use crate::{CapabilityRequest, CapsuleInfo, CapsuleKind, LimitsRequest};
 
 /// What a capsule says about itself. Build it with [`Info::worker`],
 /// [`Info::planner`] or [`Info::gate`] and the chained setters.
@@ -12,7 +12,7 @@ pub struct Info {
     kind: CapsuleKind,
     input_schema: String,
     output_schema: String,
-    capabilities: Capabilities,
+    capabilities: Vec<CapabilityRequest>,
     limits: LimitsRequest,
 }
 
@@ -25,12 +25,7 @@ impl Info {
             kind,
             input_schema: "{}".to_owned(),
             output_schema: "{}".to_owned(),
-            capabilities: Capabilities {
-                kv: false,
-                llm_models: Vec::new(),
-                http_hosts: Vec::new(),
-                dirs: Vec::new(),
-            },
+            capabilities: Vec::new(),
             limits: LimitsRequest {
                 fuel: None,
                 memory_mb: None,
@@ -75,32 +70,51 @@ impl Info {
         self
     }
 
-    /// Ask for the key-value store.
+    /// Ask for capability `name` with `args` — any capability, including
+    /// one this SDK has no shortcut for yet (a host that does not know it
+    /// keeps the request and grants nothing for it). Requests of the same
+    /// name add up: `wants("llm", &["a"])` then `wants("llm", &["b"])`
+    /// asks for both models.
     #[must_use]
-    pub fn wants_kv(mut self) -> Self {
-        self.capabilities.kv = true;
+    pub fn wants(mut self, name: &str, args: &[&str]) -> Self {
+        let args = args.iter().map(|a| (*a).to_owned());
+        match self.capabilities.iter_mut().find(|r| r.name == name) {
+            Some(r) => r.args.extend(args),
+            None => self.capabilities.push(CapabilityRequest {
+                name: name.to_owned(),
+                args: args.collect(),
+            }),
+        }
         self
     }
 
-    /// Ask for an LLM model (or operator alias).
+    /// Ask for the key-value store (`kv`).
     #[must_use]
-    pub fn wants_llm_model(mut self, model: &str) -> Self {
-        self.capabilities.llm_models.push(model.to_owned());
-        self
+    pub fn wants_kv(self) -> Self {
+        self.wants("kv", &[])
     }
 
-    /// Ask for outbound HTTP to `host`.
+    /// Ask for an LLM model or operator alias (`llm`).
     #[must_use]
-    pub fn wants_http_host(mut self, host: &str) -> Self {
-        self.capabilities.http_hosts.push(host.to_owned());
-        self
+    pub fn wants_llm_model(self, model: &str) -> Self {
+        self.wants("llm", &[model])
     }
 
-    /// Ask for a preopened directory at guest path `path`.
+    /// Ask for outbound HTTP to `host` (`http`).
     #[must_use]
-    pub fn wants_dir(mut self, path: &str) -> Self {
-        self.capabilities.dirs.push(path.to_owned());
-        self
+    pub fn wants_http_host(self, host: &str) -> Self {
+        self.wants("http", &[host])
+    }
+
+    /// Ask for a preopened directory at guest path `path` (`dir`).
+    #[must_use]
+    pub fn wants_dir(self, path: &str) -> Self {
+        self.wants("dir", &[path])
+    }
+
+    /// The capabilities asked for so far, as `describe()` returns them.
+    pub fn capabilities(&self) -> &[CapabilityRequest] {
+        &self.capabilities
     }
 
     /// Ask for at most `fuel` units per call.
@@ -137,5 +151,40 @@ impl From<Info> for CapsuleInfo {
             capabilities: i.capabilities,
             limits: i.limits,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_of_one_name_add_up_and_any_name_can_be_asked_for() {
+        let info = Info::worker("w", "1")
+            .wants_kv()
+            .wants_llm_model("small")
+            .wants_llm_model("large")
+            .wants_dir("/data")
+            .wants("secrets", &["api-key"]);
+        let requests: Vec<(&str, Vec<&str>)> = info
+            .capabilities()
+            .iter()
+            .map(|r| (r.name.as_str(), r.args.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            requests,
+            [
+                ("kv", vec![]),
+                ("llm", vec!["small", "large"]),
+                ("dir", vec!["/data"]),
+                ("secrets", vec!["api-key"]),
+            ]
+        );
+        let described = CapsuleInfo::from(info);
+        assert_eq!(described.capabilities.len(), 4);
+        assert!(
+            Info::gate("g", "1").capabilities().is_empty(),
+            "nothing is asked for by default"
+        );
     }
 }

@@ -38,7 +38,8 @@ mod info;
 
 pub use info::Info;
 
-/// Raw bindings generated from `wit/capsule.wit` by `wit-bindgen`.
+/// Raw bindings generated from `wit/capsule.wit` (`soma:capsule@0.2.0`) by
+/// `wit-bindgen`.
 ///
 /// Most capsules never touch these directly; they are public for capsules
 /// that want the exact WIT types.
@@ -59,7 +60,7 @@ pub mod bindings {
 }
 
 pub use bindings::soma::capsule::types::{
-    Capabilities, CapsuleError, CapsuleInfo, CapsuleKind, LimitsRequest,
+    CapabilityRequest, CapsuleError, CapsuleInfo, CapsuleKind, LimitsRequest,
 };
 
 /// A task capsule: describes itself and turns one input into one output.

@@ -82,6 +82,7 @@ fn describe_is_read_at_load() {
     let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
     let m = c.manifest();
     assert_eq!((m.name.as_str(), m.kind), ("notebook", "worker"));
-    assert!(m.wants_kv);
-    assert_eq!(m.wants_llm_models, vec!["small".to_owned()]);
+    assert!(m.wants.kv);
+    assert_eq!(m.wants.llm, vec!["small".to_owned()]);
+    assert!(m.wants.other.is_empty());
 }

@@ -329,7 +329,12 @@ mod tests {
     fn info_schemas_are_json() {
         let info = soma_sdk::CapsuleInfo::from(Coder::info());
         assert_eq!(info.name, "kamachiq-coder");
-        assert_eq!(info.capabilities.llm_models, vec![DEFAULT_MODEL.to_owned()]);
+        let wants: Vec<(&str, &[String])> = info
+            .capabilities
+            .iter()
+            .map(|r| (r.name.as_str(), r.args.as_slice()))
+            .collect();
+        assert_eq!(wants, [("llm", &[DEFAULT_MODEL.to_owned()][..])]);
         for schema in [&info.input_schema, &info.output_schema] {
             assert!(json::parse::<Value>(schema).is_ok(), "{schema}");
         }

@@ -40,6 +40,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         println!("  {}", m.description);
     }
     println!("digest   {}", capsule.digest());
+    println!("contract {}", m.contract);
     println!(
         "size     {} ({} bytes)",
         human_bytes(capsule.size() as u64),
@@ -47,13 +48,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     );
     println!("imports  {}", imports.join(", "));
     println!("exports  {}", exports.join(", "));
-    let mut wants = Vec::new();
-    if m.wants_kv {
-        wants.push("kv".to_owned());
-    }
-    wants.extend(m.wants_llm_models.iter().map(|x| format!("llm:{x}")));
-    wants.extend(m.wants_http_hosts.iter().map(|x| format!("http:{x}")));
-    wants.extend(m.wants_dirs.iter().map(|x| format!("dir:{x}")));
+    let wants = m.wants.words();
     println!(
         "wants    {}",
         if wants.is_empty() {

@@ -1,0 +1,652 @@
+//! The host capabilities, composed in one place.
+//!
+//! Each capability module (`log`, `kv`, `llm`, `events`, `wasi`) owns its
+//! whole story and says so by implementing [`Capability`]: its operator
+//! section, its share of `[policy]`, its shared state, what a capsule may
+//! ask for, its grant, its per-call state, its linker wiring and its share
+//! of the call's report. This file is the only place that lists them (the
+//! role Spin's `#[derive(RuntimeFactors)]` struct plays): one field per
+//! capability in each composed type below, and one line per capability in
+//! each composed phase. The runtime sees only the composed types:
+//!
+//! | composed type | built | from |
+//! |---|---|---|
+//! | [`Sections`] | per config check / engine start | the runtime's config tree |
+//! | [`Shared`] | once per engine | [`Sections`] + [`EngineContext`] |
+//! | [`Wants`] | once per capsule (at load) | `describe()`'s capability requests |
+//! | [`Grants`] | once per run (and per DAG node) | [`Wants`] ∩ [`Policy`] ∩ [`GrantScope`] |
+//! | [`State`] | once per call | [`Shared`] + [`Grants`] + [`CallContext`] |
+//! | [`Report`] | once per call, at the end | [`State`] |
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiView;
+
+use crate::{
+    bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, storage::LazyDatabase,
+    wasi,
+};
+
+/// One host capability: its types and its phases. Implemented by a marker
+/// type in the capability's module (`kv::Kv`, `llm::Llm`, …).
+///
+/// A capability never sees another's types; [`Shared`], [`Grants`] and
+/// [`State`] hold one field per capability and call these phases.
+pub trait Capability {
+    /// The request name a capsule uses in `describe()` (`kv`, `llm`, `dir`).
+    const NAME: &'static str;
+    /// The `soma:capsule` interfaces it serves (for the unknown-import
+    /// message); empty for a capability served through WASI.
+    const INTERFACES: &'static [&'static str];
+
+    /// Its `soma.toml` section (`[kv]`, `[llm]`, …).
+    type Config;
+    /// Why its section is inconsistent.
+    type ConfigError: std::error::Error + Send + Sync + 'static;
+    /// Its share of `[policy]`: what the operator allows capsules that ask.
+    type Policy: ?Sized;
+    /// State shared by every call (pools, database handles, provider
+    /// clients). Built once per engine.
+    type Shared;
+    /// What one capsule asked for. Built once per capsule.
+    type Wants: Default;
+    /// What one call may use; `Default` denies everything.
+    type Grant: Default;
+    /// Per-call state, in the store.
+    type State;
+    /// Why its per-call state could not be built (the call is denied).
+    type PrepareError: std::error::Error + Send + Sync + 'static;
+    /// Its share of the call's report.
+    type Report;
+
+    /// Check the section's consistency. Once per config load (and by
+    /// `soma config check`); cheap.
+    fn check(config: &Self::Config) -> Result<(), Self::ConfigError>;
+
+    /// Build the shared state. Once per engine; may read the environment,
+    /// must not do I/O (open the database, connect) — do that lazily.
+    fn shared(config: &Self::Config, engine: &EngineContext) -> Self::Shared;
+
+    /// Wire its interfaces (the current contract's) into `linker`. Once
+    /// per engine.
+    fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()>;
+
+    /// Record one request named [`Self::NAME`] with its arguments. Once per
+    /// request when a capsule is loaded; requests of the same name add up.
+    fn want(wants: &mut Self::Wants, args: &[String]);
+
+    /// The capsule's wants as `name:arg` words for `soma inspect`.
+    fn describe_wants(wants: &Self::Wants, out: &mut Vec<String>);
+
+    /// The grant: the capsule's wants ∩ the operator's policy ∩ the
+    /// scope (capsule, run). Once per run; cheap (clones a few strings).
+    fn grant(wants: &Self::Wants, policy: &Self::Policy, scope: &GrantScope<'_>) -> Self::Grant;
+
+    /// Move a grant to another run (a DAG run, a daemon call). Cheap.
+    /// Default: the grant does not depend on the run.
+    fn rescope(grant: &mut Self::Grant, run: &str) {
+        let _ = (grant, run);
+    }
+
+    /// Build the per-call state. Once per call, on the hot path: must be
+    /// cheap (no I/O, no lock; a few small allocations at most).
+    fn prepare(
+        shared: &Self::Shared,
+        grant: &Self::Grant,
+        call: &CallContext<'_>,
+    ) -> Result<Self::State, Self::PrepareError>;
+
+    /// Make a successful call's effects durable (kv's writes). Once per
+    /// successful call; a failed call's state is dropped instead. Default:
+    /// nothing to commit.
+    fn commit(state: &mut Self::State) -> Result<(), CommitError> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Its share of the report. Once per call, at the end.
+    fn finish(state: Self::State) -> Self::Report;
+}
+
+/// What the runtime hands the capabilities once per engine.
+#[derive(Debug, Clone)]
+pub struct EngineContext {
+    /// The node's database (opened on first use).
+    pub db: Arc<LazyDatabase>,
+    /// The node's budgets and ledger.
+    pub meter: Arc<dyn llm::Meter>,
+}
+
+/// Who a grant is for: the parts of a grant the runtime decides.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantScope<'a> {
+    /// The capsule's digest (`sha256:…`).
+    pub capsule: &'a str,
+    /// The run id.
+    pub run: &'a str,
+}
+
+/// What every capability may read when one call's state is built. Borrowed;
+/// built once per call by the runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext<'a> {
+    /// The capsule's name (for logs; escaped).
+    pub capsule: &'a Arc<str>,
+    /// The run id (for logs).
+    pub run: &'a Arc<str>,
+    /// Who pays (for llm's budgets).
+    pub spender: &'a llm::Spender,
+    /// The caller's tenant (kv keys every entry by it).
+    pub tenant: &'a Arc<str>,
+    /// The call's memory limit, bytes (bounds host memory a call may pin).
+    pub memory_limit_bytes: usize,
+}
+
+/// Store data that holds the composed per-call [`State`]. The runtime's
+/// store type implements this (and `WasiView`, which wasmtime-wasi needs);
+/// every capability's view is derived from it.
+pub trait HasCapabilities: WasiView + 'static {
+    /// The call's capability states.
+    fn capabilities(&mut self) -> &mut State;
+}
+
+impl<T: HasCapabilities> log::LogView for T {
+    fn log_state(&mut self) -> &mut log::State {
+        &mut self.capabilities().log
+    }
+}
+
+impl<T: HasCapabilities> kv::KvView for T {
+    fn kv_state(&mut self) -> &mut kv::State {
+        &mut self.capabilities().kv
+    }
+}
+
+impl<T: HasCapabilities> llm::LlmView for T {
+    fn llm_state(&mut self) -> &mut llm::State {
+        &mut self.capabilities().llm
+    }
+}
+
+impl<T: HasCapabilities> events::EventsView for T {
+    fn events_state(&mut self) -> &mut events::State {
+        &mut self.capabilities().events
+    }
+}
+
+/// The capability sections of the runtime's config tree, borrowed. The
+/// runtime keeps each section a top-level table of `soma.toml` (so a typo
+/// is reported at its line); this is how it hands them over.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections<'a> {
+    /// `[log]`.
+    pub log: &'a log::Config,
+    /// `[kv]`.
+    pub kv: &'a kv::Config,
+    /// `[llm]`.
+    pub llm: &'a llm::Config,
+    /// `[events]`.
+    pub events: &'a events::Config,
+    /// `[wasi]`.
+    pub wasi: &'a wasi::Config,
+    /// `[policy]`.
+    pub policy: &'a Policy,
+}
+
+/// A capability section is inconsistent; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SectionError {
+    /// `[kv]`.
+    #[error(transparent)]
+    Kv(#[from] kv::ConfigError),
+    /// `[llm]`.
+    #[error("llm: {0}")]
+    Llm(#[source] llm::ConfigError),
+}
+
+impl Sections<'_> {
+    /// Check every section. Once per config load; cheap.
+    pub fn check(&self) -> Result<(), SectionError> {
+        let Ok(()) = log::Log::check(self.log);
+        kv::Kv::check(self.kv)?;
+        llm::Llm::check(self.llm).map_err(SectionError::Llm)?;
+        let Ok(()) = events::Events::check(self.events);
+        let Ok(()) = wasi::Wasi::check(self.wasi);
+        Ok(())
+    }
+}
+
+/// What the operator allows capsules to be granted (`[policy]` in
+/// `soma.toml`): one key per capability that needs the operator's consent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// kv's share: grant kv to capsules that ask for it. Default true.
+    pub allow_kv: bool,
+    /// llm's share: models capsules may be granted (when they ask). Default none.
+    pub llm_models: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_kv: true,
+            llm_models: Vec::new(),
+        }
+    }
+}
+
+/// Every capability's shared state. Built once per engine.
+#[derive(Debug)]
+pub struct Shared {
+    log: <log::Log as Capability>::Shared,
+    kv: <kv::Kv as Capability>::Shared,
+    llm: <llm::Llm as Capability>::Shared,
+    events: <events::Events as Capability>::Shared,
+    wasi: <wasi::Wasi as Capability>::Shared,
+    policy: Policy,
+}
+
+impl Shared {
+    /// Build every capability's shared state. Once per engine; no I/O.
+    pub fn new(sections: Sections<'_>, engine: &EngineContext) -> Self {
+        Self {
+            log: log::Log::shared(sections.log, engine),
+            kv: kv::Kv::shared(sections.kv, engine),
+            llm: llm::Llm::shared(sections.llm, engine),
+            events: events::Events::shared(sections.events, engine),
+            wasi: wasi::Wasi::shared(sections.wasi, engine),
+            policy: sections.policy.clone(),
+        }
+    }
+
+    /// The grants for a capsule that asked for `wants`, under the
+    /// operator's policy, in `scope`. Once per run; cheap.
+    pub fn grant(&self, wants: &Wants, scope: &GrantScope<'_>) -> Grants {
+        let p = &self.policy;
+        Grants {
+            kv: kv::Kv::grant(&wants.kv, &p.allow_kv, scope),
+            llm: llm::Llm::grant(&wants.llm, &p.llm_models, scope),
+            dirs: wasi::Wasi::grant(&wants.dirs, &(), scope),
+        }
+    }
+}
+
+/// Wire every capability's interfaces — the current contract's and the
+/// frozen 0.1.0's — plus the type-only `types` interface into `linker`.
+/// Once per engine.
+pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasi::Wasi::add_to_linker(linker)?;
+    log::Log::add_to_linker(linker)?;
+    kv::Kv::add_to_linker(linker)?;
+    llm::Llm::add_to_linker(linker)?;
+    events::Events::add_to_linker(linker)?;
+    crate::compat::add_to_linker(linker)?;
+    crate::bindings::add_types_to_linker(linker)
+}
+
+/// What the host provides, for the unknown-import message, e.g. `WASI p2
+/// and soma:capsule/{log,kv,llm,events} (@0.1.0 and @0.2.0)`.
+pub fn provided() -> String {
+    let interfaces: Vec<&str> = [
+        log::Log::INTERFACES,
+        kv::Kv::INTERFACES,
+        llm::Llm::INTERFACES,
+        events::Events::INTERFACES,
+        wasi::Wasi::INTERFACES,
+    ]
+    .concat();
+    format!(
+        "WASI p2 and soma:capsule/{{{}}} (@0.1.0 and @0.2.0)",
+        interfaces.join(",")
+    )
+}
+
+/// What a capsule asked for in `describe()`, per capability. Serialized
+/// (in `soma inspect --json`) as `wants_kv`, `wants_llm_models`,
+/// `wants_dirs` and `wants_other`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Wants {
+    /// kv's share: wants the store.
+    #[serde(rename = "wants_kv")]
+    pub kv: <kv::Kv as Capability>::Wants,
+    /// llm's share: the models (or aliases) it wants.
+    #[serde(rename = "wants_llm_models")]
+    pub llm: <llm::Llm as Capability>::Wants,
+    /// wasi's share: guest paths of the directories it wants preopened.
+    #[serde(rename = "wants_dirs")]
+    pub dirs: <wasi::Wasi as Capability>::Wants,
+    /// Requests no capability of this host claims (one added after this
+    /// host was built, or reserved like `http`): kept, shown, granted nothing.
+    #[serde(rename = "wants_other")]
+    pub other: Vec<Request>,
+}
+
+/// One capability request as the capsule made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// The capability's name.
+    pub name: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Wants {
+    /// Sort `describe()`'s requests by capability. Once per capsule.
+    pub fn from_requests(requests: Vec<CapabilityRequest>) -> Self {
+        let mut w = Self::default();
+        for r in requests {
+            match r.name.as_str() {
+                log::Log::NAME => log::Log::want(&mut (), &r.args),
+                kv::Kv::NAME => kv::Kv::want(&mut w.kv, &r.args),
+                llm::Llm::NAME => llm::Llm::want(&mut w.llm, &r.args),
+                events::Events::NAME => events::Events::want(&mut (), &r.args),
+                wasi::Wasi::NAME => wasi::Wasi::want(&mut w.dirs, &r.args),
+                _ => w.other.push(Request {
+                    name: r.name,
+                    args: r.args,
+                }),
+            }
+        }
+        w
+    }
+
+    /// `kv`, `llm:small`, `dir:/data`, `http:example.com`, … for `soma
+    /// inspect`; empty when the capsule asks for nothing.
+    pub fn words(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        kv::Kv::describe_wants(&self.kv, &mut out);
+        llm::Llm::describe_wants(&self.llm, &mut out);
+        wasi::Wasi::describe_wants(&self.dirs, &mut out);
+        for r in &self.other {
+            if r.args.is_empty() {
+                out.push(r.name.clone());
+            }
+            out.extend(r.args.iter().map(|a| format!("{}:{a}", r.name)));
+        }
+        out
+    }
+}
+
+/// What one call may use: one grant per capability. Built by the runtime
+/// from [`Shared::grant`]; `Grants::default()` denies everything.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// kv: the namespaces the call may use; `None` denies kv.
+    pub kv: <kv::Kv as Capability>::Grant,
+    /// llm: the models the call may use.
+    pub llm: <llm::Llm as Capability>::Grant,
+    /// wasi: preopened directories (offered by the caller, checked against
+    /// the capsule's wants by [`wasi::Wasi::offer`]).
+    pub dirs: <wasi::Wasi as Capability>::Grant,
+}
+
+impl Grants {
+    /// Move every grant to run `run` (its kv blackboard). Cheap.
+    pub fn rescope(&mut self, run: &str) {
+        kv::Kv::rescope(&mut self.kv, run);
+        llm::Llm::rescope(&mut self.llm, run);
+        wasi::Wasi::rescope(&mut self.dirs, run);
+    }
+}
+
+/// A call's per-call state could not be built; the call is denied.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// A granted directory could not be opened.
+    #[error(transparent)]
+    Wasi(#[from] wasi::PreopenError),
+}
+
+/// A successful call's effects could not be made durable; nothing was.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// kv's writes.
+    #[error(transparent)]
+    Kv(#[from] kv::CommitError),
+}
+
+/// Every capability's per-call state: the capability part of the store's
+/// data. Built once per call.
+#[derive(Debug)]
+pub struct State {
+    /// WASI: stdio capture and preopened directories.
+    pub wasi: wasi::State,
+    /// `log`.
+    pub log: log::State,
+    /// `kv`.
+    pub kv: kv::State,
+    /// `events`.
+    pub events: events::State,
+    /// `llm`.
+    pub llm: llm::State,
+}
+
+impl State {
+    /// Build every capability's state for one call. Cost: what each
+    /// `prepare` costs (a few small allocations, one `open` per granted
+    /// directory); no lock.
+    pub fn new(
+        shared: &Shared,
+        grants: &Grants,
+        call: &CallContext<'_>,
+    ) -> Result<Self, PrepareError> {
+        let wasi = wasi::Wasi::prepare(&shared.wasi, &grants.dirs, call)?;
+        let Ok(log) = log::Log::prepare(&shared.log, &(), call);
+        let Ok(kv) = kv::Kv::prepare(&shared.kv, &grants.kv, call);
+        let Ok(events) = events::Events::prepare(&shared.events, &(), call);
+        let Ok(llm) = llm::Llm::prepare(&shared.llm, &grants.llm, call);
+        Ok(Self {
+            wasi,
+            log,
+            kv,
+            events,
+            llm,
+        })
+    }
+
+    /// Make a successful call's effects durable. Once per successful call.
+    pub fn commit(&mut self) -> Result<(), CommitError> {
+        wasi::Wasi::commit(&mut self.wasi)?;
+        log::Log::commit(&mut self.log)?;
+        kv::Kv::commit(&mut self.kv)?;
+        events::Events::commit(&mut self.events)?;
+        llm::Llm::commit(&mut self.llm)
+    }
+
+    /// Every capability's share of the call's report. Once per call.
+    pub fn finish(self) -> Report {
+        let (stdout, stderr) = wasi::Wasi::finish(self.wasi);
+        let (logs, logs_dropped) = log::Log::finish(self.log);
+        kv::Kv::finish(self.kv);
+        let (events, events_dropped) = events::Events::finish(self.events);
+        llm::Llm::finish(self.llm);
+        Report {
+            logs,
+            logs_dropped,
+            events,
+            events_dropped,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// What the capabilities report about one call.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// log: lines kept (capped).
+    pub logs: Vec<log::LogLine>,
+    /// log: lines dropped past the cap.
+    pub logs_dropped: u32,
+    /// events: events kept (capped).
+    pub events: Vec<events::Event>,
+    /// events: events dropped past the caps.
+    pub events_dropped: u32,
+    /// wasi: captured stdout (capped).
+    pub stdout: String,
+    /// wasi: captured stderr (capped).
+    pub stderr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, args: &[&str]) -> CapabilityRequest {
+        CapabilityRequest {
+            name: name.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+
+    fn shared(policy: Policy, dir: &std::path::Path) -> Shared {
+        Shared::new(
+            Sections {
+                log: &log::Config::default(),
+                kv: &kv::Config::default(),
+                llm: &llm::Config::default(),
+                events: &events::Config::default(),
+                wasi: &wasi::Config::default(),
+                policy: &policy,
+            },
+            &EngineContext {
+                db: Arc::new(LazyDatabase::new(dir.join("soma.redb"))),
+                meter: Arc::new(llm::NoMeter),
+            },
+        )
+    }
+
+    #[test]
+    fn requests_are_sorted_by_capability_and_unknown_ones_are_kept() {
+        let w = Wants::from_requests(vec![
+            request("llm", &["small"]),
+            request("kv", &[]),
+            request("secrets", &["api-key"]),
+            request("llm", &["large", "small"]),
+            request("dir", &["/data"]),
+            request("log", &[]),
+        ]);
+        assert!(w.kv);
+        assert_eq!(w.llm, ["small", "large"], "requests add up, once each");
+        assert_eq!(w.dirs, ["/data"]);
+        assert_eq!(
+            w.other,
+            [Request {
+                name: "secrets".into(),
+                args: vec!["api-key".into()],
+            }]
+        );
+        assert_eq!(
+            w.words(),
+            [
+                "kv",
+                "llm:small",
+                "llm:large",
+                "dir:/data",
+                "secrets:api-key"
+            ]
+        );
+        assert!(Wants::from_requests(Vec::new()).words().is_empty());
+        let json = serde_json::to_value(&w).expect("json");
+        assert_eq!(json["wants_kv"], true);
+        assert_eq!(
+            json["wants_llm_models"],
+            serde_json::json!(["small", "large"])
+        );
+        assert_eq!(json["wants_other"][0]["name"], "secrets");
+    }
+
+    #[test]
+    fn each_capability_grants_its_wants_within_its_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wants = Wants::from_requests(vec![
+            request("kv", &[]),
+            request("llm", &["small", "large"]),
+            request("dir", &["/data"]),
+            request("http", &["example.com"]),
+        ]);
+        let scope = GrantScope {
+            capsule: "sha256:abc",
+            run: "r1",
+        };
+        let open = shared(
+            Policy {
+                allow_kv: true,
+                llm_models: vec!["small".into()],
+            },
+            dir.path(),
+        );
+        let mut g = open.grant(&wants, &scope);
+        let kv = g.kv.clone().expect("kv granted");
+        assert_eq!(kv.capsule, kv::Space::Capsule("sha256:abc".into()));
+        assert_eq!(kv.run, Some(kv::Space::Run("r1".into())));
+        assert_eq!(g.llm.models, ["small"], "only what the policy allows");
+        assert!(g.dirs.is_empty(), "directories wait for the caller's offer");
+        g.rescope("r2");
+        assert_eq!(
+            g.kv.as_ref().and_then(|k| k.run.clone()),
+            Some(kv::Space::Run("r2".into()))
+        );
+
+        let closed = shared(
+            Policy {
+                allow_kv: false,
+                llm_models: Vec::new(),
+            },
+            dir.path(),
+        );
+        let g = closed.grant(&wants, &scope);
+        assert!(g.kv.is_none());
+        assert!(g.llm.models.is_empty());
+        // Nothing asked for, nothing granted, whatever the policy.
+        let g = open.grant(&Wants::default(), &scope);
+        assert!(g.kv.is_none() && g.llm.models.is_empty());
+    }
+
+    #[test]
+    fn provided_names_every_interface() {
+        let p = provided();
+        assert_eq!(
+            p,
+            "WASI p2 and soma:capsule/{log,kv,llm,events} (@0.1.0 and @0.2.0)"
+        );
+    }
+
+    #[test]
+    fn sections_check_each_capability() {
+        let policy = Policy::default();
+        let kv = kv::Config {
+            max_pending_bytes_per_call: 1,
+            ..kv::Config::default()
+        };
+        let sections = Sections {
+            log: &log::Config::default(),
+            kv: &kv,
+            llm: &llm::Config::default(),
+            events: &events::Config::default(),
+            wasi: &wasi::Config::default(),
+            policy: &policy,
+        };
+        let e = sections.check().expect_err("kv inconsistent");
+        assert!(
+            e.to_string().contains("kv.max_pending_bytes_per_call"),
+            "{e}"
+        );
+        let kv = kv::Config::default();
+        let llm = llm::Config {
+            providers: vec![llm::ProviderConfig::default()],
+            ..llm::Config::default()
+        };
+        let e = Sections {
+            kv: &kv,
+            llm: &llm,
+            ..sections
+        }
+        .check()
+        .expect_err("unnamed provider");
+        assert!(e.to_string().starts_with("llm: "), "{e}");
+    }
+}
