@@ -975,7 +975,7 @@ impl RunState {
         )
         .map_err(|e| e.to_string())
         .and_then(|plan| {
-            super::scheduler::check_kinds(&plan.nodes, |alias| {
+            super::kinds::check_kinds(&plan.nodes, |alias| {
                 self.capsules.get(alias).map(|c| c.kind.clone())
             })
             .map(|()| plan)
