@@ -108,7 +108,7 @@ pub struct Daemon {
     /// API tokens.
     pub tokens: auth::Tokens,
     /// Per-tenant admission.
-    pub admission: limits::Admission,
+    pub admission: limits::TenantAdmission,
     /// Capsules by name.
     pub catalog: RwLock<BTreeMap<String, CatalogItem>>,
     /// Capsules a re-pull replaced in the catalog, by digest: runs that
@@ -143,7 +143,7 @@ impl Daemon {
                 .metering()
                 .observe(Box::new(move |entries| m.charged(entries)));
         }
-        let admission = limits::Admission::new(limits::TenantLimits {
+        let admission = limits::TenantAdmission::new(limits::TenantLimits {
             rate_per_sec: config.rate_per_sec,
             burst: config.burst.max(1.0),
             max_in_flight: config.max_in_flight,
@@ -255,11 +255,11 @@ fn note_admin_migration(tokens: &auth::Tokens) {
     let live: Vec<_> = tokens.loaded().into_iter().filter(|t| !t.revoked).collect();
     let admins = live
         .iter()
-        .filter(|t| t.scopes.contains(&auth::Scope::Admin))
+        .filter(|t| t.scopes.contains(&auth::TokenScope::Admin))
         .count();
     let operators = live
         .iter()
-        .filter(|t| t.scopes.contains(&auth::Scope::Operator))
+        .filter(|t| t.scopes.contains(&auth::TokenScope::Operator))
         .count();
     if admins > 0 && operators == 0 {
         tracing::warn!(

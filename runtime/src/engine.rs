@@ -49,7 +49,7 @@ pub struct Engine {
     pub(crate) config: Arc<Config>,
     pub(crate) kv: Arc<kv::Shared>,
     pub(crate) llm: Arc<llm::Shared>,
-    pub(crate) metering: Arc<crate::meter::Metering>,
+    pub(crate) metering: Arc<crate::meter::BudgetLedger>,
     data: DataDir,
     fingerprint: String,
     capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
@@ -83,7 +83,7 @@ impl Engine {
         let fingerprint = fingerprint(&wasmtime, &config);
         let kv = kv::Shared::new(config.kv, data.database().clone());
         let llm = llm::Shared::new(config.llm.clone());
-        let metering = Arc::new(crate::meter::Metering::new(
+        let metering = Arc::new(crate::meter::BudgetLedger::new(
             config.ledger,
             data.database().clone(),
         ));
@@ -121,7 +121,7 @@ impl Engine {
     }
 
     /// The node's budgets and ledger.
-    pub fn metering(&self) -> &Arc<crate::meter::Metering> {
+    pub fn metering(&self) -> &Arc<crate::meter::BudgetLedger> {
         &self.metering
     }
 

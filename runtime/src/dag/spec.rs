@@ -834,7 +834,7 @@ pub fn parse_within(text: &str, file: &str, budget: &source::Budget) -> Result<S
             },
         );
     }
-    let scope = Scope {
+    let scope = Declared {
         capsules: &spec.capsules,
         inputs: &spec.inputs,
     };
@@ -893,7 +893,7 @@ pub fn parse_plan(
     let Some(mut plan) = shell else {
         return Err(report.into_errors());
     };
-    let scope = Scope {
+    let scope = Declared {
         capsules: &spec.capsules,
         inputs: &spec.inputs,
     };
@@ -1198,7 +1198,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(
 }
 
 /// What node templates may refer to besides nodes.
-struct Scope<'a> {
+struct Declared<'a> {
     capsules: &'a BTreeMap<String, String>,
     inputs: &'a BTreeMap<String, InputSpec>,
 }
@@ -1220,7 +1220,7 @@ impl Owner<'_> {
 
 /// The checks every node list gets, in a spec or a plan: ids, capsules,
 /// `needs`, templates, `for_each`, gates, numbers, and cycles.
-fn check_nodes(nodes: &Nodes<'_>, scope: &Scope<'_>, report: &mut Report<'_>) {
+fn check_nodes(nodes: &Nodes<'_>, scope: &Declared<'_>, report: &mut Report<'_>) {
     let mut first: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, (pointer, node)) in nodes.parsed.iter().enumerate() {
         let id = node.id.as_str();
@@ -1246,7 +1246,7 @@ fn check_node(
     pointer: &str,
     node: &NodeSpec,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     let id = node.id.as_str();
@@ -1374,7 +1374,7 @@ fn check_templates(
     pointer: &str,
     owner: &Owner<'_>,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     // String by string, so one malformed template does not hide the rest.
@@ -1398,7 +1398,7 @@ fn check_reference(
     pointer: &str,
     owner: &Owner<'_>,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     match &reference.root {
