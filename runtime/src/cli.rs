@@ -8,6 +8,7 @@ mod exit;
 mod inspect;
 mod ledger;
 mod new;
+mod progress;
 mod registry;
 mod remote;
 mod run;

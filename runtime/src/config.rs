@@ -12,6 +12,10 @@ use soma_host_api as host_api;
 
 use crate::limits::Limits;
 
+pub mod dag;
+pub mod daemon;
+pub mod pull;
+
 /// The whole `soma.toml`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,13 +44,13 @@ pub struct Config {
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
     /// How much a registry may make a pull read (`[pull]`).
-    pub pull: crate::oci::PullConfig,
+    pub pull: pull::PullConfig,
     /// What every call is charged (`[ledger]`).
     pub ledger: crate::meter::LedgerConfig,
     /// `soma daemon` (`[daemon]`).
-    pub daemon: crate::daemon::DaemonConfig,
+    pub daemon: daemon::DaemonConfig,
     /// Ceilings on DAG specs and their parsing and rendering (`[dag]`).
-    pub dag: crate::dag::spec::Ceilings,
+    pub dag: dag::Ceilings,
 }
 
 /// How instances get their memory.

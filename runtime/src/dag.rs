@@ -6,6 +6,7 @@ pub mod spec;
 pub mod source;
 pub mod template;
 pub mod history;
+pub mod kinds;
 pub mod journal;
 pub mod state;
 pub mod scheduler;

@@ -49,7 +49,7 @@ pub struct Engine {
     pub(crate) config: Arc<Config>,
     /// Every capability's shared state (`soma_host_api::Shared`).
     pub(crate) capabilities: host_api::Shared,
-    pub(crate) metering: Arc<crate::meter::Metering>,
+    pub(crate) metering: Arc<crate::meter::BudgetLedger>,
     data: DataDir,
     fingerprint: String,
     capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
@@ -81,7 +81,7 @@ impl Engine {
             .map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
         let fingerprint = fingerprint(&wasmtime, &config);
-        let metering = Arc::new(crate::meter::Metering::new(
+        let metering = Arc::new(crate::meter::BudgetLedger::new(
             config.ledger,
             data.database().clone(),
         ));
@@ -125,7 +125,7 @@ impl Engine {
     }
 
     /// The node's budgets and ledger.
-    pub fn metering(&self) -> &Arc<crate::meter::Metering> {
+    pub fn metering(&self) -> &Arc<crate::meter::BudgetLedger> {
         &self.metering
     }
 

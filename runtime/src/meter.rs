@@ -51,7 +51,7 @@ impl Default for LedgerConfig {
 
 /// The node's budgets and ledger, shared by every call of an engine.
 #[derive(Debug)]
-pub struct Metering {
+pub struct BudgetLedger {
     config: LedgerConfig,
     ledger: Ledger,
     writer: OnceLock<Result<LedgerWriter, String>>,
@@ -178,8 +178,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl Metering {
-    /// Metering over the node database. Opens nothing until first used.
+impl BudgetLedger {
+    /// Budgets and ledger over the node database. Opens nothing until first used.
     pub fn new(config: LedgerConfig, db: Arc<LazyDatabase>) -> Self {
         Self {
             config,
@@ -287,7 +287,7 @@ impl Metering {
         Ok(appended)
     }
 
-    /// [`Metering::append`] for async callers (the daemon).
+    /// [`BudgetLedger::append`] for async callers (the daemon).
     pub async fn append_async(
         &self,
         entries: Vec<Entry>,
@@ -301,7 +301,7 @@ impl Metering {
     }
 
     /// Charge one capsule call's fuel and wall time, settling its
-    /// reservation ([`Metering::reserve_call`]). Idempotent per (run, node,
+    /// reservation ([`BudgetLedger::reserve_call`]). Idempotent per (run, node,
     /// attempt): a replay is not charged again. Blocks for the group commit.
     pub fn charge_call(&self, charge: Option<CallCharge>) -> Result<(), LedgerError> {
         let Some(charge) = charge else {
@@ -370,12 +370,12 @@ impl Metering {
     }
 
     /// Before a call: reserve its worst-case fuel and wall-time cost
-    /// ([`Metering::worst_case_micros`]) against every budget that applies
+    /// ([`BudgetLedger::worst_case_micros`]) against every budget that applies
     /// (tenant, capsule, run, node and the nodes it was derived from), all
     /// or nothing. `Ok(None)`: nothing to hold (calls are not metered or
     /// cost nothing at the configured prices). `Err(reason)`: a budget
     /// cannot cover it; the call must not start. Pass the hold to
-    /// [`Metering::call_charge`]; it is settled to the actual cost when the
+    /// [`BudgetLedger::call_charge`]; it is settled to the actual cost when the
     /// charge is committed.
     ///
     /// Cost: nothing when prices are 0; else one lock and a hash lookup per
@@ -417,7 +417,7 @@ impl Metering {
         Ok(Some(id))
     }
 
-    /// Release a reservation from [`Metering::reserve_call`] that will not
+    /// Release a reservation from [`BudgetLedger::reserve_call`] that will not
     /// be charged (the call never produced a charge).
     pub fn release_call(&self, hold: Option<u64>) {
         if let Some(h) = self.accounts.take_hold(hold) {
@@ -426,9 +426,9 @@ impl Metering {
     }
 
     /// The ledger entries for one call's fuel and wall time, carrying its
-    /// reservation `hold`, to be committed by [`Metering::charge_call`],
-    /// [`Metering::commit_call`] or in the caller's own transaction
-    /// ([`Metering::write_charges`]); `None` when calls are not metered (the
+    /// reservation `hold`, to be committed by [`BudgetLedger::charge_call`],
+    /// [`BudgetLedger::commit_call`] or in the caller's own transaction
+    /// ([`BudgetLedger::write_charges`]); `None` when calls are not metered (the
     /// hold, if any, is released). Cost: two small allocations.
     pub fn call_charge(
         &self,
@@ -476,8 +476,8 @@ impl Metering {
 
     /// Write call charges inside `txn` (the caller's own transaction, so the
     /// charge commits atomically with the caller's state). After the commit,
-    /// pass each charge and its result to [`Metering::settle_charge`] (or,
-    /// if the transaction failed, to [`Metering::release_charge`]).
+    /// pass each charge and its result to [`BudgetLedger::settle_charge`] (or,
+    /// if the transaction failed, to [`BudgetLedger::release_charge`]).
     pub fn write_charges(
         &self,
         txn: &redb::WriteTransaction,
@@ -486,7 +486,7 @@ impl Metering {
         crate::ledger::append_in(txn, charges)
     }
 
-    /// After a caller committed a charge itself ([`Metering::write_charges`]):
+    /// After a caller committed a charge itself ([`BudgetLedger::write_charges`]):
     /// settle it against the budgets and tell the observer (unless it was a
     /// replay).
     pub fn settle_charge(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
@@ -499,8 +499,8 @@ impl Metering {
         self.accounts.release(charge);
     }
 
-    /// Count a charge written through [`Metering::append`] /
-    /// [`Metering::append_async`] (which already told the observer)
+    /// Count a charge written through [`BudgetLedger::append`] /
+    /// [`BudgetLedger::append_async`] (which already told the observer)
     /// against the budgets, unless it was a replay.
     pub fn settle_budgets(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
         self.accounts.settle(charge, appended);
@@ -604,11 +604,11 @@ pub struct CallCharge {
     pub entries: Vec<Entry>,
     /// The budgets it counts against.
     scopes: Vec<Scope>,
-    /// The reservation it settles ([`Metering::reserve_call`]).
+    /// The reservation it settles ([`BudgetLedger::reserve_call`]).
     hold: Option<u64>,
 }
 
-impl Drop for Metering {
+impl Drop for BudgetLedger {
     /// Flush and stop the group-commit thread, releasing the database.
     fn drop(&mut self) {
         if let Some(Ok(writer)) = self.writer.take() {
@@ -617,7 +617,7 @@ impl Drop for Metering {
     }
 }
 
-impl llm::Meter for Metering {
+impl llm::Meter for BudgetLedger {
     fn reserve(&self, spender: &Spender, tokens: u64, micros: u64) -> Result<Reservation, String> {
         self.ensure_loaded()
             .map_err(|e| format!("budgets are unavailable: {e}"))?;
@@ -749,10 +749,10 @@ mod tests {
         assert!(!derived_from("fa", "fan"));
     }
 
-    fn metering(config: LedgerConfig) -> (Metering, tempfile::TempDir) {
+    fn metering(config: LedgerConfig) -> (BudgetLedger, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let data = crate::store::DataDir::new(dir.path());
-        (Metering::new(config, data.database().clone()), dir)
+        (BudgetLedger::new(config, data.database().clone()), dir)
     }
 
     fn spender(node: &str) -> Spender {
@@ -792,7 +792,7 @@ mod tests {
         let acc = m.budgets().account(&Scope::Node("r1/fan".into())).unwrap();
         assert_eq!((acc.spent_micros, acc.reserved_micros), (250, 0));
         // After a restart the spending of the instances is rebuilt too.
-        let m2 = Metering::new(m.config, m.db.clone());
+        let m2 = BudgetLedger::new(m.config, m.db.clone());
         drop(m);
         let list = m2.list_budgets().unwrap();
         assert_eq!(list[0].1.spent_micros, 250);

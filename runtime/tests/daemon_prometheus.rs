@@ -5,16 +5,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use serde_json::Value;
 use soma_runtime::daemon::metrics::FAMILIES;
-use soma_tests::{prometheus::Prometheus, registry::http_request};
+use soma_tests::{daemon::harness, prometheus::Prometheus, registry::http_request};
 
 /// How long a daemon may take to print its address (the first start
 /// compiles the capsule).
@@ -36,70 +34,30 @@ fn soma(data: &Path) -> Command {
 
 /// A daemon process; SIGTERM (then SIGKILL) on drop.
 struct Daemon {
-    child: Child,
+    process: harness::Daemon,
     /// `127.0.0.1:PORT`.
     host: String,
-    log: Arc<Mutex<String>>,
 }
 
 impl Daemon {
     fn start(data: &Path, config: &Path) -> Self {
-        let mut child = soma(data)
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn soma daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    if let Some(url) = line.split("soma daemon listening on http://").nth(1) {
-                        let _ = tx.send(url.trim().to_owned());
-                    }
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
+        let start = harness::Start {
+            keep_lines: usize::MAX,
+            deadline: START_DEADLINE,
+            ..harness::Start::default()
         }
-        let mut daemon = Self {
-            child,
-            host: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(host) => {
-                    daemon.host = host;
-                    return daemon;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("the daemon exited before listening:\n{}", daemon.log())
-                }
-            }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("the daemon exited with {status}:\n{}", daemon.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not listen within {START_DEADLINE:?}:\n{}",
-                daemon.log()
-            );
+        .env("SOMA_LOG", "warn");
+        let process =
+            harness::Daemon::start(Path::new(env!("CARGO_BIN_EXE_soma")), data, config, &start)
+                .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            host: process.addr().to_owned(),
+            process,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.process.log().lines().join("\n")
     }
 
     /// `method path` with an optional bearer token and JSON body: (status, body).
@@ -121,21 +79,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling a child process we spawned and have not reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.stop(Duration::from_secs(15));
     }
 }
 

@@ -9,9 +9,8 @@
 //! know it.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,6 +20,9 @@ use std::{
 };
 
 use serde_json::Value;
+/// The process harness this module builds on (also used by `cargo xtask
+/// load`): start, wait for the listening line, stop.
+pub use soma_daemon_harness as harness;
 
 /// Catalog entries every test daemon serves: name → built component.
 pub const CATALOG: &[(&str, &str)] = &[
@@ -44,27 +46,13 @@ pub const CATALOG: &[(&str, &str)] = &[
 
 /// `soma --data DATA` with no ambient configuration.
 pub fn soma(bin: &Path, data: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
-    c
+    harness::soma(bin, data)
 }
 
 /// Create a token with `soma token create` (the daemon must not be
 /// running on `data`: it owns the database).
 pub fn token(bin: &Path, data: &Path, tenant: &str, scopes: &str) -> String {
-    let out = soma(bin, data)
-        .args([
-            "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
-        ])
-        .output()
-        .expect("spawn soma token create");
-    assert!(
-        out.status.success(),
-        "soma token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("token json");
-    v["token"].as_str().expect("token").to_owned()
+    harness::create_token(bin, data, tenant, scopes).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `soma.toml` listening on a free port, with `extra` (TOML, e.g. a
@@ -87,7 +75,7 @@ pub fn config_text(daemon_keys: &str, extra: &str) -> String {
 /// A daemon process over a data directory; killed on drop.
 #[derive(Debug)]
 pub struct DaemonProcess {
-    child: Child,
+    daemon: harness::Daemon,
     /// `http://127.0.0.1:PORT` (or https).
     pub url: String,
     /// Its data directory.
@@ -112,53 +100,31 @@ impl DaemonProcess {
     }
 
     /// Start a daemon with `SOMA_LOG=filter` and no colours; its log goes
-    /// to `capture` if given, else to this process's stderr.
+    /// to `capture` if given (every line kept), else to this process's
+    /// stderr.
     fn spawn_with(
         bin: &Path,
         data: &Path,
         config: &Path,
         filter: &str,
-        capture: Option<LogCapture>,
+        capture: Option<&mut LogCapture>,
     ) -> Self {
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .arg("daemon")
+        let mut start = harness::Start::default()
             .env("SOMA_LOG", filter)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let listening = line.strip_prefix("soma daemon listening on ");
-                if !sent && let Some(url) = listening {
-                    let _ = tx.send(url.to_owned());
-                    sent = true;
-                }
-                match &capture {
-                    Some(c) => {
-                        if let Ok(mut l) = c.0.lock() {
-                            l.push(line);
-                        }
-                    }
-                    None if listening.is_none() => eprintln!("daemon: {line}"),
-                    None => {}
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the daemon did not start listening");
+            .env("NO_COLOR", "1");
+        start.deadline = Duration::from_secs(60);
+        match capture {
+            Some(_) => start.keep_lines = usize::MAX,
+            None => start.echo = Some("daemon: ".into()),
+        }
+        let daemon =
+            harness::Daemon::start(bin, data, config, &start).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(capture) = capture {
+            *capture = LogCapture(daemon.log().clone());
+        }
         Self {
-            child,
-            url,
+            url: daemon.url().to_owned(),
+            daemon,
             data: data.to_owned(),
             config: config.to_owned(),
             bin: bin.to_owned(),
@@ -167,15 +133,12 @@ impl DaemonProcess {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
     }
 
     /// `host:port` of the listener.
     pub fn addr(&self) -> String {
-        self.url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, a)| a)
-            .to_owned()
+        self.daemon.addr().to_owned()
     }
 
     /// The `soma` binary it runs.
@@ -190,22 +153,22 @@ impl DaemonProcess {
 
     /// SIGKILL; returns (data, config) for a restart.
     pub fn kill9(mut self) -> (PathBuf, PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.kill();
         (self.data.clone(), self.config.clone())
     }
 
-    /// SIGTERM and wait: a graceful stop.
+    /// SIGTERM and wait: a graceful stop (SIGKILL only after 10 minutes).
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().expect("wait")
+        let stopped = self
+            .daemon
+            .stop(Duration::from_secs(600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        stopped.status
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.daemon.is_running()
     }
 
     /// A request; `(status, JSON body or the text as a string, headers)`.
@@ -249,13 +212,6 @@ impl DaemonProcess {
             assert!(start.elapsed() < deadline, "run {run} did not finish: {v}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -465,12 +421,12 @@ pub fn assert_unharmed(idle: &Latencies, during: &Latencies, factor: f64) {
 
 /// The daemon's stderr (its log), line by line, as it is written.
 #[derive(Debug, Clone, Default)]
-pub struct LogCapture(Arc<std::sync::Mutex<Vec<String>>>);
+pub struct LogCapture(harness::Log);
 
 impl LogCapture {
     /// Every line so far.
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+        self.0.lines()
     }
 
     /// Poll until a line satisfies `pred` (or panic after `deadline`).
@@ -502,8 +458,8 @@ impl DaemonProcess {
     ) -> (Self, LogCapture) {
         let config = data.join("soma.toml");
         std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
-        let capture = LogCapture::default();
-        let daemon = Self::spawn_with(bin, data, &config, filter, Some(capture.clone()));
+        let mut capture = LogCapture::default();
+        let daemon = Self::spawn_with(bin, data, &config, filter, Some(&mut capture));
         (daemon, capture)
     }
 }

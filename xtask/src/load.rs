@@ -9,9 +9,13 @@
 //! were met.
 //!
 //! By default it builds `soma` and the capsules, starts a daemon on a free
-//! loopback port with a fresh data directory and token, and stops it with
+//! loopback port with a fresh data directory and token (through
+//! `soma-daemon-harness`, as the daemon tests do), and stops it with
 //! SIGTERM afterwards; `--url URL --token T [--pid PID]` targets one that
-//! is already running instead.
+//! is already running instead. Its own daemon serves one tenant, so it lifts
+//! that tenant's fairness caps (`daemon.max_calls_per_tenant`,
+//! `max_running_calls_per_tenant`, `max_in_flight`) and says so: the run
+//! measures throughput, not the 429 cap.
 //!
 //! The client is hyper's bare `client::conn::http1` (no pool, no TLS, no
 //! redirects) on a small tokio runtime, because it shares the machine's
@@ -19,15 +23,12 @@
 //! split is visible.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
-    io::{BufRead as _, BufReader},
+    collections::BTreeMap,
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -41,32 +42,74 @@ use hyper::{
     header,
 };
 use hyper_util::rt::TokioIo;
+use soma_daemon_harness as harness;
 
-/// What `cargo xtask load --help` prints.
-pub const USAGE: &str = "\
-usage: cargo xtask load [options]
+/// `cargo xtask load --help`'s description.
+pub const LONG_ABOUT: &str = "\
+Drive N closed-loop sessions (one keep-alive connection each: POST /v1/runs, wait for the \
+response, repeat) against a freshly started `soma daemon` on loopback, then report throughput, \
+latency percentiles, errors and the daemon's memory. Targets: p99 <= 20 ms, 0 errors.
 
-Drive N closed-loop sessions (one keep-alive connection each: POST /v1/runs,
-wait for the response, repeat) against a freshly started `soma daemon` on
-loopback, then report throughput, latency percentiles, errors and the
-daemon's memory. Targets: p99 <= 20 ms, 0 errors.
+With no think time a closed loop keeps every session busy, so by Little's law mean latency = \
+sessions / throughput: p99 <= 20 ms at 1000 sessions needs more than 50k req/s. --think-ms \
+models users who pause between requests.
 
-With no think time a closed loop keeps every session busy, so by Little's law
-mean latency = sessions / throughput: p99 <= 20 ms at 1000 sessions needs
-more than 50k req/s. --think-ms models users who pause between requests.
+The daemon it starts serves one tenant, so it lifts that tenant's caps \
+(daemon.max_calls_per_tenant to the session count, daemon.max_running_calls_per_tenant to every \
+call thread) and says so: the run measures throughput, not the per-tenant fairness cap (429). \
+A daemon given with --url keeps its own settings.";
 
-  --sessions N         concurrent sessions = connections        [1000]
-  --duration-s S       measured seconds, after the warm-up      [10]
-  --warmup-s S         seconds not measured (connect, JIT, caches) [2]
-  --capsule NAME       catalog name of the capsule to call      [echo]
-  --timeout-ms MS      per request; longer counts as an error   [5000]
-  --think-ms MS        pause after each response before the next request [0]
-  --client-threads N   tokio workers of the load generator      [1]
-  --json               print the report as JSON on stdout
-  --check              exit non-zero when a target is missed
-  --url URL            use a running daemon (http://host:port) instead of starting one
-  --token T            its API token (scope run; or SOMA_TOKEN)
-  --pid PID            its process id, to report RSS and CPU (optional)";
+/// `cargo xtask load`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Concurrent sessions = connections.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    sessions: u32,
+    /// Measured seconds, after the warm-up.
+    #[arg(long = "duration-s", default_value = "10", value_name = "S", value_parser = seconds)]
+    duration: Duration,
+    /// Seconds not measured (connect, JIT, caches).
+    #[arg(long = "warmup-s", default_value = "2", value_name = "S", value_parser = seconds)]
+    warmup: Duration,
+    /// Catalog name of the capsule to call.
+    #[arg(long, default_value = "echo", value_name = "NAME")]
+    capsule: String,
+    /// Per request; longer counts as an error.
+    #[arg(long = "timeout-ms", default_value_t = 5000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Pause after each response before the next request.
+    #[arg(long = "think-ms", default_value_t = 0, value_name = "MS")]
+    think_ms: u64,
+    /// Tokio workers of the load generator.
+    #[arg(long = "client-threads", default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    client_threads: u32,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Exit non-zero when a target is missed.
+    #[arg(long)]
+    check: bool,
+    /// Use a running daemon (http://host:port) instead of starting one.
+    #[arg(long, value_name = "URL", requires = "token")]
+    url: Option<String>,
+    /// Its API token (scope run).
+    #[arg(long, env = "SOMA_TOKEN", value_name = "T", hide_env_values = true)]
+    token: Option<String>,
+    /// Its process id, to report RSS and CPU (optional).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+}
+
+/// `--duration-s 2.5`: non-negative seconds.
+fn seconds(v: &str) -> Result<Duration, String> {
+    let s: f64 = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
+    if !(s.is_finite() && s >= 0.0) {
+        return Err("must be >= 0".into());
+    }
+    Ok(Duration::from_secs_f64(s))
+}
 
 /// Latency target shown beside the result.
 const TARGET_P99: Duration = Duration::from_millis(20);
@@ -92,79 +135,28 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> anyhow::Result<Option<Self>> {
-        let mut o = Self {
-            sessions: 1000,
-            duration: Duration::from_secs(10),
-            warmup: Duration::from_secs(2),
-            capsule: "echo".into(),
-            timeout: Duration::from_millis(5000),
-            think: Duration::ZERO,
-            client_threads: 1,
-            json: false,
-            check: false,
-            url: None,
-            token: std::env::var("SOMA_TOKEN").ok(),
-            pid: None,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let (flag, inline) = match flag.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-                _ => (flag.as_str(), None),
-            };
-            let mut value = || -> anyhow::Result<String> {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .with_context(|| format!("{flag} needs a value"))
-            };
-            let secs = |v: String| -> anyhow::Result<Duration> {
-                let s: f64 = v
-                    .parse()
-                    .with_context(|| format!("{flag}: {v:?} is not a number"))?;
-                anyhow::ensure!(s.is_finite() && s >= 0.0, "{flag} must be >= 0");
-                Ok(Duration::from_secs_f64(s))
-            };
-            match flag {
-                "--sessions" => o.sessions = value()?.parse().context("--sessions")?,
-                "--duration-s" => o.duration = secs(value()?)?,
-                "--warmup-s" => o.warmup = secs(value()?)?,
-                "--capsule" => o.capsule = value()?,
-                "--timeout-ms" => {
-                    o.timeout = Duration::from_millis(value()?.parse().context("--timeout-ms")?)
-                }
-                "--think-ms" => {
-                    o.think = Duration::from_millis(value()?.parse().context("--think-ms")?)
-                }
-                "--client-threads" => {
-                    o.client_threads = value()?.parse().context("--client-threads")?
-                }
-                "--json" => o.json = true,
-                "--check" => o.check = true,
-                "--url" => o.url = Some(value()?),
-                "--token" => o.token = Some(value()?),
-                "--pid" => o.pid = Some(value()?.parse().context("--pid")?),
-                "-h" | "--help" | "help" => return Ok(None),
-                other => bail!("unknown option {other:?}\n\n{USAGE}"),
-            }
-        }
-        anyhow::ensure!(o.sessions > 0, "--sessions must be at least 1");
-        anyhow::ensure!(!o.duration.is_zero(), "--duration-s must be > 0");
-        anyhow::ensure!(o.client_threads > 0, "--client-threads must be at least 1");
-        if o.url.is_some() && o.token.is_none() {
-            bail!("--url needs --token (or SOMA_TOKEN)");
-        }
-        Ok(Some(o))
+    fn new(a: LoadArgs) -> anyhow::Result<Self> {
+        anyhow::ensure!(!a.duration.is_zero(), "--duration-s must be > 0");
+        Ok(Self {
+            sessions: a.sessions as usize,
+            duration: a.duration,
+            warmup: a.warmup,
+            capsule: a.capsule,
+            timeout: Duration::from_millis(a.timeout_ms),
+            think: Duration::from_millis(a.think_ms),
+            client_threads: a.client_threads as usize,
+            json: a.json,
+            check: a.check,
+            url: a.url,
+            token: a.token,
+            pid: a.pid,
+        })
     }
 }
 
 /// `cargo xtask load …`.
-pub fn load(args: &[String]) -> anyhow::Result<()> {
-    let Some(opts) = Options::parse(args)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+pub fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let opts = Options::new(args)?;
     let fd_limit = raise_fd_limit(opts.sessions)?;
 
     // The daemon named by --url, or one of our own: built, started on a free
@@ -176,8 +168,8 @@ pub fn load(args: &[String]) -> anyhow::Result<()> {
         (Some(url), Some(token)) => (url.clone(), token.clone(), opts.pid),
         _ => {
             let data = tempfile::Builder::new().prefix("soma-load-").tempdir()?;
-            let d = Daemon::start(data.path(), &opts.capsule)?;
-            let (url, token, pid) = (d.url.clone(), d.token.clone(), Some(d.pid()));
+            let d = Daemon::start(data.path(), &opts.capsule, opts.sessions)?;
+            let (url, token, pid) = (d.process.url().to_owned(), d.token.clone(), Some(d.pid()));
             daemon = Some(d);
             _data = data;
             (url, token, pid)
@@ -243,13 +235,13 @@ fn raise_fd_limit(sessions: usize) -> anyhow::Result<u64> {
 // ---------------------------------------------------------------------------
 // The daemon under test
 
-/// A `soma daemon` started by this task; killed if dropped while running.
+/// A `soma daemon` started by this task through the shared harness
+/// (`soma-daemon-harness`, as the daemon tests start theirs); killed if
+/// dropped while running.
 #[derive(Debug)]
 struct Daemon {
-    child: Child,
-    url: String,
+    process: harness::Daemon,
     token: String,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// How the daemon stopped after SIGTERM.
@@ -260,166 +252,87 @@ struct Stopped {
     graceful: bool,
 }
 
+/// The `[daemon]` keys that make one tenant's load measure throughput:
+/// every session may have its call queued, every call thread may run it.
+fn single_tenant_keys(sessions: usize, cores: usize) -> Vec<(&'static str, usize)> {
+    vec![
+        // Default 256 queued or running calls per tenant: more sessions
+        // than that would be answered 429 by the fairness cap.
+        ("max_calls_per_tenant", sessions.max(256)),
+        // Default half the cores: one tenant could not use the whole pool
+        // (the daemon's `call_threads` default is 2 × cores).
+        ("max_running_calls_per_tenant", 2 * cores),
+        // Default 4096 requests in flight per tenant.
+        ("max_in_flight", sessions.max(4096)),
+    ]
+}
+
 impl Daemon {
     /// Build `soma` and the capsules, create a data directory, a token and a
-    /// config serving `capsule`, start the daemon and wait for its address.
-    fn start(data: &Path, capsule: &str) -> anyhow::Result<Self> {
+    /// config serving `capsule` to one tenant, start the daemon and wait for
+    /// its address.
+    fn start(data: &Path, capsule: &str, sessions: usize) -> anyhow::Result<Self> {
         let bin = crate::build_soma_and_capsules()?;
         let soma = bin.join("soma");
         let capsule_path = crate::capsule_path(&bin, capsule)?;
+        let token = harness::create_token(&soma, data, "load", "run,read")?;
 
-        let out = Command::new(&soma)
-            .arg("--data")
-            .arg(data)
-            .args([
-                "token", "create", "--tenant", "load", "--scopes", "run,read", "--json",
-            ])
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running soma token create")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "soma token create failed ({})",
-            out.status
-        );
-        let created: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .context("soma token create --json printed something other than JSON")?;
-        let token = created["token"]
-            .as_str()
-            .context("soma token create --json printed no \"token\"")?
-            .to_owned();
-
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let keys = single_tenant_keys(sessions, cores);
         let config = data.join("soma.toml");
         let quote = |s: &str| serde_json::Value::from(s).to_string();
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nlisten = \"127.0.0.1:0\"\n\n[[daemon.capsules]]\nname = {}\npath = {}\n",
-                quote(capsule),
-                quote(&capsule_path.to_string_lossy()),
-            ),
-        )?;
-
-        let mut cmd = Command::new(&soma);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--data")
-            .arg(data)
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        eprintln!("» {}", crate::display(&cmd));
-        let mut child = cmd.spawn().context("starting soma daemon")?;
-        let stderr = child.stderr.take().context("daemon stderr")?;
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let tail = Arc::clone(&stderr_tail);
-            std::thread::spawn(move || {
-                // Reads until the daemon closes stderr; keeps the last lines
-                // for error messages so a chatty daemon never blocks on a
-                // full pipe.
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(url) = line.split("soma daemon listening on ").nth(1)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(url.trim().to_owned());
-                    }
-                    if let Ok(mut tail) = tail.lock() {
-                        if tail.len() == 40 {
-                            tail.pop_front();
-                        }
-                        tail.push_back(line);
-                    }
-                }
-            });
+        let mut text = String::from("[daemon]\nlisten = \"127.0.0.1:0\"\n");
+        for (key, value) in &keys {
+            text.push_str(&format!("{key} = {value}\n"));
         }
-        let mut daemon = Self {
-            child,
-            url: String::new(),
-            token,
-            stderr_tail,
+        text.push_str(&format!(
+            "\n[[daemon.capsules]]\nname = {}\npath = {}\n",
+            quote(capsule),
+            quote(&capsule_path.to_string_lossy()),
+        ));
+        std::fs::write(&config, text)?;
+        eprintln!(
+            "» load: one tenant, so its fairness caps are lifted: {}",
+            keys.iter()
+                .map(|(k, v)| format!("daemon.{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        eprintln!(
+            "» {} --config {} --data {} daemon",
+            soma.display(),
+            config.display(),
+            data.display()
+        );
+        let start = harness::Start {
+            keep_lines: 40,
+            deadline: START_DEADLINE,
+            ..harness::Start::default()
         };
-        let deadline = Instant::now() + START_DEADLINE;
-        daemon.url = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(url) => break url,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = daemon.child.wait()?;
-                    bail!(
-                        "soma daemon exited ({status}) before listening:\n{}",
-                        daemon.tail()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(status) = daemon.child.try_wait()? {
-                        bail!(
-                            "soma daemon exited ({status}) before listening:\n{}",
-                            daemon.tail()
-                        );
-                    }
-                    if Instant::now() > deadline {
-                        bail!(
-                            "soma daemon printed no \"listening on\" line within {:?}:\n{}",
-                            START_DEADLINE,
-                            daemon.tail()
-                        );
-                    }
-                }
-            }
-        };
-        eprintln!("» daemon {} listening on {}", daemon.pid(), daemon.url);
-        Ok(daemon)
+        let process = harness::Daemon::start(&soma, data, &config, &start)?;
+        eprintln!("» daemon {} listening on {}", process.pid(), process.url());
+        Ok(Self { process, token })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn tail(&self) -> String {
-        self.stderr_tail
-            .lock()
-            .map(|t| t.iter().map(|l| format!("  {l}\n")).collect())
-            .unwrap_or_default()
+        self.process.pid()
     }
 
     /// SIGTERM, then wait (SIGKILL after [`STOP_DEADLINE`]).
     fn stop(mut self) -> anyhow::Result<Stopped> {
-        let start = Instant::now();
-        let pid = libc::pid_t::try_from(self.pid()).context("pid")?;
-        // SAFETY: signalling our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Stopped {
-                    after: start.elapsed(),
-                    status: status.to_string(),
-                    graceful: status.success(),
-                });
-            }
-            if start.elapsed() > STOP_DEADLINE {
-                self.child.kill()?;
-                let status = self.child.wait()?;
-                return Ok(Stopped {
-                    after: start.elapsed(),
-                    status: format!("{status} (killed: no exit {STOP_DEADLINE:?} after SIGTERM)"),
-                    graceful: false,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let s = self.process.stop(STOP_DEADLINE)?;
+        Ok(Stopped {
+            after: s.after,
+            status: if s.graceful {
+                s.status.to_string()
+            } else {
+                format!(
+                    "{} (killed: no exit {STOP_DEADLINE:?} after SIGTERM)",
+                    s.status
+                )
+            },
+            graceful: s.graceful && s.status.success(),
+        })
     }
 }
 
@@ -1076,20 +989,49 @@ fn by_kind(errors: &BTreeMap<Failure, u64>) -> String {
 mod tests {
     use super::*;
 
+    /// `cargo xtask load ARGS` as clap parses it.
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let cli = Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Options::new(cli.load).map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn parses_flags_and_defaults() -> anyhow::Result<()> {
-        let args: Vec<String> = ["--sessions", "16", "--duration-s=3", "--json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let o = Options::parse(&args)?.context("not help")?;
+    fn parses_flags_and_defaults() {
+        let o = parse(&["--sessions", "16", "--duration-s=3", "--json"]).expect("parse");
         assert_eq!(o.sessions, 16);
         assert_eq!(o.duration, Duration::from_secs(3));
         assert_eq!(o.warmup, Duration::from_secs(2));
-        assert!(o.json);
-        assert!(Options::parse(&["--bogus".into()]).is_err());
-        assert!(Options::parse(&["--help".into()])?.is_none());
-        Ok(())
+        assert_eq!(o.capsule, "echo");
+        assert_eq!(o.timeout, Duration::from_millis(5000));
+        assert!(o.json && !o.check);
+        let o = parse(&[
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+            "--pid",
+            "7",
+            "--warmup-s",
+            "0.5",
+        ])
+        .expect("parse");
+        assert_eq!(
+            (o.url.as_deref(), o.token.as_deref(), o.pid),
+            (Some("http://127.0.0.1:1"), Some("t"), Some(7))
+        );
+        assert_eq!(o.warmup, Duration::from_millis(500));
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--sessions", "0"]).is_err());
+        assert!(parse(&["--duration-s", "0"]).is_err());
+        assert!(parse(&["--duration-s", "-1"]).is_err());
+        assert!(parse(&["--help"]).is_err_and(|e| e.contains("--sessions <N>")));
     }
 
     #[test]
@@ -1104,6 +1046,21 @@ mod tests {
         );
         assert!(Target::parse("https://127.0.0.1:1", "t").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn single_tenant_keys_cover_every_session() {
+        let keys = single_tenant_keys(1000, 2);
+        assert_eq!(
+            keys,
+            [
+                ("max_calls_per_tenant", 1000),
+                ("max_running_calls_per_tenant", 4),
+                ("max_in_flight", 4096),
+            ]
+        );
+        // Never below the daemon's defaults.
+        assert_eq!(single_tenant_keys(16, 2)[0], ("max_calls_per_tenant", 256));
     }
 
     #[test]

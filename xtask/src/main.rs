@@ -15,35 +15,75 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
 
+mod cycles;
 mod load;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
-fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    let rest: Vec<String> = std::env::args().skip(2).collect();
-    match task.as_str() {
-        "demo" => demo(),
-        "test" => test(&rest),
-        "lint" => lint(),
-        "bench" => bench(&rest),
-        "load" => load::load(&rest),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <demo|test|lint|bench|load>\n\n  \
-                 demo   run the demo on the embedded runtime (no services needed)\n  \
-                 test   install prerequisites, then run the whole test suite\n  \
-                 lint   cargo fmt --check and clippy -D warnings\n  \
-                 bench  run the criterion benchmarks (args go to cargo bench)\n  \
-                 load   load-test `soma daemon` (cargo xtask load --help)"
-            );
-            if task.is_empty() || task == "help" || task == "--help" {
-                Ok(())
-            } else {
-                bail!("unknown task {task:?}")
-            }
+/// The README's commands and their helpers.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the KAMACHIQ demo on the embedded runtime (no services needed).
+    Demo,
+    /// Install prerequisites, then run the whole test suite: rustfmt check,
+    /// the import-cycle check, the interop reference, `cargo test`.
+    Test(PassThrough),
+    /// The import-cycle check, cargo fmt --check and clippy -D warnings.
+    Lint,
+    /// The import-cycle check alone (part of `lint` and `test`).
+    Cycles {
+        /// Also print every edge of the module graphs, with where it comes from.
+        #[arg(long)]
+        edges: bool,
+    },
+    /// Run the criterion benchmarks and print each median beside its
+    /// raw-wasmtime baseline.
+    Bench(PassThrough),
+    /// Load-test `soma daemon` with closed-loop sessions.
+    #[command(long_about = load::LONG_ABOUT)]
+    Load(load::LoadArgs),
+}
+
+/// Arguments handed on to cargo: `[CARGO_ARGS]... [-- BINARY_ARGS]...`.
+#[derive(Debug, clap::Args)]
+struct PassThrough {
+    /// Extra arguments for cargo (e.g. `-p soma-runtime`, `--bench call`).
+    #[arg(allow_hyphen_values = true, value_name = "CARGO_ARGS")]
+    cargo: Vec<String>,
+    /// Arguments after `--`, for the test or bench binaries (e.g. a filter).
+    #[arg(last = true, value_name = "BINARY_ARGS")]
+    binary: Vec<String>,
+}
+
+impl PassThrough {
+    /// The arguments as cargo gets them: `CARGO_ARGS [-- BINARY_ARGS]`.
+    fn args(&self) -> Vec<String> {
+        let mut out = self.cargo.clone();
+        if !self.binary.is_empty() {
+            out.push("--".into());
+            out.extend(self.binary.iter().cloned());
         }
+        out
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Demo => demo(),
+        Task::Test(args) => test(&args.args()),
+        Task::Lint => lint(),
+        Task::Cycles { edges } => cycles::check(&root(), edges),
+        Task::Bench(args) => bench(&args.args()),
+        Task::Load(args) => load::load(args),
     }
 }
 
@@ -167,6 +207,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ensure_component("rustfmt", &["fmt", "--version"])?;
     ensure_test_services()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    cycles::check(&root(), false)?;
     // The independent cosign reference against a real registry (tests/interop).
     run(Command::new("python3")
         .args(["-m", "unittest", "discover", "-s", "tests/interop"])
@@ -188,6 +229,7 @@ fn lint() -> anyhow::Result<()> {
     ensure_wasm_target()?;
     ensure_component("rustfmt", &["fmt", "--version"])?;
     ensure_component("clippy", &["clippy", "--version"])?;
+    cycles::check(&root(), false)?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -404,4 +446,41 @@ fn demo() -> anyhow::Result<()> {
     );
     println!("Try: soma --data target/demo-data dag ls · dag status <run> · dag logs <run>");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Task {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .expect("parse")
+            .task
+    }
+
+    #[test]
+    fn pass_through_keeps_cargo_args_and_the_double_dash() {
+        let Task::Bench(b) = parse(&["bench", "--bench", "call", "--", "call/"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(b.args(), ["--bench", "call", "--", "call/"]);
+        let Task::Bench(b) = parse(&["bench", "--", "call/"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(b.args(), ["--", "call/"]);
+        let Task::Test(t) = parse(&["test", "-p", "soma-runtime"]) else {
+            panic!("not test");
+        };
+        assert_eq!(t.args(), ["-p", "soma-runtime"]);
+        assert!(matches!(parse(&["test"]), Task::Test(t) if t.args().is_empty()));
+        assert!(matches!(parse(&["lint"]), Task::Lint));
+        assert!(matches!(parse(&["demo"]), Task::Demo));
+        assert!(Cli::try_parse_from(["xtask", "bogus"]).is_err());
+        for task in ["demo", "test", "lint", "cycles", "bench", "load"] {
+            let e = Cli::try_parse_from(["xtask", task, "--help"]).expect_err("help");
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{task}");
+        }
+    }
 }

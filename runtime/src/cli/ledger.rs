@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use soma_runtime::{
     budget::{Limit, Scope},
     ledger::{Entry, Filter, GroupBy, Kind, Ledger},
-    meter::Metering,
+    meter::BudgetLedger,
 };
 
 use super::{Global, exit::Code};
@@ -419,7 +419,7 @@ fn scope(text: &str) -> anyhow::Result<Scope> {
 
 pub(crate) fn budget(global: &Global, cmd: BudgetCommand) -> anyhow::Result<Code> {
     let config = global.config()?;
-    let metering = Metering::new(config.ledger, global.data_dir()?.database().clone());
+    let metering = BudgetLedger::new(config.ledger, global.data_dir()?.database().clone());
     match cmd {
         BudgetCommand::Set {
             scope: s,

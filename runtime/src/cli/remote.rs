@@ -143,7 +143,7 @@ pub(crate) fn dag_run(
             return;
         }
         if let Ok(event) = serde_json::from_value(e.clone())
-            && let Some(line) = super::dag::progress_line(&event, &|node| node.contains('['))
+            && let Some(line) = super::progress::progress_line(&event, &|node| node.contains('['))
         {
             eprintln!("{line}");
         }

@@ -30,7 +30,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Daemon,
-    auth::{AuthError, Principal, Scope, TokenInfo},
+    auth::{AuthError, Principal, TokenInfo, TokenScope},
     limits::Refused,
     runs::CallRun,
 };
@@ -209,7 +209,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn require(p: &Principal, scope: Scope) -> Result<(), ApiError> {
+fn require(p: &Principal, scope: TokenScope) -> Result<(), ApiError> {
     if p.may(scope) {
         Ok(())
     } else {
@@ -322,7 +322,7 @@ async fn metrics(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Metrics)?;
+    require(&p, TokenScope::Metrics)?;
     Ok(render_metrics(State(daemon)).await)
 }
 
@@ -394,7 +394,7 @@ async fn list_capsules(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Read)?;
+    require(&p, TokenScope::Read)?;
     let catalog = daemon.catalog.read().unwrap_or_else(|p| p.into_inner());
     let list: Vec<Value> = catalog
         .iter()
@@ -442,7 +442,7 @@ async fn create_run(
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Run)?;
+    require(&p, TokenScope::Run)?;
     let req: RunRequest = parse(body)?;
     match (req.capsule, req.dag) {
         (Some(name), None) => call_run(&daemon, &p, &name, req.input, &req.limits).await,
@@ -732,7 +732,7 @@ async fn get_run(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Read)?;
+    require(&p, TokenScope::Read)?;
     let missing = || ApiError::not_found(&format!("run `{id}`"));
     if let Some(call) = daemon.runs.call(&id) {
         return if visible(&p, &call.tenant) {
@@ -888,7 +888,7 @@ async fn run_events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    require(&p, Scope::Read)?;
+    require(&p, TokenScope::Read)?;
     let after: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -952,7 +952,7 @@ async fn cancel_run(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Run)?;
+    require(&p, TokenScope::Run)?;
     if let Some(live) = daemon.runs.live(&id) {
         if !visible(&p, &live.tenant) {
             return Err(ApiError::not_found(&format!("run `{id}`")));
@@ -1000,7 +1000,7 @@ async fn ledger(
     Extension(p): Extension<Principal>,
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Read)?;
+    require(&p, TokenScope::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
         Some(t) if p.is_operator() => Some(t),
@@ -1030,7 +1030,7 @@ async fn get_budgets(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Read)?;
+    require(&p, TokenScope::Read)?;
     let d = daemon.clone();
     let tenant = p.tenant.clone();
     let operator = p.is_operator();
@@ -1096,7 +1096,7 @@ async fn put_budget(
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Admin)?;
+    require(&p, TokenScope::Admin)?;
     let req: BudgetRequest = parse(body)?;
     let scope = budget::Scope::parse(&req.scope).ok_or_else(|| {
         ApiError::bad(
@@ -1122,7 +1122,7 @@ async fn put_budget(
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
     tenant: String,
-    scopes: Vec<Scope>,
+    scopes: Vec<TokenScope>,
     /// Refused this many seconds after creation…
     expires_in_s: Option<u64>,
     /// …or from this unix time (ms) on.
@@ -1134,7 +1134,7 @@ async fn create_token(
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require(&p, Scope::Admin)?;
+    require(&p, TokenScope::Admin)?;
     let req: TokenRequest = parse(body)?;
     if let Some(why) = p.refuses_token(&req.tenant, &req.scopes) {
         return Err(ApiError::forbidden(why));
@@ -1193,7 +1193,7 @@ async fn list_tokens(
     Extension(p): Extension<Principal>,
     query: Result<Query<TokensQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Admin)?;
+    require(&p, TokenScope::Admin)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
         Some(t) if !p.sees_tenant(&t) => {
@@ -1223,7 +1223,7 @@ async fn revoke_token(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require(&p, Scope::Admin)?;
+    require(&p, TokenScope::Admin)?;
     let missing = || ApiError::not_found(&format!("token `{id}` (GET /v1/tokens lists them)"));
     let record = daemon.tokens.get(&id).ok_or_else(missing)?;
     if !p.sees_tenant(&record.tenant) {

@@ -44,7 +44,7 @@ const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("api_token
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub enum TokenScope {
     /// Start and cancel runs.
     Run,
     /// Read runs, events, capsules, the ledger and budgets of its tenant.
@@ -57,7 +57,7 @@ pub enum Scope {
     Metrics,
 }
 
-impl Scope {
+impl TokenScope {
     /// Every scope, in the order they are listed.
     pub const ALL: [Self; 5] = [
         Self::Run,
@@ -68,7 +68,7 @@ impl Scope {
     ];
 }
 
-impl FromStr for Scope {
+impl FromStr for TokenScope {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -85,7 +85,7 @@ impl FromStr for Scope {
     }
 }
 
-impl fmt::Display for Scope {
+impl fmt::Display for TokenScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Run => "run",
@@ -105,7 +105,7 @@ pub struct TokenRecord {
     /// The tenant it acts for.
     pub tenant: String,
     /// What it may do.
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<TokenScope>,
     /// sha256 of the whole token, hex.
     pub hash: String,
     /// Unix ms.
@@ -147,7 +147,7 @@ pub struct TokenInfo {
     /// The tenant it acts for.
     pub tenant: String,
     /// What it may do.
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<TokenScope>,
     /// Unix ms.
     pub created_ms: u64,
     /// Unix ms after which it is refused, if it expires.
@@ -166,26 +166,27 @@ pub struct Principal {
     /// The tenant.
     pub tenant: String,
     /// Its scopes.
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<TokenScope>,
 }
 
 impl Principal {
-    fn holds(&self, scope: Scope) -> bool {
+    fn holds(&self, scope: TokenScope) -> bool {
         self.scopes.contains(&scope)
     }
 
     /// Whether it may act with `scope`: `operator` holds every scope;
     /// `admin` holds `run` and `read` (for its own tenant); `metrics` is
     /// held only by `metrics` and `operator` tokens.
-    pub fn may(&self, scope: Scope) -> bool {
+    pub fn may(&self, scope: TokenScope) -> bool {
         self.holds(scope)
-            || self.holds(Scope::Operator)
-            || (matches!(scope, Scope::Run | Scope::Read) && self.holds(Scope::Admin))
+            || self.holds(TokenScope::Operator)
+            || (matches!(scope, TokenScope::Run | TokenScope::Read)
+                && self.holds(TokenScope::Admin))
     }
 
     /// Whether it acts for every tenant (an `operator` token).
     pub fn is_operator(&self) -> bool {
-        self.holds(Scope::Operator)
+        self.holds(TokenScope::Operator)
     }
 
     /// Whether it may see and act on what belongs to `tenant`: its own
@@ -197,11 +198,11 @@ impl Principal {
     /// Why it may not create or revoke a token of `tenant` with `scopes`,
     /// if it may not: an operator may do anything; a tenant admin only for
     /// its own tenant, and only `run`, `read` and `admin`.
-    pub fn refuses_token(&self, tenant: &str, scopes: &[Scope]) -> Option<String> {
+    pub fn refuses_token(&self, tenant: &str, scopes: &[TokenScope]) -> Option<String> {
         if self.is_operator() {
             return None;
         }
-        if !self.holds(Scope::Admin) {
+        if !self.holds(TokenScope::Admin) {
             return Some("this token lacks the `admin` scope".into());
         }
         if tenant != self.tenant {
@@ -212,7 +213,7 @@ impl Principal {
         }
         scopes
             .iter()
-            .find(|s| matches!(s, Scope::Operator | Scope::Metrics))
+            .find(|s| matches!(s, TokenScope::Operator | TokenScope::Metrics))
             .map(|s| format!("only an `operator` token may grant or revoke the `{s}` scope"))
     }
 }
@@ -289,7 +290,7 @@ impl Tokens {
     pub fn create(
         &self,
         tenant: &str,
-        scopes: &[Scope],
+        scopes: &[TokenScope],
         expires_ms: Option<u64>,
     ) -> Result<(String, TokenRecord), AuthError> {
         if tenant.is_empty()
@@ -463,10 +464,10 @@ pub fn expiry_in(expires_in_s: u64) -> Option<u64> {
 }
 
 /// Parse `run,read,admin`.
-pub fn parse_scopes(text: &str) -> Result<Vec<Scope>, String> {
+pub fn parse_scopes(text: &str) -> Result<Vec<TokenScope>, String> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(Scope::from_str)
+        .map(TokenScope::from_str)
         .collect()
 }
 
@@ -480,11 +481,11 @@ mod tests {
         let db = Arc::new(LazyDatabase::new(dir.path().join("soma.redb")));
         let tokens = Tokens::load(db.clone()).expect("load");
         let (token, record) = tokens
-            .create("acme", &[Scope::Run, Scope::Read], None)
+            .create("acme", &[TokenScope::Run, TokenScope::Read], None)
             .expect("create");
         let p = tokens.check(&token).expect("valid");
         assert_eq!(p.tenant, "acme");
-        assert!(p.may(Scope::Run) && !p.may(Scope::Admin));
+        assert!(p.may(TokenScope::Run) && !p.may(TokenScope::Admin));
         let mut wrong = token.clone();
         wrong.pop();
         wrong.push('A');
@@ -507,11 +508,11 @@ mod tests {
         let tokens = Tokens::load(db).expect("load");
         let now = crate::dag::history::now_ms();
         assert!(matches!(
-            tokens.create("acme", &[Scope::Run], Some(now.saturating_sub(1))),
+            tokens.create("acme", &[TokenScope::Run], Some(now.saturating_sub(1))),
             Err(AuthError::PastExpiry { .. })
         ));
         let (soon, record) = tokens
-            .create("acme", &[Scope::Run], Some(now + 150))
+            .create("acme", &[TokenScope::Run], Some(now + 150))
             .expect("create");
         assert!(tokens.check(&soon).is_some(), "valid until it expires");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -525,37 +526,49 @@ mod tests {
 
     #[test]
     fn scopes_nest_and_admin_is_bound_to_its_tenant() {
-        let p = |scopes: &[Scope]| Principal {
+        let p = |scopes: &[TokenScope]| Principal {
             token: "t".into(),
             tenant: "acme".into(),
             scopes: scopes.to_vec(),
         };
-        let admin = p(&[Scope::Admin]);
-        assert!(admin.may(Scope::Run) && admin.may(Scope::Read) && admin.may(Scope::Admin));
-        assert!(!admin.may(Scope::Operator) && !admin.may(Scope::Metrics));
+        let admin = p(&[TokenScope::Admin]);
+        assert!(
+            admin.may(TokenScope::Run)
+                && admin.may(TokenScope::Read)
+                && admin.may(TokenScope::Admin)
+        );
+        assert!(!admin.may(TokenScope::Operator) && !admin.may(TokenScope::Metrics));
         assert!(admin.sees_tenant("acme") && !admin.sees_tenant("globex"));
         assert!(
             admin
-                .refuses_token("acme", &[Scope::Run, Scope::Admin])
+                .refuses_token("acme", &[TokenScope::Run, TokenScope::Admin])
                 .is_none()
         );
-        assert!(admin.refuses_token("globex", &[Scope::Run]).is_some());
-        assert!(admin.refuses_token("acme", &[Scope::Operator]).is_some());
-        assert!(admin.refuses_token("acme", &[Scope::Metrics]).is_some());
-        let operator = p(&[Scope::Operator]);
-        assert!(Scope::ALL.iter().all(|s| operator.may(*s)));
+        assert!(admin.refuses_token("globex", &[TokenScope::Run]).is_some());
+        assert!(
+            admin
+                .refuses_token("acme", &[TokenScope::Operator])
+                .is_some()
+        );
+        assert!(
+            admin
+                .refuses_token("acme", &[TokenScope::Metrics])
+                .is_some()
+        );
+        let operator = p(&[TokenScope::Operator]);
+        assert!(TokenScope::ALL.iter().all(|s| operator.may(*s)));
         assert!(operator.sees_tenant("globex"));
         assert!(
             operator
-                .refuses_token("globex", &[Scope::Operator])
+                .refuses_token("globex", &[TokenScope::Operator])
                 .is_none()
         );
-        let metrics = p(&[Scope::Metrics]);
-        assert!(metrics.may(Scope::Metrics) && !metrics.may(Scope::Read));
-        let run = p(&[Scope::Run]);
-        assert!(run.refuses_token("acme", &[Scope::Run]).is_some());
-        for s in Scope::ALL {
-            assert_eq!(s.to_string().parse::<Scope>(), Ok(s));
+        let metrics = p(&[TokenScope::Metrics]);
+        assert!(metrics.may(TokenScope::Metrics) && !metrics.may(TokenScope::Read));
+        let run = p(&[TokenScope::Run]);
+        assert!(run.refuses_token("acme", &[TokenScope::Run]).is_some());
+        for s in TokenScope::ALL {
+            assert_eq!(s.to_string().parse::<TokenScope>(), Ok(s));
         }
     }
 

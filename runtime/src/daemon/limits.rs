@@ -42,15 +42,15 @@ struct Bucket {
 }
 
 /// Admission state of every tenant.
-pub struct Admission {
+pub struct TenantAdmission {
     limits: TenantLimits,
     buckets: Mutex<HashMap<String, Bucket>>,
     in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
-impl std::fmt::Debug for Admission {
+impl std::fmt::Debug for TenantAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admission")
+        f.debug_struct("TenantAdmission")
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -66,7 +66,7 @@ impl Drop for Permit {
     }
 }
 
-impl Admission {
+impl TenantAdmission {
     /// Admission with `limits` for every tenant.
     pub fn new(limits: TenantLimits) -> Self {
         Self {
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn rate_and_concurrency_are_per_tenant() {
-        let a = Admission::new(TenantLimits {
+        let a = TenantAdmission::new(TenantLimits {
             rate_per_sec: 1.0,
             burst: 3.0,
             max_in_flight: 2,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
 use super::history::Event;
-use crate::{ledger::Appended, meter::Metering};
+use crate::{ledger::Appended, meter::BudgetLedger};
 
 /// (run id, sequence number) → event (JSON).
 const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dag_events");
@@ -132,7 +132,7 @@ impl Journal {
         events: &[Event],
         summary: &RunSummary,
         charges: &[&[crate::ledger::Entry]],
-        metering: &Metering,
+        metering: &BudgetLedger,
     ) -> Result<Vec<Appended>, JournalError> {
         let db = self.open()?;
         let mut txn = db.begin_write().map_err(storage)?;

@@ -24,7 +24,8 @@ use serde_json::Value;
 use super::{
     history::{CallRecord, CapsuleRecord, Event, RunStatus, now_ms},
     journal::{Journal, JournalError, RunSummary},
-    spec::{BudgetSpec, NodeSpec, Spec, SpecErrors},
+    kinds::{KindError, check_kinds},
+    spec::{BudgetSpec, Spec, SpecErrors},
     state::{Dispatch, RunState, StateError},
 };
 use crate::{CallOptions, Capsule, Engine, Outcome, budget, meter::CallCharge};
@@ -190,37 +191,13 @@ pub enum Ended {
 /// Backoffs shorter than this are slept through rather than released.
 const RELEASE_AFTER_MS: u64 = 20;
 
-/// Check the spec's nodes against their capsules' kinds: a node with
-/// `gate:` needs a gate capsule and a gate capsule needs `gate:`; a
-/// planner cannot fan out.
-pub fn check_kinds(
-    nodes: &[NodeSpec],
-    kind_of: impl Fn(&str) -> Option<String>,
-) -> Result<(), DagError> {
-    for n in nodes {
-        let kind =
-            kind_of(&n.capsule).ok_or_else(|| DagError::MissingCapsule(n.capsule.clone()))?;
-        let message = match (kind.as_str(), &n.gate, &n.for_each) {
-            ("gate", None, _) => format!(
-                "capsule `{}` is a gate; give the node `gate: {{node: …}}`",
-                n.capsule
-            ),
-            ("gate", Some(_), _) | ("worker", None, _) | ("planner", None, None) => continue,
-            (_, Some(_), _) => format!(
-                "has `gate:` but capsule `{}` is a {kind}, not a gate",
-                n.capsule
-            ),
-            ("planner", None, Some(_)) => {
-                "a planner node cannot use for_each (plans are spliced once)".to_owned()
-            }
-            (other, ..) => format!("capsule `{}` has unknown kind `{other}`", n.capsule),
-        };
-        return Err(DagError::Kind {
-            node: n.id.clone(),
-            message,
-        });
+impl From<KindError> for DagError {
+    fn from(e: KindError) -> Self {
+        match e {
+            KindError::Kind { node, message } => Self::Kind { node, message },
+            KindError::MissingCapsule(alias) => Self::MissingCapsule(alias),
+        }
     }
-    Ok(())
 }
 
 /// Create a run: bind the input, check capsule kinds, set budgets, record

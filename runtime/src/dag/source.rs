@@ -49,8 +49,8 @@ impl Default for Budget {
     /// 200,000 values and 16 MiB: a 20,000-node spec uses about half.
     fn default() -> Self {
         Self {
-            max_nodes: 200_000,
-            max_bytes: 16 << 20,
+            max_nodes: crate::config::dag::DEFAULT_MAX_SPEC_NODES,
+            max_bytes: crate::config::dag::DEFAULT_MAX_SPEC_BYTES,
         }
     }
 }

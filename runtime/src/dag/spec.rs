@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::config::dag::Ceilings;
+
 use super::source::{self, Position, Positions, SourceError};
 use super::template::{self, Root, Segment, TemplateError, TemplateRef, kind_of};
 
@@ -140,10 +142,10 @@ fn default_max_expansion_nodes() -> usize {
     200
 }
 fn default_max_fan_out() -> usize {
-    10_000
+    crate::config::dag::DEFAULT_MAX_FAN_OUT
 }
 fn default_max_nodes() -> usize {
-    100_000
+    crate::config::dag::DEFAULT_MAX_NODES
 }
 
 /// A budget: LLM tokens and/or money. Enforced by the metering layer.
@@ -316,63 +318,6 @@ pub struct Verdict {
     /// What to change (passed to the gated node on the next round).
     #[serde(default)]
     pub feedback: Value,
-}
-
-/// Operator ceilings on what a spec may ask for (`[dag]` in `soma.toml`).
-/// A spec can only lower them: a value a spec sets above its ceiling is
-/// refused when the run is submitted ([`Spec::within`]); a format default
-/// above a ceiling is lowered to it. Also the budgets of parsing and
-/// rendering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Ceilings {
-    /// Most values a spec document may hold once loaded, YAML aliases
-    /// expanded (each use counts its anchor again). Default 200,000.
-    pub max_spec_nodes: usize,
-    /// Most bytes of strings, keys and position pointers a loaded spec may
-    /// hold, aliases expanded. Default 16 MiB.
-    pub max_spec_bytes: usize,
-    /// Largest input a template may render for one node call (and largest
-    /// rendered run output), bytes; never above `limits.max_input_bytes`.
-    /// Default 1 MiB.
-    pub max_rendered_input_bytes: usize,
-    /// Highest `policy.concurrency` (calls of one run at once). Default 64.
-    pub max_concurrency: usize,
-    /// Highest `policy.max_fan_out`. Default 10,000.
-    pub max_fan_out: usize,
-    /// Highest `policy.max_nodes` (and most nodes a spec may list).
-    /// Default 100,000.
-    pub max_nodes: usize,
-    /// Highest `policy.max_expansion_depth`. Default 4.
-    pub max_expansion_depth: u32,
-    /// Highest `policy.max_expansion_nodes`. Default 1,000.
-    pub max_expansion_nodes: usize,
-    /// Highest `retries.max` of any node. Default 10.
-    pub max_retries: u32,
-    /// Highest `retries.backoff_ms` and `retries.max_backoff_ms`, ms.
-    /// Default 60,000.
-    pub max_backoff_ms: u64,
-    /// Highest `gate.max_rounds`. Default 10.
-    pub max_rounds: u32,
-}
-
-impl Default for Ceilings {
-    fn default() -> Self {
-        let budget = source::Budget::default();
-        Self {
-            max_spec_nodes: budget.max_nodes,
-            max_spec_bytes: budget.max_bytes,
-            max_rendered_input_bytes: 1 << 20,
-            max_concurrency: 64,
-            max_fan_out: default_max_fan_out(),
-            max_nodes: default_max_nodes(),
-            max_expansion_depth: 4,
-            max_expansion_nodes: 1_000,
-            max_retries: 10,
-            max_backoff_ms: 60_000,
-            max_rounds: MAX_GATE_ROUNDS,
-        }
-    }
 }
 
 impl Ceilings {
@@ -553,8 +498,7 @@ pub const MAX_ID_LEN: usize = 64;
 /// Most retries a node may ask for.
 pub const MAX_RETRIES: u32 = 100;
 
-/// Most rounds a gate may ask for.
-pub const MAX_GATE_ROUNDS: u32 = 10;
+pub use crate::config::dag::MAX_GATE_ROUNDS;
 
 /// One problem in a spec, a plan or a run's input, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -890,7 +834,7 @@ pub fn parse_within(text: &str, file: &str, budget: &source::Budget) -> Result<S
             },
         );
     }
-    let scope = Scope {
+    let scope = Declared {
         capsules: &spec.capsules,
         inputs: &spec.inputs,
     };
@@ -949,7 +893,7 @@ pub fn parse_plan(
     let Some(mut plan) = shell else {
         return Err(report.into_errors());
     };
-    let scope = Scope {
+    let scope = Declared {
         capsules: &spec.capsules,
         inputs: &spec.inputs,
     };
@@ -1254,7 +1198,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(
 }
 
 /// What node templates may refer to besides nodes.
-struct Scope<'a> {
+struct Declared<'a> {
     capsules: &'a BTreeMap<String, String>,
     inputs: &'a BTreeMap<String, InputSpec>,
 }
@@ -1276,7 +1220,7 @@ impl Owner<'_> {
 
 /// The checks every node list gets, in a spec or a plan: ids, capsules,
 /// `needs`, templates, `for_each`, gates, numbers, and cycles.
-fn check_nodes(nodes: &Nodes<'_>, scope: &Scope<'_>, report: &mut Report<'_>) {
+fn check_nodes(nodes: &Nodes<'_>, scope: &Declared<'_>, report: &mut Report<'_>) {
     let mut first: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, (pointer, node)) in nodes.parsed.iter().enumerate() {
         let id = node.id.as_str();
@@ -1302,7 +1246,7 @@ fn check_node(
     pointer: &str,
     node: &NodeSpec,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     let id = node.id.as_str();
@@ -1430,7 +1374,7 @@ fn check_templates(
     pointer: &str,
     owner: &Owner<'_>,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     // String by string, so one malformed template does not hide the rest.
@@ -1454,7 +1398,7 @@ fn check_reference(
     pointer: &str,
     owner: &Owner<'_>,
     known: &BTreeSet<&str>,
-    scope: &Scope<'_>,
+    scope: &Declared<'_>,
     report: &mut Report<'_>,
 ) {
     match &reference.root {

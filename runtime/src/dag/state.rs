@@ -975,7 +975,7 @@ impl RunState {
         )
         .map_err(|e| e.to_string())
         .and_then(|plan| {
-            super::scheduler::check_kinds(&plan.nodes, |alias| {
+            super::kinds::check_kinds(&plan.nodes, |alias| {
                 self.capsules.get(alias).map(|c| c.kind.clone())
             })
             .map(|()| plan)
@@ -1097,7 +1097,7 @@ impl RunState {
         if n.role == Role::ForEach {
             return Ok(None);
         }
-        let ctx = Scope::of(self, n);
+        let ctx = NodeContext::of(self, n);
         let mut input = match (&n.spec.gate, n.gated) {
             (Some(_), Some(g)) if is_empty_object(&n.spec.input) => serde_json::json!({
                 "output": self.nodes[g].output,
@@ -1147,7 +1147,7 @@ impl RunState {
     fn fan_out_items(&self, i: usize) -> Result<Vec<Value>, NodeFailure> {
         let n = &self.nodes[i];
         let expr = n.spec.for_each.as_deref().unwrap_or_default();
-        let ctx = Scope::of(self, n);
+        let ctx = NodeContext::of(self, n);
         let items = match template::render_whole(expr, &ctx) {
             Ok(Value::Array(items)) => items,
             Ok(other) => {
@@ -1231,7 +1231,7 @@ impl RunState {
     fn output(&self) -> Result<Value, String> {
         match &self.spec.output {
             Some(v) => {
-                let ctx = Scope {
+                let ctx = NodeContext {
                     state: self,
                     scope: "",
                     item: None,
@@ -1266,14 +1266,14 @@ fn backoff_ms(r: &spec::Retries, tries: u32, rng: &mut fastrand::Rng) -> u64 {
 }
 
 /// Template scope of one node: the run input, sibling outputs, its item.
-struct Scope<'a> {
+struct NodeContext<'a> {
     state: &'a RunState,
     scope: &'a str,
     item: Option<&'a Value>,
     index: Option<usize>,
 }
 
-impl<'a> Scope<'a> {
+impl<'a> NodeContext<'a> {
     fn of(state: &'a RunState, node: &'a Node) -> Self {
         Self {
             state,
@@ -1284,7 +1284,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-impl template::Context for Scope<'_> {
+impl template::Context for NodeContext<'_> {
     fn input(&self) -> &Value {
         &self.state.input
     }

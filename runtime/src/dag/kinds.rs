@@ -1,0 +1,56 @@
+//! Which capsule kinds a node may use: a node with `gate:` needs a gate
+//! capsule, a gate capsule needs `gate:`, a planner cannot fan out. Checked
+//! when a run is created and again on every plan a planner splices in.
+
+use super::spec::NodeSpec;
+
+/// A node that names a capsule of the wrong kind, or one not loaded.
+/// Becomes [`DagError::Kind`](super::scheduler::DagError::Kind) or
+/// [`DagError::MissingCapsule`](super::scheduler::DagError::MissingCapsule).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    /// A node uses a capsule of the wrong kind.
+    #[error("node `{node}`: {message}")]
+    Kind {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A capsule alias has no loaded component.
+    #[error("capsule `{0}` is not loaded")]
+    MissingCapsule(String),
+}
+
+/// Check the spec's nodes against their capsules' kinds: a node with
+/// `gate:` needs a gate capsule and a gate capsule needs `gate:`; a
+/// planner cannot fan out.
+pub fn check_kinds(
+    nodes: &[NodeSpec],
+    kind_of: impl Fn(&str) -> Option<String>,
+) -> Result<(), KindError> {
+    for n in nodes {
+        let kind =
+            kind_of(&n.capsule).ok_or_else(|| KindError::MissingCapsule(n.capsule.clone()))?;
+        let message = match (kind.as_str(), &n.gate, &n.for_each) {
+            ("gate", None, _) => format!(
+                "capsule `{}` is a gate; give the node `gate: {{node: …}}`",
+                n.capsule
+            ),
+            ("gate", Some(_), _) | ("worker", None, _) | ("planner", None, None) => continue,
+            (_, Some(_), _) => format!(
+                "has `gate:` but capsule `{}` is a {kind}, not a gate",
+                n.capsule
+            ),
+            ("planner", None, Some(_)) => {
+                "a planner node cannot use for_each (plans are spliced once)".to_owned()
+            }
+            (other, ..) => format!("capsule `{}` has unknown kind `{other}`", n.capsule),
+        };
+        return Err(KindError::Kind {
+            node: n.id.clone(),
+            message,
+        });
+    }
+    Ok(())
+}
