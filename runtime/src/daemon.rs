@@ -20,13 +20,13 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+pub use crate::config::daemon::{CatalogEntry, DaemonConfig, TlsConfig};
 use crate::{
     Capsule, Engine,
     digest::Digest,
     oci::Reference,
     resolve::{self, CapsuleRef, ResolveError, Resolved, Resolver},
 };
-pub use crate::config::daemon::{CatalogEntry, DaemonConfig, TlsConfig};
 
 impl DaemonConfig {
     /// Refuse settings the daemon cannot run with, naming the key.

@@ -13,8 +13,6 @@ use oci_client::{
     secrets::RegistryAuth,
 };
 
-use serde::Deserialize;
-
 use super::{
     artifact::{ANY_MANIFEST_TYPES, MANIFEST_MEDIA_TYPE},
     auth::Auth,
