@@ -204,8 +204,8 @@ impl RawH2 {
             if self.buffer.len() < 9 {
                 return;
             }
-            let len = u32::from_be_bytes([0, self.buffer[0], self.buffer[1], self.buffer[2]])
-                as usize;
+            let len =
+                u32::from_be_bytes([0, self.buffer[0], self.buffer[1], self.buffer[2]]) as usize;
             if self.buffer.len() < 9 + len {
                 return;
             }
@@ -220,7 +220,12 @@ impl RawH2 {
             let payload: Vec<u8> = self.buffer[9..9 + len].to_vec();
             self.buffer.drain(..9 + len);
             let word = |at: usize| {
-                u32::from_be_bytes([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]])
+                u32::from_be_bytes([
+                    payload[at],
+                    payload[at + 1],
+                    payload[at + 2],
+                    payload[at + 3],
+                ])
             };
             match kind {
                 SETTINGS if flags & ACK == 0 => {
@@ -304,7 +309,11 @@ fn streams_past_the_http2_cap_are_refused_and_a_tenants_held_streams_are_capped(
         .copied()
         .filter(|id| !heard.refused.contains(id))
         .collect();
-    assert_eq!(held, ids[..CAP as usize], "the first CAP streams are the held ones");
+    assert_eq!(
+        held,
+        ids[..CAP as usize],
+        "the first CAP streams are the held ones"
+    );
     assert!(
         heard.answered.is_empty(),
         "held requests get no answer yet: {:?}",
@@ -472,9 +481,7 @@ impl H2Streams {
             .build()
             .expect("runtime");
         let client = runtime.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("connect");
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
             tokio::spawn(async move {
                 let _ = connection.await;
