@@ -6,6 +6,7 @@ mod daemon;
 mod dag;
 mod exit;
 mod inspect;
+mod kv;
 mod ledger;
 mod new;
 mod registry;
@@ -86,6 +87,9 @@ enum Command {
     /// Check or print the operator configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The kv store of this data directory: adopt-legacy.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +191,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Daemon(args) => daemon::daemon(&global, args),
         Command::Token(cmd) => daemon::token(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
+        Command::Kv(cmd) => kv::kv(&global, cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(exit::Code::Ok)
