@@ -262,7 +262,7 @@ fn init_tracing(verbose: u8) {
     let filter = EnvFilter::try_from_env("SOMA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(soma_runtime::telemetry::stderr_colours())
         .with_writer(std::io::stderr)
         .try_init();
 }
