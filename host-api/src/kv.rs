@@ -172,11 +172,49 @@ impl Shared {
 pub enum CommitError {
     /// Calls that ran at the same time filled the namespace or the tenant
     /// past its quota; this call's writes were discarded.
-    #[error("kv writes discarded: {0}")]
-    QuotaExceeded(String),
+    #[error(
+        "kv writes discarded: {} would hold {would_hold} bytes; the limit is {limit} ({})",
+        quota.what(),
+        quota.key()
+    )]
+    QuotaExceeded {
+        /// Which quota refused.
+        quota: Quota,
+        /// What it would have held with this call's writes.
+        would_hold: u64,
+        /// The quota.
+        limit: u64,
+    },
     /// The database failed.
     #[error("could not commit kv writes: {0}")]
     Store(String),
+}
+
+/// A stored-bytes quota of `[kv]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `kv.max_namespace_bytes`: one tenant × namespace.
+    Namespace,
+    /// `kv.max_tenant_bytes`: all of a tenant's namespaces.
+    Tenant,
+}
+
+impl Quota {
+    /// The setting, e.g. `kv.max_namespace_bytes`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Namespace => "kv.max_namespace_bytes",
+            Self::Tenant => "kv.max_tenant_bytes",
+        }
+    }
+
+    /// What it bounds, in words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Namespace => "the namespace",
+            Self::Tenant => "this tenant's kv data",
+        }
+    }
 }
 
 /// One scope's pending writes in one call.
@@ -315,10 +353,11 @@ impl State {
                 let next = current.saturating_add_signed(delta);
                 if delta > 0 && next > config.max_namespace_bytes {
                     // Dropping `txn` unwritten aborts it.
-                    return Err(CommitError::QuotaExceeded(format!(
-                        "the namespace would hold {next} bytes; the limit is {} (kv.max_namespace_bytes)",
-                        config.max_namespace_bytes
-                    )));
+                    return Err(CommitError::QuotaExceeded {
+                        quota: Quota::Namespace,
+                        would_hold: next,
+                        limit: config.max_namespace_bytes,
+                    });
                 }
                 if next == 0 {
                     usage.remove((tenant, space)).map_err(|e| err(&e))?;
@@ -333,10 +372,11 @@ impl State {
                 .map_or(0, |g| g.value());
             let next = current.saturating_add_signed(tenant_delta);
             if tenant_delta > 0 && next > config.max_tenant_bytes {
-                return Err(CommitError::QuotaExceeded(format!(
-                    "tenant {tenant:?} would hold {next} bytes of kv data; the limit is {} (kv.max_tenant_bytes)",
-                    config.max_tenant_bytes
-                )));
+                return Err(CommitError::QuotaExceeded {
+                    quota: Quota::Tenant,
+                    would_hold: next,
+                    limit: config.max_tenant_bytes,
+                });
             }
             if next == 0 {
                 totals.remove(tenant).map_err(|e| err(&e))?;
@@ -966,7 +1006,11 @@ mod tests {
         first.commit().expect("first commit");
         assert!(matches!(
             second.commit(),
-            Err(CommitError::QuotaExceeded(_))
+            Err(CommitError::QuotaExceeded {
+                quota: Quota::Namespace,
+                would_hold: 27,
+                limit: 20
+            })
         ));
         let mut st = state(&shared, "t");
         assert_eq!(st.get(Scope::Capsule, "c".into()).expect("get"), None);

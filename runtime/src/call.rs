@@ -159,6 +159,37 @@ pub enum Failure {
     },
 }
 
+/// The failure of a call whose kv writes could not be committed: a quota
+/// that calls running at the same time filled is a `resource-limit` naming
+/// the `kv.*` setting (the capsule's own writes were each within it); a
+/// database failure is the host's.
+fn kv_commit_failure(e: kv::CommitError) -> Failure {
+    use kv::CommitError;
+    match e {
+        CommitError::QuotaExceeded {
+            quota,
+            would_hold,
+            limit,
+        } => Failure::ResourceLimit {
+            resource: match quota {
+                kv::Quota::Namespace => "bytes of kv data in its namespace",
+                kv::Quota::Tenant => "bytes of kv data for its tenant",
+            },
+            requested: would_hold,
+            limit,
+            advice: format!(
+                "{}; calls that ran at the same time filled it, so this call's writes were \
+                 discarded: delete keys it no longer needs, or ask the operator to raise it",
+                quota.key()
+            ),
+            then: None,
+        },
+        other @ CommitError::Store(_) => Failure::Host {
+            message: other.to_string(),
+        },
+    }
+}
+
 /// `; after the refusal the capsule went on and …`, or nothing.
 fn then_text(then: &Option<String>) -> String {
     then.as_ref().map_or_else(String::new, |t| {
@@ -546,8 +577,8 @@ impl Engine {
                 .as_mut()
                 .map_or(Ok(()), |h| h.capabilities.commit())
                 .map(|()| output)
-                .map_err(|e| Failure::Host {
-                    message: e.to_string(),
+                .map_err(|e| match e {
+                    host_api::CommitError::Kv(e) => kv_commit_failure(e),
                 }),
             Ok(Err(e)) => Err(Failure::CapsuleError {
                 code: e.code,
@@ -1093,5 +1124,28 @@ mod tests {
             retryable: true,
         };
         assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn a_kv_quota_refused_at_commit_is_a_resource_limit_naming_the_setting() {
+        use soma_host_api::kv::{CommitError, Quota};
+        let f = kv_commit_failure(CommitError::QuotaExceeded {
+            quota: Quota::Namespace,
+            would_hold: 120,
+            limit: 100,
+        });
+        assert_eq!(f.class(), "resource-limit");
+        assert!(!f.is_retryable());
+        let text = f.to_string();
+        assert!(text.contains("kv.max_namespace_bytes"), "{text}");
+        assert!(text.contains("120") && text.contains("100"), "{text}");
+        let f = kv_commit_failure(CommitError::QuotaExceeded {
+            quota: Quota::Tenant,
+            would_hold: 2,
+            limit: 1,
+        });
+        assert!(f.to_string().contains("kv.max_tenant_bytes"), "{f}");
+        let f = kv_commit_failure(CommitError::Store("disk full".into()));
+        assert_eq!(f.class(), "host-error");
     }
 }

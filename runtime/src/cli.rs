@@ -6,6 +6,7 @@ mod daemon;
 mod dag;
 mod exit;
 mod inspect;
+mod kv;
 mod ledger;
 mod new;
 mod progress;
@@ -87,6 +88,9 @@ enum Command {
     /// Check or print the operator configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The kv store of this data directory: adopt-legacy.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +192,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Daemon(args) => daemon::daemon(&global, args),
         Command::Token(cmd) => daemon::token(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
+        Command::Kv(cmd) => kv::kv(&global, cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(exit::Code::Ok)
@@ -258,7 +263,7 @@ fn init_tracing(verbose: u8) {
     let filter = EnvFilter::try_from_env("SOMA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(soma_runtime::telemetry::stderr_colours())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -224,10 +224,12 @@ impl Config {
             || d.max_nodes == 0
             || d.max_expansion_nodes == 0
             || d.max_rounds == 0
+            || d.max_run_rendered_bytes == 0
         {
             return Err(ConfigError::Invalid(
                 "dag.max_spec_nodes, max_spec_bytes, max_rendered_input_bytes, max_concurrency, \
-                 max_fan_out, max_nodes, max_expansion_nodes and max_rounds must be positive"
+                 max_fan_out, max_nodes, max_expansion_nodes, max_rounds and \
+                 max_run_rendered_bytes must be positive"
                     .into(),
             ));
         }

@@ -144,6 +144,7 @@ pub fn init(
     let filter = log_filter(default_filter)?;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(stderr_colours())
         .with_filter(filter);
     let Some(endpoint) = otlp_endpoint else {
         tracing_subscriber::registry()
@@ -195,6 +196,21 @@ pub fn init(
 
 fn already(e: TryInitError) -> TelemetryError {
     TelemetryError::AlreadyInstalled(e.to_string())
+}
+
+/// Whether log lines on stderr may carry ANSI colours: only when stderr is
+/// a terminal, and never with `NO_COLOR` set to a non-empty value
+/// (<https://no-color.org>). A log redirected to a file or a journal gets
+/// plain text.
+pub fn stderr_colours() -> bool {
+    colours(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// `SOMA_LOG` if set (an error if it does not parse), else `default_filter`.
@@ -250,6 +266,19 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(!colours(false, None), "a pipe or a file gets plain text");
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(
+            colours(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(false, Some(OsStr::new("1"))));
+    }
 
     #[test]
     fn endpoints_get_the_traces_path() {

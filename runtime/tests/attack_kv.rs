@@ -589,3 +589,57 @@ fn randomized_isolation_of_every_store_for_two_tenants() {
         "every kind of operation ran: {counts:?}"
     );
 }
+
+#[test]
+fn a_kv_quota_filled_by_concurrent_calls_fails_the_late_commit_as_a_resource_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenants: Vec<String> = (0..4)
+        .map(|k| daemon::token(bin(), dir.path(), &format!("t{k}"), "run,read"))
+        .collect();
+    // Each call writes ~70 % of its namespace's quota: calls that run at the
+    // same time each pass the per-write check (nothing committed yet), and
+    // every commit after the first would overfill the namespace.
+    let d = DaemonProcess::start(
+        bin(),
+        dir.path(),
+        "call_threads = 8\nmax_running_calls_per_tenant = 8",
+        "[kv]\nmax_namespace_bytes = 100000\n",
+    );
+    let mut at_commit = Vec::new();
+    for token in &tenants {
+        let results: Vec<Value> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..8)
+                .map(|k| {
+                    let d = &d;
+                    s.spawn(move || {
+                        notebook(
+                            d,
+                            token,
+                            json!({"op": "fill", "scope": "capsule", "prefix": format!("p{k}-"),
+                                   "count": 1500, "bytes": 40}),
+                        )
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().expect("call")).collect()
+        });
+        for v in &results {
+            let class = v["failure"]["class"].as_str();
+            assert_ne!(class, Some("host-error"), "{v}");
+            if class == Some("resource-limit") {
+                at_commit.push(v.clone());
+            }
+        }
+        if !at_commit.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !at_commit.is_empty(),
+        "no two calls overlapped in four tries: the race was not exercised"
+    );
+    for v in &at_commit {
+        let text = v["failure"].to_string();
+        assert!(text.contains("kv.max_namespace_bytes"), "{text}");
+    }
+}

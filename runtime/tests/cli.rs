@@ -797,4 +797,88 @@ fn sign_and_verify_use_the_configured_pull_caps() {
     assert!(err.contains("pull.max_manifest_bytes"), "{err}");
     let (code, _, err) = sh(&["verify", &r, "--key", public.to_str().expect("utf8")]);
     assert_eq!(code, Some(0), "{err}");
+
+/// Write pre-0.2 kv rows (the untenanted `kv` table) into `data`'s database.
+fn write_legacy_kv(data: &std::path::Path, rows: &[(&str, &str, &[u8])]) {
+    const LEGACY: redb::TableDefinition<'_, (&str, &str), &[u8]> = redb::TableDefinition::new("kv");
+    let db = redb::Database::create(data.join("soma.redb")).expect("database");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut t = txn.open_table(LEGACY).expect("legacy table");
+        for (space, key, value) in rows {
+            t.insert((*space, *key), *value).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+}
+
+#[test]
+fn kv_adopt_legacy_gives_old_entries_to_one_tenant_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    write_legacy_kv(
+        data.path(),
+        &[
+            ("named:notes", "old", b"v1"),
+            ("named:notes", "older", b"v0"),
+        ],
+    );
+    let notebook = soma_capsules::NOTEBOOK_COMPONENT;
+    let get = |tenant: &str| {
+        let out = soma(
+            data.path(),
+            &[
+                "run",
+                notebook,
+                "--tenant",
+                tenant,
+                "--kv-namespace",
+                "notes",
+                "--json",
+                "--input",
+                r#"{"op":"kv-get","scope":"capsule","key":"old"}"#,
+            ],
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(doc["ok"], true, "{doc}");
+        doc["output"]["value"].clone()
+    };
+    // Before: the legacy entry reaches no tenant.
+    assert_eq!(get("local"), serde_json::Value::Null);
+
+    let out = soma(data.path(), &["kv", "adopt-legacy", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("--tenant"),
+        "{}",
+        text(&out.stdout)
+    );
+    // --tenant is required (a usage error).
+    let out = soma(data.path(), &["kv", "adopt-legacy"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    let out = soma(
+        data.path(),
+        &["kv", "adopt-legacy", "--tenant", "local", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["entries"], 2, "{doc}");
+    assert_eq!(doc["bytes"], 3 + 2 + 5 + 2, "{doc}");
+    assert_eq!(get("local"), "v1");
+    assert_eq!(
+        get("acme"),
+        serde_json::Value::Null,
+        "only the named tenant"
+    );
+
+    // Again: nothing left to adopt, still a success.
+    let out = soma(data.path(), &["kv", "adopt-legacy", "--tenant", "acme"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing to adopt"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(get("acme"), serde_json::Value::Null);
 }

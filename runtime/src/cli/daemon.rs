@@ -67,9 +67,12 @@ pub(crate) fn daemon(global: &Global, args: DaemonArgs) -> anyhow::Result<Code> 
     }
     // The daemon's own notices at info, everything else at warn: per-call
     // spans stay out of the printed log (and cost nothing) unless SOMA_LOG
-    // asks for them; the OTLP exporter has its own filter.
+    // asks for them; the OTLP exporter has its own filter. The HTTP/2
+    // library warns about peers that break its rules (a rapid-reset flood
+    // closes each connection with a warning): a client without a token
+    // must not be able to write a line per connection, so only its errors.
     let _telemetry = soma_runtime::telemetry::init(
-        "warn,soma_runtime::daemon=info",
+        "warn,soma_runtime::daemon=info,h2=error",
         daemon_config.otlp_endpoint.as_deref(),
         "soma-daemon",
     )

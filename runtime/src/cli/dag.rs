@@ -196,6 +196,18 @@ fn read_spec(path: &Path) -> anyhow::Result<(Spec, String)> {
     Ok((spec, origin))
 }
 
+/// [`read_spec`] for a run on this node: parsed within the parse budget
+/// of `[dag]` and held to its ceilings, as the daemon holds specs sent to
+/// it (a value above a ceiling is an invalid spec naming the `dag.*` key).
+fn read_spec_within(path: &Path, ceilings: &spec::Ceilings) -> anyhow::Result<(Spec, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display().to_string();
+    let mut spec = spec::parse_within(&text, &origin, &ceilings.budget())?;
+    spec.within(ceilings, &origin)?;
+    Ok((spec, origin))
+}
+
 /// Capsules of a run: the loaded ones, and those that failed to load but
 /// are used only by `catch: true` nodes.
 type Capsules = (BTreeMap<String, Loaded>, BTreeMap<String, Unloadable>);
@@ -302,7 +314,8 @@ fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
         );
     }
     let input = parse_input(&args)?;
-    let (spec, origin) = match read_spec(&args.spec) {
+    let ceilings = global.config()?.dag;
+    let (spec, origin) = match read_spec_within(&args.spec, &ceilings) {
         Ok(s) => s,
         Err(e) => return invalid(&e, args.drive.json),
     };
@@ -397,8 +410,14 @@ fn drive(
     capsules: &BTreeMap<String, Arc<soma_runtime::Capsule>>,
     args: &DriveArgs,
 ) -> anyhow::Result<Code> {
+    let config = engine.config();
     let settings = Settings {
         concurrency: args.concurrency,
+        render_limit: config
+            .dag
+            .max_rendered_input_bytes
+            .min(config.limits.max_input_bytes),
+        ceilings: config.dag,
         ..Settings::default()
     };
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -726,7 +745,8 @@ fn cost_markdown(cost: &Value) -> String {
 }
 
 fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
-    let (spec, origin) = match read_spec(&args.spec) {
+    let ceilings = global.config()?.dag;
+    let (spec, origin) = match read_spec_within(&args.spec, &ceilings) {
         Ok(s) => s,
         Err(e) => return invalid(&e, false),
     };

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Most rounds a gate may ask for.
 pub const MAX_GATE_ROUNDS: u32 = 10;
+/// Default `dag.max_run_rendered_bytes`: 256 MiB.
+pub const DEFAULT_MAX_RUN_RENDERED_BYTES: u64 = 256 << 20;
 /// Default `policy.max_fan_out` of a spec, and default `dag.max_fan_out`.
 pub const DEFAULT_MAX_FAN_OUT: usize = 10_000;
 /// Default `policy.max_nodes` of a spec, and default `dag.max_nodes`.
@@ -53,6 +55,12 @@ pub struct Ceilings {
     pub max_backoff_ms: u64,
     /// Highest `gate.max_rounds`. Default 10.
     pub max_rounds: u32,
+    /// Most bytes of rendered node inputs one run may journal in all
+    /// (every attempt, fan-out instance, planned node and gate round
+    /// counts), so that many nodes each under `max_rendered_input_bytes`
+    /// cannot together grow a run's history without bound; past it a node
+    /// fails `render-limit`. Default 256 MiB.
+    pub max_run_rendered_bytes: u64,
 }
 
 impl Default for Ceilings {
@@ -69,6 +77,7 @@ impl Default for Ceilings {
             max_retries: 10,
             max_backoff_ms: 60_000,
             max_rounds: MAX_GATE_ROUNDS,
+            max_run_rendered_bytes: DEFAULT_MAX_RUN_RENDERED_BYTES,
         }
     }
 }

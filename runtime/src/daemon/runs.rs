@@ -519,11 +519,27 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
     if daemon.runs.stopping.load(Ordering::SeqCst) {
         return;
     }
-    let result = capsules_of(daemon, run).and_then(|capsules| {
+    let capsules = match capsules_of(daemon, run) {
+        Ok(capsules) => Ok(capsules),
+        Err(Unpinnable::Gone(gone)) => {
+            // Nothing will bring it back by itself: end the run, naming
+            // what is missing, instead of leaving it `running`.
+            let message = gone.to_string();
+            tracing::error!(run, "{message}");
+            match scheduler::fail_idle(&daemon.engine, run, &message) {
+                Ok(()) => daemon.metrics.run_finished("dag", "failed"),
+                Err(e) => tracing::error!(run, "cannot record the run's failure: {e}"),
+            }
+            Err(message)
+        }
+        Err(Unpinnable::Journal(e)) => Err(e),
+    };
+    let result = capsules.and_then(|capsules| {
         let settings = Settings {
             concurrency: None,
             executor: Some(Arc::new(PoolExecutor(daemon.clone()))),
             render_limit: render_limit(daemon),
+            ceilings: daemon.engine.config().dag,
             release_when_waiting: true,
             interrupt: live.interrupt.clone(),
             cancel: live.cancel.clone(),
@@ -552,24 +568,55 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
     daemon.runs.release(&live.tenant);
 }
 
+/// A capsule a run pinned that the daemon has nowhere: not in its catalog
+/// under the recorded name with the recorded digest, not kept for runs
+/// after a re-pull, and not loadable from its blob cache by digest.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "capsule `{alias}` of this run is pinned to {digest} (catalog name `{reference}`), and no \
+     component with that digest is in the daemon's catalog or blob cache any more, so the run \
+     cannot continue: put that exact component back (a [[daemon.capsules]] entry, or a pull \
+     of the registry reference @{digest}) and submit the run again"
+)]
+pub struct PinnedCapsuleGone {
+    /// The spec's alias.
+    pub alias: String,
+    /// The catalog name recorded when the run was created.
+    pub reference: String,
+    /// The digest the run pinned.
+    pub digest: String,
+}
+
+/// Why a run's pinned capsules could not be gathered.
+enum Unpinnable {
+    /// One of them exists nowhere (the run can never continue).
+    Gone(PinnedCapsuleGone),
+    /// The journal could not be read (maybe transient).
+    Journal(String),
+}
+
 /// The run's pinned capsules, from the catalog (by the name recorded).
 fn capsules_of(
     daemon: &Daemon,
     run: &str,
-) -> Result<BTreeMap<String, Arc<crate::Capsule>>, String> {
+) -> Result<BTreeMap<String, Arc<crate::Capsule>>, Unpinnable> {
     let journal = Journal::new(daemon.engine.data().database().clone());
-    let capsules = journal.pinned_capsules(run).map_err(|e| e.to_string())?;
+    let capsules = journal
+        .pinned_capsules(run)
+        .map_err(|e| Unpinnable::Journal(e.to_string()))?;
     capsules
         .iter()
+        .filter(|(_, record)| record.load_error.is_none())
         .map(|(alias, record)| {
             daemon
                 .pinned_capsule(&record.reference, &record.digest)
                 .map(|capsule| (alias.clone(), capsule))
                 .ok_or_else(|| {
-                    format!(
-                        "capsule `{}` is no longer in the daemon's catalog",
-                        record.reference
-                    )
+                    Unpinnable::Gone(PinnedCapsuleGone {
+                        alias: alias.clone(),
+                        reference: record.reference.clone(),
+                        digest: record.digest.clone(),
+                    })
                 })
         })
         .collect()

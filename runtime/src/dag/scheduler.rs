@@ -148,6 +148,9 @@ pub struct Settings {
     /// Most bytes a node's rendered input may hold
     /// (`dag.max_rendered_input_bytes`).
     pub render_limit: usize,
+    /// The operator's `[dag]` ceilings, which planned nodes, fan-outs and
+    /// the run's total rendered bytes are held to.
+    pub ceilings: super::spec::Ceilings,
     /// When nothing is in flight and the next node waits in retry backoff,
     /// return [`Ended::Waiting`] instead of sleeping (a daemon driver
     /// serves other runs meanwhile and drives this one again later).
@@ -165,6 +168,7 @@ impl Default for Settings {
             concurrency: None,
             executor: None,
             render_limit: super::template::DEFAULT_MAX_RENDERED_BYTES,
+            ceilings: super::spec::Ceilings::default(),
             release_when_waiting: false,
             interrupt: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -375,6 +379,32 @@ fn unfinished(journal: &Journal, run: &str) -> Result<(RunState, Vec<Event>), Da
     }
 }
 
+/// Fail a run that cannot be driven (e.g. a capsule it pinned exists
+/// nowhere any more): record its end, failed with `error`, so that it does
+/// not stay `running` for ever. Nodes in flight are left as recorded.
+pub fn fail_idle(engine: &Engine, run: &str, error: &str) -> Result<(), DagError> {
+    let journal = Journal::new(engine.data().database().clone());
+    let (mut state, history) = unfinished(&journal, run)?;
+    let events = [Event::Finished {
+        status: RunStatus::Failed,
+        output: None,
+        error: Some(error.to_owned()),
+        time_ms: now_ms(),
+    }];
+    for e in &events {
+        state.apply(e)?;
+    }
+    journal.commit(
+        run,
+        history.len() as u64,
+        &events,
+        &summary(&state),
+        &[],
+        engine.metering(),
+    )?;
+    Ok(())
+}
+
 /// Cancel a run no process is driving: record the request and the end.
 pub fn cancel_idle(engine: &Engine, run: &str) -> Result<(), DagError> {
     let journal = Journal::new(engine.data().database().clone());
@@ -435,6 +465,7 @@ pub fn drive(
     let journal = Journal::new(engine.data().database().clone());
     let (mut state, history) = unfinished(&journal, run)?;
     state.render_limit = settings.render_limit;
+    state.ceilings = settings.ceilings;
     for (alias, record) in &state.capsules {
         if record.load_error.is_some() {
             continue;

@@ -433,54 +433,86 @@ impl Spec {
                 },
             );
         }
-        let retries = |r: &mut Report<'_>, retries: &mut Retries, at: &str| {
-            let d = Retries::default();
-            ceiling(
-                r,
-                &mut retries.max,
-                d.max,
-                c.max_retries,
-                format!("{at}/max"),
-                "retries.max",
-                "max_retries",
-            );
-            ceiling(
-                r,
-                &mut retries.backoff_ms,
-                d.backoff_ms,
-                c.max_backoff_ms,
-                format!("{at}/backoff_ms"),
-                "retries.backoff_ms",
-                "max_backoff_ms",
-            );
-            ceiling(
-                r,
-                &mut retries.max_backoff_ms,
-                d.max_backoff_ms,
-                c.max_backoff_ms,
-                format!("{at}/max_backoff_ms"),
-                "retries.max_backoff_ms",
-                "max_backoff_ms",
-            );
-        };
-        retries(r, &mut self.defaults.retries, "/defaults/retries");
-        for (index, node) in self.nodes.iter_mut().enumerate() {
-            if let Some(node_retries) = &mut node.retries {
-                retries(r, node_retries, &format!("/nodes/{index}/retries"));
-            }
-            if let Some(gate) = &mut node.gate {
-                ceiling(
-                    r,
-                    &mut gate.max_rounds,
-                    default_max_rounds(),
-                    c.max_rounds,
-                    format!("/nodes/{index}/gate/max_rounds"),
-                    "gate.max_rounds",
-                    "max_rounds",
-                );
-            }
-        }
+        nodes_within(r, &mut self.nodes, Some(&mut self.defaults.retries), c);
         report.finish(())
+    }
+}
+
+impl Plan {
+    /// Hold the nodes a planner returned to the operator's `ceilings`, as
+    /// [`Spec::within`] holds a submitted spec's nodes (`retries.*`,
+    /// `gate.max_rounds`; the node count and nesting depth are checked by
+    /// the run against `policy.*` and `dag.*` together). Called for every
+    /// plan before it is spliced. Cost: one pass over the plan's nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecErrors`] (file `origin`): each value above its ceiling, with
+    /// its pointer and the `dag.*` setting that bounds it.
+    pub fn within(&mut self, ceilings: &Ceilings, origin: &str) -> Result<(), SpecErrors> {
+        let mut report = Report::new(origin, None);
+        nodes_within(&mut report, &mut self.nodes, None, ceilings);
+        report.finish(())
+    }
+}
+
+/// The node-level part of [`Spec::within`] and [`Plan::within`]: each
+/// node's `retries` (and the spec's default retries) and gate rounds
+/// within their ceilings.
+fn nodes_within(
+    r: &mut Report<'_>,
+    nodes: &mut [NodeSpec],
+    defaults: Option<&mut Retries>,
+    c: &Ceilings,
+) {
+    let retries = |r: &mut Report<'_>, retries: &mut Retries, at: &str| {
+        let d = Retries::default();
+        ceiling(
+            r,
+            &mut retries.max,
+            d.max,
+            c.max_retries,
+            format!("{at}/max"),
+            "retries.max",
+            "max_retries",
+        );
+        ceiling(
+            r,
+            &mut retries.backoff_ms,
+            d.backoff_ms,
+            c.max_backoff_ms,
+            format!("{at}/backoff_ms"),
+            "retries.backoff_ms",
+            "max_backoff_ms",
+        );
+        ceiling(
+            r,
+            &mut retries.max_backoff_ms,
+            d.max_backoff_ms,
+            c.max_backoff_ms,
+            format!("{at}/max_backoff_ms"),
+            "retries.max_backoff_ms",
+            "max_backoff_ms",
+        );
+    };
+    if let Some(defaults) = defaults {
+        retries(r, defaults, "/defaults/retries");
+    }
+    for (index, node) in nodes.iter_mut().enumerate() {
+        if let Some(node_retries) = &mut node.retries {
+            retries(r, node_retries, &format!("/nodes/{index}/retries"));
+        }
+        if let Some(gate) = &mut node.gate {
+            ceiling(
+                r,
+                &mut gate.max_rounds,
+                default_max_rounds(),
+                c.max_rounds,
+                format!("/nodes/{index}/gate/max_rounds"),
+                "gate.max_rounds",
+                "max_rounds",
+            );
+        }
     }
 }
 

@@ -196,6 +196,13 @@ pub struct RunState {
     /// (`dag.max_rendered_input_bytes`); not part of the history: set by
     /// whoever drives the run.
     pub render_limit: usize,
+    /// The operator's `[dag]` ceilings, which planned nodes, fan-outs and
+    /// the run's total rendered bytes are held to (as a submitted spec is
+    /// at submit); not part of the history: set by whoever drives the run.
+    pub ceilings: spec::Ceilings,
+    /// Bytes of rendered input journaled so far (every `started` event's),
+    /// held to `ceilings.max_run_rendered_bytes`.
+    pub rendered_bytes: u64,
     nodes: Vec<Node>,
     index: HashMap<String, usize>,
     queue: VecDeque<usize>,
@@ -245,6 +252,8 @@ impl RunState {
             verdicts: Vec::new(),
             events: 1,
             render_limit: template::DEFAULT_MAX_RENDERED_BYTES,
+            ceilings: spec::Ceilings::default(),
+            rendered_bytes: 0,
             nodes: Vec::new(),
             index: HashMap::new(),
             queue: VecDeque::new(),
@@ -393,6 +402,7 @@ impl RunState {
                 n.attempts += 1;
                 n.started_ms.get_or_insert(*time_ms);
                 n.running_input = Some(input.clone());
+                self.rendered_bytes = self.rendered_bytes.saturating_add(input.len() as u64);
             }
             Event::Restarted { node, .. } => {
                 self.find(node)?;
@@ -953,34 +963,60 @@ impl RunState {
             retry_at_ms: None,
             time_ms: now,
         };
-        if n.depth + 1 > policy.max_expansion_depth {
+        let c = &self.ceilings;
+        let (depth, depth_key) = tighter(
+            policy.max_expansion_depth,
+            "policy.max_expansion_depth",
+            c.max_expansion_depth,
+            "dag.max_expansion_depth",
+        );
+        if n.depth + 1 > depth {
             return fail(
                 "expansion-limit",
                 format!(
-                    "planner {} would nest plans {} deep; policy.max_expansion_depth is {}",
+                    "planner {} would nest plans {} deep; {depth_key} is {depth}",
                     n.id,
                     n.depth + 1,
-                    policy.max_expansion_depth
                 ),
                 call,
             );
         }
-        let room = policy.max_nodes.saturating_sub(self.live_nodes());
-        let cap = policy.max_expansion_nodes.min(room);
-        let plan = spec::parse_plan(
-            &output,
-            &self.spec,
-            cap,
-            &format!("plan from node {}", n.id),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|plan| {
-            super::kinds::check_kinds(&plan.nodes, |alias| {
-                self.capsules.get(alias).map(|c| c.kind.clone())
-            })
-            .map(|()| plan)
-            .map_err(|e| format!("plan from node {}: {e}", n.id))
-        });
+        let origin = format!("plan from node {}", n.id);
+        let (max_nodes, nodes_key) = self.max_nodes();
+        let room = max_nodes.saturating_sub(self.live_nodes());
+        let (max_plan, plan_key) = tighter(
+            policy.max_expansion_nodes,
+            "policy.max_expansion_nodes",
+            c.max_expansion_nodes,
+            "dag.max_expansion_nodes",
+        );
+        if let Some(Value::Array(raw)) = output.get("nodes")
+            && raw.len() > max_plan.min(room)
+        {
+            let message = if raw.len() > max_plan {
+                format!(
+                    "{origin}: it adds {} nodes; {plan_key} is {max_plan}",
+                    raw.len()
+                )
+            } else {
+                format!(
+                    "{origin}: it adds {} nodes, and the run may hold only {room} more \
+                     ({nodes_key} is {max_nodes})",
+                    raw.len()
+                )
+            };
+            return fail("invalid-plan", message, call);
+        }
+        let plan = spec::parse_plan(&output, &self.spec, max_plan.min(room), &origin)
+            .and_then(|mut plan| plan.within(c, &origin).map(|()| plan))
+            .map_err(|e| e.to_string())
+            .and_then(|plan| {
+                super::kinds::check_kinds(&plan.nodes, |alias| {
+                    self.capsules.get(alias).map(|c| c.kind.clone())
+                })
+                .map(|()| plan)
+                .map_err(|e| format!("plan from node {}: {e}", n.id))
+            });
         match plan {
             Ok(plan) => Event::Expanded {
                 node: n.id.clone(),
@@ -994,6 +1030,16 @@ impl RunState {
 
     fn live_nodes(&self) -> usize {
         self.nodes.iter().filter(|n| !n.retired).count()
+    }
+
+    /// The nodes this run may hold in all, and the setting that says so.
+    fn max_nodes(&self) -> (usize, &'static str) {
+        tighter(
+            self.spec.policy.max_nodes,
+            "policy.max_nodes",
+            self.ceilings.max_nodes,
+            "dag.max_nodes",
+        )
     }
 
     fn retries(&self, n: &Node) -> spec::Retries {
@@ -1016,6 +1062,9 @@ impl RunState {
             return (events, dispatch);
         }
         let mut later = Vec::new();
+        // Rendered bytes of the attempts started in this pass (their
+        // `started` events are applied after this returns).
+        let mut batch_bytes = 0u64;
         while dispatch.len() < slots {
             let Some(i) = self.queue.pop_front() else {
                 break;
@@ -1039,8 +1088,9 @@ impl RunState {
             {
                 continue;
             }
-            match self.start(i, now) {
+            match self.start(i, now, batch_bytes) {
                 Ok(Some(d)) => {
+                    batch_bytes = batch_bytes.saturating_add(d.input.len() as u64);
                     events.push(Event::Started {
                         node: d.id.clone(),
                         attempt: d.attempt,
@@ -1091,8 +1141,15 @@ impl RunState {
         }
     }
 
-    /// A ready call node's dispatch (`None` for a `for_each` node).
-    fn start(&self, i: usize, _now: u64) -> Result<Option<Dispatch>, NodeFailure> {
+    /// A ready call node's dispatch (`None` for a `for_each` node);
+    /// `batch_bytes`: rendered input of attempts proposed but not yet
+    /// applied, counted against `dag.max_run_rendered_bytes`.
+    fn start(
+        &self,
+        i: usize,
+        _now: u64,
+        batch_bytes: u64,
+    ) -> Result<Option<Dispatch>, NodeFailure> {
         let n = &self.nodes[i];
         if n.role == Role::ForEach {
             return Ok(None);
@@ -1135,6 +1192,23 @@ impl RunState {
                 ),
             ));
         }
+        let total = self
+            .rendered_bytes
+            .saturating_add(batch_bytes)
+            .saturating_add(input.len() as u64);
+        if total > self.ceilings.max_run_rendered_bytes {
+            return Err(NodeFailure::scheduler(
+                "render-limit",
+                format!(
+                    "{}: its {} bytes of input would bring the run's rendered inputs to {total} \
+                     bytes; the limit is {} (dag.max_run_rendered_bytes): pass less data between \
+                     nodes, or split the run",
+                    n.id,
+                    input.len(),
+                    self.ceilings.max_run_rendered_bytes
+                ),
+            ));
+        }
         Ok(Some(Dispatch {
             node: i,
             id: n.id.clone(),
@@ -1162,18 +1236,23 @@ impl RunState {
             }
             Err(e) => return Err(NodeFailure::scheduler("template", format!("{}: {e}", n.id))),
         };
-        let policy = &self.spec.policy;
-        let room = policy.max_nodes.saturating_sub(self.live_nodes());
-        if items.len() > policy.max_fan_out || items.len() > room {
+        let (max_fan_out, fan_out_key) = tighter(
+            self.spec.policy.max_fan_out,
+            "policy.max_fan_out",
+            self.ceilings.max_fan_out,
+            "dag.max_fan_out",
+        );
+        let (max_nodes, nodes_key) = self.max_nodes();
+        let room = max_nodes.saturating_sub(self.live_nodes());
+        if items.len() > max_fan_out || items.len() > room {
             return Err(NodeFailure::scheduler(
                 "expansion-limit",
                 format!(
-                    "{}: for_each gave {} items; policy allows {} (max_fan_out {}, max_nodes {})",
+                    "{}: for_each gave {} items; policy allows {} ({fan_out_key} {max_fan_out}, \
+                     {nodes_key} {max_nodes})",
                     n.id,
                     items.len(),
-                    policy.max_fan_out.min(room),
-                    policy.max_fan_out,
-                    policy.max_nodes
+                    max_fan_out.min(room),
                 ),
             ));
         }
@@ -1307,6 +1386,21 @@ impl template::Context for NodeContext<'_> {
 
     fn max_bytes(&self) -> usize {
         self.state.render_limit
+    }
+}
+
+/// The lower of a spec's `policy` value and the operator's `dag` ceiling,
+/// with the name of the setting that binds (the ceiling on a tie).
+fn tighter<T: PartialOrd + Copy>(
+    policy: T,
+    policy_key: &'static str,
+    ceiling: T,
+    ceiling_key: &'static str,
+) -> (T, &'static str) {
+    if ceiling <= policy {
+        (ceiling, ceiling_key)
+    } else {
+        (policy, policy_key)
     }
 }
 
