@@ -13,6 +13,7 @@ pub mod pool;
 pub mod runs;
 pub mod tls;
 pub mod api;
+pub mod contract;
 pub mod openapi;
 
 use std::{

@@ -6,6 +6,8 @@ pub mod spec;
 pub mod source;
 pub mod template;
 pub mod history;
+pub mod status;
+pub mod report;
 pub mod journal;
 pub mod state;
 pub mod scheduler;

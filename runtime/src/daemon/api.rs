@@ -15,22 +15,28 @@ use axum::{
     Extension, Json, Router,
     body::Bytes,
     extract::{MatchedPath, Path, Query, Request, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    handler::Handler,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{MethodFilter, get, on},
 };
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Daemon,
     auth::{AuthError, Principal, Scope, TokenInfo},
+    contract::{
+        BudgetRequest, BudgetRow, BudgetSet, CallFailure, CallLimits, CallReport, CalledCapsule,
+        CancelAnswer, CancelState, CatalogCapsule, CreatedToken, DagRunAccepted, DagRunLive,
+        ErrorBody, ErrorDetail, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RunReport,
+        RunRequest, RunView, TokenRequest, TokensQuery,
+    },
     limits::Refused,
     runs::CallRun,
 };
@@ -39,51 +45,83 @@ use crate::{
     dag::{
         history::Event,
         journal::{Journal, JournalError},
+        report::RunKind,
         scheduler::{self, DagError, Loaded},
         spec,
         state::RunState,
+        status::RunPhase,
     },
     ledger::Filter,
 };
 
-/// Every route, for the OpenAPI document's completeness test.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/v1/openapi.json"),
-    ("post", "/v1/capsules/pull"),
-    ("get", "/v1/capsules"),
-    ("post", "/v1/runs"),
-    ("get", "/v1/runs/{id}"),
-    ("get", "/v1/runs/{id}/events"),
-    ("post", "/v1/runs/{id}/cancel"),
-    ("get", "/v1/ledger"),
-    ("get", "/v1/budgets"),
-    ("put", "/v1/budgets"),
-    ("post", "/v1/tokens"),
-    ("get", "/v1/tokens"),
-    ("delete", "/v1/tokens/{id}"),
-];
+/// Routes as they are added to a router, each recorded as (method, path):
+/// the only way a route gets into [`router`], so [`served`] lists exactly
+/// what the daemon serves (the OpenAPI tests compare it with the document).
+struct Routes {
+    router: Router<Arc<Daemon>>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+
+    /// Serve `handler` for `method` on `path`.
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, Arc<Daemon>>,
+        T: 'static,
+    {
+        // Every method `add` is called with is one MethodFilter knows.
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path));
+        self
+    }
+}
+
+/// Routes that need no token.
+fn open_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/healthz", healthz)
+        .add(Method::GET, "/readyz", readyz)
+        .add(Method::GET, "/v1/openapi.json", openapi)
+}
+
+/// Routes behind [`authenticate`].
+fn api_routes() -> Routes {
+    Routes::new()
+        .add(Method::POST, "/v1/capsules/pull", pull_capsule)
+        .add(Method::GET, "/v1/capsules", list_capsules)
+        .add(Method::POST, "/v1/runs", create_run)
+        .add(Method::GET, "/v1/runs/{id}", get_run)
+        .add(Method::GET, "/v1/runs/{id}/events", run_events)
+        .add(Method::POST, "/v1/runs/{id}/cancel", cancel_run)
+        .add(Method::GET, "/v1/ledger", ledger)
+        .add(Method::GET, "/v1/budgets", get_budgets)
+        .add(Method::PUT, "/v1/budgets", put_budget)
+        .add(Method::POST, "/v1/tokens", create_token)
+        .add(Method::GET, "/v1/tokens", list_tokens)
+        .add(Method::DELETE, "/v1/tokens/{id}", revoke_token)
+        .add(Method::GET, "/metrics", metrics)
+}
+
+/// Every (method, path) [`router`] serves, as it registered them.
+pub fn served() -> Vec<(Method, &'static str)> {
+    let mut all = open_routes().served;
+    all.extend(api_routes().served);
+    all
+}
 
 /// The router with every layer.
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    let open = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/openapi.json", get(openapi));
-    let api = Router::new()
-        .route("/v1/capsules/pull", post(pull_capsule))
-        .route("/v1/capsules", get(list_capsules))
-        .route("/v1/runs", post(create_run))
-        .route("/v1/runs/{id}", get(get_run))
-        .route("/v1/runs/{id}/events", get(run_events))
-        .route("/v1/runs/{id}/cancel", post(cancel_run))
-        .route("/v1/ledger", get(ledger))
-        .route("/v1/budgets", get(get_budgets).put(put_budget))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/metrics", get(metrics))
+    let open = open_routes().router;
+    let api = api_routes()
+        .router
         .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
     let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
     open.merge(api)
@@ -159,14 +197,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(f) = &self.field {
-            error["field"] = json!(f);
-        }
-        if let Some(d) = self.details {
-            error["details"] = d;
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                details: self.details,
+                field: self.field,
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
             response
                 .headers_mut()
@@ -308,7 +347,19 @@ async fn observe(State(daemon): State<Arc<Daemon>>, request: Request, next: Next
     response
 }
 
-async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service", operation_id = "healthz",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready for requests", content_type = "text/plain", body = String),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    ))]
+pub(super) async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if daemon.runs.is_stopping() {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down").into_response()
     } else {
@@ -317,7 +368,10 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 }
 
 /// `GET /metrics` on the API listener: an `operator` or `metrics` token.
-async fn metrics(
+#[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition (0.0.4)", content_type = "text/plain; version=0.0.4", body = String)),
+    extensions(("x-soma-scope" = json!("metrics"))))]
+pub(super) async fn metrics(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
@@ -338,7 +392,9 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", operation_id = "openapi",
+    responses((status = 200, description = "This document", body = Object)))]
+pub(super) async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         super::openapi::document(),
@@ -346,16 +402,14 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullRequest {
-    /// The name to serve it under.
-    name: String,
-    /// The registry reference.
-    reference: String,
-}
-
-async fn pull_capsule(
+#[utoipa::path(post, path = "/v1/capsules/pull", tag = "capsules", operation_id = "pullCapsule",
+    request_body = PullRequest,
+    responses(
+        (status = 201, description = "Pulled through the trust policy and served under `name`", body = PulledCapsule),
+        (status = 502, description = "The registry or the trust policy refused it", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("operator"))))]
+pub(super) async fn pull_capsule(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -384,59 +438,52 @@ async fn pull_capsule(
     );
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": req.name, "digest": digest, "origin": origin, "replaced": replaced })),
+        Json(PulledCapsule {
+            name: req.name,
+            digest,
+            origin,
+            replaced,
+        }),
     )
         .into_response())
 }
 
-async fn list_capsules(
+#[utoipa::path(get, path = "/v1/capsules", tag = "capsules", operation_id = "listCapsules",
+    responses((status = 200, description = "The catalog", body = Vec<CatalogCapsule>)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn list_capsules(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CatalogCapsule>>, ApiError> {
     require(&p, Scope::Read)?;
     let catalog = daemon.catalog.read().unwrap_or_else(|p| p.into_inner());
-    let list: Vec<Value> = catalog
+    let list = catalog
         .iter()
         .map(|(name, item)| {
             let m = item.capsule.manifest();
-            json!({
-                "name": name,
-                "digest": item.capsule.digest().to_string(),
-                "kind": m.kind,
-                "capsule": m.name,
-                "version": m.version,
-                "description": m.description,
-                "origin": item.origin,
-            })
+            CatalogCapsule {
+                name: name.clone(),
+                digest: item.capsule.digest().to_string(),
+                kind: m.capsule_kind(),
+                capsule: m.name.clone(),
+                version: m.version.clone(),
+                description: m.description.clone(),
+                origin: item.origin.clone(),
+            }
         })
         .collect();
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
-/// Per-run limits a request may ask for (only lower than the operator's).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsRequest {
-    fuel: Option<u64>,
-    timeout_ms: Option<u64>,
-    memory_mb: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    /// A catalog capsule to call once…
-    capsule: Option<String>,
-    /// …or a DAG spec (an object, or YAML/JSON text) to run.
-    dag: Option<Value>,
-    /// The input (any JSON; a string is passed as is).
-    input: Option<Value>,
-    /// Lower limits for a capsule call.
-    #[serde(default)]
-    limits: LimitsRequest,
-}
-
-async fn create_run(
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", operation_id = "createRun",
+    request_body = RunRequest,
+    responses(
+        (status = 200, description = "A capsule call, done (it may have failed: see `failure`)", body = CallReport),
+        (status = 202, description = "A DAG run, queued", body = DagRunAccepted),
+        (status = 404, description = "No such capsule in the catalog", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("run"))))]
+pub(super) async fn create_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -458,7 +505,7 @@ async fn call_run(
     p: &Principal,
     name: &str,
     input: Option<Value>,
-    limits: &LimitsRequest,
+    limits: &CallLimits,
 ) -> Result<Response, ApiError> {
     let item = daemon.capsule(name).ok_or_else(|| ApiError {
         field: Some("capsule".into()),
@@ -483,7 +530,7 @@ async fn call_run(
     tighten(&mut options.limits.fuel, limits.fuel);
     tighten(&mut options.limits.timeout_ms, limits.timeout_ms);
     tighten(&mut options.limits.memory_mb, limits.memory_mb);
-    daemon.metrics.run_started("call");
+    daemon.metrics.run_started(RunKind::Call.name());
     let capsule = item.capsule.clone();
     // If this handler is dropped (the client disconnected, or its request
     // timed out) the call stops at its next epoch tick. Either way the
@@ -518,27 +565,47 @@ async fn call_run(
         }
     }
     drop(cancel);
-    let class = outcome.result.as_ref().err().map_or("ok", |f| f.class());
+    let class = crate::FailureClass::outcome_label(
+        outcome.result.as_ref().err().map(crate::Failure::class),
+    );
     daemon.metrics.call(
         name,
         class,
         Duration::from_micros(outcome.usage.wall_time_us).as_secs_f64(),
     );
-    daemon.metrics.run_finished("call", class);
-    let body = json!({
-        "run": run,
-        "kind": "call",
-        "capsule": { "name": name, "digest": item.capsule.digest().to_string() },
-        "ok": outcome.result.is_ok(),
-        "output": outcome.result.as_ref().ok().map(|o| {
-            serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))
-        }),
-        "failure": outcome.result.as_ref().err().map(|f| json!({
-            "class": f.class(), "message": f.to_string(), "detail": f,
-        })),
-        "usage": outcome.usage,
-        "logs": outcome.logs,
-    });
+    daemon.metrics.run_finished(RunKind::Call.name(), class);
+    let body = CallReport {
+        run: run.clone(),
+        kind: RunKind::Call,
+        capsule: CalledCapsule {
+            name: name.to_owned(),
+            digest: item.capsule.digest().to_string(),
+        },
+        ok: outcome.result.is_ok(),
+        output: outcome
+            .result
+            .as_ref()
+            .ok()
+            .map(|o| serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))),
+        failure: match &outcome.result {
+            Ok(_) => None,
+            Err(f) => Some(CallFailure {
+                class: f.class(),
+                message: f.to_string(),
+                detail: serde_json::to_value(f).map_err(|e| ApiError::internal(e.to_string()))?,
+            }),
+        },
+        usage: outcome.usage,
+        logs: outcome
+            .logs
+            .into_iter()
+            .map(|l| LogRecord {
+                fields: l.fields,
+                level: l.level.to_owned(),
+                message: l.message,
+            })
+            .collect(),
+    };
     // Serialized once: the answer and the retained copy share the bytes.
     let body =
         Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?);
@@ -643,15 +710,15 @@ async fn dag_run(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     daemon.runs.enqueue(&run, &p.tenant);
-    daemon.metrics.run_started("dag");
+    daemon.metrics.run_started(RunKind::Dag.name());
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "run": run,
-            "kind": "dag",
-            "status": "queued",
-            "events": format!("/v1/runs/{run}/events"),
-        })),
+        Json(DagRunAccepted {
+            events: format!("/v1/runs/{run}/events"),
+            run,
+            kind: RunKind::Dag,
+            status: RunPhase::Queued,
+        }),
     )
         .into_response())
 }
@@ -724,7 +791,11 @@ fn visible(p: &Principal, tenant: &str) -> bool {
     p.sees_tenant(tenant)
 }
 
-async fn get_run(
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", operation_id = "getRun",
+    params(("id" = String, Path, description = "The run id")),
+    responses((status = 200, description = "A recent call, a DAG run from its journal, or a queued/running DAG run", body = RunView)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn get_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -748,14 +819,14 @@ async fn get_run(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // A run that has just finished is answered from the journal below.
-        let status = summary.as_ref().map_or("queued", |s| s.status.as_str());
-        if matches!(status, "queued" | "running") {
-            return Ok(Json(json!({
-                "run": id,
-                "kind": "dag",
-                "status": status,
-                "summary": summary,
-            }))
+        let status = summary.as_ref().map_or(RunPhase::Queued, |s| s.status);
+        if matches!(status, RunPhase::Queued | RunPhase::Running) {
+            return Ok(Json(DagRunLive {
+                run: id,
+                kind: RunKind::Dag,
+                status,
+                summary,
+            })
             .into_response());
         }
     }
@@ -767,7 +838,8 @@ async fn get_run(
     if !visible(&p, &state.tenant) {
         return Err(missing());
     }
-    Ok(Json(state.report()).into_response())
+    let report: RunReport = state.report();
+    Ok(Json(report).into_response())
 }
 
 /// Events read from the journal per page of an event stream.
@@ -879,7 +951,12 @@ enum Heard {
 /// the run finishes. Each event's `id` is its sequence number;
 /// `Last-Event-ID` resumes after it. Each open stream holds one of the
 /// tenant's `daemon.max_streams_per_tenant` (429 past it).
-async fn run_events(
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", operation_id = "runEvents",
+    params(("id" = String, Path, description = "The run id")),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event's sequence number")),
+    responses((status = 200, description = "Server-Sent Events: each `data:` is one history event (JSON), `id:` its sequence number; the stream ends after `finished`", content_type = "text/event-stream", body = String)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn run_events(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -944,7 +1021,15 @@ fn event_kind(json: &str) -> String {
         .unwrap_or_else(|| "event".into())
 }
 
-async fn cancel_run(
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", operation_id = "cancelRun",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run was idle and is now cancelled", body = CancelAnswer),
+        (status = 202, description = "The run's driver was told to cancel it", body = CancelAnswer),
+        (status = 409, description = "The run has already finished", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("run"))))]
+pub(super) async fn cancel_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -957,7 +1042,10 @@ async fn cancel_run(
         live.cancel.store(true, Ordering::SeqCst);
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "run": id, "cancel": "requested" })),
+            Json(CancelAnswer {
+                run: Some(id),
+                cancel: CancelState::Requested,
+            }),
         )
             .into_response());
     }
@@ -981,22 +1069,25 @@ async fn cancel_run(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!({ "cancel": "done" })).into_response())
+    Ok(Json(CancelAnswer {
+        run: None,
+        cancel: CancelState::Done,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LedgerQuery {
-    run: Option<String>,
-    tenant: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn ledger(
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", operation_id = "listLedger",
+    params(LedgerQuery),
+    responses(
+        (status = 200, description = "Charges, oldest first", body = Vec<crate::ledger::Entry>),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn ledger(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::ledger::Entry>>, ApiError> {
     require(&p, Scope::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
@@ -1020,13 +1111,16 @@ async fn ledger(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!(entries)))
+    Ok(Json(entries))
 }
 
-async fn get_budgets(
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", operation_id = "listBudgets",
+    responses((status = 200, description = "The budgets the caller may see", body = Vec<BudgetRow>)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn get_budgets(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<BudgetRow>>, ApiError> {
     require(&p, Scope::Read)?;
     let d = daemon.clone();
     let tenant = p.tenant.clone();
@@ -1034,7 +1128,7 @@ async fn get_budgets(
     // One blocking task: the budgets, then one summary-row read per
     // distinct run (never a history replay), so the cost of another
     // tenant's budgets is a point read each.
-    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<BudgetRow>, ApiError> {
         let all = d
             .engine
             .metering()
@@ -1066,33 +1160,31 @@ async fn get_budgets(
                 }
             };
             if shown {
-                mine.push(json!({ "scope": scope.key(), "account": account }));
+                mine.push(BudgetRow {
+                    scope: scope.key(),
+                    account,
+                });
             }
         }
         Ok(mine)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(json!(mine)))
+    Ok(Json(mine))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BudgetRequest {
-    /// `tenant:T`, `capsule:sha256:…`, `run:R` or `node:R/N`.
-    scope: String,
-    tokens: Option<u64>,
-    micros: Option<u64>,
-    /// Remove the budget instead.
-    #[serde(default)]
-    remove: bool,
-}
-
-async fn put_budget(
+#[utoipa::path(put, path = "/v1/budgets", tag = "budgets", operation_id = "setBudget",
+    request_body = BudgetRequest,
+    responses(
+        (status = 200, description = "Set (or removed)", body = BudgetSet),
+        (status = 404, description = "No such run (for run:R or node:R/N)", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn put_budget(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BudgetSet>, ApiError> {
     require(&p, Scope::Admin)?;
     let req: BudgetRequest = parse(body)?;
     let scope = budget::Scope::parse(&req.scope).ok_or_else(|| {
@@ -1112,21 +1204,14 @@ async fn put_budget(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "scope": key, "limit": limit })))
+    Ok(Json(BudgetSet { scope: key, limit }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    tenant: String,
-    scopes: Vec<Scope>,
-    /// Refused this many seconds after creation…
-    expires_in_s: Option<u64>,
-    /// …or from this unix time (ms) on.
-    expires_at_ms: Option<u64>,
-}
-
-async fn create_token(
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
+    request_body = TokenRequest,
+    responses((status = 201, description = "Created; the secret is shown only here", body = CreatedToken)),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn create_token(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -1169,27 +1254,31 @@ async fn create_token(
             })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes,
-            "expires_ms": record.expires_ms,
-        })),
+        Json(CreatedToken {
+            token,
+            id: record.id,
+            tenant: record.tenant,
+            scopes: record.scopes,
+            expires_ms: record.expires_ms,
+        }),
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensQuery {
-    tenant: Option<String>,
-}
-
 /// `GET /v1/tokens`: the tokens of the caller's tenant (an operator: every
 /// tenant's, or `?tenant=`), never their secrets.
-async fn list_tokens(
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
+    params(TokensQuery),
+    responses(
+        (status = 200, description = "Tokens, never their secrets", body = Vec<TokenInfo>),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn list_tokens(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     query: Result<Query<TokensQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     require(&p, Scope::Admin)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
@@ -1210,16 +1299,20 @@ async fn list_tokens(
         .filter(|t| tenant.as_ref().is_none_or(|want| &t.tenant == want))
         .map(|t| t.info(now))
         .collect();
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
 /// `DELETE /v1/tokens/{id}`: revoke now — the token is refused from the
 /// next request on, and after restarts.
-async fn revoke_token(
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "revokeToken",
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, description = "Revoked: refused from the next request on", body = TokenInfo)),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn revoke_token(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenInfo>, ApiError> {
     require(&p, Scope::Admin)?;
     let missing = || ApiError::not_found(&format!("token `{id}` (GET /v1/tokens lists them)"));
     let record = daemon.tokens.get(&id).ok_or_else(missing)?;
@@ -1237,7 +1330,7 @@ async fn revoke_token(
             AuthError::NotFound(id) => ApiError::not_found(&format!("token `{id}`")),
             other => ApiError::internal(other.to_string()),
         })?;
-    Ok(Json(json!(revoked.info(crate::dag::history::now_ms()))))
+    Ok(Json(revoked.info(crate::dag::history::now_ms())))
 }
 
 /// The tenant a run belongs to: a live or recent run, else the journal.

@@ -42,7 +42,19 @@ use subtle::ConstantTimeEq as _;
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("api_tokens");
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Start and cancel runs.
@@ -140,7 +152,7 @@ impl TokenRecord {
 
 /// A token as listed (`GET /v1/tokens`, `soma token ls --json`): never its
 /// secret nor its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Public id.
     pub id: String,

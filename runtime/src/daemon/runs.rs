@@ -28,6 +28,7 @@ use crate::dag::{
     journal::{Journal, RunSummary},
     scheduler::{self, Ended, Executor, Observer, Settings},
     state::RunState,
+    status::RunPhase,
 };
 
 /// A DAG run this daemon is driving or will drive.
@@ -451,7 +452,7 @@ pub fn resume_unfinished(daemon: &Arc<Daemon>) {
     let journal = Journal::new(daemon.engine.data().database().clone());
     match journal.runs() {
         Ok(runs) => {
-            for r in runs.into_iter().filter(|r| r.status == "running") {
+            for r in runs.into_iter().filter(|r| r.status == RunPhase::Running) {
                 tracing::info!(run = %r.run, "resuming an unfinished run");
                 *lock(&daemon.runs.held).entry(r.tenant.clone()).or_default() += 1;
                 daemon.runs.enqueue(&r.run, &r.tenant);
@@ -475,7 +476,9 @@ impl Observer for Publish<'_> {
                 let _ = self.live.events.send((first + k as u64, json.into()));
             }
             if let Event::Finished { status, .. } = e {
-                self.daemon.metrics.run_finished("dag", status.name());
+                self.daemon
+                    .metrics
+                    .run_finished(crate::dag::report::RunKind::Dag.name(), status.name());
             }
         }
         *lock(&self.live.summary) = Some(scheduler::summary(state));

@@ -11,7 +11,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
-use super::history::Event;
+use super::{history::Event, status::RunPhase};
 use crate::{ledger::Appended, meter::Metering};
 
 /// (run id, sequence number) → event (JSON).
@@ -54,7 +54,7 @@ fn storage(e: impl std::fmt::Display) -> JournalError {
 }
 
 /// One line per run, for `soma dag ls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSummary {
     /// The run id.
     pub run: String,
@@ -64,7 +64,7 @@ pub struct RunSummary {
     pub tenant: String,
     /// `running` while a process works on it (or was killed doing so —
     /// then it is resumable), else how it finished.
-    pub status: String,
+    pub status: RunPhase,
     /// Unix ms.
     pub created_ms: u64,
     /// Unix ms of the last commit.

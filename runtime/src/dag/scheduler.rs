@@ -26,8 +26,11 @@ use super::{
     journal::{Journal, JournalError, RunSummary},
     spec::{BudgetSpec, NodeSpec, Spec, SpecErrors},
     state::{Dispatch, RunState, StateError},
+    status::RunPhase,
 };
-use crate::{CallOptions, Capsule, Engine, Outcome, budget, meter::CallCharge};
+use crate::{
+    CallOptions, Capsule, Engine, Outcome, budget, capsule::CapsuleKind, meter::CallCharge,
+};
 
 /// Why a run could not be created or driven.
 #[derive(Debug, thiserror::Error)]
@@ -195,25 +198,26 @@ const RELEASE_AFTER_MS: u64 = 20;
 /// planner cannot fan out.
 pub fn check_kinds(
     nodes: &[NodeSpec],
-    kind_of: impl Fn(&str) -> Option<String>,
+    kind_of: impl Fn(&str) -> Option<CapsuleKind>,
 ) -> Result<(), DagError> {
     for n in nodes {
         let kind =
             kind_of(&n.capsule).ok_or_else(|| DagError::MissingCapsule(n.capsule.clone()))?;
-        let message = match (kind.as_str(), &n.gate, &n.for_each) {
-            ("gate", None, _) => format!(
+        let message = match (kind, &n.gate, &n.for_each) {
+            (CapsuleKind::Gate, None, _) => format!(
                 "capsule `{}` is a gate; give the node `gate: {{node: …}}`",
                 n.capsule
             ),
-            ("gate", Some(_), _) | ("worker", None, _) | ("planner", None, None) => continue,
+            (CapsuleKind::Gate, Some(_), _)
+            | (CapsuleKind::Worker, None, _)
+            | (CapsuleKind::Planner, None, None) => continue,
             (_, Some(_), _) => format!(
                 "has `gate:` but capsule `{}` is a {kind}, not a gate",
                 n.capsule
             ),
-            ("planner", None, Some(_)) => {
+            (CapsuleKind::Planner, None, Some(_)) => {
                 "a planner node cannot use for_each (plans are spliced once)".to_owned()
             }
-            (other, ..) => format!("capsule `{}` has unknown kind `{other}`", n.capsule),
         };
         return Err(DagError::Kind {
             node: n.id.clone(),
@@ -276,17 +280,17 @@ pub fn create_with(
             .nodes
             .iter()
             .any(|n| n.capsule == alias && n.gate.is_some());
-        if gate { "gate" } else { "worker" }
+        if gate {
+            CapsuleKind::Gate
+        } else {
+            CapsuleKind::Worker
+        }
     };
     check_kinds(&spec.nodes, |alias| {
         capsules
             .get(alias)
-            .map(|l| l.capsule.manifest().kind.to_owned())
-            .or_else(|| {
-                unloadable
-                    .contains_key(alias)
-                    .then(|| unloaded_kind(alias).to_owned())
-            })
+            .map(|l| l.capsule.manifest().capsule_kind())
+            .or_else(|| unloadable.contains_key(alias).then(|| unloaded_kind(alias)))
     })?;
     let mut records: BTreeMap<String, CapsuleRecord> = capsules
         .iter()
@@ -295,7 +299,7 @@ pub fn create_with(
             let record = CapsuleRecord {
                 reference: l.reference.clone(),
                 digest: l.capsule.digest().to_string(),
-                kind: m.kind.to_owned(),
+                kind: m.capsule_kind(),
                 name: m.name.clone(),
                 version: m.version.clone(),
                 load_error: None,
@@ -309,7 +313,7 @@ pub fn create_with(
             CapsuleRecord {
                 reference: u.reference.clone(),
                 digest: String::new(),
-                kind: unloaded_kind(alias).to_owned(),
+                kind: unloaded_kind(alias),
                 name: alias.clone(),
                 version: String::new(),
                 load_error: Some(u.error.clone()),
@@ -365,7 +369,7 @@ pub fn summary(state: &RunState) -> RunSummary {
     let failed = state
         .nodes()
         .iter()
-        .filter(|n| !n.retired && n.status.name() == "failed")
+        .filter(|n| !n.retired && matches!(n.status, super::state::Status::Failed(_)))
         .count();
     RunSummary {
         run: state.run.clone(),
@@ -374,8 +378,7 @@ pub fn summary(state: &RunState) -> RunSummary {
         status: state
             .finished
             .as_ref()
-            .map_or("running", |f| f.0.name())
-            .to_owned(),
+            .map_or(RunPhase::Running, |f| f.0.into()),
         created_ms: state.created_ms,
         updated_ms: now_ms(),
         nodes,
