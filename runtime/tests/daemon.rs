@@ -540,7 +540,10 @@ fn every_documented_operation_is_served_and_nothing_else_on_its_paths() {
                     "{method} {path} is documented but the router has no such route"
                 );
             } else {
-                assert_eq!(s, 405, "{method} {path} answers {s} but is not documented: {v}");
+                assert_eq!(
+                    s, 405,
+                    "{method} {path} answers {s} but is not documented: {v}"
+                );
             }
         }
     }

@@ -190,6 +190,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// A 500 whose message is `e` with its whole chain of sources.
+    fn failed(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self::internal(super::error_chain(e))
+    }
+
     fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
@@ -424,7 +429,7 @@ pub(super) async fn pull_capsule(
     let reference = req.reference.clone();
     let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e))?;
     let (capsule, origin) = pulled;
     let digest = capsule.digest().to_string();
@@ -574,41 +579,39 @@ async fn call_run(
         Duration::from_micros(outcome.usage.wall_time_us).as_secs_f64(),
     );
     daemon.metrics.run_finished(RunKind::Call.name(), class);
-    let body = CallReport {
-        run: run.clone(),
-        kind: RunKind::Call,
-        capsule: CalledCapsule {
-            name: name.to_owned(),
-            digest: item.capsule.digest().to_string(),
-        },
-        ok: outcome.result.is_ok(),
-        output: outcome
-            .result
-            .as_ref()
-            .ok()
-            .map(|o| serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))),
-        failure: match &outcome.result {
-            Ok(_) => None,
-            Err(f) => Some(CallFailure {
-                class: f.class(),
-                message: f.to_string(),
-                detail: serde_json::to_value(f).map_err(|e| ApiError::internal(e.to_string()))?,
-            }),
-        },
-        usage: outcome.usage,
-        logs: outcome
-            .logs
-            .into_iter()
-            .map(|l| LogRecord {
-                fields: l.fields,
-                level: l.level.to_owned(),
-                message: l.message,
-            })
-            .collect(),
-    };
-    // Serialized once: the answer and the retained copy share the bytes.
     let body =
-        Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?);
+        CallReport {
+            run: run.clone(),
+            kind: RunKind::Call,
+            capsule: CalledCapsule {
+                name: name.to_owned(),
+                digest: item.capsule.digest().to_string(),
+            },
+            ok: outcome.result.is_ok(),
+            output: outcome.result.as_ref().ok().map(|o| {
+                serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))
+            }),
+            failure: match &outcome.result {
+                Ok(_) => None,
+                Err(f) => Some(CallFailure {
+                    class: f.class(),
+                    message: f.to_string(),
+                    detail: serde_json::to_value(f).map_err(|e| ApiError::failed(&e))?,
+                }),
+            },
+            usage: outcome.usage,
+            logs: outcome
+                .logs
+                .into_iter()
+                .map(|l| LogRecord {
+                    fields: l.fields,
+                    level: l.level.to_owned(),
+                    message: l.message,
+                })
+                .collect(),
+        };
+    // Serialized once: the answer and the retained copy share the bytes.
+    let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::failed(&e))?);
     daemon.runs.record_call(
         run,
         CallRun {
@@ -708,7 +711,7 @@ async fn dag_run(
     let tenant = p.tenant.clone();
     let run = tokio::task::spawn_blocking(move || create_dag_run(&d, &text, input, &tenant))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     daemon.runs.enqueue(&run, &p.tenant);
     daemon.metrics.run_started(RunKind::Dag.name());
     Ok((
@@ -771,7 +774,7 @@ fn create_dag_run(
             DagError::Kind { .. } | DagError::MissingCapsule(_) => {
                 ApiError::bad(e.to_string(), Some("dag"))
             }
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::failed(&other),
         }
     })
 }
@@ -781,9 +784,9 @@ fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError
     let journal = Journal::new(daemon.engine.data().database().clone());
     let history = journal.history(run).map_err(|e| match e {
         JournalError::NotFound(_) => ApiError::not_found(&format!("run `{run}`")),
-        other => ApiError::internal(other.to_string()),
+        other => ApiError::failed(&other),
     })?;
-    let state = RunState::replay(run, &history).map_err(|e| ApiError::internal(e.to_string()))?;
+    let state = RunState::replay(run, &history).map_err(|e| ApiError::failed(&e))?;
     Ok((state, history))
 }
 
@@ -834,7 +837,7 @@ pub(super) async fn get_run(
     let run = id.clone();
     let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     if !visible(&p, &state.tenant) {
         return Err(missing());
     }
@@ -857,7 +860,7 @@ async fn page(daemon: &Arc<Daemon>, run: &str, from: u64) -> Option<VecDeque<(u6
     .await
     .ok()?
     .map(VecDeque::from)
-    .map_err(|e| tracing::warn!("cannot read run events: {e}"))
+    .map_err(|e| tracing::warn!("cannot read run events: {}", super::error_chain(&e)))
     .ok()
 }
 
@@ -980,11 +983,11 @@ pub(super) async fn run_events(
                 Journal::new(d.engine.data().database().clone()).summary(&run)
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| ApiError::failed(&e))?;
             match summary {
                 Ok(s) => s.tenant,
                 Err(JournalError::NotFound(_)) => return Err(missing()),
-                Err(e) => return Err(ApiError::internal(e.to_string())),
+                Err(e) => return Err(ApiError::failed(&e)),
             }
         }
     };
@@ -1053,7 +1056,7 @@ pub(super) async fn cancel_run(
     let run = id.clone();
     let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     if !visible(&p, &state.tenant) {
         return Err(ApiError::not_found(&format!("run `{id}`")));
     }
@@ -1067,8 +1070,8 @@ pub(super) async fn cancel_run(
     let engine = daemon.engine.clone();
     tokio::task::spawn_blocking(move || scheduler::cancel_idle(&engine, &id))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
     Ok(Json(CancelAnswer {
         run: None,
         cancel: CancelState::Done,
@@ -1109,8 +1112,8 @@ pub(super) async fn ledger(
     let engine = daemon.engine.clone();
     let entries = tokio::task::spawn_blocking(move || engine.metering().ledger().ls(&filter))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
     Ok(Json(entries))
 }
 
@@ -1169,7 +1172,7 @@ pub(super) async fn get_budgets(
         Ok(mine)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    .map_err(|e| ApiError::failed(&e))??;
     Ok(Json(mine))
 }
 
@@ -1202,7 +1205,7 @@ pub(super) async fn put_budget(
     let key = scope.key();
     tokio::task::spawn_blocking(move || engine.metering().set_limit(scope, limit))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(ApiError::internal)?;
     Ok(Json(BudgetSet { scope: key, limit }))
 }
@@ -1244,13 +1247,13 @@ pub(super) async fn create_token(
     let (token, record) =
         tokio::task::spawn_blocking(move || tokens.create(&req.tenant, &req.scopes, expires_ms))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::failed(&e))?
             .map_err(|e| match e {
                 e @ AuthError::PastExpiry { .. } => {
                     ApiError::bad(e.to_string(), Some("expires_at_ms"))
                 }
                 AuthError::Invalid(m) => ApiError::bad(m, Some("tenant")),
-                other => ApiError::internal(other.to_string()),
+                other => ApiError::failed(&other),
             })?;
     Ok((
         StatusCode::CREATED,
@@ -1325,10 +1328,10 @@ pub(super) async fn revoke_token(
     let tokens = daemon.tokens.clone();
     let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&id))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| match e {
             AuthError::NotFound(id) => ApiError::not_found(&format!("token `{id}`")),
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::failed(&other),
         })?;
     Ok(Json(revoked.info(crate::dag::history::now_ms())))
 }
@@ -1343,7 +1346,7 @@ async fn run_tenant(daemon: &Arc<Daemon>, run: &str) -> Result<Option<String>, A
     let run = run.to_owned();
     tokio::task::spawn_blocking(move || journal_run_tenant(&Journal::new(db), &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
 }
 
 /// The tenant of a run this daemon holds in memory (live or a recent call).
@@ -1360,7 +1363,7 @@ fn journal_run_tenant(journal: &Journal, run: &str) -> Result<Option<String>, Ap
     match journal.summary(run) {
         Ok(summary) => Ok(Some(summary.tenant)),
         Err(JournalError::NotFound(_)) => Ok(None),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+        Err(e) => Err(ApiError::failed(&e)),
     }
 }
 

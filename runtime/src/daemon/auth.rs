@@ -233,8 +233,11 @@ impl Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The database failed.
-    #[error("token store: {0}")]
-    Storage(String),
+    #[error("token store")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The operating system gave no randomness for a new token.
+    #[error("token store: no randomness")]
+    Randomness(#[source] rand_core::Error),
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
@@ -251,8 +254,8 @@ pub enum AuthError {
     NotFound(String),
 }
 
-fn storage(e: impl fmt::Display) -> AuthError {
-    AuthError::Storage(e.to_string())
+fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> AuthError {
+    AuthError::Storage(e.into())
 }
 
 /// The token store: redb for durability, an in-memory index for checks.
@@ -436,7 +439,7 @@ fn getrandom(buf: &mut [u8]) -> Result<(), AuthError> {
     use rand_core::RngCore as _;
     rand_core::OsRng
         .try_fill_bytes(buf)
-        .map_err(|e| AuthError::Storage(format!("no randomness: {e}")))
+        .map_err(AuthError::Randomness)
 }
 
 /// Parse a duration such as `30d`, `12h`, `15m`, `90s` or `3600` (seconds)

@@ -458,7 +458,7 @@ pub fn resume_unfinished(daemon: &Arc<Daemon>) {
                 daemon.runs.enqueue(&r.run, &r.tenant);
             }
         }
-        Err(e) => tracing::error!("cannot list runs to resume: {e}"),
+        Err(e) => tracing::error!("cannot list runs to resume: {}", super::error_chain(&e)),
     }
 }
 
@@ -496,12 +496,12 @@ impl Executor for PoolExecutor {
         lane: &str,
         max_running: usize,
         task: Box<dyn FnOnce(&crate::Engine) + Send>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let engine = self.0.engine.clone();
         self.0
             .calls
             .submit(tenant, lane, max_running, Box::new(move || task(&engine)))
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }
 
@@ -536,7 +536,7 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
             daemon,
         };
         scheduler::drive(&daemon.engine, run, &capsules, &settings, &observer)
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::error_chain(&e))
     });
     match result {
         Ok((_, Ended::Waiting { until_ms })) => {
@@ -561,7 +561,9 @@ fn capsules_of(
     run: &str,
 ) -> Result<BTreeMap<String, Arc<crate::Capsule>>, String> {
     let journal = Journal::new(daemon.engine.data().database().clone());
-    let capsules = journal.pinned_capsules(run).map_err(|e| e.to_string())?;
+    let capsules = journal
+        .pinned_capsules(run)
+        .map_err(|e| super::error_chain(&e))?;
     capsules
         .iter()
         .map(|(alias, record)| {

@@ -23,11 +23,11 @@ const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dag_runs");
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The database could not be opened (often: another soma process has it).
-    #[error("{0}")]
-    Open(String),
-    /// redb failed.
-    #[error("the run journal failed: {0}")]
-    Storage(String),
+    #[error(transparent)]
+    Open(#[from] soma_host_api::storage::OpenError),
+    /// redb failed, or a record could not be encoded.
+    #[error("the run journal failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No such run.
     #[error("no run `{0}` in this data directory (soma dag ls lists them)")]
     NotFound(String),
@@ -49,8 +49,8 @@ pub enum JournalError {
     Ledger(#[from] crate::ledger::LedgerError),
 }
 
-fn storage(e: impl std::fmt::Display) -> JournalError {
-    JournalError::Storage(e.to_string())
+fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> JournalError {
+    JournalError::Storage(e.into())
 }
 
 /// One line per run, for `soma dag ls`.
@@ -92,7 +92,7 @@ impl Journal {
     }
 
     fn open(&self) -> Result<Arc<redb::Database>, JournalError> {
-        self.db.get().map_err(|e| JournalError::Open(e.to_string()))
+        self.db.get().map_err(JournalError::Open)
     }
 
     /// Record a new run's `created` event. Refuses an existing id.

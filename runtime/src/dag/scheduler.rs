@@ -80,9 +80,15 @@ pub enum DagError {
     /// A budget could not be set.
     #[error("could not set the run's budget: {0}")]
     Budget(String),
+    /// Every worker thread of a run stopped before it finished.
+    #[error("every worker thread stopped")]
+    WorkersStopped,
     /// A worker thread could not be started.
-    #[error("could not start worker threads: {0}")]
-    Threads(String),
+    #[error("could not start worker threads")]
+    Threads(#[source] std::io::Error),
+    /// The shared call pool refused a node's call (it is stopping).
+    #[error("the call pool refused a node's call")]
+    Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A capsule as a run pins it.
@@ -136,7 +142,7 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         lane: &str,
         max_running: usize,
         task: Box<dyn FnOnce(&Engine) + Send>,
-    ) -> Result<(), String>;
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// Knobs for driving a run.
@@ -510,7 +516,7 @@ pub fn drive(
             thread::Builder::new()
                 .name(format!("soma-dag-{k}"))
                 .spawn_scoped(scope, move || work(engine, &jobs, &done, stop))
-                .map_err(|e| DagError::Threads(e.to_string()))?;
+                .map_err(DagError::Threads)?;
         }
         // With a shared pool, each call carries a sender back.
         let pooled = settings.executor.clone().map(|executor| Pooled {
@@ -720,7 +726,7 @@ impl Coordinator<'_> {
                     Ok(d) => Some(d),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        return Err(DagError::Threads("every worker thread stopped".into()));
+                        return Err(DagError::WorkersStopped);
                     }
                 }
             } else {
@@ -912,7 +918,7 @@ impl Coordinator<'_> {
                     pooled.concurrency,
                     task,
                 )
-                .map_err(DagError::Threads)?;
+                .map_err(DagError::Pool)?;
             return Ok(());
         }
         self.jobs
@@ -922,7 +928,7 @@ impl Coordinator<'_> {
                 options,
                 span,
             })
-            .map_err(|_| DagError::Threads("every worker thread stopped".into()))?;
+            .map_err(|_| DagError::WorkersStopped)?;
         self.in_flight += 1;
         Ok(())
     }
