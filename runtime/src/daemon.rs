@@ -238,8 +238,14 @@ pub enum DaemonError {
         message: String,
     },
     /// TLS files are unusable.
-    #[error("tls: {0}")]
-    Tls(String),
+    #[error("tls: {what}")]
+    Tls {
+        /// What could not be done (and with which file).
+        what: String,
+        /// Why, when a library said.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The token store could not be read.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
