@@ -108,7 +108,7 @@ impl Scope {
 }
 
 /// A budget's limits; `None` means unlimited in that unit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limit {
     /// Tokens (input + output).
     pub tokens: Option<u64>,
@@ -117,7 +117,7 @@ pub struct Limit {
 }
 
 /// One budget's state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     /// The limits.
     pub limit: Limit,

@@ -22,6 +22,9 @@ use soma_host_api::bindings::soma::capsule::types::LimitsRequest;
 
 use crate::{Capsule, Engine, host::Host, limits::Limiter, limits::Limits, limits::Refusal};
 
+mod class;
+pub use class::FailureClass;
+
 /// Everything a call can end in other than an output. One class per cause;
 /// the CLI, API and ledger show these the same way.
 ///
@@ -198,22 +201,22 @@ fn then_text(then: &Option<String>) -> String {
 }
 
 impl Failure {
-    /// The class name (`out-of-fuel`, `deadline-exceeded`, …).
-    pub fn class(&self) -> &'static str {
+    /// The class (`out-of-fuel`, `deadline-exceeded`, …).
+    pub fn class(&self) -> FailureClass {
         match self {
-            Self::OutOfFuel { .. } => "out-of-fuel",
-            Self::DeadlineExceeded { .. } => "deadline-exceeded",
-            Self::MemoryLimit { .. } => "memory-limit",
-            Self::ResourceLimit { .. } => "resource-limit",
-            Self::StackOverflow { .. } => "stack-overflow",
-            Self::Trap { .. } => "trap",
-            Self::OutputLimit { .. } => "output-limit",
-            Self::InputLimit { .. } => "input-limit",
-            Self::Denied { .. } => "denied",
-            Self::CapsuleError { .. } => "capsule-error",
-            Self::InvalidComponent { .. } => "invalid-component",
-            Self::Host { .. } => "host-error",
-            Self::BudgetExceeded { .. } => "budget-exceeded",
+            Self::OutOfFuel { .. } => FailureClass::OutOfFuel,
+            Self::DeadlineExceeded { .. } => FailureClass::DeadlineExceeded,
+            Self::MemoryLimit { .. } => FailureClass::MemoryLimit,
+            Self::ResourceLimit { .. } => FailureClass::ResourceLimit,
+            Self::StackOverflow { .. } => FailureClass::StackOverflow,
+            Self::Trap { .. } => FailureClass::Trap,
+            Self::OutputLimit { .. } => FailureClass::OutputLimit,
+            Self::InputLimit { .. } => FailureClass::InputLimit,
+            Self::Denied { .. } => FailureClass::Denied,
+            Self::CapsuleError { .. } => FailureClass::CapsuleError,
+            Self::InvalidComponent { .. } => FailureClass::InvalidComponent,
+            Self::Host { .. } => FailureClass::HostError,
+            Self::BudgetExceeded { .. } => FailureClass::BudgetExceeded,
         }
     }
 
@@ -343,7 +346,9 @@ const DESCRIBE_FUEL: u64 = 1_000_000_000;
 const DESCRIBE_TIMEOUT_MS: u64 = 2_000;
 
 /// What a call consumed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Usage {
     /// Fuel consumed; `None` in epoch-only mode. A deadline kill is charged
     /// the whole budget (wasmtime cannot report fuel burned before an epoch
@@ -601,7 +606,7 @@ impl Engine {
         }
         span.record(
             "outcome",
-            result.as_ref().err().map_or("ok", Failure::class),
+            FailureClass::outcome_label(result.as_ref().err().map(Failure::class)),
         );
         // Charged whether the call succeeded or not, durably, before the
         // outcome is handed back — or handed to the caller to commit.

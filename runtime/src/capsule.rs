@@ -9,12 +9,15 @@ use soma_host_api::{
     Wants,
     bindings::{
         CapsulePre, Contract,
-        soma::capsule::types::{CapsuleInfo, CapsuleKind, LimitsRequest},
+        soma::capsule::types::{CapsuleInfo, LimitsRequest},
     },
 };
 use wasmtime::component::Component;
 
 use crate::{Engine, call::Failure, digest::Digest, host::Host, validate::Invalid};
+
+mod kind;
+pub use kind::CapsuleKind;
 
 /// Why a component could not be loaded. Every variant except `Read` is an
 /// *invalid component* for the CLI, API and ledger.
@@ -81,8 +84,13 @@ pub struct Manifest {
     pub version: String,
     /// Description.
     pub description: String,
-    /// `worker`, `planner` or `gate`.
+    /// `worker`, `planner` or `gate` (the name of
+    /// [`Manifest::capsule_kind`]; kept as text while the OCI annotations
+    /// are written from it).
     pub kind: &'static str,
+    /// What the capsule is, typed.
+    #[serde(skip)]
+    capsule_kind: CapsuleKind,
     /// JSON Schema of the input.
     pub input_schema: serde_json::Value,
     /// JSON Schema of the output.
@@ -104,6 +112,11 @@ fn serialize_limits<S: serde::Serializer>(l: &LimitsRequest, s: S) -> Result<S::
 }
 
 impl Manifest {
+    /// Worker, planner or gate. Free.
+    pub fn capsule_kind(&self) -> CapsuleKind {
+        self.capsule_kind
+    }
+
     fn from_info(info: CapsuleInfo, contract: Contract) -> Result<Self, LoadError> {
         let schema = |field: &str, text: &str| {
             serde_json::from_str(text)
@@ -118,11 +131,8 @@ impl Manifest {
             name: info.name,
             version: info.version,
             description: info.description,
-            kind: match info.kind {
-                CapsuleKind::Worker => "worker",
-                CapsuleKind::Planner => "planner",
-                CapsuleKind::Gate => "gate",
-            },
+            kind: CapsuleKind::from(info.kind).name(),
+            capsule_kind: info.kind.into(),
             contract,
             wants: Wants::from_requests(info.capabilities),
             limits: info.limits,

@@ -13,6 +13,7 @@ pub mod pool;
 pub mod runs;
 pub mod tls;
 pub mod api;
+pub mod contract;
 pub mod openapi;
 
 use std::{
@@ -61,6 +62,23 @@ impl DaemonConfig {
     }
 }
 
+/// `e` and its sources as one line, `outer: inner: …` (as `{:#}` prints
+/// an `anyhow` chain), leaving out a source whose text the message before
+/// it already ends with. For answers and log lines, where only text goes.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
+}
+
 /// The largest `daemon.max_connections` accepted.
 pub const MAX_CONNECTIONS: usize = 1 << 20;
 
@@ -77,18 +95,25 @@ pub enum DaemonError {
         source: ResolveError,
     },
     /// TLS files are unusable.
-    #[error("tls: {0}")]
-    Tls(String),
+    #[error("tls: {what}")]
+    Tls {
+        /// What could not be done (and with which file).
+        what: String,
+        /// Why, when a library said.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The token store could not be read.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     /// Listening failed.
-    #[error("cannot listen on {addr}: {message}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: String,
         /// Why.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
     /// Configuration is inconsistent.
     #[error("daemon config: {0}")]
@@ -332,9 +357,9 @@ pub async fn serve(
     let config = &daemon.config;
     let listen_err = |addr: &str| {
         let addr = addr.to_owned();
-        move |e: std::io::Error| DaemonError::Listen {
+        move |source: std::io::Error| DaemonError::Listen {
             addr: addr.clone(),
-            message: e.to_string(),
+            source,
         }
     };
     let limits = Arc::new(connections::Limits::from_config(config));
@@ -397,4 +422,35 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::dag::journal::JournalError;
+
+    #[test]
+    fn errors_keep_their_sources_and_the_chain_reads_as_before() {
+        let e = JournalError::Storage(Box::new(std::io::Error::other("disk full")));
+        assert!(e.source().is_some(), "the cause is kept as a source");
+        assert_eq!(error_chain(&e), "the run journal failed: disk full");
+        let e = DaemonError::Listen {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot listen on 127.0.0.1:1: address in use"
+        );
+        // A message that already ends with its source's text is not repeated.
+        let e = JournalError::Ledger(crate::ledger::LedgerError::WriterStopped);
+        let text = error_chain(&e);
+        assert_eq!(
+            text.matches("writer thread has stopped").count(),
+            1,
+            "{text}"
+        );
+    }
 }

@@ -7,6 +7,8 @@ pub mod source;
 pub mod template;
 pub mod history;
 pub mod kinds;
+pub mod status;
+pub mod report;
 pub mod journal;
 pub mod state;
 pub mod scheduler;

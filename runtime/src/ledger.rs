@@ -76,7 +76,19 @@ const MAX_TIME_MS: u64 = 253_402_300_800_000;
 pub const MAX_FORECAST_DAYS: u32 = 3660;
 
 /// What was charged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// Prompt tokens sent to an LLM.
@@ -133,7 +145,7 @@ impl std::fmt::Display for Kind {
 }
 
 /// One charge. Immutable once appended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// Assigned by the ledger on append (monotonically increasing); ignored on input.
     #[serde(default)]

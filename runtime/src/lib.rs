@@ -35,7 +35,7 @@ pub mod dag; // DAG runs: spec, templates, the durable scheduler
 pub mod telemetry; // tracing + OpenTelemetry export
 pub mod daemon; // the multi-tenant service: REST + SSE, tokens, TLS, admission, metrics
 
-pub use call::{CallOptions, Failure, Outcome, Usage};
+pub use call::{CallOptions, Failure, FailureClass, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};
 pub use config::Config;
 pub use digest::Digest;

@@ -797,6 +797,7 @@ fn sign_and_verify_use_the_configured_pull_caps() {
     assert!(err.contains("pull.max_manifest_bytes"), "{err}");
     let (code, _, err) = sh(&["verify", &r, "--key", public.to_str().expect("utf8")]);
     assert_eq!(code, Some(0), "{err}");
+}
 
 /// Write pre-0.2 kv rows (the untenanted `kv` table) into `data`'s database.
 fn write_legacy_kv(data: &std::path::Path, rows: &[(&str, &str, &[u8])]) {

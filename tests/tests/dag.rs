@@ -118,7 +118,7 @@ fn attempts(state: &RunState, node: &str) -> u32 {
 
 fn failure_class(state: &RunState, node: &str) -> String {
     match &state.node(node).expect("node").status {
-        Status::Failed(f) => f.class.clone(),
+        Status::Failed(f) => f.class.to_string(),
         other => panic!("{node} is {}", other.name()),
     }
 }

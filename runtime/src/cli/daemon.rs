@@ -121,23 +121,17 @@ pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> 
     if let Some(remote) = global.remote()? {
         return match cmd {
             TokenCommand::Create { tenant, scopes, .. } => {
-                let scopes: Vec<String> = scopes.split(',').map(|s| s.trim().to_owned()).collect();
+                let scopes = auth::parse_scopes(&scopes).map_err(anyhow::Error::msg)?;
                 super::remote::token_create(&remote, &tenant, &scopes, expires_in_s)
             }
             TokenCommand::Ls { json } => {
-                let list = super::remote::token_ls(&remote)?;
-                let rows: Vec<auth::TokenInfo> = serde_json::from_value(list)
-                    .context("the daemon's token list is not a list of tokens")?;
+                let rows = super::remote::token_ls(&remote)?;
                 print_tokens(&rows, json)?;
                 Ok(Code::Ok)
             }
             TokenCommand::Revoke { id } => {
                 let r = super::remote::token_revoke(&remote, &id)?;
-                println!(
-                    "token {} of tenant {} revoked",
-                    r["id"].as_str().unwrap_or(&id),
-                    r["tenant"].as_str().unwrap_or("?")
-                );
+                println!("token {} of tenant {} revoked", r.id, r.tenant);
                 Ok(Code::Ok)
             }
         };

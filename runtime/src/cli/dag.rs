@@ -19,6 +19,7 @@ use soma_runtime::{
         scheduler::{self, Loaded, Observer, Settings, Unloadable},
         spec::{self, Spec},
         state::{Role, RunState, Status},
+        status::RunPhase,
     },
     ledger::Filter,
 };
@@ -547,7 +548,7 @@ fn is_instance(state: &RunState, id: &str) -> bool {
 /// The end of a run: output, timeline, cost; files under --out.
 fn report(engine: &Engine, state: &RunState, args: &DriveArgs) -> anyhow::Result<Code> {
     let cost = cost(engine, &state.run)?;
-    let mut doc = state.report();
+    let mut doc = serde_json::to_value(state.report())?;
     doc["cost"] = cost.clone();
     if let Some(dir) = &args.out {
         write_out(dir, &doc)?;
@@ -766,7 +767,7 @@ fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
         if let Err(e) = soma_runtime::dag::kinds::check_kinds(&spec.nodes, |alias| {
             loaded
                 .get(alias)
-                .map(|l| l.capsule.manifest().kind.to_owned())
+                .map(|l| l.capsule.manifest().capsule_kind())
         }) {
             return invalid(&scheduler::DagError::from(e).into(), false);
         }
@@ -814,8 +815,8 @@ fn ls(global: &Global, args: LsArgs) -> anyhow::Result<Code> {
     let journal = Journal::new(global.data_dir()?.database().clone());
     let mut runs = journal.runs()?;
     for r in &mut runs {
-        if r.status == "running" && LiveFile::pid(global, &r.run).is_none() {
-            r.status = "interrupted".into();
+        if r.status == RunPhase::Running && LiveFile::pid(global, &r.run).is_none() {
+            r.status = RunPhase::Interrupted;
         }
     }
     if args.json {

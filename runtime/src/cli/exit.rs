@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use soma_runtime::{Failure, LoadError, ResolveError, oci::OciError};
+use soma_runtime::{Failure, FailureClass, LoadError, ResolveError, oci::OciError};
 
 /// What `soma` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,42 +71,40 @@ impl Code {
         }
     }
 
-    /// The code for a call's failure class.
+    /// The code for a call's failure.
     pub(crate) fn of_failure(f: &Failure) -> Self {
-        match f {
-            Failure::CapsuleError { .. } => Self::CapsuleError,
-            Failure::OutOfFuel { .. } => Self::OutOfFuel,
-            Failure::DeadlineExceeded { .. } => Self::DeadlineExceeded,
-            Failure::MemoryLimit { .. } => Self::MemoryLimit,
-            Failure::ResourceLimit { .. } => Self::ResourceLimit,
-            Failure::InvalidComponent { .. } => Self::InvalidComponent,
-            Failure::StackOverflow { .. } => Self::StackOverflow,
-            Failure::Trap { .. } => Self::Trap,
-            Failure::OutputLimit { .. } => Self::OutputLimit,
-            Failure::InputLimit { .. } => Self::InputLimit,
-            Failure::Denied { .. } => Self::Denied,
-            Failure::Host { .. } => Self::HostError,
-            Failure::BudgetExceeded { .. } => Self::BudgetExceeded,
+        Self::of_class(f.class())
+    }
+
+    /// The code for a failure class (a local call's, or as the daemon
+    /// reports it): the one table from classes to exit codes.
+    pub(crate) fn of_class(class: FailureClass) -> Self {
+        match class {
+            FailureClass::CapsuleError => Self::CapsuleError,
+            FailureClass::OutOfFuel => Self::OutOfFuel,
+            FailureClass::DeadlineExceeded => Self::DeadlineExceeded,
+            FailureClass::MemoryLimit => Self::MemoryLimit,
+            FailureClass::ResourceLimit => Self::ResourceLimit,
+            FailureClass::InvalidComponent => Self::InvalidComponent,
+            FailureClass::StackOverflow => Self::StackOverflow,
+            FailureClass::Trap => Self::Trap,
+            FailureClass::OutputLimit => Self::OutputLimit,
+            FailureClass::InputLimit => Self::InputLimit,
+            FailureClass::Denied => Self::Denied,
+            FailureClass::HostError => Self::HostError,
+            FailureClass::BudgetExceeded => Self::BudgetExceeded,
         }
     }
 
-    /// The code for a failure class name (as the daemon reports it).
-    pub(crate) fn of_class(class: &str) -> Self {
-        match class {
-            "capsule-error" => Self::CapsuleError,
-            "out-of-fuel" => Self::OutOfFuel,
-            "deadline-exceeded" => Self::DeadlineExceeded,
-            "memory-limit" => Self::MemoryLimit,
-            "resource-limit" => Self::ResourceLimit,
-            "invalid-component" => Self::InvalidComponent,
-            "stack-overflow" => Self::StackOverflow,
-            "trap" => Self::Trap,
-            "output-limit" => Self::OutputLimit,
-            "input-limit" => Self::InputLimit,
-            "denied" => Self::Denied,
-            "host-error" => Self::HostError,
-            "budget-exceeded" => Self::BudgetExceeded,
-            _ => Self::Error,
+    /// The code for how a DAG run ended (`None` while it has not).
+    pub(crate) fn of_run(status: soma_runtime::dag::status::RunPhase) -> Self {
+        use soma_runtime::dag::status::RunPhase;
+        match status {
+            RunPhase::Failed => Self::DagFailed,
+            RunPhase::Cancelled => Self::DagCancelled,
+            RunPhase::Succeeded | RunPhase::Queued | RunPhase::Running | RunPhase::Interrupted => {
+                Self::Ok
+            }
         }
     }
 
@@ -154,5 +152,24 @@ impl Code {
 impl From<Code> for ExitCode {
     fn from(c: Code) -> Self {
         ExitCode::from(c as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_class_has_its_own_code_named_like_it() {
+        let mut codes = std::collections::BTreeSet::new();
+        for class in FailureClass::ALL {
+            let code = Code::of_class(class);
+            assert_eq!(code.name(), class.name(), "{class:?}");
+            assert!(
+                codes.insert(code as u8),
+                "{class} shares exit code {}",
+                code as u8
+            );
+        }
     }
 }

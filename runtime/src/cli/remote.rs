@@ -1,9 +1,16 @@
 //! `--server URL`: the same commands against a running `soma daemon`.
+//! Requests and answers are the daemon's contract types
+//! ([`soma_runtime::daemon::contract`]), the ones its handlers use.
 
 use std::io::{BufRead as _, BufReader};
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use soma_runtime::daemon::contract::{
+    CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest, RunView, Scope, TokenInfo,
+    TokenRequest,
+};
 
 use super::exit::Code;
 
@@ -31,36 +38,55 @@ impl Remote {
         })
     }
 
-    fn send(&self, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    /// Send, and read the answer as `T`; an error answer becomes an error
+    /// naming the daemon's code and message.
+    fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
             .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
         let status = resp.status().as_u16();
         let text = resp.text().context("reading the daemon's answer")?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
-            let e = &value["error"];
-            anyhow::bail!(
-                "the daemon answered {status} {}: {}",
-                e["code"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or(&value.to_string())
-            );
+            return Err(match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(ErrorBody { error }) => anyhow::anyhow!(
+                    "the daemon answered {status} {}: {}",
+                    error.code,
+                    error.message
+                ),
+                Err(_) => anyhow::anyhow!("the daemon answered {status} : {text}"),
+            });
         }
-        Ok((status, value))
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the daemon's answer is not the expected {}: {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("type"),
+                clip(&text)
+            )
+        })
     }
 
-    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         let req = self
             .client
             .post(format!("{}{path}", self.url))
             .header("content-type", "application/json")
-            .body(body.to_string());
-        Ok(self.send(req)?.1)
+            .body(serde_json::to_string(body)?);
+        self.send(req)
     }
 
-    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self.send(self.client.get(format!("{}{path}", self.url)))?.1)
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.client.get(format!("{}{path}", self.url)))
     }
 
     /// Follow a run's Server-Sent Events until the stream ends.
@@ -88,19 +114,38 @@ impl Remote {
     }
 }
 
+/// At most 200 characters of `text`, for messages.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
 /// `soma run NAME --server URL`: call a catalog capsule on the daemon.
 pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> anyhow::Result<Code> {
     let input: Value =
         serde_json::from_str(input).unwrap_or_else(|_| Value::String(input.to_owned()));
-    let v = remote.post("/v1/runs", &json!({ "capsule": capsule, "input": input }))?;
-    let code = match v["failure"]["class"].as_str() {
-        None => Code::Ok,
-        Some(class) => Code::of_class(class),
+    let request = RunRequest {
+        capsule: Some(capsule.to_owned()),
+        input: Some(input),
+        ..RunRequest::default()
     };
+    let report = match remote.post("/v1/runs", &request)? {
+        RunCreated::Call(report) => report,
+        RunCreated::Dag(accepted) => anyhow::bail!(
+            "the daemon started DAG run {} instead of calling capsule `{capsule}`",
+            accepted.run
+        ),
+    };
+    let code = report
+        .failure
+        .as_ref()
+        .map_or(Code::Ok, |f| Code::of_class(f.class));
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if v["ok"] == true {
-        let out = &v["output"];
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.ok {
+        let out = report.output.as_ref().unwrap_or(&Value::Null);
         let text = out.as_str().map_or_else(|| out.to_string(), str::to_owned);
         // On a terminal, capsule text is one escaped line (as `soma run`).
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -108,16 +153,12 @@ pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> an
         } else {
             println!("{text}");
         }
-        eprintln!(
-            "ok · run {} · {} µs",
-            v["run"].as_str().unwrap_or(""),
-            v["usage"]["wall_time_us"]
-        );
-    } else {
+        eprintln!("ok · run {} · {} µs", report.run, report.usage.wall_time_us);
+    } else if let Some(f) = &report.failure {
         eprintln!(
             "error: {} ({})",
-            soma_host_api::log::escape(v["failure"]["message"].as_str().unwrap_or("")),
-            soma_host_api::log::escape(v["failure"]["class"].as_str().unwrap_or(""))
+            soma_host_api::log::escape(&f.message),
+            f.class
         );
     }
     Ok(code)
@@ -130,11 +171,18 @@ pub(crate) fn dag_run(
     input: &Value,
     json: bool,
 ) -> anyhow::Result<Code> {
-    let created = remote.post("/v1/runs", &json!({ "dag": spec, "input": input }))?;
-    let run = created["run"]
-        .as_str()
-        .context("the daemon did not return a run id")?
-        .to_owned();
+    let request = RunRequest {
+        dag: Some(spec.clone()),
+        input: Some(input.clone()),
+        ..RunRequest::default()
+    };
+    let run = match remote.post("/v1/runs", &request)? {
+        RunCreated::Dag(accepted) => accepted.run,
+        RunCreated::Call(report) => anyhow::bail!(
+            "the daemon made call {} instead of starting a DAG run",
+            report.run
+        ),
+    };
     if !json {
         eprintln!("run {run} (on {})", remote.url);
     }
@@ -153,30 +201,35 @@ pub(crate) fn dag_run(
 
 /// `soma dag status RUN --server URL`.
 pub(crate) fn dag_status(remote: &Remote, run: &str, json: bool) -> anyhow::Result<Code> {
-    let v = remote.get(&format!("/v1/runs/{run}"))?;
+    let view: RunView = remote.get(&format!("/v1/runs/{run}"))?;
+    let phase = view.phase();
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        eprintln!("run {run}: {}", v["status"].as_str().unwrap_or("?"));
-        if let Some(e) = v["error"].as_str() {
-            eprintln!("error: {}", soma_host_api::log::escape_keeping_lines(e));
+        eprintln!("run {run}: {phase}");
+        let (error, output) = match &view {
+            RunView::Dag(report) => (report.error.clone(), report.output.as_ref()),
+            RunView::Call(call) => (
+                call.failure.as_ref().map(|f| f.message.clone()),
+                call.output.as_ref(),
+            ),
+            RunView::Live(_) => (None, None),
+        };
+        if let Some(e) = error {
+            eprintln!("error: {}", soma_host_api::log::escape_keeping_lines(&e));
         }
-        if !v["output"].is_null() {
-            println!("{}", serde_json::to_string_pretty(&v["output"])?);
+        if let Some(output) = output.filter(|o| !o.is_null()) {
+            println!("{}", serde_json::to_string_pretty(output)?);
         }
     }
-    Ok(match v["status"].as_str() {
-        Some("succeeded") => Code::Ok,
-        Some("failed") => Code::DagFailed,
-        Some("cancelled") => Code::DagCancelled,
-        _ => Code::Ok,
-    })
+    Ok(Code::of_run(phase))
 }
 
 /// `soma dag cancel RUN --server URL`.
 pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
-    let v = remote.post(&format!("/v1/runs/{run}/cancel"), &json!({}))?;
-    println!("{v}");
+    let answer: CancelAnswer =
+        remote.post(&format!("/v1/runs/{run}/cancel"), &serde_json::Map::new())?;
+    println!("{}", serde_json::to_string(&answer)?);
     Ok(Code::Ok)
 }
 
@@ -185,26 +238,29 @@ pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
 pub(crate) fn token_create(
     remote: &Remote,
     tenant: &str,
-    scopes: &[String],
+    scopes: &[Scope],
     expires_in_s: Option<u64>,
 ) -> anyhow::Result<Code> {
-    let v = remote.post(
-        "/v1/tokens",
-        &json!({ "tenant": tenant, "scopes": scopes, "expires_in_s": expires_in_s }),
-    )?;
-    println!("{v}");
+    let request = TokenRequest {
+        tenant: tenant.to_owned(),
+        scopes: scopes.to_vec(),
+        expires_in_s,
+        expires_at_ms: None,
+    };
+    let created: CreatedToken = remote.post("/v1/tokens", &request)?;
+    println!("{}", serde_json::to_string(&created)?);
     Ok(Code::Ok)
 }
 
 /// `soma token ls --server URL`: the tokens the caller may see.
-pub(crate) fn token_ls(remote: &Remote) -> anyhow::Result<Value> {
+pub(crate) fn token_ls(remote: &Remote) -> anyhow::Result<Vec<TokenInfo>> {
     remote.get("/v1/tokens")
 }
 
 /// `soma token revoke ID --server URL`: refused from the next request on.
-pub(crate) fn token_revoke(remote: &Remote, id: &str) -> anyhow::Result<Value> {
+pub(crate) fn token_revoke(remote: &Remote, id: &str) -> anyhow::Result<TokenInfo> {
     let req = remote
         .client
         .delete(format!("{}/v1/tokens/{id}", remote.url));
-    Ok(remote.send(req)?.1)
+    remote.send(req)
 }

@@ -15,22 +15,28 @@ use axum::{
     Extension, Json, Router,
     body::Bytes,
     extract::{MatchedPath, Path, Query, Request, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    handler::Handler,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{MethodFilter, get, on},
 };
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     Daemon,
     auth::{AuthError, Principal, TokenInfo, TokenScope},
+    contract::{
+        BudgetRequest, BudgetRow, BudgetSet, CallFailure, CallLimits, CallReport, CalledCapsule,
+        CancelAnswer, CancelState, CatalogCapsule, CreatedToken, DagRunAccepted, DagRunLive,
+        ErrorBody, ErrorDetail, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RunReport,
+        RunRequest, RunView, TokenRequest, TokensQuery,
+    },
     limits::Refused,
     runs::CallRun,
 };
@@ -39,52 +45,84 @@ use crate::{
     dag::{
         history::Event,
         journal::{Journal, JournalError},
+        report::RunKind,
         scheduler::{self, DagError, Loaded},
         spec,
         state::RunState,
+        status::RunPhase,
     },
     ledger::Filter,
     resolve::CapsuleRef,
 };
 
-/// Every route, for the OpenAPI document's completeness test.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/v1/openapi.json"),
-    ("post", "/v1/capsules/pull"),
-    ("get", "/v1/capsules"),
-    ("post", "/v1/runs"),
-    ("get", "/v1/runs/{id}"),
-    ("get", "/v1/runs/{id}/events"),
-    ("post", "/v1/runs/{id}/cancel"),
-    ("get", "/v1/ledger"),
-    ("get", "/v1/budgets"),
-    ("put", "/v1/budgets"),
-    ("post", "/v1/tokens"),
-    ("get", "/v1/tokens"),
-    ("delete", "/v1/tokens/{id}"),
-];
+/// Routes as they are added to a router, each recorded as (method, path):
+/// the only way a route gets into [`router`], so [`served`] lists exactly
+/// what the daemon serves (the OpenAPI tests compare it with the document).
+struct Routes {
+    router: Router<Arc<Daemon>>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+
+    /// Serve `handler` for `method` on `path`.
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, Arc<Daemon>>,
+        T: 'static,
+    {
+        // Every method `add` is called with is one MethodFilter knows.
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path));
+        self
+    }
+}
+
+/// Routes that need no token.
+fn open_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/healthz", healthz)
+        .add(Method::GET, "/readyz", readyz)
+        .add(Method::GET, "/v1/openapi.json", openapi)
+}
+
+/// Routes behind [`authenticate`].
+fn api_routes() -> Routes {
+    Routes::new()
+        .add(Method::POST, "/v1/capsules/pull", pull_capsule)
+        .add(Method::GET, "/v1/capsules", list_capsules)
+        .add(Method::POST, "/v1/runs", create_run)
+        .add(Method::GET, "/v1/runs/{id}", get_run)
+        .add(Method::GET, "/v1/runs/{id}/events", run_events)
+        .add(Method::POST, "/v1/runs/{id}/cancel", cancel_run)
+        .add(Method::GET, "/v1/ledger", ledger)
+        .add(Method::GET, "/v1/budgets", get_budgets)
+        .add(Method::PUT, "/v1/budgets", put_budget)
+        .add(Method::POST, "/v1/tokens", create_token)
+        .add(Method::GET, "/v1/tokens", list_tokens)
+        .add(Method::DELETE, "/v1/tokens/{id}", revoke_token)
+        .add(Method::GET, "/metrics", metrics)
+}
+
+/// Every (method, path) [`router`] serves, as it registered them.
+pub fn served() -> Vec<(Method, &'static str)> {
+    let mut all = open_routes().served;
+    all.extend(api_routes().served);
+    all
+}
 
 /// The router with every layer.
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    let open = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/openapi.json", get(openapi));
-    let api = Router::new()
-        .route("/v1/capsules/pull", post(pull_capsule))
-        .route("/v1/capsules", get(list_capsules))
-        .route("/v1/runs", post(create_run))
-        .route("/v1/runs/{id}", get(get_run))
-        .route("/v1/runs/{id}/events", get(run_events))
-        .route("/v1/runs/{id}/cancel", post(cancel_run))
-        .route("/v1/ledger", get(ledger))
-        .route("/v1/budgets", get(get_budgets).put(put_budget))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/metrics", get(metrics))
+    let open = open_routes().router;
+    let api = api_routes()
+        .router
         .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
     let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
     open.merge(api)
@@ -153,6 +191,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// A 500 whose message is `e` with its whole chain of sources.
+    fn failed(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self::internal(super::error_chain(e))
+    }
+
     fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
@@ -160,14 +203,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(f) = &self.field {
-            error["field"] = json!(f);
-        }
-        if let Some(d) = self.details {
-            error["details"] = d;
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                details: self.details,
+                field: self.field,
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
             response
                 .headers_mut()
@@ -309,7 +353,19 @@ async fn observe(State(daemon): State<Arc<Daemon>>, request: Request, next: Next
     response
 }
 
-async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service", operation_id = "healthz",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "service", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready for requests", content_type = "text/plain", body = String),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    ))]
+pub(super) async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if daemon.runs.is_stopping() {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down").into_response()
     } else {
@@ -318,7 +374,10 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 }
 
 /// `GET /metrics` on the API listener: an `operator` or `metrics` token.
-async fn metrics(
+#[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition (0.0.4)", content_type = "text/plain; version=0.0.4", body = String)),
+    extensions(("x-soma-scope" = json!("metrics"))))]
+pub(super) async fn metrics(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
@@ -339,7 +398,9 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", operation_id = "openapi",
+    responses((status = 200, description = "This document", body = Object)))]
+pub(super) async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         super::openapi::document(),
@@ -347,16 +408,14 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullRequest {
-    /// The name to serve it under.
-    name: String,
-    /// The registry reference.
-    reference: String,
-}
-
-async fn pull_capsule(
+#[utoipa::path(post, path = "/v1/capsules/pull", tag = "capsules", operation_id = "pullCapsule",
+    request_body = PullRequest,
+    responses(
+        (status = 201, description = "Pulled through the trust policy and served under `name`", body = PulledCapsule),
+        (status = 502, description = "The registry or the trust policy refused it", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("operator"))))]
+pub(super) async fn pull_capsule(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -371,7 +430,7 @@ async fn pull_capsule(
     let reference = req.reference.clone();
     let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e.to_string()))?;
     let (capsule, origin) = (pulled.capsule, pulled.pinned.to_string());
     let digest = capsule.digest().to_string();
@@ -385,59 +444,52 @@ async fn pull_capsule(
     );
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": req.name, "digest": digest, "origin": origin, "replaced": replaced })),
+        Json(PulledCapsule {
+            name: req.name,
+            digest,
+            origin,
+            replaced,
+        }),
     )
         .into_response())
 }
 
-async fn list_capsules(
+#[utoipa::path(get, path = "/v1/capsules", tag = "capsules", operation_id = "listCapsules",
+    responses((status = 200, description = "The catalog", body = Vec<CatalogCapsule>)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn list_capsules(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CatalogCapsule>>, ApiError> {
     require(&p, TokenScope::Read)?;
     let catalog = daemon.catalog.read().unwrap_or_else(|p| p.into_inner());
-    let list: Vec<Value> = catalog
+    let list = catalog
         .iter()
         .map(|(name, item)| {
             let m = item.capsule.manifest();
-            json!({
-                "name": name,
-                "digest": item.capsule.digest().to_string(),
-                "kind": m.kind,
-                "capsule": m.name,
-                "version": m.version,
-                "description": m.description,
-                "origin": item.origin,
-            })
+            CatalogCapsule {
+                name: name.clone(),
+                digest: item.capsule.digest().to_string(),
+                kind: m.capsule_kind(),
+                capsule: m.name.clone(),
+                version: m.version.clone(),
+                description: m.description.clone(),
+                origin: item.origin.clone(),
+            }
         })
         .collect();
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
-/// Per-run limits a request may ask for (only lower than the operator's).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsRequest {
-    fuel: Option<u64>,
-    timeout_ms: Option<u64>,
-    memory_mb: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    /// A catalog capsule to call once…
-    capsule: Option<String>,
-    /// …or a DAG spec (an object, or YAML/JSON text) to run.
-    dag: Option<Value>,
-    /// The input (any JSON; a string is passed as is).
-    input: Option<Value>,
-    /// Lower limits for a capsule call.
-    #[serde(default)]
-    limits: LimitsRequest,
-}
-
-async fn create_run(
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", operation_id = "createRun",
+    request_body = RunRequest,
+    responses(
+        (status = 200, description = "A capsule call, done (it may have failed: see `failure`)", body = CallReport),
+        (status = 202, description = "A DAG run, queued", body = DagRunAccepted),
+        (status = 404, description = "No such capsule in the catalog", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("run"))))]
+pub(super) async fn create_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -459,7 +511,7 @@ async fn call_run(
     p: &Principal,
     name: &str,
     input: Option<Value>,
-    limits: &LimitsRequest,
+    limits: &CallLimits,
 ) -> Result<Response, ApiError> {
     let item = daemon
         .resolve(&CapsuleRef::catalog(name))
@@ -486,7 +538,7 @@ async fn call_run(
     tighten(&mut options.limits.fuel, limits.fuel);
     tighten(&mut options.limits.timeout_ms, limits.timeout_ms);
     tighten(&mut options.limits.memory_mb, limits.memory_mb);
-    daemon.metrics.run_started("call");
+    daemon.metrics.run_started(RunKind::Call.name());
     let capsule = item.capsule.clone();
     // If this handler is dropped (the client disconnected, or its request
     // timed out) the call stops at its next epoch tick. Either way the
@@ -521,30 +573,48 @@ async fn call_run(
         }
     }
     drop(cancel);
-    let class = outcome.result.as_ref().err().map_or("ok", |f| f.class());
+    let class = crate::FailureClass::outcome_label(
+        outcome.result.as_ref().err().map(crate::Failure::class),
+    );
     daemon.metrics.call(
         name,
         class,
         Duration::from_micros(outcome.usage.wall_time_us).as_secs_f64(),
     );
-    daemon.metrics.run_finished("call", class);
-    let body = json!({
-        "run": run,
-        "kind": "call",
-        "capsule": { "name": name, "digest": item.capsule.digest().to_string() },
-        "ok": outcome.result.is_ok(),
-        "output": outcome.result.as_ref().ok().map(|o| {
-            serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))
-        }),
-        "failure": outcome.result.as_ref().err().map(|f| json!({
-            "class": f.class(), "message": f.to_string(), "detail": f,
-        })),
-        "usage": outcome.usage,
-        "logs": outcome.logs,
-    });
-    // Serialized once: the answer and the retained copy share the bytes.
+    daemon.metrics.run_finished(RunKind::Call.name(), class);
     let body =
-        Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?);
+        CallReport {
+            run: run.clone(),
+            kind: RunKind::Call,
+            capsule: CalledCapsule {
+                name: name.to_owned(),
+                digest: item.capsule.digest().to_string(),
+            },
+            ok: outcome.result.is_ok(),
+            output: outcome.result.as_ref().ok().map(|o| {
+                serde_json::from_str::<Value>(o).unwrap_or_else(|_| Value::String(o.clone()))
+            }),
+            failure: match &outcome.result {
+                Ok(_) => None,
+                Err(f) => Some(CallFailure {
+                    class: f.class(),
+                    message: f.to_string(),
+                    detail: serde_json::to_value(f).map_err(|e| ApiError::failed(&e))?,
+                }),
+            },
+            usage: outcome.usage,
+            logs: outcome
+                .logs
+                .into_iter()
+                .map(|l| LogRecord {
+                    fields: l.fields,
+                    level: l.level.to_owned(),
+                    message: l.message,
+                })
+                .collect(),
+        };
+    // Serialized once: the answer and the retained copy share the bytes.
+    let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| ApiError::failed(&e))?);
     daemon.runs.record_call(
         run,
         CallRun {
@@ -644,17 +714,17 @@ async fn dag_run(
     let tenant = p.tenant.clone();
     let run = tokio::task::spawn_blocking(move || create_dag_run(&d, &text, input, &tenant))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     daemon.runs.enqueue(&run, &p.tenant);
-    daemon.metrics.run_started("dag");
+    daemon.metrics.run_started(RunKind::Dag.name());
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "run": run,
-            "kind": "dag",
-            "status": "queued",
-            "events": format!("/v1/runs/{run}/events"),
-        })),
+        Json(DagRunAccepted {
+            events: format!("/v1/runs/{run}/events"),
+            run,
+            kind: RunKind::Dag,
+            status: RunPhase::Queued,
+        }),
     )
         .into_response())
 }
@@ -707,7 +777,7 @@ fn create_dag_run(
             DagError::Kind { .. } | DagError::MissingCapsule(_) => {
                 ApiError::bad(e.to_string(), Some("dag"))
             }
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::failed(&other),
         }
     })
 }
@@ -717,9 +787,9 @@ fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError
     let journal = Journal::new(daemon.engine.data().database().clone());
     let history = journal.history(run).map_err(|e| match e {
         JournalError::NotFound(_) => ApiError::not_found(&format!("run `{run}`")),
-        other => ApiError::internal(other.to_string()),
+        other => ApiError::failed(&other),
     })?;
-    let state = RunState::replay(run, &history).map_err(|e| ApiError::internal(e.to_string()))?;
+    let state = RunState::replay(run, &history).map_err(|e| ApiError::failed(&e))?;
     Ok((state, history))
 }
 
@@ -727,7 +797,11 @@ fn visible(p: &Principal, tenant: &str) -> bool {
     p.sees_tenant(tenant)
 }
 
-async fn get_run(
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", operation_id = "getRun",
+    params(("id" = String, Path, description = "The run id")),
+    responses((status = 200, description = "A recent call, a DAG run from its journal, or a queued/running DAG run", body = RunView)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn get_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -751,14 +825,14 @@ async fn get_run(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // A run that has just finished is answered from the journal below.
-        let status = summary.as_ref().map_or("queued", |s| s.status.as_str());
-        if matches!(status, "queued" | "running") {
-            return Ok(Json(json!({
-                "run": id,
-                "kind": "dag",
-                "status": status,
-                "summary": summary,
-            }))
+        let status = summary.as_ref().map_or(RunPhase::Queued, |s| s.status);
+        if matches!(status, RunPhase::Queued | RunPhase::Running) {
+            return Ok(Json(DagRunLive {
+                run: id,
+                kind: RunKind::Dag,
+                status,
+                summary,
+            })
             .into_response());
         }
     }
@@ -766,11 +840,12 @@ async fn get_run(
     let run = id.clone();
     let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     if !visible(&p, &state.tenant) {
         return Err(missing());
     }
-    Ok(Json(state.report()).into_response())
+    let report: RunReport = state.report();
+    Ok(Json(report).into_response())
 }
 
 /// Events read from the journal per page of an event stream.
@@ -788,7 +863,7 @@ async fn page(daemon: &Arc<Daemon>, run: &str, from: u64) -> Option<VecDeque<(u6
     .await
     .ok()?
     .map(VecDeque::from)
-    .map_err(|e| tracing::warn!("cannot read run events: {e}"))
+    .map_err(|e| tracing::warn!("cannot read run events: {}", super::error_chain(&e)))
     .ok()
 }
 
@@ -882,7 +957,12 @@ enum Heard {
 /// the run finishes. Each event's `id` is its sequence number;
 /// `Last-Event-ID` resumes after it. Each open stream holds one of the
 /// tenant's `daemon.max_streams_per_tenant` (429 past it).
-async fn run_events(
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", operation_id = "runEvents",
+    params(("id" = String, Path, description = "The run id")),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event's sequence number")),
+    responses((status = 200, description = "Server-Sent Events: each `data:` is one history event (JSON), `id:` its sequence number; the stream ends after `finished`", content_type = "text/event-stream", body = String)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn run_events(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -906,11 +986,11 @@ async fn run_events(
                 Journal::new(d.engine.data().database().clone()).summary(&run)
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| ApiError::failed(&e))?;
             match summary {
                 Ok(s) => s.tenant,
                 Err(JournalError::NotFound(_)) => return Err(missing()),
-                Err(e) => return Err(ApiError::internal(e.to_string())),
+                Err(e) => return Err(ApiError::failed(&e)),
             }
         }
     };
@@ -947,7 +1027,15 @@ fn event_kind(json: &str) -> String {
         .unwrap_or_else(|| "event".into())
 }
 
-async fn cancel_run(
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", operation_id = "cancelRun",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run was idle and is now cancelled", body = CancelAnswer),
+        (status = 202, description = "The run's driver was told to cancel it", body = CancelAnswer),
+        (status = 409, description = "The run has already finished", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("run"))))]
+pub(super) async fn cancel_run(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
@@ -960,7 +1048,10 @@ async fn cancel_run(
         live.cancel.store(true, Ordering::SeqCst);
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "run": id, "cancel": "requested" })),
+            Json(CancelAnswer {
+                run: Some(id),
+                cancel: CancelState::Requested,
+            }),
         )
             .into_response());
     }
@@ -968,7 +1059,7 @@ async fn cancel_run(
     let run = id.clone();
     let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::failed(&e))??;
     if !visible(&p, &state.tenant) {
         return Err(ApiError::not_found(&format!("run `{id}`")));
     }
@@ -982,24 +1073,27 @@ async fn cancel_run(
     let engine = daemon.engine.clone();
     tokio::task::spawn_blocking(move || scheduler::cancel_idle(&engine, &id))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!({ "cancel": "done" })).into_response())
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
+    Ok(Json(CancelAnswer {
+        run: None,
+        cancel: CancelState::Done,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LedgerQuery {
-    run: Option<String>,
-    tenant: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn ledger(
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", operation_id = "listLedger",
+    params(LedgerQuery),
+    responses(
+        (status = 200, description = "Charges, oldest first", body = Vec<crate::ledger::Entry>),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn ledger(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::ledger::Entry>>, ApiError> {
     require(&p, TokenScope::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
@@ -1021,15 +1115,18 @@ async fn ledger(
     let engine = daemon.engine.clone();
     let entries = tokio::task::spawn_blocking(move || engine.metering().ledger().ls(&filter))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!(entries)))
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
+    Ok(Json(entries))
 }
 
-async fn get_budgets(
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets", operation_id = "listBudgets",
+    responses((status = 200, description = "The budgets the caller may see", body = Vec<BudgetRow>)),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn get_budgets(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<BudgetRow>>, ApiError> {
     require(&p, TokenScope::Read)?;
     let d = daemon.clone();
     let tenant = p.tenant.clone();
@@ -1037,7 +1134,7 @@ async fn get_budgets(
     // One blocking task: the budgets, then one summary-row read per
     // distinct run (never a history replay), so the cost of another
     // tenant's budgets is a point read each.
-    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<BudgetRow>, ApiError> {
         let all = d
             .engine
             .metering()
@@ -1069,33 +1166,31 @@ async fn get_budgets(
                 }
             };
             if shown {
-                mine.push(json!({ "scope": scope.key(), "account": account }));
+                mine.push(BudgetRow {
+                    scope: scope.key(),
+                    account,
+                });
             }
         }
         Ok(mine)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(json!(mine)))
+    .map_err(|e| ApiError::failed(&e))??;
+    Ok(Json(mine))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BudgetRequest {
-    /// `tenant:T`, `capsule:sha256:…`, `run:R` or `node:R/N`.
-    scope: String,
-    tokens: Option<u64>,
-    micros: Option<u64>,
-    /// Remove the budget instead.
-    #[serde(default)]
-    remove: bool,
-}
-
-async fn put_budget(
+#[utoipa::path(put, path = "/v1/budgets", tag = "budgets", operation_id = "setBudget",
+    request_body = BudgetRequest,
+    responses(
+        (status = 200, description = "Set (or removed)", body = BudgetSet),
+        (status = 404, description = "No such run (for run:R or node:R/N)", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn put_budget(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BudgetSet>, ApiError> {
     require(&p, TokenScope::Admin)?;
     let req: BudgetRequest = parse(body)?;
     let scope = budget::Scope::parse(&req.scope).ok_or_else(|| {
@@ -1113,23 +1208,16 @@ async fn put_budget(
     let key = scope.key();
     tokio::task::spawn_blocking(move || engine.metering().set_limit(scope, limit))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "scope": key, "limit": limit })))
+    Ok(Json(BudgetSet { scope: key, limit }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    tenant: String,
-    scopes: Vec<TokenScope>,
-    /// Refused this many seconds after creation…
-    expires_in_s: Option<u64>,
-    /// …or from this unix time (ms) on.
-    expires_at_ms: Option<u64>,
-}
-
-async fn create_token(
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
+    request_body = TokenRequest,
+    responses((status = 201, description = "Created; the secret is shown only here", body = CreatedToken)),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn create_token(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
@@ -1162,37 +1250,41 @@ async fn create_token(
     let (token, record) =
         tokio::task::spawn_blocking(move || tokens.create(&req.tenant, &req.scopes, expires_ms))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::failed(&e))?
             .map_err(|e| match e {
                 e @ AuthError::PastExpiry { .. } => {
                     ApiError::bad(e.to_string(), Some("expires_at_ms"))
                 }
                 AuthError::Invalid(m) => ApiError::bad(m, Some("tenant")),
-                other => ApiError::internal(other.to_string()),
+                other => ApiError::failed(&other),
             })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "token": token, "id": record.id, "tenant": record.tenant, "scopes": record.scopes,
-            "expires_ms": record.expires_ms,
-        })),
+        Json(CreatedToken {
+            token,
+            id: record.id,
+            tenant: record.tenant,
+            scopes: record.scopes,
+            expires_ms: record.expires_ms,
+        }),
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensQuery {
-    tenant: Option<String>,
-}
-
 /// `GET /v1/tokens`: the tokens of the caller's tenant (an operator: every
 /// tenant's, or `?tenant=`), never their secrets.
-async fn list_tokens(
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
+    params(TokensQuery),
+    responses(
+        (status = 200, description = "Tokens, never their secrets", body = Vec<TokenInfo>),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn list_tokens(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     query: Result<Query<TokensQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     require(&p, TokenScope::Admin)?;
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
     let tenant = match q.tenant {
@@ -1213,16 +1305,20 @@ async fn list_tokens(
         .filter(|t| tenant.as_ref().is_none_or(|want| &t.tenant == want))
         .map(|t| t.info(now))
         .collect();
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
 /// `DELETE /v1/tokens/{id}`: revoke now — the token is refused from the
 /// next request on, and after restarts.
-async fn revoke_token(
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "revokeToken",
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, description = "Revoked: refused from the next request on", body = TokenInfo)),
+    extensions(("x-soma-scope" = json!("admin"))))]
+pub(super) async fn revoke_token(
     State(daemon): State<Arc<Daemon>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenInfo>, ApiError> {
     require(&p, TokenScope::Admin)?;
     let missing = || ApiError::not_found(&format!("token `{id}` (GET /v1/tokens lists them)"));
     let record = daemon.tokens.get(&id).ok_or_else(missing)?;
@@ -1235,12 +1331,12 @@ async fn revoke_token(
     let tokens = daemon.tokens.clone();
     let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&id))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| match e {
             AuthError::NotFound(id) => ApiError::not_found(&format!("token `{id}`")),
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::failed(&other),
         })?;
-    Ok(Json(json!(revoked.info(crate::dag::history::now_ms()))))
+    Ok(Json(revoked.info(crate::dag::history::now_ms())))
 }
 
 /// The tenant a run belongs to: a live or recent run, else the journal.
@@ -1253,7 +1349,7 @@ async fn run_tenant(daemon: &Arc<Daemon>, run: &str) -> Result<Option<String>, A
     let run = run.to_owned();
     tokio::task::spawn_blocking(move || journal_run_tenant(&Journal::new(db), &run))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::failed(&e))?
 }
 
 /// The tenant of a run this daemon holds in memory (live or a recent call).
@@ -1270,7 +1366,7 @@ fn journal_run_tenant(journal: &Journal, run: &str) -> Result<Option<String>, Ap
     match journal.summary(run) {
         Ok(summary) => Ok(Some(summary.tenant)),
         Err(JournalError::NotFound(_)) => Ok(None),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+        Err(e) => Err(ApiError::failed(&e)),
     }
 }
 

@@ -42,7 +42,19 @@ use subtle::ConstantTimeEq as _;
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("api_tokens");
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenScope {
     /// Start and cancel runs.
@@ -140,7 +152,7 @@ impl TokenRecord {
 
 /// A token as listed (`GET /v1/tokens`, `soma token ls --json`): never its
 /// secret nor its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Public id.
     pub id: String,
@@ -222,8 +234,11 @@ impl Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The database failed.
-    #[error("token store: {0}")]
-    Storage(String),
+    #[error("token store")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The operating system gave no randomness for a new token.
+    #[error("token store: no randomness")]
+    Randomness(#[source] rand_core::Error),
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
@@ -240,8 +255,8 @@ pub enum AuthError {
     NotFound(String),
 }
 
-fn storage(e: impl fmt::Display) -> AuthError {
-    AuthError::Storage(e.to_string())
+fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> AuthError {
+    AuthError::Storage(e.into())
 }
 
 /// The token store: redb for durability, an in-memory index for checks.
@@ -425,7 +440,7 @@ fn getrandom(buf: &mut [u8]) -> Result<(), AuthError> {
     use rand_core::RngCore as _;
     rand_core::OsRng
         .try_fill_bytes(buf)
-        .map_err(|e| AuthError::Storage(format!("no randomness: {e}")))
+        .map_err(AuthError::Randomness)
 }
 
 /// Parse a duration such as `30d`, `12h`, `15m`, `90s` or `3600` (seconds)

@@ -28,6 +28,7 @@ use crate::dag::{
     journal::{Journal, RunSummary},
     scheduler::{self, Ended, Executor, Observer, Settings},
     state::RunState,
+    status::RunPhase,
 };
 
 /// A DAG run this daemon is driving or will drive.
@@ -451,13 +452,13 @@ pub fn resume_unfinished(daemon: &Arc<Daemon>) {
     let journal = Journal::new(daemon.engine.data().database().clone());
     match journal.runs() {
         Ok(runs) => {
-            for r in runs.into_iter().filter(|r| r.status == "running") {
+            for r in runs.into_iter().filter(|r| r.status == RunPhase::Running) {
                 tracing::info!(run = %r.run, "resuming an unfinished run");
                 *lock(&daemon.runs.held).entry(r.tenant.clone()).or_default() += 1;
                 daemon.runs.enqueue(&r.run, &r.tenant);
             }
         }
-        Err(e) => tracing::error!("cannot list runs to resume: {e}"),
+        Err(e) => tracing::error!("cannot list runs to resume: {}", super::error_chain(&e)),
     }
 }
 
@@ -475,7 +476,9 @@ impl Observer for Publish<'_> {
                 let _ = self.live.events.send((first + k as u64, json.into()));
             }
             if let Event::Finished { status, .. } = e {
-                self.daemon.metrics.run_finished("dag", status.name());
+                self.daemon
+                    .metrics
+                    .run_finished(crate::dag::report::RunKind::Dag.name(), status.name());
             }
         }
         *lock(&self.live.summary) = Some(scheduler::summary(state));
@@ -493,12 +496,12 @@ impl Executor for PoolExecutor {
         lane: &str,
         max_running: usize,
         task: Box<dyn FnOnce(&crate::Engine) + Send>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let engine = self.0.engine.clone();
         self.0
             .calls
             .submit(tenant, lane, max_running, Box::new(move || task(&engine)))
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }
 
@@ -549,7 +552,7 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
             daemon,
         };
         scheduler::drive(&daemon.engine, run, &capsules, &settings, &observer)
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::error_chain(&e))
     });
     match result {
         Ok((_, Ended::Waiting { until_ms })) => {
@@ -603,7 +606,7 @@ fn capsules_of(
     let journal = Journal::new(daemon.engine.data().database().clone());
     let capsules = journal
         .pinned_capsules(run)
-        .map_err(|e| Unpinnable::Journal(e.to_string()))?;
+        .map_err(|e| Unpinnable::Journal(super::error_chain(&e)))?;
     capsules
         .iter()
         .filter(|(_, record)| record.load_error.is_none())

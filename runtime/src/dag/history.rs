@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::spec::{Plan, Spec, Verdict};
+use super::{
+    spec::{Plan, Spec, Verdict},
+    status::NodeFailureClass,
+};
+use crate::capsule::CapsuleKind;
 
 /// One capsule a run uses, pinned when the run is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +23,7 @@ pub struct CapsuleRecord {
     /// sha256 of the component; a resume refuses a capsule that changed.
     pub digest: String,
     /// `worker`, `planner` or `gate`.
-    pub kind: String,
+    pub kind: CapsuleKind,
     /// describe() name and version.
     pub name: String,
     /// describe() version.
@@ -32,11 +36,11 @@ pub struct CapsuleRecord {
 }
 
 /// Why a node's attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeFailure {
     /// The failure class (`out-of-fuel`, `capsule-error`, `template`,
     /// `invalid-plan`, `invalid-verdict`, `gate-rejected`, …).
-    pub class: String,
+    pub class: NodeFailureClass,
     /// The capsule's error code, for capsule errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -48,9 +52,9 @@ pub struct NodeFailure {
 
 impl NodeFailure {
     /// A failure the scheduler itself found (not a call's).
-    pub fn scheduler(class: &str, message: impl Into<String>) -> Self {
+    pub fn scheduler(class: NodeFailureClass, message: impl Into<String>) -> Self {
         Self {
-            class: class.into(),
+            class,
             code: None,
             message: message.into(),
             retryable: false,

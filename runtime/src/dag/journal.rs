@@ -11,7 +11,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
-use super::history::Event;
+use super::{history::Event, status::RunPhase};
 use crate::{ledger::Appended, meter::BudgetLedger};
 
 /// (run id, sequence number) → event (JSON).
@@ -23,11 +23,11 @@ const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dag_runs");
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The database could not be opened (often: another soma process has it).
-    #[error("{0}")]
-    Open(String),
-    /// redb failed.
-    #[error("the run journal failed: {0}")]
-    Storage(String),
+    #[error(transparent)]
+    Open(#[from] soma_host_api::storage::OpenError),
+    /// redb failed, or a record could not be encoded.
+    #[error("the run journal failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No such run.
     #[error("no run `{0}` in this data directory (soma dag ls lists them)")]
     NotFound(String),
@@ -49,12 +49,12 @@ pub enum JournalError {
     Ledger(#[from] crate::ledger::LedgerError),
 }
 
-fn storage(e: impl std::fmt::Display) -> JournalError {
-    JournalError::Storage(e.to_string())
+fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> JournalError {
+    JournalError::Storage(e.into())
 }
 
 /// One line per run, for `soma dag ls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSummary {
     /// The run id.
     pub run: String,
@@ -64,7 +64,7 @@ pub struct RunSummary {
     pub tenant: String,
     /// `running` while a process works on it (or was killed doing so —
     /// then it is resumable), else how it finished.
-    pub status: String,
+    pub status: RunPhase,
     /// Unix ms.
     pub created_ms: u64,
     /// Unix ms of the last commit.
@@ -92,7 +92,7 @@ impl Journal {
     }
 
     fn open(&self) -> Result<Arc<redb::Database>, JournalError> {
-        self.db.get().map_err(|e| JournalError::Open(e.to_string()))
+        self.db.get().map_err(JournalError::Open)
     }
 
     /// Record a new run's `created` event. Refuses an existing id.

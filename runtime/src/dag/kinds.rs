@@ -3,6 +3,7 @@
 //! when a run is created and again on every plan a planner splices in.
 
 use super::spec::NodeSpec;
+use crate::capsule::CapsuleKind;
 
 /// A node that names a capsule of the wrong kind, or one not loaded.
 /// Becomes [`DagError::Kind`](super::scheduler::DagError::Kind) or
@@ -27,25 +28,26 @@ pub enum KindError {
 /// planner cannot fan out.
 pub fn check_kinds(
     nodes: &[NodeSpec],
-    kind_of: impl Fn(&str) -> Option<String>,
+    kind_of: impl Fn(&str) -> Option<CapsuleKind>,
 ) -> Result<(), KindError> {
     for n in nodes {
         let kind =
             kind_of(&n.capsule).ok_or_else(|| KindError::MissingCapsule(n.capsule.clone()))?;
-        let message = match (kind.as_str(), &n.gate, &n.for_each) {
-            ("gate", None, _) => format!(
+        let message = match (kind, &n.gate, &n.for_each) {
+            (CapsuleKind::Gate, None, _) => format!(
                 "capsule `{}` is a gate; give the node `gate: {{node: …}}`",
                 n.capsule
             ),
-            ("gate", Some(_), _) | ("worker", None, _) | ("planner", None, None) => continue,
+            (CapsuleKind::Gate, Some(_), _)
+            | (CapsuleKind::Worker, None, _)
+            | (CapsuleKind::Planner, None, None) => continue,
             (_, Some(_), _) => format!(
                 "has `gate:` but capsule `{}` is a {kind}, not a gate",
                 n.capsule
             ),
-            ("planner", None, Some(_)) => {
+            (CapsuleKind::Planner, None, Some(_)) => {
                 "a planner node cannot use for_each (plans are spliced once)".to_owned()
             }
-            (other, ..) => format!("capsule `{}` has unknown kind `{other}`", n.capsule),
         };
         return Err(KindError::Kind {
             node: n.id.clone(),

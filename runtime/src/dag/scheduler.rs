@@ -27,8 +27,11 @@ use super::{
     kinds::{KindError, check_kinds},
     spec::{BudgetSpec, Spec, SpecErrors},
     state::{Dispatch, RunState, StateError},
+    status::RunPhase,
 };
-use crate::{CallOptions, Capsule, Engine, Outcome, budget, meter::CallCharge};
+use crate::{
+    CallOptions, Capsule, Engine, Outcome, budget, capsule::CapsuleKind, meter::CallCharge,
+};
 
 /// Why a run could not be created or driven.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +81,15 @@ pub enum DagError {
     /// A budget could not be set.
     #[error("could not set the run's budget: {0}")]
     Budget(String),
+    /// Every worker thread of a run stopped before it finished.
+    #[error("every worker thread stopped")]
+    WorkersStopped,
     /// A worker thread could not be started.
-    #[error("could not start worker threads: {0}")]
-    Threads(String),
+    #[error("could not start worker threads")]
+    Threads(#[source] std::io::Error),
+    /// The shared call pool refused a node's call (it is stopping).
+    #[error("the call pool refused a node's call")]
+    Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A capsule as a run pins it.
@@ -134,7 +143,7 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         lane: &str,
         max_running: usize,
         task: Box<dyn FnOnce(&Engine) + Send>,
-    ) -> Result<(), String>;
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// Knobs for driving a run.
@@ -257,17 +266,17 @@ pub fn create_with(
             .nodes
             .iter()
             .any(|n| n.capsule == alias && n.gate.is_some());
-        if gate { "gate" } else { "worker" }
+        if gate {
+            CapsuleKind::Gate
+        } else {
+            CapsuleKind::Worker
+        }
     };
     check_kinds(&spec.nodes, |alias| {
         capsules
             .get(alias)
-            .map(|l| l.capsule.manifest().kind.to_owned())
-            .or_else(|| {
-                unloadable
-                    .contains_key(alias)
-                    .then(|| unloaded_kind(alias).to_owned())
-            })
+            .map(|l| l.capsule.manifest().capsule_kind())
+            .or_else(|| unloadable.contains_key(alias).then(|| unloaded_kind(alias)))
     })?;
     let mut records: BTreeMap<String, CapsuleRecord> = capsules
         .iter()
@@ -276,7 +285,7 @@ pub fn create_with(
             let record = CapsuleRecord {
                 reference: l.reference.clone(),
                 digest: l.capsule.digest().to_string(),
-                kind: m.kind.to_owned(),
+                kind: m.capsule_kind(),
                 name: m.name.clone(),
                 version: m.version.clone(),
                 load_error: None,
@@ -290,7 +299,7 @@ pub fn create_with(
             CapsuleRecord {
                 reference: u.reference.clone(),
                 digest: String::new(),
-                kind: unloaded_kind(alias).to_owned(),
+                kind: unloaded_kind(alias),
                 name: alias.clone(),
                 version: String::new(),
                 load_error: Some(u.error.clone()),
@@ -346,7 +355,7 @@ pub fn summary(state: &RunState) -> RunSummary {
     let failed = state
         .nodes()
         .iter()
-        .filter(|n| !n.retired && n.status.name() == "failed")
+        .filter(|n| !n.retired && matches!(n.status, super::state::Status::Failed(_)))
         .count();
     RunSummary {
         run: state.run.clone(),
@@ -355,8 +364,7 @@ pub fn summary(state: &RunState) -> RunSummary {
         status: state
             .finished
             .as_ref()
-            .map_or("running", |f| f.0.name())
-            .to_owned(),
+            .map_or(RunPhase::Running, |f| f.0.into()),
         created_ms: state.created_ms,
         updated_ms: now_ms(),
         nodes,
@@ -515,7 +523,7 @@ pub fn drive(
             thread::Builder::new()
                 .name(format!("soma-dag-{k}"))
                 .spawn_scoped(scope, move || work(engine, &jobs, &done, stop))
-                .map_err(|e| DagError::Threads(e.to_string()))?;
+                .map_err(DagError::Threads)?;
         }
         // With a shared pool, each call carries a sender back.
         let pooled = settings.executor.clone().map(|executor| Pooled {
@@ -725,7 +733,7 @@ impl Coordinator<'_> {
                     Ok(d) => Some(d),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        return Err(DagError::Threads("every worker thread stopped".into()));
+                        return Err(DagError::WorkersStopped);
                     }
                 }
             } else {
@@ -917,7 +925,7 @@ impl Coordinator<'_> {
                     pooled.concurrency,
                     task,
                 )
-                .map_err(DagError::Threads)?;
+                .map_err(DagError::Pool)?;
             return Ok(());
         }
         self.jobs
@@ -927,7 +935,7 @@ impl Coordinator<'_> {
                 options,
                 span,
             })
-            .map_err(|_| DagError::Threads("every worker thread stopped".into()))?;
+            .map_err(|_| DagError::WorkersStopped)?;
         self.in_flight += 1;
         Ok(())
     }

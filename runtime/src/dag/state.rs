@@ -17,9 +17,12 @@ use serde_json::Value;
 
 use super::{
     history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
+    report::{RunKind, RunReport, TimelineNode, VerdictRow},
     spec::{self, NodeSpec, OnFailure, Spec},
+    status::{NodeFailureClass, NodeStatus, RunPhase},
     template,
 };
+use crate::capsule::CapsuleKind;
 
 /// Why a history cannot be replayed (it does not belong to this code, or
 /// was written by a different version).
@@ -63,15 +66,20 @@ pub enum Status {
 impl Status {
     /// Short name for tables and JSON.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Where the node is, without the data.
+    pub fn kind(&self) -> NodeStatus {
         match self {
-            Self::Waiting => "waiting",
-            Self::Running { .. } => "running",
-            Self::Backoff { .. } => "retrying",
-            Self::Expanded => "expanded",
-            Self::FannedOut => "fanned-out",
-            Self::Succeeded => "succeeded",
-            Self::Failed(_) => "failed",
-            Self::Skipped => "skipped",
+            Self::Waiting => NodeStatus::Waiting,
+            Self::Running { .. } => NodeStatus::Running,
+            Self::Backoff { .. } => NodeStatus::Retrying,
+            Self::Expanded => NodeStatus::Expanded,
+            Self::FannedOut => NodeStatus::FannedOut,
+            Self::Succeeded => NodeStatus::Succeeded,
+            Self::Failed(_) => NodeStatus::Failed,
+            Self::Skipped => NodeStatus::Skipped,
         }
     }
 
@@ -303,47 +311,55 @@ impl RunState {
     /// The run as JSON: status (`interrupted` while unfinished), output,
     /// error, gate verdicts and their first-round approval rate, timeline.
     /// What `soma dag status --json`, `--out`/run.json and the daemon show.
-    pub fn report(&self) -> Value {
+    pub fn report(&self) -> RunReport {
         let (status, output, error) = match &self.finished {
-            Some((s, o, e, _)) => (s.name(), o.clone(), e.clone()),
-            None => ("interrupted", None, None),
+            Some((s, o, e, _)) => (RunPhase::from(*s), o.clone(), e.clone()),
+            None => (RunPhase::Interrupted, None, None),
         };
-        serde_json::json!({
-            "run": self.run,
-            "kind": "dag",
-            "name": self.spec.name,
-            "tenant": self.tenant,
-            "status": status,
-            "output": output,
-            "error": error,
-            "auto_approval_rate": self.auto_approval_rate(),
-            "verdicts": self.verdicts.iter().map(|v| serde_json::json!({
-                "gate": v.gate, "round": v.round, "approved": v.approved, "score": v.score,
-            })).collect::<Vec<_>>(),
-            "timeline": self.timeline(),
-        })
+        RunReport {
+            run: self.run.clone(),
+            kind: RunKind::Dag,
+            name: self.spec.name.clone(),
+            tenant: self.tenant.clone(),
+            status,
+            output,
+            error,
+            auto_approval_rate: self.auto_approval_rate(),
+            verdicts: self
+                .verdicts
+                .iter()
+                .map(|v| VerdictRow {
+                    gate: v.gate.clone(),
+                    round: v.round,
+                    approved: v.approved,
+                    score: v.score,
+                })
+                .collect(),
+            timeline: self.timeline(),
+        }
     }
 
     /// Per live node: capsule, status, attempts, round, start/end (ms since
     /// the run was created), fuel, wall time and the failure if any.
-    pub fn timeline(&self) -> Vec<Value> {
+    pub fn timeline(&self) -> Vec<TimelineNode> {
         let t0 = self.created_ms;
         self.nodes
             .iter()
             .filter(|n| !n.retired)
-            .map(|n| {
-                serde_json::json!({
-                    "node": n.id,
-                    "capsule": n.spec.capsule,
-                    "status": n.status.name(),
-                    "attempts": n.attempts,
-                    "round": n.round,
-                    "start_ms": n.started_ms.map(|s| s.saturating_sub(t0)),
-                    "end_ms": n.ended_ms.map(|s| s.saturating_sub(t0)),
-                    "fuel": n.fuel,
-                    "wall_us": n.wall_us,
-                    "failure": match &n.status { Status::Failed(f) => Some(f), _ => None },
-                })
+            .map(|n| TimelineNode {
+                node: n.id.clone(),
+                capsule: n.spec.capsule.clone(),
+                status: n.status.kind(),
+                attempts: n.attempts,
+                round: n.round,
+                start_ms: n.started_ms.map(|s| s.saturating_sub(t0)),
+                end_ms: n.ended_ms.map(|s| s.saturating_sub(t0)),
+                fuel: n.fuel,
+                wall_us: n.wall_us,
+                failure: match &n.status {
+                    Status::Failed(f) => Some(f.clone()),
+                    _ => None,
+                },
             })
             .collect()
     }
@@ -887,13 +903,13 @@ impl RunState {
         let kind = self
             .capsules
             .get(&n.spec.capsule)
-            .map_or("worker", |c| c.kind.as_str());
+            .map_or(CapsuleKind::Worker, |c| c.kind);
         if let (Some(gate), Some(gated)) = (&n.spec.gate, n.gated) {
             let verdict = match spec::parse_verdict(&output) {
                 Ok(v) => v,
                 Err(e) => {
                     let f = NodeFailure::scheduler(
-                        "invalid-verdict",
+                        NodeFailureClass::InvalidVerdict,
                         format!("gate {id} returned an invalid verdict: {e}"),
                     );
                     return vec![fail(f, None, call)];
@@ -932,7 +948,7 @@ impl RunState {
                 }
             } else {
                 let f = NodeFailure::scheduler(
-                    "gate-rejected",
+                    NodeFailureClass::GateRejected,
                     format!(
                         "gate {id} rejected {} in all {} rounds (last score {})",
                         self.nodes[gated].id, gate.max_rounds, verdict.score
@@ -942,7 +958,7 @@ impl RunState {
             };
             return vec![judged, next];
         }
-        if kind == "planner" && n.role == Role::Call {
+        if kind == CapsuleKind::Planner && n.role == Role::Call {
             return vec![self.expand(node, output, call, now)];
         }
         vec![Event::Succeeded {
@@ -956,7 +972,7 @@ impl RunState {
     fn expand(&self, node: usize, output: Value, call: CallRecord, now: u64) -> Event {
         let n = &self.nodes[node];
         let policy = &self.spec.policy;
-        let fail = |class: &str, message: String, call: CallRecord| Event::Failed {
+        let fail = |class: NodeFailureClass, message: String, call: CallRecord| Event::Failed {
             node: n.id.clone(),
             call,
             failure: NodeFailure::scheduler(class, message),
@@ -972,7 +988,7 @@ impl RunState {
         );
         if n.depth + 1 > depth {
             return fail(
-                "expansion-limit",
+                NodeFailureClass::ExpansionLimit,
                 format!(
                     "planner {} would nest plans {} deep; {depth_key} is {depth}",
                     n.id,
@@ -1005,14 +1021,14 @@ impl RunState {
                     raw.len()
                 )
             };
-            return fail("invalid-plan", message, call);
+            return fail(NodeFailureClass::InvalidPlan, message, call);
         }
         let plan = spec::parse_plan(&output, &self.spec, max_plan.min(room), &origin)
             .and_then(|mut plan| plan.within(c, &origin).map(|()| plan))
             .map_err(|e| e.to_string())
             .and_then(|plan| {
                 super::kinds::check_kinds(&plan.nodes, |alias| {
-                    self.capsules.get(alias).map(|c| c.kind.clone())
+                    self.capsules.get(alias).map(|c| c.kind)
                 })
                 .map(|()| plan)
                 .map_err(|e| format!("plan from node {}: {e}", n.id))
@@ -1024,7 +1040,7 @@ impl RunState {
                 plan,
                 time_ms: now,
             },
-            Err(e) => fail("invalid-plan", e, call),
+            Err(e) => fail(NodeFailureClass::InvalidPlan, e, call),
         }
     }
 
@@ -1162,9 +1178,9 @@ impl RunState {
             }),
             _ => template::render(&n.spec.input, &ctx).map_err(|e| {
                 let class = if e.is_limit() {
-                    "render-limit"
+                    NodeFailureClass::RenderLimit
                 } else {
-                    "template"
+                    NodeFailureClass::Template
                 };
                 NodeFailure::scheduler(class, format!("{}: {e}", n.id))
             })?,
@@ -1184,7 +1200,7 @@ impl RunState {
         };
         if input.len() > self.render_limit {
             return Err(NodeFailure::scheduler(
-                "render-limit",
+                NodeFailureClass::RenderLimit,
                 format!(
                     "{}: {}",
                     n.id,
@@ -1198,7 +1214,7 @@ impl RunState {
             .saturating_add(input.len() as u64);
         if total > self.ceilings.max_run_rendered_bytes {
             return Err(NodeFailure::scheduler(
-                "render-limit",
+                NodeFailureClass::RenderLimit,
                 format!(
                     "{}: its {} bytes of input would bring the run's rendered inputs to {total} \
                      bytes; the limit is {} (dag.max_run_rendered_bytes): pass less data between \
@@ -1226,7 +1242,7 @@ impl RunState {
             Ok(Value::Array(items)) => items,
             Ok(other) => {
                 return Err(NodeFailure::scheduler(
-                    "template",
+                    NodeFailureClass::Template,
                     format!(
                         "{}: for_each {expr} gave {}, not an array",
                         n.id,
@@ -1234,7 +1250,12 @@ impl RunState {
                     ),
                 ));
             }
-            Err(e) => return Err(NodeFailure::scheduler("template", format!("{}: {e}", n.id))),
+            Err(e) => {
+                return Err(NodeFailure::scheduler(
+                    NodeFailureClass::Template,
+                    format!("{}: {e}", n.id),
+                ));
+            }
         };
         let (max_fan_out, fan_out_key) = tighter(
             self.spec.policy.max_fan_out,
@@ -1246,7 +1267,7 @@ impl RunState {
         let room = max_nodes.saturating_sub(self.live_nodes());
         if items.len() > max_fan_out || items.len() > room {
             return Err(NodeFailure::scheduler(
-                "expansion-limit",
+                NodeFailureClass::ExpansionLimit,
                 format!(
                     "{}: for_each gave {} items; policy allows {} ({fan_out_key} {max_fan_out}, \
                      {nodes_key} {max_nodes})",
