@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use soma_runtime::daemon::contract::{
-    CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest, RunView, Scope, TokenInfo,
-    TokenRequest,
+    CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest, RunView, TokenInfo,
+    TokenRequest, TokenScope,
 };
 
 use super::exit::Code;
@@ -238,7 +238,7 @@ pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
 pub(crate) fn token_create(
     remote: &Remote,
     tenant: &str,
-    scopes: &[Scope],
+    scopes: &[TokenScope],
     expires_in_s: Option<u64>,
 ) -> anyhow::Result<Code> {
     let request = TokenRequest {
