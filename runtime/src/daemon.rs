@@ -151,6 +151,9 @@ pub struct Daemon {
     pub metrics: Arc<metrics::Metrics>,
     /// The threads that run capsule calls for requests.
     pub calls: pool::CallPool,
+    /// The OpenAPI document served at `GET /v1/openapi.json`, rendered once
+    /// per process ([`openapi::document`]).
+    pub openapi: &'static str,
 }
 
 impl Daemon {
@@ -200,6 +203,7 @@ impl Daemon {
         };
         let daemon = Arc::new(Self {
             calls: pool::CallPool::new(sharing),
+            openapi: openapi::document(),
             runs: runs::Runs::new(runs::RunLimits::of(&config)),
             engine,
             config,

@@ -400,12 +400,8 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service", operation_id = "openapi",
     responses((status = 200, description = "This document", body = Object)))]
-pub(super) async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::document(),
-    )
-        .into_response()
+pub(super) async fn openapi(State(daemon): State<Arc<Daemon>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], daemon.openapi).into_response()
 }
 
 #[utoipa::path(post, path = "/v1/capsules/pull", tag = "capsules", operation_id = "pullCapsule",

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     spec::{Plan, Spec, Verdict},
-    status::NodeFailureClass,
+    status::{NodeFailureClass, RunPhase},
 };
 use crate::capsule::CapsuleKind;
 
@@ -111,6 +111,17 @@ pub enum RunStatus {
     Failed,
     /// Cancelled on request.
     Cancelled,
+}
+
+/// A finished run's phase.
+impl From<RunStatus> for RunPhase {
+    fn from(status: RunStatus) -> Self {
+        match status {
+            RunStatus::Succeeded => RunPhase::Succeeded,
+            RunStatus::Failed => RunPhase::Failed,
+            RunStatus::Cancelled => RunPhase::Cancelled,
+        }
+    }
 }
 
 impl RunStatus {

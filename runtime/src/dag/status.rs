@@ -5,10 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::history::RunStatus;
 use crate::call::FailureClass;
 
-/// Where a DAG run is: [`RunStatus`] once it has finished, else queued
+/// Where a DAG run is: [`RunStatus`](super::history::RunStatus) once it has finished, else queued
 /// (the daemon has not started it), running (a process works on it, or was
 /// killed doing so) or interrupted (nothing works on it; resumable).
 #[derive(
@@ -56,16 +55,6 @@ impl RunPhase {
     /// Whether the run has ended (succeeded, failed or cancelled).
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
-
-impl From<RunStatus> for RunPhase {
-    fn from(status: RunStatus) -> Self {
-        match status {
-            RunStatus::Succeeded => Self::Succeeded,
-            RunStatus::Failed => Self::Failed,
-            RunStatus::Cancelled => Self::Cancelled,
-        }
     }
 }
 
@@ -234,6 +223,7 @@ impl<'de> Deserialize<'de> for NodeFailureClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dag::history::RunStatus;
 
     #[test]
     fn node_failure_classes_round_trip_by_name() {
