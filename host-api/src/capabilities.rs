@@ -18,131 +18,12 @@
 //! | [`State`] | once per call | [`Shared`] + [`Grants`] + [`CallContext`] |
 //! | [`Report`] | once per call, at the end | [`State`] |
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 
-use crate::{
-    bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, storage::LazyDatabase,
-    wasi,
-};
-
-/// One host capability: its types and its phases. Implemented by a marker
-/// type in the capability's module (`kv::Kv`, `llm::Llm`, …).
-///
-/// A capability never sees another's types; [`Shared`], [`Grants`] and
-/// [`State`] hold one field per capability and call these phases.
-pub trait Capability {
-    /// The request name a capsule uses in `describe()` (`kv`, `llm`, `dir`).
-    const NAME: &'static str;
-    /// The `soma:capsule` interfaces it serves (for the unknown-import
-    /// message); empty for a capability served through WASI.
-    const INTERFACES: &'static [&'static str];
-
-    /// Its `soma.toml` section (`[kv]`, `[llm]`, …).
-    type Config;
-    /// Why its section is inconsistent.
-    type ConfigError: std::error::Error + Send + Sync + 'static;
-    /// Its share of `[policy]`: what the operator allows capsules that ask.
-    type Policy: ?Sized;
-    /// State shared by every call (pools, database handles, provider
-    /// clients). Built once per engine.
-    type Shared;
-    /// What one capsule asked for. Built once per capsule.
-    type Wants: Default;
-    /// What one call may use; `Default` denies everything.
-    type Grant: Default;
-    /// Per-call state, in the store.
-    type State;
-    /// Why its per-call state could not be built (the call is denied).
-    type PrepareError: std::error::Error + Send + Sync + 'static;
-    /// Its share of the call's report.
-    type Report;
-
-    /// Check the section's consistency. Once per config load (and by
-    /// `soma config check`); cheap.
-    fn check(config: &Self::Config) -> Result<(), Self::ConfigError>;
-
-    /// Build the shared state. Once per engine; may read the environment,
-    /// must not do I/O (open the database, connect) — do that lazily.
-    fn shared(config: &Self::Config, engine: &EngineContext) -> Self::Shared;
-
-    /// Wire its interfaces (the current contract's) into `linker`. Once
-    /// per engine.
-    fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()>;
-
-    /// Record one request named [`Self::NAME`] with its arguments. Once per
-    /// request when a capsule is loaded; requests of the same name add up.
-    fn want(wants: &mut Self::Wants, args: &[String]);
-
-    /// The capsule's wants as `name:arg` words for `soma inspect`.
-    fn describe_wants(wants: &Self::Wants, out: &mut Vec<String>);
-
-    /// The grant: the capsule's wants ∩ the operator's policy ∩ the
-    /// scope (capsule, run). Once per run; cheap (clones a few strings).
-    fn grant(wants: &Self::Wants, policy: &Self::Policy, scope: &GrantScope<'_>) -> Self::Grant;
-
-    /// Move a grant to another run (a DAG run, a daemon call). Cheap.
-    /// Default: the grant does not depend on the run.
-    fn rescope(grant: &mut Self::Grant, run: &str) {
-        let _ = (grant, run);
-    }
-
-    /// Build the per-call state. Once per call, on the hot path: must be
-    /// cheap (no I/O, no lock; a few small allocations at most).
-    fn prepare(
-        shared: &Self::Shared,
-        grant: &Self::Grant,
-        call: &CallContext<'_>,
-    ) -> Result<Self::State, Self::PrepareError>;
-
-    /// Make a successful call's effects durable (kv's writes). Once per
-    /// successful call; a failed call's state is dropped instead. Default:
-    /// nothing to commit.
-    fn commit(state: &mut Self::State) -> Result<(), CommitError> {
-        let _ = state;
-        Ok(())
-    }
-
-    /// Its share of the report. Once per call, at the end.
-    fn finish(state: Self::State) -> Self::Report;
-}
-
-/// What the runtime hands the capabilities once per engine.
-#[derive(Debug, Clone)]
-pub struct EngineContext {
-    /// The node's database (opened on first use).
-    pub db: Arc<LazyDatabase>,
-    /// The node's budgets and ledger.
-    pub meter: Arc<dyn llm::Meter>,
-}
-
-/// Who a grant is for: the parts of a grant the runtime decides.
-#[derive(Debug, Clone, Copy)]
-pub struct GrantScope<'a> {
-    /// The capsule's digest (`sha256:…`).
-    pub capsule: &'a str,
-    /// The run id.
-    pub run: &'a str,
-}
-
-/// What every capability may read when one call's state is built. Borrowed;
-/// built once per call by the runtime.
-#[derive(Debug, Clone, Copy)]
-pub struct CallContext<'a> {
-    /// The capsule's name (for logs; escaped).
-    pub capsule: &'a Arc<str>,
-    /// The run id (for logs).
-    pub run: &'a Arc<str>,
-    /// Who pays (for llm's budgets).
-    pub spender: &'a llm::Spender,
-    /// The caller's tenant (kv keys every entry by it).
-    pub tenant: &'a Arc<str>,
-    /// The call's memory limit, bytes (bounds host memory a call may pin).
-    pub memory_limit_bytes: usize,
-}
+pub use crate::capability::{CallContext, Capability, EngineContext, GrantScope};
+use crate::{bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, wasi};
 
 /// Store data that holds the composed per-call [`State`]. The runtime's
 /// store type implements this (and `WasiView`, which wasmtime-wasi needs);
@@ -278,11 +159,11 @@ impl Shared {
 /// frozen 0.1.0's — plus the type-only `types` interface into `linker`.
 /// Once per engine.
 pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    wasi::Wasi::add_to_linker(linker)?;
-    log::Log::add_to_linker(linker)?;
-    kv::Kv::add_to_linker(linker)?;
-    llm::Llm::add_to_linker(linker)?;
-    events::Events::add_to_linker(linker)?;
+    wasi::add_to_linker(linker)?;
+    log::add_to_linker(linker)?;
+    kv::add_to_linker(linker)?;
+    llm::add_to_linker(linker)?;
+    events::add_to_linker(linker)?;
     crate::compat::add_to_linker(linker)?;
     crate::bindings::add_types_to_linker(linker)
 }
@@ -408,6 +289,12 @@ pub enum CommitError {
     Kv(#[from] kv::CommitError),
 }
 
+impl From<std::convert::Infallible> for CommitError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 /// Every capability's per-call state: the capability part of the store's
 /// data. Built once per call.
 #[derive(Debug)]
@@ -453,7 +340,8 @@ impl State {
         log::Log::commit(&mut self.log)?;
         kv::Kv::commit(&mut self.kv)?;
         events::Events::commit(&mut self.events)?;
-        llm::Llm::commit(&mut self.llm)
+        llm::Llm::commit(&mut self.llm)?;
+        Ok(())
     }
 
     /// Every capability's share of the call's report. Once per call.
@@ -494,6 +382,8 @@ pub struct Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::LazyDatabase;
+    use std::sync::Arc;
 
     fn request(name: &str, args: &[&str]) -> CapabilityRequest {
         CapabilityRequest {

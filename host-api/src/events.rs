@@ -68,7 +68,7 @@ pub trait EventsView {
 #[derive(Debug, Clone, Copy)]
 pub struct Events;
 
-impl crate::Capability for Events {
+impl crate::capability::Capability for Events {
     const NAME: &'static str = "events";
     const INTERFACES: &'static [&'static str] = &["events"];
     type Config = Config;
@@ -79,6 +79,7 @@ impl crate::Capability for Events {
     type Grant = ();
     type State = State;
     type PrepareError = std::convert::Infallible;
+    type CommitError = std::convert::Infallible;
     /// The events kept and the number dropped.
     type Report = (Vec<Event>, u32);
 
@@ -86,24 +87,20 @@ impl crate::Capability for Events {
         Ok(())
     }
 
-    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+    fn shared(config: &Config, _engine: &crate::capability::EngineContext) -> Config {
         *config
-    }
-
-    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        add_to_linker(linker)
     }
 
     fn want(_wants: &mut (), _args: &[String]) {}
 
     fn describe_wants(_wants: &(), _out: &mut Vec<String>) {}
 
-    fn grant(_wants: &(), _policy: &(), _scope: &crate::GrantScope<'_>) {}
+    fn grant(_wants: &(), _policy: &(), _scope: &crate::capability::GrantScope<'_>) {}
 
     fn prepare(
         config: &Config,
         _grant: &(),
-        _call: &crate::CallContext<'_>,
+        _call: &crate::capability::CallContext<'_>,
     ) -> Result<State, std::convert::Infallible> {
         Ok(State::new(*config))
     }

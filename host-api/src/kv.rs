@@ -602,7 +602,7 @@ pub trait KvView {
 #[derive(Debug, Clone, Copy)]
 pub struct Kv;
 
-impl crate::Capability for Kv {
+impl crate::capability::Capability for Kv {
     const NAME: &'static str = "kv";
     const INTERFACES: &'static [&'static str] = &["kv"];
     type Config = Config;
@@ -616,18 +616,15 @@ impl crate::Capability for Kv {
     type Grant = Option<Grant>;
     type State = State;
     type PrepareError = std::convert::Infallible;
+    type CommitError = CommitError;
     type Report = ();
 
     fn check(config: &Config) -> Result<(), ConfigError> {
         config.check()
     }
 
-    fn shared(config: &Config, engine: &crate::EngineContext) -> Arc<Shared> {
+    fn shared(config: &Config, engine: &crate::capability::EngineContext) -> Arc<Shared> {
         Shared::new(*config, engine.db.clone())
-    }
-
-    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        add_to_linker(linker)
     }
 
     fn want(wants: &mut bool, _args: &[String]) {
@@ -641,9 +638,13 @@ impl crate::Capability for Kv {
     }
 
     /// The tenant is not part of the grant: kv keys every entry by the
-    /// call's tenant ([`crate::CallContext::tenant`]), which the capsule
+    /// call's tenant ([`crate::capability::CallContext::tenant`]), which the capsule
     /// cannot choose.
-    fn grant(wants: &bool, allow: &bool, scope: &crate::GrantScope<'_>) -> Option<Grant> {
+    fn grant(
+        wants: &bool,
+        allow: &bool,
+        scope: &crate::capability::GrantScope<'_>,
+    ) -> Option<Grant> {
         (*wants && *allow).then(|| Grant {
             capsule: Space::Capsule(scope.capsule.to_owned()),
             run: Some(Space::Run(scope.run.to_owned())),
@@ -659,7 +660,7 @@ impl crate::Capability for Kv {
     fn prepare(
         shared: &Arc<Shared>,
         grant: &Option<Grant>,
-        call: &crate::CallContext<'_>,
+        call: &crate::capability::CallContext<'_>,
     ) -> Result<State, std::convert::Infallible> {
         Ok(State::new(
             shared.clone(),
@@ -669,8 +670,8 @@ impl crate::Capability for Kv {
         ))
     }
 
-    fn commit(state: &mut State) -> Result<(), crate::CommitError> {
-        Ok(state.commit()?)
+    fn commit(state: &mut State) -> Result<(), CommitError> {
+        state.commit()
     }
 
     fn finish(_state: State) {}

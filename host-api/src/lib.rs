@@ -16,20 +16,22 @@
 //! [`State`] and [`Report`].
 
 pub mod bindings;
+pub mod capability;
 pub mod capabilities;
 mod compat;
 pub mod events;
 pub mod kv;
 pub mod llm;
 pub mod log;
+pub mod meter;
 pub mod storage;
 pub mod wasi;
 
 pub use capabilities::{
-    CallContext, Capability, CommitError, EngineContext, GrantScope, Grants, HasCapabilities,
-    Policy, PrepareError, Report, SectionError, Sections, Shared, State, Wants, add_to_linker,
-    provided,
+    CommitError, Grants, HasCapabilities, Policy, PrepareError, Report, SectionError, Sections,
+    Shared, State, Wants, add_to_linker, provided,
 };
+pub use capability::{CallContext, Capability, EngineContext, GrantScope};
 
 /// Identifies a call in logs, events and kv: which capsule, which run.
 #[derive(Debug, Clone)]

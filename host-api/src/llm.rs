@@ -12,7 +12,6 @@
 //! The host function blocks the calling (wasm) thread for at most the
 //! provider's `timeout_ms`; it never runs inside an async runtime.
 
-mod meter;
 mod provider;
 mod tokens;
 
@@ -21,10 +20,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasSelf, Linker};
 
-pub use self::{
-    meter::{Meter, Metered, NoMeter, Reservation, Spender, cost_micros},
-    provider::ProviderError,
-};
+pub use self::provider::ProviderError;
 use self::{
     provider::{Provider, WireMessage, WireRequest},
     tokens::Tokenizer,
@@ -32,6 +28,7 @@ use self::{
 use crate::bindings::soma::capsule::llm::{
     self as wit, ChatRequest, Completion, LlmError, Role, Usage,
 };
+pub use crate::meter::{Meter, Metered, NoMeter, Reservation, Spender, cost_micros};
 
 /// Default request cap (sum of message bytes).
 const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -361,7 +358,7 @@ pub struct Service {
     meter: Arc<dyn Meter>,
 }
 
-impl crate::Capability for Llm {
+impl crate::capability::Capability for Llm {
     const NAME: &'static str = "llm";
     const INTERFACES: &'static [&'static str] = &["llm"];
     type Config = Config;
@@ -374,6 +371,7 @@ impl crate::Capability for Llm {
     type Grant = Grant;
     type State = State;
     type PrepareError = std::convert::Infallible;
+    type CommitError = std::convert::Infallible;
     type Report = ();
 
     fn check(config: &Config) -> Result<(), ConfigError> {
@@ -381,16 +379,12 @@ impl crate::Capability for Llm {
     }
 
     /// Reads one environment variable per provider (its API key).
-    fn shared(config: &Config, engine: &crate::EngineContext) -> Service {
+    fn shared(config: &Config, engine: &crate::capability::EngineContext) -> Service {
         Service {
             config: config.clone(),
             shared: Shared::new(config.clone()),
             meter: engine.meter.clone(),
         }
-    }
-
-    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        add_to_linker(linker)
     }
 
     fn want(wants: &mut Vec<String>, args: &[String]) {
@@ -405,7 +399,11 @@ impl crate::Capability for Llm {
         out.extend(wants.iter().map(|m| format!("{}:{m}", Self::NAME)));
     }
 
-    fn grant(wants: &Vec<String>, allowed: &Vec<String>, _scope: &crate::GrantScope<'_>) -> Grant {
+    fn grant(
+        wants: &Vec<String>,
+        allowed: &Vec<String>,
+        _scope: &crate::capability::GrantScope<'_>,
+    ) -> Grant {
         Grant {
             models: wants
                 .iter()
@@ -419,7 +417,7 @@ impl crate::Capability for Llm {
     fn prepare(
         service: &Service,
         grant: &Grant,
-        call: &crate::CallContext<'_>,
+        call: &crate::capability::CallContext<'_>,
     ) -> Result<State, std::convert::Infallible> {
         Ok(State::new(
             &service.config,

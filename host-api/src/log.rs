@@ -184,7 +184,7 @@ pub trait LogView {
 #[derive(Debug, Clone, Copy)]
 pub struct Log;
 
-impl crate::Capability for Log {
+impl crate::capability::Capability for Log {
     const NAME: &'static str = "log";
     const INTERFACES: &'static [&'static str] = &["log"];
     type Config = Config;
@@ -195,6 +195,7 @@ impl crate::Capability for Log {
     type Grant = ();
     type State = State;
     type PrepareError = std::convert::Infallible;
+    type CommitError = std::convert::Infallible;
     /// The lines kept and the number dropped.
     type Report = (Vec<LogLine>, u32);
 
@@ -202,25 +203,21 @@ impl crate::Capability for Log {
         Ok(())
     }
 
-    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+    fn shared(config: &Config, _engine: &crate::capability::EngineContext) -> Config {
         *config
-    }
-
-    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        add_to_linker(linker)
     }
 
     fn want(_wants: &mut (), _args: &[String]) {}
 
     fn describe_wants(_wants: &(), _out: &mut Vec<String>) {}
 
-    fn grant(_wants: &(), _policy: &(), _scope: &crate::GrantScope<'_>) {}
+    fn grant(_wants: &(), _policy: &(), _scope: &crate::capability::GrantScope<'_>) {}
 
     /// Two `Arc` clones (the capsule's name and the run id).
     fn prepare(
         config: &Config,
         _grant: &(),
-        call: &crate::CallContext<'_>,
+        call: &crate::capability::CallContext<'_>,
     ) -> Result<State, std::convert::Infallible> {
         Ok(State::new(
             *config,

@@ -274,7 +274,7 @@ impl Wasi {
     }
 }
 
-impl crate::Capability for Wasi {
+impl crate::capability::Capability for Wasi {
     const NAME: &'static str = "dir";
     const INTERFACES: &'static [&'static str] = &[];
     type Config = Config;
@@ -289,6 +289,7 @@ impl crate::Capability for Wasi {
     type Grant = Vec<DirGrant>;
     type State = State;
     type PrepareError = PreopenError;
+    type CommitError = std::convert::Infallible;
     /// Captured stdout and stderr.
     type Report = (String, String);
 
@@ -296,12 +297,8 @@ impl crate::Capability for Wasi {
         Ok(())
     }
 
-    fn shared(config: &Config, _engine: &crate::EngineContext) -> Config {
+    fn shared(config: &Config, _engine: &crate::capability::EngineContext) -> Config {
         *config
-    }
-
-    fn add_to_linker<T: crate::HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-        add_to_linker(linker)
     }
 
     fn want(wants: &mut Vec<String>, args: &[String]) {
@@ -317,7 +314,11 @@ impl crate::Capability for Wasi {
     }
 
     /// Nothing until the caller offers directories.
-    fn grant(_wants: &Vec<String>, _policy: &(), _scope: &crate::GrantScope<'_>) -> Vec<DirGrant> {
+    fn grant(
+        _wants: &Vec<String>,
+        _policy: &(),
+        _scope: &crate::capability::GrantScope<'_>,
+    ) -> Vec<DirGrant> {
         Vec::new()
     }
 
@@ -325,7 +326,7 @@ impl crate::Capability for Wasi {
     fn prepare(
         config: &Config,
         grant: &Vec<DirGrant>,
-        _call: &crate::CallContext<'_>,
+        _call: &crate::capability::CallContext<'_>,
     ) -> Result<State, PreopenError> {
         State::new(config, grant)
     }

@@ -798,33 +798,14 @@ pub struct Known {
 
 /// The tolerated cycles. The check fails when one of them changes (a
 /// module joins or leaves it) or disappears, so this list only shrinks.
-pub const KNOWN: &[Known] = &[
-    Known {
-        krate: "runtime/src/lib.rs",
-        modules: &["call", "capsule", "engine"],
-        why: "the wasm core: `Engine` caches `Capsule`s, `Capsule::link` describes itself \
+pub const KNOWN: &[Known] = &[Known {
+    krate: "runtime/src/lib.rs",
+    modules: &["call", "capsule", "engine"],
+    why: "the wasm core: `Engine` caches `Capsule`s, `Capsule::link` describes itself \
           through `Engine::describe` (call.rs), and `LoadError::Describe` holds a \
           `call::Failure`. Removing it moves `Failure` below `capsule` and the capsule \
           cache out of `Engine` (issue 13's capability and contract slices rewrite both)",
-    },
-    Known {
-        krate: "host-api/src/lib.rs",
-        modules: &[
-            "capabilities",
-            "compat",
-            "events",
-            "kv",
-            "llm",
-            "log",
-            "wasi",
-        ],
-        why: "each capability implements `Capability`, defined beside the composition in \
-          capabilities.rs, which names every capability; the trait's contexts name \
-          `llm::Meter`/`llm::Spender`. Removing it moves the trait and its contexts to a \
-          `capability` module below the capabilities, the meter types out of `llm`, and \
-          `add_to_linker`/`commit`'s error out of the trait",
-    },
-];
+}];
 
 /// Split `cycles` into failures (new or changed cycles, and known ones that
 /// are gone) and notes (known cycles still present).

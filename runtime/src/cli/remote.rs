@@ -196,12 +196,27 @@ pub(crate) fn dag_run(
             eprintln!("{line}");
         }
     })?;
-    dag_status(remote, &run, json)
+    // The event stream ends when the run's last event is journaled; the
+    // run's view turns from live to its report a moment later, once the
+    // driver has let go of it. Ask until it has (bounded), so the output
+    // is printed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut view: RunView = remote.get(&format!("/v1/runs/{run}"))?;
+    while matches!(view, RunView::Live(_)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        view = remote.get(&format!("/v1/runs/{run}"))?;
+    }
+    print_view(view, &run, json)
 }
 
 /// `soma dag status RUN --server URL`.
 pub(crate) fn dag_status(remote: &Remote, run: &str, json: bool) -> anyhow::Result<Code> {
     let view: RunView = remote.get(&format!("/v1/runs/{run}"))?;
+    print_view(view, run, json)
+}
+
+/// Print a run's view (its report, or where it is) and give its exit code.
+fn print_view(view: RunView, run: &str, json: bool) -> anyhow::Result<Code> {
     let phase = view.phase();
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
