@@ -395,8 +395,10 @@ impl Drop for Bystander {
 
 /// Assert that a bystander measured during an attack kept working: no
 /// failures, and its median within `factor` × the idle median (with a
-/// 2 ms floor on the idle figure: sub-millisecond medians make ratios
-/// meaningless on a loaded 2-core machine).
+/// 5 ms floor on the idle figure: on a 2-core machine an attacker that is
+/// *allowed* to burn one core — a fuel-limited loop — legitimately adds a
+/// few milliseconds of scheduling delay; starvation, what these tests look
+/// for, shows up as hundreds of milliseconds or failed calls).
 pub fn assert_unharmed(idle: &Latencies, during: &Latencies, factor: f64) {
     assert!(
         during.failed.is_empty(),
@@ -407,7 +409,7 @@ pub fn assert_unharmed(idle: &Latencies, during: &Latencies, factor: f64) {
         !during.ok.is_empty(),
         "the other tenant made no call during the attack"
     );
-    let base = idle.median().max(Duration::from_millis(2));
+    let base = idle.median().max(Duration::from_millis(5));
     let seen = during.median();
     assert!(
         seen.as_secs_f64() <= base.as_secs_f64() * factor,
