@@ -564,7 +564,10 @@ async fn call_run(
             .unwrap_or(Err(crate::ledger::LedgerError::WriterStopped));
         if let Err(e) = recorded {
             outcome.result = Err(crate::Failure::Host {
-                message: format!("could not record the call in the ledger: {e}"),
+                message: format!(
+                    "could not record the call in the ledger: {}",
+                    super::error_chain(&e)
+                ),
             });
         }
     }
@@ -1135,7 +1138,7 @@ pub(super) async fn get_budgets(
             .engine
             .metering()
             .list_budgets()
-            .map_err(ApiError::internal)?;
+            .map_err(|e| ApiError::failed(&e))?;
         let journal = Journal::new(d.engine.data().database().clone());
         let own = budget::Scope::Tenant(tenant.clone());
         let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
@@ -1205,7 +1208,7 @@ pub(super) async fn put_budget(
     tokio::task::spawn_blocking(move || engine.metering().set_limit(scope, limit))
         .await
         .map_err(|e| ApiError::failed(&e))?
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::failed(&e))?;
     Ok(Json(BudgetSet { scope: key, limit }))
 }
 

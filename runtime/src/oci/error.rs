@@ -156,9 +156,10 @@ pub enum OciError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The node database could not be opened or updated.
-    #[error("blob index error: {0}")]
-    Database(String),
+    /// The node database could not be opened or updated (the cause is the
+    /// source: `{e:#}` prints "blob index error: …").
+    #[error("blob index error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The async runtime for registry I/O could not be started.
     #[error("cannot start the registry client runtime: {0}")]
     Runtime(std::io::Error),
