@@ -497,12 +497,30 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
     let other = json!({"name": "x", "reference": format!("{}/globex/echo:1", registry.host())});
     let (s, v) = post(&d, "/v1/capsules/pull", &admin, &other);
     assert_eq!(s, 502, "{v}");
+    // A malformed reference is the request's fault: 400, naming the field
+    // and the accepted forms; nothing is contacted or added.
+    for bad in ["", "calc", "reg/Calc", "reg/calc@sha256:abc", "re g/calc"] {
+        let (s, v) = post(
+            &d,
+            "/v1/capsules/pull",
+            &admin,
+            &json!({"name": "bad", "reference": bad}),
+        );
+        assert_eq!(s, 400, "{bad:?}: {v}");
+        assert_eq!(v["error"]["code"], "bad-request", "{v}");
+        assert_eq!(v["error"]["field"], "reference", "{v}");
+        let message = v["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("registry[:port]/repository[:tag][@sha256:<hex>]"),
+            "{message}"
+        );
+    }
     let (_, list) = get(&d, "/v1/capsules", &acme);
     assert!(
         list.as_array()
             .expect("list")
             .iter()
-            .all(|c| c["name"] != "x")
+            .all(|c| c["name"] != "x" && c["name"] != "bad")
     );
 }
 

@@ -408,6 +408,7 @@ pub(super) async fn openapi(State(daemon): State<Arc<Daemon>>) -> Response {
     request_body = PullRequest,
     responses(
         (status = 201, description = "Pulled through the trust policy and served under `name`", body = PulledCapsule),
+        (status = 400, description = "The body is not a pull request, or `reference` is not a registry reference (`field` names it)", body = ErrorBody),
         (status = 502, description = "The registry or the trust policy refused it", body = ErrorBody),
     ),
     extensions(("x-soma-scope" = json!("operator"))))]
@@ -422,12 +423,26 @@ pub(super) async fn pull_capsule(
         ));
     }
     let req: PullRequest = parse(body)?;
+    // A malformed reference is the request's fault (400, naming the field
+    // and the accepted forms), not the registry's (502).
+    if let Err(e) = crate::oci::Reference::parse(&req.reference) {
+        return Err(ApiError::bad(
+            format!("`reference`: {e}"),
+            Some("reference"),
+        ));
+    }
     let engine = daemon.engine.clone();
     let reference = req.reference.clone();
     let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
         .await
         .map_err(|e| ApiError::failed(&e))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "pull-failed",
+                super::error_chain(&e),
+            )
+        })?;
     let (capsule, origin) = (pulled.capsule, pulled.pinned.to_string());
     let digest = capsule.digest().to_string();
     // Runs that pinned a capsule this replaces keep it (by digest).

@@ -27,8 +27,10 @@ pub enum OciError {
     #[error("refusing to push (nothing was uploaded)")]
     Invalid(#[from] LoadError),
     /// The trust policy refused the artifact (unsigned, wrong key, signature
-    /// for another digest); nothing was downloaded or cached.
-    #[error("refused by the trust policy: {0}")]
+    /// for another digest); nothing was downloaded or cached. The message
+    /// leaves the cause to the source, so `{e:#}` prints it once: "refused
+    /// by the trust policy: … is not signed: …".
+    #[error("refused by the trust policy")]
     Untrusted(#[from] VerifyError),
     /// The registry wants credentials, or refused the ones given (HTTP 401).
     #[error(
