@@ -567,3 +567,59 @@ fn every_documented_operation_is_served_and_nothing_else_on_its_paths() {
     }
     assert!(served >= 16, "only {served} operations documented");
 }
+
+/// A client that has seen a run's last event gets the run's report from
+/// `GET /v1/runs/{id}` right away — never the live view. Many short runs,
+/// from a few threads at once, each read right after its terminal SSE
+/// event (the old order — the live summary updated after the events were
+/// published, and not at all when the stream read them from the journal
+/// first — answered some of these with `running`).
+#[test]
+fn a_runs_view_has_its_report_as_soon_as_its_last_event_is_streamed() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let d = start(dir.path(), "");
+    let spec = json!({
+        "name": "short",
+        "capsules": {"calc": "calculator"},
+        "nodes": [{"id": "a", "capsule": "calc", "input": {"expr": "6*7"}}],
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let http = client();
+                for _ in 0..25 {
+                    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
+                    assert_eq!(s, 202, "{v}");
+                    let run = v["run"].as_str().expect("run").to_owned();
+                    let stream = http
+                        .get(format!("{}/v1/runs/{run}/events", d.url))
+                        .bearer_auth(&acme)
+                        .send()
+                        .expect("sse");
+                    let mut finished = false;
+                    for line in std::io::BufReader::new(stream).lines() {
+                        if line.expect("line") == "event: finished" {
+                            finished = true;
+                            break;
+                        }
+                    }
+                    assert!(finished, "{run}: the stream ended without `finished`");
+                    let view: Value = http
+                        .get(format!("{}/v1/runs/{run}", d.url))
+                        .bearer_auth(&acme)
+                        .send()
+                        .expect("get")
+                        .json()
+                        .expect("json");
+                    assert_eq!(view["status"], "succeeded", "{run}: {view}");
+                    assert!(
+                        view["timeline"].as_array().is_some_and(|t| t.len() == 1),
+                        "{run}: the view is not the report: {view}"
+                    );
+                }
+            });
+        }
+    });
+}

@@ -807,6 +807,26 @@ fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError
     Ok((state, history))
 }
 
+/// A run's summary row from the journal (`None`: not journaled). One row
+/// read on the blocking pool; no history replay.
+async fn journaled_summary(
+    daemon: &Arc<Daemon>,
+    run: &str,
+) -> Result<Option<crate::dag::journal::RunSummary>, ApiError> {
+    let d = daemon.clone();
+    let run = run.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        Journal::new(d.engine.data().database().clone()).summary(&run)
+    })
+    .await
+    .map_err(|e| ApiError::failed(&e))?;
+    match summary {
+        Ok(s) => Ok(Some(s)),
+        Err(JournalError::NotFound(_)) => Ok(None),
+        Err(e) => Err(ApiError::failed(&e)),
+    }
+}
+
 fn visible(p: &Principal, tenant: &str) -> bool {
     p.sees_tenant(tenant)
 }
@@ -833,14 +853,25 @@ pub(super) async fn get_run(
         if !visible(&p, &live.tenant) {
             return Err(missing());
         }
-        let summary = live
+        let taken = live
             .summary
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        // A run that has just finished is answered from the journal below.
-        let status = summary.as_ref().map_or(RunPhase::Queued, |s| s.status);
+            .is_some();
+        // The journal is the one source of truth for where a run is: its
+        // summary row is written in the same transaction as the events, so
+        // a client that has seen the run's last event (over SSE, read from
+        // the journal or published after the commit) finds the run finished
+        // here too, and gets the report from the journal below.
+        let summary = journaled_summary(&daemon, &id).await?;
+        let status = match &summary {
+            Some(s) if !matches!(s.status, RunPhase::Queued | RunPhase::Running) => s.status,
+            _ if !taken => RunPhase::Queued,
+            Some(s) => s.status,
+            None => RunPhase::Queued,
+        };
         if matches!(status, RunPhase::Queued | RunPhase::Running) {
+            let summary = summary.filter(|_| taken);
             return Ok(Json(DagRunLive {
                 run: id,
                 kind: RunKind::Dag,
