@@ -438,6 +438,62 @@ fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
         String::from_utf8_lossy(&out.stdout).trim(),
         r#"{"value":98}"#
     );
+    // The resolver's printed form of a catalog name works too.
+    let out = remote(&[
+        "run",
+        "catalog:calculator",
+        "--input",
+        r#"{"expr":"2*(3+4)^2"}"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"value":98}"#
+    );
+    // --json prints the daemon's answer as sent: its keys in its order.
+    let out = remote(&[
+        "run",
+        "catalog:calculator",
+        "--input",
+        r#"{"expr":"1+1"}"#,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let printed_value: Value = serde_json::from_str(&printed).expect("json");
+    assert_eq!(printed_value["output"], json!({"value": 2}), "{printed}");
+    let top_keys = |text: &str| -> Vec<String> {
+        // Top-level keys in the order the text has them.
+        let v: Value = serde_json::from_str(text).expect("json");
+        let mut keys: Vec<(usize, String)> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| (text.find(&format!("\"{k}\"")).expect("key"), k.clone()))
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k).collect()
+    };
+    let raw = client()
+        .post(format!("{}/v1/runs", d.url))
+        .bearer_auth(&acme)
+        .header("content-type", "application/json")
+        .body(r#"{"capsule":"calculator","input":{"expr":"1+1"}}"#)
+        .send()
+        .expect("post")
+        .text()
+        .expect("body");
+    assert_eq!(top_keys(&printed), top_keys(&raw), "{printed}\n{raw}");
+    assert_eq!(
+        top_keys(&raw)[..2],
+        ["run".to_owned(), "kind".to_owned()],
+        "ids first: {raw}"
+    );
     let spec = dir.path().join("kamachiq.json");
     std::fs::write(&spec, kamachiq_spec().to_string()).expect("spec");
     let out = remote(&["dag", "run", spec.to_str().expect("utf-8")]);
