@@ -393,11 +393,12 @@ impl BudgetLedger {
         if micros == 0 {
             return Ok(None);
         }
-        self.ensure_loaded()
-            .map_err(|e| format!(
+        self.ensure_loaded().map_err(|e| {
+            format!(
                 "budgets are unavailable: {}",
                 soma_host_api::error_chain(&e)
-            ))?;
+            )
+        })?;
         let hold = self
             .accounts
             .budgets
@@ -622,11 +623,12 @@ impl Drop for BudgetLedger {
 
 impl llm::Meter for BudgetLedger {
     fn reserve(&self, spender: &Spender, tokens: u64, micros: u64) -> Result<Reservation, String> {
-        self.ensure_loaded()
-            .map_err(|e| format!(
+        self.ensure_loaded().map_err(|e| {
+            format!(
                 "budgets are unavailable: {}",
                 soma_host_api::error_chain(&e)
-            ))?;
+            )
+        })?;
         let hold = self
             .accounts
             .budgets
