@@ -9,53 +9,92 @@
 //! budget can never together pass it by more than the error of one
 //! reservation (a provider that reports more prompt tokens than estimated).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use soma_host_api::storage::OpenError;
+
+use crate::ledger::LedgerError;
+
+/// Why the stored budgets could not be read, written or rebuilt. Cheap to
+/// clone (the first failure to load is kept and answered again); the
+/// sources are kept, so a chain printer shows each cause once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BudgetError {
+    /// The node database could not be opened (its message names the file,
+    /// the cause and what to do).
+    #[error(transparent)]
+    Open(Arc<OpenError>),
+    /// redb failed on the budget table.
+    #[error(
+        "the stored budgets could not be read or written (check free disk space and permissions of the --data directory)"
+    )]
+    Store(#[source] Arc<redb::Error>),
+    /// A limit could not be encoded.
+    #[error("a budget limit could not be encoded")]
+    Encode(#[source] Arc<serde_json::Error>),
+    /// What a budget has spent could not be rebuilt from the ledger.
+    #[error("cannot rebuild what the budgets have spent from the ledger")]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<OpenError> for BudgetError {
+    fn from(e: OpenError) -> Self {
+        Self::Open(Arc::new(e))
+    }
+}
+
+fn store_err(e: impl Into<redb::Error>) -> BudgetError {
+    BudgetError::Store(Arc::new(e.into()))
+}
 
 /// Scope key → [`Limit`] as JSON. Spending is not stored here: it is rebuilt
 /// from the ledger, which is the one durable record of what was charged.
 const BUDGETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("budgets");
 
 /// Store `limit` for `scope` durably (`None` removes the budget).
-pub fn save(db: &redb::Database, scope: &Scope, limit: Option<&Limit>) -> Result<(), String> {
+pub fn save(db: &redb::Database, scope: &Scope, limit: Option<&Limit>) -> Result<(), BudgetError> {
     save_all(db, &[(scope.clone(), limit.copied())])
 }
 
 /// Store (or remove, `None`) many budgets in one durable transaction.
 /// Cost: one fsync'd commit however many there are.
-pub fn save_all(db: &redb::Database, limits: &[(Scope, Option<Limit>)]) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+pub fn save_all(db: &redb::Database, limits: &[(Scope, Option<Limit>)]) -> Result<(), BudgetError> {
+    let txn = db.begin_write().map_err(store_err)?;
     {
-        let mut t = txn.open_table(BUDGETS).map_err(|e| e.to_string())?;
+        let mut t = txn.open_table(BUDGETS).map_err(store_err)?;
         for (scope, limit) in limits {
             match limit {
                 Some(l) => {
-                    let json = serde_json::to_vec(l).map_err(|e| e.to_string())?;
+                    let json =
+                        serde_json::to_vec(l).map_err(|e| BudgetError::Encode(Arc::new(e)))?;
                     t.insert(scope.key().as_str(), json.as_slice())
-                        .map_err(|e| e.to_string())?;
+                        .map_err(store_err)?;
                 }
                 None => {
-                    t.remove(scope.key().as_str()).map_err(|e| e.to_string())?;
+                    t.remove(scope.key().as_str()).map_err(store_err)?;
                 }
             }
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit().map_err(store_err)
 }
 
 /// Every stored budget.
-pub fn load(db: &redb::Database) -> Result<Vec<(Scope, Limit)>, String> {
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
+pub fn load(db: &redb::Database) -> Result<Vec<(Scope, Limit)>, BudgetError> {
+    let txn = db.begin_read().map_err(store_err)?;
     let t = match txn.open_table(BUDGETS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(store_err(e)),
     };
     let mut out = Vec::new();
-    for item in t.iter().map_err(|e| e.to_string())? {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+    for item in t.iter().map_err(store_err)? {
+        let (k, v) = item.map_err(store_err)?;
         if let (Some(scope), Ok(limit)) =
             (Scope::parse(k.value()), serde_json::from_slice(v.value()))
         {
@@ -358,7 +397,7 @@ mod tests {
 
     #[test]
     fn sixteen_threads_never_pass_the_budget() {
-        let b = std::sync::Arc::new(Budgets::default());
+        let b = Arc::new(Budgets::default());
         let run = Scope::Run("shared".into());
         b.set_limit(
             run.clone(),

@@ -40,7 +40,7 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
-use soma_host_api::storage::LazyDatabase;
+use soma_host_api::storage::{LazyDatabase, OpenError};
 
 pub use civil::{civil_from_days, day_of, days_from_civil};
 pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
@@ -356,17 +356,21 @@ impl IntegrityReport {
     }
 }
 
-/// Why a ledger operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a ledger operation failed. Cheap to clone (a failed group commit
+/// answers every waiter of its batch with the same error): the sources are
+/// shared, not stringified, so a chain printer (`{:#}`, `error_chain`)
+/// shows each cause once.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
-    /// The database could not be opened.
-    #[error("{0}")]
-    Open(String),
+    /// The database could not be opened (its message names the file, the
+    /// cause and what to do).
+    #[error(transparent)]
+    Open(Arc<OpenError>),
     /// redb failed.
     #[error(
-        "the ledger database failed: {0} (check free disk space and permissions of the --data directory)"
+        "the ledger database failed (check free disk space and permissions of the --data directory)"
     )]
-    Database(String),
+    Database(#[source] Arc<redb::Error>),
     /// A stored entry cannot be decoded.
     #[error(
         "ledger entry {id} is unreadable: {reason} (run the integrity check and restore the database from a backup)"
@@ -382,7 +386,7 @@ pub enum LedgerError {
     InvalidEntry {
         /// Position in the batch.
         index: usize,
-        /// Why.
+        /// Why (a validation rule, not an error of another library).
         reason: String,
     },
     /// A day argument is not `YYYY-MM-DD`.
@@ -395,17 +399,21 @@ pub enum LedgerError {
     #[error("cannot forecast {0} days; ask for at most {MAX_FORECAST_DAYS}")]
     ForecastTooLong(u32),
     /// The group-commit thread could not be started.
-    #[error(
-        "cannot start the ledger writer thread: {0} (the process may be out of threads or memory)"
-    )]
-    WriterSpawn(String),
+    #[error("cannot start the ledger writer thread (the process may be out of threads or memory)")]
+    WriterSpawn(#[source] Arc<std::io::Error>),
     /// The group-commit thread is gone (it panicked).
     #[error("the ledger writer thread has stopped; start a new one with Ledger::writer()")]
     WriterStopped,
 }
 
-fn db_err(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Database(e.to_string())
+impl From<OpenError> for LedgerError {
+    fn from(e: OpenError) -> Self {
+        Self::Open(Arc::new(e))
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> LedgerError {
+    LedgerError::Database(Arc::new(e.into()))
 }
 
 /// The ledger over a node database. Cheap to clone.
@@ -447,10 +455,7 @@ impl Ledger {
     }
 
     fn read(&self) -> Result<ReadTransaction, LedgerError> {
-        let db = self
-            .db
-            .get()
-            .map_err(|e| LedgerError::Open(e.to_string()))?;
+        let db = self.db.get().map_err(LedgerError::from)?;
         db.begin_read().map_err(db_err)
     }
 
@@ -542,10 +547,7 @@ impl Ledger {
                 Err(e) => return Err(db_err(e)),
             }
         }
-        let db = self
-            .db
-            .get()
-            .map_err(|e| LedgerError::Open(e.to_string()))?;
+        let db = self.db.get().map_err(LedgerError::from)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut meta = txn.open_table(LEDGER_META).map_err(db_err)?;
@@ -983,7 +985,7 @@ impl OwnedDailyKey {
 /// Apply each batch of `requests` in one write transaction with immediate
 /// durability; one [`Appended`] per request. Entries must be validated.
 fn write_batch(db: &LazyDatabase, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
-    let db = db.get().map_err(|e| LedgerError::Open(e.to_string()))?;
+    let db = db.get().map_err(LedgerError::from)?;
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
     let results = write_in(&txn, requests)?;

@@ -22,7 +22,7 @@ use soma_host_api::{
 };
 
 use crate::{
-    budget::{Budgets, Hold, Limit, Scope},
+    budget::{BudgetError, Budgets, Hold, Limit, Scope},
     ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerWriter},
 };
 
@@ -54,12 +54,12 @@ impl Default for LedgerConfig {
 pub struct BudgetLedger {
     config: LedgerConfig,
     ledger: Ledger,
-    writer: OnceLock<Result<LedgerWriter, String>>,
+    writer: OnceLock<Result<LedgerWriter, LedgerError>>,
     /// What settles a committed charge; shared with the ledger writer's
     /// thread, which settles charges committed for callers that left.
     accounts: Accounts,
     next_hold: AtomicU64,
-    loaded: OnceLock<Result<(), String>>,
+    loaded: OnceLock<Result<(), BudgetError>>,
     db: Arc<LazyDatabase>,
 }
 
@@ -225,14 +225,14 @@ impl BudgetLedger {
     /// capsule) and one indexed read of each budgeted run's entries —
     /// independent of the rest of the ledger and of the number of budgets
     /// per run.
-    fn ensure_loaded(&self) -> Result<(), String> {
+    fn ensure_loaded(&self) -> Result<(), BudgetError> {
         self.loaded
             .get_or_init(|| {
-                let db = self.db.get().map_err(|e| e.to_string())?;
+                let db = self.db.get()?;
                 let stored = crate::budget::load(&db)?;
                 let mut spent = Spent::new(&self.ledger);
                 for (scope, limit) in stored {
-                    let (tokens, micros) = spent.of(&scope).map_err(|e| e.to_string())?;
+                    let (tokens, micros) = spent.of(&scope)?;
                     self.accounts.budgets.set_limit(scope.clone(), limit);
                     self.accounts.budgets.add_spent(scope, tokens, micros);
                 }
@@ -242,39 +242,39 @@ impl BudgetLedger {
     }
 
     /// Set (`Some`) or remove (`None`) the budget of `scope`, durably.
-    pub fn set_limit(&self, scope: Scope, limit: Option<Limit>) -> Result<(), String> {
+    pub fn set_limit(&self, scope: Scope, limit: Option<Limit>) -> Result<(), BudgetError> {
         self.set_limits(vec![(scope, limit)])
     }
 
     /// Set or remove many budgets in one durable transaction (a DAG run's
     /// run and node budgets). Cost: one commit, plus one indexed read of
     /// each distinct run's ledger entries.
-    pub fn set_limits(&self, limits: Vec<(Scope, Option<Limit>)>) -> Result<(), String> {
+    pub fn set_limits(&self, limits: Vec<(Scope, Option<Limit>)>) -> Result<(), BudgetError> {
         if limits.is_empty() {
             return Ok(());
         }
         self.ensure_loaded()?;
-        let db = self.db.get().map_err(|e| e.to_string())?;
+        let db = self.db.get()?;
         crate::budget::save_all(&db, &limits)?;
         let mut spent = Spent::new(&self.ledger);
         for (scope, limit) in limits {
-            let (tokens, micros) = spent.of(&scope).map_err(|e| e.to_string())?;
+            let (tokens, micros) = spent.of(&scope)?;
             self.accounts.budgets.replace(scope, limit, tokens, micros);
         }
         Ok(())
     }
 
     /// Every budget with what it has spent and holds.
-    pub fn list_budgets(&self) -> Result<Vec<(Scope, crate::budget::Account)>, String> {
+    pub fn list_budgets(&self) -> Result<Vec<(Scope, crate::budget::Account)>, BudgetError> {
         self.ensure_loaded()?;
         Ok(self.accounts.budgets.list())
     }
 
     fn writer(&self) -> Result<&LedgerWriter, LedgerError> {
         self.writer
-            .get_or_init(|| self.ledger.writer().map_err(|e| e.to_string()))
+            .get_or_init(|| self.ledger.writer())
             .as_ref()
-            .map_err(|e| LedgerError::WriterSpawn(e.clone()))
+            .map_err(Clone::clone)
     }
 
     /// Append durably through the group-commit writer (spawned on first use).
@@ -393,8 +393,12 @@ impl BudgetLedger {
         if micros == 0 {
             return Ok(None);
         }
-        self.ensure_loaded()
-            .map_err(|e| format!("budgets are unavailable: {e}"))?;
+        self.ensure_loaded().map_err(|e| {
+            format!(
+                "budgets are unavailable: {}",
+                soma_host_api::error_chain(&e)
+            )
+        })?;
         let hold = self
             .accounts
             .budgets
@@ -619,8 +623,12 @@ impl Drop for BudgetLedger {
 
 impl llm::Meter for BudgetLedger {
     fn reserve(&self, spender: &Spender, tokens: u64, micros: u64) -> Result<Reservation, String> {
-        self.ensure_loaded()
-            .map_err(|e| format!("budgets are unavailable: {e}"))?;
+        self.ensure_loaded().map_err(|e| {
+            format!(
+                "budgets are unavailable: {}",
+                soma_host_api::error_chain(&e)
+            )
+        })?;
         let hold = self
             .accounts
             .budgets

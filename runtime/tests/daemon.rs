@@ -438,6 +438,62 @@ fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
         String::from_utf8_lossy(&out.stdout).trim(),
         r#"{"value":98}"#
     );
+    // The resolver's printed form of a catalog name works too.
+    let out = remote(&[
+        "run",
+        "catalog:calculator",
+        "--input",
+        r#"{"expr":"2*(3+4)^2"}"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"value":98}"#
+    );
+    // --json prints the daemon's answer as sent: its keys in its order.
+    let out = remote(&[
+        "run",
+        "catalog:calculator",
+        "--input",
+        r#"{"expr":"1+1"}"#,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let printed_value: Value = serde_json::from_str(&printed).expect("json");
+    assert_eq!(printed_value["output"], json!({"value": 2}), "{printed}");
+    let top_keys = |text: &str| -> Vec<String> {
+        // Top-level keys in the order the text has them.
+        let v: Value = serde_json::from_str(text).expect("json");
+        let mut keys: Vec<(usize, String)> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| (text.find(&format!("\"{k}\"")).expect("key"), k.clone()))
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k).collect()
+    };
+    let raw = client()
+        .post(format!("{}/v1/runs", d.url))
+        .bearer_auth(&acme)
+        .header("content-type", "application/json")
+        .body(r#"{"capsule":"calculator","input":{"expr":"1+1"}}"#)
+        .send()
+        .expect("post")
+        .text()
+        .expect("body");
+    assert_eq!(top_keys(&printed), top_keys(&raw), "{printed}\n{raw}");
+    assert_eq!(
+        top_keys(&raw)[..2],
+        ["run".to_owned(), "kind".to_owned()],
+        "ids first: {raw}"
+    );
     let spec = dir.path().join("kamachiq.json");
     std::fs::write(&spec, kamachiq_spec().to_string()).expect("spec");
     let out = remote(&["dag", "run", spec.to_str().expect("utf-8")]);
@@ -497,12 +553,30 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
     let other = json!({"name": "x", "reference": format!("{}/globex/echo:1", registry.host())});
     let (s, v) = post(&d, "/v1/capsules/pull", &admin, &other);
     assert_eq!(s, 502, "{v}");
+    // A malformed reference is the request's fault: 400, naming the field
+    // and the accepted forms; nothing is contacted or added.
+    for bad in ["", "calc", "reg/Calc", "reg/calc@sha256:abc", "re g/calc"] {
+        let (s, v) = post(
+            &d,
+            "/v1/capsules/pull",
+            &admin,
+            &json!({"name": "bad", "reference": bad}),
+        );
+        assert_eq!(s, 400, "{bad:?}: {v}");
+        assert_eq!(v["error"]["code"], "bad-request", "{v}");
+        assert_eq!(v["error"]["field"], "reference", "{v}");
+        let message = v["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("registry[:port]/repository[:tag][@sha256:<hex>]"),
+            "{message}"
+        );
+    }
     let (_, list) = get(&d, "/v1/capsules", &acme);
     assert!(
         list.as_array()
             .expect("list")
             .iter()
-            .all(|c| c["name"] != "x")
+            .all(|c| c["name"] != "x" && c["name"] != "bad")
     );
 }
 
@@ -548,4 +622,60 @@ fn every_documented_operation_is_served_and_nothing_else_on_its_paths() {
         }
     }
     assert!(served >= 16, "only {served} operations documented");
+}
+
+/// A client that has seen a run's last event gets the run's report from
+/// `GET /v1/runs/{id}` right away — never the live view. Many short runs,
+/// from a few threads at once, each read right after its terminal SSE
+/// event (the old order — the live summary updated after the events were
+/// published, and not at all when the stream read them from the journal
+/// first — answered some of these with `running`).
+#[test]
+fn a_runs_view_has_its_report_as_soon_as_its_last_event_is_streamed() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let d = start(dir.path(), "");
+    let spec = json!({
+        "name": "short",
+        "capsules": {"calc": "calculator"},
+        "nodes": [{"id": "a", "capsule": "calc", "input": {"expr": "6*7"}}],
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let http = client();
+                for _ in 0..25 {
+                    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
+                    assert_eq!(s, 202, "{v}");
+                    let run = v["run"].as_str().expect("run").to_owned();
+                    let stream = http
+                        .get(format!("{}/v1/runs/{run}/events", d.url))
+                        .bearer_auth(&acme)
+                        .send()
+                        .expect("sse");
+                    let mut finished = false;
+                    for line in std::io::BufReader::new(stream).lines() {
+                        if line.expect("line") == "event: finished" {
+                            finished = true;
+                            break;
+                        }
+                    }
+                    assert!(finished, "{run}: the stream ended without `finished`");
+                    let view: Value = http
+                        .get(format!("{}/v1/runs/{run}", d.url))
+                        .bearer_auth(&acme)
+                        .send()
+                        .expect("get")
+                        .json()
+                        .expect("json");
+                    assert_eq!(view["status"], "succeeded", "{run}: {view}");
+                    assert!(
+                        view["timeline"].as_array().is_some_and(|t| t.len() == 1),
+                        "{run}: the view is not the report: {view}"
+                    );
+                }
+            });
+        }
+    });
 }

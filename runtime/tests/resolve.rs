@@ -163,7 +163,9 @@ fn the_cli_and_the_daemon_refuse_an_unsigned_capsule_with_one_message() {
 
     let lib = dir.path().join("lib");
     let refusal = match resolve_in_process(&lib, &public, &reference) {
-        Err(e @ ResolveError::Oci(OciError::Untrusted(_))) => e.to_string(),
+        // The whole chain (headline, then the trust policy's reason), as
+        // the CLI (`{:#}`) and the daemon print it.
+        Err(e @ ResolveError::Oci(OciError::Untrusted(_))) => soma_runtime::daemon::error_chain(&e),
         other => panic!("expected a trust refusal, got {other:?}"),
     };
     assert!(refusal.contains("is not signed"), "{refusal}");

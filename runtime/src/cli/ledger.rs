@@ -430,15 +430,11 @@ pub(crate) fn budget(global: &Global, cmd: BudgetCommand) -> anyhow::Result<Code
                 tokens.is_some() || micros.is_some(),
                 "give --tokens and/or --micros"
             );
-            metering
-                .set_limit(scope(&s)?, Some(Limit { tokens, micros }))
-                .map_err(anyhow::Error::msg)?;
+            metering.set_limit(scope(&s)?, Some(Limit { tokens, micros }))?;
         }
-        BudgetCommand::Rm { scope: s } => metering
-            .set_limit(scope(&s)?, None)
-            .map_err(anyhow::Error::msg)?,
+        BudgetCommand::Rm { scope: s } => metering.set_limit(scope(&s)?, None)?,
         BudgetCommand::Ls { json } => {
-            let list = metering.list_budgets().map_err(anyhow::Error::msg)?;
+            let list = metering.list_budgets()?;
             if json {
                 let rows: Vec<_> = list
                     .iter()

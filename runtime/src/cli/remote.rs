@@ -11,6 +11,7 @@ use soma_runtime::daemon::contract::{
     CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest, RunView, TokenInfo,
     TokenRequest, TokenScope,
 };
+use soma_runtime::resolve::CapsuleRef;
 
 use super::exit::Code;
 
@@ -44,6 +45,16 @@ impl Remote {
         &self,
         req: reqwest::blocking::RequestBuilder,
     ) -> anyhow::Result<T> {
+        Ok(self.send_raw(req)?.0)
+    }
+
+    /// [`Remote::send`], also giving the answer's text as the daemon sent
+    /// it (for `--json`: its key order and any field this client does not
+    /// know are kept).
+    fn send_raw<T: DeserializeOwned>(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<(T, String)> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -60,7 +71,7 @@ impl Remote {
                 Err(_) => anyhow::anyhow!("the daemon answered {status} : {text}"),
             });
         }
-        serde_json::from_str(&text).with_context(|| {
+        let value = serde_json::from_str(&text).with_context(|| {
             format!(
                 "the daemon's answer is not the expected {}: {}",
                 std::any::type_name::<T>()
@@ -69,7 +80,20 @@ impl Remote {
                     .unwrap_or("type"),
                 clip(&text)
             )
-        })
+        })?;
+        Ok((value, text))
+    }
+
+    fn post_request(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<reqwest::blocking::RequestBuilder> {
+        Ok(self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(body)?))
     }
 
     pub(crate) fn post<T: DeserializeOwned>(
@@ -77,16 +101,25 @@ impl Remote {
         path: &str,
         body: &impl Serialize,
     ) -> anyhow::Result<T> {
-        let req = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(serde_json::to_string(body)?);
-        self.send(req)
+        self.send(self.post_request(path, body)?)
+    }
+
+    /// [`Remote::post`], also giving the answer's text as sent.
+    fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<(T, String)> {
+        self.send_raw(self.post_request(path, body)?)
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.client.get(format!("{}{path}", self.url)))
+    }
+
+    /// [`Remote::get`], also giving the answer's text as sent.
+    fn get_raw<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, String)> {
+        self.send_raw(self.client.get(format!("{}{path}", self.url)))
     }
 
     /// Follow a run's Server-Sent Events until the stream ends.
@@ -122,16 +155,100 @@ fn clip(text: &str) -> String {
     }
 }
 
+/// The catalog name `text` names: `catalog:NAME` (the resolver's printed
+/// form of [`CapsuleRef::Catalog`]) or the bare `NAME`. A pinned
+/// `catalog:NAME@sha256:…` is refused: the daemon calls the component its
+/// catalog holds under the name now.
+fn catalog_name(text: &str) -> anyhow::Result<String> {
+    if !text.starts_with("catalog:") {
+        return Ok(text.to_owned());
+    }
+    match text.parse::<CapsuleRef>()? {
+        CapsuleRef::Catalog { name, digest: None } => Ok(name),
+        CapsuleRef::Catalog {
+            name,
+            digest: Some(digest),
+        } => anyhow::bail!(
+            "`soma run --server` calls the component the daemon's catalog holds under `{name}` now, \
+             so it cannot pin {digest}: drop the `@{digest}` (the answer names the digest it called)"
+        ),
+        other => anyhow::bail!("{other} is not a catalog name; give NAME or catalog:NAME"),
+    }
+}
+
+/// `text` (JSON) indented as `serde_json::to_string_pretty` would, keeping
+/// its key order and every field. Text that is not JSON is returned as is.
+/// Cost: one pass over the text.
+fn pretty(text: &str) -> String {
+    let text = text.trim();
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                    chars.next();
+                }
+                if let Some(&close) = chars.peek().filter(|&&n| n == '}' || n == ']') {
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `soma run NAME --server URL`: call a catalog capsule on the daemon.
 pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> anyhow::Result<Code> {
     let input: Value =
         serde_json::from_str(input).unwrap_or_else(|_| Value::String(input.to_owned()));
     let request = RunRequest {
-        capsule: Some(capsule.to_owned()),
+        capsule: Some(catalog_name(capsule)?),
         input: Some(input),
         ..RunRequest::default()
     };
-    let report = match remote.post("/v1/runs", &request)? {
+    let (created, text) = remote.post_raw("/v1/runs", &request)?;
+    let report = match created {
         RunCreated::Call(report) => report,
         RunCreated::Dag(accepted) => anyhow::bail!(
             "the daemon started DAG run {} instead of calling capsule `{capsule}`",
@@ -143,7 +260,7 @@ pub(crate) fn run(remote: &Remote, capsule: &str, input: &str, json: bool) -> an
         .as_ref()
         .map_or(Code::Ok, |f| Code::of_class(f.class));
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", pretty(&text));
     } else if report.ok {
         let out = report.output.as_ref().unwrap_or(&Value::Null);
         let text = out.as_str().map_or_else(|| out.to_string(), str::to_owned);
@@ -196,33 +313,30 @@ pub(crate) fn dag_run(
             eprintln!("{line}");
         }
     })?;
-    // The event stream ends when the run's last event is journaled; the
-    // run's view turns from live to its report a moment later, once the
-    // driver has let go of it. Ask until it has (bounded), so the output
-    // is printed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut view: RunView = remote.get(&format!("/v1/runs/{run}"))?;
-    while matches!(view, RunView::Live(_)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        view = remote.get(&format!("/v1/runs/{run}"))?;
-    }
-    print_view(view, &run, json)
+    // The event stream ends after the run's last event, which is read from
+    // the journal or published after its commit; the daemon answers a run's
+    // view from the journal's summary, written in that same commit, so the
+    // view already carries the report: no waiting. (A stream that ended
+    // without `finished` — the daemon stopping — shows the run as running.)
+    let (view, text) = remote.get_raw(&format!("/v1/runs/{run}"))?;
+    print_view(&view, &text, &run, json)
 }
 
 /// `soma dag status RUN --server URL`.
 pub(crate) fn dag_status(remote: &Remote, run: &str, json: bool) -> anyhow::Result<Code> {
-    let view: RunView = remote.get(&format!("/v1/runs/{run}"))?;
-    print_view(view, run, json)
+    let (view, text) = remote.get_raw(&format!("/v1/runs/{run}"))?;
+    print_view(&view, &text, run, json)
 }
 
-/// Print a run's view (its report, or where it is) and give its exit code.
-fn print_view(view: RunView, run: &str, json: bool) -> anyhow::Result<Code> {
+/// Print a run's view (its report, or where it is; with `--json`, `text`,
+/// as the daemon sent it) and give its exit code.
+fn print_view(view: &RunView, text: &str, run: &str, json: bool) -> anyhow::Result<Code> {
     let phase = view.phase();
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        println!("{}", pretty(text));
     } else {
         eprintln!("run {run}: {phase}");
-        let (error, output) = match &view {
+        let (error, output) = match view {
             RunView::Dag(report) => (report.error.clone(), report.output.as_ref()),
             RunView::Call(call) => (
                 call.failure.as_ref().map(|f| f.message.clone()),
@@ -242,9 +356,9 @@ fn print_view(view: RunView, run: &str, json: bool) -> anyhow::Result<Code> {
 
 /// `soma dag cancel RUN --server URL`.
 pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
-    let answer: CancelAnswer =
-        remote.post(&format!("/v1/runs/{run}/cancel"), &serde_json::Map::new())?;
-    println!("{}", serde_json::to_string(&answer)?);
+    let (_, text): (CancelAnswer, _) =
+        remote.post_raw(&format!("/v1/runs/{run}/cancel"), &serde_json::Map::new())?;
+    println!("{}", text.trim_end());
     Ok(Code::Ok)
 }
 
@@ -262,8 +376,8 @@ pub(crate) fn token_create(
         expires_in_s,
         expires_at_ms: None,
     };
-    let created: CreatedToken = remote.post("/v1/tokens", &request)?;
-    println!("{}", serde_json::to_string(&created)?);
+    let (_, text): (CreatedToken, _) = remote.post_raw("/v1/tokens", &request)?;
+    println!("{}", text.trim_end());
     Ok(Code::Ok)
 }
 
@@ -278,4 +392,40 @@ pub(crate) fn token_revoke(remote: &Remote, id: &str) -> anyhow::Result<TokenInf
         .client
         .delete(format!("{}/v1/tokens/{id}", remote.url));
     remote.send(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_keeps_the_daemons_key_order_and_unknown_fields() {
+        let sent = r#"{"run":"r1","kind":"dag","status":"queued","new_field":{"b":[1,{}],"a":"x:\"{,}\""},"e":[]}"#;
+        let out = pretty(sent);
+        assert_eq!(
+            out,
+            "{\n  \"run\": \"r1\",\n  \"kind\": \"dag\",\n  \"status\": \"queued\",\n  \"new_field\": {\n    \"b\": [\n      1,\n      {}\n    ],\n    \"a\": \"x:\\\"{,}\\\"\"\n  },\n  \"e\": []\n}"
+        );
+        // Same layout as serde_json's own pretty printer, where the order agrees.
+        let sorted = r#"{"a":[1,2],"b":{"c":null},"d":"e"}"#;
+        let value: Value = serde_json::from_str(sorted).expect("json");
+        assert_eq!(
+            pretty(sorted),
+            serde_json::to_string_pretty(&value).expect("pretty")
+        );
+        assert_eq!(pretty("not json {"), "not json {");
+    }
+
+    #[test]
+    fn catalog_names_take_the_resolvers_printed_form_or_the_bare_name() {
+        assert_eq!(catalog_name("calculator").expect("bare"), "calculator");
+        assert_eq!(
+            catalog_name("catalog:calculator").expect("prefixed"),
+            "calculator"
+        );
+        let pinned = format!("catalog:calculator@sha256:{}", "a".repeat(64));
+        let e = catalog_name(&pinned).expect_err("a pin is refused");
+        assert!(e.to_string().contains("drop the `@sha256:"), "{e}");
+        assert!(catalog_name("catalog:").is_err());
+    }
 }

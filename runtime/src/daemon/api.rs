@@ -408,6 +408,7 @@ pub(super) async fn openapi(State(daemon): State<Arc<Daemon>>) -> Response {
     request_body = PullRequest,
     responses(
         (status = 201, description = "Pulled through the trust policy and served under `name`", body = PulledCapsule),
+        (status = 400, description = "The body is not a pull request, or `reference` is not a registry reference (`field` names it)", body = ErrorBody),
         (status = 502, description = "The registry or the trust policy refused it", body = ErrorBody),
     ),
     extensions(("x-soma-scope" = json!("operator"))))]
@@ -422,12 +423,26 @@ pub(super) async fn pull_capsule(
         ));
     }
     let req: PullRequest = parse(body)?;
+    // A malformed reference is the request's fault (400, naming the field
+    // and the accepted forms), not the registry's (502).
+    if let Err(e) = crate::oci::Reference::parse(&req.reference) {
+        return Err(ApiError::bad(
+            format!("`reference`: {e}"),
+            Some("reference"),
+        ));
+    }
     let engine = daemon.engine.clone();
     let reference = req.reference.clone();
     let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
         .await
         .map_err(|e| ApiError::failed(&e))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "pull-failed", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "pull-failed",
+                super::error_chain(&e),
+            )
+        })?;
     let (capsule, origin) = (pulled.capsule, pulled.pinned.to_string());
     let digest = capsule.digest().to_string();
     // Runs that pinned a capsule this replaces keep it (by digest).
@@ -564,7 +579,10 @@ async fn call_run(
             .unwrap_or(Err(crate::ledger::LedgerError::WriterStopped));
         if let Err(e) = recorded {
             outcome.result = Err(crate::Failure::Host {
-                message: format!("could not record the call in the ledger: {e}"),
+                message: format!(
+                    "could not record the call in the ledger: {}",
+                    super::error_chain(&e)
+                ),
             });
         }
     }
@@ -789,6 +807,26 @@ fn replay(daemon: &Daemon, run: &str) -> Result<(RunState, Vec<Event>), ApiError
     Ok((state, history))
 }
 
+/// A run's summary row from the journal (`None`: not journaled). One row
+/// read on the blocking pool; no history replay.
+async fn journaled_summary(
+    daemon: &Arc<Daemon>,
+    run: &str,
+) -> Result<Option<crate::dag::journal::RunSummary>, ApiError> {
+    let d = daemon.clone();
+    let run = run.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        Journal::new(d.engine.data().database().clone()).summary(&run)
+    })
+    .await
+    .map_err(|e| ApiError::failed(&e))?;
+    match summary {
+        Ok(s) => Ok(Some(s)),
+        Err(JournalError::NotFound(_)) => Ok(None),
+        Err(e) => Err(ApiError::failed(&e)),
+    }
+}
+
 fn visible(p: &Principal, tenant: &str) -> bool {
     p.sees_tenant(tenant)
 }
@@ -815,14 +853,25 @@ pub(super) async fn get_run(
         if !visible(&p, &live.tenant) {
             return Err(missing());
         }
-        let summary = live
+        let taken = live
             .summary
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        // A run that has just finished is answered from the journal below.
-        let status = summary.as_ref().map_or(RunPhase::Queued, |s| s.status);
+            .is_some();
+        // The journal is the one source of truth for where a run is: its
+        // summary row is written in the same transaction as the events, so
+        // a client that has seen the run's last event (over SSE, read from
+        // the journal or published after the commit) finds the run finished
+        // here too, and gets the report from the journal below.
+        let summary = journaled_summary(&daemon, &id).await?;
+        let status = match &summary {
+            Some(s) if !matches!(s.status, RunPhase::Queued | RunPhase::Running) => s.status,
+            _ if !taken => RunPhase::Queued,
+            Some(s) => s.status,
+            None => RunPhase::Queued,
+        };
         if matches!(status, RunPhase::Queued | RunPhase::Running) {
+            let summary = summary.filter(|_| taken);
             return Ok(Json(DagRunLive {
                 run: id,
                 kind: RunKind::Dag,
@@ -1135,7 +1184,7 @@ pub(super) async fn get_budgets(
             .engine
             .metering()
             .list_budgets()
-            .map_err(ApiError::internal)?;
+            .map_err(|e| ApiError::failed(&e))?;
         let journal = Journal::new(d.engine.data().database().clone());
         let own = budget::Scope::Tenant(tenant.clone());
         let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
@@ -1205,7 +1254,7 @@ pub(super) async fn put_budget(
     tokio::task::spawn_blocking(move || engine.metering().set_limit(scope, limit))
         .await
         .map_err(|e| ApiError::failed(&e))?
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::failed(&e))?;
     Ok(Json(BudgetSet { scope: key, limit }))
 }
 

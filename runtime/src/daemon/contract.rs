@@ -4,9 +4,15 @@
 //! ([`super::openapi`]).
 //!
 //! This module names only data: it does not import the server, so a client
-//! can use it without pulling the handlers in. Structs that replaced
-//! `json!` maps declare their fields in name order, so the JSON they
-//! serialize to is byte-for-byte what the maps produced. A
+//! can use it without pulling the handlers in.
+//!
+//! **Key order.** An answer's keys come in the order its struct declares
+//! its fields, and that order is part of the contract (the `--server
+//! --json` client prints answers as sent): ids first (`run`, `id`, `name`,
+//! `scope`), then kind and state (`kind`, `status`, `ok`, `class`), then
+//! the details (output, failure, usage, logs, …). The `json!` maps these
+//! structs replaced serialized in name order; the keys and values are the
+//! same, only their order now reads top-down. A
 //! `serde_json::Value` appears only where the data is free-form: capsule
 //! input and output, a DAG spec, and a failure's class-specific detail.
 
@@ -41,15 +47,15 @@ pub struct ErrorDetail {
     /// A stable, kebab-case code (`bad-request`, `not-found`,
     /// `rate-limited`, …).
     pub code: String,
+    /// What happened and what to change.
+    pub message: String,
+    /// The request field at fault (a JSON path such as `dag.capsules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// Every problem found, for an invalid DAG spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub details: Option<Value>,
-    /// The request field at fault (a JSON path such as `dag.capsules`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// What happened and what to change.
-    pub message: String,
 }
 
 /// `POST /v1/capsules/pull`: pull a registry reference through the trust
@@ -66,10 +72,10 @@ pub struct PullRequest {
 /// `POST /v1/capsules/pull` → 201.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PulledCapsule {
-    /// The component's digest, `sha256:<hex>`.
-    pub digest: String,
     /// The name it is served under.
     pub name: String,
+    /// The component's digest, `sha256:<hex>`.
+    pub digest: String,
     /// The pinned reference it came from.
     pub origin: String,
     /// The digest it replaced under that name, if another.
@@ -79,20 +85,20 @@ pub struct PulledCapsule {
 /// One entry of `GET /v1/capsules`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CatalogCapsule {
-    /// The capsule's own name (`describe()`).
-    pub capsule: String,
-    /// Its description.
-    pub description: String,
+    /// The name it is served under.
+    pub name: String,
     /// The component's digest, `sha256:<hex>`.
     pub digest: String,
     /// Worker, planner or gate.
     pub kind: CapsuleKind,
-    /// The name it is served under.
-    pub name: String,
-    /// Where it came from (a file path or a pinned reference).
-    pub origin: String,
+    /// The capsule's own name (`describe()`).
+    pub capsule: String,
     /// Its version.
     pub version: String,
+    /// Its description.
+    pub description: String,
+    /// Where it came from (a file path or a pinned reference).
+    pub origin: String,
 }
 
 /// Per-call limits a request may ask for; each can only lower the
@@ -140,10 +146,10 @@ pub struct RunRequest {
 /// The capsule a call ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CalledCapsule {
-    /// The component's digest, `sha256:<hex>`.
-    pub digest: String,
     /// The catalog name it was called by.
     pub name: String,
+    /// The component's digest, `sha256:<hex>`.
+    pub digest: String,
 }
 
 /// Why a call failed.
@@ -151,70 +157,70 @@ pub struct CalledCapsule {
 pub struct CallFailure {
     /// The one class of the failure (drives the CLI's exit code).
     pub class: FailureClass,
+    /// What happened and what to change.
+    pub message: String,
     /// The failure's fields (`class` and the class's own: `limit`,
     /// `advice`, `code`, …).
     #[schema(value_type = Object)]
     pub detail: Value,
-    /// What happened and what to change.
-    pub message: String,
 }
 
 /// One log line a capsule wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogRecord {
-    /// Key/value fields.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Vec<String>>)]
-    pub fields: Vec<(String, String)>,
     /// Severity (`trace` … `error`).
     pub level: String,
     /// The (possibly truncated) message.
     pub message: String,
+    /// Key/value fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Vec<String>>)]
+    pub fields: Vec<(String, String)>,
 }
 
 /// A capsule call's result: `POST /v1/runs` with `capsule` → 200, and
 /// `GET /v1/runs/{id}` while the daemon remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CallReport {
-    /// The capsule called.
-    pub capsule: CalledCapsule,
-    /// Why it failed (`null` on success).
-    pub failure: Option<CallFailure>,
+    /// The run id (for the ledger and `GET /v1/runs/{id}`).
+    pub run: String,
     /// Always `call`.
     pub kind: RunKind,
-    /// The capsule's log lines (capped).
-    pub logs: Vec<LogRecord>,
+    /// The capsule called.
+    pub capsule: CalledCapsule,
     /// Whether it returned an output.
     pub ok: bool,
     /// The output: JSON if it parses, else the text (`null` on failure).
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
-    /// The run id (for the ledger and `GET /v1/runs/{id}`).
-    pub run: String,
+    /// Why it failed (`null` on success).
+    pub failure: Option<CallFailure>,
     /// What it consumed.
     pub usage: Usage,
+    /// The capsule's log lines (capped).
+    pub logs: Vec<LogRecord>,
 }
 
 /// `POST /v1/runs` with `dag` → 202: the run is queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DagRunAccepted {
-    /// Where its Server-Sent Events are.
-    pub events: String,
-    /// Always `dag`.
-    pub kind: RunKind,
     /// The run id.
     pub run: String,
+    /// Always `dag`.
+    pub kind: RunKind,
     /// Always `queued`.
     pub status: RunPhase,
+    /// Where its Server-Sent Events are.
+    pub events: String,
 }
 
 /// `GET /v1/runs/{id}` of a DAG run that is queued or being driven.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DagRunLive {
-    /// Always `dag`.
-    pub kind: RunKind,
     /// The run id.
     pub run: String,
+    /// Always `dag`.
+    pub kind: RunKind,
     /// `queued` or `running`.
     pub status: RunPhase,
     /// The latest summary (`null` until a driver took it).
@@ -269,11 +275,11 @@ pub enum CancelState {
 /// `POST /v1/runs/{id}/cancel`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CancelAnswer {
-    /// Where the cancellation is.
-    pub cancel: CancelState,
     /// The run (when a live run was told).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Where the cancellation is.
+    pub cancel: CancelState,
 }
 
 /// `GET /v1/ledger` query.
@@ -292,10 +298,10 @@ pub struct LedgerQuery {
 /// One entry of `GET /v1/budgets`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BudgetRow {
-    /// Its limits, spending and reservations.
-    pub account: BudgetAccount,
     /// `tenant:T`, `capsule:sha256:…`, `run:R` or `node:R/N`.
     pub scope: String,
+    /// Its limits, spending and reservations.
+    pub account: BudgetAccount,
 }
 
 /// `PUT /v1/budgets`: set (or remove) one budget.
@@ -318,10 +324,10 @@ pub struct BudgetRequest {
 /// `PUT /v1/budgets` → 200.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BudgetSet {
-    /// The limit now (`null`: removed).
-    pub limit: Option<BudgetLimit>,
     /// The scope's key.
     pub scope: String,
+    /// The limit now (`null`: removed).
+    pub limit: Option<BudgetLimit>,
 }
 
 /// `POST /v1/tokens`.
@@ -343,14 +349,14 @@ pub struct TokenRequest {
 /// `POST /v1/tokens` → 201: the secret, shown once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
-    /// Unix ms after which it is refused, if it expires.
-    pub expires_ms: Option<u64>,
     /// Public id (for `DELETE /v1/tokens/{id}`).
     pub id: String,
-    /// What it may do.
-    pub scopes: Vec<TokenScope>,
     /// The tenant it acts for.
     pub tenant: String,
+    /// What it may do.
+    pub scopes: Vec<TokenScope>,
+    /// Unix ms after which it is refused, if it expires.
+    pub expires_ms: Option<u64>,
     /// The secret (`Authorization: Bearer <token>`); not stored.
     pub token: String,
 }
@@ -402,6 +408,44 @@ mod tests {
         assert!(matches!(view, RunView::Dag(_)));
         assert_eq!(view.phase(), RunPhase::Failed);
         assert_eq!(serde_json::to_value(&view).expect("back"), report);
+    }
+
+    #[test]
+    fn answers_put_ids_first_then_state_then_details() {
+        let accepted = DagRunAccepted {
+            run: "r1".into(),
+            kind: RunKind::Dag,
+            status: RunPhase::Queued,
+            events: "/v1/runs/r1/events".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&accepted).expect("json"),
+            r#"{"run":"r1","kind":"dag","status":"queued","events":"/v1/runs/r1/events"}"#
+        );
+        let error = ErrorBody {
+            error: ErrorDetail {
+                code: "bad-request".into(),
+                message: "m".into(),
+                field: Some("reference".into()),
+                details: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&error).expect("json"),
+            r#"{"error":{"code":"bad-request","message":"m","field":"reference"}}"#
+        );
+        let call: CallReport = serde_json::from_value(serde_json::json!({
+            "capsule": {"digest": "sha256:00", "name": "echo"},
+            "failure": null, "kind": "call", "logs": [], "ok": true, "output": "hi",
+            "run": "r1",
+            "usage": {"fuel_consumed": 5, "wall_time_us": 7, "peak_memory_bytes": 65536},
+        }))
+        .expect("call");
+        let text = serde_json::to_string(&call).expect("json");
+        assert!(
+            text.starts_with(r#"{"run":"r1","kind":"call","capsule":{"name":"echo","#),
+            "{text}"
+        );
     }
 
     #[test]

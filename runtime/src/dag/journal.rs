@@ -45,7 +45,7 @@ pub enum JournalError {
         message: String,
     },
     /// The charges could not be written.
-    #[error("could not record call charges: {0}")]
+    #[error("could not record call charges")]
     Ledger(#[from] crate::ledger::LedgerError),
 }
 

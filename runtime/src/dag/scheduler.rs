@@ -79,8 +79,8 @@ pub enum DagError {
         status: &'static str,
     },
     /// A budget could not be set.
-    #[error("could not set the run's budget: {0}")]
-    Budget(String),
+    #[error("could not set the run's budget")]
+    Budget(#[source] budget::BudgetError),
     /// Every worker thread of a run stopped before it finished.
     #[error("every worker thread stopped")]
     WorkersStopped,

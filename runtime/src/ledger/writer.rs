@@ -75,7 +75,7 @@ impl LedgerWriter {
         let handle = thread::Builder::new()
             .name("soma-ledger-writer".into())
             .spawn(move || run(&db, &rx))
-            .map_err(|e| LedgerError::WriterSpawn(e.to_string()))?;
+            .map_err(|e| LedgerError::WriterSpawn(Arc::new(e)))?;
         Ok(Self {
             tx,
             thread: Arc::new(Mutex::new(Some(handle))),

@@ -117,8 +117,8 @@ fn blob_path(data: &DataDir, digest: &Digest) -> PathBuf {
     blob_dir(data).join(digest.hex())
 }
 
-fn db_err(e: impl std::fmt::Display) -> OciError {
-    OciError::Database(e.to_string())
+fn db_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> OciError {
+    OciError::Database(e.into())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {

@@ -27,9 +27,11 @@ pub enum OciError {
     #[error("refusing to push (nothing was uploaded)")]
     Invalid(#[from] LoadError),
     /// The trust policy refused the artifact (unsigned, wrong key, signature
-    /// for another digest); nothing was downloaded or cached.
+    /// for another digest); nothing was downloaded or cached. (Not a
+    /// `#[source]`: the message already holds the policy's reason, and a
+    /// chain printer such as `{e:#}` would print it twice.)
     #[error("refused by the trust policy: {0}")]
-    Untrusted(#[from] VerifyError),
+    Untrusted(VerifyError),
     /// The registry wants credentials, or refused the ones given (HTTP 401).
     #[error(
         "{registry} requires authentication (HTTP 401): pass a username and password or log in with `docker login {registry}`"
@@ -156,12 +158,19 @@ pub enum OciError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The node database could not be opened or updated.
-    #[error("blob index error: {0}")]
-    Database(String),
+    /// The node database could not be opened or updated (the cause is the
+    /// source: `{e:#}` prints "blob index error: …").
+    #[error("blob index error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The async runtime for registry I/O could not be started.
     #[error("cannot start the registry client runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<VerifyError> for OciError {
+    fn from(e: VerifyError) -> Self {
+        Self::Untrusted(e)
+    }
 }
 
 /// Registry-supplied text put into a message is cut to this many characters.
