@@ -147,6 +147,10 @@ micros = 2000
     path
 }
 
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
@@ -511,7 +515,6 @@ fn immutable_versions_foreign_namespaces_wrong_keys_and_bad_listings_are_refused
         .map(str::to_owned)
         .to_vec()
     };
-    let args = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>();
 
     // Another author cannot submit into acme's namespace.
     let message = node.refused(

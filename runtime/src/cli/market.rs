@@ -154,6 +154,8 @@ fn access(global: &Global, registry: &RegistryArgs) -> anyhow::Result<Access> {
     })
 }
 
+/// The marketplace tables of the data directory (the only handle on its
+/// database in this process: redb opens a file once).
 fn market(global: &Global) -> anyhow::Result<Market> {
     Ok(Market::new(global.data_dir()?.database().clone()))
 }
@@ -279,11 +281,12 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
                 );
             };
             let config = global.config()?;
+            let data = global.data_dir()?;
             let bar = spinner(format!("installing {name}@{range}"));
             let installed = flow::install(
-                &global.data_dir()?,
+                &data,
                 &config,
-                &market(global)?,
+                &Market::new(data.database().clone()),
                 &name,
                 &range,
                 &args.lock,
@@ -308,11 +311,12 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         }
         MarketCommand::Update(args) => {
             let config = global.config()?;
+            let data = global.data_dir()?;
             let bar = spinner(format!("updating {}", args.lock.display()));
             let updated = flow::update(
-                &global.data_dir()?,
+                &data,
                 &config,
-                &market(global)?,
+                &Market::new(data.database().clone()),
                 &args.lock,
                 args.name.as_deref(),
                 &access(global, &args.registry)?,
@@ -349,7 +353,7 @@ fn print_state(s: &Submission, json: bool, what: &str) {
 }
 
 fn submit(global: &Global, args: SubmitArgs) -> anyhow::Result<Code> {
-    let listing = Listing::load(&args.listing)?;
+    let listing = Listing::load(&args.listing).map_err(MarketError::from)?;
     let config = global.config()?;
     let engine = global.engine(None)?;
     let key = KeyPair::load(&args.key, password(false)?.as_bytes())
@@ -370,7 +374,7 @@ fn submit(global: &Global, args: SubmitArgs) -> anyhow::Result<Code> {
     let bar = spinner(format!("submitting {}", listing.id()));
     let submitted = flow::submit(
         &engine,
-        &market(global)?,
+        &Market::new(engine.data().database().clone()),
         listing,
         artifact,
         &key,

@@ -232,9 +232,8 @@ impl Listing {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ListingError> {
         let file: ListingFile = toml::from_str(text).map_err(|e| ListingError::Syntax {
             path: path.to_owned(),
-            field: e
-                .span()
-                .and_then(|s| field_at(text, s.start))
+            field: named_field(e.message())
+                .or_else(|| e.span().and_then(|s| field_at(text, s.start)))
                 .unwrap_or_else(|| "(file)".to_owned()),
             message: e.message().to_owned(),
         })?;
@@ -345,6 +344,14 @@ impl Listing {
             price: file.price,
         })
     }
+}
+
+/// The field a serde message names (``missing field `license` ``,
+/// ``unknown field `bogus` ``), if it names one.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message.split_once("field `")?.1;
+    let (field, _) = rest.split_once('`')?;
+    Some(field.to_owned())
 }
 
 /// The key of the `key = value` line containing byte `offset`, for naming
@@ -666,7 +673,9 @@ events = { summarized = 500 }
             assert!(message.contains(field), "{field}: {message}");
             match e {
                 ListingError::Invalid { fix, .. } => assert!(!fix.is_empty()),
-                ListingError::Syntax { .. } => {}
+                ListingError::Syntax { field: named, .. } => {
+                    assert!(named == field || field == "model", "{named} for {field}")
+                }
                 other => panic!("{field}: {other:?}"),
             }
         }
