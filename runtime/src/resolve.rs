@@ -266,8 +266,9 @@ pub enum ResolveError {
     #[error(transparent)]
     Oci(#[from] OciError),
     /// A marketplace name did not resolve (no match, no pin, no key, …).
+    /// Boxed: the marketplace's error is large and this one is returned often.
     #[error(transparent)]
-    Market(#[from] MarketError),
+    Market(Box<MarketError>),
     /// The trust policy (`[trust]`) could not be read.
     #[error(transparent)]
     Trust(#[from] VerifyError),
@@ -284,6 +285,12 @@ pub enum ResolveError {
     /// The component could not be read, or is not a valid capsule.
     #[error(transparent)]
     Load(#[from] LoadError),
+}
+
+impl From<MarketError> for ResolveError {
+    fn from(e: MarketError) -> Self {
+        Self::Market(Box::new(e))
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {

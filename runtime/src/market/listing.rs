@@ -119,10 +119,11 @@ pub struct Example {
 }
 
 /// How calls of the capsule are priced, in ledger micro-units.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "model", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Price {
     /// No charge.
+    #[default]
     Free,
     /// A fixed amount per call.
     PerCall {
@@ -140,12 +141,6 @@ pub enum Price {
         /// Event name → micro-units per event. Only these names are billable.
         events: BTreeMap<String, u64>,
     },
-}
-
-impl Default for Price {
-    fn default() -> Self {
-        Self::Free
-    }
 }
 
 impl Price {

@@ -103,7 +103,7 @@ impl SubmissionState {
         match (self, to) {
             (Submitted, Approved | Rejected)
             | (Rejected, Approved | Rejected)
-            | (Approved, Rejected | Published)
+            | (Approved, Approved | Rejected | Published)
             | (Published, Yanked | Deprecated)
             | (Deprecated, Yanked) => Ok(()),
             (Submitted | Rejected, Published) => {
@@ -449,7 +449,10 @@ impl Market {
                     return Err(MarketError::NoSuchVersion { id: id.to_owned() });
                 }
             };
-            if submission.state == to && to != SubmissionState::Rejected {
+            // A review may be recorded again (it replaces the earlier one);
+            // any other move to the current state changes nothing.
+            let review = matches!(to, SubmissionState::Approved | SubmissionState::Rejected);
+            if submission.state == to && !review {
                 return Ok(submission);
             }
             submission
