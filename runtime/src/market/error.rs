@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::{digest::Digest, oci::OciError, verify::VerifyError};
 
-use super::{listing::ListingError, store::SubmissionState};
+use super::{listing::ListingError, state::SubmissionState};
 
 /// Why a marketplace operation was refused or failed.
 #[derive(Debug, thiserror::Error)]

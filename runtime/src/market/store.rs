@@ -14,7 +14,6 @@
 //! durable redb transaction; reads never block writers.
 
 use std::{
-    fmt,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +22,7 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
+pub use super::state::SubmissionState;
 use super::{
     error::{MarketError, storage},
     listing::{Listing, check_author},
@@ -57,68 +57,6 @@ impl Author {
     /// The parsed public key.
     pub fn key(&self) -> Result<PublicKey, MarketError> {
         Ok(PublicKey::from_pem(&self.public_key)?)
-    }
-}
-
-/// Where a submitted version is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SubmissionState {
-    /// Submitted; the review has not decided.
-    Submitted,
-    /// The review passed (and a reviewer approved, if policy asks).
-    Approved,
-    /// The review failed; the reasons are on the record.
-    Rejected,
-    /// Countersigned by the marketplace: installable.
-    Published,
-    /// Hidden from ranges; a pinned digest still resolves.
-    Yanked,
-    /// Hidden from ranges; a pinned digest still resolves.
-    Deprecated,
-}
-
-impl SubmissionState {
-    /// The printed name (`published`, …).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Submitted => "submitted",
-            Self::Approved => "approved",
-            Self::Rejected => "rejected",
-            Self::Published => "published",
-            Self::Yanked => "yanked",
-            Self::Deprecated => "deprecated",
-        }
-    }
-
-    /// Whether the marketplace has countersigned it (so a pin or digest
-    /// resolves it): published, yanked or deprecated.
-    pub fn was_published(self) -> bool {
-        matches!(self, Self::Published | Self::Yanked | Self::Deprecated)
-    }
-
-    /// Whether `self → to` is allowed, and what to do instead if not.
-    fn allows(self, to: Self) -> Result<(), &'static str> {
-        use SubmissionState::*;
-        match (self, to) {
-            (Submitted, Approved | Rejected)
-            | (Rejected, Approved | Rejected)
-            | (Approved, Approved | Rejected | Published)
-            | (Published, Yanked | Deprecated)
-            | (Deprecated, Yanked) => Ok(()),
-            (Submitted | Rejected, Published) => {
-                Err(": the review must approve it first (soma market review)")
-            }
-            (_, Approved | Rejected) => Err(": the review decides only before publishing"),
-            (Yanked, _) => Err(": a yanked version stays yanked; publish a new version"),
-            _ => Err(""),
-        }
-    }
-}
-
-impl fmt::Display for SubmissionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
