@@ -14,6 +14,7 @@ use crate::limits::Limits;
 
 pub mod dag;
 pub mod daemon;
+pub mod market;
 pub mod pull;
 
 /// The whole `soma.toml`.
@@ -51,6 +52,8 @@ pub struct Config {
     pub daemon: daemon::DaemonConfig,
     /// Ceilings on DAG specs and their parsing and rendering (`[dag]`).
     pub dag: dag::Ceilings,
+    /// The capsule marketplace: its signing key, install cooldown (`[market]`).
+    pub market: market::MarketConfig,
 }
 
 /// How instances get their memory.
@@ -240,6 +243,7 @@ impl Config {
         }
         self.trust.check().map_err(ConfigError::Invalid)?;
         self.pull.check().map_err(ConfigError::Invalid)?;
+        self.market.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 //! | [`CapsuleRef::File`] | `/abs/calc.wasm`, `./calc`, `calc.wasm`, `calc`, `file:dir/calc` | the search path (a spec's directory, then each `--capsule-path`), else as given | none: a file on this machine is the operator's own |
 //! | [`CapsuleRef::Oci`] | `host[:port]/repo[:tag][@sha256:…]` (or `oci://…`) | [`crate::oci::pull`] into the blob cache | the trust policy, before anything is downloaded |
 //! | [`CapsuleRef::Catalog`] | `catalog:NAME[@sha256:…]` | a [`Catalog`] (the daemon's), then the blob cache by digest | when it entered the catalog or the cache |
-//! | marketplace (next) | `name@version-range` | — | — |
+//! | [`CapsuleRef::Market`] | `market:acme/summarize[@^1 \| @sha256:…]` | the `soma.lock` pin (`--lock`, else beside the spec / on the search path, else `./soma.lock`), else the newest published match in the node's marketplace ([`crate::market`]) | author + marketplace keys, `all-of` |
 //!
 //! A tag is pinned on typed values: the manifest digest the pull resolved
 //! becomes [`crate::oci::Reference::with_digest`], so what a run journals
@@ -28,12 +28,20 @@ use crate::{
     Capsule, Engine, LoadError,
     capsule::Manifest,
     digest::Digest,
+    market::{
+        error::MarketError,
+        flow::{self as market_flow, Access, Selector},
+        lock::Lockfile,
+        store::Market,
+    },
     oci::{self, Auth, OciError, PullOptions, Reference, Transport},
     verify::{Admission, TrustPolicy, VerifyError},
 };
 
 /// Prefix of a catalog name's printed form (`catalog:calculator`).
 const CATALOG_PREFIX: &str = "catalog:";
+/// Prefix of a marketplace name (`market:acme/summarize@^1`).
+const MARKET_PREFIX: &str = "market:";
 /// Prefix that makes any path a file reference (`file:dir/calc`).
 const FILE_PREFIX: &str = "file:";
 /// Prefix that makes a registry reference explicit (`oci://host/repo:1.wasm`),
@@ -62,11 +70,14 @@ pub enum CapsuleRef {
         /// The component digest a run pinned, if any.
         digest: Option<Digest>,
     },
-    // Next: `Marketplace { name: String, range: VersionReq }` for the
-    // marketplace's `name@version-range`. `FromStr` already routes that form
-    // (a name with `@` and no `/`) to `ResolveError::MarketplaceUnsupported`;
-    // resolving it will pick the highest matching version from the index and
-    // continue as `Oci`, pinned to its digest like any tag.
+    /// A marketplace capsule by `author/name` and a semver range (or, once
+    /// pinned, the manifest digest a run resolved it to).
+    Market {
+        /// `author/name`.
+        name: String,
+        /// Which version: a range, or a pinned digest.
+        selector: Selector,
+    },
 }
 
 impl CapsuleRef {
@@ -92,7 +103,7 @@ fn looks_like_path(text: &str) -> bool {
 /// Whether `text` parses back as `CapsuleRef::File(text)` without a prefix.
 fn bare_file(text: &str) -> bool {
     !text.is_empty()
-        && ![CATALOG_PREFIX, FILE_PREFIX, OCI_PREFIX]
+        && ![CATALOG_PREFIX, FILE_PREFIX, OCI_PREFIX, MARKET_PREFIX]
             .iter()
             .any(|p| text.starts_with(p))
         && (looks_like_path(text) || (!text.contains('/') && !text.contains('@')))
@@ -133,6 +144,10 @@ impl FromStr for CapsuleRef {
                 name: name.to_owned(),
                 digest,
             });
+        }
+        if let Some(rest) = text.strip_prefix(MARKET_PREFIX) {
+            let (name, selector) = market_flow::parse_name(rest)?;
+            return Ok(Self::Market { name, selector });
         }
         if let Some(rest) = text.strip_prefix(FILE_PREFIX) {
             if rest.is_empty() {
@@ -186,6 +201,13 @@ impl fmt::Display for CapsuleRef {
                     None => Ok(()),
                 }
             }
+            Self::Market { name, selector } => {
+                write!(f, "{MARKET_PREFIX}{name}")?;
+                match selector {
+                    Selector::Range(r) if *r == semver::VersionReq::STAR => Ok(()),
+                    other => write!(f, "@{other}"),
+                }
+            }
         }
     }
 }
@@ -205,7 +227,7 @@ pub enum ResolveError {
     },
     /// `name@version-range`: the marketplace form, not resolvable yet.
     #[error(
-        "{text:?} is a marketplace reference (name@version-range), which this version of Soma cannot resolve yet: give the registry reference instead (host/repo:tag or host/repo@sha256:…), or write ./{text} for a local file"
+        "{text:?} reads as a marketplace reference without its author: write market:AUTHOR/{text}, or give the registry reference instead (host/repo:tag or host/repo@sha256:…), or write ./{text} for a local file"
     )]
     MarketplaceUnsupported {
         /// The text given.
@@ -243,6 +265,10 @@ pub enum ResolveError {
     /// trust policy, caps, blob cache): the pull's own message and class.
     #[error(transparent)]
     Oci(#[from] OciError),
+    /// A marketplace name did not resolve (no match, no pin, no key, …).
+    /// Boxed: the marketplace's error is large and this one is returned often.
+    #[error(transparent)]
+    Market(Box<MarketError>),
     /// The trust policy (`[trust]`) could not be read.
     #[error(transparent)]
     Trust(#[from] VerifyError),
@@ -259,6 +285,12 @@ pub enum ResolveError {
     /// The component could not be read, or is not a valid capsule.
     #[error(transparent)]
     Load(#[from] LoadError),
+}
+
+impl From<MarketError> for ResolveError {
+    fn from(e: MarketError) -> Self {
+        Self::Market(Box::new(e))
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -355,6 +387,7 @@ pub struct Resolver<'a> {
     search: Vec<PathBuf>,
     hint: &'static str,
     catalog: Option<&'a dyn Catalog>,
+    lockfile: Option<PathBuf>,
 }
 
 impl fmt::Debug for Resolver<'_> {
@@ -382,7 +415,15 @@ impl<'a> Resolver<'a> {
             search: Vec::new(),
             hint: "",
             catalog: None,
+            lockfile: None,
         }
+    }
+
+    /// Resolve `market:` names through the pins of this lockfile (instead
+    /// of the first `soma.lock` on the search path, else `./soma.lock`).
+    pub fn lockfile(mut self, path: PathBuf) -> Self {
+        self.lockfile = Some(path);
+        self
     }
 
     /// Admit registry artifacts by `policy` instead of the config's `[trust]`.
@@ -448,7 +489,58 @@ impl<'a> Resolver<'a> {
             CapsuleRef::Catalog { name, digest } => {
                 self.resolve_catalog(capsule, name, digest.as_ref())
             }
+            CapsuleRef::Market { name, selector } => self.resolve_market(capsule, name, selector),
         }
+    }
+
+    /// A marketplace name: the lockfile pin, else the newest published
+    /// match ([`market_flow::select`]), pulled under author + marketplace
+    /// keys (all-of) and pinned to its manifest digest
+    /// (`market:author/name@sha256:…`, which resolves even once yanked).
+    fn resolve_market(
+        &self,
+        requested: &CapsuleRef,
+        name: &str,
+        selector: &Selector,
+    ) -> Result<Resolved, ResolveError> {
+        let config = self.engine.config();
+        let market = Market::new(self.engine.data().database().clone());
+        let lock = self
+            .lockfile
+            .clone()
+            .or_else(|| Lockfile::find(&self.search));
+        let min_age = config.market.min_release_age_secs.saturating_mul(1000);
+        let submission = market_flow::select(&market, name, selector, lock.as_deref(), min_age)?;
+        let access = Access {
+            transport: self.transport.clone(),
+            auth: match &self.credentials {
+                Credentials::Given(auth) => Some(auth.clone()),
+                Credentials::DockerConfig => None,
+            },
+            limits: config.pull,
+        };
+        let pulled = market_flow::fetch(self.engine.data(), config, &market, &submission, &access)?;
+        let pinned = CapsuleRef::Market {
+            name: name.to_owned(),
+            selector: Selector::Digest(pulled.manifest_digest),
+        };
+        let bytes =
+            std::fs::read(&pulled.component).map_err(|source| ResolveError::ReadCached {
+                path: pulled.component.clone(),
+                source,
+            })?;
+        let capsule = self.engine.load(&bytes, &pinned.to_string())?;
+        Ok(Resolved {
+            requested: requested.clone(),
+            pinned,
+            capsule,
+            component: Some(pulled.component),
+            manifest_digest: Some(pulled.manifest_digest),
+            verification: Verification::Admitted {
+                admission: pulled.admission,
+                cached: pulled.cached,
+            },
+        })
     }
 
     fn candidates(&self, path: &Path) -> Vec<PathBuf> {
@@ -607,6 +699,10 @@ mod tests {
             "catalog:calculator".to_owned(),
             format!("catalog:calculator@{d}"),
             "catalog:my@name".to_owned(),
+            "market:acme/summarize".to_owned(),
+            "market:acme/summarize@^1".to_owned(),
+            "market:acme/summarize@>=1.2, <2".to_owned(),
+            format!("market:acme/summarize@{d}"),
         ];
         for text in cases {
             let parsed = parse(&text);
@@ -703,7 +799,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            text.contains("host/repo:tag") && text.contains("./calculator@^1.2"),
+            text.contains("host/repo:tag")
+                && text.contains("./calculator@^1.2")
+                && text.contains("market:AUTHOR/calculator@^1.2"),
             "{text}"
         );
         for bad in ["reg/Calc", "reg//calc", "reg/calc:-x", "oci://calc"] {

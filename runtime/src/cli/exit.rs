@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
-use soma_runtime::{Failure, FailureClass, LoadError, ResolveError, oci::OciError};
+use soma_runtime::{
+    Failure, FailureClass, LoadError, ResolveError, market::error::MarketError, oci::OciError,
+};
 
 /// What `soma` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub(crate) enum Code {
     /// A store resource other than memory hit its limit (table elements,
     /// instances, tables, memories).
     ResourceLimit = 28,
+    /// A marketplace rule refused the operation: an immutable version, a
+    /// foreign namespace, a state that does not allow it, no matching version.
+    MarketRefused = 29,
 }
 
 impl Code {
@@ -68,6 +73,7 @@ impl Code {
             Self::InvalidSpec => "invalid-spec",
             Self::BudgetExceeded => "budget-exceeded",
             Self::ResourceLimit => "resource-limit",
+            Self::MarketRefused => "market-refused",
         }
     }
 
@@ -114,6 +120,7 @@ impl Code {
             return match resolve {
                 ResolveError::Oci(oci) => Self::of_oci(oci),
                 ResolveError::Trust(_) => Self::Untrusted,
+                ResolveError::Market(m) => Self::of_market(m),
                 ResolveError::Load(LoadError::Read { .. }) => Self::Error,
                 ResolveError::Load(_) => Self::InvalidComponent,
                 _ => Self::Error,
@@ -121,6 +128,9 @@ impl Code {
         }
         if let Some(oci) = e.downcast_ref::<OciError>() {
             return Self::of_oci(oci);
+        }
+        if let Some(m) = e.downcast_ref::<MarketError>() {
+            return Self::of_market(m);
         }
         if e.downcast_ref::<soma_runtime::verify::VerifyError>()
             .is_some()
@@ -135,6 +145,32 @@ impl Code {
 }
 
 impl Code {
+    /// The code for a marketplace operation's error.
+    fn of_market(m: &MarketError) -> Self {
+        match m {
+            MarketError::Oci(oci) => Self::of_oci(oci),
+            MarketError::Verify(_) | MarketError::WrongAuthorKey { .. } => Self::Untrusted,
+            MarketError::ForeignNamespace { .. } => Self::Denied,
+            MarketError::Listing(_) => Self::InvalidSpec,
+            MarketError::AuthorExists { .. }
+            | MarketError::KeyTaken { .. }
+            | MarketError::NoSuchAuthor { .. }
+            | MarketError::VersionImmutable { .. }
+            | MarketError::NoSuchVersion { .. }
+            | MarketError::BadTransition { .. }
+            | MarketError::NoMatch { .. }
+            | MarketError::UnknownDigest { .. }
+            | MarketError::PinOutsideRange { .. } => Self::MarketRefused,
+            MarketError::Open(_)
+            | MarketError::Storage(_)
+            | MarketError::Corrupt { .. }
+            | MarketError::BadName { .. }
+            | MarketError::BadRange { .. }
+            | MarketError::NotConfigured { .. }
+            | MarketError::Lock { .. } => Self::Error,
+        }
+    }
+
     /// The code for a registry operation's error.
     fn of_oci(oci: &OciError) -> Self {
         match oci {

@@ -31,7 +31,22 @@ pub(crate) struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn auth(&self, reference: &Reference) -> anyhow::Result<Auth> {
+    /// Credentials given by flag or environment, if any (else each
+    /// registry's docker config.json entry is used).
+    pub(super) fn given_auth(&self) -> anyhow::Result<Option<Auth>> {
+        match (&self.username, &self.password) {
+            (Some(u), Some(p)) => Ok(Some(Auth::Basic {
+                username: u.clone(),
+                password: p.clone(),
+            })),
+            (Some(_), None) => {
+                anyhow::bail!("--username needs a password: set SOMA_REGISTRY_PASSWORD")
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(super) fn auth(&self, reference: &Reference) -> anyhow::Result<Auth> {
         match (&self.username, &self.password) {
             (Some(u), Some(p)) => Ok(Auth::Basic {
                 username: u.clone(),
@@ -44,7 +59,7 @@ impl RegistryArgs {
         }
     }
 
-    fn transport(&self) -> anyhow::Result<Transport> {
+    pub(super) fn transport(&self) -> anyhow::Result<Transport> {
         let t = Transport {
             insecure: self.insecure,
             ..Transport::default()
@@ -56,7 +71,7 @@ impl RegistryArgs {
     }
 }
 
-fn spinner(message: String) -> indicatif::ProgressBar {
+pub(super) fn spinner(message: String) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(100));
@@ -165,6 +180,17 @@ impl Source<'_> {
     ) -> anyhow::Result<Resolved> {
         let resolver = Resolver::new(engine).search(self.search.clone(), self.hint);
         let capsule = resolver.parse(text)?;
+        if let CapsuleRef::Market { .. } = &capsule {
+            let resolver = resolver.transport(self.registry.transport()?);
+            let resolver = match self.registry.given_auth()? {
+                Some(auth) => resolver.credentials(Credentials::Given(auth)),
+                None => resolver,
+            };
+            let bar = spinner(format!("resolving {capsule}"));
+            let resolved = resolver.resolve(&capsule);
+            bar.finish_and_clear();
+            return Ok(resolved?);
+        }
         let CapsuleRef::Oci(reference) = &capsule else {
             return Ok(resolver.resolve(&capsule)?);
         };
@@ -243,7 +269,7 @@ fn admission_text(a: &soma_runtime::verify::Admission) -> String {
 }
 
 /// The key password: $SOMA_PASSWORD, else a prompt on the terminal.
-fn password(confirm: bool) -> anyhow::Result<String> {
+pub(super) fn password(confirm: bool) -> anyhow::Result<String> {
     if let Ok(p) = std::env::var("SOMA_PASSWORD") {
         return Ok(p);
     }

@@ -213,6 +213,25 @@ impl TrustPolicy {
         }
     }
 
+    /// A policy requiring a signature by every one of `keys` for every
+    /// repository (`require = "all-of"`): what the marketplace's install and
+    /// `market:` resolution use (author + marketplace key). `rule` names the
+    /// rule in refusals. Cost: nothing (no I/O).
+    pub fn all_of(keys: Vec<PublicKey>, rule: &str) -> Self {
+        Self {
+            rules: vec![Rule {
+                globs: vec!["**".into()],
+                requirement: Requirement::Signed {
+                    keys,
+                    all_of: true,
+                    rule: Some(rule.to_owned()),
+                    identity: None,
+                },
+                signed_identity: SignedIdentity::Any,
+            }],
+        }
+    }
+
     /// A policy accepting everything unsigned (tests and explicit opt-outs only).
     pub fn accept_unsigned() -> Self {
         Self {

@@ -1,0 +1,58 @@
+//! `[market]`: the capsule marketplace's own keys and install rules. The
+//! marketplace countersigns published versions with its key (a second
+//! cosign signature on the author's digest); install and `market:`
+//! resolution require both signatures (`require = "all-of"`).
+//!
+//! ```toml
+//! [market]
+//! key = "/etc/soma/market.key"          # encrypted cosign key; publish only
+//! public_key = "/etc/soma/market.pub"   # install, update, market: resolution
+//! registry = "registry.example.com"     # where `soma market submit FILE` pushes
+//! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The capsule marketplace (`[market]` in `soma.toml`). Every key is
+/// optional: a node that never publishes needs no `key`; one that never
+/// installs needs no `public_key`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketConfig {
+    /// The marketplace's private signing key (cosign's encrypted PEM), used
+    /// by `soma market publish`; its password comes from `$SOMA_PASSWORD`
+    /// or a prompt. Default: none (publishing is refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The marketplace's public key (`.pub`): every installed or resolved
+    /// marketplace capsule must carry its signature as well as its
+    /// author's. Default: none (install and `market:` resolution are refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+    /// Registry (`host[:port]`) `soma market submit FILE` pushes to when
+    /// `--registry` is not given. Default: none (the flag is required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// Install cooldown: a version published less than this many seconds
+    /// ago is passed over by range resolution (`install`, `update`,
+    /// `market:NAME@RANGE` without a pin), protecting against a malicious
+    /// fresh release. A pinned digest is never subject to it. Default 0.
+    pub min_release_age_secs: u64,
+}
+
+impl MarketConfig {
+    /// Check the section without reading key files (`soma config check`).
+    /// The message names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(registry) = &self.registry
+            && (registry.is_empty() || registry.contains('/'))
+        {
+            return Err(format!(
+                "market.registry {registry:?} must be a registry host[:port], without a repository"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! The capsule marketplace: authors submit signed capsules with a listing,
+//! a review approves or rejects them, the operator publishes (countersigns)
+//! them, and buyers install them by name and semver range, pinned in a
+//! lockfile. The OCI registry stores the blobs; the node database stores
+//! the catalog.
+//!
+//! ```text
+//! listing.toml ──listing──▶ Listing (typed, validated)
+//! author key ──store: register──▶ Author (namespace + public key)
+//! file | ref ──submit: push, sign (author), verify──▶ Submission (submitted)
+//!   ──review (record_review)──▶ approved | rejected
+//!   ──publish: countersign (marketplace key)──▶ published ──▶ yanked | deprecated
+//! author/name@range ──install: newest published match, pull, verify all-of──▶ soma.lock pin
+//! market:author/name@range ──resolve (pin, else store)──▶ a pinned, verified capsule
+//! ```
+
+pub mod error; // the marketplace's one error type
+pub mod flow; // submit, publish, install, update: the flows that touch a registry
+pub mod listing; // listing.toml: the author's metadata and price
+pub mod lock; // soma.lock: name → digest pins
+pub mod state; // a submitted version's states and the moves between them
+pub mod store; // authors, submissions and versions in the node database

@@ -1,0 +1,684 @@
+//! The marketplace's tables in the node database (redb, beside the ledger
+//! and the run journal):
+//!
+//! ```text
+//! market_authors    author name → Author (JSON: public key PEM, key id, registered)
+//! market_versions   "author/name@version" → Submission (JSON: listing, digests, state, review)
+//! ```
+//!
+//! A version is immutable: its component digest never changes once
+//! submitted ([`Market::submit`] refuses a different one and returns the
+//! record for the same one). State moves only forward along
+//! `submitted → approved | rejected → published → yanked | deprecated`,
+//! and every move is appended to the record's history. Each write is one
+//! durable redb transaction; reads never block writers.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use soma_host_api::storage::LazyDatabase;
+
+pub use super::state::SubmissionState;
+use super::{
+    error::{MarketError, storage},
+    listing::{Listing, check_author},
+};
+use crate::{digest::Digest, verify::PublicKey};
+
+const AUTHORS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_authors");
+const VERSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_versions");
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A registered author: a namespace and the key that signs in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Author {
+    /// The namespace (`acme` in `acme/summarize`).
+    pub name: String,
+    /// The public key, PEM (SPKI).
+    pub public_key: String,
+    /// The key's id (`sha256:` of its DER).
+    pub key_id: String,
+    /// When it was registered (Unix ms).
+    pub registered_ms: u64,
+}
+
+impl Author {
+    /// The parsed public key.
+    pub fn key(&self) -> Result<PublicKey, MarketError> {
+        Ok(PublicKey::from_pem(&self.public_key)?)
+    }
+}
+
+/// The review's verdict as stored on a submission. The evidence is the
+/// review's own document (opaque here); `reasons` are its reason codes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    /// Whether every step passed.
+    pub passed: bool,
+    /// Reason codes of the failed steps (empty when passed).
+    pub reasons: Vec<String>,
+    /// The review's evidence document.
+    pub evidence: serde_json::Value,
+    /// When it was recorded (Unix ms).
+    pub recorded_ms: u64,
+}
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The new state.
+    pub state: SubmissionState,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// Why, if given (a reason, the signer's key id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One submitted version: the listing, the signed artifact and its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The author (the listing's namespace).
+    pub author: String,
+    /// The validated listing.
+    pub listing: Listing,
+    /// The repository, `registry/author/name` (no tag, no digest).
+    pub repository: String,
+    /// The manifest digest both signatures are on.
+    pub digest: Digest,
+    /// The component (layer) digest: what immutability compares.
+    pub component: Digest,
+    /// Size of the component, bytes.
+    pub size: u64,
+    /// The current state.
+    pub state: SubmissionState,
+    /// The review, once recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewRecord>,
+    /// When it was submitted (Unix ms).
+    pub submitted_ms: u64,
+    /// When the marketplace published it (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_ms: Option<u64>,
+    /// Every state change, oldest first.
+    pub history: Vec<Transition>,
+}
+
+impl Submission {
+    /// `author/name@version`.
+    pub fn id(&self) -> String {
+        self.listing.id()
+    }
+
+    /// `registry/author/name@sha256:…`: what a pin pulls.
+    pub fn pinned_reference(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// What [`Market::submit`] stores: the signed artifact of a listing.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    /// The validated listing.
+    pub listing: Listing,
+    /// `registry/author/name`.
+    pub repository: String,
+    /// The manifest digest (author-signed).
+    pub digest: Digest,
+    /// The component digest.
+    pub component: Digest,
+    /// The component's size.
+    pub size: u64,
+}
+
+/// The marketplace tables of one node database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Market {
+    db: Arc<LazyDatabase>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, MarketError> {
+    serde_json::from_slice(bytes).map_err(|e| MarketError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Market {
+    /// The marketplace in `db`; nothing is opened until used.
+    pub fn new(db: Arc<LazyDatabase>) -> Self {
+        Self { db }
+    }
+
+    fn open(&self) -> Result<Arc<redb::Database>, MarketError> {
+        Ok(self.db.get()?)
+    }
+
+    /// Register `name` with `key`. Registering the same name with the same
+    /// key again returns the existing record; a taken name or an already
+    /// registered key is refused. Cost: one durable write transaction.
+    pub fn register_author(&self, name: &str, key: &PublicKey) -> Result<Author, MarketError> {
+        check_author(name).map_err(|reason| MarketError::BadName {
+            text: name.to_owned(),
+            reason,
+        })?;
+        let key_id = key.id();
+        let db = self.open()?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let author = {
+            let mut table = txn.open_table(AUTHORS).map_err(storage)?;
+            if let Some(existing) = table.get(name).map_err(storage)? {
+                let existing: Author = decode(name, existing.value())?;
+                if existing.key_id == key_id {
+                    return Ok(existing);
+                }
+                return Err(MarketError::AuthorExists {
+                    name: name.to_owned(),
+                    key_id: existing.key_id,
+                });
+            }
+            for row in table.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let other: Author = decode(k.value(), v.value())?;
+                if other.key_id == key_id {
+                    return Err(MarketError::KeyTaken {
+                        key_id,
+                        author: other.name,
+                    });
+                }
+            }
+            let author = Author {
+                name: name.to_owned(),
+                public_key: key.to_pem()?,
+                key_id,
+                registered_ms: now_ms(),
+            };
+            let bytes = serde_json::to_vec(&author).map_err(storage)?;
+            table.insert(name, bytes.as_slice()).map_err(storage)?;
+            author
+        };
+        txn.commit().map_err(storage)?;
+        Ok(author)
+    }
+
+    /// The author registered as `name`. Cost: one read transaction.
+    pub fn author(&self, name: &str) -> Result<Author, MarketError> {
+        self.authors()?
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| MarketError::NoSuchAuthor {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Every registered author, by name. Cost: one read transaction, a scan.
+    pub fn authors(&self) -> Result<Vec<Author>, MarketError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(AUTHORS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Check that `key` may sign in `namespace`: it must be the key that
+    /// author registered. A key registered by another author is a foreign
+    /// namespace; any other key is the wrong key. Cost: one read transaction.
+    pub fn check_signer(&self, namespace: &str, key: &PublicKey) -> Result<Author, MarketError> {
+        let key_id = key.id();
+        let authors = self.authors()?;
+        let owner = authors.iter().find(|a| a.name == namespace);
+        match owner {
+            Some(author) if author.key_id == key_id => Ok(author.clone()),
+            _ => {
+                if let Some(other) = authors.iter().find(|a| a.key_id == key_id) {
+                    return Err(MarketError::ForeignNamespace {
+                        namespace: namespace.to_owned(),
+                        key_author: other.name.clone(),
+                    });
+                }
+                match owner {
+                    Some(author) => Err(MarketError::WrongAuthorKey {
+                        author: author.name.clone(),
+                        expected: author.key_id.clone(),
+                        found: key_id,
+                    }),
+                    None => Err(MarketError::NoSuchAuthor {
+                        name: namespace.to_owned(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The version `id` (`author/name@version`), if submitted. Cost: one read transaction.
+    pub fn get(&self, id: &str) -> Result<Option<Submission>, MarketError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(VERSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage(e)),
+        };
+        match table.get(id).map_err(storage)? {
+            Some(v) => Ok(Some(decode(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every version of `name` (`author/name`), or of everything when
+    /// `name` is `None`, ordered by name then semver. Cost: one read
+    /// transaction and a range scan.
+    pub fn versions(&self, name: Option<&str>) -> Result<Vec<Submission>, MarketError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(VERSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let prefix = name.map(|n| format!("{n}@"));
+        let start = prefix.clone().unwrap_or_default();
+        let mut out: Vec<Submission> = Vec::new();
+        for row in table.range(start.as_str()..).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            if let Some(p) = &prefix
+                && !k.value().starts_with(p.as_str())
+            {
+                break;
+            }
+            out.push(decode(k.value(), v.value())?);
+        }
+        out.sort_by(|a, b| {
+            (a.listing.name.as_str(), &a.listing.version)
+                .cmp(&(b.listing.name.as_str(), &b.listing.version))
+        });
+        Ok(out)
+    }
+
+    /// Store a new submission (state `submitted`). The same version with
+    /// the same component digest returns the existing record (idempotent,
+    /// `false`); a different component digest is refused
+    /// ([`MarketError::VersionImmutable`]). Cost: one durable write transaction.
+    pub fn submit(&self, new: NewSubmission) -> Result<(Submission, bool), MarketError> {
+        let id = new.listing.id();
+        let db = self.open()?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let submission = {
+            let mut table = txn.open_table(VERSIONS).map_err(storage)?;
+            if let Some(existing) = table.get(id.as_str()).map_err(storage)? {
+                let existing: Submission = decode(&id, existing.value())?;
+                if existing.component == new.component {
+                    return Ok((existing, false));
+                }
+                return Err(MarketError::VersionImmutable {
+                    id,
+                    existing: existing.component,
+                    given: new.component,
+                });
+            }
+            let now = now_ms();
+            let submission = Submission {
+                author: new.listing.author().to_owned(),
+                listing: new.listing,
+                repository: new.repository,
+                digest: new.digest,
+                component: new.component,
+                size: new.size,
+                state: SubmissionState::Submitted,
+                review: None,
+                submitted_ms: now,
+                published_ms: None,
+                history: vec![Transition {
+                    state: SubmissionState::Submitted,
+                    at_ms: now,
+                    note: None,
+                }],
+            };
+            let bytes = serde_json::to_vec(&submission).map_err(storage)?;
+            table
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(storage)?;
+            submission
+        };
+        txn.commit().map_err(storage)?;
+        Ok((submission, true))
+    }
+
+    /// Move `id` to `to` (checked against the state machine), recording
+    /// `note`; `edit` may change the record in the same transaction.
+    /// Moving to the state it is already in is a no-op returning the record.
+    /// Cost: one durable write transaction.
+    pub fn transition(
+        &self,
+        id: &str,
+        to: SubmissionState,
+        note: Option<String>,
+        edit: impl FnOnce(&mut Submission),
+    ) -> Result<Submission, MarketError> {
+        let db = self.open()?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let submission = {
+            let mut table = txn.open_table(VERSIONS).map_err(storage)?;
+            let mut submission: Submission = match table.get(id).map_err(storage)? {
+                Some(v) => decode(id, v.value())?,
+                None => {
+                    return Err(MarketError::NoSuchVersion { id: id.to_owned() });
+                }
+            };
+            // A review may be recorded again (it replaces the earlier one);
+            // any other move to the current state changes nothing.
+            let review = matches!(to, SubmissionState::Approved | SubmissionState::Rejected);
+            if submission.state == to && !review {
+                return Ok(submission);
+            }
+            submission
+                .state
+                .allows(to)
+                .map_err(|hint| MarketError::BadTransition {
+                    id: id.to_owned(),
+                    from: submission.state,
+                    to,
+                    hint,
+                })?;
+            let now = now_ms();
+            submission.state = to;
+            submission.history.push(Transition {
+                state: to,
+                at_ms: now,
+                note,
+            });
+            if to == SubmissionState::Published {
+                submission.published_ms = Some(now);
+            }
+            edit(&mut submission);
+            let bytes = serde_json::to_vec(&submission).map_err(storage)?;
+            table.insert(id, bytes.as_slice()).map_err(storage)?;
+            submission
+        };
+        txn.commit().map_err(storage)?;
+        Ok(submission)
+    }
+
+    /// Record the review of `id`: `passed` moves it to `approved`, else to
+    /// `rejected`, with the reason codes and the review's evidence document
+    /// stored on the submission. A later review (a re-run, or a reviewer's
+    /// manual decision) replaces the earlier one while the version is not
+    /// yet published. Cost: one durable write transaction.
+    pub fn record_review(
+        &self,
+        id: &str,
+        passed: bool,
+        reasons: Vec<String>,
+        evidence: serde_json::Value,
+    ) -> Result<Submission, MarketError> {
+        let to = if passed {
+            SubmissionState::Approved
+        } else {
+            SubmissionState::Rejected
+        };
+        let note = (!reasons.is_empty()).then(|| reasons.join(","));
+        self.transition(id, to, note, |s| {
+            s.review = Some(ReviewRecord {
+                passed,
+                reasons,
+                evidence,
+                recorded_ms: now_ms(),
+            });
+        })
+    }
+
+    /// The published version of `name` whose manifest digest is `digest`
+    /// (yanked and deprecated included: a pin keeps resolving). Cost: one
+    /// read transaction and a range scan of the name.
+    pub fn by_digest(&self, name: &str, digest: &Digest) -> Result<Submission, MarketError> {
+        self.versions(Some(name))?
+            .into_iter()
+            .find(|s| s.digest == *digest && s.state.was_published())
+            .ok_or_else(|| MarketError::UnknownDigest {
+                name: name.to_owned(),
+                digest: *digest,
+            })
+    }
+
+    /// The newest `published` version of `name` matching `range` and
+    /// published at least `min_age_ms` before `now_ms` (yanked, deprecated
+    /// and unpublished versions are passed over; the error lists why each
+    /// candidate was). Cost: one read transaction and a range scan.
+    pub fn newest(
+        &self,
+        name: &str,
+        range: &semver::VersionReq,
+        min_age_ms: u64,
+        now_ms: u64,
+    ) -> Result<Submission, MarketError> {
+        let mut passed_over = Vec::new();
+        let mut best: Option<Submission> = None;
+        for s in self.versions(Some(name))? {
+            let v = &s.listing.version;
+            if !range.matches(v) {
+                continue;
+            }
+            if s.state != SubmissionState::Published {
+                passed_over.push(format!("{v} is {}", s.state));
+                continue;
+            }
+            let published = s.published_ms.unwrap_or(0);
+            if now_ms.saturating_sub(published) < min_age_ms {
+                passed_over.push(format!(
+                    "{v} was published less than market.min_release_age_secs ago"
+                ));
+                continue;
+            }
+            if best.as_ref().is_none_or(|b| b.listing.version < *v) {
+                best = Some(s);
+            }
+        }
+        best.ok_or_else(|| MarketError::NoMatch {
+            name: name.to_owned(),
+            range: range.to_string(),
+            detail: if passed_over.is_empty() {
+                " (soma market ls lists the versions)".to_owned()
+            } else {
+                format!(" ({})", passed_over.join("; "))
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::KeyPair;
+
+    fn market(dir: &std::path::Path) -> Market {
+        Market::new(Arc::new(LazyDatabase::new(dir.join("soma.redb"))))
+    }
+
+    fn listing(version: &str) -> Listing {
+        Listing::parse(
+            &format!(
+                "name = \"acme/calc\"\nversion = \"{version}\"\nsummary = \"s\"\nlicense = \"MIT\"\n"
+            ),
+            std::path::Path::new("listing.toml"),
+        )
+        .expect("listing")
+    }
+
+    fn new(version: &str, component: &[u8]) -> NewSubmission {
+        NewSubmission {
+            listing: listing(version),
+            repository: "127.0.0.1:5000/acme/calc".into(),
+            digest: Digest::of(version.as_bytes()),
+            component: Digest::of(component),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn authors_own_their_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        let (acme, evil) = (KeyPair::generate().public(), KeyPair::generate().public());
+        m.register_author("acme", &acme).expect("register");
+        assert_eq!(
+            m.register_author("acme", &acme).expect("again").name,
+            "acme"
+        );
+        assert!(matches!(
+            m.register_author("acme", &evil),
+            Err(MarketError::AuthorExists { .. })
+        ));
+        assert!(matches!(
+            m.register_author("other", &acme),
+            Err(MarketError::KeyTaken { .. })
+        ));
+        assert!(matches!(
+            m.register_author("Bad/Name", &evil),
+            Err(MarketError::BadName { .. })
+        ));
+        m.register_author("evil", &evil).expect("register evil");
+        m.check_signer("acme", &acme).expect("own namespace");
+        assert!(matches!(
+            m.check_signer("acme", &evil),
+            Err(MarketError::ForeignNamespace { .. })
+        ));
+        assert!(matches!(
+            m.check_signer("acme", &KeyPair::generate().public()),
+            Err(MarketError::WrongAuthorKey { .. })
+        ));
+        assert!(matches!(
+            m.check_signer("nobody", &acme),
+            Err(MarketError::ForeignNamespace { .. })
+        ));
+    }
+
+    #[test]
+    fn versions_are_immutable_and_move_forward_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        let (s, created) = m.submit(new("1.0.0", b"one")).expect("submit");
+        assert!(created);
+        assert_eq!(s.state, SubmissionState::Submitted);
+        let (again, created) = m.submit(new("1.0.0", b"one")).expect("idempotent");
+        assert!(!created);
+        assert_eq!(again, s);
+        assert!(matches!(
+            m.submit(new("1.0.0", b"two")),
+            Err(MarketError::VersionImmutable { .. })
+        ));
+        let e = m
+            .transition("acme/calc@1.0.0", SubmissionState::Published, None, |_| {})
+            .expect_err("not reviewed");
+        assert!(e.to_string().contains("review must approve"), "{e}");
+        let rejected = m
+            .record_review(
+                "acme/calc@1.0.0",
+                false,
+                vec!["license-missing".into()],
+                serde_json::json!({"steps": []}),
+            )
+            .expect("reject");
+        assert_eq!(rejected.state, SubmissionState::Rejected);
+        assert_eq!(
+            rejected.review.as_ref().map(|r| r.reasons.clone()),
+            Some(vec!["license-missing".to_owned()])
+        );
+        m.record_review("acme/calc@1.0.0", true, vec![], serde_json::json!({}))
+            .expect("approve on re-review");
+        let published = m
+            .transition("acme/calc@1.0.0", SubmissionState::Published, None, |_| {})
+            .expect("publish");
+        assert!(published.published_ms.is_some());
+        m.transition("acme/calc@1.0.0", SubmissionState::Yanked, None, |_| {})
+            .expect("yank");
+        assert!(matches!(
+            m.transition("acme/calc@1.0.0", SubmissionState::Published, None, |_| {}),
+            Err(MarketError::BadTransition { .. })
+        ));
+        assert_eq!(
+            m.get("acme/calc@1.0.0")
+                .expect("get")
+                .expect("some")
+                .history
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn newest_skips_unpublished_yanked_and_fresh_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        for v in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"] {
+            m.submit(new(v, v.as_bytes())).expect("submit");
+            if v != "1.2.0" {
+                let id = format!("acme/calc@{v}");
+                m.record_review(&id, true, vec![], serde_json::json!({}))
+                    .expect("approve");
+                m.transition(&id, SubmissionState::Published, None, |_| {})
+                    .expect("publish");
+            }
+        }
+        let range = semver::VersionReq::parse("^1").expect("range");
+        let now = now_ms();
+        assert_eq!(
+            m.newest("acme/calc", &range, 0, now)
+                .expect("newest")
+                .listing
+                .version
+                .to_string(),
+            "1.1.0"
+        );
+        m.transition("acme/calc@1.1.0", SubmissionState::Yanked, None, |_| {})
+            .expect("yank");
+        assert_eq!(
+            m.newest("acme/calc", &range, 0, now)
+                .expect("newest")
+                .listing
+                .version
+                .to_string(),
+            "1.0.0"
+        );
+        // The yanked version still resolves by digest.
+        let yanked = m.get("acme/calc@1.1.0").expect("get").expect("some");
+        assert_eq!(
+            m.by_digest("acme/calc", &yanked.digest)
+                .expect("by digest")
+                .id(),
+            "acme/calc@1.1.0"
+        );
+        // A cooldown longer than any version's age passes them all over, saying why.
+        let e = m
+            .newest("acme/calc", &range, 60_000, now)
+            .expect_err("cooldown");
+        let text = e.to_string();
+        assert!(
+            text.contains("min_release_age_secs")
+                && text.contains("1.2.0 is submitted")
+                && text.contains("1.1.0 is yanked"),
+            "{text}"
+        );
+    }
+}
