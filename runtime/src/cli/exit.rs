@@ -40,6 +40,8 @@ pub(crate) enum Code {
     /// A store resource other than memory hit its limit (table elements,
     /// instances, tables, memories).
     ResourceLimit = 28,
+    /// `soma review`: the marketplace review rejected the capsule.
+    ReviewRejected = 29,
 }
 
 impl Code {
@@ -68,6 +70,7 @@ impl Code {
             Self::InvalidSpec => "invalid-spec",
             Self::BudgetExceeded => "budget-exceeded",
             Self::ResourceLimit => "resource-limit",
+            Self::ReviewRejected => "review-rejected",
         }
     }
 

@@ -3,9 +3,11 @@
 //! Every core module's data segments (nested modules included) are split
 //! into tokens — maximal runs of `[A-Za-z0-9+/_.-]` — and each token is
 //! checked against known key prefixes (`sk-`, `AKIA`, `ghp_`, `xox?-`, …)
-//! and, failing those, for being a high-entropy string (≥ 32 characters,
+//! and, failing those, for being a high-entropy string (32–256 characters,
 //! upper case, lower case and digits mixed, ≥ 4.2 bits of Shannon entropy
-//! per character, no alphabet run such as `ABCDEFGH`). PEM private-key
+//! per character, the character class changing at ≥ 40 % of positions,
+//! one alphabet (not both `+/` and `-_`), no alphabet run
+//! such as `ABCDEFGH`; `.` separates parts, as in a JWT). PEM private-key
 //! headers are found by substring. Hex digests, paths and identifiers do
 //! not trip it: hex stays under 4 bits per character, and paths and
 //! identifiers lack one of the three character classes.
@@ -41,6 +43,11 @@ pub struct Scan {
 
 /// Shortest token checked for entropy.
 const MIN_ENTROPY_LEN: usize = 32;
+/// Longest token checked for entropy: longer runs are encoded data
+/// (base64 assets), not keys.
+const MAX_ENTROPY_LEN: usize = 256;
+/// Smallest rate of character-class changes of a random key.
+const MIN_SWITCH_RATE: f64 = 0.4;
 /// Bits per character at or above which a mixed-class token is a secret.
 const MIN_ENTROPY_BITS: f64 = 4.2;
 /// Keep a report short: at most this many findings.
@@ -147,8 +154,15 @@ fn scan_token(token: &[u8], base: usize, findings: &mut Vec<Finding>) {
             None => i += 1,
         }
     }
-    if findings.len() == before && high_entropy(token) {
-        findings.push(finding("high-entropy-token", token, base));
+    if findings.len() == before {
+        // JWT-like tokens are dot-separated parts; each is judged alone.
+        let mut offset = 0;
+        for part in token.split(|b| *b == b'.') {
+            if high_entropy(part) {
+                findings.push(finding("high-entropy-token", part, base + offset));
+            }
+            offset += part.len() + 1;
+        }
     }
 }
 
@@ -177,14 +191,47 @@ fn key_at(rest: &[u8]) -> Option<(&'static str, usize)> {
 
 fn high_entropy(token: &[u8]) -> bool {
     if token.len() < MIN_ENTROPY_LEN
+        || token.len() > MAX_ENTROPY_LEN
+        || class_switch_rate(token) < MIN_SWITCH_RATE
         || !token.iter().any(u8::is_ascii_uppercase)
         || !token.iter().any(u8::is_ascii_lowercase)
         || !token.iter().any(u8::is_ascii_digit)
         || has_alphabet_run(token)
+        || mixes_alphabets(token)
     {
         return false;
     }
     entropy(token) >= MIN_ENTROPY_BITS
+}
+
+/// How often consecutive characters change class (upper case, lower case,
+/// digit, other): ~0.6 for a random key, ~0.2 for identifiers packed back
+/// to back (`exhaustedUtf8Errorvalid_up_to…`).
+fn class_switch_rate(token: &[u8]) -> f64 {
+    let class = |b: &u8| {
+        if b.is_ascii_uppercase() {
+            0
+        } else if b.is_ascii_lowercase() {
+            1
+        } else if b.is_ascii_digit() {
+            2
+        } else {
+            3
+        }
+    };
+    let switches = token
+        .windows(2)
+        .filter(|w| class(&w[0]) != class(&w[1]))
+        .count();
+    switches as f64 / (token.len().saturating_sub(1).max(1)) as f64
+}
+
+/// A key is drawn from one alphabet: base64 (`+/`) or URL-safe (`-_`).
+/// Strings packed back to back (`MAX_SIG_DIGITS-+NaNinf00`) mix them.
+fn mixes_alphabets(token: &[u8]) -> bool {
+    let standard = token.iter().any(|b| matches!(b, b'+' | b'/'));
+    let url_safe = token.iter().any(|b| matches!(b, b'-' | b'_'));
+    standard && url_safe
 }
 
 /// `ABCDEFGH`, `abcdefgh`, `01234567`: encoding tables, not secrets.
@@ -270,6 +317,8 @@ mod tests {
             b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             b"library/alloc/src/collections/btree/map/entry.rs",
             b"task-runner-disk-usage-sk-",
+            b"MAX_SIG_DIGITS-+NaNinf00.assertion",
+            b"exhaustedUtf8Errorvalid_up_toerror_lenNoneSomedescription",
         ] {
             assert!(
                 kinds(ordinary).is_empty(),
