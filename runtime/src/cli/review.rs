@@ -89,12 +89,12 @@ fn review_file(global: &Global, args: Args) -> anyhow::Result<Code> {
             Status::Failed => "FAIL",
             Status::Skipped => "skip",
         };
-        let code = serde_json::to_value(e.code)?;
+        let reason = serde_json::to_value(e.code)?;
         let step = serde_json::to_value(e.step)?;
         println!(
             "{mark}  {:<16} {:<24} {}",
             step.as_str().unwrap_or("?"),
-            code.as_str().unwrap_or("?"),
+            reason.as_str().unwrap_or("?"),
             soma_host_api::log::escape(&e.reason)
         );
     }

@@ -420,10 +420,7 @@ pub fn review(
                         let dir = scratch.path().join("llm-fixture");
                         std::fs::create_dir_all(&dir).map_err(ReviewError::Scratch)?;
                         let e = review_engine(config, &dir, Some((url, &m.wants.llm)))?;
-                        match e.load(bytes, "review") {
-                            Ok(c) => Some((e, c)),
-                            Err(_) => None,
-                        }
+                        e.load(bytes, "review").ok().map(|c| (e, c))
                     }
                     _ => None,
                 };

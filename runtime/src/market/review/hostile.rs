@@ -76,7 +76,7 @@ pub fn generate(
     if wrong.is_none() {
         wrong = other_types()
             .into_iter()
-            .find(|v| rejects(v))
+            .find(&rejects)
             .map(|v| (format!("the whole input replaced by {v}"), v));
     }
     if let Some((change, input)) = wrong {
