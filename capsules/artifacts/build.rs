@@ -29,6 +29,14 @@ const FOREIGN: &[&str] = &["wrong-world"];
 /// Capsules built against a frozen contract version (`wit/compat/<v>/`),
 /// proving the host still loads them (`tests/tests/compat.rs`).
 const COMPAT: &[&str] = &["compat-v0-1"];
+/// Capsules that each break one marketplace review rule
+/// (`runtime/tests/market_review.rs` names the reason code of each).
+const REVIEW_FIXTURES: &[&str] = &[
+    "review-llm-unused",
+    "review-kv-undeclared",
+    "review-bad-output",
+    "review-secret",
+];
 /// Capsules that attack the host; each must end in its own failure class.
 const HOSTILE_PREFIX: &str = "hostile-";
 
@@ -90,10 +98,14 @@ fn main() {
             hostile.push((file, konst));
         } else if EXAMPLES.contains(&name.as_str()) {
             examples.push((file, konst));
-        } else if !FOREIGN.contains(&name.as_str()) && !COMPAT.contains(&name.as_str()) {
+        } else if !FOREIGN.contains(&name.as_str())
+            && !COMPAT.contains(&name.as_str())
+            && !REVIEW_FIXTURES.contains(&name.as_str())
+        {
             panic!(
-                "capsules/{name} is neither an example, a foreign component, a compat fixture \
-                 nor `{HOSTILE_PREFIX}*`: classify it in capsules/artifacts/build.rs so a test uses it"
+                "capsules/{name} is neither an example, a foreign component, a compat fixture, \
+                 a review fixture nor `{HOSTILE_PREFIX}*`: classify it in capsules/artifacts/build.rs \
+                 so a test uses it"
             );
         }
     }

@@ -13,6 +13,7 @@ mod new;
 mod progress;
 mod registry;
 mod remote;
+mod review;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -51,6 +52,8 @@ enum Command {
     Run(run::Args),
     /// Show what a capsule is: describe(), imports, exports, size, digest.
     Inspect(inspect::Args),
+    /// Review a capsule as the marketplace will, before submitting (dry run).
+    Review(review::Args),
     /// Scaffold a new capsule crate.
     New(new::Args),
     /// Build a capsule crate for wasm32-wasip2.
@@ -180,6 +183,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&global, args),
         Command::Inspect(args) => inspect::run(&global, args),
+        Command::Review(args) => review::run(&global, args),
         Command::New(args) => new::run(args),
         Command::Build(args) => build::run(args),
         Command::Push(args) => registry::push(&global, args),

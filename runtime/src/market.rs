@@ -18,5 +18,6 @@ pub mod error; // the marketplace's one error type
 pub mod flow; // submit, publish, install, update: the flows that touch a registry
 pub mod listing; // listing.toml: the author's metadata and price
 pub mod lock; // soma.lock: name → digest pins
+pub mod review; // the automated review: every step as evidence with a reason code
 pub mod state; // a submitted version's states and the moves between them
 pub mod store; // authors, submissions and versions in the node database

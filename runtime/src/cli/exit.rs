@@ -45,6 +45,8 @@ pub(crate) enum Code {
     /// A marketplace rule refused the operation: an immutable version, a
     /// foreign namespace, a state that does not allow it, no matching version.
     MarketRefused = 29,
+    /// `soma review`: the marketplace review rejected the capsule.
+    ReviewRejected = 30,
 }
 
 impl Code {
@@ -74,6 +76,7 @@ impl Code {
             Self::BudgetExceeded => "budget-exceeded",
             Self::ResourceLimit => "resource-limit",
             Self::MarketRefused => "market-refused",
+            Self::ReviewRejected => "review-rejected",
         }
     }
 
