@@ -24,10 +24,12 @@ pub mod oci; // pull: capsules as OCI Wasm artifacts in registries; the verified
 pub mod verify; // verify: cosign-compatible keys and signatures; the trust policy
 pub mod validate; // validate: structural bounds checked before anything is compiled
 pub mod limits; // per-call limits and the ResourceLimiter that enforces them
+pub mod failure; // how a call can fail: one Failure per cause, its FailureClass
 pub mod engine; // compile: wasmtime engine, pooling, fuel/epoch, ticker, AOT cache, capsule cache
 pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod host; // per-call store data composing every capability's state
 pub mod call; // instantiate + run: one call under limits and grants, the failure classified → Outcome
+pub mod load; // compile + link + describe() → Capsule, cached per digest (Engine::load)
 pub mod ledger; // meter: durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
 pub mod budget; // meter: budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time charges
