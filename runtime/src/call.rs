@@ -275,6 +275,7 @@ impl CallOptions {
             &GrantScope {
                 capsule: &capsule.digest_text,
                 run: &run_id,
+                node: None,
             },
         );
         Self {
@@ -287,6 +288,23 @@ impl CallOptions {
             defer_charge: false,
             cancel: None,
         }
+    }
+
+    /// Narrow the grants to what a DAG node allows (its `capabilities:`):
+    /// each capability grants the capsule's wants ∩ the operator's policy ∩
+    /// `node`, in this call's run, so a node can only lose rights. Call
+    /// before [`CallOptions::kv_namespace`] and [`CallOptions::grant_dirs`]
+    /// (it grants afresh). Cheap: clones a few strings; once per node call
+    /// that has a restriction.
+    pub fn restrict(&mut self, engine: &Engine, capsule: &Capsule, node: &host_api::Restriction) {
+        self.grants = engine.capabilities.grant(
+            &capsule.manifest().wants,
+            &GrantScope {
+                capsule: &capsule.digest_text,
+                run: &self.run_id,
+                node: Some(node),
+            },
+        );
     }
 
     /// Grant preopened directories. Each guest path must be one the capsule

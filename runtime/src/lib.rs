@@ -19,6 +19,7 @@
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
 pub mod store; // the data directory: redb database, blob cache and AOT cache paths
 pub mod digest; // content addresses: sha256 of a component's bytes
+pub mod names; // typed names: the enums whose values scripts and journals know by name
 pub mod resolve; // resolve: CapsuleRef + trust policy → a pinned, verified, loaded capsule (the one path)
 pub mod oci; // pull: capsules as OCI Wasm artifacts in registries; the verified blob cache
 pub mod verify; // verify: cosign-compatible keys and signatures; the trust policy
