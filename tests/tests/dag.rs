@@ -538,9 +538,10 @@ fn a_node_restricted_to_no_kv_is_denied_it_and_keeps_the_restriction_across_resu
         r#"
 nodes:
   - { id: open, capsule: notebook, input: { op: kv-set, scope: capsule, key: k, value: v } }
+  - { id: mid, capsule: notebook, needs: [open], input: { op: kv-get, scope: capsule, key: k } }
   - id: closed
     capsule: notebook
-    needs: [open]
+    needs: [mid]
     input: { op: kv-get, scope: capsule, key: k }
     capabilities: { kv: false, llm: [small] }
     catch: true
@@ -548,14 +549,14 @@ nodes:
 "#,
     );
     assert_eq!(
-        spec.nodes[1].capabilities.to_string(),
+        spec.nodes[2].capabilities.to_string(),
         "kv: false, llm: [small]"
     );
     let loaded = load(&t, &spec);
     let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
         .expect("create");
-    // Stop after `open`, so `closed` and `again` run in a second process
-    // that has only the journal.
+    // Stop after `open` (`mid`, already handed out, finishes), so `closed`
+    // and `again` run in a second process that has only the journal.
     let settings = Settings {
         concurrency: Some(1),
         ..Settings::default()
