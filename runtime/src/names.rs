@@ -128,8 +128,7 @@ where
     }
     let e = "no-such-name"
         .parse::<T>()
-        .err()
-        .expect("an unknown name is refused");
+        .expect_err("an unknown name is refused");
     assert_eq!(e.accepted, names);
     let text = e.to_string();
     assert!(text.contains("`no-such-name`"), "{text}");
