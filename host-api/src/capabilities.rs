@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 
-pub use crate::capability::{CallContext, Capability, EngineContext, GrantScope};
+pub use crate::capability::{
+    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
+};
 use crate::{bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, wasi};
 
 /// Store data that holds the composed per-call [`State`]. The runtime's
@@ -185,6 +187,29 @@ pub fn provided() -> String {
     )
 }
 
+/// Whether a DAG node may say `allow` about capability `name` (one entry of
+/// its `capabilities:`). Once per entry when a spec or plan is validated.
+pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
+    match name {
+        log::Log::NAME => log::Log::check_allow(allow),
+        kv::Kv::NAME => kv::Kv::check_allow(allow),
+        llm::Llm::NAME => llm::Llm::check_allow(allow),
+        events::Events::NAME => events::Events::check_allow(allow),
+        wasi::Wasi::NAME => wasi::Wasi::check_allow(allow),
+        _ => Err(AllowError::Unknown {
+            name: name.to_owned(),
+            known: [
+                log::Log::NAME,
+                kv::Kv::NAME,
+                llm::Llm::NAME,
+                events::Events::NAME,
+                wasi::Wasi::NAME,
+            ]
+            .join(", "),
+        }),
+    }
+}
+
 /// What a capsule asked for in `describe()`, per capability. Serialized
 /// (in `soma inspect --json`) as `wants_kv`, `wants_llm_models`,
 /// `wants_dirs` and `wants_other`.
@@ -265,6 +290,17 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// `kv`, `llm:small`, `dir:/data`, … (as [`Wants::words`] names them)
+    /// for `soma dag validate`; empty when nothing is granted.
+    pub fn words(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        kv::Kv::describe_wants(&self.kv.is_some(), &mut out);
+        llm::Llm::describe_wants(&self.llm.models, &mut out);
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.guest.clone()).collect();
+        wasi::Wasi::describe_wants(&dirs, &mut out);
+        out
+    }
+
     /// Move every grant to run `run` (its kv blackboard). Cheap.
     pub fn rescope(&mut self, run: &str) {
         kv::Kv::rescope(&mut self.kv, run);
@@ -461,6 +497,7 @@ mod tests {
         let scope = GrantScope {
             capsule: "sha256:abc",
             run: "r1",
+            node: None,
         };
         let open = shared(
             Policy {
@@ -494,6 +531,89 @@ mod tests {
         // Nothing asked for, nothing granted, whatever the policy.
         let g = open.grant(&Wants::default(), &scope);
         assert!(g.kv.is_none() && g.llm.models.is_empty());
+    }
+
+    #[test]
+    fn a_dag_node_only_narrows_what_wants_and_policy_grant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wants = Wants::from_requests(vec![request("kv", &[]), request("llm", &["small"])]);
+        let policy = Policy {
+            allow_kv: true,
+            llm_models: vec!["small".into()],
+        };
+        let open = shared(policy, dir.path());
+        let restriction = |yaml: &str| -> Restriction { serde_json::from_str(yaml).expect("json") };
+        let scope = |node| GrantScope {
+            capsule: "sha256:abc",
+            run: "r1",
+            node,
+        };
+        // No kv: kv goes, llm stays.
+        let no_kv = restriction(r#"{"kv": false}"#);
+        let wider = restriction(r#"{"kv": true, "llm": ["small", "large"]}"#);
+        let none = restriction(r#"{"llm": []}"#);
+        let g = open.grant(&wants, &scope(Some(&no_kv)));
+        assert!(g.kv.is_none());
+        assert_eq!(g.llm.models, ["small"]);
+        assert_eq!(g.words(), ["llm:small"]);
+        // The same capsule in a node that says nothing keeps both.
+        let unrestricted = Restriction::default();
+        let g = open.grant(&wants, &scope(Some(&unrestricted)));
+        assert!(g.kv.is_some());
+        assert_eq!(g.words(), ["kv", "llm:small"]);
+        // Asking for more than wants ∩ policy gives nothing more.
+        let g = open.grant(&wants, &scope(Some(&wider)));
+        assert_eq!(
+            g.llm.models,
+            ["small"],
+            "large is neither wanted nor allowed"
+        );
+        let closed = shared(
+            Policy {
+                allow_kv: false,
+                llm_models: Vec::new(),
+            },
+            dir.path(),
+        );
+        let g = closed.grant(&wants, &scope(Some(&wider)));
+        assert!(
+            g.kv.is_none() && g.llm.models.is_empty(),
+            "the node cannot widen the policy"
+        );
+        // A list narrows llm to the models it names.
+        assert!(
+            open.grant(&wants, &scope(Some(&none)))
+                .llm
+                .models
+                .is_empty()
+        );
+        // Restrictions compose: a plan node is held to its planner's too.
+        let both = wider.and(&no_kv);
+        assert_eq!(both.0.get("kv"), Some(&Allow::Denied));
+        assert_eq!(
+            both.0.get("llm"),
+            Some(&Allow::Only(vec!["small".into(), "large".into()]))
+        );
+        assert_eq!(both.to_string(), "kv: false, llm: [small, large]");
+        let json = serde_json::to_string(&both).expect("json");
+        assert_eq!(json, r#"{"kv":false,"llm":["small","large"]}"#);
+    }
+
+    #[test]
+    fn node_restrictions_are_checked_per_capability() {
+        assert!(check_allow("kv", &Allow::Denied).is_ok());
+        assert!(check_allow("llm", &Allow::Only(vec!["small".into()])).is_ok());
+        let e = check_allow("kv", &Allow::Only(vec!["x".into()])).expect_err("no args");
+        assert!(e.to_string().contains("takes `true` or `false`"), "{e}");
+        let e = check_allow("kvv", &Allow::Denied).expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir"
+        );
+        for fixed in ["log", "events", "dir"] {
+            let e = check_allow(fixed, &Allow::Denied).expect_err("fixed");
+            assert!(e.to_string().contains("cannot be restricted"), "{e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! it is not a trait method, because its bound would have to name the
 //! composed store data.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
     meter::{Meter, Spender},
@@ -65,8 +67,21 @@ pub trait Capability {
     fn describe_wants(wants: &Self::Wants, out: &mut Vec<String>);
 
     /// The grant: the capsule's wants ∩ the operator's policy ∩ the
-    /// scope (capsule, run). Once per run; cheap (clones a few strings).
+    /// scope (capsule, run, and what the DAG node allows:
+    /// [`GrantScope::allows`]`(Self::NAME)`). Once per run (and per DAG node
+    /// that restricts it); cheap (clones a few strings).
     fn grant(wants: &Self::Wants, policy: &Self::Policy, scope: &GrantScope<'_>) -> Self::Grant;
+
+    /// Whether a DAG node may say `allow` about this capability (its
+    /// `capabilities:` entry). Once per node when a spec or plan is
+    /// validated. Default: `true` or `false`, no list (a capability without
+    /// arguments).
+    fn check_allow(allow: &Allow) -> Result<(), AllowError> {
+        match allow {
+            Allow::Only(_) => Err(AllowError::NoArguments { name: Self::NAME }),
+            Allow::Granted | Allow::Denied => Ok(()),
+        }
+    }
 
     /// Move a grant to another run (a DAG run, a daemon call). Cheap.
     /// Default: the grant does not depend on the run.
@@ -110,6 +125,165 @@ pub struct GrantScope<'a> {
     pub capsule: &'a str,
     /// The run id.
     pub run: &'a str,
+    /// What the DAG node allows (its `capabilities:`); `None` for a call
+    /// that is not a DAG node's, which nothing narrows.
+    pub node: Option<&'a Restriction>,
+}
+
+impl GrantScope<'_> {
+    /// What the node allows capability `name`: [`Allow::Granted`] unless
+    /// it says otherwise. Free.
+    pub fn allows(&self, name: &str) -> &Allow {
+        static GRANTED: Allow = Allow::Granted;
+        self.node.and_then(|r| r.0.get(name)).unwrap_or(&GRANTED)
+    }
+}
+
+/// What a DAG node allows one capability (a value of its `capabilities:`).
+/// It only narrows the grant — the capsule's wants ∩ the operator's
+/// policy — and never widens it: `true` leaves the grant as it is, `false`
+/// takes it away, a list keeps only those arguments (e.g. llm models).
+/// Written in a spec as `true`, `false` or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "AllowText", into = "AllowText")]
+pub enum Allow {
+    /// `true`: what the capsule is granted anyway.
+    Granted,
+    /// `false`: nothing.
+    Denied,
+    /// A list: only these arguments of what it is granted anyway.
+    Only(Vec<String>),
+}
+
+/// [`Allow`] as a spec writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum AllowText {
+    Bool(bool),
+    List(Vec<String>),
+}
+
+impl From<AllowText> for Allow {
+    fn from(text: AllowText) -> Self {
+        match text {
+            AllowText::Bool(true) => Self::Granted,
+            AllowText::Bool(false) => Self::Denied,
+            AllowText::List(args) => Self::Only(args),
+        }
+    }
+}
+
+impl From<Allow> for AllowText {
+    fn from(allow: Allow) -> Self {
+        match allow {
+            Allow::Granted => Self::Bool(true),
+            Allow::Denied => Self::Bool(false),
+            Allow::Only(args) => Self::List(args),
+        }
+    }
+}
+
+impl Allow {
+    /// Whether it allows the capability at all (`false` does not; an
+    /// empty list does not either).
+    pub fn any(&self) -> bool {
+        match self {
+            Self::Granted => true,
+            Self::Denied => false,
+            Self::Only(args) => !args.is_empty(),
+        }
+    }
+
+    /// Whether it allows argument `arg` (a model, …).
+    pub fn admits(&self, arg: &str) -> bool {
+        match self {
+            Self::Granted => true,
+            Self::Denied => false,
+            Self::Only(args) => args.iter().any(|a| a == arg),
+        }
+    }
+
+    /// What both `self` and `other` allow.
+    pub fn and(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Granted, x) | (x, Self::Granted) => x.clone(),
+            (Self::Denied, _) | (_, Self::Denied) => Self::Denied,
+            (Self::Only(a), Self::Only(b)) => {
+                Self::Only(a.iter().filter(|x| b.contains(x)).cloned().collect())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Granted => f.write_str("true"),
+            Self::Denied => f.write_str("false"),
+            Self::Only(args) => write!(f, "[{}]", args.join(", ")),
+        }
+    }
+}
+
+/// What a DAG node allows, per capability name (its `capabilities:`): a
+/// capability it does not name is not narrowed. Empty: no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Restriction(pub BTreeMap<String, Allow>);
+
+impl Restriction {
+    /// Whether it narrows nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// What both `self` and `outer` allow (a planner's plan nodes are held
+    /// to the planner node's restriction too). Cheap.
+    pub fn and(&self, outer: &Self) -> Self {
+        let mut both = self.0.clone();
+        for (name, allow) in &outer.0 {
+            let narrowed = both
+                .get(name)
+                .map_or_else(|| allow.clone(), |own| own.and(allow));
+            both.insert(name.clone(), narrowed);
+        }
+        Self(both)
+    }
+}
+
+impl std::fmt::Display for Restriction {
+    /// `kv: false, llm: [small]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(n, a)| format!("{n}: {a}")).collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// What a DAG node may not say about a capability.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowError {
+    /// No capability of this host has that name.
+    #[error("unknown capability `{name}`: this host's capabilities are {known}")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The names this host knows, comma-separated.
+        known: String,
+    },
+    /// The capability is not granted per capsule, so a node cannot narrow it.
+    #[error("`{name}` cannot be restricted by a DAG node: {why}")]
+    Fixed {
+        /// The capability.
+        name: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// A list given to a capability without arguments.
+    #[error("`{name}` takes `true` or `false`, not a list (it has no arguments)")]
+    NoArguments {
+        /// The capability.
+        name: &'static str,
+    },
 }
 
 /// What every capability may read when one call's state is built. Borrowed;

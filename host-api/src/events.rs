@@ -83,6 +83,13 @@ impl crate::capability::Capability for Events {
     /// The events kept and the number dropped.
     type Report = (Vec<Event>, u32);
 
+    fn check_allow(_allow: &crate::capability::Allow) -> Result<(), crate::capability::AllowError> {
+        Err(crate::capability::AllowError::Fixed {
+            name: Self::NAME,
+            why: "every call may emit events (they are capped, not granted)",
+        })
+    }
+
     fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
         Ok(())
     }

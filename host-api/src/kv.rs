@@ -645,7 +645,7 @@ impl crate::capability::Capability for Kv {
         allow: &bool,
         scope: &crate::capability::GrantScope<'_>,
     ) -> Option<Grant> {
-        (*wants && *allow).then(|| Grant {
+        (*wants && *allow && scope.allows(Self::NAME).any()).then(|| Grant {
             capsule: Space::Capsule(scope.capsule.to_owned()),
             run: Some(Space::Run(scope.run.to_owned())),
         })

@@ -29,9 +29,11 @@ pub mod wasi;
 
 pub use capabilities::{
     CommitError, Grants, HasCapabilities, Policy, PrepareError, Report, SectionError, Sections,
-    Shared, State, Wants, add_to_linker, provided,
+    Shared, State, Wants, add_to_linker, check_allow, provided,
 };
-pub use capability::{CallContext, Capability, EngineContext, GrantScope};
+pub use capability::{
+    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
+};
 
 /// Identifies a call in logs, events and kv: which capsule, which run.
 #[derive(Debug, Clone)]

@@ -399,18 +399,26 @@ impl crate::capability::Capability for Llm {
         out.extend(wants.iter().map(|m| format!("{}:{m}", Self::NAME)));
     }
 
+    /// The models asked for that the policy allows and the DAG node (if
+    /// it lists models) admits.
     fn grant(
         wants: &Vec<String>,
         allowed: &Vec<String>,
-        _scope: &crate::capability::GrantScope<'_>,
+        scope: &crate::capability::GrantScope<'_>,
     ) -> Grant {
+        let node = scope.allows(Self::NAME);
         Grant {
             models: wants
                 .iter()
-                .filter(|w| allowed.contains(w))
+                .filter(|w| allowed.contains(w) && node.admits(w))
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// `true`, `false`, or the models the node may use.
+    fn check_allow(_allow: &crate::capability::Allow) -> Result<(), crate::capability::AllowError> {
+        Ok(())
     }
 
     /// Clones the grant and the spender (`Arc`s) and the meter handle.

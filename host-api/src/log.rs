@@ -199,6 +199,13 @@ impl crate::capability::Capability for Log {
     /// The lines kept and the number dropped.
     type Report = (Vec<LogLine>, u32);
 
+    fn check_allow(_allow: &crate::capability::Allow) -> Result<(), crate::capability::AllowError> {
+        Err(crate::capability::AllowError::Fixed {
+            name: Self::NAME,
+            why: "every call may log (its lines are capped, not granted)",
+        })
+    }
+
     fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
         Ok(())
     }

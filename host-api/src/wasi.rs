@@ -293,6 +293,14 @@ impl crate::capability::Capability for Wasi {
     /// Captured stdout and stderr.
     type Report = (String, String);
 
+    fn check_allow(_allow: &crate::capability::Allow) -> Result<(), crate::capability::AllowError> {
+        Err(crate::capability::AllowError::Fixed {
+            name: Self::NAME,
+            why: "directories are offered per call by its caller (`soma run --dir`); \
+                  a DAG node is offered none",
+        })
+    }
+
     fn check(_config: &Config) -> Result<(), std::convert::Infallible> {
         Ok(())
     }

@@ -1,6 +1,10 @@
 //! [`Capsule`]: a component that is compiled, linked against the host and
-//! has described itself. Built once per digest by [`Engine::load`] and
-//! shared by every call.
+//! has described itself. Built once per digest by
+//! [`Engine::load`](crate::Engine::load) (in [`crate::load`], which drives
+//! compile → [`Capsule::link`] → `describe()` → [`Capsule::new`]) and
+//! shared by every call. This module names neither the engine nor the
+//! call: it is handed the wasmtime engine, the linker and what `describe()`
+//! returned.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -12,9 +16,9 @@ use soma_host_api::{
         soma::capsule::types::{CapsuleInfo, LimitsRequest},
     },
 };
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 
-use crate::{Engine, call::Failure, digest::Digest, host::Host, validate::Invalid};
+use crate::{digest::Digest, failure::Failure, host::Host, validate::Invalid};
 
 mod kind;
 pub use kind::CapsuleKind;
@@ -47,9 +51,10 @@ pub enum LoadError {
         /// What the component does export.
         exports: Vec<String>,
     },
-    /// An export has the right name but the wrong type.
-    #[error("invalid component: its exports do not match the soma:capsule world: {0}")]
-    ExportMismatch(String),
+    /// An export has the right name but the wrong type (wasmtime's
+    /// explanation is the source).
+    #[error("invalid component: its exports do not match the soma:capsule world")]
+    ExportMismatch(#[source] wasmtime::Error),
     /// Imports something the host does not provide (or with another type).
     #[error(
         "invalid component: unknown import `{name}` — the host provides {} only ({cause})",
@@ -67,6 +72,16 @@ pub enum LoadError {
     /// `describe()` returned something unusable.
     #[error("invalid component: describe() returned {0}")]
     BadManifest(String),
+    /// `describe()` returned a schema that is not JSON (the parse error is
+    /// the source).
+    #[error("invalid component: describe() returned a {field} that is not JSON")]
+    BadSchema {
+        /// `input-schema` or `output-schema`.
+        field: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl From<Invalid> for LoadError {
@@ -84,13 +99,9 @@ pub struct Manifest {
     pub version: String,
     /// Description.
     pub description: String,
-    /// `worker`, `planner` or `gate` (the name of
-    /// [`Manifest::capsule_kind`]; kept as text while the OCI annotations
-    /// are written from it).
-    pub kind: &'static str,
-    /// What the capsule is, typed.
-    #[serde(skip)]
-    capsule_kind: CapsuleKind,
+    /// What the capsule is: serialized (`soma inspect --json`, the OCI
+    /// annotation) as `worker`, `planner` or `gate`.
+    pub kind: CapsuleKind,
     /// JSON Schema of the input.
     pub input_schema: serde_json::Value,
     /// JSON Schema of the output.
@@ -112,15 +123,14 @@ fn serialize_limits<S: serde::Serializer>(l: &LimitsRequest, s: S) -> Result<S::
 }
 
 impl Manifest {
-    /// Worker, planner or gate. Free.
+    /// Worker, planner or gate (the same as [`Manifest::kind`]). Free.
     pub fn capsule_kind(&self) -> CapsuleKind {
-        self.capsule_kind
+        self.kind
     }
 
     fn from_info(info: CapsuleInfo, contract: Contract) -> Result<Self, LoadError> {
-        let schema = |field: &str, text: &str| {
-            serde_json::from_str(text)
-                .map_err(|e| LoadError::BadManifest(format!("a {field} that is not JSON: {e}")))
+        let schema = |field: &'static str, text: &str| {
+            serde_json::from_str(text).map_err(|source| LoadError::BadSchema { field, source })
         };
         if info.name.trim().is_empty() {
             return Err(LoadError::BadManifest("an empty name".into()));
@@ -131,8 +141,7 @@ impl Manifest {
             name: info.name,
             version: info.version,
             description: info.description,
-            kind: CapsuleKind::from(info.kind).name(),
-            capsule_kind: info.kind.into(),
+            kind: info.kind.into(),
             contract,
             wants: Wants::from_requests(info.capabilities),
             limits: info.limits,
@@ -167,16 +176,15 @@ impl std::fmt::Debug for Capsule {
 const REQUIRED_EXPORTS: [&str; 2] = ["describe", "run"];
 
 impl Capsule {
-    /// Check the world, link against the host, and call `describe()`.
-    /// Once per digest.
+    /// Check that `component` implements the capsule world and link it
+    /// against the host's `linker`. Once per digest; the caller then calls
+    /// `describe()` on the result and hands it to [`Capsule::new`].
     pub(crate) fn link(
-        engine: &Engine,
-        digest: Digest,
-        origin: &str,
-        size: usize,
-        component: Component,
-    ) -> Result<Self, LoadError> {
-        let exports = export_names(engine, &component);
+        engine: &wasmtime::Engine,
+        linker: &Linker<Host>,
+        component: &Component,
+    ) -> Result<CapsulePre<Host>, LoadError> {
+        let exports = export_names(engine, component);
         let missing: Vec<String> = REQUIRED_EXPORTS
             .iter()
             .filter(|r| !exports.iter().any(|e| e == *r))
@@ -185,12 +193,21 @@ impl Capsule {
         if !missing.is_empty() {
             return Err(LoadError::WrongWorld { missing, exports });
         }
-        let pre = engine
-            .linker
-            .instantiate_pre(&component)
-            .map_err(import_error)?;
-        let pre = CapsulePre::new(pre).map_err(|e| LoadError::ExportMismatch(format!("{e:#}")))?;
-        let info = engine.describe(&pre, origin).map_err(LoadError::Describe)?;
+        let pre = linker.instantiate_pre(component).map_err(import_error)?;
+        CapsulePre::new(pre).map_err(LoadError::ExportMismatch)
+    }
+
+    /// The capsule `pre` is, given what its `describe()` returned (`Err`:
+    /// the failed call). Once per digest; cheap.
+    pub(crate) fn new(
+        digest: Digest,
+        origin: &str,
+        size: usize,
+        component: Component,
+        pre: CapsulePre<Host>,
+        described: Result<CapsuleInfo, Failure>,
+    ) -> Result<Self, LoadError> {
+        let info = described.map_err(LoadError::Describe)?;
         let manifest = Manifest::from_info(info, pre.contract())?;
         Ok(Self {
             digest,
@@ -225,25 +242,26 @@ impl Capsule {
         &self.manifest
     }
 
-    /// The component's import names.
-    pub fn imports(&self, engine: &Engine) -> Vec<String> {
+    /// The component's import names (`engine`: the one it was compiled
+    /// with, [`Engine::wasmtime`](crate::Engine::wasmtime)).
+    pub fn imports(&self, engine: &wasmtime::Engine) -> Vec<String> {
         self.component
             .component_type()
-            .imports(engine.wasmtime())
+            .imports(engine)
             .map(|(name, _)| name.to_owned())
             .collect()
     }
 
-    /// The component's export names.
-    pub fn exports(&self, engine: &Engine) -> Vec<String> {
+    /// The component's export names (`engine` as for [`Capsule::imports`]).
+    pub fn exports(&self, engine: &wasmtime::Engine) -> Vec<String> {
         export_names(engine, &self.component)
     }
 }
 
-fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
+fn export_names(engine: &wasmtime::Engine, component: &Component) -> Vec<String> {
     component
         .component_type()
-        .exports(engine.wasmtime())
+        .exports(engine)
         .map(|(name, _)| name.to_owned())
         .collect()
 }

@@ -33,9 +33,10 @@ use crate::{
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// wasmtime rejected the configuration (e.g. the pool cannot be reserved).
-    #[error("cannot configure the wasm engine: {0}")]
-    Configure(String),
+    /// wasmtime rejected the configuration (e.g. the pool cannot be
+    /// reserved); wasmtime's explanation is the source.
+    #[error("cannot configure the wasm engine")]
+    Configure(#[source] wasmtime::Error),
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -77,9 +78,9 @@ impl Engine {
     /// spawns the epoch ticker thread. Once per process.
     pub fn new(config: Config, data: DataDir) -> Result<Self, EngineError> {
         config.check()?;
-        let wasmtime = wasmtime::Engine::new(&wasmtime_config(&config))
-            .map_err(|e| EngineError::Configure(format!("{e:#}")))?;
-        let linker = link(&wasmtime).map_err(|e| EngineError::Configure(format!("{e:#}")))?;
+        let wasmtime =
+            wasmtime::Engine::new(&wasmtime_config(&config)).map_err(EngineError::Configure)?;
+        let linker = link(&wasmtime).map_err(EngineError::Configure)?;
         let fingerprint = fingerprint(&wasmtime, &config);
         let metering = Arc::new(crate::meter::BudgetLedger::new(
             config.ledger,
@@ -152,35 +153,33 @@ impl Engine {
             .max(1)
     }
 
-    /// Load the component file at `path`. See [`Engine::load`].
-    pub fn load_file(&self, path: &Path) -> Result<Arc<Capsule>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        let origin = path.display().to_string();
-        self.load(&bytes, &origin)
-    }
-
-    /// Load a component: digest, bound its structure, compile (or take it
-    /// from the AOT cache), link, and call `describe()`. Cached per digest,
-    /// so loading the same bytes twice costs one hash.
-    pub fn load(&self, bytes: &[u8], origin: &str) -> Result<Arc<Capsule>, LoadError> {
-        let digest = Digest::of(bytes);
-        if let Some(c) = self.cached(&digest) {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(c);
-        }
-        self.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let component = self.compile(digest, bytes)?;
-        let capsule = Arc::new(Capsule::link(self, digest, origin, bytes.len(), component)?);
-        let mut cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(cache.entry(digest).or_insert(capsule).clone())
-    }
-
-    fn cached(&self, digest: &Digest) -> Option<Arc<Capsule>> {
+    /// The capsule loaded from `digest`, from the in-memory cache (counted
+    /// as a hit or a miss). One lock, one hash lookup.
+    pub(crate) fn cached(&self, digest: &Digest) -> Option<Arc<Capsule>> {
         let cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(digest).cloned()
+        let found = cache.get(digest).cloned();
+        let counter = if found.is_some() {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Keep `capsule` in the in-memory cache; the one already there wins
+    /// when two threads loaded the same digest at once.
+    pub(crate) fn remember(&self, capsule: Capsule) -> Arc<Capsule> {
+        let mut cache = self.capsules.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(capsule.digest())
+            .or_insert_with(|| Arc::new(capsule))
+            .clone()
+    }
+
+    /// The linker every capsule is linked against.
+    pub(crate) fn linker(&self) -> &Linker<Host> {
+        &self.linker
     }
 
     fn aot_path(&self, digest: &Digest) -> Option<PathBuf> {
@@ -192,14 +191,14 @@ impl Engine {
     }
 
     /// Compile `bytes`, or deserialize the AOT artifact for (digest, engine
-    /// fingerprint). A cache that cannot be read or written is skipped with
+    /// fingerprint). Part of [`Engine::load`](crate::load). A cache that cannot be read or written is skipped with
     /// a warning; it never fails the load.
     ///
     /// The structural bounds and the slot limits ([`crate::validate::Fit`])
     /// are checked first, also when the artifact is cached (one pass over
     /// the section headers): one acceptance rule for both allocators and
     /// for cached and fresh compiles.
-    fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Component, LoadError> {
+    pub(crate) fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Component, LoadError> {
         let fit = crate::validate::Fit::of(&self.config.engine);
         crate::validate::check(bytes, &self.config.validate, &fit).map_err(LoadError::Invalid)?;
         let aot = self.aot_path(&digest);

@@ -19,16 +19,19 @@
 pub mod config; // operator configuration: one typed tree (`soma.toml`)
 pub mod store; // the data directory: redb database, blob cache and AOT cache paths
 pub mod digest; // content addresses: sha256 of a component's bytes
+pub mod names; // typed names: the enums whose values scripts and journals know by name
 pub mod resolve; // resolve: CapsuleRef + trust policy → a pinned, verified, loaded capsule (the one path)
 pub mod market; // the capsule marketplace: listings, authors, submissions, publishing, install pins
 pub mod oci; // pull: capsules as OCI Wasm artifacts in registries; the verified blob cache
 pub mod verify; // verify: cosign-compatible keys and signatures; the trust policy
 pub mod validate; // validate: structural bounds checked before anything is compiled
 pub mod limits; // per-call limits and the ResourceLimiter that enforces them
+pub mod failure; // how a call can fail: one Failure per cause, its FailureClass
 pub mod engine; // compile: wasmtime engine, pooling, fuel/epoch, ticker, AOT cache, capsule cache
 pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod host; // per-call store data composing every capability's state
 pub mod call; // instantiate + run: one call under limits and grants, the failure classified → Outcome
+pub mod load; // compile + link + describe() → Capsule, cached per digest (Engine::load)
 pub mod ledger; // meter: durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
 pub mod budget; // meter: budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time charges

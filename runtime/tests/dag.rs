@@ -350,3 +350,41 @@ fn sigkill_at_random_points_then_resume_gives_the_same_outputs() {
     );
     assert!(mid_dag >= 6, "the kills should land mid-DAG");
 }
+
+#[test]
+fn validate_prints_what_each_node_is_granted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("grants.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: grants\ncapsules:\n  notebook: {}\nnodes:\n  - {{ id: open, capsule: notebook }}\n  - id: closed\n    capsule: notebook\n    capabilities: {{ kv: false }}\n",
+            soma_capsules::NOTEBOOK_COMPONENT
+        ),
+    )
+    .expect("write");
+    let out = soma(dir.path())
+        .args(["dag", "validate"])
+        .arg(&spec)
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = |node: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no line for {node}: {stdout}"))
+            .split_whitespace()
+            .skip(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // The default policy allows kv and no llm model.
+    assert_eq!(line("open"), "kv", "{stdout}");
+    assert_eq!(
+        line("closed"),
+        "nothing (capabilities: kv: false)",
+        "{stdout}"
+    );
+}

@@ -81,7 +81,7 @@ fn describe_is_read_at_load() {
     let t = shared();
     let c = t.load(soma_capsules::NOTEBOOK_COMPONENT);
     let m = c.manifest();
-    assert_eq!((m.name.as_str(), m.kind), ("notebook", "worker"));
+    assert_eq!((m.name.as_str(), m.kind.name()), ("notebook", "worker"));
     assert!(m.wants.kv);
     assert_eq!(m.wants.llm, vec!["small".to_owned()]);
     assert!(m.wants.other.is_empty());

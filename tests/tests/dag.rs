@@ -502,3 +502,133 @@ nodes:
         "nothing was recorded"
     );
 }
+
+/// A spec over the `notebook` capsule (which asks for kv and llm `small`).
+fn notebook_spec(nodes: &str) -> spec::Spec {
+    let text = format!(
+        "name: restricted\ncapsules:\n  notebook: {}\n{nodes}",
+        soma_capsules::NOTEBOOK_COMPONENT
+    );
+    spec::parse(&text, "restricted.yaml").unwrap_or_else(|e| panic!("spec: {e}"))
+}
+
+fn node_output(state: &RunState, node: &str) -> Value {
+    state
+        .node(node)
+        .and_then(|n| n.output.clone())
+        .unwrap_or_else(|| panic!("{node} has no output"))
+}
+
+/// A caught kv denial: `{"failed": true, "class": "capsule-error", "code": "kv", …}`.
+fn assert_kv_denied(output: &Value, node: &str) {
+    assert_eq!(output["failed"], true, "{node}: {output}");
+    assert_eq!(output["code"], "kv", "{node}: {output}");
+    assert!(
+        output["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not granted kv")),
+        "{node}: {output}"
+    );
+}
+
+#[test]
+fn a_node_restricted_to_no_kv_is_denied_it_and_keeps_the_restriction_across_resume() {
+    let t = engine();
+    let spec = notebook_spec(
+        r#"
+nodes:
+  - { id: open, capsule: notebook, input: { op: kv-set, scope: capsule, key: k, value: v } }
+  - { id: mid, capsule: notebook, needs: [open], input: { op: kv-get, scope: capsule, key: k } }
+  - id: closed
+    capsule: notebook
+    needs: [mid]
+    input: { op: kv-get, scope: capsule, key: k }
+    capabilities: { kv: false, llm: [small] }
+    catch: true
+  - { id: again, capsule: notebook, needs: [closed], input: { op: kv-get, scope: capsule, key: k } }
+"#,
+    );
+    assert_eq!(
+        spec.nodes[2].capabilities.to_string(),
+        "kv: false, llm: [small]"
+    );
+    let loaded = load(&t, &spec);
+    let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
+        .expect("create");
+    // Stop after `open` (`mid`, already handed out, finishes), so `closed`
+    // and `again` run in a second process that has only the journal.
+    let settings = Settings {
+        concurrency: Some(1),
+        ..Settings::default()
+    };
+    let observer = InterruptAfterFirstResult(settings.interrupt.clone());
+    let (state, ended) =
+        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &observer).expect("drive");
+    assert_eq!(ended, Ended::Interrupted);
+    assert!(state.node("closed").is_some_and(|n| n.output.is_none()));
+    let (state, ended) = scheduler::drive(
+        &t.engine,
+        &run,
+        &capsules(&loaded),
+        &Settings::default(),
+        &Quiet,
+    )
+    .expect("resume");
+    assert_eq!(ended, Ended::Finished(RunStatus::Succeeded));
+    assert_eq!(node_output(&state, "open"), json!({ "set": "k" }));
+    assert_kv_denied(&node_output(&state, "closed"), "closed");
+    // The same capsule in another node of the same run keeps kv (and sees
+    // what `open` wrote).
+    assert_eq!(
+        node_output(&state, "again"),
+        json!({ "key": "k", "value": "v" })
+    );
+}
+
+#[test]
+fn a_node_cannot_widen_its_grant_beyond_the_policy() {
+    let mut config = soma_tests::config(Allocator::Pooling, Metering::Fuel);
+    config.policy.allow_kv = false;
+    // The policy would allow `large`; the capsule asks only for `small`.
+    config.policy.llm_models = vec!["small".into(), "large".into()];
+    let t = TestEngine::new(config);
+    let spec = notebook_spec(
+        r#"
+nodes:
+  - id: wider
+    capsule: notebook
+    input: { op: kv-set, scope: capsule, key: k, value: v }
+    capabilities: { kv: true, llm: [small, large] }
+    catch: true
+  - id: ask
+    capsule: notebook
+    input: { op: ask, model: large, question: "?" }
+    capabilities: { llm: [small, large] }
+    catch: true
+"#,
+    );
+    let state = run_to_end(&t, &spec, json!({}));
+    assert_eq!(status(&state), RunStatus::Succeeded);
+    assert_kv_denied(&node_output(&state, "wider"), "wider");
+    // `large` is in the policy and the node's list, but the capsule did not
+    // ask for it.
+    let ask = node_output(&state, "ask");
+    assert_eq!(ask["failed"], true, "{ask}");
+    assert_eq!(ask["code"], "llm-denied", "{ask}");
+}
+
+#[test]
+fn a_capabilities_entry_that_cannot_restrict_is_refused_with_its_line() {
+    let text = format!(
+        "name: typo\ncapsules:\n  notebook: {}\nnodes:\n  - id: a\n    capsule: notebook\n    capabilities:\n      kvv: false\n      log: false\n      kv: [x]\n",
+        soma_capsules::NOTEBOOK_COMPONENT
+    );
+    let e = spec::parse(&text, "typo.yaml").expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("typo.yaml:8:7: node `a`: bad `capabilities`: unknown capability `kvv`"),
+        "{text}"
+    );
+    assert!(text.contains("`log` cannot be restricted"), "{text}");
+    assert!(text.contains("`kv` takes `true` or `false`"), "{text}");
+}

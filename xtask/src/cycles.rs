@@ -798,14 +798,7 @@ pub struct Known {
 
 /// The tolerated cycles. The check fails when one of them changes (a
 /// module joins or leaves it) or disappears, so this list only shrinks.
-pub const KNOWN: &[Known] = &[Known {
-    krate: "runtime/src/lib.rs",
-    modules: &["call", "capsule", "engine"],
-    why: "the wasm core: `Engine` caches `Capsule`s, `Capsule::link` describes itself \
-          through `Engine::describe` (call.rs), and `LoadError::Describe` holds a \
-          `call::Failure`. Removing it moves `Failure` below `capsule` and the capsule \
-          cache out of `Engine` (issue 13's capability and contract slices rewrite both)",
-}];
+pub const KNOWN: &[Known] = &[];
 
 /// Split `cycles` into failures (new or changed cycles, and known ones that
 /// are gone) and notes (known cycles still present).

@@ -5,39 +5,30 @@
 use serde::{Deserialize, Serialize};
 use soma_host_api::bindings::soma::capsule::types as wit;
 
-/// A capsule's kind. Serialized (API, journal, `soma inspect`) as
-/// `worker`, `planner` or `gate`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum CapsuleKind {
-    /// Does one task: input → output.
-    Worker,
-    /// Decomposes a goal into a sub-DAG (its output is a plan).
-    Planner,
-    /// Approves or returns work with feedback (its output is a verdict).
-    Gate,
-}
-
-impl CapsuleKind {
-    /// The lowercase name (the serde form). Free: a static string.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Worker => "worker",
-            Self::Planner => "planner",
-            Self::Gate => "gate",
-        }
+crate::names::named_enum! {
+    /// A capsule's kind. Serialized (API, journal, `soma inspect`, the OCI
+    /// annotation) as `worker`, `planner` or `gate`.
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
+    )]
+    #[serde(rename_all = "kebab-case")]
+    pub enum CapsuleKind: "capsule kind" {
+        /// Does one task: input → output.
+        Worker = "worker",
+        /// Decomposes a goal into a sub-DAG (its output is a plan).
+        Planner = "planner",
+        /// Approves or returns work with feedback (its output is a verdict).
+        Gate = "gate",
     }
 }
 
@@ -48,18 +39,6 @@ impl From<wit::CapsuleKind> for CapsuleKind {
             wit::CapsuleKind::Planner => Self::Planner,
             wit::CapsuleKind::Gate => Self::Gate,
         }
-    }
-}
-
-impl std::fmt::Display for CapsuleKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-impl PartialEq<&str> for CapsuleKind {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
     }
 }
 
@@ -77,5 +56,6 @@ mod tests {
                 kind
             );
         }
+        crate::names::assert_names(&CapsuleKind::ALL, &CapsuleKind::NAMES);
     }
 }

@@ -751,6 +751,7 @@ fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
         Ok(s) => s,
         Err(e) => return invalid(&e, false),
     };
+    let mut grants = String::new();
     if !args.offline {
         let engine = global.engine(None)?;
         let spec_dir = args.spec.parent().unwrap_or(Path::new("."));
@@ -771,13 +772,44 @@ fn validate(global: &Global, args: ValidateArgs) -> anyhow::Result<Code> {
         }) {
             return invalid(&scheduler::DagError::from(e).into(), false);
         }
+        grants = node_grants(&engine, &spec, &loaded);
     }
     println!(
         "{origin}: ok ({} nodes, {} capsules)",
         spec.nodes.len(),
         spec.capsules.len()
     );
+    print!("{grants}");
     Ok(Code::Ok)
+}
+
+/// What each node's capsule is granted — its wants ∩ the operator's
+/// `[policy]` ∩ the node's `capabilities:` — one line per node, for
+/// `soma dag validate` (nodes a planner adds are not known yet).
+fn node_grants(engine: &Engine, spec: &Spec, loaded: &BTreeMap<String, Loaded>) -> String {
+    let mut out =
+        String::from("grants (the capsule's wants ∩ [policy] ∩ the node's capabilities):\n");
+    for node in &spec.nodes {
+        let Some(l) = loaded.get(&node.capsule) else {
+            continue;
+        };
+        let mut options = soma_runtime::CallOptions::for_capsule(engine, &l.capsule);
+        if !node.capabilities.is_empty() {
+            options.restrict(engine, &l.capsule, &node.capabilities);
+        }
+        let words = options.grants.words();
+        let granted = if words.is_empty() {
+            "nothing".to_owned()
+        } else {
+            words.join(", ")
+        };
+        let _ = write!(out, "  {:<16} {:<16} {granted}", node.id, node.capsule);
+        if !node.capabilities.is_empty() {
+            let _ = write!(out, "  (capabilities: {})", node.capabilities);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn replay(global: &Global, run: &str) -> anyhow::Result<(RunState, Vec<Event>)> {

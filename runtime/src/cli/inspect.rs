@@ -22,8 +22,8 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         .resolve(&CapsuleRef::File(args.capsule.clone()))?
         .capsule;
     let m = capsule.manifest();
-    let imports = capsule.imports(&engine);
-    let exports = capsule.exports(&engine);
+    let imports = capsule.imports(engine.wasmtime());
+    let exports = capsule.exports(engine.wasmtime());
     if args.json {
         let doc = serde_json::json!({
             "digest": capsule.digest(),

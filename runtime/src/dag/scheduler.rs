@@ -891,6 +891,11 @@ impl Coordinator<'_> {
                 defaults.memory_mb,
             );
         }
+        // The node's `capabilities:` (and its planners') narrow the grants.
+        let restriction = self.state.restriction(d.node);
+        if !restriction.is_empty() {
+            options.restrict(self.engine, &capsule, &restriction);
+        }
         let span = tracing::info_span!(
             parent: &self.span,
             "soma.node",

@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 
 pub use crate::config::dag::Ceilings;
 
+use soma_host_api::{AllowError, Restriction};
+
 use super::source::{self, Position, Positions, SourceError};
 use super::template::{self, Root, Segment, TemplateError, TemplateRef, kind_of};
 
@@ -268,6 +270,29 @@ pub struct NodeSpec {
     /// (`{"failed": true, "class", "code", "message"}`) instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub catch: bool,
+    /// Narrow what this node's capsule is granted, per capability: `false`
+    /// takes a capability away, a list keeps only those arguments (e.g.
+    /// `llm: [small]`), `true` changes nothing. It only narrows — the grant
+    /// stays within what the capsule asks for and the operator's
+    /// `[policy]` allows — and a planner's plan nodes are held to the
+    /// planner node's restriction too. Capabilities not named are not
+    /// narrowed; `log`, `events` and `dir` cannot be named.
+    #[serde(default, skip_serializing_if = "Restriction::is_empty")]
+    #[schemars(with = "BTreeMap<String, AllowSchema>")]
+    pub capabilities: Restriction,
+}
+
+/// What a node allows one capability: `true`, `false` or a list of
+/// arguments. (The schema of `soma_host_api::Allow`, which has no schemars.)
+#[derive(JsonSchema)]
+#[schemars(rename = "Allow")]
+#[serde(untagged)]
+#[allow(dead_code)] // only its schema is used
+enum AllowSchema {
+    /// `true`: as granted anyway; `false`: nothing.
+    Bool(bool),
+    /// Only these arguments (e.g. llm models) of what is granted anyway.
+    Only(Vec<String>),
 }
 
 fn empty_object() -> Value {
@@ -655,6 +680,16 @@ pub enum SpecErrorKind {
     BadForEach {
         /// What is wrong.
         reason: String,
+    },
+    /// A node's `capabilities:` names a capability it cannot restrict, or
+    /// gives it a value it does not take.
+    #[error("node `{node}`: bad `capabilities`: {error}")]
+    BadCapability {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        #[source]
+        error: AllowError,
     },
     /// A gate over a missing node, itself, or with rounds out of 1–10.
     #[error("bad `gate`: {reason}")]
@@ -1306,6 +1341,19 @@ fn check_node(
                 SpecErrorKind::UnknownNode {
                     id: need.clone(),
                     referenced_by: format!("node `{id}`"),
+                },
+            );
+        }
+    }
+    for (name, allow) in &node.capabilities.0 {
+        if let Err(error) = soma_host_api::check_allow(name, allow) {
+            let mut at = format!("{pointer}/capabilities");
+            source::push_field(&mut at, name);
+            report.push_member(
+                at,
+                SpecErrorKind::BadCapability {
+                    node: id.to_owned(),
+                    error,
                 },
             );
         }

@@ -281,6 +281,24 @@ impl RunState {
         &self.nodes
     }
 
+    /// What node `node` may be granted (its spec's `capabilities:`), held
+    /// to the restriction of every node it was spliced in by (a planner,
+    /// a `for_each`): a plan cannot give its nodes more than its planner
+    /// had. Empty when nothing restricts it. Cheap: one walk up the
+    /// parents, cloning only what is restricted.
+    pub fn restriction(&self, node: usize) -> soma_host_api::Restriction {
+        let mut restriction = soma_host_api::Restriction::default();
+        let mut next = self.nodes.get(node).map(|_| node);
+        while let Some(i) = next {
+            let own = &self.nodes[i].spec.capabilities;
+            if !own.is_empty() {
+                restriction = restriction.and(own);
+            }
+            next = self.nodes[i].parent;
+        }
+        restriction
+    }
+
     /// A node by id.
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.index.get(id).map(|&i| &self.nodes[i])
@@ -1445,5 +1463,51 @@ mod tests {
             let d = backoff_ms(&j, t, &mut rng);
             assert!((plain[t as usize - 1] / 2..=plain[t as usize - 1]).contains(&d));
         }
+    }
+
+    #[test]
+    fn plan_nodes_are_held_to_their_planners_restriction_after_replay() {
+        let spec = spec::parse(
+            "name: r\ncapsules: { p: p.wasm }\nnodes:\n  - id: plan\n    capsule: p\n    \
+             capabilities: { kv: false, llm: [small, large] }\n  - { id: free, capsule: p }\n",
+            "r.yaml",
+        )
+        .expect("spec");
+        let plan: spec::Plan = serde_json::from_value(serde_json::json!({
+            "nodes": [
+                { "id": "w", "capsule": "p", "capabilities": { "llm": ["small"] } },
+                { "id": "v", "capsule": "p" },
+            ]
+        }))
+        .expect("plan");
+        let history = [
+            Event::Created {
+                spec: Box::new(spec),
+                input: Value::Object(serde_json::Map::new()),
+                capsules: BTreeMap::new(),
+                tenant: "t".into(),
+                origin: "r.yaml".into(),
+                time_ms: 1,
+            },
+            Event::Expanded {
+                node: "plan".into(),
+                call: CallRecord::default(),
+                plan,
+                time_ms: 2,
+            },
+        ];
+        let state = RunState::replay("r1", &history).expect("replay");
+        let restriction = |id: &str| {
+            let i = state
+                .nodes()
+                .iter()
+                .position(|n| n.id == id)
+                .unwrap_or_else(|| panic!("no node {id}"));
+            state.restriction(i).to_string()
+        };
+        assert_eq!(restriction("plan"), "kv: false, llm: [small, large]");
+        assert_eq!(restriction("free"), "");
+        assert_eq!(restriction("plan.w"), "kv: false, llm: [small]");
+        assert_eq!(restriction("plan.v"), "kv: false, llm: [small, large]");
     }
 }

@@ -7,117 +7,81 @@ use serde::{Deserialize, Serialize};
 
 use crate::call::FailureClass;
 
-/// Where a DAG run is: [`RunStatus`](super::history::RunStatus) once it has finished, else queued
-/// (the daemon has not started it), running (a process works on it, or was
-/// killed doing so) or interrupted (nothing works on it; resumable).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunPhase {
-    /// Accepted by the daemon; no driver has taken it yet.
-    Queued,
-    /// A process is driving it (or was killed doing so).
-    Running,
-    /// Not finished and nothing is driving it; `soma dag resume` continues it.
-    Interrupted,
-    /// Every node succeeded (or was caught) and the output rendered.
-    Succeeded,
-    /// A node failed for good, or the output could not be rendered.
-    Failed,
-    /// Cancelled on request.
-    Cancelled,
+crate::names::named_enum! {
+    /// Where a DAG run is: [`RunStatus`](super::history::RunStatus) once it has finished, else queued
+    /// (the daemon has not started it), running (a process works on it, or was
+    /// killed doing so) or interrupted (nothing works on it; resumable).
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
+    )]
+    #[serde(rename_all = "kebab-case")]
+    pub enum RunPhase: "run status" {
+        /// Accepted by the daemon; no driver has taken it yet.
+        Queued = "queued",
+        /// A process is driving it (or was killed doing so).
+        Running = "running",
+        /// Not finished and nothing is driving it; `soma dag resume` continues it.
+        Interrupted = "interrupted",
+        /// Every node succeeded (or was caught) and the output rendered.
+        Succeeded = "succeeded",
+        /// A node failed for good, or the output could not be rendered.
+        Failed = "failed",
+        /// Cancelled on request.
+        Cancelled = "cancelled",
+    }
 }
 
 impl RunPhase {
-    /// The kebab-case name (the serde form).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Interrupted => "interrupted",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
     /// Whether the run has ended (succeeded, failed or cancelled).
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 }
 
-impl std::fmt::Display for RunPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-/// Where a node is, by name (the data of
-/// [`Status`](super::state::Status) left out).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeStatus {
-    /// Waiting for its dependencies (or for a slot).
-    Waiting,
-    /// An attempt is in flight.
-    Running,
-    /// Failed; retried after a backoff.
-    Retrying,
-    /// A planner whose plan is running.
-    Expanded,
-    /// A `for_each` node whose instances are running.
-    FannedOut,
-    /// Done, with an output.
-    Succeeded,
-    /// Failed for good.
-    Failed,
-    /// Not run: something it depends on failed.
-    Skipped,
-}
-
-impl NodeStatus {
-    /// The kebab-case name (the serde form).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Waiting => "waiting",
-            Self::Running => "running",
-            Self::Retrying => "retrying",
-            Self::Expanded => "expanded",
-            Self::FannedOut => "fanned-out",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
+crate::names::named_enum! {
+    /// Where a node is, by name (the data of
+    /// [`Status`](super::state::Status) left out).
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
+    )]
+    #[serde(rename_all = "kebab-case")]
+    pub enum NodeStatus: "node status" {
+        /// Waiting for its dependencies (or for a slot).
+        Waiting = "waiting",
+        /// An attempt is in flight.
+        Running = "running",
+        /// Failed; retried after a backoff.
+        Retrying = "retrying",
+        /// A planner whose plan is running.
+        Expanded = "expanded",
+        /// A `for_each` node whose instances are running.
+        FannedOut = "fanned-out",
+        /// Done, with an output.
+        Succeeded = "succeeded",
+        /// Failed for good.
+        Failed = "failed",
+        /// Not run: something it depends on failed.
+        Skipped = "skipped",
     }
 }
 
@@ -172,15 +136,36 @@ impl NodeFailureClass {
             .map(Self::Call)
             .or_else(|| Self::SCHEDULER.into_iter().find(|c| c.name() == name))
     }
+
+    /// Every class's name: the call's, then the scheduler's.
+    pub fn names() -> &'static [&'static str] {
+        static NAMES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+            FailureClass::ALL
+                .into_iter()
+                .map(NodeFailureClass::Call)
+                .chain(NodeFailureClass::SCHEDULER)
+                .map(NodeFailureClass::name)
+                .collect()
+        });
+        &NAMES
+    }
+}
+
+impl std::str::FromStr for NodeFailureClass {
+    type Err = crate::names::UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::from_name(name).ok_or_else(|| crate::names::UnknownName {
+            what: "node failure class",
+            name: name.to_owned(),
+            accepted: Self::names(),
+        })
+    }
 }
 
 impl utoipa::PartialSchema for NodeFailureClass {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        let names = FailureClass::ALL
-            .into_iter()
-            .map(Self::Call)
-            .chain(Self::SCHEDULER)
-            .map(Self::name);
+        let names = Self::names().iter().copied();
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .enum_values(Some(names))
@@ -214,9 +199,7 @@ impl Serialize for NodeFailureClass {
 impl<'de> Deserialize<'de> for NodeFailureClass {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Self::from_name(&name).ok_or_else(|| {
-            serde::de::Error::custom(format_args!("unknown node failure class `{name}`"))
-        })
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -224,6 +207,14 @@ impl<'de> Deserialize<'de> for NodeFailureClass {
 mod tests {
     use super::*;
     use crate::dag::history::RunStatus;
+
+    fn all_node_failure_classes() -> Vec<NodeFailureClass> {
+        FailureClass::ALL
+            .into_iter()
+            .map(NodeFailureClass::Call)
+            .chain(NodeFailureClass::SCHEDULER)
+            .collect()
+    }
 
     #[test]
     fn node_failure_classes_round_trip_by_name() {
@@ -239,7 +230,15 @@ mod tests {
             assert_eq!(back, class);
             assert!(names.insert(class.name()), "{class} named twice");
         }
-        assert!(serde_json::from_str::<NodeFailureClass>("\"nope\"").is_err());
+        let e = serde_json::from_str::<NodeFailureClass>("\"nope\"").expect_err("unknown");
+        assert!(
+            e.to_string().contains(
+                "unknown node failure class `nope`: expected one of \
+                 out-of-fuel, deadline-exceeded"
+            ) && e.to_string().contains("invalid-plan"),
+            "{e}"
+        );
+        crate::names::assert_names(&all_node_failure_classes(), NodeFailureClass::names());
     }
 
     #[test]
@@ -260,5 +259,7 @@ mod tests {
             "fanned-out"
         );
         assert_eq!(RunPhase::from(RunStatus::Cancelled), RunPhase::Cancelled);
+        crate::names::assert_names(&RunPhase::ALL, &RunPhase::NAMES);
+        crate::names::assert_names(&NodeStatus::ALL, &NodeStatus::NAMES);
     }
 }

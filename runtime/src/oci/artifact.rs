@@ -86,7 +86,7 @@ impl CapsuleArtifact<'_> {
             ),
             ("org.opencontainers.image.created", created),
             (ANNOTATION_NAME, described.name.clone()),
-            (ANNOTATION_KIND, described.kind.to_owned()),
+            (ANNOTATION_KIND, described.kind.name().to_owned()),
         ]);
         if let Some(source) = self.source {
             annotations.insert("org.opencontainers.image.source", source.to_owned());

@@ -44,8 +44,8 @@ pub fn push(
     let built = artifact::CapsuleArtifact {
         layer: bytes,
         manifest: capsule.manifest(),
-        exports: capsule.exports(engine),
-        imports: capsule.imports(engine),
+        exports: capsule.exports(engine.wasmtime()),
+        imports: capsule.imports(engine.wasmtime()),
         source: options.source.as_deref(),
     }
     .build(SystemTime::now())

@@ -427,7 +427,7 @@ fn plan_errors_are_local_and_carry_pointers() {
         vec![
             "plan from node `plan`: nodes[3].unknown: unknown field `unknown`, expected one of \
              `id`, `capsule`, `input`, `needs`, `limits`, `timeout_ms`, `retries`, `budget`, \
-             `gate`, `for_each`, `catch` (at /nodes/3/unknown)",
+             `gate`, `for_each`, `catch`, `capabilities` (at /nodes/3/unknown)",
             "plan from node `plan`: node `a` uses capsule `not-an-alias`, which is not declared \
              in `capsules` (at /nodes/0/capsule)",
             // Spec node ids are not visible from a plan.
