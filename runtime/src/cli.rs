@@ -8,6 +8,7 @@ mod exit;
 mod inspect;
 mod kv;
 mod ledger;
+mod market;
 mod new;
 mod progress;
 mod registry;
@@ -91,6 +92,9 @@ enum Command {
     /// The kv store of this data directory: adopt-legacy.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// The capsule marketplace: search.
+    #[command(subcommand)]
+    Market(market::MarketCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +197,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Token(cmd) => daemon::token(&global, cmd),
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Kv(cmd) => kv::kv(&global, cmd),
+        Command::Market(cmd) => market::market(&global, cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(exit::Code::Ok)

@@ -144,11 +144,14 @@ impl Core {
         for doc in docs {
             core.add_version(doc)?;
         }
-        let shown: Vec<(String, Arc<SearchDoc>)> = core
+        // In id order, so slots and facet spellings (first seen) do not
+        // depend on the hash map's order.
+        let mut shown: Vec<(String, Arc<SearchDoc>)> = core
             .listings
             .iter()
             .filter_map(|(id, l)| l.shown().map(|d| (id.clone(), Arc::clone(d))))
             .collect();
+        shown.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, doc) in shown {
             let slot = core.index(doc);
             if let Some(listing) = core.listings.get_mut(&id) {
