@@ -472,10 +472,10 @@ impl Core {
                             continue;
                         };
                         let mut tf = 0f32;
-                        for f in 0..FIELDS {
-                            if p.tf[f] > 0 {
+                        for (f, &count) in p.tf.iter().enumerate() {
+                            if count > 0 {
                                 let norm = 1.0 - B + B * slot.lens[f] as f32 / avg[f];
-                                tf += FIELD_WEIGHT[f] * f32::from(p.tf[f]) / norm;
+                                tf += FIELD_WEIGHT[f] * f32::from(count) / norm;
                             }
                         }
                         let score = factor * tf * (K1 + 1.0) / (tf + K1);
