@@ -95,7 +95,7 @@ enum Command {
     /// The kv store of this data directory: adopt-legacy.
     #[command(subcommand)]
     Kv(kv::KvCommand),
-    /// The capsule marketplace: authors, submit, publish, install, update.
+    /// The capsule marketplace: authors, submit, publish, install, update, search.
     #[command(subcommand)]
     Market(market::MarketCommand),
 }

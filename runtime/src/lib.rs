@@ -38,7 +38,6 @@ pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time
 pub mod dag; // DAG runs: spec, templates, the durable scheduler
 pub mod telemetry; // tracing + OpenTelemetry export
 pub mod daemon; // the multi-tenant service: REST + SSE, tokens, TLS, admission, metrics
-pub mod market; // the capsule marketplace: automated review of submissions (evidence + reason codes)
 
 pub use call::{CallOptions, Failure, FailureClass, Outcome, Usage};
 pub use capsule::{Capsule, LoadError, Manifest};

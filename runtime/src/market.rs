@@ -19,5 +19,6 @@ pub mod flow; // submit, publish, install, update: the flows that touch a regist
 pub mod listing; // listing.toml: the author's metadata and price
 pub mod lock; // soma.lock: name → digest pins
 pub mod review; // the automated review: every step as evidence with a reason code
+pub mod search; // search: full text with typo tolerance, facets, ranking over published listings
 pub mod state; // a submitted version's states and the moves between them
 pub mod store; // authors, submissions and versions in the node database

@@ -18,6 +18,8 @@ use soma_runtime::{
     verify::{KeyPair, PublicKey},
 };
 
+mod search;
+
 use super::{
     Global,
     exit::Code,
@@ -45,6 +47,9 @@ pub(crate) enum MarketCommand {
     Install(InstallArgs),
     /// Move the lockfile's pins to the newest published versions within their ranges.
     Update(UpdateArgs),
+    /// Search published listings: full text with typo tolerance, facet
+    /// filters and counts.
+    Search(search::Args),
 }
 
 /// Author identities.
@@ -187,12 +192,14 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
         MarketCommand::Publish(a) | MarketCommand::Yank(a) | MarketCommand::Deprecate(a) => a.json,
         MarketCommand::Install(a) => a.json,
         MarketCommand::Update(a) => a.json,
+        MarketCommand::Search(a) => a.json,
     };
     or_json_error(json, run(global, cmd))
 }
 
 fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
     match cmd {
+        MarketCommand::Search(args) => return search::run(global, args),
         MarketCommand::Author(AuthorCommand::Register { name, key, json }) => {
             let public = PublicKey::load(&key)?;
             let author = market(global)?.register_author(&name, &public)?;

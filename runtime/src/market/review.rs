@@ -411,7 +411,7 @@ pub fn review(
                     .with("name", m.name.clone())
                     .with("version", m.version.clone()),
                 );
-                ev.push(least_privilege(&m.wants, &capsule.imports(&engine)));
+                ev.push(least_privilege(&m.wants, &capsule.imports(engine.wasmtime())));
                 // With an llm fixture, run on an engine whose provider
                 // serves the models the capsule asks for.
                 let fixture_engine = match (&input.llm_fixture, m.wants.llm.is_empty()) {
@@ -672,7 +672,13 @@ fn secret_scan(bytes: &[u8]) -> Evidence {
 }
 
 fn record_load_error(e: LoadError, ev: &mut Vec<Evidence>) {
-    let message = e.to_string();
+    // The message with its causes (`a: b: c`), as the CLI prints errors.
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message = format!("{message}: {c}");
+        cause = c.source();
+    }
     match e {
         LoadError::Invalid(_) => {
             ev.push(failed(Step::Compile, Reason::CompileFailed, message));
@@ -691,7 +697,10 @@ fn record_load_error(e: LoadError, ev: &mut Vec<Evidence>) {
                 ),
             ));
         }
-        LoadError::Describe(_) | LoadError::BadManifest(_) | LoadError::Read { .. } => {
+        LoadError::Describe(_)
+        | LoadError::BadManifest(_)
+        | LoadError::BadSchema { .. }
+        | LoadError::Read { .. } => {
             ev.push(passed(Step::Compile, Reason::Compiled, "compiled"));
             ev.push(failed(
                 Step::World,
