@@ -357,12 +357,13 @@ pub fn review(
     config: &Config,
 ) -> Result<ReviewReport, ReviewError> {
     let started = Instant::now();
-    let mut ev = Vec::new();
-    ev.push(signature(&input.signature));
-    ev.push(size(bytes.len(), input.max_component_bytes));
-    ev.push(license(input.license.as_deref()));
-    ev.push(readme(input.readme.as_deref()));
-    ev.push(secret_scan(bytes));
+    let mut ev = vec![
+        signature(&input.signature),
+        size(bytes.len(), input.max_component_bytes),
+        license(input.license.as_deref()),
+        readme(input.readme.as_deref()),
+        secret_scan(bytes),
+    ];
 
     let mut report = ReviewReport {
         verdict: Verdict::Rejected,
@@ -411,7 +412,10 @@ pub fn review(
                     .with("name", m.name.clone())
                     .with("version", m.version.clone()),
                 );
-                ev.push(least_privilege(&m.wants, &capsule.imports(engine.wasmtime())));
+                ev.push(least_privilege(
+                    &m.wants,
+                    &capsule.imports(engine.wasmtime()),
+                ));
                 // With an llm fixture, run on an engine whose provider
                 // serves the models the capsule asks for.
                 let fixture_engine = match (&input.llm_fixture, m.wants.llm.is_empty()) {
