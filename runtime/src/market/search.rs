@@ -31,7 +31,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{capsule::CapsuleKind, store::DataDir};
+use crate::{capsule::CapsuleKind, names::UnknownName, store::DataDir};
 
 pub use text::{MAX_EXPANSIONS, MAX_WORD_CHARS, max_edits};
 
@@ -118,95 +118,67 @@ pub struct SearchDoc {
     pub deprecated: bool,
 }
 
-/// How a listing's calls are priced: the model's name, a facet. Serialized
-/// as `free`, `per-call`, `per-1k-tokens`, `per-event`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-pub enum PriceModel {
-    /// No charge.
-    #[serde(rename = "free")]
-    Free,
-    /// A price per call.
-    #[serde(rename = "per-call")]
-    PerCall,
-    /// A price per 1,000 LLM tokens the capsule uses.
-    #[serde(rename = "per-1k-tokens")]
-    PerKiloTokens,
-    /// A price per billable event the capsule emits.
-    #[serde(rename = "per-event")]
-    PerEvent,
-}
-
-impl PriceModel {
-    /// Every model, in declaration order.
-    pub const ALL: [Self; 4] = [
-        Self::Free,
-        Self::PerCall,
-        Self::PerKiloTokens,
-        Self::PerEvent,
-    ];
-
-    /// The serde name. Free: a static string.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Free => "free",
-            Self::PerCall => "per-call",
-            Self::PerKiloTokens => "per-1k-tokens",
-            Self::PerEvent => "per-event",
-        }
+crate::names::named_enum! {
+    /// How a listing's calls are priced: the model's name, a facet. Serialized
+    /// as `free`, `per-call`, `per-1k-tokens`, `per-event`.
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
+    )]
+    pub enum PriceModel: "price model" {
+        /// No charge.
+        #[serde(rename = "free")]
+        Free = "free",
+        /// A price per call.
+        #[serde(rename = "per-call")]
+        PerCall = "per-call",
+        /// A price per 1,000 LLM tokens the capsule uses.
+        #[serde(rename = "per-1k-tokens")]
+        PerKiloTokens = "per-1k-tokens",
+        /// A price per billable event the capsule emits.
+        #[serde(rename = "per-event")]
+        PerEvent = "per-event",
     }
 }
 
-/// A listing version's review status: verified (passed review and its
-/// re-tests), under maintenance (failing re-tests; ranked lower), or not
-/// reviewed. Serialized as `verified`, `under-maintenance`, `unreviewed`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReviewState {
-    /// Passed the automated review (and any manual approval) and its re-tests.
-    Verified,
-    /// Published, but its nightly re-tests fail.
-    UnderMaintenance,
-    /// Published without a review.
-    Unreviewed,
+crate::names::named_enum! {
+    /// A listing version's review status: verified (passed review and its
+    /// re-tests), under maintenance (failing re-tests; ranked lower), or not
+    /// reviewed. Serialized as `verified`, `under-maintenance`, `unreviewed`.
+    #[derive(
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        Serialize,
+        Deserialize,
+        utoipa::ToSchema,
+    )]
+    #[serde(rename_all = "kebab-case")]
+    pub enum ReviewState: "review state" {
+        /// Passed the automated review (and any manual approval) and its re-tests.
+        Verified = "verified",
+        /// Published, but its nightly re-tests fail.
+        UnderMaintenance = "under-maintenance",
+        /// Published without a review.
+        Unreviewed = "unreviewed",
+    }
 }
 
 impl ReviewState {
-    /// Every state, in declaration order.
-    pub const ALL: [Self; 3] = [Self::Verified, Self::UnderMaintenance, Self::Unreviewed];
-
-    /// The serde name. Free: a static string.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Verified => "verified",
-            Self::UnderMaintenance => "under-maintenance",
-            Self::Unreviewed => "unreviewed",
-        }
-    }
-
     /// The factor the whole score is multiplied by: verified 1.0,
     /// unreviewed 0.8, under maintenance 0.5.
     pub fn weight(self) -> f64 {
@@ -218,68 +190,25 @@ impl ReviewState {
     }
 }
 
-/// A name that is not one of an enum's serde names.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} `{found}`; expected one of: {expected}")]
-pub struct UnknownName {
-    /// What was parsed (`price model`, `review state`, `capsule kind`).
-    pub what: &'static str,
-    /// The text given.
-    pub found: String,
-    /// The accepted names, comma-separated.
-    pub expected: String,
+/// Parses a name the way a person types it on the command line: trimmed,
+/// any case (`--price PER-CALL`); the names themselves are lowercase.
+fn parse_any_case<T: FromStr>(s: &str) -> Result<T, T::Err> {
+    s.trim().to_ascii_lowercase().parse()
 }
 
-fn parse_named<T: Copy>(
-    what: &'static str,
-    s: &str,
-    all: &[T],
-    name: fn(T) -> &'static str,
-) -> Result<T, UnknownName> {
-    all.iter()
-        .copied()
-        .find(|v| name(*v).eq_ignore_ascii_case(s.trim()))
-        .ok_or_else(|| UnknownName {
-            what,
-            found: s.to_owned(),
-            expected: all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", "),
-        })
-}
-
-impl FromStr for PriceModel {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_named("price model", s, &Self::ALL, Self::name)
-    }
-}
-
-impl FromStr for ReviewState {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_named("review state", s, &Self::ALL, Self::name)
-    }
-}
-
-/// Parses a capsule kind by its name (`worker`, `planner`, `gate`).
+/// Parses a capsule kind by its name (`worker`, `planner`, `gate`), in any case.
 pub fn parse_kind(s: &str) -> Result<CapsuleKind, UnknownName> {
-    parse_named(
-        "capsule kind",
-        s,
-        &[CapsuleKind::Worker, CapsuleKind::Planner, CapsuleKind::Gate],
-        CapsuleKind::name,
-    )
+    parse_any_case(s)
 }
 
-impl fmt::Display for PriceModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
+/// Parses a price model by its name, in any case.
+pub fn parse_price(s: &str) -> Result<PriceModel, UnknownName> {
+    parse_any_case(s)
 }
 
-impl fmt::Display for ReviewState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
+/// Parses a review state by its name, in any case.
+pub fn parse_review(s: &str) -> Result<ReviewState, UnknownName> {
+    parse_any_case(s)
 }
 
 /// A facet: a field listings can be filtered by and counted on.

@@ -9,7 +9,7 @@ use soma_runtime::{
     capsule::CapsuleKind,
     market::search::{
         DEFAULT_LIMIT, Facet, Filters, PriceModel, ReviewState, SearchAnswer, SearchIndex,
-        SearchQuery, default_dir, parse_kind,
+        SearchQuery, default_dir, parse_kind, parse_price, parse_review,
     },
 };
 
@@ -30,7 +30,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "K", value_parser = parse_kind)]
     kind: Vec<CapsuleKind>,
     /// Only this price model: free, per-call, per-1k-tokens, per-event.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = parse_price)]
     price: Vec<PriceModel>,
     /// Only this SPDX license id.
     #[arg(long, value_name = "L")]
@@ -46,7 +46,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "C")]
     capability: Vec<String>,
     /// Only this review status: verified, under-maintenance, unreviewed.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "STATE", value_parser = parse_review)]
     review: Vec<ReviewState>,
     /// Hits to show (0: counts only; at most 100).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
