@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod connections;
 pub mod limits;
+pub mod market;
 pub mod metrics;
 pub mod pool;
 pub mod runs;
@@ -154,6 +155,8 @@ pub struct Daemon {
     /// The OpenAPI document served at `GET /v1/openapi.json`, rendered once
     /// per process ([`openapi::document`]).
     pub openapi: &'static str,
+    /// The capsule marketplace (`/v1/market`).
+    pub market: market::MarketService,
 }
 
 impl Daemon {
@@ -201,7 +204,9 @@ impl Daemon {
             },
             max_calls_per_tenant: config.max_calls_per_tenant,
         };
+        let market = market::MarketService::start(&engine)?;
         let daemon = Arc::new(Self {
+            market,
             calls: pool::CallPool::new(sharing),
             openapi: openapi::document(),
             runs: runs::Runs::new(runs::RunLimits::of(&config)),

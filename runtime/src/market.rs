@@ -16,6 +16,7 @@
 
 pub mod error; // the marketplace's one error type
 pub mod flow; // submit, publish, install, update: the flows that touch a registry
+pub mod installs; // per-tenant pins: the daemon's soma.lock, one per tenant
 pub mod listing; // listing.toml: the author's metadata and price
 pub mod lock; // soma.lock: name → digest pins
 pub mod review; // the automated review: every step as evidence with a reason code

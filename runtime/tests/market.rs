@@ -173,6 +173,8 @@ fn submit_review_publish_install_run_update_and_yank() {
             "register",
             "--name",
             "acme",
+            "--key-file",
+            author_private.to_str().expect("utf-8"),
             "--key",
             author_public.to_str().expect("utf-8"),
             "--json",
@@ -457,7 +459,28 @@ fn immutable_versions_foreign_namespaces_wrong_keys_and_bad_listings_are_refused
     let (_, stray_private, _) = keypair(root, "stray");
     let (_, market_private, market_public) = keypair(root, "market");
     let node = Node::new(root, &registry, &market_private, &market_public);
-    for (name, public) in [("acme", &acme_public), ("evil", &evil_public)] {
+    // `--key PUB` is accepted only with the private key that proves it: a
+    // public key that is not `--key-file`'s other half is refused.
+    let message = node.refused(
+        root,
+        &[
+            "market",
+            "author",
+            "register",
+            "--name",
+            "acme",
+            "--key-file",
+            evil_private.to_str().expect("utf-8"),
+            "--key",
+            acme_public.to_str().expect("utf-8"),
+        ],
+        1,
+    );
+    assert!(message.contains("not the public half"), "{message}");
+    for (name, private, public) in [
+        ("acme", &acme_private, &acme_public),
+        ("evil", &evil_private, &evil_public),
+    ] {
         node.json(
             root,
             &[
@@ -466,6 +489,8 @@ fn immutable_versions_foreign_namespaces_wrong_keys_and_bad_listings_are_refused
                 "register",
                 "--name",
                 name,
+                "--key-file",
+                private.to_str().expect("utf-8"),
                 "--key",
                 public.to_str().expect("utf-8"),
                 "--json",
@@ -481,8 +506,8 @@ fn immutable_versions_foreign_namespaces_wrong_keys_and_bad_listings_are_refused
             "register",
             "--name",
             "acme",
-            "--key",
-            evil_public.to_str().expect("utf-8"),
+            "--key-file",
+            evil_private.to_str().expect("utf-8"),
         ],
         29,
     );
@@ -495,8 +520,8 @@ fn immutable_versions_foreign_namespaces_wrong_keys_and_bad_listings_are_refused
             "register",
             "--name",
             "acme",
-            "--key",
-            acme_public.to_str().expect("utf-8"),
+            "--key-file",
+            acme_private.to_str().expect("utf-8"),
             "--json",
         ],
     );

@@ -96,7 +96,21 @@ impl DaemonProcess {
 
     /// Start a daemon with an existing config file; waits until it listens.
     pub fn spawn(bin: &Path, data: &Path, config: &Path) -> Self {
-        Self::spawn_with(bin, data, config, "warn", None)
+        Self::spawn_with(bin, data, config, "warn", None, &[])
+    }
+
+    /// Like [`DaemonProcess::start`], with `env` added to the daemon's
+    /// environment (e.g. `SOMA_PASSWORD` for a `[market] key`).
+    pub fn start_with_env(
+        bin: &Path,
+        data: &Path,
+        daemon_keys: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = data.join("soma.toml");
+        std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
+        Self::spawn_with(bin, data, &config, "warn", None, env)
     }
 
     /// Start a daemon with `SOMA_LOG=filter` and no colours; its log goes
@@ -108,10 +122,14 @@ impl DaemonProcess {
         config: &Path,
         filter: &str,
         capture: Option<&mut LogCapture>,
+        env: &[(&str, &str)],
     ) -> Self {
         let mut start = harness::Start::default()
             .env("SOMA_LOG", filter)
             .env("NO_COLOR", "1");
+        for (key, value) in env {
+            start = start.env(key, value);
+        }
         start.deadline = Duration::from_secs(60);
         match capture {
             Some(_) => start.keep_lines = usize::MAX,
@@ -461,7 +479,7 @@ impl DaemonProcess {
         let config = data.join("soma.toml");
         std::fs::write(&config, config_text(daemon_keys, extra)).expect("write config");
         let mut capture = LogCapture::default();
-        let daemon = Self::spawn_with(bin, data, &config, filter, Some(&mut capture));
+        let daemon = Self::spawn_with(bin, data, &config, filter, Some(&mut capture), &[]);
         (daemon, capture)
     }
 }

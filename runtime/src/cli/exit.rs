@@ -153,7 +153,10 @@ impl Code {
         match m {
             MarketError::Oci(oci) => Self::of_oci(oci),
             MarketError::Verify(_) | MarketError::WrongAuthorKey { .. } => Self::Untrusted,
-            MarketError::ForeignNamespace { .. } => Self::Denied,
+            MarketError::ForeignNamespace { .. } | MarketError::NamespaceOwned { .. } => {
+                Self::Denied
+            }
+            MarketError::BadProof { .. } => Self::Untrusted,
             MarketError::Listing(_) => Self::InvalidSpec,
             MarketError::AuthorExists { .. }
             | MarketError::KeyTaken { .. }
@@ -163,7 +166,8 @@ impl Code {
             | MarketError::BadTransition { .. }
             | MarketError::NoMatch { .. }
             | MarketError::UnknownDigest { .. }
-            | MarketError::PinOutsideRange { .. } => Self::MarketRefused,
+            | MarketError::PinOutsideRange { .. }
+            | MarketError::TooManyPins { .. } => Self::MarketRefused,
             MarketError::Open(_)
             | MarketError::Storage(_)
             | MarketError::Corrupt { .. }

@@ -12,7 +12,7 @@ use soma_runtime::{
         flow::{self, Access, Artifact, Selector},
         listing::Listing,
         lock::LOCKFILE,
-        store::{Market, Submission, SubmissionState},
+        store::{Market, Submission, SubmissionState, author_statement},
     },
     oci::Reference,
     verify::{KeyPair, PublicKey},
@@ -55,14 +55,25 @@ pub(crate) enum MarketCommand {
 /// Author identities.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AuthorCommand {
-    /// Register an author name with its public key (cosign .pub, from `soma keygen`).
+    /// Register an author name with its key pair (from `soma keygen`): the
+    /// private key signs a proof of possession, the public key is stored.
     Register {
         /// The author (namespace) name: lowercase letters, digits, '-'.
         #[arg(long)]
         name: String,
-        /// The author's public key.
+        /// The author's encrypted private key (password from $SOMA_PASSWORD
+        /// or a prompt): it signs `soma-market-author-v1\n<name>\n<tenant>\n`
+        /// here, so nobody registers a key it does not hold.
+        #[arg(long, value_name = "KEY")]
+        key_file: PathBuf,
+        /// The author's public key (.pub). Optional, and accepted only
+        /// together with --key-file: it must be that key's public half.
         #[arg(long, value_name = "PUB")]
-        key: PathBuf,
+        key: Option<PathBuf>,
+        /// The daemon tenant that owns the namespace (only its tokens may
+        /// submit into it over /v1/market). Default: none, operator-owned.
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -200,9 +211,27 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
 fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
     match cmd {
         MarketCommand::Search(args) => return search::run(global, args),
-        MarketCommand::Author(AuthorCommand::Register { name, key, json }) => {
-            let public = PublicKey::load(&key)?;
-            let author = market(global)?.register_author(&name, &public)?;
+        MarketCommand::Author(AuthorCommand::Register {
+            name,
+            key_file,
+            key,
+            tenant,
+            json,
+        }) => {
+            let pair = KeyPair::load(&key_file, password(false)?.as_bytes())?;
+            let public = pair.public();
+            if let Some(key) = key
+                && PublicKey::load(&key)?.id() != public.id()
+            {
+                anyhow::bail!(
+                    "--key {} is not the public half of --key-file {}: give the matching pair",
+                    key.display(),
+                    key_file.display()
+                );
+            }
+            let tenant = tenant.as_deref();
+            let proof = pair.sign(author_statement(&name, tenant).as_bytes());
+            let author = market(global)?.register_author_proven(&name, &public, tenant, &proof)?;
             if json {
                 println!("{}", json!({ "ok": true, "author": author }));
             } else {

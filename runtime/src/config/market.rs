@@ -9,6 +9,8 @@
 //! public_key = "/etc/soma/market.pub"   # install, update, market: resolution
 //! registry = "registry.example.com"     # where `soma market submit FILE` pushes
 //! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
+//! max_concurrent_reviews = 2            # daemon: submissions reviewed at once
+//! max_concurrent_installs = 4           # daemon: installs pulled at once
 //! ```
 
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 /// The capsule marketplace (`[market]` in `soma.toml`). Every key is
 /// optional: a node that never publishes needs no `key`; one that never
 /// installs needs no `public_key`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MarketConfig {
     /// The marketplace's private signing key (cosign's encrypted PEM), used
@@ -40,12 +42,49 @@ pub struct MarketConfig {
     /// `market:NAME@RANGE` without a pin), protecting against a malicious
     /// fresh release. A pinned digest is never subject to it. Default 0.
     pub min_release_age_secs: u64,
+    /// The daemon's `POST /v1/market/submissions`: how many submissions it
+    /// pulls and reviews at once, across all tenants; one past it is
+    /// answered 429 with `Retry-After`. Default 2.
+    #[serde(default = "default_max_concurrent_reviews")]
+    pub max_concurrent_reviews: usize,
+    /// The daemon's `POST /v1/market/installs`: how many installs (a pull
+    /// and two signature checks each) it runs at once; one past it is
+    /// answered 429 with `Retry-After`. Default 4.
+    #[serde(default = "default_max_concurrent_installs")]
+    pub max_concurrent_installs: usize,
+}
+
+fn default_max_concurrent_reviews() -> usize {
+    2
+}
+
+fn default_max_concurrent_installs() -> usize {
+    4
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            public_key: None,
+            registry: None,
+            min_release_age_secs: 0,
+            max_concurrent_reviews: default_max_concurrent_reviews(),
+            max_concurrent_installs: default_max_concurrent_installs(),
+        }
+    }
 }
 
 impl MarketConfig {
     /// Check the section without reading key files (`soma config check`).
     /// The message names the key.
     pub fn check(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.max_concurrent_reviews) {
+            return Err("market.max_concurrent_reviews must be between 1 and 64".to_owned());
+        }
+        if !(1..=64).contains(&self.max_concurrent_installs) {
+            return Err("market.max_concurrent_installs must be between 1 and 64".to_owned());
+        }
         if let Some(registry) = &self.registry
             && (registry.is_empty() || registry.contains('/'))
         {

@@ -58,7 +58,7 @@ use crate::{
 /// Routes as they are added to a router, each recorded as (method, path):
 /// the only way a route gets into [`router`], so [`served`] lists exactly
 /// what the daemon serves (the OpenAPI tests compare it with the document).
-struct Routes {
+pub(super) struct Routes {
     router: Router<Arc<Daemon>>,
     served: Vec<(Method, &'static str)>,
 }
@@ -72,7 +72,7 @@ impl Routes {
     }
 
     /// Serve `handler` for `method` on `path`.
-    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    pub(super) fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
     where
         H: Handler<T, Arc<Daemon>>,
         T: 'static,
@@ -109,6 +109,14 @@ fn api_routes() -> Routes {
         .add(Method::GET, "/v1/tokens", list_tokens)
         .add(Method::DELETE, "/v1/tokens/{id}", revoke_token)
         .add(Method::GET, "/metrics", metrics)
+        .merge_market()
+}
+
+impl Routes {
+    /// The marketplace's routes ([`super::market`]).
+    fn merge_market(self) -> Self {
+        super::market::routes(self)
+    }
 }
 
 /// Every (method, path) [`router`] serves, as it registered them.
@@ -165,7 +173,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -176,14 +184,14 @@ impl ApiError {
         }
     }
 
-    fn bad(message: impl Into<String>, field: Option<&str>) -> Self {
+    pub(super) fn bad(message: impl Into<String>, field: Option<&str>) -> Self {
         Self {
             field: field.map(str::to_owned),
             ..Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
         }
     }
 
-    fn not_found(what: &str) -> Self {
+    pub(super) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", format!("no {what}"))
     }
 
@@ -192,12 +200,18 @@ impl ApiError {
     }
 
     /// A 500 whose message is `e` with its whole chain of sources.
-    fn failed(e: &(dyn std::error::Error + 'static)) -> Self {
+    pub(super) fn failed(e: &(dyn std::error::Error + 'static)) -> Self {
         Self::internal(super::error_chain(e))
     }
 
-    fn forbidden(message: impl Into<String>) -> Self {
+    pub(super) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// The same error, naming the request field at fault.
+    pub(super) fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
     }
 }
 
@@ -227,7 +241,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Parse a JSON body, naming the field that is wrong.
-fn parse<T: serde::de::DeserializeOwned>(
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
@@ -253,7 +267,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn require(p: &Principal, scope: TokenScope) -> Result<(), ApiError> {
+pub(super) fn require(p: &Principal, scope: TokenScope) -> Result<(), ApiError> {
     if p.may(scope) {
         Ok(())
     } else {
@@ -524,12 +538,16 @@ async fn call_run(
     input: Option<Value>,
     limits: &CallLimits,
 ) -> Result<Response, ApiError> {
-    let item = daemon
-        .resolve(&CapsuleRef::catalog(name))
-        .map_err(|_| ApiError {
-            field: Some("capsule".into()),
-            ..ApiError::not_found(&format!("capsule `{name}` (GET /v1/capsules lists them)"))
-        })?;
+    let item = if name.starts_with(super::market::MARKET_PREFIX) {
+        super::market::resolve_call(daemon, &p.tenant, name).await?
+    } else {
+        daemon
+            .resolve(&CapsuleRef::catalog(name))
+            .map_err(|_| ApiError {
+                field: Some("capsule".into()),
+                ..ApiError::not_found(&format!("capsule `{name}` (GET /v1/capsules lists them)"))
+            })?
+    };
     let input = match input {
         None => "{}".to_owned(),
         Some(Value::String(s)) => s,
@@ -640,7 +658,7 @@ async fn call_run(
 }
 
 /// 429 with `Retry-After: 1` for a full per-tenant or global cap.
-fn full(code: &'static str, message: String) -> ApiError {
+pub(super) fn full(code: &'static str, message: String) -> ApiError {
     ApiError {
         retry_after: Some(1),
         ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
@@ -764,19 +782,9 @@ fn create_dag_run(
     })?;
     let mut loaded = std::collections::BTreeMap::new();
     for (alias, name) in &spec.capsules {
-        let item = daemon.resolve(&CapsuleRef::catalog(name)).map_err(|_| {
-            ApiError::bad(
-                format!("capsule `{alias}` names `{name}`, which is not in the daemon's catalog (GET /v1/capsules)"),
-                Some("dag.capsules"),
-            )
-        })?;
-        loaded.insert(
-            alias.clone(),
-            Loaded {
-                capsule: item.capsule,
-                reference: name.clone(),
-            },
-        );
+        // A catalog name, or a `market:` name through this tenant's pins.
+        let (capsule, reference) = super::market::resolve_for_tenant(daemon, tenant, alias, name)?;
+        loaded.insert(alias.clone(), Loaded { capsule, reference });
     }
     daemon
         .runs

@@ -16,6 +16,8 @@
 //! `serde_json::Value` appears only where the data is free-form: capsule
 //! input and output, a DAG spec, and a failure's class-specific detail.
 
+pub mod market;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};

@@ -17,7 +17,7 @@ use utoipa::{
     },
 };
 
-use super::{api, contract};
+use super::{api, contract, market};
 
 /// The document's source.
 #[derive(OpenApi)]
@@ -44,6 +44,19 @@ use super::{api, contract};
         api::create_token,
         api::list_tokens,
         api::revoke_token,
+        market::register_author,
+        market::get_author,
+        market::submit,
+        market::list_submissions,
+        market::get_submission,
+        market::publish,
+        market::yank,
+        market::deprecate,
+        market::search_listings,
+        market::get_listing,
+        market::install,
+        market::list_installs,
+        market::uninstall,
     ),
     components(schemas(
         contract::ErrorBody,
@@ -60,7 +73,7 @@ struct ApiDoc;
 struct Refusals;
 
 /// (tag, description), in the order the document lists them.
-const TAGS: [(&str, &str); 6] = [
+const TAGS: [(&str, &str); 7] = [
     (
         "service",
         "Health and this document (no token); metrics (an operator or metrics token).",
@@ -73,6 +86,10 @@ const TAGS: [(&str, &str); 6] = [
         "Spending limits per tenant, capsule, run or node.",
     ),
     ("tokens", "API tokens."),
+    (
+        "market",
+        "The capsule marketplace: authors, submissions and their review, publishing (operator), search, listings, per-tenant installs.",
+    ),
 ];
 
 /// (status, description) of the refusals every authenticated route shares.

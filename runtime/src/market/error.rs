@@ -56,6 +56,32 @@ pub enum MarketError {
         /// The author it belongs to.
         author: String,
     },
+    /// The namespace is registered for another tenant (or the operator).
+    #[error(
+        "the author namespace `{name}` belongs to another tenant; register a namespace of your own"
+    )]
+    NamespaceOwned {
+        /// The author name.
+        name: String,
+    },
+    /// The proof of possession does not verify with the key being registered.
+    #[error(
+        "the signature proving possession of the key for author `{name}` does not verify ({reason}): sign the statement soma-market-author-v1\\n{name}\\n<tenant>\\n with the private key of the public key you register"
+    )]
+    BadProof {
+        /// The author name.
+        name: String,
+        /// Why the check failed.
+        reason: String,
+    },
+    /// A tenant has installed as many capsules as a tenant may.
+    #[error(
+        "this tenant has {max} marketplace capsules installed, the most allowed; uninstall one first"
+    )]
+    TooManyPins {
+        /// The cap.
+        max: usize,
+    },
     /// No author is registered under this name.
     #[error(
         "no author `{name}` is registered: run `soma market author register --name {name} --key PUB`"

@@ -51,6 +51,11 @@ pub struct Author {
     pub key_id: String,
     /// When it was registered (Unix ms).
     pub registered_ms: u64,
+    /// The daemon tenant that owns the namespace (registered over
+    /// `POST /v1/market/authors`); `None`: the operator's (registered with
+    /// the CLI on the node). Only the owner may submit into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Author {
@@ -58,6 +63,19 @@ impl Author {
     pub fn key(&self) -> Result<PublicKey, MarketError> {
         Ok(PublicKey::from_pem(&self.public_key)?)
     }
+
+    /// Whether `tenant` owns this namespace (`None`: the operator).
+    pub fn owned_by(&self, tenant: Option<&str>) -> bool {
+        self.tenant.as_deref() == tenant
+    }
+}
+
+/// The statement an author signs with its private key to prove it holds
+/// the key it registers for `name`, for `tenant` (empty for the operator):
+/// `soma-market-author-v1\n<name>\n<tenant>\n`. Binding the tenant means a
+/// proof made for one tenant cannot register the namespace for another.
+pub fn author_statement(name: &str, tenant: Option<&str>) -> String {
+    format!("soma-market-author-v1\n{name}\n{}\n", tenant.unwrap_or(""))
 }
 
 /// The review's verdict as stored on a submission. The evidence is the
@@ -165,10 +183,41 @@ impl Market {
         Ok(self.db.get()?)
     }
 
-    /// Register `name` with `key`. Registering the same name with the same
-    /// key again returns the existing record; a taken name or an already
-    /// registered key is refused. Cost: one durable write transaction.
+    /// Register `name` with `key`, owned by the operator (no tenant).
+    /// Registering the same name with the same key again returns the
+    /// existing record; a taken name or an already registered key is
+    /// refused. Cost: one durable write transaction.
     pub fn register_author(&self, name: &str, key: &PublicKey) -> Result<Author, MarketError> {
+        self.register_author_for(name, key, None)
+    }
+
+    /// Register `name` with `key` for `tenant` (`None`: the operator) once
+    /// `proof` — `key`'s signature over [`author_statement`]`(name, tenant)`
+    /// — verifies: nobody registers a key it does not hold. The same name,
+    /// key and owner again returns the existing record; a name another
+    /// tenant owns is [`MarketError::NamespaceOwned`]. Cost: one signature
+    /// check and one durable write transaction.
+    pub fn register_author_proven(
+        &self,
+        name: &str,
+        key: &PublicKey,
+        tenant: Option<&str>,
+        proof: &str,
+    ) -> Result<Author, MarketError> {
+        key.verify(author_statement(name, tenant).as_bytes(), proof)
+            .map_err(|reason| MarketError::BadProof {
+                name: name.to_owned(),
+                reason,
+            })?;
+        self.register_author_for(name, key, tenant)
+    }
+
+    fn register_author_for(
+        &self,
+        name: &str,
+        key: &PublicKey,
+        tenant: Option<&str>,
+    ) -> Result<Author, MarketError> {
         check_author(name).map_err(|reason| MarketError::BadName {
             text: name.to_owned(),
             reason,
@@ -181,6 +230,11 @@ impl Market {
             let mut table = txn.open_table(AUTHORS).map_err(storage)?;
             if let Some(existing) = table.get(name).map_err(storage)? {
                 let existing: Author = decode(name, existing.value())?;
+                if !existing.owned_by(tenant) {
+                    return Err(MarketError::NamespaceOwned {
+                        name: name.to_owned(),
+                    });
+                }
                 if existing.key_id == key_id {
                     return Ok(existing);
                 }
@@ -204,6 +258,7 @@ impl Market {
                 public_key: key.to_pem()?,
                 key_id,
                 registered_ms: now_ms(),
+                tenant: tenant.map(str::to_owned),
             };
             let bytes = serde_json::to_vec(&author).map_err(storage)?;
             table.insert(name, bytes.as_slice()).map_err(storage)?;
@@ -572,6 +627,65 @@ mod tests {
             m.check_signer("nobody", &acme),
             Err(MarketError::ForeignNamespace { .. })
         ));
+    }
+
+    #[test]
+    fn tenants_register_only_keys_they_hold_and_namespaces_nobody_else_owns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        let (acme, evil) = (KeyPair::generate(), KeyPair::generate());
+        let proof = |key: &KeyPair, name: &str, tenant: &str| {
+            key.sign(author_statement(name, Some(tenant)).as_bytes())
+        };
+        // A proof signed by another key, or made for another tenant, fails.
+        assert!(matches!(
+            m.register_author_proven(
+                "acme",
+                &acme.public(),
+                Some("a"),
+                &proof(&evil, "acme", "a")
+            ),
+            Err(MarketError::BadProof { .. })
+        ));
+        assert!(matches!(
+            m.register_author_proven(
+                "acme",
+                &acme.public(),
+                Some("b"),
+                &proof(&acme, "acme", "a")
+            ),
+            Err(MarketError::BadProof { .. })
+        ));
+        let a = m
+            .register_author_proven(
+                "acme",
+                &acme.public(),
+                Some("a"),
+                &proof(&acme, "acme", "a"),
+            )
+            .expect("register");
+        assert_eq!(a.tenant.as_deref(), Some("a"));
+        assert!(a.owned_by(Some("a")) && !a.owned_by(None));
+        // Tenant b, holding the same key, still cannot take a's namespace;
+        // nor can the operator's CLI.
+        assert!(matches!(
+            m.register_author_proven(
+                "acme",
+                &acme.public(),
+                Some("b"),
+                &proof(&acme, "acme", "b")
+            ),
+            Err(MarketError::NamespaceOwned { .. })
+        ));
+        assert!(matches!(
+            m.register_author("acme", &acme.public()),
+            Err(MarketError::NamespaceOwned { .. })
+        ));
+        // A record without a tenant (written before tenants) reads as the operator's.
+        let old: Author =
+            serde_json::from_str(r#"{"name":"x","public_key":"","key_id":"k","registered_ms":1}"#)
+                .expect("old record");
+        assert!(old.owned_by(None));
     }
 
     #[test]
