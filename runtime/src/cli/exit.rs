@@ -163,14 +163,20 @@ impl Code {
             | MarketError::BadTransition { .. }
             | MarketError::NoMatch { .. }
             | MarketError::UnknownDigest { .. }
-            | MarketError::PinOutsideRange { .. } => Self::MarketRefused,
+            | MarketError::PinOutsideRange { .. }
+            | MarketError::NotApprovable { .. }
+            | MarketError::ReasonRequired { .. } => Self::MarketRefused,
+            MarketError::ComponentMismatch { .. } => Self::Untrusted,
             MarketError::Open(_)
             | MarketError::Storage(_)
             | MarketError::Corrupt { .. }
             | MarketError::BadName { .. }
             | MarketError::BadRange { .. }
             | MarketError::NotConfigured { .. }
-            | MarketError::Lock { .. } => Self::Error,
+            | MarketError::Lock { .. }
+            | MarketError::Review { .. }
+            | MarketError::SearchLocked { .. }
+            | MarketError::Search(_) => Self::Error,
         }
     }
 

@@ -9,6 +9,8 @@
 //! public_key = "/etc/soma/market.pub"   # install, update, market: resolution
 //! registry = "registry.example.com"     # where `soma market submit FILE` pushes
 //! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
+//! manual_approval = false               # a passed review waits for `soma market review approve`
+//! max_component_bytes = 16777216        # the review's size limit (16 MiB)
 //! ```
 
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 /// The capsule marketplace (`[market]` in `soma.toml`). Every key is
 /// optional: a node that never publishes needs no `key`; one that never
 /// installs needs no `public_key`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MarketConfig {
     /// The marketplace's private signing key (cosign's encrypted PEM), used
@@ -40,6 +42,31 @@ pub struct MarketConfig {
     /// `market:NAME@RANGE` without a pin), protecting against a malicious
     /// fresh release. A pinned digest is never subject to it. Default 0.
     pub min_release_age_secs: u64,
+    /// Marketplace policy: a version whose automated review passed waits
+    /// (`awaiting-approval`) for a reviewer's `soma market review approve
+    /// ID` before it can be published. Default false (a passed review
+    /// approves).
+    pub manual_approval: bool,
+    /// The largest component the review accepts, bytes (its `size` step).
+    /// Default 16 MiB.
+    pub max_component_bytes: usize,
+}
+
+/// The review's default size limit, 16 MiB (the same as
+/// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            public_key: None,
+            registry: None,
+            min_release_age_secs: 0,
+            manual_approval: false,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
+    }
 }
 
 impl MarketConfig {
@@ -52,6 +79,9 @@ impl MarketConfig {
             return Err(format!(
                 "market.registry {registry:?} must be a registry host[:port], without a repository"
             ));
+        }
+        if self.max_component_bytes == 0 {
+            return Err("market.max_component_bytes must be above 0".to_owned());
         }
         Ok(())
     }
