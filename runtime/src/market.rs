@@ -7,9 +7,10 @@
 //! ```text
 //! listing.toml ──listing──▶ Listing (typed, validated)
 //! author key ──store: register──▶ Author (namespace + public key)
-//! file | ref ──submit: push, sign (author), verify──▶ Submission (submitted)
-//!   ──review (record_review)──▶ approved | rejected
-//!   ──publish: countersign (marketplace key)──▶ published ──▶ yanked | deprecated
+//! file | ref ──submit: push, sign (author); accept: verify──▶ Submission (submitted)
+//!   ──pipeline::review_submission──▶ approved | rejected | awaiting-approval (manual)
+//!   ──publish: countersign (marketplace key); pipeline::index_submission──▶ published
+//!   ──▶ yanked | deprecated; retest ──▶ under-maintenance ──▶ deprecated
 //! author/name@range ──install: newest published match, pull, verify all-of──▶ soma.lock pin
 //! market:author/name@range ──resolve (pin, else store)──▶ a pinned, verified capsule
 //! ```
@@ -19,6 +20,7 @@ pub mod flow; // submit, publish, install, update: the flows that touch a regist
 pub mod installs; // per-tenant pins: the daemon's soma.lock, one per tenant
 pub mod listing; // listing.toml: the author's metadata and price
 pub mod lock; // soma.lock: name → digest pins
+pub mod pipeline; // submit → review → (approval) → index, and the nightly re-test
 pub mod review; // the automated review: every step as evidence with a reason code
 pub mod search; // search: full text with typo tolerance, facets, ranking over published listings
 pub mod state; // a submitted version's states and the moves between them

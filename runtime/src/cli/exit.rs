@@ -167,14 +167,20 @@ impl Code {
             | MarketError::NoMatch { .. }
             | MarketError::UnknownDigest { .. }
             | MarketError::PinOutsideRange { .. }
-            | MarketError::TooManyPins { .. } => Self::MarketRefused,
+            | MarketError::TooManyPins { .. }
+            | MarketError::NotApprovable { .. }
+            | MarketError::ReasonRequired { .. } => Self::MarketRefused,
+            MarketError::ComponentMismatch { .. } => Self::Untrusted,
             MarketError::Open(_)
             | MarketError::Storage(_)
             | MarketError::Corrupt { .. }
             | MarketError::BadName { .. }
             | MarketError::BadRange { .. }
             | MarketError::NotConfigured { .. }
-            | MarketError::Lock { .. } => Self::Error,
+            | MarketError::Lock { .. }
+            | MarketError::Review { .. }
+            | MarketError::SearchLocked { .. }
+            | MarketError::Search(_) => Self::Error,
         }
     }
 

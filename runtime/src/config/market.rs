@@ -9,6 +9,8 @@
 //! public_key = "/etc/soma/market.pub"   # install, update, market: resolution
 //! registry = "registry.example.com"     # where `soma market submit FILE` pushes
 //! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
+//! manual_approval = false               # a passed review waits for `soma market review approve`
+//! max_component_bytes = 16777216        # the review's size limit (16 MiB)
 //! max_concurrent_reviews = 2            # daemon: submissions reviewed at once
 //! max_concurrent_installs = 4           # daemon: installs pulled at once
 //! ```
@@ -42,25 +44,27 @@ pub struct MarketConfig {
     /// `market:NAME@RANGE` without a pin), protecting against a malicious
     /// fresh release. A pinned digest is never subject to it. Default 0.
     pub min_release_age_secs: u64,
+    /// Marketplace policy: a version whose automated review passed waits
+    /// (`awaiting-approval`) for a reviewer's `soma market review approve
+    /// ID` before it can be published. Default false (a passed review
+    /// approves).
+    pub manual_approval: bool,
+    /// The largest component the review accepts, bytes (its `size` step).
+    /// Default 16 MiB.
+    pub max_component_bytes: usize,
     /// The daemon's `POST /v1/market/submissions`: how many submissions it
     /// pulls and reviews at once, across all tenants; one past it is
     /// answered 429 with `Retry-After`. Default 2.
-    #[serde(default = "default_max_concurrent_reviews")]
     pub max_concurrent_reviews: usize,
     /// The daemon's `POST /v1/market/installs`: how many installs (a pull
     /// and two signature checks each) it runs at once; one past it is
     /// answered 429 with `Retry-After`. Default 4.
-    #[serde(default = "default_max_concurrent_installs")]
     pub max_concurrent_installs: usize,
 }
 
-fn default_max_concurrent_reviews() -> usize {
-    2
-}
-
-fn default_max_concurrent_installs() -> usize {
-    4
-}
+/// The review's default size limit, 16 MiB (the same as
+/// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for MarketConfig {
     fn default() -> Self {
@@ -69,8 +73,10 @@ impl Default for MarketConfig {
             public_key: None,
             registry: None,
             min_release_age_secs: 0,
-            max_concurrent_reviews: default_max_concurrent_reviews(),
-            max_concurrent_installs: default_max_concurrent_installs(),
+            manual_approval: false,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            max_concurrent_reviews: 2,
+            max_concurrent_installs: 4,
         }
     }
 }
@@ -91,6 +97,9 @@ impl MarketConfig {
             return Err(format!(
                 "market.registry {registry:?} must be a registry host[:port], without a repository"
             ));
+        }
+        if self.max_component_bytes == 0 {
+            return Err("market.max_component_bytes must be above 0".to_owned());
         }
         Ok(())
     }

@@ -72,6 +72,7 @@ use crate::{
         installs::Installs,
         listing::{Listing, Readme},
         lock::Pin,
+        pipeline,
         search::{self, Filters, SearchIndex, SearchQuery},
         store::{Author, Market, Submission, SubmissionState},
     },
@@ -295,6 +296,10 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
             (StatusCode::CONFLICT, "conflict")
         }
         MarketError::TooManyPins { .. } => (StatusCode::CONFLICT, "too-many-installs"),
+        MarketError::NotApprovable { .. } => (StatusCode::CONFLICT, "conflict"),
+        MarketError::ReasonRequired { .. } => (StatusCode::BAD_REQUEST, "bad-request"),
+        MarketError::ComponentMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted"),
+        MarketError::SearchLocked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "search-locked"),
         MarketError::NotConfigured { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not-configured"),
         MarketError::Oci(OciError::Untrusted(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted"),
         MarketError::Oci(OciError::BadReference { .. }) => (StatusCode::BAD_REQUEST, "bad-request"),
@@ -537,15 +542,28 @@ pub(super) async fn submit(
 /// Blocking: accept the signed reference (a verified pull) and run the
 /// automated review. Returns the record after the review and its report.
 fn review_submitted(
-    _daemon: &Daemon,
-    _listing: Listing,
-    _reference: Reference,
+    daemon: &Daemon,
+    listing: Listing,
+    reference: Reference,
 ) -> Result<(flow::Submitted, Option<serde_json::Value>), MarketError> {
-    // MFLOW-PENDING: flow::accept + pipeline::review_submission
-    Err(MarketError::NotConfigured {
-        key: "pipeline",
-        why: "pending",
-    })
+    let engine = &daemon.engine;
+    let market = &daemon.market.market;
+    let access = access(engine);
+    let mut submitted = flow::accept(engine, market, listing, reference, &access)?;
+    // Only a version the review has not decided is reviewed: a
+    // re-submission of a decided (or published) one reports the record.
+    if submitted.submission.state != SubmissionState::Submitted {
+        return Ok((submitted, None));
+    }
+    let options = pipeline::ReviewOptions {
+        access,
+        ..pipeline::ReviewOptions::from_config(engine.config())
+    };
+    let reviewed =
+        pipeline::review_submission(engine, market, &submitted.submission.id(), &options)?;
+    submitted.submission = reviewed.submission;
+    let report = serde_json::to_value(&reviewed.report).map_err(crate::market::error::storage)?;
+    Ok((submitted, Some(report)))
 }
 
 /// The view of `s` for `p`, or `None` if `p` may not see it: the owner
@@ -657,14 +675,18 @@ fn staff(p: &Principal, what: &str) -> Result<(), ApiError> {
 }
 
 /// Blocking: keep the search index in step with `s`, and make the next
-/// search re-read it.
-fn reindex(daemon: &Daemon, s: &Submission) -> Result<(), MarketError> {
-    let result: Result<(), MarketError> = {
-        let _ = s;
-        Ok(())
-    }; // MFLOW-PENDING
+/// search re-read it. The state change is already durable, so a failure
+/// here (e.g. a CLI holding the index's writer lock past the retries) is
+/// logged, not answered: `soma market reindex` repairs the index.
+fn reindex(daemon: &Daemon, s: &Submission) {
+    if let Err(e) = pipeline::index_submission(&daemon.engine, &daemon.market.market, s) {
+        tracing::warn!(
+            id = %s.id(),
+            "the search index was not updated: {} (run `soma market reindex`)",
+            super::error_chain(&e)
+        );
+    }
     daemon.market.search.invalidate();
-    result
 }
 
 #[utoipa::path(post, path = "/v1/market/submissions/{id}/publish", tag = "market", operation_id = "publishSubmission",
@@ -694,7 +716,7 @@ pub(super) async fn publish(
     let published = blocking(move || {
         let engine = &d.engine;
         let s = flow::publish(&d.market.market, &id, &key, &access(engine))?;
-        reindex(&d, &s)?;
+        reindex(&d, &s);
         Ok(s)
     })
     .await?;
@@ -724,7 +746,7 @@ async fn change_state(
     let d = daemon.clone();
     let changed = blocking(move || {
         let s = d.market.market.transition(&id, to, req.reason, |_| {})?;
-        reindex(&d, &s)?;
+        reindex(&d, &s);
         Ok(s)
     })
     .await?;

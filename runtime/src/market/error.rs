@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use crate::{digest::Digest, oci::OciError, verify::VerifyError};
 
-use super::{listing::ListingError, state::SubmissionState};
+use super::{
+    listing::ListingError, review::ReviewError, search::SearchError, state::SubmissionState,
+};
 
 /// Why a marketplace operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,58 @@ pub enum MarketError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A reviewer tried to approve a version that is not awaiting approval
+    /// after a passed automated review.
+    #[error("{id} cannot be approved: it is {state} and {why}")]
+    NotApprovable {
+        /// `author/name@version`.
+        id: String,
+        /// Its current state.
+        state: SubmissionState,
+        /// Why not, and what to do.
+        why: &'static str,
+    },
+    /// A reviewer's rejection needs a reason (it is recorded for the author).
+    #[error("rejecting {id} needs a reason the author can act on: pass --reason \"…\"")]
+    ReasonRequired {
+        /// `author/name@version`.
+        id: String,
+    },
+    /// The automated review could not run (not: the version failed it).
+    #[error("the review of {id} could not run")]
+    Review {
+        /// `author/name@version`.
+        id: String,
+        /// Why.
+        #[source]
+        source: ReviewError,
+    },
+    /// The cached component is not the one the submission recorded.
+    #[error(
+        "{id}: the component pulled is {found}, but the submission recorded {expected}; the registry or the blob cache changed under it (soma cache gc, then re-run)"
+    )]
+    ComponentMismatch {
+        /// `author/name@version`.
+        id: String,
+        /// The recorded component digest.
+        expected: Digest,
+        /// What was read.
+        found: Digest,
+    },
+    /// Another process kept the search index's writer lock past the retries.
+    #[error(
+        "the search index {} is held for writing by another process (a `soma daemon` on this data directory, or another `soma market` command); retried for {waited_ms} ms: stop that process or let it finish, then run `soma market reindex` (or repeat the command)",
+        dir.display()
+    )]
+    SearchLocked {
+        /// The index directory.
+        dir: PathBuf,
+        /// How long the retries waited, ms.
+        waited_ms: u64,
+    },
+    /// The search index could not be opened or written.
+    #[error("the search index could not be updated")]
+    Search(#[source] SearchError),
     /// A registry operation (push, sign, pull) failed or was refused.
     #[error(transparent)]
     Oci(#[from] OciError),

@@ -93,7 +93,9 @@ pub struct Access {
 }
 
 impl Access {
-    fn auth(&self, reference: &Reference) -> Result<Auth, OciError> {
+    /// The credentials for `reference`: the given ones, else docker's
+    /// config.json for its registry, else anonymous.
+    pub fn auth(&self, reference: &Reference) -> Result<Auth, OciError> {
         match &self.auth {
             Some(a) => Ok(a.clone()),
             None => Auth::from_docker_config(reference.registry()),
@@ -127,10 +129,9 @@ pub struct Submitted {
 }
 
 /// Submit `listing` with `artifact`, signed by `key` as the listing's
-/// author. Refused before anything is pushed when the key is not the
-/// namespace author's registered key, or the version exists with another
-/// component. After signing, the signature is verified against the
-/// *registered* key by a real pull (which also caches the component).
+/// author: push (if a file), sign, then [`accept`]. Refused before
+/// anything is pushed when the key is not the namespace author's
+/// registered key, or the version exists with another component.
 /// Cost: a compile (push), one push, one signature upload, one pull.
 pub fn submit(
     engine: &Engine,
@@ -140,7 +141,7 @@ pub fn submit(
     key: &KeyPair,
     access: &Access,
 ) -> Result<Submitted, MarketError> {
-    let author = market.check_signer(listing.author(), &key.public())?;
+    market.check_signer(listing.author(), &key.public())?;
     let id = listing.id();
     let (reference, pushed) = match artifact {
         Artifact::File { path, registry } => {
@@ -184,25 +185,55 @@ pub fn submit(
     };
     let auth = access.auth(&reference)?;
     let digest = oci::sign_with_limits(&reference, &auth, key, &access.transport, &access.limits)?;
-    let pinned = reference.with_digest(digest);
+    let mut submitted = accept(
+        engine,
+        market,
+        listing,
+        reference.with_digest(digest),
+        access,
+    )?;
+    submitted.pushed = pushed;
+    Ok(submitted)
+}
+
+/// Record `listing` for a component its author has already pushed to
+/// `reference` and signed with the key registered for the listing's author
+/// namespace: verifies that signature by a real pull (which caches the
+/// component), refuses a version that exists with another component
+/// ([`MarketError::VersionImmutable`]), is a no-op for the same one.
+/// A reference without a digest is resolved once by the pull; the record
+/// pins the digest the signature was verified on. A missing or foreign
+/// signature is [`OciError::Untrusted`] (nothing is recorded).
+/// Cost: one read transaction, one pull (manifest, signatures, layer;
+/// offline when the digest is cached under the author's key), one durable
+/// write transaction.
+pub fn accept(
+    engine: &Engine,
+    market: &Market,
+    listing: Listing,
+    reference: Reference,
+    access: &Access,
+) -> Result<Submitted, MarketError> {
+    let author = market.author(listing.author())?;
+    let auth = access.auth(&reference)?;
     let options = PullOptions {
         transport: access.transport.clone(),
         trust: TrustPolicy::keys(vec![author.key()?]),
         limits: access.limits,
         ..PullOptions::from_config(engine.config())
     };
-    let pulled = oci::pull(engine.data(), &pinned, &auth, &options)?;
+    let pulled = oci::pull(engine.data(), &reference, &auth, &options)?;
     let (submission, created) = market.submit(NewSubmission {
         listing,
         repository: reference.repository_path(),
-        digest,
+        digest: pulled.manifest_digest,
         component: pulled.layer_digest,
         size: pulled.size,
     })?;
     Ok(Submitted {
         submission,
         created,
-        pushed,
+        pushed: false,
     })
 }
 
@@ -247,7 +278,7 @@ pub fn publish(
     let submission = market
         .get(id)?
         .ok_or_else(|| MarketError::NoSuchVersion { id: id.to_owned() })?;
-    if submission.state == SubmissionState::Published {
+    if submission.state.is_listed() {
         return Ok(submission);
     }
     if submission.state != SubmissionState::Approved {

@@ -73,8 +73,8 @@ pub struct ReviewInput {
     pub llm_fixture: Option<String>,
 }
 
-/// The marketplace's default size limit: 16 MiB.
-pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
+/// The marketplace's default size limit: 16 MiB (`[market] max_component_bytes`).
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = crate::config::market::DEFAULT_MAX_COMPONENT_BYTES;
 
 fn default_max_component_bytes() -> usize {
     DEFAULT_MAX_COMPONENT_BYTES

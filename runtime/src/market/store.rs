@@ -9,9 +9,10 @@
 //! A version is immutable: its component digest never changes once
 //! submitted ([`Market::submit`] refuses a different one and returns the
 //! record for the same one). State moves only forward along
-//! `submitted → approved | rejected → published → yanked | deprecated`,
-//! and every move is appended to the record's history. Each write is one
-//! durable redb transaction; reads never block writers.
+//! `submitted → [awaiting-approval →] approved | rejected → published
+//! [⇄ under-maintenance] → yanked | deprecated` (`state.rs` has the
+//! rules), and every move is appended to the record's history. Each write
+//! is one durable redb transaction; reads never block writers.
 
 use std::{
     sync::Arc,
@@ -90,6 +91,51 @@ pub struct ReviewRecord {
     pub evidence: serde_json::Value,
     /// When it was recorded (Unix ms).
     pub recorded_ms: u64,
+    /// A reviewer's decision on top of the automated review, if policy
+    /// asked for one and it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<ManualDecision>,
+}
+
+/// A reviewer's manual decision (`[market] manual_approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualDecision {
+    /// Approved (true) or rejected.
+    pub approved: bool,
+    /// Who decided.
+    pub reviewer: String,
+    /// Why, if given (required to reject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// Consecutive nightly re-test failures after which a published version
+/// goes `under-maintenance`.
+pub const RETEST_FAILURES_FOR_MAINTENANCE: u32 = 3;
+/// How long a version may stay `under-maintenance` before a re-test
+/// deprecates it: 30 days, in ms.
+pub const MAINTENANCE_DEPRECATES_AFTER_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// The nightly re-tests of a published version (`soma market retest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetestRecord {
+    /// Failed re-tests in a row (a pass resets it to 0).
+    pub consecutive_failures: u32,
+    /// Whether the last re-test passed.
+    pub last_passed: bool,
+    /// Reason codes of the last re-test's failed smoke runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_reasons: Vec<String>,
+    /// The last re-test's smoke evidence.
+    #[serde(default)]
+    pub last_evidence: serde_json::Value,
+    /// When the last re-test ran (Unix ms).
+    pub last_ms: u64,
+    /// When the version went under maintenance (Unix ms), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_since_ms: Option<u64>,
 }
 
 /// One state change.
@@ -131,6 +177,9 @@ pub struct Submission {
     pub published_ms: Option<u64>,
     /// Every state change, oldest first.
     pub history: Vec<Transition>,
+    /// The nightly re-tests, once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retest: Option<RetestRecord>,
 }
 
 impl Submission {
@@ -171,6 +220,38 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
         key: key.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// The reason code a reviewer's rejection adds to the review's reasons.
+pub const REVIEWER_REJECTED: &str = "reviewer-rejected";
+
+/// Move `submission` to `to` at `at_ms` (checked against the state
+/// machine), appending to its history.
+fn apply(
+    submission: &mut Submission,
+    to: SubmissionState,
+    note: Option<String>,
+    at_ms: u64,
+) -> Result<(), MarketError> {
+    submission
+        .state
+        .allows(to)
+        .map_err(|hint| MarketError::BadTransition {
+            id: submission.id(),
+            from: submission.state,
+            to,
+            hint,
+        })?;
+    submission.state = to;
+    submission.history.push(Transition {
+        state: to,
+        at_ms,
+        note,
+    });
+    if to == SubmissionState::Published && submission.published_ms.is_none() {
+        submission.published_ms = Some(at_ms);
+    }
+    Ok(())
 }
 
 impl Market {
@@ -409,6 +490,7 @@ impl Market {
                     at_ms: now,
                     note: None,
                 }],
+                retest: None,
             };
             let bytes = serde_json::to_vec(&submission).map_err(storage)?;
             table
@@ -431,6 +513,25 @@ impl Market {
         note: Option<String>,
         edit: impl FnOnce(&mut Submission),
     ) -> Result<Submission, MarketError> {
+        self.update(id, |submission| {
+            if submission.state == to && !to.is_review_decision() {
+                // Any move to the current state other than a (re-)recorded
+                // review changes nothing.
+                return Ok(false);
+            }
+            apply(submission, to, note, now_ms())?;
+            edit(submission);
+            Ok(true)
+        })
+    }
+
+    /// Read `id`, let `change` modify it (returning whether it did), and
+    /// write it back in the same durable transaction if it did.
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Submission) -> Result<bool, MarketError>,
+    ) -> Result<Submission, MarketError> {
         let db = self.open()?;
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
@@ -442,32 +543,9 @@ impl Market {
                     return Err(MarketError::NoSuchVersion { id: id.to_owned() });
                 }
             };
-            // A review may be recorded again (it replaces the earlier one);
-            // any other move to the current state changes nothing.
-            let review = matches!(to, SubmissionState::Approved | SubmissionState::Rejected);
-            if submission.state == to && !review {
+            if !change(&mut submission)? {
                 return Ok(submission);
             }
-            submission
-                .state
-                .allows(to)
-                .map_err(|hint| MarketError::BadTransition {
-                    id: id.to_owned(),
-                    from: submission.state,
-                    to,
-                    hint,
-                })?;
-            let now = now_ms();
-            submission.state = to;
-            submission.history.push(Transition {
-                state: to,
-                at_ms: now,
-                note,
-            });
-            if to == SubmissionState::Published {
-                submission.published_ms = Some(now);
-            }
-            edit(&mut submission);
             let bytes = serde_json::to_vec(&submission).map_err(storage)?;
             table.insert(id, bytes.as_slice()).map_err(storage)?;
             submission
@@ -493,6 +571,35 @@ impl Market {
         } else {
             SubmissionState::Rejected
         };
+        self.record_review_as(id, to, passed, reasons, evidence)
+    }
+
+    /// Record a review that passed while the marketplace's policy requires
+    /// a reviewer (`[market] manual_approval`): the version becomes
+    /// `awaiting-approval` until [`Market::approve`] or [`Market::reject`].
+    /// Cost: one durable write transaction.
+    pub fn record_review_awaiting_approval(
+        &self,
+        id: &str,
+        evidence: serde_json::Value,
+    ) -> Result<Submission, MarketError> {
+        self.record_review_as(
+            id,
+            SubmissionState::AwaitingApproval,
+            true,
+            Vec::new(),
+            evidence,
+        )
+    }
+
+    fn record_review_as(
+        &self,
+        id: &str,
+        to: SubmissionState,
+        passed: bool,
+        reasons: Vec<String>,
+        evidence: serde_json::Value,
+    ) -> Result<Submission, MarketError> {
         let note = (!reasons.is_empty()).then(|| reasons.join(","));
         self.transition(id, to, note, |s| {
             s.review = Some(ReviewRecord {
@@ -500,7 +607,189 @@ impl Market {
                 reasons,
                 evidence,
                 recorded_ms: now_ms(),
+                manual: None,
             });
+        })
+    }
+
+    /// A reviewer approves `id`, which must be `awaiting-approval` (or
+    /// already approved by a reviewer: a no-op) after an automated review
+    /// that passed; anything else is refused with
+    /// [`MarketError::NotApprovable`]. `reviewer` and `reason` go into the
+    /// history. Cost: one durable write transaction.
+    pub fn approve(
+        &self,
+        id: &str,
+        reviewer: &str,
+        reason: Option<String>,
+    ) -> Result<Submission, MarketError> {
+        self.update(id, |s| {
+            let passed = s.review.as_ref().is_some_and(|r| r.passed);
+            let decided = s.review.as_ref().and_then(|r| r.manual.as_ref());
+            if s.state == SubmissionState::Approved && decided.is_some_and(|d| d.approved) {
+                return Ok(false);
+            }
+            if s.state != SubmissionState::AwaitingApproval || !passed {
+                return Err(MarketError::NotApprovable {
+                    id: s.id(),
+                    state: s.state,
+                    why: match &s.review {
+                        None => "it has not been reviewed: run `soma market review ID` first",
+                        Some(r) if !r.passed => {
+                            "its automated review failed: the author must fix the reasons and submit a new version (or re-run the review)"
+                        }
+                        Some(_) => "it is not awaiting a reviewer",
+                    },
+                });
+            }
+            let at = now_ms();
+            let note = match &reason {
+                Some(r) => format!("approved by {reviewer}: {r}"),
+                None => format!("approved by {reviewer}"),
+            };
+            apply(s, SubmissionState::Approved, Some(note), at)?;
+            if let Some(r) = s.review.as_mut() {
+                r.manual = Some(ManualDecision {
+                    approved: true,
+                    reviewer: reviewer.to_owned(),
+                    reason,
+                    at_ms: at,
+                });
+            }
+            Ok(true)
+        })
+    }
+
+    /// A reviewer rejects `id` (not yet published) for `reason`, which is
+    /// required ([`MarketError::ReasonRequired`] if blank). The automated
+    /// review stays on the record; the decision is added to it and to the
+    /// history. Cost: one durable write transaction.
+    pub fn reject(
+        &self,
+        id: &str,
+        reviewer: &str,
+        reason: &str,
+    ) -> Result<Submission, MarketError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(MarketError::ReasonRequired { id: id.to_owned() });
+        }
+        self.update(id, |s| {
+            let at = now_ms();
+            apply(
+                s,
+                SubmissionState::Rejected,
+                Some(format!("rejected by {reviewer}: {reason}")),
+                at,
+            )?;
+            let decision = ManualDecision {
+                approved: false,
+                reviewer: reviewer.to_owned(),
+                reason: Some(reason.to_owned()),
+                at_ms: at,
+            };
+            match s.review.as_mut() {
+                Some(r) => {
+                    r.passed = false;
+                    if !r.reasons.iter().any(|c| c == REVIEWER_REJECTED) {
+                        r.reasons.push(REVIEWER_REJECTED.to_owned());
+                    }
+                    r.manual = Some(decision);
+                }
+                None => {
+                    s.review = Some(ReviewRecord {
+                        passed: false,
+                        reasons: vec![REVIEWER_REJECTED.to_owned()],
+                        evidence: serde_json::Value::Null,
+                        recorded_ms: at,
+                        manual: Some(decision),
+                    });
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Record one nightly re-test of the listed (published or under
+    /// maintenance) version `id`, run at `at_ms` (the caller's clock, so a
+    /// test can age a version without sleeping): a pass resets the failure
+    /// count and brings an `under-maintenance` version back to `published`;
+    /// the [`RETEST_FAILURES_FOR_MAINTENANCE`]th failure in a row puts a
+    /// published version `under-maintenance`; a version under maintenance
+    /// for [`MAINTENANCE_DEPRECATES_AFTER_MS`] or more that fails again
+    /// becomes `deprecated`. Every state change is in the history.
+    /// Cost: one durable write transaction.
+    pub fn record_retest(
+        &self,
+        id: &str,
+        passed: bool,
+        reasons: Vec<String>,
+        evidence: serde_json::Value,
+        at_ms: u64,
+    ) -> Result<Submission, MarketError> {
+        self.update(id, |s| {
+            if !s.state.is_listed() {
+                return Err(MarketError::BadTransition {
+                    id: s.id(),
+                    from: s.state,
+                    to: SubmissionState::UnderMaintenance,
+                    hint: ": only published versions are re-tested",
+                });
+            }
+            let previous = s.retest.take();
+            let failures = if passed {
+                0
+            } else {
+                previous
+                    .as_ref()
+                    .map_or(0, |r| r.consecutive_failures)
+                    .saturating_add(1)
+            };
+            let mut since = previous.and_then(|r| r.maintenance_since_ms);
+            if passed && s.state == SubmissionState::UnderMaintenance {
+                apply(
+                    s,
+                    SubmissionState::Published,
+                    Some("re-test passed".to_owned()),
+                    at_ms,
+                )?;
+                since = None;
+            }
+            if !passed
+                && s.state == SubmissionState::Published
+                && failures >= RETEST_FAILURES_FOR_MAINTENANCE
+            {
+                apply(
+                    s,
+                    SubmissionState::UnderMaintenance,
+                    Some(format!(
+                        "{failures} re-tests failed in a row: {}",
+                        reasons.join(",")
+                    )),
+                    at_ms,
+                )?;
+                since = Some(at_ms);
+            }
+            if !passed
+                && s.state == SubmissionState::UnderMaintenance
+                && since.is_some_and(|t| at_ms.saturating_sub(t) >= MAINTENANCE_DEPRECATES_AFTER_MS)
+            {
+                apply(
+                    s,
+                    SubmissionState::Deprecated,
+                    Some("under maintenance for 30 days".to_owned()),
+                    at_ms,
+                )?;
+            }
+            s.retest = Some(RetestRecord {
+                consecutive_failures: failures,
+                last_passed: passed,
+                last_reasons: reasons,
+                last_evidence: evidence,
+                last_ms: at_ms,
+                maintenance_since_ms: since,
+            });
+            Ok(true)
         })
     }
 
@@ -535,7 +824,7 @@ impl Market {
             if !range.matches(v) {
                 continue;
             }
-            if s.state != SubmissionState::Published {
+            if !s.state.is_listed() {
                 passed_over.push(format!("{v} is {}", s.state));
                 continue;
             }
