@@ -142,7 +142,7 @@ impl Setup {
         DaemonProcess::start_with_env(
             bin(),
             &self.data(),
-            "max_body_bytes = 65536\n",
+            "",
             &extra,
             &[("SOMA_PASSWORD", PASSWORD)],
         )
