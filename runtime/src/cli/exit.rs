@@ -168,6 +168,7 @@ impl Code {
             | MarketError::UnknownDigest { .. }
             | MarketError::PinOutsideRange { .. }
             | MarketError::TooManyPins { .. }
+            | MarketError::TooManyAuthors { .. }
             | MarketError::NotApprovable { .. }
             | MarketError::ReasonRequired { .. } => Self::MarketRefused,
             MarketError::ComponentMismatch { .. } => Self::Untrusted,

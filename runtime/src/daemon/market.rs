@@ -27,7 +27,9 @@
 //! `max_concurrent_installs` — one past either is 429 with `Retry-After`,
 //! and a slot is held until the blocking work ends even if the client
 //! leaves; listings answered at most [`MAX_VERSIONS_LISTED`] records; search
-//! by the index's own caps; query strings by [`MAX_QUERY_PAIRS`].
+//! by the index's own caps; query strings by [`MAX_QUERY_PAIRS`]; what a
+//! tenant can make the node store by [`MAX_VERSIONS_PER_AUTHOR`],
+//! `store::MAX_AUTHORS_PER_TENANT` and `installs::MAX_PINS_PER_TENANT`.
 //!
 //! Search is served from an in-memory snapshot of the index directory
 //! (`<data>/market/search`), re-read when that directory's listing files
@@ -83,6 +85,8 @@ use crate::{
 
 /// The most records one listing of submissions answers.
 pub const MAX_VERSIONS_LISTED: usize = 500;
+/// The most versions one author namespace may submit over the API.
+pub const MAX_VERSIONS_PER_AUTHOR: usize = 1000;
 /// The most `key=value` pairs a search query string may have.
 pub const MAX_QUERY_PAIRS: usize = 64;
 /// How often, at most, a search checks whether the index directory changed.
@@ -296,6 +300,7 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
             (StatusCode::CONFLICT, "conflict")
         }
         MarketError::TooManyPins { .. } => (StatusCode::CONFLICT, "too-many-installs"),
+        MarketError::TooManyAuthors { .. } => (StatusCode::CONFLICT, "too-many-authors"),
         MarketError::NotApprovable { .. } => (StatusCode::CONFLICT, "conflict"),
         MarketError::ReasonRequired { .. } => (StatusCode::BAD_REQUEST, "bad-request"),
         MarketError::ComponentMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted"),
@@ -494,13 +499,37 @@ pub(super) async fn submit(
     // The namespace must be the caller's before anything is pulled.
     let market = daemon.market.market.clone();
     let namespace = listing.author().to_owned();
-    let author = blocking(move || market.author(&namespace)).await?;
+    let id = listing.id();
+    let (author, versions) = blocking(move || {
+        let author = market.author(&namespace)?;
+        // Versions in the namespace, counted only for a new version.
+        let versions = match market.get(&id)? {
+            Some(_) => 0,
+            None => market
+                .versions(None)?
+                .iter()
+                .filter(|s| s.author == namespace)
+                .count(),
+        };
+        Ok((author, versions))
+    })
+    .await?;
     if !owns(&p, &author) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "foreign-namespace",
             format!(
                 "the namespace `{}` is not your tenant's: register one of your own (POST /v1/market/authors)",
+                author.name
+            ),
+        ));
+    }
+    if versions >= MAX_VERSIONS_PER_AUTHOR {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too-many-versions",
+            format!(
+                "the namespace `{}` has {versions} versions, the most one namespace may have over the API",
                 author.name
             ),
         ));

@@ -76,6 +76,14 @@ pub enum MarketError {
         /// Why the check failed.
         reason: String,
     },
+    /// A tenant has registered as many author namespaces as a tenant may.
+    #[error(
+        "this tenant owns {max} author namespaces, the most allowed; publish under one of them"
+    )]
+    TooManyAuthors {
+        /// The cap.
+        max: usize,
+    },
     /// A tenant has installed as many capsules as a tenant may.
     #[error(
         "this tenant has {max} marketplace capsules installed, the most allowed; uninstall one first"

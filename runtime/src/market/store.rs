@@ -33,6 +33,10 @@ use crate::{digest::Digest, verify::PublicKey};
 const AUTHORS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_authors");
 const VERSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_versions");
 
+/// The most author namespaces one daemon tenant may register (a bound on
+/// what a tenant can make the node store; the operator's are not counted).
+pub const MAX_AUTHORS_PER_TENANT: usize = 16;
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -324,6 +328,7 @@ impl Market {
                     key_id: existing.key_id,
                 });
             }
+            let mut owned = 0;
             for row in table.iter().map_err(storage)? {
                 let (k, v) = row.map_err(storage)?;
                 let other: Author = decode(k.value(), v.value())?;
@@ -333,6 +338,14 @@ impl Market {
                         author: other.name,
                     });
                 }
+                if tenant.is_some() && other.owned_by(tenant) {
+                    owned += 1;
+                }
+            }
+            if owned >= MAX_AUTHORS_PER_TENANT {
+                return Err(MarketError::TooManyAuthors {
+                    max: MAX_AUTHORS_PER_TENANT,
+                });
             }
             let author = Author {
                 name: name.to_owned(),
@@ -970,6 +983,24 @@ mod tests {
             m.register_author("acme", &acme.public()),
             Err(MarketError::NamespaceOwned { .. })
         ));
+        // A tenant owns at most MAX_AUTHORS_PER_TENANT namespaces (a has one).
+        let register = |name: &str, tenant: &str| {
+            let key = KeyPair::generate();
+            m.register_author_proven(
+                name,
+                &key.public(),
+                Some(tenant),
+                &proof(&key, name, tenant),
+            )
+        };
+        for k in 1..MAX_AUTHORS_PER_TENANT {
+            register(&format!("a{k}"), "a").expect("within the cap");
+        }
+        assert!(matches!(
+            register("one-too-many", "a"),
+            Err(MarketError::TooManyAuthors { .. })
+        ));
+        register("b-own", "b").expect("another tenant has its own cap");
         // A record without a tenant (written before tenants) reads as the operator's.
         let old: Author =
             serde_json::from_str(r#"{"name":"x","public_key":"","key_id":"k","registered_ms":1}"#)
