@@ -127,8 +127,9 @@ impl Setup {
     }
 
     /// Start the daemon with `[market]` (the marketplace key, its public
-    /// key, the registry) and `extra` market keys.
-    fn daemon(&self, market_keys: &str) -> DaemonProcess {
+    /// key, the registry) and `extra` market keys; the key's password in
+    /// its environment if `password`.
+    fn daemon(&self, market_keys: &str, password: bool) -> DaemonProcess {
         let market = KeyPair::generate();
         let (private, public) = market
             .save(&self.dir.path().join("market"), PASSWORD.as_bytes())
@@ -144,7 +145,11 @@ impl Setup {
             &self.data(),
             "",
             &extra,
-            &[("SOMA_PASSWORD", PASSWORD)],
+            if password {
+                &[("SOMA_PASSWORD", PASSWORD)]
+            } else {
+                &[]
+            },
         )
     }
 }
@@ -160,7 +165,7 @@ fn code(v: &Value) -> &str {
 #[test]
 fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
     let setup = Setup::new();
-    let d = setup.daemon("max_concurrent_reviews = 2\n");
+    let d = setup.daemon("max_concurrent_reviews = 2\n", true);
     let (a, b, ops) = (&setup.a, &setup.b, &setup.ops);
 
     // --- Authors: proof of possession, bound to the caller's tenant.
@@ -418,7 +423,7 @@ fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
 
     // The journal recorded the pinned manifest digest.
     d.stop();
-    let records = Journal::new(DataDir::new(&setup.data()).database().clone())
+    let records = Journal::new(DataDir::new(setup.data()).database().clone())
         .pinned_capsules(&run)
         .expect("journal");
     assert_eq!(
@@ -430,7 +435,8 @@ fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
 #[test]
 fn oversized_listings_and_submissions_past_the_review_cap_are_refused() {
     let setup = Setup::new();
-    let d = setup.daemon("max_concurrent_reviews = 1\n");
+    // No SOMA_PASSWORD: the daemon starts, and refuses to publish, naming the key.
+    let d = setup.daemon("max_concurrent_reviews = 1\n", false);
     let a = &setup.a;
     let (s, v) = d.post(
         "/v1/market/authors",
@@ -511,4 +517,18 @@ fn oversized_listings_and_submissions_past_the_review_cap_are_refused() {
         &json!({"listing": listing("acme/calc", "2.0.0"), "reference": references[0]}),
     );
     assert!(s == 200 || s == 201, "{v}");
+    let (s, v) = d.post(
+        &format!(
+            "/v1/market/submissions/{}/publish",
+            id_path("acme/calc@2.0.0")
+        ),
+        &setup.ops,
+        &json!({}),
+    );
+    assert_eq!((s, code(&v)), (503, "not-configured"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("[market] key") && message.contains("SOMA_PASSWORD"),
+        "{v}"
+    );
 }

@@ -100,8 +100,8 @@ pub struct MarketService {
     /// Per-tenant pins.
     pub installs: Installs,
     /// The marketplace's private key (`[market] key`, password from
-    /// `SOMA_PASSWORD`), loaded at start; `None` if not configured.
-    key: Option<Arc<KeyPair>>,
+    /// `SOMA_PASSWORD`), loaded at start; else why not.
+    key: Result<Arc<KeyPair>, String>,
     reviews: Arc<Semaphore>,
     pulls: Arc<Semaphore>,
     search: Arc<SearchSnapshot>,
@@ -119,30 +119,31 @@ impl std::fmt::Debug for MarketService {
 
 impl MarketService {
     /// Build it for `engine` (once, at daemon start): load `[market] key`
-    /// with `$SOMA_PASSWORD` if the key is configured — refusing to start
-    /// if it cannot be read, so a misconfiguration shows at start, not at
-    /// the first publish. Cost: a key decryption (scrypt) when configured.
+    /// with `$SOMA_PASSWORD` if the key is configured. A key that cannot be
+    /// loaded (no password in the environment, a wrong one, an unreadable
+    /// file) does not stop the daemon — it served before the marketplace
+    /// routes existed with the same config — but is logged at start and
+    /// named by every publish it refuses. Cost: a key decryption (scrypt)
+    /// when configured.
     pub fn start(engine: &Engine) -> Result<Self, DaemonError> {
         let config = &engine.config().market;
         let key = match &config.key {
-            None => None,
-            Some(path) => {
-                let password = std::env::var("SOMA_PASSWORD").map_err(|_| {
-                    DaemonError::Config(format!(
-                        "market.key is {} but SOMA_PASSWORD is not set: the daemon needs the key's password in its environment to publish",
-                        path.display()
-                    ))
-                })?;
-                let key = KeyPair::load(path, password.as_bytes()).map_err(|e| {
-                    DaemonError::Config(format!(
-                        "market.key {}: {}",
-                        path.display(),
-                        super::error_chain(&e)
-                    ))
-                })?;
-                Some(Arc::new(key))
-            }
+            None => Err("[market] key is not set".to_owned()),
+            Some(path) => match std::env::var("SOMA_PASSWORD") {
+                Err(_) => Err(format!(
+                    "market.key is {} but SOMA_PASSWORD is not in the daemon's environment",
+                    path.display()
+                )),
+                Ok(password) => KeyPair::load(path, password.as_bytes())
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        format!("market.key {}: {}", path.display(), super::error_chain(&e))
+                    }),
+            },
         };
+        if let (Some(_), Err(why)) = (&config.key, &key) {
+            tracing::warn!("publishing over /v1/market is refused: {why}");
+        }
         let db = engine.data().database().clone();
         Ok(Self {
             market: Market::new(db.clone()),
@@ -226,7 +227,7 @@ impl SearchSnapshot {
         let stamp = Self::stamp(&self.dir);
         {
             let mut snap = self.lock();
-            if snap.checked.is_some() && snap.stamp == stamp {
+            if snap.checked.is_some() && snap.stamp.is_some() && snap.stamp == stamp {
                 snap.checked = Some(Instant::now());
                 return Ok(snap.index.clone());
             }
@@ -237,9 +238,13 @@ impl SearchSnapshot {
             Err(e) => return Err(ApiError::failed(&e)),
         };
         let index = Arc::new(index);
+        // A write in the same clock tick as this read leaves the mtime as
+        // it was: a stamp younger than a couple of seconds is not trusted,
+        // so the next check reads the directory again.
+        let settled = stamp.filter(|t| t.elapsed().is_ok_and(|age| age >= Duration::from_secs(2)));
         let mut snap = self.lock();
         snap.index = index.clone();
-        snap.stamp = stamp;
+        snap.stamp = settled;
         snap.checked = Some(Instant::now());
         Ok(index)
     }
@@ -735,11 +740,14 @@ pub(super) async fn publish(
 ) -> Result<Json<SubmissionView>, ApiError> {
     staff(&p, "publishing")?;
     let _ = state_change(body)?;
-    let key = daemon.market.key.clone().ok_or_else(|| {
-        market_error(&MarketError::NotConfigured {
-            key: "key",
-            why: "publishing countersigns with the marketplace's private key: set [market] key and start the daemon with SOMA_PASSWORD",
-        })
+    let key = daemon.market.key.clone().map_err(|why| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-configured",
+            format!(
+                "publishing countersigns with the marketplace's private key, which this daemon does not have ({why}): set [market] key and start the daemon with its password in SOMA_PASSWORD"
+            ),
+        )
     })?;
     let d = daemon.clone();
     let published = blocking(move || {
@@ -1180,4 +1188,76 @@ fn resolve_pinned(daemon: &Daemon, tenant: &str, name: &str) -> Result<Resolved,
     Resolver::new(&daemon.engine)
         .resolve(&pinned)
         .map_err(|e| format!("`{name}`: {}", super::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::search::SearchDoc;
+
+    fn doc(listing: &str) -> SearchDoc {
+        serde_json::from_value(serde_json::json!({
+            "listing": listing,
+            "version": "1.0.0",
+            "summary": "adds numbers",
+            "kind": "worker",
+            "price": "free",
+            "license": "MIT",
+            "review": "verified",
+        }))
+        .expect("doc")
+    }
+
+    /// Another process (the CLI) writing the index directory is seen by the
+    /// daemon's snapshot at its next check, without the daemon holding the
+    /// writer lock — even two writes within the same clock tick.
+    #[test]
+    fn the_search_snapshot_follows_another_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("search");
+        let snapshot = SearchSnapshot::new(path.clone());
+        assert_eq!(snapshot.refresh().expect("no index yet").listings(), 0);
+        let mut writer = SearchIndex::open(&path).expect("writer");
+        writer.upsert(doc("acme/calc")).expect("upsert");
+        assert_eq!(snapshot.refresh().expect("refresh").listings(), 1);
+        writer.upsert(doc("acme/echo")).expect("upsert");
+        assert_eq!(snapshot.refresh().expect("refresh").listings(), 2);
+        let answer = snapshot
+            .refresh()
+            .expect("refresh")
+            .search(&SearchQuery::text("adds"))
+            .expect("search");
+        assert_eq!(answer.total, 2);
+        // The writer's lock was never needed by the snapshot; the writer
+        // still holds it (a second writer is refused).
+        assert!(SearchIndex::open(&path).is_err());
+    }
+
+    #[test]
+    fn search_query_strings_take_repeated_and_comma_separated_filters() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let q = search_query(&pairs(&[
+            ("q", "sum"),
+            ("category", "text,math"),
+            ("category", "llm"),
+            ("price", "per-call"),
+            ("limit", "5"),
+        ]))
+        .expect("query");
+        assert_eq!(q.text, "sum");
+        assert_eq!(q.filters.category, ["text", "math", "llm"]);
+        assert_eq!(q.filters.price.len(), 1);
+        assert_eq!(q.limit, 5);
+        assert!(search_query(&pairs(&[("colour", "red")])).is_err());
+        assert!(search_query(&pairs(&[("kind", "nonsense")])).is_err());
+        assert!(search_query(&pairs(&[("limit", "many")])).is_err());
+        let many: Vec<_> = (0..=MAX_QUERY_PAIRS)
+            .map(|_| ("q".to_owned(), "x".to_owned()))
+            .collect();
+        assert!(search_query(&many).is_err());
+    }
 }
