@@ -300,14 +300,33 @@ fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
     assert_eq!(s, 200);
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
 
+    // Not yet published: nobody finds it, lists it or installs it — A included.
+    for token in [a, b] {
+        let (s, v) = d.get("/v1/market/search?q=calculator", token);
+        assert_eq!((s, v["total"].clone()), (200, json!(0)), "{v}");
+        assert_eq!(d.get("/v1/market/listings/acme/calc", token).0, 404);
+    }
+    let (s, v) = d.post("/v1/market/installs", b, &json!({"name": "acme/calc@^1"}));
+    assert_eq!((s, code(&v)), (404, "not-found"), "{v}");
+    let (s, v) = d.post(
+        "/v1/market/installs",
+        b,
+        &json!({"name": format!("acme/calc@{digest}")}),
+    );
+    assert_eq!(s, 404, "an unpublished digest does not install: {v}");
+
     // --- Publish: marketplace staff only.
     let publish = format!("{path}/publish");
     for token in [a, b] {
         let (s, v) = d.post(&publish, token, &json!({}));
         assert_eq!(s, 403, "{v}");
     }
-    let (s, v) = d.post(&format!("{path}/yank"), b, &json!({}));
-    assert_eq!(s, 403, "{v}");
+    for action in ["yank", "deprecate"] {
+        for token in [a, b] {
+            let (s, v) = d.post(&format!("{path}/{action}"), token, &json!({}));
+            assert_eq!(s, 403, "{action}: {v}");
+        }
+    }
     let (s, v) = d.post(&publish, ops, &json!({}));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["submission"]["state"], json!("published"));
@@ -399,6 +418,9 @@ fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
         (200, json!("yanked")),
         "{v}"
     );
+    // A yanked version stays yanked: deprecating it is a typed conflict.
+    let (s, v) = d.post(&format!("{path}/deprecate"), ops, &json!({}));
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     let (s, v) = d.post("/v1/runs", b, &json!({"dag": spec}));
     assert_eq!(s, 202, "a pin outlives a yank: {v}");
     let pinned_run = v["run"].as_str().expect("run").to_owned();
