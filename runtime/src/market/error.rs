@@ -94,7 +94,7 @@ pub enum MarketError {
     },
     /// No author is registered under this name.
     #[error(
-        "no author `{name}` is registered: run `soma market author register --name {name} --key PUB`"
+        "no author `{name}` is registered: run `soma market author register --name {name} --key-file KEY` (or, for a tenant, POST /v1/market/authors)"
     )]
     NoSuchAuthor {
         /// The author name.
