@@ -9,6 +9,11 @@
 //! public_key = "/etc/soma/market.pub"   # install, update, market: resolution
 //! registry = "registry.example.com"     # where `soma market submit FILE` pushes
 //! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
+//! author_share_percent = 80             # each fee's author part; the rest is the platform's
+//! price_notice_days = 14                # a price increase takes effect after this notice
+//! max_billable_events_per_call = 100    # per-event: events past this in one call are free
+//! max_billable_tokens_per_call = 32768  # per-1k-tokens: tokens past this in one call are free
+//! price_refresh_secs = 10               # how stale the call path's price book may get
 //! ```
 
 use std::path::PathBuf;
@@ -18,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// The capsule marketplace (`[market]` in `soma.toml`). Every key is
 /// optional: a node that never publishes needs no `key`; one that never
 /// installs needs no `public_key`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MarketConfig {
     /// The marketplace's private signing key (cosign's encrypted PEM), used
@@ -40,6 +45,42 @@ pub struct MarketConfig {
     /// `market:NAME@RANGE` without a pin), protecting against a malicious
     /// fresh release. A pinned digest is never subject to it. Default 0.
     pub min_release_age_secs: u64,
+    /// The author's part of every marketplace fee, percent (0–100); the
+    /// platform keeps the rest. Recorded with each fee, so changing it
+    /// applies to fees charged afterwards only. Default 80.
+    pub author_share_percent: u8,
+    /// Days between announcing a price increase (`soma market price set`)
+    /// and charging it; a decrease applies at once. Default 14.
+    pub price_notice_days: u32,
+    /// Per-event pricing: most billable events charged for one call (the
+    /// worst case reserved before the call is this × the highest event
+    /// price); later events are delivered but not charged. Default 100.
+    pub max_billable_events_per_call: u32,
+    /// Per-1k-tokens pricing: most LLM tokens charged for one call (the
+    /// worst case reserved before the call); later tokens are not charged
+    /// a fee (they are still charged as LLM tokens). Default 32768.
+    pub max_billable_tokens_per_call: u64,
+    /// How old the call path's in-memory price book may get before it is
+    /// reloaded from the database (publications and price changes made by
+    /// another process); changes made by this process apply at once.
+    /// Default 10.
+    pub price_refresh_secs: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            public_key: None,
+            registry: None,
+            min_release_age_secs: 0,
+            author_share_percent: 80,
+            price_notice_days: 14,
+            max_billable_events_per_call: 100,
+            max_billable_tokens_per_call: 32_768,
+            price_refresh_secs: 10,
+        }
+    }
 }
 
 impl MarketConfig {
@@ -51,6 +92,12 @@ impl MarketConfig {
         {
             return Err(format!(
                 "market.registry {registry:?} must be a registry host[:port], without a repository"
+            ));
+        }
+        if self.author_share_percent > 100 {
+            return Err(format!(
+                "market.author_share_percent = {} must be 0–100",
+                self.author_share_percent
             ));
         }
         Ok(())
