@@ -467,17 +467,17 @@ impl Engine {
         // outcome is handed back — or handed to the caller to commit. The
         // marketplace fee (successful calls only) is part of the same charge.
         let mut outcome = Outcome::from_host(result, usage, host);
+        // Always taken (one atomic load when nothing is pending), so a
+        // capsule priced now but not at its run's start leaves nothing behind.
+        let tokens = self.metering.take_call_tokens(&spender);
         let fees = match &tariff {
-            Some(t) => {
-                let tokens = self.metering.take_call_tokens(&spender);
-                t.entries(
-                    &spender,
-                    outcome.result.is_ok(),
-                    tokens,
-                    &outcome.events,
-                    crate::meter::now_ms(),
-                )
-            }
+            Some(t) => t.entries(
+                &spender,
+                outcome.result.is_ok(),
+                tokens,
+                &outcome.events,
+                crate::meter::now_ms(),
+            ),
             None => Vec::new(),
         };
         let charge = self.metering.call_charge_with_fees(

@@ -71,8 +71,10 @@ pub struct BudgetLedger {
     db: Arc<LazyDatabase>,
     /// Marketplace prices, once installed ([`BudgetLedger::set_fee_schedule`]).
     fees: OnceLock<Arc<dyn FeeSchedule>>,
-    /// Tokens used by calls in flight of capsules priced per 1k tokens.
+    /// Tokens used by calls in flight of priced capsules.
     call_tokens: CallTokens,
+    /// Entries in `call_tokens`: lets a call of a free capsule skip its lock.
+    pending_calls: AtomicU64,
 }
 
 /// The in-memory side of charging: budgets, the holds of calls in flight,
@@ -204,6 +206,7 @@ impl BudgetLedger {
             next_hold: AtomicU64::new(1),
             fees: OnceLock::new(),
             call_tokens: Mutex::new(HashMap::new()),
+            pending_calls: AtomicU64::new(0),
         }
     }
 
@@ -221,18 +224,22 @@ impl BudgetLedger {
     }
 
     /// The LLM tokens the call of `spender` used, if its capsule is priced
-    /// per 1k tokens (forgets them). Cost: one lock and a map removal.
+    /// (forgets them; call once when the call ends). Cost: one atomic load
+    /// when no priced call used an LLM, else one lock and a map removal.
     pub fn take_call_tokens(&self, spender: &Spender) -> u64 {
-        let mut map = self.call_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
+        if self.pending_calls.load(Ordering::Acquire) == 0 {
             return 0;
         }
-        map.remove(&(
+        let mut map = self.call_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = map.remove(&(
             spender.run.to_string(),
             spender.node.to_string(),
             spender.attempt,
-        ))
-        .unwrap_or(0)
+        ));
+        if taken.is_some() {
+            self.pending_calls.fetch_sub(1, Ordering::Release);
+        }
+        taken.unwrap_or(0)
     }
 
     /// Install the observer of charges (once; later calls are ignored).
@@ -772,10 +779,9 @@ impl llm::Meter for BudgetLedger {
         // budget it counts against instead of wrapping to a small number.
         let cost = total_cost(&entries);
         let tokens = m.prompt_tokens.saturating_add(m.completion_tokens);
-        if self
-            .tariff(&spender.capsule, None)
-            .is_some_and(|t| t.counts_tokens())
-        {
+        // A priced capsule's call may owe a fee on its tokens: count them
+        // for the call (taken by `Engine::call` when the call ends).
+        if self.tariff(&spender.capsule, None).is_some() {
             let mut map = self.call_tokens.lock().unwrap_or_else(|p| p.into_inner());
             let used = map
                 .entry((
@@ -783,7 +789,10 @@ impl llm::Meter for BudgetLedger {
                     spender.node.to_string(),
                     spender.attempt,
                 ))
-                .or_default();
+                .or_insert_with(|| {
+                    self.pending_calls.fetch_add(1, Ordering::Release);
+                    0
+                });
             *used = used.saturating_add(tokens);
         }
         let appended = self.append(entries);

@@ -13,7 +13,7 @@
 //! price_notice_days = 14                # a price increase takes effect after this notice
 //! max_billable_events_per_call = 100    # per-event: events past this in one call are free
 //! max_billable_tokens_per_call = 32768  # per-1k-tokens: tokens past this in one call are free
-//! price_refresh_secs = 10               # how stale the call path's price book may get
+//! price_refresh_secs = 10               # how often the call path's price book is reloaded
 //! ```
 
 use std::path::PathBuf;
@@ -60,10 +60,10 @@ pub struct MarketConfig {
     /// worst case reserved before the call); later tokens are not charged
     /// a fee (they are still charged as LLM tokens). Default 32768.
     pub max_billable_tokens_per_call: u64,
-    /// How old the call path's in-memory price book may get before it is
-    /// reloaded from the database (publications and price changes made by
-    /// another process); changes made by this process apply at once.
-    /// Default 10.
+    /// How often a background thread reloads the call path's in-memory
+    /// price book from the database (publications and price changes made
+    /// by another process; at least 1); changes made by this process apply
+    /// at once. Default 10.
     pub price_refresh_secs: u64,
 }
 

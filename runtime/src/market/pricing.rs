@@ -26,17 +26,15 @@
 //! **The book.** [`PriceBook`] maps component digest → the version's
 //! timeline of tariffs (precomputed), so a lookup is one read lock, one
 //! hash lookup and a binary search; an unlisted capsule stops at the hash
-//! miss. The book reloads from the database when it is older than
-//! `[market] price_refresh_secs` (publications and price changes made by
-//! another process) and at once after [`PriceBook::set_price`].
+//! miss. An installed book is reloaded from the database every `[market]
+//! price_refresh_secs` by a background thread (publications and price
+//! changes made by another process; never on the call path), and at once
+//! after [`PriceBook::set_price`].
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Instant,
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -369,10 +367,6 @@ pub struct PriceBook {
     db: Arc<LazyDatabase>,
     config: MarketConfig,
     book: RwLock<Arc<Book>>,
-    /// Milliseconds after `epoch` the book was loaded at.
-    loaded_at: AtomicU64,
-    epoch: Instant,
-    reloading: AtomicBool,
 }
 
 impl PriceBook {
@@ -384,16 +378,15 @@ impl PriceBook {
             db,
             config: config.clone(),
             book: RwLock::new(Arc::new(book)),
-            loaded_at: AtomicU64::new(0),
-            epoch: Instant::now(),
-            reloading: AtomicBool::new(false),
         })
     }
 
     /// Load the book over the engine's database and install it in the
-    /// engine's meter, so every call of a priced capsule pays its fee.
-    /// A database that cannot be read yet (e.g. held by another process)
-    /// gives an empty book that fills at its first refresh.
+    /// engine's meter, so every call of a priced capsule pays its fee, and
+    /// start the thread that reloads it every `price_refresh_secs` (it
+    /// exits once the engine and the returned handle are gone). A database
+    /// that cannot be read yet gives an empty book that fills at its first
+    /// reload. Once per engine.
     pub fn install(engine: &crate::Engine) -> Arc<Self> {
         let db = engine.data().database().clone();
         let config = &engine.config().market;
@@ -407,12 +400,33 @@ impl PriceBook {
                 db,
                 config: config.clone(),
                 book: RwLock::new(Arc::new(Book::default())),
-                loaded_at: AtomicU64::new(0),
-                epoch: Instant::now(),
-                reloading: AtomicBool::new(false),
             }
         }));
         engine.metering().set_fee_schedule(book.clone());
+        let every = Duration::from_secs(config.price_refresh_secs.max(1));
+        let weak = Arc::downgrade(&book);
+        let spawned = std::thread::Builder::new()
+            .name("soma-price-book".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(book) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = book.refresh() {
+                        tracing::warn!(
+                            "marketplace prices could not be reloaded: {}",
+                            soma_host_api::error_chain(&e)
+                        );
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "marketplace prices will not be reloaded (no thread: {e}); \
+                 restart to see new publications and price changes"
+            );
+        }
         book
     }
 
@@ -421,7 +435,6 @@ impl PriceBook {
     pub fn refresh(&self) -> Result<(), MarketError> {
         let book = Book::load(&self.db, &self.config)?;
         *self.book.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(book);
-        self.loaded_at.store(self.elapsed_ms(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -436,41 +449,10 @@ impl PriceBook {
         self.refresh()?;
         Ok(change)
     }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Reload when older than `price_refresh_secs`; one caller reloads,
-    /// the others keep using the current book.
-    fn refresh_if_stale(&self) {
-        let age = self
-            .elapsed_ms()
-            .saturating_sub(self.loaded_at.load(Ordering::Relaxed));
-        if age < self.config.price_refresh_secs.saturating_mul(1000) {
-            return;
-        }
-        if self
-            .reloading
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        if let Err(e) = self.refresh() {
-            tracing::warn!(
-                "marketplace prices could not be reloaded: {}",
-                soma_host_api::error_chain(&e)
-            );
-            self.loaded_at.store(self.elapsed_ms(), Ordering::Relaxed);
-        }
-        self.reloading.store(false, Ordering::Release);
-    }
 }
 
 impl FeeSchedule for PriceBook {
     fn tariff(&self, capsule: &str, run_started_ms: Option<u64>) -> Option<Arc<Tariff>> {
-        self.refresh_if_stale();
         let book = self.book.read().unwrap_or_else(|p| p.into_inner());
         let timeline = book.by_component.get(capsule)?;
         timeline.at(run_started_ms.unwrap_or_else(super::store::now_ms))
