@@ -404,6 +404,46 @@ fn a_dag_of_priced_capsules_is_charged_exact_fees_and_splits() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+
+    // Price changes through the CLI: an increase waits for the notice, a
+    // decrease applies at once; an unpublished listing is refused (exit 29).
+    let set = |args: &[&str]| {
+        let out = harness::soma(bin(), data)
+            .args(["market", "price", "set"])
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("price set");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), v)
+    };
+    let (code, up) = set(&["acme/notebook", "--per-event", "progress=9"]);
+    assert_eq!(code, Some(0), "{up}");
+    let change = &up["change"];
+    assert_eq!(change["increase"], true, "{up}");
+    let notice = change["effective_ms"].as_u64().expect("effective")
+        - change["announced_ms"].as_u64().expect("announced");
+    assert_eq!(notice, 14 * 86_400_000, "{up}");
+    let (code, down) = set(&["acme/notebook", "--per-event", "progress=5"]);
+    assert_eq!(code, Some(0), "{down}");
+    assert_eq!(down["change"]["increase"], false, "{down}");
+    assert_eq!(
+        down["change"]["effective_ms"],
+        down["change"]["announced_ms"]
+    );
+    let (code, refused) = set(&["acme/nothing", "--per-call", "5"]);
+    assert_eq!(code, Some(29), "{refused}");
+    let show = harness::soma(bin(), data)
+        .args(["market", "price", "show", "acme/notebook", "--json"])
+        .output()
+        .expect("show");
+    let h: Value = serde_json::from_slice(&show.stdout).expect("json");
+    let changes = h["history"]["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 2, "{h}");
+    assert!(
+        changes[0]["superseded_ms"].is_u64(),
+        "the pending increase never applies: {h}"
+    );
 }
 
 /// The acceptance test's crash half: a real `soma daemon` running DAG runs
