@@ -155,7 +155,7 @@ fn publish_priced(engine: &Engine, component: &str) {
         .submit(NewSubmission {
             listing,
             repository: "127.0.0.1:1/acme/priced".into(),
-            digest: digest.clone(),
+            digest,
             component: digest,
             size: bytes.len() as u64,
         })

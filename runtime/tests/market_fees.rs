@@ -52,8 +52,8 @@ fn publish(market: &Market, name: &str, version: &str, component: &str, price: &
         .submit(NewSubmission {
             listing,
             repository: format!("127.0.0.1:1/{name}"),
-            digest: digest.clone(),
-            component: digest.clone(),
+            digest,
+            component: digest,
             size: bytes.len() as u64,
         })
         .expect("submit");
@@ -511,7 +511,7 @@ fn sigkill_mid_run_leaves_exactly_one_fee_per_priced_call() {
         RUNS * FAN
     );
     assert!(
-        charged_at_kill >= 10 && charged_at_kill < RUNS * FAN,
+        (10..RUNS * FAN).contains(&charged_at_kill),
         "the kill should land mid-way: {charged_at_kill}"
     );
     let d = DaemonProcess::spawn(bin(), &data_dir, &config);
