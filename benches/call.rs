@@ -2,7 +2,9 @@
 //!
 //! - `call/echo`        warm call of the `echo` capsule: Soma vs raw wasmtime
 //!   in its best configuration (tuned pool, fuel + epoch, fresh Store +
-//!   WasiCtx + limits per call, bindgen'd typed export) on the same component.
+//!   WasiCtx + limits per call, bindgen'd typed export) on the same component;
+//!   `soma_price_book`: the same free call with the marketplace's price book
+//!   installed (another capsule priced), i.e. what pricing costs a free call.
 //! - `throughput/echo`  the same with 2 threads; reported as calls/s.
 //! - `fuel/<kernel>`    a CPU kernel with fuel + epoch vs epoch only.
 //! - `cold_start/soma_run` spawn → exit of `soma run echo.wasm` from the AOT cache.
@@ -132,6 +134,40 @@ impl Raw {
     }
 }
 
+/// Publish `component` as a per-call priced marketplace version, writing
+/// the market store directly (no registry: only the price book matters).
+fn publish_priced(engine: &Engine, component: &str) {
+    use soma_runtime::market::{
+        listing::Listing,
+        store::{Market, NewSubmission, SubmissionState},
+    };
+    let bytes = std::fs::read(component).expect("component");
+    let digest = soma_runtime::Digest::of(&bytes);
+    let listing = Listing::parse(
+        "name = \"acme/priced\"\nversion = \"1.0.0\"\nsummary = \"s\"\nlicense = \"MIT\"\n\
+         [price]\nmodel = \"per-call\"\nmicros = 1000\n",
+        Path::new("listing.toml"),
+    )
+    .expect("listing");
+    let id = listing.id();
+    let market = Market::new(engine.data().database().clone());
+    market
+        .submit(NewSubmission {
+            listing,
+            repository: "127.0.0.1:1/acme/priced".into(),
+            digest,
+            component: digest,
+            size: bytes.len() as u64,
+        })
+        .expect("submit");
+    market
+        .record_review(&id, true, Vec::new(), serde_json::Value::Null)
+        .expect("review");
+    market
+        .transition(&id, SubmissionState::Published, None, |_| {})
+        .expect("publish");
+}
+
 fn warm_call(c: &mut Criterion) {
     let (engine, _data) = soma(Metering::Fuel);
     let (echo, options) = load(&engine, soma_capsules::ECHO_COMPONENT);
@@ -142,9 +178,17 @@ fn warm_call(c: &mut Criterion) {
     let (metered, _data2) = soma_with(Metering::Fuel, true);
     let (echo_m, _) = load(&metered, soma_capsules::ECHO_COMPONENT);
 
+    let (priced, _data3) = soma(Metering::Fuel);
+    publish_priced(&priced, soma_capsules::CALCULATOR_COMPONENT);
+    soma_runtime::market::pricing::PriceBook::install(&priced);
+    let (echo_p, options_p) = load(&priced, soma_capsules::ECHO_COMPONENT);
+
     let mut g = c.benchmark_group("call/echo");
     g.bench_function("raw_wasmtime", |b| b.iter(|| raw.call("hello")));
     g.bench_function("soma", |b| b.iter(|| engine.call(&echo, "hello", &options)));
+    g.bench_function("soma_price_book", |b| {
+        b.iter(|| priced.call(&echo_p, "hello", &options_p))
+    });
     // Every call durably charged to the ledger (fuel + wall time, group
     // commit): each call is its own run, so nothing is a replay.
     g.bench_function("soma_metered", |b| {

@@ -258,6 +258,10 @@ pub struct CallOptions {
     /// purpose pay less than one that waits). `None` (the default) costs
     /// nothing; `Some` checks the flag once per `engine.epoch_tick_ms`.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// When the run started (Unix ms), for the marketplace price in force:
+    /// a run keeps the price of its start (a DAG run passes its journaled
+    /// creation time, so a resumed run does too). `None` (the default): now.
+    pub run_started_ms: Option<u64>,
 }
 
 impl CallOptions {
@@ -287,6 +291,7 @@ impl CallOptions {
             attempt: 0,
             defer_charge: false,
             cancel: None,
+            run_started_ms: None,
         }
     }
 
@@ -392,10 +397,17 @@ impl Engine {
         let max_output = options.limits.max_output_bytes;
         // Money budgets refuse before anything runs: hold the worst case.
         let fuel_limit = self.fuel_enabled().then_some(options.limits.fuel);
-        let hold = match self
+        // A priced marketplace capsule: its fee's worst case is held too.
+        let tariff = self
             .metering
-            .reserve_call(&spender, fuel_limit, options.limits.timeout_ms)
-        {
+            .tariff(&capsule.digest_text, options.run_started_ms);
+        let fee_worst = tariff.as_ref().map_or(0, |t| t.worst_case_micros());
+        let hold = match self.metering.reserve_call_with_fee(
+            &spender,
+            fuel_limit,
+            options.limits.timeout_ms,
+            fee_worst,
+        ) {
             Ok(hold) => hold,
             Err(message) => return Outcome::failed(Failure::BudgetExceeded { message }),
         };
@@ -452,31 +464,45 @@ impl Engine {
             FailureClass::outcome_label(result.as_ref().err().map(Failure::class)),
         );
         // Charged whether the call succeeded or not, durably, before the
-        // outcome is handed back — or handed to the caller to commit.
-        if options.defer_charge {
-            let mut outcome = Outcome::from_host(result, usage, host);
-            outcome.charge =
-                self.metering
-                    .call_charge(&spender, usage.fuel_consumed, usage.wall_time_us, hold);
-            return outcome;
-        }
-        let charged = self.metering.charge_call(self.metering.call_charge(
+        // outcome is handed back — or handed to the caller to commit. The
+        // marketplace fee (successful calls only) is part of the same charge.
+        let mut outcome = Outcome::from_host(result, usage, host);
+        // Always taken (one atomic load when nothing is pending), so a
+        // capsule priced now but not at its run's start leaves nothing behind.
+        let tokens = self.metering.take_call_tokens(&spender);
+        let fees = match &tariff {
+            Some(t) => t.entries(
+                &spender,
+                outcome.result.is_ok(),
+                tokens,
+                &outcome.events,
+                crate::meter::now_ms(),
+            ),
+            None => Vec::new(),
+        };
+        let charge = self.metering.call_charge_with_fees(
             &spender,
             usage.fuel_consumed,
             usage.wall_time_us,
             hold,
-        ));
-        let result = match (result, charged) {
-            (r, Ok(())) => r,
-            (Ok(_), Err(e)) => Err(Failure::Host {
-                message: format!("could not record the call in the ledger: {e}"),
-            }),
-            (Err(f), Err(e)) => {
-                tracing::error!("could not record a failed call in the ledger: {e}");
-                Err(f)
+            fees,
+        );
+        if options.defer_charge {
+            outcome.charge = charge;
+            return outcome;
+        }
+        let charged = self.metering.charge_call(charge);
+        if let Err(e) = charged {
+            match &outcome.result {
+                Ok(_) => {
+                    outcome.result = Err(Failure::Host {
+                        message: format!("could not record the call in the ledger: {e}"),
+                    });
+                }
+                Err(_) => tracing::error!("could not record a failed call in the ledger: {e}"),
             }
-        };
-        Outcome::from_host(result, usage, host)
+        }
+        outcome
     }
 
     /// Call `describe()` with no grants, under the operator's memory limit
@@ -500,6 +526,7 @@ impl Engine {
             attempt: 0,
             defer_charge: false,
             cancel: None,
+            run_started_ms: None,
         };
         let name: Arc<str> = origin.into();
         let spender = llm::Spender::local(options.run_id.clone(), name.clone());

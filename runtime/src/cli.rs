@@ -164,7 +164,11 @@ impl Global {
         if self.config.is_none() || allocator.is_some() {
             config.engine.allocator = allocator.unwrap_or(Allocator::OnDemand);
         }
-        soma_runtime::Engine::new(config, self.data_dir()?).context("starting the engine")
+        let engine =
+            soma_runtime::Engine::new(config, self.data_dir()?).context("starting the engine")?;
+        // Calls of priced marketplace capsules pay their listing's fee.
+        soma_runtime::market::pricing::PriceBook::install(&engine);
+        Ok(engine)
     }
 }
 

@@ -13,6 +13,8 @@
 //! ledger_daily   (day, tenant, capsule, model|"-", kind, unit price) → (quantity, cost, count, estimated)
 //! ledger_by_run    (run, id) → ()                     (entries of a run, without a scan)
 //! ledger_by_tenant (tenant, id) → ()                  (entries of a tenant, without a scan)
+//! ledger_fee_splits (month, id) → (author, listing, version, fee, author µ, platform µ)
+//!                                                      (one per marketplace-fee entry, see `fee`)
 //! ```
 //!
 //! The two index tables are written with each entry. A database written
@@ -26,6 +28,7 @@
 
 mod civil;
 mod codec;
+pub mod fee;
 mod forecast;
 mod writer;
 
@@ -43,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use soma_host_api::storage::{LazyDatabase, OpenError};
 
 pub use civil::{civil_from_days, day_of, days_from_civil};
+pub use fee::{FeeProblem, FeeSplit, fee_tags};
 pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
 
 use crate::store::DataDir;
@@ -342,6 +346,10 @@ pub struct IntegrityReport {
     pub ok: bool,
     /// What is wrong (the first [`MAX_PROBLEMS`]).
     pub problems: Vec<String>,
+    /// Marketplace-fee problems, typed (the first [`MAX_PROBLEMS`]; each is
+    /// also in `problems`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fee_problems: Vec<FeeProblem>,
 }
 
 /// Most problems an [`IntegrityReport`] lists.
@@ -352,6 +360,14 @@ impl IntegrityReport {
         self.ok = false;
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(p);
+        }
+    }
+
+    /// Record a marketplace-fee problem (typed and as text).
+    pub fn fee_problem(&mut self, p: FeeProblem) {
+        self.problem(p.to_string());
+        if self.fee_problems.len() < MAX_PROBLEMS {
+            self.fee_problems.push(p);
         }
     }
 }
@@ -729,10 +745,29 @@ impl Ledger {
         })
     }
 
+    /// Every marketplace fee charged in `month` (`YYYY-MM`, UTC) with its
+    /// revenue split, in id order, from one read snapshot (payouts).
+    ///
+    /// Cost: a range of the split table plus one entry lookup per fee.
+    pub fn fees_of_month(&self, month: &str) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {
+        civil::parse_month(month).ok_or_else(|| LedgerError::InvalidMonth(month.into()))?;
+        let txn = self.read()?;
+        fee::fees_of_month(&txn, Some(month))
+    }
+
+    /// Every marketplace fee ever charged with its revenue split (checks).
+    /// Cost: a scan of the split table plus one entry lookup per fee.
+    pub fn all_fees(&self) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {
+        let txn = self.read()?;
+        fee::fees_of_month(&txn, None)
+    }
+
     /// Verify, in one read snapshot: every entry decodes and has exactly one
     /// idempotency key pointing at it (and no key points elsewhere), ids are
-    /// strictly increasing, and every rollup row equals the sums recomputed
-    /// from the entries. Problems are reported, not returned as errors.
+    /// strictly increasing, every rollup row equals the sums recomputed
+    /// from the entries, and every marketplace fee has exactly one revenue
+    /// split that adds up (and every split its fee). Problems are reported,
+    /// not returned as errors.
     ///
     /// Cost: a full scan of all three tables — seconds per million entries.
     pub fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
@@ -758,6 +793,7 @@ impl Ledger {
             Err(e) => open_err(e).map_or(Ok(None), Err)?,
         };
         let mut recomputed: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+        let mut fees: BTreeMap<u64, Entry> = BTreeMap::new();
         if let Some(entries) = &entries {
             let mut prev: Option<u64> = None;
             for row in entries.iter().map_err(db_err)? {
@@ -789,7 +825,15 @@ impl Ledger {
                     .entry(OwnedDailyKey::of(&entry))
                     .or_default()
                     .add(&entry);
+                if entry.kind == Kind::MarketplaceFee {
+                    fees.insert(id, entry);
+                }
             }
+        }
+        let mut fee_problems = Vec::new();
+        fee::check(&txn, &fees, &mut fee_problems)?;
+        for p in fee_problems {
+            report.fee_problem(p);
         }
         if let Some(keys) = &keys {
             report.keys = keys.len().map_err(db_err)?;
@@ -900,6 +944,8 @@ fn validate(entries: &[Entry]) -> Result<(), LedgerError> {
             "time_ms is after year 9999; it must be unix milliseconds"
         } else if e.model.as_deref() == Some(NO_MODEL) {
             "model `-` is reserved for charges without a model; use None"
+        } else if let Some(reason) = fee::refusal(e) {
+            reason
         } else {
             continue;
         };
@@ -1049,6 +1095,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             by_tenant
                 .insert((e.tenant.as_str(), next_id), ())
                 .map_err(db_err)?;
+            fee::write_split(txn, next_id, e)?;
             appended.inserted.push(next_id);
             next_id = next_id.saturating_add(1);
             let day = civil::day_number(e.time_ms);

@@ -26,6 +26,14 @@ use crate::{
     ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerWriter},
 };
 
+pub mod fee;
+
+pub use fee::{FeeSchedule, Tariff, TariffModel};
+
+/// LLM tokens used per call in flight of token-priced capsules, by
+/// (run, node, attempt).
+type CallTokens = Mutex<HashMap<(String, String, u32), u64>>;
+
 /// `[ledger]` in `soma.toml`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,6 +69,12 @@ pub struct BudgetLedger {
     next_hold: AtomicU64,
     loaded: OnceLock<Result<(), BudgetError>>,
     db: Arc<LazyDatabase>,
+    /// Marketplace prices, once installed ([`BudgetLedger::set_fee_schedule`]).
+    fees: OnceLock<Arc<dyn FeeSchedule>>,
+    /// Tokens used by calls in flight of priced capsules.
+    call_tokens: CallTokens,
+    /// Entries in `call_tokens`: lets a call of a free capsule skip its lock.
+    pending_calls: AtomicU64,
 }
 
 /// The in-memory side of charging: budgets, the holds of calls in flight,
@@ -172,7 +186,8 @@ fn derived_from(entry_node: &str, node: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
-fn now_ms() -> u64 {
+/// Unix milliseconds now (0 before 1970).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -189,7 +204,42 @@ impl BudgetLedger {
             writer: OnceLock::new(),
             accounts: Accounts::default(),
             next_hold: AtomicU64::new(1),
+            fees: OnceLock::new(),
+            call_tokens: Mutex::new(HashMap::new()),
+            pending_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Install the marketplace's prices (once; later calls are ignored).
+    /// Without it no call pays a marketplace fee.
+    pub fn set_fee_schedule(&self, schedule: Arc<dyn FeeSchedule>) {
+        let _ = self.fees.set(schedule);
+    }
+
+    /// The marketplace tariff in force for `capsule` in a run started at
+    /// `run_started_ms` (`None`: now). Cost: one `OnceLock` read when no
+    /// schedule is installed, else the schedule's map lookup.
+    pub fn tariff(&self, capsule: &str, run_started_ms: Option<u64>) -> Option<Arc<Tariff>> {
+        self.fees.get()?.tariff(capsule, run_started_ms)
+    }
+
+    /// The LLM tokens the call of `spender` used, if its capsule is priced
+    /// (forgets them; call once when the call ends). Cost: one atomic load
+    /// when no priced call used an LLM, else one lock and a map removal.
+    pub fn take_call_tokens(&self, spender: &Spender) -> u64 {
+        if self.pending_calls.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let mut map = self.call_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = map.remove(&(
+            spender.run.to_string(),
+            spender.node.to_string(),
+            spender.attempt,
+        ));
+        if taken.is_some() {
+            self.pending_calls.fetch_sub(1, Ordering::Release);
+        }
+        taken.unwrap_or(0)
     }
 
     /// Install the observer of charges (once; later calls are ignored).
@@ -386,10 +436,25 @@ impl BudgetLedger {
         fuel_limit: Option<u64>,
         timeout_ms: u64,
     ) -> Result<Option<u64>, String> {
-        if !self.config.meter_calls {
-            return Ok(None);
-        }
-        let micros = self.worst_case_micros(fuel_limit, timeout_ms);
+        self.reserve_call_with_fee(spender, fuel_limit, timeout_ms, 0)
+    }
+
+    /// [`BudgetLedger::reserve_call`] plus `fee_micros`, the worst case of
+    /// the call's marketplace fee ([`Tariff::worst_case_micros`]), held
+    /// whether or not calls are metered.
+    pub fn reserve_call_with_fee(
+        &self,
+        spender: &Spender,
+        fuel_limit: Option<u64>,
+        timeout_ms: u64,
+        fee_micros: u64,
+    ) -> Result<Option<u64>, String> {
+        let metered = if self.config.meter_calls {
+            self.worst_case_micros(fuel_limit, timeout_ms)
+        } else {
+            0
+        };
+        let micros = metered.saturating_add(fee_micros);
         if micros == 0 {
             return Ok(None);
         }
@@ -404,10 +469,18 @@ impl BudgetLedger {
             .budgets
             .reserve(&scopes(spender), 0, micros)
             .map_err(|reason| {
+                let fee = if fee_micros > 0 {
+                    format!(
+                        " plus at most {fee_micros} micro-units of marketplace fee \
+                         (the capsule's listing price)"
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
                     "{reason} (the worst case of this call: its fuel limit at \
                      ledger.fuel_price_per_1k_micros plus its timeout at \
-                     ledger.wall_time_price_per_1k_us_micros); raise the budget \
+                     ledger.wall_time_price_per_1k_us_micros{fee}); raise the budget \
                      (PUT /v1/budgets or `soma budget set`) or lower the call's \
                      fuel or timeout_ms"
                 )
@@ -441,9 +514,31 @@ impl BudgetLedger {
         wall_time_us: u64,
         hold: Option<u64>,
     ) -> Option<CallCharge> {
+        self.call_charge_with_fees(spender, fuel, wall_time_us, hold, Vec::new())
+    }
+
+    /// [`BudgetLedger::call_charge`] with the call's marketplace-fee entries
+    /// ([`Tariff::entries`]) in the same charge, so they commit (with their
+    /// revenue splits) in the same transaction as its fuel and wall time.
+    /// Fees are charged even when calls are not metered.
+    pub fn call_charge_with_fees(
+        &self,
+        spender: &Spender,
+        fuel: Option<u64>,
+        wall_time_us: u64,
+        hold: Option<u64>,
+        fees: Vec<Entry>,
+    ) -> Option<CallCharge> {
         if !self.config.meter_calls {
-            self.release_call(hold);
-            return None;
+            if fees.is_empty() {
+                self.release_call(hold);
+                return None;
+            }
+            return Some(CallCharge {
+                entries: fees,
+                scopes: scopes(spender),
+                hold,
+            });
         }
         let time_ms = now_ms();
         let base = |kind, quantity, price| Entry {
@@ -471,6 +566,7 @@ impl BudgetLedger {
         if let Some(f) = fuel {
             entries.push(base(Kind::Fuel, f, self.config.fuel_price_per_1k_micros));
         }
+        entries.extend(fees);
         Some(CallCharge {
             entries,
             scopes: scopes(spender),
@@ -683,6 +779,22 @@ impl llm::Meter for BudgetLedger {
         // budget it counts against instead of wrapping to a small number.
         let cost = total_cost(&entries);
         let tokens = m.prompt_tokens.saturating_add(m.completion_tokens);
+        // A priced capsule's call may owe a fee on its tokens: count them
+        // for the call (taken by `Engine::call` when the call ends).
+        if self.tariff(&spender.capsule, None).is_some() {
+            let mut map = self.call_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            let used = map
+                .entry((
+                    spender.run.to_string(),
+                    spender.node.to_string(),
+                    spender.attempt,
+                ))
+                .or_insert_with(|| {
+                    self.pending_calls.fetch_add(1, Ordering::Release);
+                    0
+                });
+            *used = used.saturating_add(tokens);
+        }
         let appended = self.append(entries);
         let scopes = scopes(spender);
         match (appended, hold) {

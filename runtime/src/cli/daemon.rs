@@ -79,6 +79,8 @@ pub(crate) fn daemon(global: &Global, args: DaemonArgs) -> anyhow::Result<Code> 
     .context("starting telemetry")?;
     let engine =
         soma_runtime::Engine::new(config, global.data_dir()?).context("starting the engine")?;
+    // Calls of priced marketplace capsules pay their listing's fee.
+    soma_runtime::market::pricing::PriceBook::install(&engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("soma-http")

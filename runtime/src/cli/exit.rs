@@ -135,6 +135,19 @@ impl Code {
         if let Some(m) = e.downcast_ref::<MarketError>() {
             return Self::of_market(m);
         }
+        if let Some(p) = e.downcast_ref::<soma_runtime::market::pricing::PricingError>() {
+            use soma_runtime::market::pricing::PricingError;
+            return match p {
+                PricingError::Market(m) => Self::of_market(m),
+                PricingError::BadPrice { .. } => Self::InvalidSpec,
+                PricingError::NotPublished { .. } => Self::MarketRefused,
+            };
+        }
+        if let Some(soma_runtime::market::payouts::PayoutError::Market(m)) =
+            e.downcast_ref::<soma_runtime::market::payouts::PayoutError>()
+        {
+            return Self::of_market(m);
+        }
         if e.downcast_ref::<soma_runtime::verify::VerifyError>()
             .is_some()
         {

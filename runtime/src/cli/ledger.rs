@@ -135,7 +135,8 @@ fn csv_field(s: &str) -> String {
 }
 
 pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code> {
-    let ledger = Ledger::open(&global.data_dir()?);
+    let data = global.data_dir()?;
+    let ledger = Ledger::open(&data);
     match cmd {
         LedgerCommand::Ls {
             tenant,
@@ -248,7 +249,11 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
             }
         }
         LedgerCommand::Check { json } => {
-            let report = ledger.check_integrity()?;
+            let mut report = ledger.check_integrity()?;
+            // Every marketplace fee was for a version published (and priced) then.
+            for p in soma_runtime::market::payouts::check_fees(&ledger, data.database())? {
+                report.fee_problem(p);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

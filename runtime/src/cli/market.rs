@@ -18,6 +18,7 @@ use soma_runtime::{
     verify::{KeyPair, PublicKey},
 };
 
+mod price;
 mod search;
 
 use super::{
@@ -50,6 +51,11 @@ pub(crate) enum MarketCommand {
     /// Search published listings: full text with typo tolerance, facet
     /// filters and counts.
     Search(search::Args),
+    /// A listing's price: change it (increases after the notice period), show its history.
+    #[command(subcommand)]
+    Price(price::PriceCommand),
+    /// What each author earned in a month: revenue, platform share, net, per listing.
+    Payouts(price::PayoutsArgs),
 }
 
 /// Author identities.
@@ -204,6 +210,9 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
         MarketCommand::Install(a) => a.json,
         MarketCommand::Update(a) => a.json,
         MarketCommand::Search(a) => a.json,
+        MarketCommand::Price(price::PriceCommand::Set(a)) => a.json,
+        MarketCommand::Price(price::PriceCommand::Show { json, .. }) => *json,
+        MarketCommand::Payouts(a) => a.json,
     };
     or_json_error(json, run(global, cmd))
 }
@@ -211,6 +220,8 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
 fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
     match cmd {
         MarketCommand::Search(args) => return search::run(global, args),
+        MarketCommand::Price(cmd) => return price::price(global, cmd),
+        MarketCommand::Payouts(args) => return price::payouts(global, args),
         MarketCommand::Author(AuthorCommand::Register {
             name,
             key_file,

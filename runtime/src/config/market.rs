@@ -13,6 +13,11 @@
 //! max_component_bytes = 16777216        # the review's size limit (16 MiB)
 //! max_concurrent_reviews = 2            # daemon: submissions reviewed at once
 //! max_concurrent_installs = 4           # daemon: installs pulled at once
+//! author_share_percent = 80             # each fee's author part; the rest is the platform's
+//! price_notice_days = 14                # a price increase takes effect after this notice
+//! max_billable_events_per_call = 100    # per-event: events past this in one call are free
+//! max_billable_tokens_per_call = 32768  # per-1k-tokens: tokens past this in one call are free
+//! price_refresh_secs = 10               # how often the call path's price book is reloaded
 //! ```
 
 use std::path::PathBuf;
@@ -66,6 +71,28 @@ pub struct MarketConfig {
 /// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
 pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
 
+    /// The author's part of every marketplace fee, percent (0–100); the
+    /// platform keeps the rest. Recorded with each fee, so changing it
+    /// applies to fees charged afterwards only. Default 80.
+    pub author_share_percent: u8,
+    /// Days between announcing a price increase (`soma market price set`)
+    /// and charging it; a decrease applies at once. Default 14.
+    pub price_notice_days: u32,
+    /// Per-event pricing: most billable events charged for one call (the
+    /// worst case reserved before the call is this × the highest event
+    /// price); later events are delivered but not charged. Default 100.
+    pub max_billable_events_per_call: u32,
+    /// Per-1k-tokens pricing: most LLM tokens charged for one call (the
+    /// worst case reserved before the call); later tokens are not charged
+    /// a fee (they are still charged as LLM tokens). Default 32768.
+    pub max_billable_tokens_per_call: u64,
+    /// How often a background thread reloads the call path's in-memory
+    /// price book from the database (publications and price changes made
+    /// by another process; at least 1); changes made by this process apply
+    /// at once. Default 10.
+    pub price_refresh_secs: u64,
+}
+
 impl Default for MarketConfig {
     fn default() -> Self {
         Self {
@@ -77,6 +104,11 @@ impl Default for MarketConfig {
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             max_concurrent_reviews: 2,
             max_concurrent_installs: 4,
+            author_share_percent: 80,
+            price_notice_days: 14,
+            max_billable_events_per_call: 100,
+            max_billable_tokens_per_call: 32_768,
+            price_refresh_secs: 10,
         }
     }
 }
@@ -100,6 +132,12 @@ impl MarketConfig {
         }
         if self.max_component_bytes == 0 {
             return Err("market.max_component_bytes must be above 0".to_owned());
+        }
+        if self.author_share_percent > 100 {
+            return Err(format!(
+                "market.author_share_percent = {} must be 0–100",
+                self.author_share_percent
+            ));
         }
         Ok(())
     }

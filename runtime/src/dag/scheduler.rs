@@ -503,6 +503,7 @@ pub fn drive(
             o.set_run(run);
             o.tenant = state.tenant.as_str().into();
             o.defer_charge = true;
+            o.run_started_ms = Some(state.created_ms);
             (alias.as_str(), o)
         })
         .collect();

@@ -48,6 +48,19 @@ fn entry(
         model: model.map(Into::into),
         estimated: seq.is_multiple_of(3),
     }
+    .tagged_if_fee()
+}
+
+impl Entry {
+    /// A marketplace fee names its listing version and author share.
+    fn tagged_if_fee(mut self) -> Self {
+        if self.kind == Kind::MarketplaceFee {
+            let (provider, model) = fee_tags("acme/x@1.0.0", 80);
+            self.provider = Some(provider);
+            self.model = Some(model);
+        }
+        self
+    }
 }
 
 /// A small mixed ledger: 2 tenants, 2 capsules, 2 models, 3 days.
@@ -258,7 +271,8 @@ fn ledger_summary_by_each_group() {
             GroupBy::Model => {
                 let mut sorted = keys.clone();
                 sorted.sort();
-                assert_eq!(sorted, ["-", "gpt-a", "gpt-b"]);
+                // Fees are grouped under their listing version.
+                assert_eq!(sorted, ["-", "acme/x@1.0.0", "gpt-a", "gpt-b"]);
                 let a = rows.iter().find(|r| r.key == "gpt-a").unwrap();
                 assert_eq!((a.tokens_in, a.tokens_out, a.fuel), (9 * 1200, 9 * 300, 0));
             }
@@ -636,4 +650,88 @@ fn run_and_tenant_lookups_use_the_indexes_and_old_databases_get_them_built() {
     );
     let report = l.check_integrity().unwrap();
     assert!(report.ok, "{:?}", report.problems);
+}
+
+#[test]
+fn each_fee_has_its_split_written_with_it_and_the_check_finds_tampering() {
+    let (l, _dir) = ledger();
+    let fee = |run: &str, cost: u64| {
+        entry(
+            "buyer",
+            run,
+            0,
+            MAR_1,
+            1,
+            Kind::MarketplaceFee,
+            None,
+            1,
+            cost * 1000,
+        )
+    };
+    let entries = vec![fee("r1", 999), fee("r2", 1)];
+    let a = l.append(&entries).unwrap();
+    assert_eq!(a.inserted.len(), 2);
+    // A replay writes neither the entry nor a second split.
+    let again = l.append(&entries).unwrap();
+    assert_eq!((again.inserted.len(), again.duplicates), (0, 2));
+    let fees = l.fees_of_month("2024-03").unwrap();
+    let splits: Vec<(u64, u64, u64)> = fees
+        .iter()
+        .map(|(s, _)| (s.fee_micros, s.author_micros, s.platform_micros))
+        .collect();
+    assert_eq!(splits, [(999, 799, 200), (1, 0, 1)]);
+    assert_eq!(fees[0].0.author, "acme");
+    assert_eq!(fees[0].0.listing, "acme/x");
+    assert_eq!(fees[0].0.version, "1.0.0");
+    assert!(l.fees_of_month("2024-04").unwrap().is_empty());
+    assert_eq!(l.all_fees().unwrap().len(), 2);
+    assert_ok(&l);
+
+    // A fee that does not name its listing and share is refused, whole batch.
+    let mut untagged = fee("r3", 5);
+    untagged.model = None;
+    assert!(matches!(
+        l.append(&[fee("r4", 5), untagged]),
+        Err(LedgerError::InvalidEntry { index: 1, .. })
+    ));
+    assert_eq!(
+        l.all_fees().unwrap().len(),
+        2,
+        "nothing of the batch was written"
+    );
+
+    // Tampering: a split that does not add up, a missing one, an orphan.
+    let raw = l.db.get().unwrap();
+    let id = a.inserted[0];
+    let txn = raw.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(fee::FEE_SPLITS).unwrap();
+        t.insert(("2024-03", id), ("acme", "acme/x", "1.0.0", 999, 800, 200))
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    let r = l.check_integrity().unwrap();
+    assert!(!r.ok);
+    assert!(
+        matches!(r.fee_problems[..], [FeeProblem::SplitMismatch { id: i, author: 800, .. }] if i == id),
+        "{:?}",
+        r.fee_problems
+    );
+    let txn = raw.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(fee::FEE_SPLITS).unwrap();
+        t.remove(("2024-03", id)).unwrap();
+        t.insert(("2024-03", 777_777), ("acme", "acme/x", "1.0.0", 1, 0, 1))
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    let r = l.check_integrity().unwrap();
+    assert_eq!(
+        r.fee_problems,
+        [
+            FeeProblem::OrphanSplit { id: 777_777 },
+            FeeProblem::MissingSplit { id }
+        ]
+    );
+    assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
 }

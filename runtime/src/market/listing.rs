@@ -400,7 +400,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_price(price: &Price) -> Result<(), String> {
+pub(crate) fn check_price(price: &Price) -> Result<(), String> {
     match price {
         Price::Free => Ok(()),
         Price::PerCall { micros } | Price::PerKiloTokens { micros } if *micros == 0 => Err(
