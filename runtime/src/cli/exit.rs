@@ -152,7 +152,9 @@ impl Code {
     fn of_market(m: &MarketError) -> Self {
         match m {
             MarketError::Oci(oci) => Self::of_oci(oci),
-            MarketError::Verify(_) | MarketError::WrongAuthorKey { .. } => Self::Untrusted,
+            MarketError::Verify(_)
+            | MarketError::WrongAuthorKey { .. }
+            | MarketError::AuthorSignature { .. } => Self::Untrusted,
             MarketError::ForeignNamespace { .. } => Self::Denied,
             MarketError::Listing(_) => Self::InvalidSpec,
             MarketError::AuthorExists { .. }
