@@ -33,7 +33,7 @@ use soma_runtime::{
 };
 use soma_tests::registry::Registry;
 
-const LISTING: &str = r#"name = "acme/calc"
+const LISTING: &str = r##"name = "acme/calc"
 version = "1.0.0"
 summary = "Evaluate arithmetic expressions."
 license = "MIT"
@@ -41,7 +41,7 @@ readme = { markdown = "# calc" }
 
 [[examples]]
 input = { expr = "6*7" }
-"#;
+"##;
 
 fn install(c: &mut Criterion) {
     let registry = Registry::start();
@@ -101,10 +101,9 @@ fn install(c: &mut Criterion) {
                 let data = DataDir::new(fresh.path());
                 let lock = fresh.path().join("soma.lock");
                 let start = Instant::now();
-                let installed = flow::install(
-                    &data, &config, &market, "acme/calc", &range, &lock, &access,
-                )
-                .expect("install");
+                let installed =
+                    flow::install(&data, &config, &market, "acme/calc", &range, &lock, &access)
+                        .expect("install");
                 total += start.elapsed();
                 assert!(!installed.cached);
             }

@@ -45,7 +45,8 @@ pub(crate) enum Code {
     /// A marketplace rule refused the operation: an immutable version, a
     /// foreign namespace, a state that does not allow it, no matching version.
     MarketRefused = 29,
-    /// `soma review`: the marketplace review rejected the capsule.
+    /// `soma review`, `market submit`, `market review ID`: the marketplace
+    /// review rejected the capsule; `market retest`: a version failed its re-test.
     ReviewRejected = 30,
 }
 
