@@ -114,7 +114,7 @@ pub enum MarketError {
         key_id: String,
         /// What the verification found.
         #[source]
-        source: VerifyError,
+        source: Box<VerifyError>,
     },
     /// No such submission or version.
     #[error("no submission {id} (soma market ls lists them)")]
@@ -220,7 +220,7 @@ pub enum MarketError {
         id: String,
         /// Why.
         #[source]
-        source: ReviewError,
+        source: Box<ReviewError>,
     },
     /// The cached component is not the one the submission recorded.
     #[error(
@@ -247,7 +247,7 @@ pub enum MarketError {
     },
     /// The search index could not be opened or written.
     #[error("the search index could not be updated")]
-    Search(#[source] SearchError),
+    Search(#[source] Box<SearchError>),
     /// A registry operation (push, sign, pull) failed or was refused.
     #[error(transparent)]
     Oci(#[from] OciError),

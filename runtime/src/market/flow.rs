@@ -229,7 +229,7 @@ pub fn accept(
                 reference: reference.to_string(),
                 author: author.name,
                 key_id: author.key_id,
-                source,
+                source: Box::new(source),
             });
         }
         Err(e) => return Err(e.into()),

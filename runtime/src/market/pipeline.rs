@@ -134,7 +134,7 @@ pub fn review_submission(
     let report =
         review::review(&bytes, &input, engine.config()).map_err(|source| MarketError::Review {
             id: id.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let evidence = serde_json::to_value(&report).map_err(super::error::storage)?;
     let submission = if report.approved() && options.manual_approval {
@@ -323,7 +323,9 @@ pub fn index_submission(
         doc.installs = shown.installs;
         doc.success_rate = shown.success_rate;
     }
-    index.upsert(doc).map_err(MarketError::Search)
+    index
+        .upsert(doc)
+        .map_err(|e| MarketError::Search(Box::new(e)))
 }
 
 /// Rebuild the search index of `engine`'s data directory from every
@@ -342,7 +344,7 @@ pub fn reindex(engine: &Engine, market: &Market) -> Result<usize, MarketError> {
     let n = docs.len();
     open_index(&search::default_dir(engine.data()))?
         .rebuild(docs)
-        .map_err(MarketError::Search)?;
+        .map_err(|e| MarketError::Search(Box::new(e)))?;
     Ok(n)
 }
 
@@ -365,7 +367,7 @@ fn open_index(dir: &Path) -> Result<SearchIndex, MarketError> {
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 });
             }
-            Err(e) => return Err(MarketError::Search(e)),
+            Err(e) => return Err(MarketError::Search(Box::new(e))),
         }
     }
 }
@@ -448,7 +450,7 @@ pub fn retest(
             review::retest_smoke(&bytes, &examples, &options.llm_fixture, engine.config())
                 .map_err(|source| MarketError::Review {
                     id: id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         let mut reasons: Vec<String> = Vec::new();
         for e in evidence.iter().filter(|e| e.status == Status::Failed) {
