@@ -200,7 +200,9 @@ fn submit_review_publish_install_run_update_and_yank() {
     let submitted = &doc["submitted"];
     assert_eq!(submitted["created"], json!(true));
     assert_eq!(submitted["pushed"], json!(true));
-    assert_eq!(submitted["submission"]["state"], json!("submitted"));
+    // Submit ran the automated review and recorded it: approved.
+    assert_eq!(submitted["submission"]["state"], json!("approved"));
+    assert_eq!(doc["review"]["verdict"], json!("approved"), "{doc}");
     assert_eq!(
         submitted["submission"]["listing"]["price"],
         json!({"model": "per-call", "micros": 2000})
@@ -217,26 +219,23 @@ fn submit_review_publish_install_run_update_and_yank() {
     )
     .expect("author signature");
 
-    // Publishing before the review decides is refused, typed.
-    let message = node.refused(root, &["market", "publish", "acme/echo@1.0.0"], 29);
-    assert!(message.contains("review must approve"), "{message}");
-
-    // The review (the lead wires the automated review to this call) approves.
+    // The review's evidence is on the submission, every step with its code.
     let reviewed = node
         .market()
-        .record_review(
-            "acme/echo@1.0.0",
-            true,
-            vec![],
-            json!({"steps": [{"step": "smoke", "ok": true}]}),
-        )
-        .expect("record review");
-    assert_eq!(
-        reviewed
-            .review
-            .as_ref()
-            .map(|r| r.evidence["steps"][0]["step"].clone()),
-        Some(json!("smoke"))
+        .get("acme/echo@1.0.0")
+        .expect("get")
+        .expect("recorded");
+    let review = reviewed.review.as_ref().expect("review recorded");
+    assert!(review.passed && review.reasons.is_empty(), "{review:?}");
+    let steps: Vec<&str> = review.evidence["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    assert!(
+        steps.contains(&"signature") && steps.contains(&"smoke"),
+        "{steps:?}"
     );
 
     // Publish: the marketplace countersigns the same digest.
@@ -294,6 +293,13 @@ fn submit_review_publish_install_run_update_and_yank() {
 
     // 1.1.0 (another component), reviewed and published.
     let l2 = listing(root, "acme/echo", "1.1.0");
+    // word-count takes {"text": …}: its example says so (the review runs it).
+    let l2_text = std::fs::read_to_string(&l2).expect("listing");
+    std::fs::write(
+        &l2,
+        l2_text.replace("input = \"hi\"", "input = { text = \"a b\" }"),
+    )
+    .expect("listing");
     let doc = node.json(
         root,
         &[
@@ -309,9 +315,7 @@ fn submit_review_publish_install_run_update_and_yank() {
     );
     let digest_2 = s(&doc["submitted"]["submission"]["digest"]).to_owned();
     assert_ne!(digest_1, digest_2);
-    node.market()
-        .record_review("acme/echo@1.1.0", true, vec![], json!({}))
-        .expect("review");
+    assert_eq!(doc["submitted"]["submission"]["state"], json!("approved"));
     node.json(root, &["market", "publish", "acme/echo@1.1.0", "--json"]);
 
     // The pin holds until `update` moves it within its range.

@@ -45,7 +45,8 @@ pub(crate) enum Code {
     /// A marketplace rule refused the operation: an immutable version, a
     /// foreign namespace, a state that does not allow it, no matching version.
     MarketRefused = 29,
-    /// `soma review`: the marketplace review rejected the capsule.
+    /// `soma review`, `market submit`, `market review ID`: the marketplace
+    /// review rejected the capsule; `market retest`: a version failed its re-test.
     ReviewRejected = 30,
 }
 
@@ -165,11 +166,13 @@ impl Code {
     fn of_market(m: &MarketError) -> Self {
         match m {
             MarketError::Oci(oci) => Self::of_oci(oci),
-            MarketError::Verify(_) | MarketError::WrongAuthorKey { .. } => Self::Untrusted,
+            MarketError::Verify(_)
+            | MarketError::WrongAuthorKey { .. }
+            | MarketError::AuthorSignature { .. }
+            | MarketError::BadProof { .. } => Self::Untrusted,
             MarketError::ForeignNamespace { .. } | MarketError::NamespaceOwned { .. } => {
                 Self::Denied
             }
-            MarketError::BadProof { .. } => Self::Untrusted,
             MarketError::Listing(_) => Self::InvalidSpec,
             MarketError::AuthorExists { .. }
             | MarketError::KeyTaken { .. }

@@ -12,6 +12,8 @@ use soma_runtime::{
         flow::{self, Access, Artifact, Selector},
         listing::Listing,
         lock::LOCKFILE,
+        pipeline::{self, ReviewOptions},
+        review::ReviewReport,
         store::{Market, Submission, SubmissionState, author_statement},
     },
     oci::Reference,
@@ -56,6 +58,88 @@ pub(crate) enum MarketCommand {
     Price(price::PriceCommand),
     /// What each author earned in a month: revenue, platform share, net, per listing.
     Payouts(price::PayoutsArgs),
+    /// Re-run the automated review of a submitted version (`review ID`), or
+    /// decide as a reviewer when `[market] manual_approval` is on
+    /// (`review approve ID`, `review reject ID --reason R`).
+    Review(ReviewArgs),
+    /// Re-run every published version's examples (nightly): 3 failures in a
+    /// row → under-maintenance, 30 days under maintenance → deprecated.
+    /// Exit 30 when some version failed.
+    Retest(RetestArgs),
+    /// Rebuild the search index from every published version in this node's catalog.
+    Reindex {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `soma market review`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct ReviewArgs {
+    /// A reviewer's decision.
+    #[command(subcommand)]
+    decision: Option<ReviewDecision>,
+    /// author/name@version to review again (e.g. after the operator changed the fixture).
+    #[arg(required = true)]
+    id: Option<String>,
+    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs.
+    #[arg(long, value_name = "URL")]
+    llm_fixture: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Print JSON: the updated version and the review's report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A reviewer's decision on a version awaiting approval.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ReviewDecision {
+    /// Approve a version whose automated review passed (then `soma market publish`).
+    Approve {
+        /// author/name@version.
+        id: String,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who decides (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        reviewer: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject a version before it is published; the reason is recorded for the author.
+    Reject {
+        /// author/name@version.
+        id: String,
+        /// Why (required; recorded in the history and the review).
+        #[arg(long)]
+        reason: String,
+        /// Who decides (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        reviewer: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `soma market retest`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetestArgs {
+    /// Only this capsule (author/name); default: every published version.
+    name: Option<String>,
+    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs.
+    #[arg(long, value_name = "URL")]
+    llm_fixture: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Author identities.
@@ -106,9 +190,13 @@ pub(crate) struct SubmitArgs {
     /// Registry host[:port] to push a file to (default: [market] registry).
     #[arg(long = "registry", value_name = "HOST")]
     to: Option<String>,
+    /// Base URL of an OpenAI-compatible LLM fixture for the review's smoke
+    /// runs (otherwise llm is denied to them).
+    #[arg(long, value_name = "URL")]
+    llm_fixture: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Print JSON.
+    /// Print JSON: the submission and the review's report.
     #[arg(long)]
     json: bool,
 }
@@ -213,6 +301,14 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
         MarketCommand::Price(price::PriceCommand::Set(a)) => a.json,
         MarketCommand::Price(price::PriceCommand::Show { json, .. }) => *json,
         MarketCommand::Payouts(a) => a.json,
+        MarketCommand::Review(a) => match &a.decision {
+            Some(ReviewDecision::Approve { json, .. } | ReviewDecision::Reject { json, .. }) => {
+                *json
+            }
+            None => a.json,
+        },
+        MarketCommand::Retest(a) => a.json,
+        MarketCommand::Reindex { json } => *json,
     };
     or_json_error(json, run(global, cmd))
 }
@@ -260,6 +356,18 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
             }
         }
         MarketCommand::Submit(args) => return submit(global, args),
+        MarketCommand::Review(args) => return review(global, args),
+        MarketCommand::Retest(args) => return retest(global, args),
+        MarketCommand::Reindex { json } => {
+            let engine = global.engine(None)?;
+            let market = Market::new(engine.data().database().clone());
+            let n = pipeline::reindex(&engine, &market)?;
+            if json {
+                println!("{}", json!({ "ok": true, "indexed": n }));
+            } else {
+                println!("indexed {n} published versions");
+            }
+        }
         MarketCommand::Ls(args) => {
             let versions = market(global)?.versions(args.name.as_deref())?;
             if args.json {
@@ -281,41 +389,41 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
                     why: "publishing countersigns with the marketplace's private key",
                 })?;
             let key = KeyPair::load(&key_path, password(false)?.as_bytes())?;
+            let engine = global.engine(None)?;
+            let market = Market::new(engine.data().database().clone());
             let bar = spinner(format!("publishing {}", args.id));
-            let published = flow::publish(
-                &market(global)?,
-                &args.id,
-                &key,
-                &access(global, &args.registry)?,
-            );
+            let published =
+                flow::publish(&market, &args.id, &key, &access(global, &args.registry)?);
             bar.finish_and_clear();
             let s = published?;
-            print_state(&s, args.json, "published (author + marketplace signatures)");
-        }
-        MarketCommand::Yank(args) => {
-            let s = market(global)?.transition(
-                &args.id,
-                SubmissionState::Yanked,
-                args.reason,
-                |_| {},
-            )?;
+            index(&engine, &market, &s)?;
             print_state(
                 &s,
                 args.json,
-                "yanked: hidden from ranges, pinned digests still resolve",
+                "published (author + marketplace signatures), indexed for search",
+            );
+        }
+        MarketCommand::Yank(args) => {
+            let engine = global.engine(None)?;
+            let market = Market::new(engine.data().database().clone());
+            let s = market.transition(&args.id, SubmissionState::Yanked, args.reason, |_| {})?;
+            index(&engine, &market, &s)?;
+            print_state(
+                &s,
+                args.json,
+                "yanked: hidden from ranges and search, pinned digests still resolve",
             );
         }
         MarketCommand::Deprecate(args) => {
-            let s = market(global)?.transition(
-                &args.id,
-                SubmissionState::Deprecated,
-                args.reason,
-                |_| {},
-            )?;
+            let engine = global.engine(None)?;
+            let market = Market::new(engine.data().database().clone());
+            let s =
+                market.transition(&args.id, SubmissionState::Deprecated, args.reason, |_| {})?;
+            index(&engine, &market, &s)?;
             print_state(
                 &s,
                 args.json,
-                "deprecated: hidden from ranges, pinned digests still resolve",
+                "deprecated: hidden from ranges and search, pinned digests still resolve",
             );
         }
         MarketCommand::Install(args) => {
@@ -418,31 +526,229 @@ fn submit(global: &Global, args: SubmitArgs) -> anyhow::Result<Code> {
     } else {
         Artifact::Reference(Reference::parse(&args.artifact)?)
     };
+    let access = access(global, &args.registry)?;
+    let market = Market::new(engine.data().database().clone());
     let bar = spinner(format!("submitting {}", listing.id()));
-    let submitted = flow::submit(
+    let submitted = flow::submit(&engine, &market, listing, artifact, &key, &access);
+    bar.finish_and_clear();
+    let mut submitted = submitted?;
+    let id = submitted.submission.id();
+    // A new submission (or one whose review never ran) is reviewed now;
+    // submitting the same component again shows the review on record.
+    let report = match &submitted.submission.review {
+        Some(r) if !submitted.created => {
+            serde_json::from_value::<ReviewReport>(r.evidence.clone()).ok()
+        }
+        _ => {
+            let options = ReviewOptions {
+                llm_fixture: args.llm_fixture.clone(),
+                access: access.clone(),
+                ..ReviewOptions::from_config(&config)
+            };
+            let bar = spinner(format!("reviewing {id}"));
+            let reviewed = pipeline::review_submission(&engine, &market, &id, &options);
+            bar.finish_and_clear();
+            let reviewed = reviewed?;
+            submitted.submission = reviewed.submission;
+            Some(reviewed.report)
+        }
+    };
+    let what = format!(
+        "{id} {} (signed by {}, verified against the registered key)",
+        if submitted.created {
+            "submitted"
+        } else {
+            "already submitted with this component"
+        },
+        key.public().id()
+    );
+    report_review(
+        &submitted.submission,
+        report.as_ref(),
+        args.json,
+        json!({ "submitted": submitted }),
+        &what,
+    )
+}
+
+/// Print a recorded review (JSON: `extra` plus `review`, the report) and
+/// pick the exit code: 30 (`review-rejected`, naming every reason) when
+/// the version is rejected, else 0.
+fn report_review(
+    s: &Submission,
+    report: Option<&ReviewReport>,
+    json_out: bool,
+    extra: serde_json::Value,
+    what: &str,
+) -> anyhow::Result<Code> {
+    let rejected = s.state == SubmissionState::Rejected;
+    let reasons = s
+        .review
+        .as_ref()
+        .map(|r| r.reasons.join(", "))
+        .unwrap_or_default();
+    let message = format!("{} was rejected by the review: {reasons}", s.id());
+    if json_out {
+        let mut doc = json!({ "ok": !rejected, "review": report });
+        if let (Some(doc), Some(extra)) = (doc.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                doc.insert(k.clone(), v.clone());
+            }
+            if rejected {
+                doc.insert(
+                    "error".into(),
+                    json!({
+                        "class": Code::ReviewRejected.name(),
+                        "message": message,
+                        "exit_code": Code::ReviewRejected as u8,
+                    }),
+                );
+            }
+        }
+        println!("{doc}");
+    } else {
+        println!("{}", line(s));
+        if let Some(report) = report {
+            super::review::print_report(report)?;
+        }
+        eprintln!("{what}");
+        match s.state {
+            SubmissionState::Rejected => eprintln!("{message}"),
+            SubmissionState::AwaitingApproval => eprintln!(
+                "{} passed the review and awaits a reviewer: soma market review approve {} (or reject {} --reason R)",
+                s.id(),
+                s.id(),
+                s.id()
+            ),
+            SubmissionState::Approved => {
+                eprintln!("{} approved: soma market publish {}", s.id(), s.id())
+            }
+            _ => {}
+        }
+    }
+    Ok(if rejected {
+        Code::ReviewRejected
+    } else {
+        Code::Ok
+    })
+}
+
+/// Keep search in step with `s`; a failure says the state change itself stands.
+fn index(engine: &soma_runtime::Engine, market: &Market, s: &Submission) -> anyhow::Result<()> {
+    pipeline::index_submission(engine, market, s).with_context(|| {
+        format!(
+            "{} is {}, but the search index was not updated (soma market reindex repairs it)",
+            s.id(),
+            s.state
+        )
+    })
+}
+
+fn reviewer(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "operator".to_owned())
+}
+
+fn review(global: &Global, args: ReviewArgs) -> anyhow::Result<Code> {
+    match args.decision {
+        Some(ReviewDecision::Approve {
+            id,
+            reason,
+            reviewer: who,
+            json,
+        }) => {
+            let s = market(global)?.approve(&id, &reviewer(who), reason)?;
+            print_state(&s, json, "approved by a reviewer: soma market publish ID");
+            Ok(Code::Ok)
+        }
+        Some(ReviewDecision::Reject {
+            id,
+            reason,
+            reviewer: who,
+            json,
+        }) => {
+            let s = market(global)?.reject(&id, &reviewer(who), &reason)?;
+            print_state(&s, json, "rejected by a reviewer");
+            Ok(Code::Ok)
+        }
+        None => {
+            let id = args
+                .id
+                .context("give the version to review: soma market review author/name@version")?;
+            let config = global.config()?;
+            let engine = global.engine(None)?;
+            let market = Market::new(engine.data().database().clone());
+            let options = ReviewOptions {
+                llm_fixture: args.llm_fixture,
+                access: access(global, &args.registry)?,
+                ..ReviewOptions::from_config(&config)
+            };
+            let bar = spinner(format!("reviewing {id}"));
+            let reviewed = pipeline::review_submission(&engine, &market, &id, &options);
+            bar.finish_and_clear();
+            let reviewed = reviewed?;
+            report_review(
+                &reviewed.submission,
+                Some(&reviewed.report),
+                args.json,
+                json!({ "version": reviewed.submission }),
+                &format!("{id} reviewed again"),
+            )
+        }
+    }
+}
+
+fn retest(global: &Global, args: RetestArgs) -> anyhow::Result<Code> {
+    let config = global.config()?;
+    let engine = global.engine(None)?;
+    let market = Market::new(engine.data().database().clone());
+    let options = ReviewOptions {
+        llm_fixture: args.llm_fixture,
+        access: access(global, &args.registry)?,
+        ..ReviewOptions::from_config(&config)
+    };
+    let bar = spinner("re-testing published versions".to_owned());
+    let retested = pipeline::retest(
         &engine,
-        &Market::new(engine.data().database().clone()),
-        listing,
-        artifact,
-        &key,
-        &access(global, &args.registry)?,
+        &market,
+        args.name.as_deref(),
+        &options,
+        soma_runtime::market::store::now_ms(),
     );
     bar.finish_and_clear();
-    let submitted = submitted?;
+    let retested = retested?;
+    let failed = retested.iter().filter(|r| !r.passed).count();
     if args.json {
-        println!("{}", json!({ "ok": true, "submitted": submitted }));
-    } else {
-        println!("{}", line(&submitted.submission));
-        eprintln!(
-            "{} {} (signed by {}, verified against the registered key)",
-            submitted.submission.id(),
-            if submitted.created {
-                "submitted"
-            } else {
-                "already submitted with this component"
-            },
-            key.public().id()
+        println!(
+            "{}",
+            json!({ "ok": failed == 0, "retested": retested, "failed": failed })
         );
+    } else {
+        for r in &retested {
+            let moved = if r.state_before == r.state {
+                String::new()
+            } else {
+                format!(" ({} -> {})", r.state_before, r.state)
+            };
+            println!(
+                "{}  {}  {} failures in a row  {}{moved}{}",
+                r.id,
+                if r.passed { "pass" } else { "FAIL" },
+                r.consecutive_failures,
+                r.reasons.join(", "),
+                r.error
+                    .as_ref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        eprintln!("{} versions re-tested, {failed} failed", retested.len());
     }
-    Ok(Code::Ok)
+    Ok(if failed > 0 {
+        Code::ReviewRejected
+    } else {
+        Code::Ok
+    })
 }

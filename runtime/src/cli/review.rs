@@ -83,6 +83,13 @@ fn review_file(global: &Global, args: Args) -> anyhow::Result<Code> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(code);
     }
+    print_report(&report)?;
+    Ok(code)
+}
+
+/// The human form of a review report: one line per step (status, step,
+/// reason code, reason), the cost profile, the verdict.
+pub(crate) fn print_report(report: &review::ReviewReport) -> anyhow::Result<()> {
     for e in &report.evidence {
         let mark = match e.status {
             Status::Passed => "pass",
@@ -128,5 +135,5 @@ fn review_file(global: &Global, args: Args) -> anyhow::Result<Code> {
             String::new()
         }
     );
-    Ok(code)
+    Ok(())
 }

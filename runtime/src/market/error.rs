@@ -112,7 +112,7 @@ pub enum MarketError {
     },
     /// The signing key is not the one registered for the author.
     #[error(
-        "the signing key {found} is not author `{author}`'s registered key {expected}: sign with the key registered for `{author}`"
+        "signature-invalid: the signing key {found} is not author `{author}`'s registered key {expected}: sign with the key registered for `{author}`"
     )]
     WrongAuthorKey {
         /// The author.
@@ -124,7 +124,7 @@ pub enum MarketError {
     },
     /// A version already exists with a different component.
     #[error(
-        "{id} already exists with component {existing}; versions are immutable: bump the version in the listing to submit component {given}"
+        "version-immutable: {id} already exists with component {existing}; versions are immutable: bump the version in the listing to submit component {given}"
     )]
     VersionImmutable {
         /// `author/name@version`.
@@ -133,6 +133,22 @@ pub enum MarketError {
         existing: Digest,
         /// The component digest submitted.
         given: Digest,
+    },
+    /// The component's signature does not verify with the author's
+    /// registered key (pushed and signed with another key, or not signed).
+    #[error(
+        "signature-invalid: {reference} has no valid signature by author `{author}`'s registered key {key_id}: sign that digest with the registered key (soma sign) and submit again"
+    )]
+    AuthorSignature {
+        /// What was pulled.
+        reference: String,
+        /// The listing's author.
+        author: String,
+        /// The registered key's id.
+        key_id: String,
+        /// What the verification found.
+        #[source]
+        source: Box<VerifyError>,
     },
     /// No such submission or version.
     #[error("no submission {id} (soma market ls lists them)")]
@@ -238,7 +254,7 @@ pub enum MarketError {
         id: String,
         /// Why.
         #[source]
-        source: ReviewError,
+        source: Box<ReviewError>,
     },
     /// The cached component is not the one the submission recorded.
     #[error(
@@ -265,7 +281,7 @@ pub enum MarketError {
     },
     /// The search index could not be opened or written.
     #[error("the search index could not be updated")]
-    Search(#[source] SearchError),
+    Search(#[source] Box<SearchError>),
     /// A registry operation (push, sign, pull) failed or was refused.
     #[error(transparent)]
     Oci(#[from] OciError),

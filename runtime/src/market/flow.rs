@@ -203,7 +203,7 @@ pub fn submit(
 /// ([`MarketError::VersionImmutable`]), is a no-op for the same one.
 /// A reference without a digest is resolved once by the pull; the record
 /// pins the digest the signature was verified on. A missing or foreign
-/// signature is [`OciError::Untrusted`] (nothing is recorded).
+/// signature is [`MarketError::AuthorSignature`] (nothing is recorded).
 /// Cost: one read transaction, one pull (manifest, signatures, layer;
 /// offline when the digest is cached under the author's key), one durable
 /// write transaction.
@@ -222,7 +222,18 @@ pub fn accept(
         limits: access.limits,
         ..PullOptions::from_config(engine.config())
     };
-    let pulled = oci::pull(engine.data(), &reference, &auth, &options)?;
+    let pulled = match oci::pull(engine.data(), &reference, &auth, &options) {
+        Ok(p) => p,
+        Err(OciError::Untrusted(source)) => {
+            return Err(MarketError::AuthorSignature {
+                reference: reference.to_string(),
+                author: author.name,
+                key_id: author.key_id,
+                source: Box::new(source),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (submission, created) = market.submit(NewSubmission {
         listing,
         repository: reference.repository_path(),

@@ -27,7 +27,7 @@ use super::{
     error::MarketError,
     flow::Access,
     listing::Price,
-    review::{self, ReviewInput, ReviewReport, SignatureOutcome},
+    review::{self, Evidence, ReviewInput, ReviewReport, SignatureOutcome, Status},
     search::{self, PriceModel, ReviewState, SearchDoc, SearchError, SearchIndex},
     store::{Market, Submission, SubmissionState},
 };
@@ -134,7 +134,7 @@ pub fn review_submission(
     let report =
         review::review(&bytes, &input, engine.config()).map_err(|source| MarketError::Review {
             id: id.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let evidence = serde_json::to_value(&report).map_err(super::error::storage)?;
     let submission = if report.approved() && options.manual_approval {
@@ -323,7 +323,9 @@ pub fn index_submission(
         doc.installs = shown.installs;
         doc.success_rate = shown.success_rate;
     }
-    index.upsert(doc).map_err(MarketError::Search)
+    index
+        .upsert(doc)
+        .map_err(|e| MarketError::Search(Box::new(e)))
 }
 
 /// Rebuild the search index of `engine`'s data directory from every
@@ -342,7 +344,7 @@ pub fn reindex(engine: &Engine, market: &Market) -> Result<usize, MarketError> {
     let n = docs.len();
     open_index(&search::default_dir(engine.data()))?
         .rebuild(docs)
-        .map_err(MarketError::Search)?;
+        .map_err(|e| MarketError::Search(Box::new(e)))?;
     Ok(n)
 }
 
@@ -365,7 +367,140 @@ fn open_index(dir: &Path) -> Result<SearchIndex, MarketError> {
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 });
             }
-            Err(e) => return Err(MarketError::Search(e)),
+            Err(e) => return Err(MarketError::Search(Box::new(e))),
         }
     }
+}
+
+/// One version's nightly re-test.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retested {
+    /// `author/name@version`.
+    pub id: String,
+    /// Whether every example succeeded and matched the output schema.
+    pub passed: bool,
+    /// Reason codes of the failed smoke runs (or `component-unavailable`).
+    pub reasons: Vec<String>,
+    /// Failed re-tests in a row, this one included.
+    pub consecutive_failures: u32,
+    /// The state before the re-test.
+    pub state_before: SubmissionState,
+    /// The state after it.
+    pub state: SubmissionState,
+    /// The smoke evidence.
+    pub evidence: Vec<Evidence>,
+    /// What went wrong beside the capsule itself: its component could not
+    /// be read (not recorded on the version), or search could not be
+    /// updated (recorded; `soma market reindex` repairs search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reason code of a re-test whose component could not be read.
+pub const COMPONENT_UNAVAILABLE: &str = "component-unavailable";
+
+/// The nightly re-test: re-run the examples of every listed (published or
+/// under-maintenance) version of `name` (or of every capsule) with the
+/// review's smoke step (same engine, ¼ limits and schema checks as the
+/// review, under this node's current configuration) and record each outcome
+/// on the version at `now_ms` ([`Market::record_retest`]: 3 failures in a
+/// row → `under-maintenance`, a pass → `published` again, 30 days under
+/// maintenance → `deprecated`). A version whose state changed is
+/// re-indexed for search. `now_ms` is the caller's clock (a test ages a
+/// version by passing a later time). A version whose component cannot be
+/// read is reported with [`COMPONENT_UNAVAILABLE`] and not recorded (a
+/// registry outage does not count against the author).
+///
+/// Cost per version: a cache read (or pull), a compile, one call per
+/// example under ¼ of its limits, one durable write transaction; plus
+/// [`index_submission`] per state change. Blocks.
+pub fn retest(
+    engine: &Engine,
+    market: &Market,
+    name: Option<&str>,
+    options: &ReviewOptions,
+    now_ms: u64,
+) -> Result<Vec<Retested>, MarketError> {
+    let mut out = Vec::new();
+    for s in market.versions(name)? {
+        if !s.state.is_listed() {
+            continue;
+        }
+        let id = s.id();
+        let failures_before = s.retest.as_ref().map_or(0, |r| r.consecutive_failures);
+        let bytes = match component(engine, market, &s, &options.access) {
+            Ok((bytes, _)) => bytes,
+            Err(e) => {
+                out.push(Retested {
+                    id,
+                    passed: false,
+                    reasons: vec![COMPONENT_UNAVAILABLE.to_owned()],
+                    consecutive_failures: failures_before,
+                    state_before: s.state,
+                    state: s.state,
+                    evidence: Vec::new(),
+                    error: Some(error_chain(&e)),
+                });
+                continue;
+            }
+        };
+        let examples: Vec<serde_json::Value> =
+            s.listing.examples.iter().map(|e| e.input.clone()).collect();
+        let evidence =
+            review::retest_smoke(&bytes, &examples, &options.llm_fixture, engine.config())
+                .map_err(|source| MarketError::Review {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?;
+        let mut reasons: Vec<String> = Vec::new();
+        for e in evidence.iter().filter(|e| e.status == Status::Failed) {
+            let code = serde_json::to_value(e.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if !reasons.contains(&code) {
+                reasons.push(code);
+            }
+        }
+        let passed = reasons.is_empty();
+        let recorded = market.record_retest(
+            &id,
+            passed,
+            reasons.clone(),
+            serde_json::to_value(&evidence).map_err(super::error::storage)?,
+            now_ms,
+        )?;
+        let error = if recorded.state == s.state {
+            None
+        } else {
+            index_submission(engine, market, &recorded)
+                .err()
+                .map(|e| error_chain(&e))
+        };
+        out.push(Retested {
+            id,
+            passed,
+            reasons,
+            consecutive_failures: recorded
+                .retest
+                .as_ref()
+                .map_or(0, |r| r.consecutive_failures),
+            state_before: s.state,
+            state: recorded.state,
+            evidence,
+            error,
+        });
+    }
+    Ok(out)
+}
+
+/// `error: cause: cause`, as the CLI prints errors.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }

@@ -416,18 +416,8 @@ pub fn review(
                     &m.wants,
                     &capsule.imports(engine.wasmtime()),
                 ));
-                // With an llm fixture, run on an engine whose provider
-                // serves the models the capsule asks for.
-                let fixture_engine = match (&input.llm_fixture, m.wants.llm.is_empty()) {
-                    (Some(url), false) => {
-                        // Its own data directory: one redb file, one owner.
-                        let dir = scratch.path().join("llm-fixture");
-                        std::fs::create_dir_all(&dir).map_err(ReviewError::Scratch)?;
-                        let e = review_engine(config, &dir, Some((url, &m.wants.llm)))?;
-                        e.load(bytes, "review").ok().map(|c| (e, c))
-                    }
-                    _ => None,
-                };
+                let fixture_engine =
+                    fixture_engine(config, scratch.path(), bytes, &capsule, &input.llm_fixture)?;
                 let (run_engine, run_capsule) = match &fixture_engine {
                     Some((e, c)) => (e, c),
                     None => (&engine, &capsule),
@@ -454,6 +444,72 @@ pub fn review(
     report.evidence = ev;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// With an llm fixture and a capsule that asks for llm: an engine whose
+/// provider serves the models it asks for, and the capsule loaded on it.
+fn fixture_engine(
+    config: &Config,
+    scratch: &std::path::Path,
+    bytes: &[u8],
+    capsule: &Arc<Capsule>,
+    llm_fixture: &Option<String>,
+) -> Result<Option<(Engine, Arc<Capsule>)>, ReviewError> {
+    let wants = &capsule.manifest().wants;
+    match (llm_fixture, wants.llm.is_empty()) {
+        (Some(url), false) => {
+            // Its own data directory: one redb file, one owner.
+            let dir = scratch.join("llm-fixture");
+            std::fs::create_dir_all(&dir).map_err(ReviewError::Scratch)?;
+            let e = review_engine(config, &dir, Some((url, &wants.llm)))?;
+            Ok(e.load(bytes, "review").ok().map(|c| (e, c)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A re-test: the review's smoke step alone (the same engine, the same ¼
+/// limits, the same schema checks) over `examples`, for the nightly
+/// re-test of a published version. Returns the smoke evidence (or the
+/// load failure's, when the component no longer loads under `config`).
+/// Cost: one compile (two with an llm fixture for an llm capsule), one
+/// call per example. Blocks; creates and removes a scratch directory.
+pub(crate) fn retest_smoke(
+    bytes: &[u8],
+    examples: &[Value],
+    llm_fixture: &Option<String>,
+    config: &Config,
+) -> Result<Vec<Evidence>, ReviewError> {
+    let scratch = tempfile::tempdir().map_err(ReviewError::Scratch)?;
+    let engine = review_engine(config, scratch.path(), None)?;
+    let mut ev = Vec::new();
+    let capsule = match engine.load(bytes, "retest") {
+        Ok(c) => c,
+        Err(e) => {
+            record_load_error(e, &mut ev);
+            return Ok(ev);
+        }
+    };
+    let fixture = fixture_engine(config, scratch.path(), bytes, &capsule, llm_fixture)?;
+    let (engine, capsule) = match &fixture {
+        Some((e, c)) => (e, c),
+        None => (&engine, &capsule),
+    };
+    let m = capsule.manifest();
+    let input_schema = jsonschema::validator_for(&m.input_schema).ok();
+    let output_schema = jsonschema::validator_for(&m.output_schema).ok();
+    let (options, limits) = smoke_options(engine, capsule);
+    smoke(
+        engine,
+        capsule,
+        examples,
+        input_schema.as_ref(),
+        output_schema.as_ref(),
+        &options,
+        limits,
+        &mut ev,
+    );
+    Ok(ev)
 }
 
 /// The throwaway engine: the operator's limits and bounds, on-demand
@@ -901,98 +957,17 @@ fn exercise(
     let input_schema = input_schema.ok();
     let output_schema = output_schema.ok();
 
-    let mut options = CallOptions::for_capsule(engine, capsule);
-    let base = engine.config().limits.tightened_by(&m.limits);
-    options.limits = quarter(base);
-    let smoke_limits = SmokeLimits {
-        fuel: options.limits.fuel,
-        timeout_ms: options.limits.timeout_ms,
-        memory_mb: options.limits.memory_mb,
-    };
-    let limits_json = json!(smoke_limits);
-
-    if input.examples.is_empty() {
-        ev.push(failed(
-            Step::Smoke,
-            Reason::NoExamples,
-            "the listing has no example inputs: add at least one (`examples` in the listing); \
-             the review runs each and they become the listing's first cost profile",
-        ));
-    }
-    let mut costs = Vec::new();
-    for (i, example) in input.examples.iter().enumerate() {
-        if let Some(errors) = input_schema
-            .as_ref()
-            .and_then(|s| schema_errors(s, example))
-        {
-            ev.push(
-                failed(
-                    Step::Smoke,
-                    Reason::InputSchemaMismatch,
-                    format!(
-                        "example {i} does not match the input schema: {errors}; fix the example \
-                         or the schema"
-                    ),
-                )
-                .with("example", i),
-            );
-        }
-        let text = example.to_string();
-        let outcome = engine.call(capsule, &text, &options);
-        let usage = outcome.usage;
-        let measure = |e: Evidence| {
-            e.with("example", i)
-                .with("fuel", usage.fuel_consumed.unwrap_or(0))
-                .with("wall_time_us", usage.wall_time_us)
-                .with("peak_memory_bytes", usage.peak_memory_bytes)
-                .with("limits", limits_json.clone())
-        };
-        match outcome.result {
-            Ok(output) => {
-                costs.push(usage);
-                ev.push(measure(passed(
-                    Step::Smoke,
-                    Reason::SmokePassed,
-                    format!("example {i} succeeded under ¼ of the capsule's limits"),
-                )));
-                if let Some(problem) =
-                    output_problem(output_schema.as_ref(), &m.output_schema, &output)
-                {
-                    ev.push(
-                        failed(
-                            Step::Smoke,
-                            Reason::OutputSchemaMismatch,
-                            format!(
-                                "the output of example {i} does not match the output schema: \
-                                 {problem}; fix the capsule or its declared output-schema"
-                            ),
-                        )
-                        .with("example", i)
-                        .with("output", truncate(&output)),
-                    );
-                }
-            }
-            Err(failure) => {
-                let code = match failure.class() {
-                    FailureClass::Trap | FailureClass::StackOverflow => Reason::SmokeTrapped,
-                    c if is_limit(c) => Reason::SmokeLimitExceeded,
-                    _ => Reason::SmokeFailed,
-                };
-                ev.push(
-                    measure(failed(
-                        Step::Smoke,
-                        code,
-                        format!(
-                            "example {i} failed under ¼ of the capsule's limits: {failure}; every \
-                             example must succeed with headroom (fix the capsule, or raise what \
-                             it asks for in describe().limits)"
-                        ),
-                    ))
-                    .with("class", failure.class().name()),
-                );
-            }
-        }
-    }
+    let (options, smoke_limits) = smoke_options(engine, capsule);
+    let costs = smoke(
+        engine,
+        capsule,
+        &input.examples,
+        input_schema.as_ref(),
+        output_schema.as_ref(),
+        &options,
+        smoke_limits,
+        ev,
+    );
 
     // The hostile subset.
     let huge = (options.limits.max_input_bytes / 16).clamp(1, 64 * 1024);
@@ -1051,6 +1026,120 @@ fn exercise(
         );
     }
     profile(smoke_limits, &costs)
+}
+
+/// The smoke step's call options: the capsule's own, under ¼ of its limits.
+fn smoke_options(engine: &Engine, capsule: &Arc<Capsule>) -> (CallOptions, SmokeLimits) {
+    let mut options = CallOptions::for_capsule(engine, capsule);
+    let base = engine
+        .config()
+        .limits
+        .tightened_by(&capsule.manifest().limits);
+    options.limits = quarter(base);
+    let limits = SmokeLimits {
+        fuel: options.limits.fuel,
+        timeout_ms: options.limits.timeout_ms,
+        memory_mb: options.limits.memory_mb,
+    };
+    (options, limits)
+}
+
+/// The smoke step: run each example under `options`, checking it against
+/// the input schema and its output against the output schema; push one
+/// evidence entry per finding. Returns the usage of the examples that
+/// succeeded. Cost: one call per example.
+#[allow(clippy::too_many_arguments)]
+fn smoke(
+    engine: &Engine,
+    capsule: &Arc<Capsule>,
+    examples: &[Value],
+    input_schema: Option<&jsonschema::Validator>,
+    output_schema: Option<&jsonschema::Validator>,
+    options: &CallOptions,
+    smoke_limits: SmokeLimits,
+    ev: &mut Vec<Evidence>,
+) -> Vec<crate::Usage> {
+    let m = capsule.manifest();
+    let limits_json = json!(smoke_limits);
+
+    if examples.is_empty() {
+        ev.push(failed(
+            Step::Smoke,
+            Reason::NoExamples,
+            "the listing has no example inputs: add at least one (`examples` in the listing); \
+             the review runs each and they become the listing's first cost profile",
+        ));
+    }
+    let mut costs = Vec::new();
+    for (i, example) in examples.iter().enumerate() {
+        if let Some(errors) = input_schema.and_then(|s| schema_errors(s, example)) {
+            ev.push(
+                failed(
+                    Step::Smoke,
+                    Reason::InputSchemaMismatch,
+                    format!(
+                        "example {i} does not match the input schema: {errors}; fix the example \
+                         or the schema"
+                    ),
+                )
+                .with("example", i),
+            );
+        }
+        let text = example.to_string();
+        let outcome = engine.call(capsule, &text, options);
+        let usage = outcome.usage;
+        let measure = |e: Evidence| {
+            e.with("example", i)
+                .with("fuel", usage.fuel_consumed.unwrap_or(0))
+                .with("wall_time_us", usage.wall_time_us)
+                .with("peak_memory_bytes", usage.peak_memory_bytes)
+                .with("limits", limits_json.clone())
+        };
+        match outcome.result {
+            Ok(output) => {
+                costs.push(usage);
+                ev.push(measure(passed(
+                    Step::Smoke,
+                    Reason::SmokePassed,
+                    format!("example {i} succeeded under ¼ of the capsule's limits"),
+                )));
+                if let Some(problem) = output_problem(output_schema, &m.output_schema, &output) {
+                    ev.push(
+                        failed(
+                            Step::Smoke,
+                            Reason::OutputSchemaMismatch,
+                            format!(
+                                "the output of example {i} does not match the output schema: \
+                                 {problem}; fix the capsule or its declared output-schema"
+                            ),
+                        )
+                        .with("example", i)
+                        .with("output", truncate(&output)),
+                    );
+                }
+            }
+            Err(failure) => {
+                let code = match failure.class() {
+                    FailureClass::Trap | FailureClass::StackOverflow => Reason::SmokeTrapped,
+                    c if is_limit(c) => Reason::SmokeLimitExceeded,
+                    _ => Reason::SmokeFailed,
+                };
+                ev.push(
+                    measure(failed(
+                        Step::Smoke,
+                        code,
+                        format!(
+                            "example {i} failed under ¼ of the capsule's limits: {failure}; every \
+                             example must succeed with headroom (fix the capsule, or raise what \
+                             it asks for in describe().limits)"
+                        ),
+                    ))
+                    .with("class", failure.class().name()),
+                );
+            }
+        }
+    }
+    costs
 }
 
 fn is_limit(class: FailureClass) -> bool {

@@ -1115,4 +1115,126 @@ mod tests {
             "{text}"
         );
     }
+
+    fn published(m: &Market, version: &str) -> String {
+        m.submit(new(version, version.as_bytes())).expect("submit");
+        let id = format!("acme/calc@{version}");
+        m.record_review(&id, true, vec![], serde_json::json!({}))
+            .expect("approve");
+        m.transition(&id, SubmissionState::Published, None, |_| {})
+            .expect("publish");
+        id
+    }
+
+    #[test]
+    fn retests_move_a_version_to_maintenance_back_and_to_deprecated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        let id = published(&m, "1.0.0");
+        let fail = |at: u64| {
+            m.record_retest(
+                &id,
+                false,
+                vec!["smoke-trapped".into()],
+                serde_json::json!([]),
+                at,
+            )
+            .expect("record")
+        };
+        let t0 = 1_000_000;
+        assert_eq!(fail(t0).state, SubmissionState::Published);
+        assert_eq!(fail(t0 + 1).state, SubmissionState::Published);
+        let s = fail(t0 + 2);
+        assert_eq!(s.state, SubmissionState::UnderMaintenance);
+        let r = s.retest.expect("record");
+        assert_eq!(
+            (r.consecutive_failures, r.maintenance_since_ms),
+            (3, Some(t0 + 2))
+        );
+        // Still resolved by ranges while under maintenance.
+        let range = semver::VersionReq::parse("^1").expect("range");
+        assert_eq!(
+            m.newest("acme/calc", &range, 0, t0 + 3)
+                .expect("newest")
+                .id(),
+            id
+        );
+        // A pass brings it back and resets the count.
+        let s = m
+            .record_retest(&id, true, vec![], serde_json::json!([]), t0 + 4)
+            .expect("pass");
+        assert_eq!(s.state, SubmissionState::Published);
+        assert_eq!(s.retest.as_ref().map(|r| r.consecutive_failures), Some(0));
+        let first = m.get(&id).expect("get").expect("some").history[2].at_ms;
+        assert_eq!(
+            s.published_ms,
+            Some(first),
+            "the first publish time is kept"
+        );
+        for i in 0..3 {
+            fail(t0 + 10 + i);
+        }
+        let since = t0 + 12;
+        let s = fail(since + MAINTENANCE_DEPRECATES_AFTER_MS - 1);
+        assert_eq!(
+            s.state,
+            SubmissionState::UnderMaintenance,
+            "not yet 30 days"
+        );
+        let s = fail(since + MAINTENANCE_DEPRECATES_AFTER_MS);
+        assert_eq!(s.state, SubmissionState::Deprecated);
+        assert!(matches!(
+            m.record_retest(&id, true, vec![], serde_json::json!([]), since),
+            Err(MarketError::BadTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn only_a_passed_review_awaiting_a_reviewer_is_approved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = market(dir.path());
+        m.submit(new("1.0.0", b"one")).expect("submit");
+        let id = "acme/calc@1.0.0";
+        assert!(matches!(
+            m.approve(id, "alice", None),
+            Err(MarketError::NotApprovable { .. })
+        ));
+        m.record_review(
+            id,
+            false,
+            vec!["smoke-trapped".into()],
+            serde_json::json!({}),
+        )
+        .expect("reject");
+        assert!(matches!(
+            m.approve(id, "alice", None),
+            Err(MarketError::NotApprovable { .. })
+        ));
+        let s = m
+            .record_review_awaiting_approval(id, serde_json::json!({}))
+            .expect("awaiting");
+        assert_eq!(s.state, SubmissionState::AwaitingApproval);
+        assert!(matches!(
+            m.transition(id, SubmissionState::Published, None, |_| {}),
+            Err(MarketError::BadTransition { .. })
+        ));
+        let s = m.approve(id, "alice", Some("ok".into())).expect("approve");
+        assert_eq!(s.state, SubmissionState::Approved);
+        assert_eq!(
+            s.history.last().and_then(|t| t.note.as_deref()),
+            Some("approved by alice: ok")
+        );
+        assert_eq!(
+            m.approve(id, "alice", None).expect("again").history.len(),
+            s.history.len()
+        );
+        assert_eq!(
+            serde_json::to_value(SubmissionState::AwaitingApproval).expect("json"),
+            "awaiting-approval"
+        );
+        assert_eq!(
+            serde_json::to_value(SubmissionState::UnderMaintenance).expect("json"),
+            "under-maintenance"
+        );
+    }
 }
