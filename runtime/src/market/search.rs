@@ -773,8 +773,12 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Answers a query. Never touches disk; allocates a few arrays of one
-    /// entry per listing. Errors only for a query over the caps.
+    /// Answers a query. Never touches disk; works in per-thread arrays of
+    /// one entry per listing that are reused across queries (only the
+    /// matches, the hits and the counts are allocated). Cost: the posting
+    /// lists of the query's terms (or, for filters, the listings of the
+    /// filter values), then the matching listings. Errors only for a query
+    /// over the caps.
     pub fn search(&self, query: &SearchQuery) -> Result<SearchAnswer, SearchError> {
         self.core.search(query)
     }
