@@ -18,6 +18,7 @@ use soma_runtime::{
     verify::{KeyPair, PublicKey},
 };
 
+mod card;
 mod search;
 
 use super::{
@@ -50,6 +51,10 @@ pub(crate) enum MarketCommand {
     /// Search published listings: full text with typo tolerance, facet
     /// filters and counts.
     Search(search::Args),
+    /// The measured cost card of a listing's published versions: calls,
+    /// success rate, p50/p95 latency, fuel, tokens and cost per call over
+    /// the last 30 days.
+    Card(card::Args),
 }
 
 /// Author identities.
@@ -193,6 +198,7 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
         MarketCommand::Install(a) => a.json,
         MarketCommand::Update(a) => a.json,
         MarketCommand::Search(a) => a.json,
+        MarketCommand::Card(a) => a.json,
     };
     or_json_error(json, run(global, cmd))
 }
@@ -200,6 +206,7 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
 fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
     match cmd {
         MarketCommand::Search(args) => return search::run(global, args),
+        MarketCommand::Card(args) => return card::run(global, args),
         MarketCommand::Author(AuthorCommand::Register { name, key, json }) => {
             let public = PublicKey::load(&key)?;
             let author = market(global)?.register_author(&name, &public)?;
@@ -223,6 +230,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         MarketCommand::Ls(args) => {
             let versions = market(global)?.versions(args.name.as_deref())?;
             if args.json {
+                let versions = card::with_cards(global, &versions)?;
                 println!("{}", json!({ "ok": true, "versions": versions }));
             } else {
                 for s in &versions {
