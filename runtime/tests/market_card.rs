@@ -252,7 +252,11 @@ fn soma_market_card_shows_the_calls_of_soma_run() {
 
     // `soma market ls --json` carries the same card per published version.
     let out = soma(&data, &["market", "ls", "acme/calc", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ls: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(&ls["versions"][0]["card"], card, "{ls}");
 

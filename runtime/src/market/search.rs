@@ -736,7 +736,8 @@ impl SearchIndex {
     /// rate, review status, yanked or deprecated. Re-indexes that listing
     /// only; with a directory, rewrites its one file (fsync'd). Cost: the
     /// listing's words, plus one pass over the posting lists of the terms
-    /// of the version it replaces in the index.
+    /// of the version it replaces in the index, plus one pass over every
+    /// listing's length norms (the average lengths moved).
     pub fn upsert(&mut self, doc: SearchDoc) -> Result<(), SearchError> {
         self.writable()?;
         let listing = doc.listing.clone();

@@ -7,7 +7,7 @@ use serde_json::json;
 use soma_runtime::{
     ledger::Ledger,
     market::{
-        card::{CostCard, WINDOW_DAYS, cost_card, version_cards},
+        card::{CardError, CostCard, WINDOW_DAYS, cost_card, version_cards},
         store::{Market, Submission, now_ms},
     },
 };
@@ -40,7 +40,13 @@ pub(super) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
     let data = global.data_dir()?;
     let market = Market::new(data.database().clone());
     let ledger = Ledger::new(data.database().clone());
-    let cards = version_cards(&market, &ledger, name, version.as_ref(), now_ms())?;
+    // The catalog's and the ledger's own errors keep their exit codes.
+    let cards =
+        version_cards(&market, &ledger, name, version.as_ref(), now_ms()).map_err(|e| match e {
+            CardError::Market(e) => anyhow::Error::from(e),
+            CardError::Ledger(e) => anyhow::Error::from(e),
+            e @ CardError::NotPublished { .. } => anyhow::Error::from(e),
+        })?;
     if args.json {
         println!(
             "{}",

@@ -57,8 +57,14 @@ pub(crate) fn lowercase_into(raw: &str, out: &mut String) -> bool {
 /// the indexer counts, one string per word.
 #[cfg(test)]
 pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    let mut word = String::new();
-    raw_words(text).filter_map(move |raw| lowercase_into(raw, &mut word).then(|| word.clone()))
+    raw_words(text).filter_map(|raw| {
+        let mut word = String::new();
+        if lowercase_into(raw, &mut word) {
+            Some(word)
+        } else {
+            None
+        }
+    })
 }
 
 /// How many edits a query word of `chars` characters tolerates: none up to
