@@ -463,6 +463,9 @@ impl Engine {
             "outcome",
             FailureClass::outcome_label(result.as_ref().err().map(Failure::class)),
         );
+        if result.is_err() {
+            self.metering.record_failure(&spender);
+        }
         // Charged whether the call succeeded or not, durably, before the
         // outcome is handed back — or handed to the caller to commit. The
         // marketplace fee (successful calls only) is part of the same charge.

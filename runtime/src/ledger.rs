@@ -26,6 +26,7 @@
 //! batch per call; [`Ledger::writer`] starts a group-commit thread that
 //! shares one fsync among many concurrent appenders.
 
+mod calls;
 mod civil;
 mod codec;
 pub mod fee;
@@ -45,6 +46,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::{LazyDatabase, OpenError};
 
+pub use calls::{CallDay, KEPT_DAYS, LATENCY_BUCKETS, LatencyHistogram, day_number_of};
 pub use civil::{civil_from_days, day_of, days_from_civil};
 pub use fee::{FeeProblem, FeeSplit, fee_tags};
 pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
@@ -420,6 +422,18 @@ pub enum LedgerError {
     /// The group-commit thread is gone (it panicked).
     #[error("the ledger writer thread has stopped; start a new one with Ledger::writer()")]
     WriterStopped,
+    /// A row of the per-capsule call statistics cannot be decoded.
+    #[error(
+        "the call statistics of {capsule} on day {day} are unreadable: {reason} (restore the database from a backup)"
+    )]
+    CorruptCallStats {
+        /// The capsule digest.
+        capsule: String,
+        /// The UTC day number.
+        day: i64,
+        /// What is wrong with the bytes.
+        reason: &'static str,
+    },
 }
 
 impl From<OpenError> for LedgerError {
@@ -1068,6 +1082,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
         meta.insert("indexes", INDEX_VERSION).map_err(db_err)?;
     }
     let mut deltas: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+    let mut calls = calls::Rollup::default();
     // Consecutive entries usually share a day; format it once per change.
     let mut day_cache: (i64, String) = (i64::MIN, String::new());
     let mut buf = Vec::with_capacity(256);
@@ -1098,6 +1113,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             fee::write_split(txn, next_id, e)?;
             appended.inserted.push(next_id);
             next_id = next_id.saturating_add(1);
+            calls.add(e);
             let day = civil::day_number(e.time_ms);
             if day_cache.0 != day {
                 day_cache = (day, civil::format_day(day));
@@ -1135,6 +1151,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             .insert(row, (sums.quantity, sums.cost, sums.count, sums.estimated))
             .map_err(db_err)?;
     }
+    calls.write(txn)?;
     Ok(results)
 }
 

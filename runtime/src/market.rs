@@ -15,6 +15,7 @@
 //! market:author/name@range ──resolve (pin, else store)──▶ a pinned, verified capsule
 //! ```
 
+pub mod card; // the measured cost card: calls, success, latency, fuel, tokens, cost per call
 pub mod error; // the marketplace's one error type
 pub mod flow; // submit, publish, install, update: the flows that touch a registry
 pub mod installs; // per-tenant pins: the daemon's soma.lock, one per tenant

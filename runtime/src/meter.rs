@@ -594,6 +594,30 @@ impl BudgetLedger {
         self.charged(&charge.entries, appended);
     }
 
+    /// After a metered call failed: count the failure in its capsule's
+    /// call statistics (the cost card's success rate), once per run, node
+    /// and attempt however often the attempt is replayed. Nothing when
+    /// calls are not metered. Never fails the call: an error is logged.
+    /// Cost: one durable transaction, paid by failed calls only.
+    pub fn record_failure(&self, spender: &Spender) {
+        if !self.config.meter_calls {
+            return;
+        }
+        if let Err(e) = self.ledger.record_call_failure(
+            &spender.run,
+            &spender.node,
+            spender.attempt,
+            &spender.capsule,
+            now_ms(),
+        ) {
+            tracing::warn!(
+                "could not count a failed call of {} in its call statistics: {}",
+                spender.capsule,
+                soma_host_api::error_chain(&e)
+            );
+        }
+    }
+
     /// Drop a charge that will not be committed, releasing its reservation.
     pub fn release_charge(&self, charge: &CallCharge) {
         self.accounts.release(charge);

@@ -21,6 +21,7 @@ use soma_runtime::{
 };
 
 mod price;
+mod card;
 mod search;
 
 use super::{
@@ -72,6 +73,10 @@ pub(crate) enum MarketCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The measured cost card of a listing's published versions: calls,
+    /// success rate, p50/p95 latency, fuel, tokens and cost per call over
+    /// the last 30 days.
+    Card(card::Args),
 }
 
 /// `soma market review`.
@@ -309,6 +314,7 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
         },
         MarketCommand::Retest(a) => a.json,
         MarketCommand::Reindex { json } => *json,
+        MarketCommand::Card(a) => a.json,
     };
     or_json_error(json, run(global, cmd))
 }
@@ -316,6 +322,7 @@ pub(crate) fn market_cmd(global: &Global, cmd: MarketCommand) -> anyhow::Result<
 fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
     match cmd {
         MarketCommand::Search(args) => return search::run(global, args),
+        MarketCommand::Card(args) => return card::run(global, args),
         MarketCommand::Price(cmd) => return price::price(global, cmd),
         MarketCommand::Payouts(args) => return price::payouts(global, args),
         MarketCommand::Author(AuthorCommand::Register {
@@ -371,6 +378,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         MarketCommand::Ls(args) => {
             let versions = market(global)?.versions(args.name.as_deref())?;
             if args.json {
+                let versions = card::with_cards(global, &versions)?;
                 println!("{}", json!({ "ok": true, "versions": versions }));
             } else {
                 for s in &versions {

@@ -736,7 +736,8 @@ impl SearchIndex {
     /// rate, review status, yanked or deprecated. Re-indexes that listing
     /// only; with a directory, rewrites its one file (fsync'd). Cost: the
     /// listing's words, plus one pass over the posting lists of the terms
-    /// of the version it replaces in the index.
+    /// of the version it replaces in the index, plus one pass over every
+    /// listing's length norms (the average lengths moved).
     pub fn upsert(&mut self, doc: SearchDoc) -> Result<(), SearchError> {
         self.writable()?;
         let listing = doc.listing.clone();
@@ -773,8 +774,12 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Answers a query. Never touches disk; allocates a few arrays of one
-    /// entry per listing. Errors only for a query over the caps.
+    /// Answers a query. Never touches disk; works in per-thread arrays of
+    /// one entry per listing that are reused across queries (only the
+    /// matches, the hits and the counts are allocated). Cost: the posting
+    /// lists of the query's terms (or, for filters, the listings of the
+    /// filter values), then the matching listings. Errors only for a query
+    /// over the caps.
     pub fn search(&self, query: &SearchQuery) -> Result<SearchAnswer, SearchError> {
         self.core.search(query)
     }

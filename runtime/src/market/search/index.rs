@@ -3,10 +3,14 @@
 //! query evaluation (match, filter, count, rank, page).
 //!
 //! Sized for the marketplace (tens of thousands of listings): a query walks
-//! the posting lists of its words' terms and then the matching slots
-//! linearly; no structure is worth more than that at this size.
+//! the posting lists of its words' terms (a later word only scores the
+//! slots every earlier word matched), filters through each facet value's
+//! slot list, and counts and ranks the matches; per-slot BM25 length norms,
+//! review weights and priors are dense arrays, and the per-query arrays are
+//! reused per thread, so a query allocates nothing proportional to the
+//! index.
 
-use std::{cmp::Ordering, collections::HashMap, sync::Arc};
+use std::{cell::RefCell, cmp::Ordering, collections::HashMap, sync::Arc};
 
 use semver::Version;
 
@@ -90,10 +94,6 @@ struct Slot {
     /// `counted`: also interface names without version, packages, and
     /// capability names without argument).
     filtered: Vec<ValueId>,
-    /// `W_POPULARITY × popularity + W_SUCCESS × success`.
-    prior: f64,
-    /// The review status's factor.
-    review_weight: f64,
 }
 
 /// Facet values, interned per facet by lowercase key; each keeps the
@@ -133,6 +133,69 @@ pub(crate) struct Core {
     len_sum: [u64; FIELDS],
     shown: usize,
     facets: FacetDict,
+    /// Per slot (dense, by slot number): the BM25 length norm per field,
+    /// `1 - B + B × len / average len`. Recomputed by [`Core::settle`]
+    /// whenever lengths change.
+    norms: Vec<[f32; FIELDS]>,
+    /// Per slot: `(review weight, prior)`; `(0, 0)` for a free slot.
+    priors: Vec<(f64, f64)>,
+    /// Per filterable facet value: the slots that have it (unordered).
+    value_slots: Vec<Vec<u32>>,
+}
+
+/// Per-query working memory, reused across queries on the same thread so
+/// a query allocates nothing proportional to the index. Every array is
+/// all zeros between queries (a query resets exactly what it touched).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Text relevance per slot.
+    relevance: Vec<f32>,
+    /// Best score of the current word per slot.
+    best: Vec<f32>,
+    /// Words matched per slot (text) or filters passed per slot (facets).
+    matched: Vec<u8>,
+    /// Filters passed per slot.
+    passed: Vec<u8>,
+    /// Slots with a non-zero `best` for the current word.
+    touched: Vec<u32>,
+    /// Slots matched by the first word: a superset of the candidates.
+    first: Vec<u32>,
+    /// Slots with a non-zero `passed`.
+    passed_touched: Vec<u32>,
+    /// Count per facet value.
+    counts: Vec<usize>,
+}
+
+impl Scratch {
+    /// Clears what a query touched, so every array is zero again.
+    fn reset(&mut self) {
+        for &s in &self.first {
+            self.relevance[s as usize] = 0.0;
+            self.matched[s as usize] = 0;
+        }
+        self.first.clear();
+        for &s in &self.passed_touched {
+            self.passed[s as usize] = 0;
+        }
+        self.passed_touched.clear();
+        self.touched.clear();
+    }
+
+    fn fit(&mut self, slots: usize, values: usize) {
+        if self.relevance.len() < slots {
+            self.relevance.resize(slots, 0.0);
+            self.best.resize(slots, 0.0);
+            self.matched.resize(slots, 0);
+            self.passed.resize(slots, 0);
+        }
+        if self.counts.len() < values {
+            self.counts.resize(values, 0);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl Core {
@@ -158,7 +221,7 @@ impl Core {
                 listing.slot = Some(slot);
             }
         }
-        core.vocab.settle();
+        core.settle();
         Ok(core)
     }
 
@@ -167,7 +230,7 @@ impl Core {
         let id = doc.listing.clone();
         self.add_version(doc)?;
         self.refresh(&id);
-        self.vocab.settle();
+        self.settle();
         Ok(())
     }
 
@@ -177,10 +240,26 @@ impl Core {
             Some(l) => {
                 if let Some(slot) = l.slot {
                     self.unindex(slot);
+                    self.settle();
                 }
                 true
             }
             None => false,
+        }
+    }
+
+    /// After a batch of changes: merges new terms into the vocabulary's
+    /// order and recomputes every slot's length norms (the average lengths
+    /// moved). Cost: one pass over the slots.
+    fn settle(&mut self) {
+        self.vocab.settle();
+        let docs = self.shown.max(1) as f32;
+        let avg: [f32; FIELDS] = std::array::from_fn(|f| (self.len_sum[f] as f32 / docs).max(1.0));
+        self.norms.resize(self.slots.len(), [1.0; FIELDS]);
+        for (norm, slot) in self.norms.iter_mut().zip(&self.slots) {
+            if let Some(s) = slot {
+                *norm = std::array::from_fn(|f| 1.0 - B + B * s.lens[f] as f32 / avg[f]);
+            }
         }
     }
 
@@ -278,8 +357,14 @@ impl Core {
         };
         let mut lens = [0u32; FIELDS];
         let mut tfs: HashMap<TermId, [u16; FIELDS]> = HashMap::new();
+        // One lowercase buffer for every word (`text::words` without its
+        // allocation per word).
+        let mut word = String::with_capacity(MAX_WORD_CHARS);
         let mut add = |field: usize, text: &str, vocab: &mut Vocab| {
-            for word in text::words(text) {
+            for raw in text::raw_words(text) {
+                if !text::lowercase_into(raw, &mut word) {
+                    continue;
+                }
                 lens[field] += 1;
                 let id = vocab.intern(&word);
                 let tf = tfs.entry(id).or_default();
@@ -312,11 +397,22 @@ impl Core {
             *sum += u64::from(len);
         }
         let (counted, filtered) = self.facet_values(&doc);
+        if self.value_slots.len() < self.facets.values.len() {
+            self.value_slots
+                .resize_with(self.facets.values.len(), Vec::new);
+        }
+        for &v in &filtered {
+            self.value_slots[v as usize].push(slot);
+        }
         let popularity = ((1.0 + doc.installs as f64).log10() / POPULARITY_DECADES).min(1.0);
         let success = doc.success_rate.unwrap_or(UNKNOWN_SUCCESS);
+        let prior = W_POPULARITY * popularity + W_SUCCESS * success;
+        let review_weight = doc.review.weight();
+        if self.priors.len() <= slot as usize {
+            self.priors.resize(slot as usize + 1, (0.0, 0.0));
+        }
+        self.priors[slot as usize] = (review_weight, prior);
         self.slots[slot as usize] = Some(Slot {
-            prior: W_POPULARITY * popularity + W_SUCCESS * success,
-            review_weight: doc.review.weight(),
             doc,
             lens,
             terms,
@@ -338,6 +434,13 @@ impl Core {
                 list.swap_remove(i);
             }
         }
+        for &v in &s.filtered {
+            let list = &mut self.value_slots[v as usize];
+            if let Some(i) = list.iter().position(|&x| x == slot) {
+                list.swap_remove(i);
+            }
+        }
+        self.priors[slot as usize] = (0.0, 0.0);
         for (sum, len) in self.len_sum.iter_mut().zip(s.lens) {
             *sum -= u64::from(len);
         }
@@ -414,8 +517,8 @@ impl Core {
         }
         q.filters.check()?;
         let words = parse_words(&q.text)?;
-        // Each facet filter as the value ids it accepts (sorted); a filter
-        // whose values no listing has accepts nothing.
+        // Each facet filter as the value ids it accepts; a filter whose
+        // values no listing has accepts nothing.
         let filters: Vec<Vec<ValueId>> = q
             .filters
             .keys()
@@ -426,33 +529,73 @@ impl Core {
                     .filter_map(|k| self.facets.get(facet, k))
                     .collect();
                 ids.sort_unstable();
+                ids.dedup();
                 ids
             })
             .collect();
-        let passes = |slot: &Slot| {
-            filters.iter().all(|accepted| {
-                accepted
-                    .iter()
-                    .any(|v| slot.filtered.binary_search(v).is_ok())
-            })
-        };
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.fit(self.slots.len(), self.facets.values.len());
+            let answer = self.evaluate(q, &words, &filters, &mut scratch);
+            scratch.reset();
+            answer
+        })
+    }
 
-        let n = self.slots.len();
-        let mut relevance = vec![0f32; n];
+    /// The body of [`Core::search`] over reusable scratch memory; leaves
+    /// in `scratch` what [`Scratch::reset`] clears.
+    fn evaluate(
+        &self,
+        q: &SearchQuery,
+        words: &[(String, bool)],
+        filters: &[Vec<ValueId>],
+        scratch: &mut Scratch,
+    ) -> Result<SearchAnswer, SearchError> {
+        let Scratch {
+            relevance,
+            best,
+            matched,
+            passed,
+            touched,
+            first,
+            passed_touched,
+            counts,
+        } = scratch;
+        // Facet filters, through each value's slots: a slot passes when
+        // every filter accepted it (`passed[slot] == filters`). A slot is
+        // counted once per filter however many of its values match: the
+        // filter's pass only raises slots the previous filters raised.
+        let n_filters = u8::try_from(filters.len()).unwrap_or(u8::MAX);
+        for (i, accepted) in filters.iter().enumerate() {
+            let level = u8::try_from(i).unwrap_or(u8::MAX);
+            for &v in accepted {
+                for &slot in &self.value_slots[v as usize] {
+                    let cell = &mut passed[slot as usize];
+                    if *cell == level {
+                        *cell = level + 1;
+                        if level == 0 {
+                            passed_touched.push(slot);
+                        }
+                    }
+                }
+            }
+        }
+        let passes = |slot: u32| filters.is_empty() || passed[slot as usize] == n_filters;
+
         let mut word_matches = Vec::with_capacity(words.len());
-        let candidates: Vec<u32> = if words.is_empty() {
-            self.live()
-                .filter(|(_, s)| passes(s))
-                .map(|(i, _)| i)
-                .collect()
+        let mut candidates: Vec<u32> = if words.is_empty() {
+            if filters.is_empty() {
+                self.live().map(|(i, _)| i).collect()
+            } else {
+                passed_touched
+                    .iter()
+                    .copied()
+                    .filter(|&i| passes(i))
+                    .collect()
+            }
         } else {
-            let mut matched = vec![0u8; n];
-            let mut best = vec![0f32; n];
-            let mut touched: Vec<u32> = Vec::new();
             let docs = self.shown.max(1) as f32;
-            let avg: [f32; FIELDS] =
-                std::array::from_fn(|f| (self.len_sum[f] as f32 / docs).max(1.0));
-            for (word, prefix) in &words {
+            for (w, (word, prefix)) in words.iter().enumerate() {
                 let terms = self.expand(word, *prefix);
                 word_matches.push(WordMatch {
                     word: word.clone(),
@@ -462,59 +605,70 @@ impl Core {
                         .map(|(t, _)| self.vocab.text(*t).to_owned())
                         .collect(),
                 });
+                let level = u8::try_from(w).unwrap_or(u8::MAX);
                 for (term, kind) in terms {
                     let list = &self.postings[term as usize];
                     let df = list.len() as f32;
                     let idf = (1.0 + (docs - df + 0.5) / (df + 0.5)).ln();
                     let factor = idf * kind.weight();
                     for p in list {
-                        let Some(slot) = &self.slots[p.slot as usize] else {
+                        let s = p.slot as usize;
+                        // Only slots every earlier word matched can match.
+                        if matched[s] != level {
                             continue;
-                        };
+                        }
+                        let norm = &self.norms[s];
                         let mut tf = 0f32;
                         for (f, &count) in p.tf.iter().enumerate() {
                             if count > 0 {
-                                let norm = 1.0 - B + B * slot.lens[f] as f32 / avg[f];
-                                tf += FIELD_WEIGHT[f] * f32::from(count) / norm;
+                                tf += FIELD_WEIGHT[f] * f32::from(count) / norm[f];
                             }
                         }
                         let score = factor * tf * (K1 + 1.0) / (tf + K1);
-                        let cell = &mut best[p.slot as usize];
+                        let cell = &mut best[s];
                         if *cell == 0.0 {
                             touched.push(p.slot);
                         }
                         *cell = cell.max(score);
                     }
                 }
-                for s in touched.drain(..) {
-                    let s = s as usize;
+                for &slot in touched.iter() {
+                    let s = slot as usize;
                     relevance[s] += best[s];
                     matched[s] += 1;
                     best[s] = 0.0;
                 }
+                if w == 0 {
+                    std::mem::swap(first, touched);
+                }
+                touched.clear();
             }
             let all = u8::try_from(words.len()).unwrap_or(u8::MAX);
-            self.live()
-                .filter(|(i, s)| matched[*i as usize] == all && passes(s))
-                .map(|(i, _)| i)
+            first
+                .iter()
+                .copied()
+                .filter(|&i| matched[i as usize] == all && passes(i))
                 .collect()
         };
+        // Slot order: the answer does not depend on it, but keep it fixed.
+        candidates.sort_unstable();
+        candidates.dedup();
 
-        let facets = self.count(&candidates);
+        let facets = self.count(&candidates, counts);
         let top_relevance = candidates
             .iter()
             .map(|&i| relevance[i as usize])
             .fold(0f32, f32::max);
         let mut ranked: Vec<(f64, u32)> = candidates
             .iter()
-            .filter_map(|&i| {
-                let slot = self.slots[i as usize].as_ref()?;
+            .map(|&i| {
+                let (review_weight, prior) = self.priors[i as usize];
                 let text = if words.is_empty() || top_relevance <= 0.0 {
                     1.0
                 } else {
                     f64::from(relevance[i as usize] / top_relevance)
                 };
-                Some((slot.review_weight * (W_RELEVANCE * text + slot.prior), i))
+                (review_weight * (W_RELEVANCE * text + prior), i)
             })
             .collect();
         let better = |a: &(f64, u32), b: &(f64, u32)| {
@@ -598,9 +752,9 @@ impl Core {
         terms
     }
 
-    /// Facet counts over the candidates.
-    fn count(&self, candidates: &[u32]) -> FacetCounts {
-        let mut counts = vec![0usize; self.facets.values.len()];
+    /// Facet counts over the candidates, in `counts` (one cell per facet
+    /// value, all zero on entry and on return).
+    fn count(&self, candidates: &[u32], counts: &mut [usize]) -> FacetCounts {
         for &i in candidates {
             if let Some(slot) = &self.slots[i as usize] {
                 for &v in &slot.counted {
@@ -609,13 +763,14 @@ impl Core {
             }
         }
         let mut out = FacetCounts::default();
-        for (v, &count) in counts.iter().enumerate() {
-            if count > 0 {
+        for (v, count) in counts.iter_mut().enumerate().take(self.facets.values.len()) {
+            if *count > 0 {
                 let (facet, value) = &self.facets.values[v];
                 out.get_mut(*facet).push(FacetCount {
                     value: value.clone(),
-                    count,
+                    count: *count,
                 });
+                *count = 0;
             }
         }
         for facet in Facet::ALL {

@@ -33,12 +33,38 @@ pub(crate) fn raw_words(text: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
-/// The lowercased words of `text` that are short enough to index.
-/// Allocates one string per word.
+/// Puts the indexed form of the raw word `raw` into `out` (lowercased);
+/// `false` if it is too long to be indexed. Allocates only for a
+/// non-ASCII word.
+pub(crate) fn lowercase_into(raw: &str, out: &mut String) -> bool {
+    out.clear();
+    if raw.is_ascii() {
+        if raw.len() > MAX_WORD_CHARS {
+            return false;
+        }
+        out.push_str(raw);
+        out.make_ascii_lowercase();
+    } else {
+        if raw.chars().count() > MAX_WORD_CHARS {
+            return false;
+        }
+        out.push_str(&raw.to_lowercase());
+    }
+    true
+}
+
+/// The lowercased words of `text` that are short enough to index: what
+/// the indexer counts, one string per word.
+#[cfg(test)]
 pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    raw_words(text)
-        .filter(|w| w.chars().count() <= MAX_WORD_CHARS)
-        .map(str::to_lowercase)
+    raw_words(text).filter_map(|raw| {
+        let mut word = String::new();
+        if lowercase_into(raw, &mut word) {
+            Some(word)
+        } else {
+            None
+        }
+    })
 }
 
 /// How many edits a query word of `chars` characters tolerates: none up to
