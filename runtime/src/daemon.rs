@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runs;
 pub mod tls;
+pub mod reply;
 pub mod api;
 pub mod contract;
 pub mod openapi;

@@ -216,6 +216,14 @@ impl BudgetLedger {
         let _ = self.fees.set(schedule);
     }
 
+    /// Tell the installed fee schedule that prices or publications changed
+    /// ([`FeeSchedule::changed`]); nothing without one. Blocks for its reload.
+    pub fn prices_changed(&self) {
+        if let Some(schedule) = self.fees.get() {
+            schedule.changed();
+        }
+    }
+
     /// The marketplace tariff in force for `capsule` in a run started at
     /// `run_started_ms` (`None`: now). Cost: one `OnceLock` read when no
     /// schedule is installed, else the schedule's map lookup.

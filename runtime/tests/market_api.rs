@@ -347,7 +347,14 @@ fn the_whole_flow_over_http_and_tenant_isolation_on_every_market_route() {
     let (s, v) = d.get("/v1/market/listings/acme/calc", b);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["versions"][0]["digest"], json!(digest));
-    assert_eq!(v["versions"][0]["cost_card"], Value::Null);
+    // The measured cost card: nothing called it on this node yet (the
+    // review's smoke runs are on a throwaway engine, not the node's ledger).
+    assert_eq!(v["versions"][0]["cost_card"]["calls"], json!(0), "{v}");
+    assert_eq!(
+        v["versions"][0]["cost_card"]["success_rate"],
+        Value::Null,
+        "{v}"
+    );
     assert_eq!(v["listing"]["license"], json!("Apache-2.0"));
     assert_eq!(d.get("/v1/market/listings/beta/nothing", b).0, 404);
 
@@ -553,4 +560,66 @@ fn oversized_listings_and_submissions_past_the_review_cap_are_refused() {
         message.contains("[market] key") && message.contains("SOMA_PASSWORD"),
         "{v}"
     );
+}
+
+/// `[market] manual_approval = true` over HTTP: a passed review waits for
+/// marketplace staff; a tenant admin (even the author's) cannot approve,
+/// reject needs a reason, publish is refused until approved, and the
+/// reviewer's token is recorded.
+#[test]
+fn manual_approval_over_http_is_staff_only_and_gates_publish() {
+    let setup = Setup::new();
+    let d = setup.daemon("manual_approval = true\n", true);
+    let (a, b, ops) = (&setup.a, &setup.b, &setup.ops);
+    let (s, v) = d.post(
+        "/v1/market/authors",
+        a,
+        &author_body("acme", &setup.acme_key, "tenant-a"),
+    );
+    assert_eq!(s, 201, "{v}");
+    let reference = push_signed(
+        &setup.registry,
+        "acme/calc",
+        "1.0.0",
+        soma_capsules::CALCULATOR_COMPONENT,
+        &setup.acme_key,
+    );
+    let body = json!({"listing": listing("acme/calc", "1.0.0"), "reference": reference});
+    let (s, v) = d.post("/v1/market/submissions", a, &body);
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["submission"]["state"], json!("awaiting-approval"), "{v}");
+    let id = id_path("acme/calc@1.0.0");
+    let publish = format!("/v1/market/submissions/{id}/publish");
+    let approve = format!("/v1/market/submissions/{id}/approve");
+    let reject = format!("/v1/market/submissions/{id}/reject");
+    // Publish before a reviewer decided: refused.
+    let (s, v) = d.post(&publish, ops, &json!({}));
+    assert_eq!(s, 409, "{v}");
+    // Tenants (the author's own admin, another tenant) cannot decide.
+    for t in [a, b] {
+        assert_eq!(d.post(&approve, t, &json!({})).0, 403);
+        assert_eq!(d.post(&reject, t, &json!({"reason": "no"})).0, 403);
+    }
+    // Reject needs a reason.
+    let (s, v) = d.post(&reject, ops, &json!({}));
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("reason")),
+        "{v}"
+    );
+    let (s, v) = d.post(&approve, ops, &json!({"reason": "checked by hand"}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["submission"]["state"], json!("approved"), "{v}");
+    assert!(
+        v["submission"]["history"]
+            .to_string()
+            .contains("checked by hand"),
+        "{v}"
+    );
+    let (s, v) = d.post(&publish, ops, &json!({}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["submission"]["state"], json!("published"), "{v}");
+    // Once published, a reviewer's rejection is refused.
+    let (s, v) = d.post(&reject, ops, &json!({"reason": "too late"}));
+    assert_eq!(s, 409, "{v}");
 }

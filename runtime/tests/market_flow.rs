@@ -82,7 +82,7 @@ impl Node {
             data: root.join("data"),
             config,
             market_section,
-            author_key: author_private,
+            author_key: author_private.clone(),
         };
         node.json(&[
             "market",
@@ -90,6 +90,8 @@ impl Node {
             "register",
             "--name",
             "acme",
+            "--key-file",
+            path(&author_private),
             "--key",
             path(&author_public),
             "--json",

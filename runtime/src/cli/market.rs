@@ -89,7 +89,7 @@ pub(crate) struct ReviewArgs {
     /// author/name@version to review again (e.g. after the operator changed the fixture).
     #[arg(required = true)]
     id: Option<String>,
-    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs.
+    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs (default: [market] review_llm).
     #[arg(long, value_name = "URL")]
     llm_fixture: Option<String>,
     #[command(flatten)]
@@ -137,7 +137,7 @@ pub(crate) enum ReviewDecision {
 pub(crate) struct RetestArgs {
     /// Only this capsule (author/name); default: every published version.
     name: Option<String>,
-    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs.
+    /// Base URL of an OpenAI-compatible LLM fixture for the smoke runs (default: [market] review_llm).
     #[arg(long, value_name = "URL")]
     llm_fixture: Option<String>,
     #[command(flatten)]
@@ -196,7 +196,7 @@ pub(crate) struct SubmitArgs {
     #[arg(long = "registry", value_name = "HOST")]
     to: Option<String>,
     /// Base URL of an OpenAI-compatible LLM fixture for the review's smoke
-    /// runs (otherwise llm is denied to them).
+    /// runs (default: [market] review_llm; with neither, llm is denied to them).
     #[arg(long, value_name = "URL")]
     llm_fixture: Option<String>,
     #[command(flatten)]
@@ -548,10 +548,11 @@ fn submit(global: &Global, args: SubmitArgs) -> anyhow::Result<Code> {
             serde_json::from_value::<ReviewReport>(r.evidence.clone()).ok()
         }
         _ => {
+            let defaults = ReviewOptions::from_config(&config);
             let options = ReviewOptions {
-                llm_fixture: args.llm_fixture.clone(),
+                llm_fixture: args.llm_fixture.clone().or(defaults.llm_fixture.clone()),
                 access: access.clone(),
-                ..ReviewOptions::from_config(&config)
+                ..defaults
             };
             let bar = spinner(format!("reviewing {id}"));
             let reviewed = pipeline::review_submission(&engine, &market, &id, &options);
@@ -688,10 +689,11 @@ fn review(global: &Global, args: ReviewArgs) -> anyhow::Result<Code> {
             let config = global.config()?;
             let engine = global.engine(None)?;
             let market = Market::new(engine.data().database().clone());
+            let defaults = ReviewOptions::from_config(&config);
             let options = ReviewOptions {
-                llm_fixture: args.llm_fixture,
+                llm_fixture: args.llm_fixture.or(defaults.llm_fixture.clone()),
                 access: access(global, &args.registry)?,
-                ..ReviewOptions::from_config(&config)
+                ..defaults
             };
             let bar = spinner(format!("reviewing {id}"));
             let reviewed = pipeline::review_submission(&engine, &market, &id, &options);
@@ -712,10 +714,11 @@ fn retest(global: &Global, args: RetestArgs) -> anyhow::Result<Code> {
     let config = global.config()?;
     let engine = global.engine(None)?;
     let market = Market::new(engine.data().database().clone());
+    let defaults = ReviewOptions::from_config(&config);
     let options = ReviewOptions {
-        llm_fixture: args.llm_fixture,
+        llm_fixture: args.llm_fixture.or(defaults.llm_fixture.clone()),
         access: access(global, &args.registry)?,
-        ..ReviewOptions::from_config(&config)
+        ..defaults
     };
     let bar = spinner("re-testing published versions".to_owned());
     let retested = pipeline::retest(

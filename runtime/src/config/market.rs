@@ -18,6 +18,7 @@
 //! max_billable_events_per_call = 100    # per-event: events past this in one call are free
 //! max_billable_tokens_per_call = 32768  # per-1k-tokens: tokens past this in one call are free
 //! price_refresh_secs = 10               # how often the call path's price book is reloaded
+//! review_llm = "http://127.0.0.1:8100"  # OpenAI-compatible endpoint for the review's llm smoke runs
 //! ```
 
 use std::path::PathBuf;
@@ -65,12 +66,6 @@ pub struct MarketConfig {
     /// and two signature checks each) it runs at once; one past it is
     /// answered 429 with `Retry-After`. Default 4.
     pub max_concurrent_installs: usize,
-}
-
-/// The review's default size limit, 16 MiB (the same as
-/// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
-pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
-
     /// The author's part of every marketplace fee, percent (0–100); the
     /// platform keeps the rest. Recorded with each fee, so changing it
     /// applies to fees charged afterwards only. Default 80.
@@ -91,7 +86,17 @@ pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
     /// by another process; at least 1); changes made by this process apply
     /// at once. Default 10.
     pub price_refresh_secs: u64,
+    /// Base URL of the OpenAI-compatible endpoint the review's smoke runs
+    /// (and `soma market retest`) give capsules that ask for llm, e.g. a
+    /// marketplace-owned fixture or a cheap model. Default none: llm is
+    /// denied to them, so an llm capsule's examples must cope without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_llm: Option<String>,
 }
+
+/// The review's default size limit, 16 MiB (the same as
+/// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
 
 impl Default for MarketConfig {
     fn default() -> Self {
@@ -109,6 +114,7 @@ impl Default for MarketConfig {
             max_billable_events_per_call: 100,
             max_billable_tokens_per_call: 32_768,
             price_refresh_secs: 10,
+            review_llm: None,
         }
     }
 }
@@ -132,6 +138,13 @@ impl MarketConfig {
         }
         if self.max_component_bytes == 0 {
             return Err("market.max_component_bytes must be above 0".to_owned());
+        }
+        if let Some(url) = &self.review_llm
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "market.review_llm {url:?} must be an http:// or https:// base URL of an OpenAI-compatible endpoint"
+            ));
         }
         if self.author_share_percent > 100 {
             return Err(format!(

@@ -15,27 +15,27 @@ use axum::{
     Extension, Json, Router,
     body::Bytes,
     extract::{MatchedPath, Path, Query, Request, State, rejection::BytesRejection},
-    handler::Handler,
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     middleware::{self, Next},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
-    routing::{MethodFilter, get, on},
+    routing::get,
 };
 use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+pub(super) use super::reply::{ApiError, Routes, full, parse, require};
 use super::{
     Daemon,
     auth::{AuthError, Principal, TokenInfo, TokenScope},
     contract::{
         BudgetRequest, BudgetRow, BudgetSet, CallFailure, CallLimits, CallReport, CalledCapsule,
         CancelAnswer, CancelState, CatalogCapsule, CreatedToken, DagRunAccepted, DagRunLive,
-        ErrorBody, ErrorDetail, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RunReport,
-        RunRequest, RunView, TokenRequest, TokensQuery,
+        ErrorBody, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RunReport, RunRequest,
+        RunView, TokenRequest, TokensQuery,
     },
     limits::Refused,
     runs::CallRun,
@@ -54,36 +54,6 @@ use crate::{
     ledger::Filter,
     resolve::CapsuleRef,
 };
-
-/// Routes as they are added to a router, each recorded as (method, path):
-/// the only way a route gets into [`router`], so [`served`] lists exactly
-/// what the daemon serves (the OpenAPI tests compare it with the document).
-pub(super) struct Routes {
-    router: Router<Arc<Daemon>>,
-    served: Vec<(Method, &'static str)>,
-}
-
-impl Routes {
-    fn new() -> Self {
-        Self {
-            router: Router::new(),
-            served: Vec::new(),
-        }
-    }
-
-    /// Serve `handler` for `method` on `path`.
-    pub(super) fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, Arc<Daemon>>,
-        T: 'static,
-    {
-        // Every method `add` is called with is one MethodFilter knows.
-        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        self.router = self.router.route(path, on(filter, handler));
-        self.served.push((method, path));
-        self
-    }
-}
 
 /// Routes that need no token.
 fn open_routes() -> Routes {
@@ -159,124 +129,6 @@ pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
             timeout,
         ))
         .with_state(daemon)
-}
-
-/// An error response.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    retry_after: Option<u64>,
-    details: Option<Value>,
-}
-
-impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            retry_after: None,
-            details: None,
-        }
-    }
-
-    pub(super) fn bad(message: impl Into<String>, field: Option<&str>) -> Self {
-        Self {
-            field: field.map(str::to_owned),
-            ..Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
-        }
-    }
-
-    pub(super) fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", format!("no {what}"))
-    }
-
-    fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-
-    /// A 500 whose message is `e` with its whole chain of sources.
-    pub(super) fn failed(e: &(dyn std::error::Error + 'static)) -> Self {
-        Self::internal(super::error_chain(e))
-    }
-
-    pub(super) fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    /// The same error, naming the request field at fault.
-    pub(super) fn with_field(mut self, field: &str) -> Self {
-        self.field = Some(field.to_owned());
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                details: self.details,
-                field: self.field,
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-/// Parse a JSON body, naming the field that is wrong.
-pub(super) fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "the request body is larger than daemon.max_body_bytes",
-            )
-        } else {
-            ApiError::bad(format!("cannot read the body: {r}"), None)
-        }
-    })?;
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
-        let message = match &field {
-            Some(f) => format!("field `{f}`: {}", e.inner()),
-            None => format!("invalid JSON body: {}", e.inner()),
-        };
-        ApiError::bad(message, field.as_deref())
-    })
-}
-
-pub(super) fn require(p: &Principal, scope: TokenScope) -> Result<(), ApiError> {
-    if p.may(scope) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("this token lacks the `{scope}` scope"),
-        ))
-    }
 }
 
 /// Bearer token → [`Principal`]; then per-tenant admission.
@@ -655,14 +507,6 @@ async fn call_run(
         },
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// 429 with `Retry-After: 1` for a full per-tenant or global cap.
-pub(super) fn full(code: &'static str, message: String) -> ApiError {
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-    }
 }
 
 fn spec_error(errors: &spec::SpecErrors, what: &str, field: &str) -> ApiError {

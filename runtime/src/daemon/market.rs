@@ -39,6 +39,7 @@
 //! writer and the daemon wait on each other for at most one listing file.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -55,16 +56,16 @@ use tokio::sync::Semaphore;
 
 use super::{
     Daemon, DaemonError,
-    api::{ApiError, Routes, parse, require},
     auth::{Principal, TokenScope},
     contract::{
         ErrorBody,
         market::{
             AuthorRequest, AuthorView, InstallRequest, InstallView, InstalledView, ListingBody,
-            ListingVersion, ListingView, SearchAnswer, SearchParams, StateChangeRequest,
-            SubmissionRequest, SubmissionView, SubmissionsQuery, SubmittedView,
+            ListingVersion, ListingView, PayoutsQuery, SearchAnswer, SearchParams,
+            StateChangeRequest, SubmissionRequest, SubmissionView, SubmissionsQuery, SubmittedView,
         },
     },
+    reply::{ApiError, Routes, parse, require},
 };
 use crate::{
     Capsule, Engine,
@@ -74,6 +75,7 @@ use crate::{
         installs::Installs,
         listing::{Listing, Readme},
         lock::Pin,
+        payouts::{self, Payouts},
         pipeline,
         search::{self, Filters, SearchIndex, SearchQuery},
         store::{Author, Market, Submission, SubmissionState},
@@ -265,6 +267,8 @@ pub(super) fn routes(routes: Routes) -> Routes {
             "/v1/market/submissions/{id}/deprecate",
             deprecate,
         )
+        .add(Method::POST, "/v1/market/submissions/{id}/approve", approve)
+        .add(Method::POST, "/v1/market/submissions/{id}/reject", reject)
         .add(Method::GET, "/v1/market/search", search_listings)
         .add(
             Method::GET,
@@ -278,6 +282,7 @@ pub(super) fn routes(routes: Routes) -> Routes {
             "/v1/market/installs/{author}/{name}",
             uninstall,
         )
+        .add(Method::GET, "/v1/market/payouts", payouts)
 }
 
 /// The answer for a marketplace error: its status and stable code, the
@@ -297,9 +302,9 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
         | MarketError::KeyTaken { .. }
         | MarketError::NamespaceOwned { .. } => (StatusCode::CONFLICT, "namespace-taken"),
         MarketError::ForeignNamespace { .. } => (StatusCode::FORBIDDEN, "foreign-namespace"),
-        MarketError::WrongAuthorKey { .. } | MarketError::Verify(_) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "untrusted")
-        }
+        MarketError::WrongAuthorKey { .. }
+        | MarketError::Verify(_)
+        | MarketError::AuthorSignature { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted"),
         MarketError::VersionImmutable { .. } => (StatusCode::CONFLICT, "version-immutable"),
         MarketError::BadTransition { .. } | MarketError::PinOutsideRange { .. } => {
             (StatusCode::CONFLICT, "conflict")
@@ -317,7 +322,13 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid-component")
         }
         MarketError::Oci(_) => (StatusCode::BAD_GATEWAY, "registry"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        // No `_` arm: a new variant must be given its answer here.
+        MarketError::Storage(_)
+        | MarketError::Open(_)
+        | MarketError::Search(_)
+        | MarketError::Corrupt { .. }
+        | MarketError::Lock { .. }
+        | MarketError::Review { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiError::new(status, code, text)
 }
@@ -334,7 +345,7 @@ async fn blocking<T: Send + 'static>(
 
 /// A 429 with `Retry-After` for a full marketplace slot pool.
 fn busy(code: &'static str, what: &str, key: &str) -> ApiError {
-    super::api::full(
+    super::reply::full(
         code,
         format!("the daemon is already running its {what} at once ([market] {key}); retry shortly"),
     )
@@ -753,6 +764,9 @@ pub(super) async fn publish(
     let published = blocking(move || {
         let engine = &d.engine;
         let s = flow::publish(&d.market.market, &id, &key, &access(engine))?;
+        // Charged from its first call: the price book reloads now, not at
+        // its next periodic refresh.
+        engine.metering().prices_changed();
         reindex(&d, &s);
         Ok(s)
     })
@@ -957,12 +971,29 @@ pub(super) async fn get_listing(
     crate::market::listing::check_name(&full)
         .map_err(|reason| ApiError::bad(reason, Some("name")))?;
     let market = daemon.market.market.clone();
+    let engine = daemon.engine.clone();
     let key = full.clone();
-    let versions = blocking(move || market.versions(Some(&key))).await?;
-    let published: Vec<Submission> = versions
-        .into_iter()
-        .filter(|s| s.state.was_published())
-        .collect();
+    // Each published version with its measured cost card (one read of the
+    // per-capsule daily rollup per version: 30 small rows).
+    let (published, mut cards) = blocking(move || {
+        let published: Vec<Submission> = market
+            .versions(Some(&key))?
+            .into_iter()
+            .filter(|s| s.state.was_published())
+            .collect();
+        let now = crate::market::store::now_ms();
+        let ledger = engine.metering().ledger();
+        let cards: Vec<Option<serde_json::Value>> = published
+            .iter()
+            .map(|s| {
+                crate::market::card::cost_card(ledger, &[&s.component.to_string()], now)
+                    .ok()
+                    .and_then(|card| serde_json::to_value(card).ok())
+            })
+            .collect();
+        Ok((published, cards))
+    })
+    .await?;
     let newest = published
         .iter()
         .filter(|s| s.state == SubmissionState::Published)
@@ -979,14 +1010,15 @@ pub(super) async fn get_listing(
         listing: newest.listing,
         versions: published
             .into_iter()
-            .map(|s| ListingVersion {
+            .zip(cards.drain(..))
+            .map(|(s, cost_card)| ListingVersion {
                 version: s.listing.version.to_string(),
                 state: s.state.to_string(),
                 digest: s.digest.to_string(),
                 component: s.component.to_string(),
                 reference: s.pinned_reference(),
                 published_ms: s.published_ms,
-                cost_card: None,
+                cost_card,
             })
             .collect(),
     }))
@@ -1260,4 +1292,116 @@ mod tests {
             .collect();
         assert!(search_query(&many).is_err());
     }
+}
+
+#[utoipa::path(get, path = "/v1/market/payouts", tag = "market", operation_id = "payouts",
+    params(PayoutsQuery),
+    responses(
+        (status = 200, description = "The month's fees, platform share and net per author and listing, recomputed from the ledger: the caller tenant's authors only (an operator: every author)", body = Payouts),
+        (status = 400, description = "`month` is not YYYY-MM", body = ErrorBody),
+        (status = 404, description = "`author` is not a namespace the caller's tenant owns", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("read"))))]
+pub(super) async fn payouts(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    query: Result<Query<PayoutsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Payouts>, ApiError> {
+    require(&p, TokenScope::Read)?;
+    let Query(q) = query.map_err(|e| ApiError::bad(e.body_text(), None))?;
+    let market = daemon.market.market.clone();
+    let engine = daemon.engine.clone();
+    let principal = p.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<Payouts, ApiError> {
+        let authors = market.authors().map_err(|e| market_error(&e))?;
+        let owned: BTreeSet<String> = authors
+            .into_iter()
+            .filter(|a| principal.is_operator() || owns(&principal, a))
+            .map(|a| a.name)
+            .collect();
+        if let Some(author) = &q.author
+            && !owned.contains(author)
+        {
+            // 404, not 403: another tenant's namespace is not shown to exist.
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no author namespace `{author}` of yours: GET /v1/market/authors/{author} shows who owns it"),
+            ));
+        }
+        let mut report = payouts::report(engine.metering().ledger(), &q.month, q.author.as_deref())
+            .map_err(|e| match e {
+                payouts::PayoutError::Ledger(crate::ledger::LedgerError::InvalidMonth(_)) => {
+                    ApiError::bad(super::error_chain(&e), Some("month"))
+                }
+                e => ApiError::failed(&e),
+            })?;
+        report.authors.retain(|a| owned.contains(&a.author));
+        report.revenue_micros = report.authors.iter().map(|a| a.revenue_micros).sum();
+        report.platform_micros = report.authors.iter().map(|a| a.platform_micros).sum();
+        report.net_micros = report.authors.iter().map(|a| a.net_micros).sum();
+        Ok(report)
+    })
+    .await
+    .map_err(|e| ApiError::failed(&e))??;
+    Ok(Json(answer))
+}
+
+#[utoipa::path(post, path = "/v1/market/submissions/{id}/approve", tag = "market", operation_id = "approveSubmission",
+    params(("id" = String, Path, description = "author/name@version, `/` percent-encoded")),
+    request_body(content = StateChangeRequest, description = "Optional: why"),
+    responses(
+        (status = 200, description = "Approved by a reviewer (then publish)", body = SubmissionView),
+        (status = 409, description = "The version does not await a reviewer, or its automated review failed", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("operator"))))]
+pub(super) async fn approve(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SubmissionView>, ApiError> {
+    staff(&p, "approving a version")?;
+    let req = state_change(body)?;
+    let market = daemon.market.market.clone();
+    let reviewer = format!("token {} ({})", p.token, p.tenant);
+    let s = blocking(move || market.approve(&id, &reviewer, req.reason)).await?;
+    Ok(Json(SubmissionView {
+        id: s.id(),
+        yours: false,
+        submission: s,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/market/submissions/{id}/reject", tag = "market", operation_id = "rejectSubmission",
+    params(("id" = String, Path, description = "author/name@version, `/` percent-encoded")),
+    request_body(content = StateChangeRequest, description = "Why (required: recorded for the author)"),
+    responses(
+        (status = 200, description = "Rejected by a reviewer", body = SubmissionView),
+        (status = 400, description = "No reason given", body = ErrorBody),
+        (status = 409, description = "The version is already published", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("operator"))))]
+pub(super) async fn reject(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SubmissionView>, ApiError> {
+    staff(&p, "rejecting a version")?;
+    let req = state_change(body)?;
+    let Some(reason) = req.reason else {
+        return Err(ApiError::bad(
+            "`reason` is required to reject: the author is told why",
+            Some("reason"),
+        ));
+    };
+    let market = daemon.market.market.clone();
+    let reviewer = format!("token {} ({})", p.token, p.tenant);
+    let s = blocking(move || market.reject(&id, &reviewer, &reason)).await?;
+    Ok(Json(SubmissionView {
+        id: s.id(),
+        yours: false,
+        submission: s,
+    }))
 }

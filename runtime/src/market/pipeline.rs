@@ -55,10 +55,11 @@ pub struct ReviewOptions {
 }
 
 impl ReviewOptions {
-    /// The options `[market]` of `config` asks for (no llm fixture, default access).
+    /// The options `[market]` of `config` asks for (`review_llm` as the llm
+    /// endpoint, default access).
     pub fn from_config(config: &Config) -> Self {
         Self {
-            llm_fixture: None,
+            llm_fixture: config.market.review_llm.clone(),
             max_component_bytes: config.market.max_component_bytes,
             manual_approval: config.market.manual_approval,
             access: Access::default(),

@@ -457,6 +457,16 @@ impl FeeSchedule for PriceBook {
         let timeline = book.by_component.get(capsule)?;
         timeline.at(run_started_ms.unwrap_or_else(super::store::now_ms))
     }
+
+    fn changed(&self) {
+        if let Err(e) = self.refresh() {
+            tracing::warn!(
+                "marketplace prices could not be reloaded after a change (retrying within {} s): {}",
+                self.config.price_refresh_secs,
+                soma_host_api::error_chain(&e)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -163,6 +163,12 @@ pub trait FeeSchedule: Send + Sync + std::fmt::Debug {
     /// free or unlisted capsule. Called once per capsule call: must be a
     /// lock-free-ish map lookup on the hot path.
     fn tariff(&self, capsule: &str, run_started_ms: Option<u64>) -> Option<Arc<Tariff>>;
+
+    /// Prices or publications changed in this process (a version was just
+    /// published): reload now rather than at the next periodic refresh, so
+    /// the first calls after a publication are charged. Blocks for the
+    /// reload; failures are the schedule's to report.
+    fn changed(&self) {}
 }
 
 #[cfg(test)]

@@ -207,9 +207,10 @@ pub struct ListingVersion {
     pub reference: String,
     /// When the marketplace published it (Unix ms).
     pub published_ms: Option<u64>,
-    /// The measured cost card of this version (calls, success rate,
-    /// latency, fuel, tokens, cost per call over 30 days). Filled by the
-    /// cost-card work; `null` until it lands — never estimated here.
+    /// The measured cost card of this version (`market::card::CostCard`:
+    /// calls, success rate, p50/p95 latency, fuel, tokens, cost per call
+    /// over the last 30 UTC days on this node); `null` if the ledger could
+    /// not be read. Measured, never estimated.
     #[schema(value_type = Option<Object>)]
     pub cost_card: Option<Value>,
 }
@@ -283,4 +284,15 @@ pub struct InstalledView {
     pub previous: Option<String>,
     /// Whether the component came from the node's blob cache.
     pub cached: bool,
+}
+
+/// `GET /v1/market/payouts`'s query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PayoutsQuery {
+    /// The month, `YYYY-MM` (UTC).
+    pub month: String,
+    /// Only this author namespace (one the caller's tenant owns).
+    pub author: Option<String>,
 }
