@@ -150,6 +150,13 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// Whether `month` is a `YYYY-MM` month ([`LedgerError::InvalidMonth`] if not).
+pub fn check_month(month: &str) -> Result<(), LedgerError> {
+    civil::parse_month(month)
+        .map(|_| ())
+        .ok_or_else(|| LedgerError::InvalidMonth(month.into()))
+}
+
 /// One charge. Immutable once appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {

@@ -35,11 +35,7 @@ fn text(b: &[u8]) -> String {
 
 /// A key pair saved as `dir/NAME.key` (encrypted with [`PASSWORD`]) + `dir/NAME.pub`.
 fn keypair(dir: &Path, name: &str) -> (KeyPair, PathBuf, PathBuf) {
-    let key = KeyPair::generate();
-    let (private, public) = key
-        .save(&dir.join(name), PASSWORD.as_bytes())
-        .expect("save key");
-    (key, private, public)
+    soma_tests::market::keypair(dir, name, PASSWORD)
 }
 
 /// One marketplace node: its data directory and soma.toml.

@@ -15,17 +15,10 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use soma_runtime::{
-    config::{Allocator, Metering},
-    dag::journal::Journal,
-    market::store::author_statement,
-    oci::{self, Auth, PushOptions, Reference},
-    store::DataDir,
-    verify::KeyPair,
-};
+use soma_runtime::{dag::journal::Journal, store::DataDir, verify::KeyPair};
 use soma_tests::{
-    TestEngine,
     daemon::{DaemonProcess, token},
+    market::{author_body, push_signed},
     registry::Registry,
 };
 
@@ -33,40 +26,6 @@ const PASSWORD: &str = "market-api-test";
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
-}
-
-/// Push `component` to `registry/repo:tag` and sign it with `key`, as an
-/// author does before submitting (`soma push` + `soma sign`).
-fn push_signed(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    component: &str,
-    key: &KeyPair,
-) -> String {
-    let engine = TestEngine::new(soma_tests::config(Allocator::OnDemand, Metering::Fuel));
-    let reference =
-        Reference::parse(&format!("{}/{repo}:{tag}", registry.host())).expect("reference");
-    let bytes = std::fs::read(component).expect("component");
-    oci::push(
-        &engine.engine,
-        &bytes,
-        &reference,
-        &Auth::Anonymous,
-        &PushOptions::default(),
-    )
-    .expect("push");
-    oci::sign(&reference, &Auth::Anonymous, key, &Default::default()).expect("sign");
-    reference.to_string()
-}
-
-/// The registration body for `name` with `key`, proving possession for `tenant`.
-fn author_body(name: &str, key: &KeyPair, tenant: &str) -> Value {
-    json!({
-        "name": name,
-        "public_key": key.public().to_pem().expect("pem"),
-        "proof": key.sign(author_statement(name, Some(tenant)).as_bytes()),
-    })
 }
 
 /// A calculator listing for `name@version`.

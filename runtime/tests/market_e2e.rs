@@ -26,18 +26,11 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use soma_runtime::{
-    config::{Allocator, Metering},
-    ledger::Ledger,
-    market::store::author_statement,
-    oci::{self, Auth, PushOptions, Reference},
-    store::DataDir,
-    verify::KeyPair,
-};
+use soma_runtime::{ledger::Ledger, store::DataDir, verify::KeyPair};
 use soma_tests::{
-    TestEngine,
     daemon::{self as harness, DaemonProcess},
     llm_fixture::LlmFixture,
+    market::{author_body, push_signed},
     registry::Registry,
 };
 
@@ -125,28 +118,18 @@ fn a_community_capsule_is_published_installed_run_and_monetized_exactly_once() {
     let (s, v) = d.post(
         "/v1/market/authors",
         &author,
-        &json!({
-            "name": "acme",
-            "public_key": acme.public().to_pem().expect("pem"),
-            "proof": acme.sign(author_statement("acme", Some("acme-co")).as_bytes()),
-        }),
+        &author_body("acme", &acme, "acme-co"),
     );
     assert_eq!(s, 201, "{v}");
 
     // Push and sign as the author (`soma push` + `soma sign`), then submit.
-    let reference =
-        Reference::parse(&format!("{}/acme/summarize:1.0.0", registry.host())).expect("reference");
-    let engine = TestEngine::new(soma_tests::config(Allocator::OnDemand, Metering::Fuel));
-    let bytes = std::fs::read(soma_capsules::SUMMARIZE_COMPONENT).expect("component");
-    oci::push(
-        &engine.engine,
-        &bytes,
-        &reference,
-        &Auth::Anonymous,
-        &PushOptions::default(),
-    )
-    .expect("push");
-    oci::sign(&reference, &Auth::Anonymous, &acme, &Default::default()).expect("sign");
+    let reference = push_signed(
+        &registry,
+        "acme/summarize",
+        "1.0.0",
+        soma_capsules::SUMMARIZE_COMPONENT,
+        &acme,
+    );
     let listing = json!({
         "name": "acme/summarize",
         "version": "1.0.0",
@@ -162,7 +145,7 @@ fn a_community_capsule_is_published_installed_run_and_monetized_exactly_once() {
     let (s, v) = d.post(
         "/v1/market/submissions",
         &author,
-        &json!({"listing": listing, "reference": reference.to_string()}),
+        &json!({"listing": listing, "reference": reference}),
     );
     // 2. Reviewed on submit, every step recorded with its reason code.
     assert_eq!(s, 201, "{v}");

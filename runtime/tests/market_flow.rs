@@ -43,12 +43,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A key pair saved as `dir/NAME.key` (encrypted with [`PASSWORD`]) + `dir/NAME.pub`.
 fn keypair(dir: &Path, name: &str) -> (KeyPair, PathBuf, PathBuf) {
-    let key = KeyPair::generate();
-    let (private, public) = key
-        .save(&dir.join(name), PASSWORD.as_bytes())
-        .expect("save key");
-    (key, private, public)
+    soma_tests::market::keypair(dir, name, PASSWORD)
 }
 
 fn path(p: &Path) -> &str {

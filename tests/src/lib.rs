@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod dag_checks;
 pub mod llm_fixture;
+pub mod market;
 pub mod market_corpus;
 pub mod prometheus;
 pub mod registry;

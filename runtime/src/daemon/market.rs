@@ -1329,6 +1329,12 @@ pub(super) async fn payouts(
                 format!("no author namespace `{author}` of yours: GET /v1/market/authors/{author} shows who owns it"),
             ));
         }
+        if owned.is_empty() {
+            // Nothing of the caller's to report: still check the month, skip the scan.
+            return payouts::report_empty(&q.month).map_err(|e| {
+                ApiError::bad(super::error_chain(&e), Some("month"))
+            });
+        }
         let mut report = payouts::report(engine.metering().ledger(), &q.month, q.author.as_deref())
             .map_err(|e| match e {
                 payouts::PayoutError::Ledger(crate::ledger::LedgerError::InvalidMonth(_)) => {

@@ -81,6 +81,16 @@ pub struct Payouts {
     pub net_micros: u64,
 }
 
+/// An empty report for `month` (nobody's authors to show), after checking
+/// that `month` is `YYYY-MM`. Reads nothing.
+pub fn report_empty(month: &str) -> Result<Payouts, PayoutError> {
+    crate::ledger::check_month(month)?;
+    Ok(Payouts {
+        month: month.to_owned(),
+        ..Payouts::default()
+    })
+}
+
 /// The payouts of `month` (`YYYY-MM`, UTC), of every author or only
 /// `author`. A plain sync function: an async handler calls it in
 /// `spawn_blocking`.
