@@ -12,6 +12,7 @@ use soma_host_api as host_api;
 
 use crate::limits::Limits;
 
+pub mod console;
 pub mod dag;
 pub mod daemon;
 pub mod market;
@@ -54,6 +55,8 @@ pub struct Config {
     pub dag: dag::Ceilings,
     /// The capsule marketplace: its signing key, install cooldown (`[market]`).
     pub market: market::MarketConfig,
+    /// The web console `soma daemon` serves at `/ui/` (`[console]`).
+    pub console: console::ConsoleConfig,
 }
 
 /// How instances get their memory.

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod console;
 pub mod limits;
 pub mod market;
 pub mod metrics;
@@ -158,6 +159,8 @@ pub struct Daemon {
     pub openapi: &'static str,
     /// The capsule marketplace (`/v1/market`).
     pub market: market::MarketService,
+    /// The web console (`/ui/`): its sessions.
+    pub console: console::Console,
 }
 
 impl Daemon {
@@ -206,8 +209,11 @@ impl Daemon {
             max_calls_per_tenant: config.max_calls_per_tenant,
         };
         let market = market::MarketService::start(&engine)?;
+        let console_config = engine.config().console.clone();
+        console_config.check().map_err(DaemonError::Config)?;
         let daemon = Arc::new(Self {
             market,
+            console: console::Console::new(console_config),
             calls: pool::CallPool::new(sharing),
             openapi: openapi::document(),
             runs: runs::Runs::new(runs::RunLimits::of(&config)),

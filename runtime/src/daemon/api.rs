@@ -104,6 +104,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
     let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
     open.merge(api)
+        .merge(super::console::router(&daemon))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(middleware::from_fn_with_state(daemon.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(
