@@ -27,10 +27,10 @@ const EXAMPLES: &[&str] = &[
 /// Valid components that are not Soma capsules (another world).
 const FOREIGN: &[&str] = &["wrong-world"];
 /// Capsules built against a frozen contract version (`wit/compat/<v>/`),
-/// proving the host still loads them (`tests/tests/compat.rs`).
+/// proving the host still loads them (`tests/tests/integration/compat.rs`).
 const COMPAT: &[&str] = &["compat-v0-1"];
 /// Capsules that each break one marketplace review rule
-/// (`runtime/tests/market_review.rs` names the reason code of each).
+/// (`runtime/tests/market/review.rs` names the reason code of each).
 const REVIEW_FIXTURES: &[&str] = &[
     "review-llm-unused",
     "review-kv-undeclared",

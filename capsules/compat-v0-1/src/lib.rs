@@ -1,7 +1,7 @@
 //! A capsule built against `soma:capsule@0.1.0` (`wit/compat/0.1.0/`, the
 //! frozen contract) with `wit-bindgen` directly — not the SDK, which
 //! follows the current contract. The host must keep loading and running
-//! it: `tests/tests/compat.rs` does, through the real runtime.
+//! it: `tests/tests/integration/compat.rs` does, through the real runtime.
 //!
 //! `describe` returns 0.1.0's closed `capabilities` record with every field
 //! set; `run` uses every 0.1.0 interface and reports what it saw as JSON:

@@ -84,6 +84,7 @@ fn fill(
 
 #[test]
 fn another_tenant_cannot_list_read_overwrite_or_fill_a_tenants_kv_in_a_shared_capsule() {
+    let _alone = crate::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     let alice = daemon::token(bin(), dir.path(), "alice", "run,read");
     let mallory = daemon::token(bin(), dir.path(), "mallory", "run,read");
@@ -198,6 +199,7 @@ fn another_tenant_cannot_list_read_overwrite_or_fill_a_tenants_kv_in_a_shared_ca
 
 #[test]
 fn pending_kv_writes_of_one_call_are_bounded_in_host_memory() {
+    let _alone = crate::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     let mallory = daemon::token(bin(), dir.path(), "mallory", "run,read");
     let bob = daemon::token(bin(), dir.path(), "bob", "run,read");
@@ -297,6 +299,7 @@ fn adversarial_keys(tenants: &[&str]) -> Vec<String> {
 
 #[test]
 fn randomized_isolation_of_every_store_for_two_tenants() {
+    let _shared = crate::shared();
     let seed: u64 = std::env::var("SOMA_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -592,6 +595,7 @@ fn randomized_isolation_of_every_store_for_two_tenants() {
 
 #[test]
 fn a_kv_quota_filled_by_concurrent_calls_fails_the_late_commit_as_a_resource_limit() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let tenants: Vec<String> = (0..4)
         .map(|k| daemon::token(bin(), dir.path(), &format!("t{k}"), "run,read"))

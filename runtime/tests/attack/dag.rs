@@ -42,6 +42,7 @@ fn node_failure<'a>(report: &'a Value, node: &str) -> &'a Value {
 
 #[test]
 fn a_plan_larger_than_dag_max_expansion_nodes_is_refused_naming_the_key() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", "[dag]\nmax_expansion_nodes = 5\n");
@@ -59,6 +60,7 @@ fn a_plan_larger_than_dag_max_expansion_nodes_is_refused_naming_the_key() {
 
 #[test]
 fn gate_rounds_in_a_plan_above_dag_max_rounds_are_refused() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let d = DaemonProcess::start(bin(), dir.path(), "", "[dag]\nmax_rounds = 2\n");
@@ -83,6 +85,7 @@ fn gate_rounds_in_a_plan_above_dag_max_rounds_are_refused() {
 
 #[test]
 fn a_runs_rendered_inputs_are_capped_in_total() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     let d = DaemonProcess::start(
@@ -157,6 +160,7 @@ fn local_dag_run(data: &Path, config: &str, spec: &str) -> (Option<i32>, Value, 
 
 #[test]
 fn local_dag_run_applies_the_dag_ceilings_of_soma_toml() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     // A spec value above a ceiling: refused before anything runs, naming
     // the key, as the daemon refuses it.
@@ -182,6 +186,7 @@ fn local_dag_run_applies_the_dag_ceilings_of_soma_toml() {
 
 #[test]
 fn a_run_whose_pinned_capsule_exists_nowhere_fails_naming_the_digest() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let acme = token(bin(), dir.path(), "acme", "run,read");
     // A catalog entry of its own, from a file the test removes later.

@@ -169,7 +169,9 @@ fn check(name: &str, path: &str) {
                 "{escaped}"
             );
         }
-        other => panic!("hostile capsule {other} has no expectation in tests/tests/hostile.rs"),
+        other => panic!(
+            "hostile capsule {other} has no expectation in tests/tests/integration/hostile.rs"
+        ),
     }
 }
 

@@ -7,12 +7,11 @@
 //! where it applies, that another tenant's echo calls keep their latency
 //! (`assert_unharmed`, 3× the idle median).
 //!
-//! The tests run one at a time (a 2-core machine cannot time a bystander
-//! while another test's daemon is busy).
+//! The tests run one at a time, each `crate::alone` (a 2-core machine
+//! cannot time a bystander while another test's daemon is busy).
 
 use std::{
     path::Path,
-    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -22,8 +21,6 @@ use soma_tests::daemon::{
     Bystander, DaemonProcess, Latencies, ProcessUsage, assert_unharmed, client, request,
     time_calls, token,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
@@ -77,7 +74,7 @@ fn dag(spec: &str, input: Value) -> Value {
 
 #[test]
 fn a_yaml_alias_bomb_is_refused_before_it_expands_and_health_stays_fast() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("max_spec_parses = 1", "");
     // Nine levels of ten aliases over a 4 KiB string: ~4 TB expanded,
     // from a 3 KiB body.
@@ -163,7 +160,7 @@ fn a_yaml_alias_bomb_is_refused_before_it_expands_and_health_stays_fast() {
 
 #[test]
 fn a_template_cannot_render_an_input_past_the_cap() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("", "");
     // 20 KB of input referenced 2,500 times: 50 MB if rendered.
     let spec = format!(
@@ -213,7 +210,7 @@ fn a_template_cannot_render_an_input_past_the_cap() {
 
 #[test]
 fn a_run_cannot_choose_its_own_thread_count() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("", "");
     // Above the operator's ceiling: refused at submit, naming the key.
     let spec = "version: 1\nname: wide\ncapsules: {e: echo}\npolicy: {concurrency: 1000}\n\
@@ -272,7 +269,7 @@ fn a_run_cannot_choose_its_own_thread_count() {
 
 #[test]
 fn a_huge_fan_out_is_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("", "");
     let spec = "version: 1\nname: fan\ncapsules: {e: echo}\ninputs: {items: {}}\n\
                 policy: {max_fan_out: 20000}\n\
@@ -328,7 +325,7 @@ fn now_ms() -> u64 {
 
 #[test]
 fn runs_in_backoff_do_not_hold_the_drivers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("dag_drivers = 2", "");
     // Eight runs (four per driver) that spend ~20 s in retry backoff.
     let until = now_ms() + 60_000;
@@ -379,7 +376,7 @@ fn runs_in_backoff_do_not_hold_the_drivers() {
 
 #[test]
 fn a_tenants_queued_runs_are_capped() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("max_queued_runs_per_tenant = 3", "");
     let until = now_ms() + 60_000;
     let body = dag(&backoff_spec(5_000), json!({ "until": until }));
@@ -406,7 +403,7 @@ fn a_tenants_queued_runs_are_capped() {
 
 #[test]
 fn a_tenants_slow_calls_do_not_delay_another_tenant() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("max_calls_per_tenant = 8", "");
     let idle = s.idle();
     let by = s.bystander();
@@ -456,7 +453,7 @@ fn a_tenants_slow_calls_do_not_delay_another_tenant() {
 
 #[test]
 fn retained_call_results_are_bounded_by_bytes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("recent_calls_bytes = 8388608", "");
     let input = "e".repeat(48_000);
     let body = json!({"capsule": "echo", "input": input}).to_string();
@@ -519,7 +516,7 @@ fn retained_call_results_are_bounded_by_bytes() {
 
 #[test]
 fn a_tenants_event_streams_are_capped() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = crate::alone();
     let s = setup("max_streams_per_tenant = 4", "");
     let until = now_ms() + 60_000;
     let body = dag(&backoff_spec(5_000), json!({ "until": until }));

@@ -22,14 +22,10 @@ use soma_tests::{
     registry::{HugeManifestServer, Registry},
 };
 
-/// The tests of this file run one at a time: the latency one measures a
-/// bystander, and the other's registry and daemon would compete for the
-/// same (small) CPU.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+// The tests of this file run alone (`crate::alone`): the latency one
+// measures a bystander, and the other's registry and daemon would compete
+// for the same (small) CPU.
+use crate::alone as serial;
 
 fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_soma"))

@@ -26,16 +26,10 @@ use soma_tests::{
     llm_fixture::LlmFixture,
 };
 
-/// The tests of this file run one at a time: several spin capsules on
-/// purpose, and each measures a bystander's latency, which another test's
-/// spinning would distort on a small machine.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// The tests of this file run alone (`crate::alone`): several spin
+// capsules on purpose, and each measures a bystander's latency, which
+// another test's spinning would distort on a small machine.
+use crate::alone as serial;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))

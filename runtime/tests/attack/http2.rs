@@ -21,12 +21,8 @@ use std::{
 use serde_json::json;
 use soma_tests::daemon::{Bystander, DaemonProcess, assert_unharmed, time_calls, token};
 
-/// One test at a time: they time another tenant's calls.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+// Each test runs alone (`crate::alone`): they time another tenant's calls.
+use crate::alone as serial;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))

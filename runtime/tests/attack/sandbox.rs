@@ -85,6 +85,7 @@ fn write_component(dir: &Path, name: &str, wat: &str) -> PathBuf {
 
 #[test]
 fn a_capsule_cannot_forge_host_log_lines_or_drive_the_terminal() {
+    let _shared = crate::shared();
     let data = tempfile::tempdir().expect("tmp");
     for input in ["{}", r#"{"fail": true}"#] {
         let out = soma(data.path())
@@ -135,6 +136,7 @@ fn a_capsule_cannot_forge_host_log_lines_or_drive_the_terminal() {
 
 #[test]
 fn a_memory_bomb_that_retries_is_memory_limit_under_soma_run() {
+    let _shared = crate::shared();
     let data = tempfile::tempdir().expect("tmp");
     let bomb = soma_capsules::HOSTILE_REGROW_COMPONENT;
     let start = Instant::now();
@@ -192,6 +194,7 @@ fn a_memory_bomb_that_retries_is_memory_limit_under_soma_run() {
 
 #[test]
 fn what_the_pool_refuses_soma_run_refuses_with_the_same_message() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tmp");
     let cases = [
         (
@@ -241,6 +244,7 @@ fn what_the_pool_refuses_soma_run_refuses_with_the_same_message() {
 
 #[test]
 fn json_errors_are_exactly_one_object_with_the_usual_exit_code() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let not_wasm = dir.path().join("not.wasm");
@@ -305,6 +309,7 @@ fn json_errors_are_exactly_one_object_with_the_usual_exit_code() {
 
 #[test]
 fn an_unloadable_capsule_under_catch_is_data_and_resume_is_idempotent() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let broken = write_component(
@@ -364,6 +369,7 @@ fn an_unloadable_capsule_under_catch_is_data_and_resume_is_idempotent() {
 
 #[test]
 fn killing_the_first_command_on_a_fresh_data_dir_never_breaks_the_next() {
+    let _shared = crate::shared();
     let root = tempfile::tempdir().expect("tmp");
     let mut rng = fastrand::Rng::with_seed(0x5eed_50ba);
     let tries = 120;
@@ -423,6 +429,7 @@ fn killing_the_first_command_on_a_fresh_data_dir_never_breaks_the_next() {
 
 #[test]
 fn a_half_created_database_is_recreated_and_real_data_never_replaced() {
+    let _shared = crate::shared();
     let dir = tempfile::tempdir().expect("tmp");
     // Zero length, and a header page without redb's magic (what a kill -9
     // during creation left before this fix).
@@ -464,6 +471,7 @@ fn a_half_created_database_is_recreated_and_real_data_never_replaced() {
 
 #[test]
 fn hostile_capsules_against_the_daemon_leave_its_log_and_a_bystander_unharmed() {
+    let _alone = crate::alone();
     let data = tempfile::tempdir().expect("tmp");
     let attacker = daemon::token(Path::new(BIN), data.path(), "mallory", "run");
     let bystander = daemon::token(Path::new(BIN), data.path(), "bob", "run");

@@ -22,14 +22,11 @@ use soma_tests::daemon::{
     Bystander, DaemonProcess, ProcessUsage, assert_unharmed, client, time_calls, token,
 };
 
-/// The tests of this file run one at a time: two of them time another
-/// tenant's calls, and a hostile capsule burning a core in a test next to
-/// them would be measured instead of the attack (the machine may have 2).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+// The tests of this file run alone (`crate::alone`): two of them time
+// another tenant's calls, and a hostile capsule burning a core in a test
+// next to them would be measured instead of the attack (the machine may
+// have 2).
+use crate::alone as serial;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
