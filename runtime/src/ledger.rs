@@ -11,19 +11,22 @@
 //! ledger         id u64 → entry (compact binary, see `codec`)
 //! ledger_keys    "run/node/attempt/seq/kind" → id      (idempotency: a replay never charges twice)
 //! ledger_daily   (day, tenant, capsule, model|"-", kind, unit price) → (quantity, cost, count, estimated)
-//! ledger_tenant_spans (tenant, first id) → last id    (entries of a tenant, without a scan)
+//! ledger_tenant_starts  id → tenant                  (where a stretch of one tenant's entries starts)
+//! ledger_tenant_stretch (tenant, start id) → ()       (a tenant's stretches, without a scan)
 //! ledger_fee_splits (month, id) → (author, listing, version, fee, author µ, platform µ)
 //!                                                      (one per marketplace-fee entry, see `fee`)
 //! ```
 //!
 //! A run's entries need no index of their own: their idempotency keys start
-//! with `run/`, so a range of `ledger_keys` finds them. The tenant index
-//! holds one row per stretch of consecutive ids of one tenant — one row per
-//! tenant per group commit, not two rows per entry (the two per-entry index
-//! rows of index version 1 were a third of a capsule call's cost on the
-//! daemon's call path). A database written before it existed (or with the
-//! version-1 tables) gets it built once, on the first tenant lookup
-//! ([`Ledger::ensure_indexes`]; `ledger_meta` records that it is done).
+//! with `run/`, so a range of `ledger_keys` finds them. The tenant index is
+//! run-length encoded: a stretch of consecutive ids of one tenant runs from
+//! its start to the next start (or the last entry), and rows are written
+//! only where the tenant changes — none while one tenant's calls follow
+//! each other (the two per-entry index rows of index version 1 were a
+//! third of a capsule call's cost on the daemon's call path). A database
+//! written before it existed (or with the version-1 tables) gets it built
+//! once, on the first tenant lookup ([`Ledger::ensure_indexes`];
+//! `ledger_meta` records that it is done).
 //!
 //! The rollup key carries the unit price so an invoice line is exact per
 //! price; summaries merge prices. Writers: [`Ledger::append`] commits one
@@ -66,10 +69,13 @@ type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
 const LEDGER_DAILY: TableDefinition<'_, DailyKey<'_>, (u64, u64, u64, u64)> =
     TableDefinition::new("ledger_daily");
 
-/// (tenant, first id) → last id: the entries `first..=last` are all the
-/// tenant's (one row per stretch of consecutive ids of one tenant).
-const LEDGER_TENANT_SPANS: TableDefinition<'_, (&str, u64), u64> =
-    TableDefinition::new("ledger_tenant_spans");
+/// id → tenant: entries from `id` up to the next start (or the last entry)
+/// are all this tenant's. A row where the tenant changes, and only there.
+const LEDGER_TENANT_STARTS: TableDefinition<'_, u64, &str> =
+    TableDefinition::new("ledger_tenant_starts");
+/// (tenant, start id): the tenant's rows of [`LEDGER_TENANT_STARTS`].
+const LEDGER_TENANT_STRETCHES: TableDefinition<'_, (&str, u64), ()> =
+    TableDefinition::new("ledger_tenant_stretch");
 /// Index version 1 (one row per entry and index); dropped when version 2 is built.
 const LEDGER_BY_RUN_V1: TableDefinition<'_, (&str, u64), ()> =
     TableDefinition::new("ledger_by_run");
@@ -79,7 +85,7 @@ const LEDGER_BY_TENANT_V1: TableDefinition<'_, (&str, u64), ()> =
 /// Markers: `indexes` → the index version built over every entry.
 const LEDGER_META: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger_meta");
 /// The version of the tenant index ([`LEDGER_META`] key `indexes`): 2 =
-/// [`LEDGER_TENANT_SPANS`].
+/// [`LEDGER_TENANT_STARTS`] + [`LEDGER_TENANT_STRETCHES`].
 const INDEX_VERSION: u64 = 2;
 /// Entries between two progress lines while the indexes are built.
 const INDEX_PROGRESS_EVERY: u64 = 100_000;
@@ -510,8 +516,8 @@ impl Ledger {
     ///
     /// Cost: with a `run` filter, the range of idempotency keys starting
     /// with `run/` (one row per entry of the run) plus one lookup per entry;
-    /// with a `tenant` filter, the tenant's index spans plus one lookup per
-    /// entry — both independent of the rest of the ledger; otherwise a
+    /// with a `tenant` filter, the tenant's stretches (one range read
+    /// each for where it ends) plus one lookup per entry — both independent of the rest of the ledger; otherwise a
     /// reverse scan decoding entries until `limit` match. The first tenant
     /// lookup on a database written before the tenant index existed builds
     /// it once ([`Ledger::ensure_indexes`]).
@@ -568,21 +574,37 @@ impl Ledger {
                 }
             }
         } else if let Some(tenant) = &filter.tenant {
-            let spans = match txn.open_table(LEDGER_TENANT_SPANS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(db_err(e)),
+            let (starts, stretches) = match (
+                txn.open_table(LEDGER_TENANT_STARTS),
+                txn.open_table(LEDGER_TENANT_STRETCHES),
+            ) {
+                (Ok(s), Ok(t)) => (s, t),
+                (Err(redb::TableError::TableDoesNotExist(_)), _)
+                | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+                (Err(e), _) | (_, Err(e)) => return Err(db_err(e)),
             };
+            let last_id = table
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(id, _)| id.value());
             let key = tenant.as_str();
-            'spans: for row in spans
+            'stretches: for row in stretches
                 .range((key, 0)..=(key, u64::MAX))
                 .map_err(db_err)?
                 .rev()
             {
-                let (k, last) = row.map_err(db_err)?;
-                for id in (k.value().1..=last.value()).rev() {
+                let first = row.map_err(db_err)?.0.value().1;
+                let end = match starts
+                    .range(first.saturating_add(1)..)
+                    .map_err(db_err)?
+                    .next()
+                {
+                    Some(next) => next.map_err(db_err)?.0.value().saturating_sub(1),
+                    None => last_id,
+                };
+                for id in (first..=end).rev() {
                     if get(id)? {
-                        break 'spans;
+                        break 'stretches;
                     }
                 }
             }
@@ -623,13 +645,14 @@ impl Ledger {
             let mut meta = txn.open_table(LEDGER_META).map_err(db_err)?;
             // Another thread may have built them while this one waited.
             if meta.get("indexes").map_err(db_err)?.map(|g| g.value()) != Some(INDEX_VERSION) {
-                // Rebuilt from the entries: spans written since the last
-                // build are in there too.
+                // Rebuilt from the entries: stretches written since the
+                // last build are in there too.
                 txn.delete_table(LEDGER_BY_RUN_V1).map_err(db_err)?;
                 txn.delete_table(LEDGER_BY_TENANT_V1).map_err(db_err)?;
-                txn.delete_table(LEDGER_TENANT_SPANS).map_err(db_err)?;
+                txn.delete_table(LEDGER_TENANT_STARTS).map_err(db_err)?;
+                txn.delete_table(LEDGER_TENANT_STRETCHES).map_err(db_err)?;
                 let ledger = txn.open_table(LEDGER).map_err(db_err)?;
-                let mut spans = Spans::new(txn.open_table(LEDGER_TENANT_SPANS).map_err(db_err)?);
+                let mut index = TenantIndex::open(&txn)?;
                 let total = ledger.len().map_err(db_err)?;
                 if total >= INDEX_PROGRESS_EVERY {
                     tracing::info!("indexing {total} ledger entries by tenant (once)");
@@ -640,13 +663,12 @@ impl Ledger {
                     let id = id.value();
                     let entry = codec::decode(id, bytes.value())
                         .map_err(|reason| LedgerError::Corrupt { id, reason })?;
-                    spans.add(&entry.tenant, id)?;
+                    index.add(&entry.tenant, id)?;
                     done += 1;
                     if done.is_multiple_of(INDEX_PROGRESS_EVERY) {
                         tracing::info!("indexed {done} of {total} ledger entries");
                     }
                 }
-                spans.flush()?;
                 meta.insert("indexes", INDEX_VERSION).map_err(db_err)?;
             }
         }
@@ -848,9 +870,8 @@ impl Ledger {
         };
         let mut recomputed: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
         let mut fees: BTreeMap<u64, Entry> = BTreeMap::new();
-        // (id, tenant) of every entry, and the tenant index's spans by first id.
+        // (id, tenant) of every entry.
         let mut tenants: Vec<(u64, String)> = Vec::new();
-        let mut spans_of: BTreeMap<u64, (String, u64)> = BTreeMap::new();
         if let Some(entries) = &entries {
             let mut prev: Option<u64> = None;
             for row in entries.iter().map_err(db_err)? {
@@ -902,42 +923,48 @@ impl Ledger {
                 report.keys, report.entries
             ));
         }
-        // Once built, the tenant index covers every entry exactly once,
-        // each under its own tenant.
+        // Once built, the tenant index puts every entry in a stretch of its
+        // own tenant, and both of its tables hold the same starts.
         let indexed = match txn.open_table(LEDGER_META) {
             Ok(t) => t.get("indexes").map_err(db_err)?.map(|g| g.value()) == Some(INDEX_VERSION),
             Err(e) => open_err(e).map_or(Ok(false), Err)?,
         };
         if indexed {
-            let mut covered = 0u64;
-            if let Some(t) = match txn.open_table(LEDGER_TENANT_SPANS) {
+            let mut starts: BTreeMap<u64, String> = BTreeMap::new();
+            if let Some(t) = match txn.open_table(LEDGER_TENANT_STARTS) {
                 Ok(t) => Some(t),
                 Err(e) => open_err(e).map_or(Ok(None), Err)?,
             } {
                 for row in t.iter().map_err(db_err)? {
-                    let (k, last) = row.map_err(db_err)?;
-                    let ((tenant, first), last) = (k.value(), last.value());
-                    if last < first {
-                        report.problem(format!("tenant index span {first}..={last} is empty"));
-                        continue;
-                    }
-                    covered = covered.saturating_add(last - first + 1);
-                    if let Some((other, _)) = spans_of.insert(first, (tenant.to_owned(), last)) {
+                    let (id, tenant) = row.map_err(db_err)?;
+                    starts.insert(id.value(), tenant.value().to_owned());
+                }
+            }
+            let mut stretches = 0usize;
+            if let Some(t) = match txn.open_table(LEDGER_TENANT_STRETCHES) {
+                Ok(t) => Some(t),
+                Err(e) => open_err(e).map_or(Ok(None), Err)?,
+            } {
+                for row in t.iter().map_err(db_err)? {
+                    let (key, _) = row.map_err(db_err)?;
+                    let (tenant, first) = key.value();
+                    stretches += 1;
+                    if starts.get(&first).map(String::as_str) != Some(tenant) {
                         report.problem(format!(
-                            "two tenant index spans start at {first} ({other}, {tenant})"
+                            "tenant index: {tenant}'s stretch at {first} is not a start of {tenant}"
                         ));
                     }
                 }
             }
-            if covered != report.entries {
+            if stretches != starts.len() {
                 report.problem(format!(
-                    "the tenant index covers {covered} ids for {} entries",
-                    report.entries
+                    "tenant index: {stretches} stretches for {} starts",
+                    starts.len()
                 ));
             }
             for (id, tenant) in &tenants {
-                let span = spans_of.range(..=*id).next_back();
-                if !span.is_some_and(|(_, (t, last))| t == tenant && id <= last) {
+                let at = starts.range(..=*id).next_back().map(|(_, t)| t);
+                if at != Some(tenant) {
                     report.problem(format!(
                         "entry {id} of tenant {tenant} is not in that tenant's index"
                     ));
@@ -1137,7 +1164,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
     let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;
     let mut daily = txn.open_table(LEDGER_DAILY).map_err(db_err)?;
-    let mut spans = Spans::new(txn.open_table(LEDGER_TENANT_SPANS).map_err(db_err)?);
+    let mut tenant_index = TenantIndex::open(txn)?;
     let mut next_id = ledger
         .last()
         .map_err(db_err)?
@@ -1170,7 +1197,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             buf.clear();
             codec::encode(e, &mut buf);
             ledger.insert(next_id, buf.as_slice()).map_err(db_err)?;
-            spans.add(&e.tenant, next_id)?;
+            tenant_index.add(&e.tenant, next_id)?;
             fee::write_split(txn, next_id, e)?;
             appended.inserted.push(next_id);
             next_id = next_id.saturating_add(1);
@@ -1212,47 +1239,43 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             .insert(row, (sums.quantity, sums.cost, sums.count, sums.estimated))
             .map_err(db_err)?;
     }
-    spans.flush()?;
     calls.write(txn)?;
     Ok(results)
 }
 
-/// Writes the tenant index: consecutive ids of one tenant become one
-/// [`LEDGER_TENANT_SPANS`] row, written when the tenant changes or at
-/// [`Spans::flush`]. Cost: one row per stretch (a group commit of one
-/// tenant's calls writes one), no allocation while the tenant stays.
-struct Spans<'txn> {
-    table: redb::Table<'txn, (&'static str, u64), u64>,
-    /// The stretch being extended: (tenant, first id, last id).
-    open: Option<(String, u64, u64)>,
+/// Writes the tenant index: a start row (in both tables) where an entry's
+/// tenant differs from the one before it, nothing otherwise. Cost: one read
+/// of the last start when opened; two rows per change of tenant.
+struct TenantIndex<'txn> {
+    starts: redb::Table<'txn, u64, &'static str>,
+    stretches: redb::Table<'txn, (&'static str, u64), ()>,
+    /// The tenant of the last entry indexed.
+    current: Option<String>,
 }
 
-impl<'txn> Spans<'txn> {
-    fn new(table: redb::Table<'txn, (&'static str, u64), u64>) -> Self {
-        Self { table, open: None }
+impl<'txn> TenantIndex<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, LedgerError> {
+        let starts = txn.open_table(LEDGER_TENANT_STARTS).map_err(db_err)?;
+        let stretches = txn.open_table(LEDGER_TENANT_STRETCHES).map_err(db_err)?;
+        let current = starts
+            .last()
+            .map_err(db_err)?
+            .map(|(_, tenant)| tenant.value().to_owned());
+        Ok(Self {
+            starts,
+            stretches,
+            current,
+        })
     }
 
-    /// Entry `id` (the next id after every earlier one) is `tenant`'s.
+    /// Entry `id` (higher than every id indexed before) is `tenant`'s.
     fn add(&mut self, tenant: &str, id: u64) -> Result<(), LedgerError> {
-        if let Some((t, _, last)) = &mut self.open
-            && t == tenant
-            && last.checked_add(1) == Some(id)
-        {
-            *last = id;
+        if self.current.as_deref() == Some(tenant) {
             return Ok(());
         }
-        self.flush()?;
-        self.open = Some((tenant.to_owned(), id, id));
-        Ok(())
-    }
-
-    /// Write the open stretch.
-    fn flush(&mut self) -> Result<(), LedgerError> {
-        if let Some((tenant, first, last)) = self.open.take() {
-            self.table
-                .insert((tenant.as_str(), first), last)
-                .map_err(db_err)?;
-        }
+        self.starts.insert(id, tenant).map_err(db_err)?;
+        self.stretches.insert((tenant, id), ()).map_err(db_err)?;
+        self.current = Some(tenant.to_owned());
         Ok(())
     }
 }

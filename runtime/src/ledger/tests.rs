@@ -602,7 +602,8 @@ fn run_and_tenant_lookups_use_the_indexes_and_old_databases_get_them_built() {
     {
         let db = l.db.get().unwrap();
         let txn = db.begin_write().unwrap();
-        txn.delete_table(LEDGER_TENANT_SPANS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STARTS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STRETCHES).unwrap();
         txn.delete_table(LEDGER_META).unwrap();
         txn.commit().unwrap();
     }
@@ -736,7 +737,7 @@ fn each_fee_has_its_split_written_with_it_and_the_check_finds_tampering() {
 }
 
 #[test]
-fn tenant_spans_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix() {
+fn tenant_stretches_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix() {
     let (l, _dir) = ledger();
     // One group commit of interleaved tenants, and run ids where one is a
     // prefix of another ("r" and "r/x", "r-1").
@@ -753,25 +754,28 @@ fn tenant_spans_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix() {
     write_batch(&l.db, &requests).unwrap();
     // A replay charges nothing and adds no span.
     write_batch(&l.db, &requests).unwrap();
-    let spans = {
+    let starts = {
         let txn = l.read().unwrap();
-        let t = txn.open_table(LEDGER_TENANT_SPANS).unwrap();
+        let t = txn.open_table(LEDGER_TENANT_STARTS).unwrap();
         t.iter()
             .unwrap()
             .map(|r| {
                 let (k, v) = r.unwrap();
-                (k.value().0.to_owned(), k.value().1, v.value())
+                (k.value(), v.value().to_owned())
             })
             .collect::<Vec<_>>()
     };
+    // Rows only where the tenant changes.
     assert_eq!(
-        spans,
+        starts,
         vec![
-            ("acme".to_owned(), 1, 3),
-            ("acme".to_owned(), 6, 6),
-            ("globex".to_owned(), 4, 5),
+            (1, "acme".to_owned()),
+            (4, "globex".to_owned()),
+            (6, "acme".to_owned()),
         ]
     );
+    // More of the same tenant later extends its last stretch, writing nothing.
+    l.append(&[e("acme", "r", 3)]).unwrap();
     let ls = |run: Option<&str>, tenant: Option<&str>, limit: Option<usize>| {
         l.ls(&Filter {
             run: run.map(Into::into),
@@ -784,20 +788,34 @@ fn tenant_spans_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix() {
         .map(|e| e.id)
         .collect::<Vec<_>>()
     };
-    assert_eq!(ls(Some("r"), None, None), vec![6, 2, 1]);
+    assert_eq!(ls(Some("r"), None, None), vec![7, 6, 2, 1]);
     assert_eq!(ls(Some("r/x"), None, None), vec![3]);
     assert_eq!(ls(Some("r-1"), None, None), vec![5, 4]);
-    assert_eq!(ls(Some("r"), None, Some(2)), vec![6, 2]);
-    assert_eq!(ls(None, Some("acme"), None), vec![6, 3, 2, 1]);
-    assert_eq!(ls(None, Some("acme"), Some(3)), vec![6, 3, 2]);
+    assert_eq!(ls(Some("r"), None, Some(2)), vec![7, 6]);
+    assert_eq!(ls(None, Some("acme"), None), vec![7, 6, 3, 2, 1]);
+    assert_eq!(ls(None, Some("acme"), Some(3)), vec![7, 6, 3]);
     assert_eq!(ls(None, Some("globex"), None), vec![5, 4]);
     assert_eq!(ls(Some("r"), Some("globex"), None), Vec::<u64>::new());
     assert!(ls(None, Some("nobody"), None).is_empty());
+    {
+        let txn = l.read().unwrap();
+        assert_eq!(
+            txn.open_table(LEDGER_TENANT_STARTS).unwrap().len().unwrap(),
+            3
+        );
+        assert_eq!(
+            txn.open_table(LEDGER_TENANT_STRETCHES)
+                .unwrap()
+                .len()
+                .unwrap(),
+            3
+        );
+    }
     assert_ok(&l);
 }
 
 #[test]
-fn a_version_1_index_is_replaced_by_spans_and_the_check_finds_a_wrong_span() {
+fn a_version_1_index_is_replaced_by_stretches_and_the_check_finds_a_wrong_start() {
     let (l, dir) = ledger();
     let batch = mixed();
     l.append(&batch).unwrap();
@@ -805,7 +823,8 @@ fn a_version_1_index_is_replaced_by_spans_and_the_check_finds_a_wrong_span() {
     {
         let db = l.db.get().unwrap();
         let txn = db.begin_write().unwrap();
-        txn.delete_table(LEDGER_TENANT_SPANS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STARTS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STRETCHES).unwrap();
         {
             let mut by_run = txn.open_table(LEDGER_BY_RUN_V1).unwrap();
             let mut by_tenant = txn.open_table(LEDGER_BY_TENANT_V1).unwrap();
@@ -848,18 +867,14 @@ fn a_version_1_index_is_replaced_by_spans_and_the_check_finds_a_wrong_span() {
         );
     }
     assert_ok(&l);
-    // Tampering: move one entry's id into another tenant's span.
+    // Tampering: hand one tenant's first stretch to another tenant.
     {
         let db = l.db.get().unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut t = txn.open_table(LEDGER_TENANT_SPANS).unwrap();
-            let (tenant, first, last) = {
-                let (k, v) = t.first().unwrap().unwrap();
-                (k.value().0.to_owned(), k.value().1, v.value())
-            };
-            t.remove((tenant.as_str(), first)).unwrap();
-            t.insert(("mallory", first), last).unwrap();
+            let mut starts = txn.open_table(LEDGER_TENANT_STARTS).unwrap();
+            let first = starts.first().unwrap().unwrap().0.value();
+            starts.insert(first, "mallory").unwrap();
         }
         txn.commit().unwrap();
     }
