@@ -517,8 +517,9 @@ impl Ledger {
     /// Cost: with a `run` filter, the range of idempotency keys starting
     /// with `run/` (one row per entry of the run) plus one lookup per entry;
     /// with a `tenant` filter, the tenant's stretches (one range read
-    /// each for where it ends) plus one lookup per entry — both independent of the rest of the ledger; otherwise a
-    /// reverse scan decoding entries until `limit` match. The first tenant
+    /// each for where it ends) plus one lookup per entry — both
+    /// independent of the rest of the ledger; otherwise a reverse scan
+    /// decoding entries until `limit` match. The first tenant
     /// lookup on a database written before the tenant index existed builds
     /// it once ([`Ledger::ensure_indexes`]).
     pub fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
