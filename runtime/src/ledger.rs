@@ -11,15 +11,22 @@
 //! ledger         id u64 → entry (compact binary, see `codec`)
 //! ledger_keys    "run/node/attempt/seq/kind" → id      (idempotency: a replay never charges twice)
 //! ledger_daily   (day, tenant, capsule, model|"-", kind, unit price) → (quantity, cost, count, estimated)
-//! ledger_by_run    (run, id) → ()                     (entries of a run, without a scan)
-//! ledger_by_tenant (tenant, id) → ()                  (entries of a tenant, without a scan)
+//! ledger_tenant_starts  id → tenant                  (where a stretch of one tenant's entries starts)
+//! ledger_tenant_stretch (tenant, start id) → ()       (a tenant's stretches, without a scan)
 //! ledger_fee_splits (month, id) → (author, listing, version, fee, author µ, platform µ)
 //!                                                      (one per marketplace-fee entry, see `fee`)
 //! ```
 //!
-//! The two index tables are written with each entry. A database written
-//! before they existed gets them built once, on the first lookup that needs
-//! them ([`Ledger::ensure_indexes`]; `ledger_meta` records that it is done).
+//! A run's entries need no index of their own: their idempotency keys start
+//! with `run/`, so a range of `ledger_keys` finds them. The tenant index is
+//! run-length encoded: a stretch of consecutive ids of one tenant runs from
+//! its start to the next start (or the last entry), and rows are written
+//! only where the tenant changes — none while one tenant's calls follow
+//! each other (the two per-entry index rows of index version 1 were a
+//! third of a capsule call's cost on the daemon's call path). A database
+//! written before it existed (or with the version-1 tables) gets it built
+//! once, on the first tenant lookup ([`Ledger::ensure_indexes`];
+//! `ledger_meta` records that it is done).
 //!
 //! The rollup key carries the unit price so an invoice line is exact per
 //! price; summaries merge prices. Writers: [`Ledger::append`] commits one
@@ -62,15 +69,24 @@ type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
 const LEDGER_DAILY: TableDefinition<'_, DailyKey<'_>, (u64, u64, u64, u64)> =
     TableDefinition::new("ledger_daily");
 
-/// (run, id): the entries of one run.
-const LEDGER_BY_RUN: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("ledger_by_run");
-/// (tenant, id): the entries of one tenant.
-const LEDGER_BY_TENANT: TableDefinition<'_, (&str, u64), ()> =
+/// id → tenant: entries from `id` up to the next start (or the last entry)
+/// are all this tenant's. A row where the tenant changes, and only there.
+const LEDGER_TENANT_STARTS: TableDefinition<'_, u64, &str> =
+    TableDefinition::new("ledger_tenant_starts");
+/// (tenant, start id): the tenant's rows of [`LEDGER_TENANT_STARTS`].
+const LEDGER_TENANT_STRETCHES: TableDefinition<'_, (&str, u64), ()> =
+    TableDefinition::new("ledger_tenant_stretch");
+/// Index version 1 (one row per entry and index); dropped when version 2 is built.
+const LEDGER_BY_RUN_V1: TableDefinition<'_, (&str, u64), ()> =
+    TableDefinition::new("ledger_by_run");
+/// Index version 1 (one row per entry and index); dropped when version 2 is built.
+const LEDGER_BY_TENANT_V1: TableDefinition<'_, (&str, u64), ()> =
     TableDefinition::new("ledger_by_tenant");
 /// Markers: `indexes` → the index version built over every entry.
 const LEDGER_META: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger_meta");
-/// The version of the run/tenant indexes ([`LEDGER_META`] key `indexes`).
-const INDEX_VERSION: u64 = 1;
+/// The version of the tenant index ([`LEDGER_META`] key `indexes`): 2 =
+/// [`LEDGER_TENANT_STARTS`] + [`LEDGER_TENANT_STRETCHES`].
+const INDEX_VERSION: u64 = 2;
 /// Entries between two progress lines while the indexes are built.
 const INDEX_PROGRESS_EVERY: u64 = 100_000;
 
@@ -498,22 +514,20 @@ impl Ledger {
 
     /// Entries matching `filter`, newest (highest id) first.
     ///
-    /// Cost: with a `run` or `tenant` filter, a range of that run's (or
-    /// tenant's) index rows plus one lookup per entry — independent of the
-    /// rest of the ledger; otherwise a reverse scan decoding entries until
-    /// `limit` match. The first indexed lookup on a database written before
-    /// the indexes existed builds them once ([`Ledger::ensure_indexes`]).
+    /// Cost: with a `run` filter, the range of idempotency keys starting
+    /// with `run/` (one row per entry of the run) plus one lookup per entry;
+    /// with a `tenant` filter, the tenant's stretches (one range read
+    /// each for where it ends) plus one lookup per entry — both
+    /// independent of the rest of the ledger; otherwise a reverse scan
+    /// decoding entries until `limit` match. The first tenant
+    /// lookup on a database written before the tenant index existed builds
+    /// it once ([`Ledger::ensure_indexes`]).
     pub fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
         let limit = filter.limit.unwrap_or(usize::MAX);
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let by = match (&filter.run, &filter.tenant) {
-            (Some(run), _) => Some((LEDGER_BY_RUN, run.as_str())),
-            (None, Some(tenant)) => Some((LEDGER_BY_TENANT, tenant.as_str())),
-            (None, None) => None,
-        };
-        if by.is_some() {
+        if filter.run.is_none() && filter.tenant.is_some() {
             self.ensure_indexes()?;
         }
         let txn = self.read()?;
@@ -531,27 +545,68 @@ impl Ledger {
             }
             Ok(out.len() >= limit)
         };
-        if let Some((index, key)) = by {
-            let index = match txn.open_table(index) {
+        let mut get = |id: u64| -> Result<bool, LedgerError> {
+            let Some(bytes) = table.get(id).map_err(db_err)? else {
+                return Err(LedgerError::Corrupt {
+                    id,
+                    reason: "indexed but missing from the ledger table",
+                });
+            };
+            take(id, bytes.value())
+        };
+        if let Some(run) = &filter.run {
+            let keys = match txn.open_table(LEDGER_KEYS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(e) => return Err(db_err(e)),
             };
-            for row in index
+            // Every key of the run starts with `run/`; `run0` is the first
+            // string past them ('0' follows '/'). A run id with a '/' may
+            // bring in another run's keys: `take` filters them out.
+            let (from, to) = (format!("{run}/"), format!("{run}0"));
+            let mut ids = Vec::new();
+            for row in keys.range(from.as_str()..to.as_str()).map_err(db_err)? {
+                ids.push(row.map_err(db_err)?.1.value());
+            }
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            for id in ids {
+                if get(id)? {
+                    break;
+                }
+            }
+        } else if let Some(tenant) = &filter.tenant {
+            let (starts, stretches) = match (
+                txn.open_table(LEDGER_TENANT_STARTS),
+                txn.open_table(LEDGER_TENANT_STRETCHES),
+            ) {
+                (Ok(s), Ok(t)) => (s, t),
+                (Err(redb::TableError::TableDoesNotExist(_)), _)
+                | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+                (Err(e), _) | (_, Err(e)) => return Err(db_err(e)),
+            };
+            let last_id = table
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(id, _)| id.value());
+            let key = tenant.as_str();
+            'stretches: for row in stretches
                 .range((key, 0)..=(key, u64::MAX))
                 .map_err(db_err)?
                 .rev()
             {
-                let (k, _) = row.map_err(db_err)?;
-                let id = k.value().1;
-                let Some(bytes) = table.get(id).map_err(db_err)? else {
-                    return Err(LedgerError::Corrupt {
-                        id,
-                        reason: "indexed but missing from the ledger table",
-                    });
+                let first = row.map_err(db_err)?.0.value().1;
+                let end = match starts
+                    .range(first.saturating_add(1)..)
+                    .map_err(db_err)?
+                    .next()
+                {
+                    Some(next) => next.map_err(db_err)?.0.value().saturating_sub(1),
+                    None => last_id,
                 };
-                if take(id, bytes.value())? {
-                    break;
+                for id in (first..=end).rev() {
+                    if get(id)? {
+                        break 'stretches;
+                    }
                 }
             }
         } else {
@@ -565,9 +620,10 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Build the run and tenant indexes over entries written before they
-    /// existed, once per database (later calls read one marker row). Logs
-    /// progress every [`INDEX_PROGRESS_EVERY`] entries on a large ledger.
+    /// Build the tenant index over entries written before it existed (or
+    /// indexed by version 1, whose tables it drops), once per database
+    /// (later calls read one marker row). Logs progress every
+    /// [`INDEX_PROGRESS_EVERY`] entries on a large ledger.
     ///
     /// Cost: nothing after the first time; the first time, one write
     /// transaction over every entry (~seconds per million entries).
@@ -590,12 +646,17 @@ impl Ledger {
             let mut meta = txn.open_table(LEDGER_META).map_err(db_err)?;
             // Another thread may have built them while this one waited.
             if meta.get("indexes").map_err(db_err)?.map(|g| g.value()) != Some(INDEX_VERSION) {
+                // Rebuilt from the entries: stretches written since the
+                // last build are in there too.
+                txn.delete_table(LEDGER_BY_RUN_V1).map_err(db_err)?;
+                txn.delete_table(LEDGER_BY_TENANT_V1).map_err(db_err)?;
+                txn.delete_table(LEDGER_TENANT_STARTS).map_err(db_err)?;
+                txn.delete_table(LEDGER_TENANT_STRETCHES).map_err(db_err)?;
                 let ledger = txn.open_table(LEDGER).map_err(db_err)?;
-                let mut by_run = txn.open_table(LEDGER_BY_RUN).map_err(db_err)?;
-                let mut by_tenant = txn.open_table(LEDGER_BY_TENANT).map_err(db_err)?;
+                let mut index = TenantIndex::open(&txn)?;
                 let total = ledger.len().map_err(db_err)?;
                 if total >= INDEX_PROGRESS_EVERY {
-                    tracing::info!("indexing {total} ledger entries by run and tenant (once)");
+                    tracing::info!("indexing {total} ledger entries by tenant (once)");
                 }
                 let mut done = 0u64;
                 for row in ledger.iter().map_err(db_err)? {
@@ -603,12 +664,7 @@ impl Ledger {
                     let id = id.value();
                     let entry = codec::decode(id, bytes.value())
                         .map_err(|reason| LedgerError::Corrupt { id, reason })?;
-                    by_run
-                        .insert((entry.run.as_str(), id), ())
-                        .map_err(db_err)?;
-                    by_tenant
-                        .insert((entry.tenant.as_str(), id), ())
-                        .map_err(db_err)?;
+                    index.add(&entry.tenant, id)?;
                     done += 1;
                     if done.is_multiple_of(INDEX_PROGRESS_EVERY) {
                         tracing::info!("indexed {done} of {total} ledger entries");
@@ -815,6 +871,8 @@ impl Ledger {
         };
         let mut recomputed: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
         let mut fees: BTreeMap<u64, Entry> = BTreeMap::new();
+        // (id, tenant) of every entry.
+        let mut tenants: Vec<(u64, String)> = Vec::new();
         if let Some(entries) = &entries {
             let mut prev: Option<u64> = None;
             for row in entries.iter().map_err(db_err)? {
@@ -846,6 +904,7 @@ impl Ledger {
                     .entry(OwnedDailyKey::of(&entry))
                     .or_default()
                     .add(&entry);
+                tenants.push((id, entry.tenant.clone()));
                 if entry.kind == Kind::MarketplaceFee {
                     fees.insert(id, entry);
                 }
@@ -865,21 +924,50 @@ impl Ledger {
                 report.keys, report.entries
             ));
         }
-        // Once built, the run and tenant indexes hold one row per entry.
+        // Once built, the tenant index puts every entry in a stretch of its
+        // own tenant, and both of its tables hold the same starts.
         let indexed = match txn.open_table(LEDGER_META) {
             Ok(t) => t.get("indexes").map_err(db_err)?.map(|g| g.value()) == Some(INDEX_VERSION),
             Err(e) => open_err(e).map_or(Ok(false), Err)?,
         };
         if indexed {
-            for (name, index) in [("run", LEDGER_BY_RUN), ("tenant", LEDGER_BY_TENANT)] {
-                let rows = match txn.open_table(index) {
-                    Ok(t) => t.len().map_err(db_err)?,
-                    Err(e) => open_err(e).map_or(Ok(0), Err)?,
-                };
-                if rows != report.entries {
+            let mut starts: BTreeMap<u64, String> = BTreeMap::new();
+            if let Some(t) = match txn.open_table(LEDGER_TENANT_STARTS) {
+                Ok(t) => Some(t),
+                Err(e) => open_err(e).map_or(Ok(None), Err)?,
+            } {
+                for row in t.iter().map_err(db_err)? {
+                    let (id, tenant) = row.map_err(db_err)?;
+                    starts.insert(id.value(), tenant.value().to_owned());
+                }
+            }
+            let mut stretches = 0usize;
+            if let Some(t) = match txn.open_table(LEDGER_TENANT_STRETCHES) {
+                Ok(t) => Some(t),
+                Err(e) => open_err(e).map_or(Ok(None), Err)?,
+            } {
+                for row in t.iter().map_err(db_err)? {
+                    let (key, _) = row.map_err(db_err)?;
+                    let (tenant, first) = key.value();
+                    stretches += 1;
+                    if starts.get(&first).map(String::as_str) != Some(tenant) {
+                        report.problem(format!(
+                            "tenant index: {tenant}'s stretch at {first} is not a start of {tenant}"
+                        ));
+                    }
+                }
+            }
+            if stretches != starts.len() {
+                report.problem(format!(
+                    "tenant index: {stretches} stretches for {} starts",
+                    starts.len()
+                ));
+            }
+            for (id, tenant) in &tenants {
+                let at = starts.range(..=*id).next_back().map(|(_, t)| t);
+                if at != Some(tenant) {
                     report.problem(format!(
-                        "the {name} index has {rows} rows for {} entries",
-                        report.entries
+                        "entry {id} of tenant {tenant} is not in that tenant's index"
                     ));
                 }
             }
@@ -1077,8 +1165,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
     let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;
     let mut daily = txn.open_table(LEDGER_DAILY).map_err(db_err)?;
-    let mut by_run = txn.open_table(LEDGER_BY_RUN).map_err(db_err)?;
-    let mut by_tenant = txn.open_table(LEDGER_BY_TENANT).map_err(db_err)?;
+    let mut tenant_index = TenantIndex::open(txn)?;
     let mut next_id = ledger
         .last()
         .map_err(db_err)?
@@ -1111,12 +1198,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             buf.clear();
             codec::encode(e, &mut buf);
             ledger.insert(next_id, buf.as_slice()).map_err(db_err)?;
-            by_run
-                .insert((e.run.as_str(), next_id), ())
-                .map_err(db_err)?;
-            by_tenant
-                .insert((e.tenant.as_str(), next_id), ())
-                .map_err(db_err)?;
+            tenant_index.add(&e.tenant, next_id)?;
             fee::write_split(txn, next_id, e)?;
             appended.inserted.push(next_id);
             next_id = next_id.saturating_add(1);
@@ -1160,6 +1242,43 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     }
     calls.write(txn)?;
     Ok(results)
+}
+
+/// Writes the tenant index: a start row (in both tables) where an entry's
+/// tenant differs from the one before it, nothing otherwise. Cost: one read
+/// of the last start when opened; two rows per change of tenant.
+struct TenantIndex<'txn> {
+    starts: redb::Table<'txn, u64, &'static str>,
+    stretches: redb::Table<'txn, (&'static str, u64), ()>,
+    /// The tenant of the last entry indexed.
+    current: Option<String>,
+}
+
+impl<'txn> TenantIndex<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, LedgerError> {
+        let starts = txn.open_table(LEDGER_TENANT_STARTS).map_err(db_err)?;
+        let stretches = txn.open_table(LEDGER_TENANT_STRETCHES).map_err(db_err)?;
+        let current = starts
+            .last()
+            .map_err(db_err)?
+            .map(|(_, tenant)| tenant.value().to_owned());
+        Ok(Self {
+            starts,
+            stretches,
+            current,
+        })
+    }
+
+    /// Entry `id` (higher than every id indexed before) is `tenant`'s.
+    fn add(&mut self, tenant: &str, id: u64) -> Result<(), LedgerError> {
+        if self.current.as_deref() == Some(tenant) {
+            return Ok(());
+        }
+        self.starts.insert(id, tenant).map_err(db_err)?;
+        self.stretches.insert((tenant, id), ()).map_err(db_err)?;
+        self.current = Some(tenant.to_owned());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

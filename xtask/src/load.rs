@@ -528,6 +528,9 @@ struct LoadResult {
     client_cpu_s: f64,
     /// The daemon at the end of the measured window, if its pid is known.
     daemon: Option<DaemonStats>,
+    /// Requests each session completed in the measured window, sorted: a
+    /// fair (FIFO) daemon serves every session about equally often.
+    per_session: Vec<u64>,
 }
 
 /// Run the sessions on a fresh tokio runtime and merge their records.
@@ -563,9 +566,11 @@ fn drive(opts: &Options, target: Target, pid: Option<u32>) -> anyhow::Result<Loa
         measured_for: Duration::ZERO,
         client_cpu_s: monitored.client_cpu_s,
         daemon: monitored.daemon,
+        per_session: Vec::with_capacity(records.len()),
     };
     let mut last = plan.end;
     for rec in records {
+        r.per_session.push(rec.latencies_us.len() as u64);
         r.latencies_us.extend_from_slice(&rec.latencies_us);
         r.max_us = r.max_us.max(rec.max_us);
         for (k, n) in rec.errors {
@@ -581,6 +586,7 @@ fn drive(opts: &Options, target: Target, pid: Option<u32>) -> anyhow::Result<Loa
         }
     }
     r.latencies_us.sort_unstable();
+    r.per_session.sort_unstable();
     r.measured_for = last.saturating_duration_since(plan.warmup_end);
     Ok(r)
 }
@@ -785,6 +791,24 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// How evenly the sessions were served: requests per session (min,
+    /// p10, median, max) and Jain's fairness index (1 = all equal, 1/n =
+    /// one session got everything).
+    fn per_session_json(&self) -> serde_json::Value {
+        let v = &self.result.per_session;
+        let at = |q: f64| {
+            v.get(((v.len().saturating_sub(1)) as f64 * q).round() as usize)
+                .copied()
+        };
+        let sum: f64 = v.iter().map(|&n| n as f64).sum();
+        let squares: f64 = v.iter().map(|&n| (n as f64) * (n as f64)).sum();
+        let jain = (squares > 0.0).then(|| sum * sum / (v.len() as f64 * squares));
+        serde_json::json!({
+            "min": at(0.0), "p10": at(0.10), "median": at(0.50), "max": at(1.0),
+            "jain": jain,
+        })
+    }
+
     fn ok(&self) -> u64 {
         self.result.latencies_us.len() as u64
     }
@@ -945,6 +969,7 @@ impl<'a> Report<'a> {
                 "max": ms((r.max_us > 0).then_some(r.max_us)),
             },
             "errors": { "total": self.errors(), "by_kind": json_by_kind(&r.errors) },
+            "per_session": self.per_session_json(),
             "warmup": {
                 "ok": r.warmup_ok,
                 "errors": r.warmup_errors.values().sum::<u64>(),

@@ -602,8 +602,8 @@ fn run_and_tenant_lookups_use_the_indexes_and_old_databases_get_them_built() {
     {
         let db = l.db.get().unwrap();
         let txn = db.begin_write().unwrap();
-        txn.delete_table(LEDGER_BY_RUN).unwrap();
-        txn.delete_table(LEDGER_BY_TENANT).unwrap();
+        txn.delete_table(LEDGER_TENANT_STARTS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STRETCHES).unwrap();
         txn.delete_table(LEDGER_META).unwrap();
         txn.commit().unwrap();
     }
@@ -734,4 +734,157 @@ fn each_fee_has_its_split_written_with_it_and_the_check_finds_tampering() {
         ]
     );
     assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+}
+
+#[test]
+fn tenant_stretches_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix() {
+    let (l, _dir) = ledger();
+    // One group commit of interleaved tenants, and run ids where one is a
+    // prefix of another ("r" and "r/x", "r-1").
+    let e = |tenant: &str, run: &str, seq: u32| {
+        entry(tenant, run, seq, MAR_1, 1, Kind::Fuel, None, 10, 1)
+    };
+    let batch = [
+        vec![e("acme", "r", 0), e("acme", "r", 1)],
+        vec![e("acme", "r/x", 0)],
+        vec![e("globex", "r-1", 0), e("globex", "r-1", 1)],
+        vec![e("acme", "r", 2)],
+    ];
+    let requests: Vec<&[Entry]> = batch.iter().map(Vec::as_slice).collect();
+    write_batch(&l.db, &requests).unwrap();
+    // A replay charges nothing and adds no span.
+    write_batch(&l.db, &requests).unwrap();
+    let starts = {
+        let txn = l.read().unwrap();
+        let t = txn.open_table(LEDGER_TENANT_STARTS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    // Rows only where the tenant changes.
+    assert_eq!(
+        starts,
+        vec![
+            (1, "acme".to_owned()),
+            (4, "globex".to_owned()),
+            (6, "acme".to_owned()),
+        ]
+    );
+    // More of the same tenant later extends its last stretch, writing nothing.
+    l.append(&[e("acme", "r", 3)]).unwrap();
+    let ls = |run: Option<&str>, tenant: Option<&str>, limit: Option<usize>| {
+        l.ls(&Filter {
+            run: run.map(Into::into),
+            tenant: tenant.map(Into::into),
+            limit,
+            ..Filter::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(ls(Some("r"), None, None), vec![7, 6, 2, 1]);
+    assert_eq!(ls(Some("r/x"), None, None), vec![3]);
+    assert_eq!(ls(Some("r-1"), None, None), vec![5, 4]);
+    assert_eq!(ls(Some("r"), None, Some(2)), vec![7, 6]);
+    assert_eq!(ls(None, Some("acme"), None), vec![7, 6, 3, 2, 1]);
+    assert_eq!(ls(None, Some("acme"), Some(3)), vec![7, 6, 3]);
+    assert_eq!(ls(None, Some("globex"), None), vec![5, 4]);
+    assert_eq!(ls(Some("r"), Some("globex"), None), Vec::<u64>::new());
+    assert!(ls(None, Some("nobody"), None).is_empty());
+    {
+        let txn = l.read().unwrap();
+        assert_eq!(
+            txn.open_table(LEDGER_TENANT_STARTS).unwrap().len().unwrap(),
+            3
+        );
+        assert_eq!(
+            txn.open_table(LEDGER_TENANT_STRETCHES)
+                .unwrap()
+                .len()
+                .unwrap(),
+            3
+        );
+    }
+    assert_ok(&l);
+}
+
+#[test]
+fn a_version_1_index_is_replaced_by_stretches_and_the_check_finds_a_wrong_start() {
+    let (l, dir) = ledger();
+    let batch = mixed();
+    l.append(&batch).unwrap();
+    // Simulate a database indexed by version 1: per-entry rows, marker 1.
+    {
+        let db = l.db.get().unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(LEDGER_TENANT_STARTS).unwrap();
+        txn.delete_table(LEDGER_TENANT_STRETCHES).unwrap();
+        {
+            let mut by_run = txn.open_table(LEDGER_BY_RUN_V1).unwrap();
+            let mut by_tenant = txn.open_table(LEDGER_BY_TENANT_V1).unwrap();
+            for e in l.ls(&Filter::default()).unwrap() {
+                by_run.insert((e.run.as_str(), e.id), ()).unwrap();
+                by_tenant.insert((e.tenant.as_str(), e.id), ()).unwrap();
+            }
+            txn.open_table(LEDGER_META)
+                .unwrap()
+                .insert("indexes", 1)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    drop(l);
+    let l = Ledger::open(&DataDir::new(dir.path()));
+    let globex = l
+        .ls(&Filter {
+            tenant: Some("globex".into()),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        globex.len(),
+        batch.iter().filter(|e| e.tenant == "globex").count()
+    );
+    assert!(globex.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    {
+        let txn = l.read().unwrap();
+        for gone in [LEDGER_BY_RUN_V1, LEDGER_BY_TENANT_V1] {
+            assert!(matches!(
+                txn.open_table(gone),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ));
+        }
+        let meta = txn.open_table(LEDGER_META).unwrap();
+        assert_eq!(
+            meta.get("indexes").unwrap().map(|g| g.value()),
+            Some(INDEX_VERSION)
+        );
+    }
+    assert_ok(&l);
+    // Tampering: hand one tenant's first stretch to another tenant.
+    {
+        let db = l.db.get().unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut starts = txn.open_table(LEDGER_TENANT_STARTS).unwrap();
+            let first = starts.first().unwrap().unwrap().0.value();
+            starts.insert(first, "mallory").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let r = l.check_integrity().unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains("is not in that tenant's index")),
+        "{:?}",
+        r.problems
+    );
 }
