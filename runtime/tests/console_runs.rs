@@ -24,6 +24,12 @@ fn token(data: &Path, tenant: &str, scopes: &str) -> String {
     harness::token(bin(), data, tenant, scopes)
 }
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
+fn encode(fields: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(fields).expect("form")
+}
+
 /// A signed-in browser: its session cookie and its CSRF token.
 struct Browser {
     client: Client,
@@ -59,7 +65,8 @@ impl Browser {
         let signed = client
             .post(format!("{}/ui/login", d.url))
             .header(header::COOKIE, format!("soma_login={nonce}"))
-            .form(&[("token", token), ("csrf", &nonce), ("next", "/ui/runs")])
+            .header(header::CONTENT_TYPE, FORM)
+            .body(encode(&[("token", token), ("csrf", &nonce), ("next", "/ui/runs")]))
             .send()
             .expect("sign in");
         assert_eq!(signed.status(), 303, "signed in");
@@ -99,7 +106,8 @@ impl Browser {
             .client
             .post(format!("{}{path}", self.base))
             .header(header::COOKIE, format!("soma_session={}", self.session))
-            .form(&form)
+            .header(header::CONTENT_TYPE, FORM)
+            .body(encode(&form))
             .send()
             .expect("post");
         let status = r.status().as_u16();
@@ -174,7 +182,7 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     assert_eq!(runs.len(), 4, "{runs:?}");
     assert!(!runs.contains(&other), "another tenant's run is not listed");
     assert!(page.contains(r#"id="failed-only""#));
-    assert!(page.contains(r#"<table id="runs""#), "{page}");
+    assert!(page.contains(r#"<table class="data collapse" id="runs">"#), "{page}");
     // Failed only: the failed run, with its failure class.
     let (s, page) = browser.get("/ui/runs?failed=1");
     assert_eq!(s, 200);
