@@ -66,7 +66,11 @@ impl Browser {
             .post(format!("{}/ui/login", d.url))
             .header(header::COOKIE, format!("soma_login={nonce}"))
             .header(header::CONTENT_TYPE, FORM)
-            .body(encode(&[("token", token), ("csrf", &nonce), ("next", "/ui/runs")]))
+            .body(encode(&[
+                ("token", token),
+                ("csrf", &nonce),
+                ("next", "/ui/runs"),
+            ]))
             .send()
             .expect("sign in");
         assert_eq!(signed.status(), 303, "signed in");
@@ -159,6 +163,7 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     let acme = token(dir.path(), "acme", "run,read");
     let reader = token(dir.path(), "acme", "read");
     let globex = token(dir.path(), "globex", "run,read");
+    let ops = token(dir.path(), "ops", "operator");
     let d = Daemon::start(bin(), dir.path(), "", "");
 
     let mut ok_runs = Vec::new();
@@ -182,7 +187,10 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     assert_eq!(runs.len(), 4, "{runs:?}");
     assert!(!runs.contains(&other), "another tenant's run is not listed");
     assert!(page.contains(r#"id="failed-only""#));
-    assert!(page.contains(r#"<table class="data collapse" id="runs">"#), "{page}");
+    assert!(
+        page.contains(r#"<table class="data collapse" id="runs">"#),
+        "{page}"
+    );
     // Failed only: the failed run, with its failure class.
     let (s, page) = browser.get("/ui/runs?failed=1");
     assert_eq!(s, 200);
@@ -283,6 +291,16 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     }
     let (s, _, page) = browser.post(&format!("/ui/runs/{other}/cancel"), &[]);
     assert_eq!(s, 404, "{page}");
+
+    // An operator sees every tenant's runs, with a tenant column.
+    let operator = Browser::sign_in(&d, &ops);
+    let (s, page) = operator.get("/ui/runs");
+    assert_eq!(s, 200);
+    let all = listed(&page);
+    assert!(all.contains(&other) && all.contains(&bad_run), "{all:?}");
+    assert!(page.contains(r#"<th scope="col">Tenant</th>"#));
+    let (s, _) = operator.get(&format!("/ui/runs/{other}"));
+    assert_eq!(s, 200);
 
     // Without the `run` scope: no buttons, and the POST is refused.
     let viewer = Browser::sign_in(&d, &reader);

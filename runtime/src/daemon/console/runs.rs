@@ -87,10 +87,10 @@ fn api_error(viewer: &Viewer, e: &ApiError) -> Response {
         return missing(viewer, "run");
     }
     let mut r = layout::error_page(Some(viewer), e.status, &e.message);
-    if let Some(secs) = e.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
     }
     r
 }
@@ -786,12 +786,11 @@ async fn events(
         Err(_) => return bad(&viewer, "after", "expected an event sequence number"),
     };
     let mut headers = headers;
-    if let Some(after) = after {
-        if !headers.contains_key("last-event-id") {
-            if let Ok(v) = HeaderValue::from_str(&after.to_string()) {
-                headers.insert("last-event-id", v);
-            }
-        }
+    if let Some(after) = after
+        && !headers.contains_key("last-event-id")
+        && let Ok(v) = HeaderValue::from_str(&after.to_string())
+    {
+        headers.insert("last-event-id", v);
     }
     match api::event_stream(&daemon, &viewer.principal, id, &headers).await {
         Ok(sse) => sse.into_response(),
