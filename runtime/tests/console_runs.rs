@@ -194,7 +194,7 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     // Failed only: the failed run, with its failure class.
     let (s, page) = browser.get("/ui/runs?failed=1");
     assert_eq!(s, 200);
-    assert_eq!(listed(&page), [bad_run.clone()]);
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
     assert!(page.contains(&format!(r#"data-run="{bad_run}" data-status="failed""#)));
     assert!(
         page.contains(r#"data-field="failure-class">out-of-fuel<"#),
@@ -202,11 +202,11 @@ fn runs_pages_filter_paginate_isolate_tenants_and_start_runs() {
     );
     // The other filters.
     let (_, page) = browser.get("/ui/runs?class=out-of-fuel");
-    assert_eq!(listed(&page), [bad_run.clone()]);
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
     let (_, page) = browser.get("/ui/runs?status=succeeded&capsule=echo");
     assert_eq!(listed(&page).len(), 3);
     let (_, page) = browser.get("/ui/runs?capsule=hostile-loop");
-    assert_eq!(listed(&page), [bad_run.clone()]);
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
     let (_, page) = browser.get("/ui/runs?since=2999-01-01");
     assert!(listed(&page).is_empty());
     // Pages of two: the second links back, the first links on.

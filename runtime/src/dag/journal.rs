@@ -538,7 +538,7 @@ mod tests {
             failure_class: (status == RunPhase::Failed)
                 .then_some(NodeFailureClass::Call(FailureClass::OutOfFuel)),
             capsules: vec![
-                if created_ms % 2 == 0 {
+                if created_ms.is_multiple_of(2) {
                     "echo"
                 } else {
                     "calculator"
@@ -587,7 +587,7 @@ mod tests {
         let j = journal(dir.path());
         let mut rows = Vec::new();
         for k in 0..30u64 {
-            let status = if k % 3 == 0 {
+            let status = if k.is_multiple_of(3) {
                 RunPhase::Failed
             } else {
                 RunPhase::Succeeded
@@ -672,12 +672,16 @@ mod tests {
         let j = journal(dir.path());
         let rows: Vec<_> = (0..10_000u64)
             .map(|k| {
-                let status = if k % 100 == 0 {
+                let status = if k.is_multiple_of(100) {
                     RunPhase::Failed
                 } else {
                     RunPhase::Succeeded
                 };
-                let tenant = if k % 2 == 0 { "acme" } else { "globex" };
+                let tenant = if k.is_multiple_of(2) {
+                    "acme"
+                } else {
+                    "globex"
+                };
                 summary(&format!("run{k:05}"), tenant, 1_000_000 + k, status)
             })
             .collect();
