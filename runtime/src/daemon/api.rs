@@ -577,6 +577,30 @@ async fn dag_run(
     spec_value: Value,
     input: Option<Value>,
 ) -> Result<Response, ApiError> {
+    let run = start_dag_run(daemon, p, spec_value, input).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DagRunAccepted {
+            events: format!("/v1/runs/{run}/events"),
+            run,
+            kind: RunKind::Dag,
+            status: RunPhase::Queued,
+        }),
+    )
+        .into_response())
+}
+
+/// Create a DAG run from a spec (YAML/JSON text, or a JSON object) and
+/// queue it for a driver: what `POST /v1/runs` with `dag` does, for the
+/// API and the console. The caller checks the `run` scope. Returns the
+/// run id. Blocking work (parsing, the journal) runs on the blocking pool,
+/// a few specs at a time.
+pub(crate) async fn start_dag_run(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    spec_value: Value,
+    input: Option<Value>,
+) -> Result<String, ApiError> {
     let text = match spec_value {
         Value::String(s) => s,
         v => v.to_string(),
@@ -594,16 +618,7 @@ async fn dag_run(
         .map_err(|e| ApiError::failed(&e))??;
     daemon.runs.enqueue(&run, &p.tenant);
     daemon.metrics.run_started(RunKind::Dag.name());
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(DagRunAccepted {
-            events: format!("/v1/runs/{run}/events"),
-            run,
-            kind: RunKind::Dag,
-            status: RunPhase::Queued,
-        }),
-    )
-        .into_response())
+    Ok(run)
 }
 
 /// Parse `text` within the daemon's budgets, hold it to the `[dag]`
@@ -867,6 +882,19 @@ pub(super) async fn run_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     require(&p, TokenScope::Read)?;
+    event_stream(&daemon, &p, id, &headers).await
+}
+
+/// A run's event stream for `p` (the API's and the console's): another
+/// tenant's run is 404, and the stream holds one of `p`'s tenant's stream
+/// slots while open (429 past the caps). `Last-Event-ID` in `headers`
+/// resumes after that event. The caller checks the `read` scope.
+pub(crate) async fn event_stream(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    id: String,
+    headers: &HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>>, ApiError> {
     let after: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -892,10 +920,10 @@ pub(super) async fn run_events(
             }
         }
     };
-    if !visible(&p, &tenant) {
+    if !visible(p, &tenant) {
         return Err(missing());
     }
-    let slot = super::runs::Runs::open_stream(&daemon, &p.tenant).map_err(|e| {
+    let slot = super::runs::Runs::open_stream(daemon, &p.tenant).map_err(|e| {
         daemon.metrics.rejected("too-many-streams");
         full("too-many-streams", e.to_string())
     })?;
@@ -939,26 +967,40 @@ pub(super) async fn cancel_run(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&p, TokenScope::Run)?;
+    Ok(match cancel(&daemon, &p, id).await? {
+        answer @ CancelAnswer {
+            cancel: CancelState::Requested,
+            ..
+        } => (StatusCode::ACCEPTED, Json(answer)).into_response(),
+        answer => Json(answer).into_response(),
+    })
+}
+
+/// Cancel a DAG run for `p` (the API's and the console's): a driven run's
+/// driver is told to stop (`requested`), an idle one is ended here
+/// (`done`); a finished one is 409, another tenant's 404. The caller
+/// checks the `run` scope.
+pub(crate) async fn cancel(
+    daemon: &Arc<Daemon>,
+    p: &Principal,
+    id: String,
+) -> Result<CancelAnswer, ApiError> {
     if let Some(live) = daemon.runs.live(&id) {
-        if !visible(&p, &live.tenant) {
+        if !visible(p, &live.tenant) {
             return Err(ApiError::not_found(&format!("run `{id}`")));
         }
         live.cancel.store(true, Ordering::SeqCst);
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(CancelAnswer {
-                run: Some(id),
-                cancel: CancelState::Requested,
-            }),
-        )
-            .into_response());
+        return Ok(CancelAnswer {
+            run: Some(id),
+            cancel: CancelState::Requested,
+        });
     }
     let d = daemon.clone();
     let run = id.clone();
     let (state, _) = tokio::task::spawn_blocking(move || replay(&d, &run))
         .await
         .map_err(|e| ApiError::failed(&e))??;
-    if !visible(&p, &state.tenant) {
+    if !visible(p, &state.tenant) {
         return Err(ApiError::not_found(&format!("run `{id}`")));
     }
     if let Some((status, ..)) = &state.finished {
@@ -973,11 +1015,10 @@ pub(super) async fn cancel_run(
         .await
         .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| ApiError::failed(&e))?;
-    Ok(Json(CancelAnswer {
+    Ok(CancelAnswer {
         run: None,
         cancel: CancelState::Done,
     })
-    .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/ledger", tag = "ledger", operation_id = "listLedger",

@@ -48,6 +48,20 @@ pub struct LiveRun {
     pub done: AtomicBool,
 }
 
+impl LiveRun {
+    fn new(tenant: &str) -> Arc<Self> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            tenant: tenant.to_owned(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            interrupt: Arc::new(AtomicBool::new(false)),
+            events,
+            summary: Mutex::new(None),
+            done: AtomicBool::new(false),
+        })
+    }
+}
+
 /// A capsule-call run's result, kept for `GET /v1/runs/{id}`.
 #[derive(Debug, Clone)]
 pub struct CallRun {
@@ -338,19 +352,29 @@ impl Runs {
 
     /// Queue a created DAG run for a driver (its slot was reserved).
     pub fn enqueue(&self, run: &str, tenant: &str) -> Arc<LiveRun> {
-        let (events, _) = broadcast::channel(1024);
-        let live = Arc::new(LiveRun {
-            tenant: tenant.to_owned(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            interrupt: Arc::new(AtomicBool::new(false)),
-            events,
-            summary: Mutex::new(None),
-            done: AtomicBool::new(false),
-        });
+        let live = LiveRun::new(tenant);
         self.lock_live().insert(run.to_owned(), live.clone());
         lock(&self.queue).push(tenant, run.to_owned());
         self.queued.notify_one();
         live
+    }
+
+    /// Queue a journaled, unfinished run no driver holds (a driver gave it
+    /// up on an error) again, under one of its tenant's run slots. `None`
+    /// when it is already live (queued or driven): at most one driver ever
+    /// holds a run. Cost: two mutex sections.
+    pub fn resume_idle(&self, run: &str, tenant: &str) -> Result<Option<Arc<LiveRun>>, Full> {
+        let mut live_runs = self.lock_live();
+        if live_runs.contains_key(run) {
+            return Ok(None);
+        }
+        self.reserve(tenant)?;
+        let live = LiveRun::new(tenant);
+        live_runs.insert(run.to_owned(), live.clone());
+        drop(live_runs);
+        lock(&self.queue).push(tenant, run.to_owned());
+        self.queued.notify_one();
+        Ok(Some(live))
     }
 
     /// Put a run in backoff aside until `until_ms`.

@@ -11,13 +11,27 @@ use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
-use super::{history::Event, status::RunPhase};
+use super::{
+    history::Event,
+    status::{NodeFailureClass, RunPhase},
+};
 use crate::{ledger::Appended, meter::BudgetLedger};
 
 /// (run id, sequence number) → event (JSON).
 const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dag_events");
 /// run id → [`RunSummary`] (JSON).
 const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dag_runs");
+/// (tenant, created ms, run id) → (): one tenant's runs in creation order,
+/// so a listing page reads only its own rows.
+const BY_TENANT: TableDefinition<'_, (&str, u64, &str), ()> =
+    TableDefinition::new("dag_runs_by_tenant");
+/// (created ms, run id) → tenant: every run in creation order (operators).
+const BY_TIME: TableDefinition<'_, (u64, &str), &str> = TableDefinition::new("dag_runs_by_time");
+/// Journal bookkeeping: [`INDEXED`] once every run is in the indexes.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("dag_meta");
+/// The [`META`] key set when the indexes cover every run (a database
+/// written before they existed is indexed on its first listing).
+const INDEXED: &str = "runs-indexed-v1";
 
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +91,57 @@ pub struct RunSummary {
     pub failed: usize,
     /// Events recorded.
     pub events: u64,
+    /// The failure class of the first node that failed for good, if one
+    /// did (absent in rows written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_class: Option<NodeFailureClass>,
+    /// The capsules the run pinned, by the reference it named them with
+    /// (catalog name, `market:` name or path), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capsules: Vec<String>,
+}
+
+/// Which runs [`Journal::list`] answers, and which page of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only this tenant's (`None`: every tenant's — operators).
+    pub tenant: Option<String>,
+    /// Only runs in this phase.
+    pub status: Option<RunPhase>,
+    /// Only runs whose first final node failure has this class.
+    pub failure_class: Option<NodeFailureClass>,
+    /// Only runs that pinned this capsule reference.
+    pub capsule: Option<String>,
+    /// Only runs created at or after this (unix ms).
+    pub since_ms: Option<u64>,
+    /// Only runs created before this (unix ms).
+    pub until_ms: Option<u64>,
+    /// Matching runs to skip (newest first).
+    pub offset: usize,
+    /// Matching runs to return at most.
+    pub limit: usize,
+}
+
+impl RunQuery {
+    fn matches(&self, s: &RunSummary) -> bool {
+        self.status.is_none_or(|p| s.status == p)
+            && self
+                .failure_class
+                .is_none_or(|c| s.failure_class == Some(c))
+            && self
+                .capsule
+                .as_ref()
+                .is_none_or(|c| s.capsules.iter().any(|x| x == c))
+    }
+}
+
+/// One page of [`Journal::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPage {
+    /// The runs, newest first.
+    pub runs: Vec<RunSummary>,
+    /// More runs match after this page.
+    pub more: bool,
 }
 
 /// The run journal of a data directory. Cheap to clone.
@@ -112,6 +177,7 @@ impl Journal {
             }
             runs.insert(run, encode(summary)?.as_slice())
                 .map_err(storage)?;
+            index(&txn, run, summary)?;
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             events
                 .insert((run, 0), encode(created)?.as_slice())
@@ -284,6 +350,132 @@ impl Journal {
         }
     }
 
+    /// One page of the runs `query` selects, newest first, read through
+    /// the (tenant, created) index: the rows of other tenants and outside
+    /// the time range are never read; each candidate costs one summary
+    /// lookup and decode until the page is full (plus one, for `more`).
+    /// Cost: one read transaction, ~µs per candidate row; the first call
+    /// on a database written before the indexes existed builds them once
+    /// (one write transaction over every summary).
+    pub fn list(&self, query: &RunQuery) -> Result<RunPage, JournalError> {
+        self.ensure_indexes()?;
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let runs = match txn.open_table(RUNS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(RunPage::default()),
+            Err(e) => return Err(storage(e)),
+        };
+        let since = query.since_ms.unwrap_or(0);
+        let until = query.until_ms.unwrap_or(u64::MAX);
+        let mut page = RunPage::default();
+        if since >= until {
+            return Ok(page);
+        }
+        let mut skipped = 0usize;
+        // `true` once the page is full and one more matched.
+        let mut take = |run: &str| -> Result<bool, JournalError> {
+            let Some(row) = runs.get(run).map_err(storage)? else {
+                return Ok(false);
+            };
+            let s: RunSummary =
+                serde_json::from_slice(row.value()).map_err(|e| JournalError::Corrupt {
+                    run: run.to_owned(),
+                    seq: 0,
+                    message: e.to_string(),
+                })?;
+            if !query.matches(&s) {
+                return Ok(false);
+            }
+            if skipped < query.offset {
+                skipped += 1;
+                return Ok(false);
+            }
+            if page.runs.len() >= query.limit {
+                page.more = true;
+                return Ok(true);
+            }
+            page.runs.push(s);
+            Ok(false)
+        };
+        // The range's upper bound is exclusive in time: (until, "") sorts
+        // before every run created at `until`.
+        match &query.tenant {
+            Some(tenant) => {
+                let t = tenant.as_str();
+                let table = match txn.open_table(BY_TENANT) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(RunPage::default()),
+                    Err(e) => return Err(storage(e)),
+                };
+                for row in table
+                    .range((t, since, "")..(t, until, ""))
+                    .map_err(storage)?
+                    .rev()
+                {
+                    let (k, _) = row.map_err(storage)?;
+                    if take(k.value().2)? {
+                        break;
+                    }
+                }
+            }
+            None => {
+                let table = match txn.open_table(BY_TIME) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(RunPage::default()),
+                    Err(e) => return Err(storage(e)),
+                };
+                for row in table
+                    .range((since, "")..(until, ""))
+                    .map_err(storage)?
+                    .rev()
+                {
+                    let (k, _) = row.map_err(storage)?;
+                    if take(k.value().1)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Index every run written before the listing indexes existed; a
+    /// no-op (one small read) once done.
+    pub fn ensure_indexes(&self) -> Result<(), JournalError> {
+        let db = self.open()?;
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            match txn.open_table(META) {
+                Ok(meta) => {
+                    if meta.get(INDEXED).map_err(storage)?.is_some() {
+                        return Ok(());
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        {
+            let runs = txn.open_table(RUNS).map_err(storage)?;
+            for row in runs.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let s: RunSummary =
+                    serde_json::from_slice(v.value()).map_err(|e| JournalError::Corrupt {
+                        run: k.value().to_owned(),
+                        seq: 0,
+                        message: e.to_string(),
+                    })?;
+                index(&txn, k.value(), &s)?;
+            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(INDEXED, 1).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
     /// Every run's summary, newest first.
     pub fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
         let db = self.open()?;
@@ -309,6 +501,217 @@ impl Journal {
     }
 }
 
+/// Put a new run in the listing indexes (in the caller's transaction).
+fn index(txn: &redb::WriteTransaction, run: &str, s: &RunSummary) -> Result<(), JournalError> {
+    let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
+    by_tenant
+        .insert((s.tenant.as_str(), s.created_ms, run), ())
+        .map_err(storage)?;
+    let mut by_time = txn.open_table(BY_TIME).map_err(storage)?;
+    by_time
+        .insert((s.created_ms, run), s.tenant.as_str())
+        .map_err(storage)?;
+    Ok(())
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
     serde_json::to_vec(v).map_err(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::FailureClass;
+
+    fn summary(run: &str, tenant: &str, created_ms: u64, status: RunPhase) -> RunSummary {
+        RunSummary {
+            run: run.into(),
+            name: "n".into(),
+            tenant: tenant.into(),
+            status,
+            created_ms,
+            updated_ms: created_ms,
+            nodes: 1,
+            done: 1,
+            failed: usize::from(status == RunPhase::Failed),
+            events: 3,
+            failure_class: (status == RunPhase::Failed)
+                .then_some(NodeFailureClass::Call(FailureClass::OutOfFuel)),
+            capsules: vec![
+                if created_ms.is_multiple_of(2) {
+                    "echo"
+                } else {
+                    "calculator"
+                }
+                .into(),
+            ],
+        }
+    }
+
+    /// Write summaries as a database from before the indexes would hold
+    /// them (`indexed`: also put them in the indexes, as `create` does).
+    fn seed(journal: &Journal, rows: &[RunSummary], indexed: bool) {
+        let db = journal.open().expect("open");
+        let mut txn = db.begin_write().expect("write");
+        txn.set_durability(Durability::None).expect("durability");
+        {
+            let mut runs = txn.open_table(RUNS).expect("runs");
+            for s in rows {
+                runs.insert(s.run.as_str(), encode(s).expect("json").as_slice())
+                    .expect("insert");
+                if indexed {
+                    index(&txn, &s.run, s).expect("index");
+                }
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn journal(dir: &std::path::Path) -> Journal {
+        Journal::new(Arc::new(LazyDatabase::new(dir.join("soma.redb"))))
+    }
+
+    #[test]
+    fn old_summary_rows_still_read() {
+        let old = r#"{"run":"r","name":"n","tenant":"t","status":"failed","created_ms":1,
+            "updated_ms":2,"nodes":1,"done":1,"failed":1,"events":4}"#;
+        let s: RunSummary = serde_json::from_str(old).expect("an old row decodes");
+        assert_eq!((s.failure_class, s.capsules.len()), (None, 0));
+        let json = serde_json::to_value(&s).expect("json");
+        assert!(json.get("failure_class").is_none() && json.get("capsules").is_none());
+    }
+
+    #[test]
+    fn list_pages_one_tenant_newest_first_with_filters_and_indexes_old_rows() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let j = journal(dir.path());
+        let mut rows = Vec::new();
+        for k in 0..30u64 {
+            let status = if k.is_multiple_of(3) {
+                RunPhase::Failed
+            } else {
+                RunPhase::Succeeded
+            };
+            rows.push(summary(&format!("a{k:02}"), "acme", 1000 + k, status));
+            rows.push(summary(&format!("g{k:02}"), "globex", 1000 + k, status));
+        }
+        // Written before the indexes existed: the first listing builds them.
+        seed(&j, &rows, false);
+        let q = |f: &dyn Fn(&mut RunQuery)| {
+            let mut q = RunQuery {
+                tenant: Some("acme".into()),
+                limit: 5,
+                ..RunQuery::default()
+            };
+            f(&mut q);
+            j.list(&q).expect("list")
+        };
+        let page = q(&|_| {});
+        let ids: Vec<_> = page.runs.iter().map(|r| r.run.as_str()).collect();
+        assert_eq!(ids, ["a29", "a28", "a27", "a26", "a25"]);
+        assert!(page.more);
+        let page = q(&|q| q.offset = 25);
+        assert_eq!(page.runs.len(), 5);
+        assert!(!page.more, "the last page");
+        assert_eq!(page.runs[4].run, "a00");
+        assert!(q(&|_| {}).runs.iter().all(|r| r.tenant == "acme"));
+        // Filters.
+        let failed = q(&|q| {
+            q.status = Some(RunPhase::Failed);
+            q.limit = 100;
+        });
+        assert_eq!(failed.runs.len(), 10);
+        assert!(failed.runs.iter().all(|r| r.status == RunPhase::Failed));
+        let class = q(&|q| {
+            q.failure_class = Some(NodeFailureClass::Call(FailureClass::OutOfFuel));
+            q.limit = 100;
+        });
+        assert_eq!(class.runs, failed.runs);
+        let echo = q(&|q| {
+            q.capsule = Some("echo".into());
+            q.limit = 100;
+        });
+        assert_eq!(echo.runs.len(), 15);
+        let window = q(&|q| {
+            q.since_ms = Some(1010);
+            q.until_ms = Some(1020);
+            q.limit = 100;
+        });
+        let ids: Vec<_> = window.runs.iter().map(|r| r.run.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"a19"));
+        assert_eq!(ids.last(), Some(&"a10"));
+        assert_eq!(ids.len(), 10, "until is exclusive");
+        // Operators: every tenant, still newest first.
+        let all = j
+            .list(&RunQuery {
+                limit: 4,
+                ..RunQuery::default()
+            })
+            .expect("list");
+        let ids: Vec<_> = all.runs.iter().map(|r| r.run.as_str()).collect();
+        assert_eq!(ids, ["g29", "a29", "g28", "a28"]);
+        // A run created afterwards is indexed by `create` itself.
+        let created = Event::CancelRequested { time_ms: 5000 };
+        j.create(
+            "a99",
+            &created,
+            &summary("a99", "acme", 5000, RunPhase::Running),
+        )
+        .expect("create");
+        assert_eq!(q(&|_| {}).runs[0].run, "a99");
+        // `soma dag ls` is unchanged.
+        assert_eq!(j.runs().expect("runs").len(), 61);
+    }
+
+    /// The list page's read with 10,000 runs of two tenants: prints the
+    /// time of the first page, of a failed-only page (a filter that matches
+    /// one run in 100) and of the last page.
+    #[test]
+    fn listing_10000_runs_reads_only_its_page() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let j = journal(dir.path());
+        let rows: Vec<_> = (0..10_000u64)
+            .map(|k| {
+                let status = if k.is_multiple_of(100) {
+                    RunPhase::Failed
+                } else {
+                    RunPhase::Succeeded
+                };
+                let tenant = if k.is_multiple_of(2) {
+                    "acme"
+                } else {
+                    "globex"
+                };
+                summary(&format!("run{k:05}"), tenant, 1_000_000 + k, status)
+            })
+            .collect();
+        seed(&j, &rows, true);
+        j.ensure_indexes().expect("indexes");
+        let time = |q: RunQuery| {
+            let t = std::time::Instant::now();
+            let page = j.list(&q).expect("list");
+            (t.elapsed(), page)
+        };
+        let base = RunQuery {
+            tenant: Some("acme".into()),
+            limit: 50,
+            ..RunQuery::default()
+        };
+        let (first, page) = time(base.clone());
+        assert_eq!(page.runs.len(), 50);
+        let (failed, page) = time(RunQuery {
+            status: Some(RunPhase::Failed),
+            ..base.clone()
+        });
+        assert_eq!(page.runs.len(), 50);
+        let (last, page) = time(RunQuery {
+            offset: 4_950,
+            ..base.clone()
+        });
+        assert_eq!((page.runs.len(), page.more), (50, false));
+        eprintln!(
+            "list of 10,000 runs: first page {first:?}, failed-only {failed:?}, last page {last:?}"
+        );
+        assert!(first < std::time::Duration::from_millis(100), "{first:?}");
+    }
 }

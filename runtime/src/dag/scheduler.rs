@@ -371,6 +371,20 @@ pub fn summary(state: &RunState) -> RunSummary {
         done,
         failed,
         events: state.events,
+        failure_class: state.nodes().iter().find_map(|n| match &n.status {
+            super::state::Status::Failed(f) if !n.retired => Some(f.class),
+            _ => None,
+        }),
+        capsules: {
+            let mut names: Vec<String> = state
+                .capsules
+                .values()
+                .map(|c| c.reference.clone())
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        },
     }
 }
 

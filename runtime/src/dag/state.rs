@@ -147,6 +147,18 @@ pub struct Node {
     queued: bool,
 }
 
+impl Node {
+    /// The nodes (indexes into [`RunState::nodes`]) it waits for.
+    pub fn deps(&self) -> &[usize] {
+        &self.deps
+    }
+
+    /// The planner or `for_each` node that spliced it in, if any.
+    pub fn parent(&self) -> Option<usize> {
+        self.parent
+    }
+}
+
 /// A gate's verdict, kept for the run's approval statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictStat {

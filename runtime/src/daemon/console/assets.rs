@@ -24,6 +24,11 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("assets/console.js"),
     ),
+    (
+        "runs.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/runs.js"),
+    ),
 ];
 
 fn hashes() -> &'static Vec<String> {
