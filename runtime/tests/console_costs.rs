@@ -72,6 +72,15 @@ fn this_month() -> String {
     format!("{y:04}-{m:02}")
 }
 
+/// A made-up capsule digest for `k` (distinct from its first hex digits).
+fn digest(k: u64) -> String {
+    format!(
+        "sha256:{:016x}{:048x}",
+        (k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        k
+    )
+}
+
 /// 100,000 entries over the last 45 days: two thirds `acme` (20 capsules,
 /// three models), one third `globex` (its own capsules and a model no
 /// `acme` page may name).
@@ -107,7 +116,7 @@ fn seed(data: &Path) {
             node: "n".into(),
             attempt: 0,
             seq: 0,
-            capsule: format!("sha256:{:064x}", i % 20 + if globex { 1000 } else { 0 }),
+            capsule: digest(i % 20 + if globex { 1000 } else { 0 }),
             kind,
             quantity,
             unit_price_micros: price,
@@ -217,6 +226,13 @@ fn month_total(page: &str) -> u64 {
         .expect("micros")
 }
 
+/// Keep `html` as `target/tmp/console_costs/NAME.html` for review.
+fn keep(name: &str, html: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console_costs");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.html")), html);
+}
+
 /// Median and worst time to the response of `GET path`, `n` times.
 fn time_page(b: &Browser, path: &str, n: usize) -> (Duration, Duration) {
     let mut times: Vec<Duration> = (0..n)
@@ -281,11 +297,13 @@ fn costs_and_operations_pages_show_each_tenant_only_its_own_and_match_the_cli() 
     let (s, page) = a.get(&format!("/ui/costs?month={month}"));
     assert_eq!(s, 200, "{page}");
     assert_eq!(month_total(&page), acme_bill);
+    keep("costs", &page);
     assert!(!page.contains("globex-secret-model"), "acme sees globex");
-    assert!(
-        !page.contains(&format!("{:064x}", 1000)),
-        "acme sees globex"
-    );
+    for k in 1000..1020 {
+        let hex = &digest(k)["sha256:".len()..];
+        assert!(!page.contains(&hex[..12]), "acme sees globex's capsule {k}");
+    }
+    assert!(page.contains(&digest(0)), "acme's own capsule");
     for id in ["by-capsule", "by-model", "by-day", "forecast"] {
         let at = page.find(&format!("id=\"{id}\"")).expect(id);
         let figure = &page[page[..at].rfind('<').expect("tag")..];
@@ -386,8 +404,15 @@ fn costs_and_operations_pages_show_each_tenant_only_its_own_and_match_the_cli() 
     }
     assert!(page.contains("data-ready=\"true\""));
     assert!(page.contains("hostile-loop"), "the failed call is listed");
-    // The engine loaded echo at start and found it on the call: a rate.
-    assert!(page.contains("data-permille=\""), "cache hit rate");
+    assert!(
+        page.contains("data-field=\"capsule-cache\""),
+        "cache hit rate"
+    );
+    // A fresh data directory: every capsule was compiled, none read back.
+    assert!(
+        page.contains("data-field=\"aot-cache\" data-permille=\"0\""),
+        "AOT cache: {page}"
+    );
     // `noisy` goes over its rate: the 429s are counted and listed.
     let mut limited = 0;
     for _ in 0..60 {
@@ -398,6 +423,7 @@ fn costs_and_operations_pages_show_each_tenant_only_its_own_and_match_the_cli() 
     }
     assert!(limited >= 15, "{limited} of 60 refused");
     let (_, page) = op.get("/ui/ops");
+    keep("ops", &page);
     let rejected = row(&page, "data-reason=\"rate-limited\"");
     assert!(
         rejected.contains(&format!("data-value=\"{limited}\"")),

@@ -103,19 +103,41 @@ impl Axis {
     }
 }
 
-/// `label` cut to [`MAX_LABEL_CHARS`] characters (with `…`).
-fn short(label: &str) -> String {
-    if label.chars().count() <= MAX_LABEL_CHARS {
+/// `label` cut to `max` characters (with `…`).
+fn short(label: &str, max: usize) -> String {
+    if label.chars().count() <= max {
         label.to_owned()
     } else {
-        let cut: String = label.chars().take(MAX_LABEL_CHARS - 1).collect();
+        let cut: String = label.chars().take(max.saturating_sub(1)).collect();
         format!("{cut}…")
     }
 }
 
-/// Every how many x labels one is drawn, for `n` of them.
-fn label_every(n: usize) -> usize {
-    n.div_ceil(MAX_X_LABELS).max(1)
+/// Width of one character of an axis label (11 px system font), SVG units.
+const CHAR_WIDTH: f64 = 6.4;
+/// Fewest characters a label is cut to before labels are thinned instead.
+const MIN_LABEL_CHARS: usize = 6;
+
+/// How the x labels fit under `n` bands of `band` units: (every how many
+/// bands one is drawn, its most characters). Labels are first cut to fit
+/// their band (down to [`MIN_LABEL_CHARS`]); if they still do not fit,
+/// only every k-th is drawn. Never more than [`MAX_X_LABELS`].
+fn label_fit(labels: &[&str], band: f64) -> (usize, usize) {
+    let n = labels.len();
+    let longest = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(MAX_LABEL_CHARS);
+    let fits = ((band - 4.0) / CHAR_WIDTH).floor().max(0.0) as usize;
+    let at_least = n.div_ceil(MAX_X_LABELS).max(1);
+    if fits >= longest.min(MIN_LABEL_CHARS) {
+        return (at_least, longest.min(fits).max(1));
+    }
+    let chars = longest.min(MIN_LABEL_CHARS).max(1);
+    let needed = (chars as f64 * CHAR_WIDTH + 4.0) / band.max(1.0);
+    (at_least.max(needed.ceil() as usize), chars)
 }
 
 /// One decimal place is enough for SVG coordinates.
@@ -128,7 +150,7 @@ fn at(v: f64) -> String {
 fn frame(axis: Axis, x_labels: &[&str], unit: fn(u64) -> String) -> Markup {
     let n = x_labels.len().max(1);
     let band = (WIDTH - LEFT - RIGHT) / n as f64;
-    let every = label_every(x_labels.len());
+    let (every, chars) = label_fit(x_labels, band);
     html! {
         g.grid {
             @for t in axis.ticks() {
@@ -144,7 +166,7 @@ fn frame(axis: Axis, x_labels: &[&str], unit: fn(u64) -> String) -> Markup {
             @for (i, label) in x_labels.iter().enumerate() {
                 @if i % every == 0 {
                     text.label x=(at(LEFT + band * (i as f64 + 0.5))) y=(at(HEIGHT - BOTTOM + 16.0))
-                        text-anchor="middle" { (short(label)) }
+                        text-anchor="middle" { (short(label, chars)) }
                 }
             }
         }
@@ -375,8 +397,31 @@ mod tests {
         let svg = bars("month", &many, money_tick).into_string();
         assert_eq!(svg.matches("<rect").count(), 31);
         let drawn = svg.matches(r#"class="label""#).count();
-        assert!(drawn <= MAX_X_LABELS && drawn >= 8, "{drawn}");
-        assert!(short("sha256:0123456789abcdef").ends_with('…'));
+        assert!((8..=MAX_X_LABELS).contains(&drawn), "{drawn}");
+        assert!(short("sha256:0123456789abcdef", 8).ends_with('…'));
+        assert_eq!(short("sha256:0123456789abcdef", 8).chars().count(), 8);
+    }
+
+    #[test]
+    fn labels_fit_their_bands() {
+        // Few wide bands: every label, cut to its band.
+        let long = ["a-long-capsule-name"; 4];
+        assert_eq!(label_fit(&long, 138.0), (1, MAX_LABEL_CHARS));
+        // Narrow bands: labels cut, down to the minimum…
+        let (every, chars) = label_fit(&long, 60.0);
+        assert_eq!(every, 1);
+        assert!(chars as f64 * CHAR_WIDTH <= 60.0 && chars >= MIN_LABEL_CHARS);
+        // …then thinned so that drawn labels never overlap.
+        let days: Vec<String> = (0..90).map(|d| format!("2026-{d:05}")).collect();
+        let days: Vec<&str> = days.iter().map(String::as_str).collect();
+        let band = 552.0 / 90.0;
+        let (every, chars) = label_fit(&days, band);
+        assert!(
+            chars as f64 * CHAR_WIDTH <= band * every as f64,
+            "{every} {chars}"
+        );
+        assert!(90usize.div_ceil(every) <= MAX_X_LABELS);
+        assert_eq!(label_fit(&[], 552.0).0, 1);
     }
 
     #[test]

@@ -404,6 +404,8 @@ fn by_day(month: &Month, rows: &[SummaryRow]) -> Markup {
         })
         .collect();
     let table = html! {
+        details {
+        summary { "Table (" (rows.len()) " days with charges)" }
         table.data.collapse {
             thead { tr { th scope="col" { "Day" } th.num scope="col" { "Entries" } th.num scope="col" { "Cost" } } }
             tbody {
@@ -421,10 +423,11 @@ fn by_day(month: &Month, rows: &[SummaryRow]) -> Markup {
                 }
             }
         }
+        }
     };
     chart::figure(
         "by-day",
-        "Cost per day (UTC); the table lists the days with charges",
+        "Cost per day (UTC) this month",
         chart::bars("Cost per day", &bars, chart::money_tick),
         table,
     )
@@ -435,7 +438,9 @@ fn bill(invoice: &Invoice, names: &HashMap<String, String>, max: usize) -> Marku
     html! {
         section #bill {
             p { "As " code { "soma bill " (invoice.tenant) " --month " (invoice.month) } " prints it; prices are per 1000 units." }
-            div.table-wrap {
+            details {
+                summary { (invoice.lines.len()) " invoice lines · total " (money(invoice.total_micros)) }
+                div.table-wrap {
                 table.data.collapse {
                     thead {
                         tr {
@@ -468,6 +473,7 @@ fn bill(invoice: &Invoice, names: &HashMap<String, String>, max: usize) -> Marku
                             td.num data-label="Total" { (money(invoice.total_micros)) }
                         }
                     }
+                }
                 }
             }
             @if invoice.lines.len() > max {
@@ -552,10 +558,11 @@ fn forecast(f: &Forecast) -> Markup {
             .collect(),
         None => Vec::new(),
     };
+    // `MM-DD` under the axis; the whole day is in each point's title.
     let labels: Vec<String> = history
         .iter()
         .chain(projected.iter())
-        .map(|(d, _)| d.clone())
+        .map(|(d, _)| d.get(5..).unwrap_or(d).to_owned())
         .collect();
     let mut past = Line {
         name: "history".into(),

@@ -4,7 +4,8 @@
 //! Health (what `/readyz` answers, uptime, version), queue depth (the call
 //! pool's queued and running tasks, DAG runs waiting for a driver), active
 //! DAG runs, requests refused before their handler by reason (the
-//! `soma_rejected_total` counters), the engine's capsule-cache hit rate,
+//! `soma_rejected_total` counters), the engine's capsule-cache and
+//! AOT-artifact-cache hit rates,
 //! and the recent failed requests and calls (a ring bounded by count and
 //! bytes, see [`crate::daemon::metrics::RecentErrors`]).
 //!
@@ -46,6 +47,8 @@ struct Snapshot {
     rejections: Vec<(String, u64)>,
     cache_hits: u64,
     cache_misses: u64,
+    aot_hits: u64,
+    aot_misses: u64,
     errors: Vec<ErrorRecord>,
 }
 
@@ -53,6 +56,7 @@ impl Snapshot {
     fn of(daemon: &Daemon) -> Self {
         let (pool_queued, pool_running) = daemon.calls.load();
         let (cache_hits, cache_misses) = daemon.engine.cache_stats();
+        let (aot_hits, aot_misses) = daemon.engine.aot_stats();
         let mut errors = daemon.metrics.recent_errors().newest_first();
         errors.truncate(SHOWN_ERRORS);
         Self {
@@ -66,6 +70,8 @@ impl Snapshot {
             rejections: daemon.metrics.rejections(),
             cache_hits,
             cache_misses,
+            aot_hits,
+            aot_misses,
             errors,
         }
     }
@@ -102,8 +108,17 @@ fn hit_rate_permille(hits: u64, misses: u64) -> Option<u64> {
     (total > 0).then(|| u64::try_from(u128::from(hits) * 1000 / total).unwrap_or(1000))
 }
 
+/// `Some(755)` → `75.5 %`; `None` → `no lookups yet`.
+fn percent(permille: Option<u64>) -> String {
+    match permille {
+        Some(r) => format!("{}.{} %", r / 10, r % 10),
+        None => "no lookups yet".into(),
+    }
+}
+
 fn render(s: &Snapshot) -> Markup {
     let rate = hit_rate_permille(s.cache_hits, s.cache_misses);
+    let aot_rate = hit_rate_permille(s.aot_hits, s.aot_misses);
     let rejected: u64 = s.rejections.iter().fold(0u64, |t, r| t.saturating_add(r.1));
     html! {
         h1 { "Operations" }
@@ -168,20 +183,20 @@ fn render(s: &Snapshot) -> Markup {
             }
         }
         section #cache-hit-rate aria-labelledby="cache-h" {
-            h2 #cache-h { "Capsule cache" }
+            h2 #cache-h { "Cache hit rates" }
             dl.stats {
                 div {
-                    dt { "Hit rate" }
-                    dd data-permille=[rate] {
-                        @match rate {
-                            Some(r) => { (r / 10) "." (r % 10) " %" },
-                            None => "no lookups yet",
-                        }
-                    }
+                    dt { "Capsule cache (in memory)" }
+                    dd data-field="capsule-cache" data-permille=[rate] { (percent(rate)) }
                 }
-                div { dt { "Hits" } dd data-value=(s.cache_hits) { (count(s.cache_hits)) } }
-                div { dt { "Misses" } dd data-value=(s.cache_misses) { (count(s.cache_misses)) } }
+                div { dt { "Hits / lookups" } dd { (count(s.cache_hits)) " / " (count(s.cache_hits.saturating_add(s.cache_misses))) } }
+                div {
+                    dt { "AOT cache (compiled artifacts)" }
+                    dd data-field="aot-cache" data-permille=[aot_rate] { (percent(aot_rate)) }
+                }
+                div { dt { "Hits / compiles" } dd { (count(s.aot_hits)) " / " (count(s.aot_hits.saturating_add(s.aot_misses))) } }
             }
+            p.hint { "Capsule cache: loads of a capsule already in memory. AOT cache: compiles answered by a stored artifact instead of compiling (off when " code { "engine.aot_cache = false" } ")." }
         }
         section #recent-errors aria-labelledby="errors-h" {
             h2 #errors-h { "Recent errors" }
@@ -235,5 +250,7 @@ mod tests {
         assert_eq!(hit_rate_permille(0, 0), None);
         assert_eq!(hit_rate_permille(3, 1), Some(750));
         assert_eq!(hit_rate_permille(u64::MAX, 0), Some(1000));
+        assert_eq!(percent(Some(755)), "75.5 %");
+        assert_eq!(percent(None), "no lookups yet");
     }
 }
