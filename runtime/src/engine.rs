@@ -58,6 +58,10 @@ pub struct Engine {
     /// from the AOT cache.
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    /// Compiles answered from the AOT artifact on disk / compiled afresh
+    /// (with `engine.aot_cache` on).
+    aot_hits: AtomicU64,
+    aot_misses: AtomicU64,
     ticker: Ticker,
 }
 
@@ -108,6 +112,8 @@ impl Engine {
             capsules: Mutex::new(HashMap::new()),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            aot_hits: AtomicU64::new(0),
+            aot_misses: AtomicU64::new(0),
             ticker,
         })
     }
@@ -117,6 +123,15 @@ impl Engine {
         (
             self.cache_hits.load(Ordering::Relaxed),
             self.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (hits, misses) of the on-disk AOT artifact cache since start: a
+    /// compile that deserialized its artifact, or compiled (cache on).
+    pub fn aot_stats(&self) -> (u64, u64) {
+        (
+            self.aot_hits.load(Ordering::Relaxed),
+            self.aot_misses.load(Ordering::Relaxed),
         )
     }
 
@@ -209,11 +224,17 @@ impl Engine {
             // directory is trusted like the binary itself; wasmtime also
             // checks the header's version and configuration.
             match unsafe { Component::deserialize_file(&self.wasmtime, path) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    self.aot_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(c);
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable AOT artifact: {e:#}")
                 }
             }
+        }
+        if aot.is_some() {
+            self.aot_misses.fetch_add(1, Ordering::Relaxed);
         }
         let component = Component::new(&self.wasmtime, bytes)
             .map_err(|e| LoadError::Invalid(compile_error(&e, &self.config.engine)))?;

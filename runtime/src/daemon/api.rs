@@ -166,7 +166,7 @@ async fn authenticate(
         Ok(p) => p,
         Err(Refused::Rate { retry_after_s }) => {
             daemon.metrics.rejected("rate-limited");
-            return ApiError {
+            let refusal = ApiError {
                 retry_after: Some(retry_after_s),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -175,10 +175,11 @@ async fn authenticate(
                 )
             }
             .into_response();
+            return with_tenant(refusal, &principal.tenant);
         }
         Err(Refused::Concurrency { limit }) => {
             daemon.metrics.rejected("too-many-in-flight");
-            return ApiError {
+            let refusal = ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -190,15 +191,26 @@ async fn authenticate(
                 )
             }
             .into_response();
+            return with_tenant(refusal, &principal.tenant);
         }
     };
+    let tenant = principal.tenant.clone();
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
     drop(permit);
+    with_tenant(response, &tenant)
+}
+
+/// `response` tagged with the tenant it answered (for the recent errors).
+fn with_tenant(mut response: Response, tenant: &str) -> Response {
+    response
+        .extensions_mut()
+        .insert(super::reply::RequestTenant(tenant.to_owned()));
     response
 }
 
-/// Count and time every request by its route template.
+/// Count and time every request by its route template; keep the failed
+/// ones (4xx, 5xx) in the recent errors.
 async fn observe(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request
@@ -217,7 +229,34 @@ async fn observe(State(daemon): State<Arc<Daemon>>, request: Request, next: Next
         status.as_u16(),
         start.elapsed().as_secs_f64(),
     );
+    if status.is_client_error() || status.is_server_error() {
+        record_failure(&daemon, &method, &route, &response);
+    }
     response
+}
+
+/// Keep a failed request in [`super::metrics::Metrics::recent_errors`]:
+/// its route template, its tenant if authenticated, its error code (or
+/// the status's reason). Only on failures.
+fn record_failure(daemon: &Daemon, method: &str, route: &str, response: &Response) {
+    let status = response.status();
+    let class = response
+        .extensions()
+        .get::<super::reply::ErrorCode>()
+        .map_or_else(|| status.canonical_reason().unwrap_or("error"), |c| c.0);
+    let tenant = response
+        .extensions()
+        .get::<super::reply::RequestTenant>()
+        .map(|t| t.0.as_str());
+    daemon.metrics.recent_errors().record(
+        crate::dag::history::now_ms(),
+        super::metrics::ErrorSource::Request {
+            status: status.as_u16(),
+        },
+        &format!("{} {route}", method.to_ascii_uppercase()),
+        tenant,
+        class,
+    );
 }
 
 /// `GET /healthz`: the process answers.
@@ -467,6 +506,15 @@ async fn call_run(
         Duration::from_micros(outcome.usage.wall_time_us).as_secs_f64(),
     );
     daemon.metrics.run_finished(RunKind::Call.name(), class);
+    if outcome.result.is_err() {
+        daemon.metrics.recent_errors().record(
+            crate::dag::history::now_ms(),
+            super::metrics::ErrorSource::Call,
+            name,
+            Some(&p.tenant),
+            class,
+        );
+    }
     let body =
         CallReport {
             run: run.clone(),
@@ -1070,52 +1118,74 @@ pub(super) async fn get_budgets(
     let d = daemon.clone();
     let tenant = p.tenant.clone();
     let operator = p.is_operator();
-    // One blocking task: the budgets, then one summary-row read per
-    // distinct run (never a history replay), so the cost of another
-    // tenant's budgets is a point read each.
-    let mine = tokio::task::spawn_blocking(move || -> Result<Vec<BudgetRow>, ApiError> {
-        let all = d
-            .engine
-            .metering()
-            .list_budgets()
-            .map_err(|e| ApiError::failed(&e))?;
-        let journal = Journal::new(d.engine.data().database().clone());
-        let own = budget::Scope::Tenant(tenant.clone());
-        let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-        let mut mine = Vec::new();
-        for (scope, account) in all {
-            let shown = match &scope {
-                _ if operator => true,
-                budget::Scope::Tenant(_) => scope == own,
-                budget::Scope::Capsule(_) => false,
-                budget::Scope::Run(r) | budget::Scope::Node(r) => {
-                    let run = r.split('/').next().unwrap_or(r);
-                    match runs.get(run) {
-                        Some(seen) => *seen,
-                        None => {
-                            let owner = match known_run_tenant(&d, run) {
-                                Some(t) => Some(t),
-                                None => journal_run_tenant(&journal, run)?,
-                            };
-                            let ours = owner.as_deref() == Some(tenant.as_str());
-                            runs.insert(run.to_owned(), ours);
-                            ours
-                        }
+    let mine = tokio::task::spawn_blocking(move || visible_budgets(&d, &tenant, operator))
+        .await
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
+    Ok(Json(mine))
+}
+
+/// Why [`visible_budgets`] could not list the budgets.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BudgetsError {
+    /// The budgets could not be loaded.
+    #[error("cannot list the budgets")]
+    Budgets(#[from] budget::BudgetError),
+    /// The owner of a run budget could not be read from the journal.
+    #[error("cannot read the owner of a budgeted run")]
+    Journal(#[from] JournalError),
+}
+
+/// The budgets `tenant` sees (an `operator` every one), with their
+/// accounts: its own tenant budget and those of its runs and their nodes.
+/// `GET /v1/budgets` and the console's costs page.
+///
+/// Blocking: the budgets, then one journal summary-row read per distinct
+/// run (never a history replay), so the cost of another tenant's budgets
+/// is a point read each.
+pub(crate) fn visible_budgets(
+    d: &Daemon,
+    tenant: &str,
+    operator: bool,
+) -> Result<Vec<BudgetRow>, BudgetsError> {
+    let all = d.engine.metering().list_budgets()?;
+    let journal = Journal::new(d.engine.data().database().clone());
+    let own = budget::Scope::Tenant(tenant.to_owned());
+    let mut runs: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut mine = Vec::new();
+    for (scope, account) in all {
+        let shown = match &scope {
+            _ if operator => true,
+            budget::Scope::Tenant(_) => scope == own,
+            budget::Scope::Capsule(_) => false,
+            budget::Scope::Run(r) | budget::Scope::Node(r) => {
+                let run = r.split('/').next().unwrap_or(r);
+                match runs.get(run) {
+                    Some(seen) => *seen,
+                    None => {
+                        let owner = match known_run_tenant(d, run) {
+                            Some(t) => Some(t),
+                            None => match journal.summary(run) {
+                                Ok(summary) => Some(summary.tenant),
+                                Err(JournalError::NotFound(_)) => None,
+                                Err(e) => return Err(e.into()),
+                            },
+                        };
+                        let ours = owner.as_deref() == Some(tenant);
+                        runs.insert(run.to_owned(), ours);
+                        ours
                     }
                 }
-            };
-            if shown {
-                mine.push(BudgetRow {
-                    scope: scope.key(),
-                    account,
-                });
             }
+        };
+        if shown {
+            mine.push(BudgetRow {
+                scope: scope.key(),
+                account,
+            });
         }
-        Ok(mine)
-    })
-    .await
-    .map_err(|e| ApiError::failed(&e))??;
-    Ok(Json(mine))
+    }
+    Ok(mine)
 }
 
 #[utoipa::path(put, path = "/v1/budgets", tag = "budgets", operation_id = "setBudget",

@@ -28,6 +28,7 @@ pub mod layout;
 pub mod session;
 
 mod author;
+mod chart;
 mod costs;
 mod graph;
 mod market;
@@ -224,9 +225,13 @@ async fn signed_in(State(daemon): State<Arc<Daemon>>, request: Request, next: Ne
             Err(refusal) => return refusal,
         };
     }
+    let tenant = viewer.tenant().to_owned();
     request.extensions_mut().insert(viewer);
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     drop(permit);
+    response
+        .extensions_mut()
+        .insert(super::reply::RequestTenant(tenant));
     response
 }
 

@@ -33,6 +33,8 @@
 //! allocates once per thread, the first time that thread sees it; after
 //! that nothing allocates.
 
+mod recent;
+
 use std::{
     borrow::Borrow,
     cell::RefCell,
@@ -40,6 +42,7 @@ use std::{
     fmt,
     hash::Hash,
     sync::{Arc, PoisonError, RwLock, atomic::AtomicU64, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -50,6 +53,8 @@ use prometheus_client::{
 use thread_local::ThreadLocal;
 
 use crate::ledger::{Entry, Kind};
+
+pub use recent::{ErrorRecord, ErrorSource, RecentErrors};
 
 /// Every metric family the daemon exports, by the name its `# TYPE` line
 /// gives (histograms add `_bucket`, `_sum` and `_count` samples). A family
@@ -343,6 +348,10 @@ pub struct Metrics {
     cache_misses: Counter,
     /// Label cost by tenant name (else [`ALL_TENANTS`]).
     tenant_labels: bool,
+    /// When these metrics (the daemon) started.
+    started: Instant,
+    /// The last failed requests and calls (not exported to Prometheus).
+    recent: RecentErrors,
 }
 
 impl fmt::Debug for Metrics {
@@ -500,6 +509,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             tenant_labels: true,
+            started: Instant::now(),
+            recent: RecentErrors::default(),
         }
     }
 
@@ -731,6 +742,30 @@ impl Metrics {
         self.cache_misses
             .inner()
             .fetch_max(misses, Ordering::Relaxed);
+    }
+
+    /// Requests refused before their handler since start, by reason
+    /// ([`Metrics::rejected`]), sorted by reason. Cost: a read lock and
+    /// one small allocation per reason.
+    pub fn rejections(&self) -> Vec<(String, u64)> {
+        let map = self
+            .reasons
+            .shared
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(String, u64)> = map.iter().map(|(k, c)| (k.clone(), c.get())).collect();
+        out.sort();
+        out
+    }
+
+    /// How long since these metrics (the daemon) started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The last failed requests and calls (bounded by count and bytes).
+    pub fn recent_errors(&self) -> &RecentErrors {
+        &self.recent
     }
 
     /// The exposition text (format 0.0.4, see [`Metrics::CONTENT_TYPE`]).

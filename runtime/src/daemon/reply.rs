@@ -105,6 +105,16 @@ impl ApiError {
     }
 }
 
+/// The error code of an [`ApiError`] answer, in the response's
+/// extensions (the request observer keeps it with the recent errors).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ErrorCode(pub(super) &'static str);
+
+/// The tenant a request was authenticated as, in the response's
+/// extensions (for the recent errors).
+#[derive(Debug, Clone)]
+pub(super) struct RequestTenant(pub(super) String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -116,6 +126,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(s) = self.retry_after {
             response
                 .headers_mut()
