@@ -29,6 +29,7 @@ pub mod session;
 
 mod author;
 mod costs;
+mod markdown;
 mod market;
 mod ops;
 mod runs;
