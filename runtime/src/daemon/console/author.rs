@@ -226,7 +226,7 @@ fn author_body(
             @if ns.authors.is_empty() {
                 p.hint {
                     "Your tenant has no author namespace yet: register one with "
-                    code { "soma market author register NAME --key KEY" } " or "
+                    code { "soma market author register --name NAME --key-file KEY --tenant " (viewer.tenant()) } " or "
                     code { "POST /v1/market/authors" } "."
                 }
             } @else {
