@@ -143,7 +143,11 @@ impl Browser {
 fn attr_after(text: &str, marker: &str) -> Option<String> {
     let start = text.find(marker)? + marker.len();
     let end = text[start..].find('"')? + start;
-    Some(text[start..end].replace("&quot;", "\"").replace("&amp;", "&"))
+    Some(
+        text[start..end]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
 }
 
 /// The listings (`article.listing[data-name]`) on a catalog page.
@@ -156,11 +160,8 @@ fn listed(page: &Page) -> Vec<String> {
 
 /// `dd[data-field=F]`'s `data-value` on the capsule page.
 fn card_value(page: &Page, field: &str) -> String {
-    attr_after(
-        &page.text,
-        &format!("data-field=\"{field}\" data-value=\""),
-    )
-    .unwrap_or_else(|| panic!("no {field} in the cost card"))
+    attr_after(&page.text, &format!("data-field=\"{field}\" data-value=\""))
+        .unwrap_or_else(|| panic!("no {field} in the cost card"))
 }
 
 /// The section with `id` (up to the next `</section>`).
@@ -211,8 +212,24 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     // --- Seed: tenant-a's namespace and three listings, tenant-b's one.
     let acme = KeyPair::generate();
     let beta = KeyPair::generate();
-    assert_eq!(d.post("/v1/market/authors", &a, &author_body("acme", &acme, "tenant-a")).0, 201);
-    assert_eq!(d.post("/v1/market/authors", &b, &author_body("beta", &beta, "tenant-b")).0, 201);
+    assert_eq!(
+        d.post(
+            "/v1/market/authors",
+            &a,
+            &author_body("acme", &acme, "tenant-a")
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        d.post(
+            "/v1/market/authors",
+            &b,
+            &author_body("beta", &beta, "tenant-b")
+        )
+        .0,
+        201
+    );
     let submit = |token: &str, key: &KeyPair, body: Value| {
         let name = body["name"].as_str().expect("name").to_owned();
         let version = body["version"].as_str().expect("version").to_owned();
@@ -234,13 +251,53 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     let calc = submit(
         &a,
         &acme,
-        listing("acme/calc", "1.0.0", "math", json!({"model": "per-call", "micros": PRICE}), HOSTILE_README),
+        listing(
+            "acme/calc",
+            "1.0.0",
+            "math",
+            json!({"model": "per-call", "micros": PRICE}),
+            HOSTILE_README,
+        ),
     );
-    let adder = submit(&a, &acme, listing("acme/adder", "1.0.0", "tools", json!({"model": "free"}), "# Adder"));
-    let draft = submit(&a, &acme, listing("acme/draft", "0.1.0", "math", json!({"model": "free"}), "# Draft"));
-    let tool = submit(&b, &beta, listing("beta/tool", "0.1.0", "tools", json!({"model": "free"}), "# Tool"));
+    let adder = submit(
+        &a,
+        &acme,
+        listing(
+            "acme/adder",
+            "1.0.0",
+            "tools",
+            json!({"model": "free"}),
+            "# Adder",
+        ),
+    );
+    let draft = submit(
+        &a,
+        &acme,
+        listing(
+            "acme/draft",
+            "0.1.0",
+            "math",
+            json!({"model": "free"}),
+            "# Draft",
+        ),
+    );
+    let tool = submit(
+        &b,
+        &beta,
+        listing(
+            "beta/tool",
+            "0.1.0",
+            "tools",
+            json!({"model": "free"}),
+            "# Tool",
+        ),
+    );
     for id in [&calc, &adder] {
-        let (s, v) = d.post(&format!("/v1/market/submissions/{}/publish", id.replace('/', "%2F")), &ops, &json!({}));
+        let (s, v) = d.post(
+            &format!("/v1/market/submissions/{}/publish", id.replace('/', "%2F")),
+            &ops,
+            &json!({}),
+        );
         assert_eq!(s, 200, "{v}");
     }
     let (s, v) = d.post("/v1/market/installs", &b, &json!({"name": "acme/calc"}));
@@ -256,18 +313,37 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     names.sort();
     assert_eq!(names, ["acme/adder", "acme/calc"], "published only");
     assert!(all.text.contains("id=\"q\"") && all.text.contains("name=\"q\""));
-    for facet in ["category", "kind", "price", "capability", "imports", "review"] {
-        assert!(all.text.contains(&format!("data-facet=\"{facet}\"")), "facet {facet}");
+    for facet in [
+        "category",
+        "kind",
+        "price",
+        "capability",
+        "imports",
+        "review",
+    ] {
+        assert!(
+            all.text.contains(&format!("data-facet=\"{facet}\"")),
+            "facet {facet}"
+        );
     }
     assert!(all.text.contains("href=\"/ui/market/acme/calc\""));
     assert!(all.text.contains("0.002500 per call"), "the calc's price");
     assert!(all.text.contains("badge ok verified"), "verified badge");
-    assert_eq!(listed(&browser_b.get("/ui/market?category=tools")), ["acme/adder"]);
-    assert_eq!(listed(&browser_b.get("/ui/market?price=per-call")), ["acme/calc"]);
+    assert_eq!(
+        listed(&browser_b.get("/ui/market?category=tools")),
+        ["acme/adder"]
+    );
+    assert_eq!(
+        listed(&browser_b.get("/ui/market?price=per-call")),
+        ["acme/calc"]
+    );
     assert_eq!(listed(&browser_b.get("/ui/market?q=calc")), ["acme/calc"]);
     assert!(listed(&browser_b.get("/ui/market?category=tools&price=per-call")).is_empty());
     let checked = browser_b.get("/ui/market?category=tools");
-    assert!(checked.text.contains("value=\"tools\" checked"), "the chosen facet stays checked");
+    assert!(
+        checked.text.contains("value=\"tools\" checked"),
+        "the chosen facet stays checked"
+    );
     let bad = browser_b.get("/ui/market?colour=red");
     assert_eq!(bad.status, 400);
     assert!(bad.text.contains("colour"), "{}", bad.text);
@@ -279,54 +355,109 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     // --- Capsule page: every section, the README neutralised.
     let page = browser_b.get("/ui/market/acme/calc");
     assert_eq!(page.status, 200, "{}", page.text);
-    for id in ["readme", "versions", "signatures", "review", "capabilities", "prices", "install", "cost-card", "run-form", "run-input"] {
+    for id in [
+        "readme",
+        "versions",
+        "signatures",
+        "review",
+        "capabilities",
+        "prices",
+        "install",
+        "cost-card",
+        "run-form",
+        "run-input",
+    ] {
         assert!(page.text.contains(&format!("id=\"{id}\"")), "#{id} missing");
     }
     let readme = section(&page, "readme");
     assert!(readme.contains("<h1>Calculator</h1>"), "{readme}");
     assert!(!readme.contains("<script"), "{readme}");
-    assert!(readme.contains("&lt;script&gt;alert('readme')&lt;/script&gt;"), "{readme}");
+    assert!(
+        readme.contains("&lt;script&gt;alert('readme')&lt;/script&gt;"),
+        "{readme}"
+    );
     assert!(!readme.contains("<img src=x"), "{readme}");
     assert!(!readme.contains("javascript:"), "{readme}");
-    assert!(readme.contains("href=\"https://example.com/calc\""), "{readme}");
+    assert!(
+        readme.contains("href=\"https://example.com/calc\""),
+        "{readme}"
+    );
     assert!(!page.text.contains("<script>alert"), "nowhere on the page");
     assert!(section(&page, "install").contains("soma market install acme/calc@^1"));
     assert!(section(&page, "prices").contains("0.002500"));
-    assert!(section(&page, "signatures").contains(&acme.public().id()), "author key id");
-    assert!(section(&page, "signatures").contains(&market_key.public().id()), "marketplace key id");
+    assert!(
+        section(&page, "signatures").contains(&acme.public().id()),
+        "author key id"
+    );
+    assert!(
+        section(&page, "signatures").contains(&market_key.public().id()),
+        "marketplace key id"
+    );
     assert!(section(&page, "versions").contains("data-version=\"1.0.0\""));
     // Another tenant's listing: verdict and codes, no step evidence (as the API).
-    assert!(!section(&page, "review").contains("data-step="), "evidence is the author's");
+    assert!(
+        !section(&page, "review").contains("data-step="),
+        "evidence is the author's"
+    );
     assert!(page.text.contains("Your tenant has installed v1.0.0"));
-    let csp = page.headers["content-security-policy"].to_str().expect("csp");
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .expect("csp");
     assert!(csp.contains("script-src 'self'"), "{csp}");
 
     // --- Run it: invalid input names the field; nothing runs or is charged.
     let (_, before) = d.get("/v1/ledger?limit=10000", &b);
     let before = before.as_array().map_or(0, Vec::len);
-    let wrong = browser_b.post("/ui/market/acme/calc/run", &page, &[("input", "{\"expr\": 5}")]);
+    let wrong = browser_b.post(
+        "/ui/market/acme/calc/run",
+        &page,
+        &[("input", "{\"expr\": 5}")],
+    );
     assert_eq!(wrong.status, 400, "{}", wrong.text);
     let errors = section(&wrong, "run-errors");
     assert!(errors.contains("<li>input.expr: "), "{errors}");
     let missing_field = browser_b.post("/ui/market/acme/calc/run", &page, &[("input", "{}")]);
     assert_eq!(missing_field.status, 400);
-    assert!(section(&missing_field, "run-errors").contains("<li>input.expr: "), "{}", missing_field.text);
+    assert!(
+        section(&missing_field, "run-errors").contains("<li>input.expr: "),
+        "{}",
+        missing_field.text
+    );
     let not_json = browser_b.post("/ui/market/acme/calc/run", &page, &[("input", "{expr")]);
     assert_eq!(not_json.status, 400);
     assert!(section(&not_json, "run-errors").contains("<li>input: not JSON"));
     // The submitted text stays in the form.
-    assert!(wrong.text.contains("{&quot;expr&quot;: 5}"), "{}", wrong.text);
+    assert!(
+        wrong.text.contains("{&quot;expr&quot;: 5}"),
+        "{}",
+        wrong.text
+    );
     let (_, after) = d.get("/v1/ledger?limit=10000", &b);
-    assert_eq!(after.as_array().map_or(0, Vec::len), before, "nothing charged");
+    assert_eq!(
+        after.as_array().map_or(0, Vec::len),
+        before,
+        "nothing charged"
+    );
     // A read-only token: checked, not run (403).
     let reader = Browser::sign_in(&d.url, &b_reader);
     let reader_page = reader.get("/ui/market/acme/calc");
-    assert!(reader_page.text.contains("Check input"), "no Run button without the run scope");
-    let refused = reader.post("/ui/market/acme/calc/run", &reader_page, &[("input", "{\"expr\": \"1+1\"}")]);
+    assert!(
+        reader_page.text.contains("Check input"),
+        "no Run button without the run scope"
+    );
+    let refused = reader.post(
+        "/ui/market/acme/calc/run",
+        &reader_page,
+        &[("input", "{\"expr\": \"1+1\"}")],
+    );
     assert_eq!(refused.status, 403);
     assert!(refused.text.contains("run-refused") && refused.text.contains("`run` scope"));
     // Valid input runs, as tenant-b, charged the fee.
-    let ran = browser_b.post("/ui/market/acme/calc/run", &page, &[("input", "{\"expr\": \"6*7\"}")]);
+    let ran = browser_b.post(
+        "/ui/market/acme/calc/run",
+        &page,
+        &[("input", "{\"expr\": \"6*7\"}")],
+    );
     assert_eq!(ran.status, 200, "{}", ran.text);
     let result = section(&ran, "run-result");
     assert!(result.contains("data-ok=\"true\""), "{result}");
@@ -344,9 +475,17 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     assert_eq!(fees[0]["cost_micros"].as_u64(), Some(PRICE));
     assert_eq!(fees[0]["tenant"], "tenant-b");
     // One failing call too (1/0 is a capsule error), for the success rate.
-    let failed = browser_b.post("/ui/market/acme/calc/run", &page, &[("input", "{\"expr\": \"1/0\"}")]);
+    let failed = browser_b.post(
+        "/ui/market/acme/calc/run",
+        &page,
+        &[("input", "{\"expr\": \"1/0\"}")],
+    );
     assert_eq!(failed.status, 200);
-    assert!(section(&failed, "run-result").contains("data-ok=\"false\""), "{}", failed.text);
+    assert!(
+        section(&failed, "run-result").contains("data-ok=\"false\""),
+        "{}",
+        failed.text
+    );
 
     // --- The cost card equals the API's.
     let (s, api) = d.get("/v1/market/listings/acme/calc", &b);
@@ -358,7 +497,10 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     assert_eq!(card_value(&page, "fuel"), card["fuel"].to_string());
     assert_eq!(card_value(&page, "tokens"), card["tokens"].to_string());
     let float = |v: String| v.parse::<f64>().expect("number");
-    assert_eq!(float(card_value(&page, "success_rate")), card["success_rate"].as_f64().expect("rate"));
+    assert_eq!(
+        float(card_value(&page, "success_rate")),
+        card["success_rate"].as_f64().expect("rate")
+    );
     assert_eq!(
         float(card_value(&page, "cost_per_call_micros")),
         card["cost_per_call_micros"].as_f64().expect("cost")
@@ -375,7 +517,10 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     let owner = browser_a.get("/ui/market/acme/draft");
     assert_eq!(owner.status, 200, "{}", owner.text);
     assert!(owner.text.contains("not published"));
-    assert!(section(&owner, "review").contains("data-step=\"smoke\""), "the owner sees the evidence");
+    assert!(
+        section(&owner, "review").contains("data-step=\"smoke\""),
+        "the owner sees the evidence"
+    );
     let other = browser_b.get("/ui/market/acme/draft");
     assert_eq!(other.status, 404);
     let nothing = browser_b.get("/ui/market/acme/nothing");
@@ -393,25 +538,46 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     let console_a = browser_a.get(&format!("/ui/author?month={month}"));
     assert_eq!(console_a.status, 200, "{}", console_a.text);
     for id in [&calc, &adder, &draft] {
-        assert!(console_a.text.contains(&format!("data-submission=\"{id}\"")), "{id}");
+        assert!(
+            console_a
+                .text
+                .contains(&format!("data-submission=\"{id}\"")),
+            "{id}"
+        );
     }
-    assert!(!console_a.text.contains(&tool), "another tenant's submission");
-    assert!(console_a.text.contains("data-step=\"smoke\""), "the per-step report");
+    assert!(
+        !console_a.text.contains(&tool),
+        "another tenant's submission"
+    );
+    assert!(
+        console_a.text.contains("data-step=\"smoke\""),
+        "the per-step report"
+    );
     let earnings = section(&console_a, "earnings");
-    assert!(earnings.contains("data-listing=\"acme/calc\""), "{earnings}");
+    assert!(
+        earnings.contains("data-listing=\"acme/calc\""),
+        "{earnings}"
+    );
     assert!(
         earnings.contains(&format!("data-revenue-micros=\"{PRICE}\"")),
         "one fee: only the successful call pays: {earnings}"
     );
     let (s, payouts) = d.get(&format!("/v1/market/payouts?month={month}"), &a);
     assert_eq!(s, 200);
-    assert!(console_a.text.contains(&format!(
-        "id=\"payout-total\" data-micros=\"{}\"",
-        payouts["net_micros"]
-    )), "{payouts}");
+    let total = section(&console_a, "payouts");
+    assert!(total.contains("id=\"payout-total\""), "{total}");
+    assert_eq!(
+        attr_after(total, "data-micros=\"").expect("the total"),
+        payouts["net_micros"].to_string(),
+        "{payouts}"
+    );
     assert!(section(&console_a, "payouts").contains("data-author=\"acme\""));
     let console_b = browser_b.get("/ui/author");
-    assert!(console_b.text.contains(&format!("data-submission=\"{tool}\"")));
+    assert!(
+        console_b
+            .text
+            .contains(&format!("data-submission=\"{tool}\""))
+    );
     assert!(!console_b.text.contains("data-submission=\"acme/"));
     // Another tenant's namespace is the 404 page; bad input names its field.
     assert_eq!(browser_b.get("/ui/author?author=acme").status, 404);
@@ -419,25 +585,47 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
     assert_eq!(bad.status, 400);
     assert!(bad.text.contains("month"), "{}", bad.text);
     // No review actions for a tenant: hidden, and refused if sent anyway.
-    assert!(!console_a.text.contains("/publish\""), "no operator buttons for a tenant");
+    assert!(
+        !console_a.text.contains("/publish\""),
+        "no operator buttons for a tenant"
+    );
     let forged = browser_a.post(
-        &format!("/ui/author/submissions/{}/publish", draft.replace('/', "%2F")),
+        &format!(
+            "/ui/author/submissions/{}/publish",
+            draft.replace('/', "%2F")
+        ),
         &console_a,
         &[],
     );
     assert_eq!(forged.status, 403);
-    let (_, v) = d.get(&format!("/v1/market/submissions/{}", draft.replace('/', "%2F")), &a);
+    let (_, v) = d.get(
+        &format!("/v1/market/submissions/{}", draft.replace('/', "%2F")),
+        &a,
+    );
     assert_eq!(v["submission"]["state"], "approved", "still unpublished");
 
     // --- The operator publishes the draft from the console.
     let staff = Browser::sign_in(&d.url, &ops);
     let acme_page = staff.get("/ui/author?author=acme");
     assert_eq!(acme_page.status, 200);
-    let publish = format!("/ui/author/submissions/{}/publish", draft.replace('/', "%2F"));
-    assert!(acme_page.text.contains(&format!("action=\"{publish}\"")), "the publish form");
+    let publish = format!(
+        "/ui/author/submissions/{}/publish",
+        draft.replace('/', "%2F")
+    );
+    assert!(
+        acme_page.text.contains(&format!("action=\"{publish}\"")),
+        "the publish form"
+    );
     let done = staff.post(&publish, &acme_page, &[]);
     assert_eq!(done.status, 303, "{}", done.text);
-    let (_, v) = d.get(&format!("/v1/market/submissions/{}", draft.replace('/', "%2F")), &a);
+    let (_, v) = d.get(
+        &format!("/v1/market/submissions/{}", draft.replace('/', "%2F")),
+        &a,
+    );
     assert_eq!(v["submission"]["state"], "published", "{v}");
-    assert_eq!(browser_b.get("/ui/market/acme/draft").status, 200, "published: everyone sees it");
+    assert_eq!(
+        browser_b.get("/ui/market/acme/draft").status,
+        200,
+        "published: everyone sees it"
+    );
 }

@@ -559,13 +559,8 @@ mod tests {
         ] {
             for action in allowed_actions(state) {
                 let to = match action {
-                    Action::Approve | Action::Publish => {
-                        if *action == Action::Approve {
-                            SubmissionState::Approved
-                        } else {
-                            SubmissionState::Published
-                        }
-                    }
+                    Action::Approve => SubmissionState::Approved,
+                    Action::Publish => SubmissionState::Published,
                     Action::Reject => SubmissionState::Rejected,
                     Action::Yank => SubmissionState::Yanked,
                     Action::Deprecate => SubmissionState::Deprecated,

@@ -117,14 +117,14 @@ mod tests {
             <a href=\"javascript:alert(8)\">raw link</a>\n\n\
             [ref][r]\n\n[r]: javascript:alert(9)\n";
         let html = render(readme);
+        // (Escaped text such as `&lt;a href="javascript:…"&gt;` is inert.)
         for bad in [
             "<script",
             "<img src=x",
             "<b ",
-            "<a href=\"javascript",
-            "href=\"java",
-            "href=\"data:",
-            "href=\"vbscript",
+            "<a href=\"java",
+            "<a href=\"data:",
+            "<a href=\"vbscript",
             "src=\"javascript",
         ] {
             assert!(

@@ -690,10 +690,10 @@ pub fn schema_problems(schema: &Value, input: &Value) -> Vec<String> {
             }
             // A missing property is reported at its parent: name it.
             let message = e.to_string();
-            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
-                if let Some(p) = property.as_str() {
-                    let _ = write!(field, ".{p}");
-                }
+            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+                && let Some(p) = property.as_str()
+            {
+                let _ = write!(field, ".{p}");
             }
             format!("{field}: {message}")
         })
@@ -909,8 +909,9 @@ fn price_table(price: &Price) -> Markup {
 fn versions_table(data: &CapsuleData) -> Markup {
     // Published versions (with their card's calls) and, for the owner and
     // operators, unpublished ones too.
-    let mut rows: BTreeMap<semver::Version, (String, String, String, Option<u64>, Option<u64>)> =
-        BTreeMap::new();
+    // version → (state, manifest digest, component digest, published, calls)
+    type Row = (String, String, String, Option<u64>, Option<u64>);
+    let mut rows: BTreeMap<semver::Version, Row> = BTreeMap::new();
     for s in &data.visible {
         let sub = &s.submission;
         rows.insert(
