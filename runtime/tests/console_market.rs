@@ -51,6 +51,13 @@ fn listing(name: &str, version: &str, category: &str, price: Value, readme: &str
     })
 }
 
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A form's body, URL-encoded.
+fn form_body(fields: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(fields).expect("form")
+}
+
 /// A browser: cookies by hand (no redirects followed), the session's CSRF
 /// token read from the page.
 struct Browser {
@@ -93,7 +100,12 @@ impl Browser {
         let signed = client
             .post(format!("{base}/ui/login"))
             .header("cookie", format!("soma_login={nonce}"))
-            .form(&[("token", token), ("csrf", &nonce), ("next", "/ui/market")])
+            .header("content-type", FORM)
+            .body(form_body(&[
+                ("token", token),
+                ("csrf", &nonce),
+                ("next", "/ui/market"),
+            ]))
             .send()
             .expect("sign in");
         assert_eq!(signed.status().as_u16(), 303, "sign-in redirects");
@@ -132,7 +144,8 @@ impl Browser {
             self.client
                 .post(format!("{}{path}", self.base))
                 .header("cookie", format!("soma_session={}", self.session))
-                .form(&form)
+                .header("content-type", FORM)
+                .body(form_body(&form))
                 .send()
                 .expect("post"),
         )
