@@ -31,6 +31,7 @@ mod author;
 mod chart;
 mod costs;
 mod graph;
+mod markdown;
 mod market;
 mod ops;
 mod runs;

@@ -285,6 +285,13 @@ pub(super) fn routes(routes: Routes) -> Routes {
         .add(Method::GET, "/v1/market/payouts", payouts)
 }
 
+/// The search index as `GET /v1/market/search` reads it (the daemon's
+/// in-memory snapshot, re-read when the index directory changed). Cheap
+/// unless a re-read is due.
+pub(super) async fn search_index(daemon: &Arc<Daemon>) -> Result<Arc<SearchIndex>, ApiError> {
+    daemon.market.search.current().await
+}
+
 /// The answer for a marketplace error: its status and stable code, the
 /// message with its sources.
 pub(super) fn market_error(e: &MarketError) -> ApiError {
@@ -362,7 +369,7 @@ fn access(engine: &Engine) -> Access {
 
 /// The owner check: whether `p`'s tenant owns `author` (an operator owns
 /// operator-owned namespaces too).
-fn owns(p: &Principal, author: &Author) -> bool {
+pub(super) fn owns(p: &Principal, author: &Author) -> bool {
     match &author.tenant {
         Some(t) => *t == p.tenant,
         None => p.is_operator(),
@@ -614,7 +621,11 @@ fn review_submitted(
 /// The view of `s` for `p`, or `None` if `p` may not see it: the owner
 /// tenant (and operators) see every state with evidence; others only a
 /// version the marketplace published, without the review's evidence.
-fn view(p: &Principal, author: Option<&Author>, mut s: Submission) -> Option<SubmissionView> {
+pub(super) fn view(
+    p: &Principal,
+    author: Option<&Author>,
+    mut s: Submission,
+) -> Option<SubmissionView> {
     let yours = author.is_some_and(|a| owns(p, a));
     if !(yours || p.is_operator()) {
         if !s.state.was_published() {

@@ -464,6 +464,32 @@ impl Market {
         Ok(out)
     }
 
+    /// Every version in namespace `author`, ordered by name then semver.
+    /// Cost: one read transaction and a range scan over that namespace only.
+    pub fn author_versions(&self, author: &str) -> Result<Vec<Submission>, MarketError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(VERSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let prefix = format!("{author}/");
+        let mut out: Vec<Submission> = Vec::new();
+        for row in table.range(prefix.as_str()..).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            out.push(decode(k.value(), v.value())?);
+        }
+        out.sort_by(|a, b| {
+            (a.listing.name.as_str(), &a.listing.version)
+                .cmp(&(b.listing.name.as_str(), &b.listing.version))
+        });
+        Ok(out)
+    }
+
     /// Store a new submission (state `submitted`). The same version with
     /// the same component digest returns the existing record (idempotent,
     /// `false`); a different component digest is refused
