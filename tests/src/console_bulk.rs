@@ -227,14 +227,14 @@ fn copy_run(
 fn publish_listings(dir: &DataDir, n: usize) -> String {
     let market = Market::new(dir.database().clone());
     let mut docs = crate::market_corpus::listings(n, 15);
-    let key = KeyPair::generate();
     let mut authors = BTreeMap::new();
     let component = Digest::of(b"console bench component");
     for (i, doc) in docs.iter_mut().enumerate() {
         let author = doc.listing.split('/').next().unwrap_or_default().to_owned();
         if !authors.contains_key(&author) {
+            // One key, one author (as the store requires).
             market
-                .register_author(&author, &key.public())
+                .register_author(&author, &KeyPair::generate().public())
                 .unwrap_or_else(|e| panic!("author {author}: {e}"));
             authors.insert(author.clone(), ());
         }
