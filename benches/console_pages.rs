@@ -201,7 +201,7 @@ fn bench(c: &mut Criterion) {
             worst = worst.max(max);
         }
         eprintln!(
-            "console_pages/{label:<18} {status}  p50 {:>9.3?}  max {:>9.3?}  target ≤ {TARGET:?}: {verdict}  ({path})",
+            "console_pages/{label:<20} {status}  p50 {:>9.3?}  max {:>9.3?}  target ≤ {TARGET:?}: {verdict}  ({path})",
             p50, max
         );
     }
