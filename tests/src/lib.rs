@@ -4,6 +4,9 @@
 //! Services (registry, Temporal, Prometheus) join this module as the issues
 //! that need them land; each starts on a free loopback port and stops on drop.
 
+pub mod browser;
+pub mod console_bulk;
+pub mod console_seed;
 pub mod daemon;
 pub mod dag_checks;
 pub mod llm_fixture;

@@ -147,10 +147,15 @@ fn ensure_component(component: &str, probe: &[&str]) -> anyhow::Result<()> {
     run(Command::new("rustup").args(["component", "add", component]))
 }
 
-/// Debian packages the tests start as real services.
+/// Debian packages the tests start as real services: (binary, package).
+/// `chromium` + `chromium-driver` are the console's browser tests
+/// (`runtime/tests/console_browser.rs`): installing them costs about 30 s
+/// (`apt-get update` included) and ~350 MB of disk, once per machine.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("prometheus", "prometheus"),
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 /// Python modules the interop reference needs, with their PyPI names.
 const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];
@@ -163,11 +168,17 @@ fn ensure_test_services() -> anyhow::Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
+        let started = std::time::Instant::now();
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        eprintln!(
+            "installed {} in {:.1} s",
+            missing.join(" "),
+            started.elapsed().as_secs_f64()
+        );
     }
     let missing: Vec<&str> = PY_MODULES
         .iter()

@@ -20,7 +20,7 @@
 //!
 //! **Headers** on every `/ui` answer: a strict Content-Security-Policy
 //! (`default-src 'none'`; scripts, styles and fetches from this origin
-//! only; no inline script; no framing), `nosniff`, `no-referrer`, and
+//! only; no inline script; no framing), `nosniff`, `same-origin` referrers, and
 //! `no-store` on pages.
 
 pub mod assets;
@@ -158,9 +158,13 @@ async fn headers(request: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`, not `no-referrer`: under `no-referrer` a browser
+    // sends `Origin: null` with every form POST (Fetch, "append a request
+    // Origin header"), which the origin check below refuses — no console
+    // form could be sent. Other sites still get neither referrer nor origin.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",
@@ -341,7 +345,7 @@ fn login_page(
                 link rel="stylesheet" href=(assets::url("console.css"));
             }
             body.login {
-                main #main {
+                main #main tabindex="-1" {
                     h1 { "Sign in to Soma" }
                     @if let Some(error) = error {
                         p.error-message role="alert" { (error) }

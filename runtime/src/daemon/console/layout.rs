@@ -136,7 +136,7 @@ fn frame(
                         }
                     }
                 }
-                main #main {
+                main #main tabindex="-1" {
                     (body)
                 }
             }
