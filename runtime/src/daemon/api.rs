@@ -198,7 +198,11 @@ async fn authenticate(
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
     drop(permit);
-    with_tenant(response, &tenant)
+    if response.status().is_client_error() || response.status().is_server_error() {
+        with_tenant(response, &tenant)
+    } else {
+        response
+    }
 }
 
 /// `response` tagged with the tenant it answered (for the recent errors).

@@ -234,9 +234,11 @@ async fn signed_in(State(daemon): State<Arc<Daemon>>, request: Request, next: Ne
     request.extensions_mut().insert(viewer);
     let mut response = next.run(request).await;
     drop(permit);
-    response
-        .extensions_mut()
-        .insert(super::reply::RequestTenant(tenant));
+    if response.status().is_client_error() || response.status().is_server_error() {
+        response
+            .extensions_mut()
+            .insert(super::reply::RequestTenant(tenant));
+    }
     response
 }
 
