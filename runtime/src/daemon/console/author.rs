@@ -120,6 +120,8 @@ struct Namespaces {
 }
 
 /// `GET /ui/author`.
+// The core's `blocking` takes a closure answering a page (`Response`) as its error.
+#[allow(clippy::result_large_err)]
 async fn author_console(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,

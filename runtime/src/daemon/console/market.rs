@@ -117,7 +117,7 @@ impl CatalogQuery {
                 ),
             ));
         }
-        let most = max_rows.min(search::MAX_LIMIT).max(1);
+        let most = max_rows.clamp(1, search::MAX_LIMIT);
         let number = |key: &str, default: usize, high: usize| -> Result<usize, (String, String)> {
             match pairs.iter().rev().find(|(k, _)| k == key) {
                 None => Ok(default),
@@ -182,6 +182,8 @@ impl CatalogQuery {
 }
 
 /// `GET /ui/market`: search box, facets, results (price and badges), pager.
+// The core's `blocking` takes a closure answering a page (`Response`) as its error.
+#[allow(clippy::result_large_err)]
 async fn catalog(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,
@@ -423,6 +425,8 @@ impl CapsuleData {
 
 /// Read what the page shows, through the API's handlers. `Err` is the
 /// page to answer instead (404 when the viewer may see no version).
+// The core's `blocking` takes a closure answering a page (`Response`) as its error.
+#[allow(clippy::result_large_err)]
 async fn capsule_data(
     daemon: &Arc<Daemon>,
     viewer: &Viewer,
@@ -628,6 +632,8 @@ async fn run(
 
 /// The input schema of the capsule `full` at manifest `digest` (loaded
 /// from the blob cache as a run would load it). Blocking work on the pool.
+// The core's `blocking` takes a closure answering a page (`Response`) as its error.
+#[allow(clippy::result_large_err)]
 async fn input_schema(
     daemon: &Arc<Daemon>,
     viewer: &Viewer,
