@@ -149,7 +149,7 @@ fn ensure_component(component: &str, probe: &[&str]) -> anyhow::Result<()> {
 
 /// Debian packages the tests start as real services: (binary, package).
 /// `chromium` + `chromium-driver` are the console's browser tests
-/// (`runtime/tests/console_browser.rs`): installing them costs about 30 s
+/// (`runtime/tests/console/`): installing them costs about 30 s
 /// (`apt-get update` included) and ~350 MB of disk, once per machine.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),

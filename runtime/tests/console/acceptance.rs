@@ -1,11 +1,8 @@
 //! Issue 15's acceptance test, in a real headless Chromium, written against
-//! the console's DOM contract (`docs/console.md`, `/work/wt/CONSOLE.md`).
-//!
-//! NOT COMPILED YET: it needs the marketplace, runs and costs pages. Once
-//! they are merged, move it to `runtime/tests/console_acceptance.rs`.
+//! the console's DOM contract (the ids `docs/console.md` names per page).
 //!
 //! The data is `soma_tests::console_seed::seed` (tested now in
-//! `console_browser.rs`): a real KAMACHIQ run, a failed run, a priced
+//! `browser.rs`): a real KAMACHIQ run, a failed run, a priced
 //! published capsule called by the buyer, LLM charges, another tenant's
 //! run. Then, in the browser, as the buyer: sign in; search the catalog and
 //! open the capsule page, checking the cost card against the ledger; start
