@@ -133,16 +133,16 @@ pub fn svg(nodes: &[GraphNode], label: &str) -> Markup {
             viewBox={ "0 0 " (width.max(1)) " " (height.max(1)) } role="img" aria-label=(label) {
             defs {
                 marker #arrow viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" orient="auto" {
-                    path d="M0,0 L8,4 L0,8 z" fill="currentColor";
+                    path d="M0,0 L8,4 L0,8 z" fill="currentColor" {}
                 }
             }
             g.edges fill="none" stroke="currentColor" stroke-opacity="0.5" {
                 @for (i, node) in nodes.iter().enumerate() {
                     @if let Some(p) = node.parent.filter(|&p| p < nodes.len() && p != i) {
-                        path.edge.spliced d=(edge(p, i)) stroke-dasharray="4 3" data-from=(nodes[p].id) data-to=(node.id);
+                        path.edge.spliced d=(edge(p, i)) stroke-dasharray="4 3" data-from=(nodes[p].id) data-to=(node.id) {}
                     }
                     @for &d in node.deps.iter().filter(|&&d| d < nodes.len() && d != i) {
-                        path.edge d=(edge(d, i)) marker-end="url(#arrow)" data-from=(nodes[d].id) data-to=(node.id);
+                        path.edge d=(edge(d, i)) marker-end="url(#arrow)" data-from=(nodes[d].id) data-to=(node.id) {}
                     }
                 }
             }
@@ -151,7 +151,7 @@ pub fn svg(nodes: &[GraphNode], label: &str) -> Markup {
                 g class={ "node status-" (node.status) } data-node=(node.id) data-status=(node.status)
                     transform={ "translate(" (x) "," (y) ")" } {
                     title { (node.id) " (" (node.capsule) "): " (node.status) }
-                    rect width=(W) height=(H) rx="6" stroke="currentColor" stroke-width="2";
+                    rect width=(W) height=(H) rx="6" stroke="currentColor" stroke-width="2" {}
                     text.node-id x="10" y="18" fill="currentColor" { (clip(&node.id, 22)) }
                     text.node-status x="10" y="35" fill="currentColor" font-size="11" { (node.status) }
                 }
@@ -230,5 +230,18 @@ mod tests {
         assert_eq!(s.matches("marker-end").count(), 1, "one dependency arrow");
         assert_eq!(s.matches("class=\"edge spliced\"").count(), 1);
         assert!(s.contains(r#"aria-label="run r1""#));
+        // Inline SVG is parsed as foreign content: an unclosed `<rect>` or
+        // `<path>` would swallow the labels after it (they would not draw).
+        assert_eq!(
+            s.matches("<rect").count(),
+            s.matches("</rect>").count(),
+            "{s}"
+        );
+        assert_eq!(
+            s.matches("<path").count(),
+            s.matches("</path>").count(),
+            "{s}"
+        );
+        assert_eq!(s.matches("<text").count(), 6, "two labels per node: {s}");
     }
 }

@@ -570,7 +570,7 @@ async fn show(
             div { dt { "Failure class" } dd { span #failure-class data-value=[failure_class.map(|c| c.name())] {
                 @if let Some(c) = failure_class { (c) } @else { "—" }
             } } }
-            div { dt { "Nodes" } dd { (summary.done) "/" (summary.nodes) } }
+            div { dt { "Nodes" } dd #run-nodes { (summary.done) "/" (summary.nodes) } }
             div { dt { "Cost" } dd #run-cost data-micros=(total) { (layout::money(total)) } }
         }
         @if let Some(e) = &error {

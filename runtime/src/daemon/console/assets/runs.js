@@ -61,7 +61,7 @@
       return;
     }
     const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-    for (const id of ["run-status", "failure-class", "run-cost", "timeline", "gates", "retries", "logs", "node-costs", "output"]) {
+    for (const id of ["run-status", "failure-class", "run-nodes", "run-cost", "timeline", "gates", "retries", "logs", "node-costs", "output"]) {
       const fresh = doc.getElementById(id);
       const old = document.getElementById(id);
       if (fresh && old) {
