@@ -392,7 +392,7 @@ pub async fn serve(
         "api",
         tcp,
         tls,
-        api::router(daemon.clone()),
+        api::router(daemon.clone(), console::router(&daemon)),
         limits.clone(),
     )];
     if let Some(metrics_listen) = &config.metrics_listen {

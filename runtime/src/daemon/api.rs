@@ -96,15 +96,17 @@ pub fn served() -> Vec<(Method, &'static str)> {
     all
 }
 
-/// The router with every layer.
-pub fn router(daemon: Arc<Daemon>) -> Router {
+/// The router with every layer, serving the API and `pages` (the web
+/// console's routes, which the daemon passes in: the console names the
+/// API, so the API does not name the console).
+pub fn router(daemon: Arc<Daemon>, pages: Router<Arc<Daemon>>) -> Router {
     let open = open_routes().router;
     let api = api_routes()
         .router
         .route_layer(middleware::from_fn_with_state(daemon.clone(), authenticate));
     let timeout = Duration::from_millis(daemon.config.request_timeout_ms.max(1));
     open.merge(api)
-        .merge(super::console::router(&daemon))
+        .merge(pages)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route") })
         .layer(middleware::from_fn_with_state(daemon.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(
