@@ -355,7 +355,7 @@ fn bulk_seeded_runs_and_listings_read_like_real_ones() {
     let mine: Vec<_> = runs.iter().filter(|r| r.tenant == VIEWER).collect();
     let failed = runs
         .iter()
-        .filter(|r| r.status.to_string() == "failed")
+        .filter(|r| r.status == soma_runtime::dag::status::RunPhase::Failed)
         .count();
     assert!(mine.len() >= 20 && mine.len() < 40, "{} of 40", mine.len());
     assert!(failed >= 4, "{failed} failed");

@@ -135,7 +135,7 @@ fn label_fit(labels: &[&str], band: f64) -> (usize, usize) {
     if fits >= longest.min(MIN_LABEL_CHARS) {
         return (at_least, longest.min(fits).max(1));
     }
-    let chars = longest.min(MIN_LABEL_CHARS).max(1);
+    let chars = longest.clamp(1, MIN_LABEL_CHARS.max(1));
     let needed = (chars as f64 * CHAR_WIDTH + 4.0) / band.max(1.0);
     (at_least.max(needed.ceil() as usize), chars)
 }

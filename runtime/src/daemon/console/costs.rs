@@ -159,6 +159,8 @@ fn bad_query(viewer: &Viewer, message: &str) -> Response {
 }
 
 /// `GET /ui/costs`.
+// The core's `blocking()` answers a page as its error (`Response`).
+#[allow(clippy::result_large_err)]
 async fn costs(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,
