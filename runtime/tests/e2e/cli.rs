@@ -669,6 +669,21 @@ fn docker_credential_helpers_log_in_to_the_registry() {
     )
     .expect("write helper");
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Another test thread may have forked while the helper was open for
+    // writing; its child holds the file until it execs (ETXTBSY). Wait that
+    // out here so soma's own exec of the helper cannot see it.
+    for attempt in 0.. {
+        match Command::new(&helper).arg("probe").status() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+            }
+            Err(e) => panic!("the credential helper cannot run: {e}"),
+            Ok(status) => {
+                assert_eq!(status.code(), Some(2), "the helper refuses other verbs");
+                break;
+            }
+        }
+    }
     let path = format!(
         "{}:{}",
         bin.display(),

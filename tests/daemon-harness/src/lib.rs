@@ -33,16 +33,15 @@ pub fn soma(bin: &Path, data: &Path) -> Command {
 /// Create an API token with `soma token create --json` (the daemon must not
 /// be running on `data`: it owns the database). Blocks on a child process.
 pub fn create_token(bin: &Path, data: &Path, tenant: &str, scopes: &str) -> Result<String, Error> {
-    let out = soma(bin, data)
-        .args([
-            "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            what: "soma token create",
-            source,
-        })?;
+    let mut cmd = soma(bin, data);
+    cmd.args([
+        "token", "create", "--tenant", tenant, "--scopes", scopes, "--json",
+    ])
+    .stdin(Stdio::null());
+    let out = retry_busy(|| cmd.output()).map_err(|source| Error::Spawn {
+        what: "soma token create",
+        source,
+    })?;
     if !out.status.success() {
         return Err(Error::Token(format!(
             "exited with {}: {}",
@@ -56,6 +55,24 @@ pub fn create_token(bin: &Path, data: &Path, tenant: &str, scopes: &str) -> Resu
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| Error::Token("printed no \"token\"".into()))
+}
+
+/// Runs `start` again while the OS says the executable is busy (`ETXTBSY`).
+/// A program written just before it runs (a test's fake `soma`) can still
+/// be open for writing in a child another thread forked in the meantime
+/// (until that child execs); the condition clears within milliseconds.
+fn retry_busy<T>(mut start: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut wait = Duration::from_millis(2);
+    for _ in 0..8 {
+        match start() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    start()
 }
 
 /// How to start the daemon and what to do with its log.
@@ -154,7 +171,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        let mut child = retry_busy(|| cmd.spawn()).map_err(|source| Error::Spawn {
             what: "soma daemon",
             source,
         })?;
