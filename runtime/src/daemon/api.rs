@@ -196,12 +196,11 @@ async fn authenticate(
             return with_tenant(refusal, &principal.tenant);
         }
     };
-    let tenant = principal.tenant.clone();
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
-    drop(permit);
+    // The permit names the tenant: copied only when the answer failed.
     if response.status().is_client_error() || response.status().is_server_error() {
-        with_tenant(response, &tenant)
+        with_tenant(response, permit.tenant())
     } else {
         response
     }

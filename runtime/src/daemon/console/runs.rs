@@ -10,10 +10,6 @@
 //! Every read goes through the journal with the viewer's tenant: another
 //! tenant's run is the same 404 page as one that does not exist.
 
-// The console core's contract: storage reads run in `blocking` closures
-// that answer `Result<T, Response>` (the page to send on failure).
-#![allow(clippy::result_large_err)]
-
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
@@ -29,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Viewer, blocking, failed,
+    PageError, Viewer, blocking, failed,
     graph::{self, GraphNode},
     layout::{self, Extras, Section, csrf_field, page, page_with},
     missing,
@@ -288,12 +284,14 @@ async fn list(
     let d = daemon.clone();
     let v = viewer.clone();
     let found = blocking(&viewer, move || {
-        journal(&d).list(&query).map_err(|e| failed(&v, &e))
+        journal(&d)
+            .list(&query)
+            .map_err(|e| PageError::from(failed(&v, &e)))
     })
     .await;
     let found = match found {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let selected = |field: &Option<String>, value: &str| field.as_deref() == Some(value);
     let body = html! {
@@ -402,11 +400,11 @@ struct RunData {
 }
 
 /// The run's summary, if the viewer may see it (else the 404 page).
-fn visible_summary(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunSummary, Response> {
+fn visible_summary(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunSummary, PageError> {
     match journal(daemon).summary(id) {
         Ok(s) if viewer.sees(&s.tenant) => Ok(s),
-        Ok(_) | Err(JournalError::NotFound(_)) => Err(missing(viewer, "run")),
-        Err(e) => Err(failed(viewer, &e)),
+        Ok(_) | Err(JournalError::NotFound(_)) => Err(missing(viewer, "run").into()),
+        Err(e) => Err(failed(viewer, &e).into()),
     }
 }
 
@@ -416,12 +414,12 @@ fn read_run(
     viewer: &Viewer,
     id: &str,
     with_costs: bool,
-) -> Result<RunData, Response> {
+) -> Result<RunData, PageError> {
     let summary = visible_summary(daemon, viewer, id)?;
     let history = match journal(daemon).history(id) {
         Ok(h) => h,
-        Err(JournalError::NotFound(_)) => return Err(missing(viewer, "run")),
-        Err(e) => return Err(failed(viewer, &e)),
+        Err(JournalError::NotFound(_)) => return Err(missing(viewer, "run").into()),
+        Err(e) => return Err(failed(viewer, &e).into()),
     };
     let state = RunState::replay(id, &history).map_err(|e| failed(viewer, &e))?;
     let mut costs = BTreeMap::new();
@@ -537,7 +535,7 @@ async fn show(
     let run_id = id.clone();
     let data = match blocking(&viewer, move || read_run(&d, &v, &run_id, true)).await {
         Ok(data) => data,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let RunData {
         summary,
@@ -763,7 +761,7 @@ async fn graph_fragment(
             let svg = graph::svg(&graph_nodes(&data.state), &format!("The DAG of run {id}"));
             Html(svg.into_string()).into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -836,7 +834,7 @@ async fn resume(
     let run_id = id.clone();
     let summary = match blocking(&viewer, move || visible_summary(&d, &v, &run_id)).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if summary.status.is_finished() {
         return layout::error_page(
