@@ -28,12 +28,15 @@ pub mod layout;
 pub mod session;
 
 mod author;
+mod calls;
 mod chart;
 mod costs;
 mod graph;
+mod install;
 mod markdown;
 mod market;
 mod ops;
+mod reviews;
 mod runs;
 
 use std::sync::Arc;

@@ -268,7 +268,7 @@ fn author_body(
     }
 }
 
-fn submission_row(viewer: &Viewer, s: &SubmissionView, operator: bool) -> Markup {
+pub(super) fn submission_row(viewer: &Viewer, s: &SubmissionView, operator: bool) -> Markup {
     let sub = &s.submission;
     let state = sub.state.name();
     let listed = sub.state.was_published();

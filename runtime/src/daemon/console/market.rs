@@ -56,6 +56,10 @@ pub(super) fn routes() -> Router<Arc<Daemon>> {
         .route("/ui/market", get(catalog))
         .route("/ui/market/{author}/{name}", get(capsule))
         .route("/ui/market/{author}/{name}/run", post(run))
+        .route(
+            "/ui/market/{author}/{name}/install",
+            post(super::install::install),
+        )
 }
 
 /// The page for an API refusal: its status and message (a 404 is the
@@ -773,6 +777,9 @@ fn capsule_body(
                     "Your tenant has installed v" (version) " (" code { (short(digest)) } ")."
                 },
                 None => p.hint #installed { "Your tenant has not installed it: runs of it are refused until it does." },
+            }
+            @if data.published.is_some() {
+                (super::install::form(viewer, &data.full, listing.version.major, &listing.price))
             }
         }
         section #capabilities aria-labelledby="capabilities-h" {
