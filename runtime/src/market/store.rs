@@ -467,9 +467,9 @@ impl Market {
     /// The versions waiting for a review (`submitted`: the automated
     /// review has not decided; `awaiting-approval`: a reviewer must), oldest
     /// submission first: `limit` of them from `offset`, and how many wait in
-    /// all. Cost: one read transaction and a scan of every version, each
-    /// parsed only for its state and time (fields skipped, not built);
-    /// only the page's versions are decoded whole.
+    /// all. Cost: one read transaction and a scan of every version: a
+    /// substring check of its row, then only the waiting ones parsed for
+    /// their state and time; only the page's versions are decoded whole.
     pub fn awaiting_review(
         &self,
         offset: usize,
@@ -487,9 +487,20 @@ impl Market {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), 0)),
             Err(e) => return Err(storage(e)),
         };
+        // Rows are compact JSON: a waiting version's row holds one of these
+        // literally (its top-level `state`), so the others are skipped
+        // without parsing (a substring scan; a false hit is parsed).
+        const WAITING: [&str; 2] = [r#""state":"submitted""#, r#""state":"awaiting-approval""#];
         let mut waiting: Vec<(u64, String)> = Vec::new();
         for row in table.iter().map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
+            let candidate = match std::str::from_utf8(v.value()) {
+                Ok(text) => WAITING.iter().any(|w| text.contains(w)),
+                Err(_) => true,
+            };
+            if !candidate {
+                continue;
+            }
             let head: Head = decode(k.value(), v.value())?;
             if matches!(
                 head.state,

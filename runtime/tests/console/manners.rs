@@ -256,7 +256,7 @@ fn pages_fit_phones_have_labels_keyboard_paths_no_layout_shift_and_install() {
     drop(b);
 
     // --- Without `admin`: no form, and the POST is refused.
-    let mut other = Browser::start(&d.url);
+    let other = Browser::start(&d.url);
     other.sign_in(&seeded.other);
     other.goto(&format!("/ui/market/{CAPSULE}"));
     other.wait_for("#install");
