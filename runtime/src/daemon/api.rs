@@ -196,12 +196,11 @@ async fn authenticate(
             return with_tenant(refusal, &principal.tenant);
         }
     };
-    let tenant = principal.tenant.clone();
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
-    drop(permit);
+    // The permit names the tenant: copied only when the answer failed.
     if response.status().is_client_error() || response.status().is_server_error() {
-        with_tenant(response, &tenant)
+        with_tenant(response, permit.tenant())
     } else {
         response
     }
@@ -303,6 +302,13 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     m.set_queue_depth(i64::try_from(daemon.runs.queued()).unwrap_or(i64::MAX));
     let (hits, misses) = daemon.engine.cache_stats();
     m.set_engine_cache(hits, misses);
+    let (aot_hits, aot_misses) = daemon.engine.aot_stats();
+    let dir = daemon.engine.data().aot_dir();
+    let aot_bytes = tokio::task::spawn_blocking(move || super::metrics::dir_bytes(&dir))
+        .await
+        .unwrap_or(0);
+    m.set_aot_cache(aot_hits, aot_misses, aot_bytes);
+    m.set_console_sessions(daemon.console.sessions.len());
     (
         [(header::CONTENT_TYPE, super::metrics::Metrics::CONTENT_TYPE)],
         m.render(),
@@ -451,6 +457,7 @@ async fn call_run(
         Some(Value::String(s)) => s,
         Some(v) => v.to_string(),
     };
+    let created_ms = crate::dag::history::now_ms();
     let engine = daemon.engine.clone();
     let mut options = CallOptions::for_capsule(&engine, &item.capsule);
     let run = crate::call::new_run_id();
@@ -521,6 +528,7 @@ async fn call_run(
             class,
         );
     }
+    let failure_class = outcome.result.as_ref().err().map(crate::Failure::class);
     let body =
         CallReport {
             run: run.clone(),
@@ -559,6 +567,9 @@ async fn call_run(
         CallRun {
             tenant: p.tenant.clone(),
             body: body.clone(),
+            created_ms,
+            capsule: name.to_owned(),
+            failure: failure_class,
         },
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -28,12 +28,15 @@ pub mod layout;
 pub mod session;
 
 mod author;
+mod calls;
 mod chart;
 mod costs;
 mod graph;
+mod install;
 mod markdown;
 mod market;
 mod ops;
+mod reviews;
 mod runs;
 
 use std::sync::Arc;
@@ -227,17 +230,15 @@ async fn signed_in(State(daemon): State<Arc<Daemon>>, request: Request, next: Ne
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         request = match checked_form(&viewer, request).await {
             Ok(r) => r,
-            Err(refusal) => return refusal,
+            Err(refusal) => return refusal.into_response(),
         };
     }
-    let tenant = viewer.tenant().to_owned();
     request.extensions_mut().insert(viewer);
     let mut response = next.run(request).await;
-    drop(permit);
     if response.status().is_client_error() || response.status().is_server_error() {
         response
             .extensions_mut()
-            .insert(super::reply::RequestTenant(tenant));
+            .insert(super::reply::RequestTenant(permit.tenant().to_owned()));
     }
     response
 }
@@ -260,7 +261,7 @@ struct CsrfField {
 
 /// Read the form (at most [`MAX_FORM_BYTES`]), check its origin and CSRF
 /// field, and hand the same bytes on.
-async fn checked_form(viewer: &Viewer, request: Request) -> Result<Request, Response> {
+async fn checked_form(viewer: &Viewer, request: Request) -> Result<Request, PageError> {
     let refuse = |message: &str| layout::error_page(Some(viewer), StatusCode::FORBIDDEN, message);
     if let Some(origin) = request.headers().get(header::ORIGIN) {
         let host = request
@@ -275,7 +276,8 @@ async fn checked_form(viewer: &Viewer, request: Request) -> Result<Request, Resp
         if !same {
             return Err(refuse(
                 "This form was sent from another site (its Origin is not this console's): refused.",
-            ));
+            )
+            .into());
         }
     }
     let (parts, body) = request.into_parts();
@@ -286,7 +288,8 @@ async fn checked_form(viewer: &Viewer, request: Request) -> Result<Request, Resp
                 Some(viewer),
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "This form is larger than the console accepts (64 KiB).",
-            ));
+            )
+            .into());
         }
     };
     let field: CsrfField = serde_urlencoded::from_bytes(&bytes).unwrap_or(CsrfField {
@@ -295,7 +298,8 @@ async fn checked_form(viewer: &Viewer, request: Request) -> Result<Request, Resp
     if field.csrf.is_empty() || !viewer.session.csrf_matches(&field.csrf) {
         return Err(refuse(
             "This form's CSRF token is missing or stale: reload the page and send it again.",
-        ));
+        )
+        .into());
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
@@ -494,14 +498,33 @@ pub fn failed(viewer: &Viewer, e: &(dyn std::error::Error + 'static)) -> Respons
     )
 }
 
+/// A page that cannot be shown as asked: the error page (404, 403, 400,
+/// 500 …) to answer instead, boxed so that a page's `Result` stays one
+/// pointer wide. Made from the [`Response`] of [`missing`], [`failed`] or
+/// [`layout::error_page`] (`?` converts), answered as it is.
+#[derive(Debug)]
+pub struct PageError(Box<Response>);
+
+impl From<Response> for PageError {
+    fn from(page: Response) -> Self {
+        Self(Box::new(page))
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
 /// Run `f` (storage reads: the journal, the ledger, the market store) on
 /// the blocking pool, so pages never stall the async workers.
 pub async fn blocking<T: Send + 'static>(
     viewer: &Viewer,
-    f: impl FnOnce() -> Result<T, Response> + Send + 'static,
-) -> Result<T, Response> {
+    f: impl FnOnce() -> Result<T, PageError> + Send + 'static,
+) -> Result<T, PageError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(failed(viewer, &e)),
+        Err(e) => Err(failed(viewer, &e).into()),
     }
 }

@@ -41,11 +41,35 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// Refill for the time since the last request and take one token.
+    fn take(&mut self, now: Instant, l: &TenantLimits) -> Result<(), Refused> {
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * l.rate_per_sec).min(l.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / l.rate_per_sec.max(f64::MIN_POSITIVE);
+            return Err(Refused::Rate {
+                retry_after_s: (wait.ceil() as u64).max(1),
+            });
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
+
 /// Admission state of every tenant.
 pub struct TenantAdmission {
     limits: TenantLimits,
     buckets: Mutex<HashMap<String, Bucket>>,
-    in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    in_flight: Mutex<HashMap<String, Arc<InFlight>>>,
+}
+
+/// One tenant's requests in flight.
+#[derive(Debug)]
+struct InFlight {
+    tenant: String,
+    count: AtomicUsize,
 }
 
 impl std::fmt::Debug for TenantAdmission {
@@ -58,11 +82,18 @@ impl std::fmt::Debug for TenantAdmission {
 
 /// A request in flight; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Permit(Arc<AtomicUsize>);
+pub struct Permit(Arc<InFlight>);
+
+impl Permit {
+    /// The tenant admitted (borrowed: no allocation per request).
+    pub fn tenant(&self) -> &str {
+        &self.0.tenant
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -77,37 +108,42 @@ impl TenantAdmission {
     }
 
     /// Admit one request of `tenant`, or say why not. Cost: two short
-    /// mutex sections.
+    /// mutex sections; allocates only for a tenant's first request.
     pub fn admit(&self, tenant: &str) -> Result<Permit, Refused> {
         let l = self.limits;
         {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            let b = buckets.entry(tenant.to_owned()).or_insert(Bucket {
-                tokens: l.burst,
-                at: now,
-            });
-            let elapsed = now.duration_since(b.at).as_secs_f64();
-            b.tokens = (b.tokens + elapsed * l.rate_per_sec).min(l.burst);
-            b.at = now;
-            if b.tokens < 1.0 {
-                let wait = (1.0 - b.tokens) / l.rate_per_sec.max(f64::MIN_POSITIVE);
-                return Err(Refused::Rate {
-                    retry_after_s: (wait.ceil() as u64).max(1),
-                });
+            match buckets.get_mut(tenant) {
+                Some(b) => b.take(now, &l)?,
+                None => {
+                    let mut b = Bucket {
+                        tokens: l.burst,
+                        at: now,
+                    };
+                    let taken = b.take(now, &l);
+                    buckets.insert(tenant.to_owned(), b);
+                    taken?;
+                }
             }
-            b.tokens -= 1.0;
         }
-        let counter = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tenant.to_owned())
-            .or_default()
-            .clone();
-        let before = counter.fetch_add(1, Ordering::AcqRel);
+        let counter = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(tenant) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(InFlight {
+                        tenant: tenant.to_owned(),
+                        count: AtomicUsize::new(0),
+                    });
+                    map.insert(tenant.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        let before = counter.count.fetch_add(1, Ordering::AcqRel);
         if before >= l.max_in_flight {
-            counter.fetch_sub(1, Ordering::AcqRel);
+            counter.count.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Concurrency {
                 limit: l.max_in_flight,
             });
@@ -128,6 +164,7 @@ mod tests {
             max_in_flight: 2,
         });
         let p1 = a.admit("acme").expect("1");
+        assert_eq!(p1.tenant(), "acme", "the permit names its tenant");
         let p2 = a.admit("acme").expect("2");
         assert_eq!(
             a.admit("acme").map(|_| ()),

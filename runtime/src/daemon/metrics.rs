@@ -26,6 +26,11 @@
 //! | `soma_queue_depth` | gauge | — |
 //! | `soma_capsule_cache_hits_total` | counter | — |
 //! | `soma_capsule_cache_misses_total` | counter | — |
+//! | `soma_aot_cache_hits_total` | counter | — |
+//! | `soma_aot_cache_misses_total` | counter | — |
+//! | `soma_aot_cache_bytes` | gauge | — |
+//! | `soma_errors_total` | counter | `source` (`request` / `call` / `node`), `class` (error code or failure class) |
+//! | `soma_console_sessions` | gauge | — |
 //!
 //! Hot paths ([`Metrics::call`], [`Metrics::http`]) find their series in
 //! a per-thread cache keyed by the label values (no lock, no shared write),
@@ -59,7 +64,7 @@ pub use recent::{ErrorRecord, ErrorSource, RecentErrors};
 /// Every metric family the daemon exports, by the name its `# TYPE` line
 /// gives (histograms add `_bucket`, `_sum` and `_count` samples). A family
 /// appears in [`Metrics::render`]'s output once it has a series.
-pub const FAMILIES: [&str; 16] = [
+pub const FAMILIES: [&str; 21] = [
     "soma_calls_total",
     "soma_call_duration_seconds",
     "soma_fuel_consumed_total",
@@ -76,6 +81,11 @@ pub const FAMILIES: [&str; 16] = [
     "soma_queue_depth",
     "soma_capsule_cache_hits_total",
     "soma_capsule_cache_misses_total",
+    "soma_aot_cache_hits_total",
+    "soma_aot_cache_misses_total",
+    "soma_aot_cache_bytes",
+    "soma_errors_total",
+    "soma_console_sessions",
 ];
 
 /// Most distinct values one label keeps (per parent series); later values
@@ -346,11 +356,16 @@ pub struct Metrics {
     queue_depth: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
+    aot_hits: Counter,
+    aot_misses: Counter,
+    aot_bytes: Gauge,
+    console_sessions: Gauge,
     /// Label cost by tenant name (else [`ALL_TENANTS`]).
     tenant_labels: bool,
     /// When these metrics (the daemon) started.
     started: Instant,
-    /// The last failed requests and calls (not exported to Prometheus).
+    /// The last failed requests, calls and DAG nodes (their counts are
+    /// exported as `soma_errors_total`).
     recent: RecentErrors,
 }
 
@@ -483,6 +498,36 @@ impl Metrics {
             "Capsule loads that had to compile or deserialize the component",
             cache_misses.clone(),
         );
+        let aot_hits = Counter::default();
+        registry.register(
+            "aot_cache_hits",
+            "Compiles answered by a stored AOT artifact (engine.aot_cache)",
+            aot_hits.clone(),
+        );
+        let aot_misses = Counter::default();
+        registry.register(
+            "aot_cache_misses",
+            "Compiles the AOT artifact cache could not answer (compiled, then stored)",
+            aot_misses.clone(),
+        );
+        let aot_bytes = Gauge::default();
+        registry.register(
+            "aot_cache_bytes",
+            "Bytes of AOT artifacts on disk (the data directory's aot/)",
+            aot_bytes.clone(),
+        );
+        let recent = RecentErrors::default();
+        registry.register(
+            "errors",
+            "Failed requests (4xx/5xx, class = error code), capsule calls and DAG nodes (class = failure class) since start",
+            recent.counts(),
+        );
+        let console_sessions = Gauge::default();
+        registry.register(
+            "console_sessions",
+            "Signed-in web console sessions held",
+            console_sessions.clone(),
+        );
         Self {
             registry,
             calls,
@@ -508,9 +553,13 @@ impl Metrics {
             queue_depth,
             cache_hits,
             cache_misses,
+            aot_hits,
+            aot_misses,
+            aot_bytes,
+            console_sessions,
             tenant_labels: true,
             started: Instant::now(),
-            recent: RecentErrors::default(),
+            recent,
         }
     }
 
@@ -729,6 +778,21 @@ impl Metrics {
         self.active_runs.set(n);
     }
 
+    /// The engine's AOT artifact-cache totals since it started
+    /// (monotonic, as [`Metrics::set_engine_cache`]) and the artifacts'
+    /// bytes on disk; set at scrape time.
+    pub fn set_aot_cache(&self, hits: u64, misses: u64, bytes: u64) {
+        self.aot_hits.inner().fetch_max(hits, Ordering::Relaxed);
+        self.aot_misses.inner().fetch_max(misses, Ordering::Relaxed);
+        self.aot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Console sessions held; set at scrape time.
+    pub fn set_console_sessions(&self, n: usize) {
+        self.console_sessions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// DAG runs waiting for a driver; set at scrape time.
     pub fn set_queue_depth(&self, n: i64) {
         self.queue_depth.set(n);
@@ -778,6 +842,19 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Bytes of the files directly in `dir` (the AOT cache: one artifact per
+/// component); 0 if it does not exist. Blocking: a directory read and a
+/// `stat` per file — call it on the blocking pool.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .fold(0u64, |t, m| t.saturating_add(m.len()))
+    })
 }
 
 /// The `digest` label of a capsule digest `sha256:<hex>`: its first 12 hex
@@ -853,6 +930,19 @@ mod tests {
         m.run_started("dag");
         m.run_finished("dag", "succeeded");
         m.set_active_runs(3);
+        m.set_aot_cache(4, 2, 4096);
+        m.set_console_sessions(5);
+        for _ in 0..2 {
+            m.recent_errors()
+                .record(1, ErrorSource::Node, "r/n", Some("acme"), "out-of-fuel");
+        }
+        m.recent_errors().record(
+            1,
+            ErrorSource::Request { status: 404 },
+            "GET /v1/runs/{id}",
+            None,
+            "not-found",
+        );
         m.set_queue_depth(2);
         m.set_engine_cache(7, 1);
         m.set_engine_cache(5, 1);
@@ -979,6 +1069,24 @@ mod tests {
             "never goes back"
         );
         assert_eq!(value(&text, "soma_capsule_cache_misses_total"), 1.0);
+        assert_eq!(value(&text, "soma_aot_cache_hits_total"), 4.0);
+        assert_eq!(value(&text, "soma_aot_cache_misses_total"), 2.0);
+        assert_eq!(value(&text, "soma_aot_cache_bytes"), 4096.0);
+        assert_eq!(value(&text, "soma_console_sessions"), 5.0);
+        assert_eq!(
+            value(
+                &text,
+                r#"soma_errors_total{source="node",class="out-of-fuel"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"soma_errors_total{source="request",class="not-found"}"#
+            ),
+            1.0
+        );
         let declared: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -69,6 +69,12 @@ pub struct CallRun {
     pub tenant: String,
     /// The response body that was sent (JSON), shared, not copied.
     pub body: Bytes,
+    /// When the call was asked for, unix ms (for the console's runs list).
+    pub created_ms: u64,
+    /// The capsule as the request named it (catalog or `market:` name).
+    pub capsule: String,
+    /// Its failure class, if it failed.
+    pub failure: Option<crate::FailureClass>,
 }
 
 /// The per-tenant and global bounds of the registry (`[daemon]` keys).
@@ -296,6 +302,29 @@ impl Runs {
         lock(&self.calls).map.get(run).cloned()
     }
 
+    /// The recent call runs `keep` accepts, newest first, with their ids
+    /// (for the console's runs list). Cost: one pass over the held calls
+    /// under the lock; the bodies are shared, not copied.
+    pub fn recent_calls(&self, keep: impl Fn(&CallRun) -> bool) -> Vec<(String, CallRun)> {
+        let recent = lock(&self.calls);
+        let mut found: Vec<(String, CallRun)> = recent
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| {
+                let call = recent.map.get(id).filter(|c| keep(c))?;
+                Some((id.clone(), call.clone()))
+            })
+            .collect();
+        drop(recent);
+        found.sort_by(|a, b| {
+            b.1.created_ms
+                .cmp(&a.1.created_ms)
+                .then_with(|| b.0.cmp(&a.0))
+        });
+        found
+    }
+
     /// Bytes of recent call results held.
     pub fn recent_call_bytes(&self) -> usize {
         lock(&self.calls).bytes
@@ -504,6 +533,22 @@ impl Observer for Publish<'_> {
                     .metrics
                     .run_finished(crate::dag::report::RunKind::Dag.name(), status.name());
             }
+            if let Event::Failed {
+                node,
+                failure,
+                retry_at_ms: None,
+                time_ms,
+                ..
+            } = e
+            {
+                self.daemon.metrics.recent_errors().record(
+                    *time_ms,
+                    super::metrics::ErrorSource::Node,
+                    &format!("{}/{node}", state.run),
+                    Some(&self.live.tenant),
+                    failure.class.name(),
+                );
+            }
         }
         *lock(&self.live.summary) = Some(scheduler::summary(state));
     }
@@ -667,12 +712,15 @@ mod tests {
     #[test]
     fn recent_calls_are_bounded_by_bytes() {
         let runs = Runs::new(limits());
-        for k in 0..50 {
+        for k in 0..50u64 {
             runs.record_call(
                 format!("r{k}"),
                 CallRun {
                     tenant: "t".into(),
                     body: Bytes::from(vec![b'x'; 100]),
+                    created_ms: k,
+                    capsule: "echo".into(),
+                    failure: None,
                 },
             );
         }

@@ -464,6 +464,62 @@ impl Market {
         Ok(out)
     }
 
+    /// The versions waiting for a review (`submitted`: the automated
+    /// review has not decided; `awaiting-approval`: a reviewer must), oldest
+    /// submission first: `limit` of them from `offset`, and how many wait in
+    /// all. Cost: one read transaction and a scan of every version: a
+    /// substring check of its row, then only the waiting ones parsed for
+    /// their state and time; only the page's versions are decoded whole.
+    pub fn awaiting_review(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Submission>, usize), MarketError> {
+        #[derive(Deserialize)]
+        struct Head {
+            state: SubmissionState,
+            submitted_ms: u64,
+        }
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(VERSIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(storage(e)),
+        };
+        // Rows are compact JSON: a waiting version's row holds one of these
+        // literally (its top-level `state`), so the others are skipped
+        // without parsing (a substring scan; a false hit is parsed).
+        const WAITING: [&str; 2] = [r#""state":"submitted""#, r#""state":"awaiting-approval""#];
+        let mut waiting: Vec<(u64, String)> = Vec::new();
+        for row in table.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let candidate = match std::str::from_utf8(v.value()) {
+                Ok(text) => WAITING.iter().any(|w| text.contains(w)),
+                Err(_) => true,
+            };
+            if !candidate {
+                continue;
+            }
+            let head: Head = decode(k.value(), v.value())?;
+            if matches!(
+                head.state,
+                SubmissionState::Submitted | SubmissionState::AwaitingApproval
+            ) {
+                waiting.push((head.submitted_ms, k.value().to_owned()));
+            }
+        }
+        waiting.sort();
+        let total = waiting.len();
+        let mut page = Vec::with_capacity(limit.min(total));
+        for (_, id) in waiting.iter().skip(offset).take(limit) {
+            if let Some(v) = table.get(id.as_str()).map_err(storage)? {
+                page.push(decode(id, v.value())?);
+            }
+        }
+        Ok((page, total))
+    }
+
     /// Every version in namespace `author`, ordered by name then semver.
     /// Cost: one read transaction and a range scan over that namespace only.
     pub fn author_versions(&self, author: &str) -> Result<Vec<Submission>, MarketError> {

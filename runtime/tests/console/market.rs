@@ -642,3 +642,123 @@ fn marketplace_pages_and_author_console_for_two_tenants() {
         "published: everyone sees it"
     );
 }
+
+/// The operator's review queue (`/ui/ops/reviews`) under `[market]
+/// manual_approval`: versions waiting for a reviewer, oldest first, two a
+/// page (`[console] max_page_rows = 2`), each with its review report's
+/// steps and the approve/reject forms; approving one from the queue takes
+/// it out; a tenant gets the 404 page.
+#[test]
+fn the_review_queue_lists_waiting_versions_oldest_first_for_operators() {
+    let setup = Setup {
+        registry: Registry::start(),
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    let data = setup.data();
+    std::fs::create_dir_all(&data).expect("data");
+    let a = token(bin(), &data, "tenant-a", "admin");
+    let ops = token(bin(), &data, "ops", "operator");
+    let market_key = KeyPair::generate();
+    let (private, public) = market_key
+        .save(&setup.dir.path().join("market"), PASSWORD.as_bytes())
+        .expect("market key");
+    let extra = format!(
+        "[market]\nkey = {:?}\npublic_key = {:?}\nregistry = {:?}\nmanual_approval = true\n\n[console]\nmax_page_rows = 2\n",
+        private.display().to_string(),
+        public.display().to_string(),
+        setup.registry.host()
+    );
+    let d = DaemonProcess::start_with_env(bin(), &data, "", &extra, &[("SOMA_PASSWORD", PASSWORD)]);
+    let acme = KeyPair::generate();
+    assert_eq!(
+        d.post(
+            "/v1/market/authors",
+            &a,
+            &author_body("acme", &acme, "tenant-a")
+        )
+        .0,
+        201
+    );
+    let mut waiting = Vec::new();
+    for (name, version) in [
+        ("acme/one", "1.0.0"),
+        ("acme/two", "1.0.0"),
+        ("acme/three", "0.1.0"),
+    ] {
+        let body = listing(name, version, "math", json!({"model": "free"}), "# Waiting");
+        let reference = push_signed(
+            &setup.registry,
+            name,
+            version,
+            soma_capsules::CALCULATOR_COMPONENT,
+            &acme,
+        );
+        let (s, v) = d.post(
+            "/v1/market/submissions",
+            &a,
+            &json!({"listing": body, "reference": reference}),
+        );
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["submission"]["state"], "awaiting-approval", "{v}");
+        waiting.push(v["id"].as_str().expect("id").to_owned());
+        // Submission times are milliseconds: keep them apart.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
+    // A tenant: the 404 page, as for /ui/ops.
+    let tenant = Browser::sign_in(&d.url, &a);
+    let refused = tenant.get("/ui/ops/reviews");
+    assert_eq!(refused.status, 404, "{}", refused.text);
+    assert!(!refused.text.contains("acme/one"));
+
+    let staff = Browser::sign_in(&d.url, &ops);
+    let ops_page = staff.get("/ui/ops");
+    assert!(
+        ops_page.text.contains("href=\"/ui/ops/reviews\""),
+        "linked from /ui/ops"
+    );
+    let first = staff.get("/ui/ops/reviews");
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(
+        first.text.contains("id=\"review-count\" data-value=\"3\""),
+        "{}",
+        first.text
+    );
+    let rows = |p: &Page| -> Vec<String> {
+        p.text
+            .split("data-submission=\"")
+            .skip(1)
+            .map(|r| r[..r.find('"').expect("end")].to_owned())
+            .collect()
+    };
+    assert_eq!(rows(&first), waiting[..2], "oldest first, two a page");
+    assert!(
+        first.text.contains("data-step=\"smoke\""),
+        "the review report's steps"
+    );
+    assert!(
+        first
+            .text
+            .contains("rel=\"next\" href=\"/ui/ops/reviews?page=2\"")
+    );
+    let second = staff.get("/ui/ops/reviews?page=2");
+    assert_eq!(rows(&second), waiting[2..]);
+    assert_eq!(staff.get("/ui/ops/reviews?page=0").status, 400);
+    assert_eq!(staff.get("/ui/ops/reviews?per=9").status, 400);
+
+    // Approve the oldest from the queue: it leaves the queue.
+    let approve = format!(
+        "/ui/author/submissions/{}/approve",
+        waiting[0].replace('/', "%2F")
+    );
+    assert!(
+        first.text.contains(&format!("action=\"{approve}\"")),
+        "{}",
+        first.text
+    );
+    let done = staff.post(&approve, &first, &[]);
+    assert_eq!(done.status, 303, "{}", done.text);
+    let after = staff.get("/ui/ops/reviews");
+    assert!(after.text.contains("id=\"review-count\" data-value=\"2\""));
+    assert_eq!(rows(&after), waiting[1..]);
+}

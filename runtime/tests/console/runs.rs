@@ -427,3 +427,191 @@ fn a_running_run_streams_live_and_cancels_from_the_console() {
         "nothing starts after a cancel: {page}"
     );
 }
+
+/// The ledger's total for `run` through the API (micro-units).
+fn ledger_total(d: &Daemon, token: &str, run: &str) -> u64 {
+    let (s, v) = d.get(&format!("/v1/ledger?run={run}&limit=10000"), token);
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .or_else(|| v["entries"].as_array())
+        .expect("entries")
+        .iter()
+        .map(|e| e["cost_micros"].as_u64().expect("cost"))
+        .sum()
+}
+
+#[test]
+fn capsule_calls_are_listed_and_have_run_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let globex = token(dir.path(), "globex", "run,read");
+    let ops = token(dir.path(), "ops", "operator");
+    let d = Daemon::start(bin(), dir.path(), "", "");
+
+    let call = |token: &str, body: Value| -> Value {
+        let (s, v) = d.post("/v1/runs", token, &body);
+        assert_eq!(s, 200, "{v}");
+        v
+    };
+    let dag = start_run(&d, &acme, &echo_spec("before-the-calls"));
+    d.wait_finished(&acme, &dag, Duration::from_secs(60));
+    let ok = call(
+        &acme,
+        json!({"capsule": "echo", "input": {"x": "<b>bold</b> & \"quoted\""}}),
+    );
+    assert_eq!(ok["ok"], true, "{ok}");
+    let ok_run = ok["run"].as_str().expect("run").to_owned();
+    let bad = call(
+        &acme,
+        json!({"capsule": "hostile-loop", "limits": {"fuel": 1_000_000}}),
+    );
+    assert_eq!(bad["failure"]["class"], "out-of-fuel", "{bad}");
+    let bad_run = bad["run"].as_str().expect("run").to_owned();
+    let theirs = call(
+        &globex,
+        json!({"capsule": "echo", "input": {"secret": "globex-only"}}),
+    );
+    let their_run = theirs["run"].as_str().expect("run").to_owned();
+
+    let browser = Browser::sign_in(&d, &acme);
+    // The list: both calls, newest first, before the older DAG run; none of globex's.
+    let (s, page) = browser.get("/ui/runs");
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(
+        listed(&page),
+        [bad_run.clone(), ok_run.clone(), dag.clone()]
+    );
+    assert!(
+        page.contains(&format!(
+            r#"data-run="{ok_run}" data-status="succeeded" data-kind="call""#
+        )),
+        "{page}"
+    );
+    // Filters apply to calls as to DAG runs.
+    let (_, page) = browser.get("/ui/runs?failed=1");
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
+    assert!(
+        page.contains(r#"data-field="failure-class">out-of-fuel<"#),
+        "{page}"
+    );
+    let (_, page) = browser.get("/ui/runs?class=out-of-fuel");
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
+    let (_, page) = browser.get("/ui/runs?capsule=hostile-loop");
+    assert_eq!(listed(&page), std::slice::from_ref(&bad_run));
+    let (_, page) = browser.get("/ui/runs?status=succeeded");
+    assert_eq!(listed(&page), [ok_run.clone(), dag.clone()]);
+    let (_, page) = browser.get("/ui/runs?since=2999-01-01");
+    assert!(listed(&page).is_empty());
+    // Pages of one cover the same three rows.
+    let mut paged = Vec::new();
+    for n in 1..=3 {
+        let (_, page) = browser.get(&format!("/ui/runs?per=1&page={n}"));
+        assert_eq!(page.contains(r#"rel="next""#), n < 3, "page {n}");
+        paged.extend(listed(&page));
+    }
+    assert_eq!(paged, [bad_run.clone(), ok_run.clone(), dag.clone()]);
+
+    // The call's page: status, capsule, usage, cost, the output escaped.
+    let (s, page) = browser.get(&format!("/ui/runs/{ok_run}"));
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page.contains(r#"id="run-status" class="badge status-succeeded" data-status="succeeded""#),
+        "{page}"
+    );
+    assert!(page.contains("<code>echo</code>"), "{page}");
+    assert!(
+        page.contains("&lt;b&gt;bold&lt;/b&gt; &amp; \\&quot;quoted\\&quot;")
+            && !page.contains("<b>bold</b>"),
+        "the output is escaped: {page}"
+    );
+    let fuel = ok["usage"]["fuel_consumed"].as_u64().expect("fuel");
+    assert!(
+        page.contains(&format!(r#"id="run-fuel" data-value="{fuel}""#)),
+        "{page}"
+    );
+    let wall = ok["usage"]["wall_time_us"].as_u64().expect("wall");
+    assert!(
+        page.contains(&format!(r#"id="run-wall" data-value="{wall}""#)),
+        "{page}"
+    );
+    let cost = ledger_total(&d, &acme, &ok_run);
+    assert!(
+        page.contains(&format!(r#"id="run-cost" data-micros="{cost}""#)),
+        "the ledger's {cost}: {page}"
+    );
+    assert!(page.contains(r#"id="logs""#) && page.contains(r#"id="output""#));
+    assert!(!page.contains("cancel-form") && !page.contains("resume-form"));
+    // The failed call's page: its class and message.
+    let (s, page) = browser.get(&format!("/ui/runs/{bad_run}"));
+    assert_eq!(s, 200);
+    assert!(
+        page.contains(r#"id="failure-class" data-value="out-of-fuel""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-status="failed""#) && page.contains("error-message"));
+
+    // Another tenant's call: the same 404 page as a run that does not exist.
+    let (_, nothing) = browser.get("/ui/runs/no-such-run");
+    let (s, page) = browser.get(&format!("/ui/runs/{their_run}"));
+    assert_eq!(s, 404);
+    assert_eq!(page, nothing);
+    assert!(!page.contains("globex-only"));
+    // And globex sees its own.
+    let (s, page) = Browser::sign_in(&d, &globex).get(&format!("/ui/runs/{their_run}"));
+    assert_eq!(s, 200);
+    assert!(page.contains("globex-only"), "{page}");
+
+    // A DAG node that fails for good is a recent error beside the failed
+    // call, on the operations page and in Prometheus.
+    let failed_dag = start_run(&d, &acme, &failing_spec());
+    let done = d.wait_finished(&acme, &failed_dag, Duration::from_secs(60));
+    assert_eq!(done["status"], "failed", "{done}");
+    let operator = Browser::sign_in(&d, &ops);
+    let (s, page) = operator.get("/ui/ops");
+    assert_eq!(s, 200, "{page}");
+    let node_row = page
+        .split("<tr ")
+        .find(|r| r.contains(r#"data-source="node""#))
+        .unwrap_or_else(|| panic!("no failed node in the recent errors: {page}"));
+    assert!(
+        node_row.contains(&format!(r#"href="/ui/runs/{failed_dag}""#))
+            && node_row.contains("/spin")
+            && node_row.contains(r#"data-class="out-of-fuel""#)
+            && node_row.contains("acme"),
+        "{node_row}"
+    );
+    assert!(
+        page.contains(r#"data-class="out-of-fuel" data-source="call""#),
+        "the failed call too: {page}"
+    );
+    let (s, metrics) = d.get("/metrics", &ops);
+    assert_eq!(s, 200);
+    let metrics = metrics.as_str().expect("text").to_owned();
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{metrics}"))
+    };
+    assert_eq!(
+        sample(r#"soma_errors_total{source="node",class="out-of-fuel"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(r#"soma_errors_total{source="call",class="out-of-fuel"}"#),
+        1.0
+    );
+    assert!(
+        sample("soma_console_sessions") >= 3.0,
+        "acme, globex and ops signed in"
+    );
+    assert!(
+        sample("soma_aot_cache_misses_total") >= 1.0,
+        "a fresh data directory compiles"
+    );
+    assert!(sample("soma_aot_cache_hits_total") >= 0.0);
+    assert!(
+        sample("soma_aot_cache_bytes") > 0.0,
+        "the compiled artifacts are on disk"
+    );
+}

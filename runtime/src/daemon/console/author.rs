@@ -120,8 +120,6 @@ struct Namespaces {
 }
 
 /// `GET /ui/author`.
-// The core's `blocking` takes a closure answering a page (`Response`) as its error.
-#[allow(clippy::result_large_err)]
 async fn author_console(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,
@@ -146,7 +144,7 @@ async fn author_console(
             })
             .collect();
         if wanted.is_some() && shown.is_empty() {
-            return Err(missing(&v, "author namespace"));
+            return Err(missing(&v, "author namespace").into());
         }
         let mut submissions = Vec::new();
         for a in &shown {
@@ -173,7 +171,7 @@ async fn author_console(
     .await;
     let namespaces = match namespaces {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let payouts = if namespaces.authors.is_empty() {
         None
@@ -270,7 +268,7 @@ fn author_body(
     }
 }
 
-fn submission_row(viewer: &Viewer, s: &SubmissionView, operator: bool) -> Markup {
+pub(super) fn submission_row(viewer: &Viewer, s: &SubmissionView, operator: bool) -> Markup {
     let sub = &s.submission;
     let state = sub.state.name();
     let listed = sub.state.was_published();

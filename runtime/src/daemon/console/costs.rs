@@ -21,14 +21,14 @@ use axum::{
     Extension, Router,
     extract::{Query, State, rejection::QueryRejection},
     http::StatusCode,
-    response::Response,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    Viewer, blocking,
+    PageError, Viewer, blocking,
     chart::{self, Bar, Line},
     failed,
     layout::{self, Section, count, money},
@@ -159,8 +159,6 @@ fn bad_query(viewer: &Viewer, message: &str) -> Response {
 }
 
 /// `GET /ui/costs`.
-// The core's `blocking()` answers a page as its error (`Response`).
-#[allow(clippy::result_large_err)]
 async fn costs(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,
@@ -203,12 +201,12 @@ async fn costs(
     let (d, t, m) = (daemon.clone(), tenant.clone(), month.clone());
     let v = viewer.clone();
     let data = blocking(&viewer, move || {
-        read(&d, &t, &m).map_err(|e| failed(&v, &e))
+        read(&d, &t, &m).map_err(|e| PageError::from(failed(&v, &e)))
     })
     .await;
     let data = match data {
         Ok(data) => data,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let rows = daemon.console.config.max_page_rows.max(1);
     let body = render(&viewer, &tenant, &month, &data, &names, rows);

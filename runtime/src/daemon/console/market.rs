@@ -19,7 +19,7 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, RawQuery, State},
     http::StatusCode,
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use maud::{Markup, PreEscaped, html};
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    blocking, failed,
+    PageError, blocking, failed,
     layout::{self, Section, Viewer, count, csrf_field, money},
     markdown, missing,
 };
@@ -56,6 +56,10 @@ pub(super) fn routes() -> Router<Arc<Daemon>> {
         .route("/ui/market", get(catalog))
         .route("/ui/market/{author}/{name}", get(capsule))
         .route("/ui/market/{author}/{name}/run", post(run))
+        .route(
+            "/ui/market/{author}/{name}/install",
+            post(super::install::install),
+        )
 }
 
 /// The page for an API refusal: its status and message (a 404 is the
@@ -182,8 +186,6 @@ impl CatalogQuery {
 }
 
 /// `GET /ui/market`: search box, facets, results (price and badges), pager.
-// The core's `blocking` takes a closure answering a page (`Response`) as its error.
-#[allow(clippy::result_large_err)]
 async fn catalog(
     State(daemon): State<Arc<Daemon>>,
     Extension(viewer): Extension<Viewer>,
@@ -219,7 +221,7 @@ async fn catalog(
             ids.into_iter()
                 .map(|id| match market.get(&id) {
                     Ok(s) => Ok(s.map(|s| s.listing.price)),
-                    Err(e) => Err(failed(&viewer, &e)),
+                    Err(e) => Err(failed(&viewer, &e).into()),
                 })
                 .collect::<Result<Vec<_>, _>>()
         }
@@ -227,7 +229,7 @@ async fn catalog(
     .await
     {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let body = catalog_body(&query, &answer, &prices);
     layout::page(&viewer, Section::Market, "Marketplace", body)
@@ -425,17 +427,15 @@ impl CapsuleData {
 
 /// Read what the page shows, through the API's handlers. `Err` is the
 /// page to answer instead (404 when the viewer may see no version).
-// The core's `blocking` takes a closure answering a page (`Response`) as its error.
-#[allow(clippy::result_large_err)]
 async fn capsule_data(
     daemon: &Arc<Daemon>,
     viewer: &Viewer,
     author: String,
     name: String,
-) -> Result<CapsuleData, Response> {
+) -> Result<CapsuleData, PageError> {
     let full = format!("{author}/{name}");
     if let Err(reason) = crate::market::listing::check_name(&full) {
-        return Err(bad_field(viewer, "name", &reason));
+        return Err(bad_field(viewer, "name", &reason).into());
     }
     let principal = viewer.principal.clone();
     let published = match api::get_listing(
@@ -447,7 +447,7 @@ async fn capsule_data(
     {
         Ok(axum::Json(v)) => Some(v),
         Err(e) if e.status == StatusCode::NOT_FOUND => None,
-        Err(e) => return Err(api_error(viewer, &e, "capsule")),
+        Err(e) => return Err(api_error(viewer, &e, "capsule").into()),
     };
     let visible = match api::list_submissions(
         State(daemon.clone()),
@@ -459,16 +459,16 @@ async fn capsule_data(
     .await
     {
         Ok(axum::Json(v)) => v,
-        Err(e) => return Err(api_error(viewer, &e, "capsule")),
+        Err(e) => return Err(api_error(viewer, &e, "capsule").into()),
     };
     let listing = match (&published, visible.last()) {
         (Some(p), _) => p.listing.clone(),
         (None, Some(s)) => s.submission.listing.clone(),
-        (None, None) => return Err(missing(viewer, "capsule")),
+        (None, None) => return Err(missing(viewer, "capsule").into()),
     };
     let doc = match api::search_index(daemon).await {
         Ok(index) => index.shown_version(&full).cloned(),
-        Err(e) => return Err(api_error(viewer, &e, "capsule")),
+        Err(e) => return Err(api_error(viewer, &e, "capsule").into()),
     };
     let market = daemon.market.market.clone();
     let installs = daemon.market.installs.clone();
@@ -506,7 +506,7 @@ async fn capsule(
             let input = default_input(&data.listing);
             capsule_page(&viewer, &data, &input, None, StatusCode::OK)
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -542,7 +542,7 @@ async fn run(
     };
     let data = match capsule_data(&daemon, &viewer, author, name).await {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let text = form.input.trim();
     let input: Value = if text.is_empty() {
@@ -632,8 +632,6 @@ async fn run(
 
 /// The input schema of the capsule `full` at manifest `digest` (loaded
 /// from the blob cache as a run would load it). Blocking work on the pool.
-// The core's `blocking` takes a closure answering a page (`Response`) as its error.
-#[allow(clippy::result_large_err)]
 async fn input_schema(
     daemon: &Arc<Daemon>,
     viewer: &Viewer,
@@ -779,6 +777,9 @@ fn capsule_body(
                     "Your tenant has installed v" (version) " (" code { (short(digest)) } ")."
                 },
                 None => p.hint #installed { "Your tenant has not installed it: runs of it are refused until it does." },
+            }
+            @if data.published.is_some() {
+                (super::install::form(viewer, &data.full, listing.version.major, &listing.price))
             }
         }
         section #capabilities aria-labelledby="capabilities-h" {

@@ -31,7 +31,9 @@ const SHOWN_ERRORS: usize = 50;
 
 /// This section's routes.
 pub(super) fn routes() -> Router<Arc<Daemon>> {
-    Router::new().route("/ui/ops", get(ops))
+    Router::new()
+        .route("/ui/ops", get(ops))
+        .route("/ui/ops/reviews", get(super::reviews::queue))
 }
 
 /// What the page shows, read from memory at once.
@@ -198,10 +200,14 @@ fn render(s: &Snapshot) -> Markup {
             }
             p.hint { "Capsule cache: loads of a capsule already in memory. AOT cache: compiles answered by a stored artifact instead of compiling (off when " code { "engine.aot_cache = false" } ")." }
         }
+        section #reviews aria-labelledby="reviews-h" {
+            h2 #reviews-h { "Marketplace reviews" }
+            p { a #review-queue-link href="/ui/ops/reviews" { "The review queue" } ": versions waiting for a review or a reviewer's decision, oldest first, with their review reports." }
+        }
         section #recent-errors aria-labelledby="errors-h" {
             h2 #errors-h { "Recent errors" }
             @if s.errors.is_empty() {
-                p { "No failed request or call since start." }
+                p { "No failed request, call or DAG node since start." }
             } @else {
                 div.table-wrap {
                     table.data.collapse {
@@ -216,13 +222,19 @@ fn render(s: &Snapshot) -> Markup {
                         }
                         tbody {
                             @for e in &s.errors {
-                                tr data-class=(e.class) {
+                                tr data-class=(e.class) data-source=(e.source.kind()) {
                                     td data-label="Time" { (layout::time(e.time_ms)) }
-                                    td.mono data-label="What" { (e.what) }
+                                    td.mono data-label="What" {
+                                        @match (e.source, e.what.split_once('/')) {
+                                            (ErrorSource::Node, Some((run, node))) => { a href={ "/ui/runs/" (run) } { (run) } "/" (node) },
+                                            _ => { (e.what) },
+                                        }
+                                    }
                                     td data-label="Status" {
                                         @match e.source {
                                             ErrorSource::Request { status } => (status),
                                             ErrorSource::Call => "call",
+                                            ErrorSource::Node => "node",
                                         }
                                     }
                                     td data-label="Tenant" { (e.tenant.as_deref().unwrap_or("—")) }

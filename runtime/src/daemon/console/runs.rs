@@ -10,10 +10,6 @@
 //! Every read goes through the journal with the viewer's tenant: another
 //! tenant's run is the same 404 page as one that does not exist.
 
-// The console core's contract: storage reads run in `blocking` closures
-// that answer `Result<T, Response>` (the page to send on failure).
-#![allow(clippy::result_large_err)]
-
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
@@ -29,7 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Viewer, blocking, failed,
+    PageError, Viewer, blocking, calls, failed,
     graph::{self, GraphNode},
     layout::{self, Extras, Section, csrf_field, page, page_with},
     missing,
@@ -285,16 +281,24 @@ async fn list(
     };
     let per = query.limit;
     let page_no = query.offset / per.max(1) + 1;
+    // Capsule calls are held in memory, not journaled: merged in by time.
+    let recent_calls = daemon
+        .runs
+        .recent_calls(|c| calls::matches(&query, c) && viewer.sees(&c.tenant));
+    let (window, skip) = calls::window(&query, recent_calls.len());
     let d = daemon.clone();
     let v = viewer.clone();
     let found = blocking(&viewer, move || {
-        journal(&d).list(&query).map_err(|e| failed(&v, &e))
+        journal(&d)
+            .list(&window)
+            .map_err(|e| PageError::from(failed(&v, &e)))
     })
     .await;
     let found = match found {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
+    let (rows, more) = calls::merge(found.runs, found.more, recent_calls, skip, per);
     let selected = |field: &Option<String>, value: &str| field.as_deref() == Some(value);
     let body = html! {
         h1 { "Runs" }
@@ -341,35 +345,56 @@ async fn list(
             button type="submit" { "Filter" }
             a href="/ui/runs" { "Clear" }
         }
-        @if found.runs.is_empty() {
+        @if rows.is_empty() {
             p.notice { "No runs match." }
         } @else {
-            table #runs .data.collapse {
-                thead {
-                    tr {
-                        th scope="col" { "Run" }
-                        th scope="col" { "Name" }
-                        @if operator { th scope="col" { "Tenant" } }
-                        th scope="col" { "Status" }
-                        th scope="col" { "Failure class" }
-                        th scope="col" { "Capsules" }
-                        th scope="col" { "Nodes" }
-                        th scope="col" { "Created" }
+            div.table-wrap {
+                table #runs .data.collapse {
+                    thead {
+                        tr {
+                            th scope="col" { "Run" }
+                            th scope="col" { "Name" }
+                            @if operator { th scope="col" { "Tenant" } }
+                            th scope="col" { "Status" }
+                            th scope="col" { "Failure class" }
+                            th scope="col" { "Capsules" }
+                            th scope="col" { "Nodes" }
+                            th scope="col" { "Created" }
+                        }
                     }
-                }
-                tbody {
-                    @for r in &found.runs {
-                        tr data-run=(r.run) data-status=(r.status) {
-                            td data-label="Run" { a href={ "/ui/runs/" (r.run) } { code { (r.run) } } }
-                            td data-label="Name" { (r.name) }
-                            @if operator { td data-label="Tenant" { (r.tenant) } }
-                            td data-label="Status" { span class={ "badge status-" (r.status) } { (r.status) } }
-                            td data-label="Failure class" data-field="failure-class" {
-                                @if let Some(c) = r.failure_class { (c) } @else { "—" }
+                    tbody {
+                        @for row in &rows {
+                            @match row {
+                                calls::Listed::Dag(r) => {
+                                    tr data-run=(r.run) data-status=(r.status) data-kind="dag" {
+                                        td data-label="Run" { a href={ "/ui/runs/" (r.run) } { code { (r.run) } } }
+                                        td data-label="Name" { (r.name) }
+                                        @if operator { td data-label="Tenant" { (r.tenant) } }
+                                        td data-label="Status" { span class={ "badge status-" (r.status) } { (r.status) } }
+                                        td data-label="Failure class" data-field="failure-class" {
+                                            @if let Some(c) = r.failure_class { (c) } @else { "—" }
+                                        }
+                                        td data-label="Capsules" { (r.capsules.join(", ")) }
+                                        td.num data-label="Nodes" { (r.done) "/" (r.nodes) @if r.failed > 0 { " (" (r.failed) " failed)" } }
+                                        td data-label="Created" { (layout::time(r.created_ms)) }
+                                    }
+                                }
+                                calls::Listed::Call(id, c) => {
+                                    @let status = calls::phase(c);
+                                    tr data-run=(id) data-status=(status) data-kind="call" {
+                                        td data-label="Run" { a href={ "/ui/runs/" (id) } { code { (id) } } }
+                                        td data-label="Name" { "capsule call" }
+                                        @if operator { td data-label="Tenant" { (c.tenant) } }
+                                        td data-label="Status" { span class={ "badge status-" (status) } { (status) } }
+                                        td data-label="Failure class" data-field="failure-class" {
+                                            @if let Some(f) = c.failure { (f.name()) } @else { "—" }
+                                        }
+                                        td data-label="Capsules" { (c.capsule) }
+                                        td.num data-label="Nodes" { "call" }
+                                        td data-label="Created" { (layout::time(c.created_ms)) }
+                                    }
+                                }
                             }
-                            td data-label="Capsules" { (r.capsules.join(", ")) }
-                            td.num data-label="Nodes" { (r.done) "/" (r.nodes) @if r.failed > 0 { " (" (r.failed) " failed)" } }
-                            td data-label="Created" { (layout::time(r.created_ms)) }
                         }
                     }
                 }
@@ -380,7 +405,7 @@ async fn list(
                 a rel="prev" href=(params.link(page_no - 1)) { "← Newer" }
             }
             span { "Page " (page_no) }
-            @if found.more {
+            @if more {
                 a rel="next" href=(params.link(page_no + 1)) { "Older →" }
             }
         }
@@ -402,11 +427,11 @@ struct RunData {
 }
 
 /// The run's summary, if the viewer may see it (else the 404 page).
-fn visible_summary(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunSummary, Response> {
+fn visible_summary(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunSummary, PageError> {
     match journal(daemon).summary(id) {
         Ok(s) if viewer.sees(&s.tenant) => Ok(s),
-        Ok(_) | Err(JournalError::NotFound(_)) => Err(missing(viewer, "run")),
-        Err(e) => Err(failed(viewer, &e)),
+        Ok(_) | Err(JournalError::NotFound(_)) => Err(missing(viewer, "run").into()),
+        Err(e) => Err(failed(viewer, &e).into()),
     }
 }
 
@@ -416,12 +441,12 @@ fn read_run(
     viewer: &Viewer,
     id: &str,
     with_costs: bool,
-) -> Result<RunData, Response> {
+) -> Result<RunData, PageError> {
     let summary = visible_summary(daemon, viewer, id)?;
     let history = match journal(daemon).history(id) {
         Ok(h) => h,
-        Err(JournalError::NotFound(_)) => return Err(missing(viewer, "run")),
-        Err(e) => return Err(failed(viewer, &e)),
+        Err(JournalError::NotFound(_)) => return Err(missing(viewer, "run").into()),
+        Err(e) => return Err(failed(viewer, &e).into()),
     };
     let state = RunState::replay(id, &history).map_err(|e| failed(viewer, &e))?;
     let mut costs = BTreeMap::new();
@@ -532,12 +557,19 @@ async fn show(
     if !viewer.may(TokenScope::Read) {
         return forbidden(&viewer, "read");
     }
+    if let Some(call) = daemon.runs.call(&id) {
+        return if viewer.sees(&call.tenant) {
+            calls::show(&daemon, &viewer, &id, call).await
+        } else {
+            missing(&viewer, "run")
+        };
+    }
     let d = daemon.clone();
     let v = viewer.clone();
     let run_id = id.clone();
     let data = match blocking(&viewer, move || read_run(&d, &v, &run_id, true)).await {
         Ok(data) => data,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let RunData {
         summary,
@@ -567,7 +599,7 @@ async fn show(
         p.hint { (state.spec.name) " · tenant " (state.tenant) " · created " (layout::time(t0)) " · from " (state.origin) }
         dl.stats {
             div { dt { "Status" } dd { span #run-status class={ "badge status-" (phase) } data-status=(phase) { (phase) } } }
-            div { dt { "Failure class" } dd { span #failure-class data-value=[failure_class.map(|c| c.name())] {
+            div { dt { "Failure class" } dd { span #failure-class data-value=[failure_class.map(|c| c.name())] title=[failure_class.map(|c| c.name())] {
                 @if let Some(c) = failure_class { (c) } @else { "—" }
             } } }
             div { dt { "Nodes" } dd #run-nodes { (summary.done) "/" (summary.nodes) } }
@@ -577,7 +609,9 @@ async fn show(
             p.error-message role="status" { (e) }
         }
         @if !finished && may_run {
-            div.actions {
+            // Its box keeps its height when the run ends and the live
+            // script removes the forms (no layout shift).
+            div #run-actions .actions {
                 form #cancel-form .inline method="post" action={ "/ui/runs/" (id) "/cancel" }
                     data-confirm="Cancel this run?" {
                     (csrf_field(&viewer))
@@ -763,7 +797,7 @@ async fn graph_fragment(
             let svg = graph::svg(&graph_nodes(&data.state), &format!("The DAG of run {id}"));
             Html(svg.into_string()).into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -836,7 +870,7 @@ async fn resume(
     let run_id = id.clone();
     let summary = match blocking(&viewer, move || visible_summary(&d, &v, &run_id)).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if summary.status.is_finished() {
         return layout::error_page(

@@ -4,8 +4,13 @@
 //! text field is cut to [`MAX_FIELD_BYTES`]; the oldest records go first.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
 };
 
 /// Most records kept.
@@ -14,6 +19,16 @@ pub const MAX_RECORDS: usize = 100;
 pub const MAX_BYTES: usize = 32 * 1024;
 /// Longest text field kept, bytes (cut at a character boundary).
 pub const MAX_FIELD_BYTES: usize = 160;
+/// Most distinct classes counted per source in `soma_errors_total`; later
+/// ones are counted as `other`.
+pub const MAX_COUNTED_CLASSES: usize = 64;
+
+/// The labels of `soma_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ErrorLabels {
+    source: &'static str,
+    class: String,
+}
 
 /// What failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +40,20 @@ pub enum ErrorSource {
     },
     /// A capsule call that failed (its answer may still have been 200).
     Call,
+    /// A DAG node that failed for good (no retry left); `what` is
+    /// `RUN/NODE`.
+    Node,
+}
+
+impl ErrorSource {
+    /// `request`, `call` or `node` (the Prometheus label).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Request { .. } => "request",
+            Self::Call => "call",
+            Self::Node => "node",
+        }
+    }
 }
 
 /// One failure.
@@ -61,10 +90,16 @@ fn cut(s: &str) -> String {
     s[..end].to_owned()
 }
 
-/// The ring. `Send + Sync`; one per daemon (in [`super::Metrics`]).
+/// The ring, and the count of every failure since start by source and
+/// class (exported as `soma_errors_total`, so dashboards do not depend on
+/// the ring or the page). `Send + Sync`; one per daemon (in
+/// [`super::Metrics`]).
 #[derive(Debug, Default)]
 pub struct RecentErrors {
     ring: Mutex<(VecDeque<ErrorRecord>, usize)>,
+    counts: Family<ErrorLabels, Counter>,
+    /// `(source, class)` pairs counted under their own class.
+    classes: Mutex<HashSet<(&'static str, String)>>,
 }
 
 impl RecentErrors {
@@ -86,6 +121,7 @@ impl RecentErrors {
             tenant: tenant.map(cut),
             class: cut(class),
         };
+        self.count(source, &record.class);
         let size = record.bytes();
         let mut guard = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let (ring, bytes) = &mut *guard;
@@ -96,6 +132,35 @@ impl RecentErrors {
         }
         *bytes += size;
         ring.push_back(record);
+    }
+
+    /// Count one failure of `source` with `class` (bounded: past
+    /// [`MAX_COUNTED_CLASSES`] classes of a source, `other`).
+    fn count(&self, source: ErrorSource, class: &str) {
+        let kind = source.kind();
+        let known = {
+            let mut classes = self.classes.lock().unwrap_or_else(PoisonError::into_inner);
+            if classes.contains(&(kind, class.to_owned())) {
+                true
+            } else if classes.iter().filter(|(k, _)| *k == kind).count() < MAX_COUNTED_CLASSES {
+                classes.insert((kind, class.to_owned()));
+                true
+            } else {
+                false
+            }
+        };
+        let class = if known { class } else { super::OTHER };
+        self.counts
+            .get_or_create(&ErrorLabels {
+                source: kind,
+                class: class.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The counters of every failure by source and class, to register.
+    pub(super) fn counts(&self) -> Family<ErrorLabels, Counter> {
+        self.counts.clone()
     }
 
     /// The records kept, newest first. Copies at most [`MAX_RECORDS`].
