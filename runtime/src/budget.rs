@@ -9,6 +9,8 @@
 //! budget can never together pass it by more than the error of one
 //! reservation (a provider that reports more prompt tokens than estimated).
 
+pub mod postgres;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

@@ -134,3 +134,30 @@ impl StoreConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_section_defaults_to_redb_and_checks_postgres_settings() {
+        let c: crate::Config = toml::from_str("").expect("empty config");
+        assert_eq!(c.store, StoreConfig::default());
+        assert_eq!(c.store.backend, Backend::Redb);
+        assert!(c.check().is_ok());
+        let no_url: crate::Config =
+            toml::from_str("[store]\nbackend = \"postgres\"\n").expect("parse");
+        let err = no_url.check().expect_err("no url").to_string();
+        assert!(err.contains("store.url is required"), "{err}");
+        let ok: crate::Config = toml::from_str(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://soma@127.0.0.1:5432/soma\"\n",
+        )
+        .expect("parse");
+        assert!(ok.check().is_ok());
+        for bad in ["pool_size = 0", "pool_size = 65", "connect_timeout_ms = 0"] {
+            let c: crate::Config = toml::from_str(&format!("[store]\n{bad}\n")).expect("parse");
+            assert!(c.check().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<crate::Config>("[store]\nbackend = \"mysql\"\n").is_err());
+    }
+}

@@ -31,6 +31,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+pub mod postgres;
+
 use base64::Engine as _;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -274,7 +276,7 @@ pub struct Tokens {
 #[derive(Debug, Clone)]
 enum Backing {
     Redb(Arc<LazyDatabase>),
-    Postgres(crate::store::postgres::tokens::PgTokens),
+    Postgres(postgres::PgTokens),
 }
 
 impl Tokens {
@@ -285,7 +287,7 @@ impl Tokens {
 
     /// Load every token of the shared PostgreSQL store. Tokens created or
     /// revoked by another daemon are seen after [`Tokens::refresh`].
-    pub fn load_postgres(pg: crate::store::postgres::tokens::PgTokens) -> Result<Self, AuthError> {
+    pub fn load_postgres(pg: postgres::PgTokens) -> Result<Self, AuthError> {
         Self::load_from(Backing::Postgres(pg))
     }
 
@@ -306,7 +308,7 @@ impl Tokens {
         let tokens = std::thread::scope(|s| {
             s.spawn(move || {
                 let pg = crate::store::postgres::PgStore::open(&store).map_err(storage)?;
-                Self::load_postgres(crate::store::postgres::tokens::PgTokens::new(pg))
+                Self::load_postgres(postgres::PgTokens::new(pg))
             })
             .join()
             .unwrap_or_else(|_| {

@@ -1,7 +1,8 @@
 //! The shared store on PostgreSQL (`[store] backend = "postgres"`): one
 //! database that every daemon of a fleet uses for the ledger
-//! ([`crate::ledger::postgres::PgLedger`]), budgets ([`budgets::PgBudgets`])
-//! and API tokens ([`tokens::PgTokens`]).
+//! (`ledger::postgres::PgLedger`), budgets (`budget::postgres::PgBudgets`)
+//! and API tokens (`daemon::auth::postgres::PgTokens`); this module is the
+//! connection pool and the schema they share, and names none of them.
 //!
 //! The driver is the synchronous `postgres` crate (over `tokio-postgres`):
 //! it fits the ledger's group-commit thread, which holds one connection per
@@ -19,9 +20,6 @@
 //! once; the table `soma_migrations` records what is applied. A database
 //! with a migration newer than this build is refused. (A dozen lines do what
 //! `refinery` would, without its macros and dependencies.)
-
-pub mod budgets;
-pub mod tokens;
 
 use std::{
     sync::{Arc, Condvar, Mutex},
@@ -155,6 +153,13 @@ impl From<postgres::Error> for PgError {
     fn from(e: postgres::Error) -> Self {
         Self::Query(e)
     }
+}
+
+/// Now, unix ms.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A `u64` as PostgreSQL's `BIGINT`, or `None` above `i64::MAX`.
@@ -321,7 +326,7 @@ impl PgStore {
                 })?;
             txn.execute(
                 "INSERT INTO soma_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
-                &[&version, &name, &clamp_i64(crate::dag::history::now_ms())],
+                &[&version, &name, &clamp_i64(now_ms())],
             )?;
             txn.commit().map_err(|source| PgError::Migration {
                 version,

@@ -10,17 +10,13 @@ use std::{
 };
 
 use soma_runtime::{
-    budget::{Limit, Scope},
-    daemon::auth::{TokenScope, Tokens},
-    ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore, postgres::PgLedger},
-    store::{
-        Backend, DataDir, StoreConfig,
-        postgres::{
-            PgStore,
-            budgets::{PgBudgets, ReserveError},
-            tokens::PgTokens,
-        },
+    budget::{
+        Limit, Scope,
+        postgres::{PgBudgets, ReserveError},
     },
+    daemon::auth::{TokenScope, Tokens, postgres::PgTokens},
+    ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore, postgres::PgLedger},
+    store::{Backend, DataDir, StoreConfig, postgres::PgStore},
 };
 use soma_tests::postgres::Postgres;
 

@@ -17,10 +17,10 @@
 
 use postgres::Transaction;
 
-use super::{PgError, PgStore, clamp_i64, to_u64};
+use super::{Account, Limit, Scope};
 use crate::{
-    budget::{Account, Limit, Scope},
     ledger::{Appended, Entry, Kind, LedgerError, postgres::PgLedger},
+    store::postgres::{PgError, PgStore, clamp_i64, now_ms, to_u64},
 };
 
 /// A reservation held in the shared store (its `budget_holds` row).
@@ -180,7 +180,7 @@ impl PgBudgets {
             .query_one(
                 "INSERT INTO budget_holds (scopes, tokens, micros, created_ms) \
                  VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&held, &t, &m, &clamp_i64(crate::dag::history::now_ms())],
+                &[&held, &t, &m, &clamp_i64(now_ms())],
             )
             .map_err(PgError::from)?
             .try_get(0)

@@ -1,12 +1,12 @@
 //! API tokens on the shared PostgreSQL store: the records
 //! ([`TokenRecord`], hash only, never the secret) every daemon of a fleet
-//! checks requests against. [`crate::daemon::auth::Tokens`] keeps them in
+//! checks requests against. [`super::Tokens`] keeps them in
 //! memory for its per-request check and, on this store, reloads them from
 //! here (a token created or revoked on one daemon is seen by the others on
 //! their next refresh).
 
-use super::{PgError, PgStore};
-use crate::daemon::auth::TokenRecord;
+use super::TokenRecord;
+use crate::store::postgres::{PgError, PgStore};
 
 /// The token table of a [`PgStore`]. Cheap to clone.
 #[derive(Debug, Clone)]
