@@ -9,6 +9,8 @@
 //! budget can never together pass it by more than the error of one
 //! reservation (a provider that reports more prompt tokens than estimated).
 
+pub mod postgres;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -171,7 +173,7 @@ pub struct Account {
 }
 
 impl Account {
-    fn refusal(&self, scope: &Scope, tokens: u64, micros: u64) -> Option<String> {
+    pub(crate) fn refusal(&self, scope: &Scope, tokens: u64, micros: u64) -> Option<String> {
         let over = |limit: Option<u64>, spent: u64, held: u64, want: u64| {
             limit.filter(|&l| spent.saturating_add(held).saturating_add(want) > l)
         };

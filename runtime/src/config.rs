@@ -57,6 +57,8 @@ pub struct Config {
     pub market: market::MarketConfig,
     /// The web console `soma daemon` serves at `/ui/` (`[console]`).
     pub console: console::ConsoleConfig,
+    /// Where shared state lives: redb (default) or PostgreSQL (`[store]`).
+    pub store: crate::store::StoreConfig,
 }
 
 /// How instances get their memory.
@@ -247,6 +249,7 @@ impl Config {
         self.trust.check().map_err(ConfigError::Invalid)?;
         self.pull.check().map_err(ConfigError::Invalid)?;
         self.market.check().map_err(ConfigError::Invalid)?;
+        self.store.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -174,7 +174,7 @@ impl Daemon {
             let item = load_entry(&engine, entry)?;
             catalog.insert(entry.name.clone(), item);
         }
-        let tokens = auth::Tokens::load(engine.data().database().clone())?;
+        let tokens = auth::Tokens::open(&engine.config().store, engine.data().database().clone())?;
         note_admin_migration(&tokens);
         let metrics =
             Arc::new(metrics::Metrics::new().with_tenant_labels(config.metrics_tenant_labels));

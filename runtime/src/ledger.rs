@@ -38,6 +38,7 @@ mod civil;
 mod codec;
 pub mod fee;
 mod forecast;
+pub mod postgres;
 mod writer;
 
 use std::{
@@ -65,7 +66,9 @@ const LEDGER: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("ledger");
 /// Idempotency key `run/node/attempt/seq/kind` → id.
 const LEDGER_KEYS: TableDefinition<'_, &str, u64> = TableDefinition::new("ledger_keys");
 /// (day, tenant, capsule, model or "-", kind, unit price) → (quantity, cost, count, estimated count).
-type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
+pub type DailyKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, u64);
+/// The sums of one rollup row: (quantity, cost micros, count, estimated count).
+pub type DailySums = (u64, u64, u64, u64);
 const LEDGER_DAILY: TableDefinition<'_, DailyKey<'_>, (u64, u64, u64, u64)> =
     TableDefinition::new("ledger_daily");
 
@@ -442,6 +445,10 @@ pub enum LedgerError {
     /// The group-commit thread could not be started.
     #[error("cannot start the ledger writer thread (the process may be out of threads or memory)")]
     WriterSpawn(#[source] Arc<std::io::Error>),
+    /// The shared PostgreSQL store failed (see its message: whether to
+    /// retry, and that nothing of the failed transaction was written).
+    #[error(transparent)]
+    Postgres(Arc<crate::store::postgres::PgError>),
     /// The group-commit thread is gone (it panicked).
     #[error("the ledger writer thread has stopped; start a new one with Ledger::writer()")]
     WriterStopped,
@@ -462,6 +469,97 @@ pub enum LedgerError {
 impl From<OpenError> for LedgerError {
     fn from(e: OpenError) -> Self {
         Self::Open(Arc::new(e))
+    }
+}
+
+impl From<crate::store::postgres::PgError> for LedgerError {
+    fn from(e: crate::store::postgres::PgError) -> Self {
+        Self::Postgres(Arc::new(e))
+    }
+}
+
+/// The operations the ledger needs of its storage: the seam between the
+/// embedded redb [`Ledger`] and the shared PostgreSQL one
+/// ([`postgres::PgLedger`]). Both apply the same validation, idempotency
+/// keys and rollup rows; summaries, invoices and forecasts are computed
+/// from the rollup rows by the same code ([`LedgerStore::summary`], …), so
+/// both backends answer alike.
+pub trait LedgerStore: Send + Sync {
+    /// Append `entries` in one durable transaction; entries whose
+    /// idempotency key is recorded (earlier or in the batch) are skipped.
+    fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError>;
+
+    /// A group-commit writer over this store (one per process; clone it).
+    fn writer(&self) -> Result<LedgerWriter, LedgerError>;
+
+    /// Entries matching `filter`, newest (highest id) first.
+    fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError>;
+
+    /// Call `f` for each rollup row with `since <= day` (and
+    /// `day <= until`), optionally only for `tenant`, in key order.
+    fn scan_rollups(
+        &self,
+        since: &str,
+        until: Option<&str>,
+        tenant: Option<&str>,
+        f: &mut dyn FnMut(DailyKey<'_>, DailySums),
+    ) -> Result<(), LedgerError>;
+
+    /// What `soma ledger check` reports.
+    fn check_integrity(&self) -> Result<IntegrityReport, LedgerError>;
+
+    /// Sums grouped by `by` (see [`Ledger::summary`]).
+    fn summary(
+        &self,
+        by: GroupBy,
+        since_day: Option<&str>,
+        until_day: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<SummaryRow>, LedgerError> {
+        summary_of(self, by, since_day, until_day, tenant)
+    }
+
+    /// A tenant's invoice for a month (see [`Ledger::bill`]).
+    fn bill(&self, tenant: &str, month: &str) -> Result<Invoice, LedgerError> {
+        bill_of(self, tenant, month)
+    }
+
+    /// A forecast through `last_day` (see [`Ledger::forecast_through`]).
+    fn forecast_through(
+        &self,
+        tenant: &str,
+        days: u32,
+        last_day: &str,
+    ) -> Result<Forecast, LedgerError> {
+        forecast_of(self, tenant, days, last_day)
+    }
+}
+
+impl LedgerStore for Ledger {
+    fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError> {
+        Ledger::append(self, entries)
+    }
+
+    fn writer(&self) -> Result<LedgerWriter, LedgerError> {
+        Ledger::writer(self)
+    }
+
+    fn ls(&self, filter: &Filter) -> Result<Vec<Entry>, LedgerError> {
+        Ledger::ls(self, filter)
+    }
+
+    fn scan_rollups(
+        &self,
+        since: &str,
+        until: Option<&str>,
+        tenant: Option<&str>,
+        f: &mut dyn FnMut(DailyKey<'_>, DailySums),
+    ) -> Result<(), LedgerError> {
+        self.scan_daily(since, until, tenant, f)
+    }
+
+    fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
+        Ledger::check_integrity(self)
     }
 }
 
@@ -689,86 +787,14 @@ impl Ledger {
         until_day: Option<&str>,
         tenant: Option<&str>,
     ) -> Result<Vec<SummaryRow>, LedgerError> {
-        let since = since_day.map(checked_day).transpose()?.unwrap_or_default();
-        let until = until_day.map(checked_day).transpose()?;
-        let mut groups: HashMap<String, SummaryRow> = HashMap::new();
-        self.scan_daily(since, until, tenant, |k, v| {
-            let key = match by {
-                GroupBy::Capsule => k.2,
-                GroupBy::Tenant => k.1,
-                GroupBy::Model => k.3,
-                GroupBy::Day => k.0,
-                GroupBy::Kind => k.4,
-            };
-            let row = match groups.get_mut(key) {
-                Some(row) => row,
-                None => groups.entry(key.to_owned()).or_insert_with(|| SummaryRow {
-                    key: key.to_owned(),
-                    ..SummaryRow::default()
-                }),
-            };
-            let (quantity, cost, count, estimated) = v;
-            let slot = match Kind::from_name(k.4) {
-                Some(Kind::LlmTokensInput) => &mut row.tokens_in,
-                Some(Kind::LlmTokensOutput) => &mut row.tokens_out,
-                Some(Kind::Fuel) => &mut row.fuel,
-                Some(Kind::WallTime) => &mut row.wall_us,
-                Some(Kind::MarketplaceFee) | None => &mut row.fee_units,
-            };
-            *slot = slot.saturating_add(quantity);
-            row.cost_micros = row.cost_micros.saturating_add(cost);
-            row.count = row.count.saturating_add(count);
-            row.estimated = row.estimated.saturating_add(estimated);
-        })?;
-        let mut rows: Vec<SummaryRow> = groups.into_values().collect();
-        if by == GroupBy::Day {
-            rows.sort_by(|a, b| a.key.cmp(&b.key));
-        } else {
-            rows.sort_by(|a, b| b.cost_micros.cmp(&a.cost_micros).then(a.key.cmp(&b.key)));
-        }
-        Ok(rows)
+        summary_of(self, by, since_day, until_day, tenant)
     }
 
     /// The invoice of `tenant` for `month` (`YYYY-MM`, UTC days).
     ///
     /// Cost: a scan of that month's rollup rows.
     pub fn bill(&self, tenant: &str, month: &str) -> Result<Invoice, LedgerError> {
-        let (first, last) =
-            civil::parse_month(month).ok_or_else(|| LedgerError::InvalidMonth(month.into()))?;
-        let (first, last) = (civil::format_day(first), civil::format_day(last));
-        type LineKey = (String, String, &'static str, u64);
-        let mut lines: BTreeMap<LineKey, InvoiceLine> = BTreeMap::new();
-        self.scan_daily(&first, Some(&last), Some(tenant), |k, v| {
-            let Some(kind) = Kind::from_name(k.4) else {
-                return;
-            };
-            let line = lines
-                .entry((k.2.to_owned(), k.3.to_owned(), kind.name(), k.5))
-                .or_insert_with(|| InvoiceLine {
-                    capsule: k.2.to_owned(),
-                    model: (k.3 != NO_MODEL).then(|| k.3.to_owned()),
-                    kind,
-                    quantity: 0,
-                    unit_price_micros: k.5,
-                    cost_micros: 0,
-                    count: 0,
-                    estimated: 0,
-                });
-            line.quantity = line.quantity.saturating_add(v.0);
-            line.cost_micros = line.cost_micros.saturating_add(v.1);
-            line.count = line.count.saturating_add(v.2);
-            line.estimated = line.estimated.saturating_add(v.3);
-        })?;
-        let lines: Vec<InvoiceLine> = lines.into_values().collect();
-        let total_micros = lines
-            .iter()
-            .fold(0u64, |t, l| t.saturating_add(l.cost_micros));
-        Ok(Invoice {
-            tenant: tenant.into(),
-            month: month.into(),
-            lines,
-            total_micros,
-        })
+        bill_of(self, tenant, month)
     }
 
     /// Project `tenant`'s daily cost for the next `days` days from its
@@ -791,35 +817,7 @@ impl Ledger {
         days: u32,
         last_day: &str,
     ) -> Result<Forecast, LedgerError> {
-        if days > MAX_FORECAST_DAYS {
-            return Err(LedgerError::ForecastTooLong(days));
-        }
-        let last =
-            civil::parse_day(last_day).ok_or_else(|| LedgerError::InvalidDay(last_day.into()))?;
-        let mut by_day: BTreeMap<i64, u64> = BTreeMap::new();
-        self.scan_daily("", Some(last_day), Some(tenant), |k, v| {
-            if let Some(d) = civil::parse_day(k.0) {
-                let c = by_day.entry(d).or_default();
-                *c = c.saturating_add(v.1);
-            }
-        })?;
-        let daily_history: Vec<(String, u64)> = match by_day.first_key_value() {
-            Some((&first, _)) => (first..=last)
-                .map(|d| (civil::format_day(d), by_day.get(&d).copied().unwrap_or(0)))
-                .collect(),
-            None => Vec::new(),
-        };
-        let costs: Vec<u64> = daily_history.iter().map(|(_, c)| *c).collect();
-        let projected_daily = forecast::project(&costs, days as usize);
-        Ok(Forecast {
-            method: forecast::METHOD.into(),
-            projected_total_micros: projected_daily
-                .iter()
-                .fold(0u64, |t, c| t.saturating_add(*c)),
-            projected_daily,
-            backtest_mape_percent: forecast::backtest_mape(&costs),
-            daily_history,
-        })
+        forecast_of(self, tenant, days, last_day)
     }
 
     /// Every marketplace fee charged in `month` (`YYYY-MM`, UTC) with its
@@ -1033,6 +1031,136 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+/// [`LedgerStore::summary`] over any store's rollup rows.
+fn summary_of<S: LedgerStore + ?Sized>(
+    store: &S,
+    by: GroupBy,
+    since_day: Option<&str>,
+    until_day: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<Vec<SummaryRow>, LedgerError> {
+    let since = since_day.map(checked_day).transpose()?.unwrap_or_default();
+    let until = until_day.map(checked_day).transpose()?;
+    let mut groups: HashMap<String, SummaryRow> = HashMap::new();
+    store.scan_rollups(since, until, tenant, &mut |k, v| {
+        let key = match by {
+            GroupBy::Capsule => k.2,
+            GroupBy::Tenant => k.1,
+            GroupBy::Model => k.3,
+            GroupBy::Day => k.0,
+            GroupBy::Kind => k.4,
+        };
+        let row = match groups.get_mut(key) {
+            Some(row) => row,
+            None => groups.entry(key.to_owned()).or_insert_with(|| SummaryRow {
+                key: key.to_owned(),
+                ..SummaryRow::default()
+            }),
+        };
+        let (quantity, cost, count, estimated) = v;
+        let slot = match Kind::from_name(k.4) {
+            Some(Kind::LlmTokensInput) => &mut row.tokens_in,
+            Some(Kind::LlmTokensOutput) => &mut row.tokens_out,
+            Some(Kind::Fuel) => &mut row.fuel,
+            Some(Kind::WallTime) => &mut row.wall_us,
+            Some(Kind::MarketplaceFee) | None => &mut row.fee_units,
+        };
+        *slot = slot.saturating_add(quantity);
+        row.cost_micros = row.cost_micros.saturating_add(cost);
+        row.count = row.count.saturating_add(count);
+        row.estimated = row.estimated.saturating_add(estimated);
+    })?;
+    let mut rows: Vec<SummaryRow> = groups.into_values().collect();
+    if by == GroupBy::Day {
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+    } else {
+        rows.sort_by(|a, b| b.cost_micros.cmp(&a.cost_micros).then(a.key.cmp(&b.key)));
+    }
+    Ok(rows)
+}
+
+/// [`LedgerStore::bill`] over any store's rollup rows.
+fn bill_of<S: LedgerStore + ?Sized>(
+    store: &S,
+    tenant: &str,
+    month: &str,
+) -> Result<Invoice, LedgerError> {
+    let (first, last) =
+        civil::parse_month(month).ok_or_else(|| LedgerError::InvalidMonth(month.into()))?;
+    let (first, last) = (civil::format_day(first), civil::format_day(last));
+    type LineKey = (String, String, &'static str, u64);
+    let mut lines: BTreeMap<LineKey, InvoiceLine> = BTreeMap::new();
+    store.scan_rollups(&first, Some(&last), Some(tenant), &mut |k, v| {
+        let Some(kind) = Kind::from_name(k.4) else {
+            return;
+        };
+        let line = lines
+            .entry((k.2.to_owned(), k.3.to_owned(), kind.name(), k.5))
+            .or_insert_with(|| InvoiceLine {
+                capsule: k.2.to_owned(),
+                model: (k.3 != NO_MODEL).then(|| k.3.to_owned()),
+                kind,
+                quantity: 0,
+                unit_price_micros: k.5,
+                cost_micros: 0,
+                count: 0,
+                estimated: 0,
+            });
+        line.quantity = line.quantity.saturating_add(v.0);
+        line.cost_micros = line.cost_micros.saturating_add(v.1);
+        line.count = line.count.saturating_add(v.2);
+        line.estimated = line.estimated.saturating_add(v.3);
+    })?;
+    let lines: Vec<InvoiceLine> = lines.into_values().collect();
+    let total_micros = lines
+        .iter()
+        .fold(0u64, |t, l| t.saturating_add(l.cost_micros));
+    Ok(Invoice {
+        tenant: tenant.into(),
+        month: month.into(),
+        lines,
+        total_micros,
+    })
+}
+
+/// [`LedgerStore::forecast_through`] over any store's rollup rows.
+fn forecast_of<S: LedgerStore + ?Sized>(
+    store: &S,
+    tenant: &str,
+    days: u32,
+    last_day: &str,
+) -> Result<Forecast, LedgerError> {
+    if days > MAX_FORECAST_DAYS {
+        return Err(LedgerError::ForecastTooLong(days));
+    }
+    let last =
+        civil::parse_day(last_day).ok_or_else(|| LedgerError::InvalidDay(last_day.into()))?;
+    let mut by_day: BTreeMap<i64, u64> = BTreeMap::new();
+    store.scan_rollups("", Some(last_day), Some(tenant), &mut |k, v| {
+        if let Some(d) = civil::parse_day(k.0) {
+            let c = by_day.entry(d).or_default();
+            *c = c.saturating_add(v.1);
+        }
+    })?;
+    let daily_history: Vec<(String, u64)> = match by_day.first_key_value() {
+        Some((&first, _)) => (first..=last)
+            .map(|d| (civil::format_day(d), by_day.get(&d).copied().unwrap_or(0)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let costs: Vec<u64> = daily_history.iter().map(|(_, c)| *c).collect();
+    let projected_daily = forecast::project(&costs, days as usize);
+    Ok(Forecast {
+        method: forecast::METHOD.into(),
+        projected_total_micros: projected_daily
+            .iter()
+            .fold(0u64, |t, c| t.saturating_add(*c)),
+        projected_daily,
+        backtest_mape_percent: forecast::backtest_mape(&costs),
+        daily_history,
+    })
 }
 
 fn checked_day(day: &str) -> Result<&str, LedgerError> {

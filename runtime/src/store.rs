@@ -60,3 +60,104 @@ impl DataDir {
         &self.db
     }
 }
+
+pub mod postgres;
+
+/// Where the state several daemons share lives (`[store]` in `soma.toml`):
+/// the embedded redb database of the data directory (the default), or one
+/// PostgreSQL database shared by every daemon of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redb` (default) or `postgres`.
+    pub backend: Backend,
+    /// The PostgreSQL connection string (`postgres://user:pass@host:port/db`
+    /// or `host=… port=… dbname=…`); required with `backend = "postgres"`.
+    /// It may carry a password: it is never logged or printed.
+    pub url: Option<String>,
+    /// Most connections one daemon opens (the ledger's writer thread holds
+    /// one while it commits). Default 8, at most 64.
+    pub pool_size: u32,
+    /// How long to wait to connect, or for a free connection. Default 5000.
+    pub connect_timeout_ms: u64,
+    /// Longest a statement may run before PostgreSQL cancels it. Default 10000.
+    pub statement_timeout_ms: u64,
+}
+
+/// Which store `[store]` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The data directory's redb database (one daemon).
+    #[default]
+    Redb,
+    /// A PostgreSQL database shared by several daemons.
+    Postgres,
+}
+
+/// Most connections `[store] pool_size` may ask for.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Redb,
+            url: None,
+            pool_size: 8,
+            connect_timeout_ms: 5000,
+            statement_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Check the section: a URL with `postgres`, bounded pool and timeouts.
+    pub fn check(&self) -> Result<(), String> {
+        if self.backend == Backend::Postgres {
+            let Some(url) = &self.url else {
+                return Err("store.url is required with store.backend = \"postgres\" \
+                     (e.g. postgres://soma@127.0.0.1:5432/soma)"
+                    .into());
+            };
+            url.parse::<::postgres::Config>().map_err(|e| {
+                format!("store.url is not a PostgreSQL connection string ({e}); e.g. postgres://soma@127.0.0.1:5432/soma")
+            })?;
+        }
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(format!("store.pool_size must be 1–{MAX_POOL_SIZE}"));
+        }
+        if self.connect_timeout_ms == 0 || self.statement_timeout_ms == 0 {
+            return Err(
+                "store.connect_timeout_ms and store.statement_timeout_ms must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_section_defaults_to_redb_and_checks_postgres_settings() {
+        let c: crate::Config = toml::from_str("").expect("empty config");
+        assert_eq!(c.store, StoreConfig::default());
+        assert_eq!(c.store.backend, Backend::Redb);
+        assert!(c.check().is_ok());
+        let no_url: crate::Config =
+            toml::from_str("[store]\nbackend = \"postgres\"\n").expect("parse");
+        let err = no_url.check().expect_err("no url").to_string();
+        assert!(err.contains("store.url is required"), "{err}");
+        let ok: crate::Config = toml::from_str(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://soma@127.0.0.1:5432/soma\"\n",
+        )
+        .expect("parse");
+        assert!(ok.check().is_ok());
+        for bad in ["pool_size = 0", "pool_size = 65", "connect_timeout_ms = 0"] {
+            let c: crate::Config = toml::from_str(&format!("[store]\n{bad}\n")).expect("parse");
+            assert!(c.check().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<crate::Config>("[store]\nbackend = \"mysql\"\n").is_err());
+    }
+}

@@ -12,6 +12,7 @@ pub mod dag_checks;
 pub mod llm_fixture;
 pub mod market;
 pub mod market_corpus;
+pub mod postgres;
 pub mod prometheus;
 pub mod registry;
 

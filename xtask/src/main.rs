@@ -156,6 +156,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // The shared store's tests (`tests/src/postgres.rs`): PostgreSQL 15.
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
 ];
 /// Python modules the interop reference needs, with their PyPI names.
 const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];

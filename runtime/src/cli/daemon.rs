@@ -138,7 +138,10 @@ pub(crate) fn token(global: &Global, cmd: TokenCommand) -> anyhow::Result<Code> 
             }
         };
     }
-    let tokens = auth::Tokens::load(global.data_dir()?.database().clone())?;
+    let tokens = auth::Tokens::open(
+        &global.config()?.store,
+        global.data_dir()?.database().clone(),
+    )?;
     match cmd {
         TokenCommand::Create {
             tenant,

@@ -31,12 +31,17 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+pub mod postgres;
+
 use base64::Engine as _;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use soma_host_api::storage::LazyDatabase;
 use subtle::ConstantTimeEq as _;
+
+/// How often a daemon on the shared PostgreSQL store reloads the tokens.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// token id → [`TokenRecord`] (JSON).
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("api_tokens");
@@ -259,32 +264,123 @@ fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> AuthError 
     AuthError::Storage(e.into())
 }
 
-/// The token store: redb for durability, an in-memory index for checks.
+/// The token store: redb (or the shared PostgreSQL store) for
+/// durability, an in-memory index for checks.
 #[derive(Debug, Clone)]
 pub struct Tokens {
-    db: Arc<LazyDatabase>,
+    backing: Backing,
     by_id: Arc<RwLock<HashMap<String, TokenRecord>>>,
+}
+
+/// Where the records are kept.
+#[derive(Debug, Clone)]
+enum Backing {
+    Redb(Arc<LazyDatabase>),
+    Postgres(postgres::PgTokens),
 }
 
 impl Tokens {
     /// Load every token of `db` (once, at daemon start).
     pub fn load(db: Arc<LazyDatabase>) -> Result<Self, AuthError> {
+        Self::load_from(Backing::Redb(db))
+    }
+
+    /// Load every token of the shared PostgreSQL store. Tokens created or
+    /// revoked by another daemon are seen after [`Tokens::refresh`].
+    pub fn load_postgres(pg: postgres::PgTokens) -> Result<Self, AuthError> {
+        Self::load_from(Backing::Postgres(pg))
+    }
+
+    /// The token store `[store]` names: the data directory's redb
+    /// database, or the shared PostgreSQL store (connected and migrated
+    /// here, on a thread of its own: the synchronous driver must not run
+    /// on an async task). With PostgreSQL a thread reloads the tokens every
+    /// [`REFRESH`], so a token created or revoked on another daemon holds
+    /// here within about a second.
+    pub fn open(
+        store: &crate::store::StoreConfig,
+        db: Arc<LazyDatabase>,
+    ) -> Result<Self, AuthError> {
+        if store.backend == crate::store::Backend::Redb {
+            return Self::load(db);
+        }
+        let store = store.clone();
+        let tokens = std::thread::scope(|s| {
+            s.spawn(move || {
+                let pg = crate::store::postgres::PgStore::open(&store).map_err(storage)?;
+                Self::load_postgres(postgres::PgTokens::new(pg))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(AuthError::Invalid(
+                    "the token store's loader panicked".into(),
+                ))
+            })
+        })?;
+        tokens.spawn_refresh()?;
+        Ok(tokens)
+    }
+
+    /// Reload from the shared store every [`REFRESH`] while any clone of
+    /// these tokens lives (a failed reload keeps the last tokens and is
+    /// logged).
+    fn spawn_refresh(&self) -> Result<(), AuthError> {
+        let Backing::Postgres(pg) = &self.backing else {
+            return Ok(());
+        };
+        let pg = pg.clone();
+        let map = Arc::downgrade(&self.by_id);
+        std::thread::Builder::new()
+            .name("soma-token-refresh".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(REFRESH);
+                    let Some(map) = map.upgrade() else { return };
+                    match pg.list() {
+                        Ok(all) => {
+                            *map.write().unwrap_or_else(|p| p.into_inner()) =
+                                all.into_iter().map(|t| (t.id.clone(), t)).collect();
+                        }
+                        Err(e) => tracing::warn!(
+                            "cannot reload the API tokens from PostgreSQL (the last ones loaded stay in force): {}",
+                            soma_host_api::error_chain(&e)
+                        ),
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(storage)
+    }
+
+    fn load_from(backing: Backing) -> Result<Self, AuthError> {
         let tokens = Self {
-            db,
+            backing,
             by_id: Arc::default(),
         };
-        let all = tokens.list()?;
-        let mut map = tokens.by_id.write().unwrap_or_else(|p| p.into_inner());
-        for t in all {
-            map.insert(t.id.clone(), t);
-        }
-        drop(map);
+        tokens.refresh()?;
         Ok(tokens)
+    }
+
+    /// Replace the in-memory index with the stored records (what other
+    /// daemons sharing the store created or revoked). Cost: one read of
+    /// every record.
+    pub fn refresh(&self) -> Result<(), AuthError> {
+        let all: HashMap<String, TokenRecord> = self
+            .list()?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        *self.by_id.write().unwrap_or_else(|p| p.into_inner()) = all;
+        Ok(())
     }
 
     /// Every stored token.
     pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
-        let db = self.db.get().map_err(storage)?;
+        let db = match &self.backing {
+            Backing::Redb(db) => db,
+            Backing::Postgres(pg) => return pg.list().map_err(storage),
+        };
+        let db = db.get().map_err(storage)?;
         let txn = db.begin_read().map_err(storage)?;
         let table = match txn.open_table(TOKENS) {
             Ok(t) => t,
@@ -386,7 +482,11 @@ impl Tokens {
     }
 
     fn read(&self, id: &str) -> Result<Option<TokenRecord>, AuthError> {
-        let db = self.db.get().map_err(storage)?;
+        let db = match &self.backing {
+            Backing::Redb(db) => db,
+            Backing::Postgres(pg) => return pg.get(id).map_err(storage),
+        };
+        let db = db.get().map_err(storage)?;
         let txn = db.begin_read().map_err(storage)?;
         let table = match txn.open_table(TOKENS) {
             Ok(t) => t,
@@ -400,17 +500,22 @@ impl Tokens {
     }
 
     fn save(&self, record: &TokenRecord) -> Result<(), AuthError> {
-        let db = self.db.get().map_err(storage)?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        {
-            let mut table = txn.open_table(TOKENS).map_err(storage)?;
-            let bytes = serde_json::to_vec(record).map_err(storage)?;
-            table
-                .insert(record.id.as_str(), bytes.as_slice())
-                .map_err(storage)?;
+        match &self.backing {
+            Backing::Redb(db) => {
+                let db = db.get().map_err(storage)?;
+                let mut txn = db.begin_write().map_err(storage)?;
+                txn.set_durability(Durability::Immediate).map_err(storage)?;
+                {
+                    let mut table = txn.open_table(TOKENS).map_err(storage)?;
+                    let bytes = serde_json::to_vec(record).map_err(storage)?;
+                    table
+                        .insert(record.id.as_str(), bytes.as_slice())
+                        .map_err(storage)?;
+                }
+                txn.commit().map_err(storage)?;
+            }
+            Backing::Postgres(pg) => pg.save(record).map_err(storage)?,
         }
-        txn.commit().map_err(storage)?;
         self.by_id
             .write()
             .unwrap_or_else(|p| p.into_inner())

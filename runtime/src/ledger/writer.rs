@@ -1,5 +1,6 @@
 //! Group commit: one background thread turns appends from many threads into
-//! one redb transaction per batch.
+//! one transaction per batch (redb, or PostgreSQL with `[store] backend =
+//! "postgres"`).
 //!
 //! Each [`LedgerWriter::append`] sends its entries over a channel and blocks
 //! on a private reply channel. The thread takes whatever is queued (up to
@@ -66,18 +67,32 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub struct LedgerWriter {
     tx: mpsc::Sender<Request>,
+    /// The store's validation, run on the caller's thread before queueing
+    /// (so one bad request never fails a batch it would share).
+    check: fn(&[Entry]) -> Result<(), LedgerError>,
     thread: Arc<Mutex<Option<thread::JoinHandle<()>>>>,
 }
 
 impl LedgerWriter {
     pub(super) fn spawn(db: Arc<LazyDatabase>) -> Result<Self, LedgerError> {
+        Self::spawn_checked(validate, move |requests| write_batch(&db, requests))
+    }
+
+    /// A writer whose thread commits each batch with `write` (one
+    /// transaction per call, one [`Appended`] per request, in order):
+    /// the redb database or the PostgreSQL store.
+    pub(super) fn spawn_checked(
+        check: fn(&[Entry]) -> Result<(), LedgerError>,
+        mut write: impl FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError> + Send + 'static,
+    ) -> Result<Self, LedgerError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = thread::Builder::new()
             .name("soma-ledger-writer".into())
-            .spawn(move || run(&db, &rx))
+            .spawn(move || run(&mut write, &rx))
             .map_err(|e| LedgerError::WriterSpawn(Arc::new(e)))?;
         Ok(Self {
             tx,
+            check,
             thread: Arc::new(Mutex::new(Some(handle))),
         })
     }
@@ -86,7 +101,7 @@ impl LedgerWriter {
     /// thread to finish its queue and release the database (so another
     /// engine can open the same data directory right after).
     pub fn close(self) {
-        let Self { tx, thread } = self;
+        let Self { tx, thread, .. } = self;
         drop(tx);
         if let Ok(cell) = Arc::try_unwrap(thread) {
             let handle = cell.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -105,7 +120,7 @@ impl LedgerWriter {
         if entries.is_empty() {
             return Ok(Appended::default());
         }
-        validate(&entries)?;
+        (self.check)(&entries)?;
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Request {
@@ -129,7 +144,7 @@ impl LedgerWriter {
             then(Ok(Appended::default()));
             return;
         }
-        if let Err(e) = validate(&entries) {
+        if let Err(e) = (self.check)(&entries) {
             then(Err(e));
             return;
         }
@@ -147,7 +162,7 @@ impl LedgerWriter {
         if entries.is_empty() {
             return Ok(Appended::default());
         }
-        validate(&entries)?;
+        (self.check)(&entries)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Request {
@@ -159,7 +174,10 @@ impl LedgerWriter {
     }
 }
 
-fn run(db: &LazyDatabase, rx: &mpsc::Receiver<Request>) {
+fn run(
+    write: &mut dyn FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError>,
+    rx: &mpsc::Receiver<Request>,
+) {
     // About how many appenders are active: the ones likely to come back.
     let mut previous = 0;
     while let Ok(first) = rx.recv() {
@@ -185,7 +203,7 @@ fn run(db: &LazyDatabase, rx: &mpsc::Receiver<Request>) {
         // so a departed appender costs at most a few short lingers.
         previous = batch.len().max(previous.saturating_sub(1));
         let requests: Vec<&[Entry]> = batch.iter().map(|r| r.entries.as_slice()).collect();
-        match write_batch(db, &requests) {
+        match write(&requests) {
             Ok(results) => {
                 for (r, result) in batch.into_iter().zip(results) {
                     r.reply.send(Ok(result));

@@ -1,7 +1,8 @@
 //! The `soma` binary and `soma daemon` end to end, one module per former
 //! test file: the CLI (`cli`), the daemon over HTTP (`daemon`), its log
 //! (`daemon_log`) and its `/metrics` scraped by Prometheus
-//! (`daemon_prometheus`), `soma dag` (`dag`), the fuel charged after an
+//! (`daemon_prometheus`), two daemons on one PostgreSQL (`daemon_pg`),
+//! `soma dag` (`dag`), the fuel charged after an
 //! epoch interrupt (`fuel_after_interrupt`) and the one resolve stage
 //! (`resolve`). One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
@@ -9,6 +10,7 @@
 mod cli;
 mod daemon;
 mod daemon_log;
+mod daemon_pg;
 mod daemon_prometheus;
 mod dag;
 mod fuel_after_interrupt;

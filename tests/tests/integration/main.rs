@@ -3,7 +3,8 @@
 //! (`compat`), the DAG scheduler (`dag`), token economics (`economics`),
 //! host capabilities (`host_api`), hostile capsules (`hostile`), invalid
 //! components (`invalid`), the `llm` capability (`llm_provider`), OCI push
-//! and pull (`oci`) and signing (`signing`). One test binary: each file
+//! and pull (`oci`), signing (`signing`) and the shared PostgreSQL store
+//! (`store_pg`). One test binary: each file
 //! linked alone cost a ~220 MB link (docs/ci.md).
 
 mod capsules;
@@ -16,3 +17,4 @@ mod invalid;
 mod llm_provider;
 mod oci;
 mod signing;
+mod store_pg;
