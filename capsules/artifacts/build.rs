@@ -23,6 +23,7 @@ const EXAMPLES: &[&str] = &[
     "kamachiq-coder",
     "kamachiq-reviewer",
     "flaky",
+    "http-probe",
 ];
 /// Valid components that are not Soma capsules (another world).
 const FOREIGN: &[&str] = &["wrong-world"];

@@ -23,6 +23,14 @@ pub mod v0_2 {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "capsule",
+        // WASI HTTP (the `http` capability) is served by wasmtime-wasi-http,
+        // whose bindings need store data that is `Send`.
+        require_store_data_send: true,
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
     });
 }
 

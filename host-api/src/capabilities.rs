@@ -25,7 +25,7 @@ use wasmtime_wasi::WasiView;
 pub use crate::capability::{
     Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
 };
-use crate::{bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, wasi};
+use crate::{bindings::soma::capsule::types::CapabilityRequest, events, http, kv, llm, log, wasi};
 
 /// Store data that holds the composed per-call [`State`]. The runtime's
 /// store type implements this (and `WasiView`, which wasmtime-wasi needs);
@@ -53,6 +53,13 @@ impl<T: HasCapabilities> llm::LlmView for T {
     }
 }
 
+impl<T: HasCapabilities + Send> http::HttpView for T {
+    fn http_view(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        let State { wasi, http, .. } = self.capabilities();
+        http.view(wasi.table())
+    }
+}
+
 impl<T: HasCapabilities> events::EventsView for T {
     fn events_state(&mut self) -> &mut events::State {
         &mut self.capabilities().events
@@ -74,6 +81,8 @@ pub struct Sections<'a> {
     pub events: &'a events::Config,
     /// `[wasi]`.
     pub wasi: &'a wasi::Config,
+    /// `[http]`.
+    pub http: &'a http::Config,
     /// `[policy]`.
     pub policy: &'a Policy,
 }
@@ -87,6 +96,9 @@ pub enum SectionError {
     /// `[llm]`.
     #[error("llm: {0}")]
     Llm(#[source] llm::ConfigError),
+    /// `[http]`.
+    #[error(transparent)]
+    Http(#[from] http::ConfigError),
 }
 
 impl Sections<'_> {
@@ -97,6 +109,7 @@ impl Sections<'_> {
         llm::Llm::check(self.llm).map_err(SectionError::Llm)?;
         let Ok(()) = events::Events::check(self.events);
         let Ok(()) = wasi::Wasi::check(self.wasi);
+        http::Http::check(self.http)?;
         Ok(())
     }
 }
@@ -129,6 +142,7 @@ pub struct Shared {
     llm: <llm::Llm as Capability>::Shared,
     events: <events::Events as Capability>::Shared,
     wasi: <wasi::Wasi as Capability>::Shared,
+    http: <http::Http as Capability>::Shared,
     policy: Policy,
 }
 
@@ -141,6 +155,7 @@ impl Shared {
             llm: llm::Llm::shared(sections.llm, engine),
             events: events::Events::shared(sections.events, engine),
             wasi: wasi::Wasi::shared(sections.wasi, engine),
+            http: http::Http::shared(sections.http, engine),
             policy: sections.policy.clone(),
         }
     }
@@ -153,6 +168,7 @@ impl Shared {
             kv: kv::Kv::grant(&wants.kv, &p.allow_kv, scope),
             llm: llm::Llm::grant(&wants.llm, &p.llm_models, scope),
             dirs: wasi::Wasi::grant(&wants.dirs, &(), scope),
+            http: http::Http::grant(&wants.http, self.http.policy(), scope),
         }
     }
 }
@@ -166,6 +182,7 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     kv::add_to_linker(linker)?;
     llm::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
+    http::add_to_linker(linker)?;
     crate::compat::add_to_linker(linker)?;
     crate::bindings::add_types_to_linker(linker)
 }
@@ -179,10 +196,11 @@ pub fn provided() -> String {
         llm::Llm::INTERFACES,
         events::Events::INTERFACES,
         wasi::Wasi::INTERFACES,
+        http::Http::INTERFACES,
     ]
     .concat();
     format!(
-        "WASI p2 and soma:capsule/{{{}}} (@0.1.0 and @0.2.0)",
+        "WASI p2, wasi:http/outgoing-handler and soma:capsule/{{{}}} (@0.1.0 and @0.2.0)",
         interfaces.join(",")
     )
 }
@@ -196,6 +214,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
         llm::Llm::NAME => llm::Llm::check_allow(allow),
         events::Events::NAME => events::Events::check_allow(allow),
         wasi::Wasi::NAME => wasi::Wasi::check_allow(allow),
+        http::Http::NAME => http::Http::check_allow(allow),
         _ => Err(AllowError::Unknown {
             name: name.to_owned(),
             known: [
@@ -204,6 +223,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
                 llm::Llm::NAME,
                 events::Events::NAME,
                 wasi::Wasi::NAME,
+                http::Http::NAME,
             ]
             .join(", "),
         }),
@@ -224,8 +244,11 @@ pub struct Wants {
     /// wasi's share: guest paths of the directories it wants preopened.
     #[serde(rename = "wants_dirs")]
     pub dirs: <wasi::Wasi as Capability>::Wants,
+    /// http's share: the allowlist patterns it asks for.
+    #[serde(rename = "wants_http")]
+    pub http: <http::Http as Capability>::Wants,
     /// Requests no capability of this host claims (one added after this
-    /// host was built, or reserved like `http`): kept, shown, granted nothing.
+    /// host was built): kept, shown, granted nothing.
     #[serde(rename = "wants_other")]
     pub other: Vec<Request>,
 }
@@ -250,6 +273,7 @@ impl Wants {
                 llm::Llm::NAME => llm::Llm::want(&mut w.llm, &r.args),
                 events::Events::NAME => events::Events::want(&mut (), &r.args),
                 wasi::Wasi::NAME => wasi::Wasi::want(&mut w.dirs, &r.args),
+                http::Http::NAME => http::Http::want(&mut w.http, &r.args),
                 _ => w.other.push(Request {
                     name: r.name,
                     args: r.args,
@@ -266,6 +290,7 @@ impl Wants {
         kv::Kv::describe_wants(&self.kv, &mut out);
         llm::Llm::describe_wants(&self.llm, &mut out);
         wasi::Wasi::describe_wants(&self.dirs, &mut out);
+        http::Http::describe_wants(&self.http, &mut out);
         for r in &self.other {
             if r.args.is_empty() {
                 out.push(r.name.clone());
@@ -287,6 +312,8 @@ pub struct Grants {
     /// wasi: preopened directories (offered by the caller, checked against
     /// the capsule's wants by [`wasi::Wasi::offer`]).
     pub dirs: <wasi::Wasi as Capability>::Grant,
+    /// http: where the call may send requests.
+    pub http: <http::Http as Capability>::Grant,
 }
 
 impl Grants {
@@ -298,6 +325,7 @@ impl Grants {
         llm::Llm::describe_wants(&self.llm.models, &mut out);
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.guest.clone()).collect();
         wasi::Wasi::describe_wants(&dirs, &mut out);
+        http::Http::describe_wants(&self.http.patterns(), &mut out);
         out
     }
 
@@ -306,6 +334,7 @@ impl Grants {
         kv::Kv::rescope(&mut self.kv, run);
         llm::Llm::rescope(&mut self.llm, run);
         wasi::Wasi::rescope(&mut self.dirs, run);
+        http::Http::rescope(&mut self.http, run);
     }
 }
 
@@ -345,6 +374,8 @@ pub struct State {
     pub events: events::State,
     /// `llm`.
     pub llm: llm::State,
+    /// `http`.
+    pub http: http::State,
 }
 
 impl State {
@@ -361,12 +392,14 @@ impl State {
         let Ok(kv) = kv::Kv::prepare(&shared.kv, &grants.kv, call);
         let Ok(events) = events::Events::prepare(&shared.events, &(), call);
         let Ok(llm) = llm::Llm::prepare(&shared.llm, &grants.llm, call);
+        let Ok(http) = http::Http::prepare(&shared.http, &grants.http, call);
         Ok(Self {
             wasi,
             log,
             kv,
             events,
             llm,
+            http,
         })
     }
 
@@ -377,6 +410,7 @@ impl State {
         kv::Kv::commit(&mut self.kv)?;
         events::Events::commit(&mut self.events)?;
         llm::Llm::commit(&mut self.llm)?;
+        http::Http::commit(&mut self.http)?;
         Ok(())
     }
 
@@ -387,6 +421,7 @@ impl State {
         kv::Kv::finish(self.kv);
         let (events, events_dropped) = events::Events::finish(self.events);
         llm::Llm::finish(self.llm);
+        let http = http::Http::finish(self.http);
         Report {
             logs,
             logs_dropped,
@@ -394,6 +429,7 @@ impl State {
             events_dropped,
             stdout,
             stderr,
+            http,
         }
     }
 }
@@ -413,6 +449,8 @@ pub struct Report {
     pub stdout: String,
     /// wasi: captured stderr (capped).
     pub stderr: String,
+    /// http: requests and bytes.
+    pub http: http::Usage,
 }
 
 #[cfg(test)]
@@ -436,6 +474,7 @@ mod tests {
                 llm: &llm::Config::default(),
                 events: &events::Config::default(),
                 wasi: &wasi::Config::default(),
+                http: &http::Config::default(),
                 policy: &policy,
             },
             &EngineContext {
@@ -608,7 +647,7 @@ mod tests {
         let e = check_allow("kvv", &Allow::Denied).expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir"
+            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir, http"
         );
         for fixed in ["log", "events", "dir"] {
             let e = check_allow(fixed, &Allow::Denied).expect_err("fixed");
@@ -621,7 +660,8 @@ mod tests {
         let p = provided();
         assert_eq!(
             p,
-            "WASI p2 and soma:capsule/{log,kv,llm,events} (@0.1.0 and @0.2.0)"
+            "WASI p2, wasi:http/outgoing-handler and soma:capsule/{log,kv,llm,events} \
+             (@0.1.0 and @0.2.0)"
         );
     }
 
@@ -638,6 +678,7 @@ mod tests {
             llm: &llm::Config::default(),
             events: &events::Config::default(),
             wasi: &wasi::Config::default(),
+            http: &http::Config::default(),
             policy: &policy,
         };
         let e = sections.check().expect_err("kv inconsistent");

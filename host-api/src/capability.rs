@@ -278,6 +278,15 @@ pub enum AllowError {
         /// Why.
         why: &'static str,
     },
+    /// A list entry the capability cannot use (e.g. an http pattern that
+    /// does not parse).
+    #[error("`{name}`: {why}")]
+    BadArgument {
+        /// The capability.
+        name: &'static str,
+        /// What is wrong with the entry.
+        why: String,
+    },
     /// A list given to a capability without arguments.
     #[error("`{name}` takes `true` or `false`, not a list (it has no arguments)")]
     NoArguments {
@@ -300,4 +309,10 @@ pub struct CallContext<'a> {
     pub tenant: &'a Arc<str>,
     /// The call's memory limit, bytes (bounds host memory a call may pin).
     pub memory_limit_bytes: usize,
+    /// When the call's deadline passes. Host code that blocks (http) must
+    /// end by it: the epoch deadline cannot interrupt a blocked host call.
+    pub deadline: std::time::Instant,
+    /// Set when the call's caller went away; host code that blocks should
+    /// end soon after.
+    pub cancel: Option<&'a Arc<std::sync::atomic::AtomicBool>>,
 }

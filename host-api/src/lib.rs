@@ -20,6 +20,7 @@ pub mod capability;
 pub mod capabilities;
 mod compat;
 pub mod events;
+pub mod http;
 pub mod kv;
 pub mod llm;
 pub mod log;

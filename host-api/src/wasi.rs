@@ -245,6 +245,12 @@ impl State {
         (self.stdout.take(), self.stderr.take())
     }
 
+    /// The call's resource table (shared with wasi:http, whose streams and
+    /// pollables are WASI's).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     /// The view wasmtime-wasi's host functions use.
     pub fn view(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -205,6 +205,10 @@ pub struct Outcome {
     pub stdout: String,
     /// Captured stderr (capped).
     pub stderr: String,
+    /// Outbound HTTP: requests made and refused, body bytes sent and
+    /// received (omitted when the call made no request).
+    #[serde(skip_serializing_if = "host_api::http::Usage::is_empty")]
+    pub http: host_api::http::Usage,
     /// The call's charge, when the caller asked to commit it itself
     /// ([`CallOptions::defer_charge`]).
     #[serde(skip)]
@@ -570,6 +574,8 @@ impl Engine {
             spender,
             tenant: &options.tenant,
             memory_limit_bytes: limits.memory_bytes(),
+            deadline: start + limits.timeout(),
+            cancel: options.cancel.as_ref(),
         };
         let capabilities = match host_api::State::new(&self.capabilities, &options.grants, &call) {
             Ok(c) => c,
@@ -833,6 +839,7 @@ impl Outcome {
             events_dropped: 0,
             stdout: String::new(),
             stderr: String::new(),
+            http: host_api::http::Usage::default(),
             charge: None,
         }
     }
@@ -853,6 +860,7 @@ impl Outcome {
             events_dropped,
             stdout,
             stderr,
+            http,
         } = host.capabilities.finish();
         Self {
             result,
@@ -863,6 +871,7 @@ impl Outcome {
             events_dropped,
             stdout,
             stderr,
+            http,
             charge: None,
         }
     }

@@ -43,6 +43,8 @@ pub struct Config {
     pub llm: host_api::llm::Config,
     /// WASI (stdio capture).
     pub wasi: host_api::wasi::Config,
+    /// `http` capability (outbound HTTP).
+    pub http: host_api::http::Config,
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
     /// How much a registry may make a pull read (`[pull]`).
@@ -263,6 +265,7 @@ impl Config {
             llm: &self.llm,
             events: &self.events,
             wasi: &self.wasi,
+            http: &self.http,
             policy: &self.policy,
         }
     }

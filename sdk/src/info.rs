@@ -100,10 +100,18 @@ impl Info {
         self.wants("llm", &[model])
     }
 
-    /// Ask for outbound HTTP to `host` (`http`).
+    /// Ask for outbound HTTP to URLs matching `pattern` (`http`), e.g.
+    /// `https://api.example.com` or `https://*.example.com:8443`.
     #[must_use]
-    pub fn wants_http_host(self, host: &str) -> Self {
-        self.wants("http", &[host])
+    pub fn wants_http_host(self, pattern: &str) -> Self {
+        self.wants("http", &[pattern])
+    }
+
+    /// Ask for outbound HTTP to URLs matching any of `patterns` (`http`;
+    /// see [`crate::http`]).
+    #[must_use]
+    pub fn wants_http(self, patterns: &[&str]) -> Self {
+        self.wants("http", patterns)
     }
 
     /// Ask for a preopened directory at guest path `path` (`dir`).

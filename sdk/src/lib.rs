@@ -25,10 +25,11 @@
 //! ```
 //!
 //! Build it with `soma build` (or `cargo build --release --target wasm32-wasip2`).
-//! Host capabilities are in [`log`], [`kv`], [`llm`] and [`events`]; each call
+//! Host capabilities are in [`log`], [`kv`], [`llm`], [`events`] and [`http`]; each call
 //! is checked against the grants the operator gave the capsule.
 
 pub mod events;
+pub mod http;
 pub mod json;
 pub mod kv;
 pub mod llm;
@@ -56,6 +57,9 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_capsule_world",
         default_bindings_module: "soma_sdk::bindings",
+        // wasi:http (the `http` capability) and the wasi:io/clocks types it
+        // uses; a capsule that makes no request does not import them.
+        generate_all,
     });
 }
 

@@ -173,7 +173,8 @@ fn inspect_json_describes_the_capsule() {
     assert_eq!(doc["exports"], serde_json::json!(["describe", "run"]));
 
     // A capsule built against the frozen 0.1.0 contract: its closed record
-    // shows as requests; `http`, which this host does not serve, is kept.
+    // shows as requests (0.1.0's bare host names are kept as http's wants;
+    // they are not patterns, so they grant nothing).
     let out = soma(
         data.path(),
         &["inspect", soma_capsules::COMPAT_V0_1_COMPONENT, "--json"],
@@ -184,10 +185,8 @@ fn inspect_json_describes_the_capsule() {
     assert_eq!(m["contract"], "soma:capsule@0.1.0");
     assert_eq!(m["wants_kv"], true);
     assert_eq!(m["wants_dirs"], serde_json::json!(["/data"]));
-    assert_eq!(
-        m["wants_other"],
-        serde_json::json!([{"name": "http", "args": ["example.com"]}])
-    );
+    assert_eq!(m["wants_http"], serde_json::json!(["example.com"]));
+    assert_eq!(m["wants_other"], serde_json::json!([]));
     let out = soma(
         data.path(),
         &["inspect", soma_capsules::COMPAT_V0_1_COMPONENT],

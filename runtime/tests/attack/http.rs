@@ -1,0 +1,530 @@
+//! Issue 16: the `http` capability attacked from a capsule (`http-probe`)
+//! against real servers on free loopback ports, in process: denied hosts,
+//! ports and schemes; a redirect to a denied host; a name that resolves to
+//! loopback; a 1 GiB response (generated lazily, never allocated); a
+//! server that never answers; 1,000 requests in one call; TLS with and
+//! without the operator's CA; a DAG node's restriction; the metering.
+//!
+//! The servers are plain threads over `std::net` (and rustls for TLS):
+//! one connection at a time per thread, `Connection: close` after every
+//! response.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use soma_host_api::{Allow, Restriction};
+use soma_runtime::{
+    CallOptions, Engine, Outcome,
+    config::{Allocator, Config},
+    store::DataDir,
+};
+
+/// What the test server does for a path.
+fn respond(path: &str, body: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(to) = path.strip_prefix("/redirect?to=") {
+        return write!(
+            out,
+            "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+    match path {
+        "/ok" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        }
+        "/echo" => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            out.write_all(body)
+        }
+        "/huge" => {
+            // 1 GiB announced and streamed from one 64 KiB buffer until the
+            // client hangs up: never allocated.
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                1u64 << 30
+            )?;
+            let chunk = [b'x'; 64 * 1024];
+            for _ in 0..(1u64 << 30) / chunk.len() as u64 {
+                out.write_all(&chunk)?;
+            }
+            Ok(())
+        }
+        _ => out
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    }
+}
+
+/// Read one request head (and its body, by `Content-Length`); its path.
+fn read_request(stream: &mut dyn Read) -> Option<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':')
+            && n.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((path, body))
+}
+
+/// A loopback server: every path it was asked for, and a switch to stop.
+struct Server {
+    addr: SocketAddr,
+    paths: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+impl Server {
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port())
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().expect("paths").clone()
+    }
+
+    /// Serve on a free loopback port. `tls`: wrap each connection in TLS
+    /// with this certificate and key. `silent`: read the request and never
+    /// answer (hold the connection until the server stops).
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, silent: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, stopped) = (Arc::clone(&paths), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(tcp) = conn else { continue };
+                let (seen, stopped, tls) = (Arc::clone(&seen), Arc::clone(&stopped), tls.clone());
+                std::thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut stream: Box<dyn ReadWrite> = match tls {
+                        Some(config) => {
+                            let Ok(conn) = rustls::ServerConnection::new(config) else {
+                                return;
+                            };
+                            Box::new(rustls::StreamOwned::new(conn, tcp))
+                        }
+                        None => Box::new(tcp),
+                    };
+                    let Some((path, body)) = read_request(&mut stream) else {
+                        return;
+                    };
+                    seen.lock().expect("paths").push(path.clone());
+                    if silent {
+                        while !stopped.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        return;
+                    }
+                    let _ = respond(&path, &body, &mut stream);
+                    let _ = stream.flush();
+                });
+            }
+        });
+        Self { addr, paths, stop }
+    }
+}
+
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// An engine whose `[http]` section is `http` (other settings default),
+/// its data in `dir`.
+fn engine(dir: &Path, http: soma_host_api::http::Config) -> Engine {
+    let mut config = Config::default();
+    config.engine.allocator = Allocator::OnDemand;
+    config.http = http;
+    config.check().expect("config");
+    Engine::new(config, DataDir::new(dir)).expect("engine")
+}
+
+fn allow(patterns: &[&str]) -> soma_host_api::http::Config {
+    soma_host_api::http::Config {
+        allowed_hosts: patterns.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// One call of `http-probe` with `input`; its outcome and parsed output.
+fn probe(engine: &Engine, input: Value, tune: impl FnOnce(&mut CallOptions)) -> (Outcome, Value) {
+    let capsule = engine
+        .load_file(Path::new(soma_capsules::HTTP_PROBE_COMPONENT))
+        .expect("load http-probe");
+    let mut options = CallOptions::for_capsule(engine, &capsule);
+    tune(&mut options);
+    let outcome = engine.call(&capsule, &input.to_string(), &options);
+    let output = match &outcome.result {
+        Ok(text) => serde_json::from_str(text).expect("probe output"),
+        Err(f) => json!({"failure": f.to_string()}),
+    };
+    (outcome, output)
+}
+
+fn first(output: &Value) -> &Value {
+    &output["results"][0]
+}
+
+fn denied(result: &Value) -> bool {
+    result["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("denied"))
+}
+
+#[test]
+fn an_allowed_request_succeeds_and_is_metered() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let (outcome, out) = probe(&e, json!({"url": server.url("/ok")}), |_| {});
+    assert_eq!(first(&out)["status"], 200, "{out}");
+    assert_eq!(first(&out)["bytes"], 5, "{out}");
+    assert_eq!(outcome.http.requests, 1);
+    assert_eq!(outcome.http.bytes_received, 5);
+    assert_eq!(outcome.http.denied, 0);
+    // A body goes out and is counted.
+    let (outcome, out) = probe(
+        &e,
+        json!({"url": server.url("/echo"), "method": "POST", "body": "x".repeat(10_000)}),
+        |_| {},
+    );
+    assert_eq!(first(&out)["bytes"], 10_000, "{out}");
+    assert_eq!(outcome.http.bytes_sent, 10_000);
+    assert_eq!(outcome.http.bytes_received, 10_000);
+    // The report shows it; a call without requests shows nothing.
+    let json = serde_json::to_value(&outcome).expect("outcome json");
+    assert_eq!(json["http"]["requests"], 1, "{json}");
+}
+
+#[test]
+fn denied_hosts_ports_and_schemes_answer_request_denied_and_reach_nothing() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let other = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let only = format!("http://127.0.0.1:{}", server.port());
+    let e = engine(dir.path(), allow(&[&only]));
+    for url in [
+        // Host: the capsule asks for localhost, the operator does not allow it.
+        format!("http://localhost:{}/ok", server.port()),
+        // Host nobody asked for (no DNS lookup is made).
+        "http://metadata.invalid/latest".to_owned(),
+        // Port.
+        other.url("/ok"),
+        // Scheme.
+        format!("https://127.0.0.1:{}/ok", server.port()),
+        // The cloud metadata address, literally.
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let (outcome, out) = probe(&e, json!({"url": url}), |_| {});
+        assert!(outcome.result.is_ok(), "a denial is not a trap: {out}");
+        assert!(denied(first(&out)), "{url}: {out}");
+        assert_eq!(outcome.http.denied, 1, "{url}");
+        assert_eq!(outcome.http.requests, 0, "{url}");
+    }
+    assert!(server.paths().is_empty() && other.paths().is_empty());
+    // The allowed one still works.
+    let (_, out) = probe(&e, json!({"url": server.url("/ok")}), |_| {});
+    assert_eq!(first(&out)["status"], 200, "{out}");
+}
+
+#[test]
+fn a_redirect_to_a_denied_host_is_refused_and_an_allowed_one_followed() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let evil = format!("http://localhost:{}/ok", server.port());
+    let (outcome, out) = probe(
+        &e,
+        json!({"url": server.url(&format!("/redirect?to={evil}"))}),
+        |_| {},
+    );
+    assert!(denied(first(&out)), "{out}");
+    assert_eq!(
+        server.paths().len(),
+        1,
+        "only the first hop reached the server"
+    );
+    assert_eq!((outcome.http.requests, outcome.http.denied), (1, 1));
+    let good = server.url("/ok");
+    let (_, out) = probe(
+        &e,
+        json!({"url": server.url(&format!("/redirect?to={good}"))}),
+        |_| {},
+    );
+    assert_eq!(first(&out)["status"], 200, "{out}");
+    assert_eq!(first(&out)["redirects"], 1, "{out}");
+    // A redirect loop stops at the SDK's limit, every hop checked.
+    let loop_url = server.url("/redirect?to=/redirect?to=/ok");
+    let (_, out) = probe(&e, json!({"url": loop_url, "follow": 1}), |_| {});
+    assert!(
+        first(&out)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than 1 redirects")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_name_resolving_to_loopback_is_refused_unless_the_address_is_allowed() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("http://localhost:{}/ok", server.port());
+    let by_name = engine(&dir.path().join("a"), allow(&["http://localhost:*"]));
+    let (outcome, out) = probe(&by_name, json!({"url": url}), |_| {});
+    assert!(denied(first(&out)), "{out}");
+    assert_eq!(outcome.http.denied, 1);
+    assert!(server.paths().is_empty());
+    let by_address = engine(
+        &dir.path().join("b"),
+        allow(&["http://localhost:*", "http://127.0.0.1:*"]),
+    );
+    let (_, out) = probe(&by_address, json!({"url": url}), |_| {});
+    assert_eq!(first(&out)["status"], 200, "{out}");
+}
+
+#[test]
+fn a_1_gib_response_is_cut_at_the_byte_quota() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quota = 4 * 1024 * 1024;
+    let e = engine(
+        dir.path(),
+        soma_host_api::http::Config {
+            max_response_bytes_per_call: quota,
+            ..allow(&["http://127.0.0.1:*"])
+        },
+    );
+    let start = Instant::now();
+    let (outcome, out) = probe(&e, json!({"url": server.url("/huge")}), |_| {});
+    let r = first(&out);
+    assert_eq!(r["status"], 200, "{out}");
+    let bytes = r["bytes"].as_u64().expect("bytes");
+    assert!(bytes <= quota, "{bytes} bytes read past the quota {quota}");
+    assert!(
+        bytes >= quota / 2,
+        "{bytes}: the stream was cut far too early"
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("body size exceeds limit")),
+        "{out}"
+    );
+    assert!(outcome.http.bytes_received <= quota + 1024 * 1024);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_is_stopped_by_the_call_deadline() {
+    let _g = crate::shared();
+    let server = Server::start(None, true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let start = Instant::now();
+    let (outcome, out) = probe(&e, json!({"url": server.url("/ok")}), |o| {
+        o.limits.timeout_ms = 1_500;
+    });
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500 + 1_000),
+        "the call took {took:?}: {out}"
+    );
+    assert!(took >= Duration::from_millis(1_400), "{took:?}: {out}");
+    assert_eq!(server.paths(), ["/ok"], "the request did reach the server");
+    // Either the probe saw the host stop the request, or the epoch
+    // deadline ended the call right after.
+    let stopped = first(&out)["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("deadline"));
+    assert!(stopped || outcome.result.is_err(), "{out}");
+}
+
+#[test]
+fn a_thousand_requests_stop_at_the_request_quota() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(
+        dir.path(),
+        soma_host_api::http::Config {
+            max_requests_per_call: 50,
+            ..allow(&["http://127.0.0.1:*"])
+        },
+    );
+    let (outcome, out) = probe(&e, json!({"url": server.url("/ok"), "repeat": 1000}), |o| {
+        o.limits.timeout_ms = 60_000
+    });
+    assert_eq!(out["ok"], 50, "{out}");
+    assert_eq!(out["failed"], 950, "{out}");
+    assert!(
+        out["first_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_requests_per_call")),
+        "{out}"
+    );
+    assert_eq!(server.paths().len(), 50);
+    assert_eq!((outcome.http.requests, outcome.http.denied), (50, 950));
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, as PEM.
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn tls_server(cert: &str, key: &str) -> Server {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    Server::start(Some(Arc::new(config)), false)
+}
+
+#[test]
+fn tls_trusts_the_operators_ca_file_and_nothing_else() {
+    let _g = crate::shared();
+    let (ca, cert, key) = pki();
+    let server = tls_server(&cert, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("https://127.0.0.1:{}/ok", server.port());
+    let without = engine(&dir.path().join("a"), allow(&["https://127.0.0.1:*"]));
+    let (_, out) = probe(&without, json!({"url": url}), |_| {});
+    assert!(
+        first(&out)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TlsCertificateError")),
+        "an unknown CA is refused: {out}"
+    );
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write ca");
+    let with = engine(
+        &dir.path().join("b"),
+        soma_host_api::http::Config {
+            ca_file: Some(ca_file),
+            ..allow(&["https://127.0.0.1:*"])
+        },
+    );
+    let (outcome, out) = probe(&with, json!({"url": url}), |_| {});
+    assert_eq!(first(&out)["status"], 200, "{out}");
+    assert_eq!(outcome.http.bytes_received, 5);
+}
+
+#[test]
+fn a_dag_node_restriction_narrows_the_grant() {
+    let _g = crate::shared();
+    let a = Server::start(None, false);
+    let b = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let node = Restriction(
+        [(
+            "http".to_owned(),
+            Allow::Only(vec![format!("http://127.0.0.1:{}", a.port())]),
+        )]
+        .into(),
+    );
+    let capsule = e
+        .load_file(Path::new(soma_capsules::HTTP_PROBE_COMPONENT))
+        .expect("load");
+    let narrowed =
+        |url: String| probe(&e, json!({"url": url}), |o| o.restrict(&e, &capsule, &node)).1;
+    assert_eq!(first(&narrowed(a.url("/ok")))["status"], 200);
+    assert!(denied(first(&narrowed(b.url("/ok")))));
+    let off = Restriction([("http".to_owned(), Allow::Denied)].into());
+    let (_, out) = probe(&e, json!({"url": a.url("/ok")}), |o| {
+        o.restrict(&e, &capsule, &off);
+    });
+    assert!(denied(first(&out)), "{out}");
+    assert_eq!(a.paths().len(), 1);
+    assert!(b.paths().is_empty());
+}
+
+#[test]
+fn two_tenants_calls_are_counted_apart() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = [("acme", 3), ("globex", 1)]
+        .into_iter()
+        .map(|(tenant, repeat)| {
+            let (outcome, _) = probe(
+                &e,
+                json!({"url": server.url("/ok"), "repeat": repeat}),
+                |o| o.tenant = tenant.into(),
+            );
+            hits.fetch_add(repeat, Ordering::Relaxed);
+            outcome.http
+        })
+        .collect();
+    assert_eq!(calls[0].requests, 3);
+    assert_eq!(calls[0].bytes_received, 15);
+    assert_eq!(calls[1].requests, 1);
+    assert_eq!(calls[1].bytes_received, 5);
+    assert_eq!(server.paths().len(), hits.load(Ordering::Relaxed));
+}
