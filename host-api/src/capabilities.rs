@@ -23,9 +23,11 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 
 pub use crate::capability::{
-    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
+    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Redactor, Restriction,
 };
-use crate::{bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, wasi};
+use crate::{
+    bindings::soma::capsule::types::CapabilityRequest, events, kv, llm, log, secrets, wasi,
+};
 
 /// Store data that holds the composed per-call [`State`]. The runtime's
 /// store type implements this (and `WasiView`, which wasmtime-wasi needs);
@@ -59,6 +61,12 @@ impl<T: HasCapabilities> events::EventsView for T {
     }
 }
 
+impl<T: HasCapabilities> secrets::SecretsView for T {
+    fn secrets_state(&mut self) -> &mut secrets::State {
+        &mut self.capabilities().secrets
+    }
+}
+
 /// The capability sections of the runtime's config tree, borrowed. The
 /// runtime keeps each section a top-level table of `soma.toml` (so a typo
 /// is reported at its line); this is how it hands them over.
@@ -74,6 +82,8 @@ pub struct Sections<'a> {
     pub events: &'a events::Config,
     /// `[wasi]`.
     pub wasi: &'a wasi::Config,
+    /// `[secrets]`.
+    pub secrets: &'a secrets::Config,
     /// `[policy]`.
     pub policy: &'a Policy,
 }
@@ -87,6 +97,9 @@ pub enum SectionError {
     /// `[llm]`.
     #[error("llm: {0}")]
     Llm(#[source] llm::ConfigError),
+    /// `[secrets]`.
+    #[error(transparent)]
+    Secrets(#[from] secrets::ConfigError),
 }
 
 impl Sections<'_> {
@@ -97,6 +110,7 @@ impl Sections<'_> {
         llm::Llm::check(self.llm).map_err(SectionError::Llm)?;
         let Ok(()) = events::Events::check(self.events);
         let Ok(()) = wasi::Wasi::check(self.wasi);
+        secrets::Secrets::check(self.secrets)?;
         Ok(())
     }
 }
@@ -129,6 +143,7 @@ pub struct Shared {
     llm: <llm::Llm as Capability>::Shared,
     events: <events::Events as Capability>::Shared,
     wasi: <wasi::Wasi as Capability>::Shared,
+    secrets: <secrets::Secrets as Capability>::Shared,
     policy: Policy,
 }
 
@@ -141,8 +156,15 @@ impl Shared {
             llm: llm::Llm::shared(sections.llm, engine),
             events: events::Events::shared(sections.events, engine),
             wasi: wasi::Wasi::shared(sections.wasi, engine),
+            secrets: secrets::Secrets::shared(sections.secrets, engine),
             policy: sections.policy.clone(),
         }
+    }
+
+    /// The secrets capability's store, for the daemon's tenant-secrets
+    /// routes (set, delete, list; never a value).
+    pub fn secrets(&self) -> &secrets::Shared {
+        &self.secrets
     }
 
     /// The grants for a capsule that asked for `wants`, under the
@@ -153,6 +175,7 @@ impl Shared {
             kv: kv::Kv::grant(&wants.kv, &p.allow_kv, scope),
             llm: llm::Llm::grant(&wants.llm, &p.llm_models, scope),
             dirs: wasi::Wasi::grant(&wants.dirs, &(), scope),
+            secrets: secrets::Secrets::grant(&wants.secrets, &self.secrets, scope),
         }
     }
 }
@@ -166,6 +189,7 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     kv::add_to_linker(linker)?;
     llm::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
+    secrets::add_to_linker(linker)?;
     crate::compat::add_to_linker(linker)?;
     crate::bindings::add_types_to_linker(linker)
 }
@@ -178,6 +202,7 @@ pub fn provided() -> String {
         kv::Kv::INTERFACES,
         llm::Llm::INTERFACES,
         events::Events::INTERFACES,
+        secrets::Secrets::INTERFACES,
         wasi::Wasi::INTERFACES,
     ]
     .concat();
@@ -196,6 +221,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
         llm::Llm::NAME => llm::Llm::check_allow(allow),
         events::Events::NAME => events::Events::check_allow(allow),
         wasi::Wasi::NAME => wasi::Wasi::check_allow(allow),
+        secrets::Secrets::NAME => secrets::Secrets::check_allow(allow),
         _ => Err(AllowError::Unknown {
             name: name.to_owned(),
             known: [
@@ -204,6 +230,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
                 llm::Llm::NAME,
                 events::Events::NAME,
                 wasi::Wasi::NAME,
+                secrets::Secrets::NAME,
             ]
             .join(", "),
         }),
@@ -224,6 +251,9 @@ pub struct Wants {
     /// wasi's share: guest paths of the directories it wants preopened.
     #[serde(rename = "wants_dirs")]
     pub dirs: <wasi::Wasi as Capability>::Wants,
+    /// secrets' share: the secret names it reads.
+    #[serde(rename = "wants_secrets")]
+    pub secrets: <secrets::Secrets as Capability>::Wants,
     /// Requests no capability of this host claims (one added after this
     /// host was built, or reserved like `http`): kept, shown, granted nothing.
     #[serde(rename = "wants_other")]
@@ -250,6 +280,7 @@ impl Wants {
                 llm::Llm::NAME => llm::Llm::want(&mut w.llm, &r.args),
                 events::Events::NAME => events::Events::want(&mut (), &r.args),
                 wasi::Wasi::NAME => wasi::Wasi::want(&mut w.dirs, &r.args),
+                secrets::Secrets::NAME => secrets::Secrets::want(&mut w.secrets, &r.args),
                 _ => w.other.push(Request {
                     name: r.name,
                     args: r.args,
@@ -266,6 +297,7 @@ impl Wants {
         kv::Kv::describe_wants(&self.kv, &mut out);
         llm::Llm::describe_wants(&self.llm, &mut out);
         wasi::Wasi::describe_wants(&self.dirs, &mut out);
+        secrets::Secrets::describe_wants(&self.secrets, &mut out);
         for r in &self.other {
             if r.args.is_empty() {
                 out.push(r.name.clone());
@@ -287,6 +319,8 @@ pub struct Grants {
     /// wasi: preopened directories (offered by the caller, checked against
     /// the capsule's wants by [`wasi::Wasi::offer`]).
     pub dirs: <wasi::Wasi as Capability>::Grant,
+    /// secrets: the names the call may read.
+    pub secrets: <secrets::Secrets as Capability>::Grant,
 }
 
 impl Grants {
@@ -298,6 +332,8 @@ impl Grants {
         llm::Llm::describe_wants(&self.llm.models, &mut out);
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.guest.clone()).collect();
         wasi::Wasi::describe_wants(&dirs, &mut out);
+        let secrets: Vec<String> = self.secrets.names().map(str::to_owned).collect();
+        secrets::Secrets::describe_wants(&secrets, &mut out);
         out
     }
 
@@ -306,6 +342,7 @@ impl Grants {
         kv::Kv::rescope(&mut self.kv, run);
         llm::Llm::rescope(&mut self.llm, run);
         wasi::Wasi::rescope(&mut self.dirs, run);
+        secrets::Secrets::rescope(&mut self.secrets, run);
     }
 }
 
@@ -345,6 +382,12 @@ pub struct State {
     pub events: events::State,
     /// `llm`.
     pub llm: llm::State,
+    /// `secrets`.
+    pub secrets: secrets::State,
+    /// The values the call must not emit (what it read from `secrets`).
+    redactor: std::sync::Arc<Redactor>,
+    /// Whether held effects were masked already (before commit, or at finish).
+    redacted: bool,
 }
 
 impl State {
@@ -361,40 +404,83 @@ impl State {
         let Ok(kv) = kv::Kv::prepare(&shared.kv, &grants.kv, call);
         let Ok(events) = events::Events::prepare(&shared.events, &(), call);
         let Ok(llm) = llm::Llm::prepare(&shared.llm, &grants.llm, call);
-        Ok(Self {
+        let Ok(secrets) = secrets::Secrets::prepare(&shared.secrets, &grants.secrets, call);
+        let mut state = Self {
             wasi,
             log,
             kv,
             events,
             llm,
-        })
+            secrets,
+            redactor: std::sync::Arc::default(),
+            redacted: false,
+        };
+        let r = &state.redactor;
+        wasi::Wasi::attach(&mut state.wasi, r);
+        log::Log::attach(&mut state.log, r);
+        kv::Kv::attach(&mut state.kv, r);
+        events::Events::attach(&mut state.events, r);
+        llm::Llm::attach(&mut state.llm, r);
+        secrets::Secrets::attach(&mut state.secrets, r);
+        Ok(state)
+    }
+
+    /// `text` with every secret value the call read replaced by
+    /// `[REDACTED:name]` (for the call's output and error, which the
+    /// runtime holds). Borrowed, and one atomic load, when the call read
+    /// none.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.redactor.redact(text)
+    }
+
+    /// Mask what the capabilities hold for after the call (kv's pending
+    /// writes). Once, before commit or finish; free when nothing was read.
+    fn redact_held(&mut self) {
+        if self.redacted || !self.redactor.is_armed() {
+            return;
+        }
+        self.redacted = true;
+        let r = &*self.redactor;
+        wasi::Wasi::redact(&mut self.wasi, r);
+        log::Log::redact(&mut self.log, r);
+        kv::Kv::redact(&mut self.kv, r);
+        events::Events::redact(&mut self.events, r);
+        llm::Llm::redact(&mut self.llm, r);
+        secrets::Secrets::redact(&mut self.secrets, r);
     }
 
     /// Make a successful call's effects durable. Once per successful call.
     pub fn commit(&mut self) -> Result<(), CommitError> {
+        self.redact_held();
         wasi::Wasi::commit(&mut self.wasi)?;
         log::Log::commit(&mut self.log)?;
         kv::Kv::commit(&mut self.kv)?;
         events::Events::commit(&mut self.events)?;
         llm::Llm::commit(&mut self.llm)?;
+        secrets::Secrets::commit(&mut self.secrets)?;
         Ok(())
     }
 
-    /// Every capability's share of the call's report. Once per call.
-    pub fn finish(self) -> Report {
+    /// Every capability's share of the call's report, with every secret
+    /// value the call read masked. Once per call.
+    pub fn finish(mut self) -> Report {
+        self.redact_held();
         let (stdout, stderr) = wasi::Wasi::finish(self.wasi);
         let (logs, logs_dropped) = log::Log::finish(self.log);
         kv::Kv::finish(self.kv);
         let (events, events_dropped) = events::Events::finish(self.events);
         llm::Llm::finish(self.llm);
-        Report {
+        secrets::Secrets::finish(self.secrets);
+        let mut report = Report {
             logs,
             logs_dropped,
             events,
             events_dropped,
             stdout,
             stderr,
-        }
+        };
+        report.redact(&self.redactor);
+        report
     }
 }
 
@@ -413,6 +499,33 @@ pub struct Report {
     pub stdout: String,
     /// wasi: captured stderr (capped).
     pub stderr: String,
+}
+
+impl Report {
+    /// Mask every value `redactor` lists in the report's text (log lines
+    /// and fields, event names and payloads, stdout and stderr — the last
+    /// two also where a size cap cut a value). Free when it lists none.
+    fn redact(&mut self, redactor: &Redactor) {
+        if !redactor.is_armed() {
+            return;
+        }
+        for line in &mut self.logs {
+            redactor.redact_in_place(&mut line.message);
+            for (k, v) in &mut line.fields {
+                redactor.redact_in_place(k);
+                redactor.redact_in_place(v);
+            }
+        }
+        for event in &mut self.events {
+            redactor.redact_in_place(&mut event.name);
+            redactor.redact_json(&mut event.payload);
+        }
+        for text in [&mut self.stdout, &mut self.stderr] {
+            if let std::borrow::Cow::Owned(o) = redactor.redact_cut(text) {
+                *text = o;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +549,7 @@ mod tests {
                 llm: &llm::Config::default(),
                 events: &events::Config::default(),
                 wasi: &wasi::Config::default(),
+                secrets: &secrets::Config::default(),
                 policy: &policy,
             },
             &EngineContext {
@@ -450,19 +564,21 @@ mod tests {
         let w = Wants::from_requests(vec![
             request("llm", &["small"]),
             request("kv", &[]),
-            request("secrets", &["api-key"]),
+            request("gpu", &["a100"]),
             request("llm", &["large", "small"]),
             request("dir", &["/data"]),
+            request("secrets", &["api-key"]),
             request("log", &[]),
         ]);
         assert!(w.kv);
         assert_eq!(w.llm, ["small", "large"], "requests add up, once each");
         assert_eq!(w.dirs, ["/data"]);
+        assert_eq!(w.secrets, ["api-key"]);
         assert_eq!(
             w.other,
             [Request {
-                name: "secrets".into(),
-                args: vec!["api-key".into()],
+                name: "gpu".into(),
+                args: vec!["a100".into()],
             }]
         );
         assert_eq!(
@@ -472,7 +588,8 @@ mod tests {
                 "llm:small",
                 "llm:large",
                 "dir:/data",
-                "secrets:api-key"
+                "secrets:api-key",
+                "gpu:a100"
             ]
         );
         assert!(Wants::from_requests(Vec::new()).words().is_empty());
@@ -482,7 +599,8 @@ mod tests {
             json["wants_llm_models"],
             serde_json::json!(["small", "large"])
         );
-        assert_eq!(json["wants_other"][0]["name"], "secrets");
+        assert_eq!(json["wants_other"][0]["name"], "gpu");
+        assert_eq!(json["wants_secrets"], serde_json::json!(["api-key"]));
     }
 
     #[test]
@@ -497,6 +615,7 @@ mod tests {
         let scope = GrantScope {
             capsule: "sha256:abc",
             run: "r1",
+            origin: "./capsule.wasm",
             node: None,
         };
         let open = shared(
@@ -546,6 +665,7 @@ mod tests {
         let scope = |node| GrantScope {
             capsule: "sha256:abc",
             run: "r1",
+            origin: "./capsule.wasm",
             node,
         };
         // No kv: kv goes, llm stays.
@@ -608,7 +728,7 @@ mod tests {
         let e = check_allow("kvv", &Allow::Denied).expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir"
+            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir, secrets"
         );
         for fixed in ["log", "events", "dir"] {
             let e = check_allow(fixed, &Allow::Denied).expect_err("fixed");
@@ -621,7 +741,7 @@ mod tests {
         let p = provided();
         assert_eq!(
             p,
-            "WASI p2 and soma:capsule/{log,kv,llm,events} (@0.1.0 and @0.2.0)"
+            "WASI p2 and soma:capsule/{log,kv,llm,events,secrets} (@0.1.0 and @0.2.0)"
         );
     }
 
@@ -638,6 +758,7 @@ mod tests {
             llm: &llm::Config::default(),
             events: &events::Config::default(),
             wasi: &wasi::Config::default(),
+            secrets: &secrets::Config::default(),
             policy: &policy,
         };
         let e = sections.check().expect_err("kv inconsistent");

@@ -307,6 +307,23 @@ impl State {
         self.access.as_ref().map_or(0, |a| a.pending_bytes)
     }
 
+    /// Mask every value `redactor` lists in the pending writes (keys and
+    /// values), before [`State::commit`]. Cost: one pass per write.
+    pub fn redact(&mut self, redactor: &crate::capability::Redactor) {
+        let Some(access) = self.access.as_mut() else {
+            return;
+        };
+        for pending in std::iter::once(&mut access.capsule).chain(access.run.as_mut()) {
+            let writes = std::mem::take(&mut pending.writes);
+            for (key, value) in writes {
+                let value = value.map(|v| redactor.redact_bytes(&v).into_owned());
+                pending
+                    .writes
+                    .insert(redactor.redact(&key).into_owned(), value);
+            }
+        }
+    }
+
     /// Make the call's writes durable in one transaction. Called once, after
     /// a successful call; a no-op (no disk access) when nothing was written.
     /// Quotas are checked again inside the transaction (calls running at the
@@ -675,6 +692,12 @@ impl crate::capability::Capability for Kv {
     }
 
     fn finish(_state: State) {}
+
+    /// Masks the pending writes' keys and values: a call's writes are
+    /// stored as the call would have emitted them.
+    fn redact(state: &mut State, redactor: &crate::capability::Redactor) {
+        state.redact(redactor);
+    }
 }
 
 /// Wire `soma:capsule/kv` into `linker`. Once per engine.

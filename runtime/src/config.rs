@@ -43,6 +43,8 @@ pub struct Config {
     pub llm: host_api::llm::Config,
     /// WASI (stdio capture).
     pub wasi: host_api::wasi::Config,
+    /// `secrets` capability (`[[secrets.define]]`, the tenant-secrets key).
+    pub secrets: host_api::secrets::Config,
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
     /// How much a registry may make a pull read (`[pull]`).
@@ -260,6 +262,7 @@ impl Config {
             llm: &self.llm,
             events: &self.events,
             wasi: &self.wasi,
+            secrets: &self.secrets,
             policy: &self.policy,
         }
     }

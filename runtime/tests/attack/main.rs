@@ -1,9 +1,10 @@
 //! Attacks on a real `soma daemon` process and the `soma` binary, one
 //! module per class: the DAG ceilings (`dag`), the daemon's edge (`edge`),
 //! HTTP/2 (`http2`), cross-tenant kv (`kv`), money (`money`), resources
-//! (`resources`), the sandbox and crash edges (`sandbox`), the supply chain
-//! (`supply`). One test binary: linking each class alone cost a ~220 MB
-//! link per file (docs/ci.md).
+//! (`resources`), the sandbox and crash edges (`sandbox`), secrets and
+//! their redaction (`secrets`), the supply chain (`supply`). One test
+//! binary: linking each class alone cost a ~220 MB link per file
+//! (docs/ci.md).
 //!
 //! Many of these tests time another tenant's ordinary calls during the
 //! attack (a bystander) or measure the daemon process (threads, RSS, file
@@ -22,6 +23,7 @@ mod kv;
 mod money;
 mod resources;
 mod sandbox;
+mod secrets;
 mod supply;
 
 static QUIET: RwLock<()> = RwLock::new(());
