@@ -485,3 +485,41 @@ pub struct CallContext<'a> {
     /// The call's memory limit, bytes (bounds host memory a call may pin).
     pub memory_limit_bytes: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redactor_is_free_until_armed_then_masks_every_form_of_text() {
+        let r = Redactor::default();
+        assert!(!r.is_armed());
+        assert!(matches!(
+            r.redact("nothing listed"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        r.add("key", "s3cr3t-value");
+        r.add("short", "ab");
+        r.add("empty", "");
+        assert!(r.is_armed());
+        assert_eq!(
+            r.redact("a s3cr3t-value b ab"),
+            "a [REDACTED:key] b [REDACTED:short]"
+        );
+        assert!(matches!(r.redact("clean"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            r.redact_bytes(b"x\x00s3cr3t-value").as_ref(),
+            b"x\x00[REDACTED:key]"
+        );
+        // A capture cap cut the value: its first bytes are masked too.
+        assert_eq!(r.redact_cut("out: s3cr3"), "out: [REDACTED:key]");
+        assert_eq!(r.redact_cut("out: s3c"), "out: s3c", "under 4 bytes");
+        let mut doc = serde_json::json!({"s3cr3t-value": ["s3cr3t-value", 1], "n": "ab"});
+        r.redact_json(&mut doc);
+        assert_eq!(
+            doc,
+            serde_json::json!({"[REDACTED:key]": ["[REDACTED:key]", 1], "n": "[REDACTED:short]"})
+        );
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+}

@@ -874,6 +874,30 @@ mod tests {
     }
 
     #[test]
+    fn pending_writes_are_masked_before_they_are_committed() {
+        let (_dir, shared) = setup(Config::default());
+        let mut st = state(&shared, "t");
+        st.set(Scope::Capsule, "k-hunter2".into(), b"v=hunter2;".to_vec())
+            .expect("set");
+        st.set(Scope::Run, "plain".into(), b"hunter2".to_vec())
+            .expect("set");
+        let r = crate::capability::Redactor::default();
+        r.add("pw", "hunter2");
+        st.redact(&r);
+        st.commit().expect("commit");
+        let mut reader = state(&shared, "t");
+        assert_eq!(
+            reader.get(Scope::Capsule, "k-[REDACTED:pw]".into()).expect("get"),
+            Some(b"v=[REDACTED:pw];".to_vec())
+        );
+        assert_eq!(
+            reader.get(Scope::Run, "plain".into()).expect("get"),
+            Some(b"[REDACTED:pw]".to_vec())
+        );
+        assert_eq!(reader.get(Scope::Capsule, "k-hunter2".into()).expect("get"), None);
+    }
+
+    #[test]
     fn writes_are_visible_in_call_and_durable_only_after_commit() {
         let (_dir, shared) = setup(Config::default());
         let mut st = state(&shared, "t");

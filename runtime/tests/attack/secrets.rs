@@ -123,7 +123,7 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     .expect("config");
     let env = [("SOMA_TEST_PROBE_SECRET", env_value)];
     let mut seen: Vec<u8> = Vec::new();
-    let mut run = |input: Value| -> Value {
+    let run = |input: Value, seen: &mut Vec<u8>| -> Value {
         let out = soma(
             &data,
             &config,
@@ -138,7 +138,7 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
 
     // Granted, from the environment: read (the length is the real one),
     // masked in the output, the logs, the events, stdout and stderr.
-    let v = run(json!({"secret": "probe-env"}));
+    let v = run(json!({"secret": "probe-env"}), &mut seen);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["output"]["read"], true, "{v}");
     assert_eq!(v["output"]["len"], env_value.len(), "{v}");
@@ -151,16 +151,31 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     ] {
         assert!(doc.contains(masked), "{masked} in {doc}");
     }
+    // The same call as a person sees it (no --json).
+    let out = soma(
+        &data,
+        &config,
+        &["run", probe(), "--input", r#"{"secret": "probe-env"}"#],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("[REDACTED:probe-env]"),
+        "{}",
+        text(&out.stdout)
+    );
+    seen.extend(&out.stdout);
+    seen.extend(&out.stderr);
     // Granted, from a file (one trailing newline dropped); leaking through
     // the capsule's own error.
-    let v = run(json!({"secret": "probe-file", "fail": true}));
+    let v = run(json!({"secret": "probe-file", "fail": true}), &mut seen);
     assert_eq!(v["ok"], false, "{v}");
     assert!(
         v.to_string().contains("error leak<[REDACTED:probe-file]>"),
         "{v}"
     );
     // Asked for, defined, but granted to other capsules: denied, not a trap.
-    let v = run(json!({"secret": "ungranted"}));
+    let v = run(json!({"secret": "ungranted"}), &mut seen);
     assert_eq!(v["output"]["kind"], "denied", "{v}");
     assert!(
         v["output"]["message"]
@@ -169,10 +184,10 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
         "{v}"
     );
     // Not asked for in describe(): denied.
-    let v = run(json!({"secret": "never-asked"}));
+    let v = run(json!({"secret": "never-asked"}), &mut seen);
     assert_eq!(v["output"]["kind"], "denied", "{v}");
     // Asked for, defined by nobody (no tenant secrets here): not found.
-    let v = run(json!({"secret": "tenant-key"}));
+    let v = run(json!({"secret": "tenant-key"}), &mut seen);
     assert_eq!(v["output"]["kind"], "not-found", "{v}");
 
     // A DAG run: node `b` gets `a`'s output (and so what `a` leaked) as input;
@@ -181,7 +196,7 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     std::fs::write(
         &spec,
         format!(
-            "name: leak\ncapsules:\n  probe: {}\n  echo: {}\nnodes:\n  - id: a\n    capsule: probe\n    input: {{ secret: probe-env }}\n  - id: b\n    capsule: echo\n    input: {{ got: \"{{{{ nodes.a.output }}}}\" }}\n  - id: narrow\n    capsule: probe\n    capabilities: {{ secrets: [probe-file] }}\n    input: {{ secret: probe-env }}\n",
+            "version: 1\nname: leak\noutput: {{ b: \"{{{{ nodes.b.output }}}}\", narrow: \"{{{{ nodes.narrow.output }}}}\" }}\ncapsules:\n  probe: {}\n  echo: {}\nnodes:\n  - id: a\n    capsule: probe\n    input: {{ secret: probe-env }}\n  - id: b\n    capsule: echo\n    input: {{ got: \"{{{{ nodes.a.output }}}}\" }}\n  - id: narrow\n    capsule: probe\n    capabilities: {{ secrets: [probe-file] }}\n    input: {{ secret: probe-env }}\n",
             probe(),
             soma_capsules::ECHO_COMPONENT
         ),
@@ -336,7 +351,9 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
 
     // A DAG run over the API, its SSE stream read to the end.
     let spec = json!({
+        "version": 1,
         "name": "leak",
+        "output": {"b": "{{ nodes.b.output }}", "narrow": "{{ nodes.narrow.output }}"},
         "capsules": {"probe": "secret-probe", "echo": "echo"},
         "nodes": [
             {"id": "a", "capsule": "probe", "input": {"secret": "tenant-key"}},
