@@ -996,8 +996,8 @@ mod tests {
             matches!(&e, SecretError::Denied(m) if m.contains("DAG node")),
             "{e:?}"
         );
-        assert!(format!("{:?}", shared).contains("[REDACTED]"));
-        assert!(!format!("{:?}", shared).contains(&env_value));
+        assert!(format!("{shared:?}").contains("[REDACTED]"));
+        assert!(!format!("{shared:?}").contains(&env_value));
     }
 
     #[cfg(unix)]
