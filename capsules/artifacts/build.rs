@@ -38,6 +38,9 @@ const REVIEW_FIXTURES: &[&str] = &[
     "review-bad-output",
     "review-secret",
 ];
+/// Capsules that probe one capability's promises (`secret-probe`: the
+/// redaction test in `runtime/tests/attack/secrets.rs`).
+const PROBES: &[&str] = &["secret-probe"];
 /// Capsules that attack the host; each must end in its own failure class.
 const HOSTILE_PREFIX: &str = "hostile-";
 
@@ -102,10 +105,11 @@ fn main() {
         } else if !FOREIGN.contains(&name.as_str())
             && !COMPAT.contains(&name.as_str())
             && !REVIEW_FIXTURES.contains(&name.as_str())
+            && !PROBES.contains(&name.as_str())
         {
             panic!(
                 "capsules/{name} is neither an example, a foreign component, a compat fixture, \
-                 a review fixture nor `{HOSTILE_PREFIX}*`: classify it in capsules/artifacts/build.rs \
+                 a review fixture, a probe nor `{HOSTILE_PREFIX}*`: classify it in capsules/artifacts/build.rs \
                  so a test uses it"
             );
         }

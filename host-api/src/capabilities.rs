@@ -23,9 +23,11 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 
 pub use crate::capability::{
-    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
+    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Redactor, Restriction,
 };
-use crate::{bindings::soma::capsule::types::CapabilityRequest, events, http, kv, llm, log, wasi};
+use crate::{
+    bindings::soma::capsule::types::CapabilityRequest, events, http, kv, llm, log, secrets, wasi,
+};
 
 /// Store data that holds the composed per-call [`State`]. The runtime's
 /// store type implements this (and `WasiView`, which wasmtime-wasi needs);
@@ -66,6 +68,12 @@ impl<T: HasCapabilities> events::EventsView for T {
     }
 }
 
+impl<T: HasCapabilities> secrets::SecretsView for T {
+    fn secrets_state(&mut self) -> &mut secrets::State {
+        &mut self.capabilities().secrets
+    }
+}
+
 /// The capability sections of the runtime's config tree, borrowed. The
 /// runtime keeps each section a top-level table of `soma.toml` (so a typo
 /// is reported at its line); this is how it hands them over.
@@ -83,6 +91,8 @@ pub struct Sections<'a> {
     pub wasi: &'a wasi::Config,
     /// `[http]`.
     pub http: &'a http::Config,
+    /// `[secrets]`.
+    pub secrets: &'a secrets::Config,
     /// `[policy]`.
     pub policy: &'a Policy,
 }
@@ -99,6 +109,9 @@ pub enum SectionError {
     /// `[http]`.
     #[error(transparent)]
     Http(#[from] http::ConfigError),
+    /// `[secrets]`.
+    #[error(transparent)]
+    Secrets(#[from] secrets::ConfigError),
 }
 
 impl Sections<'_> {
@@ -110,6 +123,7 @@ impl Sections<'_> {
         let Ok(()) = events::Events::check(self.events);
         let Ok(()) = wasi::Wasi::check(self.wasi);
         http::Http::check(self.http)?;
+        secrets::Secrets::check(self.secrets)?;
         Ok(())
     }
 }
@@ -143,6 +157,7 @@ pub struct Shared {
     events: <events::Events as Capability>::Shared,
     wasi: <wasi::Wasi as Capability>::Shared,
     http: <http::Http as Capability>::Shared,
+    secrets: <secrets::Secrets as Capability>::Shared,
     policy: Policy,
 }
 
@@ -156,8 +171,15 @@ impl Shared {
             events: events::Events::shared(sections.events, engine),
             wasi: wasi::Wasi::shared(sections.wasi, engine),
             http: http::Http::shared(sections.http, engine),
+            secrets: secrets::Secrets::shared(sections.secrets, engine),
             policy: sections.policy.clone(),
         }
+    }
+
+    /// The secrets capability's store, for the daemon's tenant-secrets
+    /// routes (set, delete, list; never a value).
+    pub fn secrets(&self) -> &secrets::Shared {
+        &self.secrets
     }
 
     /// The grants for a capsule that asked for `wants`, under the
@@ -169,6 +191,7 @@ impl Shared {
             llm: llm::Llm::grant(&wants.llm, &p.llm_models, scope),
             dirs: wasi::Wasi::grant(&wants.dirs, &(), scope),
             http: http::Http::grant(&wants.http, self.http.policy(), scope),
+            secrets: secrets::Secrets::grant(&wants.secrets, &self.secrets, scope),
         }
     }
 }
@@ -183,6 +206,7 @@ pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Re
     llm::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
     http::add_to_linker(linker)?;
+    secrets::add_to_linker(linker)?;
     crate::compat::add_to_linker(linker)?;
     crate::bindings::add_types_to_linker(linker)
 }
@@ -195,6 +219,7 @@ pub fn provided() -> String {
         kv::Kv::INTERFACES,
         llm::Llm::INTERFACES,
         events::Events::INTERFACES,
+        secrets::Secrets::INTERFACES,
         wasi::Wasi::INTERFACES,
         http::Http::INTERFACES,
     ]
@@ -215,6 +240,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
         events::Events::NAME => events::Events::check_allow(allow),
         wasi::Wasi::NAME => wasi::Wasi::check_allow(allow),
         http::Http::NAME => http::Http::check_allow(allow),
+        secrets::Secrets::NAME => secrets::Secrets::check_allow(allow),
         _ => Err(AllowError::Unknown {
             name: name.to_owned(),
             known: [
@@ -224,6 +250,7 @@ pub fn check_allow(name: &str, allow: &Allow) -> Result<(), AllowError> {
                 events::Events::NAME,
                 wasi::Wasi::NAME,
                 http::Http::NAME,
+                secrets::Secrets::NAME,
             ]
             .join(", "),
         }),
@@ -247,6 +274,9 @@ pub struct Wants {
     /// http's share: the allowlist patterns it asks for.
     #[serde(rename = "wants_http")]
     pub http: <http::Http as Capability>::Wants,
+    /// secrets' share: the secret names it reads.
+    #[serde(rename = "wants_secrets")]
+    pub secrets: <secrets::Secrets as Capability>::Wants,
     /// Requests no capability of this host claims (one added after this
     /// host was built): kept, shown, granted nothing.
     #[serde(rename = "wants_other")]
@@ -274,6 +304,7 @@ impl Wants {
                 events::Events::NAME => events::Events::want(&mut (), &r.args),
                 wasi::Wasi::NAME => wasi::Wasi::want(&mut w.dirs, &r.args),
                 http::Http::NAME => http::Http::want(&mut w.http, &r.args),
+                secrets::Secrets::NAME => secrets::Secrets::want(&mut w.secrets, &r.args),
                 _ => w.other.push(Request {
                     name: r.name,
                     args: r.args,
@@ -291,6 +322,7 @@ impl Wants {
         llm::Llm::describe_wants(&self.llm, &mut out);
         wasi::Wasi::describe_wants(&self.dirs, &mut out);
         http::Http::describe_wants(&self.http, &mut out);
+        secrets::Secrets::describe_wants(&self.secrets, &mut out);
         for r in &self.other {
             if r.args.is_empty() {
                 out.push(r.name.clone());
@@ -314,6 +346,8 @@ pub struct Grants {
     pub dirs: <wasi::Wasi as Capability>::Grant,
     /// http: where the call may send requests.
     pub http: <http::Http as Capability>::Grant,
+    /// secrets: the names the call may read.
+    pub secrets: <secrets::Secrets as Capability>::Grant,
 }
 
 impl Grants {
@@ -326,6 +360,8 @@ impl Grants {
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.guest.clone()).collect();
         wasi::Wasi::describe_wants(&dirs, &mut out);
         http::Http::describe_wants(&self.http.patterns(), &mut out);
+        let secrets: Vec<String> = self.secrets.names().map(str::to_owned).collect();
+        secrets::Secrets::describe_wants(&secrets, &mut out);
         out
     }
 
@@ -335,6 +371,7 @@ impl Grants {
         llm::Llm::rescope(&mut self.llm, run);
         wasi::Wasi::rescope(&mut self.dirs, run);
         http::Http::rescope(&mut self.http, run);
+        secrets::Secrets::rescope(&mut self.secrets, run);
     }
 }
 
@@ -376,6 +413,12 @@ pub struct State {
     pub llm: llm::State,
     /// `http`.
     pub http: http::State,
+    /// `secrets`.
+    pub secrets: secrets::State,
+    /// The values the call must not emit (what it read from `secrets`).
+    redactor: std::sync::Arc<Redactor>,
+    /// Whether held effects were masked already (before commit, or at finish).
+    redacted: bool,
 }
 
 impl State {
@@ -393,36 +436,79 @@ impl State {
         let Ok(events) = events::Events::prepare(&shared.events, &(), call);
         let Ok(llm) = llm::Llm::prepare(&shared.llm, &grants.llm, call);
         let Ok(http) = http::Http::prepare(&shared.http, &grants.http, call);
-        Ok(Self {
+        let Ok(secrets) = secrets::Secrets::prepare(&shared.secrets, &grants.secrets, call);
+        let mut state = Self {
             wasi,
             log,
             kv,
             events,
             llm,
             http,
-        })
+            secrets,
+            redactor: std::sync::Arc::default(),
+            redacted: false,
+        };
+        let r = &state.redactor;
+        wasi::Wasi::attach(&mut state.wasi, r);
+        log::Log::attach(&mut state.log, r);
+        kv::Kv::attach(&mut state.kv, r);
+        events::Events::attach(&mut state.events, r);
+        llm::Llm::attach(&mut state.llm, r);
+        http::Http::attach(&mut state.http, r);
+        secrets::Secrets::attach(&mut state.secrets, r);
+        Ok(state)
+    }
+
+    /// `text` with every secret value the call read replaced by
+    /// `[REDACTED:name]` (for the call's output and error, which the
+    /// runtime holds). Borrowed, and one atomic load, when the call read
+    /// none.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.redactor.redact(text)
+    }
+
+    /// Mask what the capabilities hold for after the call (kv's pending
+    /// writes). Once, before commit or finish; free when nothing was read.
+    fn redact_held(&mut self) {
+        if self.redacted || !self.redactor.is_armed() {
+            return;
+        }
+        self.redacted = true;
+        let r = &*self.redactor;
+        wasi::Wasi::redact(&mut self.wasi, r);
+        log::Log::redact(&mut self.log, r);
+        kv::Kv::redact(&mut self.kv, r);
+        events::Events::redact(&mut self.events, r);
+        llm::Llm::redact(&mut self.llm, r);
+        http::Http::redact(&mut self.http, r);
+        secrets::Secrets::redact(&mut self.secrets, r);
     }
 
     /// Make a successful call's effects durable. Once per successful call.
     pub fn commit(&mut self) -> Result<(), CommitError> {
+        self.redact_held();
         wasi::Wasi::commit(&mut self.wasi)?;
         log::Log::commit(&mut self.log)?;
         kv::Kv::commit(&mut self.kv)?;
         events::Events::commit(&mut self.events)?;
         llm::Llm::commit(&mut self.llm)?;
         http::Http::commit(&mut self.http)?;
+        secrets::Secrets::commit(&mut self.secrets)?;
         Ok(())
     }
 
-    /// Every capability's share of the call's report. Once per call.
-    pub fn finish(self) -> Report {
+    /// Every capability's share of the call's report, with every secret
+    /// value the call read masked. Once per call.
+    pub fn finish(mut self) -> Report {
+        self.redact_held();
         let (stdout, stderr) = wasi::Wasi::finish(self.wasi);
         let (logs, logs_dropped) = log::Log::finish(self.log);
         kv::Kv::finish(self.kv);
         let (events, events_dropped) = events::Events::finish(self.events);
         llm::Llm::finish(self.llm);
         let http = http::Http::finish(self.http);
-        Report {
+        secrets::Secrets::finish(self.secrets);
+        let mut report = Report {
             logs,
             logs_dropped,
             events,
@@ -430,7 +516,9 @@ impl State {
             stdout,
             stderr,
             http,
-        }
+        };
+        report.redact(&self.redactor);
+        report
     }
 }
 
@@ -451,6 +539,33 @@ pub struct Report {
     pub stderr: String,
     /// http: requests and bytes.
     pub http: http::Usage,
+}
+
+impl Report {
+    /// Mask every value `redactor` lists in the report's text (log lines
+    /// and fields, event names and payloads, stdout and stderr — the last
+    /// two also where a size cap cut a value). Free when it lists none.
+    fn redact(&mut self, redactor: &Redactor) {
+        if !redactor.is_armed() {
+            return;
+        }
+        for line in &mut self.logs {
+            redactor.redact_in_place(&mut line.message);
+            for (k, v) in &mut line.fields {
+                redactor.redact_in_place(k);
+                redactor.redact_in_place(v);
+            }
+        }
+        for event in &mut self.events {
+            redactor.redact_in_place(&mut event.name);
+            redactor.redact_json(&mut event.payload);
+        }
+        for text in [&mut self.stdout, &mut self.stderr] {
+            if let std::borrow::Cow::Owned(o) = redactor.redact_cut(text) {
+                *text = o;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -475,6 +590,7 @@ mod tests {
                 events: &events::Config::default(),
                 wasi: &wasi::Config::default(),
                 http: &http::Config::default(),
+                secrets: &secrets::Config::default(),
                 policy: &policy,
             },
             &EngineContext {
@@ -489,19 +605,21 @@ mod tests {
         let w = Wants::from_requests(vec![
             request("llm", &["small"]),
             request("kv", &[]),
-            request("secrets", &["api-key"]),
+            request("gpu", &["a100"]),
             request("llm", &["large", "small"]),
             request("dir", &["/data"]),
+            request("secrets", &["api-key"]),
             request("log", &[]),
         ]);
         assert!(w.kv);
         assert_eq!(w.llm, ["small", "large"], "requests add up, once each");
         assert_eq!(w.dirs, ["/data"]);
+        assert_eq!(w.secrets, ["api-key"]);
         assert_eq!(
             w.other,
             [Request {
-                name: "secrets".into(),
-                args: vec!["api-key".into()],
+                name: "gpu".into(),
+                args: vec!["a100".into()],
             }]
         );
         assert_eq!(
@@ -511,7 +629,8 @@ mod tests {
                 "llm:small",
                 "llm:large",
                 "dir:/data",
-                "secrets:api-key"
+                "secrets:api-key",
+                "gpu:a100"
             ]
         );
         assert!(Wants::from_requests(Vec::new()).words().is_empty());
@@ -521,7 +640,8 @@ mod tests {
             json["wants_llm_models"],
             serde_json::json!(["small", "large"])
         );
-        assert_eq!(json["wants_other"][0]["name"], "secrets");
+        assert_eq!(json["wants_other"][0]["name"], "gpu");
+        assert_eq!(json["wants_secrets"], serde_json::json!(["api-key"]));
     }
 
     #[test]
@@ -536,6 +656,7 @@ mod tests {
         let scope = GrantScope {
             capsule: "sha256:abc",
             run: "r1",
+            origin: "./capsule.wasm",
             node: None,
         };
         let open = shared(
@@ -585,6 +706,7 @@ mod tests {
         let scope = |node| GrantScope {
             capsule: "sha256:abc",
             run: "r1",
+            origin: "./capsule.wasm",
             node,
         };
         // No kv: kv goes, llm stays.
@@ -647,7 +769,7 @@ mod tests {
         let e = check_allow("kvv", &Allow::Denied).expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir, http"
+            "unknown capability `kvv`: this host's capabilities are log, kv, llm, events, dir, http, secrets"
         );
         for fixed in ["log", "events", "dir"] {
             let e = check_allow(fixed, &Allow::Denied).expect_err("fixed");
@@ -660,7 +782,7 @@ mod tests {
         let p = provided();
         assert_eq!(
             p,
-            "WASI p2, wasi:http/outgoing-handler and soma:capsule/{log,kv,llm,events} \
+            "WASI p2, wasi:http/outgoing-handler and soma:capsule/{log,kv,llm,events,secrets} \
              (@0.1.0 and @0.2.0)"
         );
     }
@@ -679,6 +801,7 @@ mod tests {
             events: &events::Config::default(),
             wasi: &wasi::Config::default(),
             http: &http::Config::default(),
+            secrets: &secrets::Config::default(),
             policy: &policy,
         };
         let e = sections.check().expect_err("kv inconsistent");

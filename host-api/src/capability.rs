@@ -107,6 +107,185 @@ pub trait Capability {
 
     /// Its share of the report. Once per call, at the end.
     fn finish(state: Self::State) -> Self::Report;
+
+    /// Hand the call's [`Redactor`] to the state: a capability that hands
+    /// the guest values it must never emit (secrets) adds them to it; one
+    /// that sends text out *while* the call runs (log, to the host's
+    /// tracing) keeps a clone and masks with it as it goes. Once per call,
+    /// right after `prepare`; an `Arc` clone at most. Default: nothing.
+    fn attach(state: &mut Self::State, redactor: &Arc<Redactor>) {
+        let _ = (state, redactor);
+    }
+
+    /// Mask, in what the state holds for after the call (kv's pending
+    /// writes), every value `redactor` lists. Once per call, before
+    /// `commit`, and only when the call read something to mask (so free
+    /// for every other call). Default: nothing held.
+    fn redact(state: &mut Self::State, redactor: &Redactor) {
+        let _ = (state, redactor);
+    }
+}
+
+/// The values one call must never emit (the secrets it read) and what each
+/// becomes in its place (`[REDACTED:name]`). Shared by the call's capability
+/// states; the composition masks the call's report, output and error with
+/// it, capabilities mask what they send out while the call runs.
+///
+/// Free while empty (one atomic load per [`Redactor::redact`]); once armed,
+/// one Aho-Corasick pass per text, allocating only when something matched.
+/// Transformed encodings of a value (base64, hex, split across two
+/// writes) are not recognized.
+#[derive(Default)]
+pub struct Redactor {
+    armed: std::sync::atomic::AtomicBool,
+    inner: std::sync::Mutex<Masks>,
+}
+
+#[derive(Default)]
+struct Masks {
+    /// (value, replacement), in insertion order; values zeroized on drop.
+    values: Vec<(zeroize::Zeroizing<String>, String)>,
+    matcher: Option<aho_corasick::AhoCorasick>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.lock().map_or(0, |m| m.values.len());
+        write!(f, "Redactor({n} values, [REDACTED])")
+    }
+}
+
+impl Redactor {
+    /// Mask `value` as `[REDACTED:name]` from now on. Rebuilds the matcher
+    /// (microseconds for a handful of values); a value already listed, or
+    /// an empty one, is not added again.
+    pub fn add(&self, name: &str, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let Ok(mut masks) = self.inner.lock() else {
+            return;
+        };
+        if masks.values.iter().any(|(v, _)| v.as_str() == value) {
+            return;
+        }
+        masks.values.push((
+            zeroize::Zeroizing::new(value.to_owned()),
+            format!("[REDACTED:{name}]"),
+        ));
+        let patterns: Vec<&str> = masks.values.iter().map(|(v, _)| v.as_str()).collect();
+        masks.matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(patterns)
+            .ok();
+        self.armed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether any value is listed (a call that read no secret: false).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `text` with every listed value replaced. Borrowed (no allocation)
+    /// when nothing is listed or nothing matched.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        if !self.is_armed() {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let Ok(masks) = self.inner.lock() else {
+            return std::borrow::Cow::Borrowed(text);
+        };
+        let Some(matcher) = &masks.matcher else {
+            return std::borrow::Cow::Borrowed(text);
+        };
+        if !matcher.is_match(text) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let replacements: Vec<&str> = masks.values.iter().map(|(_, r)| r.as_str()).collect();
+        std::borrow::Cow::Owned(matcher.replace_all(text, &replacements))
+    }
+
+    /// [`Redactor::redact`] for text that may have been cut at a size cap:
+    /// also masks a trailing piece that is the start of a listed value (at
+    /// least 4 bytes of it, or all of a shorter one), so a cut cannot leave
+    /// a value's first bytes behind.
+    pub fn redact_cut<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let whole = self.redact(text);
+        if !self.is_armed() {
+            return whole;
+        }
+        let Ok(masks) = self.inner.lock() else {
+            return whole;
+        };
+        for (value, replacement) in &masks.values {
+            let shortest = value.len().min(4);
+            let longest = (value.len() - 1).min(whole.len());
+            for len in (shortest..=longest).rev() {
+                if whole.is_char_boundary(whole.len() - len)
+                    && whole.as_bytes()[whole.len() - len..] == value.as_bytes()[..len]
+                {
+                    let mut out = whole.into_owned();
+                    out.truncate(out.len() - len);
+                    out.push_str(replacement);
+                    return std::borrow::Cow::Owned(out);
+                }
+            }
+        }
+        whole
+    }
+
+    /// [`Redactor::redact`] for bytes (kv values). Borrowed when nothing
+    /// matched.
+    pub fn redact_bytes<'t>(&self, bytes: &'t [u8]) -> std::borrow::Cow<'t, [u8]> {
+        if !self.is_armed() {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        let Ok(masks) = self.inner.lock() else {
+            return std::borrow::Cow::Borrowed(bytes);
+        };
+        let Some(matcher) = &masks.matcher else {
+            return std::borrow::Cow::Borrowed(bytes);
+        };
+        if !matcher.is_match(bytes) {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        let replacements: Vec<&[u8]> = masks.values.iter().map(|(_, r)| r.as_bytes()).collect();
+        std::borrow::Cow::Owned(matcher.replace_all_bytes(bytes, &replacements))
+    }
+
+    /// Mask every string (and object key) inside a JSON value, in place.
+    pub fn redact_json(&self, value: &mut serde_json::Value) {
+        if !self.is_armed() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(o) = self.redact(s) {
+                    *s = o;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    self.redact_json(item);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (k, mut v) in entries {
+                    self.redact_json(&mut v);
+                    map.insert(self.redact(&k).into_owned(), v);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Mask `text` in place.
+    pub fn redact_in_place(&self, text: &mut String) {
+        if let std::borrow::Cow::Owned(o) = self.redact(text) {
+            *text = o;
+        }
+    }
 }
 
 /// What the runtime hands the capabilities once per engine.
@@ -125,6 +304,11 @@ pub struct GrantScope<'a> {
     pub capsule: &'a str,
     /// The run id.
     pub run: &'a str,
+    /// Where the capsule was loaded from: a reference
+    /// (`ghcr.io/acme/fetch:1.0`), a catalog name or a file path (secrets
+    /// are granted to it by glob). Not the `describe()` name, which the
+    /// capsule chooses itself.
+    pub origin: &'a str,
     /// What the DAG node allows (its `capabilities:`); `None` for a call
     /// that is not a DAG node's, which nothing narrows.
     pub node: Option<&'a Restriction>,
@@ -315,4 +499,42 @@ pub struct CallContext<'a> {
     /// Set when the call's caller went away; host code that blocks should
     /// end soon after.
     pub cancel: Option<&'a Arc<std::sync::atomic::AtomicBool>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redactor_is_free_until_armed_then_masks_every_form_of_text() {
+        let r = Redactor::default();
+        assert!(!r.is_armed());
+        assert!(matches!(
+            r.redact("nothing listed"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        r.add("key", "s3cr3t-value");
+        r.add("short", "ab");
+        r.add("empty", "");
+        assert!(r.is_armed());
+        assert_eq!(
+            r.redact("a s3cr3t-value b ab"),
+            "a [REDACTED:key] b [REDACTED:short]"
+        );
+        assert!(matches!(r.redact("clean"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            r.redact_bytes(b"x\x00s3cr3t-value").as_ref(),
+            b"x\x00[REDACTED:key]"
+        );
+        // A capture cap cut the value: its first bytes are masked too.
+        assert_eq!(r.redact_cut("out: s3cr3"), "out: [REDACTED:key]");
+        assert_eq!(r.redact_cut("out: s3c"), "out: s3c", "under 4 bytes");
+        let mut doc = serde_json::json!({"s3cr3t-value": ["s3cr3t-value", 1], "n": "ab"});
+        r.redact_json(&mut doc);
+        assert_eq!(
+            doc,
+            serde_json::json!({"[REDACTED:key]": ["[REDACTED:key]", 1], "n": "[REDACTED:short]"})
+        );
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
 }

@@ -307,6 +307,23 @@ impl State {
         self.access.as_ref().map_or(0, |a| a.pending_bytes)
     }
 
+    /// Mask every value `redactor` lists in the pending writes (keys and
+    /// values), before [`State::commit`]. Cost: one pass per write.
+    pub fn redact(&mut self, redactor: &crate::capability::Redactor) {
+        let Some(access) = self.access.as_mut() else {
+            return;
+        };
+        for pending in std::iter::once(&mut access.capsule).chain(access.run.as_mut()) {
+            let writes = std::mem::take(&mut pending.writes);
+            for (key, value) in writes {
+                let value = value.map(|v| redactor.redact_bytes(&v).into_owned());
+                pending
+                    .writes
+                    .insert(redactor.redact(&key).into_owned(), value);
+            }
+        }
+    }
+
     /// Make the call's writes durable in one transaction. Called once, after
     /// a successful call; a no-op (no disk access) when nothing was written.
     /// Quotas are checked again inside the transaction (calls running at the
@@ -675,6 +692,12 @@ impl crate::capability::Capability for Kv {
     }
 
     fn finish(_state: State) {}
+
+    /// Masks the pending writes' keys and values: a call's writes are
+    /// stored as the call would have emitted them.
+    fn redact(state: &mut State, redactor: &crate::capability::Redactor) {
+        state.redact(redactor);
+    }
 }
 
 /// Wire `soma:capsule/kv` into `linker`. Once per engine.
@@ -848,6 +871,30 @@ mod tests {
 
     fn state(shared: &Arc<Shared>, tenant: &str) -> State {
         State::new(shared.clone(), grant(), tenant.into(), usize::MAX)
+    }
+
+    #[test]
+    fn pending_writes_are_masked_before_they_are_committed() {
+        let (_dir, shared) = setup(Config::default());
+        let mut st = state(&shared, "t");
+        st.set(Scope::Capsule, "k-hunter2".into(), b"v=hunter2;".to_vec())
+            .expect("set");
+        st.set(Scope::Run, "plain".into(), b"hunter2".to_vec())
+            .expect("set");
+        let r = crate::capability::Redactor::default();
+        r.add("pw", "hunter2");
+        st.redact(&r);
+        st.commit().expect("commit");
+        let mut reader = state(&shared, "t");
+        assert_eq!(
+            reader.get(Scope::Capsule, "k-[REDACTED:pw]".into()).expect("get"),
+            Some(b"v=[REDACTED:pw];".to_vec())
+        );
+        assert_eq!(
+            reader.get(Scope::Run, "plain".into()).expect("get"),
+            Some(b"[REDACTED:pw]".to_vec())
+        );
+        assert_eq!(reader.get(Scope::Capsule, "k-hunter2".into()).expect("get"), None);
     }
 
     #[test]

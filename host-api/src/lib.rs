@@ -25,6 +25,7 @@ pub mod kv;
 pub mod llm;
 pub mod log;
 pub mod meter;
+pub mod secrets;
 pub mod storage;
 pub mod wasi;
 
@@ -33,7 +34,7 @@ pub use capabilities::{
     Shared, State, Wants, add_to_linker, check_allow, provided,
 };
 pub use capability::{
-    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Restriction,
+    Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Redactor, Restriction,
 };
 
 /// Identifies a call in logs, events and kv: which capsule, which run.

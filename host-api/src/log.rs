@@ -151,6 +151,8 @@ pub struct LogLine {
 pub struct State {
     config: Config,
     identity: CallIdentity,
+    /// Masks the secrets the call read before a line leaves.
+    redactor: std::sync::Arc<crate::capability::Redactor>,
     lines: Vec<LogLine>,
     bytes: usize,
     dropped: u32,
@@ -162,6 +164,7 @@ impl State {
         Self {
             config,
             identity,
+            redactor: std::sync::Arc::default(),
             lines: Vec::new(),
             bytes: 0,
             dropped: 0,
@@ -238,6 +241,12 @@ impl crate::capability::Capability for Log {
     fn finish(state: State) -> (Vec<LogLine>, u32) {
         state.finish()
     }
+
+    /// Keeps the redactor: a line goes to the host's log as it is logged,
+    /// masked then.
+    fn attach(state: &mut State, redactor: &std::sync::Arc<crate::capability::Redactor>) {
+        state.redactor = redactor.clone();
+    }
 }
 
 /// Wire `soma:capsule/log` into `linker`. Once per engine.
@@ -268,6 +277,12 @@ fn level_name(level: Level) -> &'static str {
 
 impl wit::Host for State {
     fn log(&mut self, level: Level, mut message: String, mut fields: Vec<(String, String)>) {
+        // Masked before truncating, so a cut cannot keep part of a value.
+        self.redactor.redact_in_place(&mut message);
+        for (k, v) in &mut fields {
+            self.redactor.redact_in_place(k);
+            self.redactor.redact_in_place(v);
+        }
         truncate(&mut message, self.config.max_line_bytes);
         for (k, v) in &mut fields {
             truncate(k, self.config.max_line_bytes);

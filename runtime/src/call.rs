@@ -283,6 +283,7 @@ impl CallOptions {
             &GrantScope {
                 capsule: &capsule.digest_text,
                 run: &run_id,
+                origin: capsule.origin(),
                 node: None,
             },
         );
@@ -311,6 +312,7 @@ impl CallOptions {
             &GrantScope {
                 capsule: &capsule.digest_text,
                 run: &self.run_id,
+                origin: capsule.origin(),
                 node: Some(node),
             },
         );
@@ -853,6 +855,9 @@ impl Outcome {
                 }))
             };
         };
+        // The output and the capsule's own error are masked like every
+        // other text the call emits (the secrets it read).
+        let result = redact_result(&host.capabilities, result);
         let host_api::Report {
             logs,
             logs_dropped,
@@ -874,6 +879,31 @@ impl Outcome {
             http,
             charge: None,
         }
+    }
+}
+
+/// `result` with every secret value the call read masked in its output or
+/// in the capsule's own error (code and message). Free when it read none.
+fn redact_result(
+    capabilities: &host_api::State,
+    result: Result<String, Failure>,
+) -> Result<String, Failure> {
+    let masked = |text: String| match capabilities.redact(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(o) => o,
+    };
+    match result {
+        Ok(output) => Ok(masked(output)),
+        Err(Failure::CapsuleError {
+            code,
+            message,
+            retryable,
+        }) => Err(Failure::CapsuleError {
+            code: masked(code),
+            message: masked(message),
+            retryable,
+        }),
+        Err(other) => Err(other),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Config {
     pub wasi: host_api::wasi::Config,
     /// `http` capability (outbound HTTP).
     pub http: host_api::http::Config,
+    /// `secrets` capability (`[[secrets.define]]`, the tenant-secrets key).
+    pub secrets: host_api::secrets::Config,
     /// Which repositories need which signing keys (`[[trust.rules]]`).
     pub trust: crate::verify::TrustConfig,
     /// How much a registry may make a pull read (`[pull]`).
@@ -266,6 +268,7 @@ impl Config {
             events: &self.events,
             wasi: &self.wasi,
             http: &self.http,
+            secrets: &self.secrets,
             policy: &self.policy,
         }
     }

@@ -13,6 +13,7 @@ pub mod market;
 pub mod metrics;
 pub mod pool;
 pub mod runs;
+pub mod secrets;
 pub mod tls;
 pub mod reply;
 pub mod api;

@@ -114,6 +114,13 @@ impl Info {
         self.wants("http", patterns)
     }
 
+    /// Ask for secret `name` (`secrets`); read it with
+    /// [`crate::secrets::get`].
+    #[must_use]
+    pub fn wants_secret(self, name: &str) -> Self {
+        self.wants("secrets", &[name])
+    }
+
     /// Ask for a preopened directory at guest path `path` (`dir`).
     #[must_use]
     pub fn wants_dir(self, path: &str) -> Self {

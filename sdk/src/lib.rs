@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Build it with `soma build` (or `cargo build --release --target wasm32-wasip2`).
-//! Host capabilities are in [`log`], [`kv`], [`llm`], [`events`] and [`http`]; each call
+//! Host capabilities are in [`log`], [`kv`], [`llm`], [`events`], [`http`] and [`secrets`]; each call
 //! is checked against the grants the operator gave the capsule.
 
 pub mod events;
@@ -34,6 +34,7 @@ pub mod json;
 pub mod kv;
 pub mod llm;
 pub mod log;
+pub mod secrets;
 
 mod info;
 

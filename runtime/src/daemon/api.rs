@@ -80,12 +80,18 @@ fn api_routes() -> Routes {
         .add(Method::DELETE, "/v1/tokens/{id}", revoke_token)
         .add(Method::GET, "/metrics", metrics)
         .merge_market()
+        .merge_secrets()
 }
 
 impl Routes {
     /// The marketplace's routes ([`super::market`]).
     fn merge_market(self) -> Self {
         super::market::routes(self)
+    }
+
+    /// The tenant-secrets routes ([`super::secrets`]).
+    fn merge_secrets(self) -> Self {
+        super::secrets::routes(self)
     }
 }
 

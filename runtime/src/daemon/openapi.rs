@@ -17,7 +17,7 @@ use utoipa::{
     },
 };
 
-use super::{api, contract, market};
+use super::{api, contract, market, secrets};
 
 /// The document's source.
 #[derive(OpenApi)]
@@ -60,6 +60,9 @@ use super::{api, contract, market};
         market::list_installs,
         market::uninstall,
         market::payouts,
+        secrets::list_secrets,
+        secrets::put_secret,
+        secrets::delete_secret,
     ),
     components(schemas(
         contract::ErrorBody,
@@ -76,7 +79,7 @@ struct ApiDoc;
 struct Refusals;
 
 /// (tag, description), in the order the document lists them.
-const TAGS: [(&str, &str); 7] = [
+const TAGS: [(&str, &str); 8] = [
     (
         "service",
         "Health and this document (no token); metrics (an operator or metrics token).",
@@ -89,6 +92,10 @@ const TAGS: [(&str, &str); 7] = [
         "Spending limits per tenant, capsule, run or node.",
     ),
     ("tokens", "API tokens."),
+    (
+        "secrets",
+        "A tenant's secrets for its capsules: set, delete, list (write-only: no route returns a value).",
+    ),
     (
         "market",
         "The capsule marketplace: authors, submissions and their review, publishing (operator), search, listings, per-tenant installs.",

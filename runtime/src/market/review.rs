@@ -798,6 +798,7 @@ fn needs(import: &str) -> Needs {
         "soma:capsule/log" | "soma:capsule/events" | "soma:capsule/types" => Needs::Nothing,
         "soma:capsule/kv" => Needs::Request("kv"),
         "soma:capsule/llm" => Needs::Request("llm"),
+        "soma:capsule/secrets" => Needs::Request("secrets"),
         i if ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"]
             .iter()
             .any(|p| i.starts_with(p)) =>
@@ -822,6 +823,9 @@ fn compare_privilege(wants: &Wants, imports: &[String]) -> (Vec<String>, Vec<Str
     }
     for dir in &wants.dirs {
         asked.push(("dir", format!("dir:{dir}")));
+    }
+    for name in &wants.secrets {
+        asked.push(("secrets", format!("secrets:{name}")));
     }
     for other in &wants.other {
         let word = if other.args.is_empty() {

@@ -2,8 +2,9 @@
 //! module per class: the DAG ceilings (`dag`), the daemon's edge (`edge`),
 //! capsules' outbound HTTP (`http`, in process), HTTP/2 (`http2`),
 //! cross-tenant kv (`kv`), money (`money`), resources (`resources`), the
-//! sandbox and crash edges (`sandbox`), the supply chain (`supply`). One
-//! test binary: linking each class alone cost a ~220 MB link per file
+//! sandbox and crash edges (`sandbox`), secrets and their redaction
+//! (`secrets`), the supply chain (`supply`). One test binary: linking each
+//! class alone cost a ~220 MB link per file
 //! (docs/ci.md).
 //!
 //! Many of these tests time another tenant's ordinary calls during the
@@ -24,6 +25,7 @@ mod kv;
 mod money;
 mod resources;
 mod sandbox;
+mod secrets;
 mod supply;
 
 static QUIET: RwLock<()> = RwLock::new(());
