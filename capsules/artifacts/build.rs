@@ -24,6 +24,7 @@ const EXAMPLES: &[&str] = &[
     "kamachiq-reviewer",
     "flaky",
     "http-probe",
+    "fetch",
 ];
 /// Valid components that are not Soma capsules (another world).
 const FOREIGN: &[&str] = &["wrong-world"];

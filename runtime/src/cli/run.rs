@@ -161,6 +161,7 @@ fn run_once(global: &Global, args: Args) -> anyhow::Result<Code> {
                 "class": f.class(), "message": f.to_string(), "detail": f,
             })),
             "usage": outcome.usage,
+            "http": (!outcome.http.is_empty()).then_some(&outcome.http),
             "logs": outcome.logs,
             "events": outcome.events,
             "stdout": outcome.stdout,

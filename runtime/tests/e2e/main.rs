@@ -2,9 +2,9 @@
 //! test file: the CLI (`cli`), the daemon over HTTP (`daemon`), its log
 //! (`daemon_log`) and its `/metrics` scraped by Prometheus
 //! (`daemon_prometheus`), two daemons on one PostgreSQL (`daemon_pg`),
-//! `soma dag` (`dag`), the fuel charged after an
-//! epoch interrupt (`fuel_after_interrupt`) and the one resolve stage
-//! (`resolve`). One test binary: each file linked alone cost a ~220 MB
+//! `soma dag` (`dag`), the `fetch` example calling a real API with a
+//! granted secret (`fetch`), the fuel charged after an epoch interrupt
+//! (`fuel_after_interrupt`) and the one resolve stage (`resolve`). One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
 
 mod cli;
@@ -13,5 +13,6 @@ mod daemon_log;
 mod daemon_pg;
 mod daemon_prometheus;
 mod dag;
+mod fetch;
 mod fuel_after_interrupt;
 mod resolve;
