@@ -14,6 +14,7 @@ pub mod market;
 pub mod market_corpus;
 pub mod prometheus;
 pub mod registry;
+pub mod temporal;
 
 use std::{
     path::Path,

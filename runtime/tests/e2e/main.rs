@@ -2,8 +2,9 @@
 //! test file: the CLI (`cli`), the daemon over HTTP (`daemon`), its log
 //! (`daemon_log`) and its `/metrics` scraped by Prometheus
 //! (`daemon_prometheus`), `soma dag` (`dag`), the fuel charged after an
-//! epoch interrupt (`fuel_after_interrupt`) and the one resolve stage
-//! (`resolve`). One test binary: each file linked alone cost a ~220 MB
+//! epoch interrupt (`fuel_after_interrupt`), the one resolve stage
+//! (`resolve`) and the DAG conformance suite on the embedded and the
+//! Temporal engine (`temporal`). One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
 
 mod cli;
@@ -13,3 +14,4 @@ mod daemon_prometheus;
 mod dag;
 mod fuel_after_interrupt;
 mod resolve;
+mod temporal;
