@@ -35,6 +35,10 @@ use crate::dag::{
 /// Calls at once when neither the run nor its spec says.
 const DEFAULT_CONCURRENCY: usize = 4;
 
+/// Starts proposed per unit of concurrency (the embedded coordinator's
+/// `QUEUED_PER_WORKER`).
+const QUEUED_PER_WORKER: usize = 64;
+
 /// A run's calls in flight: (node index, attempt, what the activity gave).
 type InFlight<'a> = Vec<Pin<Box<dyn Future<Output = (usize, u32, ActivityOutcome)> + 'a>>>;
 
@@ -74,10 +78,15 @@ impl DagWorkflow {
             w.run.clone_from(&run);
             w.history.push(created.clone());
         });
+        // As the embedded coordinator: it proposes up to this many starts
+        // per worker thread, so the same nodes start before a fail-fast
+        // halt; parallelism is the workers' activity slots.
         let slots = concurrency
             .or(state.spec.policy.concurrency)
             .unwrap_or(DEFAULT_CONCURRENCY)
-            .clamp(1, MAX_PENDING_ACTIVITIES);
+            .max(1)
+            .saturating_mul(QUEUED_PER_WORKER)
+            .min(MAX_PENDING_ACTIVITIES);
         let mut rng = fastrand::Rng::with_seed(ctx.random::<u64>());
         let budgets = run_budgets(&run, &state.spec);
         set_budgets(ctx, budgets).await?;

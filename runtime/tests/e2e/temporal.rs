@@ -62,7 +62,7 @@ fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
 /// directory (its ledger). Everything stops on drop.
 struct Cluster {
     server: TemporalServer,
-    worker: Worker,
+    worker: Option<Worker>,
     worker_data: tempfile::TempDir,
     queue: String,
     _logs: tempfile::TempDir,
@@ -83,7 +83,7 @@ impl Cluster {
         );
         Self {
             server,
-            worker,
+            worker: Some(worker),
             worker_data,
             queue: queue.to_owned(),
             _logs: logs,
@@ -109,9 +109,25 @@ impl Cluster {
         format!(
             "stderr: {}\nworker: {}\nserver: {}",
             text(&out.stderr),
-            self.worker.log(),
+            self.worker.as_ref().map(Worker::log).unwrap_or_default(),
             self.server.log()
         )
+    }
+}
+
+impl Cluster {
+    /// Stop the worker (it holds its database open), then check that its
+    /// ledger passes `soma ledger check` and holds, per run, exactly the
+    /// fuel entries (node, attempt, quantity) given.
+    fn check_worker_ledger(mut self, expected: &[(&str, Vec<(String, u64, u64)>)]) {
+        drop(self.worker.take());
+        for (run, rows) in expected {
+            assert_eq!(
+                &ledger_fuel(self.worker_data.path(), run),
+                rows,
+                "run {run}"
+            );
+        }
     }
 }
 
@@ -204,8 +220,14 @@ fn ledger_fuel(data: &Path, run: &str) -> Vec<(String, u64, u64)> {
 /// Run `spec` on both engines (run id `run` on each) and check they agree
 /// on the status, the output, every node's status/attempts/round/failure
 /// class, the verdicts, and the fuel charged per node and per attempt (in
-/// the embedded run's ledger and the worker's). Returns both reports.
-fn conform(cluster: &Cluster, spec: &Path, run: &str, expected_code: i32) -> (Value, Value) {
+/// the embedded run's ledger: what the worker's must hold). Returns both
+/// reports and the embedded ledger's fuel entries.
+fn conform(
+    cluster: &Cluster,
+    spec: &Path,
+    run: &str,
+    expected_code: i32,
+) -> (Value, Value, Vec<(String, u64, u64)>) {
     let embedded_data = tempfile::tempdir().expect("data");
     let client_data = tempfile::tempdir().expect("data");
     let args = ["--run-id", run];
@@ -229,12 +251,9 @@ fn conform(cluster: &Cluster, spec: &Path, run: &str, expected_code: i32) -> (Va
     assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
     assert_eq!(t["cost"]["entries"], e["cost"]["entries"]);
     assert_eq!(charges(&t), charges(&e));
-    // The charges are really in the worker's ledger, once per attempt.
-    assert_eq!(
-        ledger_fuel(cluster.worker_data.path(), run),
-        ledger_fuel(embedded_data.path(), run)
-    );
-    (e, t)
+    let fuel = ledger_fuel(embedded_data.path(), run);
+    assert!(!fuel.is_empty(), "the embedded run charged its calls");
+    (e, t, fuel)
 }
 
 #[test]
@@ -260,7 +279,7 @@ nodes:
 output: "{{ nodes.sink.output }}"
 "#,
     );
-    let (_, t) = conform(&cluster, &fan, "fan", 0);
+    let (_, t, fan_fuel) = conform(&cluster, &fan, "fan", 0);
     let squares: Vec<i64> = t["output"]["squares"]
         .as_array()
         .expect("squares")
@@ -271,6 +290,7 @@ output: "{{ nodes.sink.output }}"
         squares,
         (1..=10).map(|i: i64| i * i + (i - 1)).collect::<Vec<_>>()
     );
+    let mut expected = vec![("fan", fan_fuel)];
     for policy in ["fail-fast", "continue"] {
         let spec = spec_file(
             dir.path(),
@@ -295,9 +315,12 @@ nodes:
 "#
             ),
         );
-        let (_, t) = conform(&cluster, &spec, policy, 23);
+        let (_, t, fuel) = conform(&cluster, &spec, policy, 23);
         assert_eq!(t["status"], "failed");
+        expected.push((policy, fuel));
     }
+    // The charges are really in the worker's ledger, once per attempt.
+    cluster.check_worker_ledger(&expected);
 }
 
 #[test]
@@ -329,7 +352,7 @@ nodes:
     input: { kind: unreachable }
 "#,
     );
-    let (_, t) = conform(&cluster, &spec, "retries", 23);
+    let (_, t, fuel) = conform(&cluster, &spec, "retries", 23);
     let rows = timeline(&t);
     let attempts = |node: &str| {
         rows.iter()
@@ -341,13 +364,14 @@ nodes:
     assert_eq!(attempts("trap"), (1, "trap".into()));
     assert_eq!(attempts("always-retryable").0, 3);
     assert_eq!(attempts("deadline"), (2, "deadline-exceeded".into()));
+    cluster.check_worker_ledger(&[("retries", fuel)]);
 }
 
 #[test]
 fn kamachiq_gives_the_same_artifact_and_cost_on_temporal() {
     let cluster = Cluster::start("conform-kamachiq");
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
-    let (e, t) = conform(&cluster, &spec, "kamachiq", 0);
+    let (e, t, fuel) = conform(&cluster, &spec, "kamachiq", 0);
     assert_eq!(t["status"], "succeeded");
     assert!(
         !t["output"]["files"].as_object().expect("files").is_empty(),
@@ -379,4 +403,95 @@ fn kamachiq_gives_the_same_artifact_and_cost_on_temporal() {
     let status = json_of(&status);
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["output"], t["output"]);
+    cluster.check_worker_ledger(&[("kamachiq", fuel)]);
+}
+
+#[test]
+fn cancelling_a_temporal_run_lets_the_call_in_flight_finish_and_ends_it_cancelled() {
+    let cluster = Cluster::start("conform-cancel");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "cancel",
+        r#"
+name: cancel
+nodes:
+  - id: slow
+    capsule: loop
+    timeout_ms: 3000
+  - id: after
+    capsule: echo
+    needs: [slow]
+"#,
+    );
+    let client_data = tempfile::tempdir().expect("data");
+    let mut run = soma(client_data.path());
+    run.args(["dag", "run"])
+        .arg(&spec)
+        .args([
+            "--json",
+            "--run-id",
+            "c1",
+            "--engine",
+            "temporal",
+            "--temporal",
+        ])
+        .arg(cluster.server.address())
+        .args(["--task-queue", &cluster.queue])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = run.spawn().expect("spawn soma dag run");
+    // Cancel once the slow call is in flight (the workflow answers queries).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = soma(client_data.path())
+            .args([
+                "dag",
+                "status",
+                "c1",
+                "--json",
+                "--engine",
+                "temporal",
+                "--temporal",
+            ])
+            .arg(cluster.server.address())
+            .output()
+            .expect("status");
+        let running =
+            status.status.success() && json_of(&status)["timeline"][0]["status"] == "running";
+        if running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slow never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let cancel = soma(client_data.path())
+        .args(["dag", "cancel", "c1", "--engine", "temporal", "--temporal"])
+        .arg(cluster.server.address())
+        .output()
+        .expect("cancel");
+    assert_eq!(
+        cancel.status.code(),
+        Some(0),
+        "{}",
+        cluster.explain(&cancel)
+    );
+    let out = child.wait_with_output().expect("dag run");
+    assert_eq!(out.status.code(), Some(24), "{}", cluster.explain(&out));
+    let doc = json_of(&out);
+    assert_eq!(doc["status"], "cancelled");
+    let rows = timeline(&doc);
+    // The call in flight finished (its deadline) and was recorded;
+    // nothing new started.
+    assert_eq!(rows[0].0, "after");
+    assert_eq!(rows[0].2, 0, "nothing new starts after the cancel");
+    assert_eq!(rows[1].0, "slow");
+    assert_eq!((rows[1].1.as_str(), rows[1].2), ("failed", 1));
+    // It loops until its fuel or its deadline runs out, whichever first.
+    assert!(
+        ["out-of-fuel", "deadline-exceeded"].contains(&rows[1].4.as_str()),
+        "{rows:?}"
+    );
+    let charged = doc["cost"]["by_node"][0]["fuel"].as_u64().expect("fuel");
+    cluster.check_worker_ledger(&[("c1", vec![("slow".into(), 0, charged)])]);
 }
