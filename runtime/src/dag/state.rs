@@ -897,6 +897,21 @@ impl RunState {
         now: u64,
         rng: &mut fastrand::Rng,
     ) -> Vec<Event> {
+        let result = result.map_err(|f| NodeFailure::of_call(&f));
+        self.complete_with(node, attempt, result, call, now, rng)
+    }
+
+    /// [`RunState::complete`] with the call's failure already classified
+    /// (what crosses a process boundary: a Temporal activity's result).
+    pub fn complete_with(
+        &self,
+        node: usize,
+        attempt: u32,
+        result: Result<String, NodeFailure>,
+        call: CallRecord,
+        now: u64,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<Event> {
         let n = &self.nodes[node];
         if n.status != (Status::Running { attempt }) {
             return Vec::new();
@@ -921,8 +936,7 @@ impl RunState {
         };
         let text = match result {
             Ok(text) => text,
-            Err(f) => {
-                let failure = NodeFailure::of_call(&f);
+            Err(failure) => {
                 let retries = self.retries(n);
                 let retry = (failure.retryable && n.tries <= retries.max)
                     .then(|| now + backoff_ms(&retries, n.tries, rng));

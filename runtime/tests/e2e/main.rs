@@ -4,7 +4,9 @@
 //! (`daemon_prometheus`), two daemons on one PostgreSQL (`daemon_pg`),
 //! `soma dag` (`dag`), the `fetch` example calling a real API with a
 //! granted secret (`fetch`), the fuel charged after an epoch interrupt
-//! (`fuel_after_interrupt`) and the one resolve stage (`resolve`). One test binary: each file linked alone cost a ~220 MB
+//! (`fuel_after_interrupt`), the one resolve stage (`resolve`) and the DAG
+//! conformance suite on the embedded and the Temporal engine (`temporal`).
+//! One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
 
 mod cli;
@@ -16,3 +18,4 @@ mod dag;
 mod fetch;
 mod fuel_after_interrupt;
 mod resolve;
+mod temporal;

@@ -1,0 +1,218 @@
+//! The Temporal engine from the command line: `soma worker`, and the
+//! `--engine temporal` side of `soma dag run/status/cancel`.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use serde_json::json;
+use soma_runtime::{
+    Capsule, Engine,
+    dag::{
+        history::{CapsuleRecord, Event},
+        state::RunState,
+    },
+    temporal::{
+        DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, Endpoint, RunInput, RunResult,
+        activity::{CallActivities, CapsuleSource},
+        client,
+    },
+};
+
+use super::{Global, exit::Code, registry};
+
+/// Which engine drives a DAG run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EngineKind {
+    /// This process, over the local data directory.
+    #[default]
+    Embedded,
+    /// A Temporal workflow, its calls made by `soma worker` processes.
+    Temporal,
+}
+
+/// Where Temporal is.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct TemporalArgs {
+    /// The Temporal frontend (`--engine temporal`, `soma worker`): HOST:PORT.
+    #[arg(long, env = "SOMA_TEMPORAL", value_name = "HOST:PORT")]
+    temporal: Option<String>,
+    /// The task queue runs are started on and workers poll.
+    #[arg(long, default_value = DEFAULT_TASK_QUEUE, value_name = "QUEUE")]
+    task_queue: String,
+    /// The Temporal namespace.
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+}
+
+impl TemporalArgs {
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let address = self.temporal.clone().context(
+            "the Temporal engine needs --temporal HOST:PORT (or SOMA_TEMPORAL), e.g. the \
+             127.0.0.1:7233 of `temporal server start-dev`",
+        )?;
+        Ok(Endpoint {
+            address,
+            namespace: self.namespace.clone(),
+            task_queue: self.task_queue.clone(),
+        })
+    }
+}
+
+/// `soma worker`: serve DAG runs' workflows and calls from a Temporal
+/// task queue until Ctrl-C / SIGTERM.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    temporal: TemporalArgs,
+    /// Directory to look for capsule files with relative references in (repeatable).
+    #[arg(long = "capsule-path", value_name = "DIR")]
+    capsule_path: Vec<PathBuf>,
+    /// For registry references: trust signatures by this public key (repeatable).
+    #[arg(long = "key", value_name = "PUB")]
+    keys: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
+}
+
+/// A one-thread-pool tokio runtime for the Temporal client and worker.
+fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("soma-temporal")
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> {
+    global.local_only("worker")?;
+    let endpoint = args.temporal.endpoint()?;
+    let engine = Arc::new(super::dag::engine(global)?);
+    let source = WorkerSource {
+        global: Global {
+            config: global.config.clone(),
+            data: global.data.clone(),
+            server: None,
+            token: None,
+        },
+        keys: args.keys,
+        registry: args.registry,
+        search: args.capsule_path,
+    };
+    let activities = CallActivities::new(engine, Arc::new(source));
+    let rt = tokio()?;
+    eprintln!(
+        "worker: Temporal {} namespace {} task queue {}",
+        endpoint.address, endpoint.namespace, endpoint.task_queue
+    );
+    rt.block_on(client::work(&endpoint, activities, shutdown()))?;
+    eprintln!("worker stopped");
+    Ok(Code::Ok)
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Capsules for the worker's calls, resolved the way `soma dag run` does.
+struct WorkerSource {
+    global: Global,
+    keys: Vec<PathBuf>,
+    registry: registry::RegistryArgs,
+    search: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for WorkerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSource")
+            .field("search", &self.search)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CapsuleSource for WorkerSource {
+    fn load(&self, engine: &Engine, record: &CapsuleRecord) -> anyhow::Result<Arc<Capsule>> {
+        let source = registry::Source {
+            keys: &self.keys,
+            registry: &self.registry,
+            search: self.search.clone(),
+            hint: "; start the worker with --capsule-path DIR",
+        };
+        Ok(source
+            .resolve(&self.global, engine, &record.reference)?
+            .capsule)
+    }
+}
+
+/// `soma dag run --engine temporal`: start the run's workflow, wait for it,
+/// and hand back its state and charges (for the same report as embedded).
+pub(crate) fn run(
+    engine: &Engine,
+    created: Event,
+    run: String,
+    concurrency: Option<usize>,
+    args: &TemporalArgs,
+    json: bool,
+) -> anyhow::Result<(RunState, RunResult)> {
+    let endpoint = args.endpoint()?;
+    let config = engine.config();
+    let input = RunInput {
+        run: run.clone(),
+        created,
+        render_limit: config
+            .dag
+            .max_rendered_input_bytes
+            .min(config.limits.max_input_bytes),
+        ceilings: config.dag,
+        concurrency,
+    };
+    let result = tokio()?.block_on(async {
+        let client = endpoint.connect().await?;
+        client::start(&client, &endpoint, input).await?;
+        if !json {
+            eprintln!(
+                "run {run} (Temporal workflow on task queue {})",
+                endpoint.task_queue
+            );
+        }
+        client::result(&client, &run).await
+    })?;
+    let state = result.state()?;
+    Ok((state, result))
+}
+
+/// `soma dag status RUN --engine temporal`: the run from its workflow.
+pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState> {
+    let endpoint = args.endpoint()?;
+    let result = tokio()?.block_on(async {
+        let client = endpoint.connect().await?;
+        client::status(&client, run).await
+    })?;
+    Ok(result.state()?)
+}
+
+/// `soma dag cancel RUN --engine temporal`.
+pub(crate) fn cancel(args: &TemporalArgs, run: &str, json: bool) -> anyhow::Result<Code> {
+    let endpoint = args.endpoint()?;
+    tokio()?.block_on(async {
+        let client = endpoint.connect().await?;
+        client::cancel(&client, run).await
+    })?;
+    if json {
+        println!("{}", json!({ "run": run, "cancel": "requested" }));
+    } else {
+        println!("cancel requested from run {run}'s Temporal workflow");
+    }
+    Ok(Code::Ok)
+}

@@ -1,0 +1,292 @@
+//! The Temporal engine for DAG runs (issue 17): the same spec, run as one
+//! Temporal workflow per run, its capsule calls as activities.
+//!
+//! The workflow ([`workflow::DagWorkflow`]) keeps the run's
+//! [`RunState`](crate::dag::state::RunState) and drives it with the very
+//! fold the embedded scheduler uses: `schedule` proposes starts, each start
+//! becomes a `call` activity, `complete_with` turns the activity's result
+//! into the same history events, `apply` applies them. Retries are driven
+//! by the fold too (its `retry_at_ms` becomes a workflow timer), so the
+//! attempt numbers, backoffs and retry limits are the embedded engine's,
+//! and each attempt is its own ledger idempotency key. Temporal's own
+//! activity retry policy only re-runs an attempt whose worker died or
+//! could not make the call (same attempt, same key: never charged twice).
+//!
+//! The activities ([`activity::CallActivities`]) run in `soma worker`: they
+//! load the pinned capsule (by reference, checked against its digest), make
+//! the call with [`Engine::call`](crate::Engine::call) under the node's
+//! limits and grants, charge the worker's ledger, heartbeat while the call
+//! runs and stop the call when Temporal cancels or times the activity out.
+//!
+//! [`client`] starts runs, waits for them, queries and cancels them.
+//!
+//! Temporal's limits and what Soma does about each (see `docs/scale-out.md`):
+//! at most [`MAX_PENDING_ACTIVITIES`] calls are in flight per run (a larger
+//! fan-out is started in waves); a run whose Temporal history nears
+//! [`HISTORY_EVENT_LIMIT`] events ends failed with a message saying so
+//! (continue-as-new is not implemented yet); a call output, activity input
+//! or run result above [`PAYLOAD_LIMIT_BYTES`] fails with a clear error
+//! (passing large outputs by reference is not implemented yet).
+
+use std::{collections::BTreeMap, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    budget,
+    dag::{
+        history::{CapsuleRecord, Event, NodeFailure},
+        spec::Ceilings,
+    },
+    ledger,
+};
+
+pub mod activity;
+pub mod client;
+pub mod workflow;
+
+/// The task queue workers poll and runs are started on, unless told.
+pub const DEFAULT_TASK_QUEUE: &str = "soma";
+
+/// The Temporal namespace, unless told.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Most calls of one run in flight at once: Temporal refuses more than
+/// 2,000 pending activities per workflow execution; a larger fan-out is
+/// started in waves of at most this many.
+pub const MAX_PENDING_ACTIVITIES: usize = 1_000;
+
+/// A run stops scheduling and ends failed once its Temporal history holds
+/// this many events (Temporal warns at 10,240 and refuses at 51,200).
+pub const HISTORY_EVENT_LIMIT: u32 = 10_000;
+
+/// Largest call output, activity input or run result sent through
+/// Temporal (Temporal refuses payloads above 2 MB); above it the node or
+/// run fails with a message saying so.
+pub const PAYLOAD_LIMIT_BYTES: usize = 2_000_000;
+
+/// Why talking to Temporal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TemporalError {
+    /// The address is not `HOST:PORT` (or a URL).
+    #[error("`{address}` is not a Temporal address: use HOST:PORT (e.g. 127.0.0.1:7233)")]
+    Address {
+        /// What was given.
+        address: String,
+        /// Why it does not parse.
+        #[source]
+        source: url::ParseError,
+    },
+    /// The frontend could not be reached.
+    #[error(
+        "could not connect to Temporal at {address}: is `temporal server start-dev` (or your \
+         cluster) running there?"
+    )]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The worker could not be set up or stopped with an error.
+    #[error("the Temporal worker failed")]
+    Worker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Starting the run's workflow failed.
+    #[error("could not start run {run} on Temporal")]
+    Start {
+        /// The run.
+        run: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The run's workflow ended without a result (failed, terminated,
+    /// timed out) or its result could not be read.
+    #[error("run {run} ended on Temporal without a report")]
+    Result {
+        /// The run.
+        run: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Asking the run's workflow (query, cancel) failed.
+    #[error("could not reach run {run}'s workflow on Temporal (is it a run of this namespace?)")]
+    Workflow {
+        /// The run.
+        run: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The workflow's history does not replay (a bug, or another version).
+    #[error("run {run}'s history from Temporal does not replay")]
+    Replay {
+        /// The run.
+        run: String,
+        /// Why.
+        #[source]
+        source: crate::dag::state::StateError,
+    },
+}
+
+/// Where a Temporal frontend is, and the namespace and task queue to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `HOST:PORT` (or an `http://` URL).
+    pub address: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The task queue.
+    pub task_queue: String,
+}
+
+impl Endpoint {
+    /// An endpoint with the default namespace and task queue.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            task_queue: DEFAULT_TASK_QUEUE.to_owned(),
+        }
+    }
+
+    /// The frontend's URL (`http://HOST:PORT` for a bare address).
+    pub fn url(&self) -> Result<url::Url, TemporalError> {
+        let text = if self.address.contains("://") {
+            self.address.clone()
+        } else {
+            format!("http://{}", self.address)
+        };
+        url::Url::from_str(&text).map_err(|source| TemporalError::Address {
+            address: self.address.clone(),
+            source,
+        })
+    }
+
+    /// Connect a client. Cost: one gRPC connection (and a system-info
+    /// round trip).
+    pub async fn connect(&self) -> Result<temporalio_client::Client, TemporalError> {
+        let options = temporalio_client::ConnectionOptions::new(self.url()?)
+            .identity(format!("soma@{}", std::process::id()))
+            .build();
+        let connect_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| TemporalError::Connect {
+                address: self.address.clone(),
+                source,
+            };
+        let connection = temporalio_client::Connection::connect(options)
+            .await
+            .map_err(|e| connect_error(Box::new(e)))?;
+        let client_options = temporalio_client::ClientOptions::new(self.namespace.clone()).build();
+        temporalio_client::Client::new(connection, client_options)
+            .map_err(|e| connect_error(Box::new(e)))
+    }
+}
+
+/// The workflow's input: everything a run needs, recorded once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInput {
+    /// The run id (also the workflow id).
+    pub run: String,
+    /// The run's `created` event: spec, bound input, pinned capsules.
+    pub created: Event,
+    /// `dag.max_rendered_input_bytes` (capped by the call input limit).
+    pub render_limit: usize,
+    /// The operator's `[dag]` ceilings.
+    pub ceilings: Ceilings,
+    /// Calls at once (`None`: the spec's `policy.concurrency`, else 4).
+    pub concurrency: Option<usize>,
+}
+
+/// One capsule call: the `call` activity's input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// The run.
+    pub run: String,
+    /// Who pays.
+    pub tenant: String,
+    /// When the run was created (unix ms): the marketplace price in force.
+    pub run_started_ms: u64,
+    /// The node id (the ledger's node key).
+    pub node: String,
+    /// The attempt (the ledger's attempt key).
+    pub attempt: u32,
+    /// The capsule alias.
+    pub alias: String,
+    /// The pinned capsule: reference and digest.
+    pub capsule: CapsuleRecord,
+    /// The rendered input.
+    pub input: String,
+    /// What the node's spec asks of the call's limits
+    /// ([`node_limits`](crate::dag::scheduler::node_limits)).
+    pub limits: crate::dag::spec::NodeLimits,
+    /// The node's `capabilities:` (and its planners'): narrows the grants.
+    pub restriction: soma_host_api::Restriction,
+}
+
+/// What one call did: the `call` activity's output. A capsule's failure
+/// is data here (the fold decides whether it is retried); only a failure
+/// to make the call at all is an activity error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallResult {
+    /// The output, or the classified failure.
+    pub result: Result<String, NodeFailure>,
+    /// Fuel consumed.
+    pub fuel: Option<u64>,
+    /// Wall time, µs.
+    pub wall_us: u64,
+    /// The capsule's log lines (`[level] message`).
+    pub logs: Vec<String>,
+    /// The ledger entries charged for the call (idempotency keys set).
+    pub entries: Vec<ledger::Entry>,
+}
+
+/// Budgets to set in the worker's store: the `budgets` activity's input.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BudgetRequest {
+    /// Scope → limit, as the embedded engine sets them.
+    pub limits: Vec<(budget::Scope, Option<budget::Limit>)>,
+}
+
+/// How a run ended: the workflow's result. The CLI replays `history` into
+/// a `RunState`, so its report and timeline are the embedded engine's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run.
+    pub run: String,
+    /// Every event the fold applied, `created` first.
+    pub history: Vec<Event>,
+    /// Every ledger entry its calls were charged (one per idempotency key).
+    pub entries: Vec<ledger::Entry>,
+}
+
+impl RunResult {
+    /// The run's state, replayed from its history.
+    pub fn state(&self) -> Result<crate::dag::state::RunState, TemporalError> {
+        crate::dag::state::RunState::replay(&self.run, &self.history).map_err(|source| {
+            TemporalError::Replay {
+                run: self.run.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// Ledger entries by idempotency key (an attempt re-run after a worker
+/// died reports the same keys again; the ledger keeps one of each).
+#[derive(Debug, Default)]
+pub(crate) struct Charges(BTreeMap<String, ledger::Entry>);
+
+impl Charges {
+    pub(crate) fn add(&mut self, entries: Vec<ledger::Entry>) {
+        for e in entries {
+            self.0.entry(e.key()).or_insert(e);
+        }
+    }
+
+    pub(crate) fn entries(&self) -> Vec<ledger::Entry> {
+        self.0.values().cloned().collect()
+    }
+}

@@ -1,0 +1,99 @@
+//! Starting, awaiting, querying and cancelling DAG runs on Temporal: one
+//! workflow per run, its workflow id the run id.
+
+use temporalio_client::{
+    Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowQueryOptions,
+    WorkflowStartOptions,
+};
+
+use super::{Endpoint, RunInput, RunResult, TemporalError, workflow::DagWorkflow};
+
+/// Start run `input.run` as a workflow on `endpoint`'s task queue. Cost:
+/// one RPC; nothing runs until a `soma worker` polls the queue.
+pub async fn start(
+    client: &Client,
+    endpoint: &Endpoint,
+    input: RunInput,
+) -> Result<(), TemporalError> {
+    let run = input.run.clone();
+    let options = WorkflowStartOptions::new(endpoint.task_queue.clone(), run.clone()).build();
+    client
+        .start_workflow(DagWorkflow::run, input, options)
+        .await
+        .map_err(|e| TemporalError::Start {
+            run,
+            source: Box::new(e),
+        })?;
+    Ok(())
+}
+
+/// Wait for run `run` to end; its history and charges.
+pub async fn result(client: &Client, run: &str) -> Result<RunResult, TemporalError> {
+    client
+        .get_workflow_handle::<DagWorkflow>(run)
+        .get_result(WorkflowGetResultOptions::default())
+        .await
+        .map_err(|e| TemporalError::Result {
+            run: run.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Run `run` so far, from its workflow (a query: answered by a worker).
+pub async fn status(client: &Client, run: &str) -> Result<RunResult, TemporalError> {
+    client
+        .get_workflow_handle::<DagWorkflow>(run)
+        .query(DagWorkflow::report, (), WorkflowQueryOptions::default())
+        .await
+        .map_err(|e| TemporalError::Workflow {
+            run: run.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Ask run `run` to stop: nothing new starts, calls in flight finish, the
+/// run ends as cancelled.
+pub async fn cancel(client: &Client, run: &str) -> Result<(), TemporalError> {
+    client
+        .get_workflow_handle::<DagWorkflow>(run)
+        .cancel(
+            WorkflowCancelOptions::builder()
+                .reason("soma dag cancel")
+                .build(),
+        )
+        .await
+        .map_err(|e| TemporalError::Workflow {
+            run: run.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Run a worker on `endpoint`'s task queue until it fails or `shutdown`
+/// resolves: it hosts [`DagWorkflow`] and the call activities.
+pub async fn work(
+    endpoint: &Endpoint,
+    activities: super::activity::CallActivities,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TemporalError> {
+    let worker_error = |e: Box<dyn std::error::Error + Send + Sync>| TemporalError::Worker(e);
+    let client = endpoint.connect().await?;
+    let runtime = temporalio_sdk::Runtime::from_current_tokio(Default::default())
+        .map_err(|e| worker_error(e.into()))?;
+    let options = temporalio_sdk::WorkerOptions::new(endpoint.task_queue.clone())
+        .register_workflow::<DagWorkflow>()
+        .map_err(|e| worker_error(Box::new(e)))?
+        .register_activities(activities)
+        .build();
+    let mut worker = temporalio_sdk::Worker::new(&runtime, client, options)
+        .map_err(|e| worker_error(e.into()))?;
+    let handle = worker.shutdown_handle();
+    let run = worker.run();
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r.map_err(|e| worker_error(e.into())),
+        () = shutdown => {
+            handle();
+            run.await.map_err(|e| worker_error(e.into()))
+        }
+    }
+}

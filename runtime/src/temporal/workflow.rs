@@ -1,0 +1,413 @@
+//! The DAG run as a Temporal workflow: the embedded engine's fold
+//! (`RunState::schedule` → `apply`, `complete_with` → `apply`) driven by
+//! workflow code. Deterministic: time is the workflow's, the retry jitter
+//! comes from the workflow's seeded randomness, and the only I/O is
+//! activities and timers.
+
+// The SDK's macros generate a marker type per activity/workflow method,
+// without `Debug`.
+#![allow(missing_debug_implementations)]
+
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    task::Poll,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use temporalio_common::RetryPolicy;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture, TimerResult,
+    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
+};
+
+use super::{
+    BudgetRequest, CallRequest, CallResult, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES,
+    PAYLOAD_LIMIT_BYTES, RunInput, RunResult, activity::CallActivities, activity::HEARTBEAT_EVERY,
+};
+use crate::dag::{
+    history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
+    scheduler::{node_limits, plan_budgets, run_budgets},
+    state::{Dispatch, RunState},
+};
+
+/// Calls at once when neither the run nor its spec says.
+const DEFAULT_CONCURRENCY: usize = 4;
+
+/// Starts proposed per unit of concurrency (the embedded coordinator's
+/// `QUEUED_PER_WORKER`).
+const QUEUED_PER_WORKER: usize = 64;
+
+/// A run's calls in flight: (node index, attempt, what the activity gave).
+type InFlight<'a> = Vec<Pin<Box<dyn Future<Output = (usize, u32, ActivityOutcome)> + 'a>>>;
+
+type ActivityOutcome = Result<CallResult, ActivityExecutionError>;
+
+/// One DAG run. Its recorded state is the history it applied (queried by
+/// `soma dag status --engine temporal`) and the charges its calls reported.
+#[workflow]
+#[derive(Debug, Default)]
+pub struct DagWorkflow {
+    run: String,
+    history: Vec<Event>,
+    charges: Charges,
+}
+
+#[workflow_methods]
+impl DagWorkflow {
+    /// Drive the run to its end; the result is its whole history and the
+    /// ledger entries of its calls.
+    #[run]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: RunInput,
+    ) -> WorkflowResult<RunResult> {
+        let ctx: &WorkflowContext<Self> = ctx;
+        let RunInput {
+            run,
+            created,
+            render_limit,
+            ceilings,
+            concurrency,
+        } = input;
+        let mut state = RunState::new(&run, &created).map_err(invalid)?;
+        state.render_limit = render_limit;
+        state.ceilings = ceilings;
+        ctx.state_mut(|w| {
+            w.run.clone_from(&run);
+            w.history.push(created.clone());
+        });
+        // As the embedded coordinator: it proposes up to this many starts
+        // per worker thread, so the same nodes start before a fail-fast
+        // halt; parallelism is the workers' activity slots.
+        let slots = concurrency
+            .or(state.spec.policy.concurrency)
+            .unwrap_or(DEFAULT_CONCURRENCY)
+            .max(1)
+            .saturating_mul(QUEUED_PER_WORKER)
+            .min(MAX_PENDING_ACTIVITIES);
+        let mut rng = fastrand::Rng::with_seed(ctx.random::<u64>());
+        let budgets = run_budgets(&run, &state.spec);
+        set_budgets(ctx, budgets).await?;
+
+        let mut in_flight: InFlight<'_> = Vec::new();
+        let mut cancelled = Box::pin(ctx.cancelled());
+        let mut timer: Option<(
+            u64,
+            Pin<Box<dyn CancellableFuture<Output = TimerResult> + '_>>,
+        )> = None;
+        // Results known without a call (a capsule that could not be loaded).
+        let mut ready: Vec<(usize, u32, ActivityOutcome)> = Vec::new();
+        let mut cancel_seen = false;
+        loop {
+            let now = workflow_ms(ctx, &state);
+            let mut batch: Vec<Event> = Vec::new();
+            let mut budgets = Vec::new();
+            if cancel_seen && !state.cancel_requested {
+                propose(
+                    &mut state,
+                    Event::CancelRequested { time_ms: now },
+                    &mut batch,
+                    &mut budgets,
+                )?;
+            }
+            if state.finished.is_none() && ctx.history_length() >= HISTORY_EVENT_LIMIT {
+                let error = format!(
+                    "the run's Temporal history reached {} events ({HISTORY_EVENT_LIMIT} is the \
+                     most this engine lets a run use; Temporal refuses 51,200): continue-as-new \
+                     is not implemented yet, so run it on the embedded engine or split it",
+                    ctx.history_length()
+                );
+                let finished = Event::Finished {
+                    status: RunStatus::Failed,
+                    output: None,
+                    error: Some(error),
+                    time_ms: now,
+                };
+                propose(&mut state, finished, &mut batch, &mut budgets)?;
+            }
+            let mut dispatch: Vec<Dispatch> = Vec::new();
+            while state.finished.is_none() {
+                let free = slots.saturating_sub(in_flight.len() + dispatch.len());
+                let (events, starts) = state.schedule(now, free);
+                if events.is_empty() {
+                    break;
+                }
+                for e in events {
+                    propose(&mut state, e, &mut batch, &mut budgets)?;
+                }
+                dispatch.extend(starts);
+            }
+            commit(ctx, batch, Vec::new());
+            if state.finished.is_some() {
+                break;
+            }
+            set_budgets(ctx, budgets).await?;
+            for d in dispatch {
+                match start(ctx, &state, d) {
+                    Started::Call(f) => in_flight.push(f),
+                    Started::Known(node, attempt, outcome) => ready.push((node, attempt, outcome)),
+                }
+            }
+            // Wait for a result, the next retry time or a cancellation.
+            let wakeup = state.next_wakeup();
+            if timer.as_ref().map(|t| t.0) != wakeup {
+                if let Some((_, old)) = timer.take() {
+                    old.cancel();
+                }
+                timer = wakeup.map(|until| {
+                    let wait = Duration::from_millis(until.saturating_sub(now).max(1));
+                    let t: Pin<Box<dyn CancellableFuture<Output = TimerResult> + '_>> =
+                        Box::pin(ctx.timer(wait));
+                    (until, t)
+                });
+            }
+            let mut done = std::mem::take(&mut ready);
+            if done.is_empty() {
+                // Every call that has finished joins this turn, in start
+                // order (deterministic; no wakers but the SDK's).
+                let (finished, cancel, fired) = poll_fn(|cx| {
+                    let mut finished = Vec::new();
+                    let mut k = 0;
+                    while k < in_flight.len() {
+                        match in_flight[k].as_mut().poll(cx) {
+                            Poll::Ready(d) => {
+                                finished.push(d);
+                                drop(in_flight.remove(k));
+                            }
+                            Poll::Pending => k += 1,
+                        }
+                    }
+                    let cancel = !cancel_seen && cancelled.as_mut().poll(cx).is_ready();
+                    let fired = timer
+                        .as_mut()
+                        .is_some_and(|(_, t)| t.as_mut().poll(cx).is_ready());
+                    if finished.is_empty() && !cancel && !fired {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready((finished, cancel, fired))
+                    }
+                })
+                .await;
+                cancel_seen |= cancel;
+                if fired {
+                    timer = None;
+                }
+                done.extend(finished);
+            }
+            let now = workflow_ms(ctx, &state);
+            let mut batch: Vec<Event> = Vec::new();
+            let mut budgets = Vec::new();
+            let mut entries = Vec::new();
+            for (node, attempt, outcome) in done {
+                let result = match outcome {
+                    Ok(r) => r,
+                    Err(e) => lost_call(&e),
+                };
+                entries.extend(result.entries);
+                let call = CallRecord {
+                    attempt,
+                    fuel: result.fuel,
+                    wall_us: result.wall_us,
+                    logs: result.logs,
+                };
+                let events = state.complete_with(node, attempt, result.result, call, now, &mut rng);
+                for e in events {
+                    propose(&mut state, e, &mut batch, &mut budgets)?;
+                }
+            }
+            commit(ctx, batch, entries);
+            set_budgets(ctx, budgets).await?;
+        }
+        if let Some((_, t)) = timer.take() {
+            t.cancel();
+        }
+        let result = ctx.state(|w| RunResult {
+            run: w.run.clone(),
+            history: w.history.clone(),
+            entries: w.charges.entries(),
+        });
+        let size = serde_json::to_vec(&result).map_or(0, |v| v.len());
+        if size > PAYLOAD_LIMIT_BYTES {
+            return Err(ApplicationFailure::non_retryable(format!(
+                "run {run}'s report has {size} bytes; Temporal takes at most \
+                 {PAYLOAD_LIMIT_BYTES} (passing large outputs by reference is not implemented \
+                 yet): run it on the embedded engine"
+            ))
+            .into());
+        }
+        Ok(result)
+    }
+
+    /// The run so far: its history and the charges reported.
+    #[query]
+    pub fn report(&self, _ctx: &WorkflowContextView) -> RunResult {
+        RunResult {
+            run: self.run.clone(),
+            history: self.history.clone(),
+            entries: self.charges.entries(),
+        }
+    }
+}
+
+enum Started<'a> {
+    Call(Pin<Box<dyn Future<Output = (usize, u32, ActivityOutcome)> + 'a>>),
+    Known(usize, u32, ActivityOutcome),
+}
+
+/// Apply one event and keep it for the commit; a plan's node budgets are
+/// set before its nodes start.
+fn propose(
+    state: &mut RunState,
+    event: Event,
+    batch: &mut Vec<Event>,
+    budgets: &mut Vec<(crate::budget::Scope, Option<crate::budget::Limit>)>,
+) -> WorkflowResult<()> {
+    if let Event::Expanded { node, plan, .. } = &event {
+        budgets.extend(plan_budgets(&state.run, node, plan));
+    }
+    state.apply(&event).map_err(invalid)?;
+    batch.push(event);
+    Ok(())
+}
+
+/// Record applied events (and the charges that came with them) in the
+/// workflow's queryable state.
+fn commit(
+    ctx: &WorkflowContext<DagWorkflow>,
+    batch: Vec<Event>,
+    entries: Vec<crate::ledger::Entry>,
+) {
+    if batch.is_empty() && entries.is_empty() {
+        return;
+    }
+    ctx.state_mut(|w| {
+        w.history.extend(batch);
+        w.charges.add(entries);
+    });
+}
+
+async fn set_budgets(
+    ctx: &WorkflowContext<DagWorkflow>,
+    limits: Vec<(crate::budget::Scope, Option<crate::budget::Limit>)>,
+) -> WorkflowResult<()> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(60))
+        .retry_policy(infra_retries())
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build();
+    ctx.execute_activity(CallActivities::budgets, BudgetRequest { limits }, options)
+        .await?;
+    Ok(())
+}
+
+/// Start one call as an activity (or fail it at once when its capsule
+/// could not be loaded, as the embedded engine does).
+fn start<'a>(ctx: &'a WorkflowContext<DagWorkflow>, state: &RunState, d: Dispatch) -> Started<'a> {
+    let record = state
+        .capsules
+        .get(&d.capsule)
+        .cloned()
+        .unwrap_or_else(|| unpinned(&d.capsule));
+    if let Some(message) = record.load_error.clone() {
+        let failure = NodeFailure::of_call(&crate::Failure::InvalidComponent { message });
+        return Started::Known(d.node, d.attempt, Ok(known_failure(failure)));
+    }
+    let Some(node) = state.nodes().get(d.node) else {
+        let failure = NodeFailure::of_call(&crate::Failure::Host {
+            message: format!("node {} is not in the run", d.id),
+        });
+        return Started::Known(d.node, d.attempt, Ok(known_failure(failure)));
+    };
+    let limits = node_limits(&node.spec, &state.spec);
+    let request = CallRequest {
+        run: state.run.clone(),
+        tenant: state.tenant.clone(),
+        run_started_ms: state.created_ms,
+        node: d.id.clone(),
+        attempt: d.attempt,
+        alias: d.capsule.clone(),
+        capsule: record,
+        input: d.input,
+        limits,
+        restriction: state.restriction(d.node),
+    };
+    // The call's own deadline stops it; the activity's is a backstop for
+    // a worker that hangs (heartbeats catch one that died).
+    let deadline = limits.timeout_ms.map_or(Duration::from_secs(3600), |ms| {
+        Duration::from_millis(ms.saturating_mul(2)).max(Duration::from_secs(60))
+    });
+    let options = ActivityOptions::with_start_to_close_timeout(deadline)
+        .heartbeat_timeout(HEARTBEAT_EVERY * 5)
+        .retry_policy(infra_retries())
+        .activity_id(format!("{}#{}", d.id, d.attempt))
+        .summary(format!("{} attempt {}", d.id, d.attempt))
+        // Like the embedded engine: a cancelled run lets its calls in
+        // flight finish (and records them); nothing new starts.
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build();
+    let (index, attempt) = (d.node, d.attempt);
+    let call = ctx.execute_activity(CallActivities::call, request, options);
+    Started::Call(Box::pin(async move { (index, attempt, call.await) }))
+}
+
+/// Temporal retries an attempt only when it could not be made at all (its
+/// worker died, its capsule could not be fetched, the ledger could not be
+/// written): the same attempt, so the ledger charges it once. A capsule's
+/// own failures are results, retried (or not) by the fold.
+fn infra_retries() -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(Duration::from_secs(1))
+        .maximum_interval(Duration::from_secs(10))
+        .maximum_attempts(5)
+        .build()
+}
+
+/// A call whose activity failed for good (Temporal's retries used up):
+/// the node fails, not retried again by the fold.
+fn lost_call(e: &ActivityExecutionError) -> CallResult {
+    let message = format!("the call could not be made on a Temporal worker: {e}");
+    let failure = NodeFailure {
+        retryable: false,
+        ..NodeFailure::of_call(&crate::Failure::Host { message })
+    };
+    known_failure(failure)
+}
+
+fn known_failure(failure: NodeFailure) -> CallResult {
+    CallResult {
+        result: Err(failure),
+        fuel: None,
+        wall_us: 0,
+        logs: Vec::new(),
+        entries: Vec::new(),
+    }
+}
+
+/// The workflow's time (deterministic), unix ms.
+fn workflow_ms(ctx: &WorkflowContext<DagWorkflow>, state: &RunState) -> u64 {
+    ctx.workflow_time()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(state.created_ms, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn invalid(e: crate::dag::state::StateError) -> temporalio_sdk::WorkflowTermination {
+    ApplicationFailure::non_retryable(e).into()
+}
+
+/// A capsule the run did not pin: a record whose load error says so.
+fn unpinned(alias: &str) -> CapsuleRecord {
+    CapsuleRecord {
+        reference: alias.to_owned(),
+        digest: String::new(),
+        kind: crate::capsule::CapsuleKind::Worker,
+        name: alias.to_owned(),
+        version: String::new(),
+        load_error: Some(format!("capsule `{alias}` is not pinned by the run")),
+    }
+}

@@ -1,0 +1,497 @@
+//! One conformance suite, two engines: each DAG spec here runs through
+//! `soma dag run` on the embedded engine and on the Temporal engine (a real
+//! `temporal server start-dev` started by the harness, a real `soma worker`
+//! process), and both must give the same outputs, statuses, attempts and
+//! ledger charges.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+use soma_tests::temporal::{TemporalServer, Worker};
+
+fn soma(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_soma"));
+    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
+    c
+}
+
+fn capsule_dir() -> PathBuf {
+    Path::new(soma_capsules::CALCULATOR_COMPONENT)
+        .parent()
+        .expect("capsule dir")
+        .to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// A spec file whose `capsules:` names the built capsules by path.
+fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let capsules = [
+        ("echo", soma_capsules::ECHO_COMPONENT),
+        ("calculator", soma_capsules::CALCULATOR_COMPONENT),
+        ("flaky", soma_capsules::FLAKY_COMPONENT),
+        ("loop", soma_capsules::HOSTILE_LOOP_COMPONENT),
+        ("trap", soma_capsules::HOSTILE_TRAP_COMPONENT),
+    ];
+    let mut text = String::from("capsules:\n");
+    for (alias, path) in capsules {
+        text.push_str(&format!("  {alias}: {path}\n"));
+    }
+    text.push_str(yaml);
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+/// A Temporal dev server, a worker polling it, and the worker's data
+/// directory (its ledger). Everything stops on drop.
+struct Cluster {
+    server: TemporalServer,
+    worker: Option<Worker>,
+    worker_data: tempfile::TempDir,
+    queue: String,
+    _logs: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(queue: &str) -> Self {
+        let server = TemporalServer::start();
+        let worker_data = tempfile::tempdir().expect("worker data");
+        let logs = tempfile::tempdir().expect("logs");
+        let worker = Worker::start(
+            Path::new(env!("CARGO_BIN_EXE_soma")),
+            worker_data.path(),
+            server.address(),
+            queue,
+            &capsule_dir(),
+            logs.path(),
+        );
+        Self {
+            server,
+            worker: Some(worker),
+            worker_data,
+            queue: queue.to_owned(),
+            _logs: logs,
+        }
+    }
+
+    /// `soma dag run SPEC --engine temporal …` from a data directory of its own.
+    fn dag_run(&self, data: &Path, spec: &Path, extra: &[&str]) -> Output {
+        let mut c = soma(data);
+        c.args(["dag", "run"])
+            .arg(spec)
+            .arg("--capsule-path")
+            .arg(capsule_dir())
+            .args(["--json", "--engine", "temporal", "--temporal"])
+            .arg(self.server.address())
+            .args(["--task-queue", &self.queue])
+            .args(extra);
+        c.output().expect("spawn soma dag run")
+    }
+
+    /// Why a run failed, with the worker's and the server's logs.
+    fn explain(&self, out: &Output) -> String {
+        format!(
+            "stderr: {}\nworker: {}\nserver: {}",
+            text(&out.stderr),
+            self.worker.as_ref().map(Worker::log).unwrap_or_default(),
+            self.server.log()
+        )
+    }
+}
+
+impl Cluster {
+    /// Stop the worker (it holds its database open), then check that its
+    /// ledger passes `soma ledger check` and holds, per run, exactly the
+    /// fuel entries (node, attempt, quantity) given.
+    fn check_worker_ledger(mut self, expected: &[(&str, Vec<(String, u64, u64)>)]) {
+        drop(self.worker.take());
+        for (run, rows) in expected {
+            assert_eq!(
+                &ledger_fuel(self.worker_data.path(), run),
+                rows,
+                "run {run}"
+            );
+        }
+    }
+}
+
+fn embedded_run(data: &Path, spec: &Path, extra: &[&str]) -> Output {
+    soma(data)
+        .args(["dag", "run"])
+        .arg(spec)
+        .arg("--capsule-path")
+        .arg(capsule_dir())
+        .arg("--json")
+        .args(extra)
+        .output()
+        .expect("spawn soma dag run")
+}
+
+/// Per live node: (node, status, attempts, round, failure class).
+fn timeline(doc: &Value) -> Vec<(String, String, u64, u64, String)> {
+    let mut rows: Vec<_> = doc["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or_default().to_owned(),
+                n["status"].as_str().unwrap_or_default().to_owned(),
+                n["attempts"].as_u64().unwrap_or_default(),
+                n["round"].as_u64().unwrap_or_default(),
+                n["failure"]["class"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Per node: (calls, fuel) from a run's cost report.
+fn charges(doc: &Value) -> Vec<(String, u64)> {
+    let mut rows: Vec<_> = doc["cost"]["by_node"]
+        .as_array()
+        .expect("by_node")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or_default().to_owned(),
+                n["fuel"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The ledger of a data directory: `soma ledger check` passes and the
+/// run's entries, as (node, attempt, kind, quantity) for fuel.
+fn ledger_fuel(data: &Path, run: &str) -> Vec<(String, u64, u64)> {
+    let check = soma(data)
+        .args(["ledger", "check"])
+        .output()
+        .expect("ledger check");
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    let ls = soma(data)
+        .args(["ledger", "ls", "--run", run, "--json", "--limit", "100000"])
+        .output()
+        .expect("ledger ls");
+    assert_eq!(ls.status.code(), Some(0), "{}", text(&ls.stderr));
+    let doc = json_of(&ls);
+    let entries = doc
+        .as_array()
+        .or_else(|| doc["entries"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut rows: Vec<_> = entries
+        .iter()
+        .filter(|e| e["kind"] == "fuel")
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap_or_default().to_owned(),
+                e["attempt"].as_u64().unwrap_or_default(),
+                e["quantity"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Run `spec` on both engines (run id `run` on each) and check they agree
+/// on the status, the output, every node's status/attempts/round/failure
+/// class, the verdicts, and the fuel charged per node and per attempt (in
+/// the embedded run's ledger: what the worker's must hold). Returns both
+/// reports and the embedded ledger's fuel entries.
+fn conform(
+    cluster: &Cluster,
+    spec: &Path,
+    run: &str,
+    expected_code: i32,
+) -> (Value, Value, Vec<(String, u64, u64)>) {
+    let embedded_data = tempfile::tempdir().expect("data");
+    let client_data = tempfile::tempdir().expect("data");
+    let args = ["--run-id", run];
+    let e = embedded_run(embedded_data.path(), spec, &args);
+    assert_eq!(e.status.code(), Some(expected_code), "{}", text(&e.stderr));
+    let t = cluster.dag_run(client_data.path(), spec, &args);
+    assert_eq!(
+        t.status.code(),
+        Some(expected_code),
+        "{}",
+        cluster.explain(&t)
+    );
+    let (e, t) = (json_of(&e), json_of(&t));
+    assert_eq!(t["run"], run);
+    assert_eq!(t["status"], e["status"]);
+    assert_eq!(t["output"], e["output"]);
+    assert_eq!(t["error"], e["error"]);
+    assert_eq!(timeline(&t), timeline(&e));
+    assert_eq!(t["verdicts"], e["verdicts"]);
+    assert_eq!(t["cost"]["calls"], e["cost"]["calls"]);
+    assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
+    assert_eq!(t["cost"]["entries"], e["cost"]["entries"]);
+    assert_eq!(charges(&t), charges(&e));
+    let fuel = ledger_fuel(embedded_data.path(), run);
+    assert!(!fuel.is_empty(), "the embedded run charged its calls");
+    (e, t, fuel)
+}
+
+#[test]
+fn fan_out_fail_fast_and_continue_agree_on_both_engines() {
+    let cluster = Cluster::start("conform-basic");
+    let dir = tempfile::tempdir().expect("specs");
+    let fan = spec_file(
+        dir.path(),
+        "fan",
+        r#"
+name: fan
+nodes:
+  - id: source
+    capsule: echo
+    input: { items: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] }
+  - id: square
+    capsule: calculator
+    for_each: "{{ nodes.source.output.items }}"
+    input: { expr: "{{ item }}^2 + {{ index }}" }
+  - id: sink
+    capsule: echo
+    input: { squares: "{{ nodes.square.output }}", n: "{{ nodes.source.output.items[9] }}" }
+output: "{{ nodes.sink.output }}"
+"#,
+    );
+    let (_, t, fan_fuel) = conform(&cluster, &fan, "fan", 0);
+    let squares: Vec<i64> = t["output"]["squares"]
+        .as_array()
+        .expect("squares")
+        .iter()
+        .map(|v| v["value"].as_i64().expect("int"))
+        .collect();
+    assert_eq!(
+        squares,
+        (1..=10).map(|i: i64| i * i + (i - 1)).collect::<Vec<_>>()
+    );
+    let mut expected = vec![("fan", fan_fuel)];
+    for policy in ["fail-fast", "continue"] {
+        let spec = spec_file(
+            dir.path(),
+            policy,
+            &format!(
+                r#"
+name: policies
+policy: {{ on_failure: {policy}, concurrency: 1 }}
+nodes:
+  - id: bad
+    capsule: calculator
+    input: {{ expr: "1/0" }}
+  - id: after-bad
+    capsule: echo
+    needs: [bad]
+  - id: good
+    capsule: echo
+    input: {{ x: 1 }}
+  - id: after-good
+    capsule: echo
+    input: {{ y: "{{{{ nodes.good.output.x }}}}" }}
+"#
+            ),
+        );
+        let (_, t, fuel) = conform(&cluster, &spec, policy, 23);
+        assert_eq!(t["status"], "failed");
+        expected.push((policy, fuel));
+    }
+    // The charges are really in the worker's ledger, once per attempt.
+    cluster.check_worker_ledger(&expected);
+}
+
+#[test]
+fn retries_only_for_retryable_classes_on_both_engines() {
+    let cluster = Cluster::start("conform-retries");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "retries",
+        r#"
+name: retries
+policy: { on_failure: continue }
+defaults:
+  retries: { max: 3, backoff_ms: 20, max_backoff_ms: 200 }
+nodes:
+  - id: not-retryable
+    capsule: flaky
+    input: { until_ms: 99999999999999, retryable: false }
+  - id: always-retryable
+    capsule: flaky
+    retries: { max: 2, backoff_ms: 10, jitter: false }
+    input: { until_ms: 99999999999999 }
+  - id: deadline
+    capsule: loop
+    timeout_ms: 100
+    retries: { max: 1, backoff_ms: 10 }
+  - id: trap
+    capsule: trap
+    input: { kind: unreachable }
+"#,
+    );
+    let (_, t, fuel) = conform(&cluster, &spec, "retries", 23);
+    let rows = timeline(&t);
+    let attempts = |node: &str| {
+        rows.iter()
+            .find(|r| r.0 == node)
+            .map(|r| (r.2, r.4.clone()))
+            .unwrap_or_else(|| panic!("no node {node}"))
+    };
+    assert_eq!(attempts("not-retryable"), (1, "capsule-error".into()));
+    assert_eq!(attempts("trap"), (1, "trap".into()));
+    assert_eq!(attempts("always-retryable").0, 3);
+    assert_eq!(attempts("deadline"), (2, "deadline-exceeded".into()));
+    cluster.check_worker_ledger(&[("retries", fuel)]);
+}
+
+#[test]
+fn kamachiq_gives_the_same_artifact_and_cost_on_temporal() {
+    let cluster = Cluster::start("conform-kamachiq");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
+    let (e, t, fuel) = conform(&cluster, &spec, "kamachiq", 0);
+    assert_eq!(t["status"], "succeeded");
+    assert!(
+        !t["output"]["files"].as_object().expect("files").is_empty(),
+        "the artifact's files"
+    );
+    assert_eq!(t["auto_approval_rate"], e["auto_approval_rate"]);
+    assert_eq!(t["verdicts"].as_array().map(Vec::len), Some(2));
+    // `soma dag status --engine temporal` answers from the workflow.
+    let client_data = tempfile::tempdir().expect("data");
+    let status = soma(client_data.path())
+        .args([
+            "dag",
+            "status",
+            "kamachiq",
+            "--json",
+            "--engine",
+            "temporal",
+            "--temporal",
+        ])
+        .arg(cluster.server.address())
+        .output()
+        .expect("status");
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        cluster.explain(&status)
+    );
+    let status = json_of(&status);
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["output"], t["output"]);
+    cluster.check_worker_ledger(&[("kamachiq", fuel)]);
+}
+
+#[test]
+fn cancelling_a_temporal_run_lets_the_call_in_flight_finish_and_ends_it_cancelled() {
+    let cluster = Cluster::start("conform-cancel");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "cancel",
+        r#"
+name: cancel
+nodes:
+  - id: slow
+    capsule: loop
+    timeout_ms: 3000
+  - id: after
+    capsule: echo
+    needs: [slow]
+"#,
+    );
+    let client_data = tempfile::tempdir().expect("data");
+    let mut run = soma(client_data.path());
+    run.args(["dag", "run"])
+        .arg(&spec)
+        .args([
+            "--json",
+            "--run-id",
+            "c1",
+            "--engine",
+            "temporal",
+            "--temporal",
+        ])
+        .arg(cluster.server.address())
+        .args(["--task-queue", &cluster.queue])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = run.spawn().expect("spawn soma dag run");
+    // Cancel once the slow call is in flight (the workflow answers queries).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = soma(client_data.path())
+            .args([
+                "dag",
+                "status",
+                "c1",
+                "--json",
+                "--engine",
+                "temporal",
+                "--temporal",
+            ])
+            .arg(cluster.server.address())
+            .output()
+            .expect("status");
+        let running =
+            status.status.success() && json_of(&status)["timeline"][0]["status"] == "running";
+        if running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slow never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let cancel = soma(client_data.path())
+        .args(["dag", "cancel", "c1", "--engine", "temporal", "--temporal"])
+        .arg(cluster.server.address())
+        .output()
+        .expect("cancel");
+    assert_eq!(
+        cancel.status.code(),
+        Some(0),
+        "{}",
+        cluster.explain(&cancel)
+    );
+    let out = child.wait_with_output().expect("dag run");
+    assert_eq!(out.status.code(), Some(24), "{}", cluster.explain(&out));
+    let doc = json_of(&out);
+    assert_eq!(doc["status"], "cancelled");
+    let rows = timeline(&doc);
+    // The call in flight finished (its deadline) and was recorded;
+    // nothing new started.
+    assert_eq!(rows[0].0, "after");
+    assert_eq!(rows[0].2, 0, "nothing new starts after the cancel");
+    assert_eq!(rows[1].0, "slow");
+    assert_eq!((rows[1].1.as_str(), rows[1].2), ("failed", 1));
+    // It loops until its fuel or its deadline runs out, whichever first.
+    assert!(
+        ["out-of-fuel", "deadline-exceeded"].contains(&rows[1].4.as_str()),
+        "{rows:?}"
+    );
+    let charged = doc["cost"]["by_node"][0]["fuel"].as_u64().expect("fuel");
+    cluster.check_worker_ledger(&[("c1", vec![("slow".into(), 0, charged)])]);
+}
