@@ -887,14 +887,19 @@ mod tests {
         st.commit().expect("commit");
         let mut reader = state(&shared, "t");
         assert_eq!(
-            reader.get(Scope::Capsule, "k-[REDACTED:pw]".into()).expect("get"),
+            reader
+                .get(Scope::Capsule, "k-[REDACTED:pw]".into())
+                .expect("get"),
             Some(b"v=[REDACTED:pw];".to_vec())
         );
         assert_eq!(
             reader.get(Scope::Run, "plain".into()).expect("get"),
             Some(b"[REDACTED:pw]".to_vec())
         );
-        assert_eq!(reader.get(Scope::Capsule, "k-hunter2".into()).expect("get"), None);
+        assert_eq!(
+            reader.get(Scope::Capsule, "k-hunter2".into()).expect("get"),
+            None
+        );
     }
 
     #[test]

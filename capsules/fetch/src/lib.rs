@@ -67,7 +67,10 @@ impl Capsule for Fetch {
         let value = doc.pointer(&input.pointer).ok_or_else(|| {
             Error::new(
                 "no-such-field",
-                format!("the document has nothing at JSON Pointer {:?}", input.pointer),
+                format!(
+                    "the document has nothing at JSON Pointer {:?}",
+                    input.pointer
+                ),
             )
         })?;
         Ok(serde_json::json!({"status": response.status, "value": value}).to_string())

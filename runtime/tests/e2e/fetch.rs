@@ -62,7 +62,13 @@ fn api() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 fn soma(data: &Path, config: &Path, input: &str, token: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(["run", soma_capsules::FETCH_COMPONENT, "--input", input, "--json"])
+        .args([
+            "run",
+            soma_capsules::FETCH_COMPONENT,
+            "--input",
+            input,
+            "--json",
+        ])
         .arg("--data")
         .arg(data)
         .arg("--config")
@@ -91,7 +97,9 @@ fn fetch_calls_an_api_with_a_granted_bearer_secret_and_returns_the_field() {
     let (port, seen) = api();
     let url = format!("http://127.0.0.1:{port}/v1/thing");
     let write_config = |grant: &str, allowed: &str| {
-        let config = dir.path().join(format!("soma-{grant}.toml").replace(['*', '/'], "_"));
+        let config = dir
+            .path()
+            .join(format!("soma-{grant}.toml").replace(['*', '/'], "_"));
         std::fs::write(
             &config,
             format!(
@@ -123,16 +131,27 @@ fn fetch_calls_an_api_with_a_granted_bearer_secret_and_returns_the_field() {
     let v = json(&soma(&data, &config, &input, TOKEN));
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["failure"].to_string().contains("not granted"), "{v}");
-    assert_eq!(seen.lock().expect("log").len(), before, "no request was made");
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        before,
+        "no request was made"
+    );
 
     // The operator does not allow the address: the WASI error, not a trap.
     let config = write_config("*fetch*", "https://api.example.com");
     let v = json(&soma(&data, &config, &input, TOKEN));
     assert_eq!(v["ok"], false, "{v}");
     let failure = v["failure"].to_string();
-    assert!(failure.contains("http") && failure.contains("denied"), "{v}");
+    assert!(
+        failure.contains("http") && failure.contains("denied"),
+        "{v}"
+    );
     assert_ne!(v["failure"]["class"], "trap", "{v}");
-    assert_eq!(seen.lock().expect("log").len(), before, "no request was made");
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        before,
+        "no request was made"
+    );
 
     // A wrong token: the API's 401 is the capsule's typed error.
     let config = write_config("*fetch*", "http://127.0.0.1:*");
