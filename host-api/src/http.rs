@@ -567,6 +567,7 @@ mod tests {
         let scope = GrantScope {
             capsule: "sha256:x",
             run: "r",
+            origin: "capsules/x.wasm",
             node: None,
         };
         let g = Http::grant(
