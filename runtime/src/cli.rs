@@ -173,6 +173,12 @@ impl Global {
         soma_runtime::market::pricing::PriceBook::install(&engine);
         Ok(engine)
     }
+
+    /// An engine for DAG runs (`soma dag`, `soma worker`): pooled
+    /// allocation unless the config file chose (a run makes many calls).
+    fn dag_engine(&self) -> anyhow::Result<soma_runtime::Engine> {
+        self.engine(self.config.is_none().then_some(Allocator::Pooling))
+    }
 }
 
 pub(crate) fn main() -> ExitCode {

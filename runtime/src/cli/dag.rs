@@ -12,7 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use soma_runtime::{
     Engine,
-    config::Allocator,
     dag::{
         history::{Event, RunStatus},
         journal::Journal,
@@ -200,8 +199,8 @@ fn dispatch(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
 }
 
 /// DAG runs make many calls: a pool pays for itself unless the config chose.
-pub(super) fn engine(global: &Global) -> anyhow::Result<Engine> {
-    global.engine(global.config.is_none().then_some(Allocator::Pooling))
+fn engine(global: &Global) -> anyhow::Result<Engine> {
+    global.dag_engine()
 }
 
 fn read_spec(path: &Path) -> anyhow::Result<(Spec, String)> {

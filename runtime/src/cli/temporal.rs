@@ -86,7 +86,7 @@ fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> {
     global.local_only("worker")?;
     let endpoint = args.temporal.endpoint()?;
-    let engine = Arc::new(super::dag::engine(global)?);
+    let engine = Arc::new(global.dag_engine()?);
     let source = WorkerSource {
         global: Global {
             config: global.config.clone(),
