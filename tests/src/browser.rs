@@ -420,8 +420,16 @@ impl Browser {
 
     /// Attribute `name` of the first element matching `css` (waits for it).
     pub fn attr(&self, css: &str, name: &str) -> Option<String> {
-        let e = self.wait_for(css);
-        self.run(&format!("{name} of {css}"), e.attr(name))
+        self.wait_for(css);
+        // Found and read in one script: a live update may replace the
+        // element between a find and a read (a stale reference otherwise).
+        self.script(
+            "const e = document.querySelector(arguments[0]); \
+             return e ? e.getAttribute(arguments[1]) : null;",
+            vec![css.into(), name.into()],
+        )
+        .as_str()
+        .map(str::to_owned)
     }
 
     /// `data-KEY` of the first element matching `css` (waits for it).
@@ -432,10 +440,15 @@ impl Browser {
     /// `data-KEY` of every element matching `css`, in document order.
     pub fn data_all(&self, css: &str, key: &str) -> Vec<Option<String>> {
         let name = format!("data-{key}");
-        self.find_all(css)
-            .into_iter()
-            .map(|e| self.run(&format!("{name} of {css}"), e.attr(&name)))
-            .collect()
+        // One script, for the reason `attr` gives.
+        let v = self.script(
+            "return Array.from(document.querySelectorAll(arguments[0]), \
+             e => e.getAttribute(arguments[1]));",
+            vec![css.into(), name.into()],
+        );
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
     }
 
     /// Click the first element matching `css` (waits for it).

@@ -146,11 +146,14 @@ fn pages_fit_phones_have_labels_keyboard_paths_no_layout_shift_and_install() {
 
     // --- A live run: Tab reaches Cancel; the page keeps its boxes while a
     // node changes state and the run ends.
+    // `spin` loops until its 12 s deadline: long enough that the Tab walk
+    // reaches Cancel while it runs on a loaded 2-core CI machine (4 s was
+    // not, and the cancel form was gone before the walk got there).
     let spec = json!({
         "name": "spins",
         "capsules": {"l": "hostile-loop", "e": "echo"},
         "nodes": [
-            {"id": "spin", "capsule": "l", "timeout_ms": 4000, "retries": {"max": 0}},
+            {"id": "spin", "capsule": "l", "timeout_ms": 12000, "retries": {"max": 0}},
             {"id": "after", "capsule": "e", "needs": ["spin"]},
         ],
     });
