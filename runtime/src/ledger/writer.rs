@@ -174,10 +174,10 @@ impl LedgerWriter {
     }
 }
 
-fn run(
-    write: &mut dyn FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError>,
-    rx: &mpsc::Receiver<Request>,
-) {
+/// Commits one group of batches to a store (redb or PostgreSQL).
+type WriteBatches<'a> = dyn FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError> + 'a;
+
+fn run(write: &mut WriteBatches<'_>, rx: &mpsc::Receiver<Request>) {
     // About how many appenders are active: the ones likely to come back.
     let mut previous = 0;
     while let Ok(first) = rx.recv() {

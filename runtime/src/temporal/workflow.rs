@@ -40,7 +40,16 @@ const DEFAULT_CONCURRENCY: usize = 4;
 const QUEUED_PER_WORKER: usize = 64;
 
 /// A run's calls in flight: (node index, attempt, what the activity gave).
-type InFlight<'a> = Vec<Pin<Box<dyn Future<Output = (usize, u32, ActivityOutcome)> + 'a>>>;
+/// A call's result as the workflow applies it: (node, attempt, outcome).
+type Done = (usize, u32, ActivityOutcome);
+/// A started call's activity, resolving to its result.
+type Call<'a> = Pin<Box<dyn Future<Output = Done> + 'a>>;
+type InFlight<'a> = Vec<Call<'a>>;
+/// The armed retry-backoff timer: (when it fires, unix ms; the timer).
+type Timer<'a> = Option<(
+    u64,
+    Pin<Box<dyn CancellableFuture<Output = TimerResult> + 'a>>,
+)>;
 
 type ActivityOutcome = Result<CallResult, ActivityExecutionError>;
 
@@ -93,10 +102,7 @@ impl DagWorkflow {
 
         let mut in_flight: InFlight<'_> = Vec::new();
         let mut cancelled = Box::pin(ctx.cancelled());
-        let mut timer: Option<(
-            u64,
-            Pin<Box<dyn CancellableFuture<Output = TimerResult> + '_>>,
-        )> = None;
+        let mut timer: Timer<'_> = None;
         // Results known without a call (a capsule that could not be loaded).
         let mut ready: Vec<(usize, u32, ActivityOutcome)> = Vec::new();
         let mut cancel_seen = false;
@@ -147,7 +153,7 @@ impl DagWorkflow {
             for d in dispatch {
                 match start(ctx, &state, d) {
                     Started::Call(f) => in_flight.push(f),
-                    Started::Known(node, attempt, outcome) => ready.push((node, attempt, outcome)),
+                    Started::Known(done) => ready.push(*done),
                 }
             }
             // Wait for a result, the next retry time or a cancellation.
@@ -252,8 +258,8 @@ impl DagWorkflow {
 }
 
 enum Started<'a> {
-    Call(Pin<Box<dyn Future<Output = (usize, u32, ActivityOutcome)> + 'a>>),
-    Known(usize, u32, ActivityOutcome),
+    Call(Call<'a>),
+    Known(Box<Done>),
 }
 
 /// Apply one event and keep it for the commit; a plan's node budgets are
@@ -314,13 +320,13 @@ fn start<'a>(ctx: &'a WorkflowContext<DagWorkflow>, state: &RunState, d: Dispatc
         .unwrap_or_else(|| unpinned(&d.capsule));
     if let Some(message) = record.load_error.clone() {
         let failure = NodeFailure::of_call(&crate::Failure::InvalidComponent { message });
-        return Started::Known(d.node, d.attempt, Ok(known_failure(failure)));
+        return Started::Known(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
     }
     let Some(node) = state.nodes().get(d.node) else {
         let failure = NodeFailure::of_call(&crate::Failure::Host {
             message: format!("node {} is not in the run", d.id),
         });
-        return Started::Known(d.node, d.attempt, Ok(known_failure(failure)));
+        return Started::Known(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
     };
     let limits = node_limits(&node.spec, &state.spec);
     let request = CallRequest {

@@ -119,7 +119,7 @@ impl Cluster {
     /// Stop the worker (it holds its database open), then check that its
     /// ledger passes `soma ledger check` and holds, per run, exactly the
     /// fuel entries (node, attempt, quantity) given.
-    fn check_worker_ledger(mut self, expected: &[(&str, Vec<(String, u64, u64)>)]) {
+    fn check_worker_ledger(mut self, expected: &[(&str, Vec<FuelEntry>)]) {
         drop(self.worker.take());
         for (run, rows) in expected {
             assert_eq!(
@@ -183,9 +183,12 @@ fn charges(doc: &Value) -> Vec<(String, u64)> {
     rows
 }
 
+/// One fuel entry of a run's ledger: (node, attempt, fuel).
+type FuelEntry = (String, u64, u64);
+
 /// The ledger of a data directory: `soma ledger check` passes and the
 /// run's entries, as (node, attempt, kind, quantity) for fuel.
-fn ledger_fuel(data: &Path, run: &str) -> Vec<(String, u64, u64)> {
+fn ledger_fuel(data: &Path, run: &str) -> Vec<FuelEntry> {
     let check = soma(data)
         .args(["ledger", "check"])
         .output()
@@ -227,7 +230,7 @@ fn conform(
     spec: &Path,
     run: &str,
     expected_code: i32,
-) -> (Value, Value, Vec<(String, u64, u64)>) {
+) -> (Value, Value, Vec<FuelEntry>) {
     let embedded_data = tempfile::tempdir().expect("data");
     let client_data = tempfile::tempdir().expect("data");
     let args = ["--run-id", run];

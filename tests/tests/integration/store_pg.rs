@@ -303,7 +303,7 @@ fn sixteen_calls_over_two_stores_never_pass_a_shared_budget() {
                                 1_000,
                             );
                             let a = budgets
-                                .charge(&ledger, &[charge.clone()], Some(hold), &scopes)
+                                .charge(&ledger, std::slice::from_ref(&charge), Some(hold), &scopes)
                                 .expect("charge");
                             assert_eq!(a.inserted.len(), 1);
                             // A retried charge (same key) is neither written nor counted.
