@@ -32,10 +32,10 @@ fn a_v0_1_capsule_describes_itself_in_the_current_form() {
     assert!(m.wants.kv, "kv: true converts into a kv request");
     assert_eq!(m.wants.llm, ["small"]);
     assert_eq!(m.wants.dirs, ["/data"]);
-    // No http capability on this host yet: kept, shown, granted nothing.
-    assert_eq!(m.wants.other.len(), 1);
-    assert_eq!(m.wants.other[0].name, "http");
-    assert_eq!(m.wants.other[0].args, ["example.com"]);
+    // 0.1.0's `http-hosts` become http requests. A bare host name is not
+    // an allowlist pattern (no scheme), so it is shown and grants nothing.
+    assert_eq!(m.wants.http, ["example.com"]);
+    assert!(m.wants.other.is_empty(), "{:?}", m.wants.other);
     assert_eq!(
         m.wants.words(),
         ["kv", "llm:small", "dir:/data", "http:example.com"]
