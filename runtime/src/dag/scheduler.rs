@@ -531,6 +531,45 @@ struct Done {
     attempt: u32,
     /// `None`: the run was stopping, so the job was not called.
     outcome: Option<Outcome>,
+    /// For a failed call: dropped by the coordinator once it has decided
+    /// what the failure means (see [`hand_back`]).
+    ack: Option<mpsc::Sender<()>>,
+}
+
+/// Hand a call's outcome to the coordinator. After a failure the worker
+/// (or the shared pool's slot for this run) waits until the coordinator
+/// has applied it: under fail-fast the run halts and the calls still
+/// queued are withdrawn instead of racing the halt, so which nodes run
+/// does not depend on thread timing (and both engines call the same
+/// ones). Failures are rare; the wait is one coordinator turn. `false`:
+/// the coordinator is gone.
+fn hand_back(
+    done: &mpsc::Sender<Done>,
+    node: usize,
+    attempt: u32,
+    outcome: Option<Outcome>,
+) -> bool {
+    let failed = outcome.as_ref().is_some_and(|o| o.result.is_err());
+    let (ack, decided) = if failed {
+        let (tx, rx) = mpsc::channel::<()>();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let sent = done
+        .send(Done {
+            node,
+            attempt,
+            outcome,
+            ack,
+        })
+        .is_ok();
+    if let Some(decided) = decided {
+        // Ends when the coordinator drops the sender, whether it applied
+        // the result or stopped.
+        let _ = decided.recv();
+    }
+    sent
 }
 
 /// Jobs handed to the workers per worker thread: the coordinator starts
@@ -631,6 +670,7 @@ pub fn drive(
             span: run_span,
             pooled,
             unloaded: Vec::new(),
+            acks: Vec::new(),
         };
         let ended = coordinator.run(&done_rx, settings, concurrency, &stop);
         stop.store(true, Ordering::Relaxed);
@@ -661,11 +701,7 @@ struct DoneOnce {
 impl DoneOnce {
     fn send(mut self, outcome: Option<Outcome>) {
         self.sent = true;
-        let _ = self.done.send(Done {
-            node: self.node,
-            attempt: self.attempt,
-            outcome,
-        });
+        hand_back(&self.done, self.node, self.attempt, outcome);
     }
 }
 
@@ -676,6 +712,7 @@ impl Drop for DoneOnce {
                 node: self.node,
                 attempt: self.attempt,
                 outcome: None,
+                ack: None,
             });
         }
     }
@@ -700,12 +737,7 @@ fn work(
             let _node = job.span.enter();
             engine.call(&job.capsule, &job.dispatch.input, &job.options)
         });
-        let sent = done.send(Done {
-            node: job.dispatch.node,
-            attempt: job.dispatch.attempt,
-            outcome,
-        });
-        if sent.is_err() {
+        if !hand_back(done, job.dispatch.node, job.dispatch.attempt, outcome) {
             return;
         }
     }
@@ -729,6 +761,8 @@ struct Coordinator<'a> {
     /// Results of nodes whose capsule could not be loaded: failed without
     /// a call, handled with the next results.
     unloaded: Vec<Done>,
+    /// Workers waiting for their failure to be applied (see [`hand_back`]).
+    acks: Vec<mpsc::Sender<()>>,
 }
 
 /// How long the coordinator waits for a result before looking at its
@@ -779,6 +813,8 @@ impl Coordinator<'_> {
             if interrupted || self.state.is_stopping() {
                 stop.store(true, Ordering::Relaxed);
             }
+            // The failures handed back are decided: their workers go on.
+            self.acks.clear();
             if !batch.is_empty() {
                 self.commit(&batch, &charges)?;
                 batch.clear();
@@ -829,7 +865,9 @@ impl Coordinator<'_> {
                     node,
                     attempt,
                     outcome,
+                    ack,
                 } = d;
+                self.acks.extend(ack);
                 let Some(mut outcome) = outcome else {
                     let id = self.state.nodes()[node].id.clone();
                     let withdrawn = Event::Withdrawn {
@@ -924,6 +962,7 @@ impl Coordinator<'_> {
                 outcome: Some(Outcome::failed(crate::Failure::InvalidComponent {
                     message,
                 })),
+                ack: None,
             });
             self.in_flight += 1;
             return Ok(());

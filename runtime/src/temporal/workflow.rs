@@ -35,10 +35,6 @@ use crate::dag::{
 /// Calls at once when neither the run nor its spec says.
 const DEFAULT_CONCURRENCY: usize = 4;
 
-/// Starts proposed per unit of concurrency (the embedded coordinator's
-/// `QUEUED_PER_WORKER`).
-const QUEUED_PER_WORKER: usize = 64;
-
 /// A run's calls in flight: (node index, attempt, what the activity gave).
 /// A call's result as the workflow applies it: (node, attempt, outcome).
 type Done = (usize, u32, ActivityOutcome);
@@ -87,15 +83,16 @@ impl DagWorkflow {
             w.run.clone_from(&run);
             w.history.push(created.clone());
         });
-        // As the embedded coordinator: it proposes up to this many starts
-        // per worker thread, so the same nodes start before a fail-fast
-        // halt; parallelism is the workers' activity slots.
+        // At most this many of the run's activities are scheduled at once:
+        // Temporal's task queue is the queue, and a worker with more slots
+        // must not run more of this run's calls than it asked for. (The
+        // embedded engine queues more per worker thread to batch its
+        // commits, and withdraws what is queued when a fail-fast halts, so
+        // both engines call the same nodes.)
         let slots = concurrency
             .or(state.spec.policy.concurrency)
             .unwrap_or(DEFAULT_CONCURRENCY)
-            .max(1)
-            .saturating_mul(QUEUED_PER_WORKER)
-            .min(MAX_PENDING_ACTIVITIES);
+            .clamp(1, MAX_PENDING_ACTIVITIES);
         let mut rng = fastrand::Rng::with_seed(ctx.random::<u64>());
         let budgets = run_budgets(&run, &state.spec);
         set_budgets(ctx, budgets).await?;
