@@ -243,7 +243,11 @@ nodes:
         let fast = run_to_end(&t, &spec_of(&yaml("fail-fast")), json!({}));
         assert_eq!(status(&fast), RunStatus::Failed);
         assert_eq!(fast.node("bad").expect("bad").attempts, 1);
-        assert_eq!(attempts(&fast, "good"), 0, "queued before the halt: withdrawn");
+        assert_eq!(
+            attempts(&fast, "good"),
+            0,
+            "queued before the halt: withdrawn"
+        );
         assert_eq!(attempts(&fast, "after-good"), 0, "nothing new starts");
     }
     let cont = run_to_end(&t, &spec_of(&yaml("continue")), json!({}));
