@@ -182,6 +182,11 @@ impl Shared {
         &self.secrets
     }
 
+    /// The http capability's engine-wide share (its totals, for metrics).
+    pub fn http(&self) -> &http::Service {
+        &self.http
+    }
+
     /// The grants for a capsule that asked for `wants`, under the
     /// operator's policy, in `scope`. Once per run; cheap.
     pub fn grant(&self, wants: &Wants, scope: &GrantScope<'_>) -> Grants {

@@ -42,6 +42,12 @@ pub use self::{
 /// Denials logged per call; later ones are only counted.
 const LOGGED_DENIALS_PER_CALL: u32 = 4;
 
+/// How the message of a request refused by a per-call quota begins (the
+/// WASI error `internal-error(some(message))`; the SDK turns it into
+/// `HttpError::Quota`). The message goes on to name the quota and the
+/// `[http]` key that raises it.
+pub const QUOTA_ERROR_PREFIX: &str = "http quota exceeded: ";
+
 /// Operator settings (`[http]` in `soma.toml`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +215,50 @@ struct ServiceInner {
     policy: Arc<Vec<Pattern>>,
     connections: AtomicUsize,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    totals: TotalCounters,
+}
+
+/// Every finished call's [`Usage`] of one engine, summed (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests that got a response head.
+    pub ok: u64,
+    /// Requests refused by the policy (the allowlists, the address rule).
+    pub denied: u64,
+    /// Requests sent that got no response head.
+    pub error: u64,
+    /// Requests refused by a quota or the connection cap.
+    pub quota: u64,
+    /// Request body bytes sent.
+    pub bytes_out: u64,
+    /// Response body bytes received.
+    pub bytes_in: u64,
+}
+
+#[derive(Debug, Default)]
+struct TotalCounters {
+    ok: AtomicU64,
+    denied: AtomicU64,
+    error: AtomicU64,
+    quota: AtomicU64,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+}
+
+impl TotalCounters {
+    fn add(&self, u: &Usage) {
+        let add = |c: &AtomicU64, n: u64| {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.ok, u.requests.saturating_sub(u.failed));
+        add(&self.denied, u.denied.saturating_sub(u.quota));
+        add(&self.error, u.failed);
+        add(&self.quota, u.quota);
+        add(&self.bytes_out, u.bytes_sent);
+        add(&self.bytes_in, u.bytes_received);
+    }
 }
 
 impl Service {
@@ -232,6 +282,7 @@ impl Service {
                 policy: Arc::new(policy),
                 connections: AtomicUsize::new(0),
                 tls: OnceLock::new(),
+                totals: TotalCounters::default(),
             }),
         }
     }
@@ -240,15 +291,40 @@ impl Service {
     pub fn open_connections(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
     }
+
+    /// What every finished call of this engine used, summed (monotonic).
+    /// Six atomic loads.
+    pub fn totals(&self) -> Totals {
+        let t = &self.inner.totals;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Totals {
+            ok: get(&t.ok),
+            denied: get(&t.denied),
+            error: get(&t.error),
+            quota: get(&t.quota),
+            bytes_out: get(&t.bytes_out),
+            bytes_in: get(&t.bytes_in),
+        }
+    }
 }
 
 /// What one call's requests used, for its report (and the ledger).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Requests sent (admitted by the policy and the quotas).
+    /// Requests sent (admitted by the policy and the quotas, and connected
+    /// to a permitted address). The ledger's `http-requests`.
     pub requests: u64,
-    /// Requests refused by the policy or a quota.
+    /// Requests refused by the policy or a quota (`quota` included).
     pub denied: u64,
+    /// Of `denied`, those refused by a per-call quota (requests, requests
+    /// in flight, a body cut at the bytes quota) or the engine's
+    /// connection cap.
+    #[serde(default)]
+    pub quota: u64,
+    /// Of `requests`, those that got no response head (connection, TLS,
+    /// protocol error, timeout, deadline).
+    #[serde(default)]
+    pub failed: u64,
     /// Request body bytes sent.
     pub bytes_sent: u64,
     /// Response body bytes received.
@@ -267,6 +343,8 @@ impl Usage {
 struct Counters {
     requests: AtomicU64,
     denied: AtomicU64,
+    quota: AtomicU64,
+    failed: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     in_flight: AtomicUsize,
@@ -284,6 +362,20 @@ struct Call {
 }
 
 impl Call {
+    /// [`Call::deny`] for a refusal by a quota: counted in `quota` too.
+    fn deny_quota(&self, target: &str, why: &str) {
+        self.counters.quota.fetch_add(1, Ordering::Relaxed);
+        self.deny(target, why);
+    }
+
+    /// A request admitted by [`Hooks::admit`] was refused before it was
+    /// sent (its name resolves only to restricted addresses): it is a
+    /// denial, not a request.
+    fn undo_admission(&self, target: &str, why: &str) {
+        self.counters.requests.fetch_sub(1, Ordering::Relaxed);
+        self.deny(target, why);
+    }
+
     /// Count and (the first few per call) log a refusal: the target
     /// (scheme, host, port — never a path, query, header or body) and why.
     fn deny(&self, target: &str, why: &str) {
@@ -337,6 +429,8 @@ impl Call {
         Usage {
             requests: c.requests.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
+            quota: c.quota.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
         }
@@ -379,9 +473,10 @@ impl Hooks {
         let config = &self.service.config;
         let n = call.counters.requests.load(Ordering::Relaxed);
         if n >= u64::from(config.max_requests_per_call) {
-            call.deny(&shown, "the call's request quota is used up");
+            call.deny_quota(&shown, "the call's request quota is used up");
             return Err(Error::InternalError(Some(format!(
-                "http quota: this call may make {} requests ([http] max_requests_per_call)",
+                "{QUOTA_ERROR_PREFIX}this call may make {} requests; the operator raises \
+                 [http] max_requests_per_call",
                 config.max_requests_per_call
             ))));
         }
@@ -404,7 +499,16 @@ impl WasiHttpHooks for Hooks {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = connect::SendResult> + Send> {
         match self.admit(&request) {
-            Ok(admitted) => Box::new(connect::send(admitted, request, options)),
+            Ok(admitted) => {
+                let call = Arc::clone(&admitted.call);
+                Box::new(async move {
+                    let sent = connect::send(admitted, request, options).await;
+                    if sent.is_err() {
+                        call.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent
+                })
+            }
             Err(e) => Box::new(async move { Err(e) }),
         }
     }
@@ -533,8 +637,12 @@ impl crate::capability::Capability for Http {
         })
     }
 
+    /// The call's usage, also added to the engine's totals
+    /// ([`Service::totals`]). A few atomic adds.
     fn finish(state: State) -> Usage {
-        state.usage()
+        let usage = state.usage();
+        state.hooks.service.totals.add(&usage);
+        usage
     }
 }
 

@@ -391,6 +391,9 @@ impl Engine {
             attempt = options.attempt,
             fuel = tracing::field::Empty,
             outcome = tracing::field::Empty,
+            http.requests = tracing::field::Empty,
+            http.bytes_in = tracing::field::Empty,
+            http.bytes_out = tracing::field::Empty,
         );
         let _entered = span.enter();
         let spender = llm::Spender {
@@ -479,7 +482,7 @@ impl Engine {
         // Always taken (one atomic load when nothing is pending), so a
         // capsule priced now but not at its run's start leaves nothing behind.
         let tokens = self.metering.take_call_tokens(&spender);
-        let fees = match &tariff {
+        let mut fees = match &tariff {
             Some(t) => t.entries(
                 &spender,
                 outcome.result.is_ok(),
@@ -489,6 +492,13 @@ impl Engine {
             ),
             None => Vec::new(),
         };
+        // Outbound HTTP: on the span, and in the same charge as the fuel.
+        if !outcome.http.is_empty() {
+            span.record("http.requests", outcome.http.requests);
+            span.record("http.bytes_in", outcome.http.bytes_received);
+            span.record("http.bytes_out", outcome.http.bytes_sent);
+            fees.extend(self.metering.http_entries(&spender, &outcome.http));
+        }
         let charge = self.metering.call_charge_with_fees(
             &spender,
             usage.fuel_consumed,

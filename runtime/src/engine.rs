@@ -126,6 +126,11 @@ impl Engine {
         )
     }
 
+    /// Outbound HTTP of every finished call since start (for metrics).
+    pub fn http_totals(&self) -> host_api::http::Totals {
+        self.capabilities.http().totals()
+    }
+
     /// (hits, misses) of the on-disk AOT artifact cache since start: a
     /// compile that deserialized its artifact, or compiled (cache on).
     pub fn aot_stats(&self) -> (u64, u64) {

@@ -126,16 +126,25 @@ pub enum Kind {
     WallTime,
     /// The marketplace's fee for a capsule call.
     MarketplaceFee,
+    /// Outbound HTTP requests a call sent (the `http` capability).
+    HttpRequests,
+    /// Request body bytes a call sent over outbound HTTP.
+    HttpBytesOut,
+    /// Response body bytes a call received over outbound HTTP.
+    HttpBytesIn,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::LlmTokensInput,
         Kind::LlmTokensOutput,
         Kind::Fuel,
         Kind::WallTime,
         Kind::MarketplaceFee,
+        Kind::HttpRequests,
+        Kind::HttpBytesOut,
+        Kind::HttpBytesIn,
     ];
 
     /// The serde (kebab-case) name, e.g. `llm-tokens-input`.
@@ -146,6 +155,9 @@ impl Kind {
             Kind::Fuel => "fuel",
             Kind::WallTime => "wall-time",
             Kind::MarketplaceFee => "marketplace-fee",
+            Kind::HttpRequests => "http-requests",
+            Kind::HttpBytesOut => "http-bytes-out",
+            Kind::HttpBytesIn => "http-bytes-in",
         }
     }
 
@@ -302,6 +314,12 @@ pub struct SummaryRow {
     pub wall_us: u64,
     /// Marketplace-fee units.
     pub fee_units: u64,
+    /// Outbound HTTP requests.
+    pub http_requests: u64,
+    /// Outbound HTTP request body bytes sent.
+    pub http_bytes_out: u64,
+    /// Outbound HTTP response body bytes received.
+    pub http_bytes_in: u64,
     /// Total cost, micro-units.
     pub cost_micros: u64,
     /// Entries.
@@ -1065,6 +1083,9 @@ fn summary_of<S: LedgerStore + ?Sized>(
             Some(Kind::LlmTokensOutput) => &mut row.tokens_out,
             Some(Kind::Fuel) => &mut row.fuel,
             Some(Kind::WallTime) => &mut row.wall_us,
+            Some(Kind::HttpRequests) => &mut row.http_requests,
+            Some(Kind::HttpBytesOut) => &mut row.http_bytes_out,
+            Some(Kind::HttpBytesIn) => &mut row.http_bytes_in,
             Some(Kind::MarketplaceFee) | None => &mut row.fee_units,
         };
         *slot = slot.saturating_add(quantity);

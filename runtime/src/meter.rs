@@ -45,6 +45,15 @@ pub struct LedgerConfig {
     pub fuel_price_per_1k_micros: u64,
     /// Price of 1000 µs of wall time, micro-units. Default 0.
     pub wall_time_price_per_1k_us_micros: u64,
+    /// Price of 1000 outbound HTTP requests (ledger kind `http-requests`),
+    /// micro-units. Default 0.
+    pub http_requests_price_per_1k_micros: u64,
+    /// Price of 1000 bytes of outbound HTTP request bodies
+    /// (`http-bytes-out`), micro-units. Default 0.
+    pub http_bytes_out_price_per_1k_micros: u64,
+    /// Price of 1000 bytes of outbound HTTP response bodies
+    /// (`http-bytes-in`), micro-units. Default 0.
+    pub http_bytes_in_price_per_1k_micros: u64,
 }
 
 impl Default for LedgerConfig {
@@ -53,6 +62,9 @@ impl Default for LedgerConfig {
             meter_calls: true,
             fuel_price_per_1k_micros: 0,
             wall_time_price_per_1k_us_micros: 0,
+            http_requests_price_per_1k_micros: 0,
+            http_bytes_out_price_per_1k_micros: 0,
+            http_bytes_in_price_per_1k_micros: 0,
         }
     }
 }
@@ -580,6 +592,63 @@ impl BudgetLedger {
             scopes: scopes(spender),
             hold,
         })
+    }
+
+    /// The ledger entries of one call's outbound HTTP (`http-requests`,
+    /// `http-bytes-out`, `http-bytes-in`; a kind with quantity 0 is left
+    /// out) at the `[ledger]` prices, to be added to the call's charge
+    /// ([`BudgetLedger::call_charge_with_fees`]'s `fees`): keyed like its
+    /// fuel by (run, node, attempt, seq 0, kind), so a replayed attempt is
+    /// not charged twice and each retry is charged once. Empty when calls
+    /// are not metered or the call sent nothing. Cost: nothing for a call
+    /// without requests, else three small allocations per entry.
+    pub fn http_entries(
+        &self,
+        spender: &Spender,
+        usage: &soma_host_api::http::Usage,
+    ) -> Vec<Entry> {
+        if !self.config.meter_calls || usage.requests == 0 {
+            return Vec::new();
+        }
+        let c = &self.config;
+        let time_ms = now_ms();
+        [
+            (
+                Kind::HttpRequests,
+                usage.requests,
+                c.http_requests_price_per_1k_micros,
+            ),
+            (
+                Kind::HttpBytesOut,
+                usage.bytes_sent,
+                c.http_bytes_out_price_per_1k_micros,
+            ),
+            (
+                Kind::HttpBytesIn,
+                usage.bytes_received,
+                c.http_bytes_in_price_per_1k_micros,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, quantity, _)| *quantity > 0)
+        .map(|(kind, quantity, price)| Entry {
+            id: 0,
+            time_ms,
+            tenant: spender.tenant.to_string(),
+            run: spender.run.to_string(),
+            node: spender.node.to_string(),
+            attempt: spender.attempt,
+            seq: 0,
+            capsule: spender.capsule.to_string(),
+            kind,
+            quantity,
+            unit_price_micros: price,
+            cost_micros: Entry::cost_for(quantity, price),
+            provider: None,
+            model: None,
+            estimated: false,
+        })
+        .collect()
     }
 
     /// Write call charges inside `txn` (the caller's own transaction, so the

@@ -53,8 +53,13 @@ pub enum HttpError {
         /// The limit.
         max: u32,
     },
-    /// Any other WASI HTTP error (timeouts, quotas, TLS, connection…),
-    /// as the host named it.
+    /// The host refused the request because a per-call quota is used up
+    /// (e.g. the number of requests one call may make); the message names
+    /// the quota and the operator's `[http]` key that raises it. Retrying
+    /// within the same call cannot succeed.
+    Quota(String),
+    /// Any other WASI HTTP error (timeouts, TLS, connection…), as the host
+    /// named it.
     Transport(String),
     /// The body is not the JSON [`Response::json`] was asked for.
     Json(String),
@@ -70,7 +75,7 @@ impl std::fmt::Display for HttpError {
             ),
             Self::InvalidUrl(m) => write!(f, "invalid URL: {m}"),
             Self::TooManyRedirects { max } => write!(f, "more than {max} redirects"),
-            Self::Transport(m) => f.write_str(m),
+            Self::Quota(m) | Self::Transport(m) => f.write_str(m),
             Self::Json(m) => write!(f, "response is not the expected JSON: {m}"),
         }
     }
@@ -84,6 +89,7 @@ impl From<HttpError> for crate::Error {
             HttpError::Denied { .. } => ("http-denied", false),
             HttpError::InvalidUrl(_) => ("http-invalid-url", false),
             HttpError::TooManyRedirects { .. } => ("http-too-many-redirects", false),
+            HttpError::Quota(_) => ("http-quota", false),
             HttpError::Transport(_) => ("http-failed", true),
             HttpError::Json(_) => ("http-bad-json", false),
         };
@@ -97,6 +103,10 @@ fn transport(e: &ErrorCode, target: &str) -> HttpError {
         ErrorCode::HttpRequestDenied => HttpError::Denied {
             target: target.to_owned(),
         },
+        // The host's quota refusals start so (soma_host_api::http::QUOTA_ERROR_PREFIX).
+        ErrorCode::InternalError(Some(m)) if m.starts_with("http quota exceeded: ") => {
+            HttpError::Quota(m.clone())
+        }
         ErrorCode::InternalError(Some(m)) => HttpError::Transport(m.clone()),
         other => HttpError::Transport(format!("{other:?}")),
     }

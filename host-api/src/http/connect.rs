@@ -162,7 +162,7 @@ impl Slots {
         let in_flight = call.counters.in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= config.max_in_flight_per_call as usize {
             call.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-            call.deny(
+            call.deny_quota(
                 "-",
                 "the call has max_in_flight_per_call requests in flight",
             );
@@ -172,7 +172,7 @@ impl Slots {
         if open >= config.max_connections as usize {
             service.connections.fetch_sub(1, Ordering::AcqRel);
             call.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-            call.deny(
+            call.deny_quota(
                 "-",
                 "the engine has max_connections outbound connections open",
             );
@@ -314,7 +314,7 @@ pub(super) async fn send(
         .map(|ip| SocketAddr::new(*ip, port))
         .collect();
     if allowed.is_empty() {
-        call.deny(
+        call.undo_admission(
             &target.to_string(),
             "it resolves only to loopback, private, link-local or metadata addresses, and \
              no [http] allowed_hosts entry names the address or its range",
@@ -481,7 +481,7 @@ impl Body for SentBody {
                 .fetch_add(n, Ordering::Relaxed);
             if before.saturating_add(n) > self.limit {
                 self.call
-                    .deny("-", "the call's request-body quota is used up");
+                    .deny_quota("-", "the call's request-body quota is used up");
                 return Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(self.limit)))));
             }
         }
@@ -533,7 +533,7 @@ impl Body for ReceivedBody {
                         .fetch_add(n, Ordering::Relaxed);
                     if before.saturating_add(n) > this.limit {
                         this.call
-                            .deny("-", "the call's response-body quota is used up");
+                            .deny_quota("-", "the call's response-body quota is used up");
                         return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(
                             this.limit,
                         )))));

@@ -308,6 +308,7 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     m.set_queue_depth(i64::try_from(daemon.runs.queued()).unwrap_or(i64::MAX));
     let (hits, misses) = daemon.engine.cache_stats();
     m.set_engine_cache(hits, misses);
+    m.set_http_outbound(&daemon.engine.http_totals());
     let (aot_hits, aot_misses) = daemon.engine.aot_stats();
     let dir = daemon.engine.data().aot_dir();
     let aot_bytes = tokio::task::spawn_blocking(move || super::metrics::dir_bytes(&dir))

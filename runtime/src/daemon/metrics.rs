@@ -19,6 +19,8 @@
 //! | `soma_ledger_entries_total` | counter | `kind` |
 //! | `soma_http_requests_total` | counter | `route`, `method`, `status` |
 //! | `soma_http_request_duration_seconds` | histogram | `route` |
+//! | `soma_http_outbound_requests_total` | counter | `outcome` (`ok` / `denied` / `error` / `quota`) |
+//! | `soma_http_outbound_bytes_total` | counter | `direction` (`in` / `out`) |
 //! | `soma_rejected_total` | counter | `reason` |
 //! | `soma_runs_started_total` | counter | `kind` (`call` / `dag`) |
 //! | `soma_runs_finished_total` | counter | `kind`, `status` |
@@ -64,7 +66,7 @@ pub use recent::{ErrorRecord, ErrorSource, RecentErrors};
 /// Every metric family the daemon exports, by the name its `# TYPE` line
 /// gives (histograms add `_bucket`, `_sum` and `_count` samples). A family
 /// appears in [`Metrics::render`]'s output once it has a series.
-pub const FAMILIES: [&str; 21] = [
+pub const FAMILIES: [&str; 23] = [
     "soma_calls_total",
     "soma_call_duration_seconds",
     "soma_fuel_consumed_total",
@@ -73,6 +75,8 @@ pub const FAMILIES: [&str; 21] = [
     "soma_cost_micros_total",
     "soma_ledger_entries_total",
     "soma_http_requests_total",
+    "soma_http_outbound_requests_total",
+    "soma_http_outbound_bytes_total",
     "soma_http_request_duration_seconds",
     "soma_rejected_total",
     "soma_runs_started_total",
@@ -157,6 +161,20 @@ struct TenantLabel {
 struct KindLabel {
     kind: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// The `outcome` values of `soma_http_outbound_requests_total`, in the
+/// order of [`Metrics::set_http_outbound`]'s counters.
+const OUTBOUND_OUTCOMES: [&str; 4] = ["ok", "denied", "error", "quota"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -347,6 +365,10 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Latency<RouteLabel>,
     routes: ByName<RouteSeries>,
+    /// Capsules' outbound requests by outcome ([`OUTBOUND_OUTCOMES`]).
+    outbound_requests: [Counter; 4],
+    /// Capsules' outbound body bytes: in, out.
+    outbound_bytes: [Counter; 2],
     rejected: Family<ReasonLabel, Counter>,
     reasons: ByName<Counter>,
     runs_started: Family<KindLabel, Counter>,
@@ -456,6 +478,23 @@ impl Metrics {
             "HTTP request latency, seconds, by route template",
             http_duration.clone(),
         );
+        let outbound: Family<OutcomeLabel, Counter> = Family::default();
+        registry.register(
+            "http_outbound_requests",
+            "Capsules' outbound HTTP requests (the http capability), by outcome: ok \
+             (answered), denied (policy), error (no response), quota",
+            outbound.clone(),
+        );
+        let outbound_requests = OUTBOUND_OUTCOMES
+            .map(|outcome| outbound.get_or_create_owned(&OutcomeLabel { outcome }));
+        let bytes: Family<DirectionLabel, Counter> = Family::default();
+        registry.register(
+            "http_outbound_bytes",
+            "Capsules' outbound HTTP body bytes, by direction (in: received, out: sent)",
+            bytes.clone(),
+        );
+        let outbound_bytes =
+            ["in", "out"].map(|direction| bytes.get_or_create_owned(&DirectionLabel { direction }));
         let rejected = Family::default();
         registry.register(
             "rejected",
@@ -544,6 +583,8 @@ impl Metrics {
             http_requests,
             http_duration,
             routes: Bounded::new(MAX_ROUTES.min(cap)),
+            outbound_requests,
+            outbound_bytes,
             rejected,
             reasons: Bounded::new(MAX_CLASS_VALUES),
             runs_started,
@@ -663,7 +704,10 @@ impl Metrics {
                         },
                     );
                 }
-                Kind::MarketplaceFee => {}
+                Kind::MarketplaceFee
+                | Kind::HttpRequests
+                | Kind::HttpBytesOut
+                | Kind::HttpBytesIn => {}
             }
             let tenant = if self.tenant_labels {
                 entry.tenant.as_str()
@@ -785,6 +829,20 @@ impl Metrics {
         self.aot_hits.inner().fetch_max(hits, Ordering::Relaxed);
         self.aot_misses.inner().fetch_max(misses, Ordering::Relaxed);
         self.aot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Capsules' outbound HTTP since the engine started (monotonic, as
+    /// [`Metrics::set_engine_cache`]); set at scrape time. No tenant or
+    /// host label: the series are fixed.
+    pub fn set_http_outbound(&self, t: &soma_host_api::http::Totals) {
+        for (counter, n) in self
+            .outbound_requests
+            .iter()
+            .zip([t.ok, t.denied, t.error, t.quota])
+            .chain(self.outbound_bytes.iter().zip([t.bytes_in, t.bytes_out]))
+        {
+            counter.inner().fetch_max(n, Ordering::Relaxed);
+        }
     }
 
     /// Console sessions held; set at scrape time.

@@ -175,6 +175,8 @@ impl CallDay {
             Kind::LlmTokensInput => self.tokens_in = self.tokens_in.saturating_add(q),
             Kind::LlmTokensOutput => self.tokens_out = self.tokens_out.saturating_add(q),
             Kind::MarketplaceFee => self.fee_micros = self.fee_micros.saturating_add(e.cost_micros),
+            // Counted in the call's cost only.
+            Kind::HttpRequests | Kind::HttpBytesOut | Kind::HttpBytesIn => {}
         }
         self.cost_micros = self.cost_micros.saturating_add(e.cost_micros);
     }

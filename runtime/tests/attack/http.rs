@@ -96,6 +96,8 @@ fn read_request(stream: &mut dyn Read) -> Option<(String, Vec<u8>)> {
 struct Server {
     addr: SocketAddr,
     paths: Arc<Mutex<Vec<String>>>,
+    /// Request body bytes the server read (all requests).
+    body_bytes: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -126,8 +128,10 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let paths = Arc::new(Mutex::new(Vec::new()));
+        let body_bytes = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (seen, stopped) = (Arc::clone(&paths), Arc::clone(&stop));
+        let read_bytes = Arc::clone(&body_bytes);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
@@ -135,6 +139,7 @@ impl Server {
                 }
                 let Ok(tcp) = conn else { continue };
                 let (seen, stopped, tls) = (Arc::clone(&seen), Arc::clone(&stopped), tls.clone());
+                let read_bytes = Arc::clone(&read_bytes);
                 std::thread::spawn(move || {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
                     let mut stream: Box<dyn ReadWrite> = match tls {
@@ -149,6 +154,7 @@ impl Server {
                     let Some((path, body)) = read_request(&mut stream) else {
                         return;
                     };
+                    read_bytes.fetch_add(body.len(), Ordering::Relaxed);
                     seen.lock().expect("paths").push(path.clone());
                     if silent {
                         while !stopped.load(Ordering::Relaxed) {
@@ -161,7 +167,12 @@ impl Server {
                 });
             }
         });
-        Self { addr, paths, stop }
+        Self {
+            addr,
+            paths,
+            body_bytes,
+            stop,
+        }
     }
 }
 
@@ -171,11 +182,48 @@ impl<T: Read + Write + Send> ReadWrite for T {}
 /// An engine whose `[http]` section is `http` (other settings default),
 /// its data in `dir`.
 fn engine(dir: &Path, http: soma_host_api::http::Config) -> Engine {
+    engine_with(dir, http, |_| {})
+}
+
+/// [`engine`] with the rest of the config changed by `tune`.
+fn engine_with(
+    dir: &Path,
+    http: soma_host_api::http::Config,
+    tune: impl FnOnce(&mut Config),
+) -> Engine {
     let mut config = Config::default();
     config.engine.allocator = Allocator::OnDemand;
     config.http = http;
+    tune(&mut config);
     config.check().expect("config");
     Engine::new(config, DataDir::new(dir)).expect("engine")
+}
+
+/// The ledger's (kind, quantity, cost) entries of outbound HTTP of `run`,
+/// sorted by attempt then kind.
+fn http_entries(engine: &Engine, run: &str) -> Vec<(u32, String, u64, u64)> {
+    let entries = engine
+        .metering()
+        .ledger()
+        .ls(&soma_runtime::ledger::Filter {
+            run: Some(run.to_owned()),
+            ..Default::default()
+        })
+        .expect("ledger ls");
+    let mut rows: Vec<_> = entries
+        .into_iter()
+        .filter(|e| e.kind.name().starts_with("http-"))
+        .map(|e| {
+            (
+                e.attempt,
+                e.kind.name().to_owned(),
+                e.quantity,
+                e.cost_micros,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 fn allow(patterns: &[&str]) -> soma_host_api::http::Config {
@@ -395,23 +443,106 @@ fn a_thousand_requests_stop_at_the_request_quota() {
     let e = engine(
         dir.path(),
         soma_host_api::http::Config {
-            max_requests_per_call: 50,
+            max_requests_per_call: 1000,
             ..allow(&["http://127.0.0.1:*"])
         },
     );
-    let (outcome, out) = probe(&e, json!({"url": server.url("/ok"), "repeat": 1000}), |o| {
-        o.limits.timeout_ms = 60_000
+    let (outcome, out) = probe(&e, json!({"url": server.url("/ok"), "repeat": 1001}), |o| {
+        o.limits.timeout_ms = 120_000;
+        o.run_id = "quota-run".into();
     });
-    assert_eq!(out["ok"], 50, "{out}");
-    assert_eq!(out["failed"], 950, "{out}");
-    assert!(
-        out["first_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("max_requests_per_call")),
+    assert_eq!(out["ok"], 1000, "{out}");
+    assert_eq!(out["failed"], 1, "{out}");
+    // The 1,001st answers the typed quota error (the SDK's HttpError::Quota
+    // over the WASI internal-error), naming the quota and the key to raise.
+    assert_eq!(
+        out["first_error"],
+        "http quota exceeded: this call may make 1000 requests; the operator raises \
+         [http] max_requests_per_call",
         "{out}"
     );
-    assert_eq!(server.paths().len(), 50);
-    assert_eq!((outcome.http.requests, outcome.http.denied), (50, 950));
+    assert_eq!(server.paths().len(), 1000);
+    let h = outcome.http;
+    assert_eq!((h.requests, h.denied, h.quota, h.failed), (1000, 1, 1, 0));
+    // Metered: exactly the requests the server saw, and the bytes it sent.
+    assert_eq!(
+        http_entries(&e, "quota-run"),
+        vec![
+            (0, "http-bytes-in".to_owned(), 5000, 0),
+            (0, "http-requests".to_owned(), 1000, 0),
+        ]
+    );
+}
+
+#[test]
+fn http_usage_is_charged_to_the_ledger_per_attempt_at_the_operators_prices() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine_with(dir.path(), allow(&["http://127.0.0.1:*"]), |c| {
+        c.ledger.http_requests_price_per_1k_micros = 2_000_000; // 2000 per request
+        c.ledger.http_bytes_out_price_per_1k_micros = 1000; // 1 per byte
+        c.ledger.http_bytes_in_price_per_1k_micros = 3000; // 3 per byte
+    });
+    let input =
+        json!({"url": server.url("/echo"), "method": "POST", "body": "y".repeat(700), "repeat": 3});
+    let call = |attempt: u32| {
+        probe(&e, input.clone(), |o| {
+            o.run_id = "priced-run".into();
+            o.node = "fetch".into();
+            o.attempt = attempt;
+        })
+    };
+    let (outcome, out) = call(0);
+    assert_eq!(out["ok"], 3, "{out}");
+    let sent = server.body_bytes.load(Ordering::Relaxed) as u64;
+    assert_eq!(sent, 2100, "the server read three 700-byte bodies");
+    assert_eq!(
+        (
+            outcome.http.requests,
+            outcome.http.bytes_sent,
+            outcome.http.bytes_received
+        ),
+        (3, sent, sent)
+    );
+    let first = vec![
+        (0, "http-bytes-in".to_owned(), sent, 3 * sent),
+        (0, "http-bytes-out".to_owned(), sent, sent),
+        (0, "http-requests".to_owned(), 3, 3 * 2000),
+    ];
+    assert_eq!(http_entries(&e, "priced-run"), first);
+    // The price shows in the run's cost (the ledger's summary by kind).
+    let by_kind = e
+        .metering()
+        .ledger()
+        .summary(soma_runtime::ledger::GroupBy::Kind, None, None, None)
+        .expect("summary");
+    let requests = by_kind
+        .iter()
+        .find(|r| r.key == "http-requests")
+        .expect("http-requests row");
+    assert_eq!(
+        (requests.http_requests, requests.cost_micros),
+        (3, 3 * 2000)
+    );
+    // The same attempt again (a resumed run replaying it): not charged twice.
+    call(0);
+    assert_eq!(http_entries(&e, "priced-run"), first);
+    // A retry is a new attempt: charged once more, on its own key.
+    call(1);
+    let rows = http_entries(&e, "priced-run");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.0 == 1)
+            .map(|r| (r.1.as_str(), r.2))
+            .collect::<Vec<_>>(),
+        vec![
+            ("http-bytes-in", sent),
+            ("http-bytes-out", sent),
+            ("http-requests", 3)
+        ]
+    );
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, as PEM.
