@@ -15,6 +15,7 @@ mod registry;
 mod remote;
 mod review;
 mod run;
+mod secrets;
 mod temporal;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -101,6 +102,9 @@ enum Command {
     Market(market::MarketCommand),
     /// Serve DAG runs on Temporal: their workflows and capsule calls.
     Worker(temporal::WorkerArgs),
+    /// A tenant's secrets on a daemon (--server): set, ls, rm; never a value.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +220,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Kv(cmd) => kv::kv(&global, cmd),
         Command::Market(cmd) => market::market_cmd(&global, cmd),
         Command::Worker(args) => temporal::worker(&global, args),
+        Command::Secrets(cmd) => secrets::secrets(&global, cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(exit::Code::Ok)

@@ -117,6 +117,44 @@ impl Remote {
         self.send(self.client.get(format!("{}{path}", self.url)))
     }
 
+    /// `PUT path` with a JSON body; the answer read as `T`.
+    pub(crate) fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.send(
+            self.client
+                .put(format!("{}{path}", self.url))
+                .header("content-type", "application/json")
+                .body(serde_json::to_string(body)?),
+        )
+    }
+
+    /// `DELETE path`, expecting an answer without a body (204); an error
+    /// answer becomes an error naming the daemon's code and message.
+    pub(crate) fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .client
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        let status = resp.status().as_u16();
+        if status < 400 {
+            return Ok(());
+        }
+        let text = resp.text().context("reading the daemon's answer")?;
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(ErrorBody { error }) => anyhow::anyhow!(
+                "the daemon answered {status} {}: {}",
+                error.code,
+                error.message
+            ),
+            Err(_) => anyhow::anyhow!("the daemon answered {status} : {}", clip(&text)),
+        })
+    }
+
     /// [`Remote::get`], also giving the answer's text as sent.
     fn get_raw<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, String)> {
         self.send_raw(self.client.get(format!("{}{path}", self.url)))

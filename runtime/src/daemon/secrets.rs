@@ -44,7 +44,8 @@ pub(super) fn routes(routes: Routes) -> Routes {
 }
 
 /// `PUT /v1/tenants/{tenant}/secrets/{name}`: the value and who may read it.
-#[derive(Deserialize, ToSchema)]
+/// (`Serialize` for `soma secrets set`, the client; `Debug` never shows the value.)
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRequest {
     /// The value (stored sealed; never returned by any route).

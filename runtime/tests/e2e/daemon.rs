@@ -679,3 +679,166 @@ fn a_runs_view_has_its_report_as_soon_as_its_last_event_is_streamed() {
         }
     });
 }
+
+#[test]
+fn the_secrets_cli_sets_lists_and_removes_tenant_secrets_and_never_prints_a_value() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let acme = token(data, "acme", "run,read,admin");
+    let globex = token(data, "globex", "run,read,admin");
+    let key = data.join("secrets.key");
+    std::fs::write(
+        &key,
+        "0c1e5b9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a7f3a\n",
+    )
+    .expect("key");
+    let from_file = data.join("value.txt");
+    std::fs::write(&from_file, "file-NEEDLE-91c2\n").expect("value file");
+    #[cfg(unix)]
+    for f in [&key, &from_file] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let d = Daemon::start(
+        bin(),
+        data,
+        "",
+        &format!("[secrets]\nkey_file = \"{}\"\n", key.display()),
+    );
+    let secrets = |token: &str, args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(bin())
+            .args(["--server", &d.url, "--token", token, "secrets"])
+            .args(args)
+            .env_remove("SOMA_CONFIG")
+            .env("SOMA_TEST_SECRET_VALUE", "env-NEEDLE-7d3e")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(pipe);
+        let out = child.wait_with_output().expect("wait");
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!shown.contains("NEEDLE"), "a value was printed: {shown}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            shown,
+        )
+    };
+    // Set from each source; each answers without the value.
+    let (code, _, shown) = secrets(
+        &acme,
+        &[
+            "set",
+            "--tenant",
+            "acme",
+            "from-env",
+            "--from-env",
+            "SOMA_TEST_SECRET_VALUE",
+            "--grant",
+            "*fetch*",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("secret from-env of tenant acme set (readable by: *fetch*)"),
+        "{shown}"
+    );
+    let file_arg = from_file.display().to_string();
+    let (code, _, shown) = secrets(
+        &acme,
+        &[
+            "set",
+            "--tenant",
+            "acme",
+            "from-file",
+            "--from-file",
+            &file_arg,
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    let (code, _, shown) = secrets(
+        &acme,
+        &[
+            "set",
+            "--tenant",
+            "acme",
+            "from-stdin",
+            "--grant",
+            "a*",
+            "--grant",
+            "b*",
+        ],
+        Some("stdin-NEEDLE-55aa\n"),
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    // ls --json: names, grants, times — no value.
+    let (code, stdout, shown) = secrets(&acme, &["ls", "--tenant", "acme", "--json"], None);
+    assert_eq!(code, Some(0), "{shown}");
+    let rows: Value = serde_json::from_str(&stdout).expect("ls json");
+    let names: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["from-env", "from-file", "from-stdin"], "{rows}");
+    assert_eq!(rows[2]["grant"], json!(["a*", "b*"]), "{rows}");
+    assert!(
+        rows[0]["updated_ms"].as_u64().is_some_and(|t| t > 0),
+        "{rows}"
+    );
+    let (code, stdout, _) = secrets(&acme, &["ls", "--tenant", "acme"], None);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("from-stdin") && stdout.contains("a*, b*"),
+        "{stdout}"
+    );
+    // Another tenant's admin sees nothing of acme's.
+    let (code, _, shown) = secrets(&globex, &["ls", "--tenant", "acme"], None);
+    assert_ne!(code, Some(0), "{shown}");
+    assert!(shown.contains("404"), "{shown}");
+    // An empty value is refused before anything is sent.
+    let (code, _, shown) = secrets(&acme, &["set", "--tenant", "acme", "empty"], Some(""));
+    assert_ne!(code, Some(0), "{shown}");
+    assert!(shown.contains("empty"), "{shown}");
+    // rm, then it is gone; removing it again is a 404.
+    let (code, _, shown) = secrets(&acme, &["rm", "--tenant", "acme", "from-file"], None);
+    assert_eq!(code, Some(0), "{shown}");
+    let (code, _, shown) = secrets(&acme, &["rm", "--tenant", "acme", "from-file"], None);
+    assert_ne!(code, Some(0), "{shown}");
+    assert!(shown.contains("404"), "{shown}");
+    let (_, stdout, _) = secrets(&acme, &["ls", "--tenant", "acme", "--json"], None);
+    let rows: Value = serde_json::from_str(&stdout).expect("ls json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
+    // Without --server the command says what it needs.
+    let out = Command::new(bin())
+        .args(["secrets", "ls", "--tenant", "acme"])
+        .env_remove("SOMA_CONFIG")
+        .env_remove("SOMA_SERVER")
+        .output()
+        .expect("spawn");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+    // --help on each.
+    for sub in ["set", "ls", "rm"] {
+        let out = Command::new(bin())
+            .args(["secrets", sub, "--help"])
+            .output()
+            .expect("spawn");
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--tenant"));
+    }
+}
