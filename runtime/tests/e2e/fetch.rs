@@ -193,3 +193,40 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn inspect_shows_the_hosts_and_secrets_fetch_asks_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inspect = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_soma"));
+        cmd.args(["inspect", soma_capsules::FETCH_COMPONENT])
+            .arg("--data")
+            .arg(dir.path())
+            .env_remove("SOMA_CONFIG");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("spawn soma");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let doc = json(&inspect(true));
+    assert_eq!(
+        doc["manifest"]["wants_http"],
+        serde_json::json!(["https://*", "http://127.0.0.1:*"])
+    );
+    assert_eq!(
+        doc["manifest"]["wants_secrets"],
+        serde_json::json!(["fetch-token"])
+    );
+    let text = String::from_utf8_lossy(&inspect(false).stdout).into_owned();
+    assert!(
+        text.contains("http:https://*, http:http://127.0.0.1:*, secrets:fetch-token"),
+        "{text}"
+    );
+}
