@@ -842,3 +842,97 @@ fn the_secrets_cli_sets_lists_and_removes_tenant_secrets_and_never_prints_a_valu
         assert!(String::from_utf8_lossy(&out.stdout).contains("--tenant"));
     }
 }
+
+#[test]
+fn outbound_http_of_calls_shows_in_metrics_by_outcome_and_direction() {
+    use std::io::{BufRead as _, Write as _};
+    // A loopback server answering `hello` to every request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut tcp) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&mut tcp);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = tcp.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                );
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let op = token(dir.path(), "acme", "run,read,operator");
+    let d = Daemon::start(
+        bin(),
+        dir.path(),
+        "",
+        &format!(
+            "[[daemon.capsules]]\nname = \"http-probe\"\npath = \"{}\"\n\
+             [http]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+            soma_capsules::HTTP_PROBE_COMPONENT
+        ),
+    );
+    let url = format!("http://127.0.0.1:{port}/ok");
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &op,
+        &json!({"capsule": "http-probe", "input": {"url": url, "repeat": 2}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["output"]["ok"], 2, "{v}");
+    // Not in the capsule's request: denied, nothing sent.
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &op,
+        &json!({"capsule": "http-probe", "input": {"url": "http://10.9.8.7:81/x"}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, text, _) = call(&d, reqwest::Method::GET, "/metrics", Some(&op), None);
+    assert_eq!(s, 200);
+    let text = text.as_str().expect("exposition text").to_owned();
+    let sample = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    assert_eq!(
+        sample("soma_http_outbound_requests_total{outcome=\"ok\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("soma_http_outbound_requests_total{outcome=\"denied\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("soma_http_outbound_requests_total{outcome=\"error\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("soma_http_outbound_requests_total{outcome=\"quota\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("soma_http_outbound_bytes_total{direction=\"in\"}"),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample("soma_http_outbound_bytes_total{direction=\"out\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    // The ledger's entries by kind count the charged requests too.
+    assert!(
+        text.contains("soma_ledger_entries_total{kind=\"http-requests\"} 1"),
+        "{text}"
+    );
+}
