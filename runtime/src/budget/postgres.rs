@@ -142,7 +142,8 @@ impl PgBudgets {
 
     /// Reserve `tokens` and `micros` against every scope in `scopes` that
     /// has a budget, all or nothing, across every daemon of the store.
-    /// Cost: one transaction locking those budget rows.
+    /// A hold of id 0 holds nothing (no scope has a budget; nothing was
+    /// written). Cost: one transaction locking those budget rows.
     pub fn reserve(
         &self,
         scopes: &[Scope],
@@ -168,6 +169,14 @@ impl PgBudgets {
                 return Err(ReserveError::Refused(reason));
             }
             held.push(scope.key());
+        }
+        if held.is_empty() {
+            // No budget applies: nothing to hold (id 0), nothing written.
+            return Ok(PgHold {
+                id: 0,
+                tokens,
+                micros,
+            });
         }
         let (t, m) = (clamp_i64(tokens), clamp_i64(micros));
         txn.execute(
