@@ -269,7 +269,7 @@ impl BudgetLedger {
                         ))
                     })
             })?;
-            books.shared = Some(shared::SharedBooks::new(pg));
+            books.shared = Some(shared::SharedBooks::new(pg)?);
         }
         Ok(books)
     }
@@ -478,21 +478,26 @@ impl BudgetLedger {
     /// charge is written and counted even if whoever made the call has gone
     /// away (a client that disconnected). Many calls in flight share one
     /// fsync. Cost: one channel send here; `then` must be quick. On the
-    /// shared PostgreSQL store the charge and its settle are one
-    /// transaction run here, before `then`.
+    /// shared PostgreSQL store a thread of its own group-commits charges
+    /// with the settles of their holds, the same way.
     pub fn commit_call(
         &self,
         charge: CallCharge,
         then: impl FnOnce(Result<crate::ledger::Appended, LedgerError>) + Send + 'static,
     ) {
         if let Some(s) = &self.shared {
-            // One transaction on this (call-pool) thread: the charge and its
-            // settle together; then `then`, as the writer thread would.
-            let result = s.charge_call(&charge);
-            if let Ok(appended) = &result {
-                self.charged(&charge.entries, appended);
-            }
-            then(result);
+            // The charging thread commits it with its settle, then `then`.
+            let accounts = self.accounts.clone();
+            let entries = charge.entries.clone();
+            s.commit_call(
+                &charge,
+                Box::new(move |result| {
+                    if let Ok(appended) = &result {
+                        accounts.charged(&entries, appended);
+                    }
+                    then(result);
+                }),
+            );
             return;
         }
         let writer = match self.writer() {

@@ -6,11 +6,16 @@
 //!
 //! A reservation is a `budget_holds` row; its id is the hold id the call
 //! path carries (0: no budget applied, nothing is held). A call's charge is
-//! written with [`PgBudgets::charge`]: the entries (idempotency keys as
-//! unique constraints, so a replay on any daemon charges nothing) and the
-//! settle of the hold in one transaction — written together or not at all.
-//! Every operation blocks on one transaction; callers are on call-pool,
-//! worker or `spawn_blocking` threads, never on an async task.
+//! written by a group-commit thread ([`ChargeQueue`]) with
+//! [`PgBudgets::charge_batch`]: the entries of every queued call
+//! (idempotency keys as unique constraints, so a replay on any daemon
+//! charges nothing) and the settles of their holds in one transaction —
+//! written together or not at all, sharing one commit (per-call
+//! transactions would queue on the rollup row they all update).
+//! Every other operation blocks on one transaction; callers are on
+//! call-pool, worker or `spawn_blocking` threads, never on an async task.
+
+use std::sync::mpsc;
 
 use super::CallCharge;
 use crate::{
@@ -27,6 +32,73 @@ use crate::{
 pub(super) struct SharedBooks {
     pub(super) ledger: PgLedger,
     pub(super) budgets: PgBudgets,
+    charges: ChargeQueue,
+}
+
+/// Run with a committed (or failed) charge's result, on the charging thread.
+pub(super) type Reply = Box<dyn FnOnce(Result<Appended, LedgerError>) + Send>;
+
+/// One call's charge waiting for the group commit.
+struct Queued {
+    entries: Vec<Entry>,
+    hold: Option<PgHold>,
+    scopes: Vec<Scope>,
+    reply: Reply,
+}
+
+/// The queue of the charging thread (it exits when the last clone is
+/// dropped).
+#[derive(Clone)]
+struct ChargeQueue(mpsc::Sender<Queued>);
+
+impl std::fmt::Debug for ChargeQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChargeQueue")
+    }
+}
+
+/// Most calls one group-commit transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// The charging thread: takes whatever is queued, writes it with its
+/// settles in one transaction, answers each call. A failed batch (the
+/// store is down) answers every call with the error and releases their
+/// holds (which fails too while the store is down: the holds then stay).
+fn charge_loop(budgets: &PgBudgets, ledger: &PgLedger, rx: &mpsc::Receiver<Queued>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let charges: Vec<(&[Entry], Option<PgHold>, &[Scope])> = batch
+            .iter()
+            .map(|q| (q.entries.as_slice(), q.hold, q.scopes.as_slice()))
+            .collect();
+        match budgets.charge_batch(ledger, &charges) {
+            Ok(results) => {
+                for (q, r) in batch.into_iter().zip(results) {
+                    (q.reply)(Ok(r));
+                }
+            }
+            Err(e) => {
+                for q in batch {
+                    if let Some(h) = q.hold
+                        && let Err(release) = budgets.release(h)
+                    {
+                        tracing::warn!(
+                            "could not release budget hold {} on the PostgreSQL store: {}",
+                            h.id,
+                            soma_host_api::error_chain(&release)
+                        );
+                    }
+                    (q.reply)(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Why a reservation on the shared store was not granted.
@@ -50,11 +122,23 @@ fn hold(id: Option<u64>) -> Option<PgHold> {
 }
 
 impl SharedBooks {
-    pub(super) fn new(store: PgStore) -> Self {
-        Self {
-            ledger: PgLedger::new(store.clone()),
-            budgets: PgBudgets::new(store),
-        }
+    /// The books of `store`, with their charging thread.
+    pub(super) fn new(store: PgStore) -> Result<Self, PgError> {
+        let ledger = PgLedger::new(store.clone());
+        let budgets = PgBudgets::new(store);
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let (l, b) = (ledger.clone(), budgets.clone());
+        std::thread::Builder::new()
+            .name("soma-pg-charges".into())
+            .spawn(move || charge_loop(&b, &l, &rx))
+            .map_err(|e| {
+                PgError::Config(format!("cannot start the PostgreSQL charging thread: {e}"))
+            })?;
+        Ok(Self {
+            ledger,
+            budgets,
+            charges: ChargeQueue(tx),
+        })
     }
 
     /// Hold `tokens`/`micros` against `scopes` on every daemon's budgets;
@@ -84,16 +168,38 @@ impl SharedBooks {
             .charge(&self.ledger, entries, hold(hold_id), scopes)
     }
 
-    /// [`SharedBooks::charge`] for a call's fuel/wall-time/fee charge.
-    pub(super) fn charge_call(&self, charge: &CallCharge) -> Result<Appended, LedgerError> {
-        let result = self.charge(&charge.entries, charge.hold, &charge.scopes);
-        if result.is_err() {
-            // Rolled back whole: the hold is still there; free it (if the
-            // store is down this fails too and the row stays held until an
-            // operator clears it — never an overcharge).
+    /// Queue a call's fuel/wall-time/fee charge on the charging thread;
+    /// `reply` runs there once it is committed with its settle (or has
+    /// failed: then its hold was released, if the store let it). Cost: a
+    /// validation and a channel send.
+    pub(super) fn commit_call(&self, charge: &CallCharge, reply: Reply) {
+        if let Err(e) = crate::ledger::postgres::validate_pg(&charge.entries) {
             self.release(charge.hold);
+            reply(Err(e));
+            return;
         }
-        result
+        let queued = Queued {
+            entries: charge.entries.clone(),
+            hold: hold(charge.hold),
+            scopes: charge.scopes.clone(),
+            reply,
+        };
+        if let Err(mpsc::SendError(q)) = self.charges.0.send(queued) {
+            self.release(charge.hold);
+            (q.reply)(Err(LedgerError::WriterStopped));
+        }
+    }
+
+    /// [`SharedBooks::commit_call`], waiting for the commit.
+    pub(super) fn charge_call(&self, charge: &CallCharge) -> Result<Appended, LedgerError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.commit_call(
+            charge,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(LedgerError::WriterStopped))
     }
 
     /// Release a reservation without charging. A failure is logged: the
