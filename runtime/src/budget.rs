@@ -42,6 +42,10 @@ pub enum BudgetError {
     /// What a budget has spent could not be rebuilt from the ledger.
     #[error("cannot rebuild what the budgets have spent from the ledger")]
     Ledger(#[from] LedgerError),
+    /// The budgets on the shared PostgreSQL store could not be read or
+    /// written (the source says whether to retry).
+    #[error("the budgets on the PostgreSQL store could not be read or written")]
+    Shared(#[source] Arc<crate::store::postgres::PgError>),
 }
 
 impl From<OpenError> for BudgetError {

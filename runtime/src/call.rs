@@ -418,7 +418,13 @@ impl Engine {
             fee_worst,
         ) {
             Ok(hold) => hold,
-            Err(message) => return Outcome::failed(Failure::BudgetExceeded { message }),
+            Err(crate::meter::CallRefusal::Budget(message)) => {
+                return Outcome::failed(Failure::BudgetExceeded { message });
+            }
+            // The shared store is down: retryable, nothing was held.
+            Err(crate::meter::CallRefusal::Store(message)) => {
+                return Outcome::failed(Failure::Host { message });
+            }
         };
         let knobs = Knobs {
             operator: &self.config.limits,

@@ -40,6 +40,10 @@ pub enum EngineError {
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `[store] backend = "postgres"` and the shared store could not be
+    /// opened (its message says whether to retry).
+    #[error("cannot open the shared store for the ledger and budgets")]
+    Store(#[source] crate::store::postgres::PgError),
 }
 
 /// A configured engine: compile, cache and call capsules. Cheap to share
@@ -86,10 +90,10 @@ impl Engine {
             wasmtime::Engine::new(&wasmtime_config(&config)).map_err(EngineError::Configure)?;
         let linker = link(&wasmtime).map_err(EngineError::Configure)?;
         let fingerprint = fingerprint(&wasmtime, &config);
-        let metering = Arc::new(crate::meter::BudgetLedger::new(
-            config.ledger,
-            data.database().clone(),
-        ));
+        let metering = Arc::new(
+            crate::meter::BudgetLedger::open(config.ledger, data.database().clone(), &config.store)
+                .map_err(EngineError::Store)?,
+        );
         let capabilities = host_api::Shared::new(
             config.capabilities(),
             &host_api::EngineContext {

@@ -542,6 +542,16 @@ pub trait LedgerStore: Send + Sync {
         bill_of(self, tenant, month)
     }
 
+    /// A forecast of `days` from the history through yesterday (UTC; see
+    /// [`Ledger::forecast`]).
+    fn forecast(&self, tenant: &str, days: u32) -> Result<Forecast, LedgerError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let yesterday = civil::format_day(civil::day_number(now_ms) - 1);
+        forecast_of(self, tenant, days, &yesterday)
+    }
+
     /// A forecast through `last_day` (see [`Ledger::forecast_through`]).
     fn forecast_through(
         &self,

@@ -5,6 +5,13 @@
 //! lock) → provider call → settle = ledger append (durable, group commit,
 //! idempotent per run/node/attempt/seq/kind) → charge the budgets. A replayed
 //! call (same key) is neither written nor charged twice.
+//!
+//! With `[store] backend = "postgres"` the same operations go to the shared
+//! store instead ([`shared`]): the reservation is a row every daemon sees,
+//! and the charge and its settle are one PostgreSQL transaction. Callers do
+//! not branch: [`BudgetLedger`] is the one seam, and [`BudgetLedger::reports`]
+//! is the ledger every reader (`soma ledger`, `/v1/ledger`, the console)
+//! uses.
 
 use std::{
     collections::HashMap,
@@ -27,6 +34,7 @@ use crate::{
 };
 
 pub mod fee;
+mod shared;
 
 pub use fee::{FeeSchedule, Tariff, TariffModel};
 
@@ -87,6 +95,28 @@ pub struct BudgetLedger {
     call_tokens: CallTokens,
     /// Entries in `call_tokens`: lets a call of a free capsule skip its lock.
     pending_calls: AtomicU64,
+    /// The shared PostgreSQL ledger and budgets, with `[store] backend =
+    /// "postgres"`: then every charge, reservation and report goes there.
+    shared: Option<shared::SharedBooks>,
+}
+
+/// Why [`BudgetLedger::reserve_call_with_fee`] did not let a call start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallRefusal {
+    /// A budget cannot cover the call's worst case (the message says which
+    /// and what to raise).
+    Budget(String),
+    /// The shared store could not be asked (the message names it and says
+    /// the call may be retried); nothing was held.
+    Store(String),
+}
+
+impl std::fmt::Display for CallRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Budget(m) | Self::Store(m) => f.write_str(m),
+        }
+    }
 }
 
 /// The in-memory side of charging: budgets, the holds of calls in flight,
@@ -139,6 +169,11 @@ impl Accounts {
             self.budgets.release(h);
         }
     }
+}
+
+/// A shared-store failure of the budgets.
+fn pg_budget(e: crate::store::postgres::PgError) -> BudgetError {
+    BudgetError::Shared(Arc::new(e))
 }
 
 /// The sum of the entries' costs, saturating: an overflow reads as more
@@ -219,6 +254,50 @@ impl BudgetLedger {
             fees: OnceLock::new(),
             call_tokens: Mutex::new(HashMap::new()),
             pending_calls: AtomicU64::new(0),
+            shared: None,
+        }
+    }
+
+    /// Budgets and ledger where `[store]` says: [`BudgetLedger::new`] for
+    /// redb (nothing opened), or the shared PostgreSQL store (connected and
+    /// migrated here; blocking, never call it on an async task). The node
+    /// database still holds what is per node (call statistics of failures,
+    /// marketplace fee splits).
+    pub fn open(
+        config: LedgerConfig,
+        db: Arc<LazyDatabase>,
+        store: &crate::store::StoreConfig,
+    ) -> Result<Self, crate::store::postgres::PgError> {
+        let mut books = Self::new(config, db);
+        if store.backend == crate::store::Backend::Postgres {
+            // On a thread of its own: the synchronous driver panics on a
+            // thread that runs an async task.
+            let pg = std::thread::scope(|s| {
+                s.spawn(|| crate::store::postgres::PgStore::open(store))
+                    .join()
+                    .unwrap_or_else(|_| {
+                        Err(crate::store::postgres::PgError::Config(
+                            "opening the PostgreSQL store panicked".into(),
+                        ))
+                    })
+            })?;
+            books.shared = Some(shared::SharedBooks::new(pg)?);
+        }
+        Ok(books)
+    }
+
+    /// Whether charges and budgets live on the shared PostgreSQL store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The ledger reports read (entries, summaries, invoices, forecasts,
+    /// the integrity check): the shared PostgreSQL ledger with `[store]
+    /// backend = "postgres"`, else the node's redb ledger.
+    pub fn reports(&self) -> &dyn crate::ledger::LedgerStore {
+        match &self.shared {
+            Some(s) => &s.ledger,
+            None => &self.ledger,
         }
     }
 
@@ -273,7 +352,9 @@ impl BudgetLedger {
         self.accounts.charged(entries, appended);
     }
 
-    /// The ledger (for reports).
+    /// The node's redb ledger (marketplace fee splits and call statistics
+    /// live here on either backend; for entries and rollups use
+    /// [`BudgetLedger::reports`]).
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
@@ -323,6 +404,12 @@ impl BudgetLedger {
         if limits.is_empty() {
             return Ok(());
         }
+        if let Some(s) = &self.shared {
+            for (scope, limit) in limits {
+                s.budgets.set_limit(&scope, limit).map_err(pg_budget)?;
+            }
+            return Ok(());
+        }
         self.ensure_loaded()?;
         let db = self.db.get()?;
         crate::budget::save_all(&db, &limits)?;
@@ -336,13 +423,16 @@ impl BudgetLedger {
 
     /// Every budget with what it has spent and holds.
     pub fn list_budgets(&self) -> Result<Vec<(Scope, crate::budget::Account)>, BudgetError> {
+        if let Some(s) = &self.shared {
+            return s.budgets.list().map_err(pg_budget);
+        }
         self.ensure_loaded()?;
         Ok(self.accounts.budgets.list())
     }
 
     fn writer(&self) -> Result<&LedgerWriter, LedgerError> {
         self.writer
-            .get_or_init(|| self.ledger.writer())
+            .get_or_init(|| self.reports().writer())
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -377,6 +467,11 @@ impl BudgetLedger {
         let Some(charge) = charge else {
             return Ok(());
         };
+        if let Some(s) = &self.shared {
+            let appended = s.charge_call(&charge)?;
+            self.charged(&charge.entries, &appended);
+            return Ok(());
+        }
         match self.append(charge.entries.clone()) {
             Ok(appended) => {
                 self.accounts.settle(&charge, &appended);
@@ -394,12 +489,29 @@ impl BudgetLedger {
     /// budgets are settled and `then` runs — on the writer's thread, so the
     /// charge is written and counted even if whoever made the call has gone
     /// away (a client that disconnected). Many calls in flight share one
-    /// fsync. Cost: one channel send here; `then` must be quick.
+    /// fsync. Cost: one channel send here; `then` must be quick. On the
+    /// shared PostgreSQL store a thread of its own group-commits charges
+    /// with the settles of their holds, the same way.
     pub fn commit_call(
         &self,
         charge: CallCharge,
         then: impl FnOnce(Result<crate::ledger::Appended, LedgerError>) + Send + 'static,
     ) {
+        if let Some(s) = &self.shared {
+            // The charging thread commits it with its settle, then `then`.
+            let accounts = self.accounts.clone();
+            let entries = charge.entries.clone();
+            s.commit_call(
+                &charge,
+                Box::new(move |result| {
+                    if let Ok(appended) = &result {
+                        accounts.charged(&entries, appended);
+                    }
+                    then(result);
+                }),
+            );
+            return;
+        }
         let writer = match self.writer() {
             Ok(w) => w,
             Err(e) => {
@@ -455,7 +567,7 @@ impl BudgetLedger {
         spender: &Spender,
         fuel_limit: Option<u64>,
         timeout_ms: u64,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, CallRefusal> {
         self.reserve_call_with_fee(spender, fuel_limit, timeout_ms, 0)
     }
 
@@ -468,7 +580,7 @@ impl BudgetLedger {
         fuel_limit: Option<u64>,
         timeout_ms: u64,
         fee_micros: u64,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, CallRefusal> {
         let metered = if self.config.meter_calls {
             self.worst_case_micros(fuel_limit, timeout_ms)
         } else {
@@ -478,33 +590,45 @@ impl BudgetLedger {
         if micros == 0 {
             return Ok(None);
         }
+        let explain = |reason: String| {
+            let fee = if fee_micros > 0 {
+                format!(
+                    " plus at most {fee_micros} micro-units of marketplace fee \
+                         (the capsule's listing price)"
+                )
+            } else {
+                String::new()
+            };
+            CallRefusal::Budget(format!(
+                "{reason} (the worst case of this call: its fuel limit at \
+                     ledger.fuel_price_per_1k_micros plus its timeout at \
+                     ledger.wall_time_price_per_1k_us_micros{fee}); raise the budget \
+                     (PUT /v1/budgets or `soma budget set`) or lower the call's \
+                     fuel or timeout_ms"
+            ))
+        };
+        if let Some(s) = &self.shared {
+            return s
+                .reserve(&scopes(spender), 0, micros)
+                .map_err(|refused| match refused {
+                    shared::Refused::Budget(reason) => explain(reason),
+                    shared::Refused::Store(e) => CallRefusal::Store(format!(
+                        "budgets are unavailable: {}",
+                        soma_host_api::error_chain(&e)
+                    )),
+                });
+        }
         self.ensure_loaded().map_err(|e| {
-            format!(
+            CallRefusal::Budget(format!(
                 "budgets are unavailable: {}",
                 soma_host_api::error_chain(&e)
-            )
+            ))
         })?;
         let hold = self
             .accounts
             .budgets
             .reserve(&scopes(spender), 0, micros)
-            .map_err(|reason| {
-                let fee = if fee_micros > 0 {
-                    format!(
-                        " plus at most {fee_micros} micro-units of marketplace fee \
-                         (the capsule's listing price)"
-                    )
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{reason} (the worst case of this call: its fuel limit at \
-                     ledger.fuel_price_per_1k_micros plus its timeout at \
-                     ledger.wall_time_price_per_1k_us_micros{fee}); raise the budget \
-                     (PUT /v1/budgets or `soma budget set`) or lower the call's \
-                     fuel or timeout_ms"
-                )
-            })?;
+            .map_err(explain)?;
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         self.accounts
             .holds
@@ -517,6 +641,10 @@ impl BudgetLedger {
     /// Release a reservation from [`BudgetLedger::reserve_call`] that will not
     /// be charged (the call never produced a charge).
     pub fn release_call(&self, hold: Option<u64>) {
+        if let Some(s) = &self.shared {
+            s.release(hold);
+            return;
+        }
         if let Some(h) = self.accounts.take_hold(hold) {
             self.accounts.budgets.release(h);
         }
@@ -660,6 +788,12 @@ impl BudgetLedger {
         txn: &redb::WriteTransaction,
         charges: &[&[Entry]],
     ) -> Result<Vec<crate::ledger::Appended>, LedgerError> {
+        // On the shared store the charges go there (before the caller's
+        // commit; idempotent, so a journal batch replayed after a crash
+        // charges nothing twice).
+        if let Some(s) = &self.shared {
+            return s.append_batches(charges);
+        }
         crate::ledger::append_in(txn, charges)
     }
 
@@ -667,7 +801,7 @@ impl BudgetLedger {
     /// settle it against the budgets and tell the observer (unless it was a
     /// replay).
     pub fn settle_charge(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
-        self.accounts.settle(charge, appended);
+        self.settle_budgets(charge, appended);
         self.charged(&charge.entries, appended);
     }
 
@@ -697,6 +831,10 @@ impl BudgetLedger {
 
     /// Drop a charge that will not be committed, releasing its reservation.
     pub fn release_charge(&self, charge: &CallCharge) {
+        if let Some(s) = &self.shared {
+            s.release(charge.hold);
+            return;
+        }
         self.accounts.release(charge);
     }
 
@@ -704,6 +842,10 @@ impl BudgetLedger {
     /// [`BudgetLedger::append_async`] (which already told the observer)
     /// against the budgets, unless it was a replay.
     pub fn settle_budgets(&self, charge: &CallCharge, appended: &crate::ledger::Appended) {
+        if let Some(s) = &self.shared {
+            s.settle(charge, appended);
+            return;
+        }
         self.accounts.settle(charge, appended);
     }
 }
@@ -820,6 +962,20 @@ impl Drop for BudgetLedger {
 
 impl llm::Meter for BudgetLedger {
     fn reserve(&self, spender: &Spender, tokens: u64, micros: u64) -> Result<Reservation, String> {
+        if let Some(s) = &self.shared {
+            // Id 0: no budget applied, nothing held.
+            let id = s
+                .reserve(&scopes(spender), tokens, micros)
+                .map_err(|refused| match refused {
+                    shared::Refused::Budget(reason) => reason,
+                    shared::Refused::Store(e) => format!(
+                        "budgets are unavailable: {}",
+                        soma_host_api::error_chain(&e)
+                    ),
+                })?
+                .unwrap_or(0);
+            return Ok(Reservation { id, tokens, micros });
+        }
         self.ensure_loaded().map_err(|e| {
             format!(
                 "budgets are unavailable: {}",
@@ -896,6 +1052,19 @@ impl llm::Meter for BudgetLedger {
                 });
             *used = used.saturating_add(tokens);
         }
+        if let Some(s) = &self.shared {
+            let result = s.charge(&entries, Some(reservation.id), &scopes(spender));
+            return match result {
+                Ok(a) => {
+                    self.charged(&entries, &a);
+                    Ok(())
+                }
+                Err(e) => {
+                    s.release(Some(reservation.id));
+                    Err(format!("could not record the usage in the ledger: {e}"))
+                }
+            };
+        }
         let appended = self.append(entries);
         let scopes = scopes(spender);
         match (appended, hold) {
@@ -924,6 +1093,10 @@ impl llm::Meter for BudgetLedger {
     }
 
     fn release(&self, _: &Spender, reservation: Reservation) {
+        if let Some(s) = &self.shared {
+            s.release(Some(reservation.id));
+            return;
+        }
         if let Some(h) = self.accounts.take_hold(Some(reservation.id)) {
             self.accounts.budgets.release(h);
         }
@@ -1003,7 +1176,8 @@ mod tests {
         // An instance of `fan` reserves against fan's budget.
         let err = m
             .reserve_call(&spender("fan[0]"), Some(1001), 0)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node:r1/fan") && err.contains("fuel"), "{err}");
         let hold = m.reserve_call(&spender("fan[0]"), Some(600), 0).unwrap();
         assert!(hold.is_some());

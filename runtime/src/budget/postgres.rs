@@ -142,7 +142,8 @@ impl PgBudgets {
 
     /// Reserve `tokens` and `micros` against every scope in `scopes` that
     /// has a budget, all or nothing, across every daemon of the store.
-    /// Cost: one transaction locking those budget rows.
+    /// A hold of id 0 holds nothing (no scope has a budget; nothing was
+    /// written). Cost: one transaction locking those budget rows.
     pub fn reserve(
         &self,
         scopes: &[Scope],
@@ -168,6 +169,14 @@ impl PgBudgets {
                 return Err(ReserveError::Refused(reason));
             }
             held.push(scope.key());
+        }
+        if held.is_empty() {
+            // No budget applies: nothing to hold (id 0), nothing written.
+            return Ok(PgHold {
+                id: 0,
+                tokens,
+                micros,
+            });
         }
         let (t, m) = (clamp_i64(tokens), clamp_i64(micros));
         txn.execute(
@@ -228,19 +237,53 @@ impl PgBudgets {
         scopes: &[Scope],
     ) -> Result<Appended, LedgerError> {
         ledger.append_with(entries, |txn, appended| {
-            let actual = (appended.duplicates == 0).then(|| {
-                entries.iter().fold((0u64, 0u64), |(t, m), e| {
-                    let tokens = if matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput) {
-                        e.quantity
-                    } else {
-                        0
-                    };
-                    (t.saturating_add(tokens), m.saturating_add(e.cost_micros))
-                })
-            });
+            let actual = (appended.duplicates == 0).then(|| actual_of(entries));
             settle_in(txn, hold, scopes, actual)
         })
     }
+
+    /// [`PgBudgets::charge`] for many calls in one transaction (a group
+    /// commit): each charge's entries are appended and its hold settled
+    /// (or released, for a replay), all or nothing. Entries must be
+    /// validated ([`validate_pg`](crate::ledger::postgres::validate_pg)).
+    /// Cost: one transaction, one rollup upsert for the whole batch.
+    pub fn charge_batch(
+        &self,
+        ledger: &PgLedger,
+        charges: &[(&[Entry], Option<PgHold>, &[Scope])],
+    ) -> Result<Vec<Appended>, LedgerError> {
+        let requests: Vec<&[Entry]> = charges.iter().map(|c| c.0).collect();
+        // Every budget row the batch touches, locked first in one order
+        // (a hold's scopes are its charge's), so two daemons' batches
+        // never wait on each other in a cycle.
+        let all: Vec<Scope> = charges.iter().flat_map(|c| c.2.iter().cloned()).collect();
+        let lock = keys(&all);
+        ledger.append_batch_with(&requests, |txn, results| {
+            if !lock.is_empty() {
+                txn.query(
+                    "SELECT scope FROM budgets WHERE scope = ANY($1) ORDER BY scope FOR UPDATE",
+                    &[&lock],
+                )?;
+            }
+            for ((entries, hold, scopes), appended) in charges.iter().zip(results) {
+                let actual = (appended.duplicates == 0).then(|| actual_of(entries));
+                settle_in(txn, *hold, scopes, actual)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// (LLM tokens, micro-units) `entries` charge, saturating.
+fn actual_of(entries: &[Entry]) -> (u64, u64) {
+    entries.iter().fold((0u64, 0u64), |(t, m), e| {
+        let tokens = if matches!(e.kind, Kind::LlmTokensInput | Kind::LlmTokensOutput) {
+            e.quantity
+        } else {
+            0
+        };
+        (t.saturating_add(tokens), m.saturating_add(e.cost_micros))
+    })
 }
 
 /// Take `hold` off the reserved amounts (if it is still held) and, with

@@ -693,7 +693,7 @@ fn render_timeline(state: &RunState) -> String {
 
 /// What the run cost, from the ledger.
 fn cost(engine: &Engine, run: &str) -> anyhow::Result<Value> {
-    let entries = engine.metering().ledger().ls(&Filter {
+    let entries = engine.metering().reports().ls(&Filter {
         run: Some(run.to_owned()),
         limit: None,
         ..Filter::default()

@@ -6,11 +6,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use soma_runtime::{
     budget::{Limit, Scope},
-    ledger::{Entry, Filter, GroupBy, Kind, Ledger},
+    ledger::{Entry, Filter, GroupBy, Kind},
     meter::BudgetLedger,
 };
 
 use super::{Global, exit::Code};
+
+/// The node's books as `[store]` configures them: the data directory's
+/// redb ledger and budgets, or the shared PostgreSQL store (whose ledger
+/// [`BudgetLedger::reports`] then reads).
+fn books(global: &Global) -> anyhow::Result<BudgetLedger> {
+    let config = global.config()?;
+    Ok(BudgetLedger::open(
+        config.ledger,
+        global.data_dir()?.database().clone(),
+        &config.store,
+    )?)
+}
 
 /// `1234567` micro-units → `1.234567`.
 pub(crate) fn money(micros: u64) -> String {
@@ -136,7 +148,8 @@ fn csv_field(s: &str) -> String {
 
 pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code> {
     let data = global.data_dir()?;
-    let ledger = Ledger::open(&data);
+    let books = books(global)?;
+    let ledger = books.reports();
     match cmd {
         LedgerCommand::Ls {
             tenant,
@@ -251,7 +264,7 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
         LedgerCommand::Check { json } => {
             let mut report = ledger.check_integrity()?;
             // Every marketplace fee was for a version published (and priced) then.
-            for p in soma_runtime::market::payouts::check_fees(&ledger, data.database())? {
+            for p in soma_runtime::market::payouts::check_fees(books.ledger(), data.database())? {
                 report.fee_problem(p);
             }
             if json {
@@ -319,7 +332,7 @@ pub(crate) struct BillArgs {
 }
 
 pub(crate) fn bill(global: &Global, args: BillArgs) -> anyhow::Result<Code> {
-    let invoice = Ledger::open(&global.data_dir()?).bill(&args.tenant, &args.month)?;
+    let invoice = books(global)?.reports().bill(&args.tenant, &args.month)?;
     if args.format.json {
         println!("{}", serde_json::to_string_pretty(&invoice)?);
     } else if args.format.csv {
@@ -368,7 +381,7 @@ pub(crate) struct ForecastArgs {
 }
 
 pub(crate) fn forecast(global: &Global, args: ForecastArgs) -> anyhow::Result<Code> {
-    let f = Ledger::open(&global.data_dir()?).forecast(&args.tenant, args.days)?;
+    let f = books(global)?.reports().forecast(&args.tenant, args.days)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
@@ -423,8 +436,7 @@ fn scope(text: &str) -> anyhow::Result<Scope> {
 }
 
 pub(crate) fn budget(global: &Global, cmd: BudgetCommand) -> anyhow::Result<Code> {
-    let config = global.config()?;
-    let metering = BudgetLedger::new(config.ledger, global.data_dir()?.database().clone());
+    let metering = books(global)?;
     match cmd {
         BudgetCommand::Set {
             scope: s,

@@ -1124,7 +1124,7 @@ pub(super) async fn ledger(
         ..Filter::default()
     };
     let engine = daemon.engine.clone();
-    let entries = tokio::task::spawn_blocking(move || engine.metering().ledger().ls(&filter))
+    let entries = tokio::task::spawn_blocking(move || engine.metering().reports().ls(&filter))
         .await
         .map_err(|e| ApiError::failed(&e))?
         .map_err(|e| ApiError::failed(&e))?;

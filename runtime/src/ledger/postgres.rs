@@ -75,6 +75,18 @@ impl PgLedger {
         Ok(results.pop().unwrap_or_default())
     }
 
+    /// Append several requests (each validated by the caller with
+    /// [`validate_pg`]) in one transaction and run `then` with what each
+    /// appended inside it, before it commits: a group commit of charges
+    /// with their budget settles.
+    pub(crate) fn append_batch_with(
+        &self,
+        requests: &[&[Entry]],
+        then: impl FnMut(&mut Transaction<'_>, &[Appended]) -> Result<(), PgError>,
+    ) -> Result<Vec<Appended>, LedgerError> {
+        self.transact(requests, then)
+    }
+
     /// One transaction per try: the appends, `then`, the commit; a lost
     /// deadlock is tried again (the rolled-back try left nothing).
     fn transact(
@@ -102,7 +114,7 @@ impl PgLedger {
 
 /// The redb checks plus what PostgreSQL's `BIGINT` cannot hold, and the
 /// marketplace fees this store does not split yet.
-fn validate_pg(entries: &[Entry]) -> Result<(), LedgerError> {
+pub(crate) fn validate_pg(entries: &[Entry]) -> Result<(), LedgerError> {
     validate(entries)?;
     for (index, e) in entries.iter().enumerate() {
         let reason = if [e.quantity, e.unit_price_micros, e.cost_micros, e.time_ms]

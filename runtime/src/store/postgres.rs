@@ -204,9 +204,17 @@ struct Pool {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<Client>,
+    /// Free connections and when each was returned.
+    idle: Vec<(Client, Instant)>,
     open: usize,
 }
+
+/// A connection idle longer than this is checked with an empty query
+/// before it is handed out: a server restart breaks every idle connection
+/// without the driver noticing until it is used, and the first user of
+/// each would fail (a call charged on it would be lost to its caller).
+/// Connections in steady use are never checked.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl PgStore {
     /// Connect with `config` (`[store]`, which must name a URL) and apply
@@ -248,8 +256,23 @@ impl PgStore {
         let deadline = Instant::now() + self.pool.wait;
         let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            while let Some(client) = state.idle.pop() {
+            while let Some((mut client, since)) = state.idle.pop() {
                 if client.is_closed() {
+                    state.open = state.open.saturating_sub(1);
+                    continue;
+                }
+                if since.elapsed() > IDLE_CHECK {
+                    // One round trip, without holding the pool's lock.
+                    drop(state);
+                    let alive = client.is_valid(self.pool.wait).is_ok();
+                    if alive {
+                        return Ok(Conn {
+                            client: Some(client),
+                            pool: self.pool.clone(),
+                        });
+                    }
+                    drop(client);
+                    state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
                     state.open = state.open.saturating_sub(1);
                     continue;
                 }
@@ -389,7 +412,7 @@ impl Drop for Conn {
             return;
         }
         let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.idle.push(client);
+        state.idle.push((client, Instant::now()));
         drop(state);
         self.pool.freed.notify_one();
     }

@@ -89,3 +89,326 @@ fn two_daemons_on_one_postgres_share_api_tokens() {
     }
     assert_eq!(b.get("/v1/tokens", &ops).0, 200);
 }
+
+/// `[store]` on `url` plus prices that make every call reserve its worst
+/// case (1 micro-unit per fuel unit, `fuel` per call).
+fn priced_store(url: &str, fuel: u64) -> String {
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n\
+         [ledger]\nfuel_price_per_1k_micros = 1000\n\
+         [limits]\nfuel = {fuel}\n"
+    )
+}
+
+/// Two daemons over one database, each with its own data directory.
+struct Fleet {
+    dirs: Vec<tempfile::TempDir>,
+    configs: Vec<std::path::PathBuf>,
+}
+
+impl Fleet {
+    fn new(store: &str) -> Self {
+        // Two daemons' data directories, and a third for the CLI (a
+        // daemon owns its directory's database).
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let configs = dirs
+            .iter()
+            .map(|d| {
+                let config = d.path().join("soma.toml");
+                std::fs::write(&config, harness::config_text("", store)).expect("config");
+                config
+            })
+            .collect();
+        Self { dirs, configs }
+    }
+
+    fn spawn(&self, i: usize) -> Daemon {
+        Daemon::spawn(bin(), self.dirs[i].path(), &self.configs[i])
+    }
+
+    fn soma(&self, args: &[&str]) -> std::process::Output {
+        harness::soma(bin(), self.dirs[2].path())
+            .arg("--config")
+            .arg(&self.configs[2])
+            .args(args)
+            .output()
+            .expect("run soma")
+    }
+
+    /// `soma ledger check --json` on the shared store: must pass.
+    fn check(&self) -> serde_json::Value {
+        let out = self.soma(&["ledger", "check", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert!(out.status.success() && report["ok"] == true, "{report}");
+        report
+    }
+}
+
+/// `POST /v1/runs` of `echo`: (status, body).
+fn call(d: &Daemon, token: &str, i: usize) -> (u16, serde_json::Value) {
+    d.post(
+        "/v1/runs",
+        token,
+        &serde_json::json!({"capsule": "echo", "input": {"i": i}}),
+    )
+}
+
+/// Every entry of `tenant` on the shared ledger, through `d`.
+fn entries(d: &Daemon, token: &str) -> Vec<serde_json::Value> {
+    let (s, v) = d.get("/v1/ledger?limit=10000", token);
+    assert_eq!(s, 200, "{v}");
+    v.as_array().expect("entries").clone()
+}
+
+/// The ledger entries of each run: (run → wall-time charges, fuel charges).
+fn charges_by_run(
+    entries: &[serde_json::Value],
+) -> std::collections::HashMap<String, (usize, usize)> {
+    let mut by_run: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    for e in entries {
+        let run = e["run"].as_str().expect("run").to_owned();
+        let row = by_run.entry(run).or_default();
+        match e["kind"].as_str() {
+            Some("wall-time") => row.0 += 1,
+            Some("fuel") => row.1 += 1,
+            other => panic!("unexpected charge {other:?}: {e}"),
+        }
+    }
+    by_run
+}
+
+/// 16 parallel calls spread over two daemons against one tenant budget:
+/// the shared reservations keep the total spent within the budget, every
+/// call is either charged exactly once or refused with the budget error;
+/// each daemon shows a tenant only its own ledger; `soma ledger check` on
+/// the shared store passes.
+#[test]
+fn two_daemons_share_one_budget_and_ledger() {
+    const FUEL: u64 = 5_000_000;
+    let pg = Postgres::start();
+    let fleet = Fleet::new(&priced_store(&pg.create_database(), FUEL));
+    let (ops, _) = token(fleet.dirs[0].path(), &fleet.configs[0], "ops", "operator");
+    let (acme, _) = token(fleet.dirs[0].path(), &fleet.configs[0], "acme", "run,read");
+    let (globex, _) = token(
+        fleet.dirs[0].path(),
+        &fleet.configs[0],
+        "globex",
+        "run,read",
+    );
+    let daemons = [fleet.spawn(0), fleet.spawn(1)];
+    // What one call costs (globex has no budget).
+    let (s, v) = call(&daemons[1], &globex, 0);
+    assert_eq!((s, v["ok"].as_bool()), (200, Some(true)), "{v}");
+    let one: u64 = entries(&daemons[0], &globex)
+        .iter()
+        .map(|e| e["cost_micros"].as_u64().expect("cost"))
+        .sum();
+    assert!(one > 0 && one < FUEL, "one call costs {one}");
+    // Room for one reservation plus three calls' actual cost.
+    let budget = FUEL + 3 * one;
+    let (s, v, _) = daemons[0].request(
+        reqwest::Method::PUT,
+        "/v1/budgets",
+        Some(&ops),
+        Some(serde_json::json!({"scope": "tenant:acme", "micros": budget}).to_string()),
+    );
+    assert_eq!(s, 200, "{v}");
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (d, acme) = (&daemons[i % 2], &acme);
+                s.spawn(move || call(d, acme, i))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller"))
+            .collect()
+    });
+    let acme_entries = entries(&daemons[1], &acme);
+    let by_run = charges_by_run(&acme_entries);
+    let mut ok = 0;
+    for (status, v) in &results {
+        assert_eq!(*status, 200, "{v}");
+        let run = v["run"].as_str().expect("run");
+        if v["ok"] == true {
+            ok += 1;
+            assert_eq!(by_run.get(run), Some(&(1, 1)), "{run} charged once: {v}");
+        } else {
+            let text = v.to_string();
+            assert!(text.contains("budget"), "refused for its budget: {v}");
+            assert_eq!(by_run.get(run), None, "a refused call is not charged: {v}");
+        }
+    }
+    assert!(ok >= 1, "{results:?}");
+    let spent: u64 = acme_entries
+        .iter()
+        .map(|e| e["cost_micros"].as_u64().expect("cost"))
+        .sum();
+    assert!(
+        spent <= budget + FUEL,
+        "spent {spent} > budget {budget} + one reservation"
+    );
+    // The budget as both daemons see it: what the ledger holds, no holds left.
+    for d in &daemons {
+        let (s, v) = d.get("/v1/budgets", &acme);
+        assert_eq!(s, 200, "{v}");
+        let account = &v[0]["account"];
+        assert_eq!(account["spent_micros"].as_u64(), Some(spent), "{v}");
+        assert_eq!(account["reserved_micros"].as_u64(), Some(0), "{v}");
+    }
+    // Tenants see only their own ledger, on either daemon.
+    for d in &daemons {
+        let theirs = entries(d, &globex);
+        assert!(
+            theirs.iter().all(|e| e["tenant"] == "globex") && !theirs.is_empty(),
+            "{theirs:?}"
+        );
+        assert_eq!(d.get("/v1/ledger?tenant=acme", &globex).0, 403);
+    }
+    let report = fleet.check();
+    assert_eq!(
+        report["entries"].as_u64(),
+        Some(u64::try_from(acme_entries.len() + 2).expect("count")),
+        "{report}"
+    );
+}
+
+/// `kill -9` of one daemon mid-traffic: the other keeps serving, the
+/// killed one restarts and serves, and every call answered `ok` is charged
+/// exactly once. Then PostgreSQL stops for 5 s: calls fail with a
+/// retryable error naming the store, nothing is half-written, and after
+/// it is back calls are charged again and the ledger checks out.
+#[test]
+fn a_killed_daemon_and_a_stopped_database_leave_one_charge_per_call() {
+    let mut pg = Postgres::start();
+    let fleet = Fleet::new(&priced_store(&pg.create_database(), 5_000_000));
+    let (acme, _) = token(fleet.dirs[0].path(), &fleet.configs[0], "acme", "run,read");
+    let a = fleet.spawn(0);
+    let b = fleet.spawn(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let traffic: Vec<_> = [&a, &b]
+            .into_iter()
+            .flat_map(|d| std::iter::repeat_n(d, 2))
+            .enumerate()
+            .map(|(t, d)| {
+                let (stop, acme) = (&stop, &acme);
+                let url = d.url.clone();
+                let client = harness::client();
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    let mut i = t * 10_000;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        let body = serde_json::json!({"capsule": "echo", "input": {"i": i}});
+                        let sent = client
+                            .post(format!("{url}/v1/runs"))
+                            .bearer_auth(acme)
+                            .json(&body)
+                            .send()
+                            .and_then(|r| {
+                                let status = r.status().as_u16();
+                                r.json::<serde_json::Value>().map(|v| (status, v))
+                            });
+                        match sent {
+                            Ok(answer) => got.push(answer),
+                            // The killed daemon (refused, or cut off mid-call).
+                            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        let (data, config) = a.kill9();
+        let b_before = b.get("/v1/ledger?limit=10000", &acme).1;
+        std::thread::sleep(Duration::from_millis(500));
+        // B kept serving while A was down.
+        let (s, v) = call(&b, &acme, 1);
+        assert_eq!((s, v["ok"].as_bool()), (200, Some(true)), "{v}");
+        assert!(
+            b.get("/v1/ledger?limit=10000", &acme)
+                .1
+                .as_array()
+                .map(Vec::len)
+                > b_before.as_array().map(Vec::len)
+        );
+        let a = Daemon::spawn(bin(), &data, &config);
+        let (s, v) = call(&a, &acme, 2);
+        assert_eq!(
+            (s, v["ok"].as_bool()),
+            (200, Some(true)),
+            "restarted A: {v}"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let got = traffic
+            .into_iter()
+            .flat_map(|h| h.join().expect("traffic"))
+            .collect();
+        drop(a);
+        got
+    });
+    let a = fleet.spawn(0);
+    let all = entries(&a, &acme);
+    let by_run = charges_by_run(&all);
+    let ok: Vec<&str> = answered
+        .iter()
+        .filter(|(s, v)| *s == 200 && v["ok"] == true)
+        .map(|(_, v)| v["run"].as_str().expect("run"))
+        .collect();
+    assert!(ok.len() > 4, "{} calls answered", answered.len());
+    for run in &ok {
+        assert_eq!(by_run.get(*run), Some(&(1, 1)), "{run} charged once");
+    }
+    // No run of any call (answered or cut off by the kill) is charged twice.
+    assert!(
+        by_run.values().all(|&(w, f)| w == 1 && f <= 1),
+        "{by_run:?}"
+    );
+    fleet.check();
+
+    // PostgreSQL down for 5 s: a retryable error naming the store.
+    let before = entries(&a, &acme).len();
+    pg.stop();
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let (s, v) = call(&b, &acme, 3);
+        if s == 401 {
+            panic!("tokens are cached; a store outage must not log callers out: {v}");
+        }
+        let text = v.to_string();
+        assert!(v["ok"] != true, "a call was served without its charge: {v}");
+        assert!(
+            text.contains("PostgreSQL") && text.contains("retryable"),
+            "({s}) {v}"
+        );
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(refused > 0);
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = call(&b, &acme, 4);
+        if s == 200 && v["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = entries(&a, &acme);
+    assert_eq!(
+        after.len(),
+        before + 2,
+        "one charge (2 entries) for the one call"
+    );
+    let (s, v) = a.get("/v1/budgets", &acme);
+    assert_eq!(s, 200, "{v}");
+    fleet.check();
+}

@@ -22,7 +22,7 @@ use crate::{
         journal::{RunQuery, RunSummary},
         status::{NodeFailureClass, RunPhase},
     },
-    ledger::{Filter, Kind, Ledger},
+    ledger::{Filter, Kind},
 };
 
 /// Bytes of a call's output shown.
@@ -149,7 +149,10 @@ pub(super) async fn show(
             limit: Some(MAX_COST_ENTRIES),
             ..Filter::default()
         };
-        let entries = Ledger::open(d.engine.data())
+        let entries = d
+            .engine
+            .metering()
+            .reports()
             .ls(&filter)
             .map_err(|e| PageError::from(failed(&v, &e)))?;
         let mut c = Charges {

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     daemon::{Daemon, auth::TokenScope, contract::BudgetRow},
-    ledger::{self, Forecast, GroupBy, Invoice, Ledger, SummaryRow},
+    ledger::{self, Forecast, GroupBy, Invoice, SummaryRow},
 };
 
 /// Days `#forecast` projects (the default of `soma forecast`).
@@ -141,7 +141,7 @@ enum CostsError {
 
 /// Read everything the page shows for `tenant` and `month` (blocking).
 fn read(daemon: &Daemon, tenant: &str, month: &Month) -> Result<Costs, CostsError> {
-    let ledger: &Ledger = daemon.engine.metering().ledger();
+    let ledger = daemon.engine.metering().reports();
     let summary = |by| ledger.summary(by, Some(&month.first), Some(&month.last), Some(tenant));
     Ok(Costs {
         by_capsule: summary(GroupBy::Capsule)?,

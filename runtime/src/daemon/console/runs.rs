@@ -38,7 +38,7 @@ use crate::{
         state::{RunState, Status},
         status::{NodeFailureClass, RunPhase},
     },
-    ledger::{Filter, Ledger},
+    ledger::Filter,
 };
 
 /// This section's routes.
@@ -457,7 +457,10 @@ fn read_run(
             limit: Some(MAX_COST_ENTRIES + 1),
             ..Filter::default()
         };
-        let entries = Ledger::open(daemon.engine.data())
+        let entries = daemon
+            .engine
+            .metering()
+            .reports()
             .ls(&filter)
             .map_err(|e| failed(viewer, &e))?;
         costs_cut = entries.len() > MAX_COST_ENTRIES;
