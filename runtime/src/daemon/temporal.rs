@@ -116,11 +116,20 @@ impl TemporalRuns {
         loaded: &std::collections::BTreeMap<String, Loaded>,
         input: &Value,
     ) -> Result<String, ApiError> {
+        // Workers resolve capsules by reference: a catalog name becomes
+        // where the catalog loaded it from (file path or pinned registry
+        // reference); `market:` names are pinned references already.
+        let mut loaded = loaded.clone();
+        for l in loaded.values_mut() {
+            if let Some(item) = daemon.capsule(&l.reference) {
+                l.reference = item.origin;
+            }
+        }
         let created = scheduler::created(
             spec,
             "api",
             input,
-            loaded,
+            &loaded,
             &std::collections::BTreeMap::new(),
             tenant,
         )

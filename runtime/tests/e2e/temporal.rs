@@ -541,7 +541,12 @@ fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
         "the run id names its tenant: {run}"
     );
     let report = d.wait_finished(&acme, &run, std::time::Duration::from_secs(60));
-    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        report["status"],
+        "succeeded",
+        "{report}\nworker: {}",
+        cluster.worker.as_ref().map(Worker::log).unwrap_or_default()
+    );
     let squares: Vec<i64> = report["output"]["squares"]
         .as_array()
         .expect("squares")
