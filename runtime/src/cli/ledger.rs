@@ -16,10 +16,16 @@ use super::{Global, exit::Code};
 /// redb ledger and budgets, or the shared PostgreSQL store (whose ledger
 /// [`BudgetLedger::reports`] then reads).
 fn books(global: &Global) -> anyhow::Result<BudgetLedger> {
+    books_in(global, &global.data_dir()?)
+}
+
+/// [`books`] over `data`, a data directory the caller also reads: one
+/// handle, since a process can open its redb database only once.
+fn books_in(global: &Global, data: &soma_runtime::store::DataDir) -> anyhow::Result<BudgetLedger> {
     let config = global.config()?;
     Ok(BudgetLedger::open(
         config.ledger,
-        global.data_dir()?.database().clone(),
+        data.database().clone(),
         &config.store,
     )?)
 }
@@ -148,7 +154,7 @@ fn csv_field(s: &str) -> String {
 
 pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code> {
     let data = global.data_dir()?;
-    let books = books(global)?;
+    let books = books_in(global, &data)?;
     let ledger = books.reports();
     match cmd {
         LedgerCommand::Ls {
