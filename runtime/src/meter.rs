@@ -689,23 +689,7 @@ impl BudgetLedger {
             });
         }
         let time_ms = now_ms();
-        let base = |kind, quantity, price| Entry {
-            id: 0,
-            time_ms,
-            tenant: spender.tenant.to_string(),
-            run: spender.run.to_string(),
-            node: spender.node.to_string(),
-            attempt: spender.attempt,
-            seq: 0,
-            capsule: spender.capsule.to_string(),
-            kind,
-            quantity,
-            unit_price_micros: price,
-            cost_micros: Entry::cost_for(quantity, price),
-            provider: None,
-            model: None,
-            estimated: false,
-        };
+        let base = |kind, quantity, price| call_entry(spender, time_ms, kind, quantity, price);
         let mut entries = vec![base(
             Kind::WallTime,
             wall_time_us,
@@ -759,23 +743,7 @@ impl BudgetLedger {
         ]
         .into_iter()
         .filter(|(_, quantity, _)| *quantity > 0)
-        .map(|(kind, quantity, price)| Entry {
-            id: 0,
-            time_ms,
-            tenant: spender.tenant.to_string(),
-            run: spender.run.to_string(),
-            node: spender.node.to_string(),
-            attempt: spender.attempt,
-            seq: 0,
-            capsule: spender.capsule.to_string(),
-            kind,
-            quantity,
-            unit_price_micros: price,
-            cost_micros: Entry::cost_for(quantity, price),
-            provider: None,
-            model: None,
-            estimated: false,
-        })
+        .map(|(kind, quantity, price)| call_entry(spender, time_ms, kind, quantity, price))
         .collect()
     }
 
@@ -1100,6 +1068,28 @@ impl llm::Meter for BudgetLedger {
         if let Some(h) = self.accounts.take_hold(Some(reservation.id)) {
             self.accounts.budgets.release(h);
         }
+    }
+}
+
+/// A call's own ledger entry (sequence 0, keyed by the spender's run,
+/// node and attempt) of `quantity` `kind` at `price` per 1000.
+fn call_entry(spender: &Spender, time_ms: u64, kind: Kind, quantity: u64, price: u64) -> Entry {
+    Entry {
+        id: 0,
+        time_ms,
+        tenant: spender.tenant.to_string(),
+        run: spender.run.to_string(),
+        node: spender.node.to_string(),
+        attempt: spender.attempt,
+        seq: 0,
+        capsule: spender.capsule.to_string(),
+        kind,
+        quantity,
+        unit_price_micros: price,
+        cost_micros: Entry::cost_for(quantity, price),
+        provider: None,
+        model: None,
+        estimated: false,
     }
 }
 

@@ -200,6 +200,29 @@ pub struct RunInput {
     pub concurrency: Option<usize>,
 }
 
+impl RunInput {
+    /// The input of run `run` under `config`'s `[dag]` ceilings and
+    /// rendering limit (the same whoever starts the workflow: the CLI or
+    /// the daemon).
+    pub fn new(
+        run: String,
+        created: Event,
+        config: &crate::Config,
+        concurrency: Option<usize>,
+    ) -> Self {
+        Self {
+            run,
+            created,
+            render_limit: config
+                .dag
+                .max_rendered_input_bytes
+                .min(config.limits.max_input_bytes),
+            ceilings: config.dag,
+            concurrency,
+        }
+    }
+}
+
 /// One capsule call: the `call` activity's input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRequest {

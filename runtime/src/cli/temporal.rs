@@ -167,16 +167,7 @@ pub(crate) fn run(
 ) -> anyhow::Result<(RunState, RunResult)> {
     let endpoint = args.endpoint()?;
     let config = engine.config();
-    let input = RunInput {
-        run: run.clone(),
-        created,
-        render_limit: config
-            .dag
-            .max_rendered_input_bytes
-            .min(config.limits.max_input_bytes),
-        ceilings: config.dag,
-        concurrency,
-    };
+    let input = RunInput::new(run.clone(), created, config, concurrency);
     let result = tokio()?.block_on(async {
         let client = endpoint.connect().await?;
         client::start(&client, &endpoint, input).await?;

@@ -138,16 +138,7 @@ impl TemporalRuns {
         // Replaying the created event checks it as the workflow will.
         RunState::new(&run, &created).map_err(|e| ApiError::bad(e.to_string(), Some("dag")))?;
         let config = daemon.engine.config();
-        let input = RunInput {
-            run: run.clone(),
-            created,
-            render_limit: config
-                .dag
-                .max_rendered_input_bytes
-                .min(config.limits.max_input_bytes),
-            ceilings: config.dag,
-            concurrency: None,
-        };
+        let input = RunInput::new(run.clone(), created, config, None);
         let c = self.client().await?;
         self.rpc("starting a run", client::start(c, &self.endpoint, input))
             .await?;
