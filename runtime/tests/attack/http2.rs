@@ -317,18 +317,17 @@ fn streams_past_the_http2_cap_are_refused_and_a_tenants_held_streams_are_capped(
     );
 
     // More connections by the same tenant: it holds at most IN_FLIGHT
-    // requests in all; the others are answered 429 at once.
+    // requests in all; the others are answered 429 at once. On a loaded
+    // machine the first connection's held streams may reach admission
+    // after some of these, so the 429s are counted on all four: exactly
+    // 4 × CAP − IN_FLIGHT of the 4 × CAP held heads, whichever they are.
     let mut more: Vec<RawH2> = (0..3).map(|_| RawH2::connect(&addr)).collect();
     for c in &mut more {
         c.open_held(&addr, &acme, 1, CAP);
     }
-    // Read every connection until the expected refusals are in (a loaded
-    // machine can be slow to answer) or 15 s pass; admitting more than
-    // IN_FLIGHT leaves the count short and fails below.
-    let expected = (4 * CAP - IN_FLIGHT) as usize;
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end
-        && more
+    more.insert(0, first);
+    let answered_with_body = |conns: &[RawH2]| -> usize {
+        conns
             .iter()
             .map(|c| {
                 c.heard
@@ -337,9 +336,14 @@ fn streams_past_the_http2_cap_are_refused_and_a_tenants_held_streams_are_capped(
                     .filter(|s| c.heard.bodies.get(*s).is_some_and(|b| !b.is_empty()))
                     .count()
             })
-            .sum::<usize>()
-            < expected
-    {
+            .sum()
+    };
+    // Read every connection until the expected refusals are in (a loaded
+    // machine can be slow to answer) or 15 s pass; admitting more than
+    // IN_FLIGHT leaves the count short and fails below.
+    let expected = (4 * CAP - IN_FLIGHT) as usize;
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end && answered_with_body(&more) < expected {
         for c in &mut more {
             c.read_until(Duration::from_millis(100), |_| false);
         }
@@ -348,8 +352,12 @@ fn streams_past_the_http2_cap_are_refused_and_a_tenants_held_streams_are_capped(
         c.read_until(Duration::from_millis(300), |_| false);
     }
     let mut refused_429 = 0;
-    for c in &mut more {
-        assert!(c.heard.refused.is_empty(), "{:?}", c.heard.refused);
+    for (k, c) in more.iter().enumerate() {
+        // The first connection's extra streams were refused above, before
+        // these were opened; no other stream may be reset as refused.
+        if k > 0 {
+            assert!(c.heard.refused.is_empty(), "{:?}", c.heard.refused);
+        }
         for stream in &c.heard.answered {
             let body = String::from_utf8_lossy(c.heard.bodies.get(stream).map_or(&[][..], |b| b));
             assert!(body.contains("too-many-in-flight"), "{body}");
@@ -389,8 +397,7 @@ fn streams_past_the_http2_cap_are_refused_and_a_tenants_held_streams_are_capped(
     );
     assert_unharmed(&idle, &during, 3.0);
 
-    // Dropping the connections frees the tenant's slots.
-    drop(first);
+    // Dropping the connections (the first is among them) frees the tenant's slots.
     drop(more);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
