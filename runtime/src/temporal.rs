@@ -198,6 +198,10 @@ pub struct RunInput {
     pub ceilings: Ceilings,
     /// Calls at once (`None`: the spec's `policy.concurrency`, else 4).
     pub concurrency: Option<usize>,
+    /// A call activity's heartbeat timeout, ms (`[orchestrator]
+    /// heartbeat_timeout_ms`; absent in older runs: 10 s).
+    #[serde(default)]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 impl RunInput {
@@ -219,6 +223,7 @@ impl RunInput {
                 .min(config.limits.max_input_bytes),
             ceilings: config.dag,
             concurrency,
+            heartbeat_timeout_ms: Some(config.orchestrator.heartbeat_timeout_ms),
         }
     }
 }

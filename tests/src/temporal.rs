@@ -2,4 +2,4 @@
 //! from `soma-daemon-harness` (shared with `cargo xtask demo --engine
 //! temporal`).
 
-pub use soma_daemon_harness::temporal::{TemporalServer, VERSION, Worker, binary};
+pub use soma_daemon_harness::temporal::{TemporalServer, VERSION, Worker, WorkerOptions, binary};

@@ -87,6 +87,8 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> 
     global.local_only("worker")?;
     let endpoint = args.temporal.endpoint()?;
     let engine = Arc::new(global.dag_engine()?);
+    let sticky_timeout =
+        std::time::Duration::from_millis(engine.config().orchestrator.sticky_timeout_ms);
     let source = WorkerSource {
         global: Global {
             config: global.config.clone(),
@@ -104,7 +106,12 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> 
         "worker: Temporal {} namespace {} task queue {}",
         endpoint.address, endpoint.namespace, endpoint.task_queue
     );
-    rt.block_on(client::work(&endpoint, activities, shutdown()))?;
+    rt.block_on(client::work(
+        &endpoint,
+        activities,
+        sticky_timeout,
+        shutdown(),
+    ))?;
     eprintln!("worker stopped");
     Ok(Code::Ok)
 }

@@ -10,6 +10,8 @@
 //! task_queue = "soma"          # the queue `soma worker --task-queue` polls
 //! connect_timeout_ms = 5000    # connecting to Temporal
 //! rpc_timeout_ms = 10000       # one start / query / cancel / signal
+//! heartbeat_timeout_ms = 10000 # a call's worker is presumed dead after this silence
+//! sticky_timeout_ms = 10000    # (soma worker) a run's next step waits this long for its last worker
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,17 @@ pub struct OrchestratorConfig {
     pub connect_timeout_ms: u64,
     /// Most time one start, query, cancel or signal may take. Default 10 s.
     pub rpc_timeout_ms: u64,
+    /// How long a call's worker may stay silent before Temporal presumes
+    /// it dead and runs the call again on another worker (the heartbeat
+    /// timeout of a call's activity; the worker heartbeats several times
+    /// within it). Recorded in the run's workflow by whoever starts it.
+    /// Default 10 s.
+    pub heartbeat_timeout_ms: u64,
+    /// `soma worker`: how long a run's next workflow task waits for the
+    /// worker that served the run last (which keeps it cached) before any
+    /// worker may take it; bounds the pause when that worker died.
+    /// Default 10 s.
+    pub sticky_timeout_ms: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -52,6 +65,8 @@ impl Default for OrchestratorConfig {
             task_queue: "soma".into(),
             connect_timeout_ms: 5_000,
             rpc_timeout_ms: 10_000,
+            heartbeat_timeout_ms: 10_000,
+            sticky_timeout_ms: 10_000,
         }
     }
 }
@@ -74,6 +89,12 @@ impl OrchestratorConfig {
         if self.connect_timeout_ms == 0 || self.rpc_timeout_ms == 0 {
             return Err(
                 "orchestrator.connect_timeout_ms and rpc_timeout_ms must be positive".into(),
+            );
+        }
+        if self.heartbeat_timeout_ms < 1_000 || self.sticky_timeout_ms < 1_000 {
+            return Err(
+                "orchestrator.heartbeat_timeout_ms and sticky_timeout_ms must be at least 1000"
+                    .into(),
             );
         }
         Ok(())

@@ -175,7 +175,8 @@ impl CallActivities {
 #[activities]
 impl CallActivities {
     /// One capsule call of a DAG run. Heartbeats every
-    /// [`HEARTBEAT_EVERY`] while the call runs; when Temporal cancels the
+    /// [`HEARTBEAT_EVERY`] (or a quarter of the run's heartbeat timeout,
+    /// when shorter) while the call runs; when Temporal cancels the
     /// activity (or it times out), the call's cancel flag stops it at its
     /// next epoch tick, it is charged like a deadline kill, and the
     /// activity reports itself cancelled.
@@ -190,6 +191,12 @@ impl CallActivities {
         let this = self.clone();
         let mut task = tokio::task::spawn_blocking(move || this.make_call(&request, flag));
         let mut cancelled = false;
+        // Several heartbeats within the run's heartbeat timeout.
+        let every = ctx
+            .info()
+            .heartbeat_timeout
+            .map_or(HEARTBEAT_EVERY, |t| (t / 4).min(HEARTBEAT_EVERY))
+            .max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 done = &mut task => {
@@ -203,7 +210,7 @@ impl CallActivities {
                     cancel.store(true, Ordering::Relaxed);
                     cancelled = true;
                 }
-                () = tokio::time::sleep(HEARTBEAT_EVERY) => {
+                () = tokio::time::sleep(every) => {
                     ctx.record_heartbeat(()).await?;
                 }
             }

@@ -69,10 +69,13 @@ pub async fn cancel(client: &Client, run: &str) -> Result<(), TemporalError> {
 }
 
 /// Run a worker on `endpoint`'s task queue until it fails or `shutdown`
-/// resolves: it hosts [`DagWorkflow`] and the call activities.
+/// resolves: it hosts [`DagWorkflow`] and the call activities. A run's
+/// next workflow task waits up to `sticky_timeout` for the worker that
+/// served the run last before any worker may take it.
 pub async fn work(
     endpoint: &Endpoint,
     activities: super::activity::CallActivities,
+    sticky_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TemporalError> {
     let worker_error = |e: Box<dyn std::error::Error + Send + Sync>| TemporalError::Worker(e);
@@ -83,6 +86,7 @@ pub async fn work(
         .register_workflow::<DagWorkflow>()
         .map_err(|e| worker_error(Box::new(e)))?
         .register_activities(activities)
+        .sticky_queue_schedule_to_start_timeout(sticky_timeout)
         .build();
     let mut worker = temporalio_sdk::Worker::new(&runtime, client, options)
         .map_err(|e| worker_error(e.into()))?;

@@ -75,7 +75,9 @@ impl DagWorkflow {
             render_limit,
             ceilings,
             concurrency,
+            heartbeat_timeout_ms,
         } = input;
+        let heartbeat = heartbeat_timeout_ms.map_or(HEARTBEAT_EVERY * 5, Duration::from_millis);
         let mut state = RunState::new(&run, &created).map_err(invalid)?;
         state.render_limit = render_limit;
         state.ceilings = ceilings;
@@ -148,7 +150,7 @@ impl DagWorkflow {
             }
             set_budgets(ctx, budgets).await?;
             for d in dispatch {
-                match start(ctx, &state, d) {
+                match start(ctx, &state, d, heartbeat) {
                     Started::Call(f) => in_flight.push(f),
                     Started::Known(done) => ready.push(*done),
                 }
@@ -309,7 +311,12 @@ async fn set_budgets(
 
 /// Start one call as an activity (or fail it at once when its capsule
 /// could not be loaded, as the embedded engine does).
-fn start<'a>(ctx: &'a WorkflowContext<DagWorkflow>, state: &RunState, d: Dispatch) -> Started<'a> {
+fn start<'a>(
+    ctx: &'a WorkflowContext<DagWorkflow>,
+    state: &RunState,
+    d: Dispatch,
+    heartbeat: Duration,
+) -> Started<'a> {
     let record = state
         .capsules
         .get(&d.capsule)
@@ -344,7 +351,7 @@ fn start<'a>(ctx: &'a WorkflowContext<DagWorkflow>, state: &RunState, d: Dispatc
         Duration::from_millis(ms.saturating_mul(2)).max(Duration::from_secs(60))
     });
     let options = ActivityOptions::with_start_to_close_timeout(deadline)
-        .heartbeat_timeout(HEARTBEAT_EVERY * 5)
+        .heartbeat_timeout(heartbeat)
         .retry_policy(infra_retries())
         .activity_id(format!("{}#{}", d.id, d.attempt))
         .summary(format!("{} attempt {}", d.id, d.attempt))

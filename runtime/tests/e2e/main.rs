@@ -5,7 +5,8 @@
 //! `soma dag` (`dag`), the `fetch` example calling a real API with a
 //! granted secret (`fetch`), the fuel charged after an epoch interrupt
 //! (`fuel_after_interrupt`), the one resolve stage (`resolve`) and the DAG
-//! conformance suite on the embedded and the Temporal engine (`temporal`).
+//! conformance suite on the embedded and the Temporal engine (`temporal`)
+//! and chaos on the Temporal engine (`temporal_chaos`).
 //! One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
 
@@ -19,3 +20,4 @@ mod fetch;
 mod fuel_after_interrupt;
 mod resolve;
 mod temporal;
+mod temporal_chaos;

