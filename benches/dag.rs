@@ -8,8 +8,31 @@
 //! - `dag/raw_calls_10000`   the baseline: the same 10,000 echo calls made
 //!   directly on the same engine (no scheduler, no journal, no ledger
 //!   write), on as many threads; scheduler overhead = mesh − raw.
+//!
+//! `dag_engines`: the same small DAGs on the embedded engine and on the
+//! Temporal engine (a `temporal server start-dev` and `soma worker`
+//! processes started here through the test harness; each run one
+//! workflow, started and awaited through the client as `soma dag run
+//! --engine temporal` does):
+//!
+//! - `{embedded,temporal_1w,temporal_2w}/chain_1`, `…/chain_10` — one run
+//!   of a chain of 1 and of 10 `echo` nodes (per-node overhead =
+//!   (chain_10 − chain_1) / 9);
+//! - `…/throughput_20x5` — 20 runs of a 5-node DAG (1 → 3 → 1) started
+//!   together, until all have ended (runs/s = 20 / time);
+//! - `…/echo_1_1000_1` — the 1 → 1,000 → 1 fan-out (Temporal: 100 calls
+//!   at once; the embedded engine: as many as cores).
+//!
+//! Skipped when `target/release/soma` or the `temporal` CLI is missing. In
+//! test mode (`cargo test --benches`) it runs once, small: one worker,
+//! 2 runs, a 1 → 10 → 1 fan-out.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -22,7 +45,10 @@ use soma_runtime::{
         spec,
     },
 };
-use soma_tests::TestEngine;
+use soma_tests::{
+    TestEngine,
+    temporal::{TemporalServer, Worker},
+};
 
 const LAYERS: usize = 100;
 const WIDTH: usize = 100;
@@ -58,14 +84,20 @@ fn mesh_spec() -> String {
 }
 
 fn fan_spec() -> String {
+    fan_of(FAN)
+}
+
+/// root → an `n`-way `for_each` → sink, all `echo`.
+fn fan_of(n: usize) -> String {
+    let last = format!("{{{{ nodes.each.output[{}].x }}}}", n - 1);
     json!({
         "name": "fan",
         "capsules": { "echo": soma_capsules::ECHO_COMPONENT },
         "nodes": [
-            { "id": "root", "capsule": "echo", "input": { "xs": (0..FAN).collect::<Vec<_>>() } },
+            { "id": "root", "capsule": "echo", "input": { "xs": (0..n).collect::<Vec<_>>() } },
             { "id": "each", "capsule": "echo", "for_each": "{{ nodes.root.output.xs }}",
               "input": { "x": "{{ item }}" } },
-            { "id": "sink", "capsule": "echo", "input": { "n": "{{ nodes.each.output[999].x }}" } },
+            { "id": "sink", "capsule": "echo", "input": { "n": last } },
         ],
         "output": "{{ nodes.sink.output.n }}",
     })
@@ -137,5 +169,196 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A chain of `n` `echo` nodes, each needing the one before.
+fn chain_of(n: usize) -> String {
+    let nodes: Vec<_> = (0..n)
+        .map(|i| {
+            let mut node = json!({ "id": format!("n{i}"), "capsule": "echo", "input": { "i": i } });
+            if i > 0 {
+                node["needs"] = json!([format!("n{}", i - 1)]);
+            }
+            node
+        })
+        .collect();
+    json!({
+        "name": "chain",
+        "capsules": { "echo": soma_capsules::ECHO_COMPONENT },
+        "nodes": nodes,
+        "output": format!("{{{{ nodes.n{}.output }}}}", n - 1),
+    })
+    .to_string()
+}
+
+/// The `soma` binary next to this bench executable (target/release/soma).
+fn soma_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("soma");
+    path.exists().then_some(path)
+}
+
+/// What `dag_engines` measures, by size.
+struct Sizes {
+    runs: usize,
+    chain: usize,
+    fan: usize,
+    workers: usize,
+}
+
+fn engines(c: &mut Criterion) {
+    let test_mode = !std::env::args().any(|a| a == "--bench");
+    let (Some(soma), Some(_)) = (soma_binary(), soma_tests::temporal::binary()) else {
+        eprintln!(
+            "dag_engines: skipped: target/release/soma or the `temporal` CLI is missing (`cargo \
+             xtask bench` builds the one, `cargo xtask test` installs the other)"
+        );
+        return;
+    };
+    let sizes = if test_mode {
+        Sizes {
+            runs: 2,
+            chain: 3,
+            fan: 10,
+            workers: 1,
+        }
+    } else {
+        Sizes {
+            runs: 20,
+            chain: 10,
+            fan: FAN,
+            workers: 2,
+        }
+    };
+    let t = TestEngine::new(soma_tests::config(Allocator::Pooling, Metering::Fuel));
+    let small = fan_of(3);
+    let chain_1 = chain_of(1);
+    let chain_n = chain_of(sizes.chain);
+    let fan = fan_of(sizes.fan);
+    let mut g = c.benchmark_group("dag_engines");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.bench_function("embedded/chain_1", |b| b.iter(|| run_dag(&t, &chain_1)));
+    g.bench_function(format!("embedded/chain_{}", sizes.chain), |b| {
+        b.iter(|| run_dag(&t, &chain_n));
+    });
+    g.bench_function(format!("embedded/throughput_{}x5", sizes.runs), |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..sizes.runs {
+                    s.spawn(|| run_dag(&t, &small));
+                }
+            });
+        });
+    });
+    g.bench_function(format!("embedded/echo_1_{}_1", sizes.fan), |b| {
+        b.iter(|| run_dag(&t, &fan));
+    });
+
+    let server = TemporalServer::start();
+    let dir = tempfile::tempdir().expect("bench dir");
+    let queue = "bench";
+    let capsules = Path::new(soma_capsules::ECHO_COMPONENT)
+        .parent()
+        .expect("capsule dir")
+        .to_path_buf();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let mut endpoint = soma_runtime::temporal::Endpoint::new(server.address());
+    endpoint.task_queue = queue.to_owned();
+    let client = rt
+        .block_on(endpoint.connect())
+        .expect("connect to Temporal");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // Start `count` runs of `text`, then wait for each to end.
+    let runs = |text: &str, count: usize, concurrency: Option<usize>| {
+        let spec = spec::parse(text, "bench.json").expect("spec");
+        let loaded = BTreeMap::from([(
+            "echo".to_owned(),
+            Loaded {
+                capsule: t.load(soma_capsules::ECHO_COMPONENT),
+                reference: soma_capsules::ECHO_COMPONENT.to_owned(),
+            },
+        )]);
+        let created = scheduler::created(
+            &spec,
+            "bench",
+            &json!({}),
+            &loaded,
+            &BTreeMap::new(),
+            "bench",
+        )
+        .expect("created");
+        let ids: Vec<String> = (0..count)
+            .map(|_| {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("bench-{}-{k}", std::process::id())
+            })
+            .collect();
+        rt.block_on(async {
+            for id in &ids {
+                let input = soma_runtime::temporal::RunInput::new(
+                    id.clone(),
+                    created.clone(),
+                    t.engine.config(),
+                    concurrency,
+                );
+                soma_runtime::temporal::client::start(&client, &endpoint, input)
+                    .await
+                    .expect("start");
+            }
+            for id in &ids {
+                let result = soma_runtime::temporal::client::result(&client, id)
+                    .await
+                    .expect("result");
+                let state = result.state().expect("replay");
+                assert!(
+                    matches!(state.finished, Some((RunStatus::Succeeded, ..))),
+                    "run {id}: {:?}",
+                    state.finished
+                );
+            }
+        });
+    };
+    let mut workers = Vec::new();
+    for w in 1..=sizes.workers {
+        let data = tempfile::tempdir().expect("worker data");
+        let worker = Worker::start_with(
+            &soma,
+            data.path(),
+            (server.address(), queue),
+            &capsules,
+            dir.path(),
+            soma_tests::temporal::WorkerOptions {
+                name: Some(&w.to_string()),
+                config: None,
+            },
+        );
+        workers.push((worker, data));
+        // The new worker polls before anything is timed.
+        let started = Instant::now();
+        runs(&chain_1, 1, None);
+        eprintln!(
+            "dag_engines: worker {w} up, first run in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        let label = format!("temporal_{w}w");
+        g.bench_function(format!("{label}/chain_1"), |b| {
+            b.iter(|| runs(&chain_1, 1, None));
+        });
+        g.bench_function(format!("{label}/chain_{}", sizes.chain), |b| {
+            b.iter(|| runs(&chain_n, 1, None));
+        });
+        g.bench_function(format!("{label}/throughput_{}x5", sizes.runs), |b| {
+            b.iter(|| runs(&small, sizes.runs, None));
+        });
+        g.bench_function(format!("{label}/echo_1_{}_1", sizes.fan), |b| {
+            b.iter(|| runs(&fan, 1, Some(100)));
+        });
+    }
+    g.finish();
+    drop(workers);
+}
+
+criterion_group!(benches, bench, engines);
 criterion_main!(benches);
