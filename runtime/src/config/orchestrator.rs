@@ -116,4 +116,27 @@ mod tests {
         c.check().expect("valid");
         OrchestratorConfig::default().check().expect("defaults");
     }
+
+    #[test]
+    fn heartbeat_and_sticky_timeouts_are_at_least_a_second() {
+        let c = OrchestratorConfig {
+            heartbeat_timeout_ms: 999,
+            ..OrchestratorConfig::default()
+        };
+        assert!(
+            c.check()
+                .expect_err("too short")
+                .contains("heartbeat_timeout_ms")
+        );
+        let c = OrchestratorConfig {
+            sticky_timeout_ms: 0,
+            ..OrchestratorConfig::default()
+        };
+        assert!(c.check().expect_err("zero").contains("sticky_timeout_ms"));
+        let c: OrchestratorConfig =
+            toml::from_str("heartbeat_timeout_ms = 2000\nsticky_timeout_ms = 1000\n")
+                .expect("parses");
+        c.check().expect("valid");
+        assert_eq!((c.heartbeat_timeout_ms, c.sticky_timeout_ms), (2000, 1000));
+    }
 }
