@@ -5,6 +5,9 @@
 //! - `http_outbound/soma_capsule` — one `http-probe` call making 10 GETs
 //!   (each a new checked request: policy, quotas, a new connection), the
 //!   whole call timed; per request = time / 10.
+//! - `http_outbound_stages/call_0` and `call_1` — the same call making no
+//!   request (instantiation, input, output: the fixed cost the 10 GETs
+//!   share) and one GET, to tell the call's cost from the requests'.
 //! - `http_outbound/host_hyper` — 10 GETs with hyper's HTTP/1.1 client on a
 //!   current-thread tokio runtime, a new connection each (what the
 //!   capsule's requests do), no policy.
@@ -107,6 +110,19 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("host_hyper", |b| b.iter(direct));
     group.finish();
+
+    let mut stages = c.benchmark_group("http_outbound_stages");
+    for n in [0u64, 1] {
+        let input = serde_json::json!({"url": url, "repeat": n}).to_string();
+        stages.bench_function(format!("call_{n}"), |b| {
+            b.iter(|| {
+                let outcome = engine.call(&capsule, &input, &options);
+                let out = outcome.result.expect("call");
+                assert!(out.contains(&format!("\"ok\":{n}")), "{out}");
+            });
+        });
+    }
+    stages.finish();
 }
 
 criterion_group!(benches, bench);

@@ -133,8 +133,15 @@ pub trait Capability {
 ///
 /// Free while empty (one atomic load per [`Redactor::redact`]); once armed,
 /// one Aho-Corasick pass per text, allocating only when something matched.
-/// Transformed encodings of a value (base64, hex, split across two
-/// writes) are not recognized.
+///
+/// A value of [`Redactor::ENCODED_MIN_LEN`] bytes or more is masked in its
+/// standard encodings too — base64 and base64url (each with and without
+/// padding), hex (lower and upper case) and percent-encoding (RFC 3986:
+/// every byte but `A-Z a-z 0-9 - . _ ~` as `%XX`) — all in the same
+/// pass. A shorter value is masked only as itself (its encodings are a
+/// few characters that would mask unrelated text). Other transforms (a
+/// value split across two writes, base64 of the value inside a longer
+/// text, compression, …) are not recognized.
 #[derive(Default)]
 pub struct Redactor {
     armed: std::sync::atomic::AtomicBool,
@@ -143,7 +150,8 @@ pub struct Redactor {
 
 #[derive(Default)]
 struct Masks {
-    /// (value, replacement), in insertion order; values zeroized on drop.
+    /// (pattern, replacement), in insertion order: each value added, then
+    /// its encodings; zeroized on drop.
     values: Vec<(zeroize::Zeroizing<String>, String)>,
     matcher: Option<aho_corasick::AhoCorasick>,
 }
@@ -156,9 +164,15 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// Mask `value` as `[REDACTED:name]` from now on. Rebuilds the matcher
-    /// (microseconds for a handful of values); a value already listed, or
-    /// an empty one, is not added again.
+    /// The length (bytes) from which a value's encodings are masked too.
+    pub const ENCODED_MIN_LEN: usize = 8;
+
+    /// Mask `value` as `[REDACTED:name]` from now on, and (if it has at
+    /// least [`Redactor::ENCODED_MIN_LEN`] bytes) its base64, base64url,
+    /// hex and percent-encoded forms. Encodes the value (a few small
+    /// allocations) and rebuilds the matcher (microseconds for a handful
+    /// of values); a value already listed, or an empty one, is not added
+    /// again.
     pub fn add(&self, name: &str, value: &str) {
         if value.is_empty() {
             return;
@@ -169,10 +183,17 @@ impl Redactor {
         if masks.values.iter().any(|(v, _)| v.as_str() == value) {
             return;
         }
-        masks.values.push((
-            zeroize::Zeroizing::new(value.to_owned()),
-            format!("[REDACTED:{name}]"),
-        ));
+        let replacement = format!("[REDACTED:{name}]");
+        let forms = if value.len() >= Self::ENCODED_MIN_LEN {
+            encodings(value.as_bytes())
+        } else {
+            Vec::new()
+        };
+        for form in std::iter::once(zeroize::Zeroizing::new(value.to_owned())).chain(forms) {
+            if !masks.values.iter().any(|(v, _)| *v == form) {
+                masks.values.push((form, replacement.clone()));
+            }
+        }
         let patterns: Vec<&str> = masks.values.iter().map(|(v, _)| v.as_str()).collect();
         masks.matcher = aho_corasick::AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
@@ -286,6 +307,40 @@ impl Redactor {
             *text = o;
         }
     }
+}
+
+/// The standard encodings of `value` that differ from it: base64 and
+/// base64url with and without padding, hex in lower and upper case, and
+/// percent-encoding of every byte outside RFC 3986's unreserved set.
+fn encodings(value: &[u8]) -> Vec<zeroize::Zeroizing<String>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = zeroize::Zeroizing::new(String::with_capacity(value.len() * 2));
+    let mut percent = zeroize::Zeroizing::new(String::with_capacity(value.len() * 3));
+    for &b in value {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            percent.push(char::from(b));
+        } else {
+            percent.push('%');
+            percent.push(char::from(HEX[usize::from(b >> 4)].to_ascii_uppercase()));
+            percent.push(char::from(HEX[usize::from(b & 0xf)].to_ascii_uppercase()));
+        }
+    }
+    let upper = zeroize::Zeroizing::new(hex.to_ascii_uppercase());
+    let mut out: Vec<zeroize::Zeroizing<String>> = vec![
+        STANDARD.encode(value).into(),
+        STANDARD_NO_PAD.encode(value).into(),
+        URL_SAFE.encode(value).into(),
+        URL_SAFE_NO_PAD.encode(value).into(),
+        hex,
+        upper,
+        percent,
+    ];
+    out.retain(|form| form.as_bytes() != value);
+    out
 }
 
 /// What the runtime hands the capabilities once per engine.
@@ -536,5 +591,44 @@ mod tests {
             serde_json::json!({"[REDACTED:key]": ["[REDACTED:key]", 1], "n": "[REDACTED:short]"})
         );
         assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_value_of_8_bytes_or_more_is_masked_in_its_standard_encodings() {
+        let r = Redactor::default();
+        // `?` and `>` make base64 and base64url differ; ` ` and `/` need
+        // percent-encoding.
+        let value = "k?>/ ey-12";
+        r.add("token", value);
+        r.add("pin", "1234567");
+        let forms = [
+            "az8+LyBleS0xMg==", // base64
+            "az8+LyBleS0xMg",   // base64, no padding
+            "az8-LyBleS0xMg==", // base64url
+            "az8-LyBleS0xMg",   // base64url, no padding
+            "6b3f3e2f2065792d3132",
+            "6B3F3E2F2065792D3132",
+            "k%3F%3E%2F%20ey-12",
+        ];
+        for form in forms {
+            assert_eq!(
+                r.redact(&format!("a {form} b")),
+                "a [REDACTED:token] b",
+                "{form}"
+            );
+            assert_eq!(
+                r.redact_bytes(format!("x{form}").as_bytes()).as_ref(),
+                b"x[REDACTED:token]",
+                "{form}"
+            );
+        }
+        assert_eq!(r.redact(&format!("a {value} b")), "a [REDACTED:token] b");
+        // A value under 8 bytes: only itself (its hex, 31323334353637,
+        // and base64, MTIzNDU2Nw, stay).
+        assert_eq!(
+            r.redact("1234567 31323334353637 MTIzNDU2Nw"),
+            "[REDACTED:pin] 31323334353637 MTIzNDU2Nw"
+        );
+        assert!(!format!("{r:?}").contains("az8"));
     }
 }

@@ -411,11 +411,18 @@ impl Engine {
             .metering
             .tariff(&capsule.digest_text, options.run_started_ms);
         let fee_worst = tariff.as_ref().map_or(0, |t| t.worst_case_micros());
-        let hold = match self.metering.reserve_call_with_fee(
+        // Granted outbound HTTP: its quotas at the ledger's prices, too.
+        let http_worst = if options.grants.http.any() {
+            self.metering.http_worst_case_micros(&self.config.http)
+        } else {
+            0
+        };
+        let hold = match self.metering.reserve_call_with_http(
             &spender,
             fuel_limit,
             options.limits.timeout_ms,
             fee_worst,
+            http_worst,
         ) {
             Ok(hold) => hold,
             Err(crate::meter::CallRefusal::Budget(message)) => {

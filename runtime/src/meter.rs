@@ -551,6 +551,29 @@ impl BudgetLedger {
         fuel.saturating_add(wall)
     }
 
+    /// The worst case a call granted outbound HTTP can cost at the
+    /// `[ledger] http_*` prices: `quotas`' requests per call, request bytes
+    /// and response bytes per call, each at its price, saturating; 0 when
+    /// calls are not metered (HTTP is charged only then). Pure arithmetic.
+    pub fn http_worst_case_micros(&self, quotas: &soma_host_api::http::Config) -> u64 {
+        if !self.config.meter_calls {
+            return 0;
+        }
+        let c = &self.config;
+        Entry::cost_for(
+            u64::from(quotas.max_requests_per_call),
+            c.http_requests_price_per_1k_micros,
+        )
+        .saturating_add(Entry::cost_for(
+            quotas.max_request_bytes_per_call,
+            c.http_bytes_out_price_per_1k_micros,
+        ))
+        .saturating_add(Entry::cost_for(
+            quotas.max_response_bytes_per_call,
+            c.http_bytes_in_price_per_1k_micros,
+        ))
+    }
+
     /// Before a call: reserve its worst-case fuel and wall-time cost
     /// ([`BudgetLedger::worst_case_micros`]) against every budget that applies
     /// (tenant, capsule, run, node and the nodes it was derived from), all
@@ -581,8 +604,24 @@ impl BudgetLedger {
         timeout_ms: u64,
         fee_micros: u64,
     ) -> Result<Option<u64>, CallRefusal> {
+        self.reserve_call_with_http(spender, fuel_limit, timeout_ms, fee_micros, 0)
+    }
+
+    /// [`BudgetLedger::reserve_call_with_fee`] plus `http_micros`, the worst
+    /// case of the call's outbound HTTP ([`BudgetLedger::http_worst_case_micros`]
+    /// of its granted quotas; 0 for a call not granted HTTP). The hold is
+    /// settled to what the call really used when its charge commits.
+    pub fn reserve_call_with_http(
+        &self,
+        spender: &Spender,
+        fuel_limit: Option<u64>,
+        timeout_ms: u64,
+        fee_micros: u64,
+        http_micros: u64,
+    ) -> Result<Option<u64>, CallRefusal> {
         let metered = if self.config.meter_calls {
             self.worst_case_micros(fuel_limit, timeout_ms)
+                .saturating_add(http_micros)
         } else {
             0
         };
@@ -599,10 +638,19 @@ impl BudgetLedger {
             } else {
                 String::new()
             };
+            let http = if http_micros > 0 && self.config.meter_calls {
+                format!(
+                    " plus at most {http_micros} micro-units of outbound HTTP (the \
+                         [http] max_requests_per_call, max_request_bytes_per_call and \
+                         max_response_bytes_per_call quotas at ledger.http_*_price_per_1k_micros)"
+                )
+            } else {
+                String::new()
+            };
             CallRefusal::Budget(format!(
                 "{reason} (the worst case of this call: its fuel limit at \
                      ledger.fuel_price_per_1k_micros plus its timeout at \
-                     ledger.wall_time_price_per_1k_us_micros{fee}); raise the budget \
+                     ledger.wall_time_price_per_1k_us_micros{http}{fee}); raise the budget \
                      (PUT /v1/budgets or `soma budget set`) or lower the call's \
                      fuel or timeout_ms"
             ))

@@ -384,11 +384,21 @@ fn send_once(
         let _ = o.set_between_bytes_timeout(ns);
         o
     });
-    let outgoing = request
-        .body()
-        .map_err(|()| HttpError::Transport("request body already taken".into()))?;
+    // No body: no body resource either, so the host sends the request as
+    // empty (no chunked encoding, no stream to wait on for its end).
+    let outgoing = if body.is_empty() {
+        None
+    } else {
+        Some(
+            request
+                .body()
+                .map_err(|()| HttpError::Transport("request body already taken".into()))?,
+        )
+    };
     let future = outgoing_handler::handle(request, options).map_err(|e| transport(&e, &target))?;
-    write_body(outgoing, body, &target)?;
+    if let Some(outgoing) = outgoing {
+        write_body(outgoing, body, &target)?;
+    }
     future.subscribe().block();
     match future.get() {
         Some(Ok(Ok(response))) => Ok(response),

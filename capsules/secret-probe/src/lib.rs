@@ -3,7 +3,11 @@
 //! (message, field value and field key), an event (payload value and key),
 //! kv (key and value, both scopes), stdout and stderr.
 //!
-//! Input: `{"secret": "probe-env", "fail": false}`. If the read fails the
+//! With `"forms": true` every leak carries the value's standard encodings
+//! too (base64 and base64url with and without padding, hex in both cases,
+//! percent-encoding), computed here independently of the host.
+//!
+//! Input: `{"secret": "probe-env", "fail": false, "forms": false}`. If the read fails the
 //! output is `{"read": false, "kind": "denied"|"not-found"|"unavailable",
 //! "message": …}`; else `{"read": true, "len": <bytes>, "value": <value>}`
 //! (the host masks `value`; `len` shows the real one was read) — or, with
@@ -25,6 +29,59 @@ struct Input {
     secret: String,
     #[serde(default)]
     fail: bool,
+    #[serde(default)]
+    forms: bool,
+}
+
+/// Base64 of `bytes` with `alphabet` (64 characters), padded or not.
+fn base64(bytes: &[u8], alphabet: &[u8], pad: bool) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        if pad {
+            for _ in chunk.len()..3 {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The value and its standard encodings, space-separated.
+fn with_forms(value: &str) -> String {
+    const STD: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = value.as_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let percent: String = bytes
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    [
+        value.to_owned(),
+        base64(bytes, STD, true),
+        base64(bytes, STD, false),
+        base64(bytes, URL, true),
+        base64(bytes, URL, false),
+        hex.to_ascii_uppercase(),
+        hex,
+        percent,
+    ]
+    .join(" ")
 }
 
 struct Probe;
@@ -54,6 +111,12 @@ impl Capsule for Probe {
                 );
             }
         };
+        let len = value.len();
+        let value = if input.forms {
+            with_forms(&value)
+        } else {
+            value
+        };
         let leak = format!("leak<{value}>");
         log::log(
             Level::Warn,
@@ -73,7 +136,7 @@ impl Capsule for Probe {
         if input.fail {
             return Err(Error::new("leak", format!("error {leak}")));
         }
-        Ok(serde_json::json!({"read": true, "len": value.len(), "value": value}).to_string())
+        Ok(serde_json::json!({"read": true, "len": len, "value": value}).to_string())
     }
 }
 

@@ -235,10 +235,14 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
             if format.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if format.csv {
-                println!("key,tokens_in,tokens_out,fuel,wall_us,cost_micros,count,estimated");
+                // Columns added later go at the end (scripts index by position).
+                println!(
+                    "key,tokens_in,tokens_out,fuel,wall_us,cost_micros,count,estimated,\
+                     fee_units,http_requests,http_bytes_out,http_bytes_in"
+                );
                 for r in &rows {
                     println!(
-                        "{},{},{},{},{},{},{},{}",
+                        "{},{},{},{},{},{},{},{},{},{},{},{}",
                         csv_field(&r.key),
                         r.tokens_in,
                         r.tokens_out,
@@ -246,7 +250,11 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
                         r.wall_us,
                         r.cost_micros,
                         r.count,
-                        r.estimated
+                        r.estimated,
+                        r.fee_units,
+                        r.http_requests,
+                        r.http_bytes_out,
+                        r.http_bytes_in
                     );
                 }
             } else {

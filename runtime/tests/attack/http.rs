@@ -543,6 +543,176 @@ fn http_usage_is_charged_to_the_ledger_per_attempt_at_the_operators_prices() {
             ("http-requests", 3)
         ]
     );
+
+    // `soma ledger summary` shows the http kinds' columns, in CSV and JSON.
+    drop(e);
+    let summary = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["ledger", "summary", "--by", "tenant", format, "--data"])
+            .arg(dir.path())
+            .env_remove("SOMA_CONFIG")
+            .output()
+            .expect("soma ledger summary");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let csv = summary("--csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    // One tenant made every call of this data directory: one row.
+    let row = lines.next().unwrap_or_else(|| panic!("no row: {csv}"));
+    assert!(lines.next().is_none(), "{csv}");
+    let column = |name: &str| -> u64 {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {csv}"));
+        row.split(',')
+            .nth(i)
+            .expect("field")
+            .parse()
+            .expect("number")
+    };
+    assert_eq!(
+        (
+            column("http_requests"),
+            column("http_bytes_out"),
+            column("http_bytes_in")
+        ),
+        (6, 2 * sent, 2 * sent),
+        "two attempts of three requests: {csv}"
+    );
+    let json: Value = serde_json::from_str(&summary("--json")).expect("summary json");
+    let run = &json[0];
+    assert_eq!(
+        (
+            &run["http_requests"],
+            &run["http_bytes_out"],
+            &run["http_bytes_in"]
+        ),
+        (&json!(6), &json!(2 * sent), &json!(2 * sent)),
+        "{json}"
+    );
+}
+
+/// A money budget holds a call's HTTP worst case (its granted quotas at
+/// the `[ledger] http_*` prices) besides its fuel: a budget that covers
+/// the fuel but not that is refused before anything runs; one that covers
+/// both runs and is settled to what the call used; at price 0 the fuel
+/// alone is held, as before.
+#[test]
+fn a_money_budget_holds_the_http_worst_case_before_the_call_runs() {
+    use soma_runtime::budget::{Limit, Scope};
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let quotas = soma_host_api::http::Config {
+        max_requests_per_call: 10,
+        max_request_bytes_per_call: 1 << 20,
+        max_response_bytes_per_call: 1 << 20,
+        ..allow(&["http://127.0.0.1:*"])
+    };
+    let priced = |http: bool| {
+        move |c: &mut Config| {
+            c.engine.metering = soma_runtime::config::Metering::Fuel;
+            c.ledger.fuel_price_per_1k_micros = 1;
+            if http {
+                c.ledger.http_requests_price_per_1k_micros = 100_000; // 100 a request
+                c.ledger.http_bytes_out_price_per_1k_micros = 1000; // 1 a byte
+                c.ledger.http_bytes_in_price_per_1k_micros = 2000; // 2 a byte
+            }
+        }
+    };
+    let input = json!({"url": server.url("/ok"), "repeat": 2});
+    let budgeted = |e: &Engine, run: &str, micros: u64| {
+        e.metering()
+            .set_limit(
+                Scope::Run(run.to_owned()),
+                Some(Limit {
+                    tokens: None,
+                    micros: Some(micros),
+                }),
+            )
+            .expect("budget");
+        probe(e, input.clone(), |o| o.run_id = run.into())
+    };
+    let account = |e: &Engine, run: &str| {
+        e.metering()
+            .list_budgets()
+            .expect("budgets")
+            .into_iter()
+            .find(|(s, _)| *s == Scope::Run(run.to_owned()))
+            .expect("the run's budget")
+            .1
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine_with(dir.path(), quotas.clone(), priced(true));
+    let capsule = e
+        .load_file(Path::new(soma_capsules::HTTP_PROBE_COMPONENT))
+        .expect("load http-probe");
+    let limits = CallOptions::for_capsule(&e, &capsule).limits;
+    let fuel_worst = e
+        .metering()
+        .worst_case_micros(Some(limits.fuel), limits.timeout_ms);
+    assert!(fuel_worst > 0, "fuel is priced");
+    let http_worst = e.metering().http_worst_case_micros(&e.config().http);
+    assert_eq!(http_worst, 10 * 100 + (1 << 20) + 2 * (1 << 20));
+
+    // Covers the fuel, not the HTTP worst case: refused, nothing sent.
+    let (outcome, out) = budgeted(&e, "short", fuel_worst + http_worst - 1);
+    let Err(failure) = &outcome.result else {
+        panic!("the call ran: {out}");
+    };
+    assert_eq!(
+        failure.class(),
+        soma_runtime::FailureClass::BudgetExceeded,
+        "{failure}"
+    );
+    assert!(failure.to_string().contains("outbound HTTP"), "{failure}");
+    assert!(server.paths().is_empty(), "{:?}", server.paths());
+    assert_eq!(outcome.http.requests, 0);
+    assert_eq!(
+        account(&e, "short").reserved_micros,
+        0,
+        "nothing held after"
+    );
+
+    // Covers both: it runs; the hold is settled to the actual charge.
+    let (outcome, out) = budgeted(&e, "enough", fuel_worst + http_worst);
+    assert_eq!(out["ok"], 2, "{out}");
+    assert_eq!(outcome.http.requests, 2);
+    let spent = account(&e, "enough");
+    assert_eq!(spent.reserved_micros, 0, "{spent:?}");
+    let charged: u64 = e
+        .metering()
+        .ledger()
+        .ls(&soma_runtime::ledger::Filter {
+            run: Some("enough".into()),
+            ..Default::default()
+        })
+        .expect("ledger ls")
+        .iter()
+        .map(|e| e.cost_micros)
+        .sum();
+    assert_eq!(spent.spent_micros, charged);
+    assert!(
+        charged >= 2 * 100 + 2 * 5 * 2 && charged < fuel_worst + http_worst,
+        "{charged}: the actual, not the worst case"
+    );
+
+    // HTTP at price 0: a budget of the fuel alone still lets the call run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let free = engine_with(dir.path(), quotas, priced(false));
+    assert_eq!(
+        free.metering().http_worst_case_micros(&free.config().http),
+        0
+    );
+    let (_, out) = budgeted(&free, "free", fuel_worst);
+    assert_eq!(out["ok"], 2, "{out}");
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, as PEM.

@@ -8,7 +8,9 @@
 //! stream bytes, its log, and the raw redb file. Also: grants (asked ∩
 //! granted ∩ node), `denied` for what is not granted, env and file
 //! sources, tenant secrets through the API (write-only, per tenant,
-//! sealed at rest).
+//! sealed at rest). Each leak is tried with the raw value and with its
+//! standard encodings (base64, base64url, each with and without padding,
+//! hex in both cases, percent-encoding): none may appear anywhere.
 
 use std::{
     path::{Path, PathBuf},
@@ -81,6 +83,42 @@ fn assert_absent(surface: &str, haystack: &[u8], needle: &str) {
     );
 }
 
+/// `value` and its standard encodings (base64 and base64url with and
+/// without padding, hex lower and upper case, percent-encoding of every
+/// byte outside RFC 3986's unreserved set).
+fn forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let bytes = value.as_bytes();
+    let percent: String = bytes
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    vec![
+        value.to_owned(),
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+        hex::encode(bytes),
+        hex::encode_upper(bytes),
+        percent,
+    ]
+}
+
+/// Panic if `value` or any of its [`forms`] occurs in `haystack`.
+fn assert_no_form(surface: &str, haystack: &[u8], value: &str) {
+    for form in forms(value) {
+        assert_absent(surface, haystack, &form);
+    }
+}
+
 /// The files under `dir` (the data directory: the redb database and
 /// anything else the node wrote), concatenated.
 fn all_bytes_under(dir: &Path) -> Vec<u8> {
@@ -107,8 +145,10 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data dir");
-    let env_value = "env-NEEDLE-4f1c9a77-probe";
-    let file_value = "file-NEEDLE-93bd21e0-probe";
+    // Values whose encodings all differ from them (a space, `/`, `?`, `>`
+    // percent-encode; base64 has `+` or `/`, and padding for the second).
+    let env_value = "env-NEEDLE 4f1c9a77/probe?>";
+    let file_value = "file-NEEDLE+93bd21e0/probe?>";
     let file = private_file(dir.path(), "probe-file", &format!("{file_value}\n"));
     let config = dir.path().join("soma.toml");
     std::fs::write(
@@ -166,14 +206,23 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     );
     seen.extend(&out.stdout);
     seen.extend(&out.stderr);
-    // Granted, from a file (one trailing newline dropped); leaking through
-    // the capsule's own error.
-    let v = run(json!({"secret": "probe-file", "fail": true}), &mut seen);
-    assert_eq!(v["ok"], false, "{v}");
-    assert!(
-        v.to_string().contains("error leak<[REDACTED:probe-file]>"),
+    // Every encoding of the value leaked through every surface: masked.
+    let v = run(json!({"secret": "probe-env", "forms": true}), &mut seen);
+    assert_eq!(v["output"]["read"], true, "{v}");
+    assert_eq!(
+        v["output"]["value"],
+        ["[REDACTED:probe-env]"; 8].join(" "),
         "{v}"
     );
+    // Granted, from a file (one trailing newline dropped); leaking through
+    // the capsule's own error.
+    let v = run(
+        json!({"secret": "probe-file", "fail": true, "forms": true}),
+        &mut seen,
+    );
+    assert_eq!(v["ok"], false, "{v}");
+    let masked = format!("error leak<{}>", ["[REDACTED:probe-file]"; 8].join(" "));
+    assert!(v.to_string().contains(&masked), "{v}");
     // Asked for, defined, but granted to other capsules: denied, not a trap.
     let v = run(json!({"secret": "ungranted"}), &mut seen);
     assert_eq!(v["output"]["kind"], "denied", "{v}");
@@ -196,7 +245,7 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     std::fs::write(
         &spec,
         format!(
-            "version: 1\nname: leak\noutput: {{ b: \"{{{{ nodes.b.output }}}}\", narrow: \"{{{{ nodes.narrow.output }}}}\" }}\ncapsules:\n  probe: {}\n  echo: {}\nnodes:\n  - id: a\n    capsule: probe\n    input: {{ secret: probe-env }}\n  - id: b\n    capsule: echo\n    input: {{ got: \"{{{{ nodes.a.output }}}}\" }}\n  - id: narrow\n    capsule: probe\n    capabilities: {{ secrets: [probe-file] }}\n    input: {{ secret: probe-env }}\n",
+            "version: 1\nname: leak\noutput: {{ b: \"{{{{ nodes.b.output }}}}\", narrow: \"{{{{ nodes.narrow.output }}}}\" }}\ncapsules:\n  probe: {}\n  echo: {}\nnodes:\n  - id: a\n    capsule: probe\n    input: {{ secret: probe-env, forms: true }}\n  - id: b\n    capsule: echo\n    input: {{ got: \"{{{{ nodes.a.output }}}}\" }}\n  - id: narrow\n    capsule: probe\n    capabilities: {{ secrets: [probe-file] }}\n    input: {{ secret: probe-env }}\n",
             probe(),
             soma_capsules::ECHO_COMPONENT
         ),
@@ -243,8 +292,8 @@ fn operator_secrets_reach_only_granted_capsules_and_never_leave_the_call() {
     }
 
     for value in [env_value, file_value] {
-        assert_absent("the CLI's output", &seen, value);
-        assert_absent(
+        assert_no_form("the CLI's output", &seen, value);
+        assert_no_form(
             "the data directory (redb file)",
             &all_bytes_under(&data),
             value,
@@ -267,7 +316,7 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
         "secrets.key",
         "7f3a0c1e5b9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a\n",
     );
-    let op_value = "op-NEEDLE-5e2b8c41-daemon";
+    let op_value = "op-NEEDLE 5e2b8c41/daemon?>";
     let op_file = private_file(data, "probe-file", op_value);
     let extra = format!(
         "[[daemon.capsules]]\nname = \"secret-probe\"\npath = \"{}\"\n\
@@ -279,7 +328,7 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
     );
     let (d, log) = DaemonProcess::start_logged(bin(), data, "", &extra, "debug");
     let mut seen: Vec<u8> = Vec::new();
-    let tenant_value = "tenant-NEEDLE-c0ffee17-acme";
+    let tenant_value = "tenant-NEEDLE c0ffee17/acme?>";
 
     // Set: the reply carries the name, the grant and the time, no value.
     let (s, v) = send(
@@ -338,10 +387,13 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
     let run = v["run"].as_str().expect("run").to_owned();
     let (_, again) = d.get(&format!("/v1/runs/{run}"), &acme);
     seen.extend(again.to_string().as_bytes());
-    let v = call(&acme, json!({"secret": "tenant-key", "fail": true}));
+    let v = call(
+        &acme,
+        json!({"secret": "tenant-key", "fail": true, "forms": true}),
+    );
     seen.extend(v.to_string().as_bytes());
     assert_eq!(v["ok"], false, "{v}");
-    let v = call(&acme, json!({"secret": "probe-file"}));
+    let v = call(&acme, json!({"secret": "probe-file", "forms": true}));
     seen.extend(v.to_string().as_bytes());
     assert_eq!(v["output"]["len"], op_value.len(), "{v}");
     // globex's call of the same capsule never sees acme's secret.
@@ -356,7 +408,7 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
         "output": {"b": "{{ nodes.b.output }}", "narrow": "{{ nodes.narrow.output }}"},
         "capsules": {"probe": "secret-probe", "echo": "echo"},
         "nodes": [
-            {"id": "a", "capsule": "probe", "input": {"secret": "tenant-key"}},
+            {"id": "a", "capsule": "probe", "input": {"secret": "tenant-key", "forms": true}},
             {"id": "b", "capsule": "echo", "input": {"got": "{{ nodes.a.output }}"}},
             {"id": "narrow", "capsule": "probe", "capabilities": {"secrets": ["probe-file"]},
              "input": {"secret": "tenant-key"}},
@@ -410,14 +462,14 @@ fn tenant_secrets_are_write_only_per_tenant_sealed_and_redacted_everywhere() {
     let data_dir = d.data.clone();
     drop(d);
     for value in [tenant_value, op_value] {
-        assert_absent("the daemon's replies and SSE stream", &seen, value);
-        assert_absent("the daemon's log", log.lines().join("\n").as_bytes(), value);
+        assert_no_form("the daemon's replies and SSE stream", &seen, value);
+        assert_no_form("the daemon's log", log.lines().join("\n").as_bytes(), value);
     }
     // At rest: the database holds the sealed value, not the value (the
     // operator's file is the only place it is written in clear).
     let _ = std::fs::remove_file(&op_file);
     for value in [tenant_value, op_value] {
-        assert_absent(
+        assert_no_form(
             "the data directory (redb file)",
             &all_bytes_under(&data_dir),
             value,
