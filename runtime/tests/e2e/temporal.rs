@@ -668,10 +668,11 @@ nodes:
         let data = tempfile::tempdir().expect("data");
         let first = embedded_run(data.path(), &spec, &["--run-id", run]);
         assert_eq!(first.status.code(), Some(25), "{}", text(&first.stderr));
-        assert!(
-            text(&first.stderr).contains("awaits a verdict on node a"),
+        assert_eq!(
+            json_of(&first)["timeline"][0]["status"],
+            "awaiting-approval",
             "{}",
-            text(&first.stderr)
+            text(&first.stdout)
         );
         let status = soma(data.path())
             .args(["dag", "status", run, "--json"])
