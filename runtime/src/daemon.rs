@@ -5,6 +5,7 @@
 //! One daemon owns one data directory (redb's lock): it is the only writer
 //! of the journal, the ledger and the tokens while it runs.
 
+pub mod approvals;
 pub mod auth;
 pub mod connections;
 pub mod console;

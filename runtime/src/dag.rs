@@ -10,5 +10,6 @@ pub mod kinds;
 pub mod status;
 pub mod report;
 pub mod journal;
+pub mod approval;
 pub mod state;
 pub mod scheduler;

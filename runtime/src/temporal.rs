@@ -290,6 +290,23 @@ pub struct RunResult {
     pub entries: Vec<ledger::Entry>,
 }
 
+/// The `approval` signal: a human verdict on a node awaiting approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalSignal {
+    /// The node.
+    pub node: String,
+    /// The verdict.
+    pub verdict: crate::dag::spec::ApprovalVerdict,
+    /// Why, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who: a token id or `cli`.
+    pub by: String,
+    /// The decider's tenant (through the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
 impl RunResult {
     /// The run's state, replayed from its history.
     pub fn state(&self) -> Result<crate::dag::state::RunState, TemporalError> {

@@ -16,7 +16,7 @@ use soma_runtime::{
         history::{Event, RunStatus},
         journal::Journal,
         scheduler::{self, Loaded, Observer, Settings, Unloadable},
-        spec::{self, Spec},
+        spec::{self, ApprovalVerdict, Spec},
         state::{Role, RunState, Status},
         status::RunPhase,
     },
@@ -49,6 +49,12 @@ pub(crate) enum DagCommand {
     Logs(LogsArgs),
     /// Cancel a run: nothing new starts; it ends as cancelled.
     Cancel(RunRef),
+    /// Approve a node awaiting approval (its spec's `approval:`): it
+    /// succeeds and its dependents run.
+    Approve(VerdictArgs),
+    /// Reject a node awaiting approval: it fails (`approval-rejected`) and
+    /// the run's failure policy applies.
+    Reject(VerdictArgs),
     /// Print the spec format's JSON Schema.
     Schema,
 }
@@ -136,6 +142,25 @@ pub(crate) struct RunRef {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct VerdictArgs {
+    /// The run id.
+    run: String,
+    /// The node awaiting approval.
+    node: String,
+    /// Why (journaled with the verdict; needed to reject).
+    #[arg(long)]
+    reason: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// What drives the run: this process, or a Temporal workflow (with --temporal).
+    #[arg(long, value_enum, default_value_t)]
+    engine: EngineKind,
+    #[command(flatten)]
+    temporal: TemporalArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct LsArgs {
     /// JSON output.
     #[arg(long)]
@@ -159,6 +184,7 @@ pub(crate) fn dag(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
         DagCommand::Run(a) => a.drive.json,
         DagCommand::Resume(a) => a.drive.json,
         DagCommand::Status(r) | DagCommand::Cancel(r) => r.json,
+        DagCommand::Approve(v) | DagCommand::Reject(v) => v.json,
         DagCommand::Ls(a) => a.json,
         // `logs --json` prints JSON lines, not one object.
         DagCommand::Logs(_) | DagCommand::Validate(_) | DagCommand::Schema => false,
@@ -177,6 +203,20 @@ fn dispatch(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
             }
             DagCommand::Status(r) => super::remote::dag_status(&remote, &r.run, r.json),
             DagCommand::Cancel(r) => super::remote::dag_cancel(&remote, &r.run),
+            DagCommand::Approve(v) => super::remote::dag_verdict(
+                &remote,
+                &v.run,
+                &v.node,
+                ApprovalVerdict::Approve,
+                v.reason,
+            ),
+            DagCommand::Reject(v) => super::remote::dag_verdict(
+                &remote,
+                &v.run,
+                &v.node,
+                ApprovalVerdict::Reject,
+                v.reason,
+            ),
             _ => {
                 global.local_only("this dag command")?;
                 Ok(Code::Ok)
@@ -191,6 +231,8 @@ fn dispatch(global: &Global, cmd: DagCommand) -> anyhow::Result<Code> {
         DagCommand::Ls(args) => ls(global, args),
         DagCommand::Logs(args) => logs(global, args),
         DagCommand::Cancel(args) => cancel(global, args),
+        DagCommand::Approve(args) => verdict(global, args, ApprovalVerdict::Approve),
+        DagCommand::Reject(args) => verdict(global, args, ApprovalVerdict::Reject),
         DagCommand::Schema => {
             print!("{}", Spec::json_schema());
             Ok(Code::Ok)
@@ -639,6 +681,15 @@ fn report_with(state: &RunState, cost: Value, args: &DriveArgs) -> anyhow::Resul
                 status.name(),
                 escape_keeping_lines(error.as_deref().unwrap_or(""))
             ),
+            None if state.awaiting_approval() > 0 => {
+                for p in state.pending_approvals() {
+                    eprintln!(
+                        "run {} awaits a verdict on node {}: soma dag approve {} {} (or reject … --reason R)",
+                        state.run, p.node, state.run, p.node
+                    );
+                }
+                eprintln!("then continue it with: soma dag resume {}", state.run);
+            }
             None => eprintln!(
                 "run {} interrupted; continue it with: soma dag resume {}",
                 state.run, state.run
@@ -1011,6 +1062,29 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
                 escape(&verdict.feedback.to_string())
             ),
             Event::Reworked { node, round, .. } => format!("{node}: reworked, round {round}"),
+            Event::AwaitingApproval {
+                node, deadline_ms, ..
+            } => match deadline_ms {
+                Some(at) => format!(
+                    "{node}: awaits a verdict (on_timeout in {} ms)",
+                    at.saturating_sub(e.time_ms())
+                ),
+                None => format!("{node}: awaits a verdict"),
+            },
+            Event::Approval {
+                node,
+                verdict,
+                reason,
+                by,
+                ..
+            } => format!(
+                "{node}: {verdict} by {}{}",
+                escape(by),
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {}", escape(r)))
+                    .unwrap_or_default()
+            ),
             Event::CancelRequested { .. } => "cancel requested".to_owned(),
             Event::Finished { status, error, .. } => {
                 format!(
@@ -1028,7 +1102,8 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
             Event::Succeeded { call, .. }
             | Event::Failed { call, .. }
             | Event::Expanded { call, .. }
-            | Event::Verdict { call, .. } => Some(call),
+            | Event::Verdict { call, .. }
+            | Event::AwaitingApproval { call, .. } => Some(call),
             _ => None,
         };
         for l in call.into_iter().flat_map(|c| &c.logs) {
@@ -1070,6 +1145,63 @@ fn cancel(global: &Global, args: RunRef) -> anyhow::Result<Code> {
         println!("{}", json!({ "run": args.run, "cancel": "done" }));
     } else {
         println!("run {} cancelled", args.run);
+    }
+    Ok(Code::Ok)
+}
+
+/// `soma dag approve|reject RUN NODE`: hand the verdict in. Embedded: it is
+/// recorded in the run's history at once (the run continues with `soma dag
+/// resume`); Temporal: the workflow's `approval` signal, after a query
+/// checked the node.
+fn verdict(global: &Global, args: VerdictArgs, verdict: ApprovalVerdict) -> anyhow::Result<Code> {
+    anyhow::ensure!(
+        verdict == ApprovalVerdict::Approve
+            || args.reason.as_deref().is_some_and(|r| !r.is_empty()),
+        "a rejection needs --reason R (it is journaled and shown in the run's report)"
+    );
+    let (offered, hint) = if args.engine == EngineKind::Temporal {
+        let offered =
+            super::temporal::verdict(&args.temporal, &args.run, &args.node, verdict, args.reason)?;
+        (offered, String::new())
+    } else {
+        if let Some(pid) = LiveFile::pid(global, &args.run) {
+            anyhow::bail!(
+                "run {} is being driven by soma pid {pid}, which holds the database; it stops by \
+                 itself once only verdicts are left (or serve runs with the daemon and use --server)",
+                args.run
+            );
+        }
+        let engine = global.engine(None)?;
+        let journal = Journal::new(engine.data().database().clone());
+        let offered = scheduler::offer_approval(
+            &journal,
+            &args.run,
+            &args.node,
+            verdict,
+            args.reason,
+            "cli",
+            None,
+        )?;
+        scheduler::record_verdicts_idle(&engine, &args.run)?;
+        (
+            offered,
+            format!("; continue the run with: soma dag resume {}", args.run),
+        )
+    };
+    let state = match offered {
+        soma_runtime::dag::approval::Offered::Accepted => "accepted",
+        soma_runtime::dag::approval::Offered::AlreadyGiven => "already-given",
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({ "run": args.run, "node": args.node, "state": state, "verdict": verdict })
+        );
+    } else {
+        println!(
+            "{verdict} on node {} of run {}: {state}{hint}",
+            args.node, args.run
+        );
     }
     Ok(Code::Ok)
 }

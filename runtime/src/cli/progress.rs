@@ -63,6 +63,20 @@ pub(crate) fn progress_line(e: &Event, quiet_success: &dyn Fn(&str) -> bool) -> 
             format!("⟳ {node} attempt {attempt} was in flight; calling it again")
         }
         Event::CancelRequested { .. } => "cancelling: nothing new starts".to_owned(),
+        Event::AwaitingApproval { node, .. } => {
+            format!("⏸ {node} awaits a verdict: soma dag approve|reject RUN {node}")
+        }
+        Event::Approval {
+            node, verdict, by, ..
+        } => format!(
+            "{} {node}: {verdict} by {}",
+            if *verdict == soma_runtime::dag::spec::ApprovalVerdict::Approve {
+                "✓"
+            } else {
+                "✗"
+            },
+            escape(by)
+        ),
         _ => return None,
     };
     Some(line)

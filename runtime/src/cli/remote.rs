@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use soma_runtime::daemon::contract::{
-    CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest, RunView, TokenInfo,
-    TokenRequest, TokenScope,
+    ApprovalAnswer, ApprovalBody, CancelAnswer, CreatedToken, ErrorBody, RunCreated, RunRequest,
+    RunView, TokenInfo, TokenRequest, TokenScope,
 };
+use soma_runtime::dag::spec::ApprovalVerdict;
 use soma_runtime::resolve::CapsuleRef;
 
 use super::exit::Code;
@@ -396,6 +397,32 @@ fn print_view(view: &RunView, text: &str, run: &str, json: bool) -> anyhow::Resu
 pub(crate) fn dag_cancel(remote: &Remote, run: &str) -> anyhow::Result<Code> {
     let (_, text): (CancelAnswer, _) =
         remote.post_raw(&format!("/v1/runs/{run}/cancel"), &serde_json::Map::new())?;
+    println!("{}", text.trim_end());
+    Ok(Code::Ok)
+}
+
+/// `soma dag approve|reject RUN NODE --server URL`.
+pub(crate) fn dag_verdict(
+    remote: &Remote,
+    run: &str,
+    node: &str,
+    verdict: ApprovalVerdict,
+    reason: Option<String>,
+) -> anyhow::Result<Code> {
+    // Node ids may hold `.`, `[` and `]` (plan nodes, instances).
+    let node: String = node
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let body = ApprovalBody { verdict, reason };
+    let (_, text): (ApprovalAnswer, _) =
+        remote.post_raw(&format!("/v1/runs/{run}/nodes/{node}/approval"), &body)?;
     println!("{}", text.trim_end());
     Ok(Code::Ok)
 }

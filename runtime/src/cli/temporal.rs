@@ -8,11 +8,13 @@ use serde_json::json;
 use soma_runtime::{
     Capsule, Engine,
     dag::{
+        approval::Offered,
         history::{CapsuleRecord, Event},
+        spec::ApprovalVerdict,
         state::RunState,
     },
     temporal::{
-        DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, Endpoint, RunInput, RunResult,
+        ApprovalSignal, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, Endpoint, RunInput, RunResult,
         activity::{CallActivities, CapsuleSource},
         client,
     },
@@ -198,6 +200,34 @@ pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState>
         client::status(&client, run).await
     })?;
     Ok(result.state()?)
+}
+
+/// `soma dag approve|reject RUN NODE --engine temporal`: the node is
+/// checked from the workflow (a query), then the verdict is signalled.
+pub(crate) fn verdict(
+    args: &TemporalArgs,
+    run: &str,
+    node: &str,
+    verdict: ApprovalVerdict,
+    reason: Option<String>,
+) -> anyhow::Result<Offered> {
+    let endpoint = args.endpoint()?;
+    tokio()?.block_on(async {
+        let client = endpoint.connect().await?;
+        let state = client::status(&client, run).await?.state()?;
+        if state.check_approval(node, verdict)?.is_none() {
+            return Ok(Offered::AlreadyGiven);
+        }
+        let signal = ApprovalSignal {
+            node: node.to_owned(),
+            verdict,
+            reason,
+            by: "cli".to_owned(),
+            tenant: None,
+        };
+        client::approve(&client, run, signal).await?;
+        Ok(Offered::Accepted)
+    })
 }
 
 /// `soma dag cancel RUN --engine temporal`.

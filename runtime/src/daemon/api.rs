@@ -81,6 +81,7 @@ fn api_routes() -> Routes {
         .add(Method::GET, "/metrics", metrics)
         .merge_market()
         .merge_secrets()
+        .merge_approvals()
 }
 
 impl Routes {
@@ -92,6 +93,11 @@ impl Routes {
     /// The tenant-secrets routes ([`super::secrets`]).
     fn merge_secrets(self) -> Self {
         super::secrets::routes(self)
+    }
+
+    /// The node-approval route ([`super::approvals`]).
+    fn merge_approvals(self) -> Self {
+        super::approvals::routes(self)
     }
 }
 

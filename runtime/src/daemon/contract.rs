@@ -28,9 +28,11 @@ pub use crate::{
     call::{FailureClass, Usage},
     capsule::CapsuleKind,
     dag::{
+        approval::Offered,
         history::NodeFailure,
         journal::RunSummary,
         report::{RunKind, RunReport, TimelineNode, VerdictRow},
+        spec::ApprovalVerdict,
         status::{NodeFailureClass, NodeStatus, RunPhase},
     },
     ledger::{Entry as LedgerEntry, Kind as LedgerKind},
@@ -282,6 +284,33 @@ pub struct CancelAnswer {
     pub run: Option<String>,
     /// Where the cancellation is.
     pub cancel: CancelState,
+}
+
+/// `POST /v1/runs/{id}/nodes/{node}/approval`: a human verdict on a node
+/// awaiting approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// `approve` or `reject`.
+    pub verdict: ApprovalVerdict,
+    /// Why (needed to reject; at most 2000 bytes). Journaled with the
+    /// verdict and shown in the run's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to `POST /v1/runs/{id}/nodes/{node}/approval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalAnswer {
+    /// The run.
+    pub run: String,
+    /// The node.
+    pub node: String,
+    /// `accepted` (the run records it next) or `already-given` (the same
+    /// verdict was handed in before: nothing changed).
+    pub state: Offered,
+    /// The verdict.
+    pub verdict: ApprovalVerdict,
 }
 
 /// `GET /v1/ledger` query.

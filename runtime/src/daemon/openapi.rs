@@ -17,7 +17,7 @@ use utoipa::{
     },
 };
 
-use super::{api, contract, market, secrets};
+use super::{api, approvals, contract, market, secrets};
 
 /// The document's source.
 #[derive(OpenApi)]
@@ -38,6 +38,7 @@ use super::{api, contract, market, secrets};
         api::get_run,
         api::run_events,
         api::cancel_run,
+        approvals::approve_node,
         api::ledger,
         api::get_budgets,
         api::put_budget,

@@ -7,7 +7,9 @@
 //! open event streams (`max_streams_per_tenant`, and `max_streams` in all);
 //! recent call results are bounded by count and by bytes. A run whose next
 //! node waits in retry backoff gives its driver back and is queued again
-//! when the backoff ends (or it is cancelled).
+//! when the backoff ends (or it is cancelled); so does a run whose nodes
+//! wait for a human verdict, until a verdict is handed in or the first
+//! approval deadline passes (it keeps its tenant's run slot meanwhile).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -40,6 +42,9 @@ pub struct LiveRun {
     pub cancel: Arc<AtomicBool>,
     /// Set → the run stops, resumable (shutdown).
     pub interrupt: Arc<AtomicBool>,
+    /// Set → a verdict was handed in: its driver reads the journal's inbox
+    /// (a run parked for one is queued again).
+    pub verdicts: Arc<AtomicBool>,
     /// Each committed event (sequence number, JSON), for SSE subscribers.
     pub events: broadcast::Sender<(u64, Arc<str>)>,
     /// The latest summary.
@@ -55,6 +60,7 @@ impl LiveRun {
             tenant: tenant.to_owned(),
             cancel: Arc::new(AtomicBool::new(false)),
             interrupt: Arc::new(AtomicBool::new(false)),
+            verdicts: Arc::new(AtomicBool::new(false)),
             events,
             summary: Mutex::new(None),
             done: AtomicBool::new(false),
@@ -432,6 +438,7 @@ impl Runs {
                             || live.get(run).is_none_or(|l| {
                                 l.cancel.load(Ordering::SeqCst)
                                     || l.interrupt.load(Ordering::SeqCst)
+                                    || l.verdicts.load(Ordering::SeqCst)
                             })
                     });
                 drop(live);
@@ -454,6 +461,19 @@ impl Runs {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// A verdict was handed in for `run`: its driver reads it at once; a
+    /// run parked waiting for one is queued again. `false` when the run is
+    /// not live (not queued, parked or driven here).
+    pub fn wake(&self, run: &str) -> bool {
+        let Some(live) = self.live(run) else {
+            return false;
+        };
+        live.verdicts.store(true, Ordering::SeqCst);
+        let _queue = lock(&self.queue);
+        self.queued.notify_all();
+        true
     }
 
     /// Refuse new work from now on: `/readyz` answers 503 and event
@@ -615,6 +635,7 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
             release_when_waiting: true,
             interrupt: live.interrupt.clone(),
             cancel: live.cancel.clone(),
+            verdicts: live.verdicts.clone(),
         };
         let observer = Publish {
             live: &live,
@@ -629,7 +650,7 @@ fn drive_one(daemon: &Arc<Daemon>, run: &str) {
             daemon.runs.wait(run, &live.tenant, until_ms);
             return;
         }
-        Ok((_, Ended::Interrupted)) => {
+        Ok((_, Ended::Interrupted | Ended::AwaitingApproval)) => {
             tracing::info!(run, "interrupted; resumes at the next start");
         }
         Ok((_, Ended::Finished(status))) => tracing::info!(run, status = status.name(), "finished"),

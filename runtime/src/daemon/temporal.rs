@@ -2,7 +2,7 @@
 //! "temporal"`): `POST /v1/runs` with a `dag` starts one workflow per run
 //! on the configured task queue (served by `soma worker` processes), and
 //! `GET /v1/runs/{id}`, its `/events` and `/cancel` answer from the
-//! workflow (a query) or cancel it. The daemon drives nothing itself.
+//! workflow (a query) or cancel it; a node's `/approval` is a signal. The daemon drives nothing itself.
 //!
 //! Tenant isolation: a Temporal run's id — also its workflow id — is
 //! `TENANT.RUN` (tenant names are letters, digits, `-` and `_`; embedded
@@ -25,19 +25,20 @@ use serde_json::Value;
 use super::{
     Daemon,
     auth::Principal,
-    contract::{CancelAnswer, CancelState},
+    contract::{ApprovalAnswer, ApprovalBody, CancelAnswer, CancelState},
     reply::ApiError,
 };
 use crate::{
     config::orchestrator::{OrchestratorConfig, OrchestratorEngine},
     dag::{
+        approval::Offered,
         report::RunReport,
         scheduler::{self, Loaded},
         spec::Spec,
         state::RunState,
         status::RunPhase,
     },
-    temporal::{Endpoint, RunInput, RunResult, TemporalError, client},
+    temporal::{ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, client},
 };
 
 /// A run's Server-Sent Events (either engine's).
@@ -194,6 +195,45 @@ impl TemporalRuns {
         Ok(CancelAnswer {
             run: Some(run.to_owned()),
             cancel: CancelState::Requested,
+        })
+    }
+
+    /// `POST /v1/runs/{id}/nodes/{node}/approval` of a Temporal run: the
+    /// node is checked from the workflow (a query), then the verdict is
+    /// signalled.
+    pub(crate) async fn approve(
+        &self,
+        p: &Principal,
+        run: &str,
+        node: &str,
+        body: ApprovalBody,
+    ) -> Result<ApprovalAnswer, ApiError> {
+        let (_, state) = self.result(p, run).await?;
+        let verdict = body.verdict;
+        let state_of = match state
+            .check_approval(node, verdict)
+            .map_err(|e| super::approvals::refused(&e))?
+        {
+            None => Offered::AlreadyGiven,
+            Some(_) => {
+                let signal = ApprovalSignal {
+                    node: node.to_owned(),
+                    verdict,
+                    reason: body.reason,
+                    by: p.token.clone(),
+                    tenant: Some(p.tenant.clone()),
+                };
+                let c = self.client().await?;
+                self.rpc("signalling the run", client::approve(c, run, signal))
+                    .await?;
+                Offered::Accepted
+            }
+        };
+        Ok(ApprovalAnswer {
+            run: run.to_owned(),
+            node: node.to_owned(),
+            state: state_of,
+            verdict,
         })
     }
 

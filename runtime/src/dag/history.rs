@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    spec::{Plan, Spec, Verdict},
+    spec::{ApprovalVerdict, Plan, Spec, Verdict},
     status::{NodeFailureClass, RunPhase},
 };
 use crate::capsule::CapsuleKind;
@@ -261,6 +261,41 @@ pub enum Event {
         /// Unix ms.
         time_ms: u64,
     },
+    /// A node's call succeeded (a gate's: approved) and, as its spec's
+    /// `approval:` asks, its output waits for a human verdict; nothing that
+    /// depends on it starts until [`Event::Approval`].
+    AwaitingApproval {
+        /// Node id.
+        node: String,
+        /// The call (no usage for a gate: its [`Event::Verdict`] has it).
+        call: CallRecord,
+        /// The output the node succeeds with if approved.
+        output: Value,
+        /// When `on_timeout` applies (unix ms); `None` = no timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+        /// Unix ms.
+        time_ms: u64,
+    },
+    /// The verdict on a node awaiting approval: approve → it succeeds with
+    /// its output; reject → it fails (`approval-rejected`).
+    Approval {
+        /// Node id.
+        node: String,
+        /// The verdict.
+        verdict: ApprovalVerdict,
+        /// Why (given with the verdict, or the timeout's note).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Who decided: an API token's id, `cli` (a local `soma dag
+        /// approve`/`reject`) or `timeout` (`on_timeout` applied).
+        by: String,
+        /// The tenant of whoever decided, when it came through the daemon.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Unix ms.
+        time_ms: u64,
+    },
     /// Cancellation was asked for: nothing new starts.
     CancelRequested {
         /// Unix ms.
@@ -295,6 +330,8 @@ impl Event {
             | Self::FannedOut { time_ms, .. }
             | Self::Verdict { time_ms, .. }
             | Self::Reworked { time_ms, .. }
+            | Self::AwaitingApproval { time_ms, .. }
+            | Self::Approval { time_ms, .. }
             | Self::CancelRequested { time_ms }
             | Self::Finished { time_ms, .. } => *time_ms,
         }
@@ -311,7 +348,9 @@ impl Event {
             | Self::Expanded { node, .. }
             | Self::FannedOut { node, .. }
             | Self::Verdict { node, .. }
-            | Self::Reworked { node, .. } => Some(node),
+            | Self::Reworked { node, .. }
+            | Self::AwaitingApproval { node, .. }
+            | Self::Approval { node, .. } => Some(node),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
 use super::{
+    approval::ApprovalRequest,
     history::Event,
     status::{NodeFailureClass, RunPhase},
 };
@@ -27,6 +28,9 @@ const BY_TENANT: TableDefinition<'_, (&str, u64, &str), ()> =
     TableDefinition::new("dag_runs_by_tenant");
 /// (created ms, run id) → tenant: every run in creation order (operators).
 const BY_TIME: TableDefinition<'_, (u64, &str), &str> = TableDefinition::new("dag_runs_by_time");
+/// (run id, node id) → [`ApprovalRequest`] (JSON): verdicts handed in and
+/// not yet recorded in the run's history.
+const APPROVALS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("dag_approvals");
 /// Journal bookkeeping: [`INDEXED`] once every run is in the indexes.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("dag_meta");
 /// The [`META`] key set when the indexes cover every run (a database
@@ -65,6 +69,17 @@ pub enum JournalError {
 
 fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> JournalError {
     JournalError::Storage(e.into())
+}
+
+/// What [`Journal::offer_approval`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// Stored for the run's driver.
+    Stored,
+    /// A verdict on the same output was handed in already: this one.
+    Held(ApprovalRequest),
+    /// The history grew since it was read: judge again.
+    Moved,
 }
 
 /// One line per run, for `soma dag ls`.
@@ -224,6 +239,94 @@ impl Journal {
         };
         txn.commit().map_err(storage)?;
         Ok(appended)
+    }
+
+    /// Hand in a verdict on `node` of `run`, as judged from a history of
+    /// `seen` events: stored unless one is stored already. Refused
+    /// ([`Offer::Moved`]) when the history has grown since, so that the
+    /// caller judges again from the new one. Cost: one fsync'd commit.
+    pub fn offer_approval(
+        &self,
+        run: &str,
+        node: &str,
+        seen: u64,
+        request: &ApprovalRequest,
+    ) -> Result<Offer, JournalError> {
+        let db = self.open()?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let offer = {
+            let events = txn.open_table(EVENTS).map_err(storage)?;
+            let last = events
+                .range((run, 0)..=(run, u64::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value().1 + 1);
+            if last != seen {
+                return Ok(Offer::Moved);
+            }
+            let mut inbox = txn.open_table(APPROVALS).map_err(storage)?;
+            let held = inbox
+                .get((run, node))
+                .map_err(storage)?
+                .map(|v| serde_json::from_slice::<ApprovalRequest>(v.value()));
+            match held {
+                Some(Ok(held)) if held.attempt == request.attempt => Offer::Held(held),
+                _ => {
+                    inbox
+                        .insert((run, node), encode(request)?.as_slice())
+                        .map_err(storage)?;
+                    Offer::Stored
+                }
+            }
+        };
+        txn.commit().map_err(storage)?;
+        Ok(offer)
+    }
+
+    /// The verdicts handed in for `run` and not yet recorded, by node.
+    /// Cost: one read transaction, a range scan of the run's (few) rows.
+    pub fn approvals(&self, run: &str) -> Result<Vec<(String, ApprovalRequest)>, JournalError> {
+        let db = self.open()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = match txn.open_table(APPROVALS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.range((run, "")..).map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let (r, node) = k.value();
+            if r != run {
+                break;
+            }
+            let request = serde_json::from_slice(v.value()).map_err(|e| JournalError::Corrupt {
+                run: run.to_owned(),
+                seq: 0,
+                message: format!("approval of node {node}: {e}"),
+            })?;
+            out.push((node.to_owned(), request));
+        }
+        Ok(out)
+    }
+
+    /// Forget handed-in verdicts of `run` (recorded, or stale).
+    pub fn drop_approvals(&self, run: &str, nodes: &[String]) -> Result<(), JournalError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let db = self.open()?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(APPROVALS).map_err(storage)?;
+            for node in nodes {
+                table.remove((run, node.as_str())).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
     }
 
     /// A run's whole history, in order.

@@ -33,6 +33,14 @@ pub fn check_kinds(
     for n in nodes {
         let kind =
             kind_of(&n.capsule).ok_or_else(|| KindError::MissingCapsule(n.capsule.clone()))?;
+        if kind == CapsuleKind::Planner && n.approval.as_ref().is_some_and(|a| a.required) {
+            return Err(KindError::Kind {
+                node: n.id.clone(),
+                message: "a planner node cannot require `approval` (its output is a plan); \
+                          put `approval` on the plan's nodes or on a node after it"
+                    .to_owned(),
+            });
+        }
         let message = match (kind, &n.gate, &n.for_each) {
             (CapsuleKind::Gate, None, _) => format!(
                 "capsule `{}` is a gate; give the node `gate: {{node: …}}`",

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{
     history::NodeFailure,
+    spec::ApprovalVerdict,
     status::{NodeStatus, RunPhase},
 };
 
@@ -39,6 +40,10 @@ impl std::fmt::Display for RunKind {
 /// A DAG run's state, from its journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
+    /// Every human verdict (and applied `on_timeout`), in order; left out
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRow>,
     /// Share of gate verdicts that approved on the first round; `null`
     /// before any gate judged.
     pub auto_approval_rate: Option<f64>,
@@ -74,6 +79,25 @@ pub struct VerdictRow {
     pub round: u32,
     /// The score.
     pub score: f64,
+}
+
+/// One human verdict of a [`RunReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApprovalRow {
+    /// When, ms since the run was created.
+    pub at_ms: u64,
+    /// Who: an API token's id, `cli` or `timeout`.
+    pub by: String,
+    /// The node.
+    pub node: String,
+    /// Why, if given.
+    pub reason: Option<String>,
+    /// The node's round.
+    pub round: u32,
+    /// The decider's tenant (through the daemon).
+    pub tenant: Option<String>,
+    /// `approve` or `reject`.
+    pub verdict: ApprovalVerdict,
 }
 
 /// One node of a [`RunReport`]'s timeline.

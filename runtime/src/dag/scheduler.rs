@@ -22,10 +22,11 @@ use std::{
 use serde_json::Value;
 
 use super::{
+    approval::{ApprovalError, ApprovalRequest, Offered},
     history::{CallRecord, CapsuleRecord, Event, RunStatus, now_ms},
-    journal::{Journal, JournalError, RunSummary},
+    journal::{Journal, JournalError, Offer, RunSummary},
     kinds::{KindError, check_kinds},
-    spec::{BudgetSpec, NodeLimits, NodeSpec, Spec, SpecErrors},
+    spec::{ApprovalVerdict, BudgetSpec, NodeLimits, NodeSpec, Spec, SpecErrors},
     state::{Dispatch, RunState, StateError},
     status::RunPhase,
 };
@@ -90,6 +91,12 @@ pub enum DagError {
     /// The shared call pool refused a node's call (it is stopping).
     #[error("the call pool refused a node's call")]
     Pool(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A verdict was refused.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// The run's history kept growing while a verdict was handed in.
+    #[error("run {0} kept changing while the verdict was handed in; try again")]
+    Busy(String),
 }
 
 /// A capsule as a run pins it.
@@ -169,6 +176,9 @@ pub struct Settings {
     pub interrupt: Arc<AtomicBool>,
     /// Set → record a cancellation and finish the run as cancelled.
     pub cancel: Arc<AtomicBool>,
+    /// Set → a verdict was handed in ([`offer_approval`]): read the
+    /// journal's inbox (it is also read when the drive starts).
+    pub verdicts: Arc<AtomicBool>,
 }
 
 impl Default for Settings {
@@ -181,6 +191,7 @@ impl Default for Settings {
             release_when_waiting: false,
             interrupt: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(AtomicBool::new(false)),
+            verdicts: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -199,6 +210,12 @@ pub enum Ended {
         /// When the first backoff ends.
         until_ms: u64,
     },
+    /// Nothing in flight, nothing to start: only nodes awaiting a human
+    /// verdict are left (without [`Settings::release_when_waiting`]; with
+    /// it, [`Ended::Waiting`] until the first approval deadline, or
+    /// `u64::MAX`). Hand the verdict in ([`offer_approval`]) and drive the
+    /// run again.
+    AwaitingApproval,
 }
 
 /// Backoffs shorter than this are slept through rather than released.
@@ -488,6 +505,96 @@ pub fn fail_idle(engine: &Engine, run: &str, error: &str) -> Result<(), DagError
         engine.metering(),
     )?;
     Ok(())
+}
+
+/// Hand in a verdict on `node` of run `run` (embedded engine): judged
+/// against the run's history (idempotent: the same verdict again is
+/// [`Offered::AlreadyGiven`]), then stored in the journal's inbox, which the
+/// run's driver reads when it starts and whenever [`Settings::verdicts`]
+/// is set. `by`: a token id, or `cli`. Cost: one replay of the history
+/// and one fsync'd commit.
+///
+/// # Errors
+///
+/// [`DagError::Approval`] for a verdict that is refused (no such node, not
+/// awaiting one, a different verdict given); the journal's errors.
+pub fn offer_approval(
+    journal: &Journal,
+    run: &str,
+    node: &str,
+    verdict: ApprovalVerdict,
+    reason: Option<String>,
+    by: &str,
+    tenant: Option<String>,
+) -> Result<Offered, DagError> {
+    for _ in 0..8 {
+        let history = journal.history(run)?;
+        let state = RunState::replay(run, &history)?;
+        let Some(attempt) = state.check_approval(node, verdict)? else {
+            return Ok(Offered::AlreadyGiven);
+        };
+        let request = ApprovalRequest {
+            verdict,
+            reason: reason.clone(),
+            by: by.to_owned(),
+            tenant: tenant.clone(),
+            attempt,
+            time_ms: now_ms(),
+        };
+        match journal.offer_approval(run, node, history.len() as u64, &request)? {
+            Offer::Stored => return Ok(Offered::Accepted),
+            Offer::Held(held) if held.verdict == verdict => return Ok(Offered::AlreadyGiven),
+            Offer::Held(held) => {
+                return Err(ApprovalError::Conflict {
+                    node: node.to_owned(),
+                    given: held.verdict,
+                    by: held.by,
+                }
+                .into());
+            }
+            Offer::Moved => {}
+        }
+    }
+    Err(DagError::Busy(run.to_owned()))
+}
+
+/// Record the verdicts handed in for a run no process is driving (what
+/// its next driver would do first), so its history and `soma dag status`
+/// show them at once. Returns the run's state.
+pub fn record_verdicts_idle(engine: &Engine, run: &str) -> Result<RunState, DagError> {
+    let journal = Journal::new(engine.data().database().clone());
+    let (mut state, history) = unfinished(&journal, run)?;
+    let handed_in = journal.approvals(run)?;
+    let mut events = Vec::new();
+    let mut seen = Vec::with_capacity(handed_in.len());
+    for (node, r) in handed_in {
+        let event = state.approval_event(
+            &node,
+            r.attempt,
+            r.verdict,
+            r.reason,
+            &r.by,
+            r.tenant,
+            now_ms(),
+        );
+        if let Some(event) = event {
+            state.apply(&event)?;
+            events.push(event);
+        }
+        seen.push(node);
+    }
+    if !events.is_empty() {
+        journal.commit(
+            run,
+            history.len() as u64,
+            &events,
+            &summary(&state),
+            &[],
+            engine.metering(),
+        )?;
+    }
+    journal.drop_approvals(run, &seen)?;
+    Ok(state)
 }
 
 /// Cancel a run no process is driving: record the request and the end.
@@ -791,11 +898,18 @@ impl Coordinator<'_> {
             });
             dispatch.push(d);
         }
+        let mut inbox = true;
+        // Inbox rows read this turn, forgotten once its batch is committed.
+        let mut taken: Vec<String> = Vec::new();
         loop {
             let interrupted = settings.interrupt.load(Ordering::Relaxed);
             if !interrupted {
                 if settings.cancel.load(Ordering::Relaxed) && !self.state.cancel_requested {
                     self.propose(Event::CancelRequested { time_ms: now_ms() }, &mut batch)?;
+                }
+                inbox |= settings.verdicts.swap(false, Ordering::SeqCst);
+                if std::mem::take(&mut inbox) {
+                    taken = self.take_verdicts(&mut batch)?;
                 }
                 loop {
                     let busy = self.in_flight + dispatch.len();
@@ -820,6 +934,12 @@ impl Coordinator<'_> {
                 batch.clear();
                 charges.clear();
             }
+            if !taken.is_empty() {
+                // A crash before this leaves rows whose node no longer
+                // awaits that attempt's verdict: dropped at the next read.
+                self.journal
+                    .drop_approvals(&self.state.run, &std::mem::take(&mut taken))?;
+            }
             for d in dispatch.drain(..) {
                 self.send(d)?;
             }
@@ -832,10 +952,25 @@ impl Coordinator<'_> {
             if settings.release_when_waiting
                 && self.in_flight == 0
                 && !settings.cancel.load(Ordering::Relaxed)
-                && let Some(until_ms) = self.state.next_wakeup()
-                && until_ms > now_ms().saturating_add(RELEASE_AFTER_MS)
+                && !settings.verdicts.load(Ordering::SeqCst)
             {
-                return Ok(Ended::Waiting { until_ms });
+                match self.state.next_wakeup() {
+                    Some(until_ms) if until_ms > now_ms().saturating_add(RELEASE_AFTER_MS) => {
+                        return Ok(Ended::Waiting { until_ms });
+                    }
+                    None if self.state.awaiting_approval() > 0 => {
+                        return Ok(Ended::Waiting { until_ms: u64::MAX });
+                    }
+                    _ => {}
+                }
+            }
+            if !settings.release_when_waiting
+                && self.in_flight == 0
+                && self.state.awaiting_approval() > 0
+                && self.state.backing_off() == 0
+                && !settings.cancel.load(Ordering::Relaxed)
+            {
+                return Ok(Ended::AwaitingApproval);
             }
             let wait = self.state.next_wakeup().map_or(POLL, |t| {
                 Duration::from_millis(t.saturating_sub(now_ms())).min(POLL)
@@ -902,6 +1037,33 @@ impl Coordinator<'_> {
                 }
             }
         }
+    }
+
+    /// Propose the verdicts handed in for nodes that await one; returns
+    /// every inbox row read (the others are stale: their node moved on),
+    /// to forget once the batch is committed.
+    fn take_verdicts(&mut self, batch: &mut Vec<Event>) -> Result<Vec<String>, DagError> {
+        let handed_in = self.journal.approvals(&self.state.run)?;
+        if handed_in.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seen = Vec::with_capacity(handed_in.len());
+        for (node, r) in handed_in {
+            let event = self.state.approval_event(
+                &node,
+                r.attempt,
+                r.verdict,
+                r.reason,
+                &r.by,
+                r.tenant,
+                now_ms(),
+            );
+            if let Some(event) = event {
+                self.propose(event, batch)?;
+            }
+            seen.push(node);
+        }
+        Ok(seen)
     }
 
     fn propose(&mut self, event: Event, batch: &mut Vec<Event>) -> Result<(), DagError> {

@@ -280,6 +280,111 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Restriction::is_empty")]
     #[schemars(with = "BTreeMap<String, AllowSchema>")]
     pub capabilities: Restriction,
+    /// Wait for a human verdict once the node's call has succeeded (for a
+    /// gate: once its capsule approved): the node shows
+    /// `awaiting-approval` until `soma dag approve`/`reject` (or the HTTP
+    /// route) decides, or `timeout` applies `on_timeout`. Approve → the
+    /// node succeeds with its output; reject → it fails
+    /// (`approval-rejected`) and the run's `on_failure` policy applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+}
+
+/// A node's human approval step (`approval: { required: true, timeout:
+/// 24h, on_timeout: reject }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// Whether the verdict is needed (`false` turns the step off).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// How long to wait for the verdict: a number with a unit, `s`, `m`,
+    /// `h` or `d` (`90m`, `24h`, `7d`); at most 365 days. None: wait until
+    /// someone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhd]$"))]
+    pub timeout: Option<String>,
+    /// The verdict applied when `timeout` passes (default `reject`).
+    #[serde(default)]
+    pub on_timeout: ApprovalVerdict,
+}
+
+impl ApprovalSpec {
+    /// The timeout in ms (`None`: none, or not valid — [`parse`] refuses
+    /// an invalid one).
+    pub fn timeout_ms(&self) -> Option<u64> {
+        self.timeout
+            .as_deref()
+            .and_then(|t| parse_approval_timeout(t).ok())
+    }
+}
+
+/// Most an approval may wait: 365 days.
+pub const MAX_APPROVAL_TIMEOUT_MS: u64 = 365 * 86_400_000;
+
+/// `90m`, `24h`, `7d` (units `s`, `m`, `h`, `d`) in ms, at least 1 s and
+/// at most [`MAX_APPROVAL_TIMEOUT_MS`]; the error says what is wrong.
+pub fn parse_approval_timeout(text: &str) -> Result<u64, String> {
+    let unit_at = text.len().saturating_sub(1);
+    let (digits, unit) = (text.get(..unit_at).unwrap_or(""), text.get(unit_at..));
+    let scale = match unit {
+        Some("s") => 1_000,
+        Some("m") => 60_000,
+        Some("h") => 3_600_000,
+        Some("d") => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration: use e.g. 90m, 24h or 7d"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: use e.g. 90m, 24h or 7d"))?;
+    let ms = n.saturating_mul(scale);
+    if ms == 0 || ms > MAX_APPROVAL_TIMEOUT_MS {
+        return Err(format!("`{text}` must be between 1s and 365d"));
+    }
+    Ok(ms)
+}
+
+/// A human verdict on a node awaiting approval.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalVerdict {
+    /// The node succeeds with its output; its dependents run.
+    Approve,
+    /// The node fails (`approval-rejected`).
+    #[default]
+    Reject,
+}
+
+impl ApprovalVerdict {
+    /// `approve` or `reject` (the serde form).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
 }
 
 /// What a node allows one capability: `true`, `false` or a list of
@@ -694,6 +799,12 @@ pub enum SpecErrorKind {
     /// A gate over a missing node, itself, or with rounds out of 1–10.
     #[error("bad `gate`: {reason}")]
     BadGate {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A node's `approval:` is wrong (a timeout that is not a duration).
+    #[error("bad `approval`: {reason}")]
+    BadApproval {
         /// What is wrong.
         reason: String,
     },
@@ -1429,6 +1540,14 @@ fn check_node(
                 },
             );
         }
+    }
+    if let Some(timeout) = node.approval.as_ref().and_then(|a| a.timeout.as_deref())
+        && let Err(reason) = parse_approval_timeout(timeout)
+    {
+        report.push(
+            format!("{pointer}/approval/timeout"),
+            SpecErrorKind::BadApproval { reason },
+        );
     }
     check_limits(&node.limits, &format!("{pointer}/limits"), report);
     if node.timeout_ms == Some(0) {

@@ -16,9 +16,10 @@ use std::{
 use serde_json::Value;
 
 use super::{
+    approval::{ApprovalError, ApprovalStat, Pending},
     history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
-    report::{RunKind, RunReport, TimelineNode, VerdictRow},
-    spec::{self, NodeSpec, OnFailure, Spec},
+    report::{ApprovalRow, RunKind, RunReport, TimelineNode, VerdictRow},
+    spec::{self, ApprovalVerdict, NodeSpec, OnFailure, Spec},
     status::{NodeFailureClass, NodeStatus, RunPhase},
     template,
 };
@@ -55,6 +56,13 @@ pub enum Status {
     Expanded,
     /// A `for_each` node whose instances are running.
     FannedOut,
+    /// Its call (attempt `attempt`) succeeded; it waits for a human verdict.
+    AwaitingApproval {
+        /// The attempt whose output waits.
+        attempt: u32,
+        /// When `on_timeout` applies (unix ms).
+        deadline_ms: Option<u64>,
+    },
     /// Done, with an output.
     Succeeded,
     /// Failed for good.
@@ -77,6 +85,7 @@ impl Status {
             Self::Backoff { .. } => NodeStatus::Retrying,
             Self::Expanded => NodeStatus::Expanded,
             Self::FannedOut => NodeStatus::FannedOut,
+            Self::AwaitingApproval { .. } => NodeStatus::AwaitingApproval,
             Self::Succeeded => NodeStatus::Succeeded,
             Self::Failed(_) => NodeStatus::Failed,
             Self::Skipped => NodeStatus::Skipped,
@@ -145,6 +154,8 @@ pub struct Node {
     /// The input of the attempt in flight (to call it again on resume).
     running_input: Option<String>,
     queued: bool,
+    /// The output waiting for a human verdict.
+    held: Option<Value>,
 }
 
 impl Node {
@@ -210,6 +221,8 @@ pub struct RunState {
     pub finished: Option<(RunStatus, Option<Value>, Option<String>, u64)>,
     /// Every gate verdict.
     pub verdicts: Vec<VerdictStat>,
+    /// Every human verdict (and applied `on_timeout`), in order.
+    pub approvals: Vec<ApprovalStat>,
     /// Events applied.
     pub events: u64,
     /// Most bytes a node's rendered input (or the run's output) may hold
@@ -228,6 +241,7 @@ pub struct RunState {
     queue: VecDeque<usize>,
     running: usize,
     backoff: usize,
+    awaiting: usize,
     failed: usize,
     halted: bool,
 }
@@ -270,6 +284,7 @@ impl RunState {
             cancel_requested: false,
             finished: None,
             verdicts: Vec::new(),
+            approvals: Vec::new(),
             events: 1,
             render_limit: template::DEFAULT_MAX_RENDERED_BYTES,
             ceilings: spec::Ceilings::default(),
@@ -279,6 +294,7 @@ impl RunState {
             queue: VecDeque::new(),
             running: 0,
             backoff: 0,
+            awaiting: 0,
             failed: 0,
             halted: false,
         };
@@ -365,6 +381,19 @@ impl RunState {
                     score: v.score,
                 })
                 .collect(),
+            approvals: self
+                .approvals
+                .iter()
+                .map(|a| ApprovalRow {
+                    node: a.node.clone(),
+                    round: a.round,
+                    verdict: a.verdict,
+                    reason: a.reason.clone(),
+                    by: a.by.clone(),
+                    tenant: a.tenant.clone(),
+                    at_ms: a.time_ms.saturating_sub(self.created_ms),
+                })
+                .collect(),
             timeline: self.timeline(),
         }
     }
@@ -413,18 +442,125 @@ impl RunState {
             .collect()
     }
 
-    /// The earliest retry time, if any node is backing off.
+    /// The earliest retry time or approval deadline, if any node is
+    /// backing off or awaits a verdict with a timeout.
     pub fn next_wakeup(&self) -> Option<u64> {
-        if self.backoff == 0 {
+        if self.backoff == 0 && self.awaiting == 0 {
             return None;
         }
         self.nodes
             .iter()
             .filter_map(|n| match n.status {
                 Status::Backoff { until_ms } if !n.retired => Some(until_ms),
+                Status::AwaitingApproval {
+                    deadline_ms: Some(at),
+                    ..
+                } if !n.retired => Some(at),
                 _ => None,
             })
             .min()
+    }
+
+    /// Nodes waiting for a human verdict.
+    pub fn awaiting_approval(&self) -> usize {
+        self.awaiting
+    }
+
+    /// Nodes in retry backoff.
+    pub fn backing_off(&self) -> usize {
+        self.backoff
+    }
+
+    /// The nodes awaiting a verdict: (id, the attempt whose output waits).
+    pub fn pending_approvals(&self) -> Vec<Pending> {
+        if self.awaiting == 0 {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .filter_map(|n| match n.status {
+                Status::AwaitingApproval {
+                    attempt,
+                    deadline_ms,
+                } => Some(Pending {
+                    node: n.id.clone(),
+                    attempt,
+                    deadline_ms,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a verdict on `node` is to be recorded now (`Ok(Some(attempt))`:
+    /// it awaits one, for the output of `attempt`), was given already
+    /// (`Ok(None)`: the same verdict, so asking again changes nothing), or
+    /// is refused. Read-only; cost: a lookup (and a scan of the verdicts
+    /// given when the node does not await one).
+    ///
+    /// # Errors
+    ///
+    /// [`ApprovalError`]: no such node, it does not await a verdict, or a
+    /// different verdict was given.
+    pub fn check_approval(
+        &self,
+        node: &str,
+        verdict: ApprovalVerdict,
+    ) -> Result<Option<u32>, ApprovalError> {
+        let n = self.node(node).ok_or_else(|| ApprovalError::UnknownNode {
+            run: self.run.clone(),
+            node: node.to_owned(),
+        })?;
+        if let Status::AwaitingApproval { attempt, .. } = n.status
+            && !n.retired
+            && self.finished.is_none()
+        {
+            return Ok(Some(attempt));
+        }
+        match self.approvals.iter().rev().find(|a| a.node == node) {
+            Some(given) if given.verdict == verdict => Ok(None),
+            Some(given) => Err(ApprovalError::Conflict {
+                node: node.to_owned(),
+                given: given.verdict,
+                by: given.by.clone(),
+            }),
+            None => Err(ApprovalError::NotAwaiting {
+                node: node.to_owned(),
+                status: n.status.kind(),
+            }),
+        }
+    }
+
+    /// The [`Event::Approval`] that records `verdict` on `node` for the
+    /// output of `attempt`; `None` when the node does not await a verdict
+    /// on that attempt's output (any more). Read-only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn approval_event(
+        &self,
+        node: &str,
+        attempt: u32,
+        verdict: ApprovalVerdict,
+        reason: Option<String>,
+        by: &str,
+        tenant: Option<String>,
+        now: u64,
+    ) -> Option<Event> {
+        let n = self.node(node)?;
+        if n.retired || n.status.kind() != NodeStatus::AwaitingApproval {
+            return None;
+        }
+        if !matches!(n.status, Status::AwaitingApproval { attempt: a, .. } if a == attempt) {
+            return None;
+        }
+        Some(Event::Approval {
+            node: node.to_owned(),
+            verdict,
+            reason,
+            by: by.to_owned(),
+            tenant,
+            time_ms: now,
+        })
     }
 
     // ----- applying events (the only mutations of recorded state) -----
@@ -574,6 +710,61 @@ impl RunState {
                 let g = self.find(node)?;
                 self.nodes[g].feedback = Some(feedback.clone());
             }
+            Event::AwaitingApproval {
+                node,
+                call,
+                output,
+                deadline_ms,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.account(i, call, *time_ms);
+                let attempt = match self.nodes[i].status {
+                    Status::Running { attempt } => attempt,
+                    _ => call.attempt,
+                };
+                self.set_status(
+                    i,
+                    Status::AwaitingApproval {
+                        attempt,
+                        deadline_ms: *deadline_ms,
+                    },
+                );
+                self.nodes[i].held = Some(output.clone());
+            }
+            Event::Approval {
+                node,
+                verdict,
+                reason,
+                by,
+                tenant,
+                time_ms,
+            } => {
+                let i = self.find(node)?;
+                self.approvals.push(ApprovalStat {
+                    node: node.clone(),
+                    round: self.nodes[i].round,
+                    verdict: *verdict,
+                    reason: reason.clone(),
+                    by: by.clone(),
+                    tenant: tenant.clone(),
+                    time_ms: *time_ms,
+                });
+                if self.nodes[i].status.kind() == NodeStatus::AwaitingApproval {
+                    let held = self.nodes[i].held.take().unwrap_or(Value::Null);
+                    match verdict {
+                        ApprovalVerdict::Approve => self.succeed(i, held, *time_ms),
+                        ApprovalVerdict::Reject => {
+                            let why = match reason {
+                                Some(r) => format!("{node} was rejected by {by}: {r}"),
+                                None => format!("{node} was rejected by {by}"),
+                            };
+                            let f = NodeFailure::scheduler(NodeFailureClass::ApprovalRejected, why);
+                            self.fail(i, f, *time_ms);
+                        }
+                    }
+                }
+            }
             Event::CancelRequested { .. } => self.cancel_requested = true,
             Event::Finished {
                 status,
@@ -597,8 +788,10 @@ impl RunState {
         let new = &self.nodes[i].status;
         let running = |s: &Status| usize::from(matches!(s, Status::Running { .. }));
         let backoff = |s: &Status| usize::from(matches!(s, Status::Backoff { .. }));
+        let awaiting = |s: &Status| usize::from(matches!(s, Status::AwaitingApproval { .. }));
         self.running = self.running + running(new) - running(&old);
         self.backoff = self.backoff + backoff(new) - backoff(&old);
+        self.awaiting = self.awaiting + awaiting(new) - awaiting(&old);
         if matches!(old, Status::Running { .. }) {
             self.nodes[i].running_input = None;
         }
@@ -703,6 +896,7 @@ impl RunState {
         self.set_status(i, Status::Waiting);
         let n = &mut self.nodes[i];
         n.output = None;
+        n.held = None;
         n.tries = 0;
         n.children_done = 0;
         let children = std::mem::take(&mut n.children);
@@ -766,6 +960,7 @@ impl RunState {
                 gated: None,
                 running_input: None,
                 queued: false,
+                held: None,
             };
             let i = match self.index.get(&id) {
                 Some(&i) => {
@@ -971,12 +1166,7 @@ impl RunState {
                 ..CallRecord::default()
             };
             let next = if verdict.approved {
-                Event::Succeeded {
-                    node: id.clone(),
-                    call,
-                    output,
-                    time_ms: now,
-                }
+                self.succeeded(n, call, output, now)
             } else if n.round < gate.max_rounds {
                 Event::Reworked {
                     gate: id.clone(),
@@ -1005,12 +1195,58 @@ impl RunState {
         if kind == CapsuleKind::Planner && n.role == Role::Call {
             return vec![self.expand(node, output, call, now)];
         }
-        vec![Event::Succeeded {
-            node: id,
-            call,
-            output,
-            time_ms: now,
-        }]
+        vec![self.succeeded(n, call, output, now)]
+    }
+
+    /// A call's success: the node succeeds, or, when its spec asks for
+    /// `approval`, its output waits for a human verdict.
+    fn succeeded(&self, n: &Node, call: CallRecord, output: Value, now: u64) -> Event {
+        match n.spec.approval.as_ref().filter(|a| a.required) {
+            Some(approval) => Event::AwaitingApproval {
+                node: n.id.clone(),
+                call,
+                output,
+                deadline_ms: approval.timeout_ms().map(|ms| now.saturating_add(ms)),
+                time_ms: now,
+            },
+            None => Event::Succeeded {
+                node: n.id.clone(),
+                call,
+                output,
+                time_ms: now,
+            },
+        }
+    }
+
+    /// The `on_timeout` verdicts due at `now`.
+    fn timed_out(&self, now: u64) -> Vec<Event> {
+        if self.awaiting == 0 {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .filter_map(|n| match n.status {
+                Status::AwaitingApproval {
+                    deadline_ms: Some(at),
+                    ..
+                } if at <= now => {
+                    let approval = n.spec.approval.as_ref()?;
+                    Some(Event::Approval {
+                        node: n.id.clone(),
+                        verdict: approval.on_timeout,
+                        reason: Some(format!(
+                            "no verdict within {}",
+                            approval.timeout.as_deref().unwrap_or("the timeout")
+                        )),
+                        by: "timeout".to_owned(),
+                        tenant: None,
+                        time_ms: now,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn expand(&self, node: usize, output: Value, call: CallRecord, now: u64) -> Event {
@@ -1121,6 +1357,10 @@ impl RunState {
             }
             return (events, dispatch);
         }
+        let timed_out = self.timed_out(now);
+        if !timed_out.is_empty() {
+            return (timed_out, dispatch);
+        }
         let mut later = Vec::new();
         // Rendered bytes of the attempts started in this pass (their
         // `started` events are applied after this returns).
@@ -1176,7 +1416,12 @@ impl RunState {
         for i in later {
             self.enqueue(i);
         }
-        if events.is_empty() && self.running == 0 && self.backoff == 0 && self.queue.is_empty() {
+        if events.is_empty()
+            && self.running == 0
+            && self.backoff == 0
+            && self.awaiting == 0
+            && self.queue.is_empty()
+        {
             events.push(self.finish(now));
         }
         (events, dispatch)

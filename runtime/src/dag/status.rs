@@ -72,6 +72,8 @@ crate::names::named_enum! {
         Running = "running",
         /// Failed; retried after a backoff.
         Retrying = "retrying",
+        /// Its call succeeded; it waits for a human verdict (`approval:`).
+        AwaitingApproval = "awaiting-approval",
         /// A planner whose plan is running.
         Expanded = "expanded",
         /// A `for_each` node whose instances are running.
@@ -100,6 +102,8 @@ pub enum NodeFailureClass {
     InvalidVerdict,
     /// A gate rejected the work for the last time.
     GateRejected,
+    /// A human (or an approval's `on_timeout`) rejected the node's output.
+    ApprovalRejected,
     /// A planner's plan would nest or grow the run past its policy.
     ExpansionLimit,
     /// A planner returned something that is not a valid plan.
@@ -108,11 +112,12 @@ pub enum NodeFailureClass {
 
 impl NodeFailureClass {
     /// The classes the scheduler finds itself.
-    const SCHEDULER: [Self; 6] = [
+    const SCHEDULER: [Self; 7] = [
         Self::Template,
         Self::RenderLimit,
         Self::InvalidVerdict,
         Self::GateRejected,
+        Self::ApprovalRejected,
         Self::ExpansionLimit,
         Self::InvalidPlan,
     ];
@@ -125,6 +130,7 @@ impl NodeFailureClass {
             Self::RenderLimit => "render-limit",
             Self::InvalidVerdict => "invalid-verdict",
             Self::GateRejected => "gate-rejected",
+            Self::ApprovalRejected => "approval-rejected",
             Self::ExpansionLimit => "expansion-limit",
             Self::InvalidPlan => "invalid-plan",
         }
@@ -170,7 +176,7 @@ impl utoipa::PartialSchema for NodeFailureClass {
             .schema_type(utoipa::openapi::schema::Type::String)
             .enum_values(Some(names))
             .description(Some(
-                "A call's failure class, or one the scheduler found (template, render-limit, invalid-verdict, gate-rejected, expansion-limit, invalid-plan).",
+                "A call's failure class, or one the scheduler found (template, render-limit, invalid-verdict, gate-rejected, approval-rejected, expansion-limit, invalid-plan).",
             ))
             .into()
     }

@@ -3,10 +3,10 @@
 
 use temporalio_client::{
     Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowQueryOptions,
-    WorkflowStartOptions,
+    WorkflowSignalOptions, WorkflowStartOptions,
 };
 
-use super::{Endpoint, RunInput, RunResult, TemporalError, workflow::DagWorkflow};
+use super::{ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, workflow::DagWorkflow};
 
 /// Start run `input.run` as a workflow on `endpoint`'s task queue. Cost:
 /// one RPC; nothing runs until a `soma worker` polls the queue.
@@ -44,6 +44,28 @@ pub async fn status(client: &Client, run: &str) -> Result<RunResult, TemporalErr
     client
         .get_workflow_handle::<DagWorkflow>(run)
         .query(DagWorkflow::report, (), WorkflowQueryOptions::default())
+        .await
+        .map_err(|e| TemporalError::Workflow {
+            run: run.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+/// Hand a verdict to run `run`'s workflow (the `approval` signal). Check
+/// first ([`status`], `RunState::check_approval`) that the node awaits
+/// one: the workflow ignores a verdict on a node that does not.
+pub async fn approve(
+    client: &Client,
+    run: &str,
+    signal: ApprovalSignal,
+) -> Result<(), TemporalError> {
+    client
+        .get_workflow_handle::<DagWorkflow>(run)
+        .signal(
+            DagWorkflow::approval,
+            signal,
+            WorkflowSignalOptions::default(),
+        )
         .await
         .map_err(|e| TemporalError::Workflow {
             run: run.to_owned(),

@@ -18,13 +18,15 @@ use std::{
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture, TimerResult,
-    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture,
+    SyncWorkflowContext, TimerResult, WaitConditionOptions, WorkflowCancellationToken,
+    WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 use super::{
-    BudgetRequest, CallRequest, CallResult, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES,
-    PAYLOAD_LIMIT_BYTES, RunInput, RunResult, activity::CallActivities, activity::HEARTBEAT_EVERY,
+    ApprovalSignal, BudgetRequest, CallRequest, CallResult, Charges, HISTORY_EVENT_LIMIT,
+    MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput, RunResult, activity::CallActivities,
+    activity::HEARTBEAT_EVERY,
 };
 use crate::dag::{
     history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
@@ -57,6 +59,8 @@ pub struct DagWorkflow {
     run: String,
     history: Vec<Event>,
     charges: Charges,
+    /// Verdicts signalled and not yet applied.
+    inbox: Vec<ApprovalSignal>,
 }
 
 #[workflow_methods]
@@ -132,6 +136,18 @@ impl DagWorkflow {
                 };
                 propose(&mut state, finished, &mut batch, &mut budgets)?;
             }
+            // Verdicts signalled since the last turn (in the order Temporal
+            // delivered them: deterministic on replay).
+            let signals = if ctx.state(|w| w.inbox.is_empty()) {
+                Vec::new()
+            } else {
+                ctx.state_mut(|w| std::mem::take(&mut w.inbox))
+            };
+            for signal in signals {
+                if let Some(event) = verdict_event(&state, signal, now) {
+                    propose(&mut state, event, &mut batch, &mut budgets)?;
+                }
+            }
             let mut dispatch: Vec<Dispatch> = Vec::new();
             while state.finished.is_none() {
                 let free = slots.saturating_sub(in_flight.len() + dispatch.len());
@@ -169,6 +185,16 @@ impl DagWorkflow {
                 });
             }
             let mut done = std::mem::take(&mut ready);
+            // A verdict signalled: never cancelled (a cancelled run still
+            // records its calls in flight, as the embedded engine does).
+            let mut signalled = Box::pin(
+                ctx.wait_condition_with_options(
+                    |w| !w.inbox.is_empty(),
+                    WaitConditionOptions::builder()
+                        .cancellation_token(WorkflowCancellationToken::new())
+                        .build(),
+                ),
+            );
             if done.is_empty() {
                 // Every call that has finished joins this turn, in start
                 // order (deterministic; no wakers but the SDK's).
@@ -188,7 +214,8 @@ impl DagWorkflow {
                     let fired = timer
                         .as_mut()
                         .is_some_and(|(_, t)| t.as_mut().poll(cx).is_ready());
-                    if finished.is_empty() && !cancel && !fired {
+                    let verdict = signalled.as_mut().poll(cx).is_ready();
+                    if finished.is_empty() && !cancel && !fired && !verdict {
                         Poll::Pending
                     } else {
                         Poll::Ready((finished, cancel, fired))
@@ -245,6 +272,14 @@ impl DagWorkflow {
         Ok(result)
     }
 
+    /// A human verdict on a node awaiting approval (`soma dag approve
+    /// --engine temporal`, the daemon's approval route): applied at the
+    /// workflow's next turn; ignored if the node no longer awaits one.
+    #[signal]
+    pub fn approval(&mut self, _ctx: &mut SyncWorkflowContext<Self>, signal: ApprovalSignal) {
+        self.inbox.push(signal);
+    }
+
     /// The run so far: its history and the charges reported.
     #[query]
     pub fn report(&self, _ctx: &WorkflowContextView) -> RunResult {
@@ -254,6 +289,23 @@ impl DagWorkflow {
             entries: self.charges.entries(),
         }
     }
+}
+
+/// The event a signalled verdict leads to, if its node awaits one.
+fn verdict_event(state: &RunState, signal: ApprovalSignal, now: u64) -> Option<Event> {
+    let pending = state
+        .pending_approvals()
+        .into_iter()
+        .find(|p| p.node == signal.node)?;
+    state.approval_event(
+        &signal.node,
+        pending.attempt,
+        signal.verdict,
+        signal.reason,
+        &signal.by,
+        signal.tenant,
+        now,
+    )
 }
 
 enum Started<'a> {

@@ -936,3 +936,97 @@ fn outbound_http_of_calls_shows_in_metrics_by_outcome_and_direction() {
         "{text}"
     );
 }
+
+/// A node with `approval:` parks its run (the only driver serves another
+/// run meanwhile), shows `awaiting-approval` on the run's event stream,
+/// survives a kill -9 of the daemon, and takes a verdict over HTTP: only
+/// from its tenant with `run` scope (another tenant: 404), only on a node
+/// that awaits one (409), the same verdict twice is 200, another 409.
+#[test]
+fn approvals_over_http_are_scoped_idempotent_and_survive_a_restart() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = token(dir.path(), "acme", "run,read");
+    let reader = token(dir.path(), "acme", "read");
+    let globex = token(dir.path(), "globex", "run,read");
+    let d = start(dir.path(), "dag_drivers = 1\n");
+    let spec = json!({
+        "name": "approve",
+        "capsules": {"calc": "calculator", "echo": "echo"},
+        "nodes": [
+            {"id": "a", "capsule": "calc", "input": {"expr": "6*7"}, "approval": {"timeout": "1d"}},
+            {"id": "b", "capsule": "echo", "input": "{{ nodes.a.output }}"},
+        ],
+    });
+    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
+    assert_eq!(s, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    let stream = client()
+        .get(format!("{}/v1/runs/{run}/events", d.url))
+        .bearer_auth(&acme)
+        .send()
+        .expect("sse");
+    let awaiting = std::io::BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line == "event: awaiting-approval");
+    assert!(awaiting, "the stream ended without `awaiting-approval`");
+    // The parked run holds no driver: another run finishes meanwhile.
+    let quick = json!({"name": "quick", "capsules": {"calc": "calculator"},
+        "nodes": [{"id": "q", "capsule": "calc", "input": {"expr": "1+1"}}]});
+    let (_, v) = post(&d, "/v1/runs", &acme, &json!({"dag": quick}));
+    let other = v["run"].as_str().expect("run").to_owned();
+    let v = wait_finished(&d, &acme, &other, Duration::from_secs(60));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let path = |node: &str| format!("/v1/runs/{run}/nodes/{node}/approval");
+    let approve = json!({"verdict": "approve", "reason": "looks right"});
+    let (s, v) = post(&d, &path("a"), &globex, &approve);
+    assert_eq!(s, 404, "another tenant's run: {v}");
+    let (s, v) = post(&d, &path("a"), &reader, &approve);
+    assert_eq!(s, 403, "read scope: {v}");
+    let (s, v) = post(&d, &path("b"), &acme, &approve);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("not-awaiting-approval")),
+        "{v}"
+    );
+    let (s, v) = post(&d, &path("a"), &acme, &json!({"verdict": "reject"}));
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("reason")),
+        "{v}"
+    );
+    // kill -9 while it waits: the restarted daemon parks it again.
+    let (data, config) = d.kill9();
+    let d = Daemon::spawn(bin(), &data, &config);
+    let (s, v) = post(&d, &path("a"), &acme, &approve);
+    assert_eq!((s, v["state"].as_str()), (200, Some("accepted")), "{v}");
+    let (s, v) = post(&d, &path("a"), &acme, &approve);
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (200, Some("already-given")),
+        "{v}"
+    );
+    let (s, v) = post(
+        &d,
+        &path("a"),
+        &acme,
+        &json!({"verdict": "reject", "reason": "no"}),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("approval-conflict")),
+        "{v}"
+    );
+    let v = wait_finished(&d, &acme, &run, Duration::from_secs(60));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["output"]["b"]["value"], 42, "{v}");
+    assert_eq!(v["approvals"][0]["tenant"], "acme", "{v}");
+    assert_eq!(v["approvals"][0]["reason"], "looks right", "{v}");
+    let (s, v) = post(&d, &path("a"), &acme, &approve);
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (200, Some("already-given")),
+        "{v}"
+    );
+}

@@ -613,3 +613,157 @@ fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
     let report = d.wait_finished(&acme, &slow_run, std::time::Duration::from_secs(60));
     assert_eq!(report["status"], "cancelled", "{report}");
 }
+
+/// Per human verdict: (node, verdict, reason, by, round).
+fn approvals(doc: &Value) -> Vec<(String, String, String, String, u64)> {
+    doc["approvals"]
+        .as_array()
+        .expect("approvals")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("node"),
+                s("verdict"),
+                s("reason"),
+                s("by"),
+                a["round"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A node with `approval:` waits on both engines (embedded: `soma dag run`
+/// stops with only the verdict left, `soma dag approve|reject` records it,
+/// `soma dag resume` continues; Temporal: the workflow waits, `soma dag
+/// status` shows the node `awaiting-approval`, the verdict is a signal),
+/// and approve and reject give the same report on both.
+#[test]
+fn approve_and_reject_give_the_same_report_on_both_engines() {
+    let cluster = Cluster::start("conform-approve");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "approve",
+        r#"
+name: approve
+policy: { on_failure: continue }
+nodes:
+  - id: a
+    capsule: calculator
+    input: { expr: "6*7" }
+    approval: { timeout: 1d }
+  - id: b
+    capsule: echo
+    input: "{{ nodes.a.output }}"
+  - id: c
+    capsule: calculator
+    input: { expr: "1+1" }
+"#,
+    );
+    let address = cluster.server.address().to_owned();
+    for (run, verb, code) in [("ap1", "approve", 0), ("rj1", "reject", 23)] {
+        let verdict_args = [verb, run, "a", "--reason", "checked by hand"];
+        // Embedded.
+        let data = tempfile::tempdir().expect("data");
+        let first = embedded_run(data.path(), &spec, &["--run-id", run]);
+        assert_eq!(first.status.code(), Some(25), "{}", text(&first.stderr));
+        assert_eq!(
+            json_of(&first)["timeline"][0]["status"],
+            "awaiting-approval",
+            "{}",
+            text(&first.stdout)
+        );
+        let status = soma(data.path())
+            .args(["dag", "status", run, "--json"])
+            .output()
+            .expect("status");
+        assert_eq!(
+            json_of(&status)["timeline"][0]["status"],
+            "awaiting-approval"
+        );
+        let given = soma(data.path())
+            .arg("dag")
+            .args(verdict_args)
+            .output()
+            .expect("verdict");
+        assert_eq!(given.status.code(), Some(0), "{}", text(&given.stderr));
+        let e = soma(data.path())
+            .args(["dag", "resume", run, "--json", "--capsule-path"])
+            .arg(capsule_dir())
+            .output()
+            .expect("resume");
+        assert_eq!(e.status.code(), Some(code), "{}", text(&e.stderr));
+        // Temporal.
+        let client_data = tempfile::tempdir().expect("data");
+        let mut start = soma(client_data.path());
+        start
+            .args(["dag", "run"])
+            .arg(&spec)
+            .args([
+                "--json",
+                "--run-id",
+                run,
+                "--engine",
+                "temporal",
+                "--temporal",
+                &address,
+            ])
+            .args(["--task-queue", &cluster.queue])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = start.spawn().expect("spawn soma dag run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = soma(client_data.path())
+                .args([
+                    "dag",
+                    "status",
+                    run,
+                    "--json",
+                    "--engine",
+                    "temporal",
+                    "--temporal",
+                    &address,
+                ])
+                .output()
+                .expect("status");
+            let waiting = status.status.success()
+                && json_of(&status)["timeline"][0]["status"] == "awaiting-approval";
+            if waiting {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a never awaited approval"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let given = soma(client_data.path())
+            .arg("dag")
+            .args(verdict_args)
+            .args(["--engine", "temporal", "--temporal", &address])
+            .output()
+            .expect("verdict");
+        assert_eq!(given.status.code(), Some(0), "{}", cluster.explain(&given));
+        let t = child.wait_with_output().expect("dag run");
+        assert_eq!(t.status.code(), Some(code), "{}", cluster.explain(&t));
+        let (e, t) = (json_of(&e), json_of(&t));
+        assert_eq!(t["status"], e["status"]);
+        assert_eq!(t["output"], e["output"]);
+        assert_eq!(t["error"], e["error"]);
+        assert_eq!(timeline(&t), timeline(&e));
+        assert_eq!(approvals(&t), approvals(&e));
+        assert_eq!(
+            approvals(&e),
+            [(
+                "a".into(),
+                verb.into(),
+                "checked by hand".into(),
+                "cli".into(),
+                1
+            )]
+        );
+        assert_eq!(charges(&t), charges(&e));
+    }
+}

@@ -12,6 +12,7 @@ use soma_runtime::{
     Capsule,
     config::{Allocator, Metering},
     dag::{
+        approval::Offered,
         history::{Event, RunStatus},
         journal::Journal,
         scheduler::{self, Ended, Loaded, Observer, Quiet, Settings},
@@ -642,4 +643,189 @@ fn a_capabilities_entry_that_cannot_restrict_is_refused_with_its_line() {
     );
     assert!(text.contains("`log` cannot be restricted"), "{text}");
     assert!(text.contains("`kv` takes `true` or `false`"), "{text}");
+}
+
+/// A node with `approval:` waits (`awaiting-approval`) after its call while
+/// an independent branch runs; a drive with only verdicts left returns
+/// (and holds nothing); the verdict is idempotent and cannot be changed;
+/// the waiting survives a new drive (a restart); approve lets the
+/// dependents run and the report shows who decided.
+#[test]
+fn approval_waits_survives_a_restart_and_approve_lets_dependents_run() {
+    let t = engine();
+    let spec = spec_of(
+        r#"
+name: approve
+nodes:
+  - id: a
+    capsule: calculator
+    input: { expr: "6*7" }
+    approval: { timeout: 24h }
+  - id: b
+    capsule: echo
+    input: "{{ nodes.a.output }}"
+  - id: c
+    capsule: calculator
+    input: { expr: "1+1" }
+"#,
+    );
+    let loaded = load(&t, &spec);
+    let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
+        .expect("create");
+    let settings = Settings::default();
+    let (state, ended) =
+        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    assert_eq!(ended, Ended::AwaitingApproval);
+    assert!(matches!(
+        state.node("a").expect("a").status,
+        Status::AwaitingApproval {
+            deadline_ms: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(state.node("c").expect("c").status, Status::Succeeded);
+    assert_eq!(state.node("b").expect("b").status, Status::Waiting);
+    assert_eq!(
+        state.report().timeline[0].status.name(),
+        "awaiting-approval"
+    );
+    // A restart: the run is driven again from its journal and waits again,
+    // calling nothing.
+    let (state, ended) =
+        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    assert_eq!(ended, Ended::AwaitingApproval);
+    assert_eq!(attempts(&state, "a"), 1);
+    let journal = Journal::new(t.engine.data().database().clone());
+    let approve = spec::ApprovalVerdict::Approve;
+    let offer = |verdict, reason: &str| {
+        scheduler::offer_approval(
+            &journal,
+            &run,
+            "a",
+            verdict,
+            Some(reason.into()),
+            "cli",
+            None,
+        )
+    };
+    assert_eq!(offer(approve, "fine").expect("offer"), Offered::Accepted);
+    assert_eq!(
+        offer(approve, "fine").expect("again"),
+        Offered::AlreadyGiven
+    );
+    let e = offer(spec::ApprovalVerdict::Reject, "no").expect_err("changed");
+    assert!(
+        e.to_string().contains("already has the verdict `approve`"),
+        "{e}"
+    );
+    let e = scheduler::offer_approval(&journal, &run, "c", approve, None, "cli", None)
+        .expect_err("c does not wait");
+    assert!(
+        e.to_string()
+            .contains("not awaiting approval (it is succeeded)"),
+        "{e}"
+    );
+    let (state, ended) =
+        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    assert_eq!(ended, Ended::Finished(RunStatus::Succeeded));
+    assert_eq!(
+        output(&state)["b"]["value"],
+        json!(42),
+        "{:?}",
+        output(&state)
+    );
+    let report = state.report();
+    assert_eq!(report.approvals.len(), 1);
+    assert_eq!(report.approvals[0].by, "cli");
+    assert_eq!(report.approvals[0].reason.as_deref(), Some("fine"));
+    // Recorded: asking again is still the same answer.
+    assert_eq!(
+        offer(approve, "fine").expect("after"),
+        Offered::AlreadyGiven
+    );
+}
+
+/// Reject fails the node (`approval-rejected`) under the run's policy
+/// (`continue`: its dependents are skipped, the rest runs); a timeout
+/// applies `on_timeout` (here: approve) once its deadline has passed.
+#[test]
+fn reject_fails_the_node_and_a_timeout_applies_its_verdict() {
+    let t = engine();
+    let spec = spec_of(
+        r#"
+name: reject
+policy: { on_failure: continue }
+nodes:
+  - id: a
+    capsule: calculator
+    input: { expr: "6*7" }
+    approval: {}
+  - id: b
+    capsule: echo
+    input: "{{ nodes.a.output }}"
+  - id: t
+    capsule: calculator
+    input: { expr: "2*3" }
+    approval: { timeout: 1s, on_timeout: approve }
+  - id: u
+    capsule: echo
+    input: "{{ nodes.t.output }}"
+"#,
+    );
+    let loaded = load(&t, &spec);
+    let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
+        .expect("create");
+    let (state, ended) = scheduler::drive(
+        &t.engine,
+        &run,
+        &capsules(&loaded),
+        &Settings::default(),
+        &Quiet,
+    )
+    .expect("drive");
+    assert_eq!(ended, Ended::AwaitingApproval);
+    let deadline = match state.node("t").expect("t").status {
+        Status::AwaitingApproval {
+            deadline_ms: Some(at),
+            ..
+        } => at,
+        ref other => panic!("t: {other:?}"),
+    };
+    let journal = Journal::new(t.engine.data().database().clone());
+    let reject = spec::ApprovalVerdict::Reject;
+    scheduler::offer_approval(
+        &journal,
+        &run,
+        "a",
+        reject,
+        Some("wrong".into()),
+        "cli",
+        None,
+    )
+    .expect("reject");
+    while soma_runtime::dag::history::now_ms() <= deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (state, ended) = scheduler::drive(
+        &t.engine,
+        &run,
+        &capsules(&loaded),
+        &Settings::default(),
+        &Quiet,
+    )
+    .expect("drive");
+    assert_eq!(ended, Ended::Finished(RunStatus::Failed));
+    assert_eq!(failure_class(&state, "a"), "approval-rejected");
+    assert_eq!(state.node("b").expect("b").status, Status::Skipped);
+    let u = state.node("u").expect("u").output.clone().expect("u ran");
+    assert_eq!(u["value"], json!(6), "{u}");
+    let by: Vec<(&str, &str)> = state
+        .approvals
+        .iter()
+        .map(|a| (a.node.as_str(), a.by.as_str()))
+        .collect();
+    assert!(
+        by.contains(&("a", "cli")) && by.contains(&("t", "timeout")),
+        "{by:?}"
+    );
 }

@@ -689,6 +689,37 @@ async fn show(
                 }
             }
         }
+        section #approvals aria-labelledby="approvals-h" {
+            h2 #approvals-h { "Approvals" }
+            @let pending = state.pending_approvals();
+            @let given: Vec<_> = history.iter().filter_map(|e| match e {
+                Event::Approval { node, verdict, reason, by, tenant, time_ms } => Some((node, verdict, reason, by, tenant, time_ms)),
+                _ => None,
+            }).collect();
+            @if pending.is_empty() && given.is_empty() {
+                p.hint { "No node asks for a human verdict." }
+            } @else {
+                ul {
+                    @for w in &pending {
+                        li.approval data-node=(w.node) data-state="awaiting-approval" {
+                            code { (w.node) } " " span.badge.warn { "awaiting approval" }
+                            @if let Some(at) = w.deadline_ms { " · on_timeout at " (layout::time(at)) }
+                            " · " code { "soma dag approve|reject " (id) " " (w.node) }
+                        }
+                    }
+                    @for (node, verdict, reason, by, tenant, time_ms) in given {
+                        li.approval data-node=(node) data-verdict=(verdict) {
+                            code { (node) } " "
+                            @if *verdict == crate::dag::spec::ApprovalVerdict::Approve { span.badge.ok { "approved" } } @else { span.badge.fail { "rejected" } }
+                            " by " (by)
+                            @if let Some(t) = tenant { " (" (t) ")" }
+                            " · " (layout::time(*time_ms))
+                            @if let Some(r) = reason { " · " (r) }
+                        }
+                    }
+                }
+            }
+        }
         section #retries aria-labelledby="retries-h" {
             h2 #retries-h { "Retries" }
             @let retries: Vec<_> = history.iter().filter_map(|e| match e {

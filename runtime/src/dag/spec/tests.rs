@@ -427,7 +427,7 @@ fn plan_errors_are_local_and_carry_pointers() {
         vec![
             "plan from node `plan`: nodes[3].unknown: unknown field `unknown`, expected one of \
              `id`, `capsule`, `input`, `needs`, `limits`, `timeout_ms`, `retries`, `budget`, \
-             `gate`, `for_each`, `catch`, `capabilities` (at /nodes/3/unknown)",
+             `gate`, `for_each`, `catch`, `capabilities`, `approval` (at /nodes/3/unknown)",
             "plan from node `plan`: node `a` uses capsule `not-an-alias`, which is not declared \
              in `capsules` (at /nodes/0/capsule)",
             // Spec node ids are not visible from a plan.
@@ -597,4 +597,61 @@ fn ceilings_refuse_values_above_them_and_lower_the_defaults() {
         spec, before,
         "the default ceilings hold the format's defaults"
     );
+}
+
+#[test]
+fn approval_parses_and_bad_timeouts_name_their_line() {
+    let text = "\
+version: 1
+name: approvals
+capsules: { worker: w.wasm }
+nodes:
+  - id: a
+    capsule: worker
+    approval: { required: true, timeout: 24h, on_timeout: approve }
+  - id: b
+    capsule: worker
+    approval: {}
+";
+    let spec = parse(text, "ok.yaml").expect("valid");
+    let a = spec.nodes[0].approval.as_ref().expect("approval");
+    assert_eq!(a.timeout_ms(), Some(24 * 3_600_000));
+    assert_eq!(a.on_timeout, ApprovalVerdict::Approve);
+    let b = spec.nodes[1].approval.as_ref().expect("approval");
+    assert!(b.required && b.timeout_ms().is_none());
+    assert_eq!(b.on_timeout, ApprovalVerdict::Reject);
+    let bad = "\
+version: 1
+name: approvals
+capsules: { worker: w.wasm }
+nodes:
+  - id: a
+    capsule: worker
+    approval:
+      timeout: soon
+  - id: b
+    capsule: worker
+    approval: { timeout: 400d }
+";
+    let found = lines(&errors(bad));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, 8, "{found:?}");
+    assert!(
+        found[0]
+            .1
+            .contains("bad `approval`: `soon` is not a duration"),
+        "{found:?}"
+    );
+    assert_eq!(found[1].0, 11, "{found:?}");
+    assert!(
+        found[1].1.contains("must be between 1s and 365d"),
+        "{found:?}"
+    );
+    let e = parse(
+        "version: 1\nname: x\ncapsules: {w: w.wasm}\nnodes:\n  - {id: a, capsule: w, approval: {on_timeout: maybe}}\n",
+        "shape.yaml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("shape.yaml:5:"), "{e}");
+    assert!(e.to_string().contains("on_timeout"), "{e}");
 }
