@@ -16,10 +16,10 @@ use super::{
     Daemon,
     auth::{Principal, TokenScope},
     contract::{ApprovalAnswer, ApprovalBody, ErrorBody},
-    reply::{ApiError, Routes, parse, require},
+    reply::{ApiError, Routes, approval_refused, parse, require},
 };
 use crate::dag::{
-    approval::{ApprovalError, Offered},
+    approval::Offered,
     journal::{Journal, JournalError},
     scheduler::{self, DagError},
     spec::ApprovalVerdict,
@@ -28,7 +28,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{Method, StatusCode},
+    http::Method,
 };
 
 /// Most bytes a verdict's reason may hold.
@@ -106,7 +106,7 @@ pub(super) async fn approve_node(
     .await
     .map_err(|e| ApiError::failed(&e))?
     .map_err(|e| match e {
-        DagError::Approval(a) => refused(&a),
+        DagError::Approval(a) => approval_refused(&a),
         DagError::Journal(JournalError::NotFound(_)) => missing(),
         other => ApiError::failed(&other),
     })?;
@@ -140,13 +140,4 @@ pub(crate) fn check_reason(verdict: ApprovalVerdict, reason: Option<&str>) -> Re
         )),
         _ => Ok(()),
     }
-}
-
-/// A refused verdict as an answer: 404 for a node the run lacks, else 409.
-pub(crate) fn refused(e: &ApprovalError) -> ApiError {
-    let status = match e {
-        ApprovalError::UnknownNode { .. } => StatusCode::NOT_FOUND,
-        ApprovalError::NotAwaiting { .. } | ApprovalError::Conflict { .. } => StatusCode::CONFLICT,
-    };
-    ApiError::new(status, e.code(), e.to_string())
 }

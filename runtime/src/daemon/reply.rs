@@ -187,3 +187,14 @@ pub(super) fn full(code: &'static str, message: String) -> ApiError {
         ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
     }
 }
+
+/// A refused approval verdict as an answer: 404 for a node the run lacks,
+/// else 409 (both engines' approval routes answer it; here, below them).
+pub(crate) fn approval_refused(e: &crate::dag::approval::ApprovalError) -> ApiError {
+    use crate::dag::approval::ApprovalError;
+    let status = match e {
+        ApprovalError::UnknownNode { .. } => StatusCode::NOT_FOUND,
+        ApprovalError::NotAwaiting { .. } | ApprovalError::Conflict { .. } => StatusCode::CONFLICT,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}

@@ -212,7 +212,7 @@ impl TemporalRuns {
         let verdict = body.verdict;
         let state_of = match state
             .check_approval(node, verdict)
-            .map_err(|e| super::approvals::refused(&e))?
+            .map_err(|e| super::reply::approval_refused(&e))?
         {
             None => Offered::AlreadyGiven,
             Some(_) => {
