@@ -564,7 +564,30 @@ pub fn offer_approval(
 pub fn record_verdicts_idle(engine: &Engine, run: &str) -> Result<RunState, DagError> {
     let journal = Journal::new(engine.data().database().clone());
     let (mut state, history) = unfinished(&journal, run)?;
-    let handed_in = journal.approvals(run)?;
+    let (events, seen) = fold_verdicts(&journal, &mut state)?;
+    if !events.is_empty() {
+        journal.commit(
+            run,
+            history.len() as u64,
+            &events,
+            &summary(&state),
+            &[],
+            engine.metering(),
+        )?;
+    }
+    journal.drop_approvals(run, &seen)?;
+    Ok(state)
+}
+
+/// The verdicts handed in for `state`'s run, as the events of the nodes
+/// that await one, each applied to `state`; and every inbox row read (the
+/// others are stale: their node moved on), to forget once the events are
+/// committed.
+fn fold_verdicts(
+    journal: &Journal,
+    state: &mut RunState,
+) -> Result<(Vec<Event>, Vec<String>), DagError> {
+    let handed_in = journal.approvals(&state.run)?;
     let mut events = Vec::new();
     let mut seen = Vec::with_capacity(handed_in.len());
     for (node, r) in handed_in {
@@ -583,18 +606,7 @@ pub fn record_verdicts_idle(engine: &Engine, run: &str) -> Result<RunState, DagE
         }
         seen.push(node);
     }
-    if !events.is_empty() {
-        journal.commit(
-            run,
-            history.len() as u64,
-            &events,
-            &summary(&state),
-            &[],
-            engine.metering(),
-        )?;
-    }
-    journal.drop_approvals(run, &seen)?;
-    Ok(state)
+    Ok((events, seen))
 }
 
 /// Cancel a run no process is driving: record the request and the end.
@@ -1042,27 +1054,12 @@ impl Coordinator<'_> {
     /// Propose the verdicts handed in for nodes that await one; returns
     /// every inbox row read (the others are stale: their node moved on),
     /// to forget once the batch is committed.
+    ///
+    /// Verdict events need no more than applying (no plan budgets), so
+    /// they skip [`Self::propose`].
     fn take_verdicts(&mut self, batch: &mut Vec<Event>) -> Result<Vec<String>, DagError> {
-        let handed_in = self.journal.approvals(&self.state.run)?;
-        if handed_in.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut seen = Vec::with_capacity(handed_in.len());
-        for (node, r) in handed_in {
-            let event = self.state.approval_event(
-                &node,
-                r.attempt,
-                r.verdict,
-                r.reason,
-                &r.by,
-                r.tenant,
-                now_ms(),
-            );
-            if let Some(event) = event {
-                self.propose(event, batch)?;
-            }
-            seen.push(node);
-        }
+        let (events, seen) = fold_verdicts(&self.journal, self.state)?;
+        batch.extend(events);
         Ok(seen)
     }
 

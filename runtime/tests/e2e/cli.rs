@@ -1,5 +1,6 @@
 //! The `soma` binary end to end: outputs, JSON, exit codes, scaffolding.
 
+use super::common::text;
 use std::process::{Command, Output};
 
 fn soma(data: &std::path::Path, args: &[&str]) -> Output {
@@ -10,10 +11,6 @@ fn soma(data: &std::path::Path, args: &[&str]) -> Output {
         .env_remove("SOMA_CONFIG")
         .output()
         .expect("spawn soma")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! restarted, every run finishing with the right output and no double
 //! charge.
 
+use super::common::{bin, soma};
 use std::{
     path::Path,
     process::Command,
@@ -12,14 +13,6 @@ use std::{
 
 use serde_json::{Value, json};
 use soma_tests::daemon::{self as harness, DaemonProcess as Daemon, client};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_soma"))
-}
-
-fn soma(data: &Path) -> Command {
-    harness::soma(bin(), data)
-}
 
 /// Create a token (the daemon must not be running on `data`).
 fn token(data: &Path, tenant: &str, scopes: &str) -> String {

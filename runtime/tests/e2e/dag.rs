@@ -3,10 +3,11 @@
 //! random points and resumed, ending every time with the uninterrupted
 //! run's output, no completed node executed twice and no double charge.
 
+use super::common::{capsule_dir, json_of, soma, text};
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -14,19 +15,6 @@ use serde_json::Value;
 
 fn spec_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml")
-}
-
-fn capsule_dir() -> PathBuf {
-    Path::new(soma_capsules::CALCULATOR_COMPONENT)
-        .parent()
-        .expect("capsule dir")
-        .to_path_buf()
-}
-
-fn soma(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_soma"));
-    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
-    c
 }
 
 fn dag_run(data: &Path, run_id: &str) -> Command {
@@ -37,20 +25,6 @@ fn dag_run(data: &Path, run_id: &str) -> Command {
         .arg(capsule_dir())
         .args(["--run-id", run_id, "--json"]);
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! link (docs/ci.md).
 
 mod cli;
+mod common;
 mod daemon;
 mod daemon_log;
 mod daemon_pg;

@@ -3,6 +3,7 @@
 //! same unsigned capsule with the same message, against a real
 //! `docker-registry`.
 
+use super::common::text;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -21,10 +22,6 @@ use soma_tests::{
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Push the echo capsule to `reference` with the CLI.

@@ -12,6 +12,7 @@
 //! sticky timeouts keep each test well under 20 s on an idle machine; every
 //! wait is on a condition with a generous deadline.
 
+use super::common::{bin, capsule_dir, json_of, soma, text};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -27,37 +28,6 @@ use soma_tests::{
 
 /// Generous bound on every wait (a loaded 2-core CI machine).
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_soma"))
-}
-
-fn soma(data: &Path) -> Command {
-    let mut c = Command::new(bin());
-    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
-    c
-}
-
-fn capsule_dir() -> PathBuf {
-    Path::new(soma_capsules::CALCULATOR_COMPONENT)
-        .parent()
-        .expect("capsule dir")
-        .to_path_buf()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
-}
 
 /// A run with a fan-out, then one slow call (`slow`, ~4 s of CPU, caught;
 /// the only call in flight while it runs), joined by `sink`: it succeeds

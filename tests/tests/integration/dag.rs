@@ -645,6 +645,62 @@ fn a_capabilities_entry_that_cannot_restrict_is_refused_with_its_line() {
     assert!(text.contains("`kv` takes `true` or `false`"), "{text}");
 }
 
+/// A run of a spec with approvals, created for tenant `acme`: drive it,
+/// and hand in verdicts as `cli`.
+struct GatedRun {
+    t: TestEngine,
+    loaded: BTreeMap<String, Loaded>,
+    run: String,
+    journal: Journal,
+}
+
+impl GatedRun {
+    fn new(yaml: &str) -> Self {
+        let t = engine();
+        let spec = spec_of(yaml);
+        let loaded = load(&t, &spec);
+        let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
+            .expect("create");
+        let journal = Journal::new(t.engine.data().database().clone());
+        Self {
+            t,
+            loaded,
+            run,
+            journal,
+        }
+    }
+
+    /// Drive the run as far as it goes (a restart drives it the same way).
+    fn drive(&self) -> (RunState, Ended) {
+        let settings = Settings::default();
+        scheduler::drive(
+            &self.t.engine,
+            &self.run,
+            &capsules(&self.loaded),
+            &settings,
+            &Quiet,
+        )
+        .expect("drive")
+    }
+
+    fn offer(
+        &self,
+        node: &str,
+        verdict: spec::ApprovalVerdict,
+        reason: Option<&str>,
+    ) -> Result<Offered, scheduler::DagError> {
+        scheduler::offer_approval(
+            &self.journal,
+            &self.run,
+            node,
+            verdict,
+            reason.map(Into::into),
+            "cli",
+            None,
+        )
+    }
+}
+
 /// A node with `approval:` waits (`awaiting-approval`) after its call while
 /// an independent branch runs; a drive with only verdicts left returns
 /// (and holds nothing); the verdict is idempotent and cannot be changed;
@@ -652,8 +708,7 @@ fn a_capabilities_entry_that_cannot_restrict_is_refused_with_its_line() {
 /// dependents run and the report shows who decided.
 #[test]
 fn approval_waits_survives_a_restart_and_approve_lets_dependents_run() {
-    let t = engine();
-    let spec = spec_of(
+    let gated = GatedRun::new(
         r#"
 name: approve
 nodes:
@@ -669,12 +724,7 @@ nodes:
     input: { expr: "1+1" }
 "#,
     );
-    let loaded = load(&t, &spec);
-    let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
-        .expect("create");
-    let settings = Settings::default();
-    let (state, ended) =
-        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    let (state, ended) = gated.drive();
     assert_eq!(ended, Ended::AwaitingApproval);
     assert!(matches!(
         state.node("a").expect("a").status,
@@ -691,23 +741,11 @@ nodes:
     );
     // A restart: the run is driven again from its journal and waits again,
     // calling nothing.
-    let (state, ended) =
-        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    let (state, ended) = gated.drive();
     assert_eq!(ended, Ended::AwaitingApproval);
     assert_eq!(attempts(&state, "a"), 1);
-    let journal = Journal::new(t.engine.data().database().clone());
     let approve = spec::ApprovalVerdict::Approve;
-    let offer = |verdict, reason: &str| {
-        scheduler::offer_approval(
-            &journal,
-            &run,
-            "a",
-            verdict,
-            Some(reason.into()),
-            "cli",
-            None,
-        )
-    };
+    let offer = |verdict, reason| gated.offer("a", verdict, Some(reason));
     assert_eq!(offer(approve, "fine").expect("offer"), Offered::Accepted);
     assert_eq!(
         offer(approve, "fine").expect("again"),
@@ -718,15 +756,15 @@ nodes:
         e.to_string().contains("already has the verdict `approve`"),
         "{e}"
     );
-    let e = scheduler::offer_approval(&journal, &run, "c", approve, None, "cli", None)
+    let e = gated
+        .offer("c", approve, None)
         .expect_err("c does not wait");
     assert!(
         e.to_string()
             .contains("not awaiting approval (it is succeeded)"),
         "{e}"
     );
-    let (state, ended) =
-        scheduler::drive(&t.engine, &run, &capsules(&loaded), &settings, &Quiet).expect("drive");
+    let (state, ended) = gated.drive();
     assert_eq!(ended, Ended::Finished(RunStatus::Succeeded));
     assert_eq!(
         output(&state)["b"]["value"],
@@ -750,8 +788,7 @@ nodes:
 /// applies `on_timeout` (here: approve) once its deadline has passed.
 #[test]
 fn reject_fails_the_node_and_a_timeout_applies_its_verdict() {
-    let t = engine();
-    let spec = spec_of(
+    let gated = GatedRun::new(
         r#"
 name: reject
 policy: { on_failure: continue }
@@ -772,17 +809,7 @@ nodes:
     input: "{{ nodes.t.output }}"
 "#,
     );
-    let loaded = load(&t, &spec);
-    let run = scheduler::create(&t.engine, &spec, "t", &json!({}), &loaded, "acme", None)
-        .expect("create");
-    let (state, ended) = scheduler::drive(
-        &t.engine,
-        &run,
-        &capsules(&loaded),
-        &Settings::default(),
-        &Quiet,
-    )
-    .expect("drive");
+    let (state, ended) = gated.drive();
     assert_eq!(ended, Ended::AwaitingApproval);
     let deadline = match state.node("t").expect("t").status {
         Status::AwaitingApproval {
@@ -791,29 +818,13 @@ nodes:
         } => at,
         ref other => panic!("t: {other:?}"),
     };
-    let journal = Journal::new(t.engine.data().database().clone());
-    let reject = spec::ApprovalVerdict::Reject;
-    scheduler::offer_approval(
-        &journal,
-        &run,
-        "a",
-        reject,
-        Some("wrong".into()),
-        "cli",
-        None,
-    )
-    .expect("reject");
+    gated
+        .offer("a", spec::ApprovalVerdict::Reject, Some("wrong"))
+        .expect("reject");
     while soma_runtime::dag::history::now_ms() <= deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let (state, ended) = scheduler::drive(
-        &t.engine,
-        &run,
-        &capsules(&loaded),
-        &Settings::default(),
-        &Quiet,
-    )
-    .expect("drive");
+    let (state, ended) = gated.drive();
     assert_eq!(ended, Ended::Finished(RunStatus::Failed));
     assert_eq!(failure_class(&state, "a"), "approval-rejected");
     assert_eq!(state.node("b").expect("b").status, Status::Skipped);
