@@ -11,14 +11,22 @@
 //! - `http_outbound/host_hyper` — 10 GETs with hyper's HTTP/1.1 client on a
 //!   current-thread tokio runtime, a new connection each (what the
 //!   capsule's requests do), no policy.
+//! - `http_outbound/soma_capsule_blocking_path` — `soma_capsule` from a
+//!   thread inside a tokio runtime, which takes the blocking path (the
+//!   request on the runtime's workers, two thread hand-offs per request):
+//!   what every call paid before the async path.
 //!
-//! The server answers `200 hello` and closes, one thread per connection.
+//! The server answers `200 hello` and closes. It runs on one thread of
+//! its own (a current-thread tokio runtime, a task per connection): a fast
+//! server, so that the client side's cost is what the ratio shows. (A
+//! thread-per-connection server adds ~30 µs of thread start to both sides
+//! and flatters the ratio.)
+//!
+//! The capsule is called from the bench's own (plain) thread, so it takes
+//! the async path a daemon call-pool thread takes: guest, connection and
+//! I/O on that one thread.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener},
-    path::Path,
-};
+use std::{net::SocketAddr, path::Path};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
@@ -31,25 +39,38 @@ use soma_runtime::{
 const REQUESTS: u64 = 10;
 
 fn serve() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut tcp) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&mut tcp);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if line == "\r\n" {
-                        break;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut head = Vec::with_capacity(512);
+                    let mut buf = [0u8; 512];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
                     }
-                    line.clear();
-                }
-                let _ = tcp.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-                );
-            });
-        }
+                    let _ = tcp
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                        )
+                        .await;
+                });
+            }
+        });
     });
     addr
 }
@@ -109,6 +130,23 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.bench_function("host_hyper", |b| b.iter(direct));
+    // The blocking path (what a call made inside a tokio runtime takes,
+    // e.g. a Temporal activity; every call took it before the async path):
+    // this thread entered into a multi-thread runtime, so the request
+    // runs on its workers while the call's thread waits.
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("workers");
+    group.bench_function("soma_capsule_blocking_path", |b| {
+        let _inside = workers.enter();
+        b.iter(|| {
+            let outcome = engine.call(&capsule, &input, &options);
+            let out = outcome.result.expect("call");
+            assert!(out.contains(&format!("\"ok\":{REQUESTS}")), "{out}");
+        });
+    });
     group.finish();
 
     let mut stages = c.benchmark_group("http_outbound_stages");

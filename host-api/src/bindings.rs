@@ -34,6 +34,24 @@ pub mod v0_2 {
     });
 }
 
+/// `soma:capsule@0.2.0`'s exports again, called through wasmtime's async
+/// API (the imports are [`v0_2`]'s, shared through `with`): the path of a
+/// capsule that imports `wasi:http/outgoing-handler` — see [`AsyncPre`].
+pub mod v0_2_async {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "capsule",
+        require_store_data_send: true,
+        exports: { default: async },
+        with: {
+            "soma:capsule": super::v0_2::soma::capsule,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
+    });
+}
+
 /// `soma:capsule@0.1.0`, frozen: what capsules built before the
 /// open-ended capability requests import and export.
 pub mod v0_1 {
@@ -188,6 +206,66 @@ impl Exports {
                 })
             }),
         }
+    }
+}
+
+/// A 0.2.0 capsule pre-linked against the async linker
+/// ([`crate::add_to_linker_async`]): `describe` and `run` are futures,
+/// driven by the caller's tokio runtime. Built once per capsule, beside
+/// its [`CapsulePre`], for capsules that import
+/// `wasi:http/outgoing-handler`.
+pub struct AsyncPre<T: 'static>(v0_2_async::CapsulePre<T>);
+
+impl<T: 'static> std::fmt::Debug for AsyncPre<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncPre")
+    }
+}
+
+impl<T: Send + 'static> AsyncPre<T> {
+    /// Type-check the exports against the current contract (0.1.0
+    /// capsules keep the blocking path).
+    pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
+        v0_2_async::CapsulePre::new(pre).map(Self)
+    }
+
+    /// Instantiate in `store` (on a fiber). Per call.
+    pub async fn instantiate(
+        &self,
+        store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<AsyncExports> {
+        self.0.instantiate_async(store).await.map(AsyncExports)
+    }
+}
+
+/// An instance built by [`AsyncPre::instantiate`].
+pub struct AsyncExports(v0_2_async::Capsule);
+
+impl std::fmt::Debug for AsyncExports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncExports")
+    }
+}
+
+impl AsyncExports {
+    /// Call `describe()`.
+    pub async fn call_describe<S>(&self, store: S) -> wasmtime::Result<CapsuleInfo>
+    where
+        S: AsContextMut<Data: Send>,
+    {
+        self.0.call_describe(store).await
+    }
+
+    /// Call `run(input)`.
+    pub async fn call_run<S>(
+        &self,
+        store: S,
+        input: &str,
+    ) -> wasmtime::Result<Result<String, CapsuleError>>
+    where
+        S: AsContextMut<Data: Send>,
+    {
+        self.0.call_run(store, input).await
     }
 }
 

@@ -206,11 +206,27 @@ impl Shared {
 /// Once per engine.
 pub fn add_to_linker<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasi::add_to_linker(linker)?;
+    http::add_to_linker(linker)?;
+    add_the_rest(linker)
+}
+
+/// The same interfaces with WASI and WASI HTTP bound async: the linker for
+/// capsules that import `wasi:http/outgoing-handler`, whose calls are
+/// driven on the call thread's own tokio runtime (no thread hand-offs per
+/// request). Soma's own interfaces stay blocking host functions (they run
+/// on the call's fiber). Once per engine.
+pub fn add_to_linker_async<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasi::add_to_linker_async(linker)?;
+    http::add_to_linker_async(linker)?;
+    add_the_rest(linker)
+}
+
+/// Everything but WASI and WASI HTTP (the same in both linkers).
+fn add_the_rest<T: HasCapabilities>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     log::add_to_linker(linker)?;
     kv::add_to_linker(linker)?;
     llm::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
-    http::add_to_linker(linker)?;
     secrets::add_to_linker(linker)?;
     crate::compat::add_to_linker(linker)?;
     crate::bindings::add_types_to_linker(linker)

@@ -522,11 +522,28 @@ pub trait HttpView: Send {
 
 /// Wire `wasi:http/outgoing-handler` and `wasi:http/types` (sync) into
 /// `linker`. Once per engine.
+///
+/// With these bindings a request runs on wasmtime-wasi's shared tokio
+/// runtime while the call's thread waits: every request crosses threads
+/// twice (out, and back with the answer). [`add_to_linker_async`] is the
+/// path without the crossings.
 pub fn add_to_linker<T: HttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use wasmtime_wasi_http::p2::bindings;
     let options = bindings::LinkOptions::default();
     bindings::sync::http::outgoing_handler::add_to_linker::<T, WasiHttp>(linker, T::http_view)?;
     bindings::sync::http::types::add_to_linker::<T, WasiHttp>(linker, &options.into(), T::http_view)
+}
+
+/// Wire the same interfaces (async) into `linker`. Once per engine.
+///
+/// An instance linked this way is driven with wasmtime's `*_async` calls;
+/// on a current-thread tokio runtime owned by the call's thread, the
+/// request's connection, its I/O and the guest all run on that one thread.
+pub fn add_to_linker_async<T: HttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_http::p2::bindings;
+    let options = bindings::LinkOptions::default();
+    bindings::http::outgoing_handler::add_to_linker::<T, WasiHttp>(linker, T::http_view)?;
+    bindings::http::types::add_to_linker::<T, WasiHttp>(linker, &options.into(), T::http_view)
 }
 
 /// The http capability: a capsule asks with the request `http` and

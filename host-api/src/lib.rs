@@ -31,7 +31,7 @@ pub mod wasi;
 
 pub use capabilities::{
     CommitError, Grants, HasCapabilities, Policy, PrepareError, Report, SectionError, Sections,
-    Shared, State, Wants, add_to_linker, check_allow, provided,
+    Shared, State, Wants, add_to_linker, add_to_linker_async, check_allow, provided,
 };
 pub use capability::{
     Allow, AllowError, CallContext, Capability, EngineContext, GrantScope, Redactor, Restriction,
@@ -44,6 +44,26 @@ pub struct CallIdentity {
     pub capsule: std::sync::Arc<str>,
     /// Run id; one `soma run` is one run.
     pub run: std::sync::Arc<str>,
+}
+
+/// Run `f` where blocking clients may run: on this thread, or — if this
+/// thread is inside a tokio runtime (a capsule on the async call path, a
+/// Temporal activity's blocking task) — on a scoped thread of its own
+/// (one spawn, tens of µs). reqwest's blocking client and the synchronous
+/// PostgreSQL driver each drive a runtime of their own and must not run
+/// inside another. `Err`: the thread could not start, or panicked.
+pub fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("soma-blocking".into())
+            .spawn_scoped(s, f)
+            .map_err(|e| format!("cannot start a thread for a blocking host call: {e}"))?
+            .join()
+            .map_err(|_| "a blocking host call panicked".to_owned())
+    })
 }
 
 /// `e` and its sources, `: `-separated (many errors, e.g. reqwest's, show

@@ -10,7 +10,11 @@
 //! traps the capsule: every failure is an `llm-error`.
 //!
 //! The host function blocks the calling (wasm) thread for at most the
-//! provider's `timeout_ms`; it never runs inside an async runtime.
+//! provider's `timeout_ms`. Neither the blocking HTTP client nor the meter
+//! (the synchronous PostgreSQL driver, with a shared store) ever runs
+//! inside an async runtime: called from one (a capsule on the async call
+//! path, a Temporal activity), the host function moves to a thread of its
+//! own ([`crate::off_runtime`]).
 
 mod provider;
 mod tokens;
@@ -466,6 +470,14 @@ impl wit::Host for State {
     /// Blocks for at most the provider's `timeout_ms` (plus the meter's
     /// own work); tokenizes the prompt once (microseconds per KiB).
     fn chat(&mut self, request: ChatRequest) -> Result<Completion, LlmError> {
+        crate::off_runtime(|| self.chat_here(request))
+            .unwrap_or_else(|why| Err(LlmError::Unavailable(why)))
+    }
+}
+
+impl State {
+    /// [`wit::Host::chat`], on a thread outside any async runtime.
+    fn chat_here(&mut self, request: ChatRequest) -> Result<Completion, LlmError> {
         let max_tokens = self.validate(&request)?;
         let shared = Arc::clone(&self.shared);
         let (provider, model) = shared.route(&request.model).ok_or_else(|| {

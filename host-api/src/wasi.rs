@@ -356,6 +356,12 @@ pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime:
     wasmtime_wasi::p2::add_to_linker_sync(linker)
 }
 
+/// Wire WASI p2 (async: instances must be driven by wasmtime's `*_async`
+/// calls on a tokio runtime) into `linker`. Once per engine.
+pub fn add_to_linker_async<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

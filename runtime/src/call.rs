@@ -13,14 +13,16 @@ use std::{
 use serde::Serialize;
 use soma_host_api::{
     self as host_api, GrantScope, Grants,
-    bindings::{CapsulePre, Exports, soma::capsule::types::CapsuleInfo},
+    bindings::{AsyncExports, Exports, soma::capsule::types::CapsuleInfo},
     events, kv, llm, log, wasi,
 };
 use wasmtime::{Store, Trap};
 
 use soma_host_api::bindings::soma::capsule::types::LimitsRequest;
 
-use crate::{Capsule, Engine, host::Host, limits::Limiter, limits::Limits, limits::Refusal};
+use crate::{
+    Capsule, Engine, capsule::Linked, host::Host, limits::Limiter, limits::Limits, limits::Refusal,
+};
 
 pub use crate::failure::{Failure, FailureClass};
 
@@ -360,6 +362,31 @@ pub fn new_run_id() -> String {
     format!("r{:x}{:08x}", now.as_micros(), salt)
 }
 
+/// Run `call` to completion on this thread's own current-thread tokio
+/// runtime (built on the thread's first async call): the guest, its
+/// requests' connections and their I/O all run here, with no hand-off to
+/// another thread. `None` — and `call` is not polled — where that cannot
+/// be done: inside a tokio runtime (its workers, its blocking pool), whose
+/// context forbids driving a second runtime, or if the runtime cannot be
+/// built; the caller then takes the blocking path.
+fn on_own_runtime<F: Future>(call: F) -> Option<F::Output> {
+    thread_local! {
+        static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .inspect_err(|e| tracing::warn!("no per-thread runtime for async calls: {e}"))
+            .ok();
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return None;
+    }
+    RUNTIME
+        .try_with(|rt| rt.as_ref().map(|rt| rt.block_on(call)))
+        .ok()
+        .flatten()
+}
+
 /// What `execute` hands back besides the result.
 struct Executed<R> {
     result: Result<R, Failure>,
@@ -444,12 +471,13 @@ impl Engine {
             usage,
             mut host,
         } = self.execute(
-            &capsule.pre,
+            &capsule.linked,
             options,
             knobs,
             &capsule.name,
             &spender,
             |store, exports| exports.call_run(store, input),
+            async |store, exports| exports.call_run(store, input).await,
         );
         let result = match result {
             Ok(Ok(output)) if output.len() > max_output => {
@@ -540,11 +568,7 @@ impl Engine {
     /// Call `describe()` with no grants, under the operator's memory limit
     /// and a fixed fuel/time allowance: describing must not depend on the
     /// per-call budget the capsule will later run under.
-    pub(crate) fn describe(
-        &self,
-        pre: &CapsulePre<Host>,
-        origin: &str,
-    ) -> Result<CapsuleInfo, Failure> {
+    pub(crate) fn describe(&self, linked: &Linked, origin: &str) -> Result<CapsuleInfo, Failure> {
         let options = CallOptions {
             limits: Limits {
                 fuel: DESCRIBE_FUEL,
@@ -568,23 +592,32 @@ impl Engine {
             max_memory_mb: self.config.engine.max_memory_mb,
             describe: true,
         };
-        self.execute(pre, &options, knobs, &name, &spender, |store, exports| {
-            exports.call_describe(store)
-        })
+        self.execute(
+            linked,
+            &options,
+            knobs,
+            &name,
+            &spender,
+            |store, exports| exports.call_describe(store),
+            async |store, exports| exports.call_describe(store).await,
+        )
         .result
     }
 
     /// The shared core of every call: build the store with limits armed
-    /// *before* instantiation (start functions run guest code too), run `f`,
-    /// classify any error, and meter.
+    /// *before* instantiation (start functions run guest code too), run
+    /// `f` (or `f_async`, see [`on_own_runtime`]), classify any error, and
+    /// meter.
+    #[allow(clippy::too_many_arguments)] // the two halves of one entry point
     fn execute<R>(
         &self,
-        pre: &CapsulePre<Host>,
+        linked: &Linked,
         options: &CallOptions,
         knobs: Knobs<'_>,
         name: &Arc<str>,
         spender: &llm::Spender,
         f: impl FnOnce(&mut Store<Host>, &Exports) -> wasmtime::Result<R>,
+        f_async: impl AsyncFnOnce(&mut Store<Host>, &AsyncExports) -> wasmtime::Result<R>,
     ) -> Executed<R> {
         let start = Instant::now();
         let limits = &options.limits;
@@ -640,9 +673,23 @@ impl Engine {
         }
         store.set_hostcall_fuel(limits.max_output_bytes);
 
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|exports| f(&mut store, &exports));
+        let io = linked.io.as_ref().map(|io| {
+            on_own_runtime(async {
+                let exports = io.instantiate(&mut store).await?;
+                f_async(&mut store, &exports).await
+            })
+        });
+        let result = match io {
+            Some(Some(done)) => {
+                self.own_runtime_calls.fetch_add(1, Ordering::Relaxed);
+                done
+            }
+            // No async path, or this thread cannot drive one.
+            Some(None) | None => linked
+                .pre
+                .instantiate(&mut store)
+                .and_then(|exports| f(&mut store, &exports)),
+        };
         // A deadline kill is charged the whole budget, whatever the class
         // (a refused growth before it stays the class).
         let deadline_kill = result

@@ -12,7 +12,7 @@ use serde::Serialize;
 use soma_host_api::{
     Wants,
     bindings::{
-        CapsulePre, Contract,
+        AsyncPre, CapsulePre, Contract,
         soma::capsule::types::{CapsuleInfo, LimitsRequest},
     },
 };
@@ -155,7 +155,7 @@ pub struct Capsule {
     origin: String,
     size: usize,
     component: Component,
-    pub(crate) pre: CapsulePre<Host>,
+    pub(crate) linked: Linked,
     manifest: Manifest,
     /// Interned name for logs.
     pub(crate) name: Arc<str>,
@@ -172,6 +172,19 @@ impl std::fmt::Debug for Capsule {
     }
 }
 
+/// A capsule linked for calls: the blocking `pre` every capsule has and,
+/// for a 0.2.0 capsule that imports `wasi:http/outgoing-handler`, the same
+/// exports linked against the async linker (`io`), which a call on a plain
+/// thread takes so that its requests run on the call's own thread.
+#[derive(Debug)]
+pub(crate) struct Linked {
+    pub(crate) pre: CapsulePre<Host>,
+    pub(crate) io: Option<AsyncPre<Host>>,
+}
+
+/// The import that puts a capsule on the async path.
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@";
+
 /// The export names the capsule world requires.
 const REQUIRED_EXPORTS: [&str; 2] = ["describe", "run"];
 
@@ -182,8 +195,9 @@ impl Capsule {
     pub(crate) fn link(
         engine: &wasmtime::Engine,
         linker: &Linker<Host>,
+        linker_async: &Linker<Host>,
         component: &Component,
-    ) -> Result<CapsulePre<Host>, LoadError> {
+    ) -> Result<Linked, LoadError> {
         let exports = export_names(engine, component);
         let missing: Vec<String> = REQUIRED_EXPORTS
             .iter()
@@ -194,7 +208,23 @@ impl Capsule {
             return Err(LoadError::WrongWorld { missing, exports });
         }
         let pre = linker.instantiate_pre(component).map_err(import_error)?;
-        CapsulePre::new(pre).map_err(LoadError::ExportMismatch)
+        let pre = CapsulePre::new(pre).map_err(LoadError::ExportMismatch)?;
+        let wants_io = pre.contract() == Contract::V0_2
+            && component
+                .component_type()
+                .imports(engine)
+                .any(|(name, _)| name.starts_with(OUTGOING_HANDLER));
+        let io = if wants_io {
+            // The same imports resolve in both linkers, so this can only
+            // fail where the blocking link did.
+            let io = linker_async
+                .instantiate_pre(component)
+                .map_err(import_error)?;
+            Some(AsyncPre::new(io).map_err(LoadError::ExportMismatch)?)
+        } else {
+            None
+        };
+        Ok(Linked { pre, io })
     }
 
     /// The capsule `pre` is, given what its `describe()` returned (`Err`:
@@ -204,17 +234,17 @@ impl Capsule {
         origin: &str,
         size: usize,
         component: Component,
-        pre: CapsulePre<Host>,
+        linked: Linked,
         described: Result<CapsuleInfo, Failure>,
     ) -> Result<Self, LoadError> {
         let info = described.map_err(LoadError::Describe)?;
-        let manifest = Manifest::from_info(info, pre.contract())?;
+        let manifest = Manifest::from_info(info, linked.pre.contract())?;
         Ok(Self {
             digest,
             origin: origin.to_owned(),
             size,
             component,
-            pre,
+            linked,
             // The name is the capsule's to choose: escaped for log lines.
             name: soma_host_api::log::escape(&manifest.name).as_ref().into(),
             digest_text: digest.to_string().into(),

@@ -51,6 +51,10 @@ pub enum EngineError {
 pub struct Engine {
     pub(crate) wasmtime: wasmtime::Engine,
     pub(crate) linker: Linker<Host>,
+    /// The same host with WASI and WASI HTTP bound async: capsules that
+    /// import `wasi:http/outgoing-handler` are also linked here and, on a
+    /// plain thread, called through it (see `call.rs`).
+    pub(crate) linker_async: Linker<Host>,
     pub(crate) config: Arc<Config>,
     /// Every capability's shared state (`soma_host_api::Shared`).
     pub(crate) capabilities: host_api::Shared,
@@ -66,6 +70,9 @@ pub struct Engine {
     /// (with `engine.aot_cache` on).
     aot_hits: AtomicU64,
     aot_misses: AtomicU64,
+    /// Calls (and describes) driven on their thread's own runtime through
+    /// the async linker.
+    pub(crate) own_runtime_calls: AtomicU64,
     ticker: Ticker,
 }
 
@@ -89,6 +96,7 @@ impl Engine {
         let wasmtime =
             wasmtime::Engine::new(&wasmtime_config(&config)).map_err(EngineError::Configure)?;
         let linker = link(&wasmtime).map_err(EngineError::Configure)?;
+        let linker_async = link_async(&wasmtime).map_err(EngineError::Configure)?;
         let fingerprint = fingerprint(&wasmtime, &config);
         let metering = Arc::new(
             crate::meter::BudgetLedger::open(config.ledger, data.database().clone(), &config.store)
@@ -108,6 +116,7 @@ impl Engine {
         Ok(Self {
             wasmtime,
             linker,
+            linker_async,
             config: Arc::new(config),
             capabilities,
             metering,
@@ -118,6 +127,7 @@ impl Engine {
             cache_misses: AtomicU64::new(0),
             aot_hits: AtomicU64::new(0),
             aot_misses: AtomicU64::new(0),
+            own_runtime_calls: AtomicU64::new(0),
             ticker,
         })
     }
@@ -142,6 +152,14 @@ impl Engine {
             self.aot_hits.load(Ordering::Relaxed),
             self.aot_misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// Calls (and `describe`s) since start that ran on their thread's own
+    /// tokio runtime — capsules importing `wasi:http/outgoing-handler`,
+    /// called from a thread outside any tokio runtime; the rest ran on the
+    /// blocking path.
+    pub fn own_runtime_calls(&self) -> u64 {
+        self.own_runtime_calls.load(Ordering::Relaxed)
     }
 
     /// The configuration this engine runs with.
@@ -204,6 +222,11 @@ impl Engine {
     /// The linker every capsule is linked against.
     pub(crate) fn linker(&self) -> &Linker<Host> {
         &self.linker
+    }
+
+    /// The async linker (capsules that import `wasi:http/outgoing-handler`).
+    pub(crate) fn linker_async(&self) -> &Linker<Host> {
+        &self.linker_async
     }
 
     fn aot_path(&self, digest: &Digest) -> Option<PathBuf> {
@@ -298,6 +321,10 @@ fn write_atomically(path: &Path, component: &Component) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Fiber stack bytes beyond `engine.max_wasm_stack_kb` for the host
+/// functions an async call runs on its fiber.
+const ASYNC_HOST_STACK: usize = 1536 * 1024;
+
 /// The wasmtime configuration for `config`. Pool settings follow what was
 /// measured on this class of machine (DESIGN.md): keeping ~2 MiB of each
 /// slot resident and using `pagemap_scan` avoids the `madvise` TLB
@@ -309,6 +336,11 @@ fn wasmtime_config(config: &Config) -> wasmtime::Config {
         .consume_fuel(e.metering == Metering::Fuel)
         .epoch_interruption(true)
         .max_wasm_stack(e.max_wasm_stack_kb * 1024)
+        // Calls through the async linker run on a fiber whose stack holds
+        // the guest's stack plus the host functions' frames: wasmtime's
+        // default margin (1.5 MiB over its 512 KiB wasm default) on top of
+        // ours.
+        .async_stack_size((e.max_wasm_stack_kb * 1024).saturating_add(ASYNC_HOST_STACK))
         .cranelift_opt_level(OptLevel::Speed)
         .parallel_compilation(true);
     if e.allocator == Allocator::Pooling {
@@ -318,6 +350,7 @@ fn wasmtime_config(config: &Config) -> wasmtime::Config {
             .total_core_instances(e.pool_instances.saturating_mul(4))
             .total_memories(e.pool_instances.saturating_mul(2))
             .total_tables(e.pool_instances.saturating_mul(4))
+            .total_stacks(e.pool_instances)
             .table_elements(e.pool_table_elements)
             .max_memories_per_module(e.pool_memories_per_module)
             .max_tables_per_module(e.pool_tables_per_module)
@@ -335,6 +368,14 @@ fn wasmtime_config(config: &Config) -> wasmtime::Config {
 fn link(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     host_api::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// The async twin of [`link`]: WASI and WASI HTTP bound async, the rest
+/// the same. Built once per engine.
+fn link_async(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    host_api::add_to_linker_async(&mut linker)?;
     Ok(linker)
 }
 

@@ -29,9 +29,14 @@ impl Engine {
             return Ok(c);
         }
         let component = self.compile(digest, bytes)?;
-        let pre = Capsule::link(self.wasmtime(), self.linker(), &component)?;
-        let described = self.describe(&pre, origin);
-        let capsule = Capsule::new(digest, origin, bytes.len(), component, pre, described)?;
+        let linked = Capsule::link(
+            self.wasmtime(),
+            self.linker(),
+            self.linker_async(),
+            &component,
+        )?;
+        let described = self.describe(&linked, origin);
+        let capsule = Capsule::new(digest, origin, bytes.len(), component, linked, described)?;
         Ok(self.remember(capsule))
     }
 }

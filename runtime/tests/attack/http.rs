@@ -284,6 +284,70 @@ fn an_allowed_request_succeeds_and_is_metered() {
     assert_eq!(json["http"]["requests"], 1, "{json}");
 }
 
+/// A call from a plain thread (a daemon call-pool or DAG thread, the CLI)
+/// runs on that thread's own runtime through the async linker; one from
+/// inside a tokio runtime (here its blocking pool, as a Temporal activity
+/// does) takes the blocking path. Both answer the same requests the same
+/// way: statuses, bodies, denials, redirects, errors, counts.
+#[test]
+fn both_call_paths_answer_alike_and_a_plain_thread_drives_its_own_runtime() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Arc::new(engine(dir.path(), allow(&["http://127.0.0.1:*"])));
+    let evil = format!("http://localhost:{}/ok", server.port());
+    let inputs = vec![
+        json!({"url": server.url("/ok"), "repeat": 3}),
+        json!({"url": server.url("/echo"), "method": "POST", "body": "y".repeat(70_000)}),
+        json!({"url": server.url(&format!("/redirect?to={evil}"))}),
+        json!({"url": server.url(&format!("/redirect?to={}", server.url("/ok")))}),
+        json!({"url": format!("http://127.0.0.2:{}/ok", server.port())}),
+        json!({"url": "http://127.0.0.1:1/ok"}),
+    ];
+    fn run_all(e: &Engine, inputs: &[Value]) -> Vec<(Value, u64, u64, u64, u64)> {
+        inputs
+            .iter()
+            .map(|input| {
+                let (outcome, out) = probe(e, input.clone(), |_| {});
+                let h = outcome.http;
+                (out, h.requests, h.denied, h.bytes_sent, h.bytes_received)
+            })
+            .collect()
+    }
+    let before = e.own_runtime_calls();
+    let plain = run_all(&e, &inputs);
+    let on_plain = e.own_runtime_calls() - before;
+    // The load's `describe` may be among them (the first load).
+    assert!(
+        on_plain >= inputs.len() as u64,
+        "{on_plain} of {} calls on the thread's own runtime",
+        inputs.len()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = e.own_runtime_calls();
+    let blocking = rt
+        .block_on(rt.spawn_blocking({
+            let (e, inputs) = (Arc::clone(&e), inputs.clone());
+            move || run_all(&e, &inputs)
+        }))
+        .expect("blocking pool");
+    assert_eq!(
+        e.own_runtime_calls(),
+        before,
+        "inside a tokio runtime every call takes the blocking path"
+    );
+    assert_eq!(plain, blocking);
+    assert_eq!(first(&plain[0].0)["status"], 200, "{:?}", plain[0]);
+    assert_eq!(plain[0].1, 3);
+    assert_eq!(first(&plain[1].0)["bytes"], 70_000, "{:?}", plain[1]);
+    assert!(denied(first(&plain[2].0)), "{:?}", plain[2]);
+    assert_eq!(first(&plain[3].0)["redirects"], 1, "{:?}", plain[3]);
+}
+
 #[test]
 fn denied_hosts_ports_and_schemes_answer_request_denied_and_reach_nothing() {
     let _g = crate::shared();
