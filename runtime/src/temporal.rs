@@ -22,11 +22,14 @@
 //!
 //! Temporal's limits and what Soma does about each (see `docs/scale-out.md`):
 //! at most [`MAX_PENDING_ACTIVITIES`] calls are in flight per run (a larger
-//! fan-out is started in waves); a run whose Temporal history nears
-//! [`HISTORY_EVENT_LIMIT`] events ends failed with a message saying so
-//! (continue-as-new is not implemented yet); a call output, activity input
-//! or run result above [`PAYLOAD_LIMIT_BYTES`] fails with a clear error
-//! (passing large outputs by reference is not implemented yet).
+//! fan-out is started in waves); a run whose Temporal history reaches
+//! [`CONTINUE_AS_NEW_AFTER`] events (or that Temporal suggests continue)
+//! stops starting calls, lets those in flight finish and continues as a
+//! new execution of the same workflow, carrying its events ([`Carried`]);
+//! [`HISTORY_EVENT_LIMIT`] is the backstop if it cannot; a call output,
+//! activity input, carried history or run result above
+//! [`PAYLOAD_LIMIT_BYTES`] fails with a clear error (passing large outputs
+//! by reference is not implemented yet).
 
 use std::{collections::BTreeMap, str::FromStr};
 
@@ -56,9 +59,13 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// started in waves of at most this many.
 pub const MAX_PENDING_ACTIVITIES: usize = 1_000;
 
-/// A run stops scheduling and ends failed once its Temporal history holds
-/// this many events (Temporal warns at 10,240 and refuses at 51,200).
-pub const HISTORY_EVENT_LIMIT: u32 = 10_000;
+pub use crate::config::orchestrator::CONTINUE_AS_NEW_AFTER;
+
+/// The backstop: a run whose Temporal history holds this many events ends
+/// failed (Temporal refuses 51,200). Continuing as new keeps runs far
+/// below it: after [`CONTINUE_AS_NEW_AFTER`] only the calls in flight
+/// (at most [`MAX_PENDING_ACTIVITIES`], a few events each) are added.
+pub const HISTORY_EVENT_LIMIT: u32 = 40_000;
 
 /// Largest call output, activity input or run result sent through
 /// Temporal (Temporal refuses payloads above 2 MB); above it the node or
@@ -202,6 +209,30 @@ pub struct RunInput {
     /// heartbeat_timeout_ms`; absent in older runs: 10 s).
     #[serde(default)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Continue as a new execution once the history holds this many
+    /// events (`[orchestrator] continue_as_new_after_events`; absent in
+    /// older runs: [`CONTINUE_AS_NEW_AFTER`]).
+    #[serde(default)]
+    pub continue_after_events: Option<u32>,
+    /// What the run's earlier executions carried over (`None` in its
+    /// first).
+    #[serde(default)]
+    pub carried: Option<Carried>,
+}
+
+/// What a run's execution hands to the next when it continues as new:
+/// everything the fold and the report need, nothing in flight (it waits
+/// for its calls to finish first).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Carried {
+    /// The run's events after `created`, in order.
+    pub history: Vec<Event>,
+    /// The ledger entries its calls reported.
+    pub entries: Vec<ledger::Entry>,
+    /// Verdicts signalled and not yet applied.
+    pub inbox: Vec<ApprovalSignal>,
+    /// Executions before this one.
+    pub executions: u32,
 }
 
 impl RunInput {
@@ -224,6 +255,8 @@ impl RunInput {
             ceilings: config.dag,
             concurrency,
             heartbeat_timeout_ms: Some(config.orchestrator.heartbeat_timeout_ms),
+            continue_after_events: Some(config.orchestrator.continue_as_new_after_events),
+            carried: None,
         }
     }
 }

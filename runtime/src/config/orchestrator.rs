@@ -12,9 +12,16 @@
 //! rpc_timeout_ms = 10000       # one start / query / cancel / signal
 //! heartbeat_timeout_ms = 10000 # a call's worker is presumed dead after this silence
 //! sticky_timeout_ms = 10000    # (soma worker) a run's next step waits this long for its last worker
+//! continue_as_new_after_events = 4000 # a run's workflow continues as new past this history length
 //! ```
 
 use serde::{Deserialize, Serialize};
+
+/// A run's workflow continues as a new execution once its Temporal
+/// history holds this many events, unless `continue_as_new_after_events`
+/// says otherwise (Temporal warns at 10,240 events and suggests continuing
+/// from about 4 MB of history).
+pub const CONTINUE_AS_NEW_AFTER: u32 = 4_000;
 
 /// Which engine drives the daemon's DAG runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -54,6 +61,12 @@ pub struct OrchestratorConfig {
     /// worker may take it; bounds the pause when that worker died.
     /// Default 10 s.
     pub sticky_timeout_ms: u64,
+    /// A run's workflow continues as a new execution (same workflow id,
+    /// its events carried) once its Temporal history holds this many
+    /// events. Recorded in the run's workflow by whoever starts it.
+    /// Default 4,000; at least 100, at most 20,000 (the calls in flight
+    /// still finish after it, under the 40,000-event backstop).
+    pub continue_as_new_after_events: u32,
 }
 
 impl Default for OrchestratorConfig {
@@ -67,6 +80,7 @@ impl Default for OrchestratorConfig {
             rpc_timeout_ms: 10_000,
             heartbeat_timeout_ms: 10_000,
             sticky_timeout_ms: 10_000,
+            continue_as_new_after_events: CONTINUE_AS_NEW_AFTER,
         }
     }
 }
@@ -96,6 +110,13 @@ impl OrchestratorConfig {
                 "orchestrator.heartbeat_timeout_ms and sticky_timeout_ms must be at least 1000"
                     .into(),
             );
+        }
+        if !(100..=20_000).contains(&self.continue_as_new_after_events) {
+            return Err(format!(
+                "orchestrator.continue_as_new_after_events is {}; it must be between 100 and \
+                 20000 (events of a run's Temporal history)",
+                self.continue_as_new_after_events
+            ));
         }
         Ok(())
     }
@@ -138,5 +159,16 @@ mod tests {
                 .expect("parses");
         c.check().expect("valid");
         assert_eq!((c.heartbeat_timeout_ms, c.sticky_timeout_ms), (2000, 1000));
+        for bad in [99, 20_001] {
+            let c = OrchestratorConfig {
+                continue_as_new_after_events: bad,
+                ..OrchestratorConfig::default()
+            };
+            assert!(
+                c.check()
+                    .expect_err("out of range")
+                    .contains("continue_as_new_after_events")
+            );
+        }
     }
 }

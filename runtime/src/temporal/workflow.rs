@@ -19,14 +19,14 @@ use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture,
-    SyncWorkflowContext, TimerResult, WaitConditionOptions, WorkflowCancellationToken,
-    WorkflowContext, WorkflowContextView, WorkflowResult,
+    ContinueAsNewOptions, SyncWorkflowContext, TimerResult, WaitConditionOptions,
+    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 use super::{
-    ApprovalSignal, BudgetRequest, CallRequest, CallResult, Charges, HISTORY_EVENT_LIMIT,
-    MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput, RunResult, activity::CallActivities,
-    activity::HEARTBEAT_EVERY,
+    ApprovalSignal, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallRequest, CallResult, Carried,
+    Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput, RunResult,
+    activity::CallActivities, activity::HEARTBEAT_EVERY,
 };
 use crate::dag::{
     history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
@@ -73,6 +73,12 @@ impl DagWorkflow {
         input: RunInput,
     ) -> WorkflowResult<RunResult> {
         let ctx: &WorkflowContext<Self> = ctx;
+        // What the next execution starts from, should this one continue
+        // as new (its `carried` is filled in then).
+        let mut next = RunInput {
+            carried: None,
+            ..input.clone()
+        };
         let RunInput {
             run,
             created,
@@ -80,14 +86,25 @@ impl DagWorkflow {
             ceilings,
             concurrency,
             heartbeat_timeout_ms,
+            continue_after_events,
+            carried,
         } = input;
         let heartbeat = heartbeat_timeout_ms.map_or(HEARTBEAT_EVERY * 5, Duration::from_millis);
+        let continue_after = continue_after_events.unwrap_or(CONTINUE_AS_NEW_AFTER);
         let mut state = RunState::new(&run, &created).map_err(invalid)?;
         state.render_limit = render_limit;
         state.ceilings = ceilings;
+        let carried = carried.unwrap_or_default();
+        for event in &carried.history {
+            state.apply(event).map_err(invalid)?;
+        }
+        let executions = carried.executions;
         ctx.state_mut(|w| {
             w.run.clone_from(&run);
             w.history.push(created.clone());
+            w.history.extend(carried.history);
+            w.charges.add(carried.entries);
+            w.inbox.extend(carried.inbox);
         });
         // At most this many of the run's activities are scheduled at once:
         // Temporal's task queue is the queue, and a worker with more slots
@@ -124,8 +141,9 @@ impl DagWorkflow {
             if state.finished.is_none() && ctx.history_length() >= HISTORY_EVENT_LIMIT {
                 let error = format!(
                     "the run's Temporal history reached {} events ({HISTORY_EVENT_LIMIT} is the \
-                     most this engine lets a run use; Temporal refuses 51,200): continue-as-new \
-                     is not implemented yet, so run it on the embedded engine or split it",
+                     most this engine lets one execution use; Temporal refuses 51,200) before \
+                     its calls in flight let it continue as new: lower its concurrency or \
+                     [orchestrator] continue_as_new_after_events",
                     ctx.history_length()
                 );
                 let finished = Event::Finished {
@@ -148,9 +166,17 @@ impl DagWorkflow {
                     propose(&mut state, event, &mut batch, &mut budgets)?;
                 }
             }
+            // Past its history budget the execution starts nothing more;
+            // once its calls in flight are in, it continues as new.
+            let draining = state.finished.is_none()
+                && (ctx.history_length() >= continue_after || ctx.continue_as_new_suggested());
             let mut dispatch: Vec<Dispatch> = Vec::new();
             while state.finished.is_none() {
-                let free = slots.saturating_sub(in_flight.len() + dispatch.len());
+                let free = if draining {
+                    0
+                } else {
+                    slots.saturating_sub(in_flight.len() + dispatch.len())
+                };
                 let (events, starts) = state.schedule(now, free);
                 if events.is_empty() {
                     break;
@@ -163,6 +189,32 @@ impl DagWorkflow {
             commit(ctx, batch, Vec::new());
             if state.finished.is_some() {
                 break;
+            }
+            if draining && in_flight.is_empty() && ready.is_empty() && dispatch.is_empty() {
+                match carry_over(ctx, executions) {
+                    Ok(carried) => {
+                        if let Some((_, t)) = timer.take() {
+                            t.cancel();
+                        }
+                        next.carried = Some(carried);
+                        return match ctx.continue_as_new(next, ContinueAsNewOptions::default()) {
+                            Err(continued) => Err(continued),
+                            Ok(never) => match never {},
+                        };
+                    }
+                    Err(error) => {
+                        let finished = Event::Finished {
+                            status: RunStatus::Failed,
+                            output: None,
+                            error: Some(error),
+                            time_ms: now,
+                        };
+                        let mut batch = Vec::new();
+                        propose(&mut state, finished, &mut batch, &mut Vec::new())?;
+                        commit(ctx, batch, Vec::new());
+                        break;
+                    }
+                }
             }
             set_budgets(ctx, budgets).await?;
             for d in dispatch {
@@ -289,6 +341,26 @@ impl DagWorkflow {
             entries: self.charges.entries(),
         }
     }
+}
+
+/// What this execution hands the next one, or why it cannot (the carried
+/// events would not fit in one Temporal payload).
+fn carry_over(ctx: &WorkflowContext<DagWorkflow>, executions: u32) -> Result<Carried, String> {
+    let carried = ctx.state(|w| Carried {
+        history: w.history.get(1..).unwrap_or_default().to_vec(),
+        entries: w.charges.entries(),
+        inbox: w.inbox.clone(),
+        executions: executions.saturating_add(1),
+    });
+    let size = serde_json::to_vec(&carried).map_or(usize::MAX, |v| v.len());
+    if size > PAYLOAD_LIMIT_BYTES {
+        return Err(format!(
+            "the run's history is {size} bytes, and continuing its workflow as new would carry \
+             it in one Temporal payload (at most {PAYLOAD_LIMIT_BYTES}; passing large outputs \
+             by reference is not implemented yet): run it on the embedded engine or split it"
+        ));
+    }
+    Ok(carried)
 }
 
 /// The event a signalled verdict leads to, if its node awaits one.

@@ -4,40 +4,14 @@
 //! process), and both must give the same outputs, statuses, attempts and
 //! ledger charges.
 
+use super::common::{capsule_dir, json_of, soma, text};
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use soma_tests::temporal::{TemporalServer, Worker};
-
-fn soma(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_soma"));
-    c.arg("--data").arg(data).env_remove("SOMA_CONFIG");
-    c
-}
-
-fn capsule_dir() -> PathBuf {
-    Path::new(soma_capsules::CALCULATOR_COMPONENT)
-        .parent()
-        .expect("capsule dir")
-        .to_path_buf()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
-}
 
 /// A spec file whose `capsules:` names the built capsules by path.
 fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
@@ -47,6 +21,8 @@ fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
         ("flaky", soma_capsules::FLAKY_COMPONENT),
         ("loop", soma_capsules::HOSTILE_LOOP_COMPONENT),
         ("trap", soma_capsules::HOSTILE_TRAP_COMPONENT),
+        ("reviewer", soma_capsules::KAMACHIQ_REVIEWER_COMPONENT),
+        ("notebook", soma_capsules::NOTEBOOK_COMPONENT),
     ];
     let mut text = String::from("capsules:\n");
     for (alias, path) in capsules {
@@ -324,6 +300,76 @@ nodes:
     }
     // The charges are really in the worker's ledger, once per attempt.
     cluster.check_worker_ledger(&expected);
+}
+
+/// A run far longer than its history budget (continue as new after 100
+/// events; ~60 calls make ~600) continues as new several times and ends
+/// as on the embedded engine: the same output, statuses, verdict-free
+/// timeline and exactly one charge per call in the worker's ledger. The
+/// Temporal report shows how many executions it took.
+#[test]
+fn a_long_run_continues_as_new_and_ends_as_on_the_embedded_engine() {
+    let cluster = Cluster::start("conform-continue");
+    let dir = tempfile::tempdir().expect("specs");
+    let config = dir.path().join("soma.toml");
+    std::fs::write(
+        &config,
+        "[orchestrator]\ncontinue_as_new_after_events = 100\n",
+    )
+    .expect("config");
+    let items: Vec<u32> = (1..=30).collect();
+    let spec = spec_file(
+        dir.path(),
+        "long",
+        &format!(
+            r#"
+name: long
+policy: {{ concurrency: 3 }}
+nodes:
+  - id: source
+    capsule: echo
+    input: {{ items: {items:?} }}
+  - id: square
+    capsule: calculator
+    for_each: "{{{{ nodes.source.output.items }}}}"
+    input: {{ expr: "{{{{ item }}}}^2" }}
+  - id: again
+    capsule: calculator
+    for_each: "{{{{ nodes.square.output }}}}"
+    input: {{ expr: "{{{{ item.value }}}} + 1" }}
+  - id: sink
+    capsule: echo
+    input: {{ last: "{{{{ nodes.again.output[29] }}}}", n: 30 }}
+output: "{{{{ nodes.sink.output }}}}"
+"#
+        ),
+    );
+    let embedded_data = tempfile::tempdir().expect("data");
+    let client_data = tempfile::tempdir().expect("data");
+    let args = ["--run-id", "long"];
+    let e = embedded_run(embedded_data.path(), &spec, &args);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e.stderr));
+    let mut with_config = vec!["--config", config.to_str().expect("utf-8 path")];
+    with_config.extend(args);
+    let t = cluster.dag_run(client_data.path(), &spec, &with_config);
+    assert_eq!(t.status.code(), Some(0), "{}", cluster.explain(&t));
+    let (e, t) = (json_of(&e), json_of(&t));
+    assert_eq!(t["output"], e["output"]);
+    assert_eq!(t["output"]["last"]["value"], json!(901), "{t}");
+    assert_eq!(timeline(&t), timeline(&e));
+    assert_eq!(t["cost"]["calls"], e["cost"]["calls"]);
+    assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
+    assert_eq!(charges(&t), charges(&e));
+    let executions = cluster.server.executions("long");
+    assert!(
+        executions >= 3,
+        "the run took {executions} executions; with ~600 events and a budget of 100 it must \
+         have continued as new several times\n{}",
+        cluster.server.log()
+    );
+    let fuel = ledger_fuel(embedded_data.path(), "long");
+    assert_eq!(fuel.len(), 62, "one charge per call: {fuel:?}");
+    cluster.check_worker_ledger(&[("long", fuel)]);
 }
 
 #[test]
@@ -766,4 +812,148 @@ nodes:
         );
         assert_eq!(charges(&t), charges(&e));
     }
+}
+
+/// An approval's timeout applies its `on_timeout` verdict on both
+/// engines: the workflow's timer fires on Temporal (the run ends by
+/// itself), and on the embedded engine a resume after the deadline
+/// applies it. Same status, timeline and verdicts (given by `timeout`).
+#[test]
+fn an_approval_timeout_applies_its_verdict_on_both_engines() {
+    let cluster = Cluster::start("conform-approval-timeout");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "timeout",
+        r#"
+name: timeout
+policy: { on_failure: continue }
+nodes:
+  - id: a
+    capsule: calculator
+    input: { expr: "6*7" }
+    approval: { timeout: 2s, on_timeout: reject }
+  - id: b
+    capsule: echo
+    input: "{{ nodes.a.output }}"
+  - id: c
+    capsule: calculator
+    input: { expr: "1+1" }
+"#,
+    );
+    let run = "to1";
+    let data = tempfile::tempdir().expect("data");
+    let first = embedded_run(data.path(), &spec, &["--run-id", run]);
+    assert_eq!(first.status.code(), Some(25), "{}", text(&first.stderr));
+    // Resumed before the deadline (2 s after the call) it parks again (25);
+    // after it, the timeout's verdict applies.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let e = loop {
+        let e = soma(data.path())
+            .args(["dag", "resume", run, "--json", "--capsule-path"])
+            .arg(capsule_dir())
+            .output()
+            .expect("resume");
+        if e.status.code() != Some(25) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < patience,
+            "the approval never timed out"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(e.status.code(), Some(23), "{}", text(&e.stderr));
+    let client_data = tempfile::tempdir().expect("data");
+    let t = cluster.dag_run(client_data.path(), &spec, &["--run-id", run]);
+    assert_eq!(t.status.code(), Some(23), "{}", cluster.explain(&t));
+    let (e, t) = (json_of(&e), json_of(&t));
+    assert_eq!(t["status"], e["status"]);
+    assert_eq!(t["output"], e["output"]);
+    assert_eq!(timeline(&t), timeline(&e));
+    let given = approvals(&t);
+    assert_eq!(given, approvals(&e));
+    assert_eq!(given.len(), 1, "{given:?}");
+    assert_eq!(
+        (
+            given[0].0.as_str(),
+            given[0].1.as_str(),
+            given[0].3.as_str()
+        ),
+        ("a", "reject", "timeout"),
+        "{given:?}"
+    );
+    assert_eq!(charges(&t), charges(&e));
+}
+
+/// A gate that never approves stops after `max_rounds` (`gate-rejected`,
+/// the gated node run once per round, its consumer never), `catch: true`
+/// turns a failure into an output, and a node restricted to `kv: false`
+/// is denied kv while the same capsule elsewhere in the run keeps it — the
+/// same on both engines, with the same charges.
+#[test]
+fn gates_catch_and_restricted_capabilities_agree_on_both_engines() {
+    let cluster = Cluster::start("conform-gates");
+    let dir = tempfile::tempdir().expect("specs");
+    let stubborn = spec_file(
+        dir.path(),
+        "stubborn",
+        r#"
+name: stubborn
+nodes:
+  - id: tests
+    capsule: echo
+    input: { cases: [ { expr: "2^3^2", expect: 64 }, { expr: "1/0", expect: 1 } ] }
+  - id: check
+    capsule: calculator
+    for_each: "{{ nodes.tests.output.cases }}"
+    input: { expr: "{{ item.expr }}" }
+    catch: true
+  - id: review
+    capsule: reviewer
+    gate: { node: tests, max_rounds: 2 }
+    input: { cases: "{{ nodes.tests.output.cases }}", results: "{{ nodes.check.output }}" }
+  - id: ship
+    capsule: echo
+    input: "{{ nodes.tests.output }}"
+"#,
+    );
+    let (_, t, stubborn_fuel) = conform(&cluster, &stubborn, "stubborn", 23);
+    assert_eq!(t["status"], "failed");
+    let review = timeline(&t)
+        .into_iter()
+        .find(|n| n.0 == "review")
+        .expect("review");
+    assert_eq!(review.4, "gate-rejected", "{review:?}");
+    assert_eq!(
+        t["verdicts"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        t["verdicts"]
+    );
+    let restricted = spec_file(
+        dir.path(),
+        "restricted",
+        r#"
+name: restricted
+nodes:
+  - { id: open, capsule: notebook, input: { op: kv-set, scope: capsule, key: k, value: v } }
+  - id: closed
+    capsule: notebook
+    needs: [open]
+    input: { op: kv-get, scope: capsule, key: k }
+    capabilities: { kv: false }
+    catch: true
+  - { id: again, capsule: notebook, needs: [closed], input: { op: kv-get, scope: capsule, key: k } }
+output: { closed: "{{ nodes.closed.output }}", again: "{{ nodes.again.output }}" }
+"#,
+    );
+    let (_, t, restricted_fuel) = conform(&cluster, &restricted, "restricted", 0);
+    assert_eq!(
+        t["output"]["again"],
+        json!({ "key": "k", "value": "v" }),
+        "{t}"
+    );
+    assert_eq!(t["output"]["closed"]["failed"], true, "{t}");
+    cluster.check_worker_ledger(&[("stubborn", stubborn_fuel), ("restricted", restricted_fuel)]);
 }

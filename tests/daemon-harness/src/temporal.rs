@@ -158,6 +158,34 @@ impl TemporalServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("temporal.log")).unwrap_or_default()
     }
+
+    /// How many executions the workflow `id` has had (one, plus one per
+    /// continue-as-new), as `temporal workflow list` sees them. Panics if
+    /// the CLI fails.
+    pub fn executions(&self, id: &str) -> usize {
+        let out = Command::new(&self.bin)
+            .args(["workflow", "list", "--output", "json", "--address"])
+            .arg(&self.address)
+            .arg("--query")
+            .arg(format!("WorkflowId = '{id}'"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn temporal workflow list");
+        assert!(
+            out.status.success(),
+            "temporal workflow list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        // One JSON array, or one object per line (the CLI has printed both).
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Array(runs)) => runs.len(),
+            _ => text
+                .lines()
+                .filter(|l| l.trim_start().starts_with('{'))
+                .count(),
+        }
+    }
 }
 
 impl Drop for TemporalServer {
