@@ -257,6 +257,24 @@ impl Config {
         self.pull.check().map_err(ConfigError::Invalid)?;
         self.market.check().map_err(ConfigError::Invalid)?;
         self.store.check().map_err(ConfigError::Invalid)?;
+        if self.store.backend == crate::store::Backend::Postgres {
+            // A hold must outlive its call, or a sweep frees room a live
+            // call still counts on.
+            let llm = self.llm.providers.iter().map(|p| p.timeout_ms).max();
+            let longest = self
+                .limits
+                .timeout_ms
+                .saturating_add(llm.unwrap_or(0))
+                .saturating_add(60_000);
+            if self.store.hold_ttl_ms < longest {
+                return Err(ConfigError::Invalid(format!(
+                    "store.hold_ttl_ms is {} but a call may hold its budget for up to {longest} \
+                     ms (limits.timeout_ms, plus the slowest LLM provider's timeout_ms, plus a \
+                     minute): raise store.hold_ttl_ms",
+                    self.store.hold_ttl_ms
+                )));
+            }
+        }
         self.orchestrator.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
@@ -306,5 +324,22 @@ mod tests {
         let mut c = Config::default();
         c.limits.memory_mb = c.engine.max_memory_mb + 1;
         assert!(matches!(c.check(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_shared_stores_hold_ttl_must_outlast_the_longest_call() {
+        let mut c = Config::default();
+        c.store.backend = crate::store::Backend::Postgres;
+        c.store.url = Some("postgres://soma@127.0.0.1:5432/soma".into());
+        c.check()
+            .expect("the default TTL (1 h) outlasts a default call");
+        c.store.hold_ttl_ms = c.limits.timeout_ms + 59_999;
+        match c.check() {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains("store.hold_ttl_ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // The embedded store keeps holds in memory: no TTL to check.
+        c.store.backend = crate::store::Backend::Redb;
+        c.check().expect("redb");
     }
 }

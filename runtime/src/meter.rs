@@ -281,7 +281,7 @@ impl BudgetLedger {
                         ))
                     })
             })?;
-            books.shared = Some(shared::SharedBooks::new(pg)?);
+            books.shared = Some(shared::SharedBooks::new(pg, store.hold_ttl_ms)?);
         }
         Ok(books)
     }

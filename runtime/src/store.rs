@@ -82,6 +82,12 @@ pub struct StoreConfig {
     pub connect_timeout_ms: u64,
     /// Longest a statement may run before PostgreSQL cancels it. Default 10000.
     pub statement_timeout_ms: u64,
+    /// How long a budget hold may stay unsettled before any daemon
+    /// releases it (its daemon died mid-call, or its release failed while
+    /// the store was down). Must outlast the longest call: at least
+    /// `limits.timeout_ms` plus a minute (an LLM request can overrun the
+    /// deadline by the provider's `timeout_ms`). Default 3,600,000 (1 h).
+    pub hold_ttl_ms: u64,
 }
 
 /// Which store `[store]` uses.
@@ -106,6 +112,7 @@ impl Default for StoreConfig {
             pool_size: 8,
             connect_timeout_ms: 5000,
             statement_timeout_ms: 10_000,
+            hold_ttl_ms: 3_600_000,
         }
     }
 }
@@ -130,6 +137,9 @@ impl StoreConfig {
             return Err(
                 "store.connect_timeout_ms and store.statement_timeout_ms must be positive".into(),
             );
+        }
+        if self.hold_ttl_ms < 1_000 {
+            return Err("store.hold_ttl_ms must be at least 1000".into());
         }
         Ok(())
     }

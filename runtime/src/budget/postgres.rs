@@ -13,7 +13,23 @@
 //! and its settle are written together or not at all, and a replayed charge
 //! (its idempotency key is recorded) releases its hold without charging.
 //!
+//! A hold whose daemon died before settling it (or whose release failed
+//! while the store was down) would keep its room forever; holds older than
+//! `[store] hold_ttl_ms` are released by the next daemon that reserves
+//! (at most one sweep per [`SWEEP_EVERY_MS`] per daemon, in its own
+//! transaction). The TTL outlasts any call (the config check makes sure),
+//! so a live call's hold is never swept; a late settle of a swept hold
+//! still charges its spending (it only finds no reservation to take off).
+//!
 //! [`Budgets`]: crate::budget::Budgets
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use postgres::Transaction;
 
@@ -45,10 +61,17 @@ pub enum ReserveError {
     Store(#[from] PgError),
 }
 
+/// A daemon sweeps expired holds at most this often (ms).
+pub const SWEEP_EVERY_MS: u64 = 10_000;
+
 /// The budgets of a [`PgStore`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PgBudgets {
     store: PgStore,
+    /// `[store] hold_ttl_ms`.
+    hold_ttl_ms: u64,
+    /// When this daemon last swept expired holds (unix ms).
+    last_sweep: Arc<AtomicU64>,
 }
 
 fn account_of(row: &postgres::Row) -> Result<(Scope, Account), PgError> {
@@ -85,9 +108,80 @@ fn keys(scopes: &[Scope]) -> Vec<String> {
 }
 
 impl PgBudgets {
-    /// The budgets of `store`.
-    pub fn new(store: PgStore) -> Self {
-        Self { store }
+    /// The budgets of `store`; holds older than `hold_ttl_ms` are
+    /// released.
+    pub fn new(store: PgStore, hold_ttl_ms: u64) -> Self {
+        Self {
+            store,
+            hold_ttl_ms,
+            last_sweep: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Release every hold older than the TTL: delete its row and take its
+    /// amounts off its scopes' `reserved_*` (budget rows locked in scope
+    /// order, after the hold rows, as settling does). Returns how many
+    /// were released. Cost: one transaction (a scan of the few holds in
+    /// flight).
+    pub fn release_expired(&self) -> Result<usize, PgError> {
+        let cutoff = clamp_i64(now_ms().saturating_sub(self.hold_ttl_ms));
+        let mut conn = self.store.conn()?;
+        let mut txn = conn.transaction()?;
+        let rows = txn.query(
+            "DELETE FROM budget_holds WHERE created_ms < $1 RETURNING scopes, tokens, micros",
+            &[&cutoff],
+        )?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut per_scope: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for r in &rows {
+            let scopes: Vec<String> = r.try_get(0)?;
+            let (t, m): (i64, i64) = (r.try_get(1)?, r.try_get(2)?);
+            for s in scopes {
+                let e = per_scope.entry(s).or_default();
+                *e = (e.0.saturating_add(t), e.1.saturating_add(m));
+            }
+        }
+        let lock: Vec<String> = per_scope.keys().cloned().collect();
+        txn.query(
+            "SELECT scope FROM budgets WHERE scope = ANY($1) ORDER BY scope FOR UPDATE",
+            &[&lock],
+        )?;
+        for (scope, (t, m)) in &per_scope {
+            txn.execute(
+                "UPDATE budgets SET reserved_tokens = GREATEST(reserved_tokens - $2, 0), \
+                     reserved_micros = GREATEST(reserved_micros - $3, 0) WHERE scope = $1",
+                &[scope, t, m],
+            )?;
+        }
+        txn.commit()?;
+        Ok(rows.len())
+    }
+
+    /// [`PgBudgets::release_expired`] if this daemon has not swept for
+    /// [`SWEEP_EVERY_MS`]; a failure is logged (the reservation goes on).
+    fn sweep_if_due(&self) {
+        let now = now_ms();
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SWEEP_EVERY_MS
+            || self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match self.release_expired() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                released = n,
+                ttl_ms = self.hold_ttl_ms,
+                "released budget holds older than [store] hold_ttl_ms (their daemon died \
+                 mid-call or could not release them)"
+            ),
+            Err(e) => tracing::warn!("could not release expired budget holds: {e}"),
+        }
     }
 
     /// Set (`Some`) or remove (`None`) `scope`'s budget. A new budget
@@ -150,6 +244,7 @@ impl PgBudgets {
         tokens: u64,
         micros: u64,
     ) -> Result<PgHold, ReserveError> {
+        self.sweep_if_due();
         let mut conn = self.store.conn()?;
         let mut txn = conn.transaction().map_err(PgError::from)?;
         let keys = keys(scopes);

@@ -123,9 +123,9 @@ fn hold(id: Option<u64>) -> Option<PgHold> {
 
 impl SharedBooks {
     /// The books of `store`, with their charging thread.
-    pub(super) fn new(store: PgStore) -> Result<Self, PgError> {
+    pub(super) fn new(store: PgStore, hold_ttl_ms: u64) -> Result<Self, PgError> {
         let ledger = PgLedger::new(store.clone());
-        let budgets = PgBudgets::new(store);
+        let budgets = PgBudgets::new(store, hold_ttl_ms);
         let (tx, rx) = mpsc::channel::<Queued>();
         let (l, b) = (ledger.clone(), budgets.clone());
         std::thread::Builder::new()

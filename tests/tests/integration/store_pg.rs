@@ -31,6 +31,7 @@ fn store_config(url: &str) -> StoreConfig {
         pool_size: 8,
         connect_timeout_ms: 2_000,
         statement_timeout_ms: 10_000,
+        ..StoreConfig::default()
     }
 }
 
@@ -256,7 +257,7 @@ fn sixteen_calls_over_two_stores_never_pass_a_shared_budget() {
     let stores = [open(&url), open(&url)];
     let run = Scope::Run("shared".into());
     let tenant = Scope::Tenant("acme".into());
-    let budgets = PgBudgets::new(stores[0].clone());
+    let budgets = PgBudgets::new(stores[0].clone(), TTL_MS);
     budgets
         .set_limit(
             &run,
@@ -281,7 +282,7 @@ fn sixteen_calls_over_two_stores_never_pass_a_shared_budget() {
             let store = stores[t as usize % 2].clone();
             let (run, tenant, barrier) = (run.clone(), tenant.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let budgets = PgBudgets::new(store.clone());
+                let budgets = PgBudgets::new(store.clone(), TTL_MS);
                 let ledger = PgLedger::new(store);
                 let scopes = [tenant, run];
                 barrier.wait();
@@ -374,12 +375,72 @@ fn sixteen_calls_over_two_stores_never_pass_a_shared_budget() {
         .map(|e| e.quantity)
         .sum();
     assert_eq!(
-        PgBudgets::new(stores[1].clone())
+        PgBudgets::new(stores[1].clone(), TTL_MS)
             .account(&node)
             .expect("account")
             .map(|a| a.spent_tokens),
         Some(node_spent)
     );
+}
+
+/// `[store] hold_ttl_ms` as the tests here use it (the default).
+const TTL_MS: u64 = 3_600_000;
+
+/// A daemon that dies mid-call leaves its hold; once older than the TTL,
+/// the next reservation on any daemon releases it (and only it: a fresh
+/// hold stays), its room comes back, and a late settle of the released
+/// hold still charges its spending without freeing room twice.
+#[test]
+fn a_dead_daemons_hold_is_released_after_its_ttl() {
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let stores = [open(&url), open(&url)];
+    let ttl_ms = 1_500;
+    let run = Scope::Run("ttl".into());
+    let first = PgBudgets::new(stores[0].clone(), ttl_ms);
+    first
+        .set_limit(
+            &run,
+            Some(Limit {
+                tokens: Some(100),
+                micros: None,
+            }),
+        )
+        .expect("budget");
+    let scopes = [run.clone()];
+    // The first daemon holds 80 and "dies" (never settles).
+    let orphan = first.reserve(&scopes, 80, 0).expect("hold");
+    let second = PgBudgets::new(stores[1].clone(), ttl_ms);
+    assert!(
+        second.reserve(&scopes, 50, 0).is_err(),
+        "the orphan's 80 still counts before its TTL"
+    );
+    let live = second.reserve(&scopes, 20, 0).expect("the 20 left");
+    std::thread::sleep(Duration::from_millis(ttl_ms + 200));
+    // The live hold is younger than the TTL only if made now: make one.
+    second.release(live).expect("release");
+    let fresh = second.reserve(&scopes, 10, 0).expect("fresh hold");
+    assert_eq!(
+        second.release_expired().expect("sweep"),
+        1,
+        "exactly the orphan (the fresh hold is within its TTL; `live` was released)"
+    );
+    let account = second.account(&run).expect("account").expect("budget");
+    assert_eq!(account.reserved_tokens, 10, "only the fresh hold remains");
+    assert!(second.reserve(&scopes, 95, 0).is_err(), "100 - 10 held");
+    let big = second
+        .reserve(&scopes, 90, 0)
+        .expect("the orphan's room is back");
+    // The dead daemon comes back and settles its released hold: it is
+    // charged (60 spent), no reservation is taken off twice.
+    first.settle(orphan, &scopes, 60, 0).expect("late settle");
+    let account = second.account(&run).expect("account").expect("budget");
+    assert_eq!(account.spent_tokens, 60);
+    assert_eq!(account.reserved_tokens, 100, "fresh 10 + big 90");
+    second.release(big).expect("release");
+    second.release(fresh).expect("release");
+    let account = second.account(&run).expect("account").expect("budget");
+    assert_eq!((account.reserved_tokens, account.spent_tokens), (0, 60));
 }
 
 #[test]
