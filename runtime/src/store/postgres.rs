@@ -312,20 +312,18 @@ impl PgStore {
     /// under an advisory lock (concurrent daemons wait, then skip it).
     fn migrate(&self) -> Result<(), PgError> {
         let mut conn = self.conn()?;
-        conn.batch_execute(
+        // Under the migrations' lock: two daemons creating the table at
+        // once would otherwise race in the catalog (`type "soma_migrations"
+        // already exists`, not always a unique violation).
+        let mut txn = conn.transaction()?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        txn.batch_execute(
             "CREATE TABLE IF NOT EXISTS soma_migrations (
                  version INT PRIMARY KEY,
                  name TEXT NOT NULL,
                  applied_ms BIGINT NOT NULL)",
-        )
-        .or_else(|e| {
-            // Two daemons creating it at once: the loser sees a unique violation.
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(PgError::Query(e))
-            }
-        })?;
+        )?;
+        txn.commit()?;
         let known = MIGRATIONS.last().map_or(0, |m| m.0);
         for &(version, name, sql) in MIGRATIONS {
             let mut txn = conn.transaction()?;
