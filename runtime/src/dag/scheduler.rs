@@ -485,22 +485,44 @@ fn unfinished(journal: &Journal, run: &str) -> Result<(RunState, Vec<Event>), Da
 /// nowhere any more): record its end, failed with `error`, so that it does
 /// not stay `running` for ever. Nodes in flight are left as recorded.
 pub fn fail_idle(engine: &Engine, run: &str, error: &str) -> Result<(), DagError> {
+    end_idle(
+        engine,
+        run,
+        &[Event::Finished {
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(error.to_owned()),
+            time_ms: now_ms(),
+        }],
+    )
+}
+
+/// Append `events` to a run no process is driving: each is applied to its
+/// replayed state, then all are committed at once.
+fn end_idle(engine: &Engine, run: &str, events: &[Event]) -> Result<(), DagError> {
     let journal = Journal::new(engine.data().database().clone());
     let (mut state, history) = unfinished(&journal, run)?;
-    let events = [Event::Finished {
-        status: RunStatus::Failed,
-        output: None,
-        error: Some(error.to_owned()),
-        time_ms: now_ms(),
-    }];
-    for e in &events {
+    for e in events {
         state.apply(e)?;
     }
+    commit_idle(engine, &journal, history.len(), &state, events)
+}
+
+/// Commit `events`, already applied to `state`, after the `at` events of
+/// the history of a run no process is driving. The journal refuses it if a
+/// driver appended meanwhile.
+fn commit_idle(
+    engine: &Engine,
+    journal: &Journal,
+    at: usize,
+    state: &RunState,
+    events: &[Event],
+) -> Result<(), DagError> {
     journal.commit(
-        run,
-        history.len() as u64,
-        &events,
-        &summary(&state),
+        &state.run,
+        at as u64,
+        events,
+        &summary(state),
         &[],
         engine.metering(),
     )?;
@@ -566,14 +588,7 @@ pub fn record_verdicts_idle(engine: &Engine, run: &str) -> Result<RunState, DagE
     let (mut state, history) = unfinished(&journal, run)?;
     let (events, seen) = fold_verdicts(&journal, &mut state)?;
     if !events.is_empty() {
-        journal.commit(
-            run,
-            history.len() as u64,
-            &events,
-            &summary(&state),
-            &[],
-            engine.metering(),
-        )?;
+        commit_idle(engine, &journal, history.len(), &state, &events)?;
     }
     journal.drop_approvals(run, &seen)?;
     Ok(state)
@@ -611,30 +626,20 @@ fn fold_verdicts(
 
 /// Cancel a run no process is driving: record the request and the end.
 pub fn cancel_idle(engine: &Engine, run: &str) -> Result<(), DagError> {
-    let journal = Journal::new(engine.data().database().clone());
-    let (mut state, history) = unfinished(&journal, run)?;
     let now = now_ms();
-    let events = [
-        Event::CancelRequested { time_ms: now },
-        Event::Finished {
-            status: RunStatus::Cancelled,
-            output: None,
-            error: Some("cancelled while no process was driving it".into()),
-            time_ms: now,
-        },
-    ];
-    for e in &events {
-        state.apply(e)?;
-    }
-    journal.commit(
+    end_idle(
+        engine,
         run,
-        history.len() as u64,
-        &events,
-        &summary(&state),
-        &[],
-        engine.metering(),
-    )?;
-    Ok(())
+        &[
+            Event::CancelRequested { time_ms: now },
+            Event::Finished {
+                status: RunStatus::Cancelled,
+                output: None,
+                error: Some("cancelled while no process was driving it".into()),
+                time_ms: now,
+            },
+        ],
+    )
 }
 
 struct Job {
