@@ -260,15 +260,10 @@ fn engines(c: &mut Criterion) {
         .parent()
         .expect("capsule dir")
         .to_path_buf();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
     let mut endpoint = soma_runtime::temporal::Endpoint::new(server.address());
     endpoint.task_queue = queue.to_owned();
-    let client = rt
-        .block_on(endpoint.connect())
-        .expect("connect to Temporal");
+    let client =
+        soma_runtime::temporal::client::Blocking::connect(&endpoint).expect("connect to Temporal");
     let next = std::sync::atomic::AtomicUsize::new(0);
     // Start `count` runs of `text`, then wait for each to end.
     let runs = |text: &str, count: usize, concurrency: Option<usize>| {
@@ -295,30 +290,23 @@ fn engines(c: &mut Criterion) {
                 format!("bench-{}-{k}", std::process::id())
             })
             .collect();
-        rt.block_on(async {
-            for id in &ids {
-                let input = soma_runtime::temporal::RunInput::new(
-                    id.clone(),
-                    created.clone(),
-                    t.engine.config(),
-                    concurrency,
-                );
-                soma_runtime::temporal::client::start(&client, &endpoint, input)
-                    .await
-                    .expect("start");
-            }
-            for id in &ids {
-                let result = soma_runtime::temporal::client::result(&client, id)
-                    .await
-                    .expect("result");
-                let state = result.state().expect("replay");
-                assert!(
-                    matches!(state.finished, Some((RunStatus::Succeeded, ..))),
-                    "run {id}: {:?}",
-                    state.finished
-                );
-            }
-        });
+        for id in &ids {
+            let input = soma_runtime::temporal::RunInput::new(
+                id.clone(),
+                created.clone(),
+                t.engine.config(),
+                concurrency,
+            );
+            client.start(input).expect("start");
+        }
+        for id in &ids {
+            let state = client.result(id).expect("result").state().expect("replay");
+            assert!(
+                matches!(state.finished, Some((RunStatus::Succeeded, ..))),
+                "run {id}: {:?}",
+                state.finished
+            );
+        }
     };
     let mut workers = Vec::new();
     for w in 1..=sizes.workers {

@@ -76,7 +76,7 @@ pub(crate) struct WorkerArgs {
     registry: registry::RegistryArgs,
 }
 
-/// A one-thread-pool tokio runtime for the Temporal client and worker.
+/// A multi-thread tokio runtime for the worker.
 fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -103,12 +103,11 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> 
         search: args.capsule_path,
     };
     let activities = CallActivities::new(engine, Arc::new(source));
-    let rt = tokio()?;
     eprintln!(
         "worker: Temporal {} namespace {} task queue {}",
         endpoint.address, endpoint.namespace, endpoint.task_queue
     );
-    rt.block_on(client::work(
+    tokio()?.block_on(client::work(
         &endpoint,
         activities,
         sticky_timeout,
@@ -177,17 +176,15 @@ pub(crate) fn run(
     let endpoint = args.endpoint()?;
     let config = engine.config();
     let input = RunInput::new(run.clone(), created, config, concurrency);
-    let result = tokio()?.block_on(async {
-        let client = endpoint.connect().await?;
-        client::start(&client, &endpoint, input).await?;
-        if !json {
-            eprintln!(
-                "run {run} (Temporal workflow on task queue {})",
-                endpoint.task_queue
-            );
-        }
-        client::result(&client, &run).await
-    })?;
+    let client = client::Blocking::connect(&endpoint)?;
+    client.start(input)?;
+    if !json {
+        eprintln!(
+            "run {run} (Temporal workflow on task queue {})",
+            endpoint.task_queue
+        );
+    }
+    let result = client.result(&run)?;
     let state = result.state()?;
     Ok((state, result))
 }
@@ -195,10 +192,7 @@ pub(crate) fn run(
 /// `soma dag status RUN --engine temporal`: the run from its workflow.
 pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState> {
     let endpoint = args.endpoint()?;
-    let result = tokio()?.block_on(async {
-        let client = endpoint.connect().await?;
-        client::status(&client, run).await
-    })?;
+    let result = client::Blocking::connect(&endpoint)?.status(run)?;
     Ok(result.state()?)
 }
 
@@ -212,31 +206,26 @@ pub(crate) fn verdict(
     reason: Option<String>,
 ) -> anyhow::Result<Offered> {
     let endpoint = args.endpoint()?;
-    tokio()?.block_on(async {
-        let client = endpoint.connect().await?;
-        let state = client::status(&client, run).await?.state()?;
-        if state.check_approval(node, verdict)?.is_none() {
-            return Ok(Offered::AlreadyGiven);
-        }
-        let signal = ApprovalSignal {
-            node: node.to_owned(),
-            verdict,
-            reason,
-            by: "cli".to_owned(),
-            tenant: None,
-        };
-        client::approve(&client, run, signal).await?;
-        Ok(Offered::Accepted)
-    })
+    let client = client::Blocking::connect(&endpoint)?;
+    let state = client.status(run)?.state()?;
+    if state.check_approval(node, verdict)?.is_none() {
+        return Ok(Offered::AlreadyGiven);
+    }
+    let signal = ApprovalSignal {
+        node: node.to_owned(),
+        verdict,
+        reason,
+        by: "cli".to_owned(),
+        tenant: None,
+    };
+    client.approve(run, signal)?;
+    Ok(Offered::Accepted)
 }
 
 /// `soma dag cancel RUN --engine temporal`.
 pub(crate) fn cancel(args: &TemporalArgs, run: &str, json: bool) -> anyhow::Result<Code> {
     let endpoint = args.endpoint()?;
-    tokio()?.block_on(async {
-        let client = endpoint.connect().await?;
-        client::cancel(&client, run).await
-    })?;
+    client::Blocking::connect(&endpoint)?.cancel(run)?;
     if json {
         println!("{}", json!({ "run": run, "cancel": "requested" }));
     } else {

@@ -123,3 +123,96 @@ pub async fn work(
         }
     }
 }
+
+/// A multi-thread tokio runtime for [`Blocking`].
+fn runtime() -> Result<tokio::runtime::Runtime, TemporalError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("soma-temporal")
+        .build()
+        .map_err(TemporalError::Runtime)
+}
+
+/// The client's calls for code outside any async runtime (the CLI, the
+/// benches): each call blocks on a runtime the client owns.
+///
+/// Not async and not generic on purpose: the client's RPC futures are
+/// compiled in this crate (where the daemon's handlers need them anyway),
+/// not again in each binary that would block on them itself (release
+/// builds do not share generic instances across crates; docs/ci.md).
+pub struct Blocking {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    endpoint: Endpoint,
+}
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Blocking {
+    /// Connect to `endpoint`'s frontend.
+    ///
+    /// # Errors
+    ///
+    /// [`TemporalError::Runtime`]; [`Endpoint::connect`]'s.
+    pub fn connect(endpoint: &Endpoint) -> Result<Self, TemporalError> {
+        let runtime = runtime()?;
+        let client = runtime.block_on(endpoint.connect())?;
+        Ok(Self {
+            runtime,
+            client,
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    /// [`start`] on this client's endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`start`]'s.
+    pub fn start(&self, input: RunInput) -> Result<(), TemporalError> {
+        self.runtime
+            .block_on(start(&self.client, &self.endpoint, input))
+    }
+
+    /// [`result`]: waits for the run to end.
+    ///
+    /// # Errors
+    ///
+    /// [`result`]'s.
+    pub fn result(&self, run: &str) -> Result<RunResult, TemporalError> {
+        self.runtime.block_on(result(&self.client, run))
+    }
+
+    /// [`status`]: the run so far.
+    ///
+    /// # Errors
+    ///
+    /// [`status`]'s.
+    pub fn status(&self, run: &str) -> Result<RunResult, TemporalError> {
+        self.runtime.block_on(status(&self.client, run))
+    }
+
+    /// [`approve`]: hand a verdict to the run.
+    ///
+    /// # Errors
+    ///
+    /// [`approve`]'s.
+    pub fn approve(&self, run: &str, signal: ApprovalSignal) -> Result<(), TemporalError> {
+        self.runtime.block_on(approve(&self.client, run, signal))
+    }
+
+    /// [`cancel`]: ask the run to stop.
+    ///
+    /// # Errors
+    ///
+    /// [`cancel`]'s.
+    pub fn cancel(&self, run: &str) -> Result<(), TemporalError> {
+        self.runtime.block_on(cancel(&self.client, run))
+    }
+}
