@@ -37,7 +37,10 @@ enum Task {
     /// task starts (with a `soma worker`) and stops.
     Demo(DemoArgs),
     /// Install prerequisites, then run the whole test suite: rustfmt check,
-    /// the import-cycle check, the interop reference, `cargo test`.
+    /// the import-cycle check, the interop reference, then every test
+    /// binary (with cargo-nextest where installed; docs/ci.md). With
+    /// arguments, runs `cargo test --release --locked --workspace
+    /// --all-targets ARGS` instead of the suite's test steps.
     Test(PassThrough),
     /// The import-cycle check, cargo fmt --check and clippy -D warnings.
     Lint,
@@ -260,16 +263,54 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(["-m", "unittest", "discover", "-s", "tests/interop"])
         .current_dir(root())
         .env("COSIGN_REF_REQUIRE_REGISTRY", "1"))?;
+    if !extra.is_empty() {
+        // A developer's selection: exactly the cargo test they asked for.
+        return run(cargo()
+            .args(RELEASE_WORKSPACE_TESTS)
+            .arg("--all-targets")
+            .args(extra));
+    }
+    if !nextest_available() {
+        eprintln!(
+            "cargo-nextest not found: running the suite with cargo test, one test binary \
+             after another (slower; `cargo install --locked cargo-nextest` for the fast path, \
+             docs/ci.md)"
+        );
+        return run(cargo().args(RELEASE_WORKSPACE_TESTS).arg("--all-targets"));
+    }
+    // Every test but the attack binary's, each in its own process, two at a
+    // time across all binaries (docs/ci.md: most of them wait on servers,
+    // and `cargo test` would run the binaries one after another).
     run(cargo()
-        .args([
-            "test",
-            "--release",
-            "--locked",
-            "--workspace",
-            "--all-targets",
-        ])
-        .args(extra))?;
-    Ok(())
+        .args(["nextest", "run", "--release", "--locked", "--workspace"])
+        .args(["--lib", "--bins", "--tests", "--no-fail-fast"])
+        .args(["--config-file", ".ci/nextest.toml"])
+        .args(["-E", "not binary(attack)"]))?;
+    // The attack binary alone, under libtest: its tests that time a
+    // bystander or measure the daemon take an in-process write lock that
+    // keeps every other test off the machine meanwhile (attack/main.rs).
+    run(cargo()
+        .args(RELEASE_WORKSPACE_TESTS)
+        .args(["--test", "attack"]))?;
+    // The benches once each in test mode: they must still set up and run.
+    // (`--benches` also selects every lib, whose unit tests run again in a
+    // few seconds; `--bench '*'` selects fewer targets, which unifies
+    // features differently and rebuilds the runtime.)
+    run(cargo().args(RELEASE_WORKSPACE_TESTS).arg("--benches"))
+}
+
+/// `cargo test` on the one build every task shares: release, the lock
+/// file as is, features unified across the whole workspace (a `-p` build
+/// unifies them differently and rebuilds dependencies).
+const RELEASE_WORKSPACE_TESTS: [&str; 4] = ["test", "--release", "--locked", "--workspace"];
+
+/// Whether `cargo nextest` runs here (new machines of this project's kind
+/// have it; `cargo xtask test` falls back to `cargo test` without it).
+fn nextest_available() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn lint() -> anyhow::Result<()> {
