@@ -1063,7 +1063,7 @@ impl Coordinator<'_> {
     /// Verdict events need no more than applying (no plan budgets), so
     /// they skip [`Self::propose`].
     fn take_verdicts(&mut self, batch: &mut Vec<Event>) -> Result<Vec<String>, DagError> {
-        let (events, seen) = fold_verdicts(&self.journal, self.state)?;
+        let (events, seen) = fold_verdicts(self.journal, self.state)?;
         batch.extend(events);
         Ok(seen)
     }
