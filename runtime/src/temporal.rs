@@ -96,7 +96,7 @@ pub enum TemporalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The blocking client's async runtime could not be started.
+    /// The client's or worker's async runtime could not be started.
     #[error("could not start the Temporal client's async runtime")]
     Runtime(#[source] std::io::Error),
     /// The worker could not be set up or stopped with an error.

@@ -76,15 +76,6 @@ pub(crate) struct WorkerArgs {
     registry: registry::RegistryArgs,
 }
 
-/// A multi-thread tokio runtime for the worker.
-fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("soma-temporal")
-        .build()
-        .context("starting the async runtime")
-}
-
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> {
     global.local_only("worker")?;
     let endpoint = args.temporal.endpoint()?;
@@ -107,7 +98,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> 
         "worker: Temporal {} namespace {} task queue {}",
         endpoint.address, endpoint.namespace, endpoint.task_queue
     );
-    tokio()?.block_on(client::work(
+    client::runtime()?.block_on(client::work(
         &endpoint,
         activities,
         sticky_timeout,

@@ -124,8 +124,13 @@ pub async fn work(
     }
 }
 
-/// A multi-thread tokio runtime for [`Blocking`].
-fn runtime() -> Result<tokio::runtime::Runtime, TemporalError> {
+/// A multi-thread tokio runtime for the client ([`Blocking`]) and the
+/// worker ([`work`]).
+///
+/// # Errors
+///
+/// [`TemporalError::Runtime`] if its threads cannot start.
+pub fn runtime() -> Result<tokio::runtime::Runtime, TemporalError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("soma-temporal")
