@@ -186,7 +186,8 @@ impl Endpoint {
                 address: self.address.clone(),
                 source,
             };
-        let connection = temporalio_client::Connection::connect(options)
+        // Never `Connection::connect(options).await` here: see the crate.
+        let connection = soma_temporal_connect::connect(options)
             .await
             .map_err(|e| connect_error(Box::new(e)))?;
         let client_options = temporalio_client::ClientOptions::new(self.namespace.clone()).build();
