@@ -265,10 +265,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .env("COSIGN_REF_REQUIRE_REGISTRY", "1"))?;
     if !extra.is_empty() {
         // A developer's selection: exactly the cargo test they asked for.
-        return run(cargo()
-            .args(RELEASE_WORKSPACE_TESTS)
-            .arg("--all-targets")
-            .args(extra));
+        return run(cargo().args(SUITE_TESTS).arg("--all-targets").args(extra));
     }
     if !nextest_available() {
         eprintln!(
@@ -276,33 +273,39 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
              after another (slower; `cargo install --locked cargo-nextest` for the fast path, \
              docs/ci.md)"
         );
-        return run(cargo().args(RELEASE_WORKSPACE_TESTS).arg("--all-targets"));
+        return run(cargo().args(SUITE_TESTS).arg("--all-targets"));
     }
     // Every test but the attack binary's, each in its own process, two at a
     // time across all binaries (docs/ci.md: most of them wait on servers,
     // and `cargo test` would run the binaries one after another).
     run(cargo()
-        .args(["nextest", "run", "--release", "--locked", "--workspace"])
+        .args([
+            "nextest",
+            "run",
+            "--cargo-profile",
+            "ci",
+            "--locked",
+            "--workspace",
+        ])
         .args(["--lib", "--bins", "--tests", "--no-fail-fast"])
         .args(["--config-file", ".ci/nextest.toml"])
         .args(["-E", "not binary(attack)"]))?;
     // The attack binary alone, under libtest: its tests that time a
     // bystander or measure the daemon take an in-process write lock that
     // keeps every other test off the machine meanwhile (attack/main.rs).
-    run(cargo()
-        .args(RELEASE_WORKSPACE_TESTS)
-        .args(["--test", "attack"]))?;
+    run(cargo().args(SUITE_TESTS).args(["--test", "attack"]))?;
     // The benches once each in test mode: they must still set up and run.
     // (`--benches` also selects every lib, whose unit tests run again in a
     // few seconds; `--bench '*'` selects fewer targets, which unifies
     // features differently and rebuilds the runtime.)
-    run(cargo().args(RELEASE_WORKSPACE_TESTS).arg("--benches"))
+    run(cargo().args(SUITE_TESTS).arg("--benches"))
 }
 
-/// `cargo test` on the one build every task shares: release, the lock
-/// file as is, features unified across the whole workspace (a `-p` build
-/// unifies them differently and rebuilds dependencies).
-const RELEASE_WORKSPACE_TESTS: [&str; 4] = ["test", "--release", "--locked", "--workspace"];
+/// `cargo test` on the one build every task of the suite shares: the `ci`
+/// profile (release's optimisation, built faster: the root `Cargo.toml`),
+/// the lock file as is, features unified across the whole workspace (a
+/// `-p` build unifies them differently and rebuilds dependencies).
+const SUITE_TESTS: [&str; 5] = ["test", "--profile", "ci", "--locked", "--workspace"];
 
 /// Whether `cargo nextest` runs here (new machines of this project's kind
 /// have it; `cargo xtask test` falls back to `cargo test` without it).
