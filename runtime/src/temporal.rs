@@ -186,7 +186,7 @@ impl Endpoint {
                 address: self.address.clone(),
                 source,
             };
-        // Never `Connection::connect(options).await` here: see the crate.
+        // Not `Connection::connect(options).await`: see that crate (clippy.toml).
         let connection = soma_temporal_connect::connect(options)
             .await
             .map_err(|e| connect_error(Box::new(e)))?;

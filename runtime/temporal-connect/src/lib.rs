@@ -23,6 +23,8 @@ pub type Connecting =
 
 /// [`Connection::connect`]`(options)`, compiled here.
 #[must_use = "a future does nothing unless awaited"]
+// The one call the root `clippy.toml` disallows everywhere else.
+#[allow(clippy::disallowed_methods)]
 pub fn connect(options: ConnectionOptions) -> Connecting {
     Box::pin(Connection::connect(options))
 }
