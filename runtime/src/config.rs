@@ -120,6 +120,14 @@ pub struct EngineConfig {
     pub keep_resident_kb: usize,
     /// Cache compiled components on disk. Default true.
     pub aot_cache: bool,
+    /// Directory of that cache. Default: `$SOMA_AOT_DIR` if set, else
+    /// `<data>/aot`. Several daemons of one host (or one user's test runs)
+    /// may share it: an artifact's name carries the component's digest and
+    /// this engine's fingerprint, and it is renamed into place complete.
+    /// Its files are loaded as native code, so a directory that is not
+    /// owned by this user or that others may write is not used (the cache
+    /// is off, with a warning that says so).
+    pub aot_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -136,6 +144,7 @@ impl Default for EngineConfig {
             pool_tables_per_module: 1,
             keep_resident_kb: 2048,
             aot_cache: true,
+            aot_dir: None,
         }
     }
 }

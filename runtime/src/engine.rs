@@ -60,6 +60,10 @@ pub struct Engine {
     pub(crate) capabilities: host_api::Shared,
     pub(crate) metering: Arc<crate::meter::BudgetLedger>,
     data: DataDir,
+    /// Where compiled artifacts are kept (`engine.aot_dir`, resolved), or
+    /// `None`: the AOT cache is off, or its directory is not safe to load
+    /// native code from.
+    aot_dir: Option<PathBuf>,
     fingerprint: String,
     capsules: Mutex<HashMap<Digest, Arc<Capsule>>>,
     /// Loads served from the in-memory capsule cache / compiled or read
@@ -98,6 +102,20 @@ impl Engine {
         let linker = link(&wasmtime).map_err(EngineError::Configure)?;
         let linker_async = link_async(&wasmtime).map_err(EngineError::Configure)?;
         let fingerprint = fingerprint(&wasmtime, &config);
+        let aot_dir = config.engine.aot_cache.then(|| {
+            let dir = aot_dir(
+                config.engine.aot_dir.as_deref(),
+                std::env::var_os("SOMA_AOT_DIR"),
+                &data,
+            );
+            match private_dir(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) => {
+                    tracing::warn!("the AOT cache is off: {e}");
+                    None
+                }
+            }
+        });
         let metering = Arc::new(
             crate::meter::BudgetLedger::open(config.ledger, data.database().clone(), &config.store)
                 .map_err(EngineError::Store)?,
@@ -121,6 +139,7 @@ impl Engine {
             capabilities,
             metering,
             data,
+            aot_dir: aot_dir.flatten(),
             fingerprint,
             capsules: Mutex::new(HashMap::new()),
             cache_hits: AtomicU64::new(0),
@@ -229,12 +248,15 @@ impl Engine {
         &self.linker_async
     }
 
+    /// The directory of the AOT cache in use, if it is on.
+    pub fn aot_dir(&self) -> Option<&Path> {
+        self.aot_dir.as_deref()
+    }
+
     fn aot_path(&self, digest: &Digest) -> Option<PathBuf> {
-        self.config.engine.aot_cache.then(|| {
-            self.data
-                .aot_dir()
-                .join(format!("{}-{}.cwasm", digest.hex(), self.fingerprint))
-        })
+        self.aot_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}-{}.cwasm", digest.hex(), self.fingerprint)))
     }
 
     /// Compile `bytes`, or deserialize the AOT artifact for (digest, engine
@@ -309,12 +331,78 @@ fn compile_error(e: &wasmtime::Error, engine: &crate::config::EngineConfig) -> I
     Invalid::Refused { message: chain }
 }
 
+/// The AOT cache's directory: `engine.aot_dir` if the configuration names
+/// one, else `$SOMA_AOT_DIR` if set and not empty, else `<data>/aot`.
+fn aot_dir(configured: Option<&Path>, env: Option<std::ffi::OsString>, data: &DataDir) -> PathBuf {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| data.aot_dir())
+}
+
+/// Why a directory may not hold artifacts that are loaded as native code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AotDirError {
+    /// It could not be created or inspected.
+    #[error("cannot create or inspect {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It belongs to another user, who could place code there.
+    #[error(
+        "{} belongs to uid {owner}, not to this user (uid {me}): point engine.aot_dir \
+         (or SOMA_AOT_DIR) at a directory of this user's own",
+        .path.display()
+    )]
+    NotOwned { path: PathBuf, owner: u32, me: u32 },
+    /// Group or others may write into it.
+    #[error(
+        "{} is writable by group or others (mode {mode:o}): run `chmod go-w` on it, \
+         or point engine.aot_dir at a private directory",
+        .path.display()
+    )]
+    Shared { path: PathBuf, mode: u32 },
+}
+
+/// Create `dir` (mode 0700) if missing, then check that only this user
+/// can write into it.
+fn private_dir(dir: &Path) -> Result<(), AotDirError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let io = |source| AotDirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let meta = std::fs::metadata(dir).map_err(io)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(AotDirError::NotOwned {
+            path: dir.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(AotDirError::Shared {
+            path: dir.to_path_buf(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
 fn write_atomically(path: &Path, component: &Component) -> std::io::Result<()> {
     let bytes = component
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, &bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -442,5 +530,27 @@ impl Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_aot_directory_is_the_configured_one_then_the_environments_then_the_data_dirs() {
+        let data = DataDir::new(Path::new("/data"));
+        let env = || Some(std::ffi::OsString::from("/env-aot"));
+        assert_eq!(
+            aot_dir(Some(Path::new("/conf-aot")), env(), &data),
+            Path::new("/conf-aot")
+        );
+        assert_eq!(aot_dir(None, env(), &data), Path::new("/env-aot"));
+        assert_eq!(
+            aot_dir(None, Some(std::ffi::OsString::new()), &data),
+            Path::new("/data/aot"),
+            "an empty SOMA_AOT_DIR is unset"
+        );
+        assert_eq!(aot_dir(None, None, &data), Path::new("/data/aot"));
     }
 }

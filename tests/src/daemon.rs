@@ -72,6 +72,15 @@ pub fn config_text(daemon_keys: &str, extra: &str) -> String {
     text
 }
 
+/// An `[engine]` table that keeps the AOT cache in `data/aot`, for a test
+/// that counts compiles: `cargo xtask test` shares one cache across the
+/// suite (`SOMA_AOT_DIR`, docs/ci.md), where another test may have
+/// compiled the same capsule first.
+pub fn own_aot_cache(data: &Path) -> String {
+    let dir = data.join("aot").display().to_string();
+    format!("[engine]\naot_dir = {}\n", toml::Value::String(dir))
+}
+
 /// A daemon process over a data directory; killed on drop.
 #[derive(Debug)]
 pub struct DaemonProcess {

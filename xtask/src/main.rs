@@ -263,6 +263,12 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(["-m", "unittest", "discover", "-s", "tests/interop"])
         .current_dir(root())
         .env("COSIGN_REF_REQUIRE_REGISTRY", "1"))?;
+    let aot = suite_aot_cache()?;
+    let cargo = || {
+        let mut c = cargo();
+        c.env("SOMA_AOT_DIR", &aot);
+        c
+    };
     if !extra.is_empty() {
         // A developer's selection: exactly the cargo test they asked for.
         return run(cargo().args(SUITE_TESTS).arg("--all-targets").args(extra));
@@ -299,6 +305,27 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // few seconds; `--bench '*'` selects fewer targets, which unifies
     // features differently and rebuilds the runtime.)
     run(cargo().args(SUITE_TESTS).arg("--benches"))
+}
+
+/// One AOT cache for every engine the suite starts (daemons, `soma run`,
+/// in-process engines: `SOMA_AOT_DIR`), emptied first: each capsule is
+/// compiled once per run instead of once per test, which was most of the
+/// suite's CPU (docs/ci.md). Tests that count compiles keep their own
+/// (`engine.aot_dir`).
+fn suite_aot_cache() -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let dir = target.join("suite-aot");
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("emptying {}", dir.display())),
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// `cargo test` on the one build every task of the suite shares: the `ci`

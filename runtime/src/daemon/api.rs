@@ -316,10 +316,12 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     m.set_engine_cache(hits, misses);
     m.set_http_outbound(&daemon.engine.http_totals());
     let (aot_hits, aot_misses) = daemon.engine.aot_stats();
-    let dir = daemon.engine.data().aot_dir();
-    let aot_bytes = tokio::task::spawn_blocking(move || super::metrics::dir_bytes(&dir))
-        .await
-        .unwrap_or(0);
+    let aot_bytes = match daemon.engine.aot_dir().map(std::path::Path::to_path_buf) {
+        Some(dir) => tokio::task::spawn_blocking(move || super::metrics::dir_bytes(&dir))
+            .await
+            .unwrap_or(0),
+        None => 0,
+    };
     m.set_aot_cache(aot_hits, aot_misses, aot_bytes);
     m.set_console_sessions(daemon.console.sessions.len());
     (

@@ -287,7 +287,12 @@ fn costs_and_operations_pages_show_each_tenant_only_its_own_and_match_the_cli() 
         bin(),
         data,
         "rate_per_sec = 0.001\nburst = 40.0",
-        &format!("[ledger]\nfuel_price_per_1k_micros = {FUEL_PRICE}\n"),
+        // Its own AOT cache: the operations page's AOT figure counts this
+        // daemon's compiles.
+        &format!(
+            "[ledger]\nfuel_price_per_1k_micros = {FUEL_PRICE}\n{}",
+            harness::own_aot_cache(data)
+        ),
     );
     let a = Browser::sign_in(&d.url, &acme);
     let g = Browser::sign_in(&d.url, &globex);

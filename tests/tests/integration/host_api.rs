@@ -215,21 +215,23 @@ fn epoch_only_mode_reports_no_fuel() {
 }
 
 #[test]
-fn aot_cache_is_reused_by_a_new_engine() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(
+fn aot_cache_is_reused_by_a_new_engine_over_another_data_directory() {
+    // One `engine.aot_dir` shared by two data directories (two daemons of
+    // one host): the second engine reads the first one's artifact.
+    let shared_aot = tempfile::tempdir().expect("tempdir");
+    let aot = shared_aot.path().join("aot");
+    let mut cfg = config(
         soma_runtime::config::Allocator::OnDemand,
         soma_runtime::config::Metering::Fuel,
     );
-    let count = || {
-        std::fs::read_dir(dir.path().join("aot"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    for _ in 0..2 {
+    cfg.engine.aot_dir = Some(aot.clone());
+    let count = || std::fs::read_dir(&aot).map(|d| d.count()).unwrap_or(0);
+    for (round, expect) in [(0, (0, 1)), (1, (1, 0))] {
+        let data = tempfile::tempdir().expect("tempdir");
         let engine =
-            soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(dir.path()))
+            soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(data.path()))
                 .expect("engine");
+        assert_eq!(engine.aot_dir(), Some(aot.as_path()));
         let c = engine
             .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
             .expect("load");
@@ -240,17 +242,27 @@ fn aot_cache_is_reused_by_a_new_engine() {
                 .as_deref(),
             Ok("x")
         );
+        assert_eq!(engine.aot_stats(), expect, "round {round}: (hits, misses)");
         assert_eq!(count(), 1, "one artifact, written once and then reused");
+        assert!(
+            !data.path().join("aot").exists(),
+            "nothing compiled into the data directory"
+        );
     }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&aot).expect("aot").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "created private");
     // A corrupt artifact is ignored (recompiled), never trusted blindly into a crash.
-    let entry = std::fs::read_dir(dir.path().join("aot"))
+    let entry = std::fs::read_dir(&aot)
         .expect("aot")
         .next()
         .expect("entry")
         .expect("entry")
         .path();
     std::fs::write(&entry, b"garbage").expect("corrupt");
-    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(dir.path()))
+    let data = tempfile::tempdir().expect("tempdir");
+    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(data.path()))
         .expect("engine");
     let c = engine
         .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
@@ -261,6 +273,39 @@ fn aot_cache_is_reused_by_a_new_engine() {
             .result
             .as_deref(),
         Ok("y")
+    );
+}
+
+#[test]
+fn an_aot_directory_others_may_write_is_not_loaded_from() {
+    // Whoever can write there could place native code the engine would run.
+    use std::os::unix::fs::PermissionsExt;
+    let open = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut cfg = config(
+        soma_runtime::config::Allocator::OnDemand,
+        soma_runtime::config::Metering::Fuel,
+    );
+    cfg.engine.aot_dir = Some(open.path().to_path_buf());
+    let data = tempfile::tempdir().expect("tempdir");
+    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(data.path()))
+        .expect("the engine starts, with the cache off");
+    assert_eq!(engine.aot_dir(), None);
+    let c = engine
+        .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
+        .expect("load");
+    assert_eq!(
+        engine
+            .call(&c, "x", &CallOptions::for_capsule(&engine, &c))
+            .result
+            .as_deref(),
+        Ok("x")
+    );
+    assert_eq!(engine.aot_stats(), (0, 0), "the cache was not consulted");
+    assert_eq!(
+        std::fs::read_dir(open.path()).expect("dir").count(),
+        0,
+        "nothing written there"
     );
 }
 
