@@ -214,6 +214,28 @@ fn epoch_only_mode_reports_no_fuel() {
     assert!(o.usage.peak_memory_bytes > 0);
 }
 
+/// A new engine of `cfg` over `data` that loads the echo capsule (from
+/// its AOT cache if it has one) and echoes `input` through it.
+fn echo_engine(
+    cfg: &soma_runtime::Config,
+    data: &std::path::Path,
+    input: &str,
+) -> soma_runtime::Engine {
+    let engine = soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(data))
+        .expect("engine");
+    let c = engine
+        .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
+        .expect("load");
+    assert_eq!(
+        engine
+            .call(&c, input, &CallOptions::for_capsule(&engine, &c))
+            .result
+            .as_deref(),
+        Ok(input)
+    );
+    engine
+}
+
 #[test]
 fn aot_cache_is_reused_by_a_new_engine_over_another_data_directory() {
     // One `engine.aot_dir` shared by two data directories (two daemons of
@@ -228,20 +250,8 @@ fn aot_cache_is_reused_by_a_new_engine_over_another_data_directory() {
     let count = || std::fs::read_dir(&aot).map(|d| d.count()).unwrap_or(0);
     for (round, expect) in [(0, (0, 1)), (1, (1, 0))] {
         let data = tempfile::tempdir().expect("tempdir");
-        let engine =
-            soma_runtime::Engine::new(cfg.clone(), soma_runtime::store::DataDir::new(data.path()))
-                .expect("engine");
+        let engine = echo_engine(&cfg, data.path(), "x");
         assert_eq!(engine.aot_dir(), Some(aot.as_path()));
-        let c = engine
-            .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
-            .expect("load");
-        assert_eq!(
-            engine
-                .call(&c, "x", &CallOptions::for_capsule(&engine, &c))
-                .result
-                .as_deref(),
-            Ok("x")
-        );
         assert_eq!(engine.aot_stats(), expect, "round {round}: (hits, misses)");
         assert_eq!(count(), 1, "one artifact, written once and then reused");
         assert!(
@@ -262,17 +272,11 @@ fn aot_cache_is_reused_by_a_new_engine_over_another_data_directory() {
         .path();
     std::fs::write(&entry, b"garbage").expect("corrupt");
     let data = tempfile::tempdir().expect("tempdir");
-    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(data.path()))
-        .expect("engine");
-    let c = engine
-        .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
-        .expect("load despite corrupt cache");
+    let engine = echo_engine(&cfg, data.path(), "y");
     assert_eq!(
-        engine
-            .call(&c, "y", &CallOptions::for_capsule(&engine, &c))
-            .result
-            .as_deref(),
-        Ok("y")
+        engine.aot_stats(),
+        (0, 1),
+        "the corrupt artifact was recompiled"
     );
 }
 
@@ -288,19 +292,8 @@ fn an_aot_directory_others_may_write_is_not_loaded_from() {
     );
     cfg.engine.aot_dir = Some(open.path().to_path_buf());
     let data = tempfile::tempdir().expect("tempdir");
-    let engine = soma_runtime::Engine::new(cfg, soma_runtime::store::DataDir::new(data.path()))
-        .expect("the engine starts, with the cache off");
-    assert_eq!(engine.aot_dir(), None);
-    let c = engine
-        .load_file(soma_capsules::ECHO_COMPONENT.as_ref())
-        .expect("load");
-    assert_eq!(
-        engine
-            .call(&c, "x", &CallOptions::for_capsule(&engine, &c))
-            .result
-            .as_deref(),
-        Ok("x")
-    );
+    let engine = echo_engine(&cfg, data.path(), "x");
+    assert_eq!(engine.aot_dir(), None, "the cache is off");
     assert_eq!(engine.aot_stats(), (0, 0), "the cache was not consulted");
     assert_eq!(
         std::fs::read_dir(open.path()).expect("dir").count(),
