@@ -33,6 +33,15 @@ pub const MAX_DEPTH: usize = 128;
 /// levels), well above what [`MAX_DEPTH`] levels need.
 const MAX_INDENT_COLUMNS: usize = 256;
 
+/// The stack the parse runs on, whatever the caller's thread has. The
+/// worst text the pre-scan lets through (block nesting over
+/// [`MAX_INDENT_COLUMNS`] columns with 250 flow levels inside) takes under
+/// 1 MiB of stack in an optimised build and 2–4 MiB unoptimised (the
+/// suite's `ci` profile builds this crate at `opt-level = 0`); a tokio
+/// blocking thread has 2 MiB. Reserved, not committed: only the pages the
+/// parse touches are used.
+const PARSE_STACK: usize = 16 << 20;
+
 /// How much a document may hold once loaded, aliases expanded: the bound
 /// on the memory one parse can take, whatever the text's size. Operators
 /// set it with `dag.max_spec_nodes` and `dag.max_spec_bytes`.
@@ -255,6 +264,29 @@ pub fn load_within(text: &str, budget: &Budget) -> Result<(Value, Positions), So
         });
     }
     check_indentation(text)?;
+    // The parser's descent is recursive: give it a stack of its own, so
+    // that the caller's (a blocking-pool thread, a test thread) does not
+    // decide whether hostile nesting overflows. If no thread can be
+    // started, parse on this one.
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("soma-dag-parse".into())
+            .stack_size(PARSE_STACK)
+            .spawn_scoped(scope, || parse(text, budget))
+        {
+            Ok(parsing) => parsing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => {
+                tracing::warn!("dag: no thread for the parse ({e}); parsing on the caller's stack");
+                parse(text, budget)
+            }
+        }
+    })
+}
+
+/// The parse proper of [`load_within`], after its cheap checks.
+fn parse(text: &str, budget: &Budget) -> Result<(Value, Positions), SourceError> {
     let documents = load_documents(text, budget)?;
     let [document] = documents.as_slice() else {
         return Err(SourceError::DocumentCount {
@@ -831,9 +863,10 @@ empty: []
         }
         // The worst case went through the parser: the error is the tree
         // check's, at the collection 128 levels down, not the pre-scan's.
-        // It fits in half the default stack of a spawned thread.
+        // The parse runs on a stack of its own (`PARSE_STACK`): a caller
+        // with a 256 KiB stack is fine.
         let result = std::thread::Builder::new()
-            .stack_size(1 << 20)
+            .stack_size(256 << 10)
             .spawn(move || load(&worst))
             .unwrap()
             .join()
