@@ -247,8 +247,9 @@ pub fn load(text: &str) -> Result<(Value, Positions), SourceError> {
 /// Parse YAML or JSON `text` into a JSON value and the position of each of
 /// its values. Called once per spec: allocates the value and one pointer
 /// string per value; time is linear in the text (at most [`MAX_BYTES`]),
-/// memory is bounded by `budget` however the text uses aliases. Blocks the
-/// thread for up to a few hundred ms: call it off the async workers.
+/// memory is bounded by `budget` however the text uses aliases. The parse
+/// runs on a thread of its own (`PARSE_STACK`) while this one waits, for
+/// up to a few hundred ms: call it off the async workers.
 ///
 /// # Errors
 ///
