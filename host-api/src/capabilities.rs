@@ -526,7 +526,7 @@ impl State {
         let (logs, logs_dropped) = log::Log::finish(self.log);
         kv::Kv::finish(self.kv);
         let (events, events_dropped) = events::Events::finish(self.events);
-        llm::Llm::finish(self.llm);
+        let llm = llm::Llm::finish(self.llm);
         let http = http::Http::finish(self.http);
         secrets::Secrets::finish(self.secrets);
         let mut report = Report {
@@ -537,6 +537,7 @@ impl State {
             stdout,
             stderr,
             http,
+            llm,
         };
         report.redact(&self.redactor);
         report
@@ -560,6 +561,8 @@ pub struct Report {
     pub stderr: String,
     /// http: requests and bytes.
     pub http: http::Usage,
+    /// llm: the chat calls settled (each already in the ledger).
+    pub llm: Vec<crate::meter::Metered>,
 }
 
 impl Report {

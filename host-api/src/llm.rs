@@ -32,6 +32,7 @@ use self::{
 use crate::bindings::soma::capsule::llm::{
     self as wit, ChatRequest, Completion, LlmError, Role, Usage,
 };
+use crate::meter::now_ms;
 pub use crate::meter::{Meter, Metered, NoMeter, Reservation, Spender, cost_micros};
 
 /// Default request cap (sum of message bytes).
@@ -280,6 +281,9 @@ pub struct State {
     spender: Spender,
     /// The next chat call's [`Metered::seq`].
     seq: u32,
+    /// The chat calls settled so far (written to the ledger as they
+    /// happened): the call's report lists them.
+    settled: Vec<Metered>,
 }
 
 impl State {
@@ -301,6 +305,7 @@ impl State {
             meter,
             spender,
             seq: 0,
+            settled: Vec::new(),
         }
     }
 
@@ -376,7 +381,7 @@ impl crate::capability::Capability for Llm {
     type State = State;
     type PrepareError = std::convert::Infallible;
     type CommitError = std::convert::Infallible;
-    type Report = ();
+    type Report = Vec<Metered>;
 
     fn check(config: &Config) -> Result<(), ConfigError> {
         config.check()
@@ -440,7 +445,9 @@ impl crate::capability::Capability for Llm {
         ))
     }
 
-    fn finish(_state: State) {}
+    fn finish(state: State) -> Vec<Metered> {
+        state.settled
+    }
 }
 
 /// Store data that hands out the per-call LLM state.
@@ -546,6 +553,7 @@ impl State {
             output_price_per_1k_micros: prices.1,
             cost_micros: cost_micros(prompt_tokens, completion_tokens, prices.0, prices.1),
             seq,
+            time_ms: now_ms(),
         };
         self.meter
             .settle(&self.spender, reservation, &metered)
@@ -554,6 +562,7 @@ impl State {
                     "the completion could not be recorded in the ledger, so it is withheld: {reason}"
                 ))
             })?;
+        self.settled.push(metered.clone());
         // Usage no budget can hold (the sum overflows, or reaches the
         // saturation point) is recorded as such above — exhausting every
         // budget it counts against — and the completion is refused.

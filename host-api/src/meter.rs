@@ -59,6 +59,9 @@ pub struct Metered {
     /// Index of this chat call within one capsule call (0, 1, 2, …); with
     /// the [`Spender`] it makes a unique ledger idempotency key.
     pub seq: u32,
+    /// When the provider answered (ms since the Unix epoch): the ledger
+    /// entries' time.
+    pub time_ms: u64,
 }
 
 /// A hold on budget taken by [`Meter::reserve`]; handed back exactly once,
@@ -115,6 +118,13 @@ impl Meter for NoMeter {
     }
 
     fn release(&self, _: &Spender, _: Reservation) {}
+}
+
+/// Now, in ms since the Unix epoch (0 on a clock before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The cost in micro-units of `prompt` and `completion` tokens at the given

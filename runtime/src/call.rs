@@ -215,6 +215,12 @@ pub struct Outcome {
     /// ([`CallOptions::defer_charge`]).
     #[serde(skip)]
     pub charge: Option<crate::meter::CallCharge>,
+    /// The ledger entries of the chat calls it made through `llm`: each
+    /// was written when its provider answered (not part of `charge`,
+    /// which a failed call does not undo either). A Temporal worker hands
+    /// them to the run's workflow with the charge, for the run's cost.
+    #[serde(skip)]
+    pub llm: Vec<crate::ledger::Entry>,
 }
 
 fn serialize_result<S: serde::Serializer>(
@@ -519,7 +525,7 @@ impl Engine {
         // Charged whether the call succeeded or not, durably, before the
         // outcome is handed back — or handed to the caller to commit. The
         // marketplace fee (successful calls only) is part of the same charge.
-        let mut outcome = Outcome::from_host(result, usage, host);
+        let mut outcome = Outcome::from_host(result, usage, host, &spender);
         // Always taken (one atomic load when nothing is pending), so a
         // capsule priced now but not at its run's start leaves nothing behind.
         let tokens = self.metering.take_call_tokens(&spender);
@@ -913,10 +919,16 @@ impl Outcome {
             stderr: String::new(),
             http: host_api::http::Usage::default(),
             charge: None,
+            llm: Vec::new(),
         }
     }
 
-    fn from_host(result: Result<String, Failure>, usage: Usage, host: Option<Host>) -> Self {
+    fn from_host(
+        result: Result<String, Failure>,
+        usage: Usage,
+        host: Option<Host>,
+        spender: &llm::Spender,
+    ) -> Self {
         let Some(host) = host else {
             return Self {
                 usage,
@@ -936,6 +948,7 @@ impl Outcome {
             stdout,
             stderr,
             http,
+            llm: chats,
         } = host.capabilities.finish();
         Self {
             result,
@@ -948,6 +961,10 @@ impl Outcome {
             stderr,
             http,
             charge: None,
+            llm: chats
+                .iter()
+                .flat_map(|m| crate::meter::llm_entries(spender, m))
+                .collect(),
         }
     }
 }

@@ -19,7 +19,6 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -234,10 +233,41 @@ fn derived_from(entry_node: &str, node: &str) -> bool {
 }
 
 /// Unix milliseconds now (0 before 1970).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+pub(crate) use soma_host_api::meter::now_ms;
+
+/// The two ledger entries (input and output tokens) one settled chat call
+/// writes: the same on every store, and what a call reports of its chat
+/// calls ([`crate::Outcome::llm`]).
+pub fn llm_entries(spender: &Spender, m: &Metered) -> Vec<Entry> {
+    let entry = |kind, quantity, price| Entry {
+        id: 0,
+        time_ms: m.time_ms,
+        tenant: spender.tenant.to_string(),
+        run: spender.run.to_string(),
+        node: spender.node.to_string(),
+        attempt: spender.attempt,
+        seq: m.seq,
+        capsule: spender.capsule.to_string(),
+        kind,
+        quantity,
+        unit_price_micros: price,
+        cost_micros: Entry::cost_for(quantity, price),
+        provider: Some(m.provider.clone()),
+        model: Some(m.model.clone()),
+        estimated: m.estimated,
+    };
+    vec![
+        entry(
+            Kind::LlmTokensInput,
+            m.prompt_tokens,
+            m.input_price_per_1k_micros,
+        ),
+        entry(
+            Kind::LlmTokensOutput,
+            m.completion_tokens,
+            m.output_price_per_1k_micros,
+        ),
+    ]
 }
 
 impl BudgetLedger {
@@ -1018,36 +1048,7 @@ impl llm::Meter for BudgetLedger {
         m: &Metered,
     ) -> Result<(), String> {
         let hold = self.accounts.take_hold(Some(reservation.id));
-        let time_ms = now_ms();
-        let entry = |kind, quantity, price| Entry {
-            id: 0,
-            time_ms,
-            tenant: spender.tenant.to_string(),
-            run: spender.run.to_string(),
-            node: spender.node.to_string(),
-            attempt: spender.attempt,
-            seq: m.seq,
-            capsule: spender.capsule.to_string(),
-            kind,
-            quantity,
-            unit_price_micros: price,
-            cost_micros: Entry::cost_for(quantity, price),
-            provider: Some(m.provider.clone()),
-            model: Some(m.model.clone()),
-            estimated: m.estimated,
-        };
-        let entries = vec![
-            entry(
-                Kind::LlmTokensInput,
-                m.prompt_tokens,
-                m.input_price_per_1k_micros,
-            ),
-            entry(
-                Kind::LlmTokensOutput,
-                m.completion_tokens,
-                m.output_price_per_1k_micros,
-            ),
-        ];
+        let entries = llm_entries(spender, m);
         // Saturating: a provider reporting 2^64−1 tokens exhausts every
         // budget it counts against instead of wrapping to a small number.
         let cost = total_cost(&entries);
@@ -1273,6 +1274,7 @@ mod tests {
             output_price_per_1k_micros: u64::MAX,
             cost_micros: u64::MAX,
             seq: 0,
+            time_ms: 1,
         };
         m.settle(&s, r, &metered).unwrap();
         let acc = m.budgets().account(&tenant).unwrap();

@@ -130,10 +130,14 @@ impl CallActivities {
         );
         let mut outcome = span.in_scope(|| engine.call(&capsule, &request.input, &options));
         let charge = outcome.charge.take();
-        let entries = charge
+        // The call's own charge, and the chat calls' entries (already in
+        // the ledger): the run's cost counts both, as on the embedded
+        // engine, where it is read back from the ledger.
+        let mut entries = charge
             .as_ref()
             .map(|c| c.entries.clone())
             .unwrap_or_default();
+        entries.append(&mut outcome.llm);
         // Idempotent per (run, node, attempt): an attempt run again after
         // a worker died is not charged twice. A ledger that cannot be
         // written is the worker's trouble, not the capsule's: retried.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use soma_tests::temporal::{TemporalServer, Worker};
+use soma_tests::temporal::{TemporalServer, Worker, WorkerOptions};
 
 /// A spec file whose `capsules:` names the built capsules by path.
 fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
@@ -23,6 +23,7 @@ fn spec_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
         ("trap", soma_capsules::HOSTILE_TRAP_COMPONENT),
         ("reviewer", soma_capsules::KAMACHIQ_REVIEWER_COMPONENT),
         ("notebook", soma_capsules::NOTEBOOK_COMPONENT),
+        ("summarize", soma_capsules::SUMMARIZE_COMPONENT),
     ];
     let mut text = String::from("capsules:\n");
     for (alias, path) in capsules {
@@ -46,16 +47,24 @@ struct Cluster {
 
 impl Cluster {
     fn start(queue: &str) -> Self {
+        Self::start_with(queue, None)
+    }
+
+    /// [`Cluster::start`] with the worker started with `--config config`.
+    fn start_with(queue: &str, config: Option<&Path>) -> Self {
         let server = TemporalServer::start();
         let worker_data = tempfile::tempdir().expect("worker data");
         let logs = tempfile::tempdir().expect("logs");
-        let worker = Worker::start(
+        let worker = Worker::start_with(
             Path::new(env!("CARGO_BIN_EXE_soma")),
             worker_data.path(),
-            server.address(),
-            queue,
+            (server.address(), queue),
             &capsule_dir(),
             logs.path(),
+            WorkerOptions {
+                config,
+                ..WorkerOptions::default()
+            },
         );
         Self {
             server,
@@ -142,8 +151,8 @@ fn timeline(doc: &Value) -> Vec<(String, String, u64, u64, String)> {
     rows
 }
 
-/// Per node: (calls, fuel) from a run's cost report.
-fn charges(doc: &Value) -> Vec<(String, u64)> {
+/// Per node: (node, fuel, LLM tokens) from a run's cost report.
+fn charges(doc: &Value) -> Vec<(String, u64, u64)> {
     let mut rows: Vec<_> = doc["cost"]["by_node"]
         .as_array()
         .expect("by_node")
@@ -152,6 +161,7 @@ fn charges(doc: &Value) -> Vec<(String, u64)> {
             (
                 n["node"].as_str().unwrap_or_default().to_owned(),
                 n["fuel"].as_u64().unwrap_or_default(),
+                n["tokens"].as_u64().unwrap_or_default(),
             )
         })
         .collect();
@@ -207,9 +217,25 @@ fn conform(
     run: &str,
     expected_code: i32,
 ) -> (Value, Value, Vec<FuelEntry>) {
+    conform_with(cluster, spec, run, expected_code, None)
+}
+
+/// [`conform`] with the embedded run (and the Temporal run's client)
+/// started with `--config config`: the same operator config as the
+/// cluster's worker.
+fn conform_with(
+    cluster: &Cluster,
+    spec: &Path,
+    run: &str,
+    expected_code: i32,
+    config: Option<&Path>,
+) -> (Value, Value, Vec<FuelEntry>) {
     let embedded_data = tempfile::tempdir().expect("data");
     let client_data = tempfile::tempdir().expect("data");
-    let args = ["--run-id", run];
+    let mut args = vec!["--run-id", run];
+    if let Some(config) = config {
+        args.extend(["--config", config.to_str().expect("utf-8 config path")]);
+    }
     let e = embedded_run(embedded_data.path(), spec, &args);
     assert_eq!(e.status.code(), Some(expected_code), "{}", text(&e.stderr));
     let t = cluster.dag_run(client_data.path(), spec, &args);
@@ -229,6 +255,7 @@ fn conform(
     assert_eq!(t["cost"]["calls"], e["cost"]["calls"]);
     assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
     assert_eq!(t["cost"]["entries"], e["cost"]["entries"]);
+    assert_eq!(t["cost"]["tokens"], e["cost"]["tokens"]);
     assert_eq!(charges(&t), charges(&e));
     let fuel = ledger_fuel(embedded_data.path(), run);
     assert!(!fuel.is_empty(), "the embedded run charged its calls");
@@ -956,4 +983,65 @@ output: { closed: "{{ nodes.closed.output }}", again: "{{ nodes.again.output }}"
     );
     assert_eq!(t["output"]["closed"]["failed"], true, "{t}");
     cluster.check_worker_ledger(&[("stubborn", stubborn_fuel), ("restricted", restricted_fuel)]);
+}
+
+/// LLM tokens a call spends through the `llm` capability are in the run's
+/// cost report on both engines (on Temporal the worker hands them to the
+/// workflow with the call's charge), priced alike, and a run's token budget
+/// refuses the same call on both: `summarize` then falls back to its
+/// extractive summary, so the run succeeds with the same output.
+#[test]
+fn llm_tokens_cost_and_token_budgets_agree_on_both_engines() {
+    let fixture = soma_tests::llm_fixture::LlmFixture::start();
+    let dir = tempfile::tempdir().expect("specs");
+    let config = dir.path().join("soma.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nllm_models = [\"default\"]\n\n[[llm.providers]]\nname = \"fixture\"\n\
+             base_url = \"{}\"\nmodels = [\"fixture-ok\"]\naliases = {{ default = \"fixture-ok\" }}\n\
+             price_input_per_1k_micros = 1000000\nprice_output_per_1k_micros = 2000000\n",
+            fixture.base_url()
+        ),
+    )
+    .expect("config");
+    let cluster = Cluster::start_with("conform-llm", Some(&config));
+    // The second call's prompt alone is more than what the first leaves
+    // of the run's 150 tokens: the host refuses it before any request.
+    let long = vec!["word"; 300].join(" ");
+    let spec = spec_file(
+        dir.path(),
+        "tokens",
+        &format!(
+            r#"
+name: tokens
+budget: {{ tokens: 150 }}
+nodes:
+  - id: first
+    capsule: summarize
+    input: {{ text: "Alpha beta gamma delta. Epsilon zeta eta theta.", max_words: 5 }}
+  - id: second
+    capsule: summarize
+    needs: [first]
+    input: {{ text: "{long}", max_words: 5 }}
+output: {{ first: "{{{{ nodes.first.output }}}}", second: "{{{{ nodes.second.output }}}}" }}
+"#
+        ),
+    );
+    let (e, t, fuel) = conform_with(&cluster, &spec, "tokens", 0, Some(&config));
+    // Each engine asked the provider once: the second call never left.
+    assert_eq!(fixture.recorded().count, 2, "{t}");
+    assert_eq!(t["output"]["first"]["source"], "llm", "{t}");
+    assert_eq!(t["output"]["second"]["source"], "extractive", "{t}");
+    let tokens = t["cost"]["tokens"].as_u64().expect("tokens");
+    assert!(tokens > 0, "the chat call's tokens are in the cost: {t}");
+    assert_eq!(t["cost"]["usd"], e["cost"]["usd"]);
+    assert!(t["cost"]["usd"].as_f64().expect("usd") > 0.0, "{t}");
+    let first = t["output"]["first"]["usage"].clone();
+    let (p, c) = (
+        first["prompt_tokens"].as_u64().expect("prompt"),
+        first["completion_tokens"].as_u64().expect("completion"),
+    );
+    assert_eq!(tokens, p + c, "{t}");
+    cluster.check_worker_ledger(&[("tokens", fuel)]);
 }

@@ -213,7 +213,14 @@ fn ok_path_returns_text_exact_usage_and_exact_cost() {
             // ceil(11 × 1500 / 1000) = 17, ceil(4 × 2500 / 1000) = 10.
             cost_micros: 27,
             seq: 0,
+            // When it answered: checked to be a plausible clock below.
+            time_ms: b.settled[0].time_ms,
         }
+    );
+    assert!(
+        b.settled[0].time_ms > 1_700_000_000_000,
+        "the answer's time is the wall clock: {}",
+        b.settled[0].time_ms
     );
     assert_eq!(
         b.settled[1].seq, 1,
