@@ -987,9 +987,10 @@ output: { closed: "{{ nodes.closed.output }}", again: "{{ nodes.again.output }}"
 
 /// LLM tokens a call spends through the `llm` capability are in the run's
 /// cost report on both engines (on Temporal the worker hands them to the
-/// workflow with the call's charge), priced alike, and a run's token budget
-/// refuses the same call on both: `summarize` then falls back to its
-/// extractive summary, so the run succeeds with the same output.
+/// workflow with the call's charge), priced alike, and a run's or a
+/// node's token budget refuses the same call on both: `summarize` then
+/// falls back to its extractive summary, so the run succeeds with the same
+/// output.
 #[test]
 fn llm_tokens_cost_and_token_budgets_agree_on_both_engines() {
     let fixture = soma_tests::llm_fixture::LlmFixture::start();
@@ -1043,5 +1044,88 @@ output: {{ first: "{{{{ nodes.first.output }}}}", second: "{{{{ nodes.second.out
         first["completion_tokens"].as_u64().expect("completion"),
     );
     assert_eq!(tokens, p + c, "{t}");
-    cluster.check_worker_ledger(&[("tokens", fuel)]);
+    // A node's own budget: `tight` cannot hold one call's reservation,
+    // `free` beside it has none.
+    let spec = spec_file(
+        dir.path(),
+        "node-tokens",
+        r#"
+name: node-tokens
+nodes:
+  - id: tight
+    capsule: summarize
+    budget: { tokens: 10 }
+    input: { text: "Alpha beta gamma delta. Epsilon zeta eta theta.", max_words: 5 }
+  - id: free
+    capsule: summarize
+    needs: [tight]
+    input: { text: "Alpha beta gamma delta. Epsilon zeta eta theta.", max_words: 5 }
+output: { tight: "{{ nodes.tight.output }}", free: "{{ nodes.free.output }}" }
+"#,
+    );
+    let (_, t, node_fuel) = conform_with(&cluster, &spec, "node-tokens", 0, Some(&config));
+    assert_eq!(t["output"]["tight"]["source"], "extractive", "{t}");
+    assert_eq!(t["output"]["free"]["source"], "llm", "{t}");
+    assert_eq!(fixture.recorded().count, 4, "one more request per engine");
+    cluster.check_worker_ledger(&[("tokens", fuel), ("node-tokens", node_fuel)]);
+}
+
+/// The spec's planner caps hold alike on both engines: KAMACHIQ's plan
+/// (8 nodes, then a `for_each` over its test cases) under a node cap it
+/// exceeds (the planner's node fails `invalid-plan`, naming the cap) and
+/// under `max_expansion_depth: 0` (`expansion-limit`), and under a fan-out cap its `check` step exceeds
+/// (`check` has `catch: true`: it makes no call and hands the refusal on
+/// as its output, which the reviewer then rejects) — each run fails at the
+/// same node, with the same error and the same charges.
+#[test]
+fn planner_caps_agree_on_both_engines() {
+    let cluster = Cluster::start("conform-caps");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
+    let text = std::fs::read_to_string(&example).expect("kamachiq spec");
+    let dir = tempfile::tempdir().expect("specs");
+    let node = |t: &Value, id: &str| -> Value {
+        t["timeline"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("node {id} in {t}"))
+    };
+    let mut runs = Vec::new();
+    for (run, from, to, class, says) in [
+        (
+            "caps-nodes",
+            "max_expansion_nodes: 16",
+            "max_expansion_nodes: 4",
+            "invalid-plan",
+            "it adds 8 nodes; policy.max_expansion_nodes is 4",
+        ),
+        (
+            "caps-depth",
+            "max_expansion_depth: 1",
+            "max_expansion_depth: 0",
+            "expansion-limit",
+            "policy.max_expansion_depth is 0",
+        ),
+        ("caps-fan-out", "max_fan_out: 64", "max_fan_out: 2", "", ""),
+    ] {
+        assert!(text.contains(from), "the example sets {from}");
+        let spec = dir.path().join(format!("{run}.yaml"));
+        std::fs::write(&spec, text.replace(from, to)).expect("write spec");
+        let (_, t, fuel) = conform(&cluster, &spec, run, 23);
+        assert_eq!(t["status"], "failed", "{run}: {t}");
+        if run == "caps-fan-out" {
+            let check = node(&t, "plan.check");
+            assert_eq!(check["attempts"], 0, "{run}: no check call ran: {check}");
+            let review = node(&t, "plan.review");
+            assert_eq!(review["status"], "failed", "{run}: {review}");
+        } else {
+            let plan = node(&t, "plan");
+            assert_eq!(plan["failure"]["class"], class, "{run}: {plan}");
+            let message = plan["failure"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(says), "{run}: {message}");
+            assert_eq!(plan["fuel"].as_u64().map(|f| f > 0), Some(true), "{plan}");
+        }
+        runs.push((run, fuel));
+    }
+    cluster.check_worker_ledger(&runs);
 }
