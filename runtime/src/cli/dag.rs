@@ -437,14 +437,19 @@ fn run_on_temporal(
         .run_id
         .clone()
         .unwrap_or_else(soma_runtime::call::new_run_id);
+    // Live progress as on the embedded engine (nothing with --json).
+    let progress = (!args.drive.json).then(|| Progress::new(false));
     let (state, result) = super::temporal::run(
         engine,
         created,
         run,
         args.drive.concurrency,
         &args.temporal,
-        args.drive.json,
+        progress.as_ref().map(|p| p as &dyn Observer),
     )?;
+    if let Some(p) = progress {
+        p.bar.finish_and_clear();
+    }
     report_with(&state, cost_of(&result.entries), &args.drive)
 }
 

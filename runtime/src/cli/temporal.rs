@@ -10,6 +10,7 @@ use soma_runtime::{
     dag::{
         approval::Offered,
         history::{CapsuleRecord, Event},
+        scheduler::Observer,
         spec::ApprovalVerdict,
         state::RunState,
     },
@@ -162,23 +163,43 @@ pub(crate) fn run(
     run: String,
     concurrency: Option<usize>,
     args: &TemporalArgs,
-    json: bool,
+    progress: Option<&dyn Observer>,
 ) -> anyhow::Result<(RunState, RunResult)> {
     let endpoint = args.endpoint()?;
     let config = engine.config();
     let input = RunInput::new(run.clone(), created, config, concurrency);
     let client = client::Blocking::connect(&endpoint)?;
     client.start(input)?;
-    if !json {
-        eprintln!(
-            "run {run} (Temporal workflow on task queue {})",
-            endpoint.task_queue
-        );
-    }
-    let result = client.result(&run)?;
+    let Some(observer) = progress else {
+        let result = client.result(&run)?;
+        let state = result.state()?;
+        return Ok((state, result));
+    };
+    eprintln!(
+        "run {run} (Temporal workflow on task queue {})",
+        endpoint.task_queue
+    );
+    // The events the workflow applied since the last look, as the
+    // embedded engine's observer sees them as it commits them.
+    let mut seen = 0;
+    let mut show = |so_far: &RunResult| {
+        if so_far.history.len() <= seen {
+            return;
+        }
+        if let Ok(state) = so_far.state() {
+            observer.committed(&state, &so_far.history[seen..]);
+            seen = so_far.history.len();
+        }
+    };
+    let result = client.result_watching(&run, PROGRESS_EVERY, &mut show)?;
+    show(&result);
     let state = result.state()?;
     Ok((state, result))
 }
+
+/// How often `soma dag run --engine temporal` asks the workflow how far
+/// the run is (a query, answered by a worker from the workflow's state).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `soma dag status RUN --engine temporal`: the run from its workflow.
 pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState> {

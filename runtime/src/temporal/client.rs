@@ -194,6 +194,39 @@ impl Blocking {
         self.runtime.block_on(result(&self.client, run))
     }
 
+    /// [`result`], handing `progress` the run so far (a [`status`] query)
+    /// every `every` while it waits. A query that fails or takes longer
+    /// than `every` (no worker polling yet, the server restarting) is
+    /// skipped: the wait goes on, and only [`result`]'s error ends it.
+    ///
+    /// # Errors
+    ///
+    /// [`result`]'s.
+    pub fn result_watching(
+        &self,
+        run: &str,
+        every: std::time::Duration,
+        progress: &mut dyn FnMut(&RunResult),
+    ) -> Result<RunResult, TemporalError> {
+        self.runtime.block_on(async {
+            let done = result(&self.client, run);
+            tokio::pin!(done);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    ended = &mut done => return ended,
+                    _ = tick.tick() => {
+                        let asked = tokio::time::timeout(every, status(&self.client, run));
+                        if let Ok(Ok(so_far)) = asked.await {
+                            progress(&so_far);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     /// [`status`]: the run so far.
     ///
     /// # Errors

@@ -89,6 +89,15 @@ impl Cluster {
         c.output().expect("spawn soma dag run")
     }
 
+    /// The worker's and the server's logs.
+    fn explain_log(&self) -> String {
+        format!(
+            "worker: {}\nserver: {}",
+            self.worker.as_ref().map(Worker::log).unwrap_or_default(),
+            self.server.log()
+        )
+    }
+
     /// Why a run failed, with the worker's and the server's logs.
     fn explain(&self, out: &Output) -> String {
         format!(
@@ -1128,4 +1137,69 @@ fn planner_caps_agree_on_both_engines() {
         runs.push((run, fuel));
     }
     cluster.check_worker_ledger(&runs);
+}
+
+/// Without `--json`, `soma dag run --engine temporal` shows the run's
+/// progress while the workflow runs it, with the embedded engine's lines:
+/// the first node's line arrives while a 2-second node still runs.
+#[test]
+fn dag_run_on_temporal_shows_live_progress() {
+    use std::io::{BufRead, BufReader};
+    let cluster = Cluster::start("conform-progress");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "progress",
+        r#"
+name: progress
+nodes:
+  - { id: first, capsule: calculator, input: { expr: "6*7" } }
+  - id: slow
+    capsule: loop
+    needs: [first]
+    timeout_ms: 2000
+    catch: true
+  - { id: last, capsule: echo, needs: [slow], input: "{{ nodes.first.output }}" }
+output: "{{ nodes.last.output }}"
+"#,
+    );
+    let client_data = tempfile::tempdir().expect("data");
+    let mut child = soma(client_data.path())
+        .args(["dag", "run"])
+        .arg(&spec)
+        .arg("--capsule-path")
+        .arg(capsule_dir())
+        .args(["--engine", "temporal", "--temporal"])
+        .arg(cluster.server.address())
+        .args(["--task-queue", &cluster.queue, "--run-id", "progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn soma dag run");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let mut running_when_first_showed = None;
+    for line in lines.by_ref() {
+        let line = line.expect("stderr line");
+        if line.starts_with("✓ first") {
+            running_when_first_showed = Some(child.try_wait().expect("try_wait").is_none());
+        }
+        seen.push(line);
+        if running_when_first_showed.is_some() {
+            break;
+        }
+    }
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("wait");
+    let all = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{all}\n{}", cluster.explain_log());
+    assert_eq!(
+        running_when_first_showed,
+        Some(true),
+        "the first node's line came while the run went on:\n{all}"
+    );
+    assert!(all.contains("✗ slow") || all.contains("✓ slow"), "{all}");
+    assert!(all.contains("✓ last"), "{all}");
+    assert!(all.contains("run progress succeeded"), "{all}");
 }
