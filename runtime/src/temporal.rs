@@ -327,6 +327,30 @@ pub struct RunResult {
     pub entries: Vec<ledger::Entry>,
 }
 
+/// What the workflow's `approve` update did with a verdict: checked and
+/// queued in one step, so that of two verdicts racing on one node exactly
+/// one is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum ApprovalOutcome {
+    /// Queued: the workflow applies it at its next turn.
+    Accepted,
+    /// The same verdict was handed in or recorded already.
+    AlreadyGiven,
+    /// Refused: no such node, it does not await a verdict, or a different
+    /// verdict was handed in first.
+    Refused {
+        /// Why.
+        error: crate::dag::approval::ApprovalError,
+    },
+    /// The workflow could not rebuild the run from its history (a bug:
+    /// the message says what failed).
+    Unavailable {
+        /// What failed.
+        message: String,
+    },
+}
+
 /// The `approval` signal: a human verdict on a node awaiting approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalSignal {

@@ -1156,8 +1156,8 @@ fn cancel(global: &Global, args: RunRef) -> anyhow::Result<Code> {
 
 /// `soma dag approve|reject RUN NODE`: hand the verdict in. Embedded: it is
 /// recorded in the run's history at once (the run continues with `soma dag
-/// resume`); Temporal: the workflow's `approval` signal, after a query
-/// checked the node.
+/// resume`); Temporal: the workflow's `approve` update, which checks and
+/// queues it in one step.
 fn verdict(global: &Global, args: VerdictArgs, verdict: ApprovalVerdict) -> anyhow::Result<Code> {
     anyhow::ensure!(
         verdict == ApprovalVerdict::Approve

@@ -15,7 +15,8 @@ use soma_runtime::{
         state::RunState,
     },
     temporal::{
-        ApprovalSignal, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, Endpoint, RunInput, RunResult,
+        ApprovalOutcome, ApprovalSignal, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, Endpoint, RunInput,
+        RunResult,
         activity::{CallActivities, CapsuleSource},
         client,
     },
@@ -208,8 +209,8 @@ pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState>
     Ok(result.state()?)
 }
 
-/// `soma dag approve|reject RUN NODE --engine temporal`: the node is
-/// checked from the workflow (a query), then the verdict is signalled.
+/// `soma dag approve|reject RUN NODE --engine temporal`: the workflow
+/// checks the verdict and queues it in one step (its `approve` update).
 pub(crate) fn verdict(
     args: &TemporalArgs,
     run: &str,
@@ -219,10 +220,6 @@ pub(crate) fn verdict(
 ) -> anyhow::Result<Offered> {
     let endpoint = args.endpoint()?;
     let client = client::Blocking::connect(&endpoint)?;
-    let state = client.status(run)?.state()?;
-    if state.check_approval(node, verdict)?.is_none() {
-        return Ok(Offered::AlreadyGiven);
-    }
     let signal = ApprovalSignal {
         node: node.to_owned(),
         verdict,
@@ -230,8 +227,12 @@ pub(crate) fn verdict(
         by: "cli".to_owned(),
         tenant: None,
     };
-    client.approve(run, signal)?;
-    Ok(Offered::Accepted)
+    match client.approve(run, signal)? {
+        ApprovalOutcome::Accepted => Ok(Offered::Accepted),
+        ApprovalOutcome::AlreadyGiven => Ok(Offered::AlreadyGiven),
+        ApprovalOutcome::Refused { error } => Err(error.into()),
+        ApprovalOutcome::Unavailable { message } => Err(anyhow::anyhow!(message)),
+    }
 }
 
 /// `soma dag cancel RUN --engine temporal`.

@@ -38,7 +38,9 @@ use crate::{
         state::RunState,
         status::RunPhase,
     },
-    temporal::{ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, client},
+    temporal::{
+        ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, client,
+    },
 };
 
 /// A run's Server-Sent Events (either engine's).
@@ -199,8 +201,9 @@ impl TemporalRuns {
     }
 
     /// `POST /v1/runs/{id}/nodes/{node}/approval` of a Temporal run: the
-    /// node is checked from the workflow (a query), then the verdict is
-    /// signalled.
+    /// run's tenant checked (a query), then the workflow checks the verdict
+    /// and queues it in one step (its `approve` update), so of two racing
+    /// verdicts exactly one is accepted.
     pub(crate) async fn approve(
         &self,
         p: &Principal,
@@ -208,31 +211,40 @@ impl TemporalRuns {
         node: &str,
         body: ApprovalBody,
     ) -> Result<ApprovalAnswer, ApiError> {
-        let (_, state) = self.result(p, run).await?;
+        self.result(p, run).await?;
         let verdict = body.verdict;
-        let state_of = match state
-            .check_approval(node, verdict)
-            .map_err(|e| super::reply::approval_refused(&e))?
+        let signal = ApprovalSignal {
+            node: node.to_owned(),
+            verdict,
+            reason: body.reason,
+            by: p.token.clone(),
+            tenant: Some(p.tenant.clone()),
+        };
+        let c = self.client().await?;
+        let state = match self
+            .rpc(
+                "handing the verdict to the run",
+                client::approve(c, run, signal),
+            )
+            .await?
         {
-            None => Offered::AlreadyGiven,
-            Some(_) => {
-                let signal = ApprovalSignal {
-                    node: node.to_owned(),
-                    verdict,
-                    reason: body.reason,
-                    by: p.token.clone(),
-                    tenant: Some(p.tenant.clone()),
-                };
-                let c = self.client().await?;
-                self.rpc("signalling the run", client::approve(c, run, signal))
-                    .await?;
-                Offered::Accepted
+            ApprovalOutcome::Accepted => Offered::Accepted,
+            ApprovalOutcome::AlreadyGiven => Offered::AlreadyGiven,
+            ApprovalOutcome::Refused { error } => {
+                return Err(super::reply::approval_refused(&error));
+            }
+            ApprovalOutcome::Unavailable { message } => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "orchestrator",
+                    message,
+                ));
             }
         };
         Ok(ApprovalAnswer {
             run: run.to_owned(),
             node: node.to_owned(),
-            state: state_of,
+            state,
             verdict,
         })
     }

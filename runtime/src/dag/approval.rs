@@ -65,7 +65,8 @@ pub struct ApprovalRequest {
 }
 
 /// Why a verdict is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ApprovalError {
     /// The run has no such node.
     #[error("run {run} has no node `{node}`")]

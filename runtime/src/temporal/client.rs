@@ -2,11 +2,14 @@
 //! workflow per run, its workflow id the run id.
 
 use temporalio_client::{
-    Client, WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowQueryOptions,
-    WorkflowSignalOptions, WorkflowStartOptions,
+    Client, WorkflowCancelOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
+    WorkflowQueryOptions, WorkflowStartOptions,
 };
 
-use super::{ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, workflow::DagWorkflow};
+use super::{
+    ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError,
+    workflow::DagWorkflow,
+};
 
 /// Start run `input.run` as a workflow on `endpoint`'s task queue. Cost:
 /// one RPC; nothing runs until a `soma worker` polls the queue.
@@ -51,26 +54,45 @@ pub async fn status(client: &Client, run: &str) -> Result<RunResult, TemporalErr
         })
 }
 
-/// Hand a verdict to run `run`'s workflow (the `approval` signal). Check
-/// first ([`status`], `RunState::check_approval`) that the node awaits
-/// one: the workflow ignores a verdict on a node that does not.
+/// Hand a verdict to run `run`'s workflow (its `approve` update): the
+/// workflow checks it against the run and queues it in one step, and
+/// answers what it did. A run that has ended takes no update: its
+/// recorded verdicts answer instead (the same verdict again is
+/// [`ApprovalOutcome::AlreadyGiven`], another one a refusal).
 pub async fn approve(
     client: &Client,
     run: &str,
     signal: ApprovalSignal,
-) -> Result<(), TemporalError> {
-    client
+) -> Result<ApprovalOutcome, TemporalError> {
+    let (node, verdict) = (signal.node.clone(), signal.verdict);
+    let updated = client
         .get_workflow_handle::<DagWorkflow>(run)
-        .signal(
-            DagWorkflow::approval,
+        .execute_update(
+            DagWorkflow::approve,
             signal,
-            WorkflowSignalOptions::default(),
+            WorkflowExecuteUpdateOptions::default(),
         )
-        .await
-        .map_err(|e| TemporalError::Workflow {
-            run: run.to_owned(),
-            source: Box::new(e),
-        })
+        .await;
+    let failed = match updated {
+        Ok(outcome) => return Ok(outcome),
+        Err(e) => e,
+    };
+    // Ended (or unreachable): what the run recorded, if it can be read.
+    if let Ok(so_far) = status(client, run).await
+        && let Ok(state) = so_far.state()
+        && state.finished.is_some()
+    {
+        match state.check_approval(&node, verdict) {
+            Ok(None) => return Ok(ApprovalOutcome::AlreadyGiven),
+            Err(error) => return Ok(ApprovalOutcome::Refused { error }),
+            // A finished run awaits no verdict: not reached.
+            Ok(Some(_)) => {}
+        }
+    }
+    Err(TemporalError::Workflow {
+        run: run.to_owned(),
+        source: Box::new(failed),
+    })
 }
 
 /// Ask run `run` to stop: nothing new starts, calls in flight finish, the
@@ -241,7 +263,11 @@ impl Blocking {
     /// # Errors
     ///
     /// [`approve`]'s.
-    pub fn approve(&self, run: &str, signal: ApprovalSignal) -> Result<(), TemporalError> {
+    pub fn approve(
+        &self,
+        run: &str,
+        signal: ApprovalSignal,
+    ) -> Result<ApprovalOutcome, TemporalError> {
         self.runtime.block_on(approve(&self.client, run, signal))
     }
 

@@ -24,11 +24,12 @@ use temporalio_sdk::{
 };
 
 use super::{
-    ApprovalSignal, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallRequest, CallResult, Carried,
-    Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput, RunResult,
-    activity::CallActivities, activity::HEARTBEAT_EVERY,
+    ApprovalOutcome, ApprovalSignal, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallRequest, CallResult,
+    Carried, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput,
+    RunResult, activity::CallActivities, activity::HEARTBEAT_EVERY,
 };
 use crate::dag::{
+    approval::ApprovalError,
     history::{CallRecord, CapsuleRecord, Event, NodeFailure, RunStatus},
     scheduler::{node_limits, plan_budgets, run_budgets},
     state::{Dispatch, RunState},
@@ -324,12 +325,56 @@ impl DagWorkflow {
         Ok(result)
     }
 
-    /// A human verdict on a node awaiting approval (`soma dag approve
-    /// --engine temporal`, the daemon's approval route): applied at the
-    /// workflow's next turn; ignored if the node no longer awaits one.
+    /// A human verdict handed in unchecked, as clients before the
+    /// [`DagWorkflow::approve`] update did (Soma's own use the update):
+    /// applied at the workflow's next turn; ignored if the node no longer
+    /// awaits one.
     #[signal]
     pub fn approval(&mut self, _ctx: &mut SyncWorkflowContext<Self>, signal: ApprovalSignal) {
         self.inbox.push(signal);
+    }
+
+    /// A human verdict, checked and queued atomically (`soma dag approve
+    /// --engine temporal`, the daemon's approval route): against the run
+    /// as it stands and the verdicts queued but not applied yet, so two
+    /// racing verdicts on one node cannot both be accepted (Temporal runs
+    /// a workflow's update handlers one at a time). Refusals are answers,
+    /// not failures: nothing is queued and the history records no event.
+    #[update]
+    pub fn approve(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        signal: ApprovalSignal,
+    ) -> ApprovalOutcome {
+        let state = match RunState::replay(&self.run, &self.history) {
+            Ok(state) => state,
+            Err(e) => {
+                return ApprovalOutcome::Unavailable {
+                    message: format!(
+                        "run {} could not be rebuilt from its history: {e}",
+                        self.run
+                    ),
+                };
+            }
+        };
+        match state.check_approval(&signal.node, signal.verdict) {
+            Err(error) => ApprovalOutcome::Refused { error },
+            Ok(None) => ApprovalOutcome::AlreadyGiven,
+            Ok(Some(_)) => match self.inbox.iter().find(|q| q.node == signal.node) {
+                Some(queued) if queued.verdict == signal.verdict => ApprovalOutcome::AlreadyGiven,
+                Some(queued) => ApprovalOutcome::Refused {
+                    error: ApprovalError::Conflict {
+                        node: signal.node,
+                        given: queued.verdict,
+                        by: queued.by.clone(),
+                    },
+                },
+                None => {
+                    self.inbox.push(signal);
+                    ApprovalOutcome::Accepted
+                }
+            },
+        }
     }
 
     /// The run so far: its history and the charges reported.

@@ -694,6 +694,70 @@ fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
     assert_eq!(v["cancel"], "requested");
     let report = d.wait_finished(&acme, &slow_run, std::time::Duration::from_secs(60));
     assert_eq!(report["status"], "cancelled", "{report}");
+    // Approvals through the daemon: the workflow checks and queues each
+    // verdict in one step; tenants and scopes as on the embedded engine.
+    let gated = json!({
+        "name": "gated",
+        "capsules": {"calc": "calculator", "echo": "echo"},
+        "nodes": [
+            {"id": "a", "capsule": "calc", "input": {"expr": "6*7"}, "approval": {"timeout": "1d"}},
+            {"id": "b", "capsule": "echo", "input": "{{ nodes.a.output }}"}
+        ]
+    });
+    let (s, v) = d.post("/v1/runs", &acme, &json!({"dag": gated}));
+    assert_eq!(s, 202, "{v}");
+    let gated_run = v["run"].as_str().expect("run").to_owned();
+    let path = |node: &str| format!("/v1/runs/{gated_run}/nodes/{node}/approval");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let approve = json!({"verdict": "approve", "reason": "looks right"});
+    loop {
+        // `b` is not awaiting: 409 until `a` is, then `a` takes the verdict.
+        let (s, v) = d.post(&path("a"), &acme, &approve);
+        if s == 200 {
+            assert_eq!(v["state"], "accepted", "{v}");
+            break;
+        }
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("not-awaiting-approval")),
+            "{v}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never awaited approval"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(d.post(&path("a"), &globex, &approve).0, 404);
+    assert_eq!(d.post(&path("a"), &reader, &approve).0, 403);
+    let (s, v) = d.post(&path("a"), &acme, &approve);
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (200, Some("already-given")),
+        "{v}"
+    );
+    let (s, v) = d.post(
+        &path("a"),
+        &acme,
+        &json!({"verdict": "reject", "reason": "no"}),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("approval-conflict")),
+        "{v}"
+    );
+    let report = d.wait_finished(&acme, &gated_run, std::time::Duration::from_secs(60));
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(report["output"]["b"]["value"], 42, "{report}");
+    assert_eq!(report["approvals"][0]["tenant"], "acme", "{report}");
+    assert_eq!(report["approvals"][0]["reason"], "looks right", "{report}");
+    // After the end the recorded verdict answers.
+    let (s, v) = d.post(&path("a"), &acme, &approve);
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (200, Some("already-given")),
+        "{v}"
+    );
 }
 
 /// Per human verdict: (node, verdict, reason, by, round).
@@ -1202,4 +1266,127 @@ output: "{{ nodes.last.output }}"
     assert!(all.contains("✗ slow") || all.contains("✓ slow"), "{all}");
     assert!(all.contains("✓ last"), "{all}");
     assert!(all.contains("run progress succeeded"), "{all}");
+}
+
+/// Two different verdicts handed in at once on a Temporal run: exactly one
+/// is accepted, the other refused as a conflict naming the first (the
+/// workflow's `approve` update checks and queues in one step). Asked
+/// again after the run has ended, the winner is `already-given` and the
+/// loser still a conflict.
+#[test]
+fn racing_verdicts_on_temporal_accept_exactly_one() {
+    let cluster = Cluster::start("conform-approval-race");
+    let dir = tempfile::tempdir().expect("specs");
+    let spec = spec_file(
+        dir.path(),
+        "race",
+        r#"
+name: race
+policy: { on_failure: continue }
+nodes:
+  - id: a
+    capsule: calculator
+    input: { expr: "6*7" }
+    approval: { timeout: 1d }
+  - id: hold
+    capsule: loop
+    needs: [a]
+    timeout_ms: 1500
+    catch: true
+"#,
+    );
+    let address = cluster.server.address().to_owned();
+    let client_data = tempfile::tempdir().expect("data");
+    let temporal = ["--engine", "temporal", "--temporal", &address];
+    let child = soma(client_data.path())
+        .args(["dag", "run"])
+        .arg(&spec)
+        .args(["--json", "--run-id", "race"])
+        .args(temporal)
+        .args(["--task-queue", &cluster.queue])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn soma dag run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = soma(client_data.path())
+            .args(["dag", "status", "race", "--json"])
+            .args(temporal)
+            .output()
+            .expect("status");
+        if status.status.success()
+            && json_of(&status)["timeline"][0]["status"] == "awaiting-approval"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never awaited approval"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let verdict = |verb: &str| {
+        let mut c = soma(client_data.path());
+        c.args(["dag", verb, "race", "a", "--reason", verb])
+            .args(temporal)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let (approve, reject) = (
+        verdict("approve").spawn().expect("approve"),
+        verdict("reject").spawn().expect("reject"),
+    );
+    let approve = approve.wait_with_output().expect("approve");
+    let reject = reject.wait_with_output().expect("reject");
+    let won: Vec<&str> = [("approve", &approve), ("reject", &reject)]
+        .into_iter()
+        .filter(|(_, o)| o.status.success())
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one verdict accepted: approve {:?} {} / reject {:?} {}",
+        approve.status.code(),
+        text(&approve.stderr),
+        reject.status.code(),
+        text(&reject.stderr)
+    );
+    let (winner, loser) = if won[0] == "approve" {
+        ("approve", &reject)
+    } else {
+        ("reject", &approve)
+    };
+    assert!(
+        text(&loser.stderr).contains("already has the verdict"),
+        "the loser is told of the conflict: {}",
+        text(&loser.stderr)
+    );
+    let t = child.wait_with_output().expect("dag run");
+    let t = json_of(&t);
+    let given = approvals(&t);
+    assert_eq!(given.len(), 1, "{t}");
+    assert_eq!(given[0].1, winner, "{t}");
+    // After the end: the winner again is a no-op, the loser still refused.
+    let again = verdict(winner).output().expect("again");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("already-given"),
+        "{}",
+        text(&again.stdout)
+    );
+    let other = if winner == "approve" {
+        "reject"
+    } else {
+        "approve"
+    };
+    let late = verdict(other).output().expect("late");
+    assert_ne!(late.status.code(), Some(0), "{}", text(&late.stdout));
+    assert!(
+        text(&late.stderr).contains("already has the verdict"),
+        "{}",
+        text(&late.stderr)
+    );
 }
