@@ -121,6 +121,15 @@ pub enum TemporalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Listing a tenant's runs failed.
+    #[error("could not list tenant {tenant}'s runs on Temporal")]
+    List {
+        /// The tenant.
+        tenant: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Asking the run's workflow (query, cancel) failed.
     #[error("could not reach run {run}'s workflow on Temporal (is it a run of this namespace?)")]
     Workflow {

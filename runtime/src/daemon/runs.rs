@@ -233,6 +233,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Runs {
+    /// The registry's limits.
+    pub fn limits(&self) -> RunLimits {
+        self.limits
+    }
+
     /// An empty registry with `limits`.
     pub fn new(limits: RunLimits) -> Self {
         Self {

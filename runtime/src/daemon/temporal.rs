@@ -13,7 +13,7 @@
 //! Every RPC is bounded (`orchestrator.connect_timeout_ms`,
 //! `rpc_timeout_ms`); a Temporal that does not answer is a 503.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     http::StatusCode,
@@ -50,12 +50,27 @@ pub(crate) type EventStream =
 /// How often an event stream asks the workflow for new events.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
+/// How long a run this daemon started counts against its tenant's cap
+/// by itself, whether or not Temporal's visibility store lists it yet.
+const VISIBILITY_LAG: Duration = Duration::from_secs(5);
+
 /// The daemon's connection to Temporal; connected on first use.
 pub struct TemporalRuns {
     endpoint: Endpoint,
     client: tokio::sync::OnceCell<temporalio_client::Client>,
     connect_timeout: Duration,
     rpc_timeout: Duration,
+    /// Per tenant: one start at a time (the cap's check and the start
+    /// are one step on this daemon), and the runs started in the last
+    /// [`VISIBILITY_LAG`].
+    starts: std::sync::Mutex<HashMap<String, Arc<TenantStarts>>>,
+}
+
+/// One tenant's starts on this daemon.
+#[derive(Debug, Default)]
+struct TenantStarts {
+    gate: tokio::sync::Mutex<()>,
+    recent: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for TemporalRuns {
@@ -83,6 +98,7 @@ impl TemporalRuns {
             client: tokio::sync::OnceCell::new(),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
+            starts: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -143,9 +159,49 @@ impl TemporalRuns {
         let config = daemon.engine.config();
         let input = RunInput::new(run.clone(), created, config, None);
         let c = self.client().await?;
+        // The tenant's cap of runs not finished, as on the embedded engine:
+        // its open workflows (Temporal's visibility store, shared by every
+        // daemon) and those this daemon started too recently to be listed.
+        let limit = daemon.runs.limits().max_runs_per_tenant;
+        let starts = self.starts_of(tenant);
+        let _one_at_a_time = starts.gate.lock().await;
+        let mut open: std::collections::HashSet<String> = self
+            .rpc(
+                "counting the tenant's runs",
+                client::open_runs(c, tenant, limit),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        {
+            let mut recent = starts.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.retain(|(_, at)| at.elapsed() < VISIBILITY_LAG);
+            open.extend(recent.iter().map(|(r, _)| r.clone()));
+        }
+        if open.len() >= limit {
+            return Err(super::reply::full(
+                "too-many-runs",
+                super::runs::Full::Runs { limit }.to_string(),
+            ));
+        }
         self.rpc("starting a run", client::start(c, &self.endpoint, input))
             .await?;
+        starts
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((run.clone(), std::time::Instant::now()));
         Ok(run)
+    }
+
+    /// `tenant`'s start gate and recent starts.
+    fn starts_of(&self, tenant: &str) -> Arc<TenantStarts> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Run `run` so far, from its workflow, if `p` may see it.

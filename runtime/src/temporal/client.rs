@@ -3,7 +3,7 @@
 
 use temporalio_client::{
     Client, WorkflowCancelOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
-    WorkflowQueryOptions, WorkflowStartOptions,
+    WorkflowListOptions, WorkflowQueryOptions, WorkflowStartOptions,
 };
 
 use super::{
@@ -93,6 +93,43 @@ pub async fn approve(
         run: run.to_owned(),
         source: Box::new(failed),
     })
+}
+
+/// The ids of `tenant`'s runs still open on Temporal (workflow ids
+/// `TENANT.…` running), at most `limit`, from Temporal's visibility
+/// store — which may trail a start by a moment.
+///
+/// # Errors
+///
+/// [`TemporalError::List`]: a tenant name a visibility query cannot hold
+/// (Soma's are letters, digits, `-` and `_`), or the list failed.
+pub async fn open_runs(
+    client: &Client,
+    tenant: &str,
+    limit: usize,
+) -> Result<Vec<String>, TemporalError> {
+    use futures_util::StreamExt as _;
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| TemporalError::List {
+        tenant: tenant.to_owned(),
+        source,
+    };
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(failed(
+            "a tenant name of letters, digits, `-` and `_` is needed".into(),
+        ));
+    }
+    let query = format!("ExecutionStatus = 'Running' AND WorkflowId STARTS_WITH '{tenant}.'");
+    let options = WorkflowListOptions::builder().limit(limit).build();
+    let mut listed = client.list_workflows(query, options);
+    let mut ids = Vec::new();
+    while let Some(execution) = listed.next().await {
+        ids.push(execution.map_err(|e| failed(Box::new(e)))?.id().to_owned());
+    }
+    Ok(ids)
 }
 
 /// Ask run `run` to stop: nothing new starts, calls in flight finish, the
