@@ -141,10 +141,15 @@ impl CallActivities {
         // Idempotent per (run, node, attempt): an attempt run again after
         // a worker died is not charged twice. A ledger that cannot be
         // written is the worker's trouble, not the capsule's: retried.
-        engine
-            .metering()
-            .charge_call(charge)
-            .map_err(|e| anyhow::anyhow!("could not record the call in the ledger: {e}"))?;
+        if let Err(e) = engine.metering().charge_call(charge) {
+            tracing::warn!(
+                run = %request.run,
+                node = %request.node,
+                attempt = request.attempt,
+                "could not record the call in the ledger (Temporal runs it again): {e}"
+            );
+            return Err(anyhow::anyhow!("could not record the call in the ledger: {e}").into());
+        }
         let result = match outcome.result {
             Ok(output) if output.len() > PAYLOAD_LIMIT_BYTES => Err(NodeFailure {
                 message: format!(

@@ -4,6 +4,7 @@
 //! and the server restarted mid-run. Every run must end with the
 //! embedded engine's output and node statuses, `soma ledger check` must
 //! pass, and the ledger must hold exactly one charge per call attempt.
+//! PostgreSQL stopped for 5 s mid-run is one of the faults too.
 //!
 //! The call in flight is a `hostile-loop` node (it burns CPU until its
 //! deadline; `catch: true` turns that into an output), so the fault lands
@@ -66,7 +67,7 @@ struct Chaos {
     queue: String,
     _data: Vec<tempfile::TempDir>,
     dir: tempfile::TempDir,
-    _pg: Postgres,
+    pg: Postgres,
 }
 
 impl Chaos {
@@ -122,7 +123,7 @@ impl Chaos {
             queue: queue.to_owned(),
             _data: data,
             dir,
-            _pg: pg,
+            pg,
         }
     }
 
@@ -461,4 +462,120 @@ fn a_temporal_server_restarted_mid_run_lets_the_run_complete() {
     }
     let report = chaos.finish(child);
     check_against_reference(&chaos, "r1", &report);
+}
+
+/// PostgreSQL stopped for 5 s while `slow` runs: the worker cannot charge
+/// the finished call, so its activity fails with a retryable error naming
+/// the ledger, and Temporal runs that one call again once the backoff has
+/// passed; by then the database is back, the run completes as on the
+/// embedded engine, and the shared ledger holds exactly one charge per
+/// call (the re-run is the same attempt, so the same idempotency key).
+#[test]
+fn postgres_stopped_under_a_temporal_run_leaves_one_charge_per_call() {
+    let mut chaos = Chaos::start("chaos-pg");
+    let child = chaos.spawn_run("p1");
+    chaos.wait_slow_running("p1");
+    chaos.pg.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    chaos.pg.resume();
+    let report = chaos.finish(child);
+    let attempts = chaos.activity_attempts("p1");
+    assert!(
+        attempts.get(SLOW).is_some_and(|a| *a >= 2),
+        "slow's charge failed while the database was down, so Temporal ran it again: \
+         {attempts:?}{}",
+        chaos.logs()
+    );
+    for (activity, attempt) in &attempts {
+        if activity != SLOW {
+            assert_eq!(*attempt, 1, "{activity} ran again: {attempts:?}");
+        }
+    }
+    // The failed attempt's error (Temporal keeps only an activity's last
+    // failure, and the last attempt succeeded): in the worker's log.
+    let named = |m: &str| m.contains("could not record the call in the ledger");
+    assert!(
+        chaos.workers.iter().any(|w| named(&w.log())),
+        "the failed attempt named the ledger:{}",
+        chaos.logs()
+    );
+    check_against_reference(&chaos, "p1", &report);
+}
+
+/// Two daemons on the same Temporal and PostgreSQL (tokens shared in the
+/// database): a run started through daemon A, A `kill -9`ed while `slow`
+/// runs — B answers for the run (it lives in Temporal, not in a daemon),
+/// the run completes, A restarted answers for it too, and the ledger holds
+/// one charge per call.
+#[test]
+fn a_daemon_killed_mid_run_leaves_the_run_to_temporal_and_the_other_daemon() {
+    use soma_tests::daemon::{self as harness, DaemonProcess};
+    let chaos = Chaos::start("chaos-daemons");
+    let shared = std::fs::read_to_string(&chaos.config).expect("config");
+    let daemon_config = format!(
+        "{shared}engine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{}\"\n",
+        chaos.server.address(),
+        chaos.queue
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("daemon data"))
+        .collect();
+    let configs: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| {
+            let path = d.path().join("soma.toml");
+            std::fs::write(&path, harness::config_text("", &daemon_config)).expect("config");
+            path
+        })
+        .collect();
+    let made = harness::soma(bin(), dirs[2].path())
+        .arg("--config")
+        .arg(&configs[2])
+        .args([
+            "token", "create", "--tenant", "acme", "--scopes", "run,read", "--json",
+        ])
+        .output()
+        .expect("token create");
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let acme = json_of(&made)["token"].as_str().expect("token").to_owned();
+    let a = DaemonProcess::spawn(bin(), dirs[0].path(), &configs[0]);
+    let b = DaemonProcess::spawn(bin(), dirs[1].path(), &configs[1]);
+    let spec = serde_json::json!({"dag": {
+        "name": "chaos",
+        "capsules": {"echo": "echo", "calculator": "calculator", "loop": "hostile-loop"},
+        "nodes": [
+            {"id": "source", "capsule": "echo", "input": {"items": [1, 2, 3]}},
+            {"id": "square", "capsule": "calculator",
+             "for_each": "{{ nodes.source.output.items }}", "input": {"expr": "{{ item }}^2"}},
+            {"id": "slow", "capsule": "loop", "needs": ["square"], "timeout_ms": 4000, "catch": true},
+            {"id": "sink", "capsule": "echo",
+             "input": {"squares": "{{ nodes.square.output }}",
+                       "slow_failed": "{{ nodes.slow.output.failed }}"}}
+        ],
+        "output": "{{ nodes.sink.output }}"
+    }});
+    let (s, v) = a.post("/v1/runs", &acme, &spec);
+    assert_eq!(s, 202, "{v}");
+    let run = v["run"].as_str().expect("run").to_owned();
+    chaos.wait_slow_running(&run);
+    let (data, config) = a.kill9();
+    // B answers for the run while A is down, and sees it through.
+    let (s, v) = b.get(&format!("/v1/runs/{run}"), &acme);
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    let report = b.wait_finished(&acme, &run, PATIENCE);
+    assert_eq!(report["status"], "succeeded", "{report}{}", chaos.logs());
+    assert_eq!(report["output"]["slow_failed"], true, "{report}");
+    assert_eq!(report["output"]["squares"][2]["value"], 9, "{report}");
+    // A restarted answers for it too.
+    let a = DaemonProcess::spawn(bin(), &data, &config);
+    let (s, v) = a.get(&format!("/v1/runs/{run}"), &acme);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["output"], report["output"]);
+    assert_eq!(v["timeline"], report["timeline"]);
+    // Nothing ran twice; one charge per call on the shared ledger.
+    let attempts = chaos.activity_attempts(&run);
+    assert!(attempts.values().all(|a| *a == 1), "{attempts:?}");
+    let fuel = chaos.ledger(&run);
+    assert_eq!(fuel.len(), 6, "source, 3 squares, slow, sink: {fuel:?}");
+    assert!(fuel.iter().all(|(_, attempt, _)| *attempt == 0), "{fuel:?}");
 }
