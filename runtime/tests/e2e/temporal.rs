@@ -711,23 +711,26 @@ fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let approve = json!({"verdict": "approve", "reason": "looks right"});
     loop {
-        // `b` is not awaiting: 409 until `a` is, then `a` takes the verdict.
-        let (s, v) = d.post(&path("a"), &acme, &approve);
-        if s == 200 {
-            assert_eq!(v["state"], "accepted", "{v}");
+        // The live run's report lists the node waiting for a verdict.
+        let (s, v) = d.get(&format!("/v1/runs/{gated_run}"), &acme);
+        assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+        if v["timeline"][0]["status"] == "awaiting-approval" {
             break;
         }
-        assert_eq!(
-            (s, v["error"]["code"].as_str()),
-            (409, Some("not-awaiting-approval")),
-            "{v}"
-        );
         assert!(
             std::time::Instant::now() < deadline,
-            "a never awaited approval"
+            "a never awaited approval: {v}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let (s, v) = d.post(&path("b"), &acme, &approve);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("not-awaiting-approval")),
+        "{v}"
+    );
+    let (s, v) = d.post(&path("a"), &acme, &approve);
+    assert_eq!((s, v["state"].as_str()), (200, Some("accepted")), "{v}");
     assert_eq!(d.post(&path("a"), &globex, &approve).0, 404);
     assert_eq!(d.post(&path("a"), &reader, &approve).0, 403);
     let (s, v) = d.post(&path("a"), &acme, &approve);
