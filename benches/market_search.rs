@@ -13,7 +13,10 @@
 //! (interleaved, 1,000 rounds; 50 in `--test` mode) and p50/p99 per query
 //! and over all are printed.
 //!
-//! The corpus comes from `soma_tests::market_corpus` (deterministic).
+//! The corpus comes from `soma_tests::market_corpus` (deterministic). Run
+//! as a test (`cargo test --benches`, no `--bench`) it holds 1,000
+//! listings: the same code, a tenth of the setup (25 s of the suite at the
+//! `ci` profile's opt-level).
 
 use std::time::{Duration, Instant};
 
@@ -21,11 +24,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use soma_runtime::market::search::{Filters, PriceModel, SearchDoc, SearchIndex, SearchQuery};
 
 const LISTINGS: usize = 10_000;
+/// [`LISTINGS`] when run as a test.
+const LISTINGS_TEST: usize = 1_000;
 const SEED: u64 = 14;
 const TARGET_P99: Duration = Duration::from_millis(10);
 
-fn corpus() -> Vec<SearchDoc> {
-    soma_tests::market_corpus::listings(LISTINGS, SEED)
+fn corpus(listings: usize) -> Vec<SearchDoc> {
+    soma_tests::market_corpus::listings(listings, SEED)
 }
 
 /// The typical queries: (name, query).
@@ -65,7 +70,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn latencies(index: &SearchIndex, rounds: usize) {
+fn latencies(index: &SearchIndex, listings: usize, rounds: usize) {
     let queries = queries();
     let mut per: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); queries.len()];
     for _ in 0..rounds {
@@ -90,7 +95,7 @@ fn latencies(index: &SearchIndex, rounds: usize) {
     all.sort();
     let p99 = percentile(&all, 0.99);
     eprintln!(
-        "market_search/all              p50 {:>9.3?}  p99 {:>9.3?}  over {} queries, {LISTINGS} listings: target p99 ≤ {TARGET_P99:?} {}",
+        "market_search/all              p50 {:>9.3?}  p99 {:>9.3?}  over {} queries, {listings} listings: target p99 ≤ {TARGET_P99:?} {}",
         percentile(&all, 0.5),
         p99,
         all.len(),
@@ -99,15 +104,17 @@ fn latencies(index: &SearchIndex, rounds: usize) {
 }
 
 fn bench(c: &mut Criterion) {
-    let docs = corpus();
+    let test_mode = !std::env::args().any(|a| a == "--bench");
+    let listings = if test_mode { LISTINGS_TEST } else { LISTINGS };
+    let docs = corpus(listings);
     let start = Instant::now();
     let mut index = SearchIndex::new();
     index.rebuild(docs.clone()).expect("build");
     eprintln!(
-        "market_search: {LISTINGS} listings indexed in {:.0} ms",
+        "market_search: {listings} listings indexed in {:.0} ms",
         start.elapsed().as_secs_f64() * 1000.0
     );
-    assert_eq!(index.shown(), LISTINGS);
+    assert_eq!(index.shown(), listings);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let start = Instant::now();
@@ -116,12 +123,11 @@ fn bench(c: &mut Criterion) {
         on_disk.rebuild(docs.clone()).expect("persist");
     }
     eprintln!(
-        "market_search: {LISTINGS} listings persisted (rebuild into a directory) in {:.0} ms",
+        "market_search: {listings} listings persisted (rebuild into a directory) in {:.0} ms",
         start.elapsed().as_secs_f64() * 1000.0
     );
 
-    let test_mode = !std::env::args().any(|a| a == "--bench");
-    latencies(&index, if test_mode { 50 } else { 1000 });
+    latencies(&index, listings, if test_mode { 50 } else { 1000 });
 
     let mut group = c.benchmark_group("market_search");
     group.sample_size(10);
