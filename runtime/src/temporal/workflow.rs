@@ -339,7 +339,8 @@ impl DagWorkflow {
     /// as it stands and the verdicts queued but not applied yet, so two
     /// racing verdicts on one node cannot both be accepted (Temporal runs
     /// a workflow's update handlers one at a time). Refusals are answers,
-    /// not failures: nothing is queued and the history records no event.
+    /// not failures: nothing is queued and the run's history gains no
+    /// event (Temporal's own history records the update either way).
     #[update]
     pub fn approve(
         &mut self,
