@@ -12,6 +12,16 @@
 //! declarative macro rather than `strum`: ten lines, no dependency, and the
 //! parse error says what would have been accepted.
 
+/// Whether `s` is a plain id — 1 to 64 ASCII letters, digits, `-` or `_` —
+/// as tenants and run ids must be (safe in keys, paths, URLs and
+/// Temporal's visibility queries without quoting).
+pub fn is_plain_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// A name that is none of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} `{name}`: expected one of {}", accepted.join(", "))]
@@ -134,5 +144,20 @@ where
     assert!(text.contains("`no-such-name`"), "{text}");
     for name in names {
         assert!(text.contains(name), "{text} names {name}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_id;
+
+    #[test]
+    fn plain_ids_are_short_and_hold_nothing_to_quote() {
+        for ok in ["acme", "a", "team-1_b", &"x".repeat(64)] {
+            assert!(is_plain_id(ok), "{ok}");
+        }
+        for bad in ["", &"x".repeat(65), "a.b", "a'b", "a b", "é", "a/b", "a%27"] {
+            assert!(!is_plain_id(bad), "{bad}");
+        }
     }
 }

@@ -363,10 +363,7 @@ fn parse_input(args: &RunArgs) -> anyhow::Result<Value> {
 fn run(global: &Global, args: RunArgs) -> anyhow::Result<Code> {
     if let Some(r) = &args.run_id {
         anyhow::ensure!(
-            !r.is_empty()
-                && r.len() <= 64
-                && r.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            soma_runtime::names::is_plain_id(r),
             "--run-id: 1–64 letters, digits, '-' or '_'"
         );
     }

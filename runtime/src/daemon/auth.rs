@@ -404,12 +404,7 @@ impl Tokens {
         scopes: &[TokenScope],
         expires_ms: Option<u64>,
     ) -> Result<(String, TokenRecord), AuthError> {
-        if tenant.is_empty()
-            || tenant.len() > 64
-            || !tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !crate::names::is_plain_id(tenant) {
             return Err(AuthError::Invalid(
                 "tenant: 1–64 letters, digits, '-' or '_'".into(),
             ));

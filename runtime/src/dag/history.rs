@@ -356,9 +356,5 @@ impl Event {
     }
 }
 
-/// Unix time in ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Unix time in ms (0 before 1970).
+pub use soma_host_api::meter::now_ms;

@@ -14,10 +14,7 @@
 //! rules), and every move is appended to the record's history. Each write
 //! is one durable redb transaction; reads never block writers.
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -38,12 +35,7 @@ const VERSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_
 pub const MAX_AUTHORS_PER_TENANT: usize = 16;
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use soma_host_api::meter::now_ms;
 
 /// A registered author: a namespace and the key that signs in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

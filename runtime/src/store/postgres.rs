@@ -156,11 +156,7 @@ impl From<postgres::Error> for PgError {
 }
 
 /// Now, unix ms.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use soma_host_api::meter::now_ms;
 
 /// A `u64` as PostgreSQL's `BIGINT`, or `None` above `i64::MAX`.
 pub(crate) fn to_i64(v: u64) -> Option<i64> {

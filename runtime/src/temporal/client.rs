@@ -113,13 +113,9 @@ pub async fn open_runs(
         tenant: tenant.to_owned(),
         source,
     };
-    if tenant.is_empty()
-        || !tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !crate::names::is_plain_id(tenant) {
         return Err(failed(
-            "a tenant name of letters, digits, `-` and `_` is needed".into(),
+            "a tenant name of 1–64 letters, digits, `-` and `_` is needed".into(),
         ));
     }
     let query = format!("ExecutionStatus = 'Running' AND WorkflowId STARTS_WITH '{tenant}.'");

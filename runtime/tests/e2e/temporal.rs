@@ -89,6 +89,68 @@ impl Cluster {
         c.output().expect("spawn soma dag run")
     }
 
+    /// `soma dag run SPEC --json --run-id RUN --engine temporal …` in the
+    /// background, from data directory `data` (output piped).
+    fn spawn_run(&self, data: &Path, spec: &Path, run: &str) -> std::process::Child {
+        soma(data)
+            .args(["dag", "run"])
+            .arg(spec)
+            .args([
+                "--json",
+                "--run-id",
+                run,
+                "--engine",
+                "temporal",
+                "--temporal",
+            ])
+            .arg(self.server.address())
+            .args(["--task-queue", &self.queue])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn soma dag run")
+    }
+
+    /// Wait (60 s at most) until run `run`'s first node awaits a verdict,
+    /// asking with `soma dag status --engine temporal`.
+    fn wait_awaiting(&self, data: &Path, run: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = soma(data)
+                .args([
+                    "dag",
+                    "status",
+                    run,
+                    "--json",
+                    "--engine",
+                    "temporal",
+                    "--temporal",
+                ])
+                .arg(self.server.address())
+                .output()
+                .expect("status");
+            if status.status.success()
+                && json_of(&status)["timeline"][0]["status"] == "awaiting-approval"
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{run}: the first node never awaited approval"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// An `[orchestrator]` table for a daemon on this cluster.
+    fn orchestrator(&self) -> String {
+        format!(
+            "[orchestrator]\nengine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{}\"\n",
+            self.server.address(),
+            self.queue
+        )
+    }
+
     /// The worker's and the server's logs.
     fn explain_log(&self) -> String {
         format!(
@@ -510,22 +572,7 @@ nodes:
 "#,
     );
     let client_data = tempfile::tempdir().expect("data");
-    let mut run = soma(client_data.path());
-    run.args(["dag", "run"])
-        .arg(&spec)
-        .args([
-            "--json",
-            "--run-id",
-            "c1",
-            "--engine",
-            "temporal",
-            "--temporal",
-        ])
-        .arg(cluster.server.address())
-        .args(["--task-queue", &cluster.queue])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = run.spawn().expect("spawn soma dag run");
+    let child = cluster.spawn_run(client_data.path(), &spec, "c1");
     // Cancel once the slow call is in flight (the workflow answers queries).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -595,11 +642,7 @@ fn the_daemon_runs_dags_on_temporal_and_keeps_tenants_apart() {
     let acme = harness::token(bin, data.path(), "acme", "run,read");
     let reader = harness::token(bin, data.path(), "acme", "read");
     let globex = harness::token(bin, data.path(), "globex", "run,read");
-    let orchestrator = format!(
-        "[orchestrator]\nengine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{}\"\n",
-        cluster.server.address(),
-        cluster.queue
-    );
+    let orchestrator = cluster.orchestrator();
     let d = DaemonProcess::start(bin, data.path(), "", &orchestrator);
     let fan = json!({
         "name": "fan",
@@ -785,7 +828,7 @@ fn approvals(doc: &Value) -> Vec<(String, String, String, String, u64)> {
 /// A node with `approval:` waits on both engines (embedded: `soma dag run`
 /// stops with only the verdict left, `soma dag approve|reject` records it,
 /// `soma dag resume` continues; Temporal: the workflow waits, `soma dag
-/// status` shows the node `awaiting-approval`, the verdict is a signal),
+/// status` shows the node `awaiting-approval`, the verdict is an update),
 /// and approve and reject give the same report on both.
 #[test]
 fn approve_and_reject_give_the_same_report_on_both_engines() {
@@ -845,49 +888,8 @@ nodes:
         assert_eq!(e.status.code(), Some(code), "{}", text(&e.stderr));
         // Temporal.
         let client_data = tempfile::tempdir().expect("data");
-        let mut start = soma(client_data.path());
-        start
-            .args(["dag", "run"])
-            .arg(&spec)
-            .args([
-                "--json",
-                "--run-id",
-                run,
-                "--engine",
-                "temporal",
-                "--temporal",
-                &address,
-            ])
-            .args(["--task-queue", &cluster.queue])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = start.spawn().expect("spawn soma dag run");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let status = soma(client_data.path())
-                .args([
-                    "dag",
-                    "status",
-                    run,
-                    "--json",
-                    "--engine",
-                    "temporal",
-                    "--temporal",
-                    &address,
-                ])
-                .output()
-                .expect("status");
-            let waiting = status.status.success()
-                && json_of(&status)["timeline"][0]["status"] == "awaiting-approval";
-            if waiting {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a never awaited approval"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let child = cluster.spawn_run(client_data.path(), &spec, run);
+        cluster.wait_awaiting(client_data.path(), run);
         let given = soma(client_data.path())
             .arg("dag")
             .args(verdict_args)
@@ -1301,34 +1303,8 @@ nodes:
     let address = cluster.server.address().to_owned();
     let client_data = tempfile::tempdir().expect("data");
     let temporal = ["--engine", "temporal", "--temporal", &address];
-    let child = soma(client_data.path())
-        .args(["dag", "run"])
-        .arg(&spec)
-        .args(["--json", "--run-id", "race"])
-        .args(temporal)
-        .args(["--task-queue", &cluster.queue])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn soma dag run");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let status = soma(client_data.path())
-            .args(["dag", "status", "race", "--json"])
-            .args(temporal)
-            .output()
-            .expect("status");
-        if status.status.success()
-            && json_of(&status)["timeline"][0]["status"] == "awaiting-approval"
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a never awaited approval"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let child = cluster.spawn_run(client_data.path(), &spec, "race");
+    cluster.wait_awaiting(client_data.path(), "race");
     let verdict = |verb: &str| {
         let mut c = soma(client_data.path());
         c.args(["dag", verb, "race", "a", "--reason", verb])
@@ -1408,11 +1384,7 @@ fn the_daemon_caps_a_tenants_runs_on_temporal() {
     let bin = Path::new(env!("CARGO_BIN_EXE_soma"));
     let acme = harness::token(bin, data.path(), "acme", "run,read");
     let globex = harness::token(bin, data.path(), "globex", "run,read");
-    let orchestrator = format!(
-        "[orchestrator]\nengine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{}\"\n",
-        cluster.server.address(),
-        cluster.queue
-    );
+    let orchestrator = cluster.orchestrator();
     let d = DaemonProcess::start(
         bin,
         data.path(),
