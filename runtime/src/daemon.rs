@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod catalog;
 pub mod connections;
 pub mod console;
 pub mod limits;
@@ -124,6 +125,9 @@ pub enum DaemonError {
     /// Configuration is inconsistent.
     #[error("daemon config: {0}")]
     Config(String),
+    /// A thread of the daemon could not be started.
+    #[error("cannot start a thread of the daemon")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A capsule of the catalog.
@@ -151,6 +155,9 @@ pub struct Daemon {
     /// Capsules a re-pull replaced in the catalog, by digest: runs that
     /// pinned them still find them (see [`Daemon::pinned_capsule`]).
     pub replaced: RwLock<BTreeMap<String, CatalogItem>>,
+    /// The pulls recorded for the catalog (kept across restarts; shared by
+    /// a fleet on PostgreSQL): see [`catalog`].
+    pub pulled: catalog::Pulled,
     /// Live and recent runs.
     pub runs: runs::Runs,
     /// Prometheus metrics.
@@ -180,6 +187,10 @@ impl Daemon {
             catalog.insert(entry.name.clone(), item);
         }
         let tokens = auth::Tokens::open(&engine.config().store, engine.data().database().clone())?;
+        let pulls = match tokens.shared_store() {
+            Some(pg) => catalog::Pulls::Postgres(pg),
+            None => catalog::Pulls::Redb(engine.data().database().clone()),
+        };
         note_admin_migration(&tokens);
         let metrics =
             Arc::new(metrics::Metrics::new().with_tenant_labels(config.metrics_tenant_labels));
@@ -229,10 +240,27 @@ impl Daemon {
             config,
             tokens,
             admission,
+            pulled: catalog::Pulled::new(pulls, catalog.clone()),
             catalog: RwLock::new(catalog),
             replaced: RwLock::new(BTreeMap::new()),
             metrics,
         });
+        // Recorded pulls: served from the blob cache (or pulled again); one
+        // that cannot be resolved now is logged and retried, it does not
+        // stop the daemon. (On a thread of its own: the synchronous
+        // PostgreSQL driver and the registry client must not run on an
+        // async task.)
+        match std::thread::scope(|s| s.spawn(|| catalog::sync(&daemon)).join()) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "cannot read the catalog's recorded pulls (serving the configured capsules only until they can be read): {}",
+                soma_host_api::error_chain(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "reading the catalog's recorded pulls panicked (serving the configured capsules only)"
+            ),
+        }
+        catalog::spawn_refresh(Arc::downgrade(&daemon)).map_err(DaemonError::Thread)?;
         runs::start_drivers(&daemon);
         runs::resume_unfinished(&daemon);
         Ok(daemon)
@@ -288,6 +316,24 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest.clone(), old);
         Some(digest)
+    }
+}
+
+impl Daemon {
+    /// Stop serving `name` (a deleted pull with no config entry under it);
+    /// the capsule stays reachable by digest for the runs that pinned it.
+    pub fn uninstall(&self, name: &str) {
+        let old = self
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(old) = old {
+            self.replaced
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(old.capsule.digest().to_string(), old);
+        }
     }
 }
 

@@ -34,8 +34,8 @@ use super::{
     contract::{
         BudgetRequest, BudgetRow, BudgetSet, CallFailure, CallLimits, CallReport, CalledCapsule,
         CancelAnswer, CancelState, CatalogCapsule, CreatedToken, DagRunAccepted, DagRunLive,
-        ErrorBody, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RunReport, RunRequest,
-        RunView, TokenRequest, TokensQuery,
+        ErrorBody, LedgerQuery, LogRecord, PullRequest, PulledCapsule, RemovedCapsule, RunReport,
+        RunRequest, RunView, TokenRequest, TokensQuery,
     },
     limits::Refused,
     runs::CallRun,
@@ -68,6 +68,7 @@ fn api_routes() -> Routes {
     Routes::new()
         .add(Method::POST, "/v1/capsules/pull", pull_capsule)
         .add(Method::GET, "/v1/capsules", list_capsules)
+        .add(Method::DELETE, "/v1/capsules/{name}", remove_capsule)
         .add(Method::POST, "/v1/runs", create_run)
         .add(Method::GET, "/v1/runs/{id}", get_run)
         .add(Method::GET, "/v1/runs/{id}/events", run_events)
@@ -356,6 +357,12 @@ pub(super) async fn pull_capsule(
         ));
     }
     let req: PullRequest = parse(body)?;
+    if !crate::names::is_plain_id(&req.name) {
+        return Err(ApiError::bad(
+            "`name`: 1–64 letters, digits, '-' or '_'",
+            Some("name"),
+        ));
+    }
     // A malformed reference is the request's fault (400, naming the field
     // and the accepted forms), not the registry's (502).
     if let Err(e) = crate::oci::Reference::parse(&req.reference) {
@@ -364,28 +371,40 @@ pub(super) async fn pull_capsule(
             Some("reference"),
         ));
     }
-    let engine = daemon.engine.clone();
     let reference = req.reference.clone();
-    let pulled = tokio::task::spawn_blocking(move || super::pull(&engine, &reference))
-        .await
-        .map_err(|e| ApiError::failed(&e))?
-        .map_err(|e| {
+    let name = req.name.clone();
+    let tenant = p.tenant.clone();
+    let task = daemon.clone();
+    let (digest, origin, replaced) = tokio::task::spawn_blocking(move || {
+        let pulled = super::pull(&task.engine, &reference).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "pull-failed",
                 super::error_chain(&e),
             )
         })?;
-    let (capsule, origin) = (pulled.capsule, pulled.pinned.to_string());
-    let digest = capsule.digest().to_string();
-    // Runs that pinned a capsule this replaces keep it (by digest).
-    let replaced = daemon.install(
-        &req.name,
-        super::CatalogItem {
-            capsule,
+        let origin = pulled.pinned.to_string();
+        let digest = pulled.capsule.digest().to_string();
+        let pull = super::catalog::Pull {
+            name,
             origin: origin.clone(),
-        },
-    );
+            digest: digest.clone(),
+            pulled_ms: soma_host_api::meter::now_ms(),
+            pulled_by: tenant,
+        };
+        let item = super::CatalogItem {
+            capsule: pulled.capsule,
+            origin: origin.clone(),
+        };
+        // Recorded, then served (runs that pinned a capsule this replaces
+        // keep it, by digest); every other daemon of a fleet serves it
+        // within its catalog refresh.
+        let replaced =
+            super::catalog::record(&task, &pull, item).map_err(|e| ApiError::failed(&e))?;
+        Ok::<_, ApiError>((digest, origin, replaced))
+    })
+    .await
+    .map_err(|e| ApiError::failed(&e))??;
     Ok((
         StatusCode::CREATED,
         Json(PulledCapsule {
@@ -423,6 +442,54 @@ pub(super) async fn list_capsules(
         })
         .collect();
     Ok(Json(list))
+}
+
+/// `DELETE /v1/capsules/{name}`: forget a pull. The name goes back to its
+/// `[[daemon.capsules]]` entry, or is no longer served (runs that pinned
+/// the pulled capsule keep it). Every daemon of a fleet follows within its
+/// catalog refresh.
+#[utoipa::path(delete, path = "/v1/capsules/{name}", tag = "capsules", operation_id = "removeCapsule",
+    params(("name" = String, Path, description = "The catalog name of a pulled capsule")),
+    responses(
+        (status = 200, description = "The pull is forgotten", body = RemovedCapsule),
+        (status = 404, description = "No pull is recorded under this name", body = ErrorBody),
+        (status = 409, description = "The name is a `[[daemon.capsules]]` entry (only the config removes it)", body = ErrorBody),
+    ),
+    extensions(("x-soma-scope" = json!("operator"))))]
+pub(super) async fn remove_capsule(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<RemovedCapsule>, ApiError> {
+    if !p.is_operator() {
+        return Err(ApiError::forbidden(
+            "removing a capsule from the catalog (shared by every tenant) needs an `operator` token",
+        ));
+    }
+    let task = daemon.clone();
+    let key = name.clone();
+    let removed = tokio::task::spawn_blocking(move || super::catalog::remove(&task, &key))
+        .await
+        .map_err(|e| ApiError::failed(&e))?
+        .map_err(|e| ApiError::failed(&e))?;
+    match removed {
+        super::catalog::Removed::NotPulled { configured: true } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "configured-capsule",
+            format!(
+                "capsule `{name}` comes from a [[daemon.capsules]] entry, not a pull: remove it from the daemon's config"
+            ),
+        )),
+        super::catalog::Removed::NotPulled { configured: false } => Err(ApiError::not_found(
+            &format!("pulled capsule `{name}` (GET /v1/capsules lists the catalog)"),
+        )),
+        super::catalog::Removed::Forgotten { pull, now } => Ok(Json(RemovedCapsule {
+            name,
+            digest: pull.digest,
+            origin: pull.origin,
+            now,
+        })),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", operation_id = "createRun",

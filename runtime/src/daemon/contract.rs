@@ -86,6 +86,20 @@ pub struct PulledCapsule {
     pub replaced: Option<String>,
 }
 
+/// `DELETE /v1/capsules/{name}` → 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemovedCapsule {
+    /// The catalog name.
+    pub name: String,
+    /// The digest of the pulled component it no longer serves.
+    pub digest: String,
+    /// The pinned reference that pull came from.
+    pub origin: String,
+    /// The digest the name serves now (its `[[daemon.capsules]]` entry),
+    /// if any.
+    pub now: Option<String>,
+}
+
 /// One entry of `GET /v1/capsules`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CatalogCapsule {

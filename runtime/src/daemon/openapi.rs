@@ -34,6 +34,7 @@ use super::{api, approvals, contract, market, secrets};
         api::openapi,
         api::pull_capsule,
         api::list_capsules,
+        api::remove_capsule,
         api::create_run,
         api::get_run,
         api::run_events,

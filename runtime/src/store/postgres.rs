@@ -31,11 +31,18 @@ use postgres::{Client, NoTls, error::SqlState};
 use super::StoreConfig;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "ledger, budgets, tokens",
-    include_str!("../../migrations/postgres/0001_shared_state.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "ledger, budgets, tokens",
+        include_str!("../../migrations/postgres/0001_shared_state.sql"),
+    ),
+    (
+        2,
+        "catalog pulls",
+        include_str!("../../migrations/postgres/0002_catalog_pulls.sql"),
+    ),
+];
 
 /// The advisory lock key under which migrations run (any constant; "soma").
 const MIGRATION_LOCK: i64 = 0x736f_6d61;

@@ -573,6 +573,132 @@ fn admins_pull_capsules_from_a_registry_into_the_catalog() {
     );
 }
 
+/// `GET /v1/capsules` as `token`: name → digest.
+fn catalog(d: &Daemon, token: &str) -> std::collections::BTreeMap<String, String> {
+    let (s, list) = get(d, "/v1/capsules", token);
+    assert_eq!(s, 200, "{list}");
+    list.as_array()
+        .expect("list")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().expect("name").to_owned(),
+                c["digest"].as_str().expect("digest").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Pulls are recorded: they outlive a restart (served from the blob cache
+/// with the registry gone), a pull shadows the `[[daemon.capsules]]` entry
+/// of its name until `DELETE /v1/capsules/{name}` gives the name back, and
+/// a deleted pull stays deleted after a restart.
+#[test]
+fn pulled_capsules_outlive_restarts_until_removed() {
+    let mut registry = soma_tests::registry::Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (component, repo) in [
+        (soma_capsules::ECHO_COMPONENT, "acme/echo:1"),
+        (soma_capsules::CALCULATOR_COMPONENT, "acme/calc:1"),
+    ] {
+        let push = soma(dir.path())
+            .args(["push", component, &format!("{}/{repo}", registry.host())])
+            .output()
+            .expect("push");
+        assert!(
+            push.status.success(),
+            "{}",
+            String::from_utf8_lossy(&push.stderr)
+        );
+    }
+    let ops = token(dir.path(), "ops", "operator");
+    let acme = token(dir.path(), "acme", "run,read,admin");
+    let trust = "[[trust.rules]]\nrepository = \"*/acme/*\"\naccept_unsigned = true\n";
+    let d = start(dir.path(), trust);
+    let configured = catalog(&d, &acme);
+    let pull = |d: &Daemon, name: &str, repo: &str| {
+        let body = json!({"name": name, "reference": format!("{}/{repo}", registry.host())});
+        let (s, v) = post(d, "/v1/capsules/pull", &ops, &body);
+        assert_eq!(s, 201, "{v}");
+        v
+    };
+    let echo_1 = pull(&d, "echo-1", "acme/echo:1");
+    // `echo` (a config entry) now serves the calculator.
+    let shadow = pull(&d, "echo", "acme/calc:1");
+    assert_eq!(shadow["replaced"], json!(configured["echo"]), "{shadow}");
+    // A name that is not a plain id is refused before anything is pulled.
+    let (s, v) = post(
+        &d,
+        "/v1/capsules/pull",
+        &ops,
+        &json!({"name": "../x", "reference": format!("{}/acme/echo:1", registry.host())}),
+    );
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("name")),
+        "{v}"
+    );
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+
+    // The registry is gone: the restarted daemon serves both pulls from
+    // its blob cache.
+    registry.stop();
+    let d = start(dir.path(), trust);
+    let now = catalog(&d, &acme);
+    assert_eq!(now["echo-1"], echo_1["digest"].as_str().expect("digest"));
+    assert_eq!(now["echo"], shadow["digest"].as_str().expect("digest"));
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "echo-1", "input": "hi"}),
+    );
+    assert_eq!((s, v["output"].clone()), (200, json!("hi")), "{v}");
+
+    // Only an operator removes a pull; config entries only the config.
+    let remove = |name: &str, token: &str| {
+        let (s, v, _) = call(
+            &d,
+            reqwest::Method::DELETE,
+            &format!("/v1/capsules/{name}"),
+            Some(token),
+            None,
+        );
+        (s, v)
+    };
+    assert_eq!(remove("echo-1", &acme).0, 403);
+    let (s, v) = remove("calculator", &ops);
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("configured-capsule")),
+        "{v}"
+    );
+    assert_eq!(remove("no-such-capsule", &ops).0, 404);
+    let (s, v) = remove("echo", &ops);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["now"],
+        json!(configured["echo"]),
+        "back to the config's entry: {v}"
+    );
+    let (s, v) = remove("echo-1", &ops);
+    assert_eq!((s, v["now"].clone()), (200, Value::Null), "{v}");
+    assert_eq!(remove("echo-1", &ops).0, 404, "already removed");
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "echo-1", "input": "hi"}),
+    );
+    assert_ne!(s, 200, "{v}");
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+
+    let d = start(dir.path(), trust);
+    assert_eq!(catalog(&d, &acme), configured, "removed pulls stay removed");
+}
+
 /// The OpenAPI document against the real daemon, both ways: every
 /// documented operation is served (the router answers it — never its
 /// 405, never its "no such route" 404), and on every documented path each

@@ -90,6 +90,84 @@ fn two_daemons_on_one_postgres_share_api_tokens() {
     assert_eq!(b.get("/v1/tokens", &ops).0, 200);
 }
 
+/// A pull through daemon A is recorded on the shared store: daemon B
+/// (whose blob cache has never seen it) pulls and verifies it itself and
+/// serves it within its catalog refresh; a `DELETE` through B removes it
+/// from A. A daemon started later serves the pull from the start.
+#[test]
+fn two_daemons_on_one_postgres_share_the_catalog() {
+    let registry = soma_tests::registry::Registry::start();
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let store = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n\
+         [[trust.rules]]\nrepository = \"*/acme/*\"\naccept_unsigned = true\n"
+    );
+    let fleet = Fleet::new(&store);
+    let reference = format!("{}/acme/echo:1", registry.host());
+    let push = fleet.soma(&["push", soma_capsules::ECHO_COMPONENT, &reference]);
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let (ops, _) = token(fleet.dirs[2].path(), &fleet.configs[2], "ops", "operator");
+    let (acme, _) = token(fleet.dirs[2].path(), &fleet.configs[2], "acme", "run,read");
+    let (a, b) = (fleet.spawn(0), fleet.spawn(1));
+    let served = |d: &Daemon, name: &str| -> Option<String> {
+        let (s, list) = d.get("/v1/capsules", &acme);
+        assert_eq!(s, 200, "{list}");
+        list.as_array()
+            .expect("list")
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["digest"].as_str().expect("digest").to_owned())
+    };
+    let wait = |d: &Daemon, want: Option<&str>, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served(d, "echo-1").as_deref() != want {
+            assert!(Instant::now() < deadline, "{}: {what}", d.url);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (s, pulled) = a.post(
+        "/v1/capsules/pull",
+        &ops,
+        &serde_json::json!({"name": "echo-1", "reference": reference}),
+    );
+    assert_eq!(s, 201, "{pulled}");
+    let digest = pulled["digest"].as_str().expect("digest");
+    assert_eq!(
+        served(&a, "echo-1").as_deref(),
+        Some(digest),
+        "at once on A"
+    );
+    wait(&b, Some(digest), "B never served A's pull");
+    let (s, v) = b.post(
+        "/v1/runs",
+        &acme,
+        &serde_json::json!({"capsule": "echo-1", "input": "hi"}),
+    );
+    assert_eq!(
+        (s, v["output"].clone()),
+        (200, serde_json::json!("hi")),
+        "{v}"
+    );
+    // A third daemon, started now, serves it from the start.
+    let c = Daemon::spawn(bin(), fleet.dirs[2].path(), &fleet.configs[2]);
+    assert_eq!(served(&c, "echo-1").as_deref(), Some(digest));
+    drop(c);
+    let (s, v, _) = b.request(
+        reqwest::Method::DELETE,
+        "/v1/capsules/echo-1",
+        Some(&ops),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(served(&b, "echo-1"), None, "at once on B");
+    wait(&a, None, "A still serves a removed pull");
+}
+
 /// `[store]` on `url` plus prices that make every call reserve its worst
 /// case (1 micro-unit per fuel unit, `fuel` per call).
 fn priced_store(url: &str, fuel: u64) -> String {
