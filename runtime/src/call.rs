@@ -221,6 +221,13 @@ pub struct Outcome {
     /// them to the run's workflow with the charge, for the run's cost.
     #[serde(skip)]
     pub llm: Vec<crate::ledger::Entry>,
+    /// The call did not start because the shared budget store could not
+    /// be reached (its result is a host error saying so): nothing ran,
+    /// nothing was held or charged, and the same call may be made again as
+    /// is. A Temporal worker has Temporal retry the activity instead of
+    /// failing the node.
+    #[serde(skip)]
+    pub store_unavailable: bool,
 }
 
 fn serialize_result<S: serde::Serializer>(
@@ -463,7 +470,10 @@ impl Engine {
             }
             // The shared store is down: retryable, nothing was held.
             Err(crate::meter::CallRefusal::Store(message)) => {
-                return Outcome::failed(Failure::Host { message });
+                return Outcome {
+                    store_unavailable: true,
+                    ..Outcome::failed(Failure::Host { message })
+                };
             }
         };
         let knobs = Knobs {
@@ -920,6 +930,7 @@ impl Outcome {
             http: host_api::http::Usage::default(),
             charge: None,
             llm: Vec::new(),
+            store_unavailable: false,
         }
     }
 
@@ -965,6 +976,7 @@ impl Outcome {
                 .iter()
                 .flat_map(|m| crate::meter::llm_entries(spender, m))
                 .collect(),
+            store_unavailable: false,
         }
     }
 }

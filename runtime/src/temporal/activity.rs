@@ -129,6 +129,22 @@ impl CallActivities {
             capsule = %request.alias,
         );
         let mut outcome = span.in_scope(|| engine.call(&capsule, &request.input, &options));
+        // The shared budgets could not be reached before the call started:
+        // nothing ran or was held, so Temporal runs the same attempt again
+        // after its backoff (the node does not fail for the store's sake).
+        if outcome.store_unavailable {
+            let reason = match &outcome.result {
+                Err(f) => f.to_string(),
+                Ok(_) => "the budget store is unavailable".into(),
+            };
+            tracing::warn!(
+                run = %request.run,
+                node = %request.node,
+                attempt = request.attempt,
+                "the call could not start (Temporal runs it again): {reason}"
+            );
+            return Err(anyhow::anyhow!("the call could not start: {reason}").into());
+        }
         let charge = outcome.charge.take();
         // The call's own charge, and the chat calls' entries (already in
         // the ledger): the run's cost counts both, as on the embedded

@@ -72,6 +72,11 @@ struct Chaos {
 
 impl Chaos {
     fn start(queue: &str) -> Self {
+        Self::start_with(queue, "")
+    }
+
+    /// [`Chaos::start`] with `extra` appended to the shared config.
+    fn start_with(queue: &str, extra: &str) -> Self {
         let pg = Postgres::start();
         let url = pg.create_database();
         let server = TemporalServer::start();
@@ -83,7 +88,7 @@ impl Chaos {
             &config,
             format!(
                 "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n\n\
-                 [orchestrator]\nheartbeat_timeout_ms = 2000\nsticky_timeout_ms = 1000\n"
+                 [orchestrator]\nheartbeat_timeout_ms = 2000\nsticky_timeout_ms = 1000\n{extra}"
             ),
         )
         .expect("config");
@@ -501,6 +506,40 @@ fn postgres_stopped_under_a_temporal_run_leaves_one_charge_per_call() {
         chaos.logs()
     );
     check_against_reference(&chaos, "p1", &report);
+}
+
+/// With prices, every call first holds its worst case on the shared
+/// budgets. PostgreSQL stopped while `slow` runs and kept down for 9 s:
+/// `slow`'s charge fails (retried by Temporal), and so does the retried
+/// attempt's reservation. That is a retryable activity error naming the
+/// budgets, not a failed node: Temporal tries the same attempt again
+/// until the database is back, and the run ends as on the embedded
+/// engine with one charge per call.
+#[test]
+fn postgres_down_when_a_call_starts_delays_the_call_on_temporal() {
+    let mut chaos = Chaos::start_with("chaos-pg-hold", "[ledger]\nfuel_price_per_1k_micros = 1\n");
+    let child = chaos.spawn_run("h1");
+    chaos.wait_slow_running("h1");
+    chaos.pg.stop();
+    std::thread::sleep(Duration::from_secs(9));
+    chaos.pg.resume();
+    let report = chaos.finish(child);
+    let attempts = chaos.activity_attempts("h1");
+    assert!(
+        attempts.get(SLOW).is_some_and(|a| *a >= 3),
+        "slow's charge, then its retry's reservation, failed while the database was down: \
+         {attempts:?}{}",
+        chaos.logs()
+    );
+    only_slow_ran_again(&attempts);
+    let named =
+        |m: &str| m.contains("the call could not start") && m.contains("budgets are unavailable");
+    assert!(
+        chaos.workers.iter().any(|w| named(&w.log())),
+        "a retried attempt could not reserve:{}",
+        chaos.logs()
+    );
+    check_against_reference(&chaos, "h1", &report);
 }
 
 /// Two daemons on the same Temporal and PostgreSQL (tokens shared in the
