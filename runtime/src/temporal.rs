@@ -121,7 +121,7 @@ pub enum TemporalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Listing a tenant's runs failed.
+    /// Listing a tenant's (or, `*`, every tenant's) runs failed.
     #[error("could not list tenant {tenant}'s runs on Temporal")]
     List {
         /// The tenant.
@@ -231,6 +231,12 @@ pub struct RunInput {
     /// first).
     #[serde(default)]
     pub carried: Option<Carried>,
+    /// The capsules as the run's requester named them (the daemon's
+    /// catalog names, which it pins to file paths or registry references
+    /// for the workers), for the run's listing row (absent: the pinned
+    /// references).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capsule_names: Option<Vec<String>>,
 }
 
 /// What a run's execution hands to the next when it continues as new:
@@ -270,7 +276,18 @@ impl RunInput {
             heartbeat_timeout_ms: Some(config.orchestrator.heartbeat_timeout_ms),
             continue_after_events: Some(config.orchestrator.continue_as_new_after_events),
             carried: None,
+            capsule_names: None,
         }
+    }
+
+    /// The run's listing row as of `state` (the memo under
+    /// [`SUMMARY_MEMO`]), with the capsules as the requester named them.
+    pub fn summary(&self, state: &crate::dag::state::RunState) -> crate::dag::journal::RunSummary {
+        let mut row = crate::dag::scheduler::summary(state);
+        if let Some(names) = &self.capsule_names {
+            row.capsules.clone_from(names);
+        }
+        row
     }
 }
 
@@ -323,6 +340,12 @@ pub struct BudgetRequest {
     /// Scope → limit, as the embedded engine sets them.
     pub limits: Vec<(budget::Scope, Option<budget::Limit>)>,
 }
+
+/// The memo key under which a run's workflow carries its listing row (a
+/// [`crate::dag::journal::RunSummary`]): set when the run starts, replaced
+/// when it ends. Temporal's visibility store returns it with every listed
+/// workflow, so a run list needs no query to a worker per row.
+pub const SUMMARY_MEMO: &str = "soma-run";
 
 /// How a run ended: the workflow's result. The CLI replays `history` into
 /// a `RunState`, so its report and timeline are the embedded engine's.

@@ -50,6 +50,10 @@ pub(crate) type EventStream =
 /// How often an event stream asks the workflow for new events.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
+/// How long a run list waits for a running run's workflow to tell its
+/// progress.
+const LIVE_ROW_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a run this daemon started counts against its tenant's cap
 /// by itself, whether or not Temporal's visibility store lists it yet.
 const VISIBILITY_LAG: Duration = Duration::from_secs(5);
@@ -138,6 +142,9 @@ impl TemporalRuns {
         // Workers resolve capsules by reference: a catalog name becomes
         // where the catalog loaded it from (file path or pinned registry
         // reference); `market:` names are pinned references already.
+        let mut names: Vec<String> = loaded.values().map(|l| l.reference.clone()).collect();
+        names.sort();
+        names.dedup();
         let mut loaded = loaded.clone();
         for l in loaded.values_mut() {
             if let Some(item) = daemon.capsule(&l.reference) {
@@ -157,7 +164,10 @@ impl TemporalRuns {
         // Replaying the created event checks it as the workflow will.
         RunState::new(&run, &created).map_err(|e| ApiError::bad(e.to_string(), Some("dag")))?;
         let config = daemon.engine.config();
-        let input = RunInput::new(run.clone(), created, config, None);
+        let input = RunInput {
+            capsule_names: Some(names),
+            ..RunInput::new(run.clone(), created, config, None)
+        };
         let c = self.client().await?;
         // The tenant's cap of runs not finished, as on the embedded engine:
         // its open workflows (Temporal's visibility store, shared by every
@@ -204,8 +214,48 @@ impl TemporalRuns {
             .clone()
     }
 
+    /// A page of runs for the console's run list (`query.tenant` set for
+    /// a tenant, `None` for an operator): [`client::list_runs`] over at
+    /// most `scan` workflows. The rows of runs still going show their
+    /// progress as of now: their workflows are asked (at once, each
+    /// within a second; a row keeps its start's counts if its workflow
+    /// does not answer in time).
+    pub(crate) async fn list(
+        &self,
+        query: &crate::dag::journal::RunQuery,
+        scan: usize,
+    ) -> Result<crate::dag::journal::RunPage, ApiError> {
+        let c = self.client().await?;
+        let mut page = self
+            .rpc("listing runs", client::list_runs(c, query, scan))
+            .await?;
+        let live = page.runs.iter().map(|row| async move {
+            if row.status.is_finished() {
+                return None;
+            }
+            let asked = tokio::time::timeout(LIVE_ROW_WAIT, client::status(c, &row.run));
+            let state = asked.await.ok()?.ok()?.state().ok()?;
+            Some(scheduler::summary(&state))
+        });
+        let now = futures_util::future::join_all(live).await;
+        for (row, now) in page.runs.iter_mut().zip(now) {
+            if let Some(now) = now
+                && now.tenant == row.tenant
+            {
+                // The capsules as the requester named them stay the memo's.
+                let capsules = std::mem::take(&mut row.capsules);
+                *row = crate::dag::journal::RunSummary { capsules, ..now };
+            }
+        }
+        Ok(page)
+    }
+
     /// Run `run` so far, from its workflow, if `p` may see it.
-    async fn result(&self, p: &Principal, run: &str) -> Result<(RunResult, RunState), ApiError> {
+    pub(crate) async fn result(
+        &self,
+        p: &Principal,
+        run: &str,
+    ) -> Result<(RunResult, RunState), ApiError> {
         let missing = || ApiError::not_found(&format!("run `{run}`"));
         let tenant = tenant_of(run).ok_or_else(missing)?;
         if !p.sees_tenant(tenant) {

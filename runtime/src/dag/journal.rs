@@ -138,7 +138,9 @@ pub struct RunQuery {
 }
 
 impl RunQuery {
-    fn matches(&self, s: &RunSummary) -> bool {
+    /// Whether `s` passes the phase, failure-class and capsule filters
+    /// (tenant, window and paging are the lister's).
+    pub fn matches(&self, s: &RunSummary) -> bool {
         self.status.is_none_or(|p| s.status == p)
             && self
                 .failure_class

@@ -6,9 +6,15 @@ use temporalio_client::{
     WorkflowListOptions, WorkflowQueryOptions, WorkflowStartOptions,
 };
 
+use temporalio_common::MemoValues;
+
 use super::{
-    ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError,
+    ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, SUMMARY_MEMO, TemporalError,
     workflow::DagWorkflow,
+};
+use crate::dag::{
+    journal::{RunPage, RunQuery, RunSummary},
+    status::RunPhase,
 };
 
 /// Start run `input.run` as a workflow on `endpoint`'s task queue. Cost:
@@ -19,7 +25,14 @@ pub async fn start(
     input: RunInput,
 ) -> Result<(), TemporalError> {
     let run = input.run.clone();
-    let options = WorkflowStartOptions::new(endpoint.task_queue.clone(), run.clone()).build();
+    // The run's listing row, for run lists (see [`list_runs`]).
+    let mut memo = MemoValues::new();
+    if let Ok(state) = crate::dag::state::RunState::new(&run, &input.created) {
+        memo.insert(SUMMARY_MEMO, input.summary(&state));
+    }
+    let options = WorkflowStartOptions::new(endpoint.task_queue.clone(), run.clone())
+        .memo(memo)
+        .build();
     client
         .start_workflow(DagWorkflow::run, input, options)
         .await
@@ -126,6 +139,100 @@ pub async fn open_runs(
         ids.push(execution.map_err(|e| failed(Box::new(e)))?.id().to_owned());
     }
     Ok(ids)
+}
+
+/// A page of runs from Temporal's visibility store, filtered as the
+/// journal lists the embedded engine's ([`RunQuery`]: tenant, phase,
+/// failure class, capsule, creation window, offset and limit). Each row
+/// is the run's summary memo — as of its start while it runs (its node
+/// counts are then the start's), as of its end once it ended. A workflow
+/// that closed without its final memo (terminated, timed out) is
+/// `interrupted`. Executions that continued as new are skipped (the
+/// run's latest one stands for it), and so are workflows without the memo.
+///
+/// The order is Temporal's: runs still going first, then by when they
+/// ended, newest first (its SQL visibility stores sort by close time and
+/// take no `ORDER BY`; sorting here by creation would mean reading every
+/// row before the first page).
+///
+/// Tenant, phase (running or not) and the window are asked of Temporal;
+/// failure class, capsule and the exact phase are checked here, over at
+/// most `scan` listed workflows (`more` is set when the scan stopped
+/// there).
+///
+/// # Errors
+///
+/// [`TemporalError::List`]: a tenant name a visibility query cannot hold,
+/// or the list failed.
+pub async fn list_runs(
+    client: &Client,
+    query: &RunQuery,
+    scan: usize,
+) -> Result<RunPage, TemporalError> {
+    use futures_util::StreamExt as _;
+    let who = query.tenant.clone().unwrap_or_else(|| "*".into());
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| TemporalError::List {
+        tenant: who.clone(),
+        source,
+    };
+    let mut clauses = vec!["ExecutionStatus != 'ContinuedAsNew'".to_owned()];
+    if let Some(tenant) = &query.tenant {
+        if !crate::names::is_plain_id(tenant) {
+            return Err(failed(
+                "a tenant name of 1–64 letters, digits, `-` and `_` is needed".into(),
+            ));
+        }
+        clauses.push(format!("WorkflowId STARTS_WITH '{tenant}.'"));
+    }
+    match query.status {
+        None => {}
+        Some(RunPhase::Running | RunPhase::Queued) => {
+            clauses.push("ExecutionStatus = 'Running'".into());
+        }
+        Some(_) => clauses.push("ExecutionStatus != 'Running'".into()),
+    }
+    let at = |ms: u64| {
+        chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
+    if let Some(t) = query.since_ms.and_then(at) {
+        clauses.push(format!("StartTime >= '{t}'"));
+    }
+    if let Some(t) = query.until_ms.and_then(at) {
+        clauses.push(format!("StartTime < '{t}'"));
+    }
+    let options = WorkflowListOptions::builder().limit(scan).build();
+    let mut listed = client.list_workflows(clauses.join(" AND "), options);
+    let mut page = RunPage::default();
+    let (mut skipped, mut scanned) = (0usize, 0usize);
+    while let Some(execution) = listed.next().await {
+        let execution = execution.map_err(|e| failed(Box::new(e)))?;
+        scanned += 1;
+        let Ok(Some(mut row)) = execution.memo().get::<RunSummary>(SUMMARY_MEMO) else {
+            continue;
+        };
+        let open = matches!(
+            execution.status(),
+            temporalio_client::WorkflowExecutionStatus::Running
+        );
+        if !open && !row.status.is_finished() {
+            row.status = RunPhase::Interrupted;
+        }
+        if row.run != execution.id() || !query.matches(&row) {
+            continue;
+        }
+        if skipped < query.offset {
+            skipped += 1;
+            continue;
+        }
+        if page.runs.len() == query.limit {
+            page.more = true;
+            return Ok(page);
+        }
+        page.runs.push(row);
+    }
+    page.more = scanned >= scan;
+    Ok(page)
 }
 
 /// Ask run `run` to stop: nothing new starts, calls in flight finish, the

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use temporalio_common::RetryPolicy;
+use temporalio_common::{MemoValue, RetryPolicy};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture,
@@ -26,7 +26,7 @@ use temporalio_sdk::{
 use super::{
     ApprovalOutcome, ApprovalSignal, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallRequest, CallResult,
     Carried, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput,
-    RunResult, activity::CallActivities, activity::HEARTBEAT_EVERY,
+    RunResult, SUMMARY_MEMO, activity::CallActivities, activity::HEARTBEAT_EVERY,
 };
 use crate::dag::{
     approval::ApprovalError,
@@ -89,6 +89,7 @@ impl DagWorkflow {
             heartbeat_timeout_ms,
             continue_after_events,
             carried,
+            capsule_names: _,
         } = input;
         let heartbeat = heartbeat_timeout_ms.map_or(HEARTBEAT_EVERY * 5, Duration::from_millis);
         let continue_after = continue_after_events.unwrap_or(CONTINUE_AS_NEW_AFTER);
@@ -307,6 +308,12 @@ impl DagWorkflow {
         }
         if let Some((_, t)) = timer.take() {
             t.cancel();
+        }
+        // The run's listing row, as it ended (for run lists).
+        let mut row = next.summary(&state);
+        row.updated_ms = workflow_ms(ctx, &state);
+        if let Err(e) = ctx.upsert_memo([(SUMMARY_MEMO, Some(MemoValue::new(row)))]) {
+            tracing::warn!(run = %run, "could not record the run's listing row: {e}");
         }
         let result = ctx.state(|w| RunResult {
             run: w.run.clone(),

@@ -616,3 +616,124 @@ fn capsule_calls_are_listed_and_have_run_pages() {
         "the compiled artifacts are on disk"
     );
 }
+
+/// The run list and run pages with `[orchestrator] engine = "temporal"`
+/// (a real `temporal server start-dev` and `soma worker`): rows come
+/// from Temporal's visibility store (each workflow's summary memo), so a
+/// tenant sees only its own runs and an operator every tenant's; the
+/// status, failure-class and capsule filters and the pager work as on
+/// the embedded engine; a run's page answers from its workflow (nodes,
+/// output, cost); another tenant's run page is the 404 page; resuming is
+/// refused (Temporal drives a run until it ends).
+#[test]
+fn run_pages_list_and_show_runs_on_the_temporal_engine() {
+    use soma_tests::temporal::{TemporalServer, Worker};
+    let server = TemporalServer::start();
+    let (dir, worker_data, logs) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("worker data"),
+        tempfile::tempdir().expect("logs"),
+    );
+    let capsules = Path::new(soma_capsules::ECHO_COMPONENT)
+        .parent()
+        .expect("capsule dir");
+    let _worker = Worker::start(
+        bin(),
+        worker_data.path(),
+        server.address(),
+        "console",
+        capsules,
+        logs.path(),
+    );
+    let acme = token(dir.path(), "acme", "run,read");
+    let globex = token(dir.path(), "globex", "run,read");
+    let ops = token(dir.path(), "ops", "operator");
+    let orchestrator = format!(
+        "[orchestrator]\nengine = \"temporal\"\naddress = \"{}\"\ntask_queue = \"console\"\n",
+        server.address()
+    );
+    let d = Daemon::start(bin(), dir.path(), "", &orchestrator);
+    let ok = start_run(&d, &acme, &echo_spec("alpha"));
+    let bad = start_run(&d, &acme, &failing_spec());
+    let other = start_run(&d, &globex, &echo_spec("theirs"));
+    for (token, run) in [(&acme, &ok), (&acme, &bad), (&globex, &other)] {
+        d.wait_finished(token, run, Duration::from_secs(60));
+    }
+
+    let browser = Browser::sign_in(&d, &acme);
+    // Temporal's visibility store may trail a close by a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (s, page) = browser.get("/ui/runs?status=failed");
+        assert_eq!(s, 200, "{page}");
+        let (_, succeeded) = browser.get("/ui/runs?status=succeeded");
+        if listed(&page) == std::slice::from_ref(&bad)
+            && listed(&succeeded) == std::slice::from_ref(&ok)
+        {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "{page}\n{succeeded}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        page.contains(r#"data-field="failure-class">out-of-fuel<"#),
+        "{page}"
+    );
+    // In Temporal's order: running runs first, then the most recently
+    // ended (its SQL visibility store sorts by close time).
+    let (_, page) = browser.get("/ui/runs");
+    let mine = listed(&page);
+    assert_eq!(mine.len(), 2, "{page}");
+    assert!(mine.contains(&ok) && mine.contains(&bad), "{page}");
+    assert!(page.contains("alpha"), "the spec's name: {page}");
+    // Capsules by the names the spec gave (the catalog's), not the paths
+    // the workers load them from.
+    let (_, page) = browser.get("/ui/runs?capsule=hostile-loop");
+    assert_eq!(listed(&page), std::slice::from_ref(&bad), "{page}");
+    let (_, page) = browser.get("/ui/runs?class=out-of-fuel");
+    assert_eq!(listed(&page), std::slice::from_ref(&bad));
+    let (_, page) = browser.get("/ui/runs?per=1");
+    assert_eq!(listed(&page), mine[..1]);
+    assert!(page.contains(r#"rel="next""#), "a next page: {page}");
+    let (_, page) = browser.get("/ui/runs?per=1&page=2");
+    assert_eq!(listed(&page), mine[1..]);
+    assert!(!page.contains(r#"rel="next""#), "the last page: {page}");
+
+    // A run's page, from its workflow.
+    let (s, page) = browser.get(&format!("/ui/runs/{ok}"));
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains(r#"data-status="succeeded""#), "{page}");
+    assert!(page.contains(r#"<dd id="run-nodes">2/2</dd>"#), "{page}");
+    let (s, svg) = browser.get(&format!("/ui/runs/{ok}/graph"));
+    assert_eq!(s, 200, "{svg}");
+    assert!(svg.contains("<svg") && svg.contains("second"), "{svg}");
+    // Another tenant's run: the same 404 page as no run at all.
+    let (s, _) = browser.get(&format!("/ui/runs/{other}"));
+    assert_eq!(s, 404);
+    let (s, _) = browser.get("/ui/runs/acme.no-such-run");
+    assert_eq!(s, 404);
+    let (s, _, body) = browser.post(&format!("/ui/runs/{ok}/resume"), &[]);
+    assert_eq!(s, 409, "{body}");
+    // A run started from the console's form is a workflow too.
+    let yaml = "name: from-form\ncapsules:\n  e: echo\nnodes:\n  - id: only\n    capsule: e\n    input: {x: 2}\n";
+    let (s, location, page) = browser.post("/ui/runs/new", &[("spec", yaml), ("input", "")]);
+    assert_eq!(s, 303, "{page}");
+    let location = location.expect("Location");
+    let new_run = location.strip_prefix("/ui/runs/").expect("a run page");
+    assert!(new_run.starts_with("acme."), "a Temporal run id: {new_run}");
+    let done = d.wait_finished(&acme, new_run, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (s, page) = browser.get(&location);
+    assert_eq!(s, 200);
+    assert!(page.contains(r#"data-node="only""#), "{page}");
+
+    // An operator sees every tenant's runs, with the tenant column.
+    let operator = Browser::sign_in(&d, &ops);
+    let (_, page) = operator.get("/ui/runs");
+    let mut all = listed(&page);
+    all.sort();
+    let mut want = vec![ok, bad, other, new_run.to_owned()];
+    want.sort();
+    assert_eq!(all, want, "{page}");
+    assert!(page.contains(r#"data-label="Tenant">globex<"#), "{page}");
+}

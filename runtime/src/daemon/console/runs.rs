@@ -286,14 +286,24 @@ async fn list(
         .runs
         .recent_calls(|c| calls::matches(&query, c) && viewer.sees(&c.tenant));
     let (window, skip) = calls::window(&query, recent_calls.len());
-    let d = daemon.clone();
-    let v = viewer.clone();
-    let found = blocking(&viewer, move || {
-        journal(&d)
-            .list(&window)
-            .map_err(|e| PageError::from(failed(&v, &e)))
-    })
-    .await;
+    let found = match &daemon.temporal {
+        // Temporal's visibility store lists the workflows (see
+        // `temporal::client::list_runs`).
+        Some(t) => t
+            .list(&window, TEMPORAL_SCAN)
+            .await
+            .map_err(|e| PageError::from(api_error(&viewer, &e))),
+        None => {
+            let d = daemon.clone();
+            let v = viewer.clone();
+            blocking(&viewer, move || {
+                journal(&d)
+                    .list(&window)
+                    .map_err(|e| PageError::from(failed(&v, &e)))
+            })
+            .await
+        }
+    };
     let found = match found {
         Ok(f) => f,
         Err(r) => return r.into_response(),
@@ -435,6 +445,46 @@ fn visible_summary(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunSumm
     }
 }
 
+/// How many workflows one run list reads at most from Temporal's
+/// visibility store (the filters it cannot ask for are checked here).
+const TEMPORAL_SCAN: usize = 5_000;
+
+/// The run's state (and history), if the viewer may see it: from its
+/// workflow on the Temporal engine (a query; its charges are the ones the
+/// workflow recorded), else from the journal and the ledger.
+async fn load_run(
+    daemon: &Arc<Daemon>,
+    viewer: &Viewer,
+    id: &str,
+    with_costs: bool,
+) -> Result<RunData, PageError> {
+    if let Some(t) = &daemon.temporal
+        && crate::daemon::temporal::tenant_of(id).is_some()
+    {
+        let (result, state) = t
+            .result(&viewer.principal, id)
+            .await
+            .map_err(|e| PageError::from(api_error(viewer, &e)))?;
+        let mut costs = BTreeMap::new();
+        for e in result.entries.iter().take(MAX_COST_ENTRIES) {
+            let c: &mut (usize, u64) = costs.entry(e.node.clone()).or_default();
+            c.0 += 1;
+            c.1 = c.1.saturating_add(e.cost_micros);
+        }
+        return Ok(RunData {
+            summary: crate::dag::scheduler::summary(&state),
+            costs_cut: result.entries.len() > MAX_COST_ENTRIES,
+            costs: if with_costs { costs } else { BTreeMap::new() },
+            state,
+            history: result.history,
+        });
+    }
+    let d = daemon.clone();
+    let v = viewer.clone();
+    let run_id = id.to_owned();
+    blocking(viewer, move || read_run(&d, &v, &run_id, with_costs)).await
+}
+
 /// The run's state (and history), if the viewer may see it.
 fn read_run(
     daemon: &Daemon,
@@ -504,10 +554,14 @@ fn graph_nodes(state: &RunState) -> Vec<GraphNode> {
 }
 
 /// Where a run is: finished as recorded, else queued/running while this
-/// daemon holds it, else interrupted (no driver: resumable).
+/// daemon holds it (on Temporal: while its workflow runs, which is while
+/// it is unfinished), else interrupted (no driver: resumable).
 fn run_phase(daemon: &Daemon, id: &str, state: &RunState) -> (RunPhase, bool) {
     if let Some((status, ..)) = &state.finished {
         return (RunPhase::from(*status), false);
+    }
+    if daemon.temporal.is_some() {
+        return (RunPhase::Running, true);
     }
     match daemon.runs.live(id) {
         Some(live) if !live.done.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -567,10 +621,7 @@ async fn show(
             missing(&viewer, "run")
         };
     }
-    let d = daemon.clone();
-    let v = viewer.clone();
-    let run_id = id.clone();
-    let data = match blocking(&viewer, move || read_run(&d, &v, &run_id, true)).await {
+    let data = match load_run(&daemon, &viewer, &id, true).await {
         Ok(data) => data,
         Err(r) => return r.into_response(),
     };
@@ -823,10 +874,7 @@ async fn graph_fragment(
     if !viewer.may(TokenScope::Read) {
         return forbidden(&viewer, "read");
     }
-    let d = daemon.clone();
-    let v = viewer.clone();
-    let run_id = id.clone();
-    match blocking(&viewer, move || read_run(&d, &v, &run_id, false)).await {
+    match load_run(&daemon, &viewer, &id, false).await {
         Ok(data) => {
             let svg = graph::svg(&graph_nodes(&data.state), &format!("The DAG of run {id}"));
             Html(svg.into_string()).into_response()
@@ -898,6 +946,15 @@ async fn resume(
 ) -> Response {
     if !viewer.may(TokenScope::Run) {
         return forbidden(&viewer, "run");
+    }
+    if daemon.temporal.is_some() {
+        return layout::error_page(
+            Some(&viewer),
+            StatusCode::CONFLICT,
+            &format!(
+                "Run {id} lives in Temporal, which drives it until it ends: there is nothing to resume."
+            ),
+        );
     }
     let d = daemon.clone();
     let v = viewer.clone();
