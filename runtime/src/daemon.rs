@@ -230,7 +230,8 @@ impl Daemon {
         let orchestrator = engine.config().orchestrator.clone();
         orchestrator.check().map_err(DaemonError::Config)?;
         let daemon = Arc::new(Self {
-            temporal: temporal::TemporalRuns::of(&orchestrator).map(Arc::new),
+            temporal: temporal::TemporalRuns::of(&orchestrator, tokens.shared_store())
+                .map(Arc::new),
             market,
             console: console::Console::new(console_config),
             calls: pool::CallPool::new(sharing),

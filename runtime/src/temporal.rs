@@ -26,10 +26,11 @@
 //! [`CONTINUE_AS_NEW_AFTER`] events (or that Temporal suggests continue)
 //! stops starting calls, lets those in flight finish and continues as a
 //! new execution of the same workflow, carrying its events ([`Carried`]);
-//! [`HISTORY_EVENT_LIMIT`] is the backstop if it cannot; a call output,
-//! activity input, carried history or run result above
-//! [`PAYLOAD_LIMIT_BYTES`] fails with a clear error (passing large outputs
-//! by reference is not implemented yet).
+//! [`HISTORY_EVENT_LIMIT`] is the backstop if it cannot. With `[store]
+//! backend = "postgres"`, payloads above `[orchestrator]
+//! payload_offload_bytes` go by reference through the shared store
+//! ([`payloads`]); without it, a call output, carried history or run
+//! result above [`PAYLOAD_LIMIT_BYTES`] fails with a clear error.
 
 use std::{collections::BTreeMap, str::FromStr};
 
@@ -46,6 +47,7 @@ use crate::{
 
 pub mod activity;
 pub mod client;
+pub mod payloads;
 pub mod workflow;
 
 /// The task queue workers poll and runs are started on, unless told.
@@ -121,6 +123,11 @@ pub enum TemporalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The shared store for payloads by reference could not be opened.
+    #[error(
+        "the shared store for large Temporal payloads ([store], [orchestrator] payload_offload_bytes)"
+    )]
+    Store(#[source] crate::store::postgres::PgError),
     /// Listing a tenant's (or, `*`, every tenant's) runs failed.
     #[error("could not list tenant {tenant}'s runs on Temporal")]
     List {
@@ -151,7 +158,7 @@ pub enum TemporalError {
 }
 
 /// Where a Temporal frontend is, and the namespace and task queue to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// `HOST:PORT` (or an `http://` URL).
     pub address: String,
@@ -159,6 +166,9 @@ pub struct Endpoint {
     pub namespace: String,
     /// The task queue.
     pub task_queue: String,
+    /// Large payloads go by reference through the shared store (see
+    /// [`payloads`]); `None`: Temporal's own limits stand.
+    pub offload: Option<payloads::Offload>,
 }
 
 impl Endpoint {
@@ -168,7 +178,39 @@ impl Endpoint {
             address: address.into(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             task_queue: DEFAULT_TASK_QUEUE.to_owned(),
+            offload: None,
         }
+    }
+
+    /// With payloads offloaded as `config` says: through the shared
+    /// PostgreSQL store when `[store] backend = "postgres"` and
+    /// `[orchestrator] payload_offload_bytes` is not 0 (connects and
+    /// migrates it; blocking: call it off any async task).
+    ///
+    /// # Errors
+    ///
+    /// [`TemporalError::Store`]: the store could not be opened.
+    pub fn offloading(mut self, config: &crate::Config) -> Result<Self, TemporalError> {
+        let o = &config.orchestrator;
+        if config.store.backend != crate::store::Backend::Postgres || o.payload_offload_bytes == 0 {
+            return Ok(self);
+        }
+        let store = std::thread::scope(|s| {
+            s.spawn(|| crate::store::postgres::PgStore::open(&config.store))
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(crate::store::postgres::PgError::Config(
+                        "opening the PostgreSQL store panicked".into(),
+                    ))
+                })
+        })
+        .map_err(TemporalError::Store)?;
+        self.offload = Some(payloads::Offload::new(
+            store,
+            o.payload_offload_bytes,
+            o.payload_retention_hours,
+        ));
+        Ok(self)
     }
 
     /// The frontend's URL (`http://HOST:PORT` for a bare address).
@@ -199,7 +241,12 @@ impl Endpoint {
         let connection = soma_temporal_connect::connect(options)
             .await
             .map_err(|e| connect_error(Box::new(e)))?;
-        let client_options = temporalio_client::ClientOptions::new(self.namespace.clone()).build();
+        let client_options = match &self.offload {
+            Some(o) => temporalio_client::ClientOptions::new(self.namespace.clone())
+                .data_converter(o.data_converter())
+                .build(),
+            None => temporalio_client::ClientOptions::new(self.namespace.clone()).build(),
+        };
         temporalio_client::Client::new(connection, client_options)
             .map_err(|e| connect_error(Box::new(e)))
     }
@@ -237,6 +284,11 @@ pub struct RunInput {
     /// references).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capsule_names: Option<Vec<String>>,
+    /// Whoever started the run offloads large payloads (and so must every
+    /// worker, see [`payloads`]): the run's report is not held to
+    /// [`PAYLOAD_LIMIT_BYTES`].
+    #[serde(default)]
+    pub offload: bool,
 }
 
 /// What a run's execution hands to the next when it continues as new:
@@ -277,6 +329,7 @@ impl RunInput {
             continue_after_events: Some(config.orchestrator.continue_as_new_after_events),
             carried: None,
             capsule_names: None,
+            offload: false,
         }
     }
 

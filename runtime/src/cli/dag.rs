@@ -933,7 +933,7 @@ fn replay(global: &Global, run: &str) -> anyhow::Result<(RunState, Vec<Event>)> 
 
 fn status(global: &Global, args: RunRef) -> anyhow::Result<Code> {
     if args.engine == EngineKind::Temporal {
-        let state = super::temporal::status(&args.temporal, &args.run)?;
+        let state = super::temporal::status(&global.config()?, &args.temporal, &args.run)?;
         return print_status(&state, args.json, RunPhase::Running);
     }
     if let Some(pid) = LiveFile::pid(global, &args.run) {
@@ -1117,7 +1117,7 @@ fn logs(global: &Global, args: LogsArgs) -> anyhow::Result<Code> {
 
 fn cancel(global: &Global, args: RunRef) -> anyhow::Result<Code> {
     if args.engine == EngineKind::Temporal {
-        return super::temporal::cancel(&args.temporal, &args.run, args.json);
+        return super::temporal::cancel(&global.config()?, &args.temporal, &args.run, args.json);
     }
     if let Some(pid) = LiveFile::pid(global, &args.run) {
         // The driving process records the cancellation itself.
@@ -1162,8 +1162,14 @@ fn verdict(global: &Global, args: VerdictArgs, verdict: ApprovalVerdict) -> anyh
         "a rejection needs --reason R (it is journaled and shown in the run's report)"
     );
     let (offered, hint) = if args.engine == EngineKind::Temporal {
-        let offered =
-            super::temporal::verdict(&args.temporal, &args.run, &args.node, verdict, args.reason)?;
+        let offered = super::temporal::verdict(
+            &global.config()?,
+            &args.temporal,
+            &args.run,
+            &args.node,
+            verdict,
+            args.reason,
+        )?;
         (offered, String::new())
     } else {
         if let Some(pid) = LiveFile::pid(global, &args.run) {

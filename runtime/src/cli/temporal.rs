@@ -58,7 +58,14 @@ impl TemporalArgs {
             address,
             namespace: self.namespace.clone(),
             task_queue: self.task_queue.clone(),
+            offload: None,
         })
+    }
+
+    /// [`TemporalArgs::endpoint`], offloading large payloads as `config`
+    /// says (through its shared `[store]`).
+    fn endpoint_for(&self, config: &soma_runtime::Config) -> anyhow::Result<Endpoint> {
+        Ok(self.endpoint()?.offloading(config)?)
     }
 }
 
@@ -80,8 +87,8 @@ pub(crate) struct WorkerArgs {
 
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> {
     global.local_only("worker")?;
-    let endpoint = args.temporal.endpoint()?;
     let engine = Arc::new(global.dag_engine()?);
+    let endpoint = args.temporal.endpoint_for(engine.config())?;
     let sticky_timeout =
         std::time::Duration::from_millis(engine.config().orchestrator.sticky_timeout_ms);
     let source = WorkerSource {
@@ -95,7 +102,8 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> 
         registry: args.registry,
         search: args.capsule_path,
     };
-    let activities = CallActivities::new(engine, Arc::new(source));
+    let activities =
+        CallActivities::new(engine, Arc::new(source)).offloading(endpoint.offload.is_some());
     eprintln!(
         "worker: Temporal {} namespace {} task queue {}",
         endpoint.address, endpoint.namespace, endpoint.task_queue
@@ -166,9 +174,12 @@ pub(crate) fn run(
     args: &TemporalArgs,
     progress: Option<&dyn Observer>,
 ) -> anyhow::Result<(RunState, RunResult)> {
-    let endpoint = args.endpoint()?;
     let config = engine.config();
-    let input = RunInput::new(run.clone(), created, config, concurrency);
+    let endpoint = args.endpoint_for(config)?;
+    let input = RunInput {
+        offload: endpoint.offload.is_some(),
+        ..RunInput::new(run.clone(), created, config, concurrency)
+    };
     let client = client::Blocking::connect(&endpoint)?;
     client.start(input)?;
     let Some(observer) = progress else {
@@ -203,8 +214,12 @@ pub(crate) fn run(
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `soma dag status RUN --engine temporal`: the run from its workflow.
-pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState> {
-    let endpoint = args.endpoint()?;
+pub(crate) fn status(
+    config: &soma_runtime::Config,
+    args: &TemporalArgs,
+    run: &str,
+) -> anyhow::Result<RunState> {
+    let endpoint = args.endpoint_for(config)?;
     let result = client::Blocking::connect(&endpoint)?.status(run)?;
     Ok(result.state()?)
 }
@@ -212,13 +227,14 @@ pub(crate) fn status(args: &TemporalArgs, run: &str) -> anyhow::Result<RunState>
 /// `soma dag approve|reject RUN NODE --engine temporal`: the workflow
 /// checks the verdict and queues it in one step (its `approve` update).
 pub(crate) fn verdict(
+    config: &soma_runtime::Config,
     args: &TemporalArgs,
     run: &str,
     node: &str,
     verdict: ApprovalVerdict,
     reason: Option<String>,
 ) -> anyhow::Result<Offered> {
-    let endpoint = args.endpoint()?;
+    let endpoint = args.endpoint_for(config)?;
     let client = client::Blocking::connect(&endpoint)?;
     let signal = ApprovalSignal {
         node: node.to_owned(),
@@ -236,8 +252,13 @@ pub(crate) fn verdict(
 }
 
 /// `soma dag cancel RUN --engine temporal`.
-pub(crate) fn cancel(args: &TemporalArgs, run: &str, json: bool) -> anyhow::Result<Code> {
-    let endpoint = args.endpoint()?;
+pub(crate) fn cancel(
+    config: &soma_runtime::Config,
+    args: &TemporalArgs,
+    run: &str,
+    json: bool,
+) -> anyhow::Result<Code> {
+    let endpoint = args.endpoint_for(config)?;
     client::Blocking::connect(&endpoint)?.cancel(run)?;
     if json {
         println!("{}", json!({ "run": run, "cancel": "requested" }));

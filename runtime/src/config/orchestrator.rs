@@ -13,6 +13,8 @@
 //! heartbeat_timeout_ms = 10000 # a call's worker is presumed dead after this silence
 //! sticky_timeout_ms = 10000    # (soma worker) a run's next step waits this long for its last worker
 //! continue_as_new_after_events = 4000 # a run's workflow continues as new past this history length
+//! payload_offload_bytes = 131072 # with [store] backend = "postgres": larger payloads go by reference
+//! payload_retention_hours = 168  # offloaded payloads unused this long are deleted
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +69,16 @@ pub struct OrchestratorConfig {
     /// Default 4,000; at least 100, at most 20,000 (the calls in flight
     /// still finish after it, under the 40,000-event backstop).
     pub continue_as_new_after_events: u32,
+    /// With `[store] backend = "postgres"`: Temporal payloads (node
+    /// outputs, run inputs, reports, carried histories) larger than this
+    /// are stored in the shared database and passed by reference, so runs
+    /// are not held to Temporal's 2 MB per payload (see
+    /// `temporal::payloads`). 0 = never. Default 128 KiB; at most
+    /// 1,900,000.
+    pub payload_offload_bytes: usize,
+    /// Offloaded payloads unused for this long are deleted. Default 168
+    /// (7 days); at least 1.
+    pub payload_retention_hours: u32,
 }
 
 impl Default for OrchestratorConfig {
@@ -81,6 +93,8 @@ impl Default for OrchestratorConfig {
             heartbeat_timeout_ms: 10_000,
             sticky_timeout_ms: 10_000,
             continue_as_new_after_events: CONTINUE_AS_NEW_AFTER,
+            payload_offload_bytes: 128 * 1024,
+            payload_retention_hours: 168,
         }
     }
 }
@@ -117,6 +131,16 @@ impl OrchestratorConfig {
                  20000 (events of a run's Temporal history)",
                 self.continue_as_new_after_events
             ));
+        }
+        if self.payload_offload_bytes > 1_900_000 {
+            return Err(format!(
+                "orchestrator.payload_offload_bytes is {}; it must be at most 1900000 (Temporal \
+                 refuses payloads of 2 MB) or 0 to never offload",
+                self.payload_offload_bytes
+            ));
+        }
+        if self.payload_retention_hours == 0 {
+            return Err("orchestrator.payload_retention_hours must be at least 1".into());
         }
         Ok(())
     }

@@ -38,8 +38,10 @@ use crate::{
         state::RunState,
         status::RunPhase,
     },
+    store::postgres::PgStore,
     temporal::{
         ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, TemporalError, client,
+        payloads::Offload,
     },
 };
 
@@ -89,7 +91,7 @@ impl std::fmt::Debug for TemporalRuns {
 impl TemporalRuns {
     /// The runs of `config`, if its engine is Temporal. Cheap: nothing
     /// connects until the first request.
-    pub fn of(config: &OrchestratorConfig) -> Option<Self> {
+    pub fn of(config: &OrchestratorConfig, shared: Option<PgStore>) -> Option<Self> {
         if config.engine != OrchestratorEngine::Temporal {
             return None;
         }
@@ -98,6 +100,15 @@ impl TemporalRuns {
                 address: config.address.clone().unwrap_or_default(),
                 namespace: config.namespace.clone(),
                 task_queue: config.task_queue.clone(),
+                offload: shared
+                    .filter(|_| config.payload_offload_bytes > 0)
+                    .map(|store| {
+                        Offload::new(
+                            store,
+                            config.payload_offload_bytes,
+                            config.payload_retention_hours,
+                        )
+                    }),
             },
             client: tokio::sync::OnceCell::new(),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -166,6 +177,7 @@ impl TemporalRuns {
         let config = daemon.engine.config();
         let input = RunInput {
             capsule_names: Some(names),
+            offload: self.endpoint.offload.is_some(),
             ..RunInput::new(run.clone(), created, config, None)
         };
         let c = self.client().await?;

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "catalog pulls",
         include_str!("../../migrations/postgres/0002_catalog_pulls.sql"),
     ),
+    (
+        3,
+        "temporal payloads",
+        include_str!("../../migrations/postgres/0003_temporal_payloads.sql"),
+    ),
 ];
 
 /// The advisory lock key under which migrations run (any constant; "soma").

@@ -54,6 +54,9 @@ pub struct CallActivities {
     engine: Arc<Engine>,
     source: Arc<dyn CapsuleSource>,
     loaded: Mutex<HashMap<String, Arc<Capsule>>>,
+    /// This worker offloads large payloads (see [`super::payloads`]):
+    /// outputs are not held to [`PAYLOAD_LIMIT_BYTES`].
+    offload: bool,
 }
 
 impl CallActivities {
@@ -63,7 +66,16 @@ impl CallActivities {
             engine,
             source,
             loaded: Mutex::new(HashMap::new()),
+            offload: false,
         }
+    }
+
+    /// Whether this worker's client offloads large payloads (its
+    /// [`super::Endpoint::offload`]).
+    #[must_use]
+    pub fn offloading(mut self, offload: bool) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// The capsule a call pins, loaded once per digest. Blocks.
@@ -167,10 +179,11 @@ impl CallActivities {
             return Err(anyhow::anyhow!("could not record the call in the ledger: {e}").into());
         }
         let result = match outcome.result {
-            Ok(output) if output.len() > PAYLOAD_LIMIT_BYTES => Err(NodeFailure {
+            Ok(output) if !self.offload && output.len() > PAYLOAD_LIMIT_BYTES => Err(NodeFailure {
                 message: format!(
-                    "{}: its output has {} bytes; the Temporal engine passes at most {} bytes \
-                     between nodes (passing large outputs by reference is not implemented yet): \
+                    "{}: its output has {} bytes; without a shared store the Temporal engine \
+                     passes at most {} bytes between nodes: give the workers and whoever starts \
+                     runs [store] backend = \"postgres\" (large payloads then go by reference), \
                      run it on the embedded engine, or make the output smaller",
                     request.node,
                     output.len(),

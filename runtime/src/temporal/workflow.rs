@@ -90,6 +90,7 @@ impl DagWorkflow {
             continue_after_events,
             carried,
             capsule_names: _,
+            offload,
         } = input;
         let heartbeat = heartbeat_timeout_ms.map_or(HEARTBEAT_EVERY * 5, Duration::from_millis);
         let continue_after = continue_after_events.unwrap_or(CONTINUE_AS_NEW_AFTER);
@@ -193,7 +194,7 @@ impl DagWorkflow {
                 break;
             }
             if draining && in_flight.is_empty() && ready.is_empty() && dispatch.is_empty() {
-                match carry_over(ctx, executions) {
+                match carry_over(ctx, executions, offload) {
                     Ok(carried) => {
                         if let Some((_, t)) = timer.take() {
                             t.cancel();
@@ -321,11 +322,11 @@ impl DagWorkflow {
             entries: w.charges.entries(),
         });
         let size = serde_json::to_vec(&result).map_or(0, |v| v.len());
-        if size > PAYLOAD_LIMIT_BYTES {
+        if !offload && size > PAYLOAD_LIMIT_BYTES {
             return Err(ApplicationFailure::non_retryable(format!(
                 "run {run}'s report has {size} bytes; Temporal takes at most \
-                 {PAYLOAD_LIMIT_BYTES} (passing large outputs by reference is not implemented \
-                 yet): run it on the embedded engine"
+                 {PAYLOAD_LIMIT_BYTES} in one payload: run it with [store] backend = \
+                 \"postgres\" (large payloads then go by reference) or on the embedded engine"
             ))
             .into());
         }
@@ -398,7 +399,11 @@ impl DagWorkflow {
 
 /// What this execution hands the next one, or why it cannot (the carried
 /// events would not fit in one Temporal payload).
-fn carry_over(ctx: &WorkflowContext<DagWorkflow>, executions: u32) -> Result<Carried, String> {
+fn carry_over(
+    ctx: &WorkflowContext<DagWorkflow>,
+    executions: u32,
+    offload: bool,
+) -> Result<Carried, String> {
     let carried = ctx.state(|w| Carried {
         history: w.history.get(1..).unwrap_or_default().to_vec(),
         entries: w.charges.entries(),
@@ -406,11 +411,12 @@ fn carry_over(ctx: &WorkflowContext<DagWorkflow>, executions: u32) -> Result<Car
         executions: executions.saturating_add(1),
     });
     let size = serde_json::to_vec(&carried).map_or(usize::MAX, |v| v.len());
-    if size > PAYLOAD_LIMIT_BYTES {
+    if !offload && size > PAYLOAD_LIMIT_BYTES {
         return Err(format!(
             "the run's history is {size} bytes, and continuing its workflow as new would carry \
-             it in one Temporal payload (at most {PAYLOAD_LIMIT_BYTES}; passing large outputs \
-             by reference is not implemented yet): run it on the embedded engine or split it"
+             it in one Temporal payload (at most {PAYLOAD_LIMIT_BYTES}): run it with [store] \
+             backend = \"postgres\" (large payloads then go by reference), on the embedded \
+             engine, or split it"
         ));
     }
     Ok(carried)

@@ -1443,3 +1443,102 @@ fn the_daemon_caps_a_tenants_runs_on_temporal() {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// Outputs too large for one Temporal payload (2 MB) go by reference when
+/// the workers and the client share a PostgreSQL store: a 700 KB output
+/// copied four times and gathered by a fan-in makes a 2.8 MB input, output
+/// and report. The run ends as on the embedded engine, and the large
+/// payloads are rows of `temporal_payloads`, not Temporal payloads. (With
+/// `payload_offload_bytes = 0` the same run fails: `sink`'s output is over
+/// the limit.)
+#[test]
+fn outputs_above_temporals_payload_limit_go_by_reference_through_postgres() {
+    let pg = soma_tests::postgres::Postgres::start();
+    let url = pg.create_database();
+    let dir = tempfile::tempdir().expect("specs");
+    let limits = "[limits]\nmax_input_bytes = 8388608\nmax_output_bytes = 8388608\n\
+                  [dag]\nmax_spec_bytes = 4194304\nmax_rendered_input_bytes = 8388608\n";
+    let local = dir.path().join("local.toml");
+    std::fs::write(&local, limits).expect("config");
+    let shared = dir.path().join("shared.toml");
+    std::fs::write(
+        &shared,
+        format!("{limits}[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n"),
+    )
+    .expect("config");
+    let blob = "x".repeat(700_000);
+    let spec = spec_file(
+        dir.path(),
+        "big",
+        &format!(
+            r#"
+name: big
+nodes:
+  - id: big
+    capsule: echo
+    input: {{ blob: "{blob}", items: [1, 2, 3, 4] }}
+  - id: copies
+    capsule: echo
+    for_each: "{{{{ nodes.big.output.items }}}}"
+    input: {{ i: "{{{{ item }}}}", blob: "{{{{ nodes.big.output.blob }}}}" }}
+  - id: sink
+    capsule: echo
+    input: {{ copies: "{{{{ nodes.copies.output }}}}" }}
+output: "{{{{ nodes.sink.output }}}}"
+"#
+        ),
+    );
+    let cluster = Cluster::start_with("large-payloads", Some(&shared));
+    let (embedded_data, client_data) = (
+        tempfile::tempdir().expect("data"),
+        tempfile::tempdir().expect("data"),
+    );
+    let config = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let e = embedded_run(
+        embedded_data.path(),
+        &spec,
+        &["--run-id", "big", "--config", &config(&local)],
+    );
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e.stderr));
+    let t = cluster.dag_run(
+        client_data.path(),
+        &spec,
+        &["--run-id", "big", "--config", &config(&shared)],
+    );
+    assert_eq!(t.status.code(), Some(0), "{}", cluster.explain(&t));
+    let (e, t) = (json_of(&e), json_of(&t));
+    assert_eq!(t["status"], "succeeded", "{}", t["error"]);
+    let copies = t["output"]["copies"].as_array().expect("copies");
+    assert_eq!(copies.len(), 4);
+    assert!(
+        copies
+            .iter()
+            .all(|c| c["blob"].as_str().map(str::len) == Some(700_000))
+    );
+    assert!(
+        t["output"] == e["output"],
+        "the same output on both engines"
+    );
+    assert_eq!(timeline(&t), timeline(&e));
+    assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
+    // The large payloads are rows of the shared store.
+    let store = soma_runtime::Config::load(&shared).expect("config").store;
+    let (rows, largest) = std::thread::spawn(move || {
+        let pg = soma_runtime::store::postgres::PgStore::open(&store).expect("store");
+        let mut conn = pg.conn().expect("conn");
+        let row = conn
+            .query_one(
+                "SELECT count(*), coalesce(max(length(data)), 0) FROM temporal_payloads",
+                &[],
+            )
+            .expect("count");
+        (row.get::<_, i64>(0), row.get::<_, i32>(1))
+    })
+    .join()
+    .expect("query");
+    assert!(rows >= 3, "offloaded payloads: {rows}");
+    assert!(
+        largest > 2_000_000,
+        "the report went by reference: {largest} bytes"
+    );
+}
