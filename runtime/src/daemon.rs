@@ -318,9 +318,7 @@ impl Daemon {
             .insert(digest.clone(), old);
         Some(digest)
     }
-}
 
-impl Daemon {
     /// Stop serving `name` (a deleted pull with no config entry under it);
     /// the capsule stays reachable by digest for the runs that pinned it.
     pub fn uninstall(&self, name: &str) {

@@ -905,9 +905,10 @@ fn a_catalog_re_pull_under_a_queued_run_leaves_it_the_capsule_it_pinned() {
     );
     assert_eq!((s, v["output"]["value"].clone()), (200, json!(42)), "{v}");
 
-    // After a restart `tool` (pulled through the API) is not in the
-    // configured catalog at all: a run pinned to it still resumes, with
-    // the verified component from the blob cache.
+    // A run pinned to `tool` whose pull is then removed (`DELETE`), and
+    // the daemon killed: after the restart `tool` is in no catalog at all,
+    // yet the run still resumes, with the verified component from the
+    // blob cache.
     let (s, v) = d.post(
         "/v1/runs",
         &acme,
@@ -921,6 +922,13 @@ fn a_catalog_re_pull_under_a_queued_run_leaves_it_the_capsule_it_pinned() {
     );
     assert_eq!(s, 202, "{v}");
     let resumed = v["run"].as_str().expect("run").to_owned();
+    let (s, v, _) = d.request(
+        reqwest::Method::DELETE,
+        "/v1/capsules/tool",
+        Some(&operator),
+        None,
+    );
+    assert_eq!((s, v["now"].clone()), (200, Value::Null), "{v}");
     let (_, state) = d.get(&format!("/v1/runs/{resumed}"), &acme);
     assert_eq!(state["status"], "queued", "killed too late: {state}");
     let (data, config) = d.kill9();

@@ -405,8 +405,11 @@ mod tests {
         let dir = tempdir();
         let bin = fake_soma(
             &dir,
-            "echo starting >&2; echo 'soma daemon listening on http://127.0.0.1:4242' >&2; \
-             trap 'echo bye >&2; exit 0' TERM; while true; do sleep 0.05; done",
+            // The trap first: the harness may send SIGTERM as soon as it
+            // reads the listening line.
+            "trap 'echo bye >&2; exit 0' TERM; echo starting >&2; \
+             echo 'soma daemon listening on http://127.0.0.1:4242' >&2; \
+             while true; do sleep 0.05; done",
         );
         let start = Start {
             keep_lines: 1,
