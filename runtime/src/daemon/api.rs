@@ -399,8 +399,7 @@ pub(super) async fn pull_capsule(
         // Recorded, then served (runs that pinned a capsule this replaces
         // keep it, by digest); every other daemon of a fleet serves it
         // within its catalog refresh.
-        let replaced =
-            super::catalog::record(&task, &pull, item).map_err(|e| ApiError::failed(&e))?;
+        let replaced = super::catalog::record(&task, &pull, item).map_err(|e| catalog_error(&e))?;
         Ok::<_, ApiError>((digest, origin, replaced))
     })
     .await
@@ -444,6 +443,21 @@ pub(super) async fn list_capsules(
     Ok(Json(list))
 }
 
+/// A catalog store failure: `503 store-unavailable` (with `Retry-After`)
+/// when trying again may work, else 500.
+fn catalog_error(e: &super::catalog::CatalogError) -> ApiError {
+    if !e.is_retryable() {
+        return ApiError::failed(e);
+    }
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        format!("{}; nothing was recorded: try again", super::error_chain(e)),
+    );
+    error.retry_after = Some(1);
+    error
+}
+
 /// `DELETE /v1/capsules/{name}`: forget a pull. The name goes back to its
 /// `[[daemon.capsules]]` entry, or is no longer served (runs that pinned
 /// the pulled capsule keep it). Every daemon of a fleet follows within its
@@ -471,7 +485,7 @@ pub(super) async fn remove_capsule(
     let removed = tokio::task::spawn_blocking(move || super::catalog::remove(&task, &key))
         .await
         .map_err(|e| ApiError::failed(&e))?
-        .map_err(|e| ApiError::failed(&e))?;
+        .map_err(|e| catalog_error(&e))?;
     match removed {
         super::catalog::Removed::NotPulled { configured: true } => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -86,6 +86,14 @@ pub enum CatalogError {
     },
 }
 
+impl CatalogError {
+    /// Whether trying again later may succeed (the shared store was
+    /// unreachable or busy; nothing was written).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Postgres(e) if e.is_retryable())
+    }
+}
+
 fn redb_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CatalogError {
     CatalogError::Redb(e.into())
 }

@@ -310,4 +310,80 @@ mod tests {
         assert!(!is_reference(&a));
         assert_eq!(size(&a), 7 + 8 + 10 + 5 + 1);
     }
+
+    /// Against a real PostgreSQL: a large payload becomes a small
+    /// reference and comes back whole; small ones are left alone; the same
+    /// payload twice is one row; a row whose content no longer hashes to
+    /// its name, or that is gone, is refused with an error saying so; rows
+    /// unused past the retention are deleted by the next writer.
+    #[test]
+    fn large_payloads_round_trip_by_digest_and_tampered_or_missing_rows_are_refused() {
+        use temporalio_common::data_converters::WorkflowSerializationContext;
+        let pg = soma_tests::postgres::Postgres::start();
+        let config = crate::store::StoreConfig {
+            backend: crate::store::Backend::Postgres,
+            url: Some(pg.create_database()),
+            ..crate::store::StoreConfig::default()
+        };
+        let store = PgStore::open(&config).expect("store");
+        let offload = Offload::new(store.clone(), 1_024, 1);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ctx = SerializationContextData::Workflow(WorkflowSerializationContext::new());
+        let payload = |data: Vec<u8>| Payload {
+            metadata: [("encoding".to_owned(), b"json/plain".to_vec())].into(),
+            data,
+            ..Payload::default()
+        };
+        let (small, big) = (payload(b"\"small\"".to_vec()), payload(vec![b'x'; 10_000]));
+        let encoded = rt
+            .block_on(offload.encode(&ctx, vec![small.clone(), big.clone()]))
+            .expect("encode");
+        assert_eq!(encoded[0], small, "small payloads stay inline");
+        assert!(is_reference(&encoded[1]) && encoded[1].data.len() < 200);
+        let decoded = rt
+            .block_on(offload.decode(&ctx, encoded.clone()))
+            .expect("decode");
+        assert_eq!(decoded, [small, big.clone()]);
+        rt.block_on(offload.encode(&ctx, vec![big])).expect("again");
+        let rows = |store: &PgStore| -> i64 {
+            let mut conn = store.conn().expect("conn");
+            conn.query_one("SELECT count(*) FROM temporal_payloads", &[])
+                .expect("count")
+                .get(0)
+        };
+        assert_eq!(rows(&store), 1, "content-addressed: one row");
+
+        let mut conn = store.conn().expect("conn");
+        conn.execute(
+            "UPDATE temporal_payloads SET data = $1",
+            &[&vec![b'y'; 10_000]],
+        )
+        .expect("tamper");
+        drop(conn);
+        let refused = rt
+            .block_on(offload.decode(&ctx, vec![encoded[1].clone()]))
+            .expect_err("a tampered row");
+        assert!(refused.to_string().contains("does not hash"), "{refused}");
+
+        // Unused past the retention (1 h): the next writer (a process that
+        // has not swept yet) deletes it; then its reference is refused.
+        let mut conn = store.conn().expect("conn");
+        conn.execute("UPDATE temporal_payloads SET used_ms = 0", &[])
+            .expect("age");
+        drop(conn);
+        let fresh = Offload::new(store.clone(), 1_024, 1);
+        rt.block_on(fresh.encode(&ctx, vec![payload(vec![b'z'; 5_000])]))
+            .expect("another");
+        assert_eq!(rows(&store), 1, "the old row is gone, the new one stays");
+        let gone = rt
+            .block_on(offload.decode(&ctx, vec![encoded[1].clone()]))
+            .expect_err("a deleted row");
+        assert!(
+            gone.to_string().contains("not in the shared store"),
+            "{gone}"
+        );
+    }
 }

@@ -97,7 +97,7 @@ fn two_daemons_on_one_postgres_share_api_tokens() {
 #[test]
 fn two_daemons_on_one_postgres_share_the_catalog() {
     let registry = soma_tests::registry::Registry::start();
-    let pg = Postgres::start();
+    let mut pg = Postgres::start();
     let url = pg.create_database();
     let store = format!(
         "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n\
@@ -166,6 +166,20 @@ fn two_daemons_on_one_postgres_share_the_catalog() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(served(&b, "echo-1"), None, "at once on B");
     wait(&a, None, "A still serves a removed pull");
+    // The database down: a pull is refused as retryable, nothing served.
+    pg.stop();
+    let (s, v) = a.post(
+        "/v1/capsules/pull",
+        &ops,
+        &serde_json::json!({"name": "echo-2", "reference": reference}),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("store-unavailable")),
+        "{v}"
+    );
+    assert_eq!(served(&a, "echo-2"), None);
+    pg.resume();
 }
 
 /// `[store]` on `url` plus prices that make every call reserve its worst
