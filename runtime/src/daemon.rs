@@ -187,7 +187,8 @@ impl Daemon {
             catalog.insert(entry.name.clone(), item);
         }
         let tokens = auth::Tokens::open(&engine.config().store, engine.data().database().clone())?;
-        let pulls = match tokens.shared_store() {
+        let shared = engine.metering().shared_store().cloned();
+        let pulls = match shared.clone() {
             Some(pg) => catalog::Pulls::Postgres(pg),
             None => catalog::Pulls::Redb(engine.data().database().clone()),
         };
@@ -230,8 +231,7 @@ impl Daemon {
         let orchestrator = engine.config().orchestrator.clone();
         orchestrator.check().map_err(DaemonError::Config)?;
         let daemon = Arc::new(Self {
-            temporal: temporal::TemporalRuns::of(&orchestrator, tokens.shared_store())
-                .map(Arc::new),
+            temporal: temporal::TemporalRuns::of(&orchestrator, shared).map(Arc::new),
             market,
             console: console::Console::new(console_config),
             calls: pool::CallPool::new(sharing),

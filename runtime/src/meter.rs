@@ -321,6 +321,13 @@ impl BudgetLedger {
         self.shared.is_some()
     }
 
+    /// The shared PostgreSQL store, when `[store]` names one: other shared
+    /// state (the catalog's pulls, Temporal's large payloads) uses its
+    /// connection pool instead of opening another.
+    pub fn shared_store(&self) -> Option<&crate::store::postgres::PgStore> {
+        self.shared.as_ref().map(|s| s.ledger.store())
+    }
+
     /// The ledger reports read (entries, summaries, invoices, forecasts,
     /// the integrity check): the shared PostgreSQL ledger with `[store]
     /// backend = "postgres"`, else the node's redb ledger.

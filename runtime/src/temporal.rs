@@ -184,26 +184,35 @@ impl Endpoint {
 
     /// With payloads offloaded as `config` says: through the shared
     /// PostgreSQL store when `[store] backend = "postgres"` and
-    /// `[orchestrator] payload_offload_bytes` is not 0 (connects and
-    /// migrates it; blocking: call it off any async task).
+    /// `[orchestrator] payload_offload_bytes` is not 0. `opened` is that
+    /// store when the caller has it already (its engine's,
+    /// [`crate::meter::BudgetLedger::shared_store`]); else it is connected
+    /// and migrated here (blocking: call it off any async task).
     ///
     /// # Errors
     ///
     /// [`TemporalError::Store`]: the store could not be opened.
-    pub fn offloading(mut self, config: &crate::Config) -> Result<Self, TemporalError> {
+    pub fn offloading(
+        mut self,
+        config: &crate::Config,
+        opened: Option<&crate::store::postgres::PgStore>,
+    ) -> Result<Self, TemporalError> {
         let o = &config.orchestrator;
         if config.store.backend != crate::store::Backend::Postgres || o.payload_offload_bytes == 0 {
             return Ok(self);
         }
-        let store = std::thread::scope(|s| {
-            s.spawn(|| crate::store::postgres::PgStore::open(&config.store))
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(crate::store::postgres::PgError::Config(
-                        "opening the PostgreSQL store panicked".into(),
-                    ))
-                })
-        })
+        let store = match opened {
+            Some(store) => Ok(store.clone()),
+            None => std::thread::scope(|s| {
+                s.spawn(|| crate::store::postgres::PgStore::open(&config.store))
+                    .join()
+                    .unwrap_or_else(|_| {
+                        Err(crate::store::postgres::PgError::Config(
+                            "opening the PostgreSQL store panicked".into(),
+                        ))
+                    })
+            }),
+        }
         .map_err(TemporalError::Store)?;
         self.offload = Some(payloads::Offload::new(
             store,

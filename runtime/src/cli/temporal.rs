@@ -63,9 +63,14 @@ impl TemporalArgs {
     }
 
     /// [`TemporalArgs::endpoint`], offloading large payloads as `config`
-    /// says (through its shared `[store]`).
-    fn endpoint_for(&self, config: &soma_runtime::Config) -> anyhow::Result<Endpoint> {
-        Ok(self.endpoint()?.offloading(config)?)
+    /// says (through its shared `[store]`: `engine`'s, if given).
+    fn endpoint_for(
+        &self,
+        config: &soma_runtime::Config,
+        engine: Option<&Engine>,
+    ) -> anyhow::Result<Endpoint> {
+        let opened = engine.and_then(|e| e.metering().shared_store());
+        Ok(self.endpoint()?.offloading(config, opened)?)
     }
 }
 
@@ -88,7 +93,9 @@ pub(crate) struct WorkerArgs {
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> anyhow::Result<Code> {
     global.local_only("worker")?;
     let engine = Arc::new(global.dag_engine()?);
-    let endpoint = args.temporal.endpoint_for(engine.config())?;
+    let endpoint = args
+        .temporal
+        .endpoint_for(engine.config(), Some(&*engine))?;
     let sticky_timeout =
         std::time::Duration::from_millis(engine.config().orchestrator.sticky_timeout_ms);
     let source = WorkerSource {
@@ -175,7 +182,7 @@ pub(crate) fn run(
     progress: Option<&dyn Observer>,
 ) -> anyhow::Result<(RunState, RunResult)> {
     let config = engine.config();
-    let endpoint = args.endpoint_for(config)?;
+    let endpoint = args.endpoint_for(config, Some(engine))?;
     let input = RunInput {
         offload: endpoint.offload.is_some(),
         ..RunInput::new(run.clone(), created, config, concurrency)
@@ -219,7 +226,7 @@ pub(crate) fn status(
     args: &TemporalArgs,
     run: &str,
 ) -> anyhow::Result<RunState> {
-    let endpoint = args.endpoint_for(config)?;
+    let endpoint = args.endpoint_for(config, None)?;
     let result = client::Blocking::connect(&endpoint)?.status(run)?;
     Ok(result.state()?)
 }
@@ -234,7 +241,7 @@ pub(crate) fn verdict(
     verdict: ApprovalVerdict,
     reason: Option<String>,
 ) -> anyhow::Result<Offered> {
-    let endpoint = args.endpoint_for(config)?;
+    let endpoint = args.endpoint_for(config, None)?;
     let client = client::Blocking::connect(&endpoint)?;
     let signal = ApprovalSignal {
         node: node.to_owned(),
@@ -258,7 +265,7 @@ pub(crate) fn cancel(
     run: &str,
     json: bool,
 ) -> anyhow::Result<Code> {
-    let endpoint = args.endpoint_for(config)?;
+    let endpoint = args.endpoint_for(config, None)?;
     client::Blocking::connect(&endpoint)?.cancel(run)?;
     if json {
         println!("{}", json!({ "run": run, "cancel": "requested" }));

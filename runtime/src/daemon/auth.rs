@@ -374,15 +374,6 @@ impl Tokens {
         Ok(())
     }
 
-    /// The shared PostgreSQL store these tokens are kept in, if they are
-    /// (other shared daemon state reuses its connection pool).
-    pub fn shared_store(&self) -> Option<crate::store::postgres::PgStore> {
-        match &self.backing {
-            Backing::Redb(_) => None,
-            Backing::Postgres(pg) => Some(pg.store().clone()),
-        }
-    }
-
     /// Every stored token.
     pub fn list(&self) -> Result<Vec<TokenRecord>, AuthError> {
         let db = match &self.backing {

@@ -105,6 +105,24 @@ fn parse(name: &str, bytes: &[u8]) -> Result<Pull, CatalogError> {
     })
 }
 
+/// One durable write transaction on the pulls table of `db`: `f`'s
+/// result once committed (nothing is written if `f` fails).
+fn write<T>(
+    db: &LazyDatabase,
+    f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<T, CatalogError>,
+) -> Result<T, CatalogError> {
+    let db = db.get().map_err(redb_error)?;
+    let mut txn = db.begin_write().map_err(redb_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(redb_error)?;
+    let out = {
+        let mut table = txn.open_table(PULLS).map_err(redb_error)?;
+        f(&mut table)?
+    };
+    txn.commit().map_err(redb_error)?;
+    Ok(out)
+}
+
 /// Where the pulls are recorded. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Pulls {
@@ -156,19 +174,12 @@ impl Pulls {
             reason: e.to_string(),
         })?;
         match self {
-            Self::Redb(db) => {
-                let db = db.get().map_err(redb_error)?;
-                let mut txn = db.begin_write().map_err(redb_error)?;
-                txn.set_durability(Durability::Immediate)
+            Self::Redb(db) => write(db, |table| {
+                table
+                    .insert(pull.name.as_str(), json.as_bytes())
                     .map_err(redb_error)?;
-                {
-                    let mut table = txn.open_table(PULLS).map_err(redb_error)?;
-                    table
-                        .insert(pull.name.as_str(), json.as_bytes())
-                        .map_err(redb_error)?;
-                }
-                txn.commit().map_err(redb_error)?;
-            }
+                Ok(())
+            })?,
             Self::Postgres(pg) => {
                 let mut conn = pg.conn()?;
                 conn.execute(
@@ -186,19 +197,10 @@ impl Pulls {
     /// Cost: one durable write.
     pub fn remove(&self, name: &str) -> Result<Option<Pull>, CatalogError> {
         match self {
-            Self::Redb(db) => {
-                let db = db.get().map_err(redb_error)?;
-                let mut txn = db.begin_write().map_err(redb_error)?;
-                txn.set_durability(Durability::Immediate)
-                    .map_err(redb_error)?;
-                let removed = {
-                    let mut table = txn.open_table(PULLS).map_err(redb_error)?;
-                    let old = table.remove(name).map_err(redb_error)?;
-                    old.map(|v| parse(name, v.value())).transpose()?
-                };
-                txn.commit().map_err(redb_error)?;
-                Ok(removed)
-            }
+            Self::Redb(db) => write(db, |table| {
+                let old = table.remove(name).map_err(redb_error)?;
+                old.map(|v| parse(name, v.value())).transpose()
+            }),
             Self::Postgres(pg) => {
                 let mut conn = pg.conn()?;
                 let row = conn

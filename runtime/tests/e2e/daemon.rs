@@ -510,20 +510,25 @@ fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("SOMA_TOKEN"));
 }
 
+/// `soma push COMPONENT REFERENCE` from data directory `data` (must work).
+fn push(data: &Path, component: &str, reference: &str) {
+    let out = soma(data)
+        .args(["push", component, reference])
+        .output()
+        .expect("push");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn admins_pull_capsules_from_a_registry_into_the_catalog() {
     let registry = soma_tests::registry::Registry::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = format!("{}/acme/echo:1", registry.host());
-    let push = soma(dir.path())
-        .args(["push", soma_capsules::ECHO_COMPONENT, &reference])
-        .output()
-        .expect("push");
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    push(dir.path(), soma_capsules::ECHO_COMPONENT, &reference);
     let admin = token(dir.path(), "ops", "operator");
     let acme = token(dir.path(), "acme", "run,read");
     let d = start(
@@ -601,14 +606,10 @@ fn pulled_capsules_outlive_restarts_until_removed() {
         (soma_capsules::ECHO_COMPONENT, "acme/echo:1"),
         (soma_capsules::CALCULATOR_COMPONENT, "acme/calc:1"),
     ] {
-        let push = soma(dir.path())
-            .args(["push", component, &format!("{}/{repo}", registry.host())])
-            .output()
-            .expect("push");
-        assert!(
-            push.status.success(),
-            "{}",
-            String::from_utf8_lossy(&push.stderr)
+        push(
+            dir.path(),
+            component,
+            &format!("{}/{repo}", registry.host()),
         );
     }
     let ops = token(dir.path(), "ops", "operator");

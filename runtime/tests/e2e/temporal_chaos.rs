@@ -159,6 +159,14 @@ impl Chaos {
             .expect("spawn soma dag run")
     }
 
+    /// Whether some worker's log holds every one of `all`.
+    fn worker_logged(&self, all: &[&str]) -> bool {
+        self.workers.iter().any(|w| {
+            let log = w.log();
+            all.iter().all(|s| log.contains(s))
+        })
+    }
+
     /// The workers' and the server's logs, for failure messages.
     fn logs(&self) -> String {
         let mut s = String::new();
@@ -499,9 +507,8 @@ fn postgres_stopped_under_a_temporal_run_leaves_one_charge_per_call() {
     only_slow_ran_again(&attempts);
     // The failed attempt's error (Temporal keeps only an activity's last
     // failure, and the last attempt succeeded): in the worker's log.
-    let named = |m: &str| m.contains("could not record the call in the ledger");
     assert!(
-        chaos.workers.iter().any(|w| named(&w.log())),
+        chaos.worker_logged(&["could not record the call in the ledger"]),
         "the failed attempt named the ledger:{}",
         chaos.logs()
     );
@@ -532,10 +539,8 @@ fn postgres_down_when_a_call_starts_delays_the_call_on_temporal() {
         chaos.logs()
     );
     only_slow_ran_again(&attempts);
-    let named =
-        |m: &str| m.contains("the call could not start") && m.contains("budgets are unavailable");
     assert!(
-        chaos.workers.iter().any(|w| named(&w.log())),
+        chaos.worker_logged(&["the call could not start", "budgets are unavailable"]),
         "a retried attempt could not reserve:{}",
         chaos.logs()
     );

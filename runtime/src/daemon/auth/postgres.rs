@@ -27,11 +27,6 @@ impl PgTokens {
         Self { store }
     }
 
-    /// The store they are kept in.
-    pub fn store(&self) -> &PgStore {
-        &self.store
-    }
-
     /// Every stored token. Cost: one query.
     pub fn list(&self) -> Result<Vec<TokenRecord>, PgError> {
         let mut conn = self.store.conn()?;

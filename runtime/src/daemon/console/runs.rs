@@ -465,16 +465,15 @@ async fn load_run(
             .result(&viewer.principal, id)
             .await
             .map_err(|e| PageError::from(api_error(viewer, &e)))?;
-        let mut costs = BTreeMap::new();
-        for e in result.entries.iter().take(MAX_COST_ENTRIES) {
-            let c: &mut (usize, u64) = costs.entry(e.node.clone()).or_default();
-            c.0 += 1;
-            c.1 = c.1.saturating_add(e.cost_micros);
-        }
+        let (costs, costs_cut) = if with_costs {
+            node_costs(&result.entries)
+        } else {
+            (BTreeMap::new(), false)
+        };
         return Ok(RunData {
             summary: crate::dag::scheduler::summary(&state),
-            costs_cut: result.entries.len() > MAX_COST_ENTRIES,
-            costs: if with_costs { costs } else { BTreeMap::new() },
+            costs,
+            costs_cut,
             state,
             history: result.history,
         });
@@ -483,6 +482,18 @@ async fn load_run(
     let v = viewer.clone();
     let run_id = id.to_owned();
     blocking(viewer, move || read_run(&d, &v, &run_id, with_costs)).await
+}
+
+/// Per node (entries, micro-units) of a run's first [`MAX_COST_ENTRIES`]
+/// ledger entries, and whether there were more.
+fn node_costs(entries: &[crate::ledger::Entry]) -> (BTreeMap<String, (usize, u64)>, bool) {
+    let mut costs: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for e in entries.iter().take(MAX_COST_ENTRIES) {
+        let c = costs.entry(e.node.clone()).or_default();
+        c.0 += 1;
+        c.1 = c.1.saturating_add(e.cost_micros);
+    }
+    (costs, entries.len() > MAX_COST_ENTRIES)
 }
 
 /// The run's state (and history), if the viewer may see it.
@@ -513,12 +524,7 @@ fn read_run(
             .reports()
             .ls(&filter)
             .map_err(|e| failed(viewer, &e))?;
-        costs_cut = entries.len() > MAX_COST_ENTRIES;
-        for e in entries.iter().take(MAX_COST_ENTRIES) {
-            let c: &mut (usize, u64) = costs.entry(e.node.clone()).or_default();
-            c.0 += 1;
-            c.1 = c.1.saturating_add(e.cost_micros);
-        }
+        (costs, costs_cut) = node_costs(&entries);
     }
     Ok(RunData {
         summary,
