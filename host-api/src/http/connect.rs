@@ -83,17 +83,15 @@ impl Stop {
     }
 
     /// A watcher that fires at `until` (a stage's end, at most the
-    /// deadline) or on cancellation.
+    /// deadline) or on cancellation. It registers no timer until the
+    /// watched work first waits (a stage that completes at once, like
+    /// hyper's handshake, costs none).
     fn watch(&self, until: Instant) -> Watch {
         Watch {
             until,
             deadline: self.deadline,
-            sleep: Box::pin(tokio::time::sleep_until(until.into())),
-            cancel: self.cancel.clone().map(|flag| {
-                let mut tick = tokio::time::interval(CANCEL_POLL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                (flag, tick)
-            }),
+            sleep: None,
+            cancel: self.cancel.clone().map(|flag| (flag, None)),
         }
     }
 
@@ -112,27 +110,44 @@ impl Stop {
 }
 
 /// A stage's end (its timeout, the deadline) and the cancellation flag,
-/// pollable from a body.
+/// pollable from a body. Its timers are made on the first wait, and a
+/// moved end only re-arms the timer at the next wait: tokio's timer wakes
+/// its driver (an eventfd write and an extra `epoll_wait`) for each timer
+/// registered earlier than any it holds, so a timer per stage and a
+/// re-armed one per body frame cost three syscalls per request.
 struct Watch {
     until: Instant,
     deadline: Instant,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    cancel: Option<(Arc<AtomicBool>, tokio::time::Interval)>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    cancel: Option<(Arc<AtomicBool>, Option<tokio::time::Interval>)>,
 }
 
 impl Watch {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Stopped> {
         if let Some((flag, tick)) = &mut self.cancel {
+            if flag.load(Ordering::Relaxed) {
+                return Poll::Ready(Stopped::Cancelled);
+            }
+            let tick = tick.get_or_insert_with(|| {
+                let mut tick =
+                    tokio::time::interval_at((Instant::now() + CANCEL_POLL).into(), CANCEL_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             while tick.poll_tick(cx).is_ready() {
                 if flag.load(Ordering::Relaxed) {
                     return Poll::Ready(Stopped::Cancelled);
                 }
             }
-            if flag.load(Ordering::Relaxed) {
-                return Poll::Ready(Stopped::Cancelled);
-            }
         }
-        ready!(self.sleep.as_mut().poll(cx));
+        let until = self.until;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until.into())));
+        if sleep.deadline() != until.into() {
+            sleep.as_mut().reset(until.into());
+        }
+        ready!(sleep.as_mut().poll(cx));
         Poll::Ready(if self.until >= self.deadline {
             Stopped::Deadline
         } else {
@@ -140,10 +155,10 @@ impl Watch {
         })
     }
 
-    /// Move the stage's end to `until` (at most the deadline).
+    /// Move the stage's end to `until` (at most the deadline); the timer
+    /// follows at the next wait.
     fn reset(&mut self, until: Instant) {
         self.until = until.min(self.deadline);
-        self.sleep.as_mut().reset(self.until.into());
     }
 }
 

@@ -48,6 +48,16 @@ fn respond(path: &str, body: &[u8], out: &mut dyn Write) -> std::io::Result<()> 
             )?;
             out.write_all(body)
         }
+        "/stall" => {
+            // Half the announced body, then nothing for longer than any
+            // test waits.
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello",
+            )?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs(15));
+            Ok(())
+        }
         "/huge" => {
             // 1 GiB announced and streamed from one 64 KiB buffer until the
             // client hangs up: never allocated.
@@ -508,6 +518,81 @@ fn a_server_that_never_answers_is_stopped_by_the_call_deadline() {
         .as_str()
         .is_some_and(|e| e.contains("deadline"));
     assert!(stopped || outcome.result.is_err(), "{out}");
+}
+
+#[test]
+fn stage_timeouts_stop_a_silent_server_and_a_stalled_body_long_before_the_deadline() {
+    let _g = crate::shared();
+    let server = Server::start(None, false);
+    let silent = Server::start(None, true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut http = allow(&["http://127.0.0.1:*"]);
+    http.first_byte_timeout_ms = 300;
+    http.between_bytes_timeout_ms = 300;
+    let e = engine(dir.path(), http);
+    let long_deadline = |o: &mut CallOptions| o.limits.timeout_ms = 20_000;
+
+    // No response head within first_byte_timeout_ms.
+    let (outcome, out, took) = probe_timed(&e, json!({"url": silent.url("/ok")}), long_deadline);
+    assert!(outcome.result.is_ok(), "{out}");
+    assert_eq!(
+        first(&out)["error"].as_str(),
+        Some("ErrorCode::ConnectionReadTimeout"),
+        "{out}"
+    );
+    assert!(took >= Duration::from_millis(250), "{took:?}: {out}");
+    assert!(took < Duration::from_secs(5), "{took:?}: {out}");
+
+    // Half a body, then a pause longer than between_bytes_timeout_ms.
+    let (outcome, out, took) = probe_timed(&e, json!({"url": server.url("/stall")}), long_deadline);
+    assert!(outcome.result.is_ok(), "{out}");
+    assert_eq!(first(&out)["status"], 200, "{out}");
+    assert_eq!(first(&out)["bytes"], 5, "{out}");
+    // A body's error reaches the guest as a stream error, worded so.
+    assert_eq!(
+        first(&out)["error"].as_str(),
+        Some("connection read timeout"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}: {out}");
+
+    // A fast response is not cut by timers armed for earlier stages.
+    let (_, out) = probe(
+        &e,
+        json!({"url": server.url("/ok"), "repeat": 20}),
+        long_deadline,
+    );
+    assert_eq!(out["ok"], 20, "{out}");
+}
+
+#[test]
+fn a_cancelled_call_stops_its_blocked_request() {
+    let _g = crate::shared();
+    let silent = Server::start(None, true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), allow(&["http://127.0.0.1:*"]));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut canceller = None;
+    let (outcome, out, took) = probe_timed(&e, json!({"url": silent.url("/ok")}), |o| {
+        o.limits.timeout_ms = 20_000;
+        o.cancel = Some(Arc::clone(&cancel));
+        // Set once the capsule is loaded (its compile is not timed).
+        let flag = Arc::clone(&cancel);
+        canceller = Some(std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            flag.store(true, Ordering::Relaxed);
+        }));
+    });
+    if let Some(t) = canceller {
+        t.join().expect("canceller");
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}: {out}");
+    let failure = outcome
+        .result
+        .expect_err("a cancelled call fails")
+        .to_string();
+    assert!(failure.contains("cancelled"), "{failure}");
+    assert_eq!(silent.paths(), ["/ok"], "the request did reach the server");
 }
 
 #[test]
