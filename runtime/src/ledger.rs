@@ -526,6 +526,11 @@ pub trait LedgerStore: Send + Sync {
     /// What `soma ledger check` reports.
     fn check_integrity(&self) -> Result<IntegrityReport, LedgerError>;
 
+    /// Every marketplace fee charged in `month` (`YYYY-MM`, UTC; `None`:
+    /// every month) with its revenue split and its entry, in (month, id)
+    /// order, from one read snapshot (payouts, `soma ledger check`).
+    fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError>;
+
     /// Sums grouped by `by` (see [`Ledger::summary`]).
     fn summary(
         &self,
@@ -566,6 +571,13 @@ pub trait LedgerStore: Send + Sync {
 impl LedgerStore for Ledger {
     fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError> {
         Ledger::append(self, entries)
+    }
+
+    fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {
+        match month {
+            Some(m) => self.fees_of_month(m),
+            None => self.all_fees(),
+        }
     }
 
     fn writer(&self) -> Result<LedgerWriter, LedgerError> {

@@ -1,13 +1,18 @@
 //! What the marketplace tests share: keys saved the way `soma keygen`
-//! saves them, an author's push + sign, and the proof-of-possession body
-//! `POST /v1/market/authors` takes.
+//! saves them, an author's push + sign, the proof-of-possession body
+//! `POST /v1/market/authors` takes, and a priced version published
+//! straight into a market store.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use soma_runtime::{
+    Digest,
     config::{Allocator, Metering},
-    market::store::author_statement,
+    market::{
+        listing::Listing,
+        store::{Market, NewSubmission, SubmissionState, author_statement},
+    },
     oci::{self, Auth, PushOptions, Reference},
     verify::KeyPair,
 };
@@ -58,4 +63,43 @@ pub fn author_body(name: &str, key: &KeyPair, tenant: &str) -> Value {
         "public_key": key.public().to_pem().expect("pem"),
         "proof": key.sign(author_statement(name, Some(tenant)).as_bytes()),
     })
+}
+
+/// Publish `component` (a capsule file) as `author/name@version` priced by
+/// `price` (a TOML `[price]` table body), writing the market store directly
+/// (submit → review passed → published): for tests about fees, not about
+/// publishing. Its component digest.
+pub fn publish_priced(
+    market: &Market,
+    name: &str,
+    version: &str,
+    component: &str,
+    price: &str,
+) -> Digest {
+    let bytes = std::fs::read(component).expect("component");
+    let digest = Digest::of(&bytes);
+    let listing = Listing::parse(
+        &format!(
+            "name = \"{name}\"\nversion = \"{version}\"\nsummary = \"s\"\nlicense = \"MIT\"\n[price]\n{price}\n"
+        ),
+        Path::new("listing.toml"),
+    )
+    .expect("listing");
+    let id = listing.id();
+    market
+        .submit(NewSubmission {
+            listing,
+            repository: format!("127.0.0.1:1/{name}"),
+            digest,
+            component: digest,
+            size: bytes.len() as u64,
+        })
+        .expect("submit");
+    market
+        .record_review(&id, true, Vec::new(), Value::Null)
+        .expect("review");
+    market
+        .transition(&id, SubmissionState::Published, None, |_| {})
+        .expect("publish");
+    digest
 }

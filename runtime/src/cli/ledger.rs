@@ -15,7 +15,7 @@ use super::{Global, exit::Code};
 /// The node's books as `[store]` configures them: the data directory's
 /// redb ledger and budgets, or the shared PostgreSQL store (whose ledger
 /// [`BudgetLedger::reports`] then reads).
-fn books(global: &Global) -> anyhow::Result<BudgetLedger> {
+pub(crate) fn books(global: &Global) -> anyhow::Result<BudgetLedger> {
     books_in(global, &global.data_dir()?)
 }
 
@@ -278,7 +278,7 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
         LedgerCommand::Check { json } => {
             let mut report = ledger.check_integrity()?;
             // Every marketplace fee was for a version published (and priced) then.
-            for p in soma_runtime::market::payouts::check_fees(books.ledger(), data.database())? {
+            for p in soma_runtime::market::payouts::check_fees(books.reports(), data.database())? {
                 report.fee_problem(p);
             }
             if json {

@@ -1346,7 +1346,7 @@ pub(super) async fn payouts(
                 ApiError::bad(super::error_chain(&e), Some("month"))
             });
         }
-        let mut report = payouts::report(engine.metering().ledger(), &q.month, q.author.as_deref())
+        let mut report = payouts::report(engine.metering().reports(), &q.month, q.author.as_deref())
             .map_err(|e| match e {
                 payouts::PayoutError::Ledger(crate::ledger::LedgerError::InvalidMonth(_)) => {
                     ApiError::bad(super::error_chain(&e), Some("month"))

@@ -106,10 +106,11 @@ pub(super) fn refusal(e: &Entry) -> Option<&'static str> {
     )
 }
 
-/// Record the split of fee entry `id` (no-op for other kinds).
-pub(super) fn write_split(txn: &WriteTransaction, id: u64, e: &Entry) -> Result<(), LedgerError> {
+/// The split row of fee entry `id` (`None` for other kinds): its month
+/// and [`FeeSplit`]. An untagged fee is refused ([`refusal`]).
+pub(super) fn split_of(id: u64, e: &Entry) -> Result<Option<(String, FeeSplit)>, LedgerError> {
     if e.kind != Kind::MarketplaceFee {
-        return Ok(());
+        return Ok(None);
     }
     let Some(t) = parse_tags(e) else {
         return Err(LedgerError::InvalidEntry {
@@ -118,18 +119,36 @@ pub(super) fn write_split(txn: &WriteTransaction, id: u64, e: &Entry) -> Result<
         });
     };
     let (author, platform) = split(e.cost_micros, t.share);
-    let month = month_of(e.time_ms);
+    Ok(Some((
+        month_of(e.time_ms),
+        FeeSplit {
+            id,
+            author: t.author.to_owned(),
+            listing: t.listing.to_owned(),
+            version: t.version.to_owned(),
+            fee_micros: e.cost_micros,
+            author_micros: author,
+            platform_micros: platform,
+        },
+    )))
+}
+
+/// Record the split of fee entry `id` (no-op for other kinds).
+pub(super) fn write_split(txn: &WriteTransaction, id: u64, e: &Entry) -> Result<(), LedgerError> {
+    let Some((month, s)) = split_of(id, e)? else {
+        return Ok(());
+    };
     let mut table = txn.open_table(FEE_SPLITS).map_err(db_err)?;
     table
         .insert(
             (month.as_str(), id),
             (
-                t.author,
-                t.listing,
-                t.version,
-                e.cost_micros,
-                author,
-                platform,
+                s.author.as_str(),
+                s.listing.as_str(),
+                s.version.as_str(),
+                s.fee_micros,
+                s.author_micros,
+                s.platform_micros,
             ),
         )
         .map_err(db_err)?;
@@ -225,42 +244,60 @@ impl std::fmt::Display for FeeProblem {
     }
 }
 
+/// One split row as stored, for [`check_rows`]: (entry id, fee, author
+/// micros, platform micros).
+pub(super) type StoredSplit = (u64, u64, u64, u64);
+
 /// Check, inside one read snapshot, that every fee entry has exactly one
 /// split row that adds up and agrees with it, and every row has its entry.
-/// Cost: a scan of the split table plus one lookup per row, and the
-/// caller's scan of the entries (`fees`: id → entry of every fee entry).
+/// Cost: a scan of the split table, and the caller's scan of the entries
+/// (`fees`: id → entry of every fee entry).
 pub(super) fn check(
     txn: &ReadTransaction,
     fees: &std::collections::BTreeMap<u64, Entry>,
     problems: &mut Vec<FeeProblem>,
 ) -> Result<(), LedgerError> {
-    let mut seen: std::collections::BTreeMap<u64, u32> = std::collections::BTreeMap::new();
+    let mut rows: Vec<StoredSplit> = Vec::new();
     match txn.open_table(FEE_SPLITS) {
         Ok(table) => {
             for row in table.iter().map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
                 let (_, id) = k.value();
                 let (_, _, _, row_fee, author, platform) = v.value();
-                *seen.entry(id).or_default() += 1;
-                let Some(e) = fees.get(&id) else {
-                    problems.push(FeeProblem::OrphanSplit { id });
-                    continue;
-                };
-                let want = parse_tags(e).map(|t| split(e.cost_micros, t.share));
-                let adds_up = author.checked_add(platform) == Some(row_fee);
-                if !adds_up || row_fee != e.cost_micros || want != Some((author, platform)) {
-                    problems.push(FeeProblem::SplitMismatch {
-                        id,
-                        fee: e.cost_micros,
-                        row_fee,
-                        author,
-                        platform,
-                    });
-                }
+                rows.push((id, row_fee, author, platform));
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(db_err(e)),
+    }
+    check_rows(&rows, fees, problems);
+    Ok(())
+}
+
+/// The checks of [`check`] over split rows read from any store.
+pub(super) fn check_rows(
+    rows: &[StoredSplit],
+    fees: &std::collections::BTreeMap<u64, Entry>,
+    problems: &mut Vec<FeeProblem>,
+) {
+    let mut seen: std::collections::BTreeMap<u64, u32> = std::collections::BTreeMap::new();
+    for &(id, row_fee, author, platform) in rows {
+        *seen.entry(id).or_default() += 1;
+        let Some(e) = fees.get(&id) else {
+            problems.push(FeeProblem::OrphanSplit { id });
+            continue;
+        };
+        let want = parse_tags(e).map(|t| split(e.cost_micros, t.share));
+        let adds_up = author.checked_add(platform) == Some(row_fee);
+        if !adds_up || row_fee != e.cost_micros || want != Some((author, platform)) {
+            problems.push(FeeProblem::SplitMismatch {
+                id,
+                fee: e.cost_micros,
+                row_fee,
+                author,
+                platform,
+            });
+        }
     }
     for (id, e) in fees {
         if parse_tags(e).is_none() {
@@ -272,7 +309,6 @@ pub(super) fn check(
             Some(_) => problems.push(FeeProblem::DuplicateSplit { id: *id }),
         }
     }
-    Ok(())
 }
 
 /// Every fee of `month` (`YYYY-MM`; `None`: all months) with its split and

@@ -17,17 +17,20 @@
 //! does. A lost deadlock is retried; any other failure rolls the whole batch
 //! back and is returned (retryable when PostgreSQL was unreachable).
 //!
-//! Not on this store yet: marketplace fee splits and per-capsule call
-//! statistics (redb only); the PostgreSQL ledger refuses `marketplace-fee`
-//! entries rather than write them without their split.
+//! A `marketplace-fee` entry's revenue split goes into `ledger_fee_splits`
+//! in the same transaction (as on redb, see [`super::fee`]): a replayed
+//! fee writes neither, a rolled-back batch neither.
+//!
+//! Not on this store yet: per-capsule call statistics (redb only; the
+//! marketplace's cost cards read the node's).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use postgres::{Transaction, types::ToSql};
 
 use super::{
-    Appended, DailyKey, DailySums, Entry, Filter, IntegrityReport, Kind, LedgerError, LedgerStore,
-    LedgerWriter, OwnedDailyKey, Sums, validate,
+    Appended, DailyKey, DailySums, Entry, FeeSplit, Filter, IntegrityReport, Kind, LedgerError,
+    LedgerStore, LedgerWriter, OwnedDailyKey, Sums, civil, fee, validate,
 };
 use crate::store::postgres::{PgError, PgStore, clamp_i64, to_i64, to_u64};
 
@@ -112,25 +115,21 @@ impl PgLedger {
     }
 }
 
-/// The redb checks plus what PostgreSQL's `BIGINT` cannot hold, and the
-/// marketplace fees this store does not split yet.
+/// The redb checks plus what PostgreSQL's `BIGINT` cannot hold.
 pub(crate) fn validate_pg(entries: &[Entry]) -> Result<(), LedgerError> {
     validate(entries)?;
     for (index, e) in entries.iter().enumerate() {
-        let reason = if [e.quantity, e.unit_price_micros, e.cost_micros, e.time_ms]
+        if [e.quantity, e.unit_price_micros, e.cost_micros, e.time_ms]
             .into_iter()
             .any(|v| to_i64(v).is_none())
         {
-            "quantity, unit price, cost and time must be at most 2^63 - 1 on the PostgreSQL store"
-        } else if e.kind == Kind::MarketplaceFee {
-            "marketplace fees are not kept on the PostgreSQL store yet (their revenue splits are redb only)"
-        } else {
-            continue;
-        };
-        return Err(LedgerError::InvalidEntry {
-            index,
-            reason: reason.into(),
-        });
+            return Err(LedgerError::InvalidEntry {
+                index,
+                reason: "quantity, unit price, cost and time must be at most 2^63 - 1 on the \
+                         PostgreSQL store"
+                    .into(),
+            });
+        }
     }
     Ok(())
 }
@@ -198,14 +197,22 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
     }
     // Ids in input order (the identity assigns them in insertion order).
     let mut deltas: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+    let mut splits: Vec<(String, FeeSplit)> = Vec::new();
     for (r, key, e) in &fresh {
         match ids.get(key) {
             Some(&id) => {
                 results[*r].inserted.push(id);
                 deltas.entry(OwnedDailyKey::of(e)).or_default().add(e);
+                // Validated: a fee's tags parse.
+                if let Ok(Some(split)) = fee::split_of(id, e) {
+                    splits.push(split);
+                }
             }
             None => results[*r].duplicates += 1,
         }
+    }
+    if !splits.is_empty() {
+        write_splits(txn, &splits)?;
     }
     if !deltas.is_empty() {
         let mut cols: [Vec<String>; 5] = Default::default();
@@ -249,6 +256,34 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
         txn.execute(sql.as_str(), &params)?;
     }
     Ok(results)
+}
+
+/// Insert the revenue splits of the fees a batch inserted (one statement).
+fn write_splits(txn: &mut Transaction<'_>, splits: &[(String, FeeSplit)]) -> Result<(), PgError> {
+    let text = |f: &dyn Fn(&(String, FeeSplit)) -> String| splits.iter().map(f).collect::<Vec<_>>();
+    let num = |f: &dyn Fn(&FeeSplit) -> u64| {
+        splits
+            .iter()
+            .map(|(_, s)| clamp_i64(f(s)))
+            .collect::<Vec<i64>>()
+    };
+    txn.execute(
+        "INSERT INTO ledger_fee_splits (entry_id, month, author, listing, version, fee_micros, \
+             author_micros, platform_micros) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::bigint[], $7::bigint[], $8::bigint[])",
+        &[
+            &num(&|s| s.id),
+            &text(&|(m, _)| m.clone()),
+            &text(&|(_, s)| s.author.clone()),
+            &text(&|(_, s)| s.listing.clone()),
+            &text(&|(_, s)| s.version.clone()),
+            &num(&|s| s.fee_micros),
+            &num(&|s| s.author_micros),
+            &num(&|s| s.platform_micros),
+        ],
+    )?;
+    Ok(())
 }
 
 fn entry_of(row: &postgres::Row) -> Result<Entry, PgError> {
@@ -387,10 +422,54 @@ impl LedgerStore for PgLedger {
         Ok(())
     }
 
-    /// The checks of the redb ledger that apply here: every entry's
-    /// idempotency key is its own, keys are unique, every rollup row equals
-    /// the sums recomputed from the entries (and none is missing or extra).
-    /// Cost: a full read of both tables.
+    /// Cost: one indexed query (the month's split rows joined to their
+    /// entries), independent of other months and kinds.
+    fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {
+        if let Some(m) = month {
+            civil::parse_month(m).ok_or_else(|| LedgerError::InvalidMonth(m.into()))?;
+        }
+        let columns = ENTRY_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut conn = self.store.conn()?;
+        let rows = conn
+            .query(
+                format!(
+                    "SELECT {columns}, s.author, s.listing, s.version, s.fee_micros, \
+                         s.author_micros, s.platform_micros \
+                     FROM ledger_fee_splits s JOIN ledger_entries e ON e.id = s.entry_id \
+                     WHERE $1::text IS NULL OR s.month = $1 \
+                     ORDER BY s.month, s.entry_id"
+                )
+                .as_str(),
+                &[&month],
+            )
+            .map_err(PgError::from)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let entry = entry_of(r)?;
+            let n = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(PgError::from);
+            let split = FeeSplit {
+                id: entry.id,
+                author: r.try_get(15).map_err(PgError::from)?,
+                listing: r.try_get(16).map_err(PgError::from)?,
+                version: r.try_get(17).map_err(PgError::from)?,
+                fee_micros: n(18)?,
+                author_micros: n(19)?,
+                platform_micros: n(20)?,
+            };
+            out.push((split, entry));
+        }
+        Ok(out)
+    }
+
+    /// The checks of the redb ledger: every entry's idempotency key is its
+    /// own, keys are unique, every rollup row equals the sums recomputed
+    /// from the entries (and none is missing or extra), every fee has one
+    /// revenue split that adds up and agrees with it.
+    /// Cost: a full read of the three tables.
     fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
         let mut conn = self.store.conn()?;
         let mut txn = conn
@@ -411,6 +490,7 @@ impl LedgerStore for PgLedger {
             )
             .map_err(PgError::from)?;
         let mut recomputed: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
+        let mut fees: BTreeMap<u64, Entry> = BTreeMap::new();
         for r in &rows {
             report.entries += 1;
             let entry = match entry_of(r) {
@@ -432,6 +512,26 @@ impl LedgerStore for PgLedger {
                 .entry(OwnedDailyKey::of(&entry))
                 .or_default()
                 .add(&entry);
+            if entry.kind == Kind::MarketplaceFee {
+                fees.insert(entry.id, entry);
+            }
+        }
+        let mut splits: Vec<fee::StoredSplit> = Vec::new();
+        for r in txn
+            .query(
+                "SELECT entry_id, fee_micros, author_micros, platform_micros \
+                 FROM ledger_fee_splits ORDER BY entry_id",
+                &[],
+            )
+            .map_err(PgError::from)?
+        {
+            let n = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(PgError::from);
+            splits.push((n(0)?, n(1)?, n(2)?, n(3)?));
+        }
+        let mut fee_problems = Vec::new();
+        fee::check_rows(&splits, &fees, &mut fee_problems);
+        for p in fee_problems {
+            report.fee_problem(p);
         }
         let keys: i64 = txn
             .query_one("SELECT count(DISTINCT idem_key) FROM ledger_entries", &[])

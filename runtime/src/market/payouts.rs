@@ -19,7 +19,7 @@ use super::{
     pricing::{self, PriceHistory},
     store::Market,
 };
-use crate::ledger::{FeeProblem, Ledger, LedgerError};
+use crate::ledger::{FeeProblem, LedgerError, LedgerStore};
 
 /// Why a payout report or fee check failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,11 @@ pub fn report_empty(month: &str) -> Result<Payouts, PayoutError> {
 /// `spawn_blocking`.
 ///
 /// Cost: a range of the month's fee splits plus one ledger lookup per fee.
-pub fn report(ledger: &Ledger, month: &str, author: Option<&str>) -> Result<Payouts, PayoutError> {
+pub fn report(
+    ledger: &dyn LedgerStore,
+    month: &str,
+    author: Option<&str>,
+) -> Result<Payouts, PayoutError> {
     #[derive(Default)]
     struct Acc {
         versions: BTreeSet<String>,
@@ -107,7 +111,7 @@ pub fn report(ledger: &Ledger, month: &str, author: Option<&str>) -> Result<Payo
         net: u64,
     }
     let mut by: BTreeMap<(String, String), Acc> = BTreeMap::new();
-    for (split, entry) in ledger.fees_of_month(month)? {
+    for (split, entry) in ledger.fees(Some(month))? {
         if author.is_some_and(|a| a != split.author) {
             continue;
         }
@@ -158,14 +162,14 @@ pub fn report(ledger: &Ledger, month: &str, author: Option<&str>) -> Result<Payo
 /// a version that was published at that time, under this component
 /// digest, at a price it had (its listing price or one of its listing's
 /// price changes that took effect). The ledger's own check covers the
-/// splits ([`Ledger::check_integrity`]).
+/// splits ([`LedgerStore::check_integrity`]).
 ///
 /// Cost: a scan of the fee splits, the versions and the price histories.
 pub fn check_fees(
-    ledger: &Ledger,
+    ledger: &dyn LedgerStore,
     db: &std::sync::Arc<LazyDatabase>,
 ) -> Result<Vec<FeeProblem>, PayoutError> {
-    let fees = ledger.all_fees()?;
+    let fees = ledger.fees(None)?;
     if fees.is_empty() {
         return Ok(Vec::new());
     }

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "temporal payloads",
         include_str!("../../migrations/postgres/0003_temporal_payloads.sql"),
     ),
+    (
+        4,
+        "marketplace fee splits",
+        include_str!("../../migrations/postgres/0004_fee_splits.sql"),
+    ),
 ];
 
 /// The advisory lock key under which migrations run (any constant; "soma").

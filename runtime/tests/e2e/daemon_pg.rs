@@ -504,3 +504,84 @@ fn a_killed_daemon_and_a_stopped_database_leave_one_charge_per_call() {
     assert_eq!(s, 200, "{v}");
     fleet.check();
 }
+
+/// A priced marketplace capsule on a PostgreSQL fleet: calls through
+/// either daemon each pay one fee, split 80/20 into the shared ledger in
+/// the fee's own transaction; `soma market payouts` and `soma ledger
+/// check` (splits, and every fee for a version published at that price)
+/// on a third node read the same books. Before the splits were on this
+/// store, the PostgreSQL ledger refused fee entries and every call failed.
+#[test]
+fn priced_marketplace_capsules_are_charged_and_split_on_a_postgres_fleet() {
+    const PRICE: u64 = 2_500;
+    let pg = Postgres::start();
+    let store = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\n",
+        pg.create_database()
+    );
+    let fleet = Fleet::new(&store);
+    // The marketplace tables are per node: the listing is published on each.
+    for dir in &fleet.dirs {
+        soma_tests::market::publish_priced(
+            &soma_runtime::market::store::Market::new(
+                soma_runtime::store::DataDir::new(dir.path())
+                    .database()
+                    .clone(),
+            ),
+            "acme/calc",
+            "1.0.0",
+            soma_capsules::CALCULATOR_COMPONENT,
+            &format!("model = \"per-call\"\nmicros = {PRICE}"),
+        );
+    }
+    let (buyer, _) = token(fleet.dirs[0].path(), &fleet.configs[0], "buyer", "run,read");
+    let daemons = [fleet.spawn(0), fleet.spawn(1)];
+    for (i, d) in [&daemons[0], &daemons[1], &daemons[0]]
+        .into_iter()
+        .enumerate()
+    {
+        let (s, v) = d.post(
+            "/v1/runs",
+            &buyer,
+            &serde_json::json!({"capsule": "calculator", "input": {"expr": format!("{i}+1")}}),
+        );
+        assert_eq!((s, v["ok"].as_bool()), (200, Some(true)), "call {i}: {v}");
+    }
+    let all = entries(&daemons[1], &buyer);
+    let fees: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|e| e["kind"] == "marketplace-fee")
+        .collect();
+    assert_eq!(fees.len(), 3, "one fee per call, whichever daemon: {all:?}");
+    for f in &fees {
+        assert_eq!(f["cost_micros"].as_u64(), Some(PRICE), "{f}");
+        assert_eq!(f["model"], "acme/calc@1.0.0", "{f}");
+    }
+    for d in daemons {
+        assert!(d.stop().success());
+    }
+
+    let month = &soma_runtime::ledger::day_of(soma_runtime::market::store::now_ms())[..7];
+    let out = fleet.soma(&["market", "payouts", "--month", month, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["revenue_micros"].as_u64(), Some(3 * PRICE), "{p}");
+    assert_eq!(p["net_micros"].as_u64(), Some(3 * PRICE * 80 / 100), "{p}");
+    assert_eq!(
+        p["authors"][0]["listings"][0]["calls"].as_u64(),
+        Some(3),
+        "{p}"
+    );
+    // Passes only if every fee has its split and was for a version this
+    // node's market published at that price.
+    let report = fleet.check();
+    assert_eq!(
+        report["entries"].as_u64(),
+        Some(9),
+        "fuel, wall time, fee: {report}"
+    );
+}

@@ -15,15 +15,10 @@ use std::{
 
 use serde_json::{Value, json};
 use soma_runtime::{
-    CallOptions, Config, Digest, Engine,
+    CallOptions, Config, Engine,
     budget::{Limit, Scope},
     ledger::{Entry, Filter, Kind, Ledger, fee_tags},
-    market::{
-        listing::Listing,
-        payouts,
-        pricing::PriceBook,
-        store::{Market, NewSubmission, SubmissionState},
-    },
+    market::{payouts, pricing::PriceBook, store::Market},
     store::DataDir,
 };
 use soma_tests::{
@@ -35,36 +30,7 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_soma"))
 }
 
-/// Publish `component` (a capsule file) as `author/name@version` priced by
-/// `price` (a TOML `[price]` table body), writing the market store directly.
-fn publish(market: &Market, name: &str, version: &str, component: &str, price: &str) -> Digest {
-    let bytes = std::fs::read(component).expect("component");
-    let digest = Digest::of(&bytes);
-    let listing = Listing::parse(
-        &format!(
-            "name = \"{name}\"\nversion = \"{version}\"\nsummary = \"s\"\nlicense = \"MIT\"\n[price]\n{price}\n"
-        ),
-        Path::new("listing.toml"),
-    )
-    .expect("listing");
-    let id = listing.id();
-    market
-        .submit(NewSubmission {
-            listing,
-            repository: format!("127.0.0.1:1/{name}"),
-            digest,
-            component: digest,
-            size: bytes.len() as u64,
-        })
-        .expect("submit");
-    market
-        .record_review(&id, true, Vec::new(), Value::Null)
-        .expect("review");
-    market
-        .transition(&id, SubmissionState::Published, None, |_| {})
-        .expect("publish");
-    digest
-}
+use soma_tests::market::publish_priced as publish;
 
 fn this_month() -> String {
     let now = soma_runtime::market::store::now_ms();

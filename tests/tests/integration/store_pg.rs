@@ -200,6 +200,137 @@ fn the_postgres_ledger_answers_as_the_redb_ledger() {
     assert!(other.check_integrity().expect("check").ok);
 }
 
+/// Fees of two listings over two months (2024-03 and 2024-04), split
+/// 80/20 and 70/30, tagged as the call path tags them.
+fn fees() -> Vec<Entry> {
+    let mut v = Vec::new();
+    for (seq, (day, listing, share, price)) in [
+        (0u64, "acme/calc@1.0.0", 80u8, 2_500_000u64),
+        (1, "acme/calc@1.1.0", 80, 2_500_000),
+        (20, "globex/sum@0.1.0", 70, 999),
+        (31, "acme/calc@1.1.0", 80, 3_000_000),
+        (32, "globex/sum@0.1.0", 70, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tenant = if seq % 2 == 0 { "buyer-a" } else { "buyer-b" };
+        let run = format!("r-fee-{seq}");
+        let seq = u32::try_from(seq).expect("seq");
+        let mut e = entry(
+            tenant,
+            &run,
+            "n",
+            seq,
+            day,
+            Kind::MarketplaceFee,
+            None,
+            1,
+            price,
+        );
+        let (provider, model) = soma_runtime::ledger::fee_tags(listing, share);
+        e.provider = Some(provider);
+        e.model = Some(model);
+        v.push(e);
+    }
+    v
+}
+
+#[test]
+fn marketplace_fees_are_split_on_postgres_as_on_redb_and_tampering_is_caught() {
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redb = Ledger::open(&DataDir::new(dir.path()));
+    let shared = PgLedger::new(open(&url));
+    let mut batch = mixed();
+    batch.extend(fees());
+    for s in [&redb as &dyn LedgerStore, &shared] {
+        let first = s.append(&batch).expect("append");
+        assert_eq!((first.inserted.len(), first.duplicates), (35, 0));
+        // A replayed fee (another daemon retrying) writes no second split.
+        let again = s.append(&fees()).expect("replay");
+        assert_eq!((again.inserted.len(), again.duplicates), (0, 5));
+    }
+    for month in [Some("2024-03"), Some("2024-04"), None] {
+        let (r, p) = (
+            redb.fees(month).expect("redb fees"),
+            shared.fees(month).expect("pg fees"),
+        );
+        assert_eq!(r, p, "the same fees and splits for {month:?}");
+    }
+    let march = shared.fees(Some("2024-03")).expect("march");
+    assert_eq!(march.len(), 3);
+    for (split, entry) in &march {
+        assert_eq!(
+            split.author_micros + split.platform_micros,
+            entry.cost_micros
+        );
+    }
+    assert_eq!(
+        (march[0].0.author_micros, march[0].0.platform_micros),
+        (2_000, 500),
+        "80/20 of 2,500 µ (one unit at 2,500,000 per 1,000)"
+    );
+    assert!(matches!(
+        shared.fees(Some("2024-13")),
+        Err(LedgerError::InvalidMonth(_))
+    ));
+    let payouts = |s: &dyn LedgerStore| {
+        soma_runtime::market::payouts::report(s, "2024-03", None).expect("payouts")
+    };
+    assert_eq!(payouts(&redb), payouts(&shared), "the same payouts");
+    assert_eq!(payouts(&shared).authors.len(), 2);
+    let (rc, pc) = (
+        LedgerStore::check_integrity(&redb).expect("check redb"),
+        shared.check_integrity().expect("check pg"),
+    );
+    assert!(rc.ok && pc.ok, "{rc:?} {pc:?}");
+
+    // An untagged fee is refused whole on both stores: nothing written.
+    let mut untagged = fees()[0].clone();
+    untagged.run = "r-untagged".into();
+    untagged.model = None;
+    for s in [&redb as &dyn LedgerStore, &shared] {
+        assert!(matches!(
+            s.append(&[mixed()[0].clone(), untagged.clone()]),
+            Err(LedgerError::InvalidEntry { index: 1, .. })
+        ));
+    }
+    assert_eq!(shared.ls(&Filter::default()).expect("ls").len(), 35);
+
+    // Tampered split rows are found by the check.
+    let (a, b) = (march[0].0.id, march[1].0.id);
+    let mut conn = shared.store().conn().expect("conn");
+    conn.execute(
+        "UPDATE ledger_fee_splits SET author_micros = author_micros + 1 WHERE entry_id = $1",
+        &[&i64::try_from(a).expect("id")],
+    )
+    .expect("tamper");
+    conn.execute(
+        "DELETE FROM ledger_fee_splits WHERE entry_id = $1",
+        &[&i64::try_from(b).expect("id")],
+    )
+    .expect("delete");
+    drop(conn);
+    let report = shared.check_integrity().expect("check");
+    assert!(!report.ok, "{report:?}");
+    use soma_runtime::ledger::FeeProblem;
+    assert!(
+        report
+            .fee_problems
+            .iter()
+            .any(|p| matches!(p, FeeProblem::SplitMismatch { id, .. } if *id == a)),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .fee_problems
+            .contains(&FeeProblem::MissingSplit { id: b }),
+        "{report:?}"
+    );
+}
+
 #[test]
 fn a_tenant_never_reads_another_tenants_entries_on_postgres() {
     let pg = Postgres::start();

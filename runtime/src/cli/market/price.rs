@@ -4,14 +4,11 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use soma_runtime::{
-    ledger::Ledger,
-    market::{
-        listing::Price,
-        payouts,
-        pricing::{self, PriceBook},
-        store::now_ms,
-    },
+use soma_runtime::market::{
+    listing::Price,
+    payouts,
+    pricing::{self, PriceBook},
+    store::now_ms,
 };
 
 use crate::cli::{Global, exit::Code};
@@ -152,8 +149,9 @@ pub(crate) fn price(global: &Global, cmd: PriceCommand) -> anyhow::Result<Code> 
 }
 
 pub(crate) fn payouts(global: &Global, args: PayoutsArgs) -> anyhow::Result<Code> {
-    let ledger = Ledger::open(&global.data_dir()?);
-    let report = payouts::report(&ledger, &args.month, args.author.as_deref())?;
+    // The books `[store]` configures: a fleet's shared ledger on PostgreSQL.
+    let books = crate::cli::ledger::books(global)?;
+    let report = payouts::report(books.reports(), &args.month, args.author.as_deref())?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(o) = value.as_object_mut() {
