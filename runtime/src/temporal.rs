@@ -298,7 +298,26 @@ pub struct RunInput {
     /// [`PAYLOAD_LIMIT_BYTES`].
     #[serde(default)]
     pub offload: bool,
+    /// A turn that starts at least this many calls starts them as child
+    /// workflows ([`workflow::CallBatchWorkflow`]) of this many calls each
+    /// (`[orchestrator] child_workflow_calls`); only with `offload` (a
+    /// child's results travel in one payload). 0 or absent: never.
+    #[serde(default)]
+    pub child_batch: Option<usize>,
 }
+
+/// A child workflow's share of a run's calls: they run at once, each as a
+/// `call` activity, and come back together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallBatch {
+    /// The calls: (node index, attempt, request).
+    pub calls: Vec<(usize, u32, CallRequest)>,
+    /// A call activity's heartbeat timeout, ms.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// What a [`CallBatch`] hands back: each call's result, in its order.
+pub type BatchResult = Vec<(usize, u32, CallResult)>;
 
 /// What a run's execution hands to the next when it continues as new:
 /// everything the fold and the report need, nothing in flight (it waits
@@ -339,6 +358,7 @@ impl RunInput {
             carried: None,
             capsule_names: None,
             offload: false,
+            child_batch: Some(config.orchestrator.child_workflow_calls),
         }
     }
 

@@ -15,6 +15,7 @@
 //! continue_as_new_after_events = 4000 # a run's workflow continues as new past this history length
 //! payload_offload_bytes = 131072 # with [store] backend = "postgres": larger payloads go by reference
 //! payload_retention_hours = 168  # offloaded payloads unused this long are deleted
+//! child_workflow_calls = 500      # with the offload: a turn starting this many calls runs them as child workflows
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,15 @@ pub struct OrchestratorConfig {
     /// Offloaded payloads unused for this long are deleted. Default 168
     /// (7 days); at least 1.
     pub payload_retention_hours: u32,
+    /// With the payload offload (`[store] backend = "postgres"`): a run's
+    /// turn that starts at least this many calls at once (a fan-out with
+    /// that much concurrency) starts them as child workflows of this many
+    /// calls each, and only the rest as its own activities. A child's
+    /// history holds its calls' events, so the run's own history grows by
+    /// a few events per child instead of per call. Recorded in the run's
+    /// workflow by whoever starts it. Default 500; at most 1,000; 0 =
+    /// never.
+    pub child_workflow_calls: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -95,6 +105,7 @@ impl Default for OrchestratorConfig {
             continue_as_new_after_events: CONTINUE_AS_NEW_AFTER,
             payload_offload_bytes: 128 * 1024,
             payload_retention_hours: 168,
+            child_workflow_calls: 500,
         }
     }
 }
@@ -137,6 +148,14 @@ impl OrchestratorConfig {
                 "orchestrator.payload_offload_bytes is {}; it must be at most 1900000 (Temporal \
                  refuses payloads of 2 MB) or 0 to never offload",
                 self.payload_offload_bytes
+            ));
+        }
+        if self.child_workflow_calls > crate::temporal::MAX_PENDING_ACTIVITIES {
+            return Err(format!(
+                "orchestrator.child_workflow_calls is {}; it must be at most {} (the calls a \
+                 child workflow runs at once) or 0 to never start child workflows",
+                self.child_workflow_calls,
+                crate::temporal::MAX_PENDING_ACTIVITIES
             ));
         }
         if self.payload_retention_hours == 0 {
@@ -194,5 +213,25 @@ mod tests {
                     .contains("continue_as_new_after_events")
             );
         }
+    }
+
+    #[test]
+    fn child_workflow_calls_are_at_most_a_thousand() {
+        let c: OrchestratorConfig = toml::from_str(
+            "child_workflow_calls = 0
+",
+        )
+        .expect("parses");
+        c.check().expect("0 = never");
+        let c = OrchestratorConfig {
+            child_workflow_calls: 1_001,
+            ..OrchestratorConfig::default()
+        };
+        assert!(
+            c.check()
+                .expect_err("too many")
+                .contains("child_workflow_calls")
+        );
+        assert_eq!(OrchestratorConfig::default().child_workflow_calls, 500);
     }
 }

@@ -10,7 +10,7 @@ use temporalio_common::MemoValues;
 
 use super::{
     ApprovalOutcome, ApprovalSignal, Endpoint, RunInput, RunResult, SUMMARY_MEMO, TemporalError,
-    workflow::DagWorkflow,
+    workflow::{CallBatchWorkflow, DagWorkflow},
 };
 use crate::dag::{
     journal::{RunPage, RunQuery, RunSummary},
@@ -268,6 +268,8 @@ pub async fn work(
         .map_err(|e| worker_error(e.into()))?;
     let options = temporalio_sdk::WorkerOptions::new(endpoint.task_queue.clone())
         .register_workflow::<DagWorkflow>()
+        .map_err(|e| worker_error(Box::new(e)))?
+        .register_workflow::<CallBatchWorkflow>()
         .map_err(|e| worker_error(Box::new(e)))?
         .register_activities(activities)
         .sticky_queue_schedule_to_start_timeout(sticky_timeout)

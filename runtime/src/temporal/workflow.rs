@@ -17,6 +17,7 @@ use std::{
 
 use temporalio_common::{MemoValue, RetryPolicy};
 use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::ChildWorkflowOptions;
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture,
     ContinueAsNewOptions, SyncWorkflowContext, TimerResult, WaitConditionOptions,
@@ -24,9 +25,10 @@ use temporalio_sdk::{
 };
 
 use super::{
-    ApprovalOutcome, ApprovalSignal, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallRequest, CallResult,
-    Carried, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES, PAYLOAD_LIMIT_BYTES, RunInput,
-    RunResult, SUMMARY_MEMO, activity::CallActivities, activity::HEARTBEAT_EVERY,
+    ApprovalOutcome, ApprovalSignal, BatchResult, BudgetRequest, CONTINUE_AS_NEW_AFTER, CallBatch,
+    CallRequest, CallResult, Carried, Charges, HISTORY_EVENT_LIMIT, MAX_PENDING_ACTIVITIES,
+    PAYLOAD_LIMIT_BYTES, RunInput, RunResult, SUMMARY_MEMO, activity::CallActivities,
+    activity::HEARTBEAT_EVERY,
 };
 use crate::dag::{
     approval::ApprovalError,
@@ -38,12 +40,13 @@ use crate::dag::{
 /// Calls at once when neither the run nor its spec says.
 const DEFAULT_CONCURRENCY: usize = 4;
 
-/// A run's calls in flight: (node index, attempt, what the activity gave).
 /// A call's result as the workflow applies it: (node, attempt, outcome).
 type Done = (usize, u32, ActivityOutcome);
-/// A started call's activity, resolving to its result.
-type Call<'a> = Pin<Box<dyn Future<Output = Done> + 'a>>;
-type InFlight<'a> = Vec<Call<'a>>;
+/// Started calls — one activity, or a child workflow's batch — resolving
+/// to their results.
+type Call<'a> = Pin<Box<dyn Future<Output = Vec<Done>> + 'a>>;
+/// A run's calls in flight: (how many calls, their future).
+type InFlight<'a> = Vec<(usize, Call<'a>)>;
 /// The armed retry-backoff timer: (when it fires, unix ms; the timer).
 type Timer<'a> = Option<(
     u64,
@@ -91,7 +94,11 @@ impl DagWorkflow {
             carried,
             capsule_names: _,
             offload,
+            child_batch,
         } = input;
+        // Child workflows only when their results may exceed one payload.
+        let child_batch = child_batch.filter(|&b| b > 0 && offload);
+        let mut children: u32 = 0;
         let heartbeat = heartbeat_timeout_ms.map_or(HEARTBEAT_EVERY * 5, Duration::from_millis);
         let continue_after = continue_after_events.unwrap_or(CONTINUE_AS_NEW_AFTER);
         let mut state = RunState::new(&run, &created).map_err(invalid)?;
@@ -178,7 +185,7 @@ impl DagWorkflow {
                 let free = if draining {
                     0
                 } else {
-                    slots.saturating_sub(in_flight.len() + dispatch.len())
+                    slots.saturating_sub(calls_in(&in_flight) + dispatch.len())
                 };
                 let (events, starts) = state.schedule(now, free);
                 if events.is_empty() {
@@ -220,11 +227,25 @@ impl DagWorkflow {
                 }
             }
             set_budgets(ctx, budgets).await?;
+            let mut requests = Vec::with_capacity(dispatch.len());
             for d in dispatch {
-                match start(ctx, &state, d, heartbeat) {
-                    Started::Call(f) => in_flight.push(f),
-                    Started::Known(done) => ready.push(*done),
+                match prepare(&state, d) {
+                    Ok(r) => requests.push(r),
+                    Err(done) => ready.push(*done),
                 }
+            }
+            // A large turn (a fan-out) goes to child workflows in whole
+            // batches; the rest, and every small turn, as activities.
+            if let Some(size) = child_batch {
+                while requests.len() >= size {
+                    let calls: Vec<_> = requests.drain(..size).collect();
+                    children += 1;
+                    let id = format!("{}.calls-{executions}-{children}", ctx.workflow_id());
+                    in_flight.push((calls.len(), start_batch(ctx, id, calls, heartbeat)));
+                }
+            }
+            for (node, attempt, request) in requests {
+                in_flight.push((1, call(ctx, node, attempt, request, heartbeat)));
             }
             // Wait for a result, the next retry time or a cancellation.
             let wakeup = state.next_wakeup();
@@ -257,9 +278,9 @@ impl DagWorkflow {
                     let mut finished = Vec::new();
                     let mut k = 0;
                     while k < in_flight.len() {
-                        match in_flight[k].as_mut().poll(cx) {
+                        match in_flight[k].1.as_mut().poll(cx) {
                             Poll::Ready(d) => {
-                                finished.push(d);
+                                finished.extend(d);
                                 drop(in_flight.remove(k));
                             }
                             Poll::Pending => k += 1,
@@ -439,11 +460,6 @@ fn verdict_event(state: &RunState, signal: ApprovalSignal, now: u64) -> Option<E
     )
 }
 
-enum Started<'a> {
-    Call(Call<'a>),
-    Known(Box<Done>),
-}
-
 /// Apply one event and keep it for the commit; a plan's node budgets are
 /// set before its nodes start.
 fn propose(
@@ -492,14 +508,9 @@ async fn set_budgets(
     Ok(())
 }
 
-/// Start one call as an activity (or fail it at once when its capsule
-/// could not be loaded, as the embedded engine does).
-fn start<'a>(
-    ctx: &'a WorkflowContext<DagWorkflow>,
-    state: &RunState,
-    d: Dispatch,
-    heartbeat: Duration,
-) -> Started<'a> {
+/// The request of one call, or its result at once when its capsule could
+/// not be loaded (as the embedded engine does).
+fn prepare(state: &RunState, d: Dispatch) -> Result<(usize, u32, CallRequest), Box<Done>> {
     let record = state
         .capsules
         .get(&d.capsule)
@@ -507,13 +518,13 @@ fn start<'a>(
         .unwrap_or_else(|| unpinned(&d.capsule));
     if let Some(message) = record.load_error.clone() {
         let failure = NodeFailure::of_call(&crate::Failure::InvalidComponent { message });
-        return Started::Known(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
+        return Err(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
     }
     let Some(node) = state.nodes().get(d.node) else {
         let failure = NodeFailure::of_call(&crate::Failure::Host {
             message: format!("node {} is not in the run", d.id),
         });
-        return Started::Known(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
+        return Err(Box::new((d.node, d.attempt, Ok(known_failure(failure)))));
     };
     let limits = node_limits(&node.spec, &state.spec);
     let request = CallRequest {
@@ -528,23 +539,114 @@ fn start<'a>(
         limits,
         restriction: state.restriction(d.node),
     };
+    Ok((d.node, d.attempt, request))
+}
+
+/// Start one call as an activity of the workflow `ctx` runs (the run's,
+/// or a child's).
+fn call<W>(
+    ctx: &WorkflowContext<W>,
+    node: usize,
+    attempt: u32,
+    request: CallRequest,
+    heartbeat: Duration,
+) -> Call<'_> {
     // The call's own deadline stops it; the activity's is a backstop for
     // a worker that hangs (heartbeats catch one that died).
-    let deadline = limits.timeout_ms.map_or(Duration::from_secs(3600), |ms| {
-        Duration::from_millis(ms.saturating_mul(2)).max(Duration::from_secs(60))
-    });
+    let deadline = request
+        .limits
+        .timeout_ms
+        .map_or(Duration::from_secs(3600), |ms| {
+            Duration::from_millis(ms.saturating_mul(2)).max(Duration::from_secs(60))
+        });
     let options = ActivityOptions::with_start_to_close_timeout(deadline)
         .heartbeat_timeout(heartbeat)
         .retry_policy(infra_retries())
-        .activity_id(format!("{}#{}", d.id, d.attempt))
-        .summary(format!("{} attempt {}", d.id, d.attempt))
+        .activity_id(format!("{}#{}", request.node, request.attempt))
+        .summary(format!("{} attempt {}", request.node, request.attempt))
         // Like the embedded engine: a cancelled run lets its calls in
         // flight finish (and records them); nothing new starts.
         .cancellation_token(WorkflowCancellationToken::new())
         .build();
-    let (index, attempt) = (d.node, d.attempt);
     let call = ctx.execute_activity(CallActivities::call, request, options);
-    Started::Call(Box::pin(async move { (index, attempt, call.await) }))
+    Box::pin(async move { vec![(node, attempt, call.await)] })
+}
+
+/// Start `calls` as child workflow `id` ([`CallBatchWorkflow`]); each
+/// call's result when the child ends (a child that fails loses its calls,
+/// as an activity whose retries are used up does).
+fn start_batch(
+    ctx: &WorkflowContext<DagWorkflow>,
+    id: String,
+    calls: Vec<(usize, u32, CallRequest)>,
+    heartbeat: Duration,
+) -> Call<'_> {
+    let keys: Vec<(usize, u32)> = calls.iter().map(|(n, a, _)| (*n, *a)).collect();
+    let summary = format!("{} calls of run {}", calls.len(), ctx.workflow_id());
+    let batch = CallBatch {
+        calls,
+        heartbeat_timeout_ms: u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
+    };
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(id)
+        .static_summary(summary)
+        // Never cancelled with the run: its calls in flight finish.
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build();
+    let started = ctx.start_child_workflow(CallBatchWorkflow::run, batch, options);
+    Box::pin(async move {
+        let lost = |why: String| -> Vec<Done> {
+            let result = lost(&why);
+            keys.iter()
+                .map(|&(n, a)| (n, a, Ok(result.clone())))
+                .collect()
+        };
+        match started.await {
+            Err(e) => lost(format!("its child workflow did not start: {e}")),
+            Ok(child) => match child.result().await {
+                Ok(results) => results.into_iter().map(|(n, a, r)| (n, a, Ok(r))).collect(),
+                Err(e) => lost(format!("its child workflow failed: {e}")),
+            },
+        }
+    })
+}
+
+/// A share of a run's calls (a large fan-out's), run at once as
+/// activities in a child workflow of the run's: its history holds their
+/// events, so the run's own grows by a few events per child.
+#[workflow]
+#[derive(Debug, Default)]
+pub struct CallBatchWorkflow;
+
+#[workflow_methods]
+impl CallBatchWorkflow {
+    /// Run every call of the batch; each one's result, in its order.
+    #[run]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        batch: CallBatch,
+    ) -> WorkflowResult<BatchResult> {
+        let ctx: &WorkflowContext<Self> = ctx;
+        let heartbeat = Duration::from_millis(batch.heartbeat_timeout_ms);
+        let calls: Vec<Call<'_>> = batch
+            .calls
+            .into_iter()
+            .map(|(node, attempt, request)| call(ctx, node, attempt, request, heartbeat))
+            .collect();
+        let done = futures::future::join_all(calls).await;
+        Ok(done
+            .into_iter()
+            .flatten()
+            .map(|(node, attempt, outcome)| {
+                (node, attempt, outcome.unwrap_or_else(|e| lost_call(&e)))
+            })
+            .collect())
+    }
+}
+
+/// Calls in flight.
+fn calls_in(in_flight: &InFlight<'_>) -> usize {
+    in_flight.iter().map(|(n, _)| n).sum()
 }
 
 /// Temporal retries an attempt only when it could not be made at all (its
@@ -562,7 +664,12 @@ fn infra_retries() -> RetryPolicy {
 /// A call whose activity failed for good (Temporal's retries used up):
 /// the node fails, not retried again by the fold.
 fn lost_call(e: &ActivityExecutionError) -> CallResult {
-    let message = format!("the call could not be made on a Temporal worker: {e}");
+    lost(&e.to_string())
+}
+
+/// A call that could not be made, for `why`: the node fails, not retried.
+fn lost(why: &str) -> CallResult {
+    let message = format!("the call could not be made on a Temporal worker: {why}");
     let failure = NodeFailure {
         retryable: false,
         ..NodeFailure::of_call(&crate::Failure::Host { message })

@@ -7,7 +7,7 @@
 use super::common::{capsule_dir, json_of, soma, text};
 use std::{
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output, Stdio},
 };
 
 use serde_json::{Value, json};
@@ -105,8 +105,8 @@ impl Cluster {
             ])
             .arg(self.server.address())
             .args(["--task-queue", &self.queue])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn soma dag run")
     }
@@ -1241,8 +1241,8 @@ output: "{{ nodes.last.output }}"
         .args(["--engine", "temporal", "--temporal"])
         .arg(cluster.server.address())
         .args(["--task-queue", &cluster.queue, "--run-id", "progress"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn soma dag run");
     let stderr = child.stderr.take().expect("stderr");
@@ -1309,8 +1309,8 @@ nodes:
         let mut c = soma(client_data.path());
         c.args(["dag", verb, "race", "a", "--reason", verb])
             .args(temporal)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     };
     let (approve, reject) = (
@@ -1541,4 +1541,100 @@ output: "{{{{ nodes.sink.output }}}}"
         largest > 2_000_000,
         "the report went by reference: {largest} bytes"
     );
+}
+
+/// A fan-out wider than `[orchestrator] child_workflow_calls` (here 16,
+/// with 40 at once): its turn's calls go to child workflows of 16 calls
+/// each, the remainder as the run's own activities. The run ends as on
+/// the embedded engine (output, timeline, fuel), and Temporal shows the
+/// two children completed under the run's workflow.
+#[test]
+fn a_wide_fan_out_runs_in_child_workflows_and_ends_as_on_the_embedded_engine() {
+    let pg = soma_tests::postgres::Postgres::start();
+    let url = pg.create_database();
+    let dir = tempfile::tempdir().expect("specs");
+    let shared = dir.path().join("shared.toml");
+    std::fs::write(
+        &shared,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n\
+             [orchestrator]\nchild_workflow_calls = 16\n"
+        ),
+    )
+    .expect("config");
+    let items: Vec<u32> = (1..=40).collect();
+    let spec = spec_file(
+        dir.path(),
+        "wide",
+        &format!(
+            r#"
+name: wide
+policy:
+  concurrency: 40
+nodes:
+  - id: items
+    capsule: echo
+    input: {{ items: {items:?} }}
+  - id: each
+    capsule: echo
+    for_each: "{{{{ nodes.items.output.items }}}}"
+    input: {{ i: "{{{{ item }}}}" }}
+  - id: sink
+    capsule: echo
+    input: {{ all: "{{{{ nodes.each.output }}}}" }}
+output: "{{{{ nodes.sink.output }}}}"
+"#
+        ),
+    );
+    let cluster = Cluster::start_with("child-workflows", Some(&shared));
+    let (embedded_data, client_data) = (
+        tempfile::tempdir().expect("data"),
+        tempfile::tempdir().expect("data"),
+    );
+    let e = embedded_run(embedded_data.path(), &spec, &["--run-id", "wide"]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e.stderr));
+    let config = shared.to_str().expect("utf-8");
+    let t = cluster.dag_run(
+        client_data.path(),
+        &spec,
+        &["--run-id", "wide", "--config", config],
+    );
+    assert_eq!(t.status.code(), Some(0), "{}", cluster.explain(&t));
+    let (e, t) = (json_of(&e), json_of(&t));
+    assert_eq!(t["status"], "succeeded", "{}", t["error"]);
+    assert_eq!(
+        t["output"]["all"].as_array().map(Vec::len),
+        Some(40),
+        "{}",
+        t["output"]
+    );
+    assert_eq!(t["output"], e["output"], "the same output on both engines");
+    assert_eq!(timeline(&t), timeline(&e));
+    assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
+    // 40 calls at once: two children of 16 (the 8 left as activities).
+    for child in ["wide.calls-0-1", "wide.calls-0-2"] {
+        let out = Command::new(soma_tests::temporal::binary().expect("temporal CLI"))
+            .args(["workflow", "describe", "--workflow-id", child])
+            .args(["--address", cluster.server.address(), "-o", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("temporal workflow describe");
+        assert!(out.status.success(), "{child}: {}", text(&out.stderr));
+        let d: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let info = &d["workflowExecutionInfo"];
+        assert_eq!(info["type"]["name"], "CallBatchWorkflow", "{d}");
+        assert!(
+            info["status"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("COMPLETED")),
+            "{d}"
+        );
+    }
+    let third = Command::new(soma_tests::temporal::binary().expect("temporal CLI"))
+        .args(["workflow", "describe", "--workflow-id", "wide.calls-0-3"])
+        .args(["--address", cluster.server.address(), "-o", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("temporal workflow describe");
+    assert!(!third.status.success(), "no third child for 8 calls");
 }
