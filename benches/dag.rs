@@ -22,6 +22,11 @@
 //!   together, until all have ended (runs/s = 20 / time);
 //! - `…/echo_1_1000_1` — the 1 → 1,000 → 1 fan-out (Temporal: 100 calls
 //!   at once; the embedded engine: as many as cores).
+//! - `temporal_pg_1w/echo_1_1000_1_{children,activities}` — the same
+//!   fan-out with all 1,000 calls at once, on a worker and client with a
+//!   real PostgreSQL store (payloads by reference): in two child workflows
+//!   of 500 calls (`[orchestrator] child_workflow_calls`), and as 1,000
+//!   activities of the run's own workflow (`child_workflow_calls = 0`).
 //!
 //! Skipped when `target/release/soma` or the `temporal` CLI is missing. In
 //! test mode (`cargo test --benches`) it runs once, small: one worker,
@@ -265,8 +270,15 @@ fn engines(c: &mut Criterion) {
     let client =
         soma_runtime::temporal::client::Blocking::connect(&endpoint).expect("connect to Temporal");
     let next = std::sync::atomic::AtomicUsize::new(0);
-    // Start `count` runs of `text`, then wait for each to end.
-    let runs = |text: &str, count: usize, concurrency: Option<usize>| {
+    // Start `count` runs of `text` through `client` (each input changed by
+    // `tune`), then wait for each to end.
+    type Tune<'a> =
+        &'a dyn Fn(soma_runtime::temporal::RunInput) -> soma_runtime::temporal::RunInput;
+    let runs_on = |client: &soma_runtime::temporal::client::Blocking,
+                   text: &str,
+                   count: usize,
+                   concurrency: Option<usize>,
+                   tune: Tune<'_>| {
         let spec = spec::parse(text, "bench.json").expect("spec");
         let loaded = BTreeMap::from([(
             "echo".to_owned(),
@@ -291,12 +303,12 @@ fn engines(c: &mut Criterion) {
             })
             .collect();
         for id in &ids {
-            let input = soma_runtime::temporal::RunInput::new(
+            let input = tune(soma_runtime::temporal::RunInput::new(
                 id.clone(),
                 created.clone(),
                 t.engine.config(),
                 concurrency,
-            );
+            ));
             client.start(input).expect("start");
         }
         for id in &ids {
@@ -307,6 +319,9 @@ fn engines(c: &mut Criterion) {
                 state.finished
             );
         }
+    };
+    let runs = |text: &str, count: usize, concurrency: Option<usize>| {
+        runs_on(&client, text, count, concurrency, &|i| i);
     };
     let mut workers = Vec::new();
     for w in 1..=sizes.workers {
@@ -344,8 +359,66 @@ fn engines(c: &mut Criterion) {
             b.iter(|| runs(&fan, 1, Some(100)));
         });
     }
-    g.finish();
     drop(workers);
+
+    // The fan-out with every call at once, on the PostgreSQL store: child
+    // workflows against the run's own activities (a queue of its own: a
+    // worker without the store cannot read a payload by reference).
+    let pg = soma_tests::postgres::Postgres::start();
+    let config_path = dir.path().join("pg.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\n",
+            pg.create_database()
+        ),
+    )
+    .expect("config");
+    let config = soma_runtime::Config::load(&config_path).expect("config");
+    let mut pg_endpoint = soma_runtime::temporal::Endpoint::new(server.address());
+    pg_endpoint.task_queue = "bench-pg".to_owned();
+    let pg_endpoint = pg_endpoint
+        .offloading(&config, None)
+        .expect("the PostgreSQL store");
+    let pg_client = soma_runtime::temporal::client::Blocking::connect(&pg_endpoint)
+        .expect("connect to Temporal");
+    let data = tempfile::tempdir().expect("worker data");
+    let _worker = Worker::start_with(
+        &soma,
+        data.path(),
+        (server.address(), "bench-pg"),
+        &capsules,
+        dir.path(),
+        soma_tests::temporal::WorkerOptions {
+            name: Some("pg"),
+            config: Some(&config_path),
+        },
+    );
+    let batch = if test_mode { 5 } else { 500 };
+    let children = |i: soma_runtime::temporal::RunInput| soma_runtime::temporal::RunInput {
+        offload: true,
+        child_batch: Some(batch),
+        ..i
+    };
+    let activities = |i: soma_runtime::temporal::RunInput| soma_runtime::temporal::RunInput {
+        offload: true,
+        child_batch: Some(0),
+        ..i
+    };
+    runs_on(&pg_client, &chain_1, 1, None, &activities);
+    g.bench_function(
+        format!("temporal_pg_1w/echo_1_{}_1_children", sizes.fan),
+        |b| {
+            b.iter(|| runs_on(&pg_client, &fan, 1, Some(sizes.fan), &children));
+        },
+    );
+    g.bench_function(
+        format!("temporal_pg_1w/echo_1_{}_1_activities", sizes.fan),
+        |b| {
+            b.iter(|| runs_on(&pg_client, &fan, 1, Some(sizes.fan), &activities));
+        },
+    );
+    g.finish();
 }
 
 criterion_group!(benches, bench, engines);

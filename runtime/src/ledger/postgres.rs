@@ -203,9 +203,17 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
             Some(&id) => {
                 results[*r].inserted.push(id);
                 deltas.entry(OwnedDailyKey::of(e)).or_default().add(e);
-                // Validated: a fee's tags parse.
-                if let Ok(Some(split)) = fee::split_of(id, e) {
-                    splits.push(split);
+                // Validated before, so an error here rolls the batch back
+                // rather than leave a fee without its split.
+                match fee::split_of(id, e) {
+                    Ok(Some(split)) => splits.push(split),
+                    Ok(None) => {}
+                    Err(err) => {
+                        return Err(PgError::Corrupt {
+                            what: format!("marketplace fee {id}"),
+                            reason: err.to_string(),
+                        });
+                    }
                 }
             }
             None => results[*r].duplicates += 1,

@@ -412,6 +412,30 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+/// The synchronous driver closes a connection by blocking on a runtime of
+/// its own, which panics on a thread that drives async tasks: the last
+/// handle of a store may be dropped there (a daemon's state at shutdown),
+/// so the idle connections are closed on a thread of their own then.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut state.idle);
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::Builder::new()
+                .name("soma-pg-close".into())
+                .spawn(move || drop(idle));
+            if let Ok(thread) = closing {
+                let _ = thread.join();
+            }
+        } else {
+            drop(idle);
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {

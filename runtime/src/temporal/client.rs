@@ -108,6 +108,14 @@ pub async fn approve(
     })
 }
 
+/// The workflow type of a run: what visibility queries list as runs (a
+/// run's child workflows, [`CallBatchWorkflow`], share its id prefix).
+fn run_workflow() -> &'static str {
+    use temporalio_common::WorkflowDefinition as _;
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| DagWorkflow::run.name().to_owned())
+}
+
 /// The ids of `tenant`'s runs still open on Temporal (workflow ids
 /// `TENANT.…` running), at most `limit`, from Temporal's visibility
 /// store — which may trail a start by a moment.
@@ -131,7 +139,11 @@ pub async fn open_runs(
             "a tenant name of 1–64 letters, digits, `-` and `_` is needed".into(),
         ));
     }
-    let query = format!("ExecutionStatus = 'Running' AND WorkflowId STARTS_WITH '{tenant}.'");
+    let query = format!(
+        "ExecutionStatus = 'Running' AND WorkflowType = '{}' AND WorkflowId STARTS_WITH \
+         '{tenant}.'",
+        run_workflow()
+    );
     let options = WorkflowListOptions::builder().limit(limit).build();
     let mut listed = client.list_workflows(query, options);
     let mut ids = Vec::new();
@@ -175,7 +187,10 @@ pub async fn list_runs(
         tenant: who.clone(),
         source,
     };
-    let mut clauses = vec!["ExecutionStatus != 'ContinuedAsNew'".to_owned()];
+    let mut clauses = vec![
+        "ExecutionStatus != 'ContinuedAsNew'".to_owned(),
+        format!("WorkflowType = '{}'", run_workflow()),
+    ];
     if let Some(tenant) = &query.tenant {
         if !crate::names::is_plain_id(tenant) {
             return Err(failed(

@@ -17,11 +17,11 @@ use std::{
 
 use temporalio_common::{MemoValue, RetryPolicy};
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::ChildWorkflowOptions;
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, ApplicationFailure, CancellableFuture,
-    ContinueAsNewOptions, SyncWorkflowContext, TimerResult, WaitConditionOptions,
-    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ChildWorkflowOptions, ContinueAsNewOptions, SyncWorkflowContext, TimerResult,
+    WaitConditionOptions, WorkflowCancellationToken, WorkflowContext, WorkflowContextView,
+    WorkflowResult,
 };
 
 use super::{
@@ -628,12 +628,35 @@ impl CallBatchWorkflow {
     ) -> WorkflowResult<BatchResult> {
         let ctx: &WorkflowContext<Self> = ctx;
         let heartbeat = Duration::from_millis(batch.heartbeat_timeout_ms);
-        let calls: Vec<Call<'_>> = batch
+        let mut calls: Vec<Option<Call<'_>>> = batch
             .calls
             .into_iter()
-            .map(|(node, attempt, request)| call(ctx, node, attempt, request, heartbeat))
+            .map(|(node, attempt, request)| Some(call(ctx, node, attempt, request, heartbeat)))
             .collect();
-        let done = futures::future::join_all(calls).await;
+        let mut done: Vec<Vec<Done>> = calls.iter().map(|_| Vec::new()).collect();
+        // Every call polled with the SDK's own waker, in order (not
+        // `join_all`: past 30 futures it polls through wakers of its own,
+        // which the SDK refuses as nondeterministic).
+        poll_fn(|cx| {
+            let mut pending = false;
+            for (slot, out) in calls.iter_mut().zip(done.iter_mut()) {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(d) => {
+                            *out = d;
+                            *slot = None;
+                        }
+                        Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
         Ok(done
             .into_iter()
             .flatten()
