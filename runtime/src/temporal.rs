@@ -56,12 +56,7 @@ pub const DEFAULT_TASK_QUEUE: &str = "soma";
 /// The Temporal namespace, unless told.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Most calls of one run in flight at once: Temporal refuses more than
-/// 2,000 pending activities per workflow execution; a larger fan-out is
-/// started in waves of at most this many.
-pub const MAX_PENDING_ACTIVITIES: usize = 1_000;
-
-pub use crate::config::orchestrator::CONTINUE_AS_NEW_AFTER;
+pub use crate::config::orchestrator::{CONTINUE_AS_NEW_AFTER, MAX_PENDING_ACTIVITIES};
 
 /// The backstop: a run whose Temporal history holds this many events ends
 /// failed (Temporal refuses 51,200). Continuing as new keeps runs far

@@ -26,6 +26,12 @@ use serde::{Deserialize, Serialize};
 /// from about 4 MB of history).
 pub const CONTINUE_AS_NEW_AFTER: u32 = 4_000;
 
+/// Most calls of one run in flight at once on Temporal: it refuses more
+/// than 2,000 pending activities per workflow execution; a larger fan-out
+/// is started in waves of at most this many (and a child workflow runs at
+/// most this many, `child_workflow_calls`).
+pub const MAX_PENDING_ACTIVITIES: usize = 1_000;
+
 /// Which engine drives the daemon's DAG runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -150,12 +156,11 @@ impl OrchestratorConfig {
                 self.payload_offload_bytes
             ));
         }
-        if self.child_workflow_calls > crate::temporal::MAX_PENDING_ACTIVITIES {
+        if self.child_workflow_calls > MAX_PENDING_ACTIVITIES {
             return Err(format!(
                 "orchestrator.child_workflow_calls is {}; it must be at most {} (the calls a \
                  child workflow runs at once) or 0 to never start child workflows",
-                self.child_workflow_calls,
-                crate::temporal::MAX_PENDING_ACTIVITIES
+                self.child_workflow_calls, MAX_PENDING_ACTIVITIES
             ));
         }
         if self.payload_retention_hours == 0 {

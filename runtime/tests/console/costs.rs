@@ -110,7 +110,11 @@ fn seed(data: &Path) {
         let price = 10 + i % 7;
         batch.push(Entry {
             id: 0,
-            time_ms: now - (i % 45) * 86_400_000 - (i % 1000),
+            // Runs of 60 entries (every tenant × kind × capsule × model
+            // mix) share a day, so each of the 45 days, today included,
+            // holds all of them (by `i % 45` acme had no entry today, and on
+            // the 1st of a month its month was empty).
+            time_ms: now - ((i / 60) % 45) * 86_400_000 - (i % 1000),
             tenant: tenant.into(),
             run: format!("seed-{i}"),
             node: "n".into(),
