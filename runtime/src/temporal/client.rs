@@ -110,10 +110,9 @@ pub async fn approve(
 
 /// The workflow type of a run: what visibility queries list as runs (a
 /// run's child workflows, [`CallBatchWorkflow`], share its id prefix).
-fn run_workflow() -> &'static str {
+fn run_workflow() -> String {
     use temporalio_common::WorkflowDefinition as _;
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| DagWorkflow::run.name().to_owned())
+    DagWorkflow::run.name().to_owned()
 }
 
 /// The ids of `tenant`'s runs still open on Temporal (workflow ids

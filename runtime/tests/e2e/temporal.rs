@@ -1620,13 +1620,16 @@ output: "{{{{ nodes.sink.output }}}}"
     assert_eq!(timeline(&t), timeline(&e));
     assert_eq!(t["cost"]["fuel"], e["cost"]["fuel"]);
     // 64 calls at once: two children of 31 (the 2 left as activities).
-    for child in ["wide.calls-0-1", "wide.calls-0-2"] {
-        let out = Command::new(soma_tests::temporal::binary().expect("temporal CLI"))
-            .args(["workflow", "describe", "--workflow-id", child])
+    let describe = |id: &str| {
+        Command::new(soma_tests::temporal::binary().expect("temporal CLI"))
+            .args(["workflow", "describe", "--workflow-id", id])
             .args(["--address", cluster.server.address(), "-o", "json"])
             .stdin(Stdio::null())
             .output()
-            .expect("temporal workflow describe");
+            .expect("temporal workflow describe")
+    };
+    for child in ["wide.calls-0-1", "wide.calls-0-2"] {
+        let out = describe(child);
         assert!(out.status.success(), "{child}: {}", text(&out.stderr));
         let d: Value = serde_json::from_slice(&out.stdout).expect("json");
         let info = &d["workflowExecutionInfo"];
@@ -1638,11 +1641,6 @@ output: "{{{{ nodes.sink.output }}}}"
             "{d}"
         );
     }
-    let third = Command::new(soma_tests::temporal::binary().expect("temporal CLI"))
-        .args(["workflow", "describe", "--workflow-id", "wide.calls-0-3"])
-        .args(["--address", cluster.server.address(), "-o", "json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("temporal workflow describe");
+    let third = describe("wide.calls-0-3");
     assert!(!third.status.success(), "no third child for 2 calls");
 }
