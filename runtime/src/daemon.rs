@@ -262,6 +262,7 @@ impl Daemon {
             ),
         }
         catalog::spawn_refresh(Arc::downgrade(&daemon)).map_err(DaemonError::Thread)?;
+        market::spawn_search_sync(Arc::downgrade(&daemon)).map_err(DaemonError::Thread)?;
         runs::start_drivers(&daemon);
         runs::resume_unfinished(&daemon);
         Ok(daemon)

@@ -531,6 +531,28 @@ pub trait LedgerStore: Send + Sync {
     /// order, from one read snapshot (payouts, `soma ledger check`).
     fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError>;
 
+    /// The call statistics of `capsule` per UTC day number in
+    /// `from_day..=to_day`, days without calls left out (the marketplace's
+    /// cost cards).
+    fn call_days(
+        &self,
+        capsule: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<(i64, CallDay)>, LedgerError>;
+
+    /// Count that the call `run/node/attempt` of `capsule` failed at
+    /// `time_ms`, once however often the attempt is replayed; whether it
+    /// was new.
+    fn record_call_failure(
+        &self,
+        run: &str,
+        node: &str,
+        attempt: u32,
+        capsule: &str,
+        time_ms: u64,
+    ) -> Result<bool, LedgerError>;
+
     /// Sums grouped by `by` (see [`Ledger::summary`]).
     fn summary(
         &self,
@@ -571,6 +593,26 @@ pub trait LedgerStore: Send + Sync {
 impl LedgerStore for Ledger {
     fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError> {
         Ledger::append(self, entries)
+    }
+
+    fn call_days(
+        &self,
+        capsule: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<(i64, CallDay)>, LedgerError> {
+        Ledger::call_days(self, capsule, from_day, to_day)
+    }
+
+    fn record_call_failure(
+        &self,
+        run: &str,
+        node: &str,
+        attempt: u32,
+        capsule: &str,
+        time_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        Ledger::record_call_failure(self, run, node, attempt, capsule, time_ms)
     }
 
     fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {

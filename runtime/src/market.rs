@@ -24,6 +24,7 @@ pub mod lock; // soma.lock: name → digest pins
 pub mod pipeline; // submit → review → (approval) → index, and the nightly re-test
 pub mod payouts; // payouts: per author and listing, recomputed from the ledger's fee splits
 pub mod pricing; // prices in force: price changes with notice, the call path's price book
+pub mod records; // the seam to storage: the marketplace tables on redb or on the shared PostgreSQL store
 pub mod review; // the automated review: every step as evidence with a reason code
 pub mod search; // search: full text with typo tolerance, facets, ranking over published listings
 pub mod state; // a submitted version's states and the moves between them

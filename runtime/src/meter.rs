@@ -867,7 +867,7 @@ impl BudgetLedger {
         if !self.config.meter_calls {
             return;
         }
-        if let Err(e) = self.ledger.record_call_failure(
+        if let Err(e) = self.reports().record_call_failure(
             &spender.run,
             &spender.node,
             spender.attempt,

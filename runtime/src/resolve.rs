@@ -504,7 +504,7 @@ impl<'a> Resolver<'a> {
         selector: &Selector,
     ) -> Result<Resolved, ResolveError> {
         let config = self.engine.config();
-        let market = Market::new(self.engine.data().database().clone());
+        let market = Market::new(crate::market::records::Records::of(self.engine));
         let lock = self
             .lockfile
             .clone()

@@ -190,6 +190,7 @@ impl Code {
             MarketError::ComponentMismatch { .. } => Self::Untrusted,
             MarketError::Open(_)
             | MarketError::Storage(_)
+            | MarketError::Shared(_)
             | MarketError::Corrupt { .. }
             | MarketError::BadName { .. }
             | MarketError::BadRange { .. }

@@ -21,7 +21,10 @@ pub(crate) fn books(global: &Global) -> anyhow::Result<BudgetLedger> {
 
 /// [`books`] over `data`, a data directory the caller also reads: one
 /// handle, since a process can open its redb database only once.
-fn books_in(global: &Global, data: &soma_runtime::store::DataDir) -> anyhow::Result<BudgetLedger> {
+pub(crate) fn books_in(
+    global: &Global,
+    data: &soma_runtime::store::DataDir,
+) -> anyhow::Result<BudgetLedger> {
     let config = global.config()?;
     Ok(BudgetLedger::open(
         config.ledger,
@@ -277,8 +280,13 @@ pub(crate) fn ledger(global: &Global, cmd: LedgerCommand) -> anyhow::Result<Code
         }
         LedgerCommand::Check { json } => {
             let mut report = ledger.check_integrity()?;
-            // Every marketplace fee was for a version published (and priced) then.
-            for p in soma_runtime::market::payouts::check_fees(books.reports(), data.database())? {
+            // Every marketplace fee was for a version published (and priced)
+            // then, in the marketplace `[store]` configures.
+            let market = soma_runtime::market::records::Records::over(
+                books.shared_store(),
+                data.database().clone(),
+            );
+            for p in soma_runtime::market::payouts::check_fees(books.reports(), &market)? {
                 report.fee_problem(p);
             }
             if json {

@@ -13,6 +13,7 @@ use soma_runtime::{
         listing::Listing,
         lock::LOCKFILE,
         pipeline::{self, ReviewOptions},
+        records::Records,
         review::ReviewReport,
         store::{Market, Submission, SubmissionState, author_statement},
     },
@@ -269,10 +270,22 @@ fn access(global: &Global, registry: &RegistryArgs) -> anyhow::Result<Access> {
     })
 }
 
-/// The marketplace tables of the data directory (the only handle on its
-/// database in this process: redb opens a file once).
+/// The marketplace tables as `[store]` configures them: the data
+/// directory's (the only handle on its database in this process: redb
+/// opens a file once), or the fleet's on PostgreSQL.
 fn market(global: &Global) -> anyhow::Result<Market> {
-    Ok(Market::new(global.data_dir()?.database().clone()))
+    Ok(Market::new(records(global, &global.data_dir()?)?))
+}
+
+/// [`market`]'s records over `data`, a data directory the caller also reads.
+pub(crate) fn records(
+    global: &Global,
+    data: &soma_runtime::store::DataDir,
+) -> anyhow::Result<Records> {
+    Ok(Records::open(
+        &global.config()?.store,
+        data.database().clone(),
+    )?)
 }
 
 fn line(s: &Submission) -> String {
@@ -367,7 +380,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         MarketCommand::Retest(args) => return retest(global, args),
         MarketCommand::Reindex { json } => {
             let engine = global.engine(None)?;
-            let market = Market::new(engine.data().database().clone());
+            let market = Market::new(Records::of(&engine));
             let n = pipeline::reindex(&engine, &market)?;
             if json {
                 println!("{}", json!({ "ok": true, "indexed": n }));
@@ -398,7 +411,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
                 })?;
             let key = KeyPair::load(&key_path, password(false)?.as_bytes())?;
             let engine = global.engine(None)?;
-            let market = Market::new(engine.data().database().clone());
+            let market = Market::new(Records::of(&engine));
             let bar = spinner(format!("publishing {}", args.id));
             let published =
                 flow::publish(&market, &args.id, &key, &access(global, &args.registry)?);
@@ -413,7 +426,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         }
         MarketCommand::Yank(args) => {
             let engine = global.engine(None)?;
-            let market = Market::new(engine.data().database().clone());
+            let market = Market::new(Records::of(&engine));
             let s = market.transition(&args.id, SubmissionState::Yanked, args.reason, |_| {})?;
             index(&engine, &market, &s)?;
             print_state(
@@ -424,7 +437,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
         }
         MarketCommand::Deprecate(args) => {
             let engine = global.engine(None)?;
-            let market = Market::new(engine.data().database().clone());
+            let market = Market::new(Records::of(&engine));
             let s =
                 market.transition(&args.id, SubmissionState::Deprecated, args.reason, |_| {})?;
             index(&engine, &market, &s)?;
@@ -449,7 +462,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
             let installed = flow::install(
                 &data,
                 &config,
-                &Market::new(data.database().clone()),
+                &Market::new(records(global, &data)?),
                 &name,
                 &range,
                 &args.lock,
@@ -479,7 +492,7 @@ fn run(global: &Global, cmd: MarketCommand) -> anyhow::Result<Code> {
             let updated = flow::update(
                 &data,
                 &config,
-                &Market::new(data.database().clone()),
+                &Market::new(records(global, &data)?),
                 &args.lock,
                 args.name.as_deref(),
                 &access(global, &args.registry)?,
@@ -535,7 +548,7 @@ fn submit(global: &Global, args: SubmitArgs) -> anyhow::Result<Code> {
         Artifact::Reference(Reference::parse(&args.artifact)?)
     };
     let access = access(global, &args.registry)?;
-    let market = Market::new(engine.data().database().clone());
+    let market = Market::new(Records::of(&engine));
     let bar = spinner(format!("submitting {}", listing.id()));
     let submitted = flow::submit(&engine, &market, listing, artifact, &key, &access);
     bar.finish_and_clear();
@@ -688,7 +701,7 @@ fn review(global: &Global, args: ReviewArgs) -> anyhow::Result<Code> {
                 .context("give the version to review: soma market review author/name@version")?;
             let config = global.config()?;
             let engine = global.engine(None)?;
-            let market = Market::new(engine.data().database().clone());
+            let market = Market::new(Records::of(&engine));
             let defaults = ReviewOptions::from_config(&config);
             let options = ReviewOptions {
                 llm_fixture: args.llm_fixture.or(defaults.llm_fixture.clone()),
@@ -713,7 +726,7 @@ fn review(global: &Global, args: ReviewArgs) -> anyhow::Result<Code> {
 fn retest(global: &Global, args: RetestArgs) -> anyhow::Result<Code> {
     let config = global.config()?;
     let engine = global.engine(None)?;
-    let market = Market::new(engine.data().database().clone());
+    let market = Market::new(Records::of(&engine));
     let defaults = ReviewOptions::from_config(&config);
     let options = ReviewOptions {
         llm_fixture: args.llm_fixture.or(defaults.llm_fixture.clone()),

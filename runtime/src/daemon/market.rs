@@ -41,7 +41,7 @@
 use std::{
     collections::BTreeSet,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -77,6 +77,7 @@ use crate::{
         lock::Pin,
         payouts::{self, Payouts},
         pipeline,
+        records::{Records, Table},
         search::{self, Filters, SearchIndex, SearchQuery},
         store::{Author, Market, Submission, SubmissionState},
     },
@@ -146,10 +147,10 @@ impl MarketService {
         if let (Some(_), Err(why)) = (&config.key, &key) {
             tracing::warn!("publishing over /v1/market is refused: {why}");
         }
-        let db = engine.data().database().clone();
+        let records = Records::of(engine);
         Ok(Self {
-            market: Market::new(db.clone()),
-            installs: Installs::new(db),
+            market: Market::new(records.clone()),
+            installs: Installs::new(records),
             key,
             reviews: Arc::new(Semaphore::new(config.max_concurrent_reviews.max(1))),
             pulls: Arc::new(Semaphore::new(config.max_concurrent_installs.max(1))),
@@ -329,8 +330,18 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid-component")
         }
         MarketError::Oci(_) => (StatusCode::BAD_GATEWAY, "registry"),
+        MarketError::Shared(pg) if pg.is_retryable() => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                format!("{text}; nothing was recorded: try again"),
+            );
+            error.retry_after = Some(1);
+            return error;
+        }
         // No `_` arm: a new variant must be given its answer here.
-        MarketError::Storage(_)
+        MarketError::Shared(_)
+        | MarketError::Storage(_)
         | MarketError::Open(_)
         | MarketError::Search(_)
         | MarketError::Corrupt { .. }
@@ -745,6 +756,79 @@ fn reindex(daemon: &Daemon, s: &Submission) {
     daemon.market.search.invalidate();
 }
 
+/// How often a daemon on the shared store checks whether the fleet's
+/// versions changed (a cheap query), and so whether its search index must
+/// follow.
+pub const SEARCH_SYNC: Duration = Duration::from_secs(2);
+
+/// How long a version that could not be indexed (its component could not
+/// be pulled or compiled) waits before the next try.
+pub const SEARCH_SYNC_RETRY: Duration = Duration::from_secs(30);
+
+/// On the shared store only (on redb this daemon's own writes are the only
+/// ones, and [`reindex`] follows each): a thread that, every
+/// [`SEARCH_SYNC`] while `daemon` lives, checks the versions' revision and,
+/// when another daemon changed them, brings this node's search index in
+/// step ([`pipeline::sync_index`]), then makes the next search re-read it.
+/// Versions that failed are tried again after [`SEARCH_SYNC_RETRY`].
+pub(super) fn spawn_search_sync(daemon: Weak<Daemon>) -> std::io::Result<()> {
+    let shared = daemon
+        .upgrade()
+        .is_some_and(|d| d.market.market.records().is_shared());
+    if !shared {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("soma-search-sync".into())
+        .spawn(move || {
+            let mut seen = None;
+            let mut retry_at: Option<Instant> = None;
+            loop {
+                let Some(daemon) = daemon.upgrade() else {
+                    return;
+                };
+                let market = &daemon.market.market;
+                let due = retry_at.is_some_and(|t| t <= Instant::now());
+                match market.records().revision(Table::Versions) {
+                    Ok(now) if now != seen || due => {
+                        match pipeline::sync_index(&daemon.engine, market) {
+                            Ok(done) => {
+                                seen = now;
+                                retry_at = None;
+                                for (id, e) in &done.failed {
+                                    tracing::warn!(
+                                        %id,
+                                        "not in this node's search index yet (retrying in {} s): {}",
+                                        SEARCH_SYNC_RETRY.as_secs(),
+                                        super::error_chain(e)
+                                    );
+                                }
+                                if !done.failed.is_empty() {
+                                    retry_at = Some(Instant::now() + SEARCH_SYNC_RETRY);
+                                }
+                                if done.updated > 0 {
+                                    daemon.market.search.invalidate();
+                                }
+                            }
+                            Err(e) => tracing::warn!(
+                                "the search index could not follow the fleet's versions (retrying): {}",
+                                super::error_chain(&e)
+                            ),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        "cannot read the fleet's marketplace versions (search stays as it is): {}",
+                        super::error_chain(&e)
+                    ),
+                }
+                drop(daemon);
+                std::thread::sleep(SEARCH_SYNC);
+            }
+        })
+        .map(|_| ())
+}
+
 #[utoipa::path(post, path = "/v1/market/submissions/{id}/publish", tag = "market", operation_id = "publishSubmission",
     params(("id" = String, Path, description = "`author/name@version`, its `/` percent-encoded")),
     request_body(content = Option<StateChangeRequest>, description = "Optional; an empty body is fine"),
@@ -993,7 +1077,7 @@ pub(super) async fn get_listing(
             .filter(|s| s.state.was_published())
             .collect();
         let now = crate::market::store::now_ms();
-        let ledger = engine.metering().ledger();
+        let ledger = engine.metering().reports();
         let cards: Vec<Option<serde_json::Value>> = published
             .iter()
             .map(|s| {

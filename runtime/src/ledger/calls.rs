@@ -20,6 +20,11 @@
 //! transaction per *failed* call only). Rows older than
 //! [`KEPT_DAYS`] before the newest day written for a capsule are deleted
 //! when that capsule's row is written, so the table stays bounded.
+//!
+//! On the shared PostgreSQL store (`ledger::postgres`) the same rows live
+//! in `ledger_call_stats` / `ledger_call_failures` (migration 6), written
+//! by the same [`Rollup`] in the entries' own transaction, so every
+//! daemon's calls count on every daemon's cost cards.
 
 use std::collections::BTreeMap;
 
@@ -183,7 +188,7 @@ impl CallDay {
 
     /// `u8 version, varint calls failures fuel tokens_in tokens_out fee
     /// cost, then (varint bucket, varint count) per non-empty bucket`.
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = vec![ENCODING];
         for v in [
             self.calls,
@@ -205,7 +210,7 @@ impl CallDay {
         out
     }
 
-    fn decode(mut bytes: &[u8]) -> Result<Self, &'static str> {
+    pub(super) fn decode(mut bytes: &[u8]) -> Result<Self, &'static str> {
         let (&version, rest) = bytes.split_first().ok_or("empty call statistics")?;
         if version != ENCODING {
             return Err("unknown call statistics encoding");
@@ -269,6 +274,12 @@ impl Rollup {
             .add_entry(e);
     }
 
+    /// The sums per (capsule, day), for a store that writes them itself
+    /// (`ledger::postgres`).
+    pub(super) fn into_days(self) -> BTreeMap<(String, i64), CallDay> {
+        self.days
+    }
+
     /// Merges into the table and prunes each capsule's rows older than
     /// [`KEPT_DAYS`] before the day written.
     pub(super) fn write(self, txn: &WriteTransaction) -> Result<(), LedgerError> {
@@ -311,7 +322,7 @@ fn merge_row(
     Ok(())
 }
 
-fn corrupt(capsule: &str, day: i64) -> impl FnOnce(&'static str) -> LedgerError {
+pub(super) fn corrupt(capsule: &str, day: i64) -> impl FnOnce(&'static str) -> LedgerError {
     let capsule = capsule.to_owned();
     move |reason| LedgerError::CorruptCallStats {
         capsule,

@@ -21,16 +21,21 @@
 //! in the same transaction (as on redb, see [`super::fee`]): a replayed
 //! fee writes neither, a rolled-back batch neither.
 //!
-//! Not on this store yet: per-capsule call statistics (redb only; the
-//! marketplace's cost cards read the node's).
+//! Per-capsule call statistics (the marketplace's cost cards, see
+//! [`super::calls`]) are summed from the inserted entries by the same
+//! rollup as on redb and merged into `ledger_call_stats` in the same
+//! transaction: rows new to the table in one `INSERT … ON CONFLICT DO
+//! NOTHING`, the others locked in key order (`FOR UPDATE`, the order two
+//! daemons agree on), merged and written back in one `UPDATE`. A failed
+//! call is counted once per run/node/attempt (`ledger_call_failures`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use postgres::{Transaction, types::ToSql};
 
 use super::{
-    Appended, DailyKey, DailySums, Entry, FeeSplit, Filter, IntegrityReport, Kind, LedgerError,
-    LedgerStore, LedgerWriter, OwnedDailyKey, Sums, civil, fee, validate,
+    Appended, CallDay, DailyKey, DailySums, Entry, FeeSplit, Filter, IntegrityReport, KEPT_DAYS,
+    Kind, LedgerError, LedgerStore, LedgerWriter, OwnedDailyKey, Sums, calls, civil, fee, validate,
 };
 use crate::store::postgres::{PgError, PgStore, clamp_i64, to_i64, to_u64};
 
@@ -198,11 +203,13 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
     // Ids in input order (the identity assigns them in insertion order).
     let mut deltas: BTreeMap<OwnedDailyKey, Sums> = BTreeMap::new();
     let mut splits: Vec<(String, FeeSplit)> = Vec::new();
+    let mut stats = calls::Rollup::default();
     for (r, key, e) in &fresh {
         match ids.get(key) {
             Some(&id) => {
                 results[*r].inserted.push(id);
                 deltas.entry(OwnedDailyKey::of(e)).or_default().add(e);
+                stats.add(e);
                 // Validated before, so an error here rolls the batch back
                 // rather than leave a fee without its split.
                 match fee::split_of(id, e) {
@@ -222,6 +229,7 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
     if !splits.is_empty() {
         write_splits(txn, &splits)?;
     }
+    write_call_stats(txn, stats.into_days())?;
     if !deltas.is_empty() {
         let mut cols: [Vec<String>; 5] = Default::default();
         let mut nums: [Vec<i64>; 5] = Default::default();
@@ -264,6 +272,82 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
         txn.execute(sql.as_str(), &params)?;
     }
     Ok(results)
+}
+
+/// Merge `days` (capsule, day → sums to add) into `ledger_call_stats` and
+/// prune each capsule's rows older than [`KEPT_DAYS`] before its newest
+/// day written. At most four statements, whatever the number of rows.
+fn write_call_stats(
+    txn: &mut Transaction<'_>,
+    days: BTreeMap<(String, i64), CallDay>,
+) -> Result<(), PgError> {
+    if days.is_empty() {
+        return Ok(());
+    }
+    // Each capsule's rows older than its window before its newest day.
+    let mut oldest: BTreeMap<String, i64> = BTreeMap::new();
+    for (capsule, day) in days.keys() {
+        let o = oldest.entry(capsule.clone()).or_insert(i64::MIN);
+        *o = (*o).max(day - KEPT_DAYS);
+    }
+    let created = {
+        let capsules: Vec<&str> = days.keys().map(|(c, _)| c.as_str()).collect();
+        let numbers: Vec<i64> = days.keys().map(|(_, d)| *d).collect();
+        let encoded: Vec<Vec<u8>> = days.values().map(CallDay::encode).collect();
+        txn.query(
+            "INSERT INTO ledger_call_stats (capsule, day, stats) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT (capsule, day) DO NOTHING RETURNING capsule, day",
+            &[&capsules, &numbers, &encoded],
+        )?
+    };
+    let mut rest = days;
+    for row in created {
+        let capsule: String = row.try_get(0)?;
+        let day: i64 = row.try_get(1)?;
+        rest.remove(&(capsule, day));
+    }
+    if !rest.is_empty() {
+        let capsules: Vec<&str> = rest.keys().map(|(c, _)| c.as_str()).collect();
+        let numbers: Vec<i64> = rest.keys().map(|(_, d)| *d).collect();
+        let rows = txn.query(
+            "SELECT capsule, day, stats FROM ledger_call_stats \
+             WHERE (capsule, day) IN (SELECT * FROM unnest($1::text[], $2::bigint[])) \
+             ORDER BY capsule, day FOR UPDATE",
+            &[&capsules, &numbers],
+        )?;
+        let mut merged: Vec<(String, i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let capsule: String = row.try_get(0)?;
+            let day: i64 = row.try_get(1)?;
+            let bytes: &[u8] = row.try_get(2)?;
+            let mut stored = CallDay::decode(bytes).map_err(|reason| PgError::Corrupt {
+                what: format!("call statistics of {capsule} on day {day}"),
+                reason: reason.to_owned(),
+            })?;
+            if let Some(delta) = rest.get(&(capsule.clone(), day)) {
+                stored.merge(delta);
+            }
+            merged.push((capsule, day, stored.encode()));
+        }
+        let capsules: Vec<&str> = merged.iter().map(|(c, _, _)| c.as_str()).collect();
+        let numbers: Vec<i64> = merged.iter().map(|(_, d, _)| *d).collect();
+        let encoded: Vec<&[u8]> = merged.iter().map(|(_, _, b)| b.as_slice()).collect();
+        txn.execute(
+            "UPDATE ledger_call_stats s SET stats = u.stats \
+             FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(capsule, day, stats) \
+             WHERE s.capsule = u.capsule AND s.day = u.day",
+            &[&capsules, &numbers, &encoded],
+        )?;
+    }
+    let (pruned, oldest): (Vec<String>, Vec<i64>) = oldest.into_iter().unzip();
+    txn.execute(
+        "DELETE FROM ledger_call_stats s \
+         USING unnest($1::text[], $2::bigint[]) AS u(capsule, oldest) \
+         WHERE s.capsule = u.capsule AND s.day < u.oldest",
+        &[&pruned, &oldest],
+    )?;
+    Ok(())
 }
 
 /// Insert the revenue splits of the fees a batch inserted (one statement).
@@ -328,6 +412,81 @@ fn entry_of(row: &postgres::Row) -> Result<Entry, PgError> {
 }
 
 impl LedgerStore for PgLedger {
+    /// Cost: one indexed range query of at most [`KEPT_DAYS`] + 1 rows.
+    fn call_days(
+        &self,
+        capsule: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<(i64, CallDay)>, LedgerError> {
+        let mut conn = self.store.conn()?;
+        let rows = conn
+            .query(
+                "SELECT day, stats FROM ledger_call_stats \
+                 WHERE capsule = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+                &[&capsule, &from_day, &to_day],
+            )
+            .map_err(PgError::from)?;
+        rows.iter()
+            .map(|r| {
+                let day: i64 = r.try_get(0).map_err(PgError::from)?;
+                let bytes: &[u8] = r.try_get(1).map_err(PgError::from)?;
+                Ok((
+                    day,
+                    CallDay::decode(bytes).map_err(calls::corrupt(capsule, day))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Cost: one transaction of one insert (a replayed attempt stops
+    /// there), plus the statistics' merge for a first failure.
+    fn record_call_failure(
+        &self,
+        run: &str,
+        node: &str,
+        attempt: u32,
+        capsule: &str,
+        time_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        let key = format!("{run}/{node}/{attempt}");
+        let day = civil::day_number(time_ms);
+        let mut conn = self.store.conn()?;
+        let mut tries = 0;
+        loop {
+            let attempt = (|| {
+                let mut txn = conn.transaction()?;
+                let new = txn.execute(
+                    "INSERT INTO ledger_call_failures (call, day) VALUES ($1, $2) \
+                     ON CONFLICT (call) DO NOTHING",
+                    &[&key, &day],
+                )? == 1;
+                if new {
+                    // Keys past the statistics' window count for nothing:
+                    // the table stays bounded as the statistics do.
+                    txn.execute(
+                        "DELETE FROM ledger_call_failures WHERE day < $1",
+                        &[&(day - KEPT_DAYS)],
+                    )?;
+                    let failed = CallDay {
+                        failures: 1,
+                        ..CallDay::default()
+                    };
+                    write_call_stats(
+                        &mut txn,
+                        BTreeMap::from([((capsule.to_owned(), day), failed)]),
+                    )?;
+                }
+                txn.commit()?;
+                Ok::<_, PgError>(new)
+            })();
+            match attempt {
+                Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => tries += 1,
+                other => return other.map_err(LedgerError::from),
+            }
+        }
+    }
+
     fn append(&self, entries: &[Entry]) -> Result<Appended, LedgerError> {
         if entries.is_empty() {
             return Ok(Appended::default());

@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::{
-    ledger::{CallDay, KEPT_DAYS, LatencyHistogram, Ledger, LedgerError, day_of},
+    ledger::{CallDay, KEPT_DAYS, LatencyHistogram, LedgerError, LedgerStore, day_of},
     market::{
         error::MarketError,
         store::{Market, SubmissionState},
@@ -92,7 +92,11 @@ impl CostCard {
 /// `sha256:…`; several are summed) over the [`WINDOW_DAYS`] UTC days
 /// ending with the day of `now_ms`. Cost: one range read of at most 30
 /// small rows per digest.
-pub fn cost_card(ledger: &Ledger, digests: &[&str], now_ms: u64) -> Result<CostCard, LedgerError> {
+pub fn cost_card(
+    ledger: &dyn LedgerStore,
+    digests: &[&str],
+    now_ms: u64,
+) -> Result<CostCard, LedgerError> {
     let today = crate::ledger::day_number_of(now_ms);
     let first = today - (WINDOW_DAYS - 1);
     let mut sum = CallDay::default();
@@ -149,7 +153,7 @@ pub enum CardError {
 /// [`cost_card`] per version.
 pub fn version_cards(
     market: &Market,
-    ledger: &Ledger,
+    ledger: &dyn LedgerStore,
     name: &str,
     version: Option<&semver::Version>,
     now_ms: u64,

@@ -22,6 +22,10 @@ pub enum MarketError {
     /// redb failed, or a record could not be encoded.
     #[error("the marketplace tables failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The shared PostgreSQL store failed (its message says whether to
+    /// retry; nothing was written).
+    #[error("the marketplace tables on PostgreSQL")]
+    Shared(#[from] crate::store::postgres::PgError),
     /// A stored record does not decode.
     #[error("the marketplace record {key:?} is corrupt: {message}")]
     Corrupt {
@@ -288,6 +292,14 @@ pub enum MarketError {
     /// A key could not be read, or a signature did not verify.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+}
+
+impl MarketError {
+    /// Whether trying again later may succeed (the shared store was
+    /// unreachable or busy; nothing was written).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Shared(e) if e.is_retryable())
+    }
 }
 
 /// Wrap a storage error.

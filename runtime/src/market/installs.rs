@@ -8,22 +8,18 @@
 //!
 //! Written by `POST /v1/market/installs` (after the version was pulled and
 //! both signatures verified), read by the daemon's resolve stage for
-//! `market:` names in that tenant's runs. Each write is one durable redb
-//! transaction.
+//! `market:` names in that tenant's runs (on a fleet, every daemon's: the
+//! table is on the shared store, see [`Records`]). Each write is one
+//! durable transaction.
 
-use std::sync::Arc;
-
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use soma_host_api::storage::LazyDatabase;
 
 use super::{
     error::{MarketError, storage},
     lock::Pin,
+    records::{Records, Table},
     store::now_ms,
 };
-
-const INSTALLS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_installs");
 
 /// The most capsules one tenant may have installed (a bound on what a
 /// tenant can make the node store).
@@ -42,10 +38,10 @@ pub struct TenantPin {
     pub installed_ms: u64,
 }
 
-/// The per-tenant pins of one node database. Cheap to clone.
+/// The per-tenant pins. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Installs {
-    db: Arc<LazyDatabase>,
+    records: Records,
 }
 
 fn key(tenant: &str, name: &str) -> String {
@@ -60,9 +56,11 @@ fn decode(key: &str, bytes: &[u8]) -> Result<TenantPin, MarketError> {
 }
 
 impl Installs {
-    /// The pins in `db`; nothing is opened until used.
-    pub fn new(db: Arc<LazyDatabase>) -> Self {
-        Self { db }
+    /// The pins in `records` (a node database: nothing is opened until used).
+    pub fn new(records: impl Into<Records>) -> Self {
+        Self {
+            records: records.into(),
+        }
     }
 
     /// Pin `name` to `pin` for `tenant`, replacing its earlier pin (returned).
@@ -74,26 +72,15 @@ impl Installs {
         name: &str,
         pin: Pin,
     ) -> Result<Option<TenantPin>, MarketError> {
-        let db = self.db.get()?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let previous = {
-            let mut table = txn.open_table(INSTALLS).map_err(storage)?;
+        self.records.write(Table::Installs, |table| {
             let k = key(tenant, name);
-            let previous = match table.get(k.as_str()).map_err(storage)? {
-                Some(v) => Some(decode(&k, v.value())?),
-                None => None,
-            };
+            let previous = table.get(&k)?.map(|v| decode(&k, &v)).transpose()?;
             if previous.is_none() {
-                let prefix = key(tenant, "");
                 let mut count = 0;
-                for row in table.range(prefix.as_str()..).map_err(storage)? {
-                    let (k, _) = row.map_err(storage)?;
-                    if !k.value().starts_with(prefix.as_str()) {
-                        break;
-                    }
+                table.scan(&key(tenant, ""), &mut |_, _| {
                     count += 1;
-                }
+                    Ok(count < MAX_PINS_PER_TENANT)
+                })?;
                 if count >= MAX_PINS_PER_TENANT {
                     return Err(MarketError::TooManyPins {
                         max: MAX_PINS_PER_TENANT,
@@ -107,75 +94,48 @@ impl Installs {
                 installed_ms: now_ms(),
             };
             let bytes = serde_json::to_vec(&record).map_err(storage)?;
-            table
-                .insert(k.as_str(), bytes.as_slice())
-                .map_err(storage)?;
-            previous
-        };
-        txn.commit().map_err(storage)?;
-        Ok(previous)
+            table.put(&k, &bytes)?;
+            Ok(previous)
+        })
     }
 
     /// `tenant`'s pin of `name`, if it installed it. Cost: one read transaction.
     pub fn get(&self, tenant: &str, name: &str) -> Result<Option<TenantPin>, MarketError> {
-        let db = self.db.get()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(INSTALLS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage(e)),
-        };
         let k = key(tenant, name);
-        match table.get(k.as_str()).map_err(storage)? {
-            Some(v) => Ok(Some(decode(&k, v.value())?)),
-            None => Ok(None),
-        }
+        self.records.read(Table::Installs, |table| {
+            table.get(&k)?.map(|v| decode(&k, &v)).transpose()
+        })
     }
 
     /// Every pin of `tenant`, by name. Cost: one read transaction, a
     /// range scan of that tenant's pins only.
     pub fn list(&self, tenant: &str) -> Result<Vec<TenantPin>, MarketError> {
-        let db = self.db.get()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(INSTALLS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage(e)),
-        };
-        let prefix = key(tenant, "");
-        let mut out = Vec::new();
-        for row in table.range(prefix.as_str()..).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            if !k.value().starts_with(prefix.as_str()) {
-                break;
-            }
-            out.push(decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        self.records.read(Table::Installs, |table| {
+            let mut out = Vec::new();
+            table.scan(&key(tenant, ""), &mut |k, v| {
+                out.push(decode(k, v)?);
+                Ok(true)
+            })?;
+            Ok(out)
+        })
     }
 
     /// Remove `tenant`'s pin of `name`; returns it, or `None` if that
     /// tenant had none. Cost: one durable write transaction.
     pub fn remove(&self, tenant: &str, name: &str) -> Result<Option<TenantPin>, MarketError> {
-        let db = self.db.get()?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let removed = {
-            let mut table = txn.open_table(INSTALLS).map_err(storage)?;
-            let k = key(tenant, name);
-            let removed = table.remove(k.as_str()).map_err(storage)?;
-            match removed {
-                Some(v) => Some(decode(&k, v.value())?),
-                None => None,
-            }
-        };
-        txn.commit().map_err(storage)?;
-        Ok(removed)
+        let k = key(tenant, name);
+        self.records.write(Table::Installs, |table| {
+            table.remove(&k)?.map(|v| decode(&k, &v)).transpose()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use soma_host_api::storage::LazyDatabase;
+
     use super::*;
     use crate::digest::Digest;
 

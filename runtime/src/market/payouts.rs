@@ -12,11 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use soma_host_api::storage::LazyDatabase;
 
 use super::{
     error::MarketError,
     pricing::{self, PriceHistory},
+    records::Records,
     store::Market,
 };
 use crate::ledger::{FeeProblem, LedgerError, LedgerStore};
@@ -167,18 +167,18 @@ pub fn report(
 /// Cost: a scan of the fee splits, the versions and the price histories.
 pub fn check_fees(
     ledger: &dyn LedgerStore,
-    db: &std::sync::Arc<LazyDatabase>,
+    records: &Records,
 ) -> Result<Vec<FeeProblem>, PayoutError> {
     let fees = ledger.fees(None)?;
     if fees.is_empty() {
         return Ok(Vec::new());
     }
-    let versions: BTreeMap<String, _> = Market::new(db.clone())
+    let versions: BTreeMap<String, _> = Market::new(records.clone())
         .versions(None)?
         .into_iter()
         .map(|v| (v.id(), v))
         .collect();
-    let histories = pricing::histories(db)?;
+    let histories = pricing::histories(records)?;
     let empty = PriceHistory::default();
     let mut problems = Vec::new();
     for (split, entry) in fees {

@@ -251,11 +251,7 @@ pub fn search_doc(
         .map_err(|e| MarketError::Oci(OciError::Invalid(e)))?;
     let m = capsule.manifest();
     let listing = &submission.listing;
-    let review = match (submission.state, &submission.review) {
-        (SubmissionState::UnderMaintenance, _) => ReviewState::UnderMaintenance,
-        (_, Some(r)) if r.passed => ReviewState::Verified,
-        _ => ReviewState::Unreviewed,
-    };
+    let review = review_state(submission);
     Ok(Some(SearchDoc {
         listing: listing.name.clone(),
         version: listing.version.to_string(),
@@ -275,6 +271,23 @@ pub fn search_doc(
         yanked: submission.state == SubmissionState::Yanked,
         deprecated: submission.state == SubmissionState::Deprecated,
     }))
+}
+
+/// The review status search shows for a version.
+fn review_state(submission: &Submission) -> ReviewState {
+    match (submission.state, &submission.review) {
+        (SubmissionState::UnderMaintenance, _) => ReviewState::UnderMaintenance,
+        (_, Some(r)) if r.passed => ReviewState::Verified,
+        _ => ReviewState::Unreviewed,
+    }
+}
+
+/// Whether `doc` is what search should show of `submission` (its review
+/// status, yanked and deprecated: what a state change alters).
+fn indexed_as_is(doc: &SearchDoc, submission: &Submission) -> bool {
+    doc.review == review_state(submission)
+        && doc.yanked == (submission.state == SubmissionState::Yanked)
+        && doc.deprecated == (submission.state == SubmissionState::Deprecated)
 }
 
 /// The search facet of a listing's price.
@@ -347,6 +360,57 @@ pub fn reindex(engine: &Engine, market: &Market) -> Result<usize, MarketError> {
         .rebuild(docs)
         .map_err(|e| MarketError::Search(Box::new(e)))?;
     Ok(n)
+}
+
+/// What [`sync_index`] did.
+#[derive(Debug, Default)]
+pub struct IndexSync {
+    /// Versions whose search document was (re)written.
+    pub updated: usize,
+    /// Versions that could not be indexed (`author/name@version`, why):
+    /// their component could not be read or compiled. The next sync
+    /// tries them again.
+    pub failed: Vec<(String, MarketError)>,
+}
+
+/// Bring the search index of `engine`'s data directory in step with every
+/// version in `market`: on a fleet, other daemons publish, yank, deprecate
+/// and re-test versions this node's index has not seen. A version indexed
+/// as it is (same review status, yanked and deprecated flags) is left
+/// alone without reading its component; any other published version gets
+/// [`search_doc`] (a blob cache read, or a verified pull, and a compile)
+/// and an upsert that keeps the installs and success rate indexed for it.
+/// A version that cannot be indexed is reported and the others go on.
+///
+/// Cost: a scan of the versions, opening the index for writing (see
+/// [`index_submission`]: it locks the same way), and the work above per
+/// changed version only.
+pub fn sync_index(engine: &Engine, market: &Market) -> Result<IndexSync, MarketError> {
+    let versions = market.versions(None)?;
+    let mut index = open_index(&search::default_dir(engine.data()))?;
+    let mut done = IndexSync::default();
+    for s in versions.iter().filter(|s| s.state.was_published()) {
+        let indexed = index.version(&s.listing.name, &s.listing.version.to_string());
+        if indexed.is_some_and(|d| indexed_as_is(d, s)) {
+            continue;
+        }
+        let kept = indexed.map(|d| (d.installs, d.success_rate));
+        match search_doc(engine, market, s) {
+            Ok(Some(mut doc)) => {
+                if let Some((installs, success_rate)) = kept {
+                    doc.installs = installs;
+                    doc.success_rate = success_rate;
+                }
+                index
+                    .upsert(doc)
+                    .map_err(|e| MarketError::Search(Box::new(e)))?;
+                done.updated += 1;
+            }
+            Ok(None) => {}
+            Err(e) => done.failed.push((s.id(), e)),
+        }
+    }
+    Ok(done)
 }
 
 /// Open the index at `dir` for writing, retrying while another process

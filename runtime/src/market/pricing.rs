@@ -37,21 +37,18 @@ use std::{
     time::Duration,
 };
 
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use soma_host_api::storage::LazyDatabase;
 
 use super::{
     error::{MarketError, storage},
     listing::{Price, check_price},
+    records::{Records, Table},
     store::{Market, Submission},
 };
 use crate::{
     config::market::MarketConfig,
     meter::{FeeSchedule, Tariff, TariffModel},
 };
-
-const PRICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_prices");
 
 /// Milliseconds in a day.
 const DAY_MS: u64 = 86_400_000;
@@ -151,24 +148,16 @@ pub fn is_increase(old: &Price, new: &Price) -> bool {
 
 /// Read the price history of `name` (`author/name`); empty if it never changed.
 /// Cost: one read transaction.
-pub fn history(db: &LazyDatabase, name: &str) -> Result<PriceHistory, MarketError> {
-    let db = db.get()?;
-    let txn = db.begin_read().map_err(storage)?;
-    let table = match txn.open_table(PRICES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Ok(PriceHistory {
-                listing: name.to_owned(),
-                changes: Vec::new(),
-            });
-        }
-        Err(e) => return Err(storage(e)),
-    };
-    match table.get(name).map_err(storage)? {
-        Some(v) => serde_json::from_slice(v.value()).map_err(|e| MarketError::Corrupt {
-            key: name.to_owned(),
-            message: e.to_string(),
-        }),
+pub fn history(records: &Records, name: &str) -> Result<PriceHistory, MarketError> {
+    records.read(Table::Prices, |table| {
+        stored_history(table.get(name)?, name)
+    })
+}
+
+/// A stored price history (or none: no change yet).
+fn stored_history(bytes: Option<Vec<u8>>, name: &str) -> Result<PriceHistory, MarketError> {
+    match bytes {
+        Some(v) => decode_history(name, &v),
         None => Ok(PriceHistory {
             listing: name.to_owned(),
             changes: Vec::new(),
@@ -176,26 +165,23 @@ pub fn history(db: &LazyDatabase, name: &str) -> Result<PriceHistory, MarketErro
     }
 }
 
+fn decode_history(name: &str, bytes: &[u8]) -> Result<PriceHistory, MarketError> {
+    serde_json::from_slice(bytes).map_err(|e| MarketError::Corrupt {
+        key: name.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 /// Every listing's price history. Cost: one read transaction, a scan.
-pub fn histories(db: &LazyDatabase) -> Result<HashMap<String, PriceHistory>, MarketError> {
-    let db = db.get()?;
-    let txn = db.begin_read().map_err(storage)?;
-    let table = match txn.open_table(PRICES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
-        Err(e) => return Err(storage(e)),
-    };
-    let mut out = HashMap::new();
-    for row in table.iter().map_err(storage)? {
-        let (k, v) = row.map_err(storage)?;
-        let h: PriceHistory =
-            serde_json::from_slice(v.value()).map_err(|e| MarketError::Corrupt {
-                key: k.value().to_owned(),
-                message: e.to_string(),
-            })?;
-        out.insert(k.value().to_owned(), h);
-    }
-    Ok(out)
+pub fn histories(records: &Records) -> Result<HashMap<String, PriceHistory>, MarketError> {
+    records.read(Table::Prices, |table| {
+        let mut out = HashMap::new();
+        table.scan("", &mut |k, v| {
+            out.insert(k.to_owned(), decode_history(k, v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    })
 }
 
 /// Record a price change of `name` announced at `now_ms`: at once if it
@@ -203,7 +189,7 @@ pub fn histories(db: &LazyDatabase) -> Result<HashMap<String, PriceHistory>, Mar
 /// Pending changes are superseded. Cost: one durable write transaction
 /// (plus a read of the listing's versions).
 pub fn set_price(
-    db: &Arc<LazyDatabase>,
+    records: &Records,
     name: &str,
     price: Price,
     now_ms: u64,
@@ -213,7 +199,7 @@ pub fn set_price(
         name: name.to_owned(),
         problem,
     })?;
-    let versions: Vec<Submission> = Market::new(db.clone())
+    let versions: Vec<Submission> = Market::new(records.clone())
         .versions(Some(name))?
         .into_iter()
         .filter(|v| v.published_ms.is_some())
@@ -223,21 +209,8 @@ pub fn set_price(
             name: name.to_owned(),
         });
     }
-    let handle = db.get().map_err(MarketError::from)?;
-    let mut txn = handle.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
-    let change = {
-        let mut table = txn.open_table(PRICES).map_err(storage)?;
-        let mut history: PriceHistory = match table.get(name).map_err(storage)? {
-            Some(v) => serde_json::from_slice(v.value()).map_err(|e| MarketError::Corrupt {
-                key: name.to_owned(),
-                message: e.to_string(),
-            })?,
-            None => PriceHistory {
-                listing: name.to_owned(),
-                changes: Vec::new(),
-            },
-        };
+    let change = records.write(Table::Prices, |table| {
+        let mut history = stored_history(table.get(name)?, name)?;
         let increase = versions.iter().any(|v| {
             price_at(v, &history, now_ms).is_some_and(|(old, _)| is_increase(old, &price))
         });
@@ -265,10 +238,9 @@ pub fn set_price(
         };
         history.changes.push(change.clone());
         let bytes = serde_json::to_vec(&history).map_err(storage)?;
-        table.insert(name, bytes.as_slice()).map_err(storage)?;
-        change
-    };
-    txn.commit().map_err(storage)?;
+        table.put(name, &bytes)?;
+        Ok(change)
+    })?;
     Ok(change)
 }
 
@@ -315,9 +287,9 @@ struct Book {
 }
 
 impl Book {
-    fn load(db: &Arc<LazyDatabase>, config: &MarketConfig) -> Result<Self, MarketError> {
-        let versions = Market::new(db.clone()).versions(None)?;
-        let histories = histories(db)?;
+    fn load(records: &Records, config: &MarketConfig) -> Result<Self, MarketError> {
+        let versions = Market::new(records.clone()).versions(None)?;
+        let histories = histories(records)?;
         let empty = PriceHistory::default();
         let mut by_component = HashMap::new();
         for v in versions {
@@ -364,18 +336,19 @@ impl Book {
 /// engine with [`PriceBook::install`].
 #[derive(Debug)]
 pub struct PriceBook {
-    db: Arc<LazyDatabase>,
+    records: Records,
     config: MarketConfig,
     book: RwLock<Arc<Book>>,
 }
 
 impl PriceBook {
-    /// A book over the marketplace tables in `db`, loaded now.
+    /// A book over the marketplace tables in `records`, loaded now.
     /// Cost: a scan of the versions and price histories.
-    pub fn load(db: Arc<LazyDatabase>, config: &MarketConfig) -> Result<Self, MarketError> {
-        let book = Book::load(&db, config)?;
+    pub fn load(records: impl Into<Records>, config: &MarketConfig) -> Result<Self, MarketError> {
+        let records = records.into();
+        let book = Book::load(&records, config)?;
         Ok(Self {
-            db,
+            records,
             config: config.clone(),
             book: RwLock::new(Arc::new(book)),
         })
@@ -388,16 +361,16 @@ impl PriceBook {
     /// that cannot be read yet gives an empty book that fills at its first
     /// reload. Once per engine.
     pub fn install(engine: &crate::Engine) -> Arc<Self> {
-        let db = engine.data().database().clone();
+        let records = Records::of(engine);
         let config = &engine.config().market;
-        let book = Arc::new(Self::load(db.clone(), config).unwrap_or_else(|e| {
+        let book = Arc::new(Self::load(records.clone(), config).unwrap_or_else(|e| {
             tracing::warn!(
                 "marketplace prices could not be loaded yet ({}); retrying within {} s",
                 soma_host_api::error_chain(&e),
                 config.price_refresh_secs
             );
             Self {
-                db,
+                records,
                 config: config.clone(),
                 book: RwLock::new(Arc::new(Book::default())),
             }
@@ -433,7 +406,7 @@ impl PriceBook {
     /// Reload from the database now (after a publication or price change).
     /// Cost: a scan of the versions and price histories.
     pub fn refresh(&self) -> Result<(), MarketError> {
-        let book = Book::load(&self.db, &self.config)?;
+        let book = Book::load(&self.records, &self.config)?;
         *self.book.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(book);
         Ok(())
     }
@@ -445,7 +418,13 @@ impl PriceBook {
         price: Price,
         now_ms: u64,
     ) -> Result<PriceChange, PricingError> {
-        let change = set_price(&self.db, name, price, now_ms, self.config.price_notice_days)?;
+        let change = set_price(
+            &self.records,
+            name,
+            price,
+            now_ms,
+            self.config.price_notice_days,
+        )?;
         self.refresh()?;
         Ok(change)
     }
@@ -487,9 +466,9 @@ mod tests {
         version: &str,
         component: &[u8],
         price: Price,
-    ) -> (Arc<LazyDatabase>, Submission) {
+    ) -> (Records, Submission) {
         let data = crate::store::DataDir::new(dir);
-        let db = data.database().clone();
+        let db = Records::from(data.database().clone());
         let market = Market::new(db.clone());
         let mut listing = crate::market::listing::Listing::parse(
             &format!(

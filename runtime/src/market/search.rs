@@ -794,6 +794,14 @@ impl SearchIndex {
         self.core.shown()
     }
 
+    /// The indexed document of `listing` at `version`, shown or not.
+    pub fn version(&self, listing: &str, version: &str) -> Option<&SearchDoc> {
+        self.core
+            .versions(listing)
+            .into_iter()
+            .find(|d| d.version == version)
+    }
+
     /// The version of `listing` that search shows, if any.
     pub fn shown_version(&self, listing: &str) -> Option<&SearchDoc> {
         self.core.shown_version(listing)

@@ -1,5 +1,6 @@
-//! The marketplace's tables in the node database (redb, beside the ledger
-//! and the run journal):
+//! The marketplace's authors and versions, in the node database (redb,
+//! beside the ledger and the run journal) or on the fleet's shared
+//! PostgreSQL store ([`Records`]):
 //!
 //! ```text
 //! market_authors    author name → Author (JSON: public key PEM, key id, registered)
@@ -12,23 +13,18 @@
 //! `submitted → [awaiting-approval →] approved | rejected → published
 //! [⇄ under-maintenance] → yanked | deprecated` (`state.rs` has the
 //! rules), and every move is appended to the record's history. Each write
-//! is one durable redb transaction; reads never block writers.
+//! is one durable transaction ([`Records::write`]: serialized per table,
+//! across the fleet on PostgreSQL); reads never block writers.
 
-use std::sync::Arc;
-
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use soma_host_api::storage::LazyDatabase;
 
 pub use super::state::SubmissionState;
 use super::{
     error::{MarketError, storage},
     listing::{Listing, check_author},
+    records::{Records, Table},
 };
 use crate::{digest::Digest, verify::PublicKey};
-
-const AUTHORS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_authors");
-const VERSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("market_versions");
 
 /// The most author namespaces one daemon tenant may register (a bound on
 /// what a tenant can make the node store; the operator's are not counted).
@@ -205,10 +201,10 @@ pub struct NewSubmission {
     pub size: u64,
 }
 
-/// The marketplace tables of one node database. Cheap to clone.
+/// The marketplace's authors and versions. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Market {
-    db: Arc<LazyDatabase>,
+    records: Records,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, MarketError> {
@@ -251,13 +247,17 @@ fn apply(
 }
 
 impl Market {
-    /// The marketplace in `db`; nothing is opened until used.
-    pub fn new(db: Arc<LazyDatabase>) -> Self {
-        Self { db }
+    /// The marketplace in `records` (a node database: nothing is opened
+    /// until used).
+    pub fn new(records: impl Into<Records>) -> Self {
+        Self {
+            records: records.into(),
+        }
     }
 
-    fn open(&self) -> Result<Arc<redb::Database>, MarketError> {
-        Ok(self.db.get()?)
+    /// Where its tables are.
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     /// Register `name` with `key`, owned by the operator (no tenant).
@@ -300,13 +300,9 @@ impl Market {
             reason,
         })?;
         let key_id = key.id();
-        let db = self.open()?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let author = {
-            let mut table = txn.open_table(AUTHORS).map_err(storage)?;
-            if let Some(existing) = table.get(name).map_err(storage)? {
-                let existing: Author = decode(name, existing.value())?;
+        self.records.write(Table::Authors, |table| {
+            if let Some(existing) = table.get(name)? {
+                let existing: Author = decode(name, &existing)?;
                 if !existing.owned_by(tenant) {
                     return Err(MarketError::NamespaceOwned {
                         name: name.to_owned(),
@@ -321,18 +317,23 @@ impl Market {
                 });
             }
             let mut owned = 0;
-            for row in table.iter().map_err(storage)? {
-                let (k, v) = row.map_err(storage)?;
-                let other: Author = decode(k.value(), v.value())?;
+            let mut taken = None;
+            table.scan("", &mut |k, v| {
+                let other: Author = decode(k, v)?;
                 if other.key_id == key_id {
-                    return Err(MarketError::KeyTaken {
-                        key_id,
-                        author: other.name,
-                    });
+                    taken = Some(other.name);
+                    return Ok(false);
                 }
                 if tenant.is_some() && other.owned_by(tenant) {
                     owned += 1;
                 }
+                Ok(true)
+            })?;
+            if let Some(author) = taken {
+                return Err(MarketError::KeyTaken {
+                    key_id: key_id.clone(),
+                    author,
+                });
             }
             if owned >= MAX_AUTHORS_PER_TENANT {
                 return Err(MarketError::TooManyAuthors {
@@ -347,11 +348,9 @@ impl Market {
                 tenant: tenant.map(str::to_owned),
             };
             let bytes = serde_json::to_vec(&author).map_err(storage)?;
-            table.insert(name, bytes.as_slice()).map_err(storage)?;
-            author
-        };
-        txn.commit().map_err(storage)?;
-        Ok(author)
+            table.put(name, &bytes)?;
+            Ok(author)
+        })
     }
 
     /// The author registered as `name`. Cost: one read transaction.
@@ -366,19 +365,14 @@ impl Market {
 
     /// Every registered author, by name. Cost: one read transaction, a scan.
     pub fn authors(&self) -> Result<Vec<Author>, MarketError> {
-        let db = self.open()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(AUTHORS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage(e)),
-        };
-        let mut out = Vec::new();
-        for row in table.iter().map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            out.push(decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        self.records.read(Table::Authors, |table| {
+            let mut out = Vec::new();
+            table.scan("", &mut |k, v| {
+                out.push(decode(k, v)?);
+                Ok(true)
+            })?;
+            Ok(out)
+        })
     }
 
     /// Check that `key` may sign in `namespace`: it must be the key that
@@ -413,47 +407,34 @@ impl Market {
 
     /// The version `id` (`author/name@version`), if submitted. Cost: one read transaction.
     pub fn get(&self, id: &str) -> Result<Option<Submission>, MarketError> {
-        let db = self.open()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(VERSIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(storage(e)),
-        };
-        match table.get(id).map_err(storage)? {
-            Some(v) => Ok(Some(decode(id, v.value())?)),
-            None => Ok(None),
-        }
+        self.records.read(Table::Versions, |table| {
+            table.get(id)?.map(|v| decode(id, &v)).transpose()
+        })
+    }
+
+    /// The versions whose id starts with `prefix`, ordered by name then
+    /// semver. Cost: one read transaction and a range scan.
+    fn versions_under(&self, prefix: &str) -> Result<Vec<Submission>, MarketError> {
+        let mut out: Vec<Submission> = self.records.read(Table::Versions, |table| {
+            let mut out = Vec::new();
+            table.scan(prefix, &mut |k, v| {
+                out.push(decode(k, v)?);
+                Ok(true)
+            })?;
+            Ok(out)
+        })?;
+        out.sort_by(|a, b| {
+            (a.listing.name.as_str(), &a.listing.version)
+                .cmp(&(b.listing.name.as_str(), &b.listing.version))
+        });
+        Ok(out)
     }
 
     /// Every version of `name` (`author/name`), or of everything when
     /// `name` is `None`, ordered by name then semver. Cost: one read
     /// transaction and a range scan.
     pub fn versions(&self, name: Option<&str>) -> Result<Vec<Submission>, MarketError> {
-        let db = self.open()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(VERSIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage(e)),
-        };
-        let prefix = name.map(|n| format!("{n}@"));
-        let start = prefix.clone().unwrap_or_default();
-        let mut out: Vec<Submission> = Vec::new();
-        for row in table.range(start.as_str()..).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            if let Some(p) = &prefix
-                && !k.value().starts_with(p.as_str())
-            {
-                break;
-            }
-            out.push(decode(k.value(), v.value())?);
-        }
-        out.sort_by(|a, b| {
-            (a.listing.name.as_str(), &a.listing.version)
-                .cmp(&(b.listing.name.as_str(), &b.listing.version))
-        });
-        Ok(out)
+        self.versions_under(&name.map(|n| format!("{n}@")).unwrap_or_default())
     }
 
     /// The versions waiting for a review (`submitted`: the automated
@@ -472,70 +453,44 @@ impl Market {
             state: SubmissionState,
             submitted_ms: u64,
         }
-        let db = self.open()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(VERSIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(storage(e)),
-        };
         // Rows are compact JSON: a waiting version's row holds one of these
         // literally (its top-level `state`), so the others are skipped
         // without parsing (a substring scan; a false hit is parsed).
         const WAITING: [&str; 2] = [r#""state":"submitted""#, r#""state":"awaiting-approval""#];
-        let mut waiting: Vec<(u64, String)> = Vec::new();
-        for row in table.iter().map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            let candidate = match std::str::from_utf8(v.value()) {
-                Ok(text) => WAITING.iter().any(|w| text.contains(w)),
-                Err(_) => true,
-            };
-            if !candidate {
-                continue;
+        self.records.read(Table::Versions, |table| {
+            let mut waiting: Vec<(u64, String)> = Vec::new();
+            table.scan("", &mut |k, v| {
+                let candidate = match std::str::from_utf8(v) {
+                    Ok(text) => WAITING.iter().any(|w| text.contains(w)),
+                    Err(_) => true,
+                };
+                if candidate {
+                    let head: Head = decode(k, v)?;
+                    if matches!(
+                        head.state,
+                        SubmissionState::Submitted | SubmissionState::AwaitingApproval
+                    ) {
+                        waiting.push((head.submitted_ms, k.to_owned()));
+                    }
+                }
+                Ok(true)
+            })?;
+            waiting.sort();
+            let total = waiting.len();
+            let mut page = Vec::with_capacity(limit.min(total));
+            for (_, id) in waiting.iter().skip(offset).take(limit) {
+                if let Some(v) = table.get(id)? {
+                    page.push(decode(id, &v)?);
+                }
             }
-            let head: Head = decode(k.value(), v.value())?;
-            if matches!(
-                head.state,
-                SubmissionState::Submitted | SubmissionState::AwaitingApproval
-            ) {
-                waiting.push((head.submitted_ms, k.value().to_owned()));
-            }
-        }
-        waiting.sort();
-        let total = waiting.len();
-        let mut page = Vec::with_capacity(limit.min(total));
-        for (_, id) in waiting.iter().skip(offset).take(limit) {
-            if let Some(v) = table.get(id.as_str()).map_err(storage)? {
-                page.push(decode(id, v.value())?);
-            }
-        }
-        Ok((page, total))
+            Ok((page, total))
+        })
     }
 
     /// Every version in namespace `author`, ordered by name then semver.
     /// Cost: one read transaction and a range scan over that namespace only.
     pub fn author_versions(&self, author: &str) -> Result<Vec<Submission>, MarketError> {
-        let db = self.open()?;
-        let txn = db.begin_read().map_err(storage)?;
-        let table = match txn.open_table(VERSIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(storage(e)),
-        };
-        let prefix = format!("{author}/");
-        let mut out: Vec<Submission> = Vec::new();
-        for row in table.range(prefix.as_str()..).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            if !k.value().starts_with(prefix.as_str()) {
-                break;
-            }
-            out.push(decode(k.value(), v.value())?);
-        }
-        out.sort_by(|a, b| {
-            (a.listing.name.as_str(), &a.listing.version)
-                .cmp(&(b.listing.name.as_str(), &b.listing.version))
-        });
-        Ok(out)
+        self.versions_under(&format!("{author}/"))
     }
 
     /// Store a new submission (state `submitted`). The same version with
@@ -544,18 +499,14 @@ impl Market {
     /// ([`MarketError::VersionImmutable`]). Cost: one durable write transaction.
     pub fn submit(&self, new: NewSubmission) -> Result<(Submission, bool), MarketError> {
         let id = new.listing.id();
-        let db = self.open()?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let submission = {
-            let mut table = txn.open_table(VERSIONS).map_err(storage)?;
-            if let Some(existing) = table.get(id.as_str()).map_err(storage)? {
-                let existing: Submission = decode(&id, existing.value())?;
+        self.records.write(Table::Versions, |table| {
+            if let Some(existing) = table.get(&id)? {
+                let existing: Submission = decode(&id, &existing)?;
                 if existing.component == new.component {
                     return Ok((existing, false));
                 }
                 return Err(MarketError::VersionImmutable {
-                    id,
+                    id: id.clone(),
                     existing: existing.component,
                     given: new.component,
                 });
@@ -580,13 +531,9 @@ impl Market {
                 retest: None,
             };
             let bytes = serde_json::to_vec(&submission).map_err(storage)?;
-            table
-                .insert(id.as_str(), bytes.as_slice())
-                .map_err(storage)?;
-            submission
-        };
-        txn.commit().map_err(storage)?;
-        Ok((submission, true))
+            table.put(&id, &bytes)?;
+            Ok((submission, true))
+        })
     }
 
     /// Move `id` to `to` (checked against the state machine), recording
@@ -619,13 +566,9 @@ impl Market {
         id: &str,
         change: impl FnOnce(&mut Submission) -> Result<bool, MarketError>,
     ) -> Result<Submission, MarketError> {
-        let db = self.open()?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let submission = {
-            let mut table = txn.open_table(VERSIONS).map_err(storage)?;
-            let mut submission: Submission = match table.get(id).map_err(storage)? {
-                Some(v) => decode(id, v.value())?,
+        self.records.write(Table::Versions, |table| {
+            let mut submission: Submission = match table.get(id)? {
+                Some(v) => decode(id, &v)?,
                 None => {
                     return Err(MarketError::NoSuchVersion { id: id.to_owned() });
                 }
@@ -634,11 +577,9 @@ impl Market {
                 return Ok(submission);
             }
             let bytes = serde_json::to_vec(&submission).map_err(storage)?;
-            table.insert(id, bytes.as_slice()).map_err(storage)?;
-            submission
-        };
-        txn.commit().map_err(storage)?;
-        Ok(submission)
+            table.put(id, &bytes)?;
+            Ok(submission)
+        })
     }
 
     /// Record the review of `id`: `passed` moves it to `approved`, else to
@@ -941,7 +882,10 @@ impl Market {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::verify::KeyPair;
+    use soma_host_api::storage::LazyDatabase;
 
     fn market(dir: &std::path::Path) -> Market {
         Market::new(Arc::new(LazyDatabase::new(dir.join("soma.redb"))))

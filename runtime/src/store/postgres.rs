@@ -52,6 +52,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "marketplace fee splits",
         include_str!("../../migrations/postgres/0004_fee_splits.sql"),
     ),
+    (
+        5,
+        "marketplace records",
+        include_str!("../../migrations/postgres/0005_market_records.sql"),
+    ),
+    (
+        6,
+        "call statistics",
+        include_str!("../../migrations/postgres/0006_call_stats.sql"),
+    ),
 ];
 
 /// The advisory lock key under which migrations run (any constant; "soma").

@@ -515,25 +515,17 @@ fn a_killed_daemon_and_a_stopped_database_leave_one_charge_per_call() {
 fn priced_marketplace_capsules_are_charged_and_split_on_a_postgres_fleet() {
     const PRICE: u64 = 2_500;
     let pg = Postgres::start();
-    let store = format!(
-        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\n",
-        pg.create_database()
-    );
+    let url = pg.create_database();
+    let store = format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n");
     let fleet = Fleet::new(&store);
-    // The marketplace tables are per node: the listing is published on each.
-    for dir in &fleet.dirs {
-        soma_tests::market::publish_priced(
-            &soma_runtime::market::store::Market::new(
-                soma_runtime::store::DataDir::new(dir.path())
-                    .database()
-                    .clone(),
-            ),
-            "acme/calc",
-            "1.0.0",
-            soma_capsules::CALCULATOR_COMPONENT,
-            &format!("model = \"per-call\"\nmicros = {PRICE}"),
-        );
-    }
+    // Published once, on the shared store: every daemon charges for it.
+    soma_tests::market::publish_priced(
+        &soma_runtime::market::store::Market::new(shared_records(&url)),
+        "acme/calc",
+        "1.0.0",
+        soma_capsules::CALCULATOR_COMPONENT,
+        &format!("model = \"per-call\"\nmicros = {PRICE}"),
+    );
     let (buyer, _) = token(fleet.dirs[0].path(), &fleet.configs[0], "buyer", "run,read");
     let daemons = [fleet.spawn(0), fleet.spawn(1)];
     for (i, d) in [&daemons[0], &daemons[1], &daemons[0]]
@@ -584,4 +576,184 @@ fn priced_marketplace_capsules_are_charged_and_split_on_a_postgres_fleet() {
         Some(9),
         "fuel, wall time, fee: {report}"
     );
+}
+
+/// The marketplace records on the shared store at `url`.
+fn shared_records(url: &str) -> soma_runtime::market::records::Records {
+    let config = soma_runtime::store::StoreConfig {
+        backend: soma_runtime::store::Backend::Postgres,
+        url: Some(url.to_owned()),
+        ..Default::default()
+    };
+    soma_runtime::market::records::Records::Postgres(
+        soma_runtime::store::postgres::PgStore::open(&config).expect("shared store"),
+    )
+}
+
+/// Poll `f` every 100 ms until it answers `true`, for at most 20 s (a
+/// daemon follows the fleet's marketplace within its search sync, 2 s).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One marketplace for a fleet: an author namespace registered through
+/// daemon 0 is owned on daemon 1 too (another tenant cannot take it there,
+/// the owner submits through it), a version published through daemon 0 is
+/// found by daemon 1's search (whose index had never seen it), installed
+/// for one tenant through daemon 1 and run by `market:` name through
+/// daemon 0 (charged, and split, once; counted on daemon 1's cost card),
+/// its yank through daemon 1 hides it from daemon 0's search; no tenant
+/// sees another's pins on either.
+#[test]
+fn a_fleet_shares_one_marketplace_through_every_daemon() {
+    use serde_json::json;
+    use soma_tests::market::{author_body, push_signed};
+    const PASSWORD: &str = "fleet-market";
+    let registry = soma_tests::registry::Registry::start();
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = soma_runtime::verify::KeyPair::generate()
+        .save(&keys.path().join("market"), PASSWORD.as_bytes())
+        .expect("market key");
+    let extra = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n\
+         [market]\nkey = {:?}\npublic_key = {:?}\nregistry = {:?}\n",
+        private.display().to_string(),
+        public.display().to_string(),
+        registry.host()
+    );
+    let fleet = Fleet::new(&extra);
+    let cli = (fleet.dirs[2].path(), &fleet.configs[2]);
+    let (a, _) = token(cli.0, cli.1, "tenant-a", "admin");
+    let (b, _) = token(cli.0, cli.1, "tenant-b", "admin");
+    let (ops, _) = token(cli.0, cli.1, "ops", "operator");
+    let d: Vec<Daemon> = (0..2)
+        .map(|i| {
+            Daemon::start_with_env(
+                bin(),
+                fleet.dirs[i].path(),
+                "",
+                &extra,
+                &[("SOMA_PASSWORD", PASSWORD)],
+            )
+        })
+        .collect();
+    let code = |v: &serde_json::Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    // --- Authors: registered through 0, owned through 1.
+    let (acme, beta) = (
+        soma_runtime::verify::KeyPair::generate(),
+        soma_runtime::verify::KeyPair::generate(),
+    );
+    let (s, v) = d[0].post(
+        "/v1/market/authors",
+        &a,
+        &author_body("acme", &acme, "tenant-a"),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d[1].get("/v1/market/authors/acme", &a);
+    assert_eq!((s, v["yours"].clone()), (200, json!(true)), "{v}");
+    let (s, v) = d[1].post(
+        "/v1/market/authors",
+        &b,
+        &author_body("acme", &beta, "tenant-b"),
+    );
+    assert_eq!((s, code(&v)), (409, "namespace-taken".to_owned()), "{v}");
+
+    // --- Submitted (and reviewed) through 1, published through 0.
+    let reference = push_signed(
+        &registry,
+        "acme/calc",
+        "1.0.0",
+        soma_capsules::CALCULATOR_COMPONENT,
+        &acme,
+    );
+    let listing = json!({
+        "name": "acme/calc",
+        "version": "1.0.0",
+        "summary": "Evaluate arithmetic expressions.",
+        "readme": "# calculator\nEvaluates `+ - * / ^` with parentheses.",
+        "keywords": ["math", "calculator"],
+        "categories": ["math"],
+        "license": "Apache-2.0",
+        "examples": [{"input": {"expr": "2*(3+4)"}}],
+        "price": {"model": "per-call", "micros": 1500},
+    });
+    let body = json!({"listing": listing, "reference": reference});
+    let (s, v) = d[1].post("/v1/market/submissions", &b, &body);
+    assert_eq!((s, code(&v)), (403, "foreign-namespace".to_owned()), "{v}");
+    let (s, v) = d[1].post("/v1/market/submissions", &a, &body);
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["submission"]["state"], json!("approved"), "{v}");
+    let path = "/v1/market/submissions/acme%2Fcalc@1.0.0";
+    let (s, v) = d[0].get(path, &b);
+    assert_eq!(
+        s, 404,
+        "unpublished: B does not see it through 0 either: {v}"
+    );
+    let (s, v) = d[0].post(&format!("{path}/publish"), &ops, &json!({}));
+    assert_eq!(s, 200, "{v}");
+
+    // --- Daemon 1's search index follows the shared versions.
+    let total = |d: &Daemon| {
+        let (s, v) = d.get("/v1/market/search?q=calculater", &b);
+        assert_eq!(s, 200, "{v}");
+        v["total"].as_u64()
+    };
+    eventually("daemon 1 finds the version published through 0", || {
+        total(&d[1]) == Some(1)
+    });
+    assert_eq!(total(&d[0]), Some(1));
+
+    // --- Installed through 1 for B only; run through 0.
+    let (s, v) = d[1].post("/v1/market/installs", &b, &json!({"name": "acme/calc@^1"}));
+    assert_eq!(s, 201, "{v}");
+    for daemon in &d {
+        let (s, v) = daemon.get("/v1/market/installs", &b);
+        assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+        let (s, v) = daemon.get("/v1/market/installs", &a);
+        assert_eq!((s, v), (200, json!([])), "A sees none of B's pins");
+    }
+    let call = json!({"capsule": "market:acme/calc@^1", "input": {"expr": "6*7"}});
+    let (s, v) = d[0].post("/v1/runs", &b, &call);
+    assert_eq!((s, v["ok"].clone()), (200, json!(true)), "{v}");
+    let (s, v) = d[0].post("/v1/runs", &a, &call);
+    assert_eq!(s, 400, "A installed nothing: {v}");
+    let fees: Vec<serde_json::Value> = entries(&d[1], &b)
+        .into_iter()
+        .filter(|e| e["kind"] == "marketplace-fee")
+        .collect();
+    assert_eq!(fees.len(), 1, "{fees:?}");
+    assert_eq!(fees[0]["cost_micros"].as_u64(), Some(1500), "{fees:?}");
+    // Its cost card through daemon 1 counts the call made through 0.
+    eventually("daemon 1's cost card counts daemon 0's call", || {
+        let (s, v) = d[1].get("/v1/market/listings/acme/calc", &b);
+        assert_eq!(s, 200, "{v}");
+        v["versions"][0]["cost_card"]["calls"] == json!(1)
+    });
+
+    // --- Yanked through 1: gone from 0's search.
+    let (s, v) = d[1].post(&format!("{path}/yank"), &ops, &json!({"reason": "test"}));
+    assert_eq!(s, 200, "{v}");
+    eventually("daemon 0 hides the version yanked through 1", || {
+        total(&d[0]) == Some(0)
+    });
+    let (s, v, _) = d[0].request(
+        reqwest::Method::DELETE,
+        "/v1/market/installs/acme/calc",
+        Some(&b),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(d[1].get("/v1/market/installs", &b).1, json!([]));
+    for daemon in d {
+        assert!(daemon.stop().success());
+    }
+    // The fee was for a version the shared marketplace published at that price.
+    fleet.check();
 }

@@ -179,7 +179,11 @@ fn per_call_fees_are_charged_once_split_and_held_against_budgets() {
     );
     let report = ledger.check_integrity().expect("check");
     assert!(report.ok, "{:?}", report.problems);
-    assert!(payouts::check_fees(&ledger, &db).expect("fees").is_empty());
+    assert!(
+        payouts::check_fees(&ledger, &db.clone().into())
+            .expect("fees")
+            .is_empty()
+    );
 
     // A fee for a version that was never published is caught.
     let (provider, model) = fee_tags("acme/ghost@1.0.0", 80);
@@ -206,7 +210,7 @@ fn per_call_fees_are_charged_once_split_and_held_against_budgets() {
         ledger.check_integrity().expect("check").ok,
         "the split itself is consistent"
     );
-    let problems = payouts::check_fees(&ledger, &db).expect("fees");
+    let problems = payouts::check_fees(&ledger, &db.clone().into()).expect("fees");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].to_string().contains("acme/ghost@1.0.0"),

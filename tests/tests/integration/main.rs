@@ -4,8 +4,8 @@
 //! host capabilities (`host_api`), hostile capsules (`hostile`), invalid
 //! components (`invalid`), the `llm` capability (`llm_provider`), OCI push
 //! and pull (`oci`), signing (`signing`) and the shared PostgreSQL store
-//! (`store_pg`). One test binary: each file
-//! linked alone cost a ~220 MB link (docs/ci.md).
+//! (`store_pg`; the marketplace on it: `market_pg`). One test binary: each
+//! file linked alone cost a ~220 MB link (docs/ci.md).
 
 mod capsules;
 mod compat;
@@ -15,6 +15,7 @@ mod host_api;
 mod hostile;
 mod invalid;
 mod llm_provider;
+mod market_pg;
 mod oci;
 mod signing;
 mod store_pg;

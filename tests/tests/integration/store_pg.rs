@@ -15,7 +15,10 @@ use soma_runtime::{
         postgres::{PgBudgets, ReserveError},
     },
     daemon::auth::{TokenScope, Tokens, postgres::PgTokens},
-    ledger::{Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore, postgres::PgLedger},
+    ledger::{
+        CallDay, Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore, day_number_of,
+        postgres::PgLedger,
+    },
     store::{Backend, DataDir, StoreConfig, postgres::PgStore},
 };
 use soma_tests::postgres::Postgres;
@@ -198,6 +201,89 @@ fn the_postgres_ledger_answers_as_the_redb_ledger() {
     let again = other.append(&mixed()).expect("replay");
     assert_eq!((again.inserted.len(), again.duplicates), (0, 30));
     assert!(other.check_integrity().expect("check").ok);
+}
+
+/// Every capsule's call statistics over the days `mixed()` covers and
+/// the 40 after.
+fn call_stats(s: &dyn LedgerStore) -> Vec<(String, i64, CallDay)> {
+    let first = day_number_of(MAR_1);
+    let mut out = Vec::new();
+    for capsule in 0..2 {
+        let capsule = format!("sha256:{capsule:064}");
+        for (day, stats) in s.call_days(&capsule, first, first + 45).expect("call days") {
+            out.push((capsule.clone(), day - first, stats));
+        }
+    }
+    out
+}
+
+/// The marketplace's cost cards read the same call statistics on either
+/// store: summed from the entries in their transaction (replays not
+/// counted), a failure counted once however many daemons replay it, rows
+/// past the 31-day window pruned.
+#[test]
+fn call_statistics_on_postgres_are_those_of_redb() {
+    let pg = Postgres::start();
+    let url = pg.create_database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redb = Ledger::open(&DataDir::new(dir.path()));
+    let shared = PgLedger::new(open(&url));
+    let other = PgLedger::new(open(&url));
+    feed(&redb);
+    feed(&shared);
+    let (r, p) = (call_stats(&redb), call_stats(&shared));
+    assert_eq!(r, p, "the same statistics");
+    let calls: u64 = p.iter().map(|(_, _, d)| d.calls).sum();
+    assert_eq!(calls, 6, "one wall-time entry per day and tenant: {p:?}");
+    assert!(
+        p.iter()
+            .all(|(_, _, d)| d.cost_micros > 0 && d.failures == 0)
+    );
+
+    let capsule = format!("sha256:{:064}", 0);
+    let at = MAR_1 + DAY_MS + 5;
+    for (store, first) in [
+        (&redb as &dyn LedgerStore, true),
+        (&shared, true),
+        (&other, false),
+    ] {
+        assert_eq!(
+            store
+                .record_call_failure("r-acme-1", "n", 0, &capsule, at)
+                .expect("failure"),
+            first
+        );
+        assert!(
+            !store
+                .record_call_failure("r-acme-1", "n", 0, &capsule, at)
+                .expect("replay"),
+            "a replayed attempt is not counted again"
+        );
+    }
+    let (r, p) = (call_stats(&redb), call_stats(&shared));
+    assert_eq!(r, p);
+    assert_eq!(
+        p.iter().map(|(_, _, d)| d.failures).sum::<u64>(),
+        1,
+        "{p:?}"
+    );
+
+    // A call 40 days on prunes the capsule's rows older than 31 days
+    // before it, on both stores.
+    let late = entry("acme", "r-late", "n", 0, 40, Kind::WallTime, None, 7, 1);
+    for s in [&redb as &dyn LedgerStore, &shared] {
+        s.append(std::slice::from_ref(&late)).expect("late");
+    }
+    let (r, p) = (call_stats(&redb), call_stats(&shared));
+    assert_eq!(r, p);
+    assert!(
+        p.iter().all(|(c, day, _)| c != &capsule || *day == 40),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|(c, _, _)| c != &capsule),
+        "the other capsule keeps its rows"
+    );
 }
 
 /// Fees of two listings over two months (2024-03 and 2024-04), split

@@ -1,15 +1,14 @@
 //! `soma market card author/name[@version]`: the measured cost card of a
 //! listing's published versions (calls, success rate, latency, fuel,
-//! tokens and cost per call over the last 30 days), from this node's
-//! ledger.
+//! tokens and cost per call over the last 30 days), from the call
+//! statistics of the books `[store]` configures (the fleet's on
+//! PostgreSQL).
 
 use serde_json::json;
-use soma_runtime::{
-    ledger::Ledger,
-    market::{
-        card::{CardError, CostCard, WINDOW_DAYS, cost_card, version_cards},
-        store::{Market, Submission, now_ms},
-    },
+use soma_runtime::market::{
+    card::{CardError, CostCard, WINDOW_DAYS, cost_card, version_cards},
+    records::Records,
+    store::{Market, Submission, now_ms},
 };
 
 use crate::cli::{Global, exit::Code};
@@ -38,14 +37,16 @@ pub(super) fn run(global: &Global, args: Args) -> anyhow::Result<Code> {
         None => (args.name.as_str(), None),
     };
     let data = global.data_dir()?;
-    let market = Market::new(data.database().clone());
-    let ledger = Ledger::new(data.database().clone());
+    let books = crate::cli::ledger::books_in(global, &data)?;
+    let market = Market::new(Records::over(books.shared_store(), data.database().clone()));
     // The catalog's and the ledger's own errors keep their exit codes.
     let cards =
-        version_cards(&market, &ledger, name, version.as_ref(), now_ms()).map_err(|e| match e {
-            CardError::Market(e) => anyhow::Error::from(e),
-            CardError::Ledger(e) => anyhow::Error::from(e),
-            e @ CardError::NotPublished { .. } => anyhow::Error::from(e),
+        version_cards(&market, books.reports(), name, version.as_ref(), now_ms()).map_err(|e| {
+            match e {
+                CardError::Market(e) => anyhow::Error::from(e),
+                CardError::Ledger(e) => anyhow::Error::from(e),
+                e @ CardError::NotPublished { .. } => anyhow::Error::from(e),
+            }
         })?;
     if args.json {
         println!(
@@ -103,13 +104,13 @@ pub(super) fn with_cards(
     global: &Global,
     versions: &[Submission],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let ledger = Ledger::new(global.data_dir()?.database().clone());
+    let books = crate::cli::ledger::books(global)?;
     let now = now_ms();
     versions
         .iter()
         .map(|s| {
             let card = if s.state.was_published() {
-                cost_card(&ledger, &[&s.component.to_string()], now).ok()
+                cost_card(books.reports(), &[&s.component.to_string()], now).ok()
             } else {
                 None
             };

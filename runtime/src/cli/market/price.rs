@@ -97,11 +97,11 @@ fn money(micros: u64) -> String {
 }
 
 pub(crate) fn price(global: &Global, cmd: PriceCommand) -> anyhow::Result<Code> {
-    let db = global.data_dir()?.database().clone();
+    let records = super::records(global, &global.data_dir()?)?;
     match cmd {
         PriceCommand::Set(args) => {
             let config = global.config()?;
-            let book = PriceBook::load(db, &config.market)?;
+            let book = PriceBook::load(records, &config.market)?;
             let change = book.set_price(&args.name, args.price(), now_ms())?;
             if args.json {
                 println!("{}", json!({ "ok": true, "change": change }));
@@ -124,7 +124,7 @@ pub(crate) fn price(global: &Global, cmd: PriceCommand) -> anyhow::Result<Code> 
             }
         }
         PriceCommand::Show { name, json } => {
-            let history = pricing::history(&db, &name)?;
+            let history = pricing::history(&records, &name)?;
             if json {
                 println!("{}", json!({ "ok": true, "history": history }));
             } else {
