@@ -21,10 +21,11 @@
 //! [`KEPT_DAYS`] before the newest day written for a capsule are deleted
 //! when that capsule's row is written, so the table stays bounded.
 //!
-//! On the shared PostgreSQL store (`ledger::postgres`) the same rows live
-//! in `ledger_call_stats` / `ledger_call_failures` (migration 6), written
-//! by the same [`Rollup`] in the entries' own transaction, so every
-//! daemon's calls count on every daemon's cost cards.
+//! On the shared PostgreSQL store (`ledger::postgres`) the same sums live
+//! in `ledger_call_stats` / `ledger_call_failures` (migration 6), from the
+//! same [`Rollup`] in the entries' own transaction, as columns (the
+//! histogram a `BIGINT[]`) that one upsert adds to, so every daemon's
+//! calls count on every daemon's cost cards.
 
 use std::collections::BTreeMap;
 
@@ -109,6 +110,22 @@ impl LatencyHistogram {
         }
     }
 
+    /// The count of each bucket, [`LATENCY_BUCKETS`] of them.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// The histogram of these bucket counts (missing buckets are zero;
+    /// more than [`LATENCY_BUCKETS`] is refused).
+    pub fn from_counts(counts: &[u64]) -> Result<Self, &'static str> {
+        if counts.len() > LATENCY_BUCKETS {
+            return Err("more latency buckets than there are");
+        }
+        let mut h = Self::default();
+        h.counts[..counts.len()].copy_from_slice(counts);
+        Ok(h)
+    }
+
     /// How many latencies were counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
@@ -188,7 +205,7 @@ impl CallDay {
 
     /// `u8 version, varint calls failures fuel tokens_in tokens_out fee
     /// cost, then (varint bucket, varint count) per non-empty bucket`.
-    pub(super) fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         let mut out = vec![ENCODING];
         for v in [
             self.calls,
@@ -210,7 +227,7 @@ impl CallDay {
         out
     }
 
-    pub(super) fn decode(mut bytes: &[u8]) -> Result<Self, &'static str> {
+    fn decode(mut bytes: &[u8]) -> Result<Self, &'static str> {
         let (&version, rest) = bytes.split_first().ok_or("empty call statistics")?;
         if version != ENCODING {
             return Err("unknown call statistics encoding");

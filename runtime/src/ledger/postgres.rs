@@ -23,11 +23,12 @@
 //!
 //! Per-capsule call statistics (the marketplace's cost cards, see
 //! [`super::calls`]) are summed from the inserted entries by the same
-//! rollup as on redb and merged into `ledger_call_stats` in the same
-//! transaction: rows new to the table in one `INSERT … ON CONFLICT DO
-//! NOTHING`, the others locked in key order (`FOR UPDATE`, the order two
-//! daemons agree on), merged and written back in one `UPDATE`. A failed
-//! call is counted once per run/node/attempt (`ledger_call_failures`).
+//! rollup as on redb and added to `ledger_call_stats` in the same
+//! transaction by one statement: an upsert whose columns add up (the
+//! latency histogram a `BIGINT[]` added element by element), in key order,
+//! which also prunes a capsule's rows past the 31-day window when its day
+//! row is new. A failed call is counted once per run/node/attempt
+//! (`ledger_call_failures`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -35,7 +36,8 @@ use postgres::{Transaction, types::ToSql};
 
 use super::{
     Appended, CallDay, DailyKey, DailySums, Entry, FeeSplit, Filter, IntegrityReport, KEPT_DAYS,
-    Kind, LedgerError, LedgerStore, LedgerWriter, OwnedDailyKey, Sums, calls, civil, fee, validate,
+    Kind, LatencyHistogram, LedgerError, LedgerStore, LedgerWriter, OwnedDailyKey, Sums, calls,
+    civil, fee, validate,
 };
 use crate::store::postgres::{PgError, PgStore, clamp_i64, to_i64, to_u64};
 
@@ -229,7 +231,7 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
     if !splits.is_empty() {
         write_splits(txn, &splits)?;
     }
-    write_call_stats(txn, stats.into_days())?;
+    write_call_stats(txn, &stats.into_days())?;
     if !deltas.is_empty() {
         let mut cols: [Vec<String>; 5] = Default::default();
         let mut nums: [Vec<i64>; 5] = Default::default();
@@ -274,78 +276,77 @@ fn write_in(txn: &mut Transaction<'_>, requests: &[&[Entry]]) -> Result<Vec<Appe
     Ok(results)
 }
 
-/// Merge `days` (capsule, day → sums to add) into `ledger_call_stats` and
-/// prune each capsule's rows older than [`KEPT_DAYS`] before its newest
-/// day written. At most four statements, whatever the number of rows.
+/// Add `days` (capsule, day → sums) to `ledger_call_stats` and, where a
+/// capsule's day row is new, prune its rows older than [`KEPT_DAYS`]
+/// before that day. One statement (an upsert in key order, so two daemons
+/// lock rows in the same order; the prune in the same statement), however
+/// many rows.
 fn write_call_stats(
     txn: &mut Transaction<'_>,
-    days: BTreeMap<(String, i64), CallDay>,
+    days: &BTreeMap<(String, i64), CallDay>,
 ) -> Result<(), PgError> {
     if days.is_empty() {
         return Ok(());
     }
-    // Each capsule's rows older than its window before its newest day.
-    let mut oldest: BTreeMap<String, i64> = BTreeMap::new();
-    for (capsule, day) in days.keys() {
-        let o = oldest.entry(capsule.clone()).or_insert(i64::MIN);
-        *o = (*o).max(day - KEPT_DAYS);
-    }
-    let created = {
-        let capsules: Vec<&str> = days.keys().map(|(c, _)| c.as_str()).collect();
-        let numbers: Vec<i64> = days.keys().map(|(_, d)| *d).collect();
-        let encoded: Vec<Vec<u8>> = days.values().map(CallDay::encode).collect();
-        txn.query(
-            "INSERT INTO ledger_call_stats (capsule, day, stats) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
-             ON CONFLICT (capsule, day) DO NOTHING RETURNING capsule, day",
-            &[&capsules, &numbers, &encoded],
-        )?
+    let capsules: Vec<&str> = days.keys().map(|(c, _)| c.as_str()).collect();
+    let numbers: Vec<i64> = days.keys().map(|(_, d)| *d).collect();
+    let column =
+        |f: fn(&CallDay) -> u64| days.values().map(|d| clamp_i64(f(d))).collect::<Vec<i64>>();
+    let latency: Vec<String> = days
+        .values()
+        .map(|d| {
+            let counts: Vec<String> = d
+                .latency
+                .counts()
+                .iter()
+                .map(|c| clamp_i64(*c).to_string())
+                .collect();
+            format!("{{{}}}", counts.join(","))
+        })
+        .collect();
+    let add = |c: &str| {
+        format!(
+            "{c} = LEAST(s.{c}::numeric + EXCLUDED.{c}, {})::bigint",
+            i64::MAX
+        )
     };
-    let mut rest = days;
-    for row in created {
-        let capsule: String = row.try_get(0)?;
-        let day: i64 = row.try_get(1)?;
-        rest.remove(&(capsule, day));
-    }
-    if !rest.is_empty() {
-        let capsules: Vec<&str> = rest.keys().map(|(c, _)| c.as_str()).collect();
-        let numbers: Vec<i64> = rest.keys().map(|(_, d)| *d).collect();
-        let rows = txn.query(
-            "SELECT capsule, day, stats FROM ledger_call_stats \
-             WHERE (capsule, day) IN (SELECT * FROM unnest($1::text[], $2::bigint[])) \
-             ORDER BY capsule, day FOR UPDATE",
-            &[&capsules, &numbers],
-        )?;
-        let mut merged: Vec<(String, i64, Vec<u8>)> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let capsule: String = row.try_get(0)?;
-            let day: i64 = row.try_get(1)?;
-            let bytes: &[u8] = row.try_get(2)?;
-            let mut stored = CallDay::decode(bytes).map_err(|reason| PgError::Corrupt {
-                what: format!("call statistics of {capsule} on day {day}"),
-                reason: reason.to_owned(),
-            })?;
-            if let Some(delta) = rest.get(&(capsule.clone(), day)) {
-                stored.merge(delta);
-            }
-            merged.push((capsule, day, stored.encode()));
-        }
-        let capsules: Vec<&str> = merged.iter().map(|(c, _, _)| c.as_str()).collect();
-        let numbers: Vec<i64> = merged.iter().map(|(_, d, _)| *d).collect();
-        let encoded: Vec<&[u8]> = merged.iter().map(|(_, _, b)| b.as_slice()).collect();
-        txn.execute(
-            "UPDATE ledger_call_stats s SET stats = u.stats \
-             FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(capsule, day, stats) \
-             WHERE s.capsule = u.capsule AND s.day = u.day",
-            &[&capsules, &numbers, &encoded],
-        )?;
-    }
-    let (pruned, oldest): (Vec<String>, Vec<i64>) = oldest.into_iter().unzip();
+    let sql = format!(
+        "WITH up AS ( \
+             INSERT INTO ledger_call_stats AS s (capsule, day, calls, failures, fuel, tokens_in, \
+                 tokens_out, fee_micros, cost_micros, latency) \
+             SELECT c, d, n1, n2, n3, n4, n5, n6, n7, l::bigint[] \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[]) \
+                 AS u(c, d, n1, n2, n3, n4, n5, n6, n7, l) \
+             ON CONFLICT (capsule, day) DO UPDATE SET {}, {}, {}, {}, {}, {}, {}, \
+                 latency = ARRAY(SELECT LEAST(coalesce(x, 0)::numeric + coalesce(y, 0), {max})::bigint \
+                     FROM unnest(s.latency, EXCLUDED.latency) WITH ORDINALITY AS t(x, y, i) ORDER BY i) \
+             RETURNING capsule, day, (xmax = 0) AS created) \
+         DELETE FROM ledger_call_stats s USING up \
+         WHERE up.created AND s.capsule = up.capsule AND s.day < up.day - {KEPT_DAYS}",
+        add("calls"),
+        add("failures"),
+        add("fuel"),
+        add("tokens_in"),
+        add("tokens_out"),
+        add("fee_micros"),
+        add("cost_micros"),
+        max = i64::MAX,
+    );
     txn.execute(
-        "DELETE FROM ledger_call_stats s \
-         USING unnest($1::text[], $2::bigint[]) AS u(capsule, oldest) \
-         WHERE s.capsule = u.capsule AND s.day < u.oldest",
-        &[&pruned, &oldest],
+        sql.as_str(),
+        &[
+            &capsules,
+            &numbers,
+            &column(|d| d.calls),
+            &column(|d| d.failures),
+            &column(|d| d.fuel),
+            &column(|d| d.tokens_in),
+            &column(|d| d.tokens_out),
+            &column(|d| d.fee_micros),
+            &column(|d| d.cost_micros),
+            &latency,
+        ],
     )?;
     Ok(())
 }
@@ -422,7 +423,8 @@ impl LedgerStore for PgLedger {
         let mut conn = self.store.conn()?;
         let rows = conn
             .query(
-                "SELECT day, stats FROM ledger_call_stats \
+                "SELECT day, calls, failures, fuel, tokens_in, tokens_out, fee_micros, \
+                     cost_micros, latency FROM ledger_call_stats \
                  WHERE capsule = $1 AND day >= $2 AND day <= $3 ORDER BY day",
                 &[&capsule, &from_day, &to_day],
             )
@@ -430,10 +432,22 @@ impl LedgerStore for PgLedger {
         rows.iter()
             .map(|r| {
                 let day: i64 = r.try_get(0).map_err(PgError::from)?;
-                let bytes: &[u8] = r.try_get(1).map_err(PgError::from)?;
+                let n = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(PgError::from);
+                let latency: Vec<i64> = r.try_get(8).map_err(PgError::from)?;
+                let latency: Vec<u64> = latency.into_iter().map(to_u64).collect();
                 Ok((
                     day,
-                    CallDay::decode(bytes).map_err(calls::corrupt(capsule, day))?,
+                    CallDay {
+                        calls: n(1)?,
+                        failures: n(2)?,
+                        fuel: n(3)?,
+                        tokens_in: n(4)?,
+                        tokens_out: n(5)?,
+                        fee_micros: n(6)?,
+                        cost_micros: n(7)?,
+                        latency: LatencyHistogram::from_counts(&latency)
+                            .map_err(calls::corrupt(capsule, day))?,
+                    },
                 ))
             })
             .collect()
@@ -474,7 +488,7 @@ impl LedgerStore for PgLedger {
                     };
                     write_call_stats(
                         &mut txn,
-                        BTreeMap::from([((capsule.to_owned(), day), failed)]),
+                        &BTreeMap::from([((capsule.to_owned(), day), failed)]),
                     )?;
                 }
                 txn.commit()?;
