@@ -5,10 +5,7 @@
 //! one key per author) because the fleet's writes of a table are
 //! serialized as redb's are.
 
-use std::{
-    path::Path,
-    sync::{Arc, Barrier},
-};
+use std::{path::Path, sync::Barrier};
 
 use serde_json::Value;
 use soma_runtime::{
@@ -277,6 +274,44 @@ fn marketplace_records_on_postgres_behave_as_on_redb() {
     assert_eq!(other.versions(None).expect("versions").len(), 5);
 }
 
+/// `act(prepare(i))` on `n` threads, each released once all are prepared:
+/// each outcome, a refusal by its variant's name.
+fn race<P: Send>(
+    n: usize,
+    prepare: impl Fn(usize) -> P + Sync,
+    act: impl Fn(P) -> Result<(), MarketError> + Sync,
+) -> Vec<Result<(), String>> {
+    let start = Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (start, prepare, act) = (&start, &prepare, &act);
+                s.spawn(move || {
+                    let prepared = prepare(i);
+                    start.wait();
+                    act(prepared).map_err(|e| refusal::<(), _>(Err(e)))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    })
+}
+
+/// How many of `outcomes` succeeded, checking that every other one is the
+/// refusal `refused`.
+fn successes(outcomes: &[Result<(), String>], refused: &str) -> usize {
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.as_ref().is_ok() || o.as_ref().is_err_and(|e| e == refused)),
+        "{outcomes:?}"
+    );
+    outcomes.iter().filter(|o| o.is_ok()).count()
+}
+
 /// 2 × 16 threads, half on each of two pools (two daemons), register 32
 /// namespaces for one tenant at once: exactly the cap succeeds. Then 8
 /// register different names with one key at once: exactly one does.
@@ -287,67 +322,35 @@ fn two_daemons_registering_at_once_keep_the_marketplace_rules() {
     let pg = Postgres::start();
     let url = pg.create_database();
     let pools = [Market::new(shared(&url)), Market::new(shared(&url))];
-    let threads = 2 * MAX_AUTHORS_PER_TENANT;
-    let start = Arc::new(Barrier::new(threads));
-    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let (market, start) = (pools[i % 2].clone(), start.clone());
-                s.spawn(move || {
-                    let key = KeyPair::generate();
-                    let name = format!("ns{i}");
-                    let proof = key.sign(author_statement(&name, Some("t")).as_bytes());
-                    start.wait();
-                    market
-                        .register_author_proven(&name, &key.public(), Some("t"), &proof)
-                        .map(|_| ())
-                        .map_err(|e| refusal::<(), MarketError>(Err(e)))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
-    let ok = outcomes.iter().filter(|o| o.is_ok()).count();
-    assert_eq!(ok, MAX_AUTHORS_PER_TENANT, "{outcomes:?}");
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| o.as_ref().is_ok() || o.as_ref().is_err_and(|e| e == "TooManyAuthors")),
+    let outcomes = race(
+        2 * MAX_AUTHORS_PER_TENANT,
+        |i| {
+            let key = KeyPair::generate();
+            let name = format!("ns{i}");
+            let proof = key.sign(author_statement(&name, Some("t")).as_bytes());
+            (i, key, name, proof)
+        },
+        |(i, key, name, proof)| {
+            pools[i % 2]
+                .register_author_proven(&name, &key.public(), Some("t"), &proof)
+                .map(|_| ())
+        },
+    );
+    assert_eq!(
+        successes(&outcomes, "TooManyAuthors"),
+        MAX_AUTHORS_PER_TENANT,
         "{outcomes:?}"
     );
 
-    let key = Arc::new(KeyPair::generate());
-    let start = Arc::new(Barrier::new(8));
-    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let (market, start, key) = (pools[i % 2].clone(), start.clone(), key.clone());
-                s.spawn(move || {
-                    start.wait();
-                    market
-                        .register_author(&format!("one{i}"), &key.public())
-                        .map(|_| ())
-                        .map_err(|e| refusal::<(), MarketError>(Err(e)))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
-    assert_eq!(
-        outcomes.iter().filter(|o| o.is_ok()).count(),
-        1,
-        "{outcomes:?}"
+    let key = KeyPair::generate();
+    let outcomes = race(
+        8,
+        |i| i,
+        |i| {
+            pools[i % 2]
+                .register_author(&format!("one{i}"), &key.public())
+                .map(|_| ())
+        },
     );
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| o.as_ref().is_ok() || o.as_ref().is_err_and(|e| e == "KeyTaken")),
-        "{outcomes:?}"
-    );
+    assert_eq!(successes(&outcomes, "KeyTaken"), 1, "{outcomes:?}");
 }
