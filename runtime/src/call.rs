@@ -529,8 +529,8 @@ impl Engine {
             "outcome",
             FailureClass::outcome_label(result.as_ref().err().map(Failure::class)),
         );
-        if result.is_err() {
-            self.metering.record_failure(&spender);
+        if let Err(f) = &result {
+            self.metering.record_failure(&spender, f.class().name());
         }
         // Charged whether the call succeeded or not, durably, before the
         // outcome is handed back — or handed to the caller to commit. The

@@ -8,6 +8,7 @@ mod exit;
 mod inspect;
 mod kv;
 mod ledger;
+mod analytics;
 mod market;
 mod new;
 mod progress;
@@ -83,6 +84,9 @@ enum Command {
     /// Budgets per tenant, capsule, run or node.
     #[command(subcommand)]
     Budget(ledger::BudgetCommand),
+    /// The embedded analytics store: query calls, errors, latency, cost, tokens.
+    #[command(subcommand)]
+    Analytics(analytics::AnalyticsCommand),
     /// Serve the API: REST + SSE, tokens, metrics (config: [daemon]).
     Daemon(daemon::DaemonArgs),
     /// API tokens for the daemon: create, ls, revoke.
@@ -213,6 +217,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Bill(args) => ledger::bill(&global, args),
         Command::Forecast(args) => ledger::forecast(&global, args),
         Command::Budget(cmd) => ledger::budget(&global, cmd),
+        Command::Analytics(cmd) => analytics::analytics(&global, cmd),
         Command::Dag(cmd) => dag::dag(&global, cmd),
         Command::Daemon(args) => daemon::daemon(&global, args),
         Command::Token(cmd) => daemon::token(&global, cmd),

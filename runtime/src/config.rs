@@ -66,6 +66,8 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     /// What drives the daemon's DAG runs: embedded or Temporal (`[orchestrator]`).
     pub orchestrator: orchestrator::OrchestratorConfig,
+    /// The analytics outbox and its shipper (`[analytics]`).
+    pub analytics: crate::analytics::AnalyticsConfig,
 }
 
 /// How instances get their memory.
@@ -285,6 +287,7 @@ impl Config {
             }
         }
         self.orchestrator.check().map_err(ConfigError::Invalid)?;
+        self.analytics.check().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! One daemon owns one data directory (redb's lock): it is the only writer
 //! of the journal, the ledger and the tokens while it runs.
 
+pub mod analytics;
 pub mod approvals;
 pub mod auth;
 pub mod catalog;
@@ -173,6 +174,8 @@ pub struct Daemon {
     pub console: console::Console,
     /// `[orchestrator] engine = "temporal"`: DAG runs are Temporal workflows.
     pub temporal: Option<Arc<temporal::TemporalRuns>>,
+    /// Drains the analytics outbox into the embedded store while the daemon runs.
+    pub shipper: crate::analytics::Shipper,
 }
 
 impl Daemon {
@@ -230,7 +233,13 @@ impl Daemon {
         console_config.check().map_err(DaemonError::Config)?;
         let orchestrator = engine.config().orchestrator.clone();
         orchestrator.check().map_err(DaemonError::Config)?;
+        let shipper = crate::analytics::Shipper::start(
+            engine.data().database().clone(),
+            &engine.config().analytics,
+        )
+        .map_err(|e| DaemonError::Config(format!("analytics: {}", error_chain(&e))))?;
         let daemon = Arc::new(Self {
+            shipper,
             temporal: temporal::TemporalRuns::of(&orchestrator, shared).map(Arc::new),
             market,
             console: console::Console::new(console_config),

@@ -36,6 +36,7 @@
 mod calls;
 mod civil;
 mod codec;
+mod events;
 pub mod fee;
 mod forecast;
 pub mod postgres;
@@ -54,7 +55,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::{LazyDatabase, OpenError};
 
-pub use calls::{CallDay, KEPT_DAYS, LATENCY_BUCKETS, LatencyHistogram, day_number_of};
+pub use calls::{CallDay, FailedCall, KEPT_DAYS, LATENCY_BUCKETS, LatencyHistogram, day_number_of};
 pub use civil::{civil_from_days, day_of, days_from_civil};
 pub use fee::{FeeProblem, FeeSplit, fee_tags};
 pub use writer::{LedgerWriter, MAX_BATCH_ENTRIES, OnCommit};
@@ -467,6 +468,9 @@ pub enum LedgerError {
     /// retry, and that nothing of the failed transaction was written).
     #[error(transparent)]
     Postgres(Arc<crate::store::postgres::PgError>),
+    /// The analytics outbox, written with the entries, failed.
+    #[error(transparent)]
+    Analytics(Arc<crate::analytics::AnalyticsError>),
     /// The group-commit thread is gone (it panicked).
     #[error("the ledger writer thread has stopped; start a new one with Ledger::writer()")]
     WriterStopped,
@@ -551,6 +555,7 @@ pub trait LedgerStore: Send + Sync {
         attempt: u32,
         capsule: &str,
         time_ms: u64,
+        failed: &FailedCall<'_>,
     ) -> Result<bool, LedgerError>;
 
     /// Sums grouped by `by` (see [`Ledger::summary`]).
@@ -611,8 +616,9 @@ impl LedgerStore for Ledger {
         attempt: u32,
         capsule: &str,
         time_ms: u64,
+        failed: &FailedCall<'_>,
     ) -> Result<bool, LedgerError> {
-        Ledger::record_call_failure(self, run, node, attempt, capsule, time_ms)
+        Ledger::record_call_failure(self, run, node, attempt, capsule, time_ms, failed)
     }
 
     fn fees(&self, month: Option<&str>) -> Result<Vec<(FeeSplit, Entry)>, LedgerError> {
@@ -1394,8 +1400,11 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     let mut day_cache: (i64, String) = (i64::MIN, String::new());
     let mut buf = Vec::with_capacity(256);
     let mut results = Vec::with_capacity(requests.len());
+    let mut outbox = Vec::new();
+    let mut written: Vec<&Entry> = Vec::new();
     for entries in requests {
         let mut appended = Appended::default();
+        written.clear();
         for e in *entries {
             let key = e.key();
             // Insert first (duplicates are rare); put the old id back on a hit.
@@ -1414,6 +1423,7 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             tenant_index.add(&e.tenant, next_id)?;
             fee::write_split(txn, next_id, e)?;
             appended.inserted.push(next_id);
+            written.push(e);
             next_id = next_id.saturating_add(1);
             calls.add(e);
             let day = civil::day_number(e.time_ms);
@@ -1431,8 +1441,11 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             k.day.clone_from(&day_cache.1);
             deltas.entry(k).or_default().add(e);
         }
+        events::of(entries, &written, &mut outbox);
         results.push(appended);
     }
+    crate::analytics::outbox::push(txn, &outbox)
+        .map_err(|e| LedgerError::Analytics(Arc::new(e)))?;
     for (k, delta) in &deltas {
         let row = k.as_row();
         let mut sums = daily

@@ -32,6 +32,7 @@ pub mod capsule; // a loaded capsule: compiled, linked, described
 pub mod host; // per-call store data composing every capability's state
 pub mod call; // instantiate + run: one call under limits and grants, the failure classified → Outcome
 pub mod load; // compile + link + describe() → Capsule, cached per digest (Engine::load)
+pub mod analytics; // analytics: the event schema, the durable outbox, the embedded rollup store
 pub mod ledger; // meter: durable, idempotent ledger of every charge: entries, daily rollups, bills, forecasts
 pub mod budget; // meter: budgets per tenant/capsule/run/node: reserve → settle
 pub mod meter; // meter: the llm Meter over budgets + ledger; fuel and wall-time charges

@@ -863,7 +863,7 @@ impl BudgetLedger {
     /// and attempt however often the attempt is replayed. Nothing when
     /// calls are not metered. Never fails the call: an error is logged.
     /// Cost: one durable transaction, paid by failed calls only.
-    pub fn record_failure(&self, spender: &Spender) {
+    pub fn record_failure(&self, spender: &Spender, class: &str) {
         if !self.config.meter_calls {
             return;
         }
@@ -873,6 +873,10 @@ impl BudgetLedger {
             spender.attempt,
             &spender.capsule,
             now_ms(),
+            &crate::ledger::FailedCall {
+                tenant: &spender.tenant,
+                class,
+            },
         ) {
             tracing::warn!(
                 "could not count a failed call of {} in its call statistics: {}",

@@ -83,6 +83,7 @@ fn api_routes() -> Routes {
         .merge_market()
         .merge_secrets()
         .merge_approvals()
+        .merge_analytics()
 }
 
 impl Routes {
@@ -94,6 +95,11 @@ impl Routes {
     /// The tenant-secrets routes ([`super::secrets`]).
     fn merge_secrets(self) -> Self {
         super::secrets::routes(self)
+    }
+
+    /// The analytics query route ([`super::analytics`]).
+    fn merge_analytics(self) -> Self {
+        super::analytics::routes(self)
     }
 
     /// The node-approval route ([`super::approvals`]).
@@ -325,6 +331,17 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     };
     m.set_aot_cache(aot_hits, aot_misses, aot_bytes);
     m.set_console_sessions(daemon.console.sessions.len());
+    let db = daemon.engine.data().database().clone();
+    let outbox = tokio::task::spawn_blocking(move || {
+        db.get()
+            .ok()
+            .and_then(|db| crate::analytics::outbox::status(&db).ok())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    m.set_analytics_outbox(outbox.pending, outbox.dropped);
     (
         [(header::CONTENT_TYPE, super::metrics::Metrics::CONTENT_TYPE)],
         m.render(),
@@ -520,6 +537,18 @@ pub(super) async fn create_run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require(&p, TokenScope::Run)?;
+    if daemon.shipper.paused() {
+        daemon.metrics.rejected("analytics-outbox-full");
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "analytics-outbox-full",
+                "the analytics outbox is full and `analytics.when_full = \"pause-admission\"`: \
+                 new runs wait until the shipper drains it (check the daemon log for shipper errors)",
+            )
+        });
+    }
     let req: RunRequest = parse(body)?;
     match (req.capsule, req.dag) {
         (Some(name), None) => call_run(&daemon, &p, &name, req.input, &req.limits).await,

@@ -16,6 +16,7 @@
 //! `serde_json::Value` appears only where the data is free-form: capsule
 //! input and output, a DAG spec, and a failure's class-specific detail.
 
+pub mod analytics;
 pub mod market;
 
 use serde::{Deserialize, Serialize};

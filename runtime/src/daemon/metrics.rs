@@ -33,6 +33,8 @@
 //! | `soma_aot_cache_bytes` | gauge | — |
 //! | `soma_errors_total` | counter | `source` (`request` / `call` / `node`), `class` (error code or failure class) |
 //! | `soma_console_sessions` | gauge | — |
+//! | `soma_analytics_outbox_events` | gauge | — |
+//! | `soma_analytics_outbox_dropped_events` | gauge | — (since the database was created) |
 //!
 //! Hot paths ([`Metrics::call`], [`Metrics::http`]) find their series in
 //! a per-thread cache keyed by the label values (no lock, no shared write),
@@ -66,7 +68,7 @@ pub use recent::{ErrorRecord, ErrorSource, RecentErrors};
 /// Every metric family the daemon exports, by the name its `# TYPE` line
 /// gives (histograms add `_bucket`, `_sum` and `_count` samples). A family
 /// appears in [`Metrics::render`]'s output once it has a series.
-pub const FAMILIES: [&str; 23] = [
+pub const FAMILIES: [&str; 25] = [
     "soma_calls_total",
     "soma_call_duration_seconds",
     "soma_fuel_consumed_total",
@@ -90,6 +92,8 @@ pub const FAMILIES: [&str; 23] = [
     "soma_aot_cache_bytes",
     "soma_errors_total",
     "soma_console_sessions",
+    "soma_analytics_outbox_events",
+    "soma_analytics_outbox_dropped_events",
 ];
 
 /// Most distinct values one label keeps (per parent series); later values
@@ -382,6 +386,8 @@ pub struct Metrics {
     aot_misses: Counter,
     aot_bytes: Gauge,
     console_sessions: Gauge,
+    outbox_events: Gauge,
+    outbox_dropped: Gauge,
     /// Label cost by tenant name (else [`ALL_TENANTS`]).
     tenant_labels: bool,
     /// When these metrics (the daemon) started.
@@ -567,6 +573,18 @@ impl Metrics {
             "Signed-in web console sessions held",
             console_sessions.clone(),
         );
+        let outbox_events = Gauge::default();
+        registry.register(
+            "analytics_outbox_events",
+            "Analytics events waiting in the outbox for the shipper",
+            outbox_events.clone(),
+        );
+        let outbox_dropped = Gauge::default();
+        registry.register(
+            "analytics_outbox_dropped_events",
+            "Analytics events dropped because the outbox was full (analytics.when_full = drop-oldest), since the database was created",
+            outbox_dropped.clone(),
+        );
         Self {
             registry,
             calls,
@@ -598,6 +616,8 @@ impl Metrics {
             aot_misses,
             aot_bytes,
             console_sessions,
+            outbox_events,
+            outbox_dropped,
             tenant_labels: true,
             started: Instant::now(),
             recent,
@@ -849,6 +869,14 @@ impl Metrics {
     pub fn set_console_sessions(&self, n: usize) {
         self.console_sessions
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The analytics outbox's pending and dropped events; set at scrape time.
+    pub fn set_analytics_outbox(&self, pending: u64, dropped: u64) {
+        self.outbox_events
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.outbox_dropped
+            .set(i64::try_from(dropped).unwrap_or(i64::MAX));
     }
 
     /// DAG runs waiting for a driver; set at scrape time.

@@ -17,7 +17,7 @@ use utoipa::{
     },
 };
 
-use super::{api, approvals, contract, market, secrets};
+use super::{analytics, api, approvals, contract, market, secrets};
 
 /// The document's source.
 #[derive(OpenApi)]
@@ -41,6 +41,7 @@ use super::{api, approvals, contract, market, secrets};
         api::cancel_run,
         approvals::approve_node,
         api::ledger,
+        analytics::analytics_query,
         api::get_budgets,
         api::put_budget,
         api::create_token,
@@ -81,7 +82,7 @@ struct ApiDoc;
 struct Refusals;
 
 /// (tag, description), in the order the document lists them.
-const TAGS: [(&str, &str); 8] = [
+const TAGS: [(&str, &str); 9] = [
     (
         "service",
         "Health and this document (no token); metrics (an operator or metrics token).",
@@ -89,6 +90,10 @@ const TAGS: [(&str, &str); 8] = [
     ("runs", "Capsule calls and DAG runs."),
     ("capsules", "The catalog of capsules served by name."),
     ("ledger", "Durable charges."),
+    (
+        "analytics",
+        "Calls, errors, latency, cost and tokens from the embedded analytics store.",
+    ),
     (
         "budgets",
         "Spending limits per tenant, capsule, run or node.",

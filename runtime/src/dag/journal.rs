@@ -200,6 +200,11 @@ impl Journal {
                 .insert((run, 0), encode(created)?.as_slice())
                 .map_err(storage)?;
         }
+        crate::analytics::outbox::push(
+            &txn,
+            &analytics_events(run, summary, std::slice::from_ref(created)),
+        )
+        .map_err(storage)?;
         txn.commit().map_err(storage)
     }
 
@@ -239,6 +244,8 @@ impl Journal {
                 metering.write_charges(&txn, charges)?
             }
         };
+        crate::analytics::outbox::push(&txn, &analytics_events(run, summary, events))
+            .map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(appended)
     }
@@ -607,6 +614,87 @@ impl Journal {
 }
 
 /// Put a new run in the listing indexes (in the caller's transaction).
+/// The analytics events of journal `events` (see `crate::analytics`):
+/// run started/finished, node started/succeeded/failed, gate verdicts; ids
+/// from the journal's keys (`run`, `run/node/attempt`, `run/gate/round`),
+/// so a replayed commit makes the same ids. Cost: a few small allocations
+/// per event; nothing for the other kinds.
+fn analytics_events(
+    run: &str,
+    summary: &RunSummary,
+    events: &[Event],
+) -> Vec<crate::analytics::Event> {
+    use crate::analytics::{Body, Event as Out};
+    let tenant = summary.tenant.as_str();
+    let mut out = Vec::new();
+    for e in events {
+        let time_ms = e.time_ms();
+        let (key, body) = match e {
+            Event::Created { .. } => (
+                run.to_owned(),
+                Body::RunStarted {
+                    run: run.to_owned(),
+                    dag: Some(summary.name.clone()),
+                },
+            ),
+            Event::Started { node, attempt, .. } => (
+                format!("{run}/{node}/{attempt}"),
+                Body::NodeStarted {
+                    run: run.to_owned(),
+                    node: node.clone(),
+                    attempt: *attempt,
+                },
+            ),
+            Event::Succeeded { node, call, .. } => (
+                format!("{run}/{node}/{}", call.attempt),
+                Body::NodeSucceeded {
+                    run: run.to_owned(),
+                    node: node.clone(),
+                    attempt: call.attempt,
+                },
+            ),
+            Event::Failed {
+                node,
+                call,
+                failure,
+                ..
+            } => (
+                format!("{run}/{node}/{}", call.attempt),
+                Body::NodeFailed {
+                    run: run.to_owned(),
+                    node: node.clone(),
+                    attempt: call.attempt,
+                    failure_class: failure.class.name().to_owned(),
+                },
+            ),
+            Event::Verdict {
+                node,
+                round,
+                verdict,
+                ..
+            } => (
+                format!("{run}/{node}/r{round}"),
+                Body::GateVerdict {
+                    run: run.to_owned(),
+                    node: node.clone(),
+                    score: Some(verdict.score),
+                    approved: verdict.approved,
+                },
+            ),
+            Event::Finished { status, .. } => (
+                run.to_owned(),
+                Body::RunFinished {
+                    run: run.to_owned(),
+                    outcome: RunPhase::from(*status).name().to_owned(),
+                },
+            ),
+            _ => continue,
+        };
+        out.push(Out::new(&key, tenant, time_ms, body));
+    }
+    out
+}
+
 fn index(txn: &redb::WriteTransaction, run: &str, s: &RunSummary) -> Result<(), JournalError> {
     let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
     by_tenant

@@ -39,6 +39,16 @@ const CALL_STATS: TableDefinition<'_, (&str, i64), &[u8]> =
 /// `run/node/attempt` of a failed call → its day number.
 const CALL_FAILURES: TableDefinition<'_, &str, i64> = TableDefinition::new("ledger_call_failures");
 
+/// Who a failed call belonged to and how it failed: what its
+/// `call-failed` analytics event carries.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedCall<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The failure class (`out-of-fuel`, `trap`, …).
+    pub class: &'a str,
+}
+
 /// Days of statistics kept per capsule (older rows are pruned on write).
 pub const KEPT_DAYS: i64 = 31;
 
@@ -359,6 +369,7 @@ impl Ledger {
         attempt: u32,
         capsule: &str,
         time_ms: u64,
+        failed: &FailedCall<'_>,
     ) -> Result<bool, LedgerError> {
         let db = self.db.get().map_err(LedgerError::from)?;
         let txn = db.begin_write().map_err(db_err)?;
@@ -370,6 +381,22 @@ impl Ledger {
             if new {
                 let mut table = txn.open_table(CALL_STATS).map_err(db_err)?;
                 merge_row(&mut table, capsule, day, |row| row.failures += 1)?;
+                let event = crate::analytics::Event::new(
+                    &key,
+                    failed.tenant,
+                    time_ms,
+                    crate::analytics::Body::CallFailed {
+                        site: crate::analytics::Site {
+                            run: run.to_owned(),
+                            node: node.to_owned(),
+                            attempt,
+                            capsule_digest: capsule.to_owned(),
+                        },
+                        failure_class: failed.class.to_owned(),
+                    },
+                );
+                crate::analytics::outbox::push(&txn, &[event])
+                    .map_err(|e| LedgerError::Analytics(std::sync::Arc::new(e)))?;
             }
             new
         };

@@ -1,5 +1,5 @@
 //! The `soma` binary and `soma daemon` end to end, one module per former
-//! test file: the CLI (`cli`), the daemon over HTTP (`daemon`), its log
+//! test file: analytics through the outbox and the shipper (`analytics`), the CLI (`cli`), the daemon over HTTP (`daemon`), its log
 //! (`daemon_log`) and its `/metrics` scraped by Prometheus
 //! (`daemon_prometheus`), two daemons on one PostgreSQL (`daemon_pg`),
 //! `soma dag` (`dag`), the `fetch` example calling a real API with a
@@ -10,6 +10,7 @@
 //! One test binary: each file linked alone cost a ~220 MB
 //! link (docs/ci.md).
 
+mod analytics;
 mod cli;
 mod common;
 mod daemon;

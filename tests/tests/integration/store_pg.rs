@@ -16,8 +16,8 @@ use soma_runtime::{
     },
     daemon::auth::{TokenScope, Tokens, postgres::PgTokens},
     ledger::{
-        CallDay, Entry, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore, day_number_of,
-        postgres::PgLedger,
+        CallDay, Entry, FailedCall, Filter, GroupBy, Kind, Ledger, LedgerError, LedgerStore,
+        day_number_of, postgres::PgLedger,
     },
     store::{Backend, DataDir, StoreConfig, postgres::PgStore},
 };
@@ -242,6 +242,10 @@ fn call_statistics_on_postgres_are_those_of_redb() {
 
     let capsule = format!("sha256:{:064}", 0);
     let at = MAR_1 + DAY_MS + 5;
+    let failed = FailedCall {
+        tenant: "acme",
+        class: "trap",
+    };
     for (store, first) in [
         (&redb as &dyn LedgerStore, true),
         (&shared, true),
@@ -249,13 +253,13 @@ fn call_statistics_on_postgres_are_those_of_redb() {
     ] {
         assert_eq!(
             store
-                .record_call_failure("r-acme-1", "n", 0, &capsule, at)
+                .record_call_failure("r-acme-1", "n", 0, &capsule, at, &failed)
                 .expect("failure"),
             first
         );
         assert!(
             !store
-                .record_call_failure("r-acme-1", "n", 0, &capsule, at)
+                .record_call_failure("r-acme-1", "n", 0, &capsule, at, &failed)
                 .expect("replay"),
             "a replayed attempt is not counted again"
         );

@@ -1,0 +1,350 @@
+//! Analytics: one event stream out of every charge and call ([`event`]), a
+//! durable outbox written in the same transaction as each fact
+//! ([`outbox`]), and the embedded store: a shipper that drains the outbox
+//! into redb rollups ([`rollup`]) that answer the dashboard queries
+//! (calls, errors, latency percentiles, cost and tokens by tenant, capsule,
+//! model and failure class over minute/hour/day buckets; top-N; gate
+//! approval rates) without any service.
+//!
+//! The embedded sink is exactly-once by construction: the shipper deletes
+//! the events it folds into the rollups in the same transaction. External
+//! sinks (Kafka, ClickHouse; not built yet) get at-least-once delivery and
+//! deduplicate by [`Event::id`].
+
+pub mod event;
+pub mod outbox;
+pub mod rollup;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use soma_host_api::storage::LazyDatabase;
+
+pub use event::{Body, Event, SCHEMA_VERSION, Site};
+pub use outbox::Status;
+pub use rollup::{Dim, Gran, Query, QueryRow};
+
+/// `[analytics]`: the outbox's bound and the shipper's pace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Write events at all. Default true; false turns the outbox (and so
+    /// the embedded store) off, e.g. to measure its cost.
+    pub enabled: bool,
+    /// Most events the outbox holds before `when_full` applies. Default 1,000,000
+    /// (about 300 MB at the worst; ~300 bytes per event).
+    pub max_outbox_events: u64,
+    /// What happens when the outbox is full: `drop-oldest` (default; calls
+    /// never wait for analytics) or `pause-admission` (nothing is lost; new
+    /// calls are refused until the shipper catches up).
+    pub when_full: FullPolicy,
+    /// Most events the shipper folds into the rollups per transaction. Default 10,000.
+    pub ship_batch: u32,
+    /// How long the shipper sleeps when the outbox is empty, ms. Default 200.
+    pub ship_interval_ms: u64,
+    /// Days the minute rows of the embedded store are kept. Default 7.
+    pub minute_retention_days: u32,
+    /// Days the hour rows are kept. Default 90.
+    pub hour_retention_days: u32,
+    /// Days the day rows are kept. Default 800 (two years and more).
+    pub day_retention_days: u32,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_outbox_events: outbox::DEFAULT_MAX_OUTBOX_EVENTS,
+            when_full: FullPolicy::DropOldest,
+            ship_batch: 10_000,
+            ship_interval_ms: 200,
+            minute_retention_days: 7,
+            hour_retention_days: 90,
+            day_retention_days: 800,
+        }
+    }
+}
+
+impl AnalyticsConfig {
+    /// Refuse zero bounds (`soma config check`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_outbox_events == 0 || self.ship_batch == 0 || self.ship_interval_ms == 0 {
+            return Err(
+                "analytics.max_outbox_events, ship_batch and ship_interval_ms must be positive"
+                    .into(),
+            );
+        }
+        if self.minute_retention_days == 0
+            || self.hour_retention_days == 0
+            || self.day_retention_days == 0
+        {
+            return Err(
+                "analytics.minute_retention_days, hour_retention_days and day_retention_days \
+                 must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// How long each bucket width's rows are kept, ms (minute, hour, day).
+    pub fn retention_ms(&self) -> [u64; 3] {
+        [
+            self.minute_retention_days,
+            self.hour_retention_days,
+            self.day_retention_days,
+        ]
+        .map(|d| u64::from(d) * 86_400_000)
+    }
+}
+
+/// What a full outbox does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Delete the oldest events (counted, logged).
+    DropOldest,
+    /// Keep every event and refuse new calls until the shipper drains it.
+    PauseAdmission,
+}
+
+impl FullPolicy {
+    fn code(self) -> u64 {
+        match self {
+            Self::DropOldest => 0,
+            Self::PauseAdmission => 1,
+        }
+    }
+
+    fn from_code(code: u64) -> Self {
+        if code == 1 {
+            Self::PauseAdmission
+        } else {
+            Self::DropOldest
+        }
+    }
+}
+
+/// Why an analytics operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    /// redb failed.
+    #[error(
+        "the analytics tables failed (check free disk space and permissions of the --data directory)"
+    )]
+    Database(#[source] redb::Error),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Open(#[from] soma_host_api::storage::OpenError),
+    /// An event could not be encoded.
+    #[error("an analytics event could not be encoded")]
+    Encode(#[source] serde_json::Error),
+    /// A stored event or rollup row is unreadable.
+    #[error("analytics row {what} is unreadable: {reason} (restore the database from a backup)")]
+    Corrupt {
+        /// Which row.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A query asked for something the store cannot answer.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The shipper thread could not be started.
+    #[error("cannot start the analytics shipper thread (the process may be out of threads)")]
+    Spawn(#[source] std::io::Error),
+}
+
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> AnalyticsError {
+    AnalyticsError::Database(e.into())
+}
+
+/// Move up to `batch` events from the outbox into the rollups, in one
+/// durable transaction that also deletes them (exactly-once into the
+/// embedded store). Returns how many were shipped. Cost: one write
+/// transaction; a JSON decode per event and a few map updates.
+pub fn ship_once(db: &redb::Database, batch: usize) -> Result<usize, AnalyticsError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write().map_err(db_err)?;
+    let shipped = {
+        let mut table = txn.open_table(outbox::OUTBOX).map_err(db_err)?;
+        let mut events = Vec::with_capacity(batch.min(16_384));
+        let mut last = None;
+        for row in table.iter().map_err(db_err)?.take(batch) {
+            let (k, v) = row.map_err(db_err)?;
+            let seq = k.value();
+            let e: Event =
+                serde_json::from_slice(v.value()).map_err(|e| AnalyticsError::Corrupt {
+                    what: format!("outbox {seq}"),
+                    reason: e.to_string(),
+                })?;
+            events.push(e);
+            last = Some(seq);
+        }
+        if let Some(last) = last {
+            table.retain_in(..=last, |_, _| false).map_err(db_err)?;
+        }
+        rollup::ingest(&txn, &events)?;
+        if !events.is_empty() {
+            let mut meta = txn.open_table(outbox::META).map_err(db_err)?;
+            meta.insert("full", 0).map_err(db_err)?;
+        }
+        events.len()
+    };
+    if shipped == 0 {
+        txn.abort().map_err(db_err)?;
+    } else {
+        txn.commit().map_err(db_err)?;
+    }
+    Ok(shipped)
+}
+
+/// How often the shipper deletes the rollup rows past their retention.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Delete the rollup rows older than `keep_ms` (per bucket width) before
+/// `now_ms`, in one durable transaction (see [`rollup::prune`]).
+pub fn prune_once(
+    db: &redb::Database,
+    now_ms: u64,
+    keep_ms: [u64; 3],
+) -> Result<(), AnalyticsError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    rollup::prune(&txn, now_ms, keep_ms)?;
+    txn.commit().map_err(db_err)
+}
+
+/// Ship until the outbox is empty. Returns how many were shipped.
+pub fn ship_all(db: &redb::Database, batch: usize) -> Result<usize, AnalyticsError> {
+    let mut total = 0;
+    loop {
+        let n = ship_once(db, batch.max(1))?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// The background shipper: drains the outbox into the rollups, sleeping
+/// `ship_interval_ms` when it is empty and backing off (up to 30 s) after a
+/// failure. Stops when dropped.
+#[derive(Debug)]
+pub struct Shipper {
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Record `config`'s bound in the database and start the thread. Once
+    /// per daemon.
+    pub fn start(db: Arc<LazyDatabase>, config: &AnalyticsConfig) -> Result<Self, AnalyticsError> {
+        outbox::configure(
+            &*db.get()?,
+            config.max_outbox_events,
+            config.when_full,
+            config.enabled,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let paused = Arc::new(AtomicBool::new(false));
+        let pause_flag = paused.clone();
+        let batch = config.ship_batch.max(1) as usize;
+        let idle = Duration::from_millis(config.ship_interval_ms.max(1));
+        let keep = config.retention_ms();
+        let thread = thread::Builder::new()
+            .name("soma-analytics-shipper".into())
+            .spawn(move || {
+                let mut backoff = idle;
+                let mut pruned: Option<std::time::Instant> = None;
+                while !flag.load(Ordering::Relaxed) {
+                    if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                        pruned = Some(std::time::Instant::now());
+                        let now = soma_host_api::meter::now_ms();
+                        if let Err(e) = db
+                            .get()
+                            .map_err(AnalyticsError::from)
+                            .and_then(|d| prune_once(&d, now, keep))
+                        {
+                            tracing::warn!(
+                                "old analytics rows could not be deleted (next try in {} s): {}",
+                                PRUNE_EVERY.as_secs(),
+                                soma_host_api::error_chain(&e)
+                            );
+                        }
+                    }
+                    let pause = match db
+                        .get()
+                        .map_err(AnalyticsError::from)
+                        .and_then(|d| ship_once(&d, batch))
+                    {
+                        Ok(0) => {
+                            backoff = idle;
+                            idle
+                        }
+                        Ok(_) => {
+                            backoff = idle;
+                            Duration::ZERO
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "the analytics shipper failed; retrying in {} ms: {}",
+                                backoff.as_millis(),
+                                soma_host_api::error_chain(&e)
+                            );
+                            let p = backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            p
+                        }
+                    };
+                    if let Ok(s) = db
+                        .get()
+                        .map_err(AnalyticsError::from)
+                        .and_then(|d| outbox::status(&d))
+                    {
+                        pause_flag.store(s.paused, Ordering::Relaxed);
+                    }
+                    // Sleep in short steps so a stop is noticed quickly.
+                    let mut left = pause;
+                    while !left.is_zero() && !flag.load(Ordering::Relaxed) {
+                        let step = left.min(Duration::from_millis(50));
+                        thread::sleep(step);
+                        left -= step;
+                    }
+                }
+            })
+            .map_err(AnalyticsError::Spawn)?;
+        Ok(Self {
+            stop,
+            paused,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the outbox is over its bound under `pause-admission` (as of
+    /// the shipper's last pass, at most `ship_interval_ms` ago): admission
+    /// refuses new runs while it is. Cost: one atomic load.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
