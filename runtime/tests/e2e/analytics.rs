@@ -66,21 +66,6 @@ fn wait_for(d: &Daemon, path: &str, token: &str, done: impl Fn(&Value) -> bool) 
     }
 }
 
-/// The KAMACHIQ spec with the daemon's catalog names as its capsules.
-fn kamachiq_spec() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
-    let text = std::fs::read_to_string(&path).expect("spec");
-    let spec = soma_runtime::dag::spec::parse(&text, "kamachiq.yaml").expect("valid");
-    let mut v = serde_json::to_value(&spec).expect("json");
-    v["capsules"] = json!({
-        "planner": "kamachiq-planner",
-        "coder": "kamachiq-coder",
-        "calculator": "calculator",
-        "reviewer": "kamachiq-reviewer",
-    });
-    v
-}
-
 #[test]
 fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -155,7 +140,11 @@ fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
         "{v}"
     );
     // A DAG run's journal events: run started and finished, gate verdicts.
-    let (s, v) = d.post("/v1/runs", &acme, &json!({"dag": kamachiq_spec()}));
+    let (s, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"dag": soma_tests::console_seed::kamachiq_spec()}),
+    );
     assert_eq!(s, 202, "{v}");
     let run = v["run"].as_str().expect("run").to_owned();
     let done = d.wait_finished(&acme, &run, Duration::from_secs(120));

@@ -46,21 +46,6 @@ fn wait_finished(d: &Daemon, token: &str, run: &str, deadline: Duration) -> Valu
     d.wait_finished(token, run, deadline)
 }
 
-/// The KAMACHIQ spec with the daemon's catalog names as its capsules.
-fn kamachiq_spec() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq.yaml");
-    let text = std::fs::read_to_string(&path).expect("spec");
-    let spec = soma_runtime::dag::spec::parse(&text, "kamachiq.yaml").expect("valid");
-    let mut v = serde_json::to_value(&spec).expect("json");
-    v["capsules"] = json!({
-        "planner": "kamachiq-planner",
-        "coder": "kamachiq-coder",
-        "calculator": "calculator",
-        "reviewer": "kamachiq-reviewer",
-    });
-    v
-}
-
 #[test]
 fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -105,7 +90,12 @@ fn auth_isolation_and_bad_requests_fail_cleanly_and_the_host_keeps_serving() {
     assert_eq!(get(&d, &format!("/v1/runs/{run}"), &reader).0, 200);
     assert_eq!(get(&d, &format!("/v1/runs/{run}"), &globex).0, 404);
     // A DAG run: another tenant sees 404 everywhere.
-    let (s, v) = post(&d, "/v1/runs", &acme, &json!({"dag": kamachiq_spec()}));
+    let (s, v) = post(
+        &d,
+        "/v1/runs",
+        &acme,
+        &json!({"dag": soma_tests::console_seed::kamachiq_spec()}),
+    );
     assert_eq!(s, 202, "{v}");
     let dag = v["run"].as_str().expect("run").to_owned();
     assert_eq!(get(&d, &format!("/v1/runs/{dag}"), &globex).0, 404);
@@ -252,7 +242,7 @@ fn chaos_kill_9_with_50_runs_in_flight_then_restart_finishes_all_exactly_once() 
     let acme = token(dir.path(), "acme", "run,read");
     let admin = token(dir.path(), "ops", "operator");
     let d = start(dir.path(), "dag_drivers = 2\n");
-    let spec = kamachiq_spec();
+    let spec = soma_tests::console_seed::kamachiq_spec();
     // The reference output, from an uninterrupted run.
     let (_, v) = post(&d, "/v1/runs", &acme, &json!({"dag": spec}));
     let reference_run = v["run"].as_str().expect("run").to_owned();
@@ -488,7 +478,7 @@ fn the_cli_drives_the_daemon_with_server_and_follows_sse() {
         "ids first: {raw}"
     );
     let spec = dir.path().join("kamachiq.json");
-    std::fs::write(&spec, kamachiq_spec().to_string()).expect("spec");
+    std::fs::write(&spec, soma_tests::console_seed::kamachiq_spec().to_string()).expect("spec");
     let out = remote(&["dag", "run", spec.to_str().expect("utf-8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
