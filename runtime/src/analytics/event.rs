@@ -266,14 +266,7 @@ impl Event {
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
 fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// The JSON Schema of [`Event`], as published in

@@ -466,13 +466,7 @@ fn catalog_error(e: &super::catalog::CatalogError) -> ApiError {
     if !e.is_retryable() {
         return ApiError::failed(e);
     }
-    let mut error = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store-unavailable",
-        format!("{}; nothing was recorded: try again", super::error_chain(e)),
-    );
-    error.retry_after = Some(1);
-    error
+    super::reply::store_unavailable(&super::error_chain(e))
 }
 
 /// `DELETE /v1/capsules/{name}`: forget a pull. The name goes back to its

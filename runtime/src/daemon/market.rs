@@ -330,14 +330,8 @@ pub(super) fn market_error(e: &MarketError) -> ApiError {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid-component")
         }
         MarketError::Oci(_) => (StatusCode::BAD_GATEWAY, "registry"),
-        MarketError::Shared(pg) if pg.is_retryable() => {
-            let mut error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                format!("{text}; nothing was recorded: try again"),
-            );
-            error.retry_after = Some(1);
-            return error;
+        MarketError::Shared(_) if e.is_retryable() => {
+            return super::reply::store_unavailable(&text);
         }
         // No `_` arm: a new variant must be given its answer here.
         MarketError::Shared(_)
@@ -770,7 +764,8 @@ pub const SEARCH_SYNC_RETRY: Duration = Duration::from_secs(30);
 /// [`SEARCH_SYNC`] while `daemon` lives, checks the versions' revision and,
 /// when another daemon changed them, brings this node's search index in
 /// step ([`pipeline::sync_index`]), then makes the next search re-read it.
-/// Versions that failed are tried again after [`SEARCH_SYNC_RETRY`].
+/// Versions that failed, or a sync that failed whole (the index locked by
+/// a CLI), are tried again after [`SEARCH_SYNC_RETRY`].
 pub(super) fn spawn_search_sync(daemon: Weak<Daemon>) -> std::io::Result<()> {
     let shared = daemon
         .upgrade()
@@ -791,10 +786,13 @@ pub(super) fn spawn_search_sync(daemon: Weak<Daemon>) -> std::io::Result<()> {
                 let due = retry_at.is_some_and(|t| t <= Instant::now());
                 match market.records().revision(Table::Versions) {
                     Ok(now) if now != seen || due => {
+                        // Whatever the outcome, the next try is after
+                        // the retry pause if anything failed, or at once
+                        // when the versions change again.
+                        seen = now;
+                        retry_at = None;
                         match pipeline::sync_index(&daemon.engine, market) {
                             Ok(done) => {
-                                seen = now;
-                                retry_at = None;
                                 for (id, e) in &done.failed {
                                     tracing::warn!(
                                         %id,
@@ -810,10 +808,14 @@ pub(super) fn spawn_search_sync(daemon: Weak<Daemon>) -> std::io::Result<()> {
                                     daemon.market.search.invalidate();
                                 }
                             }
-                            Err(e) => tracing::warn!(
-                                "the search index could not follow the fleet's versions (retrying): {}",
-                                super::error_chain(&e)
-                            ),
+                            Err(e) => {
+                                retry_at = Some(Instant::now() + SEARCH_SYNC_RETRY);
+                                tracing::warn!(
+                                    "the search index could not follow the fleet's versions (retrying in {} s): {}",
+                                    SEARCH_SYNC_RETRY.as_secs(),
+                                    super::error_chain(&e)
+                                );
+                            }
                         }
                     }
                     Ok(_) => {}

@@ -188,6 +188,19 @@ pub(super) fn full(code: &'static str, message: String) -> ApiError {
     }
 }
 
+/// 503 `store-unavailable` with `Retry-After: 1`: the shared store was
+/// unreachable or busy and nothing was recorded (`message` says what).
+pub(super) fn store_unavailable(message: &str) -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            format!("{message}; nothing was recorded: try again"),
+        )
+    }
+}
+
 /// A refused approval verdict as an answer: 404 for a node the run lacks,
 /// else 409 (both engines' approval routes answer it; here, below them).
 pub(crate) fn approval_refused(e: &crate::dag::approval::ApprovalError) -> ApiError {
