@@ -6,14 +6,16 @@
 //! model and failure class over minute/hour/day buckets; top-N; gate
 //! approval rates) without any service.
 //!
-//! The embedded sink is exactly-once by construction: the shipper deletes
-//! the events it folds into the rollups in the same transaction. External
-//! sinks (Kafka, ClickHouse; not built yet) get at-least-once delivery and
-//! deduplicate by [`Event::id`].
+//! The embedded sink is exactly-once by construction: the shipper moves the
+//! rollups' cursor in the transaction that folds the events. The external
+//! sinks ([`sink`]: a Kafka topic, a ClickHouse table) each run on a
+//! thread with a cursor of their own and get at-least-once delivery; their
+//! readers deduplicate by [`Event::id`].
 
 pub mod event;
 pub mod outbox;
 pub mod rollup;
+pub mod sink;
 
 use std::{
     sync::{
@@ -55,6 +57,10 @@ pub struct AnalyticsConfig {
     pub hour_retention_days: u32,
     /// Days the day rows are kept. Default 800 (two years and more).
     pub day_retention_days: u32,
+    /// `[analytics.kafka]`: also produce every event to a Kafka topic.
+    pub kafka: Option<sink::kafka::KafkaConfig>,
+    /// `[analytics.clickhouse]`: also insert every event into a ClickHouse table.
+    pub clickhouse: Option<sink::clickhouse::ClickHouseConfig>,
 }
 
 impl Default for AnalyticsConfig {
@@ -68,6 +74,8 @@ impl Default for AnalyticsConfig {
             minute_retention_days: 7,
             hour_retention_days: 90,
             day_retention_days: 800,
+            kafka: None,
+            clickhouse: None,
         }
     }
 }
@@ -90,6 +98,12 @@ impl AnalyticsConfig {
                  must be at least 1"
                     .into(),
             );
+        }
+        if let Some(k) = &self.kafka {
+            k.check()?;
+        }
+        if let Some(c) = &self.clickhouse {
+            c.check()?;
         }
         Ok(())
     }
@@ -166,18 +180,21 @@ pub(crate) fn db_err(e: impl Into<redb::Error>) -> AnalyticsError {
     AnalyticsError::Database(e.into())
 }
 
-/// Move up to `batch` events from the outbox into the rollups, in one
-/// durable transaction that also deletes them (exactly-once into the
-/// embedded store). Returns how many were shipped. Cost: one write
+/// Fold up to `batch` events the rollups have not seen into them and move
+/// their cursor past them, in one durable transaction (exactly-once into
+/// the embedded store); events every sink has delivered are deleted in the
+/// same transaction. Returns how many were folded. Cost: one write
 /// transaction; a JSON decode per event and a few map updates.
 pub fn ship_once(db: &redb::Database, batch: usize) -> Result<usize, AnalyticsError> {
-    use redb::ReadableTable;
+    use redb::ReadableTable as _;
     let txn = db.begin_write().map_err(db_err)?;
     let shipped = {
+        let mut meta = txn.open_table(outbox::META).map_err(db_err)?;
         let mut table = txn.open_table(outbox::OUTBOX).map_err(db_err)?;
+        let from = outbox::cursor(&meta, outbox::ROLLUP)?.saturating_add(1);
         let mut events = Vec::with_capacity(batch.min(16_384));
         let mut last = None;
-        for row in table.iter().map_err(db_err)?.take(batch) {
+        for row in table.range(from..).map_err(db_err)?.take(batch) {
             let (k, v) = row.map_err(db_err)?;
             let seq = k.value();
             let e: Event =
@@ -188,13 +205,9 @@ pub fn ship_once(db: &redb::Database, batch: usize) -> Result<usize, AnalyticsEr
             events.push(e);
             last = Some(seq);
         }
-        if let Some(last) = last {
-            table.retain_in(..=last, |_, _| false).map_err(db_err)?;
-        }
         rollup::ingest(&txn, &events)?;
-        if !events.is_empty() {
-            let mut meta = txn.open_table(outbox::META).map_err(db_err)?;
-            meta.insert("full", 0).map_err(db_err)?;
+        if let Some(last) = last {
+            outbox::advance_in(&mut table, &mut meta, outbox::ROLLUP, last)?;
         }
         events.len()
     };
@@ -241,11 +254,12 @@ pub struct Shipper {
     stop: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    sinks: Vec<sink::Running>,
 }
 
 impl Shipper {
-    /// Record `config`'s bound in the database and start the thread. Once
-    /// per daemon.
+    /// Record `config`'s bound and sinks in the database and start the
+    /// threads (the rollups', one per external sink). Once per daemon.
     pub fn start(db: Arc<LazyDatabase>, config: &AnalyticsConfig) -> Result<Self, AnalyticsError> {
         outbox::configure(
             &*db.get()?,
@@ -253,6 +267,21 @@ impl Shipper {
             config.when_full,
             config.enabled,
         )?;
+        let mut external: Vec<Box<dyn sink::Sink>> = Vec::new();
+        if let Some(k) = &config.kafka {
+            external.push(Box::new(sink::kafka::KafkaSink::new(k.clone())));
+        }
+        if let Some(c) = &config.clickhouse {
+            external.push(Box::new(sink::clickhouse::ClickHouseSink::new(c.clone())));
+        }
+        let names: Vec<&str> = external.iter().map(|s| s.name()).collect();
+        outbox::register_sinks(&*db.get()?, &names)?;
+        let idle_sink = Duration::from_millis(config.ship_interval_ms.max(1));
+        let sinks = external
+            .into_iter()
+            .map(|s| sink::spawn(db.clone(), s, idle_sink))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(AnalyticsError::Spawn)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let paused = Arc::new(AtomicBool::new(false));
@@ -326,7 +355,13 @@ impl Shipper {
             stop,
             paused,
             thread: Some(thread),
+            sinks,
         })
+    }
+
+    /// The external sinks' names and counters (for `/metrics`).
+    pub fn sinks(&self) -> impl Iterator<Item = (&'static str, &sink::SinkStats)> {
+        self.sinks.iter().map(|s| (s.name, &*s.stats))
     }
 
     /// Whether the outbox is over its bound under `pause-admission` (as of

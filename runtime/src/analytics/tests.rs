@@ -628,3 +628,166 @@ fn rows_past_their_retention_are_deleted_per_bucket_width() {
         .is_err()
     );
 }
+
+fn seqs(db: &redb::Database, sink: &str) -> Vec<u64> {
+    outbox::pending_for(db, sink, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.seq)
+        .collect()
+}
+
+#[test]
+fn every_sink_has_its_own_cursor_and_events_go_once_all_have_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let ledger = Ledger::open(&data);
+    let db = data.database().get().unwrap();
+    outbox::register_sinks(&db, &["kafka", "clickhouse"]).unwrap();
+    ledger
+        .append(&call_entries("acme", "r1", 1, MAR_1, 10))
+        .unwrap();
+    assert_eq!(ship_all(&db, 100).unwrap(), 3);
+    assert_eq!(pending(&db).len(), 3, "the external sinks still need them");
+    assert_eq!(seqs(&db, "kafka"), [1, 2, 3]);
+    assert!(seqs(&db, "rollup").is_empty());
+    outbox::advance(&db, "kafka", 3).unwrap();
+    outbox::advance(&db, "clickhouse", 1).unwrap();
+    assert_eq!(seqs(&db, "clickhouse"), [2, 3]);
+    assert_eq!(pending(&db).len(), 2, "1 was everyone's");
+    let s = outbox::status(&db).unwrap();
+    let lag: Vec<(String, u64)> = s.sinks.iter().map(|l| (l.name.clone(), l.lag)).collect();
+    assert_eq!(
+        lag,
+        [
+            ("clickhouse".to_owned(), 2),
+            ("kafka".to_owned(), 0),
+            ("rollup".to_owned(), 0)
+        ]
+    );
+    // A cursor never goes back.
+    outbox::advance(&db, "kafka", 1).unwrap();
+    assert!(seqs(&db, "kafka").is_empty());
+    outbox::advance(&db, "clickhouse", 3).unwrap();
+    assert!(pending(&db).is_empty());
+    // Seqs never repeat once the outbox is empty: the cursors stay valid.
+    ledger
+        .append(&call_entries("acme", "r2", 1, MAR_1, 10))
+        .unwrap();
+    assert_eq!(seqs(&db, "kafka"), [4, 5, 6]);
+    // A sink no longer configured holds nothing.
+    outbox::register_sinks(&db, &["kafka"]).unwrap();
+    ship_all(&db, 100).unwrap();
+    outbox::advance(&db, "kafka", 6).unwrap();
+    assert!(pending(&db).is_empty());
+    let names: Vec<String> = outbox::status(&db)
+        .unwrap()
+        .sinks
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["kafka", "rollup"]);
+    // An unregistered sink's advance does not bring it back.
+    outbox::advance(&db, "clickhouse", 6).unwrap();
+    assert_eq!(outbox::status(&db).unwrap().sinks.len(), 2);
+}
+
+#[test]
+fn a_sink_that_is_down_holds_events_up_to_the_bound_then_skips_the_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let ledger = Ledger::open(&data);
+    let db = data.database().get().unwrap();
+    outbox::configure(&db, 6, FullPolicy::DropOldest, true).unwrap();
+    outbox::register_sinks(&db, &["kafka"]).unwrap();
+    for i in 0..3u64 {
+        ledger
+            .append(&call_entries("acme", &format!("r{i}"), 1, MAR_1, 10))
+            .unwrap();
+        ship_all(&db, 100).unwrap();
+    }
+    let s = outbox::status(&db).unwrap();
+    assert_eq!(
+        (s.pending, s.dropped),
+        (6, 3),
+        "kafka's events wait, bounded"
+    );
+    assert_eq!(seqs(&db, "kafka"), [4, 5, 6, 7, 8, 9]);
+    assert!(
+        seqs(&db, "rollup").is_empty(),
+        "the rollups are not held up"
+    );
+}
+
+/// A sink that fails its first `fail` deliveries, then records what it gets.
+struct Flaky {
+    fail: usize,
+    got: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl sink::Sink for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn pace(&self) -> sink::Pace {
+        sink::Pace {
+            max: 3,
+            min: 1,
+            linger: Duration::ZERO,
+        }
+    }
+    fn deliver(&mut self, events: &[outbox::Held]) -> Result<(), sink::SinkError> {
+        if self.fail > 0 {
+            self.fail -= 1;
+            return Err(sink::SinkError::ClickHouse {
+                status: 503,
+                body: "down".into(),
+            });
+        }
+        self.got
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|h| h.seq));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_sink_thread_retries_a_failed_delivery_and_delivers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let ledger = Ledger::open(&data);
+    let db = data.database().clone();
+    outbox::register_sinks(&db.get().unwrap(), &["flaky"]).unwrap();
+    ledger
+        .append(&call_entries("acme", "r1", 1, MAR_1, 10))
+        .unwrap();
+    ledger
+        .append(&call_entries("beta", "r2", 1, MAR_1, 10))
+        .unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = sink::spawn(
+        db.clone(),
+        Box::new(Flaky {
+            fail: 2,
+            got: got.clone(),
+        }),
+        Duration::from_millis(5),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while got.lock().unwrap().len() < 6 && start.elapsed().as_secs() < 20 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*got.lock().unwrap(), (1..=6).collect::<Vec<u64>>());
+    assert_eq!(running.stats.failures.load(Ordering::Relaxed), 2);
+    assert_eq!(running.stats.delivered.load(Ordering::Relaxed), 6);
+    assert_eq!(
+        running.stats.batches.load(Ordering::Relaxed),
+        2,
+        "at most 3 a batch"
+    );
+    drop(running);
+    let d = db.get().unwrap();
+    assert!(seqs(&d, "flaky").is_empty());
+}

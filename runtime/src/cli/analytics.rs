@@ -15,7 +15,7 @@ use super::{Global, exit::Code, ledger::money};
 pub(crate) enum AnalyticsCommand {
     /// Calls, errors, latency percentiles, cost and tokens over a window.
     Query(QueryArgs),
-    /// The outbox: events waiting for the shipper, its bound, drops.
+    /// The outbox: events held, its bound, drops, and each sink's cursor and lag.
     Outbox {
         /// Print JSON.
         #[arg(long)]
@@ -100,6 +100,12 @@ pub(crate) fn analytics(global: &Global, cmd: AnalyticsCommand) -> anyhow::Resul
                     "pending {}  max {}  dropped {}  paused {}",
                     s.pending, s.max, s.dropped, s.paused
                 );
+                for sink in &s.sinks {
+                    println!(
+                        "sink {:<12} cursor {:<12} lag {}",
+                        sink.name, sink.cursor, sink.lag
+                    );
+                }
             }
         }
         AnalyticsCommand::Query(a) => {

@@ -342,6 +342,14 @@ async fn render_metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     .flatten()
     .unwrap_or_default();
     m.set_analytics_outbox(outbox.pending, outbox.dropped);
+    m.set_analytics_sink_lag(&outbox.sinks);
+    for (name, stats) in daemon.shipper.sinks() {
+        m.set_analytics_sink_totals(
+            name,
+            stats.delivered.load(Ordering::Relaxed),
+            stats.failures.load(Ordering::Relaxed),
+        );
+    }
     (
         [(header::CONTENT_TYPE, super::metrics::Metrics::CONTENT_TYPE)],
         m.render(),

@@ -35,6 +35,9 @@
 //! | `soma_console_sessions` | gauge | — |
 //! | `soma_analytics_outbox_events` | gauge | — |
 //! | `soma_analytics_outbox_dropped_events` | gauge | — (since the database was created) |
+//! | `soma_analytics_sink_lag_events` | gauge | `sink` (`rollup` / `kafka` / `clickhouse`) |
+//! | `soma_analytics_sink_delivered_total` | counter | `sink` (external sinks; redeliveries count again) |
+//! | `soma_analytics_sink_failures_total` | counter | `sink` |
 //!
 //! Hot paths ([`Metrics::call`], [`Metrics::http`]) find their series in
 //! a per-thread cache keyed by the label values (no lock, no shared write),
@@ -68,7 +71,7 @@ pub use recent::{ErrorRecord, ErrorSource, RecentErrors};
 /// Every metric family the daemon exports, by the name its `# TYPE` line
 /// gives (histograms add `_bucket`, `_sum` and `_count` samples). A family
 /// appears in [`Metrics::render`]'s output once it has a series.
-pub const FAMILIES: [&str; 25] = [
+pub const FAMILIES: [&str; 28] = [
     "soma_calls_total",
     "soma_call_duration_seconds",
     "soma_fuel_consumed_total",
@@ -94,6 +97,9 @@ pub const FAMILIES: [&str; 25] = [
     "soma_console_sessions",
     "soma_analytics_outbox_events",
     "soma_analytics_outbox_dropped_events",
+    "soma_analytics_sink_lag_events",
+    "soma_analytics_sink_delivered_total",
+    "soma_analytics_sink_failures_total",
 ];
 
 /// Most distinct values one label keeps (per parent series); later values
@@ -169,6 +175,11 @@ struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -388,6 +399,9 @@ pub struct Metrics {
     console_sessions: Gauge,
     outbox_events: Gauge,
     outbox_dropped: Gauge,
+    sink_lag: Family<SinkLabel, Gauge>,
+    sink_delivered: Family<SinkLabel, Counter>,
+    sink_failures: Family<SinkLabel, Counter>,
     /// Label cost by tenant name (else [`ALL_TENANTS`]).
     tenant_labels: bool,
     /// When these metrics (the daemon) started.
@@ -585,6 +599,24 @@ impl Metrics {
             "Analytics events dropped because the outbox was full (analytics.when_full = drop-oldest), since the database was created",
             outbox_dropped.clone(),
         );
+        let sink_lag = Family::default();
+        registry.register(
+            "analytics_sink_lag_events",
+            "Analytics events held in the outbox that a sink has not delivered yet",
+            sink_lag.clone(),
+        );
+        let sink_delivered = Family::default();
+        registry.register(
+            "analytics_sink_delivered",
+            "Analytics events an external sink delivered since start (a redelivery after a failure counts again)",
+            sink_delivered.clone(),
+        );
+        let sink_failures = Family::default();
+        registry.register(
+            "analytics_sink_failures",
+            "Failed deliveries of an external analytics sink since start (retried with backoff)",
+            sink_failures.clone(),
+        );
         Self {
             registry,
             calls,
@@ -618,6 +650,9 @@ impl Metrics {
             console_sessions,
             outbox_events,
             outbox_dropped,
+            sink_lag,
+            sink_delivered,
+            sink_failures,
             tenant_labels: true,
             started: Instant::now(),
             recent,
@@ -877,6 +912,33 @@ impl Metrics {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.outbox_dropped
             .set(i64::try_from(dropped).unwrap_or(i64::MAX));
+    }
+
+    /// Each sink's lag (every registered sink, the rollups included); set at
+    /// scrape time. At most a handful of series (one per sink).
+    pub fn set_analytics_sink_lag(&self, sinks: &[crate::analytics::outbox::SinkLag]) {
+        for s in sinks {
+            self.sink_lag
+                .get_or_create(&SinkLabel {
+                    sink: s.name.clone(),
+                })
+                .set(i64::try_from(s.lag).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// An external sink's totals since start (monotonic); set at scrape time.
+    pub fn set_analytics_sink_totals(&self, sink: &str, delivered: u64, failures: u64) {
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        self.sink_delivered
+            .get_or_create(&label)
+            .inner()
+            .fetch_max(delivered, Ordering::Relaxed);
+        self.sink_failures
+            .get_or_create(&label)
+            .inner()
+            .fetch_max(failures, Ordering::Relaxed);
     }
 
     /// DAG runs waiting for a driver; set at scrape time.
