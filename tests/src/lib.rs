@@ -5,6 +5,7 @@
 //! that need them land; each starts on a free loopback port and stops on drop.
 
 pub mod browser;
+pub mod clickhouse;
 pub mod console_bulk;
 pub mod console_seed;
 pub mod daemon;

@@ -181,6 +181,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromedriver", "chromium-driver"),
     // The shared store's tests (`tests/src/postgres.rs`): PostgreSQL 15.
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
+    // The analytics sinks' tests: ClickHouse 18.16 (the ClickHouse sink)
+    // and kcat (librdkafka's CLI: the second client reading the Kafka topic).
+    ("/usr/sbin/clickhouse-server", "clickhouse-server"),
+    ("kcat", "kcat"),
 ];
 /// Python modules the interop reference needs, with their PyPI names.
 const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];

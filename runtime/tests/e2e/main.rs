@@ -1,5 +1,6 @@
 //! The `soma` binary and `soma daemon` end to end, one module per former
-//! test file: analytics through the outbox and the shipper (`analytics`), the CLI (`cli`), the daemon over HTTP (`daemon`), its log
+//! test file: analytics through the outbox and the shipper (`analytics`) and
+//! its external sinks against real servers (`analytics_sinks`), the CLI (`cli`), the daemon over HTTP (`daemon`), its log
 //! (`daemon_log`) and its `/metrics` scraped by Prometheus
 //! (`daemon_prometheus`), two daemons on one PostgreSQL (`daemon_pg`),
 //! `soma dag` (`dag`), the `fetch` example calling a real API with a
@@ -11,6 +12,7 @@
 //! link (docs/ci.md).
 
 mod analytics;
+mod analytics_sinks;
 mod cli;
 mod common;
 mod daemon;
