@@ -7,6 +7,11 @@
 //!   transaction (what the ledger's group commit adds per event).
 //! - `analytics/ship_10k`         the shipper folding 10,000 outbox events
 //!   into the rollups and deleting them (one transaction): ingest events/s.
+//! - `analytics/sink_kafka_10k`, `sink_clickhouse_10k`  one external sink's
+//!   delivery of 10,000 events to the real server on loopback (tansu's
+//!   broker, the workspace's `soma-kafka-broker`; Debian's ClickHouse):
+//!   the shipper's throughput to each, without the outbox read and the
+//!   cursor's fsync'd move (one per batch).
 //! - `analytics/query_*`          dashboard queries over rollups built from
 //!   10,000,000 events (one day, 4 tenants, 50 capsules, 5 models, 8 failure
 //!   classes). Before criterion runs them, each query is also timed 1,000
@@ -16,7 +21,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use soma_runtime::{
-    analytics::{self, Body, Dim, Event, FullPolicy, Gran, Query, Site},
+    analytics::{
+        self, Body, Dim, Event, FullPolicy, Gran, Query, Site,
+        sink::{
+            Sink as _,
+            clickhouse::{ClickHouseConfig, ClickHouseSink},
+            kafka::{KafkaConfig, KafkaSink},
+        },
+    },
     ledger::{Entry, Kind, Ledger},
     store::DataDir,
 };
@@ -189,7 +201,37 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // The external sinks' delivery of a 10,000-event batch to the real
+    // servers (tansu's broker, Debian's ClickHouse 18.16) on loopback: what
+    // a sink thread spends per batch besides reading the outbox and moving
+    // its cursor (one fsync'd commit).
+    let held: Vec<analytics::outbox::Held> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, e)| analytics::outbox::Held {
+            seq: i as u64 + 1,
+            json: serde_json::to_vec(e).expect("json"),
+        })
+        .collect();
+    let broker = soma_tests::kafka::Broker::start();
+    let mut kafka = KafkaSink::new(KafkaConfig {
+        brokers: vec![broker.address()],
+        batch: BATCH as u32,
+        ..KafkaConfig::default()
+    });
+    g.bench_function("sink_kafka_10k", |b| {
+        b.iter(|| kafka.deliver(&held).expect("produce"));
+    });
+    let ch = soma_tests::clickhouse::ClickHouse::start();
+    let mut clickhouse = ClickHouseSink::new(ClickHouseConfig {
+        url: ch.url(),
+        ..ClickHouseConfig::default()
+    });
+    g.bench_function("sink_clickhouse_10k", |b| {
+        b.iter(|| clickhouse.deliver(&held).expect("insert"));
+    });
     g.finish();
+    drop((broker, ch));
 
     // Rollups of 10,000,000 events, folded in the shipper's way (without the
     // JSON round trip through the outbox, which `ship_10k` measures).

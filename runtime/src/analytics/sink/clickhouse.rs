@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{Pace, Sink, SinkError, excerpt};
 use crate::analytics::{Body, Event, outbox::Held};
 
-/// The table's DDL; `{db}` and `{table}` are replaced by the configured names.
+/// The table's DDL; `{db}` and `{table}` are replaced by the configured
+/// names. `docs/deploy/clickhouse.sql` is [`ddl_file`]'s text (a test
+/// checks it).
 pub const DDL: &str = "CREATE TABLE IF NOT EXISTS {db}.{table} (
     id String,
     v UInt32,
@@ -49,6 +51,18 @@ pub const DDL: &str = "CREATE TABLE IF NOT EXISTS {db}.{table} (
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(time_ms, 1000))))
 ORDER BY (tenant, id)";
+
+/// The DDL as shipped in `docs/deploy/clickhouse.sql`: the database and
+/// the table under their default names.
+pub fn ddl_file() -> String {
+    format!(
+        "-- The analytics sink's table (soma: runtime/src/analytics/sink/clickhouse.rs).\n\
+         -- ClickHouse 18.16 and later. The sink runs this itself when\n\
+         -- [analytics.clickhouse] create_table = true (the default).\n\
+         CREATE DATABASE IF NOT EXISTS soma;\n\n{};\n",
+        DDL.replace("{db}", "soma").replace("{table}", "events")
+    )
+}
 
 /// `[analytics.clickhouse]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -407,6 +421,20 @@ mod tests {
         assert_eq!(row["peak_memory_bytes"], 0);
         assert_eq!(row["event"], String::from_utf8(json).unwrap());
         assert!(body.ends_with(b"\n"));
+    }
+
+    #[test]
+    fn the_shipped_ddl_is_the_sinks() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/clickhouse.sql");
+        if std::env::var_os("SOMA_BLESS").is_some() {
+            std::fs::write(&path, ddl_file()).unwrap();
+        }
+        assert!(
+            std::fs::read_to_string(&path).unwrap_or_default() == ddl_file(),
+            "docs/deploy/clickhouse.sql is out of date; regenerate it with \
+             `SOMA_BLESS=1 cargo test -p soma-runtime --lib clickhouse` and commit it"
+        );
     }
 
     #[test]
