@@ -81,6 +81,48 @@ fn traffic_until(d: &Daemon, tokens: [&str; 2], entries: usize) -> Vec<Bystander
     }
 }
 
+/// Every ClickHouse query of the dashboards in `docs/deploy/grafana/`, as
+/// (dashboard: panel, SQL) with Grafana's macros and variables expanded the
+/// way the ClickHouse data source does for a range covering every event,
+/// a 60 s interval and every tenant and capsule selected.
+fn clickhouse_dashboard_queries(tenants: &str, capsules: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/grafana");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("grafana dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let Some(sql) = target["rawSql"].as_str() else {
+                    continue;
+                };
+                let sql = sql
+                    .replace(
+                        "$__timeFilter(time)",
+                        "time >= toDateTime(0) AND time <= toDateTime(4102444800)",
+                    )
+                    .replace("$__interval_s", "60")
+                    .replace("${tenant:singlequote}", tenants)
+                    .replace("${capsule:singlequote}", capsules);
+                let title = format!(
+                    "{}: {}",
+                    name.as_deref().unwrap_or("?"),
+                    panel["title"].as_str().unwrap_or("?")
+                );
+                out.push((title, sql));
+            }
+        }
+    }
+    out
+}
+
 /// Wait until `/metrics` shows a failed delivery of each of `sinks`.
 fn wait_failing(d: &Daemon, token: &str, sinks: &[&str]) {
     let start = Instant::now();
@@ -212,6 +254,23 @@ fn kafka_and_clickhouse_get_every_event_once_through_outages_and_kill_9s() {
         assert_eq!(event["tenant"], row["tenant"]);
         assert_eq!(event["type"], row["type"]);
         assert_eq!(event["v"], 1);
+    }
+    // The tenant and capsule dashboards' queries run on the real server;
+    // the ones over calls have rows.
+    let capsules: Vec<String> = ch
+        .query("SELECT DISTINCT capsule_digest FROM soma.events WHERE capsule_digest != ''")
+        .lines()
+        .map(|d| format!("'{d}'"))
+        .collect();
+    assert!(!capsules.is_empty());
+    let queries = clickhouse_dashboard_queries("'acme','globex'", &capsules.join(","));
+    assert!(queries.len() >= 10, "{} ClickHouse queries", queries.len());
+    for (panel, sql) in queries {
+        assert!(!sql.contains('$'), "{panel}: unexpanded variable in {sql}");
+        let answer = ch.query(&sql);
+        if sql.contains("type = 'call'") {
+            assert!(!answer.trim().is_empty(), "{panel}: no rows from {sql}");
+        }
     }
     let table_ids: BTreeSet<String> = ch
         .query("SELECT id FROM soma.events FINAL")
