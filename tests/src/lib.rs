@@ -10,6 +10,7 @@ pub mod console_bulk;
 pub mod console_seed;
 pub mod daemon;
 pub mod dag_checks;
+pub mod grafana;
 pub mod kafka;
 pub mod llm_fixture;
 pub mod market;

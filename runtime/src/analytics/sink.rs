@@ -43,7 +43,7 @@ pub struct Pace {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The Kafka client failed (connection, metadata, produce).
-    #[error("kafka: {0}")]
+    #[error("kafka: the client failed (connecting, reading the topic's metadata or producing)")]
     Kafka(#[source] rskafka::client::error::Error),
     /// The broker did not answer in time.
     #[error(

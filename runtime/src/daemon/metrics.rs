@@ -1080,6 +1080,13 @@ mod tests {
         m.set_active_runs(3);
         m.set_aot_cache(4, 2, 4096);
         m.set_console_sessions(5);
+        m.set_analytics_sink_lag(&[crate::analytics::outbox::SinkLag {
+            name: "kafka".into(),
+            cursor: 9,
+            lag: 12,
+        }]);
+        m.set_analytics_sink_totals("kafka", 40, 3);
+        m.set_analytics_sink_totals("kafka", 30, 2);
         for _ in 0..2 {
             m.recent_errors()
                 .record(1, ErrorSource::Node, "r/n", Some("acme"), "out-of-fuel");
@@ -1221,6 +1228,22 @@ mod tests {
         assert_eq!(value(&text, "soma_aot_cache_misses_total"), 2.0);
         assert_eq!(value(&text, "soma_aot_cache_bytes"), 4096.0);
         assert_eq!(value(&text, "soma_console_sessions"), 5.0);
+        assert_eq!(
+            value(&text, r#"soma_analytics_sink_lag_events{sink="kafka"}"#),
+            12.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"soma_analytics_sink_delivered_total{sink="kafka"}"#
+            ),
+            40.0,
+            "never goes back"
+        );
+        assert_eq!(
+            value(&text, r#"soma_analytics_sink_failures_total{sink="kafka"}"#),
+            3.0
+        );
         assert_eq!(
             value(
                 &text,

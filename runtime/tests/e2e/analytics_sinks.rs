@@ -86,41 +86,20 @@ fn traffic_until(d: &Daemon, tokens: [&str; 2], entries: usize) -> Vec<Bystander
 /// way the ClickHouse data source does for a range covering every event,
 /// a 60 s interval and every tenant and capsule selected.
 fn clickhouse_dashboard_queries(tenants: &str, capsules: &str) -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/grafana");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("grafana dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        let dashboard: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        for panel in dashboard["panels"].as_array().expect("panels") {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let Some(sql) = target["rawSql"].as_str() else {
-                    continue;
-                };
-                let sql = sql
-                    .replace(
-                        "$__timeFilter(time)",
-                        "time >= toDateTime(0) AND time <= toDateTime(4102444800)",
-                    )
-                    .replace("$__interval_s", "60")
-                    .replace("${tenant:singlequote}", tenants)
-                    .replace("${capsule:singlequote}", capsules);
-                let title = format!(
-                    "{}: {}",
-                    name.as_deref().unwrap_or("?"),
-                    panel["title"].as_str().unwrap_or("?")
-                );
-                out.push((title, sql));
-            }
-        }
-    }
-    out
+    soma_tests::grafana::queries("rawSql")
+        .into_iter()
+        .map(|(panel, sql)| {
+            let sql = sql
+                .replace(
+                    "$__timeFilter(time)",
+                    "time >= toDateTime(0) AND time <= toDateTime(4102444800)",
+                )
+                .replace("$__interval_s", "60")
+                .replace("${tenant:singlequote}", tenants)
+                .replace("${capsule:singlequote}", capsules);
+            (panel, sql)
+        })
+        .collect()
 }
 
 /// Wait until `/metrics` shows a failed delivery of each of `sinks`.

@@ -131,39 +131,6 @@ fn exported_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every PromQL expression of the dashboards in `docs/deploy/grafana/`
-/// (`soma.json` and the platform, admin and tenant dashboards; the
-/// ClickHouse queries are run by `e2e analytics_sinks`).
-fn dashboard_queries() -> Vec<(String, String)> {
-    let dir = deploy_dir().join("grafana");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        for panel in dashboard["panels"].as_array().expect("panels") {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                if let Some(expr) = target["expr"].as_str() {
-                    let title = format!(
-                        "{}: {}",
-                        name.as_deref().unwrap_or("?"),
-                        panel["title"].as_str().unwrap_or("?")
-                    );
-                    out.push((title, expr.to_owned()));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Grafana's variables replaced by what "All" and a 1 h range expand to.
 fn expand_variables(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -361,7 +328,7 @@ fn calls_reach_prometheus_and_the_dashboard_queries_are_valid() {
 
     // Every dashboard query parses and names only series the daemon exports.
     let exported = exported_names(&text);
-    let queries = dashboard_queries();
+    let queries = soma_tests::grafana::queries("expr");
     assert!(
         queries.len() >= 45,
         "the dashboards have {} queries",
