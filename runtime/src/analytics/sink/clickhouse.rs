@@ -7,9 +7,10 @@
 //! 1 s, whichever comes first; 18.16 has no async inserts): the sink waits
 //! up to `linger_ms` for `min_batch` events, and sends at most `max_batch`
 //! per insert. The DDL ([`DDL`], also `docs/deploy/clickhouse.sql`) is run
-//! at the first delivery when `create_table` is on. The SQL is the common
-//! subset of ClickHouse 18.16 (Debian 12's package, tested) and current
-//! releases (the `MATERIALIZED` time column, `PARTITION BY` / `ORDER BY`).
+//! at the first delivery when `create_table` is on. The SQL keeps to what
+//! ClickHouse 18.16 (Debian 12's package, the one tested) has and current
+//! releases still document (the `MATERIALIZED` time column, `PARTITION BY`
+//! / `ORDER BY`); newer servers are not tested.
 
 use std::time::Duration;
 
