@@ -265,7 +265,7 @@ impl Event {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut(s: &str, max: usize) -> &str {
     &s[..s.floor_char_boundary(max)]
 }
 

@@ -214,9 +214,3 @@ pub fn spawn(
         thread: Some(thread),
     })
 }
-
-/// `s` cut to at most `max` bytes on a char boundary (error bodies).
-pub(crate) fn excerpt(s: &str, max: usize) -> String {
-    let cut = &s[..s.floor_char_boundary(max)];
-    cut.trim().to_owned()
-}

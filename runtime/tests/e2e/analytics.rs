@@ -11,11 +11,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use soma_tests::daemon::{self as harness, Bystander, DaemonProcess as Daemon};
+use soma_tests::daemon::{self as harness, DaemonProcess as Daemon};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_soma"))
-}
+use super::common::bin;
 
 fn token(data: &Path, tenant: &str, scopes: &str) -> String {
     harness::token(bin(), data, tenant, scopes)
@@ -210,24 +208,8 @@ fn kill_9_mid_traffic_with_the_shipper_behind_loses_and_invents_no_event() {
         "",
         "[analytics]\nship_interval_ms = 600000\n",
     );
-    let callers: Vec<Bystander> = [&acme, &acme, &globex, &globex]
-        .into_iter()
-        .map(|t| Bystander::start(&d.url, t, Duration::ZERO))
-        .collect();
     // Kill once some calls are charged (and more are in flight).
-    let start = Instant::now();
-    loop {
-        let (s, v) = d.get("/v1/ledger?limit=10000", &acme);
-        assert_eq!(s, 200, "{v}");
-        if v.as_array().map_or(0, Vec::len) >= 40 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no traffic: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let callers = super::common::traffic_until(&d, &[&acme, &acme, &globex, &globex], &acme, 40);
     let (data, _) = d.kill9();
     let ok: usize = callers.into_iter().map(|c| c.finish().ok.len()).sum();
     assert!(ok > 0);
@@ -235,14 +217,9 @@ fn kill_9_mid_traffic_with_the_shipper_behind_loses_and_invents_no_event() {
     let outbox = cli_json(&data, &["analytics", "outbox"]);
     assert!(outbox["pending"].as_u64().expect("pending") > 0, "{outbox}");
     // Every charged call has exactly one call event, per tenant.
-    let ledger = cli_json(&data, &["ledger", "ls", "--limit", "1000000"]);
+    let charged_calls = super::common::charged_calls(&data);
     for tenant in ["acme", "globex"] {
-        let charged = ledger
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["tenant"] == tenant && e["kind"] == "wall-time")
-            .count() as u64;
+        let charged = charged_calls.get(tenant).copied().unwrap_or(0);
         assert!(charged > 0, "{tenant} made calls");
         let rows = cli_json(
             &data,

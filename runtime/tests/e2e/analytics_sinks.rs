@@ -11,20 +11,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use soma_tests::{
     clickhouse::ClickHouse,
-    daemon::{self as harness, Bystander, DaemonProcess as Daemon},
+    daemon::{self as harness, DaemonProcess as Daemon},
     kafka::Broker,
 };
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_soma"))
-}
+use super::common::{bin, charged_calls, traffic_until};
 
 /// A metric's value for one `sink` label, from a `/metrics` exposition.
 fn sink_metric(text: &str, family: &str, sink: &str) -> Option<f64> {
@@ -57,27 +54,6 @@ fn wait_caught_up(d: &Daemon, token: &str, sink: &str) {
                 .join("\n")
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Run callers for both tenants until the ledger holds `entries` entries of acme's.
-fn traffic_until(d: &Daemon, tokens: [&str; 2], entries: usize) -> Vec<Bystander> {
-    let callers: Vec<Bystander> = [tokens[0], tokens[0], tokens[1]]
-        .into_iter()
-        .map(|t| Bystander::start(&d.url, t, Duration::ZERO))
-        .collect();
-    let start = Instant::now();
-    loop {
-        let (s, v) = d.get("/v1/ledger?limit=100000", tokens[0]);
-        assert_eq!(s, 200, "{v}");
-        if v.as_array().map_or(0, Vec::len) >= entries {
-            return callers;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no traffic: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -140,7 +116,7 @@ fn kafka_and_clickhouse_get_every_event_once_through_outages_and_kill_9s() {
     );
     // 1. Both sinks down: calls are served, their events wait; kill -9.
     let d = Daemon::start(bin(), dir.path(), "", &config);
-    let callers = traffic_until(&d, [&acme, &globex], 40);
+    let callers = traffic_until(&d, &[&acme, &acme, &globex], &acme, 40);
     wait_failing(&d, &ops, &["kafka", "clickhouse"]);
     let (data, config_path) = d.kill9();
     let served: usize = callers.into_iter().map(|c| c.finish().ok.len()).sum();
@@ -150,7 +126,7 @@ fn kafka_and_clickhouse_get_every_event_once_through_outages_and_kill_9s() {
     broker.resume();
     ch.resume();
     let d = Daemon::spawn(bin(), &data, &config_path);
-    let callers = traffic_until(&d, [&acme, &globex], 200);
+    let callers = traffic_until(&d, &[&acme, &acme, &globex], &acme, 200);
     let start = Instant::now();
     loop {
         let text = metrics(&d, &ops);
@@ -175,24 +151,8 @@ fn kafka_and_clickhouse_get_every_event_once_through_outages_and_kill_9s() {
     wait_caught_up(&d, &ops, "kafka");
     wait_caught_up(&d, &ops, "rollup");
     d.stop();
-    let out = harness::soma(bin(), &data)
-        .args(["ledger", "ls", "--limit", "1000000", "--json"])
-        .output()
-        .expect("soma ledger ls");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ledger: Value = serde_json::from_slice(&out.stdout).expect("ledger JSON");
-    let charged = |tenant: &str| {
-        ledger
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["tenant"] == tenant && e["kind"] == "wall-time")
-            .count() as u64
-    };
+    let charged_calls = charged_calls(&data);
+    let charged = |tenant: &str| charged_calls.get(tenant).copied().unwrap_or(0);
 
     // ClickHouse: no id twice once deduplicated (FINAL), and each tenant's
     // call events are its charged calls.

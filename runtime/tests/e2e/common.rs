@@ -41,3 +41,50 @@ pub fn json_of(out: &Output) -> Value {
         )
     })
 }
+
+/// Calls charged per tenant: the `wall-time` entries of `soma ledger ls`
+/// on `data` (one per metered call; the daemon must be stopped).
+pub fn charged_calls(data: &Path) -> std::collections::BTreeMap<String, u64> {
+    let out = soma(data)
+        .args(["ledger", "ls", "--limit", "1000000", "--json"])
+        .output()
+        .expect("run soma ledger ls");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut calls = std::collections::BTreeMap::new();
+    for e in json_of(&out).as_array().expect("entries") {
+        if e["kind"] == "wall-time" {
+            let tenant = e["tenant"].as_str().expect("tenant").to_owned();
+            *calls.entry(tenant).or_insert(0) += 1;
+        }
+    }
+    calls
+}
+
+/// Start a caller per token of `callers` (no pause between calls) and wait
+/// until `ledger_token`'s tenant has `entries` ledger entries; panics after
+/// two minutes. The callers go on until [`Bystander::finish`].
+pub fn traffic_until(
+    d: &soma_tests::daemon::DaemonProcess,
+    callers: &[&str],
+    ledger_token: &str,
+    entries: usize,
+) -> Vec<soma_tests::daemon::Bystander> {
+    use std::time::{Duration, Instant};
+    let running = callers
+        .iter()
+        .map(|t| soma_tests::daemon::Bystander::start(&d.url, t, Duration::ZERO))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let (s, v) = d.get("/v1/ledger?limit=10000", ledger_token);
+        assert_eq!(s, 200, "{v}");
+        if v.as_array().map_or(0, Vec::len) >= entries {
+            return running;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no traffic: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Pace, Sink, SinkError, excerpt};
+use super::{Pace, Sink, SinkError};
 use crate::analytics::{Body, Event, outbox::Held};
 
 /// The table's DDL; `{db}` and `{table}` are replaced by the configured
@@ -193,7 +193,7 @@ impl ClickHouseSink {
         let text = response.text().unwrap_or_default();
         Err(SinkError::ClickHouse {
             status: status.as_u16(),
-            body: excerpt(&text, 500),
+            body: crate::analytics::event::cut(text.trim(), 500).to_owned(),
         })
     }
 
