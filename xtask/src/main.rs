@@ -52,7 +52,7 @@ enum Task {
     },
     /// Run the criterion benchmarks and print each median beside its
     /// raw-wasmtime baseline.
-    Bench(PassThrough),
+    Bench(BenchArgs),
     /// Load-test `soma daemon` with closed-loop sessions.
     #[command(long_about = load::LONG_ABOUT)]
     Load(load::LoadArgs),
@@ -87,6 +87,31 @@ struct PassThrough {
     binary: Vec<String>,
 }
 
+/// `cargo xtask bench` options.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Build in `target/ci` (the suite's dependencies, already built by
+    /// `cargo xtask test`) with the workspace's own crates at opt-level 3,
+    /// instead of the release profile's separate, from-scratch build. The
+    /// figures match release's within noise (no LTO either way); the `ci`
+    /// profile alone builds our crates at opt-level 0 and must not be
+    /// benchmarked.
+    #[arg(long)]
+    reuse_ci_build: bool,
+    #[command(flatten)]
+    pass: PassThrough,
+}
+
+/// The workspace crates the `ci` profile builds at opt-level 0 that a
+/// benchmark runs (`cargo xtask bench --reuse-ci-build` raises them to 3).
+const BENCHED_CRATES: [&str; 5] = [
+    "soma-runtime",
+    "soma-host-api",
+    "soma-temporal-connect",
+    "soma-benches",
+    "soma-tests",
+];
+
 impl PassThrough {
     /// The arguments as cargo gets them: `CARGO_ARGS [-- BINARY_ARGS]`.
     fn args(&self) -> Vec<String> {
@@ -105,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test(&args.args()),
         Task::Lint => lint(),
         Task::Cycles { edges } => cycles::check(&root(), edges),
-        Task::Bench(args) => bench(&args.args()),
+        Task::Bench(args) => bench(args.reuse_ci_build, &args.pass.args()),
         Task::Load(args) => load::load(args),
     }
 }
@@ -369,11 +394,19 @@ fn lint() -> anyhow::Result<()> {
     ]))
 }
 
-fn bench(extra: &[String]) -> anyhow::Result<()> {
+fn bench(reuse_ci_build: bool, extra: &[String]) -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    run(cargo().args([
-        "build",
-        "--release",
+    let profile: Vec<String> = if reuse_ci_build {
+        let mut p = vec!["--profile".to_owned(), "ci".to_owned()];
+        for c in BENCHED_CRATES {
+            p.push("--config".into());
+            p.push(format!("profile.ci.package.{c}.opt-level=3"));
+        }
+        p
+    } else {
+        vec!["--release".into()]
+    };
+    run(cargo().arg("build").args(&profile).args([
         "--locked",
         "-p",
         "soma-runtime",
@@ -381,9 +414,14 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
         "soma",
     ]))?;
     run(cargo()
-        .args(["bench", "--locked", "-p", "soma-benches"])
+        .arg("bench")
+        .args(&profile)
+        .args(["--locked", "-p", "soma-benches"])
         .args(extra))?;
-    summarize_benches(&root().join("target/criterion"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    summarize_benches(&target.join("criterion"))
 }
 
 /// Print the median of every criterion benchmark found under `dir`, and the
@@ -640,11 +678,13 @@ mod tests {
         let Task::Bench(b) = parse(&["bench", "--bench", "call", "--", "call/"]) else {
             panic!("not bench");
         };
-        assert_eq!(b.args(), ["--bench", "call", "--", "call/"]);
-        let Task::Bench(b) = parse(&["bench", "--", "call/"]) else {
+        assert_eq!(b.pass.args(), ["--bench", "call", "--", "call/"]);
+        assert!(!b.reuse_ci_build);
+        let Task::Bench(b) = parse(&["bench", "--reuse-ci-build", "--", "call/"]) else {
             panic!("not bench");
         };
-        assert_eq!(b.args(), ["--", "call/"]);
+        assert_eq!(b.pass.args(), ["--", "call/"]);
+        assert!(b.reuse_ci_build);
         let Task::Test(t) = parse(&["test", "-p", "soma-runtime"]) else {
             panic!("not test");
         };
