@@ -29,7 +29,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use soma_host_api::storage::LazyDatabase;
 
-pub use event::{Body, Event, SCHEMA_VERSION, Site};
+pub use event::{Body, CallFacts, Event, SCHEMA_VERSION, Site};
 pub use outbox::Status;
 pub use rollup::{Dim, Gran, Query, QueryRow};
 

@@ -177,9 +177,17 @@ pub struct Account {
 }
 
 impl Account {
-    pub(crate) fn refusal(&self, scope: &Scope, tokens: u64, micros: u64) -> Option<String> {
+    pub(crate) fn refusal(&self, scope: &Scope, tokens: u64, micros: u64) -> Option<Refusal> {
         let over = |limit: Option<u64>, spent: u64, held: u64, want: u64| {
             limit.filter(|&l| spent.saturating_add(held).saturating_add(want) > l)
+        };
+        let refusal = |unit, limit, spent, held, needed| Refusal {
+            scope: scope.clone(),
+            unit,
+            limit,
+            spent,
+            held,
+            needed,
         };
         if let Some(l) = over(
             self.limit.tokens,
@@ -187,11 +195,12 @@ impl Account {
             self.reserved_tokens,
             tokens,
         ) {
-            return Some(format!(
-                "{} has a budget of {l} tokens: {} spent, {} held by calls in flight, this call needs up to {tokens}",
-                scope.key(),
+            return Some(refusal(
+                Unit::Tokens,
+                l,
                 self.spent_tokens,
-                self.reserved_tokens
+                self.reserved_tokens,
+                tokens,
             ));
         }
         if let Some(l) = over(
@@ -200,14 +209,79 @@ impl Account {
             self.reserved_micros,
             micros,
         ) {
-            return Some(format!(
-                "{} has a budget of {l} micro-units: {} spent, {} held, this call needs up to {micros}",
-                scope.key(),
+            return Some(refusal(
+                Unit::Micros,
+                l,
                 self.spent_micros,
-                self.reserved_micros
+                self.reserved_micros,
+                micros,
             ));
         }
         None
+    }
+}
+
+/// What a budget is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// LLM tokens (input + output).
+    Tokens,
+    /// Money, micro-units.
+    Micros,
+}
+
+impl Unit {
+    /// `tokens` or `micros`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Tokens => "tokens",
+            Unit::Micros => "micros",
+        }
+    }
+}
+
+/// Why a budget refused a reservation: which scope, in which unit, and
+/// the numbers. Its `Display` is the message a caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The budget that refused.
+    pub scope: Scope,
+    /// The unit that ran out.
+    pub unit: Unit,
+    /// The limit.
+    pub limit: u64,
+    /// Spent so far.
+    pub spent: u64,
+    /// Held by calls in flight.
+    pub held: u64,
+    /// What this call asked to hold.
+    pub needed: u64,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            scope,
+            limit,
+            spent,
+            held,
+            needed,
+            ..
+        } = self;
+        match self.unit {
+            Unit::Tokens => write!(
+                f,
+                "{} has a budget of {limit} tokens: {spent} spent, {held} held by calls in \
+                 flight, this call needs up to {needed}",
+                scope.key()
+            ),
+            Unit::Micros => write!(
+                f,
+                "{} has a budget of {limit} micro-units: {spent} spent, {held} held, this \
+                 call needs up to {needed}",
+                scope.key()
+            ),
+        }
     }
 }
 
@@ -287,7 +361,7 @@ impl Budgets {
 
     /// Reserve `tokens` and `micros` against every scope in `scopes` that
     /// has an account, all or nothing. Cost: one lock, one hash lookup per scope.
-    pub fn reserve(&self, scopes: &[Scope], tokens: u64, micros: u64) -> Result<Hold, String> {
+    pub fn reserve(&self, scopes: &[Scope], tokens: u64, micros: u64) -> Result<Hold, Refusal> {
         let mut a = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         for s in scopes {
             if let Some(reason) = a.get(s).and_then(|acc| acc.refusal(s, tokens, micros)) {
@@ -388,6 +462,8 @@ mod tests {
         let r = b.account(&run).expect("run");
         assert_eq!((r.spent_tokens, r.reserved_tokens), (60, 0));
         let err = b.reserve(&scopes, 10, 44).expect_err("money");
+        assert_eq!((err.unit, err.limit, err.needed), (Unit::Micros, 50, 44));
+        let err = err.to_string();
         assert!(
             err.contains("tenant:t") && err.contains("micro-units"),
             "{err}"

@@ -556,13 +556,28 @@ impl Engine {
             span.record("http.bytes_out", outcome.http.bytes_sent);
             fees.extend(self.metering.http_entries(&spender, &outcome.http));
         }
-        let charge = self.metering.call_charge_with_fees(
-            &spender,
-            usage.fuel_consumed,
-            usage.wall_time_us,
-            hold,
-            fees,
-        );
+        // The analytics `call` event names the capsule and its peak memory;
+        // the capsule's own events ride with the charge (written once, with it).
+        let charge = self
+            .metering
+            .call_charge_with_fees(
+                &spender,
+                usage.fuel_consumed,
+                usage.wall_time_us,
+                hold,
+                fees,
+            )
+            .map(|c| {
+                c.with_facts(crate::analytics::CallFacts {
+                    capsule_name: Some(capsule.name.to_string()),
+                    peak_memory_bytes: Some(usage.peak_memory_bytes),
+                    emitted: outcome
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), e.payload.clone()))
+                        .collect(),
+                })
+            });
         if options.defer_charge {
             outcome.charge = charge;
             return outcome;

@@ -689,7 +689,7 @@ impl Ledger {
             return Ok(Appended::default());
         }
         validate(entries)?;
-        let mut results = write_batch(&self.db, &[entries])?;
+        let mut results = write_batch(&self.db, &[entries.into()])?;
         Ok(results.pop().unwrap_or_default())
     }
 
@@ -1356,9 +1356,34 @@ impl OwnedDailyKey {
     }
 }
 
+/// One append request: its entries and, for a capsule call, what its
+/// analytics event says beyond them ([`CallFacts`](crate::analytics::CallFacts):
+/// ignored by stores without an outbox).
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    /// The entries, appended all together or not at all.
+    pub entries: &'a [Entry],
+    /// The call's name, peak memory and emitted events.
+    pub facts: Option<&'a crate::analytics::CallFacts>,
+    /// Analytics events written as they are, in the same transaction,
+    /// whether or not any entry is new (a refusal's `budget-exceeded`
+    /// has no entry; its id makes a repeat harmless).
+    pub events: &'a [crate::analytics::Event],
+}
+
+impl<'a> From<&'a [Entry]> for Charge<'a> {
+    fn from(entries: &'a [Entry]) -> Self {
+        Self {
+            entries,
+            facts: None,
+            events: &[],
+        }
+    }
+}
+
 /// Apply each batch of `requests` in one write transaction with immediate
 /// durability; one [`Appended`] per request. Entries must be validated.
-fn write_batch(db: &LazyDatabase, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
+fn write_batch(db: &LazyDatabase, requests: &[Charge<'_>]) -> Result<Vec<Appended>, LedgerError> {
     let db = db.get().map_err(LedgerError::from)?;
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
@@ -1372,15 +1397,15 @@ fn write_batch(db: &LazyDatabase, requests: &[&[Entry]]) -> Result<Vec<Appended>
 /// its charges, such as a DAG node's completion.
 pub(crate) fn append_in(
     txn: &WriteTransaction,
-    requests: &[&[Entry]],
+    requests: &[Charge<'_>],
 ) -> Result<Vec<Appended>, LedgerError> {
-    for entries in requests {
-        validate(entries)?;
+    for r in requests {
+        validate(r.entries)?;
     }
     write_in(txn, requests)
 }
 
-fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appended>, LedgerError> {
+fn write_in(txn: &WriteTransaction, requests: &[Charge<'_>]) -> Result<Vec<Appended>, LedgerError> {
     let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
     let mut keys = txn.open_table(LEDGER_KEYS).map_err(db_err)?;
     let mut daily = txn.open_table(LEDGER_DAILY).map_err(db_err)?;
@@ -1402,10 +1427,10 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
     let mut results = Vec::with_capacity(requests.len());
     let mut outbox = Vec::new();
     let mut written: Vec<&Entry> = Vec::new();
-    for entries in requests {
+    for request in requests {
         let mut appended = Appended::default();
         written.clear();
-        for e in *entries {
+        for e in request.entries {
             let key = e.key();
             // Insert first (duplicates are rare); put the old id back on a hit.
             let prev = keys
@@ -1441,7 +1466,8 @@ fn write_in(txn: &WriteTransaction, requests: &[&[Entry]]) -> Result<Vec<Appende
             k.day.clone_from(&day_cache.1);
             deltas.entry(k).or_default().add(e);
         }
-        events::of(entries, &written, &mut outbox);
+        events::of(request, &written, &mut outbox);
+        outbox.extend_from_slice(request.events);
         results.push(appended);
     }
     crate::analytics::outbox::push(txn, &outbox)

@@ -509,7 +509,13 @@ impl BudgetLedger {
             self.charged(&charge.entries, &appended);
             return Ok(());
         }
-        match self.append(charge.entries.clone()) {
+        let appended = self
+            .writer()
+            .and_then(|w| w.append_call(charge.entries.clone(), charge.facts.clone()));
+        if let Ok(appended) = &appended {
+            self.charged(&charge.entries, appended);
+        }
+        match appended {
             Ok(appended) => {
                 self.accounts.settle(&charge, &appended);
                 Ok(())
@@ -559,8 +565,10 @@ impl BudgetLedger {
         };
         let accounts = self.accounts.clone();
         let entries = charge.entries.clone();
-        writer.append_then(
+        let facts = charge.facts.clone();
+        writer.append_call_then(
             entries,
+            facts,
             Box::new(move |result| {
                 match &result {
                     Ok(appended) => {
@@ -713,7 +721,10 @@ impl BudgetLedger {
             .accounts
             .budgets
             .reserve(&scopes(spender), 0, micros)
-            .map_err(explain)?;
+            .map_err(|refusal| {
+                self.exceeded(spender, &refusal, "call");
+                explain(refusal.to_string())
+            })?;
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         self.accounts
             .holds
@@ -721,6 +732,37 @@ impl BudgetLedger {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, hold);
         Ok(Some(id))
+    }
+
+    /// Record `refusal` of `spender`'s call (`what`: `call`, or `llm` for
+    /// a chat request inside it) as a `budget-exceeded` analytics event,
+    /// keyed `run/node/attempt/what` (a replayed attempt's refusal is the
+    /// same fact). Queued on the group commit; never fails the caller.
+    /// The PostgreSQL store has no outbox yet: nothing is recorded there.
+    fn exceeded(&self, spender: &Spender, refusal: &crate::budget::Refusal, what: &str) {
+        let Ok(writer) = self.writer() else {
+            return;
+        };
+        let key = format!(
+            "{}/{}/{}/{what}",
+            spender.run, spender.node, spender.attempt
+        );
+        writer.record(vec![crate::analytics::Event::new(
+            &key,
+            &spender.tenant,
+            now_ms(),
+            crate::analytics::Body::BudgetExceeded {
+                scope: refusal.scope.key(),
+                run: Some(spender.run.to_string()),
+                node: Some(spender.node.to_string()),
+                attempt: Some(spender.attempt),
+                unit: refusal.unit.name().into(),
+                limit: refusal.limit,
+                spent: refusal.spent,
+                held: refusal.held,
+                needed: refusal.needed,
+            },
+        )]);
     }
 
     /// Release a reservation from [`BudgetLedger::reserve_call`] that will not
@@ -771,6 +813,7 @@ impl BudgetLedger {
                 entries: fees,
                 scopes: scopes(spender),
                 hold,
+                facts: None,
             });
         }
         let time_ms = now_ms();
@@ -788,6 +831,7 @@ impl BudgetLedger {
             entries,
             scopes: scopes(spender),
             hold,
+            facts: None,
         })
     }
 
@@ -839,7 +883,7 @@ impl BudgetLedger {
     pub fn write_charges(
         &self,
         txn: &redb::WriteTransaction,
-        charges: &[&[Entry]],
+        charges: &[crate::ledger::Charge<'_>],
     ) -> Result<Vec<crate::ledger::Appended>, LedgerError> {
         // On the shared store the charges go there (before the caller's
         // commit; idempotent, so a journal batch replayed after a crash
@@ -1006,6 +1050,26 @@ pub struct CallCharge {
     scopes: Vec<Scope>,
     /// The reservation it settles ([`BudgetLedger::reserve_call`]).
     hold: Option<u64>,
+    /// What the call's analytics events say beyond the entries.
+    facts: Option<Box<crate::analytics::CallFacts>>,
+}
+
+impl CallCharge {
+    /// Attach the call's name, peak memory and emitted events, written to
+    /// the analytics outbox with the charge.
+    pub fn with_facts(mut self, facts: crate::analytics::CallFacts) -> Self {
+        self.facts = Some(Box::new(facts));
+        self
+    }
+
+    /// The entries and facts as one ledger request.
+    pub fn as_request(&self) -> crate::ledger::Charge<'_> {
+        crate::ledger::Charge {
+            entries: &self.entries,
+            facts: self.facts.as_deref(),
+            events: &[],
+        }
+    }
 }
 
 impl Drop for BudgetLedger {
@@ -1042,7 +1106,11 @@ impl llm::Meter for BudgetLedger {
         let hold = self
             .accounts
             .budgets
-            .reserve(&scopes(spender), tokens, micros)?;
+            .reserve(&scopes(spender), tokens, micros)
+            .map_err(|refusal| {
+                self.exceeded(spender, &refusal, "llm");
+                refusal.to_string()
+            })?;
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         self.accounts
             .holds

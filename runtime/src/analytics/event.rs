@@ -155,14 +155,28 @@ pub enum Body {
         /// Whether the output passed.
         approved: bool,
     },
-    /// A call or run was refused because a budget could not cover it.
+    /// A call (or an LLM request inside one) was refused because a budget
+    /// could not cover its worst case. Nothing ran; nothing was charged.
     BudgetExceeded {
-        /// The budget's scope (`tenant`, `capsule`, `run`, `node`).
+        /// The budget that refused, as its key: `tenant:<id>`,
+        /// `capsule:<digest>`, `run:<id>` or `node:<run>/<node>`.
         scope: String,
-        /// The run, if any.
+        /// The refused call's run.
         run: Option<String>,
-        /// The budget's limit, micro-units.
-        limit_micros: u64,
+        /// The refused call's node.
+        node: Option<String>,
+        /// The refused call's attempt.
+        attempt: Option<u32>,
+        /// What ran out: `micros` (money) or `tokens`.
+        unit: String,
+        /// The budget's limit, in `unit`.
+        limit: u64,
+        /// Spent under it so far.
+        spent: u64,
+        /// Held by calls in flight.
+        held: u64,
+        /// What the refused call asked to hold.
+        needed: u64,
     },
     /// A capsule was installed from the marketplace.
     MarketInstall {
@@ -262,6 +276,22 @@ impl Event {
             },
         )
     }
+}
+
+/// What a call's `call` event says that its ledger entries do not: the
+/// capsule's name, its peak memory, and the events it emitted itself
+/// (`events.emit`). Carried with the call's charge ([`crate::ledger::Charge`])
+/// and written to the outbox only when the charge is (so a replayed
+/// attempt adds no second copy).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallFacts {
+    /// The capsule's name as the caller referenced it.
+    pub capsule_name: Option<String>,
+    /// Peak linear memory, bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// The capsule's own events, in the order emitted (already capped per
+    /// call by `[events]`; each becomes a `capsule-event`).
+    pub emitted: Vec<(String, serde_json::Value)>,
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::{
+    analytics::event::MAX_CAPSULE_PAYLOAD_BYTES,
     ledger::{Entry, FailedCall, Kind, Ledger},
     store::DataDir,
 };
@@ -130,9 +131,15 @@ fn samples() -> Vec<Event> {
             t,
             at,
             Body::BudgetExceeded {
-                scope: "tenant".into(),
+                scope: "tenant:acme".into(),
                 run: Some("r1".into()),
-                limit_micros: 1000,
+                node: Some("fetch".into()),
+                attempt: Some(0),
+                unit: "micros".into(),
+                limit: 1000,
+                spent: 990,
+                held: 0,
+                needed: 20,
             },
         ),
         Event::new(
@@ -227,7 +234,7 @@ fn a_sample_of_every_event_type_validates_against_the_schema_and_round_trips() {
 
 #[test]
 fn capsule_events_are_capped() {
-    let big = json!({"blob": "x".repeat(event::MAX_CAPSULE_PAYLOAD_BYTES)});
+    let big = json!({"blob": "x".repeat(MAX_CAPSULE_PAYLOAD_BYTES)});
     let name = "é".repeat(event::MAX_CAPSULE_NAME_BYTES);
     let e = Event::capsule_event("k", "t", 1, "sha256:0", &name, "n", big);
     let Body::CapsuleEvent {
@@ -237,7 +244,7 @@ fn capsule_events_are_capped() {
         panic!("not a capsule event")
     };
     assert!(namespace.len() <= event::MAX_CAPSULE_NAME_BYTES && !namespace.is_empty());
-    assert!(payload["truncated"].as_u64().unwrap() > event::MAX_CAPSULE_PAYLOAD_BYTES as u64);
+    assert!(payload["truncated"].as_u64().unwrap() > MAX_CAPSULE_PAYLOAD_BYTES as u64);
     let small = Event::capsule_event("k", "t", 1, "sha256:0", "ns", "n", json!({"a": 1}));
     let Body::CapsuleEvent { payload, .. } = &small.body else {
         panic!()
@@ -346,6 +353,122 @@ fn ledger_appends_write_their_events_once_in_the_same_transaction() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 4);
+}
+
+#[test]
+fn a_calls_facts_name_it_and_its_emitted_events_go_out_once_with_its_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let ledger = Ledger::open(&data);
+    let entries = call_entries("acme", "r2", 1, MAR_1, 300);
+    let facts = CallFacts {
+        capsule_name: Some("notebook".into()),
+        peak_memory_bytes: Some(65_536),
+        emitted: vec![
+            ("progress".into(), json!({"done": 1, "of": 2})),
+            ("dump".into(), json!("x".repeat(MAX_CAPSULE_PAYLOAD_BYTES))),
+        ],
+    };
+    let writer = ledger.writer().unwrap();
+    let first = writer
+        .append_call(entries.clone(), Some(Box::new(facts.clone())))
+        .unwrap();
+    assert_eq!(first.inserted.len(), 4);
+    let db = data.database().get().unwrap();
+    let events = pending(&db);
+    let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "call",
+            "capsule-event",
+            "capsule-event",
+            "llm-tokens",
+            "llm-tokens"
+        ]
+    );
+    let Body::Call {
+        capsule_name,
+        peak_memory_bytes,
+        ..
+    } = &events[0].body
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (capsule_name.as_deref(), *peak_memory_bytes),
+        (Some("notebook"), Some(65_536))
+    );
+    assert_eq!(events[1].id, "capsule-event:r2/n/0/0/0");
+    assert_eq!(events[2].id, "capsule-event:r2/n/0/0/1");
+    let Body::CapsuleEvent {
+        capsule_digest,
+        namespace,
+        name,
+        payload,
+    } = &events[1].body
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (capsule_digest.as_str(), namespace.as_str(), name.as_str()),
+        (entries[0].capsule.as_str(), "notebook", "progress")
+    );
+    assert_eq!(payload, &json!({"done": 1, "of": 2}));
+    let Body::CapsuleEvent { payload, .. } = &events[2].body else {
+        panic!("{events:?}")
+    };
+    assert!(payload["truncated"].as_u64().unwrap() > MAX_CAPSULE_PAYLOAD_BYTES as u64);
+    assert_eq!(events[1].tenant, "acme");
+    // The replayed charge (a retried commit) writes neither the call nor
+    // its capsule's events again.
+    let again = writer.append_call(entries, Some(Box::new(facts))).unwrap();
+    assert_eq!(again.duplicates, 4);
+    assert_eq!(pending(&db).len(), 5);
+    // Events without entries (a budget's refusal) share the group commit.
+    let refusal = Event::new(
+        "r3/n/0/call",
+        "globex",
+        MAR_1,
+        Body::BudgetExceeded {
+            scope: "tenant:globex".into(),
+            run: Some("r3".into()),
+            node: Some("n".into()),
+            attempt: Some(0),
+            unit: "micros".into(),
+            limit: 1,
+            spent: 0,
+            held: 0,
+            needed: 500,
+        },
+    );
+    writer.record(vec![refusal.clone()]);
+    // `record` returns at once; an append after it is committed after it.
+    writer
+        .append(call_entries("acme", "r4", 1, MAR_1, 300))
+        .unwrap();
+    let events = pending(&db);
+    assert!(events.contains(&refusal), "{events:?}");
+    writer.close();
+}
+
+#[test]
+fn a_refused_reservation_says_which_budget_in_which_unit() {
+    use crate::budget::{Budgets, Limit, Scope, Unit};
+    let b = Budgets::default();
+    let node = Scope::Node("r/n".into());
+    b.set_limit(
+        node.clone(),
+        Limit {
+            tokens: Some(10),
+            micros: None,
+        },
+    );
+    let r = b.reserve(std::slice::from_ref(&node), 11, 0).unwrap_err();
+    assert_eq!(
+        (r.scope, r.unit, r.limit, r.spent, r.held, r.needed),
+        (node, Unit::Tokens, 10, 0, 0, 11)
+    );
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl PgBudgets {
         for r in &rows {
             let (scope, account) = account_of(r)?;
             if let Some(reason) = account.refusal(&scope, tokens, micros) {
-                return Err(ReserveError::Refused(reason));
+                return Err(ReserveError::Refused(reason.to_string()));
             }
             held.push(scope.key());
         }

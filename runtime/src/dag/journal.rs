@@ -219,7 +219,7 @@ impl Journal {
         first_seq: u64,
         events: &[Event],
         summary: &RunSummary,
-        charges: &[&[crate::ledger::Entry]],
+        charges: &[crate::ledger::Charge<'_>],
         metering: &BudgetLedger,
     ) -> Result<Vec<Appended>, JournalError> {
         let db = self.open()?;

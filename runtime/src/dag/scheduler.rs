@@ -1083,8 +1083,8 @@ impl Coordinator<'_> {
     }
 
     fn commit(&mut self, batch: &[Event], charges: &[CallCharge]) -> Result<(), DagError> {
-        let entries: Vec<&[crate::ledger::Entry]> =
-            charges.iter().map(|c| c.entries.as_slice()).collect();
+        let entries: Vec<crate::ledger::Charge<'_>> =
+            charges.iter().map(CallCharge::as_request).collect();
         let metering = self.engine.metering();
         let appended = match self.journal.commit(
             &self.state.run,

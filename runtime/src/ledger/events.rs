@@ -7,10 +7,16 @@
 //! and one `market-fee` event per fee entry. Only entries actually inserted
 //! make events: a replay (duplicate idempotency key) makes none, so the
 //! outbox is exactly as idempotent as the ledger.
+//!
+//! A call's charge may carry [`CallFacts`]: its `call` event then names the
+//! capsule and its peak memory, and each event the capsule emitted becomes
+//! a `capsule-event` keyed `run/node/attempt/seq/<index>`, namespaced by
+//! the capsule's name (its digest when the name is unknown) — written with
+//! the call's wall-time entry, so only once.
 
-use crate::analytics::{Body, Event, Site};
+use crate::analytics::{Body, CallFacts, Event, Site};
 
-use super::{Entry, Kind};
+use super::{Charge, Entry, Kind};
 
 fn site(e: &Entry) -> Site {
     Site {
@@ -22,9 +28,12 @@ fn site(e: &Entry) -> Site {
 }
 
 /// The events of `inserted`, the entries of one request that were written
-/// (`request` is the whole request, for a call's fuel and cost). Cost: a few
-/// small allocations per event; nothing for fuel and HTTP entries.
-pub(super) fn of(request: &[Entry], inserted: &[&Entry], out: &mut Vec<Event>) {
+/// (`request` is the whole request, for a call's fuel, cost and facts).
+/// Cost: a few small allocations per event; nothing for fuel and HTTP
+/// entries.
+pub(super) fn of(request: &Charge<'_>, inserted: &[&Entry], out: &mut Vec<Event>) {
+    let facts = request.facts;
+    let request = request.entries;
     for e in inserted {
         let body = match e.kind {
             Kind::WallTime => {
@@ -48,13 +57,16 @@ pub(super) fn of(request: &[Entry], inserted: &[&Entry], out: &mut Vec<Event>) {
                     e.time_ms,
                     Body::Call {
                         site: site(e),
-                        capsule_name: None,
+                        capsule_name: facts.and_then(|f| f.capsule_name.clone()),
                         fuel,
                         wall_us: e.quantity,
-                        peak_memory_bytes: None,
+                        peak_memory_bytes: facts.and_then(|f| f.peak_memory_bytes),
                         cost_micros,
                     },
                 ));
+                if let Some(f) = facts {
+                    emitted(e, &key, f, out);
+                }
                 continue;
             }
             Kind::LlmTokensInput | Kind::LlmTokensOutput => Body::LlmTokens {
@@ -79,5 +91,21 @@ pub(super) fn of(request: &[Entry], inserted: &[&Entry], out: &mut Vec<Event>) {
             Kind::Fuel | Kind::HttpRequests | Kind::HttpBytesOut | Kind::HttpBytesIn => continue,
         };
         out.push(Event::new(&e.key(), &e.tenant, e.time_ms, body));
+    }
+}
+
+/// The capsule's own events of the call whose wall-time entry is `e`.
+fn emitted(e: &Entry, key: &str, facts: &CallFacts, out: &mut Vec<Event>) {
+    let namespace = facts.capsule_name.as_deref().unwrap_or(&e.capsule);
+    for (i, (name, payload)) in facts.emitted.iter().enumerate() {
+        out.push(Event::capsule_event(
+            &format!("{key}/{i}"),
+            &e.tenant,
+            e.time_ms,
+            &e.capsule,
+            namespace,
+            name,
+            payload.clone(),
+        ));
     }
 }

@@ -750,7 +750,7 @@ fn tenant_stretches_cover_interleaved_tenants_and_runs_whose_ids_share_a_prefix(
         vec![e("globex", "r-1", 0), e("globex", "r-1", 1)],
         vec![e("acme", "r", 2)],
     ];
-    let requests: Vec<&[Entry]> = batch.iter().map(Vec::as_slice).collect();
+    let requests: Vec<Charge<'_>> = batch.iter().map(|b| b.as_slice().into()).collect();
     write_batch(&l.db, &requests).unwrap();
     // A replay charges nothing and adds no span.
     write_batch(&l.db, &requests).unwrap();

@@ -20,7 +20,8 @@ use std::{
 
 use soma_host_api::storage::LazyDatabase;
 
-use super::{Appended, Entry, LedgerError, validate, write_batch};
+use super::{Appended, Charge, Entry, LedgerError, validate, write_batch};
+use crate::analytics::{CallFacts, Event};
 
 /// Most entries one group-commit transaction takes from the queue (a single
 /// larger request is still committed whole, alone).
@@ -33,6 +34,8 @@ const LINGER: Duration = Duration::from_micros(200);
 
 struct Request {
     entries: Vec<Entry>,
+    facts: Option<Box<CallFacts>>,
+    events: Vec<Event>,
     reply: Reply,
 }
 
@@ -83,7 +86,7 @@ impl LedgerWriter {
     /// the redb database or the PostgreSQL store.
     pub(super) fn spawn_checked(
         check: fn(&[Entry]) -> Result<(), LedgerError>,
-        mut write: impl FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError> + Send + 'static,
+        mut write: impl FnMut(&[Charge<'_>]) -> Result<Vec<Appended>, LedgerError> + Send + 'static,
     ) -> Result<Self, LedgerError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let handle = thread::Builder::new()
@@ -117,6 +120,16 @@ impl LedgerWriter {
     ///
     /// Cost: one channel round-trip plus a share of one fsync'd commit.
     pub fn append(&self, entries: Vec<Entry>) -> Result<Appended, LedgerError> {
+        self.append_call(entries, None)
+    }
+
+    /// [`LedgerWriter::append`] for a capsule call's charge with what its
+    /// analytics events need beyond the entries ([`CallFacts`]).
+    pub fn append_call(
+        &self,
+        entries: Vec<Entry>,
+        facts: Option<Box<CallFacts>>,
+    ) -> Result<Appended, LedgerError> {
         if entries.is_empty() {
             return Ok(Appended::default());
         }
@@ -125,6 +138,8 @@ impl LedgerWriter {
         self.tx
             .send(Request {
                 entries,
+                facts,
+                events: Vec::new(),
                 reply: Reply::Blocking(reply),
             })
             .map_err(|_| LedgerError::WriterStopped)?;
@@ -140,6 +155,17 @@ impl LedgerWriter {
     /// Cost: one channel send; `then` must be quick (it delays the replies
     /// of the rest of the batch).
     pub fn append_then(&self, entries: Vec<Entry>, then: OnCommit) {
+        self.append_call_then(entries, None, then);
+    }
+
+    /// [`LedgerWriter::append_then`] for a capsule call's charge with what
+    /// its analytics events need beyond the entries ([`CallFacts`]).
+    pub fn append_call_then(
+        &self,
+        entries: Vec<Entry>,
+        facts: Option<Box<CallFacts>>,
+        then: OnCommit,
+    ) {
         if entries.is_empty() {
             then(Ok(Appended::default()));
             return;
@@ -150,6 +176,34 @@ impl LedgerWriter {
         }
         if let Err(mpsc::SendError(r)) = self.tx.send(Request {
             entries,
+            facts,
+            events: Vec::new(),
+            reply: Reply::Then(then),
+        }) {
+            r.reply.send(Err(LedgerError::WriterStopped));
+        }
+    }
+
+    /// Queue analytics `events` that have no ledger entry (a budget's
+    /// refusal) and return at once: they share the next group commit. A
+    /// failure is logged, never returned: an event must not fail the
+    /// caller's work. Cost: one channel send.
+    pub fn record(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let then: OnCommit = Box::new(|result| {
+            if let Err(e) = result {
+                tracing::warn!(
+                    "could not write analytics events to the outbox: {}",
+                    soma_host_api::error_chain(&e)
+                );
+            }
+        });
+        if let Err(mpsc::SendError(r)) = self.tx.send(Request {
+            entries: Vec::new(),
+            facts: None,
+            events,
             reply: Reply::Then(then),
         }) {
             r.reply.send(Err(LedgerError::WriterStopped));
@@ -167,6 +221,8 @@ impl LedgerWriter {
         self.tx
             .send(Request {
                 entries,
+                facts: None,
+                events: Vec::new(),
                 reply: Reply::Async(reply),
             })
             .map_err(|_| LedgerError::WriterStopped)?;
@@ -175,13 +231,13 @@ impl LedgerWriter {
 }
 
 /// Commits one group of batches to a store (redb or PostgreSQL).
-type WriteBatches<'a> = dyn FnMut(&[&[Entry]]) -> Result<Vec<Appended>, LedgerError> + 'a;
+type WriteBatches<'a> = dyn FnMut(&[Charge<'_>]) -> Result<Vec<Appended>, LedgerError> + 'a;
 
 fn run(write: &mut WriteBatches<'_>, rx: &mpsc::Receiver<Request>) {
     // About how many appenders are active: the ones likely to come back.
     let mut previous = 0;
     while let Ok(first) = rx.recv() {
-        let mut queued = first.entries.len();
+        let mut queued = first.entries.len().max(1);
         let mut batch = vec![first];
         let linger_until = Instant::now() + LINGER;
         while queued < MAX_BATCH_ENTRIES {
@@ -196,13 +252,20 @@ fn run(write: &mut WriteBatches<'_>, rx: &mpsc::Receiver<Request>) {
                 Err(_) => None,
             };
             let Some(r) = next else { break };
-            queued += r.entries.len();
+            queued += r.entries.len().max(1);
             batch.push(r);
         }
         // Remember the most appenders seen lately, forgetting one per batch
         // so a departed appender costs at most a few short lingers.
         previous = batch.len().max(previous.saturating_sub(1));
-        let requests: Vec<&[Entry]> = batch.iter().map(|r| r.entries.as_slice()).collect();
+        let requests: Vec<Charge<'_>> = batch
+            .iter()
+            .map(|r| Charge {
+                entries: &r.entries,
+                facts: r.facts.as_deref(),
+                events: &r.events,
+            })
+            .collect();
         match write(&requests) {
             Ok(results) => {
                 for (r, result) in batch.into_iter().zip(results) {

@@ -72,31 +72,47 @@ impl Installs {
         name: &str,
         pin: Pin,
     ) -> Result<Option<TenantPin>, MarketError> {
-        self.records.write(Table::Installs, |table| {
-            let k = key(tenant, name);
-            let previous = table.get(&k)?.map(|v| decode(&k, &v)).transpose()?;
-            if previous.is_none() {
-                let mut count = 0;
-                table.scan(&key(tenant, ""), &mut |_, _| {
-                    count += 1;
-                    Ok(count < MAX_PINS_PER_TENANT)
-                })?;
-                if count >= MAX_PINS_PER_TENANT {
-                    return Err(MarketError::TooManyPins {
-                        max: MAX_PINS_PER_TENANT,
-                    });
+        self.records
+            .write_with_events(Table::Installs, |table, events| {
+                let k = key(tenant, name);
+                let previous = table.get(&k)?.map(|v| decode(&k, &v)).transpose()?;
+                if previous.is_none() {
+                    let mut count = 0;
+                    table.scan(&key(tenant, ""), &mut |_, _| {
+                        count += 1;
+                        Ok(count < MAX_PINS_PER_TENANT)
+                    })?;
+                    if count >= MAX_PINS_PER_TENANT {
+                        return Err(MarketError::TooManyPins {
+                            max: MAX_PINS_PER_TENANT,
+                        });
+                    }
                 }
-            }
-            let record = TenantPin {
-                tenant: tenant.to_owned(),
-                name: name.to_owned(),
-                pin,
-                installed_ms: now_ms(),
-            };
-            let bytes = serde_json::to_vec(&record).map_err(storage)?;
-            table.put(&k, &bytes)?;
-            Ok(previous)
-        })
+                let record = TenantPin {
+                    tenant: tenant.to_owned(),
+                    name: name.to_owned(),
+                    pin,
+                    installed_ms: now_ms(),
+                };
+                // One `market-install` per (tenant, capsule, version, time):
+                // re-installing the same version later is a new install.
+                events.push(crate::analytics::Event::new(
+                    &format!(
+                        "{tenant}/{name}@{}/{}",
+                        record.pin.version, record.installed_ms
+                    ),
+                    tenant,
+                    record.installed_ms,
+                    crate::analytics::Body::MarketInstall {
+                        listing: name.to_owned(),
+                        version: record.pin.version.clone(),
+                        capsule_digest: record.pin.digest.to_string(),
+                    },
+                ));
+                let bytes = serde_json::to_vec(&record).map_err(storage)?;
+                table.put(&k, &bytes)?;
+                Ok(previous)
+            })
     }
 
     /// `tenant`'s pin of `name`, if it installed it. Cost: one read transaction.
@@ -152,12 +168,39 @@ mod tests {
     #[test]
     fn pins_belong_to_one_tenant() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let installs = Installs::new(Arc::new(LazyDatabase::new(dir.path().join("soma.redb"))));
+        let db = Arc::new(LazyDatabase::new(dir.path().join("soma.redb")));
+        let installs = Installs::new(db.clone());
         assert!(
             installs
                 .pin("a", "acme/calc", pin("1.0.0"))
                 .expect("pin")
                 .is_none()
+        );
+        // The install is an analytics event, written with the pin.
+        let held = crate::analytics::outbox::pending_for(
+            &db.get().expect("db"),
+            crate::analytics::outbox::ROLLUP,
+            10,
+        )
+        .expect("outbox");
+        let events: Vec<crate::analytics::Event> = held
+            .iter()
+            .map(|h| serde_json::from_slice(&h.json).expect("event"))
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].tenant, "a");
+        assert!(
+            events[0]
+                .id
+                .starts_with("market-install:a/acme/calc@1.0.0/")
+        );
+        assert_eq!(
+            events[0].body,
+            crate::analytics::Body::MarketInstall {
+                listing: "acme/calc".into(),
+                version: "1.0.0".into(),
+                capsule_digest: Digest::of(b"1.0.0").to_string(),
+            }
         );
         // A tenant whose name is a prefix of another's sees none of its pins.
         installs

@@ -179,6 +179,19 @@ impl Records {
         table: Table,
         f: impl FnOnce(&mut dyn RowsMut) -> Result<T, MarketError>,
     ) -> Result<T, MarketError> {
+        self.write_with_events(table, |rows, _| f(rows))
+    }
+
+    /// [`Records::write`] whose `f` may also add analytics events: on redb
+    /// they are written to the outbox in the same transaction (no event
+    /// without its record, and the other way round). The PostgreSQL store
+    /// has no outbox yet: there they are dropped.
+    pub fn write_with_events<T>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&mut dyn RowsMut, &mut Vec<crate::analytics::Event>) -> Result<T, MarketError>,
+    ) -> Result<T, MarketError> {
+        let mut events = Vec::new();
         match self {
             Self::Redb(db) => {
                 let db = db.get()?;
@@ -186,8 +199,9 @@ impl Records {
                 txn.set_durability(Durability::Immediate).map_err(storage)?;
                 let out = {
                     let t = txn.open_table(table.definition()).map_err(storage)?;
-                    f(&mut RedbRows(t))?
+                    f(&mut RedbRows(t), &mut events)?
                 };
+                crate::analytics::outbox::push(&txn, &events).map_err(storage)?;
                 txn.commit().map_err(storage)?;
                 Ok(out)
             }
@@ -196,10 +210,13 @@ impl Records {
                 let mut txn = conn.transaction().map_err(PgError::from)?;
                 txn.execute("SELECT pg_advisory_xact_lock($1)", &[&table.lock()])
                     .map_err(PgError::from)?;
-                let out = f(&mut PgRows {
-                    client: &mut txn,
-                    table,
-                })?;
+                let out = f(
+                    &mut PgRows {
+                        client: &mut txn,
+                        table,
+                    },
+                    &mut events,
+                )?;
                 txn.commit().map_err(PgError::from)?;
                 Ok(out)
             }

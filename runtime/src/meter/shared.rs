@@ -264,8 +264,11 @@ impl SharedBooks {
     /// two of them charges every call once).
     pub(super) fn append_batches(
         &self,
-        charges: &[&[Entry]],
+        charges: &[crate::ledger::Charge<'_>],
     ) -> Result<Vec<Appended>, LedgerError> {
-        charges.iter().map(|c| self.ledger.append(c)).collect()
+        charges
+            .iter()
+            .map(|c| self.ledger.append(c.entries))
+            .collect()
     }
 }

@@ -74,7 +74,9 @@ fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
         bin(),
         dir.path(),
         "",
-        "[analytics]\nship_interval_ms = 20\n",
+        // Calls cost something, so that a budget can refuse one.
+        "[analytics]\nship_interval_ms = 20\n\
+         [ledger]\nwall_time_price_per_1k_us_micros = 1\n",
     );
     for i in 0..3 {
         let (s, v) = d.post(
@@ -137,6 +139,33 @@ fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
             .contains("capsule"),
         "{v}"
     );
+    // A capsule's own events (`events.emit`) count for its tenant only.
+    let (s, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "notebook", "input": {"op": "spam", "n": 3}}),
+    );
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+    let acme_all = wait_for(&d, q, &acme, |v| v[0]["capsule_events"] == 3);
+    assert_eq!(acme_all[0]["calls"], 5, "{acme_all}");
+    assert_eq!(d.get(q, &globex).1[0]["capsule_events"], 0);
+    // A budget's refusal is an event of the refused tenant's.
+    let (s, v, _) = d.request(
+        reqwest::Method::PUT,
+        "/v1/budgets",
+        Some(&ops),
+        Some(json!({"scope": "tenant:globex", "micros": 1}).to_string()),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = d.post(
+        "/v1/runs",
+        &globex,
+        &json!({"capsule": "echo", "input": {}}),
+    );
+    assert_eq!(v["failure"]["class"], "budget-exceeded", "{v}");
+    let globex_all = wait_for(&d, q, &globex, |v| v[0]["budget_exceeded"] == 1);
+    assert_eq!(totals(&globex_all), (2, 0), "a refused call is not a call");
+    assert_eq!(d.get(q, &acme).1[0]["budget_exceeded"], 0);
     // A DAG run's journal events: run started and finished, gate verdicts.
     let (s, v) = d.post(
         "/v1/runs",

@@ -323,7 +323,13 @@ impl<'a> Row<'a> {
                 r.scored = u8::from(score.is_some());
                 r.approved = u8::from(*approved);
             }
-            Body::BudgetExceeded { run, .. } => r.run = run.as_deref().unwrap_or(""),
+            Body::BudgetExceeded {
+                run, node, attempt, ..
+            } => {
+                r.run = run.as_deref().unwrap_or("");
+                r.node = node.as_deref().unwrap_or("");
+                r.attempt = attempt.unwrap_or(0);
+            }
             Body::MarketInstall { capsule_digest, .. }
             | Body::CapsuleEvent { capsule_digest, .. } => r.capsule_digest = capsule_digest,
             Body::MarketFee {
