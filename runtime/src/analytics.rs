@@ -47,7 +47,9 @@ pub struct AnalyticsConfig {
     /// never wait for analytics) or `pause-admission` (nothing is lost; new
     /// calls are refused until the shipper catches up).
     pub when_full: FullPolicy,
-    /// Most events the shipper folds into the rollups per transaction. Default 10,000.
+    /// Most events the shipper folds into the rollups per transaction. Default
+    /// 1,000: each transaction holds the write lock the calls' group commit
+    /// waits on (~5 ms per 1,000 events; docs/analytics.md).
     pub ship_batch: u32,
     /// How long the shipper sleeps when the outbox is empty, ms. Default 200.
     pub ship_interval_ms: u64,
@@ -69,7 +71,7 @@ impl Default for AnalyticsConfig {
             enabled: true,
             max_outbox_events: outbox::DEFAULT_MAX_OUTBOX_EVENTS,
             when_full: FullPolicy::DropOldest,
-            ship_batch: 10_000,
+            ship_batch: 1_000,
             ship_interval_ms: 200,
             minute_retention_days: 7,
             hour_retention_days: 90,
