@@ -501,7 +501,7 @@ impl BudgetLedger {
     /// reservation ([`BudgetLedger::reserve_call`]). Idempotent per (run, node,
     /// attempt): a replay is not charged again. Blocks for the group commit.
     pub fn charge_call(&self, charge: Option<CallCharge>) -> Result<(), LedgerError> {
-        let Some(charge) = charge else {
+        let Some(mut charge) = charge else {
             return Ok(());
         };
         if let Some(s) = &self.shared {
@@ -509,9 +509,10 @@ impl BudgetLedger {
             self.charged(&charge.entries, &appended);
             return Ok(());
         }
+        let facts = charge.facts.take();
         let appended = self
             .writer()
-            .and_then(|w| w.append_call(charge.entries.clone(), charge.facts.clone()));
+            .and_then(|w| w.append_call(charge.entries.clone(), facts));
         if let Ok(appended) = &appended {
             self.charged(&charge.entries, appended);
         }
@@ -537,7 +538,7 @@ impl BudgetLedger {
     /// with the settles of their holds, the same way.
     pub fn commit_call(
         &self,
-        charge: CallCharge,
+        mut charge: CallCharge,
         then: impl FnOnce(Result<crate::ledger::Appended, LedgerError>) + Send + 'static,
     ) {
         if let Some(s) = &self.shared {
@@ -565,7 +566,7 @@ impl BudgetLedger {
         };
         let accounts = self.accounts.clone();
         let entries = charge.entries.clone();
-        let facts = charge.facts.clone();
+        let facts = charge.facts.take();
         writer.append_call_then(
             entries,
             facts,
