@@ -53,6 +53,12 @@ pub struct AnalyticsConfig {
     pub ship_batch: u32,
     /// How long the shipper sleeps when the outbox is empty, ms. Default 200.
     pub ship_interval_ms: u64,
+    /// Most of one call's own events (`events.emit`) recorded as
+    /// `capsule-event`s; the rest are only returned with the call's
+    /// outcome. Default 16; 0 records none. Bounds how much of the shared
+    /// outbox one call can fill (with `drop-oldest`, other tenants' events
+    /// would be what makes room).
+    pub max_capsule_events_per_call: u32,
     /// Days the minute rows of the embedded store are kept. Default 7.
     pub minute_retention_days: u32,
     /// Days the hour rows are kept. Default 90.
@@ -73,6 +79,7 @@ impl Default for AnalyticsConfig {
             when_full: FullPolicy::DropOldest,
             ship_batch: 1_000,
             ship_interval_ms: 200,
+            max_capsule_events_per_call: 16,
             minute_retention_days: 7,
             hour_retention_days: 90,
             day_retention_days: 800,

@@ -557,27 +557,31 @@ impl Engine {
             fees.extend(self.metering.http_entries(&spender, &outcome.http));
         }
         // The analytics `call` event names the capsule and its peak memory;
-        // the capsule's own events ride with the charge (written once, with it).
-        let charge = self
-            .metering
-            .call_charge_with_fees(
-                &spender,
-                usage.fuel_consumed,
-                usage.wall_time_us,
-                hold,
-                fees,
-            )
-            .map(|c| {
+        // the capsule's own events ride with the charge (written once, with
+        // it), at most `[analytics] max_capsule_events_per_call` of them.
+        let charge = self.metering.call_charge_with_fees(
+            &spender,
+            usage.fuel_consumed,
+            usage.wall_time_us,
+            hold,
+            fees,
+        );
+        let analytics = &self.config.analytics;
+        let charge = match charge {
+            Some(c) if analytics.enabled => Some(
                 c.with_facts(crate::analytics::CallFacts {
                     capsule_name: Some(capsule.name.to_string()),
                     peak_memory_bytes: Some(usage.peak_memory_bytes),
                     emitted: outcome
                         .events
                         .iter()
+                        .take(analytics.max_capsule_events_per_call as usize)
                         .map(|e| (e.name.clone(), e.payload.clone()))
                         .collect(),
-                })
-            });
+                }),
+            ),
+            c => c,
+        };
         if options.defer_charge {
             outcome.charge = charge;
             return outcome;

@@ -94,9 +94,43 @@ pub struct BudgetLedger {
     call_tokens: CallTokens,
     /// Entries in `call_tokens`: lets a call of a free capsule skip its lock.
     pending_calls: AtomicU64,
+    /// When each budget's refusal was last recorded as an analytics event.
+    refusals: RefusalThrottle,
     /// The shared PostgreSQL ledger and budgets, with `[store] backend =
     /// "postgres"`: then every charge, reservation and report goes there.
     shared: Option<shared::SharedBooks>,
+}
+
+/// The least time between two `budget-exceeded` events of one budget.
+pub const REFUSAL_EVERY_MS: u64 = 1000;
+
+/// Most budgets [`RefusalThrottle`] remembers; past it, the ones not
+/// refused within [`REFUSAL_EVERY_MS`] are forgotten.
+const MAX_THROTTLED_BUDGETS: usize = 4096;
+
+/// Lets one refusal per budget per [`REFUSAL_EVERY_MS`] through.
+#[derive(Debug, Default)]
+struct RefusalThrottle(Mutex<HashMap<Scope, u64>>);
+
+impl RefusalThrottle {
+    /// Whether a refusal of `scope` at `now_ms` is recorded. Cost: one lock
+    /// and a hash lookup; a sweep when the map is full.
+    fn allow(&self, scope: &Scope, now_ms: u64) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&at) = last.get(scope)
+            && now_ms.saturating_sub(at) < REFUSAL_EVERY_MS
+        {
+            return false;
+        }
+        if last.len() >= MAX_THROTTLED_BUDGETS {
+            last.retain(|_, at| now_ms.saturating_sub(*at) < REFUSAL_EVERY_MS);
+            if last.len() >= MAX_THROTTLED_BUDGETS {
+                return false;
+            }
+        }
+        last.insert(scope.clone(), now_ms);
+        true
+    }
 }
 
 /// Why [`BudgetLedger::reserve_call_with_fee`] did not let a call start.
@@ -284,6 +318,7 @@ impl BudgetLedger {
             fees: OnceLock::new(),
             call_tokens: Mutex::new(HashMap::new()),
             pending_calls: AtomicU64::new(0),
+            refusals: RefusalThrottle::default(),
             shared: None,
         }
     }
@@ -738,9 +773,16 @@ impl BudgetLedger {
     /// Record `refusal` of `spender`'s call (`what`: `call`, or `llm` for
     /// a chat request inside it) as a `budget-exceeded` analytics event,
     /// keyed `run/node/attempt/what` (a replayed attempt's refusal is the
-    /// same fact). Queued on the group commit; never fails the caller.
+    /// same fact), at most once per budget per [`REFUSAL_EVERY_MS`]: a
+    /// refused call costs its tenant nothing, so a storm of them must not
+    /// fill the outbox other tenants share. Queued on the group commit;
+    /// never fails the caller.
     /// The PostgreSQL store has no outbox yet: nothing is recorded there.
     fn exceeded(&self, spender: &Spender, refusal: &crate::budget::Refusal, what: &str) {
+        let now = now_ms();
+        if !self.refusals.allow(&refusal.scope, now) {
+            return;
+        }
         let Ok(writer) = self.writer() else {
             return;
         };
@@ -751,7 +793,7 @@ impl BudgetLedger {
         writer.record(vec![crate::analytics::Event::new(
             &key,
             &spender.tenant,
-            now_ms(),
+            now,
             crate::analytics::Body::BudgetExceeded {
                 scope: refusal.scope.key(),
                 run: Some(spender.run.to_string()),
@@ -1227,6 +1269,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_refusal_storm_records_one_event_per_budget_per_second_in_bounded_memory() {
+        let t = RefusalThrottle::default();
+        let acme = Scope::Tenant("acme".into());
+        let globex = Scope::Tenant("globex".into());
+        assert!(t.allow(&acme, 10_000));
+        assert!(!t.allow(&acme, 10_500), "acme again within the second");
+        assert!(t.allow(&globex, 10_500), "another budget is not held back");
+        assert!(t.allow(&acme, 11_000), "a second later");
+        // Full of budgets refused just now: new ones wait, the map stays bounded.
+        for i in 0..MAX_THROTTLED_BUDGETS {
+            t.allow(&Scope::Run(format!("r{i}")), 20_000);
+        }
+        assert!(!t.allow(&Scope::Run("late".into()), 20_001));
+        assert!(t.0.lock().unwrap().len() <= MAX_THROTTLED_BUDGETS);
+        // A second on, the stale ones are swept and it records again.
+        assert!(t.allow(&Scope::Run("late".into()), 21_000));
+        assert_eq!(t.0.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn derived_nodes_count_against_the_nodes_they_came_from() {

@@ -426,22 +426,10 @@ fn a_calls_facts_name_it_and_its_emitted_events_go_out_once_with_its_charge() {
     assert_eq!(again.duplicates, 4);
     assert_eq!(pending(&db).len(), 5);
     // Events without entries (a budget's refusal) share the group commit.
-    let refusal = Event::new(
-        "r3/n/0/call",
-        "globex",
-        MAR_1,
-        Body::BudgetExceeded {
-            scope: "tenant:globex".into(),
-            run: Some("r3".into()),
-            node: Some("n".into()),
-            attempt: Some(0),
-            unit: "micros".into(),
-            limit: 1,
-            spent: 0,
-            held: 0,
-            needed: 500,
-        },
-    );
+    let refusal = samples()
+        .into_iter()
+        .find(|e| e.body.kind() == "budget-exceeded")
+        .unwrap();
     writer.record(vec![refusal.clone()]);
     // `record` returns at once; an append after it is committed after it.
     writer

@@ -75,7 +75,7 @@ fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
         dir.path(),
         "",
         // Calls cost something, so that a budget can refuse one.
-        "[analytics]\nship_interval_ms = 20\n\
+        "[analytics]\nship_interval_ms = 20\nmax_capsule_events_per_call = 3\n\
          [ledger]\nwall_time_price_per_1k_us_micros = 1\n",
     );
     for i in 0..3 {
@@ -148,6 +148,15 @@ fn tenants_see_only_their_own_analytics_and_the_operator_sees_all() {
     assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
     let acme_all = wait_for(&d, q, &acme, |v| v[0]["capsule_events"] == 3);
     assert_eq!(acme_all[0]["calls"], 5, "{acme_all}");
+    // One call records at most `max_capsule_events_per_call` of its events.
+    let (s, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "notebook", "input": {"op": "spam", "n": 5}}),
+    );
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+    let acme_all = wait_for(&d, q, &acme, |v| v[0]["calls"] == 6);
+    assert_eq!(acme_all[0]["capsule_events"], 6, "3 + 3 of 5: {acme_all}");
     assert_eq!(d.get(q, &globex).1[0]["capsule_events"], 0);
     // A budget's refusal is an event of the refused tenant's.
     let (s, v, _) = d.request(
