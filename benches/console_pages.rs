@@ -75,6 +75,14 @@ fn pages(bulk: &Bulk, month: &str, call_run: &str) -> Vec<(String, String, bool)
         ("costs-month", format!("/ui/costs?month={month}"), false),
         ("ops", "/ui/ops".into(), true),
         ("ops-reviews", "/ui/ops/reviews".into(), true),
+        ("analytics-platform", "/ui/analytics/platform".into(), true),
+        (
+            "analytics-tenant-month",
+            "/ui/analytics/tenant?range=month".into(),
+            false,
+        ),
+        ("analytics-capsule", "/ui/analytics/capsule".into(), false),
+        ("analytics-admin", "/ui/analytics/admin".into(), true),
         ("404", "/ui/no-such-page".into(), false),
     ];
     out.drain(..)

@@ -27,6 +27,7 @@ pub mod assets;
 pub mod layout;
 pub mod session;
 
+mod analytics;
 mod author;
 mod calls;
 mod chart;
@@ -93,6 +94,7 @@ pub fn router(daemon: &Arc<Daemon>) -> Router<Arc<Daemon>> {
         .merge(market::routes())
         .merge(runs::routes())
         .merge(costs::routes())
+        .merge(analytics::routes())
         .merge(author::routes())
         .merge(ops::routes())
         .route_layer(middleware::from_fn_with_state(daemon.clone(), signed_in));

@@ -470,3 +470,227 @@ fn costs_and_operations_pages_show_each_tenant_only_its_own_and_match_the_cli() 
         .unwrap_or_else(|| panic!("remaining in {budget_row}"));
     assert_eq!(before, left + (acme_total - acme_bill), "{budget_row}");
 }
+
+/// Poll `GET /v1/analytics/query?since_ms=0&bucket=day` as `token` until
+/// its single row holds `calls` calls; that row.
+fn analytics_totals(d: &DaemonProcess, token: &str, calls: u64) -> Value {
+    let start = Instant::now();
+    loop {
+        let (s, v) = d.get("/v1/analytics/query?since_ms=0&bucket=day", token);
+        assert_eq!(s, 200, "{v}");
+        if v[0]["calls"] == calls {
+            return v[0].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the store never counted {calls} calls: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `data-value` of `#id` as a number.
+fn value_of(page: &str, id: &str) -> u64 {
+    attr_of_id(page, id, "data-value").parse().expect("number")
+}
+
+/// The table row of the capsule the catalog names `name`.
+fn capsule_row<'a>(page: &'a str, name: &str) -> &'a str {
+    let at = page
+        .find(&format!(">{name}</span>"))
+        .unwrap_or_else(|| panic!("no row for {name} in\n{page}"));
+    let start = page[..at].rfind("<tr").expect("row start");
+    &page[start..at + page[at..].find("</tr>").expect("row end")]
+}
+
+/// The four dashboards (`/ui/analytics/…`) on a real daemon: each tenant's
+/// board shows its own numbers — the ones `GET /v1/analytics/query`
+/// answers it — and never the other's; the platform and admin boards are
+/// operators' (404 for anyone else, as is another tenant's board); an
+/// operator sees everyone's; bad queries get a 400 naming the field.
+#[test]
+fn analytics_dashboards_show_each_tenant_its_own_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let acme = harness::token(bin(), data, "acme", "run,read");
+    let globex = harness::token(bin(), data, "globex", "run,read");
+    let operator = harness::token(bin(), data, "ops", "operator");
+    let runner = harness::token(bin(), data, "acme", "run");
+    let d = DaemonProcess::start(
+        bin(),
+        data,
+        "",
+        &format!(
+            "[analytics]\nship_interval_ms = 20\n[ledger]\nfuel_price_per_1k_micros = {FUEL_PRICE}\n"
+        ),
+    );
+    for i in 0..3 {
+        let (s, v) = d.post(
+            "/v1/runs",
+            &acme,
+            &json!({"capsule": "echo", "input": {"i": i}}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, v) = d.post(
+        "/v1/runs",
+        &acme,
+        &json!({"capsule": "hostile-loop", "limits": {"timeout_ms": 100}}),
+    );
+    assert_eq!(v["failure"]["class"], "deadline-exceeded", "{v}");
+    for i in 0..2 {
+        let (s, v) = d.post(
+            "/v1/runs",
+            &globex,
+            &json!({"capsule": "echo", "input": {"i": i}}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    // globex's budget is spent: its next call is refused (an event of its own).
+    let (s, v, _) = d.request(
+        reqwest::Method::PUT,
+        "/v1/budgets",
+        Some(&operator),
+        Some(json!({"scope": "tenant:globex", "micros": 1}).to_string()),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = d.post(
+        "/v1/runs",
+        &globex,
+        &json!({"capsule": "echo", "input": {}}),
+    );
+    assert_eq!(v["failure"]["class"], "budget-exceeded", "{v}");
+    let acme_row = analytics_totals(&d, &acme, 4);
+    let globex_row = analytics_totals(&d, &globex, 2);
+    analytics_totals(&d, &operator, 6);
+    let start = Instant::now();
+    while d
+        .get("/v1/analytics/query?since_ms=0&bucket=day", &globex)
+        .1[0]["budget_exceeded"]
+        != 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no refusal event"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let a = Browser::sign_in(&d.url, &acme);
+    let g = Browser::sign_in(&d.url, &globex);
+    let op = Browser::sign_in(&d.url, &operator);
+    let ro = Browser::sign_in(&d.url, &runner);
+
+    // The section's door: a tenant's own board, an operator's platform.
+    let r = a
+        .client
+        .get(format!("{}/ui/analytics", d.url))
+        .header("cookie", &a.cookie)
+        .send()
+        .expect("get");
+    assert_eq!(r.headers()["location"], "/ui/analytics/tenant");
+
+    // The tenant board: the query route's numbers, its own only.
+    let (s, page) = a.get("/ui/analytics/tenant");
+    assert_eq!(s, 200, "{page}");
+    keep("analytics_tenant", &page);
+    assert_eq!(value_of(&page, "calls"), 4);
+    assert_eq!(
+        value_of(&page, "cost"),
+        acme_row["cost_micros"].as_u64().expect("cost")
+    );
+    assert!(value_of(&page, "cost") > 0, "calls cost fuel");
+    assert_eq!(value_of(&page, "budget-exceeded"), 0);
+    assert!(
+        capsule_row(&page, "echo").contains("data-calls=\"3\""),
+        "acme's 3, not globex's too"
+    );
+    for id in [
+        "spend-chart",
+        "spend-by-capsule",
+        "tokens-by-model",
+        "runs-chart",
+    ] {
+        let at = page.find(&format!("id=\"{id}\"")).expect(id);
+        let figure = &page[at..at + page[at..].find("</figure>").expect("figure end")];
+        assert!(
+            figure.contains("<svg") && figure.contains("<table"),
+            "{id}: {figure}"
+        );
+    }
+    let (s, page) = g.get("/ui/analytics/tenant");
+    assert_eq!(s, 200);
+    assert_eq!(value_of(&page, "calls"), 2);
+    assert_eq!(
+        value_of(&page, "cost"),
+        globex_row["cost_micros"].as_u64().expect("cost")
+    );
+    assert_eq!(value_of(&page, "budget-exceeded"), 1);
+    assert!(page.contains("data-scope=\"tenant:globex\""), "its budget");
+    assert!(!page.contains("hostile-loop"), "globex sees acme's capsule");
+    assert_eq!(a.get("/ui/analytics/tenant?tenant=globex").0, 404);
+    let (s, page) = op.get("/ui/analytics/tenant?tenant=globex");
+    assert_eq!((s, value_of(&page, "calls")), (200, 2));
+
+    // The capsule board: success rate and cost card per capsule.
+    let (s, page) = a.get("/ui/analytics/capsule?range=hour");
+    assert_eq!(s, 200, "{page}");
+    keep("analytics_capsule", &page);
+    let echo = capsule_row(&page, "echo");
+    assert!(
+        echo.contains("data-calls=\"3\"") && echo.contains("data-errors=\"0\""),
+        "{echo}"
+    );
+    assert!(echo.contains("100.0 %"), "{echo}");
+    let looped = capsule_row(&page, "hostile-loop");
+    assert!(
+        looped.contains("data-calls=\"1\"") && looped.contains("data-errors=\"1\""),
+        "{looped}"
+    );
+    assert!(looped.contains("0.0 %"), "{looped}");
+    assert!(row(&page, "data-key=\"deadline-exceeded\"").contains("data-errors=\"1\""));
+    let (_, page) = op.get("/ui/analytics/capsule");
+    assert!(
+        capsule_row(&page, "echo").contains("data-calls=\"5\""),
+        "an operator sees everyone's"
+    );
+    let (_, page) = op.get("/ui/analytics/capsule?tenant=globex");
+    assert!(capsule_row(&page, "echo").contains("data-calls=\"2\""));
+    assert!(!page.contains(">hostile-loop</span>"));
+
+    // The operators' boards.
+    for path in ["/ui/analytics/platform", "/ui/analytics/admin"] {
+        assert_eq!(a.get(path).0, 404, "{path} is operators'");
+    }
+    let (s, page) = op.get("/ui/analytics/platform");
+    assert_eq!(s, 200, "{page}");
+    keep("analytics_platform", &page);
+    assert_eq!(
+        (value_of(&page, "calls"), value_of(&page, "errors")),
+        (6, 1)
+    );
+    assert!(value_of(&page, "p50") > 0 && value_of(&page, "p99") >= value_of(&page, "p50"));
+    assert!(page.contains("id=\"latency-chart\""));
+    let (s, page) = op.get("/ui/analytics/admin");
+    assert_eq!(s, 200, "{page}");
+    keep("analytics_admin", &page);
+    assert!(row(&page, "data-sink=\"rollup\"").contains("data-field=\"lag\""));
+    assert_eq!(value_of(&page, "budget-exceeded"), 1);
+    attr_of_id(&page, "outbox-pending", "data-value");
+
+    // Bad input.
+    let (s, page) = a.get("/ui/analytics/tenant?range=year");
+    assert_eq!(s, 400);
+    assert!(
+        page.contains("<code>range</code>") || page.contains("`range`"),
+        "{page}"
+    );
+    assert_eq!(a.get("/ui/analytics/tenant?rnage=day").0, 400);
+    assert_eq!(a.get("/ui/analytics/nope").0, 404);
+    assert_eq!(
+        ro.get("/ui/analytics/tenant").0,
+        403,
+        "needs the read scope"
+    );
+    drop(d);
+}

@@ -1,7 +1,7 @@
 //! The web console (`/ui/`) against a real `soma daemon`, one module per
 //! page set: the core in a real headless Chromium (`browser`), the
 //! marketplace and author pages (`market`, `market_scale`), runs (`runs`),
-//! costs and operations (`costs`), phone width, labels, keyboard, layout
+//! costs, operations and the analytics dashboards (`costs`), phone width, labels, keyboard, layout
 //! shift and the install button (`manners`), and issue 15's end-to-end acceptance in
 //! the browser (`acceptance`). One test binary (docs/ci.md).
 

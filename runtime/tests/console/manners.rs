@@ -138,6 +138,8 @@ fn pages_fit_phones_have_labels_keyboard_paths_no_layout_shift_and_install() {
         (format!("/ui/runs/{}", seeded.kamachiq_run), "#graph svg"),
         (format!("/ui/runs/{}", seeded.failed_run), "#run-status"),
         ("/ui/costs".to_owned(), "#month-total"),
+        ("/ui/analytics/tenant?range=week".to_owned(), "#spend"),
+        ("/ui/analytics/capsule".to_owned(), "#cost-cards"),
         ("/ui/author".to_owned(), "#submissions"),
     ];
     for (path, ready) in &pages {
@@ -284,4 +286,6 @@ fn pages_fit_phones_have_labels_keyboard_paths_no_layout_shift_and_install() {
     ops.sign_in(&seeded.ops);
     check_page(&mut ops, "/ui/ops", "#recent-errors");
     check_page(&mut ops, "/ui/ops/reviews", "#review-count");
+    check_page(&mut ops, "/ui/analytics/platform", "#latency");
+    check_page(&mut ops, "/ui/analytics/admin", "#outbox");
 }

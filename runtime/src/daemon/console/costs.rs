@@ -219,7 +219,7 @@ async fn costs(
 }
 
 /// Catalog names by capsule digest (for labels; digests stay in titles).
-fn capsule_names(daemon: &Daemon) -> HashMap<String, String> {
+pub(super) fn capsule_names(daemon: &Daemon) -> HashMap<String, String> {
     let catalog = daemon
         .catalog
         .read()
@@ -231,7 +231,7 @@ fn capsule_names(daemon: &Daemon) -> HashMap<String, String> {
 }
 
 /// A capsule digest's label: its catalog name, else its first hex digits.
-fn capsule_label(names: &HashMap<String, String>, digest: &str) -> String {
+pub(super) fn capsule_label(names: &HashMap<String, String>, digest: &str) -> String {
     match names.get(digest) {
         Some(name) => name.clone(),
         None => {
@@ -489,7 +489,7 @@ fn remaining(limit: Option<u64>, spent: u64, held: u64) -> Option<u64> {
 }
 
 /// `#budgets`: each budget with its limits and what remains.
-fn budgets(rows: &[BudgetRow], max: usize) -> Markup {
+pub(super) fn budgets(rows: &[BudgetRow], max: usize) -> Markup {
     let limit_text = |l: Option<u64>, f: fn(u64) -> String| l.map_or("no limit".into(), f);
     html! {
         div.table-wrap {

@@ -50,6 +50,8 @@ pub enum Section {
     Runs,
     /// The ledger, budgets, the bill and the forecast.
     Costs,
+    /// The four dashboards over the analytics store.
+    Analytics,
     /// An author's submissions, earnings and payouts.
     Author,
     /// Health and load (operator only).
@@ -57,10 +59,11 @@ pub enum Section {
 }
 
 impl Section {
-    const ALL: [(Self, &'static str, &'static str); 5] = [
+    const ALL: [(Self, &'static str, &'static str); 6] = [
         (Self::Market, "/ui/market", "Marketplace"),
         (Self::Runs, "/ui/runs", "Runs"),
         (Self::Costs, "/ui/costs", "Costs"),
+        (Self::Analytics, "/ui/analytics", "Analytics"),
         (Self::Author, "/ui/author", "Author"),
         (Self::Operations, "/ui/ops", "Operations"),
     ];

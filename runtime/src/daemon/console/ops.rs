@@ -105,13 +105,13 @@ fn uptime(d: Duration) -> String {
 }
 
 /// Hits over lookups, in tenths of a percent; `None` before any lookup.
-fn hit_rate_permille(hits: u64, misses: u64) -> Option<u64> {
+pub(super) fn hit_rate_permille(hits: u64, misses: u64) -> Option<u64> {
     let total = u128::from(hits) + u128::from(misses);
     (total > 0).then(|| u64::try_from(u128::from(hits) * 1000 / total).unwrap_or(1000))
 }
 
 /// `Some(755)` → `75.5 %`; `None` → `no lookups yet`.
-fn percent(permille: Option<u64>) -> String {
+pub(super) fn percent(permille: Option<u64>) -> String {
     match permille {
         Some(r) => format!("{}.{} %", r / 10, r % 10),
         None => "no lookups yet".into(),
