@@ -10,7 +10,9 @@
 //! such as `ABCDEFGH`; `.` separates parts, as in a JWT). PEM private-key
 //! headers are found by substring. Hex digests, paths and identifiers do
 //! not trip it: hex stays under 4 bits per character, and paths and
-//! identifiers lack one of the three character classes.
+//! identifiers lack one of the three character classes. The hash part of a
+//! modular-crypt password hash (`$6$rounds=…$salt$HASH`) is a one-way hash,
+//! not a credential, and is skipped.
 
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
@@ -99,12 +101,44 @@ fn scan_segment(data: &[u8], base: usize, findings: &mut Vec<Finding>) {
         match (is_token_byte(b), start) {
             (true, None) => start = Some(j),
             (false, Some(s)) => {
-                scan_token(&data[s..j], base + s, findings);
+                if !is_crypt_hash(&data[..s]) {
+                    scan_token(&data[s..j], base + s, findings);
+                }
                 start = None;
             }
             _ => {}
         }
     }
+}
+
+/// Whether the token that follows `before` is the hash part of a
+/// modular-crypt password hash (`$5$rounds=1234$salt$HASH`, `$6$…`,
+/// `$2b$…`, `$y$…`): a one-way hash, stored as such by design, not a
+/// credential to use. CPython's standard library carries the SHA-crypt
+/// test vectors, which are otherwise high-entropy tokens.
+fn is_crypt_hash(before: &[u8]) -> bool {
+    const IDS: &[&[u8]] = &[
+        b"1", b"2a", b"2b", b"2y", b"5", b"6", b"7", b"y", b"gy", b"md5",
+    ];
+    if before.last() != Some(&b'$') {
+        return false;
+    }
+    // The `$id$[rounds=N$]salt$` header: at most 80 bytes of salt-ish text.
+    let header_start = before
+        .iter()
+        .rev()
+        .take(80)
+        .position(|b| !(is_token_byte(*b) || matches!(b, b'$' | b'=' | b',')))
+        .map_or(before.len().saturating_sub(80), |back| before.len() - back);
+    let header = &before[header_start..];
+    // The header may follow other text in the token run: find its first `$id$`.
+    (0..header.len()).any(|i| {
+        header[i] == b'$'
+            && IDS.iter().any(|id| {
+                header[i + 1..].starts_with(id) && header.get(i + 1 + id.len()) == Some(&b'$')
+            })
+            && header[i + 1..].iter().filter(|b| **b == b'$').count() >= 2
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -326,6 +360,26 @@ mod tests {
                 String::from_utf8_lossy(ordinary)
             );
         }
+    }
+
+    #[test]
+    fn modular_crypt_hashes_are_hashes_not_credentials() {
+        // SHA-crypt test vectors, as CPython's standard library carries them.
+        for hash in [
+            &b"$5$rounds=1234$abc0123456789$3VfDjPt05VHFn47C/ojFZ6KRPYrOjj1lLbH.dkF3bZ6"[..],
+            b"x\0$6$rounds=1234$abc0123456789$BCpt8zLrc/RcyuXmCDOE1ALqMXB2MH6n1g891HhFj8.w7LxGv.FTkqq6Vxc/km3Y0jE0j24jY5PIv/oOu6reg1",
+        ] {
+            assert!(kinds(hash).is_empty(), "{}", String::from_utf8_lossy(hash));
+        }
+        // A `$` alone before a key does not hide it.
+        assert_eq!(
+            kinds(b"price=$9Qm2Xr7Lp4Tz8Vb1Nc6Hd3Kf5Wg0JyA2sD4 "),
+            ["high-entropy-token"]
+        );
+        assert_eq!(
+            kinds(b"$9$9Qm2Xr7Lp4Tz8Vb1Nc6Hd3Kf5Wg0JyA2sD4 "),
+            ["high-entropy-token"]
+        );
     }
 
     #[test]
