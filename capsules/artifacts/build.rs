@@ -2,6 +2,11 @@
 //! generates `<NAME>_COMPONENT` path constants plus one `foreach_*!` macro
 //! per group (the wasmtime `test-programs` pattern).
 //!
+//! A capsule directory with an `app.py` and no `Cargo.toml` is a Python
+//! capsule: built with componentize-py through `soma-python` (installed on
+//! first use into its tool directory), stripped, and skipped when its
+//! sources, the Python SDK and the WIT are unchanged (a build takes ~20 s).
+//!
 //! A capsule this script cannot classify fails the build, so every capsule
 //! is provably used by a test or the demo.
 
@@ -14,6 +19,9 @@ use std::{
 /// Well-behaved capsules: examples, demo parts, bench kernels.
 const EXAMPLES: &[&str] = &[
     "echo",
+    "py-word-count",
+    "py-summarize",
+    "py-echo",
     "calculator",
     "word-count",
     "kernels",
@@ -22,6 +30,7 @@ const EXAMPLES: &[&str] = &[
     "kamachiq-planner",
     "kamachiq-coder",
     "kamachiq-reviewer",
+    "py-kamachiq-coder",
     "flaky",
     "http-probe",
     "fetch",
@@ -60,9 +69,17 @@ fn main() {
     println!("cargo:rerun-if-changed={}", capsules_dir.display());
 
     let mut names = Vec::new();
+    let mut python = Vec::new();
     for entry in fs::read_dir(&capsules_dir).expect("read capsules/") {
         let path = entry.expect("capsules/ entry").path();
-        if path == manifest_dir || !path.join("Cargo.toml").exists() {
+        if path == manifest_dir {
+            continue;
+        }
+        if !path.join("Cargo.toml").exists() {
+            if path.join("app.py").exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+                python.push(path);
+            }
             continue;
         }
         println!("cargo:rerun-if-changed={}", path.display());
@@ -76,14 +93,22 @@ fn main() {
     names.sort();
 
     build(&workspace, &out_dir, &names);
-
     let wasm_dir = out_dir.join("target").join(TARGET).join("release");
+    let mut components: Vec<(String, PathBuf)> = names
+        .iter()
+        .map(|name| {
+            let file = name.replace('-', "_");
+            (name.clone(), wasm_dir.join(format!("{file}.wasm")))
+        })
+        .collect();
+    components.extend(build_python(&workspace, &out_dir, &python));
+    components.sort();
+
     let mut consts = String::new();
     let mut hostile = Vec::new();
     let mut examples = Vec::new();
-    for name in &names {
+    for (name, path) in &components {
         let file = name.replace('-', "_");
-        let path = wasm_dir.join(format!("{file}.wasm"));
         assert!(
             path.exists(),
             "capsule {name} did not produce {}",
@@ -133,6 +158,47 @@ fn write_foreach(out: &mut String, macro_name: &str, items: &[(String, String)])
     }
     out.push_str("    };\n}");
     out.push('\n');
+}
+
+/// Build the Python capsules in `dirs` into `OUT_DIR/python/`; returns each
+/// capsule's name and component.
+fn build_python(workspace: &Path, out_dir: &Path, dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    for dir in ["sdk/python/soma", "sdk/python/src"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=SOMA_TOOLS_DIR");
+    println!("cargo:rerun-if-env-changed=SOMA_PYTHON");
+    let toolchain = soma_python::Toolchain::ensure()
+        .unwrap_or_else(|e| panic!("installing the Python capsule toolchain: {e}"));
+    let sdk = workspace.join("sdk/python");
+    let wit = workspace.join("wit");
+    dirs.iter()
+        .map(|dir| {
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("capsule dir name is UTF-8")
+                .to_owned();
+            let out = out_dir
+                .join("python")
+                .join(format!("{}.wasm", name.replace('-', "_")));
+            let built = toolchain
+                .build(dir, std::slice::from_ref(&sdk), &wit, &out)
+                .unwrap_or_else(|e| panic!("building the Python capsule {name}: {e}"));
+            if built.rebuilt {
+                println!(
+                    "cargo:warning=built Python capsule {name} in {:.1} s: {} bytes ({} before strip)",
+                    built.elapsed.as_secs_f64(),
+                    built.bytes,
+                    built.raw_bytes
+                );
+            }
+            (name, built.component)
+        })
+        .collect()
 }
 
 fn build(workspace: &Path, out_dir: &Path, names: &[String]) {

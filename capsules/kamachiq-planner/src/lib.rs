@@ -19,7 +19,12 @@
 //! ```
 //!
 //! The plan uses the aliases `coder`, `calculator` and `reviewer`, which the
-//! enclosing spec must declare.
+//! enclosing spec must declare. A goal that names the program's language
+//! (`rust`, `python`/`py`) passes it to every coder task as `lang`; each
+//! coder refuses a language it does not write (`unsupported-language`), so
+//! the spec's `coder` decides, and a mismatch is an error, never a program
+//! in the wrong language (`examples/kamachiq/kamachiq-python.yaml` is the
+//! Python one).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -84,6 +89,34 @@ pub struct Plan {
     pub output: String,
 }
 
+/// Languages a goal may name for its program, by the words that name them.
+const LANGUAGES: &[(&str, &[&str])] = &[("rust", &["rust"]), ("python", &["python", "py"])];
+
+/// The language `goal` names for the program (`rust` or `python`), if any;
+/// naming two is bad input. The plan passes it to every coder task as
+/// `lang`, and a coder refuses a language it does not write, so a goal
+/// never silently gets a program in another language than it asked for.
+pub fn language(goal: &str) -> Result<Option<&'static str>, Error> {
+    let words: Vec<String> = goal
+        .split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .collect();
+    let named: Vec<&'static str> = LANGUAGES
+        .iter()
+        .filter(|(_, names)| words.iter().any(|w| names.contains(&w.as_str())))
+        .map(|(lang, _)| *lang)
+        .collect();
+    match named[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(Error::bad_input(format!(
+            "the goal names {} languages ({}): name one",
+            named.len(),
+            named.join(", ")
+        ))),
+    }
+}
+
 /// Whether `goal` asks for something the planner knows how to decompose.
 pub fn is_calculator_goal(goal: &str) -> bool {
     goal.split(|c: char| !c.is_alphanumeric())
@@ -119,7 +152,11 @@ pub fn plan(goal: &str, max_rounds: Option<u32>) -> Result<Plan, Error> {
         ));
     }
 
-    let coder = |task: &str| json!({ "task": task, "goal": goal });
+    let lang = language(goal)?;
+    let coder = |task: &str| match lang {
+        Some(lang) => json!({ "task": task, "goal": goal, "lang": lang }),
+        None => json!({ "task": task, "goal": goal }),
+    };
     let mut nodes: Vec<Value> = PARTS
         .iter()
         .map(|part| json!({ "id": part, "capsule": CODER, "input": coder(part) }))
@@ -156,17 +193,15 @@ pub fn plan(goal: &str, max_rounds: Option<u32>) -> Result<Plan, Error> {
         .collect();
     let mut needs: Vec<&str> = PARTS.to_vec();
     needs.extend(["tests", "review"]);
+    let mut assemble = coder("assemble");
+    assemble["parts"] = Value::Object(parts);
+    assemble["tests"] = json!("{{ nodes.tests.output }}");
+    assemble["review"] = json!("{{ nodes.review.output }}");
     nodes.push(json!({
         "id": "assemble",
         "capsule": CODER,
         "needs": needs,
-        "input": {
-            "task": "assemble",
-            "goal": goal,
-            "parts": parts,
-            "tests": "{{ nodes.tests.output }}",
-            "review": "{{ nodes.review.output }}",
-        },
+        "input": assemble,
     }));
     Ok(Plan {
         nodes,
@@ -277,6 +312,38 @@ mod tests {
         let out: Value = serde_json::from_str(&json::output(&plan).expect("json")).expect("json");
         let keys: Vec<&String> = out.as_object().expect("object").keys().collect();
         assert_eq!(keys, ["nodes", "output"]);
+    }
+
+    #[test]
+    fn a_goal_naming_a_language_passes_it_to_every_coder_task() {
+        let goal = "build a Python command-line calculator";
+        let python = plan(goal, None).expect("planned");
+        for id in [
+            "tokenizer",
+            "parser",
+            "evaluator",
+            "cli",
+            "tests",
+            "assemble",
+        ] {
+            let n = node(&python, id);
+            assert_eq!(n["capsule"], "coder");
+            assert_eq!(n["input"]["lang"], "python", "{id}");
+            assert_eq!(n["input"]["goal"], goal, "{id}");
+        }
+        assert_eq!(
+            node(&python, "assemble")["input"]["tests"],
+            "{{ nodes.tests.output }}"
+        );
+        assert!(node(&python, "check")["input"].get("lang").is_none());
+        assert_eq!(language("a calc in Rust"), Ok(Some("rust")));
+        assert_eq!(language("a py calc"), Ok(Some("python")));
+        assert_eq!(language("a calculator"), Ok(None));
+        assert_eq!(language("pythonic rusty calculator"), Ok(None));
+        assert_eq!(
+            error_code(plan("a calculator in Rust or Python", None)),
+            "bad-input"
+        );
     }
 
     #[test]

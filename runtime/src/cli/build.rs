@@ -1,7 +1,8 @@
-//! `soma build`: build a capsule crate for wasm32-wasip2.
+//! `soma build`: build a capsule crate for wasm32-wasip2, or a Python
+//! capsule (an `app.py`, no `Cargo.toml`) with componentize-py.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -13,11 +14,13 @@ use super::exit::Code;
 /// The target every capsule is built for.
 const TARGET: &str = "wasm32-wasip2";
 
-/// Build a capsule crate (cargo build --release --target wasm32-wasip2) and
-/// print the component's path and digest.
+/// Build a capsule and print the component's path and digest: a Rust crate
+/// with `cargo build --release --target wasm32-wasip2`; a Python capsule
+/// (`app.py`, no `Cargo.toml`) with componentize-py, installed on first use
+/// into `~/.cache/soma/tools` (or `$SOMA_TOOLS_DIR`; needs `python3`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The capsule crate directory.
+    /// The capsule directory (a crate, or a Python capsule's `app.py`).
     #[arg(long, default_value = ".")]
     path: PathBuf,
     /// Print JSON ({"component": path, "digest": ..., "size": ...}).
@@ -27,9 +30,12 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
     let manifest = args.path.join("Cargo.toml");
+    if !manifest.exists() && args.path.join("app.py").exists() {
+        return python(&args);
+    }
     let text = std::fs::read_to_string(&manifest).with_context(|| {
         format!(
-            "{} is not a capsule crate (no Cargo.toml)",
+            "{} is not a capsule: no Cargo.toml (Rust) nor app.py (Python)",
             args.path.display()
         )
     })?;
@@ -70,7 +76,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
         .join(format!("{name}.wasm"));
     let bytes = std::fs::read(&wasm)
         .with_context(|| format!("cargo succeeded but {} is missing", wasm.display()))?;
-    let digest = soma_runtime::Digest::of(&bytes);
+    report(&args, &name, &wasm, &bytes, "");
+    Ok(Code::Ok)
+}
+
+/// Print what was built: the path on stdout (or the JSON document), a
+/// summary with `note` on stderr.
+fn report(args: &Args, name: &str, wasm: &Path, bytes: &[u8], note: &str) {
+    let digest = soma_runtime::Digest::of(bytes);
     if args.json {
         println!(
             "{}",
@@ -78,7 +91,67 @@ pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
         );
     } else {
         println!("{}", wasm.display());
-        eprintln!("built {name} · {} bytes · {digest}", bytes.len());
+        eprintln!("built {name} · {} bytes{note} · {digest}", bytes.len());
     }
+}
+
+/// Build the Python capsule in `args.path` into `target/NAME.wasm`, NAME
+/// from the directory's name. Uses the capsule's own `soma/` SDK and
+/// `wit/` when it has them (as `soma new --lang python` scaffolds), else
+/// the ones this soma embeds (written under `target/`).
+fn python(args: &Args) -> anyhow::Result<Code> {
+    let dir = args
+        .path
+        .canonicalize()
+        .with_context(|| format!("reading {}", args.path.display()))?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the capsule directory has no UTF-8 name")?
+        .replace('-', "_");
+    let target = dir.join("target");
+    let mut python_path = Vec::new();
+    if !dir.join("soma/__init__.py").exists() {
+        let sdk = target.join("soma-sdk");
+        soma_python::write_files(&sdk, soma_python::SDK_FILES)?;
+        python_path.push(sdk);
+    }
+    let wit = if dir.join("wit/capsule.wit").exists() {
+        dir.join("wit")
+    } else {
+        let wit = target.join("wit");
+        soma_python::write_files(&wit, soma_python::WIT_FILES)?;
+        wit
+    };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!(
+        "finding componentize-py in {} (installing it the first time)",
+        soma_python::tools_dir().display()
+    ));
+    let toolchain = soma_python::Toolchain::ensure();
+    spinner.set_message(format!("building {name} with componentize-py"));
+    let built = toolchain.and_then(|t| {
+        t.build(
+            &dir,
+            &python_path,
+            &wit,
+            &target.join(format!("{name}.wasm")),
+        )
+    });
+    spinner.finish_and_clear();
+    let built = built?;
+    let bytes = std::fs::read(&built.component)
+        .with_context(|| format!("reading {}", built.component.display()))?;
+    let note = if built.rebuilt {
+        format!(
+            " ({} before strip, {:.1} s)",
+            built.raw_bytes,
+            built.elapsed.as_secs_f64()
+        )
+    } else {
+        " (sources unchanged: kept)".to_owned()
+    };
+    report(args, &name, &built.component, &bytes, &note);
     Ok(Code::Ok)
 }

@@ -1,4 +1,5 @@
-//! `soma new`: scaffold a capsule crate.
+//! `soma new`: scaffold a capsule: a Rust crate, or with `--lang python`
+//! an `app.py` over the `soma` Python SDK.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,8 @@ use anyhow::Context as _;
 
 use super::exit::Code;
 
-/// Scaffold a capsule crate that builds with `soma build`.
+/// Scaffold a capsule that builds with `soma build`: a Rust crate, or with
+/// `--lang python` a Python capsule (app.py, the `soma` SDK and the WIT).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Capsule name (lowercase letters, digits and '-'); also the directory name.
@@ -17,9 +19,19 @@ pub(crate) struct Args {
     /// Capsule kind.
     #[arg(long, value_enum, default_value = "worker")]
     kind: Kind,
-    /// Path to the soma-sdk crate (default: the SDK this soma was built from).
+    /// The capsule's language.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+    /// Path to the soma-sdk crate (default: the SDK this soma was built
+    /// from). Rust only: a Python capsule gets a copy of the Python SDK.
     #[arg(long)]
     sdk: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    Python,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -47,6 +59,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
     );
     let dir = args.path.join(name);
     anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    let (ctor, what) = match args.kind {
+        Kind::Worker => ("worker", "Does one unit of work"),
+        Kind::Planner => ("planner", "Decomposes a goal into a sub-DAG"),
+        Kind::Gate => ("gate", "Approves or returns work with feedback"),
+    };
+    if args.lang == Lang::Python {
+        anyhow::ensure!(
+            args.sdk.is_none(),
+            "--sdk names the Rust SDK crate; a Python capsule gets its own copy of the Python SDK (soma/)"
+        );
+        return python(name, &dir, ctor, what);
+    }
     let sdk = args.sdk.unwrap_or_else(default_sdk);
     let sdk = sdk
         .canonicalize()
@@ -57,11 +81,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<Code> {
         sdk.display()
     );
 
-    let (ctor, what) = match args.kind {
-        Kind::Worker => ("worker", "Does one unit of work"),
-        Kind::Planner => ("planner", "Decomposes a goal into a sub-DAG"),
-        Kind::Gate => ("gate", "Approves or returns work with feedback"),
-    };
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let manifest = format!(
@@ -136,6 +155,84 @@ soma_sdk::capsule!({type_name});
     println!("created capsule {name} in {}", dir.display());
     println!(
         "next: soma build --path {0} && soma run {0}/target/wasm32-wasip2/release/{1}.wasm --input '{{\"text\":\"hi\"}}'",
+        dir.display(),
+        name.replace('-', "_")
+    );
+    Ok(Code::Ok)
+}
+
+/// Scaffold the Python capsule `name` in `dir`: `app.py`, the `soma` SDK
+/// (`soma/`), Soma's WIT (`wit/`), a README and a `.gitignore`.
+fn python(name: &str, dir: &Path, ctor: &str, what: &str) -> anyhow::Result<Code> {
+    let class: String = name
+        .split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let app = format!(
+        r#""""`{name}`: {what}."""
+
+import soma
+
+
+class {class}(soma.Capsule):
+    def describe(self):
+        return (
+            soma.Info.{ctor}("{name}", "0.1.0")
+            .description("{what}")
+            .input_schema({{"type": "object", "properties": {{"text": {{"type": "string"}}}}, "required": ["text"]}})
+        )
+
+    def run(self, input):
+        text = soma.json.field(soma.json.parse(input), "text", str)
+        soma.log.info("shouting", chars=len(text))
+        return {{"text": text.upper()}}
+
+
+# componentize-py exports the class named WitWorld from app.py.
+WitWorld = soma.export({class})
+"#
+    );
+    let readme = format!(
+        r#"# {name}
+
+{what}. A Soma capsule written in Python, built with
+[componentize-py](https://github.com/bytecodealliance/componentize-py).
+
+- `app.py` — the capsule: a `soma.Capsule` subclass with `describe()` and
+  `run()`, exported as `WitWorld`.
+- `soma/` — the Soma Python SDK (JSON helpers; `log`, `kv`, `llm`, `events`,
+  `secrets`). Raise `soma.CapsuleError(code, message, retryable)` to fail.
+- `wit/` — Soma's contract (`soma:capsule@0.2.0`, world `capsule`).
+
+Build and run:
+
+```sh
+soma build                      # installs componentize-py once (needs python3), then builds target/{file}.wasm
+soma run target/{file}.wasm --input '{{"text":"hi"}}'
+soma inspect target/{file}.wasm
+```
+
+Only the standard library and pure-Python modules beside `app.py` can be
+imported; native extensions need WASI builds. Imports run at build time
+(componentize-py snapshots the initialized interpreter), so keep work out of
+module level. See `docs/authoring.md` (Python) for limits and testing.
+"#,
+        file = name.replace('-', "_")
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("app.py"), app)?;
+    std::fs::write(dir.join("README.md"), readme)?;
+    std::fs::write(dir.join(".gitignore"), "/target\n__pycache__/\n")?;
+    soma_python::write_files(dir, soma_python::SDK_FILES)?;
+    soma_python::write_files(&dir.join("wit"), soma_python::WIT_FILES)?;
+    println!("created Python capsule {name} in {}", dir.display());
+    println!(
+        "next: soma build --path {0} && soma run {0}/target/{1}.wasm --input '{{\"text\":\"hi\"}}'",
         dir.display(),
         name.replace('-', "_")
     );

@@ -307,6 +307,68 @@ fn new_build_run_round_trip() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// `soma new --lang python` scaffolds a Python capsule that `soma build`
+/// turns into a component (componentize-py, installed on first use) that
+/// `soma run` runs; a second build with unchanged sources is skipped.
+#[test]
+fn new_python_build_run_round_trip() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let parent = work.path().to_str().expect("utf8");
+    let out = soma(
+        data.path(),
+        &["new", "shouty-py", "--lang", "python", "--path", parent],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dir = work.path().join("shouty-py");
+    for file in ["app.py", "README.md", "soma/__init__.py", "wit/capsule.wit"] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+
+    let build = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["build", "--json", "--path"])
+            .arg(&dir)
+            .output()
+            .expect("soma build");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let built = build();
+    let wasm = built["component"].as_str().expect("path").to_owned();
+    assert!(wasm.ends_with("target/shouty_py.wasm"), "{wasm}");
+
+    let out = soma(
+        data.path(),
+        &["run", &wasm, "--input", r#"{"text":"hello"}"#, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["output"], serde_json::json!({"text": "HELLO"}));
+    assert_eq!(doc["capsule"]["name"], "shouty-py");
+    let logs = doc["logs"].to_string();
+    assert!(logs.contains("shouting"), "the SDK's log line: {logs}");
+
+    // A bad input is the SDK's bad-input capsule error (exit 10, as Rust's).
+    let out = soma(data.path(), &["run", &wasm, "--input", "{}"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("bad-input"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let modified = || {
+        std::fs::metadata(&wasm)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    };
+    let before = modified();
+    let again = build();
+    assert_eq!(again["digest"], built["digest"]);
+    assert_eq!(modified(), before, "unchanged sources are not rebuilt");
+}
+
 #[test]
 fn dir_grants_from_the_command_line() {
     let data = tempfile::tempdir().expect("tempdir");

@@ -124,6 +124,102 @@ fn check_artifact(dir: &Path) {
     }
 }
 
+/// Issue 19: the seed's goal, "build a Python command-line calculator", with
+/// the Python coder capsule. The gate sends the first draft back as for
+/// Rust; the artifact runs under `python3` on every approved case, its
+/// generated unittest module passes, and the same goal through the Rust
+/// spec is refused by name instead of getting a Rust program.
+#[test]
+fn kamachiq_builds_the_python_calculator_and_python3_passes_every_approved_case() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out_dir = data.path().join("out");
+    let python_spec =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq-python.yaml");
+    let python_dir = Path::new(soma_capsules::PY_KAMACHIQ_CODER_COMPONENT)
+        .parent()
+        .expect("python capsule dir");
+    let out = soma(data.path())
+        .args(["dag", "run"])
+        .arg(&python_spec)
+        .arg("--capsule-path")
+        .arg(capsule_dir())
+        .arg("--capsule-path")
+        .arg(python_dir)
+        .args(["--run-id", "py", "--json", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc = json_of(&out);
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["verdicts"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(doc["output"]["strategy"], "deterministic");
+    let files: Vec<&String> = doc["output"]["files"]
+        .as_object()
+        .expect("files")
+        .keys()
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "calculator/README.md",
+            "calculator/calculator.py",
+            "calculator/test_calculator.py",
+            "calculator/tests.json"
+        ]
+    );
+    let dir = out_dir.join("artifact/calculator");
+    let tests: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tests.json")).expect("tests"))
+            .expect("tests.json");
+    assert_eq!(tests["review"]["approved"], true, "{tests}");
+    let cases = tests["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 10, "{tests}");
+    for case in cases {
+        let expr = case["expr"].as_str().expect("expr");
+        let run = Command::new("python3")
+            .arg(dir.join("calculator.py"))
+            .arg(expr)
+            .output()
+            .expect("spawn python3");
+        match case["expect"].as_f64() {
+            Some(want) => {
+                assert!(run.status.success(), "{expr}: {}", text(&run.stderr));
+                let got: f64 = text(&run.stdout).trim().parse().expect("a number");
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "{expr}: {got} ≠ {want}"
+                );
+            }
+            None => {
+                let code = case["expect"]["error"].as_str().expect("an error code");
+                assert_eq!(run.status.code(), Some(1), "{expr} should fail: {case}");
+                assert!(
+                    text(&run.stderr).contains(&format!("({code})")),
+                    "{expr}: {}",
+                    text(&run.stderr)
+                );
+            }
+        }
+    }
+    let unit = Command::new("python3")
+        .args(["-m", "unittest", "test_calculator"])
+        .current_dir(&dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("spawn python3");
+    assert!(unit.status.success(), "{}", text(&unit.stderr));
+
+    // The Rust spec with a goal that asks for Python: refused by name.
+    let out = dag_run(data.path(), "wrong-language")
+        .args(["--set", "goal=build a Python command-line calculator"])
+        .output()
+        .expect("spawn");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("unsupported-language"), "{all}");
+}
+
 #[test]
 fn invalid_specs_are_refused_with_file_line_and_nothing_runs() {
     let dir = tempfile::tempdir().expect("tempdir");

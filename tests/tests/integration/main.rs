@@ -3,9 +3,10 @@
 //! (`compat`), the DAG scheduler (`dag`), token economics (`economics`),
 //! host capabilities (`host_api`), hostile capsules (`hostile`), invalid
 //! components (`invalid`), the `llm` capability (`llm_provider`), OCI push
-//! and pull (`oci`), signing (`signing`) and the shared PostgreSQL store
-//! (`store_pg`; the marketplace on it: `market_pg`). One test binary: each
-//! file linked alone cost a ~220 MB link (docs/ci.md).
+//! and pull (`oci`), Python capsules (`python`), signing (`signing`) and
+//! the shared PostgreSQL store (`store_pg`; the marketplace on it:
+//! `market_pg`). One test binary: each file linked alone cost a ~220 MB
+//! link (docs/ci.md).
 
 mod capsules;
 mod compat;
@@ -17,5 +18,6 @@ mod invalid;
 mod llm_provider;
 mod market_pg;
 mod oci;
+mod python;
 mod signing;
 mod store_pg;
