@@ -108,15 +108,7 @@ strip = "debuginfo"
 "#,
         sdk = sdk.display().to_string()
     );
-    let type_name: String = name
-        .split('-')
-        .map(|p| {
-            let mut c = p.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
+    let type_name = camel_case(name);
     let lib = format!(
         r#"//! `{name}`: {what}.
 
@@ -161,18 +153,23 @@ soma_sdk::capsule!({type_name});
     Ok(Code::Ok)
 }
 
-/// Scaffold the Python capsule `name` in `dir`: `app.py`, the `soma` SDK
-/// (`soma/`), Soma's WIT (`wit/`), a README and a `.gitignore`.
-fn python(name: &str, dir: &Path, ctor: &str, what: &str) -> anyhow::Result<Code> {
-    let class: String = name
-        .split('-')
+/// `word-count` → `WordCount`: a capsule name as a Rust type or Python
+/// class name.
+fn camel_case(name: &str) -> String {
+    name.split('-')
         .map(|p| {
             let mut c = p.chars();
             c.next()
                 .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
                 .unwrap_or_default()
         })
-        .collect();
+        .collect()
+}
+
+/// Scaffold the Python capsule `name` in `dir`: `app.py`, the `soma` SDK
+/// (`soma/`), Soma's WIT (`wit/`), a README and a `.gitignore`.
+fn python(name: &str, dir: &Path, ctor: &str, what: &str) -> anyhow::Result<Code> {
+    let class = camel_case(name);
     let app = format!(
         r#""""`{name}`: {what}."""
 

@@ -7,7 +7,7 @@ use super::common::{capsule_dir, json_of, soma, text};
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -102,14 +102,22 @@ fn check_artifact(dir: &Path) {
         .output()
         .expect("spawn rustc");
     assert!(built.status.success(), "rustc: {}", text(&built.stderr));
+    replay_approved_cases(dir, |expr| Command::new(&exe).arg(expr).output());
+}
+
+/// Every case of the artifact's `tests.json` (what the gate approved) run
+/// through `run`: a number is printed within 1e-9 (relative), an error
+/// exits 1 naming its code (`error: … (code)` on stderr).
+fn replay_approved_cases(dir: &Path, run: impl Fn(&str) -> std::io::Result<Output>) {
     let tests: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tests.json")).expect("tests"))
             .expect("tests.json");
+    assert_eq!(tests["review"]["approved"], true, "{tests}");
     let cases = tests["cases"].as_array().expect("cases");
     assert!(cases.len() >= 10, "{tests}");
     for case in cases {
         let expr = case["expr"].as_str().expect("expr");
-        let out = Command::new(&exe).arg(expr).output().expect("run artifact");
+        let out = run(expr).expect("run the artifact");
         match case["expect"].as_f64() {
             Some(want) => {
                 assert!(out.status.success(), "{expr}: {}", text(&out.stderr));
@@ -119,7 +127,15 @@ fn check_artifact(dir: &Path) {
                     "{expr}: {got} ≠ {want}"
                 );
             }
-            None => assert!(!out.status.success(), "{expr} should fail: {case}"),
+            None => {
+                let code = case["expect"]["error"].as_str().expect("an error code");
+                assert_eq!(out.status.code(), Some(1), "{expr} should fail: {case}");
+                assert!(
+                    text(&out.stderr).contains(&format!("({code})")),
+                    "{expr}: {}",
+                    text(&out.stderr)
+                );
+            }
         }
     }
 }
@@ -169,39 +185,12 @@ fn kamachiq_builds_the_python_calculator_and_python3_passes_every_approved_case(
         ]
     );
     let dir = out_dir.join("artifact/calculator");
-    let tests: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tests.json")).expect("tests"))
-            .expect("tests.json");
-    assert_eq!(tests["review"]["approved"], true, "{tests}");
-    let cases = tests["cases"].as_array().expect("cases");
-    assert!(cases.len() >= 10, "{tests}");
-    for case in cases {
-        let expr = case["expr"].as_str().expect("expr");
-        let run = Command::new("python3")
+    replay_approved_cases(&dir, |expr| {
+        Command::new("python3")
             .arg(dir.join("calculator.py"))
             .arg(expr)
             .output()
-            .expect("spawn python3");
-        match case["expect"].as_f64() {
-            Some(want) => {
-                assert!(run.status.success(), "{expr}: {}", text(&run.stderr));
-                let got: f64 = text(&run.stdout).trim().parse().expect("a number");
-                assert!(
-                    (got - want).abs() <= 1e-9 * want.abs().max(1.0),
-                    "{expr}: {got} ≠ {want}"
-                );
-            }
-            None => {
-                let code = case["expect"]["error"].as_str().expect("an error code");
-                assert_eq!(run.status.code(), Some(1), "{expr} should fail: {case}");
-                assert!(
-                    text(&run.stderr).contains(&format!("({code})")),
-                    "{expr}: {}",
-                    text(&run.stderr)
-                );
-            }
-        }
-    }
+    });
     let unit = Command::new("python3")
         .args(["-m", "unittest", "test_calculator"])
         .current_dir(&dir)

@@ -32,7 +32,6 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Extension, Router,
     extract::{Path, Query, State, rejection::QueryRejection},
-    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
     routing::get,
 };
@@ -42,7 +41,7 @@ use serde::Deserialize;
 use super::{
     PageError, Viewer, blocking,
     chart::{self, Bar, Line},
-    costs::{budgets, capsule_label, capsule_names},
+    costs::{bad_query, budgets, capsule_label, capsule_names, without_read},
     failed,
     layout::{self, Section, count, money},
     missing,
@@ -50,7 +49,7 @@ use super::{
 };
 use crate::{
     analytics::{self, Dim, Gran, QueryRow, outbox::Status},
-    daemon::{Daemon, auth::TokenScope, contract::BudgetRow},
+    daemon::{Daemon, contract::BudgetRow},
 };
 
 /// Most groups in a board's bar charts (the tables list up to
@@ -307,11 +306,6 @@ async fn index(Extension(viewer): Extension<Viewer>) -> Redirect {
     }
 }
 
-/// A 400 page naming the query field at fault and what it accepts.
-fn bad_query(viewer: &Viewer, message: &str) -> Response {
-    layout::error_page(Some(viewer), StatusCode::BAD_REQUEST, message)
-}
-
 /// `GET /ui/analytics/{board}`.
 async fn board(
     State(daemon): State<Arc<Daemon>>,
@@ -325,12 +319,8 @@ async fn board(
     if board.operators_only() && !viewer.principal.is_operator() {
         return missing(&viewer, "page");
     }
-    if !viewer.may(TokenScope::Read) {
-        return layout::error_page(
-            Some(&viewer),
-            StatusCode::FORBIDDEN,
-            "This page needs a token with the `read` scope.",
-        );
+    if let Some(forbidden) = without_read(&viewer) {
+        return forbidden;
     }
     let Ok(Query(q)) = query else {
         return bad_query(

@@ -154,8 +154,20 @@ fn read(daemon: &Daemon, tenant: &str, month: &Month) -> Result<Costs, CostsErro
 }
 
 /// A 400 page naming the query field at fault and what it accepts.
-fn bad_query(viewer: &Viewer, message: &str) -> Response {
+pub(super) fn bad_query(viewer: &Viewer, message: &str) -> Response {
     layout::error_page(Some(viewer), StatusCode::BAD_REQUEST, message)
+}
+
+/// The 403 page for a viewer without the `read` scope (what the ledger and
+/// analytics routes require), or `None` when it has it.
+pub(super) fn without_read(viewer: &Viewer) -> Option<Response> {
+    (!viewer.may(TokenScope::Read)).then(|| {
+        layout::error_page(
+            Some(viewer),
+            StatusCode::FORBIDDEN,
+            "This page needs a token with the `read` scope.",
+        )
+    })
 }
 
 /// `GET /ui/costs`.
@@ -164,12 +176,8 @@ async fn costs(
     Extension(viewer): Extension<Viewer>,
     query: Result<Query<CostsQuery>, QueryRejection>,
 ) -> Response {
-    if !viewer.may(TokenScope::Read) {
-        return layout::error_page(
-            Some(&viewer),
-            StatusCode::FORBIDDEN,
-            "This page needs a token with the `read` scope.",
-        );
+    if let Some(forbidden) = without_read(&viewer) {
+        return forbidden;
     }
     let Ok(Query(q)) = query else {
         return bad_query(
