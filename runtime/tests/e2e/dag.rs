@@ -18,11 +18,21 @@ fn spec_path() -> PathBuf {
 }
 
 fn dag_run(data: &Path, run_id: &str) -> Command {
+    dag_run_of(&spec_path(), data, run_id)
+}
+
+/// `soma dag run SPEC --json` with the Rust and the Python capsules' directories.
+fn dag_run_of(spec: &Path, data: &Path, run_id: &str) -> Command {
+    let python_dir = Path::new(soma_capsules::PY_KAMACHIQ_CODER_COMPONENT)
+        .parent()
+        .expect("python capsule dir");
     let mut c = soma(data);
     c.args(["dag", "run"])
-        .arg(spec_path())
+        .arg(spec)
         .arg("--capsule-path")
         .arg(capsule_dir())
+        .arg("--capsule-path")
+        .arg(python_dir)
         .args(["--run-id", run_id, "--json"]);
     c
 }
@@ -151,17 +161,8 @@ fn kamachiq_builds_the_python_calculator_and_python3_passes_every_approved_case(
     let out_dir = data.path().join("out");
     let python_spec =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kamachiq/kamachiq-python.yaml");
-    let python_dir = Path::new(soma_capsules::PY_KAMACHIQ_CODER_COMPONENT)
-        .parent()
-        .expect("python capsule dir");
-    let out = soma(data.path())
-        .args(["dag", "run"])
-        .arg(&python_spec)
-        .arg("--capsule-path")
-        .arg(capsule_dir())
-        .arg("--capsule-path")
-        .arg(python_dir)
-        .args(["--run-id", "py", "--json", "--out"])
+    let out = dag_run_of(&python_spec, data.path(), "py")
+        .arg("--out")
         .arg(&out_dir)
         .output()
         .expect("spawn");

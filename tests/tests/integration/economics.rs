@@ -18,8 +18,9 @@ use soma_tests::{TestEngine, config, llm_fixture::LlmFixture};
 const IN_PRICE: u64 = 1_500; // micro-units per 1k prompt tokens
 const OUT_PRICE: u64 = 2_000; // micro-units per 1k completion tokens
 
-/// An engine whose `default` model is the fixture's `model`.
-fn engine(fixture: &LlmFixture, model: &str) -> TestEngine {
+/// An engine whose `default` model is the fixture's `model` (also the
+/// Python capsules' LLM engine, `python.rs`).
+pub(crate) fn engine(fixture: &LlmFixture, model: &str) -> TestEngine {
     let mut c: Config = config(Allocator::OnDemand, Metering::Fuel);
     c.policy.llm_models = vec!["default".into()];
     c.llm.providers = vec![ProviderConfig {

@@ -3,16 +3,14 @@
 //! gives the same answers as the Rust `word-count`, `py-summarize` as the
 //! Rust `summarize` (with an LLM, over budget, and with the provider down).
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
-use soma_host_api::llm::ProviderConfig;
 use soma_runtime::{
     CallOptions, Config, Failure, Outcome,
     budget::{Limit, Scope},
-    config::{Allocator, Metering},
 };
-use soma_tests::{TestEngine, config, llm_fixture::LlmFixture, shared};
+use soma_tests::{TestEngine, llm_fixture::LlmFixture, shared};
+
+use crate::economics::engine;
 
 fn call(path: &str, input: &str) -> Outcome {
     let t = shared();
@@ -142,24 +140,6 @@ fn python_capsule_runs_under_the_default_limits() {
     );
 }
 
-/// An engine whose `default` model is the LLM fixture's `model`.
-fn llm_engine(fixture: &LlmFixture, model: &str) -> TestEngine {
-    let mut c: Config = config(Allocator::Pooling, Metering::Fuel);
-    c.policy.llm_models = vec!["default".into()];
-    c.llm.providers = vec![ProviderConfig {
-        name: "fixture".into(),
-        base_url: fixture.base_url(),
-        api_key_env: None,
-        models: vec![model.into()],
-        aliases: BTreeMap::from([("default".to_owned(), model.to_owned())]),
-        timeout_ms: 5_000,
-        max_retries: 0,
-        price_input_per_1k_micros: 1_000,
-        price_output_per_1k_micros: 2_000,
-    }];
-    TestEngine::new(c)
-}
-
 /// `path` on `input` with a fresh run whose token budget is `run_tokens`.
 fn summarize(t: &TestEngine, path: &str, input: &str, run_tokens: Option<u64>) -> Value {
     let capsule = t.load(path);
@@ -215,7 +195,7 @@ fn py_summarize_answers_like_summarize_with_an_llm_and_without() {
         python
     };
     let fixture = LlmFixture::start();
-    let t = llm_engine(&fixture, "fixture-ok");
+    let t = engine(&fixture, "fixture-ok");
     let out = both(&t, None);
     assert_eq!(out["source"], "llm", "{out}");
     assert!(
@@ -235,7 +215,7 @@ fn py_summarize_answers_like_summarize_with_an_llm_and_without() {
     assert_eq!(out["summary"], "The quick brown fox jumps over the lazy");
 
     let down = LlmFixture::start();
-    let t = llm_engine(&down, "fixture-500");
+    let t = engine(&down, "fixture-500");
     let out = both(&t, None);
     assert_eq!(out["source"], "extractive", "{out}");
     assert!(
