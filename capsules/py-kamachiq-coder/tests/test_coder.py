@@ -6,11 +6,10 @@ They run every task with a fake LLM, assemble the deterministic parts into
 a temporary directory, run the generated ``calculator.py`` with python3 on
 the calculator capsule's own test expressions and run the generated
 ``test_calculator.py``. ``AppAdapter`` also imports ``app.py`` against the
-real ``soma`` SDK with stand-ins for the componentize-py bindings (skipped
+real ``soma`` SDK with ``soma_native``'s stand-ins for the componentize-py bindings (skipped
 when ``sdk/python`` is not found; ``SOMA_PYTHON_SDK`` names another copy).
 """
 
-import enum
 import json
 import os
 import re
@@ -18,9 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import types
 import unittest
-from dataclasses import dataclass, field
 
 # No __pycache__ in the capsule's sources (componentize-py builds from them).
 sys.dont_write_bytecode = True
@@ -758,105 +755,20 @@ def find_sdk():
     return None
 
 
-class _Stub(types.ModuleType):
-    """A bindings module: named attributes set, anything else a dummy class."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        cls = type(name, (), {"__init__": lambda self, *a, **k: setattr(self, "args", a)})
-        setattr(self, name, cls)
-        return cls
-
-
-def _bindings(llm_answer):
-    """Stand-ins for componentize-py's ``componentize_py_types`` and ``wit_world``."""
-    mods = {name: _Stub(name) for name in [
-        "componentize_py_types", "wit_world", "wit_world.imports", "wit_world.imports.soma_capsule_types",
-        "wit_world.imports.llm", "wit_world.imports.log", "wit_world.imports.kv", "wit_world.imports.events",
-        "wit_world.imports.secrets",
-    ]}
-
-    class Err(Exception):
-        def __init__(self, value):
-            super().__init__(value)
-            self.value = value
-
-    for name, module in mods.items():
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(mods[parent], child, module)
-    mods["componentize_py_types"].Err = Err
-    mods["wit_world"].WitWorld = type("WitWorld", (), {})
-    t = mods["wit_world.imports.soma_capsule_types"]
-    t.CapsuleKind = enum.Enum("CapsuleKind", "WORKER PLANNER GATE")
-    t.CapabilityRequest = dataclass(type("CapabilityRequest", (), {"__annotations__": {"name": str, "args": list}}))
-    t.LimitsRequest = dataclass(type("LimitsRequest", (), {"__annotations__": {"fuel": object, "memory_mb": object, "timeout_ms": object}}))
-    info_fields = ["name", "version", "description", "kind", "input_schema", "output_schema", "capabilities", "limits"]
-    t.CapsuleInfo = dataclass(type("CapsuleInfo", (), {"__annotations__": {f: object for f in info_fields}}))
-    t.CapsuleError = dataclass(type("CapsuleError", (), {"__annotations__": {"code": str, "message": str, "retryable": bool}}))
-
-    llm = mods["wit_world.imports.llm"]
-    llm.Role = enum.Enum("Role", "SYSTEM USER ASSISTANT")
-
-    @dataclass
-    class ChatRequest:
-        model: str
-        messages: list
-        max_tokens: object
-        temperature: object
-        stop: list
-
-    @dataclass
-    class Message:
-        role: object
-        content: str
-
-    @dataclass
-    class Completion:
-        text: str
-        model: str
-
-    llm.ChatRequest, llm.Message, llm.Completion = ChatRequest, Message, Completion
-    requests = []
-
-    def chat(request):
-        requests.append(request)
-        if isinstance(llm_answer, tuple):
-            kind, why = llm_answer
-            raise Err(getattr(llm, f"LlmError_{kind}")(why))
-        return Completion(llm_answer, "fake-model")
-
-    llm.chat = chat
-    for kind in ("BudgetExceeded", "Unavailable", "Denied", "Invalid"):
-        setattr(llm, f"LlmError_{kind}", type(f"LlmError_{kind}", (), {"__init__": lambda self, v: setattr(self, "value", v)}))
-    logged = []
-    mods["wit_world.imports.log"].Level = enum.Enum("Level", "TRACE DEBUG INFO WARN ERROR")
-    mods["wit_world.imports.log"].log = lambda level, message, fields: logged.append((level.name, message))
-    return mods, requests, logged
-
-
 @unittest.skipUnless(find_sdk(), "the soma Python SDK (sdk/python) is not found; set SOMA_PYTHON_SDK")
 class AppAdapter(unittest.TestCase):
     def load(self, llm_answer):
-        """Import app.py afresh against the SDK and bindings answering ``llm_answer``."""
-        mods, requests, logged = _bindings(llm_answer)
-        saved = {name: sys.modules.get(name) for name in [*mods, "soma", "app"] + [m for m in sys.modules if m.startswith("soma.")]}
-        for name in saved:
-            sys.modules.pop(name, None)
-        sys.modules.update(mods)
-
-        def restore():
-            for name in [*mods, "soma", "app"] + [m for m in sys.modules if m.startswith("soma.")]:
-                sys.modules.pop(name, None)
-            sys.modules.update({k: v for k, v in saved.items() if v is not None})
-
-        self.addCleanup(restore)
+        """Import app.py afresh against the SDK, with soma_native's stand-in
+        bindings answering chats with ``llm_answer``."""
         sys.path[:0] = [find_sdk(), CAPSULE]
         self.addCleanup(lambda: [sys.path.remove(p) for p in (find_sdk(), CAPSULE)])
+        import soma_native
+
+        host = soma_native.install(llm_answer)
+        self.addCleanup(host.uninstall)
         import app
 
-        return app.WitWorld(), requests, logged, mods["componentize_py_types"].Err
+        return app.WitWorld(), host.requests, host.logged, host.Err
 
     def test_describe(self):
         world, _, _, _ = self.load(("Denied", "x"))

@@ -143,14 +143,19 @@ fn python(args: &Args) -> anyhow::Result<Code> {
     let built = built?;
     let bytes = std::fs::read(&built.component)
         .with_context(|| format!("reading {}", built.component.display()))?;
+    let links = if built.capabilities.is_empty() {
+        "no capability".to_owned()
+    } else {
+        built.capabilities.join(", ")
+    };
     let note = if built.rebuilt {
         format!(
-            " ({} before strip, {:.1} s)",
+            " ({} before strip, {:.1} s) · links {links}",
             built.raw_bytes,
             built.elapsed.as_secs_f64()
         )
     } else {
-        " (sources unchanged: kept)".to_owned()
+        format!(" (sources unchanged: kept) · links {links}")
     };
     report(args, &name, &built.component, &bytes, &note);
     Ok(Code::Ok)

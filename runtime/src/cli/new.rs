@@ -166,8 +166,55 @@ fn camel_case(name: &str) -> String {
         .collect()
 }
 
-/// Scaffold the Python capsule `name` in `dir`: `app.py`, the `soma` SDK
-/// (`soma/`), Soma's WIT (`wit/`), a README and a `.gitignore`.
+/// The scaffolded Python capsule's native tests (`python3 -m unittest test_app`),
+/// over `soma_native`'s stand-in bindings.
+fn python_test(name: &str) -> String {
+    format!(
+        r#""""Native tests of `{name}`: `python3 -m unittest test_app` in this directory.
+
+soma_native imports app.py against the SDK with stand-ins for the host
+capabilities (no build, no host); the component itself runs with soma run.
+"""
+
+import json
+import unittest
+
+import soma_native
+
+
+class App(unittest.TestCase):
+    def setUp(self):
+        self.host = soma_native.install()
+        self.addCleanup(self.host.uninstall)
+        import app
+
+        self.world = app.WitWorld()
+
+    def test_describe(self):
+        info = self.world.describe()
+        self.assertEqual((info.name, info.version), ("{name}", "0.1.0"))
+        self.assertEqual([c.name for c in info.capabilities], [])
+
+    def test_run(self):
+        out = json.loads(self.world.run(json.dumps({{"text": "hi"}})))
+        self.assertEqual(out, {{"text": "HI"}})
+        self.assertEqual(self.host.logged, [("INFO", "shouting")])
+
+    def test_bad_input(self):
+        with self.assertRaises(self.host.Err) as e:
+            self.world.run("{{}}")
+        self.assertEqual(e.exception.value.code, "bad-input")
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#
+    )
+}
+
+/// Scaffold the Python capsule `name` in `dir`: `app.py`, `test_app.py`,
+/// the `soma` SDK (`soma/`, `soma_native.py`), Soma's WIT (`wit/`), a
+/// README and a `.gitignore`.
 fn python(name: &str, dir: &Path, ctor: &str, what: &str) -> anyhow::Result<Code> {
     let class = camel_case(name);
     let app = format!(
@@ -204,11 +251,14 @@ WitWorld = soma.export({class})
   `run()`, exported as `WitWorld`.
 - `soma/` — the Soma Python SDK (JSON helpers; `log`, `kv`, `llm`, `events`,
   `secrets`). Raise `soma.CapsuleError(code, message, retryable)` to fail.
+- `test_app.py` — native tests (`python3 -m unittest test_app`), over
+  `soma_native.py`'s stand-ins for the host capabilities.
 - `wit/` — Soma's contract (`soma:capsule@0.2.0`, world `capsule`).
 
 Build and run:
 
 ```sh
+python3 -m unittest test_app    # the native tests: no build, no host
 soma build                      # installs componentize-py once (needs python3), then builds target/{file}.wasm
 soma run target/{file}.wasm --input '{{"text":"hi"}}'
 soma inspect target/{file}.wasm
@@ -217,13 +267,17 @@ soma inspect target/{file}.wasm
 Only the standard library and pure-Python modules beside `app.py` can be
 imported; native extensions need WASI builds. Imports run at build time
 (componentize-py snapshots the initialized interpreter), so keep work out of
-module level. See `docs/authoring.md` (Python) for limits and testing.
+module level. `describe()` also runs on the host's `python3` at build time:
+`soma build` links only the capabilities it asks for (`.wants_kv()`,
+`.wants_llm_model(...)`, ...), so ask there for every capability `run()` uses.
+See `docs/authoring.md` (Python) for limits and testing.
 "#,
         file = name.replace('-', "_")
     );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("app.py"), app)?;
     std::fs::write(dir.join("README.md"), readme)?;
+    std::fs::write(dir.join("test_app.py"), python_test(name))?;
     std::fs::write(dir.join(".gitignore"), "/target\n__pycache__/\n")?;
     soma_python::write_files(dir, soma_python::SDK_FILES)?;
     soma_python::write_files(&dir.join("wit"), soma_python::WIT_FILES)?;

@@ -321,9 +321,27 @@ fn new_python_build_run_round_trip() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let dir = work.path().join("shouty-py");
-    for file in ["app.py", "README.md", "soma/__init__.py", "wit/capsule.wit"] {
+    for file in [
+        "app.py",
+        "test_app.py",
+        "README.md",
+        "soma/__init__.py",
+        "soma_native.py",
+        "wit/capsule.wit",
+    ] {
         assert!(dir.join(file).exists(), "{file}");
     }
+    // The scaffold's native tests pass on the host's python3.
+    let unit = Command::new("python3")
+        .args(["-B", "-m", "unittest", "-v", "test_app"])
+        .current_dir(&dir)
+        .output()
+        .expect("python3");
+    assert!(
+        unit.status.success() && text(&unit.stderr).contains("Ran 3 tests"),
+        "{}",
+        text(&unit.stderr)
+    );
 
     let build = || {
         let out = Command::new(env!("CARGO_BIN_EXE_soma"))
@@ -348,6 +366,20 @@ fn new_python_build_run_round_trip() {
     assert_eq!(doc["capsule"]["name"], "shouty-py");
     let logs = doc["logs"].to_string();
     assert!(logs.contains("shouting"), "the SDK's log line: {logs}");
+
+    // describe() asks for nothing, so the component imports no capability.
+    let out = soma(data.path(), &["inspect", &wasm, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let imports = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(imports.contains("soma:capsule/log"), "{imports}");
+    for unasked in [
+        "soma:capsule/kv",
+        "soma:capsule/llm",
+        "soma:capsule/secrets",
+        "wasi:http/",
+    ] {
+        assert!(!imports.contains(unasked), "{unasked} in {imports}");
+    }
 
     // A bad input is the SDK's bad-input capsule error (exit 10, as Rust's).
     let out = soma(data.path(), &["run", &wasm, "--input", "{}"]);

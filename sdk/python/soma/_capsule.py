@@ -1,12 +1,41 @@
 """The capsule base class, its description, its errors and the export."""
 
+import importlib as _importlib
 import json as _json
 import traceback as _traceback
 
 from componentize_py_types import Err as _Err
 
 from wit_world import WitWorld as _WitWorld
-from wit_world.imports import soma_capsule_types as _types
+
+
+def binding(*names: str, capability: str = "", ask: str = ""):
+    """The componentize-py bindings module ``wit_world.imports.NAME``, the
+    first of ``names`` that exists (componentize-py names a module by its
+    interface, or by package and interface when two interfaces share a
+    name, e.g. ``soma:capsule/types`` beside ``wasi:http/types``).
+
+    ``soma build`` links a capability's interface only when ``describe()``
+    asks for it; when none of ``names`` exists the ImportError says to add
+    ``ask`` (e.g. ``.wants_kv()``) to ``describe()``."""
+    for name in names:
+        try:
+            return _importlib.import_module(f"wit_world.imports.{name}")
+        except ModuleNotFoundError:
+            continue
+    if not capability:
+        raise ImportError(
+            f"the bindings have no wit_world.imports.{names[0]}: build the capsule "
+            "with soma build, against Soma's WIT"
+        )
+    raise ImportError(
+        f"soma.{capability} needs the {capability} capability, which this capsule's "
+        f"describe() does not ask for: add {ask} to describe() and rebuild "
+        "(soma build links only the capabilities describe() asks for)"
+    )
+
+
+_types = binding("soma_capsule_types", "types")
 
 
 class CapsuleError(Exception):

@@ -8,10 +8,11 @@ unavailable), so a capsule that does not catch it fails with that error."""
 import json as _json
 
 from componentize_py_types import Err as _Err
-from wit_world.imports import kv as _wit
-from wit_world.imports.kv import Scope
 
-from ._capsule import CapsuleError
+from ._capsule import CapsuleError, binding
+
+_wit = binding("kv", capability="kv", ask=".wants_kv()")
+Scope = _wit.Scope
 
 __all__ = ["Scope", "KvError", "get", "set", "delete", "list_keys", "get_json", "set_json"]
 

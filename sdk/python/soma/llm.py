@@ -5,10 +5,15 @@ Failures raise :class:`LlmError`, a :class:`soma.CapsuleError` whose code is
 ``llm-invalid``, like the Rust SDK's."""
 
 from componentize_py_types import Err as _Err
-from wit_world.imports import llm as _wit
-from wit_world.imports.llm import ChatRequest, Completion, Message, Role, Usage
 
-from ._capsule import CapsuleError
+from ._capsule import CapsuleError, binding
+
+_wit = binding("llm", capability="llm", ask=".wants_llm_model(MODEL)")
+ChatRequest = _wit.ChatRequest
+Completion = _wit.Completion
+Message = _wit.Message
+Role = _wit.Role
+Usage = _wit.Usage
 
 __all__ = ["Chat", "Completion", "LlmError", "Message", "Role", "Usage", "chat"]
 

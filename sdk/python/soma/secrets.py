@@ -7,9 +7,10 @@ call then emits has each value it read replaced by ``[REDACTED:name]``, so
 use a secret (e.g. in a request header), do not return it."""
 
 from componentize_py_types import Err as _Err
-from wit_world.imports import secrets as _wit
 
-from ._capsule import CapsuleError
+from ._capsule import CapsuleError, binding
+
+_wit = binding("secrets", capability="secrets", ask=".wants_secret(NAME)")
 
 _REASONS = {
     _wit.SecretError_Denied: "denied",

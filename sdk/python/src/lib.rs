@@ -35,9 +35,21 @@ const MARKER: &str = ".soma-installed";
 pub const WORLD: &str = "capsule";
 /// The module componentize-py loads: `app.py`, which defines `WitWorld`.
 pub const APP_MODULE: &str = "app";
+/// Runs a capsule's `describe()` on the host's CPython with stand-ins for
+/// the bindings (`../soma_native.py`): the build reads what it asks for.
+const SOMA_NATIVE: &str = include_str!("../soma_native.py");
+/// Each capability the world imports only on request: (capability name,
+/// the start of its import line in the `capsule` world).
+const ON_REQUEST: &[(&str, &str)] = &[
+    ("kv", "import kv;"),
+    ("llm", "import llm;"),
+    ("secrets", "import secrets;"),
+    ("http", "import wasi:http/outgoing-handler@"),
+];
 
-/// The `soma` Python SDK, as (path under the capsule, contents), for
-/// scaffolding a capsule that builds anywhere.
+/// The `soma` Python SDK and `soma_native.py` (run a capsule natively in
+/// tests), as (path under the capsule, contents), for scaffolding a
+/// capsule that builds anywhere.
 pub const SDK_FILES: &[(&str, &str)] = &[
     ("soma/__init__.py", include_str!("../soma/__init__.py")),
     ("soma/_capsule.py", include_str!("../soma/_capsule.py")),
@@ -47,6 +59,7 @@ pub const SDK_FILES: &[(&str, &str)] = &[
     ("soma/llm.py", include_str!("../soma/llm.py")),
     ("soma/events.py", include_str!("../soma/events.py")),
     ("soma/secrets.py", include_str!("../soma/secrets.py")),
+    ("soma_native.py", SOMA_NATIVE),
 ];
 
 /// Soma's WIT contract (`wit/`), as (path under the WIT directory, contents).
@@ -175,6 +188,9 @@ pub struct Built {
     pub rebuilt: bool,
     /// How long componentize-py and the strip took (zero when kept).
     pub elapsed: Duration,
+    /// The capabilities `describe()` asks for (e.g. `kv`, `llm`), whose
+    /// interfaces the component links.
+    pub capabilities: Vec<String>,
 }
 
 impl Toolchain {
@@ -290,7 +306,11 @@ impl Toolchain {
         let fingerprint = fingerprint(src, python_path, wit)?;
         let stamp = out.with_extension("inputs");
         let raw = out.with_extension("raw.wasm");
-        if fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint)
+        // The stamp: the fingerprint, then the linked capabilities.
+        let kept = fs::read_to_string(&stamp).unwrap_or_default();
+        let mut kept = kept.lines();
+        if kept.next() == Some(fingerprint.as_str())
+            && let Some(linked) = kept.next()
             && let (Ok(meta), Ok(raw_meta)) = (fs::metadata(out), fs::metadata(&raw))
         {
             return Ok(Built {
@@ -299,6 +319,7 @@ impl Toolchain {
                 raw_bytes: raw_meta.len(),
                 rebuilt: false,
                 elapsed: Duration::ZERO,
+                capabilities: linked.split_whitespace().map(str::to_owned).collect(),
             });
         }
         if let Some(parent) = out.parent() {
@@ -306,10 +327,13 @@ impl Toolchain {
         }
         let _ = fs::remove_file(&stamp);
         let started = Instant::now();
+        let capabilities = self.describe(src, python_path)?;
+        let linked = out.with_extension("wit");
+        link_only(wit, &capabilities, &linked)?;
         let mut componentize = Command::new(self.bin("componentize-py"));
         componentize
             .arg("-d")
-            .arg(wit)
+            .arg(&linked)
             .args(["-w", WORLD, "componentize", APP_MODULE, "-p"])
             .arg(src);
         for dir in python_path {
@@ -333,7 +357,11 @@ impl Toolchain {
             "",
         )?;
         let elapsed = started.elapsed();
-        fs::write(&stamp, &fingerprint).map_err(io_err("writing", &stamp))?;
+        fs::write(
+            &stamp,
+            format!("{fingerprint}\n{}\n", capabilities.join(" ")),
+        )
+        .map_err(io_err("writing", &stamp))?;
         let size = |p: &Path| {
             fs::metadata(p)
                 .map(|m| m.len())
@@ -345,12 +373,98 @@ impl Toolchain {
             raw_bytes: size(&raw)?,
             rebuilt: true,
             elapsed,
+            capabilities,
         })
+    }
+
+    /// The names of the capabilities the capsule in `src` asks for: its
+    /// `describe()` run natively by `soma_native.py` (the SDK on
+    /// `python_path`, stand-ins for the bindings).
+    fn describe(&self, src: &Path, python_path: &[PathBuf]) -> Result<Vec<String>, Error> {
+        let mut cmd = Command::new(self.bin("python"));
+        cmd.args(["-c", SOMA_NATIVE, "describe"])
+            .arg(src)
+            .args(python_path)
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        let stdout = run(
+            &mut cmd,
+            "describe() runs on the host's Python at build time, with stand-ins for the \
+             host capabilities: keep it free of host calls and of imports only WASI has",
+        )?;
+        let doc: serde_json::Value =
+            serde_json::from_str(stdout.trim()).map_err(|e| Error::CommandFailed {
+                command: "soma_native.py describe".into(),
+                status: "bad output".into(),
+                stderr: format!("{e}: {stdout}"),
+                hint: String::new(),
+            })?;
+        let mut names: Vec<String> = doc["capabilities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 
-/// Run `cmd`; a failure names the command, the end of its stderr and `hint`.
-fn run(cmd: &mut Command, hint: &'static str) -> Result<(), Error> {
+/// Copy the WIT directory `wit` to `linked`, dropping from the `capsule`
+/// world each on-request capability's import that `capabilities` does not
+/// name (with its doc comment). componentize-py links every interface the
+/// world imports, so this is how a Python capsule imports only what it
+/// asks for — what the marketplace review's least-privilege step checks.
+fn link_only(wit: &Path, capabilities: &[String], linked: &Path) -> Result<(), Error> {
+    let _ = fs::remove_dir_all(linked);
+    let mut files = Vec::new();
+    collect(wit, "wit", &mut files)?;
+    for file in files {
+        let rel = file.strip_prefix(wit).unwrap_or(&file);
+        let text = fs::read_to_string(&file).map_err(io_err("reading", &file))?;
+        let text = if rel == Path::new("capsule.wit") {
+            drop_unasked_imports(&text, capabilities)
+        } else {
+            text
+        };
+        let to = linked.join(rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        fs::write(&to, text).map_err(io_err("writing", &to))?;
+    }
+    Ok(())
+}
+
+/// `capsule.wit` without the on-request imports `capabilities` does not name.
+fn drop_unasked_imports(text: &str, capabilities: &[String]) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut in_world = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with(&format!("world {WORLD} ")) {
+            in_world = true;
+        } else if in_world && trimmed == "}" {
+            in_world = false;
+        }
+        let unasked = in_world
+            && ON_REQUEST.iter().any(|(cap, import)| {
+                trimmed.starts_with(import) && !capabilities.iter().any(|c| c == cap)
+            });
+        if unasked {
+            while out.last().is_some_and(|l| l.trim().starts_with("///")) {
+                out.pop();
+            }
+        } else {
+            out.push(line);
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// Run `cmd` and return its stdout; a failure names the command, the end
+/// of its stderr and `hint`.
+fn run(cmd: &mut Command, hint: &'static str) -> Result<String, Error> {
     let command = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())
@@ -361,7 +475,7 @@ fn run(cmd: &mut Command, hint: &'static str) -> Result<(), Error> {
         source,
     })?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -388,6 +502,7 @@ fn run(cmd: &mut Command, hint: &'static str) -> Result<(), Error> {
 fn fingerprint(src: &Path, python_path: &[PathBuf], wit: &Path) -> Result<String, Error> {
     let mut h = std::hash::DefaultHasher::new();
     (COMPONENTIZE_PY, WASM_TOOLS, WORLD, APP_MODULE).hash(&mut h);
+    (SOMA_NATIVE, ON_REQUEST).hash(&mut h);
     for (root, ext) in std::iter::once((src, "py"))
         .chain(python_path.iter().map(|p| (p.as_path(), "py")))
         .chain(std::iter::once((wit, "wit")))
@@ -401,7 +516,7 @@ fn fingerprint(src: &Path, python_path: &[PathBuf], wit: &Path) -> Result<String
             fs::read(&f).map_err(io_err("reading", &f))?.hash(&mut h);
         }
     }
-    Ok(format!("{:016x}\n", h.finish()))
+    Ok(format!("{:016x}", h.finish()))
 }
 
 fn collect(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) -> Result<(), Error> {
@@ -441,7 +556,11 @@ mod tests {
             let on_disk = fs::read_to_string(sdk_dir().join(rel)).expect(rel);
             assert_eq!(&on_disk, text, "{rel}");
         }
-        let mut listed: Vec<&str> = SDK_FILES.iter().map(|(r, _)| *r).collect();
+        let mut listed: Vec<&str> = SDK_FILES
+            .iter()
+            .map(|(r, _)| *r)
+            .filter(|r| r.starts_with("soma/"))
+            .collect();
         listed.sort_unstable();
         let mut found = Vec::new();
         collect(&sdk_dir().join("soma"), "py", &mut found).expect("list soma/");
@@ -498,6 +617,39 @@ mod tests {
         write_files(&wit, &[("a.wit", "package a:c;")]).expect("write");
         assert_ne!(b, fingerprint(&src, &[], &wit).expect("fp"), "the WIT");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_world_imports_only_what_describe_asks_for() {
+        let wit = include_str!("../../../wit/capsule.wit");
+        let imports = |caps: &[&str]| {
+            let caps: Vec<String> = caps.iter().map(|c| (*c).to_owned()).collect();
+            let text = drop_unasked_imports(wit, &caps);
+            let world = &text[text.find("world capsule {").expect("world")..];
+            ON_REQUEST
+                .iter()
+                .filter(|(_, import)| world.contains(import))
+                .map(|(cap, _)| *cap)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(imports(&[]), Vec::<&str>::new());
+        assert_eq!(imports(&["kv", "http", "dir"]), ["kv", "http"]);
+        assert_eq!(imports(&["llm", "secrets"]), ["llm", "secrets"]);
+        let none = drop_unasked_imports(wit, &[]);
+        assert!(
+            !none.contains("allow answers `error-code.HTTP-request-denied`"),
+            "the dropped import's doc comment goes with it"
+        );
+        assert!(none.contains("import log;") && none.contains("import events;"));
+        assert!(
+            none.contains("interface kv {"),
+            "interfaces stay, only the world's imports go"
+        );
+        assert_eq!(
+            drop_unasked_imports(wit, &["kv", "llm", "secrets", "http"].map(String::from)),
+            wit,
+            "asking for everything links everything"
+        );
     }
 
     #[test]
