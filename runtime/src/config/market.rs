@@ -10,7 +10,7 @@
 //! registry = "registry.example.com"     # where `soma market submit FILE` pushes
 //! min_release_age_secs = 259200         # install cooldown (3 days); 0 = none
 //! manual_approval = false               # a passed review waits for `soma market review approve`
-//! max_component_bytes = 16777216        # the review's size limit (16 MiB)
+//! max_component_bytes = 33554432        # the review's size limit (32 MiB)
 //! max_concurrent_reviews = 2            # daemon: submissions reviewed at once
 //! max_concurrent_installs = 4           # daemon: installs pulled at once
 //! author_share_percent = 80             # each fee's author part; the rest is the platform's
@@ -56,7 +56,7 @@ pub struct MarketConfig {
     /// approves).
     pub manual_approval: bool,
     /// The largest component the review accepts, bytes (its `size` step).
-    /// Default 16 MiB.
+    /// Default 32 MiB.
     pub max_component_bytes: usize,
     /// The daemon's `POST /v1/market/submissions`: how many submissions it
     /// pulls and reviews at once, across all tenants; one past it is
@@ -94,9 +94,9 @@ pub struct MarketConfig {
     pub review_llm: Option<String>,
 }
 
-/// The review's default size limit, 16 MiB (the same as
+/// The review's default size limit, 32 MiB (the same as
 /// `market::review::DEFAULT_MAX_COMPONENT_BYTES`).
-pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
 
 impl Default for MarketConfig {
     fn default() -> Self {

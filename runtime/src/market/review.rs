@@ -73,7 +73,7 @@ pub struct ReviewInput {
     pub llm_fixture: Option<String>,
 }
 
-/// The marketplace's default size limit: 16 MiB (`[market] max_component_bytes`).
+/// The marketplace's default size limit: 32 MiB (`[market] max_component_bytes`).
 pub const DEFAULT_MAX_COMPONENT_BYTES: usize = crate::config::market::DEFAULT_MAX_COMPONENT_BYTES;
 
 fn default_max_component_bytes() -> usize {
@@ -784,12 +784,31 @@ fn skip_after_load(ev: &mut Vec<Evidence>) {
 }
 
 /// What an import needs: nothing (WASI basics, log, events, types), a
-/// capability request by name, or something no request can cover.
+/// capability request by name, nothing because it is inert, or something
+/// no request can cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Needs {
     Nothing,
     Request(&'static str),
+    /// Imported, but the host never lets it do anything (see [`inert`]).
+    Inert,
     Unknown,
+}
+
+/// Whether `import` (with what it needs) can do nothing for this capsule,
+/// whatever it calls: `wasi:sockets/*` always (every call's WASI context
+/// refuses TCP, UDP and name lookup; the network is only `wasi:http`,
+/// through the allowlist), and `wasi:filesystem/*` when `dir` is not asked
+/// for (a directory is preopened only when asked for and granted, so there
+/// is no path to open). Language runtimes' libcs import both whether or
+/// not the program uses them (CPython's does), so rejecting them would
+/// reject every Python capsule for imports that grant nothing.
+fn inert(need: Needs, asked: &[(&'static str, String)]) -> bool {
+    match need {
+        Needs::Inert => true,
+        Needs::Request("dir") => !asked.iter().any(|(cap, _)| *cap == "dir"),
+        _ => false,
+    }
 }
 
 fn needs(import: &str) -> Needs {
@@ -806,14 +825,16 @@ fn needs(import: &str) -> Needs {
             Needs::Nothing
         }
         i if i.starts_with("wasi:filesystem/") => Needs::Request("dir"),
+        i if i.starts_with("wasi:sockets/") => Needs::Inert,
         i if i.starts_with("wasi:http/") => Needs::Request("http"),
         _ => Needs::Unknown,
     }
 }
 
 /// Compare what `describe()` asks for with the component's imports.
-/// Returns (asked but not imported, imported but not asked).
-fn compare_privilege(wants: &Wants, imports: &[String]) -> (Vec<String>, Vec<String>) {
+/// Returns (asked but not imported, imported but not asked, [`inert`]); an
+/// inert import is neither of the first two.
+fn privilege(wants: &Wants, imports: &[String]) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut asked: Vec<(&'static str, String)> = Vec::new();
     if wants.kv {
         asked.push(("kv", "kv".into()));
@@ -847,27 +868,33 @@ fn compare_privilege(wants: &Wants, imports: &[String]) -> (Vec<String>, Vec<Str
         .filter(|(cap, _)| cap.is_empty() || !imported.contains(&Needs::Request(cap)))
         .map(|(_, word)| word.clone())
         .collect();
-    let undeclared = imports
-        .iter()
-        .zip(&imported)
-        .filter(|(_, need)| match need {
-            Needs::Nothing => false,
-            Needs::Request(cap) => !asked.iter().any(|(a, _)| a == cap),
-            Needs::Unknown => true,
-        })
-        .map(|(i, _)| i.clone())
-        .collect();
-    (unused, undeclared)
+    let pick = |keep: &dyn Fn(Needs) -> bool| -> Vec<String> {
+        imports
+            .iter()
+            .zip(&imported)
+            .filter(|(_, need)| keep(**need))
+            .map(|(i, _)| i.clone())
+            .collect()
+    };
+    let undeclared = pick(&|need| match need {
+        _ if inert(need, &asked) => false,
+        Needs::Nothing | Needs::Inert => false,
+        Needs::Request(cap) => !asked.iter().any(|(a, _)| *a == cap),
+        Needs::Unknown => true,
+    });
+    let inert = pick(&|need| inert(need, &asked));
+    (unused, undeclared, inert)
 }
 
 fn least_privilege(wants: &Wants, imports: &[String]) -> Evidence {
-    let (unused, undeclared) = compare_privilege(wants, imports);
+    let (unused, undeclared, inert) = privilege(wants, imports);
     let asked = wants.words();
     let measured = |e: Evidence| {
         e.with("asked", json!(asked))
             .with("imports", json!(imports))
             .with("asked_not_imported", json!(unused))
             .with("imported_not_asked", json!(undeclared))
+            .with("inert", json!(inert))
     };
     if !unused.is_empty() {
         let mut e = failed(
@@ -898,16 +925,19 @@ fn least_privilege(wants: &Wants, imports: &[String]) -> Evidence {
             ),
         ));
     }
-    measured(passed(
-        Step::LeastPrivilege,
-        Reason::LeastPrivilege,
-        if asked.is_empty() {
-            "asks for nothing and imports no capability beyond WASI basics, log and events"
-                .to_owned()
-        } else {
-            format!("asks for exactly what it imports: {}", asked.join(", "))
-        },
-    ))
+    let mut reason = if asked.is_empty() {
+        "asks for nothing and imports no capability beyond WASI basics, log and events".to_owned()
+    } else {
+        format!("asks for exactly what it imports: {}", asked.join(", "))
+    };
+    if !inert.is_empty() {
+        reason.push_str(&format!(
+            "; also links {}, which reach nothing here (no socket is granted, no directory \
+             without a `dir` request)",
+            inert.join(", ")
+        ));
+    }
+    measured(passed(Step::LeastPrivilege, Reason::LeastPrivilege, reason))
 }
 
 /// `limits` at a quarter (at least 1 of each).
@@ -1253,6 +1283,11 @@ mod tests {
         names.iter().map(|n| (*n).to_owned()).collect()
     }
 
+    fn compare_privilege(wants: &Wants, imports: &[String]) -> (Vec<String>, Vec<String>) {
+        let (unused, undeclared, _) = privilege(wants, imports);
+        (unused, undeclared)
+    }
+
     #[test]
     fn privilege_is_compared_both_ways() {
         let basics = [
@@ -1287,11 +1322,19 @@ mod tests {
                 &wants(&[("dir", &["/data"]), ("secrets", &["k"])]),
                 &imports(&["wasi:filesystem/preopens@0.2.6", "wasi:sockets/tcp@0.2.6"])
             ),
-            (
-                vec!["secrets:k".to_owned()],
-                vec!["wasi:sockets/tcp@0.2.6".to_owned()]
-            ),
-            "an unknown capability cannot be imported; sockets are not a basic"
+            (vec!["secrets:k".to_owned()], vec![]),
+            "a requested capability that is never imported is named; sockets are inert"
+        );
+        let fs_and_sockets = imports(&["wasi:filesystem/preopens@0.2.6", "wasi:sockets/tcp@0.2.6"]);
+        assert_eq!(
+            privilege(&wants(&[]), &fs_and_sockets),
+            (vec![], vec![], fs_and_sockets.clone()),
+            "without a dir grant, filesystem and sockets are linked but reach nothing"
+        );
+        assert_eq!(
+            privilege(&wants(&[("dir", &["/data"])]), &fs_and_sockets),
+            (vec![], vec![], vec!["wasi:sockets/tcp@0.2.6".to_owned()]),
+            "with a dir grant the filesystem import is the request it serves"
         );
     }
 

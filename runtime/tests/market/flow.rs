@@ -741,8 +741,7 @@ fn retest_failures_put_a_version_under_maintenance_then_deprecate_it() {
 /// wants another key), run in a DAG from its registry reference with the same
 /// answers as the Rust `word-count`, every call metered in the ledger
 /// under its component digest, and submitted to the marketplace, whose
-/// automated review runs every step on it (and rejects it for one reason
-/// it names, see below).
+/// automated review runs every step on it and approves it.
 #[test]
 fn a_python_capsule_walks_the_whole_pipeline() {
     let registry = Registry::start();
@@ -857,31 +856,43 @@ fn a_python_capsule_walks_the_whole_pipeline() {
     let check = node.json(&["ledger", "check", "--json"]);
     assert_eq!(check["ok"], json!(true), "{check}");
 
-    // The marketplace review, on a node whose operator lists components up
-    // to 32 MiB (a CPython component is ~19 MB; the default is 16 MiB).
-    // Every step runs as for a Rust capsule: the signature verifies, the
-    // component compiles, describe() answers, the secret scan finds no
-    // credential in CPython's data (its SHA-crypt test vectors are hashes),
-    // the example runs under a quarter of the limits, hostile inputs are
-    // refused. One rule still rejects it, by name: componentize-py links
-    // every interface of Soma's world and CPython's libc links WASI
-    // filesystem and sockets, none of which describe() asks for
-    // (least-privilege). Until the build narrows the imports to what the
-    // capsule asks for, a Python capsule is not publishable (README, "Not
-    // done yet"); when it is, this becomes an approval.
-    let roomy = dir.path().join("roomy");
-    std::fs::create_dir_all(&roomy).expect("dir");
-    let node = Node::new(&roomy, &registry, "max_component_bytes = 33554432\n");
+    // The marketplace review, with the default limits (32 MiB fits a ~19 MB
+    // CPython component). Every step runs as for a Rust capsule: the
+    // signature verifies, the component compiles, describe() answers, the
+    // secret scan finds no credential in CPython's data (its SHA-crypt test
+    // vectors are hashes), the example runs under a quarter of the limits,
+    // hostile inputs are refused, and least privilege holds: the build
+    // linked no Soma capability describe() does not ask for, and the WASI
+    // filesystem and sockets CPython's libc links are listed as inert.
     let l = node.listing(
         "py-word-count",
         "0.1.0",
         &[json!({"text": "to be or not to be"})],
         Some("Apache-2.0"),
     );
-    let doc = node.submit(component, &l, 30);
+    let doc = node.submit(component, &l, 0);
     let review = &doc["review"];
-    assert_eq!(review["verdict"], json!("rejected"), "{doc}");
-    assert_eq!(failed_codes(review), ["import-not-declared"], "{review}");
+    assert_eq!(review["verdict"], json!("approved"), "{doc}");
+    let privilege = review["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .find(|e| e["code"] == json!("least-privilege"))
+        .expect("least-privilege evidence");
+    let imports = privilege["measured"]["imports"].to_string();
+    for capability in [
+        "soma:capsule/kv",
+        "soma:capsule/llm",
+        "soma:capsule/secrets",
+        "wasi:http/",
+    ] {
+        assert!(
+            !imports.contains(capability),
+            "{capability} linked: {imports}"
+        );
+    }
+    let inert = privilege["measured"]["inert"].to_string();
+    assert!(inert.contains("wasi:sockets/"), "{privilege}");
     let passed: Vec<&str> = review["evidence"]
         .as_array()
         .expect("evidence")
